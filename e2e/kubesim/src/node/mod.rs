@@ -1,0 +1,1 @@
+//! The simulated node: built-in controllers, a process kubelet and a service proxy.
