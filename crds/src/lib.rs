@@ -1,1 +1,18 @@
-//! placeholder
+//! The MicroService API (`flotilla.rs/v1alpha1`): the custom resource types, the constants every
+//! Flotilla component shares (names, field managers, labels, condition types), and the generated
+//! CRD manifest.
+//!
+//! This crate holds data and schema only: no client, no reconciliation logic.
+
+mod constants;
+mod manifest;
+mod spec;
+mod status;
+
+pub use constants::*;
+pub use manifest::{api_reference_markdown, crd, crd_yaml, REFERENCE_BEGIN, REFERENCE_END};
+pub use spec::{
+    AutoscalingSpec, FailoverMode, FailoverSpec, HealthSpec, MicroService, MicroServiceSpec,
+    ServiceSpec, ServiceType, DNS_LABEL_PATTERN, PORT_NAME_PATTERN,
+};
+pub use status::{ActiveTarget, FailoverStatus, MicroServiceStatus, PodHealth};

@@ -1,0 +1,100 @@
+//! Names shared by everything that reads or writes MicroServices: the API coordinates, field
+//! managers, label and annotation keys, condition types and reasons.
+//!
+//! Every string that two components must agree on lives here, so it is spelled exactly once.
+
+/// API group of the MicroService resource.
+pub const GROUP: &str = "flotilla.rs";
+/// API version served and stored.
+pub const VERSION: &str = "v1alpha1";
+/// `apiVersion` as written in manifests.
+pub const API_VERSION: &str = "flotilla.rs/v1alpha1";
+/// Kind of the custom resource.
+pub const KIND: &str = "MicroService";
+/// Plural resource name (URL path segment).
+pub const PLURAL: &str = "microservices";
+/// Short name for kubectl (`kubectl get msvc`).
+pub const SHORT_NAME: &str = "msvc";
+/// Name of the CustomResourceDefinition object.
+pub const CRD_NAME: &str = "microservices.flotilla.rs";
+
+/// Field manager of the reconciler for server-side apply (children and its part of the status).
+pub const FIELD_MANAGER: &str = "flotilla";
+/// Field manager of the failover engine (`status.failover`, its conditions, membership labels).
+pub const FAILOVER_FIELD_MANAGER: &str = "flotilla-failover";
+
+/// Label keys and values put on every child object and pod.
+pub mod labels {
+    /// `app.kubernetes.io/name`: the MicroService name.
+    pub const NAME: &str = "app.kubernetes.io/name";
+    /// `app.kubernetes.io/instance`: the MicroService name.
+    pub const INSTANCE: &str = "app.kubernetes.io/instance";
+    /// `app.kubernetes.io/managed-by`: always [`MANAGED_BY_VALUE`].
+    pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+    /// Value of [`MANAGED_BY`] for everything Flotilla creates.
+    pub const MANAGED_BY_VALUE: &str = "flotilla";
+    /// `app.kubernetes.io/part-of`: `spec.partOf`, or the namespace when unset.
+    pub const PART_OF: &str = "app.kubernetes.io/part-of";
+    /// Prefix of the traffic membership label; the full key is `serves.flotilla.rs/<name>`.
+    pub const SERVES_PREFIX: &str = "serves.flotilla.rs/";
+    /// Membership label value: the pod receives the Service's traffic.
+    pub const SERVES_TRUE: &str = "true";
+    /// Membership label value: the pod has been ejected from the Service's traffic.
+    pub const SERVES_FALSE: &str = "false";
+
+    /// The traffic membership label key for the MicroService `name`.
+    pub fn serves(name: &str) -> String {
+        format!("{SERVES_PREFIX}{name}")
+    }
+}
+
+/// Annotation keys.
+pub mod annotations {
+    /// Pod-template annotation holding the hash of the rendered config; a config change rolls pods.
+    pub const CONFIG_HASH: &str = "flotilla.rs/config-hash";
+}
+
+/// Condition types in `status.conditions`.
+pub mod conditions {
+    /// All replicas of the current spec are available and the rollout is complete.
+    pub const READY: &str = "Ready";
+    /// A rollout is in progress.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Something prevents the service from working as specified (see the reason).
+    pub const DEGRADED: &str = "Degraded";
+    /// Traffic of the Service currently goes to the fallback (written by the failover engine).
+    pub const FAILED_OVER: &str = "FailedOver";
+    /// The failover engine holds its target because traffic flipped too often.
+    pub const FLAPPING: &str = "Flapping";
+
+    /// Condition status strings (Kubernetes API conventions).
+    pub const TRUE: &str = "True";
+    /// Condition status `False`.
+    pub const FALSE: &str = "False";
+    /// Condition status `Unknown`.
+    pub const UNKNOWN: &str = "Unknown";
+}
+
+/// Condition reasons written by the reconciler (CamelCase, API conventions).
+pub mod reasons {
+    /// Rollout complete, all replicas ready.
+    pub const AVAILABLE: &str = "Available";
+    /// Rollout under way or replicas not yet ready.
+    pub const ROLLING_OUT: &str = "RollingOut";
+    /// Nothing is rolling out.
+    pub const ROLLOUT_COMPLETE: &str = "RolloutComplete";
+    /// The Deployment exceeded its progress deadline.
+    pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
+    /// A MicroService named in `spec.dependencies` does not exist in the namespace.
+    pub const DEPENDENCY_MISSING: &str = "DependencyMissing";
+    /// The spec passed the schema but cannot be realised (see the message).
+    pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// The operator could not apply the children (transient; it retries).
+    pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// No problem found.
+    pub const AS_EXPECTED: &str = "AsExpected";
+    /// The Deployment has not reported status yet.
+    pub const WAITING_FOR_DEPLOYMENT: &str = "WaitingForDeployment";
+    /// Replicas are scaled to zero on purpose.
+    pub const SCALED_TO_ZERO: &str = "ScaledToZero";
+}

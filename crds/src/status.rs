@@ -1,0 +1,150 @@
+//! The observed state of a MicroService.
+//!
+//! Two writers share the status, each with its own server-side-apply field manager:
+//! the reconciler (`flotilla`) owns everything except `failover`, and the failover engine
+//! (`flotilla-failover`) owns `failover` and the `FailedOver`/`Flapping` conditions. Every field is
+//! optional and skipped when unset, so an apply by one writer never claims the other's fields,
+//! and `conditions` is a map-list keyed by `type` so each writer owns its own entries.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Observed state of a MicroService, written by the operator.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MicroServiceStatus {
+    /// The `metadata.generation` of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Current conditions: `Ready`, `Progressing`, `Degraded` (reconciler) and `FailedOver`,
+    /// `Flapping` (failover engine).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Number of pods of the Deployment (all revisions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+
+    /// Number of pods that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+
+    /// Number of pods running the current spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub updated_replicas: Option<i32>,
+
+    /// `ready/desired`, shown in the READY column of `kubectl get msvc`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready: Option<String>,
+
+    /// Label selector of the pods, as a string (used by the scale subresource and autoscalers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+
+    /// Health-aware traffic state, written by the failover engine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverStatus>,
+}
+
+/// Where the Service's traffic currently goes.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ActiveTarget {
+    /// The MicroService's own healthy pods.
+    #[default]
+    Primary,
+    /// The healthy pods of `spec.failover.fallback`.
+    Fallback,
+}
+
+impl ActiveTarget {
+    /// The status string (`primary` or `fallback`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ActiveTarget::Primary => "primary",
+            ActiveTarget::Fallback => "fallback",
+        }
+    }
+}
+
+/// Health-aware traffic state of a MicroService.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverStatus {
+    /// Where the Service's traffic goes: `primary` or `fallback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<ActiveTarget>,
+
+    /// Name of the fallback MicroService receiving the traffic while `active` is `fallback`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<String>,
+
+    /// Pods that pass Flotilla's probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_pods: Option<i32>,
+
+    /// Pods that Flotilla probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_pods: Option<i32>,
+
+    /// True when probing marks every pod unhealthy while Kubernetes considers them ready and no
+    /// healthy fallback exists: the Kubernetes-ready pods are kept serving rather than dropping
+    /// all traffic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub panic: Option<bool>,
+
+    /// True when `spec.failover.mode` is `Observe`: decisions are reported but not applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observe_only: Option<bool>,
+
+    /// Traffic flips counted in the current flap window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flaps: Option<i32>,
+
+    /// When traffic last moved to the fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover_time: Option<Time>,
+
+    /// Why traffic last moved to the fallback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover_reason: Option<String>,
+
+    /// When traffic last returned to the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failback_time: Option<Time>,
+
+    /// Per-pod verdicts with their evidence.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub pods: Vec<PodHealth>,
+}
+
+/// The failover engine's verdict on one pod.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodHealth {
+    /// Pod name.
+    pub name: String,
+
+    /// Whether the pod currently counts as healthy (and, in Enforce mode, receives traffic).
+    pub healthy: bool,
+
+    /// Result of the last probe, e.g. `ok`, `timeout`, `http 503`, `connect error`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe: Option<String>,
+
+    /// When the last probe finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_probe_time: Option<Time>,
+
+    /// Failed probes in a row.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consecutive_failures: Option<i32>,
+
+    /// Ratio of HTTP 5xx responses over the error-rate window (only with `scrapeMetrics`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_ratio: Option<f64>,
+}
