@@ -1,0 +1,377 @@
+//! The decider: pod verdicts of a primary service and its fallback, the policy and the clock in;
+//! the desired traffic membership, the active target and the changes to report out.
+//!
+//! Rules it keeps:
+//! - Flotilla only takes traffic away from pods the kubelet considers Ready; a pod the kubelet
+//!   does not consider Ready keeps the default membership, so Kubernetes stays in charge of it.
+//! - Panic: when probing would leave the active service with no pods although the kubelet has
+//!   Ready ones, all kubelet-Ready pods keep serving (like Envoy's panic threshold).
+//! - Failover goes only to a fallback with at least `minHealthy` healthy pods; failback waits until
+//!   the primary has been healthy for `recoverAfter`; after `maxFlaps` flips within `flapWindow`
+//!   the current target is held unless it has nothing left to serve with.
+//!
+//! Pure and synchronous: the caller owns the clock and the state between calls.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Instant;
+
+use super::policy::FailoverPolicy;
+
+/// Where a primary service's traffic goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// The service's own pods.
+    #[default]
+    Primary,
+    /// The fallback service's healthy pods.
+    Fallback,
+}
+
+impl Target {
+    /// The value shown in status and the ACTIVE printer column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Target::Primary => "primary",
+            Target::Fallback => "fallback",
+        }
+    }
+}
+
+/// What the decider needs to know about one pod.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodView {
+    /// Pod name.
+    pub name: String,
+    /// The kubelet's Ready condition.
+    pub kubelet_ready: bool,
+    /// The prober's verdict.
+    pub healthy: bool,
+    /// For an unhealthy pod: when its decisive run of failures began.
+    pub detected_from: Option<Instant>,
+}
+
+impl PodView {
+    fn serves(&self) -> bool {
+        self.kubelet_ready && self.healthy
+    }
+}
+
+/// The fallback service as seen by the decider.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FallbackView<'a> {
+    /// The fallback's pods.
+    pub pods: &'a [PodView],
+    /// Whether the fallback's container port name equals the primary's; when it does not,
+    /// failover is a validation error and never happens.
+    pub port_name_matches: bool,
+}
+
+/// Whether a pod should carry the primary's membership label as `"true"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Membership {
+    /// Label `"true"`: the pod receives the primary Service's traffic (if the kubelet agrees).
+    In,
+    /// Label `"false"` (or absent on a fallback pod): the pod is out of the primary Service.
+    Out,
+}
+
+/// A service-level traffic change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Traffic moved to the fallback.
+    FailedOver {
+        /// Human-readable cause.
+        reason: String,
+        /// Start of the failure run that made the decision.
+        detected_from: Option<Instant>,
+    },
+    /// Traffic returned to the primary.
+    FailedBack {
+        /// Human-readable cause.
+        reason: String,
+    },
+}
+
+/// A pod whose desired membership changed since the previous decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodChange {
+    /// Pod name.
+    pub pod: String,
+    /// Whether the pod belongs to the fallback service.
+    pub fallback: bool,
+    /// The new membership.
+    pub to: Membership,
+    /// For an ejection: when the pod's decisive failure run began.
+    pub detected_from: Option<Instant>,
+}
+
+/// The decider's memory for one primary service between calls.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ServiceState {
+    /// The target traffic goes to.
+    pub active: Target,
+    /// Times of recent flips, oldest first.
+    pub flips: VecDeque<Instant>,
+    /// Since when the primary has continuously had `minHealthy` healthy pods.
+    pub primary_ok_since: Option<Instant>,
+    /// The last flip and its reason.
+    pub last_change: Option<(Instant, String)>,
+    primary_members: BTreeMap<String, Membership>,
+    fallback_members: BTreeMap<String, Membership>,
+}
+
+impl ServiceState {
+    /// State resumed from what status says (e.g. after an operator restart), so the current
+    /// target is kept; the recovery window starts again from zero.
+    pub fn resume(active: Target) -> Self {
+        Self {
+            active,
+            ..Self::default()
+        }
+    }
+}
+
+/// One decision for one primary service.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Where traffic goes.
+    pub active: Target,
+    /// Probing found no healthy pod but the kubelet has Ready ones, which keep serving.
+    pub panic: bool,
+    /// Flips reached `maxFlaps` within the window; further flips are held.
+    pub flapping: bool,
+    /// A flip was wanted but held because of flapping.
+    pub held: bool,
+    /// Primary pods that are kubelet-Ready and pass probing.
+    pub healthy_pods: u32,
+    /// Primary pods known.
+    pub total_pods: u32,
+    /// Fallback pods that are kubelet-Ready and pass probing.
+    pub fallback_healthy_pods: u32,
+    /// Desired membership of every primary pod.
+    pub primary_members: BTreeMap<String, Membership>,
+    /// Desired membership of every fallback pod in the primary's Service.
+    pub fallback_members: BTreeMap<String, Membership>,
+    /// A service-level change made by this decision.
+    pub change: Option<Change>,
+    /// Pods whose desired membership changed since the previous decision.
+    pub pod_changes: Vec<PodChange>,
+    /// A configuration problem that prevents failover (reported in status).
+    pub invalid: Option<String>,
+    /// A one-line explanation of the current state for status.
+    pub message: String,
+}
+
+fn count_serving(pods: &[PodView]) -> u32 {
+    u32::try_from(pods.iter().filter(|p| p.serves()).count()).unwrap_or(u32::MAX)
+}
+
+/// Decides traffic for one primary service and updates `state`.
+pub fn decide(
+    state: &mut ServiceState,
+    policy: &FailoverPolicy,
+    primary: &[PodView],
+    fallback: Option<FallbackView<'_>>,
+    now: Instant,
+) -> Decision {
+    let min_healthy = policy.min_healthy.max(1);
+    let healthy = count_serving(primary);
+    let total = u32::try_from(primary.len()).unwrap_or(u32::MAX);
+    let primary_ok = healthy >= min_healthy;
+    let invalid = match &fallback {
+        Some(f) if !f.port_name_matches => Some(
+            "the fallback's container port name differs from the primary's; failover disabled"
+                .to_owned(),
+        ),
+        _ => None,
+    };
+    let fallback_pods: &[PodView] = fallback.as_ref().map_or(&[], |f| f.pods);
+    let fallback_healthy = count_serving(fallback_pods);
+    let fallback_ok = fallback.is_some() && invalid.is_none() && fallback_healthy >= min_healthy;
+
+    state.primary_ok_since = if primary_ok {
+        Some(state.primary_ok_since.unwrap_or(now))
+    } else {
+        None
+    };
+    if let Some(start) = now.checked_sub(policy.flap_window) {
+        while state.flips.front().is_some_and(|t| *t <= start) {
+            state.flips.pop_front();
+        }
+    }
+
+    // What the target should be, why, and whether staying would black-hole the service.
+    let (want, reason, urgent) = match state.active {
+        Target::Primary if !primary_ok && fallback_ok => (
+            Target::Fallback,
+            format!(
+                "primary has {healthy} of {total} pods healthy (minHealthy {min_healthy}); \
+                 fallback has {fallback_healthy} healthy"
+            ),
+            !primary.iter().any(|p| p.kubelet_ready),
+        ),
+        Target::Fallback if !fallback_ok => (
+            Target::Primary,
+            format!(
+                "fallback is no longer usable ({fallback_healthy} healthy pods); returning to primary"
+            ),
+            true,
+        ),
+        Target::Fallback => match state.primary_ok_since {
+            Some(since) if now.saturating_duration_since(since) >= policy.recover_after => (
+                Target::Primary,
+                format!(
+                    "primary has been healthy for {}s ({healthy} of {total} pods)",
+                    policy.recover_after.as_secs()
+                ),
+                false,
+            ),
+            _ => (Target::Fallback, String::new(), false),
+        },
+        Target::Primary => (Target::Primary, String::new(), false),
+    };
+
+    let limit_reached = policy.max_flaps > 0 && state.flips.len() >= policy.max_flaps as usize;
+    let mut change = None;
+    let mut held = false;
+    if want != state.active {
+        if limit_reached && !urgent {
+            held = true;
+        } else {
+            state.flips.push_back(now);
+            state.active = want;
+            state.last_change = Some((now, reason.clone()));
+            change = Some(match want {
+                Target::Fallback => Change::FailedOver {
+                    reason,
+                    detected_from: primary.iter().filter_map(|p| p.detected_from).max(),
+                },
+                Target::Primary => Change::FailedBack { reason },
+            });
+        }
+    }
+    let flapping = policy.max_flaps > 0 && state.flips.len() >= policy.max_flaps as usize;
+
+    // Membership for the chosen target.
+    let mut panic = false;
+    let (primary_members, fallback_members) = match state.active {
+        Target::Primary => {
+            panic = healthy == 0 && primary.iter().any(|p| p.kubelet_ready);
+            let p = primary
+                .iter()
+                .map(|p| {
+                    let out = !panic && p.kubelet_ready && !p.healthy;
+                    (
+                        p.name.clone(),
+                        if out { Membership::Out } else { Membership::In },
+                    )
+                })
+                .collect();
+            let f = fallback_pods
+                .iter()
+                .map(|p| (p.name.clone(), Membership::Out))
+                .collect();
+            (p, f)
+        }
+        Target::Fallback => {
+            let p = primary
+                .iter()
+                .map(|p| (p.name.clone(), Membership::Out))
+                .collect();
+            let f = fallback_pods
+                .iter()
+                .map(|p| {
+                    let m = if p.serves() {
+                        Membership::In
+                    } else {
+                        Membership::Out
+                    };
+                    (p.name.clone(), m)
+                })
+                .collect();
+            (p, f)
+        }
+    };
+
+    let mut pod_changes = Vec::new();
+    diff_members(
+        &state.primary_members,
+        &primary_members,
+        primary,
+        false,
+        &mut pod_changes,
+    );
+    diff_members(
+        &state.fallback_members,
+        &fallback_members,
+        fallback_pods,
+        true,
+        &mut pod_changes,
+    );
+    state.primary_members.clone_from(&primary_members);
+    state.fallback_members.clone_from(&fallback_members);
+
+    let message = match (state.active, panic, held) {
+        (Target::Fallback, _, _) => format!(
+            "traffic on fallback ({fallback_healthy} healthy pods); primary has {healthy} of {total} healthy"
+        ),
+        (Target::Primary, true, _) => format!(
+            "panic: no pod passes probing; keeping the {} kubelet-ready pods",
+            primary.iter().filter(|p| p.kubelet_ready).count()
+        ),
+        (Target::Primary, false, true) => {
+            format!("flapping: holding primary with {healthy} of {total} healthy pods")
+        }
+        (Target::Primary, false, false) => format!("{healthy} of {total} pods healthy"),
+    };
+
+    Decision {
+        active: state.active,
+        panic,
+        flapping,
+        held,
+        healthy_pods: healthy,
+        total_pods: total,
+        fallback_healthy_pods: fallback_healthy,
+        primary_members,
+        fallback_members,
+        change,
+        pod_changes,
+        invalid,
+        message,
+    }
+}
+
+fn diff_members(
+    before: &BTreeMap<String, Membership>,
+    after: &BTreeMap<String, Membership>,
+    pods: &[PodView],
+    fallback: bool,
+    out: &mut Vec<PodChange>,
+) {
+    for p in pods {
+        let Some(to) = after.get(&p.name).copied() else {
+            continue;
+        };
+        // A pod seen for the first time starts from the default: In for primary pods, Out for
+        // fallback pods.
+        let default = if fallback {
+            Membership::Out
+        } else {
+            Membership::In
+        };
+        let from = before.get(&p.name).copied().unwrap_or(default);
+        if from != to {
+            out.push(PodChange {
+                pod: p.name.clone(),
+                fallback,
+                to,
+                detected_from: p.detected_from,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "decide_tests.rs"]
+mod tests;

@@ -1,0 +1,89 @@
+//! The failover engine's own configuration values.
+//!
+//! The engine reads these plain structs rather than the MicroService spec, so the spec can evolve
+//! without touching the decision code; adapters from the API types live in `spec.rs`. No I/O here.
+
+use std::time::Duration;
+
+/// How a service's pods are probed and judged (from `spec.health`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbePolicy {
+    /// Time between two probes of one pod (jittered by the prober).
+    pub period: Duration,
+    /// A probe that has not answered within this time counts as failed.
+    pub timeout: Duration,
+    /// Consecutive failures that turn a healthy pod unhealthy.
+    pub failure_threshold: u32,
+    /// Consecutive successes that turn an unhealthy pod healthy.
+    pub success_threshold: u32,
+    /// HTTP path of the readiness endpoint, e.g. `/readyz`.
+    pub readiness_path: String,
+    /// HTTP path of the Prometheus endpoint, e.g. `/metrics`.
+    pub metrics_path: String,
+    /// Container port the pod listens on.
+    pub port: u16,
+}
+
+impl Default for ProbePolicy {
+    fn default() -> Self {
+        Self {
+            period: Duration::from_millis(500),
+            timeout: Duration::from_millis(300),
+            failure_threshold: 2,
+            success_threshold: 2,
+            readiness_path: "/readyz".to_owned(),
+            metrics_path: "/metrics".to_owned(),
+            port: 8080,
+        }
+    }
+}
+
+/// Whether decisions are applied to traffic or only reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Decisions change pod membership labels.
+    #[default]
+    Enforce,
+    /// Decisions are reported (status, Events, metrics) but traffic is never changed.
+    Observe,
+}
+
+/// How a service fails over (from `spec.failover`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct FailoverPolicy {
+    /// Name of the fallback MicroService in the same namespace, if any.
+    pub fallback: Option<String>,
+    /// Enforce or Observe.
+    pub mode: Mode,
+    /// Fewer healthy pods than this makes a service unhealthy (primary fails over; a fallback is
+    /// not used).
+    pub min_healthy: u32,
+    /// 5xx ratio above which a pod counts as failing; `None` disables the error-rate check.
+    pub max_error_rate: Option<f64>,
+    /// Width of the sliding window the 5xx ratio is computed over.
+    pub error_rate_window: Duration,
+    /// The primary must stay healthy this long before traffic fails back to it.
+    pub recover_after: Duration,
+    /// Flips (failover or failback) allowed within `flap_window` before the target is held.
+    pub max_flaps: u32,
+    /// Window over which flips are counted.
+    pub flap_window: Duration,
+    /// Whether the prober scrapes the metrics endpoint of each pod.
+    pub scrape_metrics: bool,
+}
+
+impl Default for FailoverPolicy {
+    fn default() -> Self {
+        Self {
+            fallback: None,
+            mode: Mode::Enforce,
+            min_healthy: 1,
+            max_error_rate: None,
+            error_rate_window: Duration::from_secs(30),
+            recover_after: Duration::from_secs(10),
+            max_flaps: 3,
+            flap_window: Duration::from_secs(300),
+            scrape_metrics: false,
+        }
+    }
+}

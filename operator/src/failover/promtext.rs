@@ -1,0 +1,258 @@
+//! A parser for the Prometheus text exposition format (version 0.0.4), enough to read counters
+//! such as `http_requests_total{status="503"}` from a pod's metrics endpoint.
+//!
+//! It follows the format as Prometheus reads it: `#` lines are comments (HELP/TYPE included),
+//! label values carry `\\`, `\"` and `\n` escapes, values may be `NaN`/`+Inf`/`-Inf`, and a sample
+//! may end with an integer timestamp. Pure: text in, samples out.
+
+use thiserror::Error;
+
+/// One sample line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    /// Metric name, e.g. `http_requests_total`.
+    pub name: String,
+    /// Labels in the order they appear.
+    pub labels: Vec<(String, String)>,
+    /// The sample value.
+    pub value: f64,
+    /// Optional timestamp in milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
+}
+
+impl Sample {
+    /// The value of a label, if present.
+    pub fn label(&self, name: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Why a line could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("line {line}: {reason}")]
+pub struct ParseError {
+    /// 1-based line number.
+    pub line: usize,
+    /// What was wrong.
+    pub reason: &'static str,
+}
+
+/// Parses a whole exposition; the first malformed line is an error.
+pub fn parse(text: &str) -> Result<Vec<Sample>, ParseError> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim_matches(|c| c == ' ' || c == '\t' || c == '\r');
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let sample = parse_line(line).map_err(|reason| ParseError {
+            line: i + 1,
+            reason,
+        })?;
+        out.push(sample);
+    }
+    Ok(out)
+}
+
+fn is_name_start(c: char) -> bool {
+    c.is_ascii_alphabetic() || c == '_' || c == ':'
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+}
+
+struct Cursor<'a> {
+    s: &'a str,
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn peek(&self) -> Option<char> {
+        self.s[self.pos..].chars().next()
+    }
+
+    fn bump(&mut self) -> Option<char> {
+        let c = self.peek()?;
+        self.pos += c.len_utf8();
+        Some(c)
+    }
+
+    fn skip_ws(&mut self) {
+        while matches!(self.peek(), Some(' ' | '\t')) {
+            self.pos += 1;
+        }
+    }
+
+    fn name(&mut self, start: fn(char) -> bool) -> Option<&'a str> {
+        let from = self.pos;
+        match self.peek() {
+            Some(c) if start(c) => self.pos += c.len_utf8(),
+            _ => return None,
+        }
+        while let Some(c) = self.peek().filter(|c| is_name_char(*c)) {
+            self.pos += c.len_utf8();
+        }
+        Some(&self.s[from..self.pos])
+    }
+
+    fn token(&mut self) -> &'a str {
+        let from = self.pos;
+        while let Some(c) = self.peek().filter(|c| *c != ' ' && *c != '\t') {
+            self.pos += c.len_utf8();
+        }
+        &self.s[from..self.pos]
+    }
+}
+
+fn parse_line(line: &str) -> Result<Sample, &'static str> {
+    let mut cur = Cursor { s: line, pos: 0 };
+    let name = cur
+        .name(is_name_start)
+        .ok_or("invalid metric name")?
+        .to_owned();
+    cur.skip_ws();
+    let labels = if cur.peek() == Some('{') {
+        cur.bump();
+        parse_labels(&mut cur)?
+    } else {
+        Vec::new()
+    };
+    cur.skip_ws();
+    let value = parse_value(cur.token())?;
+    cur.skip_ws();
+    let ts = cur.token();
+    let timestamp_ms = if ts.is_empty() {
+        None
+    } else {
+        Some(ts.parse::<i64>().map_err(|_| "invalid timestamp")?)
+    };
+    cur.skip_ws();
+    if cur.peek().is_some() {
+        return Err("unexpected text after timestamp");
+    }
+    Ok(Sample {
+        name,
+        labels,
+        value,
+        timestamp_ms,
+    })
+}
+
+fn parse_labels(cur: &mut Cursor<'_>) -> Result<Vec<(String, String)>, &'static str> {
+    let mut labels = Vec::new();
+    loop {
+        cur.skip_ws();
+        if cur.peek() == Some('}') {
+            cur.bump();
+            return Ok(labels);
+        }
+        let key = cur
+            .name(|c| c.is_ascii_alphabetic() || c == '_')
+            .ok_or("invalid label name")?
+            .to_owned();
+        cur.skip_ws();
+        if cur.bump() != Some('=') {
+            return Err("expected '=' after label name");
+        }
+        cur.skip_ws();
+        if cur.bump() != Some('"') {
+            return Err("expected '\"' to open label value");
+        }
+        let mut value = String::new();
+        loop {
+            match cur.bump() {
+                None => return Err("unterminated label value"),
+                Some('"') => break,
+                Some('\\') => match cur.bump() {
+                    Some('\\') => value.push('\\'),
+                    Some('"') => value.push('"'),
+                    Some('n') => value.push('\n'),
+                    _ => return Err("invalid escape in label value"),
+                },
+                Some(c) => value.push(c),
+            }
+        }
+        labels.push((key, value));
+        cur.skip_ws();
+        match cur.bump() {
+            Some(',') => continue,
+            Some('}') => return Ok(labels),
+            _ => return Err("expected ',' or '}' after label value"),
+        }
+    }
+}
+
+fn parse_value(tok: &str) -> Result<f64, &'static str> {
+    match tok {
+        "" => Err("missing value"),
+        "NaN" | "nan" => Ok(f64::NAN),
+        "+Inf" | "Inf" | "+inf" | "inf" => Ok(f64::INFINITY),
+        "-Inf" | "-inf" => Ok(f64::NEG_INFINITY),
+        t => t.parse::<f64>().map_err(|_| "invalid value"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_typical_exposition() {
+        // Comments are skipped and labelled counters are read with every label.
+        let text = "# HELP http_requests_total Requests.\n# TYPE http_requests_total counter\n\
+                    http_requests_total{method=\"GET\",path=\"/users\",status=\"200\"} 1027\n\
+                    http_requests_total{method=\"GET\",path=\"/users\",status=\"503\"} 3 1395066363000\n\
+                    process_open_fds 12\n";
+        let s = parse(text).expect("valid text");
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].name, "http_requests_total");
+        assert_eq!(s[0].label("status"), Some("200"));
+        assert_eq!(s[0].value, 1027.0);
+        assert_eq!(s[1].timestamp_ms, Some(1_395_066_363_000));
+        assert_eq!(s[2].labels, vec![]);
+    }
+
+    #[test]
+    fn label_escapes_and_trailing_comma() {
+        // Escaped quotes, backslashes and newlines in label values decode as Prometheus does.
+        let s = parse("m{a=\"x\\\"y\",b=\"c:\\\\d\",n=\"l1\\nl2\",} 1\n").expect("valid");
+        assert_eq!(s[0].label("a"), Some("x\"y"));
+        assert_eq!(s[0].label("b"), Some("c:\\d"));
+        assert_eq!(s[0].label("n"), Some("l1\nl2"));
+    }
+
+    #[test]
+    fn special_values() {
+        // NaN and infinities are values, not errors.
+        let s = parse("a NaN\nb +Inf\nc -Inf\nd 1.5e3\ne{} 2\n").expect("valid");
+        assert!(s[0].value.is_nan());
+        assert_eq!(s[1].value, f64::INFINITY);
+        assert_eq!(s[2].value, f64::NEG_INFINITY);
+        assert_eq!(s[3].value, 1500.0);
+        assert_eq!(s[4].value, 2.0);
+    }
+
+    #[test]
+    fn braces_and_commas_inside_values_do_not_confuse() {
+        // A label value may contain '}' or ',' or spaces.
+        let s = parse("m{path=\"/a,b} c\"} 7").expect("valid");
+        assert_eq!(s[0].label("path"), Some("/a,b} c"));
+        assert_eq!(s[0].value, 7.0);
+    }
+
+    #[test]
+    fn malformed_lines_are_errors_with_line_numbers() {
+        // Bad input is reported, never panics.
+        assert_eq!(parse("ok 1\nm{a=\"x} 1").map_err(|e| e.line), Err(2));
+        assert!(parse("m{a=x} 1").is_err());
+        assert!(parse("1m 1").is_err());
+        assert!(parse("m").is_err());
+        assert!(parse("m 1 notatime").is_err());
+        assert!(parse("m{a=\"\\q\"} 1").is_err());
+        assert!(parse("m 1 2 3").is_err());
+    }
+}
