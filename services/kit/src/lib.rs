@@ -1,1 +1,26 @@
-//! placeholder
+//! Shared plumbing for Flotilla's sample services (`users`, `auth`).
+//!
+//! Everything a service needs to behave well under Flotilla and nothing it does not:
+//! liveness and readiness endpoints ([`health`]), Prometheus metrics recorded per route
+//! template ([`metrics`]), request-scoped structured logs ([`telemetry`]), configuration from
+//! the environment ([`config`]), fault injection for tests and demos ([`faults`]), and a
+//! server that drains in-flight requests on SIGTERM ([`server`]). [`app`] ties them into one
+//! warp filter around a service's own API routes.
+//!
+//! This crate holds no business logic and never exits the process; binaries decide that.
+
+pub mod app;
+pub mod config;
+pub mod faults;
+pub mod health;
+pub mod metrics;
+pub mod reply;
+pub mod server;
+pub mod telemetry;
+
+pub use app::Kit;
+pub use config::{ConfigError, LogFormat, ServiceConfig};
+pub use faults::{FaultConfig, Faults};
+pub use health::Health;
+pub use metrics::HttpMetrics;
+pub use reply::{tag, RouteTemplate};

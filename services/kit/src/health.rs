@@ -1,0 +1,293 @@
+//! Liveness (`/healthz`) and readiness (`/readyz`).
+//!
+//! Liveness answers "is this process alive and not wedged": it fails only when the heartbeat
+//! task has not ticked for [`WEDGED_AFTER`], i.e. the runtime stopped scheduling work. It never
+//! looks at dependencies, so a database outage does not make the kubelet restart every pod.
+//! Readiness answers "should traffic come here": it runs the service's dependency checks
+//! (database, upstream services), and also fails while draining for shutdown or when a fault
+//! marks the instance unhealthy. Its 503 body names each failing check.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::faults::Faults;
+use crate::reply::{self, tag};
+
+/// Liveness fails when the heartbeat is older than this.
+pub const WEDGED_AFTER: Duration = Duration::from_secs(10);
+
+/// A readiness check must answer within this time, or it counts as failing. Kept well under
+/// the default probe timeout so `/readyz` itself answers in time.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The future a readiness check returns: `Err` carries a short reason.
+pub type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+type CheckFn = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
+
+/// Health state of one service instance; cheap to clone.
+#[derive(Clone)]
+pub struct Health {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    checks: Vec<(&'static str, CheckFn)>,
+    draining: AtomicBool,
+    started: Instant,
+    // Milliseconds since `started` at the last heartbeat; 0 = heartbeat not running.
+    heartbeat_ms: AtomicU64,
+}
+
+impl std::fmt::Debug for Health {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Health")
+            .field(
+                "checks",
+                &self.inner.checks.iter().map(|c| c.0).collect::<Vec<_>>(),
+            )
+            .field("draining", &self.is_draining())
+            .finish()
+    }
+}
+
+/// One failing readiness check, as reported in the 503 body.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Failing {
+    /// Check name, e.g. `database`, `users`, `shutdown`, `faults`.
+    pub check: String,
+    /// Why it fails.
+    pub reason: String,
+}
+
+/// Body of `/readyz`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ReadinessReport {
+    /// `ready` or `not_ready`.
+    pub status: String,
+    /// Failing checks; empty when ready.
+    pub failing: Vec<Failing>,
+}
+
+/// Builder for [`Health`].
+#[derive(Default)]
+pub struct HealthBuilder {
+    checks: Vec<(&'static str, CheckFn)>,
+}
+
+impl std::fmt::Debug for HealthBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HealthBuilder").finish_non_exhaustive()
+    }
+}
+
+impl HealthBuilder {
+    /// Adds a named readiness check.
+    pub fn check<F, Fut>(mut self, name: &'static str, f: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks.push((name, Arc::new(move || Box::pin(f()))));
+        self
+    }
+
+    /// Finishes the builder.
+    pub fn build(self) -> Health {
+        Health {
+            inner: Arc::new(Inner {
+                checks: self.checks,
+                draining: AtomicBool::new(false),
+                started: Instant::now(),
+                heartbeat_ms: AtomicU64::new(0),
+            }),
+        }
+    }
+}
+
+impl Health {
+    /// Starts building a health state with readiness checks.
+    pub fn builder() -> HealthBuilder {
+        HealthBuilder::default()
+    }
+
+    /// Marks the instance as shutting down: readiness fails from now on.
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether [`Self::start_draining`] was called.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Acquire)
+    }
+
+    /// Spawns the heartbeat task liveness relies on; it ticks every second.
+    pub fn spawn_heartbeat(&self) -> tokio::task::JoinHandle<()> {
+        let health = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                health.beat();
+            }
+        })
+    }
+
+    fn beat(&self) {
+        let ms = u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.inner.heartbeat_ms.store(ms.max(1), Ordering::Release);
+    }
+
+    /// Whether the process looks wedged (heartbeat running but stale).
+    pub fn wedged(&self) -> bool {
+        let last = self.inner.heartbeat_ms.load(Ordering::Acquire);
+        if last == 0 {
+            return false;
+        }
+        let now = u64::try_from(self.inner.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        now.saturating_sub(last) > u64::try_from(WEDGED_AFTER.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Runs every readiness check (each bounded by [`CHECK_TIMEOUT`]) and reports.
+    pub async fn readiness(&self, faults: &Faults) -> ReadinessReport {
+        let mut failing = Vec::new();
+        if self.is_draining() {
+            failing.push(Failing {
+                check: "shutdown".into(),
+                reason: "draining for shutdown".into(),
+            });
+        }
+        if faults.unhealthy() {
+            failing.push(Failing {
+                check: "faults".into(),
+                reason: "marked unhealthy by /admin/faults".into(),
+            });
+        }
+        for (name, check) in &self.inner.checks {
+            let outcome = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
+                Ok(r) => r,
+                Err(_) => Err(format!("no answer within {CHECK_TIMEOUT:?}")),
+            };
+            if let Err(reason) = outcome {
+                failing.push(Failing {
+                    check: (*name).to_owned(),
+                    reason,
+                });
+            }
+        }
+        let status = if failing.is_empty() {
+            "ready"
+        } else {
+            "not_ready"
+        };
+        ReadinessReport {
+            status: status.to_owned(),
+            failing,
+        }
+    }
+
+    /// `GET /healthz` and `GET /readyz`.
+    pub fn routes(
+        &self,
+        faults: Faults,
+    ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
+        let live = self.clone();
+        let healthz = warp::path!("healthz").and(warp::get()).map(move || {
+            let resp = if live.wedged() {
+                reply::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "wedged",
+                    "heartbeat stalled",
+                )
+            } else {
+                reply::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+            };
+            tag("/healthz", resp)
+        });
+        let ready = self.clone();
+        let readyz = warp::path!("readyz").and(warp::get()).then(move || {
+            let (ready, faults) = (ready.clone(), faults.clone());
+            async move {
+                let report = ready.readiness(&faults).await;
+                let status = if report.failing.is_empty() {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                tag("/readyz", reply::json(status, &report))
+            }
+        });
+        healthz.or(readyz).unify()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn readiness_names_failing_checks() {
+        // A failing dependency check appears by name in the report; passing ones do not.
+        let health = Health::builder()
+            .check("database", || async { Ok(()) })
+            .check("users", || async { Err("connection refused".to_owned()) })
+            .build();
+        let report = health.readiness(&Faults::new()).await;
+        assert_eq!(report.status, "not_ready");
+        assert_eq!(
+            report.failing,
+            vec![Failing {
+                check: "users".into(),
+                reason: "connection refused".into()
+            }]
+        );
+    }
+
+    #[tokio::test]
+    async fn draining_and_faults_fail_readiness() {
+        // Shutdown and an injected "unhealthy" both fail readiness even with no checks.
+        let health = Health::builder().build();
+        let faults = Faults::new();
+        assert_eq!(health.readiness(&faults).await.status, "ready");
+        faults
+            .set(crate::FaultConfig {
+                unhealthy: true,
+                ..Default::default()
+            })
+            .expect("valid");
+        let names: Vec<_> = health
+            .readiness(&faults)
+            .await
+            .failing
+            .into_iter()
+            .map(|f| f.check)
+            .collect();
+        assert_eq!(names, vec!["faults"]);
+        faults.clear();
+        health.start_draining();
+        assert_eq!(health.readiness(&faults).await.failing[0].check, "shutdown");
+    }
+
+    #[tokio::test]
+    async fn http_status_codes() {
+        // /readyz maps the report to 200/503; /healthz stays 200 when only readiness fails.
+        let health = Health::builder()
+            .check("db", || async { Err("down".to_owned()) })
+            .build();
+        let routes = health.routes(Faults::new());
+        let r = warp::test::request().path("/readyz").reply(&routes).await;
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let body: ReadinessReport = serde_json::from_slice(r.body()).expect("json");
+        assert_eq!(body.failing[0].check, "db");
+        let r = warp::test::request().path("/healthz").reply(&routes).await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+}

@@ -1,0 +1,181 @@
+//! Response helpers shared by every route: JSON bodies, error bodies, the route-template tag
+//! the metrics wrapper reads, and the rejection handler that turns warp rejections into JSON.
+//!
+//! Handlers tag their response with the route *template* (`/users/{id}`), never the raw path,
+//! so the metrics label set stays bounded whatever clients send.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use serde::Serialize;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::faults::InjectedFault;
+
+/// The route template a response was produced by; stored in the response extensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteTemplate(pub &'static str);
+
+/// Route label for requests no route matched.
+pub const UNMATCHED: &str = "unmatched";
+
+/// Turns `reply` into a response tagged with its route template.
+pub fn tag(route: &'static str, reply: impl Reply) -> Response {
+    let mut resp = reply.into_response();
+    resp.extensions_mut().insert(RouteTemplate(route));
+    resp
+}
+
+/// The route template a response was tagged with, or [`UNMATCHED`].
+pub fn route_of(resp: &Response) -> &'static str {
+    resp.extensions()
+        .get::<RouteTemplate>()
+        .map_or(UNMATCHED, |r| r.0)
+}
+
+/// Rejection for a request body over the route's limit.
+#[derive(Debug)]
+pub struct BodyTooLarge {
+    /// The limit in bytes.
+    pub limit: u64,
+}
+
+impl warp::reject::Reject for BodyTooLarge {}
+
+/// The request body as bytes, refusing bodies over `limit` bytes with 413. Unlike
+/// `warp::body::content_length_limit`, a request without `Content-Length` (a GET, or a chunked
+/// body) is accepted and its length checked after reading.
+pub fn body_limited(
+    limit: u64,
+) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone + Send + Sync + 'static {
+    warp::header::optional::<u64>("content-length")
+        .and_then(move |len: Option<u64>| async move {
+            match len {
+                Some(n) if n > limit => Err(warp::reject::custom(BodyTooLarge { limit })),
+                _ => Ok(()),
+            }
+        })
+        .untuple_one()
+        .and(warp::body::bytes())
+        .and_then(move |body: Bytes| async move {
+            if body.len() as u64 > limit {
+                Err(warp::reject::custom(BodyTooLarge { limit }))
+            } else {
+                Ok(body)
+            }
+        })
+}
+
+/// A JSON response with the given status.
+pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    warp::reply::with_status(warp::reply::json(body), status).into_response()
+}
+
+/// The JSON body of every error: a stable machine-readable `error` code and a message.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// Stable code, e.g. `not_found`, `invalid_input`.
+    pub error: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// A JSON error response.
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    json(
+        status,
+        &ErrorBody {
+            error: code.to_owned(),
+            message: message.into(),
+        },
+    )
+}
+
+/// Converts any rejection into a JSON error response so every request gets a body and a
+/// status the metrics wrapper can count.
+pub async fn recover(rej: Rejection) -> Result<Response, Infallible> {
+    Ok(rejection_response(&rej))
+}
+
+fn rejection_response(rej: &Rejection) -> Response {
+    if let Some(fault) = rej.find::<InjectedFault>() {
+        return tag(
+            fault.route,
+            error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "injected_fault",
+                "error injected by /admin/faults",
+            ),
+        );
+    }
+    if rej.is_not_found() {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such route");
+    }
+    if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route",
+        );
+    }
+    if let Some(e) = rej.find::<BodyTooLarge>() {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body larger than {} bytes", e.limit),
+        );
+    }
+    if rej.find::<warp::reject::LengthRequired>().is_some() {
+        return error(
+            StatusCode::LENGTH_REQUIRED,
+            "length_required",
+            "content-length required",
+        );
+    }
+    if let Some(e) = rej.find::<warp::reject::InvalidQuery>() {
+        return error(StatusCode::BAD_REQUEST, "invalid_input", e.to_string());
+    }
+    if let Some(e) = rej.find::<warp::reject::InvalidHeader>() {
+        return error(StatusCode::BAD_REQUEST, "invalid_input", e.to_string());
+    }
+    if let Some(e) = rej.find::<warp::reject::MissingHeader>() {
+        return error(StatusCode::BAD_REQUEST, "invalid_input", e.to_string());
+    }
+    if let Some(e) = rej.find::<warp::reject::UnsupportedMediaType>() {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            e.to_string(),
+        );
+    }
+    tracing::warn!(rejection = ?rej, "unhandled rejection");
+    error(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        "unhandled request error",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_round_trips_and_defaults_to_unmatched() {
+        // The metrics label comes from the tag, and an untagged response is "unmatched".
+        let tagged = tag("/users/{id}", "x");
+        assert_eq!(route_of(&tagged), "/users/{id}");
+        let plain = "x".into_response();
+        assert_eq!(route_of(&plain), UNMATCHED);
+    }
+
+    #[tokio::test]
+    async fn not_found_becomes_json_404() {
+        // Unknown paths get a JSON 404 rather than warp's empty default.
+        let resp = rejection_response(&warp::reject::not_found());
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        assert_eq!(route_of(&resp), UNMATCHED);
+    }
+}

@@ -1,0 +1,269 @@
+//! Binds nothing itself: serves a ready warp filter on a listener the caller bound, adds the
+//! request id, and shuts down gracefully.
+//!
+//! Shutdown sequence when `shutdown` resolves (SIGTERM/SIGINT in the binaries):
+//! 1. readiness turns 503 at once ([`Health::start_draining`]);
+//! 2. the server keeps accepting for `shutdown_delay`, so endpoint controllers and load
+//!    balancers stop sending traffic before the port closes;
+//! 3. the listener closes; idle keep-alive connections are closed, in-flight requests run to
+//!    completion for at most `drain_timeout`;
+//! 4. [`serve`] returns and the binary exits 0.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use http::{HeaderValue, Request};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use warp::reply::Response;
+use warp::{Filter, Rejection};
+
+use crate::health::Health;
+use crate::telemetry::REQUEST_ID_HEADER;
+
+/// Longest incoming request id we keep; longer or non-printable ones are replaced.
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Timing of the shutdown sequence.
+#[derive(Debug, Clone, Copy)]
+pub struct DrainOptions {
+    /// Keep accepting (while not-ready) this long after the signal.
+    pub shutdown_delay: Duration,
+    /// Upper bound for in-flight requests to finish once the listener is closed.
+    pub drain_timeout: Duration,
+}
+
+/// How the server stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// Every connection finished within the drain timeout.
+    Drained,
+    /// The drain timeout expired with connections still open; they were dropped.
+    DrainTimedOut,
+}
+
+/// Serves `filter` on `listener` until `shutdown` resolves, then runs the shutdown sequence.
+pub async fn serve<F, S>(
+    listener: TcpListener,
+    filter: F,
+    health: Health,
+    opts: DrainOptions,
+    shutdown: S,
+) -> Stopped
+where
+    F: Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static,
+    S: Future<Output = ()> + Send,
+{
+    let service = TowerToHyperService::new(warp::service(filter));
+    let graceful = GracefulShutdown::new();
+
+    accept_until(&listener, &service, &graceful, shutdown).await;
+    health.start_draining();
+    tracing::info!(
+        delay = ?opts.shutdown_delay,
+        "shutdown requested: readiness now failing, still accepting during the delay"
+    );
+    accept_until(
+        &listener,
+        &service,
+        &graceful,
+        tokio::time::sleep(opts.shutdown_delay),
+    )
+    .await;
+    drop(listener);
+    tracing::info!(timeout = ?opts.drain_timeout, "listener closed, draining in-flight requests");
+    match tokio::time::timeout(opts.drain_timeout, graceful.shutdown()).await {
+        Ok(()) => {
+            tracing::info!("all connections drained");
+            Stopped::Drained
+        }
+        Err(_) => {
+            tracing::warn!("drain timeout expired, dropping remaining connections");
+            Stopped::DrainTimedOut
+        }
+    }
+}
+
+async fn accept_until<Svc, S>(
+    listener: &TcpListener,
+    service: &Svc,
+    graceful: &GracefulShutdown,
+    stop: S,
+) where
+    Svc: hyper::service::Service<Request<Incoming>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Svc::Future: Send + 'static,
+    S: Future<Output = ()>,
+{
+    tokio::pin!(stop);
+    loop {
+        let accepted = tokio::select! {
+            () = &mut stop => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, _peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Usually EMFILE or a connection reset before accept; back off briefly
+                // instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let service = service.clone();
+        let svc = hyper::service::service_fn(move |req| with_request_id(service.clone(), req));
+        let conn =
+            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn with_request_id<Svc>(
+    service: Svc,
+    mut req: Request<Incoming>,
+) -> Result<Response, Infallible>
+where
+    Svc: hyper::service::Service<Request<Incoming>, Response = Response, Error = Infallible>,
+{
+    let id = ensure_request_id(req.headers_mut());
+    let mut resp = service.call(req).await?;
+    resp.headers_mut().insert(REQUEST_ID_HEADER, id);
+    Ok(resp)
+}
+
+/// Keeps a usable incoming request id or replaces it with a fresh UUID; returns the id.
+pub fn ensure_request_id(headers: &mut http::HeaderMap) -> HeaderValue {
+    let usable = headers.get(REQUEST_ID_HEADER).filter(|v| {
+        !v.is_empty()
+            && v.len() <= MAX_REQUEST_ID_LEN
+            && v.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    });
+    if let Some(v) = usable {
+        return v.clone();
+    }
+    let fresh = HeaderValue::from_str(&uuid::Uuid::new_v4().to_string())
+        .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+    headers.insert(REQUEST_ID_HEADER, fresh.clone());
+    fresh
+}
+
+/// A server running on a background task, stopped through [`Running::stop`]. Tests and
+/// benchmarks use it to run a service in-process over real HTTP.
+#[derive(Debug)]
+pub struct Running {
+    /// The address actually bound.
+    pub addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Stopped>,
+}
+
+impl Running {
+    /// Serves `filter` on `listener` in a background task.
+    pub fn start<F>(
+        listener: TcpListener,
+        filter: F,
+        health: Health,
+        opts: DrainOptions,
+    ) -> std::io::Result<Self>
+    where
+        F: Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static,
+    {
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(listener, filter, health, opts, async move {
+            let _ = rx.await;
+        }));
+        Ok(Self {
+            addr,
+            stop: Some(tx),
+            task,
+        })
+    }
+
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Triggers the shutdown sequence without waiting for it.
+    pub fn trigger_stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Triggers the shutdown sequence and waits for it to finish.
+    pub async fn stop(mut self) -> Result<Stopped, tokio::task::JoinError> {
+        self.trigger_stop();
+        self.task.await
+    }
+
+    /// Waits for a shutdown triggered earlier to finish.
+    pub async fn finished(self) -> Result<Stopped, tokio::task::JoinError> {
+        self.task.await
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_id_kept_or_generated() {
+        // A sane incoming id is echoed; a missing or hostile one is replaced.
+        let mut h = http::HeaderMap::new();
+        h.insert(REQUEST_ID_HEADER, HeaderValue::from_static("abc-123"));
+        assert_eq!(ensure_request_id(&mut h), "abc-123");
+
+        let mut h = http::HeaderMap::new();
+        let id = ensure_request_id(&mut h);
+        assert_eq!(id.len(), 36);
+        assert_eq!(h.get(REQUEST_ID_HEADER), Some(&id));
+
+        let mut h = http::HeaderMap::new();
+        h.insert(REQUEST_ID_HEADER, HeaderValue::from_static("has space"));
+        assert_ne!(ensure_request_id(&mut h), "has space");
+    }
+}

@@ -1,0 +1,49 @@
+//! Structured logging with `tracing`: text or JSON output, one span per request carrying its
+//! request id.
+//!
+//! The request id is guaranteed on every request by [`crate::server`] (an incoming
+//! `x-request-id` is kept, otherwise one is generated) and returned in the response.
+
+use tracing_subscriber::EnvFilter;
+
+use crate::config::LogFormat;
+
+/// Header carrying the request id in both directions.
+pub const REQUEST_ID_HEADER: &str = "x-request-id";
+
+/// Installing the global subscriber failed (one was already installed).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot install the log subscriber: {0}")]
+pub struct TelemetryError(String);
+
+/// Installs the global subscriber: `RUST_LOG` filters (default `info`), `format` picks text or
+/// JSON lines.
+pub fn init_tracing(format: LogFormat) -> Result<(), TelemetryError> {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let result = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    result.map_err(|e| TelemetryError(e.to_string()))
+}
+
+/// The span every request runs in: method, raw path (logs only, never a metric label) and the
+/// request id.
+pub fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
+    let request_id = info
+        .request_headers()
+        .get(REQUEST_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-");
+    tracing::info_span!(
+        "request",
+        method = %info.method(),
+        path = %info.path(),
+        request_id = %request_id,
+    )
+}
