@@ -511,3 +511,49 @@ fn every_object_has_standard_labels() -> Result<()> {
     }
     Ok(())
 }
+
+/// Dotted paths of the leaves of `values` (an empty map or list is a leaf).
+fn leaf_keys(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match value.as_object() {
+        Some(map) if !map.is_empty() => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaf_keys(child, &path, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_owned());
+        }
+    }
+}
+
+#[test]
+fn readme_values_table_lists_every_value() -> Result<()> {
+    // The chart README's values table names exactly the keys values.yaml has.
+    let dir = chart::chart_dir("flotilla");
+    let values: Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml"))?)?;
+    let mut in_values = BTreeSet::new();
+    leaf_keys(&values, "", &mut in_values);
+    let readme = std::fs::read_to_string(dir.join("README.md"))?;
+    let values_section = readme
+        .split("\n## ")
+        .find(|section| section.starts_with("Values"))
+        .context("README has no Values section")?;
+    let in_readme: BTreeSet<String> = values_section
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `"))
+        .filter_map(|rest| rest.split_once('`'))
+        .map(|(key, _)| key.to_owned())
+        .collect();
+    let undocumented: Vec<_> = in_values.difference(&in_readme).collect();
+    let unknown: Vec<_> = in_readme.difference(&in_values).collect();
+    ensure!(
+        undocumented.is_empty() && unknown.is_empty(),
+        "README values table is out of sync: missing {undocumented:?}, not in values.yaml {unknown:?}"
+    );
+    Ok(())
+}
