@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Runs the Flotilla e2e suite on a real Kubernetes cluster in Docker (kind):
+#   1. create the kind cluster (kept if it already exists),
+#   2. build the operator and sample-service images and load them into the cluster,
+#   3. install the chart with those images, wait for the operator and run `helm test`,
+#   4. install the sample MicroServices,
+#   5. run the e2e suite against the cluster with its kubeconfig.
+#
+# Needs docker, kind, kubectl, helm (v4) and cargo-nextest. Usage, from anywhere:
+#   e2e/kind/run.sh            # set KEEP_CLUSTER=0 to delete the cluster afterwards
+set -euo pipefail
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cluster="${KIND_CLUSTER_NAME:-flotilla}"
+tag="0.1.0"
+namespace="flotilla-system"
+kubeconfig="$repo/target/kind-$cluster.kubeconfig"
+
+for tool in docker kind kubectl helm cargo; do
+    command -v "$tool" >/dev/null || { echo "run.sh: $tool is required" >&2; exit 1; }
+done
+
+cleanup() {
+    if [[ "${KEEP_CLUSTER:-1}" == 0 ]]; then
+        kind delete cluster --name "$cluster"
+    fi
+}
+trap cleanup EXIT
+
+echo "==> cluster $cluster"
+if ! kind get clusters | grep -qx "$cluster"; then
+    kind create cluster --name "$cluster" --config "$repo/e2e/kind/kind-config.yaml" --wait 120s
+fi
+mkdir -p "$(dirname "$kubeconfig")"
+kind get kubeconfig --name "$cluster" >"$kubeconfig"
+export KUBECONFIG="$kubeconfig"
+
+echo "==> images"
+images=(
+    "flotilla/operator:$tag=operator/Dockerfile"
+    "flotilla/users:$tag=services/users/Dockerfile"
+    "flotilla/auth:$tag=services/auth/Dockerfile"
+)
+for entry in "${images[@]}"; do
+    image="${entry%%=*}"
+    dockerfile="${entry#*=}"
+    DOCKER_BUILDKIT=1 docker build --file "$repo/$dockerfile" --tag "$image" "$repo"
+    kind load docker-image --name "$cluster" "$image"
+done
+
+echo "==> operator chart"
+# The images were loaded into the node, so they must never be pulled.
+helm upgrade --install flotilla "$repo/charts/flotilla" \
+    --namespace "$namespace" --create-namespace \
+    --set image.repository=flotilla/operator \
+    --set image.tag="$tag" \
+    --set image.pullPolicy=Never \
+    --wait --timeout 5m
+helm test flotilla --namespace "$namespace" --timeout 5m
+
+echo "==> sample MicroServices"
+# Pinned tags pull IfNotPresent, so the pods use the images loaded above.
+helm upgrade --install flotilla-samples "$repo/charts/flotilla-samples" \
+    --namespace flotilla-samples --create-namespace
+kubectl --namespace flotilla-samples wait microservices --all --for=condition=Ready --timeout=5m
+
+echo "==> e2e suite"
+cd "$repo"
+FLOTILLA_E2E_KUBECONFIG="$kubeconfig" cargo nextest run -p flotilla-e2e --test suite
