@@ -532,28 +532,112 @@ fn leaf_keys(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {
 }
 
 #[test]
-fn readme_values_table_lists_every_value() -> Result<()> {
-    // The chart README's values table names exactly the keys values.yaml has.
-    let dir = chart::chart_dir("flotilla");
-    let values: Value = serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml"))?)?;
-    let mut in_values = BTreeSet::new();
-    leaf_keys(&values, "", &mut in_values);
-    let readme = std::fs::read_to_string(dir.join("README.md"))?;
-    let values_section = readme
-        .split("\n## ")
-        .find(|section| section.starts_with("Values"))
-        .context("README has no Values section")?;
-    let in_readme: BTreeSet<String> = values_section
-        .lines()
-        .filter_map(|line| line.strip_prefix("| `"))
-        .filter_map(|rest| rest.split_once('`'))
-        .map(|(key, _)| key.to_owned())
-        .collect();
-    let undocumented: Vec<_> = in_values.difference(&in_readme).collect();
-    let unknown: Vec<_> = in_readme.difference(&in_values).collect();
+fn readme_values_tables_list_every_value() -> Result<()> {
+    // Each chart README's values table names exactly the keys its values.yaml has.
+    for chart_name in ["flotilla", "flotilla-samples"] {
+        let dir = chart::chart_dir(chart_name);
+        let values: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml"))?)?;
+        let mut in_values = BTreeSet::new();
+        leaf_keys(&values, "", &mut in_values);
+        let readme = std::fs::read_to_string(dir.join("README.md"))?;
+        let values_section = readme
+            .split("\n## ")
+            .find(|section| section.starts_with("Values"))
+            .with_context(|| format!("{chart_name} README has no Values section"))?;
+        let in_readme: BTreeSet<String> = values_section
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|rest| rest.split_once('`'))
+            .map(|(key, _)| key.to_owned())
+            .collect();
+        let undocumented: Vec<_> = in_values.difference(&in_readme).collect();
+        let unknown: Vec<_> = in_readme.difference(&in_values).collect();
+        ensure!(
+            undocumented.is_empty() && unknown.is_empty(),
+            "{chart_name} README values table is out of sync: missing {undocumented:?}, \
+             not in values.yaml {unknown:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn samples_chart_passes_strict_lint() -> Result<()> {
+    // The samples chart is held to the same lint bar as the operator chart.
+    let helm = tools::find("helm")?;
+    let dir = chart::chart_dir("flotilla-samples");
+    tools::run_ok(
+        &helm,
+        ["lint".as_ref(), "--strict".as_ref(), dir.as_os_str()],
+        None,
+    )?;
+    Ok(())
+}
+
+#[test]
+fn samples_render_valid_microservices() -> Result<()> {
+    // The samples render valid objects, and their MicroServices satisfy the CRD schema, with
+    // defaults and with every option on.
+    let all = [
+        "auth.autoscaling.enabled=true",
+        "auth.jwtSecret=fixed-for-test",
+        "auth.config.LOG_LEVEL=debug",
+        "users.config.LOG_LEVEL=debug",
+    ];
+    for sets in [&[][..], &all[..]] {
+        let docs = render_and_validate("flotilla-samples", sets)?;
+        let names: BTreeSet<&str> = docs
+            .iter()
+            .filter(|d| kind_of(d) == "MicroService")
+            .map(name_of)
+            .collect();
+        ensure!(names == BTreeSet::from(["auth", "users"]), "{names:?}");
+    }
+    let docs = render("flotilla-samples", &all)?;
+    let auth = docs
+        .iter()
+        .find(|d| kind_of(d) == "MicroService" && name_of(d) == "auth")
+        .context("no auth MicroService")?;
+    let auth: flotilla_crds::MicroService = serde_json::from_value(auth.clone())?;
+    ensure!(auth.spec.autoscaling.is_some_and(|a| a.max_replicas == 5));
+    ensure!(auth.spec.dependencies == Some(vec!["users".to_owned()]));
+    Ok(())
+}
+
+#[test]
+fn samples_schema_rejects_a_typo() -> Result<()> {
+    // A misspelled samples value fails and is named.
+    let helm = tools::find("helm")?;
+    let output = tools::run(
+        &helm,
+        chart::template_args("flotilla-samples", RELEASE, NAMESPACE, &["auth.replica=3"]),
+        None,
+    )?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
     ensure!(
-        undocumented.is_empty() && unknown.is_empty(),
-        "README values table is out of sync: missing {undocumented:?}, not in values.yaml {unknown:?}"
+        !output.status.success() && stderr.contains("replica"),
+        "{stderr}"
     );
+    Ok(())
+}
+
+#[test]
+fn crd_schema_check_rejects_a_bad_microservice() -> Result<()> {
+    // The CRD-schema check can fail: a MicroService without an image, with a string replica
+    // count and an unknown service type is reported.
+    let crd = std::fs::read_to_string(chart::generated_crd_path())?;
+    let schema = chart::crd_schema(&crd)?;
+    let bad = serde_json::json!({
+        "apiVersion": "flotilla.rs/v1alpha1",
+        "kind": "MicroService",
+        "metadata": {"name": "bad"},
+        "spec": {"replicas": "three", "service": {"type": "Mesh"}}
+    });
+    let violations = chart::jsonschema_violations(&schema, &[bad])?;
+    let text = violations.join("\n");
+    ensure!(text.contains("image"), "{text}");
+    ensure!(text.contains("replicas"), "{text}");
+    ensure!(text.contains("Mesh"), "{text}");
     Ok(())
 }
