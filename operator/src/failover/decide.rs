@@ -129,6 +129,21 @@ impl ServiceState {
             ..Self::default()
         }
     }
+
+    /// Like [`ServiceState::resume`], with the membership the pods' labels show, so the first
+    /// decision only reports pods whose membership really changes.
+    pub fn resume_with(
+        active: Target,
+        primary_members: BTreeMap<String, Membership>,
+        fallback_members: BTreeMap<String, Membership>,
+    ) -> Self {
+        Self {
+            active,
+            primary_members,
+            fallback_members,
+            ..Self::default()
+        }
+    }
 }
 
 /// One decision for one primary service.

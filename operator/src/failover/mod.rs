@@ -14,7 +14,13 @@
 //! and dropping pods on its own when Flotilla is down; Flotilla only flips the label.
 
 pub mod decide;
+pub mod engine;
 pub mod error_rate;
+pub mod inventory;
+pub mod metrics;
 pub mod pod_health;
 pub mod policy;
+pub mod probe;
 pub mod promtext;
+pub mod report;
+pub mod spec;

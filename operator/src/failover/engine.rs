@@ -1,0 +1,517 @@
+//! The prober/decider task: keeps one health state machine per pod, schedules probes, turns
+//! results into verdicts and verdicts into decisions, and publishes them as values for the writer.
+//!
+//! Task layout: one engine task owns all state (no locks). Each probe runs as its own short task
+//! in a `JoinSet`, holding a semaphore permit; a probe ends within twice the probe timeout (the
+//! readiness request, then an optional scrape), so no probe task outlives its timeouts. When all
+//! permits are taken, a due probe is skipped until the pod's next period rather than queued.
+//! Decisions are recomputed right after a verdict changes and every `decide_every` (for the
+//! time-based recovery window). Runs on every replica; only the writer is leader-gated.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use rand::Rng;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::JoinSet;
+
+use flotilla_crds::{labels, ActiveTarget};
+
+use super::decide::{decide, Change, FallbackView, Membership, PodView, ServiceState, Target};
+use super::error_rate::ErrorWindow;
+use super::inventory::{Inventory, ObjKey, ServiceInfo};
+use super::metrics::Metrics;
+use super::pod_health::{Observation, PodHealth, Thresholds};
+use super::probe::{self, ProbeClient, ProbeReport};
+use super::report::{self, Desired, History, Member, Notice, ServiceDesired};
+
+/// Tunables of the engine task.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Probes in flight at once (across all pods). 512 covers 1,000 pods at a 500 ms period with
+    /// millisecond answers many times over, and bounds sockets when many pods hang.
+    pub max_in_flight: usize,
+    /// How often every service is re-decided even without verdict changes.
+    pub decide_every: Duration,
+    /// Minimum time between two metrics scrapes of one pod.
+    pub scrape_every: Duration,
+    /// Capacity of the notice queue to the writer; when full, notices are dropped (and counted).
+    pub notice_capacity: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_in_flight: 512,
+            decide_every: Duration::from_millis(200),
+            scrape_every: Duration::from_secs(1),
+            notice_capacity: 1024,
+        }
+    }
+}
+
+/// The engine's outputs.
+#[derive(Debug)]
+pub struct EngineOutputs {
+    /// The latest desired state (level: the writer reconciles towards it).
+    pub desired: watch::Receiver<Arc<Desired>>,
+    /// One-off changes to announce (edge: Events and counters).
+    pub notices: mpsc::Receiver<Notice>,
+}
+
+struct PodEntry {
+    health: PodHealth,
+    window: ErrorWindow,
+    in_flight: bool,
+    next_due: Instant,
+    last_scrape: Option<Instant>,
+}
+
+struct SvcEntry {
+    state: ServiceState,
+    history: History,
+    held_announced: bool,
+}
+
+struct Engine {
+    inv: Arc<Inventory>,
+    pods: HashMap<ObjKey, PodEntry>,
+    svcs: HashMap<ObjKey, SvcEntry>,
+    heap: BinaryHeap<Reverse<(Instant, ObjKey)>>,
+    client: ProbeClient,
+    permits: Arc<Semaphore>,
+    probes: JoinSet<(ObjKey, ProbeReport)>,
+    metrics: Metrics,
+    desired_tx: watch::Sender<Arc<Desired>>,
+    notice_tx: mpsc::Sender<Notice>,
+    cfg: EngineConfig,
+}
+
+/// Starts the engine on the current runtime. It stops when `inventory`'s sender is dropped.
+pub fn spawn(
+    inventory: watch::Receiver<Arc<Inventory>>,
+    metrics: Metrics,
+    cfg: EngineConfig,
+) -> (EngineOutputs, tokio::task::JoinHandle<()>) {
+    let (desired_tx, desired) = watch::channel(Arc::new(Desired::default()));
+    let (notice_tx, notices) = mpsc::channel(cfg.notice_capacity.max(1));
+    let engine = Engine {
+        inv: Arc::new(Inventory::default()),
+        pods: HashMap::new(),
+        svcs: HashMap::new(),
+        heap: BinaryHeap::new(),
+        client: ProbeClient::new(),
+        permits: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
+        probes: JoinSet::new(),
+        metrics,
+        desired_tx,
+        notice_tx,
+        cfg,
+    };
+    let handle = tokio::spawn(engine.run(inventory));
+    (EngineOutputs { desired, notices }, handle)
+}
+
+fn jittered(period: Duration) -> Duration {
+    period.mul_f64(rand::rng().random_range(0.9..1.1))
+}
+
+impl Engine {
+    async fn run(mut self, mut inventory: watch::Receiver<Arc<Inventory>>) {
+        let first = inventory.borrow_and_update().clone();
+        self.apply_inventory(first);
+        let mut tick = tokio::time::interval(self.cfg.decide_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let next_due = self
+                .heap
+                .peek()
+                .map(|Reverse((t, _))| *t)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let mut decide_now = false;
+            tokio::select! {
+                changed = inventory.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let inv = inventory.borrow_and_update().clone();
+                    self.apply_inventory(inv);
+                    decide_now = true;
+                }
+                Some(joined) = self.probes.join_next(), if !self.probes.is_empty() => {
+                    if let Ok((key, rep)) = joined {
+                        decide_now = self.on_report(&key, rep);
+                    }
+                }
+                () = tokio::time::sleep_until(next_due.into()) => self.launch_due(Instant::now()),
+                _ = tick.tick() => decide_now = true,
+            }
+            if decide_now {
+                self.decide_all(Instant::now());
+            }
+        }
+        self.probes.abort_all();
+    }
+
+    fn apply_inventory(&mut self, inv: Arc<Inventory>) {
+        let now = Instant::now();
+        self.pods.retain(|k, _| inv.pods.contains_key(k));
+        for (key, p) in &inv.pods {
+            if self.pods.contains_key(key) {
+                continue;
+            }
+            let Some(svc) = inv
+                .services
+                .get(&ObjKey::new(key.ns.clone(), p.service.clone()))
+            else {
+                continue;
+            };
+            let first = now + svc.probe.period.mul_f64(rand::rng().random_range(0.0..1.0));
+            self.pods.insert(
+                key.clone(),
+                PodEntry {
+                    health: PodHealth::new(p.ready),
+                    window: ErrorWindow::new(svc.failover.error_rate_window),
+                    in_flight: false,
+                    next_due: first,
+                    last_scrape: None,
+                },
+            );
+            self.heap.push(Reverse((first, key.clone())));
+        }
+        let metrics = &self.metrics;
+        self.svcs.retain(|k, _| {
+            let keep = inv.services.get(k).is_some_and(|s| s.failover_enabled);
+            if !keep {
+                let _ = metrics
+                    .healthy_endpoints
+                    .remove_label_values(&[k.ns.as_str(), k.name.as_str()]);
+            }
+            keep
+        });
+        for svc in inv.services.values().filter(|s| s.failover_enabled) {
+            self.svcs
+                .entry(svc.key.clone())
+                .or_insert_with(|| resume(svc, &inv));
+        }
+        self.inv = inv;
+    }
+
+    fn launch_due(&mut self, now: Instant) {
+        while let Some(Reverse((due, _))) = self.heap.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((due, key))) = self.heap.pop() else {
+                break;
+            };
+            let Some(entry) = self.pods.get_mut(&key) else {
+                continue;
+            };
+            if entry.next_due != due {
+                continue;
+            }
+            let Some(pod) = self.inv.pods.get(&key) else {
+                continue;
+            };
+            let Some(svc) = self
+                .inv
+                .services
+                .get(&ObjKey::new(key.ns.clone(), pod.service.clone()))
+            else {
+                continue;
+            };
+            let next = now + jittered(svc.probe.period);
+            entry.next_due = next;
+            self.heap.push(Reverse((next, key.clone())));
+            let Some(ip) = pod.ip else {
+                continue;
+            };
+            if entry.in_flight {
+                continue;
+            }
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                self.metrics.probes.with_label_values(&["skipped"]).inc();
+                continue;
+            };
+            let scrape = svc.failover.scrape_metrics
+                && entry
+                    .last_scrape
+                    .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.scrape_every);
+            entry.in_flight = true;
+            let client = self.client.clone();
+            let addr = std::net::SocketAddr::new(ip, svc.probe.port);
+            let path = svc.probe.readiness_path.clone();
+            let metrics_path = scrape.then(|| svc.probe.metrics_path.clone());
+            let timeout = svc.probe.timeout;
+            self.probes.spawn(async move {
+                let rep = probe::run(&client, addr, &path, metrics_path.as_deref(), timeout).await;
+                drop(permit);
+                (key, rep)
+            });
+        }
+    }
+
+    /// Feeds a probe report into the pod's state machine; `true` when its verdict changed.
+    fn on_report(&mut self, key: &ObjKey, rep: ProbeReport) -> bool {
+        let Some(entry) = self.pods.get_mut(key) else {
+            return false;
+        };
+        entry.in_flight = false;
+        let Some(svc) = self.inv.pods.get(key).and_then(|p| {
+            self.inv
+                .services
+                .get(&ObjKey::new(key.ns.clone(), p.service.clone()))
+        }) else {
+            return false;
+        };
+        if let Some(counts) = rep.scrape {
+            let ratio = entry.window.record(rep.at, counts);
+            entry.health.set_error_ratio(ratio);
+            entry.last_scrape = Some(rep.at);
+        }
+        let obs = match (
+            rep.observation,
+            svc.failover.max_error_rate,
+            entry.health.error_ratio,
+        ) {
+            (Observation::Success, Some(max), Some(r)) if r > max => Observation::ErrorRate(r),
+            (obs, _, _) => obs,
+        };
+        self.metrics.probes.with_label_values(&[obs.label()]).inc();
+        self.metrics
+            .probe_duration
+            .observe(rep.latency.as_secs_f64());
+        let th = Thresholds {
+            failure: svc.probe.failure_threshold,
+            success: svc.probe.success_threshold,
+        };
+        entry.health.observe(obs, rep.at, th)
+    }
+
+    fn view(&self, svc: &ObjKey) -> Vec<PodView> {
+        self.inv
+            .pods_of(svc)
+            .filter_map(|p| {
+                let h = &self.pods.get(&p.key)?.health;
+                Some(PodView {
+                    name: p.key.name.clone(),
+                    kubelet_ready: p.ready,
+                    healthy: h.healthy,
+                    detected_from: if h.healthy {
+                        None
+                    } else {
+                        h.unhealthy_detected_from
+                    },
+                })
+            })
+            .collect()
+    }
+
+    fn decide_all(&mut self, now: Instant) {
+        let mut desired = Desired::default();
+        let keys: Vec<ObjKey> = self.svcs.keys().cloned().collect();
+        for key in keys {
+            let Some(info) = self.inv.services.get(&key) else {
+                continue;
+            };
+            let primary = self.view(&key);
+            let fb_key = info
+                .failover
+                .fallback
+                .as_ref()
+                .map(|f| ObjKey::new(key.ns.clone(), f.clone()));
+            let fb_info = fb_key.as_ref().and_then(|k| self.inv.services.get(k));
+            let fb_pods = fb_key.as_ref().map(|k| self.view(k)).unwrap_or_default();
+            let fallback = fb_info.map(|f| FallbackView {
+                pods: &fb_pods,
+                port_name_matches: f.port_name == info.port_name,
+            });
+            let Some(entry) = self.svcs.get_mut(&key) else {
+                continue;
+            };
+            let mut d = decide(&mut entry.state, &info.failover, &primary, fallback, now);
+            if fb_key.is_some() && fb_info.is_none() && d.invalid.is_none() {
+                d.invalid = Some("the fallback MicroService does not exist".to_owned());
+            }
+            let mode = info.failover.mode;
+            let mut notices = Vec::new();
+            if let Some(change) = &d.change {
+                match change {
+                    Change::FailedOver { reason, .. } => {
+                        entry.history.last_failover =
+                            Some((Time(jiff::Timestamp::now()), reason.clone()));
+                    }
+                    Change::FailedBack { .. } => {
+                        entry.history.last_failback = Some(Time(jiff::Timestamp::now()));
+                    }
+                }
+                notices.push(Notice::Service {
+                    svc: key.clone(),
+                    mode,
+                    change: change.clone(),
+                });
+            }
+            if d.held && !entry.held_announced {
+                notices.push(Notice::Held {
+                    svc: key.clone(),
+                    target: d.active,
+                });
+            }
+            entry.held_announced = d.held;
+            for c in &d.pod_changes {
+                let pod = ObjKey::new(key.ns.clone(), c.pod.clone());
+                let evidence = self
+                    .pods
+                    .get(&pod)
+                    .map(|e| report::describe(e.health.last.as_ref()))
+                    .unwrap_or_default();
+                notices.push(Notice::Pod {
+                    svc: key.clone(),
+                    mode,
+                    pod,
+                    fallback: c.fallback,
+                    to: c.to,
+                    detected_from: c.detected_from,
+                    evidence,
+                });
+            }
+            for n in notices {
+                if self.notice_tx.try_send(n).is_err() {
+                    self.metrics
+                        .writes
+                        .with_label_values(&["notice", "dropped"])
+                        .inc();
+                }
+            }
+            let evidence = self
+                .inv
+                .pods_of(&key)
+                .filter_map(|p| {
+                    Some(report::evidence(
+                        &p.key.name,
+                        &self.pods.get(&p.key)?.health,
+                    ))
+                })
+                .collect();
+            let history = self
+                .svcs
+                .get(&key)
+                .map(|e| e.history.clone())
+                .unwrap_or_default();
+            let flaps = self.svcs.get(&key).map_or(0, |e| e.state.flips.len());
+            let (status, conditions) = report::status_for(
+                &d,
+                mode,
+                info.failover.fallback.as_deref(),
+                flaps,
+                &history,
+                evidence,
+            );
+            let members: Vec<Member> = d
+                .primary_members
+                .iter()
+                .map(|(n, m)| (n, false, *m))
+                .chain(d.fallback_members.iter().map(|(n, m)| (n, true, *m)))
+                .map(|(name, fallback, to)| Member {
+                    pod: ObjKey::new(key.ns.clone(), name.clone()),
+                    fallback,
+                    to,
+                })
+                .collect();
+            let serving = members
+                .iter()
+                .filter(|m| {
+                    m.to == Membership::In && self.inv.pods.get(&m.pod).is_some_and(|p| p.ready)
+                })
+                .count();
+            let serving = i64::try_from(serving).unwrap_or(i64::MAX);
+            self.metrics
+                .healthy_endpoints
+                .with_label_values(&[key.ns.as_str(), key.name.as_str()])
+                .set(serving);
+            desired.services.insert(
+                key.clone(),
+                ServiceDesired {
+                    label_key: labels::serves(&key.name),
+                    key,
+                    mode,
+                    members,
+                    status,
+                    conditions,
+                    serving,
+                },
+            );
+        }
+        self.desired_tx.send_if_modified(|cur| {
+            if **cur == desired {
+                false
+            } else {
+                *cur = Arc::new(desired);
+                true
+            }
+        });
+    }
+}
+
+/// Decider state for a service seen for the first time: the target and membership it already
+/// has (from status and labels), so a restart keeps the current target and announces nothing.
+fn resume(svc: &ServiceInfo, inv: &Inventory) -> SvcEntry {
+    let active = match svc.status.as_ref().and_then(|s| s.active) {
+        Some(ActiveTarget::Fallback) if svc.failover.mode == super::policy::Mode::Enforce => {
+            Target::Fallback
+        }
+        _ => Target::Primary,
+    };
+    let key = labels::serves(&svc.key.name);
+    let membership = |value: Option<&String>, default: Membership| match value.map(String::as_str) {
+        Some(labels::SERVES_TRUE) => Membership::In,
+        Some(_) => Membership::Out,
+        None => default,
+    };
+    let primary = inv
+        .pods_of(&svc.key)
+        .map(|p| {
+            (
+                p.key.name.clone(),
+                membership(p.serves.get(&key), Membership::In),
+            )
+        })
+        .collect();
+    let fallback = svc
+        .failover
+        .fallback
+        .as_ref()
+        .map(|f| ObjKey::new(svc.key.ns.clone(), f.clone()))
+        .map(|fk| {
+            inv.pods_of(&fk)
+                .map(|p| {
+                    (
+                        p.key.name.clone(),
+                        membership(p.serves.get(&key), Membership::Out),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let history = History {
+        last_failover: svc.status.as_ref().and_then(|s| {
+            Some((
+                s.last_failover_time.clone()?,
+                s.last_failover_reason.clone().unwrap_or_default(),
+            ))
+        }),
+        last_failback: svc
+            .status
+            .as_ref()
+            .and_then(|s| s.last_failback_time.clone()),
+    };
+    SvcEntry {
+        state: ServiceState::resume_with(active, primary, fallback),
+        history,
+        held_announced: false,
+    }
+}

@@ -1,0 +1,259 @@
+//! The engine's view of the cluster: the MicroServices whose pods are probed and those pods, as
+//! plain values built from watched objects.
+//!
+//! `Inventory::build` is pure (objects in, values out); `source.rs` feeds it from reflectors.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use flotilla_crds::{conditions, labels, FailoverStatus, MicroService};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+
+use super::policy::{FailoverPolicy, ProbePolicy};
+
+/// Namespace and name of an object.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ObjKey {
+    /// Namespace.
+    pub ns: String,
+    /// Name.
+    pub name: String,
+}
+
+impl ObjKey {
+    /// A key from its parts.
+    pub fn new(ns: impl Into<String>, name: impl Into<String>) -> Self {
+        Self {
+            ns: ns.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for ObjKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.ns, self.name)
+    }
+}
+
+/// A MicroService as the engine needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceInfo {
+    /// Namespace and name.
+    pub key: ObjKey,
+    /// `metadata.generation`, for condition `observedGeneration`.
+    pub generation: Option<i64>,
+    /// Whether `spec.failover.enabled` is set (a service may be probed only as someone's fallback).
+    pub failover_enabled: bool,
+    /// How its pods are probed.
+    pub probe: ProbePolicy,
+    /// How it fails over.
+    pub failover: FailoverPolicy,
+    /// The container port name (a fallback must use the same one).
+    pub port_name: String,
+    /// The current `status.failover`, as last written.
+    pub status: Option<FailoverStatus>,
+    /// The current `FailedOver` and `Flapping` conditions.
+    pub conditions: Vec<Condition>,
+}
+
+/// A pod as the engine needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodInfo {
+    /// Namespace and name.
+    pub key: ObjKey,
+    /// The MicroService it belongs to (`app.kubernetes.io/instance`).
+    pub service: String,
+    /// The pod IP, once assigned.
+    pub ip: Option<IpAddr>,
+    /// The kubelet's Ready condition.
+    pub ready: bool,
+    /// Its `serves.flotilla.rs/*` labels.
+    pub serves: BTreeMap<String, String>,
+}
+
+/// Everything the prober, decider and writer read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Inventory {
+    /// Services whose pods are probed: failover-enabled ones and their fallbacks.
+    pub services: BTreeMap<ObjKey, ServiceInfo>,
+    /// Pods of those services that are not terminating.
+    pub pods: BTreeMap<ObjKey, PodInfo>,
+    /// Pod keys per service.
+    pub by_service: BTreeMap<ObjKey, Vec<ObjKey>>,
+}
+
+fn service_info(ms: &MicroService) -> Option<ServiceInfo> {
+    let key = ObjKey::new(ms.metadata.namespace.clone()?, ms.metadata.name.clone()?);
+    let status = ms.status.as_ref();
+    Some(ServiceInfo {
+        key,
+        generation: ms.metadata.generation,
+        failover_enabled: ms.spec.failover.enabled,
+        probe: ProbePolicy::from(&ms.spec),
+        failover: FailoverPolicy::from(&ms.spec),
+        port_name: ms.spec.port_name.clone(),
+        status: status.and_then(|s| s.failover.clone()),
+        conditions: status
+            .map(|s| {
+                s.conditions
+                    .iter()
+                    .filter(|c| {
+                        c.type_ == conditions::FAILED_OVER || c.type_ == conditions::FLAPPING
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default(),
+    })
+}
+
+fn pod_info(pod: &Pod) -> Option<PodInfo> {
+    let meta = &pod.metadata;
+    if meta.deletion_timestamp.is_some() {
+        return None;
+    }
+    let pod_labels = meta.labels.as_ref()?;
+    let service = pod_labels.get(labels::INSTANCE)?.clone();
+    let status = pod.status.as_ref();
+    let ip = status
+        .and_then(|s| s.pod_ip.as_deref())
+        .and_then(|ip| ip.parse().ok());
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let serves = pod_labels
+        .iter()
+        .filter(|(k, _)| k.starts_with(labels::SERVES_PREFIX))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    Some(PodInfo {
+        key: ObjKey::new(meta.namespace.clone()?, meta.name.clone()?),
+        service,
+        ip,
+        ready,
+        serves,
+    })
+}
+
+impl Inventory {
+    /// Builds the inventory from watched MicroServices and pods. Objects without a name or
+    /// namespace are skipped.
+    pub fn build<'a>(
+        services: impl IntoIterator<Item = &'a MicroService>,
+        pods: impl IntoIterator<Item = &'a Pod>,
+    ) -> Self {
+        let all: BTreeMap<ObjKey, ServiceInfo> = services
+            .into_iter()
+            .filter_map(service_info)
+            .map(|s| (s.key.clone(), s))
+            .collect();
+        let mut wanted: BTreeSet<ObjKey> = BTreeSet::new();
+        for s in all.values().filter(|s| s.failover_enabled) {
+            wanted.insert(s.key.clone());
+            if let Some(fb) = &s.failover.fallback {
+                wanted.insert(ObjKey::new(s.key.ns.clone(), fb.clone()));
+            }
+        }
+        let services: BTreeMap<ObjKey, ServiceInfo> = all
+            .into_iter()
+            .filter(|(k, _)| wanted.contains(k))
+            .collect();
+        let mut inv = Inventory {
+            services,
+            ..Inventory::default()
+        };
+        for p in pods.into_iter().filter_map(pod_info) {
+            let svc = ObjKey::new(p.key.ns.clone(), p.service.clone());
+            if inv.services.contains_key(&svc) {
+                inv.by_service.entry(svc).or_default().push(p.key.clone());
+                inv.pods.insert(p.key.clone(), p);
+            }
+        }
+        inv
+    }
+
+    /// The pods of a service.
+    pub fn pods_of<'a>(&'a self, svc: &ObjKey) -> impl Iterator<Item = &'a PodInfo> + 'a {
+        self.by_service
+            .get(svc)
+            .into_iter()
+            .flatten()
+            .filter_map(|k| self.pods.get(k))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_crds::MicroServiceSpec;
+    use k8s_openapi::api::core::v1::{PodCondition, PodStatus};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+
+    fn ms(name: &str, enabled: bool, fallback: Option<&str>) -> MicroService {
+        let mut spec = MicroServiceSpec::with_image("img");
+        spec.failover.enabled = enabled;
+        spec.failover.fallback = fallback.map(str::to_owned);
+        let mut m = MicroService::new(name, spec);
+        m.metadata.namespace = Some("ns".into());
+        m
+    }
+
+    fn pod(name: &str, svc: &str, ip: &str, ready: bool) -> Pod {
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some("ns".into()),
+                labels: Some(
+                    [
+                        (labels::INSTANCE.to_owned(), svc.to_owned()),
+                        (labels::serves(svc), "true".to_owned()),
+                        ("other".to_owned(), "x".to_owned()),
+                    ]
+                    .into(),
+                ),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                pod_ip: Some(ip.into()),
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..PodCondition::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    #[test]
+    fn includes_enabled_services_their_fallbacks_and_their_pods_only() {
+        // Only pods that matter for failover are probed.
+        let services = [
+            ms("a", true, Some("b")),
+            ms("b", false, None),
+            ms("c", false, None),
+        ];
+        let mut gone = pod("a-2", "a", "127.2.0.3", true);
+        gone.metadata.deletion_timestamp = Some(Time(jiff::Timestamp::UNIX_EPOCH));
+        let pods = [
+            pod("a-1", "a", "127.2.0.2", true),
+            gone,
+            pod("b-1", "b", "127.2.0.4", false),
+            pod("c-1", "c", "127.2.0.5", true),
+        ];
+        let inv = Inventory::build(&services, &pods);
+        let names: Vec<_> = inv.services.keys().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let pods: Vec<_> = inv.pods.keys().map(|k| k.name.as_str()).collect();
+        assert_eq!(pods, ["a-1", "b-1"]);
+        let a1 = &inv.pods[&ObjKey::new("ns", "a-1")];
+        assert!(a1.ready);
+        assert_eq!(a1.ip, "127.2.0.2".parse().ok());
+        assert_eq!(a1.serves.len(), 1);
+        assert!(!inv.pods[&ObjKey::new("ns", "b-1")].ready);
+        assert_eq!(inv.pods_of(&ObjKey::new("ns", "a")).count(), 1);
+    }
+}

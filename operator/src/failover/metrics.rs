@@ -1,0 +1,117 @@
+//! Prometheus metrics of the failover engine (prefix `flotilla_`).
+//!
+//! Labels are fixed `&'static str` values except on `flotilla_failover_healthy_endpoints`, which
+//! carries the MicroService namespace and name: it has one series per failover-enabled service,
+//! a number the cluster admin chooses and that is small next to pod counts, and the series is
+//! removed when the service stops using failover.
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGaugeVec, Opts, Registry,
+};
+
+/// The engine's metric handles; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    /// Probes by result (`success`, `bad_status`, `timeout`, `connect_error`, `error_rate`).
+    pub probes: IntCounterVec,
+    /// Readiness request latency.
+    pub probe_duration: Histogram,
+    /// Pods that currently receive (or in Observe mode would receive) each service's traffic.
+    pub healthy_endpoints: IntGaugeVec,
+    /// Traffic moved to a fallback.
+    pub failovers: IntCounter,
+    /// Traffic returned to a primary.
+    pub failbacks: IntCounter,
+    /// From the first failed probe of the decisive run to the traffic change being written,
+    /// by change (`eject`, `failover`).
+    pub detection: HistogramVec,
+    /// API writes by kind (`label`, `status`, `event`) and result (`ok`, `error`, `timeout`).
+    pub writes: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates unregistered metrics.
+    pub fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            probes: IntCounterVec::new(
+                Opts::new("flotilla_probes_total", "Pod probes by result."),
+                &["result"],
+            )?,
+            probe_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "flotilla_probe_duration_seconds",
+                    "Latency of pod readiness probes.",
+                )
+                .buckets(exponential_buckets(0.0005, 2.0, 12)?),
+            )?,
+            healthy_endpoints: IntGaugeVec::new(
+                Opts::new(
+                    "flotilla_failover_healthy_endpoints",
+                    "Pods serving each failover-enabled service's traffic.",
+                ),
+                &["namespace", "name"],
+            )?,
+            failovers: IntCounter::new(
+                "flotilla_failovers_total",
+                "Times traffic moved to a fallback service.",
+            )?,
+            failbacks: IntCounter::new(
+                "flotilla_failbacks_total",
+                "Times traffic returned to a primary service.",
+            )?,
+            detection: HistogramVec::new(
+                HistogramOpts::new(
+                    "flotilla_failover_detection_seconds",
+                    "From the first failed probe of the decisive run to the traffic change written.",
+                )
+                .buckets(vec![0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0]),
+                &["change"],
+            )?,
+            writes: IntCounterVec::new(
+                Opts::new(
+                    "flotilla_failover_writes_total",
+                    "API writes of the failover engine by kind and result.",
+                ),
+                &["kind", "result"],
+            )?,
+        })
+    }
+
+    /// Registers every metric in `registry`.
+    pub fn register(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.probes.clone()))?;
+        registry.register(Box::new(self.probe_duration.clone()))?;
+        registry.register(Box::new(self.healthy_endpoints.clone()))?;
+        registry.register(Box::new(self.failovers.clone()))?;
+        registry.register(Box::new(self.failbacks.clone()))?;
+        registry.register(Box::new(self.detection.clone()))?;
+        registry.register(Box::new(self.writes.clone()))?;
+        Ok(())
+    }
+}
+
+/// Creates the metrics and registers them in `registry`.
+pub fn register(registry: &Registry) -> prometheus::Result<Metrics> {
+    let m = Metrics::new()?;
+    m.register(registry)?;
+    Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registers_once_and_exposes_names() {
+        // All metrics land in the registry under the documented names.
+        let r = Registry::new();
+        let m = register(&r).expect("register");
+        m.probes.with_label_values(&["success"]).inc();
+        m.detection.with_label_values(&["failover"]).observe(0.8);
+        let names: Vec<_> = r.gather().iter().map(|f| f.name().to_owned()).collect();
+        assert!(names.contains(&"flotilla_probes_total".to_owned()));
+        assert!(names.contains(&"flotilla_failover_detection_seconds".to_owned()));
+        assert!(m.register(&r).is_err(), "a second registration is refused");
+    }
+}
