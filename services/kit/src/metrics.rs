@@ -17,6 +17,9 @@ use warp::{Filter, Rejection};
 
 use crate::reply::{self, route_of, tag};
 
+/// Registering or encoding metrics failed.
+pub type MetricsError = prometheus::Error;
+
 /// Route template of the metrics endpoint.
 pub const METRICS_ROUTE: &str = "/metrics";
 

@@ -99,6 +99,9 @@ pub async fn recover(rej: Rejection) -> Result<Response, Infallible> {
     Ok(rejection_response(&rej))
 }
 
+// Specific rejections first: warp combines the rejections of every route tried, so a body
+// error from the route that matched arrives together with "method not allowed" from its
+// siblings on the same path.
 fn rejection_response(rej: &Rejection) -> Response {
     if let Some(fault) = rej.find::<InjectedFault>() {
         return tag(
@@ -108,16 +111,6 @@ fn rejection_response(rej: &Rejection) -> Response {
                 "injected_fault",
                 "error injected by /admin/faults",
             ),
-        );
-    }
-    if rej.is_not_found() {
-        return error(StatusCode::NOT_FOUND, "not_found", "no such route");
-    }
-    if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "method not allowed on this route",
         );
     }
     if let Some(e) = rej.find::<BodyTooLarge>() {
@@ -148,6 +141,16 @@ fn rejection_response(rej: &Rejection) -> Response {
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
             e.to_string(),
+        );
+    }
+    if rej.is_not_found() {
+        return error(StatusCode::NOT_FOUND, "not_found", "no such route");
+    }
+    if rej.find::<warp::reject::MethodNotAllowed>().is_some() {
+        return error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "method not allowed on this route",
         );
     }
     tracing::warn!(rejection = ?rej, "unhandled rejection");

@@ -1,1 +1,66 @@
-//! placeholder
+//! The users sample service: user accounts over REST with passwords hashed by Argon2id,
+//! stored in SQLite (embedded default) or PostgreSQL through sqlx.
+//!
+//! [`build`] wires storage, readiness and routes into a [`Service`]; the binary only reads
+//! the environment, binds and waits for a signal.
+
+pub mod config;
+pub mod db;
+pub mod model;
+pub mod password;
+pub mod routes;
+
+use std::sync::Arc;
+
+use flotilla_kit::metrics::MetricsError;
+use flotilla_kit::{Health, Kit};
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+pub use crate::db::{Db, DbError};
+pub use crate::password::Passwords;
+pub use crate::routes::State;
+
+/// A ready-to-serve users service.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Shared kit state (health, faults, metrics).
+    pub kit: Kit,
+    /// Handler state (database, hasher).
+    pub state: State,
+}
+
+impl Service {
+    /// The complete warp filter: API routes plus health, metrics and admin routes.
+    pub fn filter(&self) -> BoxedFilter<(Response,)> {
+        self.kit
+            .filter(routes::routes(self.state.clone(), &self.kit.faults))
+    }
+}
+
+/// Builds the service on an open database. Readiness checks the database with a query.
+pub fn build(
+    db: Db,
+    passwords: Passwords,
+    admin_token: Option<String>,
+    metrics: bool,
+) -> Result<Service, MetricsError> {
+    let probe = db.clone();
+    let health = Health::builder()
+        .check("database", move || {
+            let db = probe.clone();
+            async move { db.ping().await.map_err(|e| e.to_string()) }
+        })
+        .build();
+    let mut kit = Kit::new(health, admin_token)?;
+    if !metrics {
+        kit.metrics = None;
+    }
+    Ok(Service {
+        kit,
+        state: State {
+            db,
+            passwords: Arc::new(passwords),
+        },
+    })
+}

@@ -1,0 +1,302 @@
+//! Storage: one `users` table behind sqlx's `Any` driver, so the same queries run on the
+//! embedded SQLite default and on PostgreSQL. Only this module speaks SQL.
+//!
+//! Portability rules the queries follow: `$N` placeholders (both drivers accept them),
+//! `RETURNING` (SQLite 3.35+ and PostgreSQL), integers and text only (timestamps are Unix
+//! milliseconds). Each backend has its own migration directory for the DDL differences.
+
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::AnyPool;
+
+use crate::model::User;
+
+/// A storage failure, classified for the HTTP layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The email is already used by another user.
+    #[error("email already registered")]
+    DuplicateEmail,
+    /// No user with that id.
+    #[error("user not found")]
+    NotFound,
+    /// The database cannot be reached or the pool is closed or exhausted.
+    #[error("database unavailable: {0}")]
+    Unavailable(sqlx::Error),
+    /// The `DATABASE_URL` scheme is neither SQLite nor PostgreSQL.
+    #[error("unsupported DATABASE_URL scheme in {0:?}: use sqlite:// or postgres://")]
+    UnsupportedUrl(String),
+    /// Migrating the schema failed.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Other(sqlx::Error),
+}
+
+impl From<sqlx::Error> for DbError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Database(ref d) if d.is_unique_violation() => Self::DuplicateEmail,
+            sqlx::Error::RowNotFound => Self::NotFound,
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Self::Unavailable(e)
+            }
+            other => Self::Other(other),
+        }
+    }
+}
+
+/// Which backend a URL selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// Picks the backend from the URL scheme.
+    pub fn from_url(url: &str) -> Result<Self, DbError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(DbError::UnsupportedUrl(redact(url)))
+        }
+    }
+}
+
+/// Adds `mode=rwc` to a SQLite URL that names no mode, so the file is created on first start.
+pub fn sqlite_create_mode(url: &str) -> String {
+    if !url.starts_with("sqlite:") || url.contains("mode=") || url.contains(":memory:") {
+        return url.to_owned();
+    }
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}mode=rwc")
+}
+
+/// Hides a password in a URL before it is logged or returned.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// The user store.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+/// A stored row, password hash included; never serialised.
+#[derive(Debug, sqlx::FromRow)]
+struct Row {
+    id: i64,
+    name: String,
+    email: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+const COLUMNS: &str = "id, name, email, created_at, updated_at";
+
+fn millis_to_rfc3339(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms)
+        .map(|t| t.to_string())
+        .unwrap_or_else(|_| ms.to_string())
+}
+
+impl From<Row> for User {
+    fn from(r: Row) -> Self {
+        Self {
+            id: r.id,
+            name: r.name,
+            email: r.email,
+            created_at: millis_to_rfc3339(r.created_at),
+            updated_at: millis_to_rfc3339(r.updated_at),
+        }
+    }
+}
+
+fn to_user(row: &AnyRow) -> Result<User, sqlx::Error> {
+    use sqlx::FromRow;
+    Row::from_row(row).map(User::from)
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Db {
+    /// Connects (creating a SQLite file if needed) and applies pending migrations.
+    pub async fn connect(url: &str) -> Result<Self, DbError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::from_url(url)?;
+        let url = sqlite_create_mode(url);
+        // Connections wait at most 3 s for a free slot, so a stuck database turns into a
+        // quick 503 rather than requests piling up.
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(&url)
+            .await?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        Ok(Self { pool, backend })
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Readiness probe: one trivial query.
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes the pool; every later call fails as unavailable.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Inserts a user; `email` must already be normalised.
+    pub async fn insert(&self, name: &str, email: &str, hash: &str) -> Result<User, DbError> {
+        let sql = format!(
+            "INSERT INTO users (name, email, password_hash, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $4) RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .bind(email)
+            .bind(hash)
+            .bind(now_ms())
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_user(&row)?)
+    }
+
+    /// One user by id.
+    pub async fn get(&self, id: i64) -> Result<User, DbError> {
+        let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
+        let row = sqlx::query(&sql).bind(id).fetch_one(&self.pool).await?;
+        Ok(to_user(&row)?)
+    }
+
+    /// A page of users ordered by id.
+    pub async fn list(&self, limit: i64, offset: i64) -> Result<Vec<User>, DbError> {
+        let sql = format!("SELECT {COLUMNS} FROM users ORDER BY id LIMIT $1 OFFSET $2");
+        let rows = sqlx::query(&sql)
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(to_user).collect::<Result<_, _>>()?)
+    }
+
+    /// Updates the given fields; `None` keeps the stored value.
+    pub async fn update(
+        &self,
+        id: i64,
+        name: Option<&str>,
+        email: Option<&str>,
+        hash: Option<&str>,
+    ) -> Result<User, DbError> {
+        let sql = format!(
+            "UPDATE users SET name = COALESCE($1, name), email = COALESCE($2, email), \
+             password_hash = COALESCE($3, password_hash), updated_at = $4 \
+             WHERE id = $5 RETURNING {COLUMNS}"
+        );
+        let row = sqlx::query(&sql)
+            .bind(name)
+            .bind(email)
+            .bind(hash)
+            .bind(now_ms())
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(to_user(&row)?)
+    }
+
+    /// Deletes a user.
+    pub async fn delete(&self, id: i64) -> Result<(), DbError> {
+        let done = sqlx::query("DELETE FROM users WHERE id = $1")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if done.rows_affected() == 0 {
+            return Err(DbError::NotFound);
+        }
+        Ok(())
+    }
+
+    /// The id and password hash for an email, if registered.
+    pub async fn credentials(&self, email: &str) -> Result<Option<(i64, String)>, DbError> {
+        use sqlx::Row as _;
+        let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
+            .bind(email)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?))),
+            None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_get_create_mode() {
+        // The default URL must create the file on first start; explicit modes are kept.
+        assert_eq!(
+            sqlite_create_mode("sqlite://users.db"),
+            "sqlite://users.db?mode=rwc"
+        );
+        assert_eq!(
+            sqlite_create_mode("sqlite://u.db?x=1"),
+            "sqlite://u.db?x=1&mode=rwc"
+        );
+        assert_eq!(
+            sqlite_create_mode("sqlite://u.db?mode=ro"),
+            "sqlite://u.db?mode=ro"
+        );
+        assert_eq!(sqlite_create_mode("postgres://h/db"), "postgres://h/db");
+    }
+
+    #[test]
+    fn backends_and_redaction() {
+        // Only SQLite and PostgreSQL are accepted, and errors never echo a password.
+        assert_eq!(
+            Backend::from_url("sqlite://a.db").ok(),
+            Some(Backend::Sqlite)
+        );
+        assert_eq!(
+            Backend::from_url("postgresql://h/d").ok(),
+            Some(Backend::Postgres)
+        );
+        let err = Backend::from_url("mysql://root:hunter2@h/d").expect_err("unsupported");
+        assert!(!err.to_string().contains("hunter2"));
+        assert_eq!(
+            redact("postgres://u:pw@h:5432/d"),
+            "postgres://u:***@h:5432/d"
+        );
+    }
+}

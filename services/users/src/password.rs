@@ -1,0 +1,102 @@
+//! Password hashing with Argon2id. Hashing is CPU-heavy by design, so it runs on the
+//! blocking thread pool, never on the async workers that serve other requests.
+
+use argon2::password_hash::{PasswordHasher, PasswordVerifier};
+use argon2::{Algorithm, Argon2, Params, PasswordHash, Version};
+
+/// Hashing failed (never a wrong password: that is `Ok(false)`).
+#[derive(Debug, thiserror::Error)]
+pub enum PasswordError {
+    /// The hasher itself failed.
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+    /// The blocking task was cancelled or panicked.
+    #[error("password hashing task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Hashes and verifies passwords with fixed Argon2id parameters.
+#[derive(Debug, Clone)]
+pub struct Passwords {
+    params: Params,
+    // A hash verified against when an email is unknown so that
+    // "no such user" and "wrong password" take the same time.
+    dummy: String,
+}
+
+impl Passwords {
+    /// Argon2id with the crate's recommended parameters (19 MiB, 2 passes).
+    pub fn new() -> Result<Self, PasswordError> {
+        Self::with_params(Params::default())
+    }
+
+    /// Minimal-cost parameters for tests and benchmarks, where hashing speed matters more
+    /// than resistance to offline cracking. Never used by the binary.
+    pub fn low_cost() -> Result<Self, PasswordError> {
+        let params = Params::new(Params::MIN_M_COST, 1, 1, None)
+            .map_err(|e| PasswordError::Hash(e.to_string()))?;
+        Self::with_params(params)
+    }
+
+    fn with_params(params: Params) -> Result<Self, PasswordError> {
+        // The dummy's password is irrelevant: a verify against it is always reported false.
+        let dummy = hash_with(&params, b"flotilla-dummy-password")?;
+        Ok(Self { params, dummy })
+    }
+
+    /// Hashes `password` to a PHC string.
+    pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
+        let params = self.params.clone();
+        tokio::task::spawn_blocking(move || hash_with(&params, password.as_bytes())).await?
+    }
+
+    /// Verifies `password` against `stored`, or against a dummy hash when `stored` is `None`.
+    pub async fn verify(
+        &self,
+        password: String,
+        stored: Option<String>,
+    ) -> Result<bool, PasswordError> {
+        let known = stored.is_some();
+        let phc = stored.unwrap_or_else(|| self.dummy.clone());
+        let ok = tokio::task::spawn_blocking(move || {
+            let parsed = PasswordHash::new(&phc).map_err(|e| PasswordError::Hash(e.to_string()))?;
+            Ok::<_, PasswordError>(
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &parsed)
+                    .is_ok(),
+            )
+        })
+        .await??;
+        Ok(known && ok)
+    }
+}
+
+fn hash_with(params: &Params, password: &[u8]) -> Result<String, PasswordError> {
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+        .hash_password(password)
+        .map(|h| h.to_string())
+        .map_err(|e| PasswordError::Hash(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn hash_then_verify() {
+        // The right password verifies, a wrong one does not, an unknown user never does.
+        let p = Passwords::low_cost().expect("params");
+        let h = p.hash("correct horse".into()).await.expect("hash");
+        assert!(h.starts_with("$argon2id$"));
+        assert!(!h.contains("correct horse"));
+        assert!(p
+            .verify("correct horse".into(), Some(h.clone()))
+            .await
+            .expect("verify"));
+        assert!(!p
+            .verify("wrong horse".into(), Some(h))
+            .await
+            .expect("verify"));
+        assert!(!p.verify("anything".into(), None).await.expect("verify"));
+    }
+}

@@ -1,0 +1,251 @@
+//! HTTP routes of the users service. Each route matches its path and method first, then
+//! passes the fault gate, then runs its handler; handlers parse bodies themselves so every
+//! outcome is a JSON response tagged with the route template.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use flotilla_kit::reply::{self, body_limited, tag};
+use flotilla_kit::Faults;
+use serde::de::DeserializeOwned;
+use warp::http::StatusCode;
+use warp::reply::Response;
+use warp::{Filter, Rejection, Reply};
+
+use crate::db::{Db, DbError};
+use crate::model::{self, Credentials, NewUser, Page, UpdateUser, Verified};
+use crate::password::{PasswordError, Passwords};
+
+/// Largest accepted request body.
+const BODY_LIMIT: u64 = 16 * 1024;
+
+/// Route templates, used as metric labels.
+pub mod templates {
+    /// `POST /users`, `GET /users`.
+    pub const USERS: &str = "/users";
+    /// `GET|PUT|DELETE /users/{id}`.
+    pub const USER: &str = "/users/{id}";
+    /// `POST /users/verify`.
+    pub const VERIFY: &str = "/users/verify";
+}
+
+/// What handlers share.
+#[derive(Debug, Clone)]
+pub struct State {
+    /// User store.
+    pub db: Db,
+    /// Password hasher.
+    pub passwords: Arc<Passwords>,
+}
+
+/// An error a handler turns into a JSON response.
+#[derive(Debug, thiserror::Error)]
+enum ApiError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Password(#[from] PasswordError),
+    #[error("email or password is wrong")]
+    BadCredentials,
+}
+
+impl ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            Self::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid_input"),
+            Self::Db(DbError::NotFound) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Db(DbError::DuplicateEmail) => (StatusCode::CONFLICT, "email_taken"),
+            Self::Db(DbError::Unavailable(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
+            }
+            Self::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
+            Self::Db(_) | Self::Password(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        };
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let message = if status == StatusCode::INTERNAL_SERVER_ERROR {
+            "internal error".to_owned()
+        } else {
+            self.to_string()
+        };
+        reply::error(status, code, message)
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::Invalid(format!("invalid JSON body: {e}")))
+}
+
+fn respond(route: &'static str, result: Result<Response, ApiError>) -> Response {
+    tag(route, result.unwrap_or_else(ApiError::into_response))
+}
+
+/// All users API routes.
+pub fn routes(
+    state: State,
+    faults: &Faults,
+) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
+    let with_state = {
+        let state = state.clone();
+        warp::any().map(move || state.clone())
+    };
+    use templates::{USER, USERS, VERIFY};
+
+    let verify = warp::path!("users" / "verify")
+        .and(warp::post())
+        .and(faults.gate(VERIFY))
+        .and(with_state.clone())
+        .and(body_limited(BODY_LIMIT))
+        .then(|s: State, body: Bytes| async move { respond(VERIFY, verify(&s, &body).await) });
+
+    let create = warp::path!("users")
+        .and(warp::post())
+        .and(faults.gate(USERS))
+        .and(with_state.clone())
+        .and(body_limited(BODY_LIMIT))
+        .then(|s: State, body: Bytes| async move { respond(USERS, create(&s, &body).await) });
+
+    let list = warp::path!("users")
+        .and(warp::get())
+        .and(faults.gate(USERS))
+        .and(with_state.clone())
+        .and(warp::query::<Vec<(String, String)>>())
+        .then(
+            |s: State, q: Vec<(String, String)>| async move { respond(USERS, list(&s, &q).await) },
+        );
+
+    let get = warp::path!("users" / i64)
+        .and(warp::get())
+        .and(faults.gate(USER))
+        .and(with_state.clone())
+        .then(|id: i64, s: State| async move {
+            respond(
+                USER,
+                s.db.get(id)
+                    .await
+                    .map(|u| reply::json(StatusCode::OK, &u))
+                    .map_err(Into::into),
+            )
+        });
+
+    let update = warp::path!("users" / i64)
+        .and(warp::put())
+        .and(faults.gate(USER))
+        .and(with_state.clone())
+        .and(body_limited(BODY_LIMIT))
+        .then(|id: i64, s: State, body: Bytes| async move {
+            respond(USER, update(&s, id, &body).await)
+        });
+
+    let delete = warp::path!("users" / i64)
+        .and(warp::delete())
+        .and(faults.gate(USER))
+        .and(with_state)
+        .then(|id: i64, s: State| async move {
+            respond(
+                USER,
+                s.db.delete(id)
+                    .await
+                    .map(|()| StatusCode::NO_CONTENT.into_response())
+                    .map_err(Into::into),
+            )
+        });
+
+    verify
+        .or(create)
+        .unify()
+        .or(list)
+        .unify()
+        .or(get)
+        .unify()
+        .or(update)
+        .unify()
+        .or(delete)
+        .unify()
+}
+
+async fn create(s: &State, body: &Bytes) -> Result<Response, ApiError> {
+    let req: NewUser = parse(body)?;
+    let name = model::validate_name(&req.name).map_err(ApiError::Invalid)?;
+    let email = model::validate_email(&req.email).map_err(ApiError::Invalid)?;
+    model::validate_password(&req.password).map_err(ApiError::Invalid)?;
+    let hash = s.passwords.hash(req.password).await?;
+    let user = s.db.insert(&name, &email, &hash).await?;
+    tracing::info!(user_id = user.id, "user created");
+    let location = format!("/users/{}", user.id);
+    Ok(warp::reply::with_header(
+        warp::reply::with_status(warp::reply::json(&user), StatusCode::CREATED),
+        "location",
+        location,
+    )
+    .into_response())
+}
+
+async fn list(s: &State, query: &[(String, String)]) -> Result<Response, ApiError> {
+    let (limit, offset) = model::parse_page(query).map_err(ApiError::Invalid)?;
+    let items = s.db.list(limit, offset).await?;
+    Ok(reply::json(
+        StatusCode::OK,
+        &Page {
+            items,
+            limit,
+            offset,
+        },
+    ))
+}
+
+async fn update(s: &State, id: i64, body: &Bytes) -> Result<Response, ApiError> {
+    let req: UpdateUser = parse(body)?;
+    if req.name.is_none() && req.email.is_none() && req.password.is_none() {
+        return Err(ApiError::Invalid(
+            "give at least one of name, email, password".into(),
+        ));
+    }
+    let name = req
+        .name
+        .as_deref()
+        .map(model::validate_name)
+        .transpose()
+        .map_err(ApiError::Invalid)?;
+    let email = req
+        .email
+        .as_deref()
+        .map(model::validate_email)
+        .transpose()
+        .map_err(ApiError::Invalid)?;
+    let hash = match req.password {
+        Some(p) => {
+            model::validate_password(&p).map_err(ApiError::Invalid)?;
+            Some(s.passwords.hash(p).await?)
+        }
+        None => None,
+    };
+    let user =
+        s.db.update(id, name.as_deref(), email.as_deref(), hash.as_deref())
+            .await?;
+    tracing::info!(user_id = id, "user updated");
+    Ok(reply::json(StatusCode::OK, &user))
+}
+
+async fn verify(s: &State, body: &Bytes) -> Result<Response, ApiError> {
+    let req: Credentials = parse(body)?;
+    // A malformed email cannot be registered: treat it like an unknown one (same timing).
+    let email = model::validate_email(&req.email).unwrap_or_default();
+    let stored = if email.is_empty() {
+        None
+    } else {
+        s.db.credentials(&email).await?
+    };
+    let (id, hash) = match stored {
+        Some((id, hash)) => (Some(id), Some(hash)),
+        None => (None, None),
+    };
+    let ok = s.passwords.verify(req.password, hash).await?;
+    match (ok, id) {
+        (true, Some(id)) => Ok(reply::json(StatusCode::OK, &Verified { id })),
+        _ => Err(ApiError::BadCredentials),
+    }
+}

@@ -1,0 +1,286 @@
+//! The users API over real HTTP on loopback with a real SQLite file: CRUD, validation and
+//! conflict errors, credential checks, readiness following the database, metrics labels.
+//! With `TEST_POSTGRES_URL` set, the CRUD round trip also runs against PostgreSQL.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use flotilla_kit::server::{DrainOptions, Running};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+use users::{Db, Passwords};
+
+struct TestService {
+    srv: Running,
+    db: Db,
+    http: reqwest::Client,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestService {
+    async fn sqlite() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("users.db").display());
+        let mut t = Self::on(&url).await?;
+        t._dir = Some(dir);
+        Ok(t)
+    }
+
+    async fn on(url: &str) -> Result<Self> {
+        let db = Db::connect(url).await?;
+        let service = users::build(db.clone(), Passwords::low_cost()?, None, true)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let opts = DrainOptions {
+            shutdown_delay: Duration::ZERO,
+            drain_timeout: Duration::from_secs(10),
+        };
+        let srv = Running::start(listener, service.filter(), service.kit.health.clone(), opts)?;
+        Ok(Self {
+            srv,
+            db,
+            http: reqwest::Client::new(),
+            _dir: None,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.srv.url())
+    }
+
+    async fn post(&self, path: &str, body: Value) -> Result<(StatusCode, Value)> {
+        let r = self.http.post(self.url(path)).json(&body).send().await?;
+        Ok((r.status(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn get(&self, path: &str) -> Result<(StatusCode, Value)> {
+        let r = self.http.get(self.url(path)).send().await?;
+        Ok((r.status(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn put(&self, path: &str, body: Value) -> Result<(StatusCode, Value)> {
+        let r = self.http.put(self.url(path)).json(&body).send().await?;
+        Ok((r.status(), r.json().await.unwrap_or(Value::Null)))
+    }
+}
+
+fn unique_email(tag: &str) -> String {
+    format!("{tag}-{}@example.com", uuid::Uuid::new_v4().simple())
+}
+
+/// Create, read, list, update, delete, and the error each step can produce.
+async fn crud_round_trip(t: &TestService) -> Result<()> {
+    let email = unique_email("Ada");
+    let (status, created) = t
+        .post(
+            "/users",
+            json!({"name": " Ada ", "email": email, "password": "correct horse"}),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let id = created["id"].as_i64().context("id")?;
+    assert_eq!(created["name"], "Ada");
+    assert_eq!(created["email"], email.to_lowercase());
+    assert!(created.get("password").is_none() && created.get("passwordHash").is_none());
+    assert!(!created.to_string().contains("argon2"));
+
+    let (status, got) = t.get(&format!("/users/{id}")).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got, created);
+
+    // Duplicate email, in any case, is a conflict.
+    let (status, body) = t
+        .post(
+            "/users",
+            json!({"name": "Other", "email": email.to_uppercase(), "password": "12345678"}),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(body["error"], "email_taken");
+
+    let (status, page) = t.get("/users?limit=500&offset=0").await?;
+    assert_eq!(status, StatusCode::OK);
+    let items = page["items"].as_array().context("items")?;
+    assert!(items.iter().any(|u| u["id"] == id));
+
+    let (status, updated) = t
+        .put(
+            &format!("/users/{id}"),
+            json!({"name": "Ada Lovelace", "password": "new password"}),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["name"], "Ada Lovelace");
+    assert_eq!(updated["email"], email.to_lowercase());
+
+    // The new password verifies, the old one no longer does.
+    let (status, v) = t
+        .post(
+            "/users/verify",
+            json!({"email": email, "password": "new password"}),
+        )
+        .await?;
+    assert_eq!((status, v["id"].as_i64()), (StatusCode::OK, Some(id)));
+    let (status, _) = t
+        .post(
+            "/users/verify",
+            json!({"email": email, "password": "correct horse"}),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let r = t.http.delete(t.url(&format!("/users/{id}"))).send().await?;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let (status, body) = t.get(&format!("/users/{id}")).await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(body["error"], "not_found");
+    let r = t.http.delete(t.url(&format!("/users/{id}"))).send().await?;
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let (status, _) = t
+        .put(&format!("/users/{id}"), json!({"name": "Ghost"}))
+        .await?;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    Ok(())
+}
+
+#[tokio::test]
+async fn crud_on_sqlite() -> Result<()> {
+    // The full lifecycle of a user works on the embedded SQLite backend.
+    let t = TestService::sqlite().await?;
+    crud_round_trip(&t).await?;
+    t.srv.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn crud_on_postgres_when_configured() -> Result<()> {
+    // The same queries work on PostgreSQL; skipped unless TEST_POSTGRES_URL is set.
+    let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+        eprintln!("TEST_POSTGRES_URL not set: PostgreSQL round trip skipped");
+        return Ok(());
+    };
+    let t = TestService::on(&url).await?;
+    crud_round_trip(&t).await?;
+    t.srv.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn invalid_input_is_a_json_400() -> Result<()> {
+    // Malformed JSON, unknown fields, bad email, short password and bad paging are 400s
+    // with an error code; nothing is stored.
+    let t = TestService::sqlite().await?;
+    let cases = [
+        json!({"name": "A", "email": "not-an-email", "password": "12345678"}),
+        json!({"name": "A", "email": "a@example.com", "password": "short"}),
+        json!({"name": "", "email": "a@example.com", "password": "12345678"}),
+        json!({"name": "A", "email": "a@example.com", "password": "12345678", "role": "admin"}),
+        json!({"name": "A", "email": "a@example.com"}),
+    ];
+    for body in cases {
+        let (status, resp) = t.post("/users", body.clone()).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body} gave {resp}");
+        assert_eq!(resp["error"], "invalid_input");
+    }
+    let r = t
+        .http
+        .post(t.url("/users"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    for q in [
+        "/users?limit=0",
+        "/users?limit=x",
+        "/users?offset=-3",
+        "/users?page=2",
+    ] {
+        let (status, _) = t.get(q).await?;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{q}");
+    }
+    let (status, _) = t.put("/users/1", json!({})).await?;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, page) = t.get("/users").await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["items"], json!([]));
+    // Oversized bodies are refused before parsing.
+    let big = "x".repeat(64 * 1024);
+    let (status, _) = t
+        .post(
+            "/users",
+            json!({"name": big, "email": "a@example.com", "password": "12345678"}),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    t.srv.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn verify_refuses_unknown_and_wrong() -> Result<()> {
+    // Unknown emails and wrong passwords get the same 401.
+    let t = TestService::sqlite().await?;
+    let email = unique_email("bob");
+    let (status, _) = t
+        .post(
+            "/users",
+            json!({"name": "Bob", "email": email, "password": "hunter22"}),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::CREATED);
+    let (s1, b1) = t
+        .post(
+            "/users/verify",
+            json!({"email": "nobody@example.com", "password": "hunter22"}),
+        )
+        .await?;
+    let (s2, b2) = t
+        .post(
+            "/users/verify",
+            json!({"email": email, "password": "hunter23"}),
+        )
+        .await?;
+    assert_eq!(
+        (s1, s2),
+        (StatusCode::UNAUTHORIZED, StatusCode::UNAUTHORIZED)
+    );
+    assert_eq!(b1, b2);
+    t.srv.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn readiness_follows_the_database() -> Result<()> {
+    // /readyz is 200 while the database answers and 503 naming "database" once it is gone;
+    // liveness stays 200 and API calls fail fast with 503.
+    let t = TestService::sqlite().await?;
+    let (status, _) = t.get("/readyz").await?;
+    assert_eq!(status, StatusCode::OK);
+    t.db.close().await;
+    let (status, report) = t.get("/readyz").await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(report["failing"][0]["check"], "database");
+    let (status, _) = t.get("/healthz").await?;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = t.get("/users/1").await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"], "database_unavailable");
+    t.srv.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn metrics_use_route_templates() -> Result<()> {
+    // Requests for different ids share the /users/{id} series.
+    let t = TestService::sqlite().await?;
+    for id in [1, 2, 3] {
+        let (status, _) = t.get(&format!("/users/{id}")).await?;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+    let text = t.http.get(t.url("/metrics")).send().await?.text().await?;
+    let line = r#"http_requests_total{method="GET",route="/users/{id}",status="404"} 3"#;
+    assert!(text.lines().any(|l| l == line), "missing {line}");
+    assert!(!text.contains("route=\"/users/1\""));
+    t.srv.stop().await?;
+    Ok(())
+}

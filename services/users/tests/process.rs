@@ -1,0 +1,93 @@
+//! The `users` binary as a process: starts with no configuration beyond a listen address,
+//! creates its SQLite file in the working directory, serves, and exits 0 on SIGTERM; an
+//! invalid variable stops it at start-up with a message naming the variable.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+#[tokio::test]
+async fn binary_starts_serves_and_stops_cleanly_on_sigterm() -> Result<()> {
+    // One command starts the service on a fresh directory, and SIGTERM ends it with code 0.
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_users"))
+        .current_dir(dir.path())
+        .env_remove("DATABASE_URL")
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("SHUTDOWN_DELAY_MS", "0")
+        .env("LOG_FORMAT", "json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("users exited early with {status}");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("users never became ready");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        dir.path().join("users.db").exists(),
+        "database file not created"
+    );
+    let r = http
+        .get(format!("{base}/users"))
+        .header("x-request-id", "proc-1")
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-request-id"], "proc-1");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            bail!("users did not exit after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(exit.code(), Some(0));
+    Ok(())
+}
+
+#[test]
+fn invalid_listen_addr_is_named() -> Result<()> {
+    // A malformed LISTEN_ADDR stops start-up with an error that names the variable.
+    let dir = tempfile::tempdir()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_users"))
+        .current_dir(dir.path())
+        .env("LISTEN_ADDR", "not-an-address")
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("LISTEN_ADDR"), "stderr: {stderr}");
+    Ok(())
+}
