@@ -1,0 +1,467 @@
+//! The Deployment controller's decision for one Deployment: which ReplicaSets to create, scale or
+//! delete, and the status to write. A pure function of the Deployment, the ReplicaSets it owns and
+//! their pods; the caller executes the returned actions. No client here.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+
+use super::deployment_status as status;
+use super::rollout::{
+    desired_replicas, is_recreate, new_rs_replicas, resolve_fenceposts, revision, rs_spec_replicas,
+    rs_status_counts, scale_down_old, DESIRED_REPLICAS_ANNOTATION, MAX_REPLICAS_ANNOTATION,
+    POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION,
+};
+use crate::node::hash::template_hash;
+
+/// One write the Deployment controller wants done.
+#[derive(Clone, Debug, PartialEq)]
+pub enum DeploymentAction {
+    CreateReplicaSet(Box<ReplicaSet>),
+    /// Set `spec.replicas` and merge the given annotations.
+    ScaleReplicaSet {
+        name: String,
+        replicas: i32,
+        annotations: BTreeMap<String, String>,
+    },
+    DeleteReplicaSet {
+        name: String,
+    },
+    WriteStatus(Box<DeploymentStatus>),
+    Event {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+/// The owner reference a child carries so garbage collection follows its controller.
+pub fn controller_ref(api_version: &str, kind: &str, meta: &ObjectMeta) -> OwnerReference {
+    OwnerReference {
+        api_version: api_version.into(),
+        kind: kind.into(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// Whether `meta` is controlled by the object with `uid`.
+pub fn is_controlled_by(meta: &ObjectMeta, uid: &str) -> bool {
+    meta.owner_references.as_ref().is_some_and(|refs| {
+        refs.iter()
+            .any(|r| r.controller == Some(true) && r.uid == uid)
+    })
+}
+
+fn rs_name(rs: &ReplicaSet) -> String {
+    rs.metadata.name.clone().unwrap_or_default()
+}
+
+fn scale_annotations(d: &Deployment, revision: Option<i64>) -> BTreeMap<String, String> {
+    let desired = desired_replicas(d);
+    let surge = if is_recreate(d) {
+        0
+    } else {
+        resolve_fenceposts(d).0
+    };
+    let mut a = BTreeMap::from([
+        (DESIRED_REPLICAS_ANNOTATION.to_string(), desired.to_string()),
+        (
+            MAX_REPLICAS_ANNOTATION.to_string(),
+            (desired + surge).to_string(),
+        ),
+    ]);
+    if let Some(r) = revision {
+        a.insert(REVISION_ANNOTATION.into(), r.to_string());
+    }
+    a
+}
+
+/// The ReplicaSet for the Deployment's current template, named `<deployment>-<hash>`.
+pub fn build_replica_set(d: &Deployment, hash: &str, replicas: i32, revision: i64) -> ReplicaSet {
+    let spec = d.spec.clone().unwrap_or_default();
+    let name = d.metadata.name.clone().unwrap_or_default();
+    let mut template = spec.template;
+    let tmeta = template.metadata.get_or_insert_with(Default::default);
+    tmeta
+        .labels
+        .get_or_insert_with(Default::default)
+        .insert(POD_TEMPLATE_HASH_LABEL.into(), hash.into());
+    let labels = tmeta.labels.clone();
+    let mut selector = spec.selector;
+    selector
+        .match_labels
+        .get_or_insert_with(Default::default)
+        .insert(POD_TEMPLATE_HASH_LABEL.into(), hash.into());
+    let mut annotations: BTreeMap<String, String> = d
+        .metadata
+        .annotations
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| {
+            k != "kubectl.kubernetes.io/last-applied-configuration" && k != REVISION_ANNOTATION
+        })
+        .collect();
+    annotations.extend(scale_annotations(d, Some(revision)));
+    ReplicaSet {
+        metadata: ObjectMeta {
+            name: Some(format!("{name}-{hash}")),
+            namespace: d.metadata.namespace.clone(),
+            labels,
+            annotations: Some(annotations),
+            owner_references: Some(vec![controller_ref("apps/v1", "Deployment", &d.metadata)]),
+            ..Default::default()
+        },
+        spec: Some(ReplicaSetSpec {
+            replicas: Some(replicas),
+            min_ready_seconds: spec.min_ready_seconds,
+            selector,
+            template: Some(template),
+        }),
+        status: None,
+    }
+}
+
+fn scale_event(name: &str, from: i32, to: i32) -> DeploymentAction {
+    let dir = if to > from { "up" } else { "down" };
+    DeploymentAction::Event {
+        reason: "ScalingReplicaSet",
+        message: format!("Scaled {dir} replica set {name} from {from} to {to}"),
+    }
+}
+
+fn scale(d: &Deployment, rs: &ReplicaSet, to: i32, revision: Option<i64>) -> [DeploymentAction; 2] {
+    [
+        DeploymentAction::ScaleReplicaSet {
+            name: rs_name(rs),
+            replicas: to,
+            annotations: scale_annotations(d, revision),
+        },
+        scale_event(&rs_name(rs), rs_spec_replicas(rs), to),
+    ]
+}
+
+/// Decides the writes for one Deployment. `owned` are the ReplicaSets it controls; `pods` the pods
+/// of its namespace (only needed for `Recreate`, which waits for old pods to be gone).
+pub fn plan(
+    d: &Deployment,
+    owned: &[ReplicaSet],
+    pods: &[Pod],
+    now: &Time,
+) -> Vec<DeploymentAction> {
+    let Some(spec) = d.spec.as_ref() else {
+        return Vec::new();
+    };
+    if d.metadata.deletion_timestamp.is_some() {
+        return Vec::new();
+    }
+    let collision = d.status.as_ref().and_then(|s| s.collision_count);
+    let hash = template_hash(&spec.template, collision);
+    let mut old: Vec<&ReplicaSet> = Vec::new();
+    let mut new_rs: Option<&ReplicaSet> = None;
+    for rs in owned {
+        let rs_hash = rs
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL));
+        if rs_hash.map(String::as_str) == Some(hash.as_str())
+            && rs.metadata.deletion_timestamp.is_none()
+        {
+            new_rs = Some(rs);
+        } else {
+            old.push(rs);
+        }
+    }
+    old.sort_by(|a, b| {
+        (revision(a), &a.metadata.creation_timestamp)
+            .cmp(&(revision(b), &b.metadata.creation_timestamp))
+    });
+    let max_old_revision = old.iter().map(|rs| revision(rs)).max().unwrap_or(0);
+    let all: Vec<&ReplicaSet> = owned.iter().collect();
+    let mut actions = Vec::new();
+    let mut created: Option<String> = None;
+    let desired = desired_replicas(d);
+
+    if spec.paused == Some(true) {
+        // A paused Deployment neither rolls out nor scales; only its status is kept.
+    } else if is_recreate(d) {
+        let scaling_down: Vec<&&ReplicaSet> =
+            old.iter().filter(|rs| rs_spec_replicas(rs) > 0).collect();
+        let old_uids: Vec<&str> = old
+            .iter()
+            .filter_map(|rs| rs.metadata.uid.as_deref())
+            .collect();
+        let old_pods_left = pods.iter().any(|p| {
+            old_uids
+                .iter()
+                .any(|uid| is_controlled_by(&p.metadata, uid))
+                && !matches!(
+                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                    Some("Succeeded" | "Failed")
+                )
+        });
+        if !scaling_down.is_empty() {
+            for rs in scaling_down {
+                actions.extend(scale(d, rs, 0, None));
+            }
+        } else if !old_pods_left {
+            match new_rs {
+                None => {
+                    let rs = build_replica_set(d, &hash, desired, max_old_revision + 1);
+                    created = Some(rs_name(&rs));
+                    actions.push(DeploymentAction::CreateReplicaSet(Box::new(rs)));
+                }
+                Some(rs) if rs_spec_replicas(rs) != desired => {
+                    let rev = (revision(rs) <= max_old_revision).then_some(max_old_revision + 1);
+                    actions.extend(scale(d, rs, desired, rev));
+                }
+                Some(_) => {}
+            }
+        }
+    } else {
+        match new_rs {
+            None => {
+                let total: i32 = old.iter().map(|rs| rs_spec_replicas(rs)).sum();
+                let replicas = new_rs_replicas(d, total, 0);
+                let rs = build_replica_set(d, &hash, replicas, max_old_revision + 1);
+                created = Some(rs_name(&rs));
+                actions.push(DeploymentAction::CreateReplicaSet(Box::new(rs)));
+                if replicas > 0 {
+                    actions.push(scale_event(
+                        created.as_deref().unwrap_or_default(),
+                        0,
+                        replicas,
+                    ));
+                }
+            }
+            Some(rs) => {
+                let rev = (revision(rs) <= max_old_revision).then_some(max_old_revision + 1);
+                let total: i32 = all.iter().map(|rs| rs_spec_replicas(rs)).sum();
+                let current = rs_spec_replicas(rs);
+                let target = if current > desired {
+                    desired
+                } else {
+                    new_rs_replicas(d, total, current)
+                };
+                if target != current || rev.is_some() {
+                    actions.extend(scale(d, rs, target, rev));
+                    if target == current {
+                        actions.pop();
+                    }
+                } else {
+                    for s in scale_down_old(d, rs, &old) {
+                        if let Some(o) = old.iter().find(|o| rs_name(o) == s.name) {
+                            actions.extend(scale(d, o, s.replicas, None));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    let new_status = status::compute(d, &all, new_rs, created.as_deref(), now);
+    if actions.is_empty() && status::is_complete(d, &new_status) {
+        actions.extend(cleanup(spec.revision_history_limit.unwrap_or(10), &old));
+    }
+    if d.status.as_ref() != Some(&new_status) {
+        actions.push(DeploymentAction::WriteStatus(Box::new(new_status)));
+    }
+    actions
+}
+
+/// Deletes the oldest fully scaled-down ReplicaSets beyond `revisionHistoryLimit`.
+fn cleanup(limit: i32, old: &[&ReplicaSet]) -> Vec<DeploymentAction> {
+    let cleanable: Vec<&&ReplicaSet> = old
+        .iter()
+        .filter(|rs| {
+            rs_spec_replicas(rs) == 0
+                && rs_status_counts(rs).0 == 0
+                && rs.metadata.deletion_timestamp.is_none()
+        })
+        .collect();
+    let excess = cleanable
+        .len()
+        .saturating_sub(usize::try_from(limit).unwrap_or(0));
+    cleanable
+        .into_iter()
+        .take(excess)
+        .map(|rs| DeploymentAction::DeleteReplicaSet { name: rs_name(rs) })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{DeploymentSpec, ReplicaSetStatus};
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+    fn now() -> Time {
+        Time(jiff::Timestamp::from_second(1_000).unwrap_or_default())
+    }
+
+    fn deploy(replicas: i32, image: &str) -> Deployment {
+        let labels = BTreeMap::from([("app".to_string(), "web".to_string())]);
+        Deployment {
+            metadata: ObjectMeta {
+                name: Some("web".into()),
+                namespace: Some("ns".into()),
+                uid: Some("d-uid".into()),
+                generation: Some(1),
+                ..Default::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(replicas),
+                revision_history_limit: Some(1),
+                selector: LabelSelector {
+                    match_labels: Some(labels.clone()),
+                    ..Default::default()
+                },
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels),
+                        ..Default::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            name: "c".into(),
+                            image: Some(image.into()),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                },
+                ..Default::default()
+            }),
+            status: None,
+        }
+    }
+
+    /// The ReplicaSet the controller would have created, with the given observed counts.
+    fn existing(d: &Deployment, spec: i32, available: i32, rev: i64) -> ReplicaSet {
+        let template = d
+            .spec
+            .as_ref()
+            .map(|s| s.template.clone())
+            .unwrap_or_default();
+        let hash = template_hash(&template, None);
+        let mut rs = build_replica_set(d, &hash, spec, rev);
+        rs.metadata.uid = Some(format!("uid-{hash}"));
+        rs.status = Some(ReplicaSetStatus {
+            replicas: spec,
+            ready_replicas: Some(available),
+            available_replicas: Some(available),
+            ..Default::default()
+        });
+        rs
+    }
+
+    fn creates(actions: &[DeploymentAction]) -> Vec<&ReplicaSet> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                DeploymentAction::CreateReplicaSet(rs) => Some(rs.as_ref()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn scales(actions: &[DeploymentAction]) -> Vec<(String, i32)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                DeploymentAction::ScaleReplicaSet { name, replicas, .. } => {
+                    Some((name.clone(), *replicas))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_deployment_gets_a_hashed_replica_set_owned_by_it() {
+        // The first sync creates `<deploy>-<pod-template-hash>` with the hash label and owner reference.
+        let d = deploy(3, "img:1");
+        let actions = plan(&d, &[], &[], &now());
+        let rs = creates(&actions);
+        assert_eq!(rs.len(), 1);
+        let rs = rs[0];
+        let hash = rs
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL))
+            .cloned();
+        assert_eq!(rs.metadata.name, hash.map(|h| format!("web-{h}")));
+        assert_eq!(rs.spec.as_ref().and_then(|s| s.replicas), Some(3));
+        let owner = rs.metadata.owner_references.clone().unwrap_or_default();
+        assert_eq!(owner[0].uid, "d-uid");
+        assert_eq!(owner[0].controller, Some(true));
+        assert_eq!(revision(rs), 1);
+    }
+
+    #[test]
+    fn planning_twice_gives_equal_decisions_and_a_settled_deployment_needs_no_write() {
+        // Decisions are deterministic, and a complete rollout with a written status plans nothing.
+        let mut d = deploy(2, "img:1");
+        let rs = existing(&d, 2, 2, 1);
+        let first = plan(&d, std::slice::from_ref(&rs), &[], &now());
+        assert_eq!(first, plan(&d, std::slice::from_ref(&rs), &[], &now()));
+        let Some(DeploymentAction::WriteStatus(s)) = first.last().cloned() else {
+            panic!("expected a status write, got {first:?}");
+        };
+        d.status = Some(*s);
+        assert!(plan(&d, &[rs], &[], &now()).is_empty());
+    }
+
+    #[test]
+    fn a_template_change_starts_a_rolling_update_within_surge() {
+        // 3 replicas, default 25%/25%: the new ReplicaSet starts with one pod (surge 1).
+        let d1 = deploy(3, "img:1");
+        let old = existing(&d1, 3, 3, 1);
+        let d2 = deploy(3, "img:2");
+        let actions = plan(&d2, std::slice::from_ref(&old), &[], &now());
+        let rs = creates(&actions);
+        assert_eq!(rs.len(), 1);
+        assert_eq!(rs[0].spec.as_ref().and_then(|s| s.replicas), Some(1));
+        assert_eq!(revision(rs[0]), 2);
+        assert!(
+            scales(&actions).is_empty(),
+            "old pods stay until new ones are available"
+        );
+    }
+
+    #[test]
+    fn old_replica_sets_scale_down_as_new_pods_become_available() {
+        // Once the new pod is available the old ReplicaSet loses one pod.
+        let d1 = deploy(3, "img:1");
+        let old = existing(&d1, 3, 3, 1);
+        let d2 = deploy(3, "img:2");
+        let new = existing(&d2, 1, 1, 2);
+        let actions = plan(&d2, &[old.clone(), new], &[], &now());
+        assert_eq!(
+            scales(&actions),
+            vec![(old.metadata.name.clone().unwrap_or_default(), 2)]
+        );
+    }
+
+    #[test]
+    fn history_beyond_the_limit_is_deleted_once_complete() {
+        // revisionHistoryLimit 1: of two empty old ReplicaSets the older one is deleted.
+        let d1 = deploy(2, "img:1");
+        let r1 = existing(&d1, 0, 0, 1);
+        let d2 = deploy(2, "img:2");
+        let r2 = existing(&d2, 0, 0, 2);
+        let d3 = deploy(2, "img:3");
+        let r3 = existing(&d3, 2, 2, 3);
+        let actions = plan(&d3, &[r1.clone(), r2, r3], &[], &now());
+        assert!(actions.contains(&DeploymentAction::DeleteReplicaSet {
+            name: r1.metadata.name.clone().unwrap_or_default()
+        }));
+    }
+}

@@ -1,0 +1,100 @@
+//! Loopback address pools for pod IPs (127.2.0.0/16) and Service cluster IPs (127.1.0.0/16).
+//!
+//! Linux routes all of 127.0.0.0/8 to the loopback device, so processes can bind these addresses
+//! without any configuration. Pure bookkeeping; no sockets here.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+/// An IPv4 range given as a base address and a prefix length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipv4Range {
+    pub base: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Range {
+    pub const fn new(base: Ipv4Addr, prefix: u8) -> Self {
+        Self { base, prefix }
+    }
+
+    fn bounds(&self) -> (u32, u32) {
+        let size = 1u64 << (32 - u32::from(self.prefix.min(32)));
+        let start = u32::from(self.base) & !((size - 1) as u32);
+        (start, start.saturating_add((size - 1) as u32))
+    }
+
+    /// Whether `ip` lies in the range.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let (lo, hi) = self.bounds();
+        (lo..=hi).contains(&u32::from(ip))
+    }
+
+    /// The lowest address in the range that is not in `used`, skipping the network address and the
+    /// first host (`.0.0`, `.0.1`) and any address whose last octet is 0 or 255.
+    pub fn first_free(&self, used: &BTreeSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+        let (lo, hi) = self.bounds();
+        (lo.saturating_add(2)..hi).map(Ipv4Addr::from).find(|ip| {
+            let last = ip.octets()[3];
+            last != 0 && last != 255 && !used.contains(ip)
+        })
+    }
+}
+
+/// A pool handing out addresses from a range, remembering which are taken.
+#[derive(Debug)]
+pub struct IpPool {
+    range: Ipv4Range,
+    used: BTreeSet<Ipv4Addr>,
+}
+
+impl IpPool {
+    pub fn new(range: Ipv4Range) -> Self {
+        Self {
+            range,
+            used: BTreeSet::new(),
+        }
+    }
+
+    /// Takes the lowest free address.
+    pub fn allocate(&mut self) -> Option<Ipv4Addr> {
+        let ip = self.range.first_free(&self.used)?;
+        self.used.insert(ip);
+        Some(ip)
+    }
+
+    /// Marks an address as taken (e.g. found on an existing object at start-up).
+    pub fn reserve(&mut self, ip: Ipv4Addr) {
+        if self.range.contains(ip) {
+            self.used.insert(ip);
+        }
+    }
+
+    pub fn release(&mut self, ip: Ipv4Addr) {
+        self.used.remove(&ip);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocation_skips_reserved_hosts_and_reuses_released_addresses() {
+        // Pods must never get the network address or .1, and a freed address becomes available again.
+        let mut pool = IpPool::new(Ipv4Range::new(Ipv4Addr::new(127, 2, 0, 0), 16));
+        assert_eq!(pool.allocate(), Some(Ipv4Addr::new(127, 2, 0, 2)));
+        assert_eq!(pool.allocate(), Some(Ipv4Addr::new(127, 2, 0, 3)));
+        pool.release(Ipv4Addr::new(127, 2, 0, 2));
+        assert_eq!(pool.allocate(), Some(Ipv4Addr::new(127, 2, 0, 2)));
+    }
+
+    #[test]
+    fn an_exhausted_range_allocates_nothing() {
+        // A full pool reports exhaustion instead of handing out a duplicate.
+        let mut pool = IpPool::new(Ipv4Range::new(Ipv4Addr::new(127, 3, 0, 0), 30));
+        assert_eq!(pool.allocate(), Some(Ipv4Addr::new(127, 3, 0, 2)));
+        assert_eq!(pool.allocate(), None);
+        assert!(!pool.range.contains(Ipv4Addr::new(127, 3, 0, 4)));
+    }
+}
