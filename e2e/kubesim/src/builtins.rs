@@ -1,0 +1,307 @@
+//! The built-in resources kubesim serves, each tied to its k8s-openapi type for validation.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::{apps, autoscaling, coordination, core, discovery, events, policy, rbac};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use serde::{de::DeserializeOwned, Serialize};
+use serde_json::Value;
+
+use crate::registry::{ResourceDef, ScalePaths, STANDARD_VERBS};
+
+/// Decodes into `T` and encodes back: rejects type errors and drops unknown fields, as the
+/// real server's decoding does.
+fn decode<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String> {
+    let typed: T = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
+    serde_json::to_value(typed).map_err(|e| e.to_string())
+}
+
+struct Spec {
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    namespaced: bool,
+    short: &'static [&'static str],
+    all: bool,
+    status: bool,
+    scale: bool,
+    decoder: fn(&Value) -> Result<Value, String>,
+}
+
+const fn spec(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    namespaced: bool,
+    short: &'static [&'static str],
+    decoder: fn(&Value) -> Result<Value, String>,
+) -> Spec {
+    Spec {
+        group,
+        version,
+        kind,
+        plural,
+        namespaced,
+        short,
+        all: false,
+        status: false,
+        scale: false,
+        decoder,
+    }
+}
+
+const fn with(mut s: Spec, all: bool, status: bool, scale: bool) -> Spec {
+    s.all = all;
+    s.status = status;
+    s.scale = scale;
+    s
+}
+
+/// Every built-in resource kubesim serves.
+pub fn all() -> Vec<ResourceDef> {
+    use core::v1 as c;
+    let specs = [
+        with(
+            spec(
+                "",
+                "v1",
+                "Namespace",
+                "namespaces",
+                false,
+                &["ns"],
+                decode::<c::Namespace>,
+            ),
+            false,
+            true,
+            false,
+        ),
+        with(
+            spec("", "v1", "Pod", "pods", true, &["po"], decode::<c::Pod>),
+            true,
+            true,
+            false,
+        ),
+        with(
+            spec(
+                "",
+                "v1",
+                "Service",
+                "services",
+                true,
+                &["svc"],
+                decode::<c::Service>,
+            ),
+            true,
+            true,
+            false,
+        ),
+        spec(
+            "",
+            "v1",
+            "ConfigMap",
+            "configmaps",
+            true,
+            &["cm"],
+            decode::<c::ConfigMap>,
+        ),
+        spec(
+            "",
+            "v1",
+            "Secret",
+            "secrets",
+            true,
+            &[],
+            decode::<c::Secret>,
+        ),
+        spec(
+            "",
+            "v1",
+            "ServiceAccount",
+            "serviceaccounts",
+            true,
+            &["sa"],
+            decode::<c::ServiceAccount>,
+        ),
+        spec(
+            "",
+            "v1",
+            "Event",
+            "events",
+            true,
+            &["ev"],
+            decode::<c::Event>,
+        ),
+        spec(
+            "",
+            "v1",
+            "Endpoints",
+            "endpoints",
+            true,
+            &["ep"],
+            decode::<c::Endpoints>,
+        ),
+        with(
+            spec(
+                "apps",
+                "v1",
+                "Deployment",
+                "deployments",
+                true,
+                &["deploy"],
+                decode::<apps::v1::Deployment>,
+            ),
+            true,
+            true,
+            true,
+        ),
+        with(
+            spec(
+                "apps",
+                "v1",
+                "ReplicaSet",
+                "replicasets",
+                true,
+                &["rs"],
+                decode::<apps::v1::ReplicaSet>,
+            ),
+            true,
+            true,
+            true,
+        ),
+        with(
+            spec(
+                "autoscaling",
+                "v2",
+                "HorizontalPodAutoscaler",
+                "horizontalpodautoscalers",
+                true,
+                &["hpa"],
+                decode::<autoscaling::v2::HorizontalPodAutoscaler>,
+            ),
+            true,
+            true,
+            false,
+        ),
+        spec(
+            "discovery.k8s.io",
+            "v1",
+            "EndpointSlice",
+            "endpointslices",
+            true,
+            &[],
+            decode::<discovery::v1::EndpointSlice>,
+        ),
+        spec(
+            "coordination.k8s.io",
+            "v1",
+            "Lease",
+            "leases",
+            true,
+            &[],
+            decode::<coordination::v1::Lease>,
+        ),
+        with(
+            spec(
+                "policy",
+                "v1",
+                "PodDisruptionBudget",
+                "poddisruptionbudgets",
+                true,
+                &["pdb"],
+                decode::<policy::v1::PodDisruptionBudget>,
+            ),
+            false,
+            true,
+            false,
+        ),
+        spec(
+            "events.k8s.io",
+            "v1",
+            "Event",
+            "events",
+            true,
+            &["ev"],
+            decode::<events::v1::Event>,
+        ),
+        spec(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "Role",
+            "roles",
+            true,
+            &[],
+            decode::<rbac::v1::Role>,
+        ),
+        spec(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRole",
+            "clusterroles",
+            false,
+            &[],
+            decode::<rbac::v1::ClusterRole>,
+        ),
+        spec(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+            true,
+            &[],
+            decode::<rbac::v1::RoleBinding>,
+        ),
+        spec(
+            "rbac.authorization.k8s.io",
+            "v1",
+            "ClusterRoleBinding",
+            "clusterrolebindings",
+            false,
+            &[],
+            decode::<rbac::v1::ClusterRoleBinding>,
+        ),
+        with(
+            spec(
+                "apiextensions.k8s.io",
+                "v1",
+                "CustomResourceDefinition",
+                "customresourcedefinitions",
+                false,
+                &["crd", "crds"],
+                decode::<CustomResourceDefinition>,
+            ),
+            false,
+            true,
+            false,
+        ),
+    ];
+    specs
+        .into_iter()
+        .map(|s| ResourceDef {
+            group: s.group.to_string(),
+            versions: vec![s.version.to_string()],
+            kind: s.kind.to_string(),
+            plural: s.plural.to_string(),
+            singular: s.kind.to_lowercase(),
+            namespaced: s.namespaced,
+            short_names: s.short.iter().map(|x| x.to_string()).collect(),
+            categories: if s.all {
+                vec!["all".to_string()]
+            } else {
+                Vec::new()
+            },
+            status: s.status,
+            scale: s.scale.then(|| ScalePaths {
+                spec_replicas: ".spec.replicas".to_string(),
+                status_replicas: ".status.replicas".to_string(),
+                label_selector: Some(".spec.selector".to_string()),
+            }),
+            decoder: Some(s.decoder),
+            schemas: BTreeMap::new(),
+            printer_columns: BTreeMap::new(),
+            crd: None,
+            verbs: STANDARD_VERBS.to_vec(),
+        })
+        .collect()
+}
