@@ -52,6 +52,9 @@ pub mod labels {
 pub mod annotations {
     /// Pod-template annotation holding the hash of the rendered config; a config change rolls pods.
     pub const CONFIG_HASH: &str = "flotilla.rs/config-hash";
+    /// Annotation on every child holding the hash of the object Flotilla last applied; with it
+    /// the operator can tell "nothing changed" without a write.
+    pub const APPLIED_HASH: &str = "flotilla.rs/applied-hash";
 }
 
 /// Condition types in `status.conditions`.

@@ -103,8 +103,8 @@ pub struct MicroServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub env: Option<Vec<EnvVar>>,
 
-    /// Configuration as key/value strings. Flotilla stores it in a ConfigMap named like the
-    /// MicroService, exposes every key whose name is a valid environment variable name as an
+    /// Configuration as key/value strings. Flotilla stores it in a ConfigMap named
+    /// `<name>-config`, exposes every key whose name is a valid environment variable name as an
     /// environment variable, and rolls the pods when the data changes. Removing all keys deletes
     /// the ConfigMap. Keys must be valid ConfigMap keys (letters, digits, '-', '_', '.').
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,0 +1,225 @@
+//! The Deployment that runs the MicroService's pods.
+//!
+//! Its selector is the app labels only: the traffic membership label may be flipped on a pod by
+//! the failover engine, and a selector containing it would orphan that pod from its ReplicaSet.
+//! While autoscaling is on, `replicas` is left out so the HPA, not Flotilla, owns it.
+
+use std::collections::BTreeMap;
+
+use flotilla_crds::{annotations, labels};
+use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMapKeySelector, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, SeccompProfile, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::configmap::{config_hash, config_map_name};
+use super::meta::{child_meta, common_labels, selector_labels};
+use crate::validate::{is_env_name, ValidatedSpec};
+
+/// Name of the application container in the pod.
+pub const CONTAINER_NAME: &str = "app";
+/// Name of the config volume.
+const CONFIG_VOLUME: &str = "config";
+/// Liveness failures tolerated at least, whatever `failureThreshold` says: a restart is far more
+/// disruptive than being taken out of traffic, so liveness is more patient than readiness.
+const MIN_LIVENESS_FAILURES: i32 = 3;
+
+/// The Deployment for the MicroService.
+pub fn build_deployment(v: &ValidatedSpec) -> Deployment {
+    let s = &v.spec;
+    let mut pod_labels = common_labels(v);
+    if s.failover.enabled {
+        pod_labels.insert(labels::serves(&v.name), labels::SERVES_TRUE.into());
+    }
+    let mut pod_annotations: BTreeMap<String, String> =
+        s.pod_annotations.clone().unwrap_or_default();
+    if let Some(hash) = config_hash(v) {
+        pod_annotations.insert(annotations::CONFIG_HASH.into(), hash);
+    }
+    let has_config = s.config.as_ref().is_some_and(|c| !c.is_empty());
+    let mount = s.config_mount_path.as_ref().filter(|_| has_config);
+
+    let container = Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(s.image.clone()),
+        command: s.command.clone(),
+        args: s.args.clone(),
+        ports: Some(vec![ContainerPort {
+            name: Some(s.port_name.clone()),
+            container_port: s.port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(env(v)),
+        resources: s.resources.clone(),
+        liveness_probe: Some(probe(v, &s.health.liveness_path, true)),
+        readiness_probe: Some(probe(v, &s.health.readiness_path, false)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            run_as_non_root: Some(true),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: mount.map(|p| {
+            vec![VolumeMount {
+                name: CONFIG_VOLUME.into(),
+                mount_path: p.clone(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]
+        }),
+        ..Container::default()
+    };
+    let volumes = mount.map(|_| {
+        vec![Volume {
+            name: CONFIG_VOLUME.into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: config_map_name(&v.name),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]
+    });
+    let pod = PodSpec {
+        containers: vec![container],
+        volumes,
+        service_account_name: s.service_account_name.clone(),
+        node_selector: s.node_selector.clone(),
+        tolerations: s.tolerations.clone(),
+        image_pull_secrets: s.image_pull_secrets.clone(),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        ..PodSpec::default()
+    };
+    Deployment {
+        metadata: child_meta(v, &v.name),
+        spec: Some(DeploymentSpec {
+            replicas: if s.autoscaling.is_some() {
+                None
+            } else {
+                Some(s.replicas)
+            },
+            selector: LabelSelector {
+                match_labels: Some(selector_labels(&v.name)),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: (!pod_annotations.is_empty()).then_some(pod_annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
+            },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
+    }
+}
+
+/// Whole seconds, rounded up, at least one (kubelet probes have second granularity).
+fn ceil_seconds(millis: i32) -> i32 {
+    (millis.max(1) + 999) / 1000
+}
+
+fn probe(v: &ValidatedSpec, path: &str, liveness: bool) -> Probe {
+    let h = &v.spec.health;
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_string()),
+            port: IntOrString::String(v.spec.port_name.clone()),
+            scheme: Some("HTTP".into()),
+            ..HTTPGetAction::default()
+        }),
+        initial_delay_seconds: Some(h.initial_delay_seconds),
+        period_seconds: Some(ceil_seconds(h.period_millis)),
+        timeout_seconds: Some(ceil_seconds(h.timeout_millis)),
+        failure_threshold: Some(if liveness {
+            h.failure_threshold.max(MIN_LIVENESS_FAILURES)
+        } else {
+            h.failure_threshold
+        }),
+        // The API server rejects a liveness probe with successThreshold other than 1.
+        success_threshold: Some(if liveness { 1 } else { h.success_threshold }),
+        ..Probe::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+/// Container environment, in order: downward API, dependency URLs, config keys, then the
+/// user's `env`.
+fn env(v: &ValidatedSpec) -> Vec<EnvVar> {
+    let mut out = vec![
+        field_env("POD_IP", "status.podIP"),
+        field_env("POD_NAME", "metadata.name"),
+        field_env("POD_NAMESPACE", "metadata.namespace"),
+    ];
+    for d in &v.dependencies {
+        out.push(EnvVar {
+            name: d.env_name.clone(),
+            value: Some(d.url.clone()),
+            ..EnvVar::default()
+        });
+    }
+    for key in v
+        .spec
+        .config
+        .iter()
+        .flat_map(|c| c.keys())
+        .filter(|k| is_env_name(k))
+    {
+        out.push(EnvVar {
+            name: key.clone(),
+            value_from: Some(EnvVarSource {
+                config_map_key_ref: Some(ConfigMapKeySelector {
+                    name: config_map_name(&v.name),
+                    key: key.clone(),
+                    ..ConfigMapKeySelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        });
+    }
+    out.extend(v.spec.env.clone().unwrap_or_default());
+    // Keep the last entry of each name: user env beats config keys beats dependency URLs beats
+    // the downward API. Duplicate names would make the apply fail (env is a map-list by name).
+    let mut seen = std::collections::BTreeSet::new();
+    let mut kept: Vec<EnvVar> = out
+        .into_iter()
+        .rev()
+        .filter(|e| seen.insert(e.name.clone()))
+        .collect();
+    kept.reverse();
+    kept
+}
+
+#[cfg(test)]
+#[path = "deployment_tests.rs"]
+mod tests;

@@ -1,0 +1,163 @@
+//! Command-line interface of `flotilla-operator`. Parsing only; `main.rs` dispatches.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{OperatorConfig, DEFAULT_CONCURRENCY};
+use crate::telemetry::LogFormat;
+
+/// The Flotilla operator: runs MicroServices as Deployments, Services, ConfigMaps and
+/// HorizontalPodAutoscalers and keeps them converged.
+#[derive(Debug, Parser)]
+#[command(
+    name = "flotilla-operator",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// What to do (default: run).
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `run`, accepted without the subcommand name.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+impl Cli {
+    /// The command to execute, `run` when none was given.
+    pub fn into_command(self) -> Command {
+        self.command.unwrap_or(Command::Run(self.run))
+    }
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the controller against the cluster from KUBECONFIG or the in-cluster config.
+    Run(RunArgs),
+    /// Print the MicroService CustomResourceDefinition as YAML.
+    Crd,
+    /// Print the objects the operator would apply for MicroService manifests, without a cluster.
+    Render(RenderArgs),
+}
+
+/// Flags of `run`; each can also be set through the environment variable shown.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Address serving /metrics, /healthz and /readyz.
+    #[arg(long, env = "FLOTILLA_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+    /// Log format (the RUST_LOG variable filters, default info).
+    #[arg(long, env = "FLOTILLA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Elect a leader on the Lease `flotilla-operator` so several replicas can run; only the
+    /// leader reconciles.
+    #[arg(long, env = "FLOTILLA_LEADER_ELECTION", default_value_t = false)]
+    pub leader_election: bool,
+    /// Namespace of the leader Lease (default: $POD_NAMESPACE, else the kubeconfig namespace).
+    #[arg(long, env = "FLOTILLA_LEADER_ELECTION_NAMESPACE")]
+    pub leader_election_namespace: Option<String>,
+    /// MicroServices reconciled concurrently.
+    #[arg(long, env = "FLOTILLA_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
+    pub concurrency: u16,
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "FLOTILLA_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+}
+
+impl RunArgs {
+    /// The runtime configuration these flags describe.
+    pub fn to_config(&self) -> OperatorConfig {
+        OperatorConfig {
+            metrics_addr: Some(self.metrics_addr),
+            leader_election: self.leader_election,
+            leader_election_namespace: self.leader_election_namespace.clone(),
+            concurrency: self.concurrency,
+            watch_namespace: self.watch_namespace.clone(),
+            ..OperatorConfig::default()
+        }
+    }
+}
+
+/// Flags of `render`.
+#[derive(Debug, Clone, Args)]
+pub struct RenderArgs {
+    /// File with MicroService YAML documents, or `-` for standard input.
+    #[arg(short = 'f', long = "filename", value_name = "FILE")]
+    pub file: PathBuf,
+    /// Namespace for MicroServices that do not name one.
+    #[arg(short = 'n', long, default_value = "default")]
+    pub namespace: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// The CLI definition is consistent (clap's own checks).
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// With no flags, `run` yields exactly the library defaults (when no FLOTILLA_* variable is
+    /// set).
+    #[test]
+    fn run_defaults_equal_library_defaults() {
+        if std::env::vars().any(|(k, _)| k.starts_with("FLOTILLA_")) {
+            return;
+        }
+        let cli = Cli::parse_from(["flotilla-operator"]);
+        match cli.into_command() {
+            Command::Run(args) => {
+                assert_eq!(args.log_format, LogFormat::Text);
+                assert_eq!(args.to_config(), OperatorConfig::default());
+            }
+            other => panic!("expected run, got {other:?}"),
+        }
+    }
+
+    /// Subcommands and their flags parse.
+    #[test]
+    fn subcommands_parse() {
+        let cli = Cli::parse_from(["flotilla-operator", "render", "-f", "-", "-n", "shop"]);
+        match cli.into_command() {
+            Command::Render(a) => {
+                assert_eq!(a.file, PathBuf::from("-"));
+                assert_eq!(a.namespace, "shop");
+            }
+            other => panic!("expected render, got {other:?}"),
+        }
+        let cli = Cli::parse_from([
+            "flotilla-operator",
+            "run",
+            "--leader-election",
+            "--concurrency",
+            "4",
+            "--metrics-addr",
+            "127.0.0.1:9090",
+            "--log-format",
+            "json",
+            "--watch-namespace",
+            "shop",
+        ]);
+        match cli.into_command() {
+            Command::Run(a) => {
+                let c = a.to_config();
+                assert!(c.leader_election);
+                assert_eq!(c.concurrency, 4);
+                assert_eq!(c.watch_namespace.as_deref(), Some("shop"));
+                assert_eq!(a.log_format, LogFormat::Json);
+            }
+            other => panic!("expected run, got {other:?}"),
+        }
+        assert!(matches!(
+            Cli::parse_from(["flotilla-operator", "crd"]).into_command(),
+            Command::Crd
+        ));
+    }
+}

@@ -1,0 +1,44 @@
+//! Runtime configuration of the operator; its defaults are the CLI defaults.
+
+use std::net::{Ipv4Addr, SocketAddr};
+
+use crate::leader::LeaseTiming;
+
+/// Default address of the metrics/health server.
+pub const DEFAULT_METRICS_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080);
+/// Default number of MicroServices reconciled at the same time.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+
+/// How [`crate::run`] runs the operator.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OperatorConfig {
+    /// Address of `/metrics`, `/healthz`, `/readyz`; `None` serves nothing (tests).
+    pub metrics_addr: Option<SocketAddr>,
+    /// Run leader election on the `flotilla-operator` Lease; only the leader reconciles.
+    pub leader_election: bool,
+    /// Namespace of the Lease; `None` means `$POD_NAMESPACE`, else the client's default.
+    pub leader_election_namespace: Option<String>,
+    /// Identity in the Lease; `None` means `$POD_NAME` (or the host name) plus a random suffix.
+    pub identity: Option<String>,
+    /// Lease timing.
+    pub lease_timing: LeaseTiming,
+    /// MicroServices reconciled concurrently (a bound on API load, not on the fleet size).
+    pub concurrency: u16,
+    /// Watch only this namespace; `None` watches all namespaces.
+    pub watch_namespace: Option<String>,
+}
+
+impl Default for OperatorConfig {
+    fn default() -> Self {
+        Self {
+            metrics_addr: Some(DEFAULT_METRICS_ADDR),
+            leader_election: false,
+            leader_election_namespace: None,
+            identity: None,
+            lease_timing: LeaseTiming::default(),
+            concurrency: DEFAULT_CONCURRENCY,
+            watch_namespace: None,
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! Wires the kube-runtime Controller: a watch on MicroServices, label-filtered watches on the
+//! children Flotilla manages (each feeding a cache the reconciler reads), and a metadata-only
+//! watch on MicroServices that wakes the dependents of a service that appears or disappears.
+
+use std::sync::Arc;
+
+use flotilla_crds::{labels, MicroService};
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use kube::api::PartialObjectMeta;
+use kube::runtime::controller::Config as ControllerConfig;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::{watcher, Controller, WatchStreamExt};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tracing::{debug, info};
+
+use crate::http::Readiness;
+use crate::metrics::Metrics;
+use crate::reconcile::{error_policy, reconcile, Context, Stores};
+use crate::OperatorConfig;
+
+/// Name the operator reports Events under.
+pub const CONTROLLER_NAME: &str = "flotilla-operator";
+
+fn api_for<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+    K::DynamicType: Default,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// The MicroServices in the same namespace that list `meta` as a dependency.
+fn dependents(
+    store: &Store<MicroService>,
+    meta: &PartialObjectMeta<MicroService>,
+) -> Vec<ObjectRef<MicroService>> {
+    let ns = meta.namespace();
+    let name = meta.name_any();
+    store
+        .state()
+        .iter()
+        .filter(|m| m.namespace() == ns)
+        .filter(|m| m.spec.dependencies.iter().flatten().any(|d| *d == name))
+        .map(|m| ObjectRef::from_obj(m.as_ref()))
+        .collect()
+}
+
+/// Runs the controller until `shutdown` completes and in-flight reconciles have finished.
+pub async fn run(
+    client: Client,
+    config: &OperatorConfig,
+    identity: String,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let ns = config.watch_namespace.as_deref();
+    let ms_api: Api<MicroService> = api_for(&client, ns);
+    // Only children Flotilla created are cached: the label keeps the caches to what the
+    // reconciler reads, however many other Deployments and ConfigMaps the cluster holds.
+    let children = watcher::Config::default().labels(&format!(
+        "{}={}",
+        labels::MANAGED_BY,
+        labels::MANAGED_BY_VALUE
+    ));
+
+    // Deployments keep managedFields: the replica handover reads them.
+    let (dep_store, dep_writer) = reflector::store::<Deployment>();
+    let deployments = watcher(api_for(&client, ns), children.clone())
+        .default_backoff()
+        .reflect(dep_writer)
+        .touched_objects();
+    let (svc_store, svc_writer) = reflector::store::<Service>();
+    let services = watcher(api_for(&client, ns), children.clone())
+        .default_backoff()
+        .modify(|o: &mut Service| o.managed_fields_mut().clear())
+        .reflect(svc_writer)
+        .touched_objects();
+    let (cm_store, cm_writer) = reflector::store::<ConfigMap>();
+    let config_maps = watcher(api_for(&client, ns), children.clone())
+        .default_backoff()
+        .modify(|o: &mut ConfigMap| o.managed_fields_mut().clear())
+        .reflect(cm_writer)
+        .touched_objects();
+    let (hpa_store, hpa_writer) = reflector::store::<HorizontalPodAutoscaler>();
+    let hpas = watcher(api_for(&client, ns), children)
+        .default_backoff()
+        .modify(|o: &mut HorizontalPodAutoscaler| o.managed_fields_mut().clear())
+        .reflect(hpa_writer)
+        .touched_objects();
+
+    let controller = Controller::new(ms_api, watcher::Config::default().any_semantic());
+    let ms_store = controller.store();
+    let dep_lookup = ms_store.clone();
+    // Metadata only: names and namespaces are all the dependency mapping needs.
+    let meta_api: Api<PartialObjectMeta<MicroService>> = match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let ms_meta = watcher(meta_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .touched_objects();
+
+    let stores = Stores {
+        microservices: ms_store,
+        deployments: dep_store,
+        services: svc_store,
+        config_maps: cm_store,
+        hpas: hpa_store,
+    };
+    let ready_stores = stores.clone();
+    let ready_flag = readiness.clone();
+    tokio::spawn(async move {
+        if ready_stores.ready().await {
+            info!("caches synced");
+            ready_flag.set(true);
+        }
+    });
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance: Some(identity),
+        },
+    );
+    let ctx = Arc::new(Context::new(client, recorder, metrics, stores));
+    controller
+        .owns_stream(deployments)
+        .owns_stream(services)
+        .owns_stream(config_maps)
+        .owns_stream(hpas)
+        .watches_stream(ms_meta, move |meta| dependents(&dep_lookup, &meta))
+        .with_config(ControllerConfig::default().concurrency(config.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            if let Err(e) = res {
+                debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+    info!("controller stopped");
+}

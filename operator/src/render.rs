@@ -1,0 +1,238 @@
+//! `flotilla-operator render`: MicroService YAML documents in, the objects the controller would
+//! apply out, as YAML, with no cluster. Uses the same validation and builders as the controller.
+//!
+//! Errors name the document (1-based, in input order) and the field.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use flotilla_crds::{MicroService, MicroServiceSpec, API_VERSION, KIND};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::build::{build, DesiredResources};
+use crate::validate::validate;
+
+/// A problem with one input document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentError {
+    /// 1-based position of the document in the input.
+    pub document: usize,
+    /// Path of the offending field (`spec.replicas`), or `-` for the document as a whole.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for DocumentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "document {}: {}: {}",
+            self.document, self.field, self.message
+        )
+    }
+}
+
+/// Every problem found in the input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+pub struct RenderError(pub Vec<DocumentError>);
+
+/// The rendered objects, plus warnings (e.g. dependencies not found in the input).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    /// Multi-document YAML of every child object.
+    pub yaml: String,
+    /// Non-fatal findings.
+    pub warnings: Vec<String>,
+}
+
+fn doc_err(document: usize, field: impl Into<String>, message: impl Into<String>) -> DocumentError {
+    DocumentError {
+        document,
+        field: field.into(),
+        message: message.into(),
+    }
+}
+
+/// Known `spec` field names, from the CRD schema.
+fn spec_fields() -> Vec<String> {
+    let crd = flotilla_crds::crd();
+    crd.spec
+        .versions
+        .first()
+        .and_then(|v| v.schema.as_ref())
+        .and_then(|s| s.open_api_v3_schema.as_ref())
+        .and_then(|s| s.properties.as_ref())
+        .and_then(|p| p.get("spec"))
+        .and_then(|s| s.properties.as_ref())
+        .map(|p| p.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
+/// Finds which `spec` field fails to deserialise, by trying each alone on a minimal spec.
+fn failing_spec_field(spec: &serde_json::Map<String, Value>) -> Option<(String, String)> {
+    for (key, value) in spec {
+        let mut probe = serde_json::Map::new();
+        probe.insert("image".into(), Value::String("probe".into()));
+        probe.insert(key.clone(), value.clone());
+        if let Err(e) = serde_json::from_value::<MicroServiceSpec>(Value::Object(probe)) {
+            return Some((format!("spec.{key}"), e.to_string()));
+        }
+    }
+    None
+}
+
+fn parse_document(index: usize, doc: Value) -> Result<Option<MicroService>, DocumentError> {
+    let obj = match doc {
+        Value::Null => return Ok(None),
+        Value::Object(o) => o,
+        _ => return Err(doc_err(index, "-", "expected a YAML mapping")),
+    };
+    let api_version = obj
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if kind != KIND {
+        return Err(doc_err(
+            index,
+            "kind",
+            format!("expected {KIND}, found {kind:?}"),
+        ));
+    }
+    if api_version != API_VERSION {
+        return Err(doc_err(
+            index,
+            "apiVersion",
+            format!("expected {API_VERSION}, found {api_version:?}"),
+        ));
+    }
+    let Some(Value::Object(spec)) = obj.get("spec") else {
+        return Err(doc_err(index, "spec", "is required and must be a mapping"));
+    };
+    let known = spec_fields();
+    if let Some(unknown) = spec.keys().find(|k| !known.contains(k)) {
+        return Err(doc_err(index, format!("spec.{unknown}"), "unknown field"));
+    }
+    if !spec.contains_key("image") {
+        return Err(doc_err(index, "spec.image", "is required"));
+    }
+    let whole = Value::Object(obj.clone());
+    match serde_json::from_value::<MicroService>(whole) {
+        Ok(ms) => Ok(Some(ms)),
+        Err(e) => {
+            let (field, message) =
+                failing_spec_field(spec).unwrap_or_else(|| ("-".into(), e.to_string()));
+            Err(doc_err(index, field, message))
+        }
+    }
+}
+
+/// Renders every MicroService in `input` (YAML, `---`-separated). Objects without a namespace
+/// are placed in `namespace`.
+pub fn render(input: &str, namespace: &str) -> Result<Rendered, RenderError> {
+    let mut errors = Vec::new();
+    let mut services = Vec::new();
+    for (i, de) in serde_yaml::Deserializer::from_str(input).enumerate() {
+        let index = i + 1;
+        let value = match serde_yaml::Value::deserialize(de) {
+            Ok(v) => v,
+            Err(e) => {
+                errors.push(doc_err(index, "-", format!("invalid YAML: {e}")));
+                // The parser cannot resynchronise after a syntax error.
+                break;
+            }
+        };
+        let json = match serde_json::to_value(&value) {
+            Ok(j) => j,
+            Err(e) => {
+                errors.push(doc_err(index, "-", format!("unsupported YAML: {e}")));
+                continue;
+            }
+        };
+        match parse_document(index, json) {
+            Ok(Some(ms)) => services.push((index, ms)),
+            Ok(None) => {}
+            Err(e) => errors.push(e),
+        }
+    }
+
+    // Dependencies resolve against the other MicroServices of the same input.
+    let ports: BTreeMap<(String, String), i32> = services
+        .iter()
+        .map(|(_, ms)| {
+            let ns = ms
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| namespace.to_string());
+            (
+                (ns, ms.metadata.name.clone().unwrap_or_default()),
+                ms.spec.service.port,
+            )
+        })
+        .collect();
+    let mut out = String::new();
+    let mut warnings = Vec::new();
+    for (index, ms) in &services {
+        let ns = ms
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| namespace.to_string());
+        let lookup = |dep: &str| ports.get(&(ns.clone(), dep.to_string())).copied();
+        match validate(ms, Some(namespace), &lookup) {
+            Ok(v) => {
+                for dep in &v.missing_dependencies {
+                    warnings.push(format!(
+                        "document {index}: dependency {dep:?} is not in the input; assuming Service port 80"
+                    ));
+                }
+                if let Err(e) = append_yaml(&mut out, build(&v.spec)) {
+                    errors.push(doc_err(*index, "-", e.to_string()));
+                }
+            }
+            Err(invalid) => {
+                for f in invalid.errors {
+                    errors.push(doc_err(*index, f.field, f.message));
+                }
+            }
+        }
+    }
+    if errors.is_empty() {
+        Ok(Rendered {
+            yaml: out,
+            warnings,
+        })
+    } else {
+        Err(RenderError(errors))
+    }
+}
+
+fn append_yaml(out: &mut String, d: DesiredResources) -> Result<(), serde_yaml::Error> {
+    let DesiredResources {
+        deployment,
+        service,
+        config_map,
+        hpa,
+    } = d;
+    let mut push = |doc: String| {
+        out.push_str("---\n");
+        out.push_str(&doc);
+    };
+    if let Some(cm) = config_map {
+        push(serde_yaml::to_string(&cm)?);
+    }
+    push(serde_yaml::to_string(&deployment)?);
+    push(serde_yaml::to_string(&service)?);
+    if let Some(h) = hpa {
+        push(serde_yaml::to_string(&h)?);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "render_tests.rs"]
+mod tests;

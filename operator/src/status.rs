@@ -1,0 +1,236 @@
+//! Last stage of the pipeline: the MicroService status, computed purely from the Deployment and
+//! what validation found, and written only when the reconciler's part of it changed.
+//!
+//! The reconciler owns every status field except `failover` and the failover engine's
+//! conditions; it applies its part with field manager `flotilla` and never sends the rest.
+
+use flotilla_crds::{conditions as ct, reasons, MicroService, MicroServiceStatus};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
+
+use crate::build::selector_string;
+use crate::error::Error;
+
+/// Condition types the reconciler owns.
+pub const OWN_CONDITIONS: [&str; 3] = [ct::READY, ct::PROGRESSING, ct::DEGRADED];
+
+/// Everything the status is computed from.
+#[derive(Debug, Clone, Copy)]
+pub struct StatusInputs<'a> {
+    /// `metadata.generation` of the MicroService.
+    pub generation: Option<i64>,
+    /// MicroService name (for the selector).
+    pub name: &'a str,
+    /// Replica count Flotilla asks for (`None` while an HPA decides).
+    pub spec_replicas: Option<i32>,
+    /// The Deployment as last seen.
+    pub deployment: Option<&'a Deployment>,
+    /// Dependencies that do not exist.
+    pub missing_dependencies: &'a [String],
+    /// Why the spec cannot be realised, if it cannot.
+    pub invalid: Option<&'a str>,
+    /// The current status, for condition transition times.
+    pub previous: Option<&'a MicroServiceStatus>,
+    /// The time to stamp on conditions that change.
+    pub now: &'a Time,
+}
+
+struct Rollout {
+    desired: i32,
+    total: i32,
+    updated: i32,
+    ready: i32,
+    complete: bool,
+    deadline_exceeded: bool,
+}
+
+fn rollout(d: &Deployment, spec_replicas: Option<i32>) -> Rollout {
+    let st = d.status.clone().unwrap_or_default();
+    let desired = spec_replicas
+        .or_else(|| d.spec.as_ref().and_then(|s| s.replicas))
+        .unwrap_or(1);
+    let total = st.replicas.unwrap_or(0);
+    let updated = st.updated_replicas.unwrap_or(0);
+    let ready = st.ready_replicas.unwrap_or(0);
+    let available = st.available_replicas.unwrap_or(0);
+    let synced = match (d.metadata.generation, st.observed_generation) {
+        (Some(g), Some(o)) => o >= g,
+        (None, _) => true,
+        (Some(_), None) => false,
+    };
+    let spec_matches = d
+        .spec
+        .as_ref()
+        .and_then(|s| s.replicas)
+        .is_none_or(|r| spec_replicas.is_none_or(|w| w == r));
+    let deadline_exceeded = st.conditions.iter().flatten().any(|c| {
+        c.type_ == "Progressing" && c.reason.as_deref() == Some(reasons::PROGRESS_DEADLINE_EXCEEDED)
+    });
+    Rollout {
+        desired,
+        total,
+        updated,
+        ready,
+        complete: synced
+            && spec_matches
+            && updated >= desired
+            && total == updated
+            && available >= desired,
+        deadline_exceeded,
+    }
+}
+
+fn condition(
+    previous: Option<&MicroServiceStatus>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if status { ct::TRUE } else { ct::FALSE }.to_string();
+    let last_transition_time = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// The reconciler's part of the status.
+pub fn compute(i: StatusInputs<'_>) -> MicroServiceStatus {
+    let r = i.deployment.map(|d| rollout(d, i.spec_replicas));
+    let (ready_ok, ready_reason, ready_msg, prog, prog_reason, prog_msg) = match &r {
+        None => (
+            false,
+            reasons::WAITING_FOR_DEPLOYMENT,
+            "the Deployment has not been created yet".to_string(),
+            true,
+            reasons::WAITING_FOR_DEPLOYMENT,
+            "waiting for the Deployment".to_string(),
+        ),
+        Some(r) if r.complete && r.desired == 0 => (
+            true,
+            reasons::SCALED_TO_ZERO,
+            "scaled to zero replicas".to_string(),
+            false,
+            reasons::ROLLOUT_COMPLETE,
+            "no rollout in progress".to_string(),
+        ),
+        Some(r) if r.complete && r.ready >= r.desired => (
+            true,
+            reasons::AVAILABLE,
+            format!("{}/{} replicas ready", r.ready, r.desired),
+            false,
+            reasons::ROLLOUT_COMPLETE,
+            "no rollout in progress".to_string(),
+        ),
+        Some(r) => {
+            let msg = format!(
+                "{} of {} replicas updated, {} ready",
+                r.updated, r.desired, r.ready
+            );
+            let reason = if r.deadline_exceeded {
+                reasons::PROGRESS_DEADLINE_EXCEEDED
+            } else {
+                reasons::ROLLING_OUT
+            };
+            (
+                false,
+                reason,
+                msg.clone(),
+                !r.deadline_exceeded,
+                reason,
+                msg,
+            )
+        }
+    };
+    let (degraded, deg_reason, deg_msg) = if let Some(why) = i.invalid {
+        (true, reasons::INVALID_SPEC, why.to_string())
+    } else if r.as_ref().is_some_and(|r| r.deadline_exceeded) {
+        (
+            true,
+            reasons::PROGRESS_DEADLINE_EXCEEDED,
+            "the Deployment exceeded its progress deadline".to_string(),
+        )
+    } else if !i.missing_dependencies.is_empty() {
+        (
+            true,
+            reasons::DEPENDENCY_MISSING,
+            format!(
+                "MicroService(s) not found in the namespace: {}",
+                i.missing_dependencies.join(", ")
+            ),
+        )
+    } else {
+        (false, reasons::AS_EXPECTED, String::new())
+    };
+    let g = i.generation;
+    let p = i.previous;
+    MicroServiceStatus {
+        observed_generation: g,
+        conditions: vec![
+            condition(p, ct::READY, ready_ok, ready_reason, ready_msg, g, i.now),
+            condition(p, ct::PROGRESSING, prog, prog_reason, prog_msg, g, i.now),
+            condition(p, ct::DEGRADED, degraded, deg_reason, deg_msg, g, i.now),
+        ],
+        replicas: Some(r.as_ref().map_or(0, |r| r.total)),
+        ready_replicas: Some(r.as_ref().map_or(0, |r| r.ready)),
+        updated_replicas: Some(r.as_ref().map_or(0, |r| r.updated)),
+        ready: Some(match &r {
+            Some(r) => format!("{}/{}", r.ready, r.desired),
+            None => format!("0/{}", i.spec_replicas.unwrap_or(0)),
+        }),
+        selector: Some(selector_string(i.name)),
+        failover: None,
+    }
+}
+
+/// The part of a stored status the reconciler owns, to compare with a computed one.
+pub fn own_part(s: &MicroServiceStatus) -> MicroServiceStatus {
+    let mut own = s.clone();
+    own.failover = None;
+    own.conditions
+        .retain(|c| OWN_CONDITIONS.contains(&c.type_.as_str()));
+    own.conditions
+        .sort_by_key(|c| OWN_CONDITIONS.iter().position(|t| *t == c.type_));
+    own
+}
+
+/// Whether writing `computed` would change the stored status.
+pub fn needs_write(computed: &MicroServiceStatus, stored: Option<&MicroServiceStatus>) -> bool {
+    stored.map(own_part).as_ref() != Some(computed)
+}
+
+/// Applies the reconciler's part of the status (field manager `flotilla`).
+pub async fn write(
+    api: &Api<MicroService>,
+    ms: &MicroService,
+    status: &MicroServiceStatus,
+) -> Result<(), Error> {
+    let name = ms.name_any();
+    let body = serde_json::json!({
+        "apiVersion": flotilla_crds::API_VERSION,
+        "kind": flotilla_crds::KIND,
+        "status": status,
+    });
+    let pp = PatchParams::apply(flotilla_crds::FIELD_MANAGER).force();
+    api.patch_status(&name, &pp, &Patch::Apply(&body))
+        .await
+        .map_err(|e| Error::kube(format!("apply status of MicroService {name}"), e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "status_tests.rs"]
+mod tests;
