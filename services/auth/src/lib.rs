@@ -1,1 +1,74 @@
-//! placeholder
+//! The auth sample service: `POST /login` checks credentials with the users service and
+//! returns a signed JWT; `GET /verify` checks a bearer token and returns its claims.
+//!
+//! Calls to users go through [`client::UsersClient`] (timeout, bounded retries, circuit
+//! breaker); readiness probes users directly. [`build`] wires it all into a [`Service`];
+//! the binary only reads the environment, binds and waits for a signal.
+
+pub mod breaker;
+pub mod client;
+pub mod config;
+pub mod jwt;
+pub mod routes;
+
+use std::time::Duration;
+
+use flotilla_kit::{Health, Kit};
+use warp::filters::BoxedFilter;
+use warp::reply::Response;
+
+pub use crate::client::{ClientConfig, UsersClient};
+pub use crate::jwt::{Claims, Tokens};
+pub use crate::routes::State;
+
+/// Timeout of the readiness probe against users, below the kit's per-check limit.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A ready-to-serve auth service.
+#[derive(Debug, Clone)]
+pub struct Service {
+    /// Shared kit state (health, faults, metrics).
+    pub kit: Kit,
+    /// Handler state (users client, tokens).
+    pub state: State,
+}
+
+/// Building the service failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The HTTP client could not be built.
+    #[error("cannot build the users client: {0}")]
+    Client(#[from] reqwest::Error),
+    /// Metrics registration failed.
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] flotilla_kit::metrics::MetricsError),
+}
+
+impl Service {
+    /// The complete warp filter: API routes plus health, metrics and admin routes.
+    pub fn filter(&self) -> BoxedFilter<(Response,)> {
+        self.kit
+            .filter(routes::routes(self.state.clone(), &self.kit.faults))
+    }
+}
+
+/// Builds the service. Readiness requires users' `/healthz` to answer.
+pub fn build(
+    users_url: reqwest::Url,
+    client: ClientConfig,
+    tokens: Tokens,
+    admin_token: Option<String>,
+) -> Result<Service, BuildError> {
+    let users = UsersClient::new(users_url, client)?;
+    let probe = users.clone();
+    let health = Health::builder()
+        .check("users", move || {
+            let users = probe.clone();
+            async move { users.probe(PROBE_TIMEOUT).await }
+        })
+        .build();
+    Ok(Service {
+        kit: Kit::new(health, admin_token)?,
+        state: State { users, tokens },
+    })
+}

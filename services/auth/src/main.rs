@@ -1,0 +1,58 @@
+//! `auth` binary: reads flags and environment, binds, serves until SIGTERM.
+
+use anyhow::Context;
+use clap::Parser;
+use flotilla_kit::server::{serve, shutdown_signal, DrainOptions};
+use flotilla_kit::telemetry::init_tracing;
+
+/// Login and token verification for Flotilla's sample services.
+#[derive(Debug, Parser)]
+#[command(name = "auth", version)]
+struct Args {
+    /// Developer mode: use the public development JWT secret when JWT_SECRET is unset, and
+    /// default USERS_URL to http://127.0.0.1:8080 and LISTEN_ADDR to 127.0.0.1:8081.
+    #[arg(long, env = "AUTH_DEV_SECRET")]
+    dev: bool,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = auth::config::Config::from_lookup(|k| std::env::var(k).ok(), args.dev)?;
+    init_tracing(config.service.log_format)?;
+    if config.dev && std::env::var_os("JWT_SECRET").is_none() {
+        tracing::warn!("developer mode: tokens are signed with the public development secret");
+    }
+    let tokens = auth::Tokens::new(&config.jwt_secret, config.token_ttl);
+    let service = auth::build(
+        config.users_url.clone(),
+        config.client,
+        tokens,
+        config.service.admin_token.clone(),
+    )?;
+    let listener = tokio::net::TcpListener::bind(config.service.listen_addr)
+        .await
+        .with_context(|| format!("binding LISTEN_ADDR {}", config.service.listen_addr))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        pod_ip = ?config.service.pod_ip,
+        users = %config.users_url,
+        admin = config.service.admin_token.is_some(),
+        "auth listening"
+    );
+    let _heartbeat = service.kit.health.spawn_heartbeat();
+    let opts = DrainOptions {
+        shutdown_delay: config.service.shutdown_delay,
+        drain_timeout: config.service.drain_timeout,
+    };
+    let stopped = serve(
+        listener,
+        service.filter(),
+        service.kit.health.clone(),
+        opts,
+        shutdown_signal(),
+    )
+    .await;
+    tracing::info!(?stopped, "auth stopped");
+    Ok(())
+}

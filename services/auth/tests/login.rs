@@ -1,0 +1,329 @@
+//! auth and users together over real HTTP on loopback: login round trip, token checks,
+//! readiness following users, and the circuit breaker opening and closing.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use auth::breaker::BreakerConfig;
+use auth::{ClientConfig, Tokens};
+use flotilla_kit::server::{DrainOptions, Running};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
+const ADMIN: &str = "users-admin";
+
+fn opts() -> DrainOptions {
+    DrainOptions {
+        shutdown_delay: Duration::ZERO,
+        drain_timeout: Duration::from_secs(10),
+    }
+}
+
+struct Pair {
+    users: Option<Running>,
+    auth: Running,
+    client: auth::UsersClient,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Pair {
+    async fn start(breaker: BreakerConfig) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let url = format!("sqlite://{}", dir.path().join("users.db").display());
+        let db = users::Db::connect(&url).await?;
+        let svc = users::build(db, users::Passwords::low_cost()?, Some(ADMIN.into()), true)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let users = Running::start(listener, svc.filter(), svc.kit.health.clone(), opts())?;
+
+        let client = ClientConfig {
+            timeout: Duration::from_secs(5),
+            attempts: 3,
+            backoff: Duration::from_millis(20),
+            breaker,
+        };
+        let tokens = Tokens::new(SECRET, Duration::from_secs(600));
+        let svc = auth::build(reqwest::Url::parse(&users.url())?, client, tokens, None)?;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let auth = Running::start(listener, svc.filter(), svc.kit.health.clone(), opts())?;
+        Ok(Self {
+            users: Some(users),
+            auth,
+            client: svc.state.users.clone(),
+            http: reqwest::Client::new(),
+            _dir: dir,
+        })
+    }
+
+    fn users_url(&self, path: &str) -> Result<String> {
+        Ok(format!(
+            "{}{path}",
+            self.users.as_ref().context("users stopped")?.url()
+        ))
+    }
+
+    async fn register(&self, email: &str, password: &str) -> Result<i64> {
+        let r = self
+            .http
+            .post(self.users_url("/users")?)
+            .json(&json!({"name": "Test", "email": email, "password": password}))
+            .send()
+            .await?;
+        assert_eq!(r.status(), StatusCode::CREATED);
+        let body: Value = r.json().await?;
+        body["id"].as_i64().context("id")
+    }
+
+    async fn login(&self, email: &str, password: &str) -> Result<(StatusCode, Value)> {
+        let r = self
+            .http
+            .post(format!("{}/login", self.auth.url()))
+            .json(&json!({"email": email, "password": password}))
+            .send()
+            .await?;
+        Ok((r.status(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn verify(&self, token: &str) -> Result<(StatusCode, Value)> {
+        let r = self
+            .http
+            .get(format!("{}/verify", self.auth.url()))
+            .bearer_auth(token)
+            .send()
+            .await?;
+        Ok((r.status(), r.json().await.unwrap_or(Value::Null)))
+    }
+
+    async fn users_verify_calls(&self) -> Result<f64> {
+        let text = self
+            .http
+            .get(self.users_url("/metrics")?)
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(text
+            .lines()
+            .filter(|l| {
+                l.starts_with("http_requests_total{") && l.contains("route=\"/users/verify\"")
+            })
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum())
+    }
+
+    async fn set_users_faults(&self, body: Option<Value>) -> Result<()> {
+        let url = self.users_url("/admin/faults")?;
+        let req = match body {
+            Some(b) => self.http.post(url).json(&b),
+            None => self.http.delete(url),
+        };
+        let r = req.bearer_auth(ADMIN).send().await?;
+        assert_eq!(r.status(), StatusCode::OK);
+        Ok(())
+    }
+}
+
+fn default_breaker() -> BreakerConfig {
+    BreakerConfig {
+        failure_threshold: 5,
+        open_for: Duration::from_secs(10),
+    }
+}
+
+#[tokio::test]
+async fn login_round_trip_through_both_services() -> Result<()> {
+    // A registered user logs in through auth (which asks users) and the token verifies to
+    // that user's id; wrong passwords and malformed bodies are refused.
+    let p = Pair::start(default_breaker()).await?;
+    let id = p.register("grace@example.com", "cobol-rules").await?;
+    let (status, body) = p.login("Grace@Example.com", "cobol-rules").await?;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["tokenType"], "Bearer");
+    assert_eq!(body["expiresIn"], 600);
+    let token = body["token"].as_str().context("token")?.to_owned();
+
+    let (status, claims) = p.verify(&token).await?;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(claims["sub"], id.to_string());
+    assert_eq!(claims["iss"], "flotilla-auth");
+
+    let (status, body) = p.login("grace@example.com", "wrong-password").await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("bad_credentials"))
+    );
+    let (status, _) = p.login("nobody@example.com", "cobol-rules").await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let r = p
+        .http
+        .post(format!("{}/login", p.auth.url()))
+        .json(&json!({"email": "grace@example.com", "password": "x", "remember": true}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    Ok(())
+}
+
+#[tokio::test]
+async fn verify_refuses_tampered_foreign_and_expired_tokens() -> Result<()> {
+    // Only untouched, unexpired tokens signed with auth's secret pass /verify.
+    let p = Pair::start(default_breaker()).await?;
+    p.register("linus@example.com", "penguins!").await?;
+    let (_, body) = p.login("linus@example.com", "penguins!").await?;
+    let token = body["token"].as_str().context("token")?.to_owned();
+
+    // Flip one character of the signature.
+    let mut chars: Vec<char> = token.chars().collect();
+    let i = chars.len() - 3;
+    chars[i] = if chars[i] == 'x' { 'y' } else { 'x' };
+    let tampered: String = chars.into_iter().collect();
+    let (status, body) = p.verify(&tampered).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid_token"))
+    );
+
+    let foreign = Tokens::new(
+        b"some-other-secret-some-other-secret!",
+        Duration::from_secs(600),
+    );
+    let (forged, _) = foreign.issue(1).map_err(anyhow::Error::msg)?;
+    let (status, _) = p.verify(&forged).await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+
+    let same_key = Tokens::new(SECRET, Duration::from_secs(60));
+    let (expired, _) = same_key
+        .issue_at(1, jsonwebtoken_now() - 3600)
+        .map_err(anyhow::Error::msg)?;
+    let (status, body) = p.verify(&expired).await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("token_expired"))
+    );
+
+    let r = p
+        .http
+        .get(format!("{}/verify", p.auth.url()))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    Ok(())
+}
+
+fn jsonwebtoken_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn readiness_follows_users() -> Result<()> {
+    // auth is ready while users answers and reports "users" failing once users is gone;
+    // logins then fail with 503 instead of hanging.
+    let mut p = Pair::start(default_breaker()).await?;
+    let r = p
+        .http
+        .get(format!("{}/readyz", p.auth.url()))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    p.users.take().context("users")?.stop().await?;
+    let r = p
+        .http
+        .get(format!("{}/readyz", p.auth.url()))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let report: Value = r.json().await?;
+    assert_eq!(report["failing"][0]["check"], "users");
+    let r = p
+        .http
+        .get(format!("{}/healthz", p.auth.url()))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+
+    let (status, body) = p.login("a@example.com", "whatever1").await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"], "users_unavailable");
+    Ok(())
+}
+
+#[tokio::test]
+async fn circuit_breaker_opens_and_closes() -> Result<()> {
+    // Repeated failures open the breaker: logins get 503 without reaching users. After the
+    // open period a trial call succeeds and the breaker closes again.
+    let breaker = BreakerConfig {
+        failure_threshold: 2,
+        open_for: Duration::from_millis(500),
+    };
+    let p = Pair::start(breaker).await?;
+    p.register("ken@example.com", "unix-forever").await?;
+    p.set_users_faults(Some(json!({"errorRate": 1.0}))).await?;
+
+    for _ in 0..2 {
+        let (status, body) = p.login("ken@example.com", "unix-forever").await?;
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (StatusCode::SERVICE_UNAVAILABLE, Some("users_unavailable"))
+        );
+    }
+    // Each failed login made 3 attempts (bounded retries).
+    assert_eq!(p.users_verify_calls().await?, 6.0);
+    assert_eq!(p.client.breaker_state(), "open");
+
+    // While open (the period may already be over on a slow machine, so only check when
+    // the breaker still reports open afterwards), logins are refused without a call.
+    let before = p.users_verify_calls().await?;
+    let (status, body) = p.login("ken@example.com", "unix-forever").await?;
+    if body["error"] == "circuit_open" {
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(p.users_verify_calls().await?, before);
+    }
+
+    p.set_users_faults(None).await?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = p.login("ken@example.com", "unix-forever").await?;
+        if status == StatusCode::OK {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("breaker never closed; last status {status}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(p.client.breaker_state(), "closed");
+    Ok(())
+}
+
+#[tokio::test]
+async fn open_breaker_answers_without_calling_users() -> Result<()> {
+    // With a long open period the refusal is deterministic: 503 circuit_open, Retry-After,
+    // and users sees no request.
+    let breaker = BreakerConfig {
+        failure_threshold: 1,
+        open_for: Duration::from_secs(600),
+    };
+    let p = Pair::start(breaker).await?;
+    p.set_users_faults(Some(json!({"errorRate": 1.0}))).await?;
+    let (status, _) = p.login("x@example.com", "password1").await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let calls = p.users_verify_calls().await?;
+    p.set_users_faults(None).await?;
+    let r = p
+        .http
+        .post(format!("{}/login", p.auth.url()))
+        .json(&json!({"email": "x@example.com", "password": "password1"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await?;
+    assert_eq!(body["error"], "circuit_open");
+    assert_eq!(p.users_verify_calls().await?, calls);
+    Ok(())
+}
