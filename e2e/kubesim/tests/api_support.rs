@@ -1,0 +1,89 @@
+//! Helpers shared by the kubesim API tests (included with `#[path]`; this target has no
+//! tests of its own).
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use kubesim::{Cluster, ClusterConfig};
+use serde_json::Value;
+
+/// Starts a cluster on a free loopback port.
+pub async fn start() -> Result<Cluster> {
+    Ok(Cluster::start(ClusterConfig::default()).await?)
+}
+
+/// A raw HTTP request against the cluster; returns the status code and the JSON body
+/// (`Value::Null` when the body is not JSON).
+pub async fn raw(
+    cluster: &Cluster,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Option<String>,
+) -> Result<(u16, Value)> {
+    let (code, text) = raw_text(cluster, method, path, content_type, body, None).await?;
+    Ok((code, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+pub async fn raw_text(
+    cluster: &Cluster,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: Option<String>,
+    accept: Option<&str>,
+) -> Result<(u16, String)> {
+    let client = reqwest::Client::new();
+    let url = format!("{}{}", cluster.url(), path);
+    let mut req = client.request(method.parse()?, url);
+    if !content_type.is_empty() {
+        req = req.header("content-type", content_type);
+    }
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    if let Some(b) = body {
+        req = req.body(b);
+    }
+    let resp = req.send().await?;
+    let code = resp.status().as_u16();
+    Ok((code, resp.text().await?))
+}
+
+/// The API error of a kube-rs call that must fail.
+pub fn api_error<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> Result<Box<kube::core::Status>> {
+    match r {
+        Err(kube::Error::Api(s)) => Ok(s),
+        other => bail!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Polls `check` until it returns `Some`, for up to `secs` seconds.
+pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut check: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = check().await {
+            return Ok(v);
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("timed out after {secs}s waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads a YAML fixture from `tests/fixtures`.
+pub fn fixture(name: &str) -> Result<Value> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(serde_yaml::from_str(&text)?)
+}

@@ -1,0 +1,282 @@
+//! Watches: initial events, resume from a resourceVersion, bookmarks, timeouts, 410 Gone,
+//! selector transitions, and kube-rs `watcher` and `Controller` running against kubesim.
+
+#[path = "api_support.rs"]
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, Resource, ResourceExt};
+use kubesim::{Cluster, ClusterConfig};
+use serde_json::json;
+use support::{raw_text, start, wait_for};
+
+fn cm(name: &str, labels: serde_json::Value) -> ConfigMap {
+    serde_json::from_value(
+        json!({"metadata": {"name": name, "labels": labels}, "data": {"k": "v"}}),
+    )
+    .expect("valid")
+}
+
+#[tokio::test]
+async fn watch_from_version_sees_later_changes() -> Result<()> {
+    // A watch from a list's resourceVersion reports exactly the changes made after it.
+    let cluster = start().await?;
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client(), "default");
+    api.create(&PostParams::default(), &cm("before", json!({})))
+        .await?;
+    let rv = api
+        .list(&Default::default())
+        .await?
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let mut stream = api
+        .watch(&WatchParams::default().timeout(30), &rv)
+        .await?
+        .boxed();
+    api.create(&PostParams::default(), &cm("after", json!({})))
+        .await?;
+    api.patch(
+        "after",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "2"}})),
+    )
+    .await?;
+    api.delete("after", &Default::default()).await?;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let ev = tokio::time::timeout(Duration::from_secs(20), stream.try_next())
+            .await?
+            .context("stream ended")?;
+        match ev {
+            Some(WatchEvent::Added(o)) => seen.push(format!("ADDED {}", o.name_any())),
+            Some(WatchEvent::Modified(o)) => seen.push(format!("MODIFIED {}", o.name_any())),
+            Some(WatchEvent::Deleted(o)) => seen.push(format!("DELETED {}", o.name_any())),
+            other => anyhow::bail!("unexpected event {other:?}"),
+        }
+    }
+    assert_eq!(seen, vec!["ADDED after", "MODIFIED after", "DELETED after"]);
+    Ok(())
+}
+
+#[tokio::test]
+async fn watch_without_version_starts_with_initial_adds_and_bookmarks() -> Result<()> {
+    // rv=0 gives the current objects as ADDED; sendInitialEvents ends them with a bookmark.
+    let cluster = start().await?;
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client(), "default");
+    api.create(&PostParams::default(), &cm("one", json!({})))
+        .await?;
+    let path = "/api/v1/namespaces/default/configmaps?watch=true&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1";
+    let (code, text) = raw_text(&cluster, "GET", path, "", None, None).await?;
+    assert_eq!(code, 200);
+    let events: Vec<serde_json::Value> = text
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert_eq!(events[0]["type"], "ADDED");
+    assert_eq!(events[0]["object"]["metadata"]["name"], "one");
+    assert_eq!(events[1]["type"], "BOOKMARK");
+    assert_eq!(
+        events[1]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn too_old_version_is_gone() -> Result<()> {
+    // A resume point older than the kept history gets an ERROR event with 410 Expired.
+    let cluster = Cluster::start(ClusterConfig {
+        watch_history: 3,
+        ..Default::default()
+    })
+    .await?;
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client(), "default");
+    for i in 0..6 {
+        api.create(&PostParams::default(), &cm(&format!("c{i}"), json!({})))
+            .await?;
+    }
+    let mut stream = api
+        .watch(&WatchParams::default().timeout(10), "2")
+        .await?
+        .boxed();
+    match stream.try_next().await? {
+        Some(WatchEvent::Error(e)) => {
+            assert_eq!(e.code, 410);
+            assert_eq!(e.reason, "Expired");
+        }
+        other => anyhow::bail!("expected 410, got {other:?}"),
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn selector_watch_reports_objects_leaving_and_entering() -> Result<()> {
+    // A labelled watch sees DELETED when an object stops matching and ADDED when it matches again.
+    let cluster = start().await?;
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client(), "default");
+    api.create(&PostParams::default(), &cm("x", json!({"team": "a"})))
+        .await?;
+    let rv = api.get("x").await?.resource_version().unwrap_or_default();
+    let mut stream = api
+        .watch(&WatchParams::default().labels("team=a").timeout(30), &rv)
+        .await?
+        .boxed();
+    api.patch(
+        "x",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"team": "b"}}})),
+    )
+    .await?;
+    api.patch(
+        "x",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"team": "a"}}})),
+    )
+    .await?;
+    let first = tokio::time::timeout(Duration::from_secs(20), stream.try_next()).await??;
+    assert!(matches!(first, Some(WatchEvent::Deleted(_))), "{first:?}");
+    let second = tokio::time::timeout(Duration::from_secs(20), stream.try_next()).await??;
+    assert!(matches!(second, Some(WatchEvent::Added(_))), "{second:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn watch_ends_at_timeout() -> Result<()> {
+    // timeoutSeconds closes the stream, as the real server does.
+    let cluster = start().await?;
+    let (code, text) = raw_text(
+        &cluster,
+        "GET",
+        "/api/v1/namespaces/default/configmaps?watch=true&resourceVersion=1&timeoutSeconds=1",
+        "",
+        None,
+        None,
+    )
+    .await?;
+    assert_eq!(code, 200);
+    assert_eq!(text, "");
+    Ok(())
+}
+
+#[tokio::test]
+async fn kube_watcher_follows_changes_across_dropped_watches() -> Result<()> {
+    // kube-rs watcher keeps an accurate view while kubesim drops its watches.
+    let cluster = start().await?;
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client(), "default");
+    let (reader, writer) = kube::runtime::reflector::store();
+    let stream = kube::runtime::reflector(writer, watcher(api.clone(), watcher::Config::default()))
+        .applied_objects()
+        .for_each(|_| async {});
+    let task = tokio::spawn(stream);
+    reader.wait_until_ready().await?;
+    for i in 0..5 {
+        api.create(&PostParams::default(), &cm(&format!("w{i}"), json!({})))
+            .await?;
+        if i == 2 {
+            cluster.faults().drop_watches();
+        }
+    }
+    wait_for(30, "the reflector to see 5 objects", || {
+        let n = reader.state().len();
+        async move { (n == 5).then_some(()) }
+    })
+    .await?;
+    task.abort();
+    Ok(())
+}
+
+#[tokio::test]
+async fn controller_reconciles_owned_objects() -> Result<()> {
+    // A kube-rs Controller reconciles each ConfigMap into a Secret it owns, and is re-triggered
+    // when the owned Secret is deleted.
+    let cluster = start().await?;
+    let client = cluster.client();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), "default");
+    let runs = Arc::new(AtomicUsize::new(0));
+
+    struct Ctx {
+        secrets: Api<Secret>,
+        runs: Arc<AtomicUsize>,
+    }
+    #[derive(Debug, thiserror::Error)]
+    #[error(transparent)]
+    struct ReconcileError(#[from] kube::Error);
+
+    async fn reconcile(obj: Arc<ConfigMap>, ctx: Arc<Ctx>) -> Result<Action, ReconcileError> {
+        ctx.runs.fetch_add(1, Ordering::SeqCst);
+        let owner = obj
+            .controller_owner_ref(&())
+            .into_iter()
+            .collect::<Vec<_>>();
+        let secret: Secret = serde_json::from_value(json!({
+            "metadata": {"name": obj.name_any(), "ownerReferences": owner},
+            "stringData": {"copy": obj.data.as_ref().and_then(|d| d.get("k")).cloned().unwrap_or_default()}
+        }))
+        .map_err(kube::Error::SerdeError)?;
+        ctx.secrets
+            .patch(
+                &obj.name_any(),
+                &PatchParams::apply("test-controller").force(),
+                &Patch::Apply(&secret),
+            )
+            .await?;
+        Ok(Action::await_change())
+    }
+    fn error_policy(_: Arc<ConfigMap>, _: &ReconcileError, _: Arc<Ctx>) -> Action {
+        Action::requeue(Duration::from_millis(200))
+    }
+
+    let ctx = Arc::new(Ctx {
+        secrets: secrets.clone(),
+        runs: runs.clone(),
+    });
+    let controller = Controller::new(cms.clone(), watcher::Config::default())
+        .owns(secrets.clone(), watcher::Config::default())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|_| async {});
+    let task = tokio::spawn(controller);
+
+    cms.create(&PostParams::default(), &cm("src", json!({})))
+        .await?;
+    let secret = wait_for(30, "the owned secret", || {
+        let secrets = secrets.clone();
+        async move { secrets.get_opt("src").await.ok().flatten() }
+    })
+    .await?;
+    assert_eq!(secret.owner_references().len(), 1);
+
+    secrets.delete("src", &Default::default()).await?;
+    wait_for(30, "the secret to be recreated", || {
+        let secrets = secrets.clone();
+        async move { secrets.get_opt("src").await.ok().flatten() }
+    })
+    .await?;
+    assert!(runs.load(Ordering::SeqCst) >= 2);
+
+    // Deleting the owner garbage-collects the secret.
+    cms.delete("src", &Default::default()).await?;
+    wait_for(30, "the secret to be collected", || {
+        let secrets = secrets.clone();
+        async move {
+            secrets
+                .get_opt("src")
+                .await
+                .ok()
+                .and_then(|s| s.is_none().then_some(()))
+        }
+    })
+    .await?;
+    task.abort();
+    Ok(())
+}
