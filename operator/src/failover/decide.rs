@@ -116,6 +116,9 @@ pub struct ServiceState {
     pub primary_ok_since: Option<Instant>,
     /// The last flip and its reason.
     pub last_change: Option<(Instant, String)>,
+    /// Whether the primary has had `minHealthy` healthy pods at least once. A service that is
+    /// still starting (never healthy) does not fail over, so rollouts do not count as flips.
+    pub ever_ok: bool,
     primary_members: BTreeMap<String, Membership>,
     fallback_members: BTreeMap<String, Membership>,
 }
@@ -126,6 +129,7 @@ impl ServiceState {
     pub fn resume(active: Target) -> Self {
         Self {
             active,
+            ever_ok: true,
             ..Self::default()
         }
     }
@@ -139,6 +143,7 @@ impl ServiceState {
     ) -> Self {
         Self {
             active,
+            ever_ok: true,
             primary_members,
             fallback_members,
             ..Self::default()
@@ -204,6 +209,7 @@ pub fn decide(
     let fallback_healthy = count_serving(fallback_pods);
     let fallback_ok = fallback.is_some() && invalid.is_none() && fallback_healthy >= min_healthy;
 
+    state.ever_ok |= primary_ok;
     state.primary_ok_since = if primary_ok {
         Some(state.primary_ok_since.unwrap_or(now))
     } else {
@@ -217,7 +223,7 @@ pub fn decide(
 
     // What the target should be, why, and whether staying would black-hole the service.
     let (want, reason, urgent) = match state.active {
-        Target::Primary if !primary_ok && fallback_ok => (
+        Target::Primary if !primary_ok && fallback_ok && state.ever_ok => (
             Target::Fallback,
             format!(
                 "primary has {healthy} of {total} pods healthy (minHealthy {min_healthy}); \

@@ -42,7 +42,7 @@ fn s(secs: u64, t0: Instant) -> Instant {
 fn healthy_service_keeps_everything_and_repeats_no_changes() {
     // With all pods healthy nothing moves, and deciding again reports no change (no write).
     let t0 = Instant::now();
-    let mut st = ServiceState::default();
+    let mut st = ServiceState::resume(Target::Primary);
     let primary = [pod("a", true, true), pod("b", true, true)];
     let d = decide(&mut st, &policy(), &primary, None, t0);
     assert_eq!(d.active, Target::Primary);
@@ -58,7 +58,7 @@ fn healthy_service_keeps_everything_and_repeats_no_changes() {
 fn failing_ready_pod_is_ejected_and_returned() {
     // A Ready pod that fails probing leaves; once healthy again it returns.
     let t0 = Instant::now();
-    let mut st = ServiceState::default();
+    let mut st = ServiceState::resume(Target::Primary);
     let d = decide(
         &mut st,
         &policy(),
@@ -94,7 +94,7 @@ fn failing_ready_pod_is_ejected_and_returned() {
 fn pods_the_kubelet_does_not_consider_ready_keep_the_default() {
     // Flotilla never takes over from the kubelet: an unready pod keeps its label "true".
     let t0 = Instant::now();
-    let mut st = ServiceState::default();
+    let mut st = ServiceState::resume(Target::Primary);
     let d = decide(
         &mut st,
         &policy(),
@@ -110,7 +110,7 @@ fn pods_the_kubelet_does_not_consider_ready_keep_the_default() {
 fn all_failing_without_fallback_panics_and_keeps_ready_pods() {
     // Probing that fails every pod does not black-hole a service that has no usable fallback.
     let t0 = Instant::now();
-    let mut st = ServiceState::default();
+    let mut st = ServiceState::resume(Target::Primary);
     let primary = [failing("a", t0), failing("b", t0), pod("c", false, false)];
     let d = decide(&mut st, &policy(), &primary, None, s(1, t0));
     assert!(d.panic);
@@ -123,7 +123,7 @@ fn all_failing_without_fallback_panics_and_keeps_ready_pods() {
 fn all_failing_with_healthy_fallback_fails_over_to_its_healthy_pods() {
     // Failover moves traffic to the fallback's healthy Ready pods only.
     let t0 = Instant::now();
-    let mut st = ServiceState::default();
+    let mut st = ServiceState::resume(Target::Primary);
     let primary = [failing("a", t0), failing("b", s(1, t0))];
     let fallback = [
         pod("x", true, true),
@@ -149,10 +149,39 @@ fn all_failing_with_healthy_fallback_fails_over_to_its_healthy_pods() {
 }
 
 #[test]
+fn a_service_that_was_never_healthy_does_not_fail_over() {
+    // A primary that is still starting keeps its traffic; a rollout is not a flip.
+    let t0 = Instant::now();
+    let mut st = ServiceState {
+        ever_ok: false,
+        ..ServiceState::default()
+    };
+    let fallback = [pod("x", true, true)];
+    let starting = [pod("a", false, false)];
+    let d = decide(&mut st, &policy(), &starting, fb(&fallback), t0);
+    assert_eq!(d.active, Target::Primary);
+    decide(
+        &mut st,
+        &policy(),
+        &[pod("a", true, true)],
+        fb(&fallback),
+        s(1, t0),
+    );
+    let d = decide(
+        &mut st,
+        &policy(),
+        &[failing("a", t0)],
+        fb(&fallback),
+        s(2, t0),
+    );
+    assert_eq!(d.active, Target::Fallback);
+}
+
+#[test]
 fn never_fails_over_into_an_unhealthy_fallback() {
     // A fallback without minHealthy healthy pods is not used; the primary panics instead.
     let t0 = Instant::now();
-    let mut st = ServiceState::default();
+    let mut st = ServiceState::resume(Target::Primary);
     let fallback = [pod("x", true, false)];
     let d = decide(
         &mut st,
@@ -170,7 +199,7 @@ fn never_fails_over_into_an_unhealthy_fallback() {
 fn min_healthy_above_one_fails_over_with_some_pods_left() {
     // The threshold is minHealthy, not "all pods down".
     let t0 = Instant::now();
-    let mut st = ServiceState::default();
+    let mut st = ServiceState::resume(Target::Primary);
     let pol = FailoverPolicy {
         min_healthy: 2,
         ..policy()
@@ -190,7 +219,7 @@ fn min_healthy_above_one_fails_over_with_some_pods_left() {
 fn failback_waits_for_the_recovery_window() {
     // Traffic returns to the primary only after it has been healthy for recoverAfter.
     let t0 = Instant::now();
-    let mut st = ServiceState::default();
+    let mut st = ServiceState::resume(Target::Primary);
     let fallback = [pod("x", true, true)];
     decide(&mut st, &policy(), &[failing("a", t0)], fb(&fallback), t0);
     assert_eq!(st.active, Target::Fallback);
@@ -222,7 +251,7 @@ fn failback_waits_for_the_recovery_window() {
 fn flapping_holds_the_target_until_the_window_passes() {
     // After maxFlaps flips in the window the target is held and Flapping is raised.
     let t0 = Instant::now();
-    let mut st = ServiceState::default();
+    let mut st = ServiceState::resume(Target::Primary);
     let pol = FailoverPolicy {
         recover_after: Duration::from_secs(1),
         max_flaps: 3,
@@ -251,7 +280,7 @@ fn flapping_holds_the_target_until_the_window_passes() {
 fn a_held_fallback_that_dies_is_left_anyway() {
     // Holding never keeps traffic on a fallback that has nothing healthy left.
     let t0 = Instant::now();
-    let mut st = ServiceState::default();
+    let mut st = ServiceState::resume(Target::Primary);
     let pol = FailoverPolicy {
         max_flaps: 1,
         ..policy()
@@ -269,7 +298,7 @@ fn a_held_fallback_that_dies_is_left_anyway() {
 fn port_name_mismatch_is_reported_and_blocks_failover() {
     // A fallback whose port name differs cannot receive the primary Service's traffic.
     let t0 = Instant::now();
-    let mut st = ServiceState::default();
+    let mut st = ServiceState::resume(Target::Primary);
     let fallback = [pod("x", true, true)];
     let view = Some(FallbackView {
         pods: &fallback,

@@ -509,8 +509,16 @@ fn resume(svc: &ServiceInfo, inv: &Inventory) -> SvcEntry {
             .as_ref()
             .and_then(|s| s.last_failback_time.clone()),
     };
+    let mut state = ServiceState::resume_with(active, primary, fallback);
+    // A service whose status never showed a healthy pod is treated as still starting.
+    state.ever_ok = active == Target::Fallback
+        || svc
+            .status
+            .as_ref()
+            .and_then(|s| s.healthy_pods)
+            .is_some_and(|n| n > 0);
     SvcEntry {
-        state: ServiceState::resume_with(active, primary, fallback),
+        state,
         history,
         held_announced: false,
     }

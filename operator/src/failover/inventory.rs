@@ -42,6 +42,8 @@ impl std::fmt::Display for ObjKey {
 pub struct ServiceInfo {
     /// Namespace and name.
     pub key: ObjKey,
+    /// `metadata.uid`, for Events about the MicroService.
+    pub uid: Option<String>,
     /// `metadata.generation`, for condition `observedGeneration`.
     pub generation: Option<i64>,
     /// Whether `spec.failover.enabled` is set (a service may be probed only as someone's fallback).
@@ -89,6 +91,7 @@ fn service_info(ms: &MicroService) -> Option<ServiceInfo> {
     let status = ms.status.as_ref();
     Some(ServiceInfo {
         key,
+        uid: ms.metadata.uid.clone(),
         generation: ms.metadata.generation,
         failover_enabled: ms.spec.failover.enabled,
         probe: ProbePolicy::from(&ms.spec),
@@ -156,15 +159,20 @@ impl Inventory {
                 wanted.insert(ObjKey::new(s.key.ns.clone(), fb.clone()));
             }
         }
-        let services: BTreeMap<ObjKey, ServiceInfo> = all
-            .into_iter()
-            .filter(|(k, _)| wanted.contains(k))
-            .collect();
+        let services = all.into_values().filter(|s| wanted.contains(&s.key));
+        Self::from_parts(services, pods.into_iter().filter_map(pod_info))
+    }
+
+    /// Builds the inventory from engine values; pods of services not listed are dropped.
+    pub fn from_parts(
+        services: impl IntoIterator<Item = ServiceInfo>,
+        pods: impl IntoIterator<Item = PodInfo>,
+    ) -> Self {
         let mut inv = Inventory {
-            services,
+            services: services.into_iter().map(|s| (s.key.clone(), s)).collect(),
             ..Inventory::default()
         };
-        for p in pods.into_iter().filter_map(pod_info) {
+        for p in pods {
             let svc = ObjKey::new(p.key.ns.clone(), p.service.clone());
             if inv.services.contains_key(&svc) {
                 inv.by_service.entry(svc).or_default().push(p.key.clone());

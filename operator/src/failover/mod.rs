@@ -18,9 +18,82 @@ pub mod engine;
 pub mod error_rate;
 pub mod inventory;
 pub mod metrics;
+pub mod plan;
 pub mod pod_health;
 pub mod policy;
 pub mod probe;
 pub mod promtext;
 pub mod report;
+pub mod source;
 pub mod spec;
+pub mod writer;
+
+use std::sync::Arc;
+
+use kube::Client;
+use prometheus::Registry;
+use tokio::sync::watch;
+
+/// The running failover tasks. Dropping it aborts them.
+#[derive(Debug)]
+pub struct Failover {
+    leader: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Failover {
+    /// Tells the writer whether this replica leads; only the leader changes traffic.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.send_replace(leading);
+    }
+}
+
+impl Drop for Failover {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts the watches, the prober/decider engine and the writer on the current runtime, with
+/// metrics registered in `registry`. The writer stays idle until [`Failover::set_leader`] says
+/// this replica leads; the prober runs on every replica so a new leader has warm verdicts.
+pub fn spawn(
+    client: Client,
+    registry: &Registry,
+    watch_namespace: Option<String>,
+) -> Result<Failover, prometheus::Error> {
+    let metrics = metrics::register(registry)?;
+    let (inventory, source_task) = source::spawn(client.clone(), watch_namespace);
+    Ok(spawn_with(
+        client,
+        inventory,
+        metrics,
+        engine::EngineConfig::default(),
+        source_task,
+    ))
+}
+
+fn spawn_with(
+    client: Client,
+    inventory: watch::Receiver<Arc<inventory::Inventory>>,
+    metrics: metrics::Metrics,
+    cfg: engine::EngineConfig,
+    source_task: tokio::task::JoinHandle<()>,
+) -> Failover {
+    let (leader, leader_rx) = watch::channel(false);
+    let (outputs, engine_task) = engine::spawn(inventory.clone(), metrics.clone(), cfg);
+    let writer_task = writer::spawn(
+        client,
+        inventory,
+        outputs,
+        leader_rx,
+        metrics,
+        writer::WriterConfig::default(),
+    );
+    Failover {
+        leader,
+        tasks: vec![source_task, engine_task, writer_task],
+    }
+}

@@ -1,0 +1,139 @@
+//! What the writer must change to make the cluster match a desired state: pod label patches and
+//! the status apply body. Pure: desired values and observed objects in, writes out; an empty
+//! plan means no write.
+
+use flotilla_crds::{conditions, labels, FailoverStatus, API_VERSION, KIND};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use serde_json::{json, Value};
+
+use super::decide::Membership;
+use super::inventory::{Inventory, ObjKey, ServiceInfo};
+use super::report::{CondSpec, ServiceDesired};
+
+/// One label change on one pod.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelPatch {
+    /// The pod.
+    pub pod: ObjKey,
+    /// `serves.flotilla.rs/<primary>`.
+    pub key: String,
+    /// The new value; `None` removes the label (fallback pods leaving the primary's traffic).
+    pub value: Option<&'static str>,
+}
+
+impl LabelPatch {
+    /// The JSON merge patch body.
+    pub fn body(&self) -> Value {
+        json!({ "metadata": { "labels": { self.key.clone(): self.value } } })
+    }
+}
+
+/// Label patches that make the pods' membership labels match `svc` (Enforce mode only).
+pub fn label_patches(svc: &ServiceDesired, inv: &Inventory) -> Vec<LabelPatch> {
+    let mut out = Vec::new();
+    for m in &svc.members {
+        let Some(pod) = inv.pods.get(&m.pod) else {
+            continue;
+        };
+        let current = pod.serves.get(&svc.label_key).map(String::as_str);
+        let want = match (m.to, m.fallback) {
+            (Membership::In, _) => Some(labels::SERVES_TRUE),
+            (Membership::Out, false) => Some(labels::SERVES_FALSE),
+            (Membership::Out, true) => None,
+        };
+        if current != want {
+            out.push(LabelPatch {
+                pod: m.pod.clone(),
+                key: svc.label_key.clone(),
+                value: want,
+            });
+        }
+    }
+    out
+}
+
+/// How urgent a status write is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StatusPlan {
+    /// Status already matches.
+    Unchanged,
+    /// Verdicts, target or conditions changed: write now.
+    Now(Value),
+    /// Only evidence (failure counts, error ratios) changed: write when the throttle allows.
+    Evidence(Value),
+}
+
+fn strip_evidence(s: &FailoverStatus) -> FailoverStatus {
+    let mut s = s.clone();
+    for p in &mut s.pods {
+        p.consecutive_failures = None;
+        p.error_ratio = None;
+        p.last_probe = None;
+    }
+    s
+}
+
+fn condition(
+    spec: &CondSpec,
+    current: &[Condition],
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if spec.status {
+        conditions::TRUE
+    } else {
+        conditions::FALSE
+    };
+    let prev = current.iter().find(|c| c.type_ == spec.type_);
+    let last_transition_time = match prev {
+        Some(c) if c.status == status => c.last_transition_time.clone(),
+        _ => now.clone(),
+    };
+    Condition {
+        type_: spec.type_.to_owned(),
+        status: status.to_owned(),
+        reason: spec.reason.to_owned(),
+        message: spec.message.clone(),
+        last_transition_time,
+        observed_generation: generation,
+    }
+}
+
+fn same_condition(a: &Condition, current: &[Condition]) -> bool {
+    current.iter().any(|c| {
+        c.type_ == a.type_
+            && c.status == a.status
+            && c.reason == a.reason
+            && c.message == a.message
+            && c.observed_generation == a.observed_generation
+    })
+}
+
+/// The server-side-apply body for `status.failover` and the engine's two conditions, and whether
+/// it must be written now.
+pub fn status_plan(svc: &ServiceDesired, info: &ServiceInfo, now: &Time) -> StatusPlan {
+    let conds: Vec<Condition> = svc
+        .conditions
+        .iter()
+        .map(|c| condition(c, &info.conditions, info.generation, now))
+        .collect();
+    let conds_same = conds.iter().all(|c| same_condition(c, &info.conditions));
+    let current = info.status.clone().unwrap_or_default();
+    let body = json!({
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": { "name": svc.key.name, "namespace": svc.key.ns },
+        "status": { "failover": svc.status, "conditions": conds },
+    });
+    if !conds_same || strip_evidence(&current) != strip_evidence(&svc.status) {
+        StatusPlan::Now(body)
+    } else if current != svc.status {
+        StatusPlan::Evidence(body)
+    } else {
+        StatusPlan::Unchanged
+    }
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

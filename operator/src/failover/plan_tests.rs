@@ -1,0 +1,211 @@
+//! Tests for the write plans: nothing changed → no write; each difference → exactly its write.
+
+use std::collections::BTreeMap;
+
+use flotilla_crds::{labels, ActiveTarget, FailoverStatus, PodHealth};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use super::*;
+use crate::failover::inventory::PodInfo;
+use crate::failover::policy::{FailoverPolicy, Mode, ProbePolicy};
+use crate::failover::report::Member;
+
+fn key(n: &str) -> ObjKey {
+    ObjKey::new("ns", n)
+}
+
+fn pod(name: &str, svc: &str, serves: Option<&str>) -> PodInfo {
+    let mut m = BTreeMap::new();
+    if let Some(v) = serves {
+        m.insert(labels::serves("a"), v.to_owned());
+    }
+    PodInfo {
+        key: key(name),
+        service: svc.to_owned(),
+        ip: None,
+        ready: true,
+        serves: m,
+    }
+}
+
+fn inv(pods: Vec<PodInfo>) -> Inventory {
+    Inventory {
+        pods: pods.into_iter().map(|p| (p.key.clone(), p)).collect(),
+        ..Inventory::default()
+    }
+}
+
+fn cond(type_: &'static str, status: bool, reason: &'static str) -> CondSpec {
+    CondSpec {
+        type_,
+        status,
+        reason,
+        message: "m".into(),
+    }
+}
+
+fn desired(members: Vec<Member>, status: FailoverStatus) -> ServiceDesired {
+    ServiceDesired {
+        key: key("a"),
+        mode: Mode::Enforce,
+        label_key: labels::serves("a"),
+        members,
+        status,
+        conditions: [
+            cond(conditions::FAILED_OVER, false, "PrimaryServing"),
+            cond(conditions::FLAPPING, false, "Stable"),
+        ],
+        serving: 1,
+    }
+}
+
+fn member(n: &str, fallback: bool, to: Membership) -> Member {
+    Member {
+        pod: key(n),
+        fallback,
+        to,
+    }
+}
+
+fn info(status: Option<FailoverStatus>, conds: Vec<Condition>) -> ServiceInfo {
+    ServiceInfo {
+        key: key("a"),
+        uid: None,
+        generation: Some(3),
+        failover_enabled: true,
+        probe: ProbePolicy::default(),
+        failover: FailoverPolicy::default(),
+        port_name: "http".into(),
+        status,
+        conditions: conds,
+    }
+}
+
+fn t(secs: i64) -> Time {
+    Time(jiff::Timestamp::from_second(secs).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
+}
+
+#[test]
+fn labels_that_match_need_no_write() {
+    // Nothing changed → no patch.
+    let i = inv(vec![
+        pod("a-1", "a", Some("true")),
+        pod("b-1", "b", None),
+        pod("b-2", "b", Some("true")),
+    ]);
+    let d = desired(
+        vec![
+            member("a-1", false, Membership::In),
+            member("b-1", true, Membership::Out),
+            member("b-2", true, Membership::In),
+        ],
+        FailoverStatus::default(),
+    );
+    assert!(label_patches(&d, &i).is_empty());
+}
+
+#[test]
+fn each_difference_is_one_patch() {
+    // Ejection writes "false", a missing label on a primary pod is restored, a fallback pod
+    // leaving traffic loses the label, a gone pod is skipped.
+    let i = inv(vec![
+        pod("a-1", "a", Some("true")),
+        pod("a-2", "a", None),
+        pod("b-1", "b", Some("true")),
+        pod("b-2", "b", Some("false")),
+    ]);
+    let d = desired(
+        vec![
+            member("a-1", false, Membership::Out),
+            member("a-2", false, Membership::In),
+            member("b-1", true, Membership::Out),
+            member("b-2", true, Membership::Out),
+            member("gone", false, Membership::Out),
+        ],
+        FailoverStatus::default(),
+    );
+    let p = label_patches(&d, &i);
+    let got: Vec<_> = p.iter().map(|p| (p.pod.name.as_str(), p.value)).collect();
+    assert_eq!(
+        got,
+        vec![
+            ("a-1", Some("false")),
+            ("a-2", Some("true")),
+            ("b-1", None),
+            ("b-2", None)
+        ]
+    );
+    assert_eq!(
+        p[2].body(),
+        serde_json::json!({"metadata": {"labels": {"serves.flotilla.rs/a": null}}})
+    );
+}
+
+fn status(healthy: i32, failures: i32) -> FailoverStatus {
+    FailoverStatus {
+        active: Some(ActiveTarget::Primary),
+        healthy_pods: Some(healthy),
+        pods: vec![PodHealth {
+            name: "a-1".into(),
+            healthy: healthy > 0,
+            consecutive_failures: Some(failures),
+            ..PodHealth::default()
+        }],
+        ..FailoverStatus::default()
+    }
+}
+
+#[test]
+fn status_writes_only_on_change_and_throttles_evidence() {
+    // Same status → no write; a failure count alone → throttled write; a verdict → write now.
+    let d = desired(vec![], status(1, 0));
+    let now = t(1000);
+    let first = status_plan(&d, &info(None, vec![]), &now);
+    let StatusPlan::Now(body) = first else {
+        panic!("first write expected, got {first:?}");
+    };
+    let conds: Vec<Condition> =
+        serde_json::from_value(body["status"]["conditions"].clone()).expect("conditions");
+    assert_eq!(conds.len(), 2);
+    assert_eq!(conds[0].observed_generation, Some(3));
+    let current = info(Some(status(1, 0)), conds.clone());
+    assert_eq!(status_plan(&d, &current, &t(2000)), StatusPlan::Unchanged);
+    let d2 = desired(vec![], status(1, 1));
+    assert!(matches!(
+        status_plan(&d2, &current, &t(2000)),
+        StatusPlan::Evidence(_)
+    ));
+    let d3 = desired(vec![], status(0, 2));
+    assert!(matches!(
+        status_plan(&d3, &current, &t(2000)),
+        StatusPlan::Now(_)
+    ));
+}
+
+#[test]
+fn transition_time_moves_only_when_the_condition_status_flips() {
+    // lastTransitionTime follows API conventions.
+    let d = desired(vec![], status(1, 0));
+    let StatusPlan::Now(body) = status_plan(&d, &info(None, vec![]), &t(1000)) else {
+        panic!("write expected");
+    };
+    let conds: Vec<Condition> =
+        serde_json::from_value(body["status"]["conditions"].clone()).expect("conditions");
+    let mut d2 = d.clone();
+    d2.conditions[0].message = "other".into();
+    let StatusPlan::Now(body) =
+        status_plan(&d2, &info(Some(status(1, 0)), conds.clone()), &t(2000))
+    else {
+        panic!("write expected");
+    };
+    let c2: Vec<Condition> =
+        serde_json::from_value(body["status"]["conditions"].clone()).expect("conditions");
+    assert_eq!(c2[0].last_transition_time, t(1000));
+    d2.conditions[0] = cond(conditions::FAILED_OVER, true, "FailedOver");
+    let StatusPlan::Now(body) = status_plan(&d2, &info(Some(status(1, 0)), conds), &t(3000)) else {
+        panic!("write expected");
+    };
+    let c3: Vec<Condition> =
+        serde_json::from_value(body["status"]["conditions"].clone()).expect("conditions");
+    assert_eq!(c3[0].last_transition_time, t(3000));
+}

@@ -1,0 +1,390 @@
+//! The one writer of health-aware traffic: applies the engine's desired state to the cluster while
+//! this replica is the leader — pod membership labels (JSON merge patch), `status.failover` with
+//! the `FailedOver`/`Flapping` conditions (server-side apply, field manager `flotilla-failover`),
+//! and an Event for every ejection, return, failover and failback.
+//!
+//! Every write has a timeout and a metric, and nothing is written when nothing differs (see
+//! `plan.rs`). A failed write is retried on the next pass (at most `resync` later) because the
+//! plan is recomputed from what the cluster shows. Observe mode writes status and Events only.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client};
+use serde_json::Value;
+use tokio::sync::{mpsc, watch};
+
+use flotilla_crds::{MicroService, API_VERSION, FAILOVER_FIELD_MANAGER, KIND};
+
+use super::decide::{Change, Membership};
+use super::engine::EngineOutputs;
+use super::inventory::{Inventory, ObjKey};
+use super::metrics::Metrics;
+use super::plan::{self, LabelPatch, StatusPlan};
+use super::policy::Mode;
+use super::report::{Desired, Notice};
+
+/// Tunables of the writer.
+#[derive(Debug, Clone)]
+pub struct WriterConfig {
+    /// Timeout of each API write.
+    pub write_timeout: Duration,
+    /// How often the writer re-checks everything even without new decisions (retries failed writes).
+    pub resync: Duration,
+    /// Minimum time between two status writes that only refresh evidence (failure counts, ratios).
+    pub evidence_interval: Duration,
+    /// A write just made is not repeated for this long while the watch catches up.
+    pub echo_grace: Duration,
+    /// Label writes in flight at once (a failover relabels every pod of two services).
+    pub concurrency: usize,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self {
+            write_timeout: Duration::from_secs(5),
+            resync: Duration::from_secs(1),
+            evidence_interval: Duration::from_secs(10),
+            echo_grace: Duration::from_secs(3),
+            concurrency: 16,
+        }
+    }
+}
+
+struct Writer {
+    client: Client,
+    recorder: Recorder,
+    metrics: Metrics,
+    cfg: WriterConfig,
+    recent_labels: HashMap<(ObjKey, String), (Option<&'static str>, Instant)>,
+    recent_status: HashMap<ObjKey, (Value, Instant)>,
+    last_status_write: HashMap<ObjKey, Instant>,
+}
+
+/// Starts the writer. It stops when the engine's outputs close.
+pub fn spawn(
+    client: Client,
+    inventory: watch::Receiver<Arc<Inventory>>,
+    outputs: EngineOutputs,
+    leader: watch::Receiver<bool>,
+    metrics: Metrics,
+    cfg: WriterConfig,
+) -> tokio::task::JoinHandle<()> {
+    let reporter = Reporter {
+        controller: FAILOVER_FIELD_MANAGER.to_owned(),
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    let w = Writer {
+        recorder: Recorder::new(client.clone(), reporter),
+        client,
+        metrics,
+        cfg,
+        recent_labels: HashMap::new(),
+        recent_status: HashMap::new(),
+        last_status_write: HashMap::new(),
+    };
+    tokio::spawn(w.run(inventory, outputs, leader))
+}
+
+fn result_label<T, E>(r: &Result<Result<T, E>, tokio::time::error::Elapsed>) -> &'static str {
+    match r {
+        Ok(Ok(_)) => "ok",
+        Ok(Err(_)) => "error",
+        Err(_) => "timeout",
+    }
+}
+
+impl Writer {
+    async fn run(
+        mut self,
+        mut inventory: watch::Receiver<Arc<Inventory>>,
+        outputs: EngineOutputs,
+        mut leader: watch::Receiver<bool>,
+    ) {
+        let EngineOutputs {
+            mut desired,
+            mut notices,
+        } = outputs;
+        let mut tick = tokio::time::interval(self.cfg.resync);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending: Vec<Notice> = Vec::new();
+        loop {
+            tokio::select! {
+                r = desired.changed() => if r.is_err() { break },
+                r = inventory.changed() => if r.is_err() { break },
+                r = leader.changed() => if r.is_err() { break },
+                n = notices.recv() => match n {
+                    Some(n) => pending.push(n),
+                    None => break,
+                },
+                _ = tick.tick() => {}
+            }
+            drain(&mut notices, &mut pending);
+            if !*leader.borrow_and_update() {
+                pending.clear();
+                continue;
+            }
+            let want = desired.borrow_and_update().clone();
+            let inv = inventory.borrow_and_update().clone();
+            self.apply_labels(&want, &inv).await;
+            self.apply_status(&want, &inv).await;
+            for n in pending.drain(..) {
+                self.announce(n, &inv).await;
+            }
+        }
+    }
+
+    async fn apply_labels(&mut self, want: &Desired, inv: &Inventory) {
+        let now = Instant::now();
+        let grace = self.cfg.echo_grace;
+        self.recent_labels
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < grace);
+        let mut patches: Vec<LabelPatch> = Vec::new();
+        for svc in want.services.values().filter(|s| s.mode == Mode::Enforce) {
+            for p in plan::label_patches(svc, inv) {
+                let k = (p.pod.clone(), p.key.clone());
+                if self
+                    .recent_labels
+                    .get(&k)
+                    .is_some_and(|(v, _)| *v == p.value)
+                {
+                    continue;
+                }
+                patches.push(p);
+            }
+        }
+        if patches.is_empty() {
+            return;
+        }
+        let results: Vec<(LabelPatch, bool)> = futures::stream::iter(patches)
+            .map(|p| self.patch_label(p))
+            .buffer_unordered(self.cfg.concurrency.max(1))
+            .collect()
+            .await;
+        for (p, ok) in results {
+            if ok {
+                self.recent_labels
+                    .insert((p.pod, p.key), (p.value, Instant::now()));
+            }
+        }
+    }
+
+    async fn patch_label(&self, p: LabelPatch) -> (LabelPatch, bool) {
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &p.pod.ns);
+        let params = PatchParams {
+            field_manager: Some(FAILOVER_FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        let body = p.body();
+        let r = tokio::time::timeout(
+            self.cfg.write_timeout,
+            api.patch(&p.pod.name, &params, &Patch::Merge(&body)),
+        )
+        .await;
+        let label = result_label(&r);
+        self.metrics
+            .writes
+            .with_label_values(&["label", label])
+            .inc();
+        if label != "ok" {
+            tracing::warn!(pod = %p.pod, key = %p.key, result = label, "membership label write failed; retrying");
+        }
+        (p, label == "ok")
+    }
+
+    async fn apply_status(&mut self, want: &Desired, inv: &Inventory) {
+        let now = Instant::now();
+        let time = Time(jiff::Timestamp::now());
+        for svc in want.services.values() {
+            let Some(info) = inv.services.get(&svc.key) else {
+                continue;
+            };
+            let body = match plan::status_plan(svc, info, &time) {
+                StatusPlan::Unchanged => continue,
+                StatusPlan::Now(b) => b,
+                StatusPlan::Evidence(b) => {
+                    let recent = self.last_status_write.get(&svc.key).is_some_and(|t| {
+                        now.saturating_duration_since(*t) < self.cfg.evidence_interval
+                    });
+                    if recent {
+                        continue;
+                    }
+                    b
+                }
+            };
+            // The same body was just written: wait for the watch to show it.
+            if self.recent_status.get(&svc.key).is_some_and(|(b, t)| {
+                same_status(b, &body) && now.saturating_duration_since(*t) < self.cfg.echo_grace
+            }) {
+                continue;
+            }
+            let api: Api<MicroService> = Api::namespaced(self.client.clone(), &svc.key.ns);
+            let params = PatchParams::apply(FAILOVER_FIELD_MANAGER).force();
+            let r = tokio::time::timeout(
+                self.cfg.write_timeout,
+                api.patch_status(&svc.key.name, &params, &Patch::Apply(&body)),
+            )
+            .await;
+            let label = result_label(&r);
+            self.metrics
+                .writes
+                .with_label_values(&["status", label])
+                .inc();
+            if label == "ok" {
+                self.recent_status.insert(svc.key.clone(), (body, now));
+                self.last_status_write.insert(svc.key.clone(), now);
+            } else {
+                tracing::warn!(service = %svc.key, result = label, "failover status write failed; retrying");
+            }
+        }
+        self.recent_status
+            .retain(|k, _| want.services.contains_key(k));
+        self.last_status_write
+            .retain(|k, _| want.services.contains_key(k));
+    }
+
+    async fn announce(&self, n: Notice, inv: &Inventory) {
+        let (svc, event) = match n {
+            Notice::Service { svc, mode, change } => {
+                let observe = mode == Mode::Observe;
+                let event = match change {
+                    Change::FailedOver {
+                        reason,
+                        detected_from,
+                    } => {
+                        self.metrics.failovers.inc();
+                        if let Some(t) = detected_from.filter(|_| !observe) {
+                            self.metrics
+                                .detection
+                                .with_label_values(&["failover"])
+                                .observe(t.elapsed().as_secs_f64());
+                        }
+                        event(
+                            EventType::Warning,
+                            if observe {
+                                "WouldFailOver"
+                            } else {
+                                "FailedOver"
+                            },
+                            reason,
+                        )
+                    }
+                    Change::FailedBack { reason } => {
+                        self.metrics.failbacks.inc();
+                        event(
+                            EventType::Normal,
+                            if observe {
+                                "WouldFailBack"
+                            } else {
+                                "FailedBack"
+                            },
+                            reason,
+                        )
+                    }
+                };
+                (svc, event)
+            }
+            Notice::Held { svc, target } => {
+                let note = format!(
+                    "traffic flipped too often; holding {} (see the Flapping condition)",
+                    target.as_str()
+                );
+                (svc, event(EventType::Warning, "Flapping", note))
+            }
+            Notice::Pod {
+                svc,
+                mode,
+                pod,
+                fallback,
+                to,
+                detected_from,
+                evidence,
+            } => {
+                let observe = mode == Mode::Observe;
+                if let (Membership::Out, false, false, Some(t)) =
+                    (to, fallback, observe, detected_from)
+                {
+                    self.metrics
+                        .detection
+                        .with_label_values(&["eject"])
+                        .observe(t.elapsed().as_secs_f64());
+                }
+                let reason = match (observe, fallback, to) {
+                    (false, false, Membership::Out) => "PodEjected",
+                    (false, false, Membership::In) => "PodReturned",
+                    (false, true, Membership::In) => "FallbackPodAdded",
+                    (false, true, Membership::Out) => "FallbackPodRemoved",
+                    (true, false, Membership::Out) => "WouldEjectPod",
+                    (true, false, Membership::In) => "WouldReturnPod",
+                    (true, true, Membership::In) => "WouldAddFallbackPod",
+                    (true, true, Membership::Out) => "WouldRemoveFallbackPod",
+                };
+                let kind = if to == Membership::Out && !fallback {
+                    EventType::Warning
+                } else {
+                    EventType::Normal
+                };
+                let note = format!("pod {} (last probe: {evidence})", pod.name);
+                (svc, event(kind, reason, note))
+            }
+        };
+        let reference = ObjectReference {
+            api_version: Some(API_VERSION.to_owned()),
+            kind: Some(KIND.to_owned()),
+            name: Some(svc.name.clone()),
+            namespace: Some(svc.ns.clone()),
+            uid: inv.services.get(&svc).and_then(|s| s.uid.clone()),
+            ..ObjectReference::default()
+        };
+        let r = tokio::time::timeout(
+            self.cfg.write_timeout,
+            self.recorder.publish(&event, &reference),
+        )
+        .await;
+        self.metrics
+            .writes
+            .with_label_values(&["event", result_label(&r)])
+            .inc();
+    }
+}
+
+fn event(type_: EventType, reason: &str, note: String) -> Event {
+    Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: "Traffic".to_owned(),
+        secondary: None,
+    }
+}
+
+/// Two status bodies are the same write when they differ at most in condition transition times.
+fn same_status(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(cs) = v
+            .pointer_mut("/status/conditions")
+            .and_then(Value::as_array_mut)
+        {
+            for c in cs {
+                if let Some(o) = c.as_object_mut() {
+                    o.remove("lastTransitionTime");
+                }
+            }
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
+fn drain(rx: &mut mpsc::Receiver<Notice>, into: &mut Vec<Notice>) {
+    while let Ok(n) = rx.try_recv() {
+        into.push(n);
+    }
+}

@@ -1,0 +1,306 @@
+//! Prober + decider over real HTTP: test pods on loopback addresses, an inventory fed by hand,
+//! decisions read from the engine's outputs. No cluster involved.
+
+mod failover_common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use flotilla_crds::{labels, ActiveTarget};
+use flotilla_operator::failover::decide::Membership;
+use flotilla_operator::failover::engine::{self, EngineConfig, EngineOutputs};
+use flotilla_operator::failover::inventory::{Inventory, ObjKey, PodInfo, ServiceInfo};
+use flotilla_operator::failover::metrics::Metrics;
+use flotilla_operator::failover::policy::{FailoverPolicy, ProbePolicy};
+use flotilla_operator::failover::report::{Desired, Notice};
+use tokio::sync::watch;
+
+use failover_common::{ip, start_group, FakePod};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn service(
+    name: &str,
+    port: u16,
+    fallback: Option<&str>,
+    tweak: impl FnOnce(&mut FailoverPolicy),
+) -> ServiceInfo {
+    let mut failover = FailoverPolicy {
+        fallback: fallback.map(str::to_owned),
+        ..FailoverPolicy::default()
+    };
+    tweak(&mut failover);
+    ServiceInfo {
+        key: ObjKey::new("t", name),
+        uid: None,
+        generation: Some(1),
+        failover_enabled: fallback.is_some(),
+        probe: ProbePolicy {
+            period: Duration::from_millis(200),
+            port,
+            ..ProbePolicy::default()
+        },
+        failover,
+        port_name: "http".into(),
+        status: None,
+        conditions: vec![],
+    }
+}
+
+fn pods(svc: &str, fakes: &[FakePod]) -> Vec<PodInfo> {
+    fakes
+        .iter()
+        .enumerate()
+        .map(|(i, f)| PodInfo {
+            key: ObjKey::new("t", format!("{svc}-{i}")),
+            service: svc.to_owned(),
+            ip: Some(ip(f)),
+            ready: true,
+            serves: [(labels::serves(svc), "true".to_owned())].into(),
+        })
+        .collect()
+}
+
+async fn wait_for(
+    rx: &mut watch::Receiver<Arc<Desired>>,
+    what: &str,
+    mut pred: impl FnMut(&Desired) -> bool,
+) -> Result<Arc<Desired>> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let cur = rx.borrow_and_update().clone();
+        if pred(&cur) {
+            return Ok(cur);
+        }
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
+            bail!("timed out waiting for {what}; last desired state: {cur:#?}");
+        }
+    }
+}
+
+fn member(d: &Desired, svc: &str, pod: &str) -> Option<Membership> {
+    d.services
+        .get(&ObjKey::new("t", svc))?
+        .members
+        .iter()
+        .find(|m| m.pod.name == pod)
+        .map(|m| m.to)
+}
+
+fn start(inv: Inventory) -> (watch::Sender<Arc<Inventory>>, EngineOutputs, Metrics) {
+    let (tx, rx) = watch::channel(Arc::new(inv));
+    let metrics = Metrics::new().expect("metrics");
+    let (out, _task) = engine::spawn(rx, metrics.clone(), EngineConfig::default());
+    (tx, out, metrics)
+}
+
+#[tokio::test]
+async fn failing_pod_is_ejected_and_returns_after_recovering() -> Result<()> {
+    // A pod whose readiness endpoint answers 503 leaves the membership; once it answers 200 for
+    // successThreshold probes it returns, and both moves are announced.
+    let fakes = start_group(3, 1, 2).await?;
+    let port = fakes[0].addr.port();
+    let inv = Inventory::from_parts(
+        [service("web", port, Some("backup"), |_| {})],
+        pods("web", &fakes),
+    );
+    let (_tx, mut out, metrics) = start(inv);
+    wait_for(&mut out.desired, "both pods healthy", |d| {
+        d.services
+            .values()
+            .any(|s| s.status.healthy_pods == Some(2))
+    })
+    .await?;
+    fakes[1].set_status(503);
+    let d = wait_for(&mut out.desired, "web-1 ejected", |d| {
+        member(d, "web", "web-1") == Some(Membership::Out)
+    })
+    .await?;
+    assert_eq!(member(&d, "web", "web-0"), Some(Membership::In));
+    let svc = &d.services[&ObjKey::new("t", "web")];
+    let ev = svc
+        .status
+        .pods
+        .iter()
+        .find(|p| p.name == "web-1")
+        .context("evidence")?;
+    assert!(!ev.healthy);
+    assert_eq!(ev.last_probe.as_deref(), Some("http 503"));
+    fakes[1].set_status(200);
+    wait_for(&mut out.desired, "web-1 back", |d| {
+        member(d, "web", "web-1") == Some(Membership::In)
+    })
+    .await?;
+    let mut seen = Vec::new();
+    while let Ok(n) = out.notices.try_recv() {
+        if let Notice::Pod {
+            pod, to, evidence, ..
+        } = n
+        {
+            seen.push((pod.name, to, evidence));
+        }
+    }
+    assert_eq!(seen.len(), 2, "one ejection and one return: {seen:?}");
+    assert_eq!(seen[0].1, Membership::Out);
+    assert_eq!(seen[0].2, "http 503");
+    assert!(metrics.probes.with_label_values(&["bad_status"]).get() >= 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hanging_pod_times_out_and_probes_stay_bounded() -> Result<()> {
+    // A pod that never answers within the timeout is ejected, and probing keeps one connection
+    // per healthy pod instead of one per probe.
+    let fakes = start_group(3, 2, 2).await?;
+    let port = fakes[0].addr.port();
+    let inv = Inventory::from_parts(
+        [service("api", port, Some("backup"), |_| {})],
+        pods("api", &fakes),
+    );
+    let (_tx, mut out, metrics) = start(inv);
+    fakes[0].set_delay(Duration::from_secs(5));
+    let d = wait_for(&mut out.desired, "api-0 ejected", |d| {
+        member(d, "api", "api-0") == Some(Membership::Out)
+    })
+    .await?;
+    let ev = &d.services[&ObjKey::new("t", "api")].status.pods[0];
+    assert_eq!(ev.last_probe.as_deref(), Some("timeout"));
+    assert!(metrics.probes.with_label_values(&["timeout"]).get() >= 2);
+    // Let the healthy pod be probed many times, then check connection reuse.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while fakes[1].readiness_requests() < 15 {
+        if tokio::time::Instant::now() > deadline {
+            bail!(
+                "api-1 was probed only {} times",
+                fakes[1].readiness_requests()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        fakes[1].connections() <= 2,
+        "{} probes used {} connections",
+        fakes[1].readiness_requests(),
+        fakes[1].connections()
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn all_primary_pods_failing_moves_traffic_to_healthy_fallback_pods() -> Result<()> {
+    // With every primary pod failing and a healthy fallback, the fallback's healthy pods get the
+    // primary's membership and the status says fallback.
+    let primary = start_group(3, 3, 2).await?;
+    let fallback = start_group(3, 4, 2).await?;
+    let inv = Inventory::from_parts(
+        [
+            service(
+                "users",
+                primary[0].addr.port(),
+                Some("users-backup"),
+                |_| {},
+            ),
+            {
+                let mut s = service("users-backup", fallback[0].addr.port(), None, |_| {});
+                s.failover_enabled = false;
+                s
+            },
+        ],
+        pods("users", &primary)
+            .into_iter()
+            .chain(pods("users-backup", &fallback)),
+    );
+    let (_tx, mut out, _metrics) = start(inv);
+    wait_for(&mut out.desired, "primary healthy", |d| {
+        d.services
+            .values()
+            .any(|s| s.status.healthy_pods == Some(2))
+    })
+    .await?;
+    fallback[1].set_status(500);
+    for p in &primary {
+        p.set_status(503);
+    }
+    let d = wait_for(&mut out.desired, "failover", |d| {
+        d.services
+            .values()
+            .any(|s| s.status.active == Some(ActiveTarget::Fallback))
+    })
+    .await?;
+    let d = wait_for(&mut out.desired, "fallback membership settled", |d| {
+        member(d, "users", "users-backup-1") == Some(Membership::Out)
+    })
+    .await
+    .unwrap_or(d);
+    assert_eq!(member(&d, "users", "users-0"), Some(Membership::Out));
+    assert_eq!(member(&d, "users", "users-1"), Some(Membership::Out));
+    assert_eq!(member(&d, "users", "users-backup-0"), Some(Membership::In));
+    assert_eq!(member(&d, "users", "users-backup-1"), Some(Membership::Out));
+    let failed_over = std::iter::from_fn(|| out.notices.try_recv().ok())
+        .any(|n| matches!(n, Notice::Service { .. }));
+    assert!(failed_over, "a failover notice was sent");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_noisy_pod_never_leaves() -> Result<()> {
+    // A pod that fails every other probe never reaches two failures in a row and keeps traffic.
+    let fakes = start_group(3, 5, 1).await?;
+    let inv = Inventory::from_parts(
+        [service(
+            "noisy",
+            fakes[0].addr.port(),
+            Some("backup"),
+            |_| {},
+        )],
+        pods("noisy", &fakes),
+    );
+    let (_tx, mut out, metrics) = start(inv);
+    fakes[0].set_noisy(true);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while metrics.probes.with_label_values(&["bad_status"]).get() < 10 {
+        if tokio::time::Instant::now() > deadline {
+            bail!("too few probes");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let d = out.desired.borrow_and_update().clone();
+        assert_ne!(member(&d, "noisy", "noisy-0"), Some(Membership::Out));
+    }
+    let ejected =
+        std::iter::from_fn(|| out.notices.try_recv().ok()).any(|n| matches!(n, Notice::Pod { .. }));
+    assert!(!ejected);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_high_5xx_ratio_ejects_a_pod_whose_readiness_is_fine() -> Result<()> {
+    // With scrapeMetrics and maxErrorRate, a pod serving mostly 5xx is ejected even though its
+    // readiness endpoint says 200; a pod without traffic is not.
+    let fakes = start_group(3, 6, 2).await?;
+    let svc = service("err", fakes[0].addr.port(), Some("backup"), |f| {
+        f.scrape_metrics = true;
+        f.max_error_rate = Some(0.1);
+    });
+    let inv = Inventory::from_parts([svc], pods("err", &fakes));
+    let (_tx, mut out, _m) = start(inv);
+    fakes[0].set_metrics(
+        "http_requests_total{status=\"200\"} 100\nhttp_requests_total{status=\"500\"} 0\n",
+    );
+    fakes[1].set_metrics("# no traffic yet\n");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    fakes[0].set_metrics(
+        "http_requests_total{status=\"200\"} 150\nhttp_requests_total{status=\"500\"} 50\n",
+    );
+    let d = wait_for(&mut out.desired, "err-0 ejected by error rate", |d| {
+        member(d, "err", "err-0") == Some(Membership::Out)
+    })
+    .await?;
+    let ev = &d.services[&ObjKey::new("t", "err")].status.pods[0];
+    assert_eq!(ev.error_ratio, Some(0.5));
+    assert_eq!(member(&d, "err", "err-1"), Some(Membership::In));
+    Ok(())
+}
