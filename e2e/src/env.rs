@@ -27,7 +27,7 @@ pub enum Backend {
         kubeconfig: PathBuf,
     },
     /// A local cluster this process started, with the operator and a node.
-    Local(local::LocalCluster),
+    Local(Box<local::LocalCluster>),
 }
 
 /// A connected cluster.
@@ -60,10 +60,10 @@ impl TestEnv {
             }
             None => {
                 let cluster = local::LocalCluster::start().await?;
-                let client = cluster.client().await?;
+                let client = cluster.client();
                 Ok(Self {
                     client,
-                    backend: Backend::Local(cluster),
+                    backend: Backend::Local(Box::new(cluster)),
                 })
             }
         }
@@ -97,17 +97,22 @@ pub async fn install_crd(client: &Client) -> Result<()> {
     )
     .await
     .context("applying the MicroService CRD")?;
-    wait::for_object(&api, flotilla_crds::CRD_NAME, wait::DEFAULT_TIMEOUT, |crd| {
-        let conditions = crd
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        conditions
-            .iter()
-            .any(|c| c.type_ == "Established" && c.status == "True")
-    })
+    wait::for_object(
+        &api,
+        flotilla_crds::CRD_NAME,
+        wait::DEFAULT_TIMEOUT,
+        |crd| {
+            let conditions = crd
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        },
+    )
     .await?;
     Ok(())
 }

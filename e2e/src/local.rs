@@ -1,0 +1,286 @@
+//! A local cluster for one test process: a kubesim API server, its node (pods run as local
+//! processes from the workspace's target directory) and the `flotilla-operator` binary run as a
+//! child process against it, exactly as it would run in a pod.
+//!
+//! Everything binds to loopback. The operator and the pods are killed when the cluster is dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use kube::Client;
+use kubesim::node::{ImageTable, Node, NodeConfig};
+use kubesim::{Cluster, ClusterConfig};
+use tokio::process::{Child, Command};
+
+use crate::{env, tools, wait};
+
+/// How long the operator may take to report ready (caches synced) on a loaded machine.
+const OPERATOR_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The Cargo target directory the running test binary was built into (`target/debug`).
+pub fn target_dir() -> PathBuf {
+    // Test binaries live in `<target>/<profile>/deps/`.
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().and_then(Path::parent).map(Path::to_path_buf))
+        .unwrap_or_else(|| tools::repo_root().join("target").join("debug"))
+}
+
+/// A workspace binary in the target directory, or an error saying how to build it.
+pub fn workspace_binary(name: &str, package: &str) -> Result<PathBuf> {
+    let path = target_dir().join(name);
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build it with `cargo build -p {package}` (the test command builds the \
+             whole workspace first)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The image table for the node: the workspace's `e2e/kubesim/images.yaml` when present, with the
+/// Flotilla images pointed at this target directory in front.
+fn image_table() -> Result<ImageTable> {
+    let root = tools::repo_root();
+    let file = root.join("e2e").join("kubesim").join("images.yaml");
+    let mut table = if file.is_file() {
+        ImageTable::load(&file, &root)?
+    } else {
+        ImageTable::default()
+    };
+    let target = target_dir();
+    table.prepend("flotilla/users:*", target.join("users"));
+    table.prepend("flotilla/auth:*", target.join("auth"));
+    table.prepend("flotilla/operator:*", target.join("flotilla-operator"));
+    Ok(table)
+}
+
+/// A free loopback TCP port (bound and released; the operator binds it right after).
+pub fn free_port() -> Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The operator as a child process with its log file.
+pub struct OperatorProcess {
+    child: Child,
+    /// Address of its metrics/health server.
+    pub metrics_addr: String,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+}
+
+impl OperatorProcess {
+    /// Starts `flotilla-operator` with `args` (which must include `--metrics-addr metrics_addr`)
+    /// and the environment `envs` against the cluster in `kubeconfig`, logging to `log`, and waits
+    /// until `/readyz` answers 200.
+    pub async fn start(
+        kubeconfig: &Path,
+        args: &[String],
+        envs: &[(String, String)],
+        metrics_addr: &str,
+        log: PathBuf,
+    ) -> Result<Self> {
+        let binary = workspace_binary("flotilla-operator", "flotilla-operator")?;
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(&binary)
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", "info")
+            .envs(envs.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", binary.display()))?;
+        let mut operator = Self {
+            child,
+            metrics_addr: metrics_addr.to_owned(),
+            log,
+        };
+        operator.wait_ready().await?;
+        Ok(operator)
+    }
+
+    async fn wait_ready(&mut self) -> Result<()> {
+        let url = format!("http://{}/readyz", self.metrics_addr);
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()?;
+        let child = &mut self.child;
+        let log = self.log.clone();
+        wait::until("the operator's /readyz", OPERATOR_READY_TIMEOUT, || {
+            let exited = child.try_wait();
+            let request = http.get(&url).send();
+            let log = log.clone();
+            async move {
+                if let Ok(Some(status)) = exited {
+                    bail!("operator exited ({status}); log:\n{}", tail(&log, 40));
+                }
+                Ok(request
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ()))
+            }
+        })
+        .await
+    }
+
+    /// Stops the operator (SIGKILL) and waits for it to exit.
+    pub async fn stop(mut self) -> Result<()> {
+        self.child.kill().await.context("stopping the operator")
+    }
+}
+
+/// The last `lines` lines of the file at `path` ("" when unreadable).
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A kubesim cluster with its node and the operator.
+pub struct LocalCluster {
+    // Field order is drop order: the operator goes first, then the pods, then the API server.
+    operator: Option<OperatorProcess>,
+    node: Option<Node>,
+    cluster: Cluster,
+    state_dir: tempfile::TempDir,
+}
+
+impl LocalCluster {
+    /// Starts the API server and node, installs the CRD, and starts the operator.
+    pub async fn start() -> Result<Self> {
+        let mut local = Self::start_bare().await?;
+        env::install_crd(&local.client()).await?;
+        let port = free_port()?;
+        let metrics_addr = format!("127.0.0.1:{port}");
+        let args: Vec<String> = [
+            "run",
+            "--metrics-addr",
+            &metrics_addr,
+            "--log-format",
+            "text",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let log = local.state_dir.path().join("operator.log");
+        let envs = [("POD_NAMESPACE".to_owned(), "default".to_owned())];
+        let operator = OperatorProcess::start(
+            local.cluster.kubeconfig_path(),
+            &args,
+            &envs,
+            &metrics_addr,
+            log,
+        )
+        .await?;
+        local.operator = Some(operator);
+        Ok(local)
+    }
+
+    /// Starts the API server and node only: no CRD, no operator. Tests that install Flotilla
+    /// themselves (e.g. from the rendered chart) use this and [`OperatorProcess`].
+    pub async fn start_bare() -> Result<Self> {
+        let state_dir = tempfile::Builder::new()
+            .prefix("flotilla-e2e-")
+            .tempdir()
+            .context("creating the node state directory")?;
+        let cluster = Cluster::start(ClusterConfig::default())
+            .await
+            .context("starting kubesim")?;
+        let config = NodeConfig::new(state_dir.path().join("node"), image_table()?);
+        let node = kubesim::node::start(cluster.client(), config)
+            .await
+            .context("starting the kubesim node")?;
+        Ok(Self {
+            operator: None,
+            node: Some(node),
+            cluster,
+            state_dir,
+        })
+    }
+
+    /// A client for the API server.
+    pub fn client(&self) -> Client {
+        self.cluster.client()
+    }
+
+    /// The kubeconfig that points at the API server.
+    pub fn kubeconfig_path(&self) -> &Path {
+        self.cluster.kubeconfig_path()
+    }
+
+    /// A directory that lives as long as the cluster, for logs and scratch files.
+    pub fn state_dir(&self) -> &Path {
+        self.state_dir.path()
+    }
+
+    /// The operator, when this cluster started one.
+    pub fn operator(&self) -> Option<&OperatorProcess> {
+        self.operator.as_ref()
+    }
+
+    /// Stops the operator (to test that the data plane keeps working without it); returns whether
+    /// one was running.
+    pub async fn stop_operator(&mut self) -> Result<bool> {
+        match self.operator.take() {
+            Some(operator) => operator.stop().await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// The operator's log and the pods' logs, for a failing test's report.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        if let Some(operator) = &self.operator {
+            out.push_str(&format!(
+                "===== operator log (last 80 lines)\n{}\n",
+                tail(&operator.log, 80)
+            ));
+        }
+        let logs = self.state_dir.path().join("node").join("logs");
+        let mut files: Vec<PathBuf> = walk(&logs);
+        files.sort();
+        for file in files {
+            out.push_str(&format!(
+                "===== {} (last 30 lines)\n{}\n",
+                file.strip_prefix(&logs).unwrap_or(&file).display(),
+                tail(&file, 30)
+            ));
+        }
+        out
+    }
+
+    /// Stops the operator, the pods and the API server gracefully.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop_operator().await;
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+        }
+    }
+}
+
+/// Every file under `dir`, recursively.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}
