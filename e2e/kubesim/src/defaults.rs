@@ -107,6 +107,22 @@ pub fn apply(group: &str, kind: &str, obj: &mut Value) {
                 }
             }
         }
+        ("", "Secret") => {
+            if let Some(m) = obj.as_object_mut() {
+                set_default(m, "type", json!("Opaque"));
+                if let Some(Value::Object(string_data)) = m.remove("stringData") {
+                    if !m.get("data").is_some_and(Value::is_object) {
+                        m.insert("data".into(), json!({}));
+                    }
+                    if let Some(data) = m.get_mut("data").and_then(Value::as_object_mut) {
+                        for (k, v) in string_data {
+                            let text = v.as_str().unwrap_or("").as_bytes().to_vec();
+                            data.insert(k, json!(base64(&text)));
+                        }
+                    }
+                }
+            }
+        }
         ("", "Namespace") => {
             if let Some(m) = obj.as_object_mut() {
                 set_default(m, "spec", json!({"finalizers": ["kubernetes"]}));
@@ -117,8 +133,43 @@ pub fn apply(group: &str, kind: &str, obj: &mut Value) {
     }
 }
 
+/// Standard base64 with padding (Secret `data` values).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn secret_string_data_becomes_base64_data() {
+        // stringData is folded into data, base64-encoded, as the real server does.
+        let mut s = json!({"stringData": {"a": "hello", "b": "hi"}, "data": {"c": "eA=="}});
+        apply("", "Secret", &mut s);
+        assert_eq!(
+            s["data"],
+            json!({"a": "aGVsbG8=", "b": "aGk=", "c": "eA=="})
+        );
+        assert!(s.get("stringData").is_none());
+        assert_eq!(base64(b"abc"), "YWJj");
+    }
+
     use super::*;
 
     #[test]
