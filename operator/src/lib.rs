@@ -54,6 +54,10 @@ pub async fn run(
     let readiness = http::Readiness::default();
     let shutdown = shutdown.boxed().shared();
     let identity = config.identity.clone().unwrap_or_else(default_identity);
+    // Health-aware traffic: probes on every replica, writes only while leading.
+    let failover =
+        failover::spawn(client.clone(), metrics.registry(), config.watch_namespace.clone())
+            .map_err(|e| Error::Config(format!("failover metrics: {e}")))?;
 
     let server = match config.metrics_addr {
         Some(addr) => {
@@ -83,6 +87,7 @@ pub async fn run(
         if elector.acquire(&mut stop).await {
             info!(%identity, "leading");
             metrics.leader.set(1);
+            failover.set_leader(true);
             readiness.set(false);
             let ctrl = controller::run(
                 client.clone(),
@@ -98,6 +103,7 @@ pub async fn run(
                 lost = elector.keep_renewing() => Err(lost),
             };
             metrics.leader.set(0);
+            failover.set_leader(false);
             if outcome.is_ok() {
                 if let Err(e) = elector.release().await {
                     warn!(error = %e, "releasing the lease failed; it will expire");
@@ -111,6 +117,7 @@ pub async fn run(
         }
     } else {
         metrics.leader.set(1);
+        failover.set_leader(true);
         controller::run(
             client,
             &config,
