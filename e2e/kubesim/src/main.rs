@@ -1,1 +1,367 @@
-fn main() {}
+//! `kubesim`: a local Kubernetes API server with a process-based node, for development and tests
+//! on machines without a container engine. Not for production.
+//!
+//! `kubesim up` (the default) starts the API server and the node, writes a kubeconfig and runs
+//! until SIGINT/SIGTERM, then stops every pod process. `--operator` installs the Flotilla CRD and
+//! runs the operator against it; `--demo` builds the sample services and applies their manifests.
+//! `kubesim serve` runs the API server alone.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::discovery::pinned_kind;
+use kubesim::node::{self, ImageTable, NodeConfig};
+use kubesim::{Cluster, ClusterConfig};
+use serde::Deserialize;
+use tokio::process::{Child, Command};
+
+const FIELD_MANAGER: &str = "kubesim";
+const CRD_FILE: &str = "crds/microservices.flotilla.rs.yaml";
+const DEMO_DIR: &str = "services/deploy";
+const DEMO_FILES: &[&str] = &["users.yaml", "auth.yaml"];
+const OPERATOR_BIN: &str = "target/debug/flotilla-operator";
+
+#[derive(Parser)]
+#[command(
+    name = "kubesim",
+    about = "A local Kubernetes API server whose pods run as local processes (dev and test only)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command_>,
+    #[command(flatten)]
+    up: UpArgs,
+}
+
+#[derive(Subcommand)]
+enum Command_ {
+    /// Start the API server and the node (the default).
+    Up(UpArgs),
+    /// Start the API server only; pods stay Pending.
+    Serve(CommonArgs),
+}
+
+#[derive(Args, Clone)]
+struct CommonArgs {
+    /// Directory for the kubeconfig, pod working directories and logs
+    /// [default: <workspace>/target/kubesim].
+    #[arg(long, env = "KUBESIM_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Port for the API server on 127.0.0.1 (0 picks a free one).
+    #[arg(long, env = "KUBESIM_PORT", default_value_t = 0)]
+    port: u16,
+}
+
+#[derive(Args, Clone)]
+struct UpArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Image → executable table [default: <workspace>/e2e/kubesim/images.yaml].
+    #[arg(long, env = "KUBESIM_IMAGES")]
+    images: Option<PathBuf>,
+    /// Install the Flotilla CRD and run the operator (built with cargo if missing).
+    #[arg(long)]
+    operator: bool,
+    /// Build the sample services and apply their MicroService manifests.
+    #[arg(long)]
+    demo: bool,
+    /// Address for the operator's metrics/health server.
+    #[arg(long, default_value = "127.0.0.1:18080")]
+    operator_metrics_addr: String,
+    /// Base of the crash-loop back-off in seconds (the kubelet's is 10).
+    #[arg(long, default_value_t = 10)]
+    backoff_base_seconds: u64,
+}
+
+/// The workspace root: the nearest ancestor of the current directory with a `[workspace]`
+/// Cargo.toml.
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    for dir in cwd.ancestors() {
+        let manifest = dir.join("Cargo.toml");
+        if std::fs::read_to_string(&manifest).is_ok_and(|t| t.contains("[workspace]")) {
+            return Ok(dir.to_path_buf());
+        }
+    }
+    bail!(
+        "run kubesim from inside the Flotilla workspace (no Cargo.toml with [workspace] above {})",
+        cwd.display()
+    )
+}
+
+fn require_file(root: &Path, rel: &str, what: &str) -> anyhow::Result<PathBuf> {
+    let path = root.join(rel);
+    if !path.is_file() {
+        bail!(
+            "{what}: {} is missing; it is part of the Flotilla workspace",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+async fn start_cluster(common: &CommonArgs, root: &Path) -> anyhow::Result<(Cluster, PathBuf)> {
+    let state_dir = common
+        .state_dir
+        .clone()
+        .unwrap_or_else(|| root.join("target").join("kubesim"));
+    std::fs::create_dir_all(&state_dir)
+        .with_context(|| format!("creating {}", state_dir.display()))?;
+    let config = ClusterConfig {
+        port: common.port,
+        kubeconfig_path: Some(state_dir.join("kubeconfig")),
+        ..Default::default()
+    };
+    let cluster = Cluster::start(config)
+        .await
+        .context("starting the API server")?;
+    Ok((cluster, state_dir))
+}
+
+/// Server-side applies every document of a YAML file, resolving kinds through discovery.
+async fn apply_file(client: &kube::Client, path: &Path) -> anyhow::Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut applied = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_json::Value::deserialize(doc)?;
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject = serde_json::from_value(value.clone())
+            .with_context(|| format!("parsing {}", path.display()))?;
+        let types = obj
+            .types
+            .clone()
+            .context("a document has no apiVersion/kind")?;
+        let gvk = GroupVersionKind::try_from(&types)?;
+        let name = obj
+            .metadata
+            .name
+            .clone()
+            .context("a document has no metadata.name")?;
+        let (ar, caps) = pinned_kind(client, &gvk)
+            .await
+            .with_context(|| format!("the API server does not serve {}", types.kind))?;
+        let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
+            let ns = obj
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".into());
+            Api::namespaced_with(client.clone(), &ns, &ar)
+        } else {
+            Api::all_with(client.clone(), &ar)
+        };
+        api.patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&value),
+        )
+        .await
+        .with_context(|| format!("applying {} {name}", types.kind))?;
+        applied.push(format!("{}/{name}", types.kind.to_lowercase()));
+    }
+    Ok(applied)
+}
+
+async fn cargo_build(root: &Path, packages: &[&str]) -> anyhow::Result<()> {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.arg("build").current_dir(root);
+    for p in packages {
+        cmd.arg("-p").arg(p);
+    }
+    println!("building {} with cargo ...", packages.join(", "));
+    let status = cmd.status().await.context("running cargo")?;
+    if !status.success() {
+        bail!("cargo build -p {} failed", packages.join(" -p "));
+    }
+    Ok(())
+}
+
+/// Waits until a CRD is Established (or 30s have passed).
+async fn wait_established(client: &kube::Client, name: &str) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for _ in 0..300 {
+        if let Ok(crd) = api.get(name).await {
+            let established = crd.status.and_then(|s| s.conditions).is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Established" && c.status == "True")
+            });
+            if established {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn start_operator(
+    root: &Path,
+    kubeconfig: &Path,
+    state_dir: &Path,
+    metrics: &str,
+) -> anyhow::Result<Child> {
+    let bin = root.join(OPERATOR_BIN);
+    if !bin.is_file() {
+        cargo_build(root, &["flotilla-operator"]).await?;
+    }
+    let log_path = state_dir.join("operator.log");
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("creating {}", log_path.display()))?;
+    let child = Command::new(&bin)
+        .arg("run")
+        .arg("--metrics-addr")
+        .arg(metrics)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log))
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    println!("operator running (log: {})", log_path.display());
+    Ok(child)
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {},
+    }
+    Ok(())
+}
+
+fn print_usage(cluster: &Cluster) {
+    let kubeconfig = cluster.kubeconfig_path().display();
+    println!("kubesim API server: {}", cluster.url());
+    println!("kubeconfig: {kubeconfig}");
+    println!();
+    println!("export KUBECONFIG={kubeconfig}");
+    println!();
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let root = workspace_root()?;
+    // Check every file the flags need before starting anything.
+    let crd = if args.operator {
+        Some(require_file(
+            &root,
+            CRD_FILE,
+            "--operator needs the Flotilla CRD",
+        )?)
+    } else {
+        None
+    };
+    let demo: Vec<PathBuf> = if args.demo {
+        DEMO_FILES
+            .iter()
+            .map(|f| {
+                require_file(
+                    &root,
+                    &format!("{DEMO_DIR}/{f}"),
+                    "--demo needs the sample manifests",
+                )
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        Vec::new()
+    };
+    let images_path = args
+        .images
+        .clone()
+        .unwrap_or_else(|| root.join("e2e/kubesim/images.yaml"));
+    let images = ImageTable::load(&images_path, &root)?;
+    if args.demo {
+        cargo_build(&root, &["users", "auth"]).await?;
+    }
+    let (cluster, state_dir) = start_cluster(&args.common, &root).await?;
+    let client = cluster.client();
+    let mut config = NodeConfig::new(&state_dir, images);
+    config.backoff.base = Duration::from_secs(args.backoff_base_seconds.max(1));
+    let node = node::start(client.clone(), config).await?;
+    print_usage(&cluster);
+    let mut operator = None;
+    if let Some(crd) = crd {
+        for o in apply_file(&client, &crd).await? {
+            println!("applied {o}");
+        }
+        wait_established(&client, "microservices.flotilla.rs").await;
+        operator = Some(
+            start_operator(
+                &root,
+                cluster.kubeconfig_path(),
+                &state_dir,
+                &args.operator_metrics_addr,
+            )
+            .await?,
+        );
+    }
+    for file in &demo {
+        for o in apply_file(&client, file).await? {
+            println!("applied {o}");
+        }
+    }
+    if args.demo && !args.operator {
+        println!("note: without --operator nothing turns the MicroServices into Deployments");
+    }
+    if args.demo {
+        println!("try: kubectl get msvc,deploy,pods,svc");
+    }
+    println!("pod logs: {}", state_dir.join("logs").display());
+    println!("Ctrl-C stops kubesim and every pod process.");
+    wait_for_signal().await?;
+    println!("stopping ...");
+    if let Some(mut child) = operator {
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
+        }
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
+            let _ = child.kill().await;
+        }
+    }
+    node.shutdown().await;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn serve(common: CommonArgs) -> anyhow::Result<()> {
+    let root = workspace_root()?;
+    let (cluster, _) = start_cluster(&common, &root).await?;
+    print_usage(&cluster);
+    println!("API server only: pods stay Pending (use `kubesim up` to run them).");
+    wait_for_signal().await?;
+    cluster.shutdown().await;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        None => up(cli.up).await,
+        Some(Command_::Up(args)) => up(args).await,
+        Some(Command_::Serve(common)) => serve(common).await,
+    }
+}

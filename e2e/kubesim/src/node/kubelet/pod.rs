@@ -132,6 +132,9 @@ pub(crate) async fn run(
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
+    if spec.node_name.as_deref().is_none_or(str::is_empty) {
+        bind(&env, &namespace, &name).await;
+    }
     let ip = env
         .ips
         .lock()
@@ -220,6 +223,28 @@ pub(crate) async fn run(
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .release(pod_ip);
+}
+
+/// Binds the pod to this node (the scheduler's job on a one-node cluster), so that the API server
+/// deletes it gracefully and leaves the final deletion to the kubelet. A server without the
+/// `binding` subresource simply leaves the pod unbound.
+async fn bind(env: &WorkerEnv, namespace: &str, name: &str) {
+    let api: Api<Pod> = Api::namespaced(env.ctx.client.clone(), namespace);
+    let binding = json!({
+        "apiVersion": "v1",
+        "kind": "Binding",
+        "metadata": { "name": name, "namespace": namespace },
+        "target": { "apiVersion": "v1", "kind": "Node", "name": env.ctx.config.node_name },
+    });
+    let pp = kube::api::PostParams {
+        field_manager: Some("kubesim-scheduler".into()),
+        ..Default::default()
+    };
+    let result: Result<serde_json::Value, kube::Error> =
+        api.create_subresource("binding", name, &pp, &binding).await;
+    if let Err(e) = result {
+        tracing::debug!(pod = %name, error = %e, "pod not bound");
+    }
 }
 
 /// Waits `d` or until cancelled; false when cancelled.

@@ -1,0 +1,242 @@
+//! The process kubelet: restarts, image pull failures, environment and logs.
+
+pub mod node_support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapKeySelector, EnvVar, EnvVarSource, Event, ObjectFieldSelector, Pod, Secret,
+    SecretKeySelector,
+};
+use k8s_openapi::ByteString;
+use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kubesim::node::{read_pod_log, LogOptions};
+use node_support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn pod_of(deploy: &k8s_openapi::api::apps::v1::Deployment, name: &str) -> Pod {
+    let template = deploy.spec.clone().unwrap_or_default().template;
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            ..template.metadata.unwrap_or_default()
+        },
+        spec: template.spec,
+        status: None,
+    }
+}
+
+fn restart_count(pod: &Pod) -> i32 {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .map_or(0, |c| c[0].restart_count)
+}
+
+#[tokio::test]
+async fn a_killed_process_is_restarted_and_counted() -> anyhow::Result<()> {
+    // SIGKILL the container's process: the kubelet starts a new one, restartCount becomes 1 and
+    // lastState records the kill; the pod becomes Ready again.
+    let sim = Sim::start().await?;
+    sim.pods()
+        .create(
+            &PostParams::default(),
+            &pod_of(&deployment("crash", 1, IMAGE), "crash"),
+        )
+        .await?;
+    wait_for(WAIT, "pod ready", || async {
+        Ok(is_ready(&sim.pods().get("crash").await?).then_some(()))
+    })
+    .await?;
+    let pids = processes_of("crash");
+    assert_eq!(pids.len(), 1, "one process for the pod");
+    std::process::Command::new("kill")
+        .arg("-KILL")
+        .arg(pids[0].to_string())
+        .status()?;
+    let pod = wait_for(WAIT, "restart", || async {
+        let pod = sim.pods().get("crash").await?;
+        Ok((restart_count(&pod) == 1 && is_ready(&pod)).then_some(pod))
+    })
+    .await?;
+    let status = pod
+        .status
+        .unwrap_or_default()
+        .container_statuses
+        .unwrap_or_default()
+        .remove(0);
+    let last = status
+        .last_state
+        .and_then(|s| s.terminated)
+        .map(|t| (t.exit_code, t.signal));
+    assert_eq!(last, Some((137, Some(9))));
+    let new_pids = processes_of("crash");
+    assert_eq!(new_pids.len(), 1);
+    assert_ne!(new_pids[0], pids[0]);
+    sim.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unmapped_image_stays_pending_with_err_image_pull() -> anyhow::Result<()> {
+    // A cluster without the image cannot run the pod: Pending, waiting ErrImagePull or
+    // ImagePullBackOff, and a Warning Event says why.
+    let sim = Sim::start().await?;
+    sim.pods()
+        .create(
+            &PostParams::default(),
+            &pod_of(&deployment("nope", 1, "example.com/unknown:1"), "nope"),
+        )
+        .await?;
+    let reason = wait_for(WAIT, "image pull failure", || async {
+        let pod = sim.pods().get("nope").await?;
+        let status = pod.status.unwrap_or_default();
+        let waiting = status
+            .container_statuses
+            .unwrap_or_default()
+            .first()
+            .and_then(|c| c.state.clone()?.waiting?.reason);
+        Ok(waiting
+            .filter(|r| r == "ErrImagePull" || r == "ImagePullBackOff")
+            .map(|r| (status.phase, r)))
+    })
+    .await?;
+    assert_eq!(reason.0.as_deref(), Some("Pending"));
+    let events: Api<Event> = Api::namespaced(sim.client.clone(), "default");
+    wait_for(WAIT, "a Failed event", || async {
+        let list = events.list(&ListParams::default()).await?.items;
+        Ok(list
+            .iter()
+            .any(|e| {
+                e.involved_object.name.as_deref() == Some("nope")
+                    && e.reason.as_deref() == Some("Failed")
+                    && e.type_.as_deref() == Some("Warning")
+            })
+            .then_some(()))
+    })
+    .await?;
+    assert!(processes_of("nope").is_empty());
+    sim.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn env_references_resolve_and_output_reaches_the_pod_log() -> anyhow::Result<()> {
+    // ConfigMap, Secret and downward-API values reach the process; Service DNS names in env are
+    // rewritten to cluster IPs; stdout lands in the log `kubectl logs` reads.
+    let sim = Sim::start().await?;
+    let cms: Api<ConfigMap> = Api::namespaced(sim.client.clone(), "default");
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("cfg".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([("level".to_string(), "debug".to_string())])),
+        ..Default::default()
+    };
+    cms.create(&PostParams::default(), &cm).await?;
+    let secrets: Api<Secret> = Api::namespaced(sim.client.clone(), "default");
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some("jwt".into()),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            "key".to_string(),
+            ByteString(b"s3cret".to_vec()),
+        )])),
+        ..Default::default()
+    };
+    secrets.create(&PostParams::default(), &secret).await?;
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(sim.client.clone(), "default");
+    services
+        .create(&PostParams::default(), &service("users"))
+        .await?;
+    let ip = wait_for(WAIT, "cluster IP", || async {
+        let svc = services.get("users").await?;
+        Ok(svc
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .filter(|ip| !ip.is_empty()))
+    })
+    .await?;
+
+    let mut pod = pod_of(&deployment("envy", 1, IMAGE), "envy");
+    let source = |s: EnvVarSource| EnvVar {
+        name: String::new(),
+        value: None,
+        value_from: Some(s),
+    };
+    if let Some(c) = pod.spec.as_mut().map(|s| &mut s.containers[0]) {
+        c.env = Some(vec![
+            EnvVar {
+                name: "LEVEL".into(),
+                ..source(EnvVarSource {
+                    config_map_key_ref: Some(ConfigMapKeySelector {
+                        name: "cfg".into(),
+                        key: "level".into(),
+                        optional: None,
+                    }),
+                    ..Default::default()
+                })
+            },
+            EnvVar {
+                name: "JWT".into(),
+                ..source(EnvVarSource {
+                    secret_key_ref: Some(SecretKeySelector {
+                        name: "jwt".into(),
+                        key: "key".into(),
+                        optional: None,
+                    }),
+                    ..Default::default()
+                })
+            },
+            EnvVar {
+                name: "MY_IP".into(),
+                ..source(EnvVarSource {
+                    field_ref: Some(ObjectFieldSelector {
+                        field_path: "status.podIP".into(),
+                        api_version: None,
+                    }),
+                    ..Default::default()
+                })
+            },
+            EnvVar {
+                name: "USERS_URL".into(),
+                value: Some("http://users.default.svc.cluster.local:8080".into()),
+                value_from: None,
+            },
+        ]);
+    }
+    sim.pods().create(&PostParams::default(), &pod).await?;
+    let pod = wait_for(WAIT, "pod ready", || async {
+        let p = sim.pods().get("envy").await?;
+        Ok(is_ready(&p).then_some(p))
+    })
+    .await?;
+    let addr = pod_addr(&pod)?;
+    let env = |name: &'static str| async move {
+        http_get(addr, &format!("/env/{name}"))
+            .await
+            .map(|(_, body)| body)
+    };
+    assert_eq!(env("LEVEL").await?, "debug");
+    assert_eq!(env("JWT").await?, "s3cret");
+    assert_eq!(env("MY_IP").await?, addr.ip().to_string());
+    assert_eq!(env("LISTEN_ADDR").await?, addr.to_string());
+    assert_eq!(env("USERS_URL").await?, format!("http://{ip}:8080"));
+
+    let log = wait_for(WAIT, "log line", || async {
+        let opts = LogOptions::default();
+        let text = read_pod_log(sim.state.path(), "default", "envy", &opts)
+            .map(|b| String::from_utf8_lossy(&b).into_owned());
+        Ok(text.ok().filter(|t| t.contains("listening on")))
+    })
+    .await?;
+    assert!(log.contains(&addr.to_string()), "log: {log}");
+    sim.shutdown().await;
+    Ok(())
+}

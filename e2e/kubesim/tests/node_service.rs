@@ -1,0 +1,130 @@
+//! Services: cluster IPs, EndpointSlices from ready pods, and the proxy on the cluster IP.
+
+pub mod node_support;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams, PostParams};
+use node_support::*;
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// (address, ready) of every endpoint in the Service's slices.
+async fn endpoints(
+    slices: &Api<EndpointSlice>,
+    svc: &str,
+) -> anyhow::Result<BTreeSet<(String, bool)>> {
+    let lp = ListParams::default().labels(&format!("kubernetes.io/service-name={svc}"));
+    Ok(slices
+        .list(&lp)
+        .await?
+        .items
+        .into_iter()
+        .flat_map(|s| s.endpoints)
+        .map(|e| {
+            (
+                e.addresses[0].clone(),
+                e.conditions.and_then(|c| c.ready).unwrap_or(true),
+            )
+        })
+        .collect())
+}
+
+#[tokio::test]
+async fn a_pod_failing_readiness_leaves_the_endpoints_and_stops_getting_traffic(
+) -> anyhow::Result<()> {
+    // Two ready pods share traffic through the cluster IP; once one fails readiness it is marked
+    // not ready in the slice and new connections reach only the other; with none ready the
+    // cluster IP refuses connections.
+    let sim = Sim::start().await?;
+    let services: Api<Service> = Api::namespaced(sim.client.clone(), "default");
+    services
+        .create(&PostParams::default(), &service("shop"))
+        .await?;
+    sim.deployments()
+        .create(&PostParams::default(), &deployment("shop", 2, IMAGE))
+        .await?;
+    let ip = wait_for(WAIT, "cluster IP", || async {
+        Ok(services
+            .get("shop")
+            .await?
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .filter(|ip| !ip.is_empty()))
+    })
+    .await?;
+    let vip: SocketAddr = format!("{ip}:8080").parse()?;
+    let pods = wait_for(WAIT, "2 ready pods", || async {
+        let pods = live_pods(&sim, "shop").await?;
+        Ok((pods.len() == 2 && pods.iter().all(is_ready)).then_some(pods))
+    })
+    .await?;
+    let slices: Api<EndpointSlice> = Api::namespaced(sim.client.clone(), "default");
+    let ips: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
+        .collect();
+    let want: BTreeSet<(String, bool)> = ips.iter().map(|ip| (ip.clone(), true)).collect();
+    wait_for(WAIT, "both endpoints ready", || async {
+        Ok((endpoints(&slices, "shop").await? == want).then_some(()))
+    })
+    .await?;
+
+    let names: BTreeSet<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    let served = wait_for(WAIT, "traffic to both pods", || async {
+        let mut seen = BTreeSet::new();
+        for _ in 0..6 {
+            if let Ok((200, body)) = http_get(vip, "/").await {
+                seen.insert(body.trim().trim_start_matches("pod=").to_string());
+            }
+        }
+        Ok((seen == names).then_some(seen))
+    })
+    .await?;
+    assert_eq!(served.len(), 2);
+
+    // Fail readiness of the first pod.
+    let (bad, good) = (&pods[0], &pods[1]);
+    assert_eq!(http(pod_addr(bad)?, "POST", "/fail").await?.0, 200);
+    let bad_ip = bad
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_default();
+    let good_ip = good
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .unwrap_or_default();
+    let want: BTreeSet<(String, bool)> = [(bad_ip, false), (good_ip, true)].into_iter().collect();
+    wait_for(WAIT, "failing pod marked not ready", || async {
+        Ok((endpoints(&slices, "shop").await? == want).then_some(()))
+    })
+    .await?;
+    let good_name = good.metadata.name.clone().unwrap_or_default();
+    wait_for(WAIT, "traffic only to the ready pod", || async {
+        let mut all_good = true;
+        for _ in 0..10 {
+            let (code, body) = http_get(vip, "/").await?;
+            all_good &= code == 200 && body.trim() == format!("pod={good_name}");
+        }
+        Ok(all_good.then_some(()))
+    })
+    .await?;
+
+    // No ready endpoints: the cluster IP refuses.
+    assert_eq!(http(pod_addr(good)?, "POST", "/fail").await?.0, 200);
+    wait_for(WAIT, "connections refused", || async {
+        Ok(http_get(vip, "/").await.is_err().then_some(()))
+    })
+    .await?;
+    sim.shutdown().await;
+    Ok(())
+}
