@@ -240,3 +240,41 @@ async fn env_references_resolve_and_output_reaches_the_pod_log() -> anyhow::Resu
     sim.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_failing_liveness_probe_restarts_the_container() -> anyhow::Result<()> {
+    // After failureThreshold failed liveness checks the kubelet kills the process, records a
+    // Killing event and starts a fresh one (restartCount 1, healthy again).
+    let sim = Sim::start().await?;
+    sim.pods()
+        .create(
+            &PostParams::default(),
+            &pod_of(&deployment("sick", 1, IMAGE), "sick"),
+        )
+        .await?;
+    let pod = wait_for(WAIT, "pod ready", || async {
+        let p = sim.pods().get("sick").await?;
+        Ok(is_ready(&p).then_some(p))
+    })
+    .await?;
+    let before = processes_of("sick");
+    assert_eq!(http(pod_addr(&pod)?, "POST", "/sick").await?.0, 200);
+    wait_for(WAIT, "restart after liveness failure", || async {
+        let p = sim.pods().get("sick").await?;
+        Ok((restart_count(&p) == 1 && is_ready(&p)).then_some(()))
+    })
+    .await?;
+    let after = processes_of("sick");
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before, "a new process");
+    let (code, _) = http_get(pod_addr(&pod)?, "/healthz").await?;
+    assert_eq!(code, 200, "the new process is healthy");
+    let events: Api<Event> = Api::namespaced(sim.client.clone(), "default");
+    let list = events.list(&ListParams::default()).await?.items;
+    assert!(list
+        .iter()
+        .any(|e| e.involved_object.name.as_deref() == Some("sick")
+            && e.reason.as_deref() == Some("Killing")));
+    sim.shutdown().await;
+    Ok(())
+}

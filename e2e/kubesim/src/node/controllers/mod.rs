@@ -92,8 +92,9 @@ async fn pass(ctx: &NodeCtx) -> Result<(), kube::Error> {
             .get(&ns_of(d))
             .map(|v| v.iter().map(|p| (*p).clone()).collect())
             .unwrap_or_default();
+        let mut last_ok = true;
         for action in deployment::plan(d, &owned, &ns_pods, &now) {
-            run_deployment_action(ctx, d, action).await;
+            last_ok = run_deployment_action(ctx, d, action, last_ok).await;
         }
     }
     for rs in &replica_sets {
@@ -109,8 +110,9 @@ async fn pass(ctx: &NodeCtx) -> Result<(), kube::Error> {
             .unwrap_or_default();
         let rs_name = name_of(rs);
         let mut fresh = || format!("{rs_name}-{}", super::hash::random_suffix());
+        let mut last_ok = true;
         for action in replicaset::plan(rs, &owned, &now, &mut fresh) {
-            run_replicaset_action(ctx, rs, action).await;
+            last_ok = run_replicaset_action(ctx, rs, action, last_ok).await;
         }
     }
     let slices: Vec<EndpointSlice> = list(client).await?;
@@ -136,9 +138,14 @@ async fn pass(ctx: &NodeCtx) -> Result<(), kube::Error> {
     Ok(())
 }
 
-fn log_failure(what: &str, name: &str, result: Result<(), kube::Error>) {
-    if let Err(e) = result {
-        tracing::debug!(error = %e, what, name, "write failed; retrying on the next pass");
+/// Logs a failed write (the next pass retries it) and reports whether it succeeded.
+fn log_failure(what: &str, name: &str, result: Result<(), kube::Error>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!(error = %e, what, name, "write failed; retrying on the next pass");
+            false
+        }
     }
 }
 
@@ -159,7 +166,13 @@ async fn assign_cluster_ips(ctx: &NodeCtx, services: &[Service]) {
     }
 }
 
-async fn run_deployment_action(ctx: &NodeCtx, d: &Deployment, action: DeploymentAction) {
+/// Executes one action; `Event`s run only when the preceding write (`last_ok`) succeeded.
+async fn run_deployment_action(
+    ctx: &NodeCtx,
+    d: &Deployment,
+    action: DeploymentAction,
+    last_ok: bool,
+) -> bool {
     let ns = ns_of(d);
     let rs_api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
     let pp = PatchParams {
@@ -173,8 +186,8 @@ async fn run_deployment_action(ctx: &NodeCtx, d: &Deployment, action: Deployment
                 ..Default::default()
             };
             match rs_api.create(&post, &rs).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 409 => {}
+                Ok(_) => true,
+                Err(kube::Error::Api(s)) if s.code == 409 => false,
                 Err(e) => log_failure("create replicaset", &name_of(&*rs), Err(e)),
             }
         }
@@ -188,14 +201,14 @@ async fn run_deployment_action(ctx: &NodeCtx, d: &Deployment, action: Deployment
                 .patch(&name, &pp, &Patch::Merge(&patch))
                 .await
                 .map(|_| ());
-            log_failure("scale replicaset", &name, r);
+            log_failure("scale replicaset", &name, r)
         }
         DeploymentAction::DeleteReplicaSet { name } => {
             let r = rs_api
                 .delete(&name, &DeleteParams::background())
                 .await
                 .map(|_| ());
-            log_failure("delete replicaset", &name, r);
+            log_failure("delete replicaset", &name, r)
         }
         DeploymentAction::WriteStatus(status) => {
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
@@ -204,9 +217,12 @@ async fn run_deployment_action(ctx: &NodeCtx, d: &Deployment, action: Deployment
                 .patch_status(&name_of(d), &pp, &Patch::Merge(&patch))
                 .await
                 .map(|_| ());
-            log_failure("deployment status", &name_of(d), r);
+            log_failure("deployment status", &name_of(d), r)
         }
         DeploymentAction::Event { reason, message } => {
+            if !last_ok {
+                return true;
+            }
             ctx.events
                 .emit(
                     "deployment-controller",
@@ -216,11 +232,18 @@ async fn run_deployment_action(ctx: &NodeCtx, d: &Deployment, action: Deployment
                     message,
                 )
                 .await;
+            true
         }
     }
 }
 
-async fn run_replicaset_action(ctx: &NodeCtx, rs: &ReplicaSet, action: ReplicaSetAction) {
+/// Executes one action; `Event`s run only when the preceding write (`last_ok`) succeeded.
+async fn run_replicaset_action(
+    ctx: &NodeCtx,
+    rs: &ReplicaSet,
+    action: ReplicaSetAction,
+    last_ok: bool,
+) -> bool {
     let ns = ns_of(rs);
     let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     match action {
@@ -229,15 +252,30 @@ async fn run_replicaset_action(ctx: &NodeCtx, rs: &ReplicaSet, action: ReplicaSe
                 field_manager: Some(REPLICASET_MANAGER.into()),
                 ..Default::default()
             };
-            let r = pods.create(&post, &pod).await.map(|_| ());
-            log_failure("create pod", &name_of(&*pod), r);
+            match pods.create(&post, &pod).await {
+                Ok(_) => true,
+                Err(e) => {
+                    let message = format!("Error creating: {e}");
+                    let reference = Recorder::reference(rs);
+                    ctx.events
+                        .emit(
+                            "replicaset-controller",
+                            reference,
+                            Severity::Warning,
+                            "FailedCreate",
+                            message,
+                        )
+                        .await;
+                    log_failure("create pod", &name_of(&*pod), Err(e))
+                }
+            }
         }
         ReplicaSetAction::DeletePod { name } => {
             let r = pods
                 .delete(&name, &DeleteParams::default())
                 .await
                 .map(|_| ());
-            log_failure("delete pod", &name, r);
+            log_failure("delete pod", &name, r)
         }
         ReplicaSetAction::WriteStatus(status) => {
             let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &ns);
@@ -250,9 +288,12 @@ async fn run_replicaset_action(ctx: &NodeCtx, rs: &ReplicaSet, action: ReplicaSe
                 .patch_status(&name_of(rs), &pp, &Patch::Merge(&patch))
                 .await
                 .map(|_| ());
-            log_failure("replicaset status", &name_of(rs), r);
+            log_failure("replicaset status", &name_of(rs), r)
         }
         ReplicaSetAction::Event { reason, message } => {
+            if !last_ok {
+                return true;
+            }
             ctx.events
                 .emit(
                     "replicaset-controller",
@@ -262,6 +303,7 @@ async fn run_replicaset_action(ctx: &NodeCtx, rs: &ReplicaSet, action: ReplicaSe
                     message,
                 )
                 .await;
+            true
         }
     }
 }

@@ -125,24 +125,26 @@ pub fn plan(
     if active.len() < want {
         for _ in active.len()..want {
             let pod = build_pod(rs, fresh_name());
+            let message = format!(
+                "Created pod: {}",
+                pod.metadata.name.as_deref().unwrap_or_default()
+            );
+            actions.push(ReplicaSetAction::CreatePod(Box::new(pod)));
             actions.push(ReplicaSetAction::Event {
                 reason: "SuccessfulCreate",
-                message: format!(
-                    "Created pod: {}",
-                    pod.metadata.name.as_deref().unwrap_or_default()
-                ),
+                message,
             });
-            actions.push(ReplicaSetAction::CreatePod(Box::new(pod)));
         }
     } else if active.len() > want {
         active.sort_by_key(|p| deletion_rank(p));
         for pod in &active[..active.len() - want] {
             let name = pod.metadata.name.clone().unwrap_or_default();
+            let message = format!("Deleted pod: {name}");
+            actions.push(ReplicaSetAction::DeletePod { name });
             actions.push(ReplicaSetAction::Event {
                 reason: "SuccessfulDelete",
-                message: format!("Deleted pod: {name}"),
+                message,
             });
-            actions.push(ReplicaSetAction::DeletePod { name });
         }
     }
     let min_ready = rs
