@@ -75,6 +75,22 @@ impl Error {
         )
     }
 
+    /// Reason of the Warning Event reporting this error (CamelCase, from a fixed set). Distinct
+    /// reasons keep different failures from being folded into one Event series.
+    pub fn event_reason(&self) -> &'static str {
+        match self.category() {
+            "invalid_spec" => "InvalidSpec",
+            "rejected" => "Rejected",
+            "missing_field" => "MissingField",
+            "conflict" => "Conflict",
+            "throttled" => "Throttled",
+            "server_error" => "APIServerError",
+            "client_error" => "APIRequestFailed",
+            "transport" => "APIUnreachable",
+            _ => "ReconcileFailed",
+        }
+    }
+
     /// A fixed, bounded label for metrics.
     pub fn category(&self) -> &'static str {
         match self {

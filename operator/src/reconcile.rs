@@ -402,11 +402,7 @@ pub fn error_policy(ms: Arc<MicroService>, err: &Error, ctx: Arc<Context>) -> Ac
         permanent = err.is_permanent(),
         "reconcile failed"
     );
-    let reason = if err.is_permanent() {
-        "ReconcileRejected"
-    } else {
-        "ReconcileFailed"
-    };
+    let reason = err.event_reason();
     let note = err.to_string();
     let ev_ctx = ctx.clone();
     let ev_ms = ms.clone();
