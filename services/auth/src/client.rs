@@ -77,6 +77,7 @@ pub struct UsersClient {
     base: Url,
     config: ClientConfig,
     breaker: Arc<Mutex<Breaker>>,
+    state_gauge: Option<prometheus::IntGauge>,
 }
 
 enum Attempt {
@@ -97,7 +98,15 @@ impl UsersClient {
             base,
             breaker: Arc::new(Mutex::new(Breaker::new(config.breaker))),
             config,
+            state_gauge: None,
         })
+    }
+
+    /// Publishes the breaker state in `gauge`: 0 closed, 1 half-open, 2 open.
+    pub fn with_state_gauge(mut self, gauge: prometheus::IntGauge) -> Self {
+        gauge.set(0);
+        self.state_gauge = Some(gauge);
+        self
     }
 
     /// The users base URL.
@@ -106,10 +115,19 @@ impl UsersClient {
     }
 
     fn with_breaker<T>(&self, f: impl FnOnce(&mut Breaker) -> T) -> T {
-        match self.breaker.lock() {
-            Ok(mut b) => f(&mut b),
-            Err(poisoned) => f(&mut poisoned.into_inner()),
+        let mut guard = match self.breaker.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let out = f(&mut guard);
+        if let Some(g) = &self.state_gauge {
+            g.set(match guard.state_name() {
+                "closed" => 0,
+                "half_open" => 1,
+                _ => 2,
+            });
         }
+        out
     }
 
     /// The breaker's state name: `closed`, `open` or `half_open`.

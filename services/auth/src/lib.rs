@@ -59,7 +59,11 @@ pub fn build(
     tokens: Tokens,
     admin_token: Option<String>,
 ) -> Result<Service, BuildError> {
-    let users = UsersClient::new(users_url, client)?;
+    let gauge = prometheus::IntGauge::new(
+        "auth_users_circuit_state",
+        "Circuit breaker in front of the users service: 0 closed, 1 half-open, 2 open.",
+    )?;
+    let users = UsersClient::new(users_url, client)?.with_state_gauge(gauge.clone());
     let probe = users.clone();
     let health = Health::builder()
         .check("users", move || {
@@ -67,8 +71,12 @@ pub fn build(
             async move { users.probe(PROBE_TIMEOUT).await }
         })
         .build();
+    let kit = Kit::new(health, admin_token)?;
+    if let Some(metrics) = &kit.metrics {
+        metrics.registry().register(Box::new(gauge))?;
+    }
     Ok(Service {
-        kit: Kit::new(health, admin_token)?,
+        kit,
         state: State { users, tokens },
     })
 }

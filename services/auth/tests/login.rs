@@ -274,6 +274,17 @@ async fn circuit_breaker_opens_and_closes() -> Result<()> {
     // Each failed login made 3 attempts (bounded retries).
     assert_eq!(p.users_verify_calls().await?, 6.0);
     assert_eq!(p.client.breaker_state(), "open");
+    let text = p
+        .http
+        .get(format!("{}/metrics", p.auth.url()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    assert!(
+        text.lines().any(|l| l == "auth_users_circuit_state 2"),
+        "breaker gauge not open in metrics"
+    );
 
     // While open (the period may already be over on a slow machine, so only check when
     // the breaker still reports open afterwards), logins are refused without a call.

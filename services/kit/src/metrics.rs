@@ -13,7 +13,7 @@ use prometheus::{
 };
 use warp::http::{Method, StatusCode};
 use warp::reply::Response;
-use warp::{Filter, Rejection};
+use warp::{Filter, Rejection, Reply as _};
 
 use crate::reply::{self, route_of, tag};
 
@@ -107,8 +107,6 @@ impl HttpMetrics {
         })
     }
 }
-
-use warp::Reply as _;
 
 /// Wraps `inner` so every request it answers is counted and timed under the route template
 /// its response was tagged with.
