@@ -1,0 +1,372 @@
+//! Health-aware traffic on a local cluster: kubesim runs real `users` processes as pods, the
+//! operator runs in-process, faults are injected through each pod's `/admin/faults`, and
+//! traffic goes through the Service's cluster IP. Each test has its own cluster.
+
+#[path = "failover_common/sim.rs"]
+mod sim;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use flotilla_crds::{conditions, FailoverMode};
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Patch, PatchParams};
+use kube::Api;
+
+use sim::*;
+
+const PRIMARY: &str = "users";
+const FALLBACK: &str = "users-backup";
+
+/// Creates the fallback (plain) and the primary (failover-enabled) services and waits until
+/// both serve and the engine reports the primary healthy.
+async fn two_services(
+    sim: &Sim,
+    replicas: i32,
+    tweak: impl FnOnce(&mut flotilla_crds::MicroServiceSpec),
+) -> Result<(
+    Vec<k8s_openapi::api::core::v1::Pod>,
+    Vec<k8s_openapi::api::core::v1::Pod>,
+)> {
+    sim.create_users(FALLBACK, 2, |_| {}).await?;
+    sim.create_users(PRIMARY, replicas, |s| {
+        s.failover.enabled = true;
+        s.failover.fallback = Some(FALLBACK.into());
+        tweak(s);
+    })
+    .await?;
+    let primary = sim.ready_pods(PRIMARY, usize::try_from(replicas)?).await?;
+    let fallback = sim.ready_pods(FALLBACK, 2).await?;
+    let want = replicas;
+    sim.wait("the engine to see the primary healthy", || async {
+        let ms = sim.msvcs().get(PRIMARY).await?;
+        let f = ms.status.and_then(|s| s.failover);
+        Ok(f.filter(|f| f.healthy_pods == Some(want)).map(|_| ()))
+    })
+    .await?;
+    Ok((primary, fallback))
+}
+
+fn ips(pods: &[k8s_openapi::api::core::v1::Pod]) -> BTreeSet<String> {
+    pods.iter().map(pod_ip).collect()
+}
+
+async fn condition(sim: &Sim, type_: &str) -> Result<Option<(String, String)>> {
+    let ms = sim.msvcs().get(PRIMARY).await?;
+    Ok(ms.status.and_then(|s| {
+        s.conditions
+            .into_iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| (c.status, c.reason))
+    }))
+}
+
+#[tokio::test]
+async fn a_pod_serving_errors_is_ejected_and_traffic_stops_failing() -> Result<()> {
+    // A pod whose readiness is fine but which answers 500 to its API traffic leaves the Service
+    // (Flotilla flips its label; the kubelet still calls it Ready), and requests through the
+    // cluster IP succeed again.
+    let sim = Sim::start("failover-eject").await?;
+    let (primary, _) = two_services(&sim, 2, |s| {
+        s.failover.scrape_metrics = true;
+        s.failover.max_error_rate = Some(0.5);
+        s.failover.error_rate_window_seconds = 5;
+    })
+    .await?;
+    let vip = sim.vip(PRIMARY).await?;
+    let traffic = Traffic::start(vip, "/users", Duration::from_millis(20));
+    sim.wait("steady traffic", || async {
+        Ok(traffic.last_ok(20).then_some(()))
+    })
+    .await?;
+    let (bad, good) = (&primary[0], &primary[1]);
+    set_fault(bad, r#"{"errorRate": 1.0}"#).await?;
+    let bad_name = bad.metadata.name.clone().unwrap_or_default();
+    sim.wait("the failing pod's label flipped off", || async {
+        let p = sim.pods().get(&bad_name).await?;
+        Ok((serves(&p, PRIMARY).as_deref() == Some("false")).then_some(()))
+    })
+    .await?;
+    let only_good: BTreeSet<String> = [pod_ip(good)].into();
+    sim.wait("endpoints without the failing pod", || async {
+        Ok((sim.ready_endpoints(PRIMARY).await? == only_good).then_some(()))
+    })
+    .await?;
+    let p = sim.pods().get(&bad_name).await?;
+    assert!(
+        is_ready(&p),
+        "the kubelet still considers the ejected pod ready"
+    );
+    sim.wait("traffic through the cluster IP stops failing", || async {
+        Ok(traffic.last_ok(25).then_some(()))
+    })
+    .await?;
+    let reasons = sim.event_reasons(PRIMARY).await?;
+    assert!(
+        reasons.iter().any(|r| r == "PodEjected"),
+        "events: {reasons:?}"
+    );
+    sim.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn all_primary_pods_down_fails_over_and_fails_back_after_the_recovery_window() -> Result<()> {
+    // With every primary pod unready, the fallback's pods take the primary Service's traffic;
+    // when the primary recovers, traffic returns only after recoverAfterSeconds.
+    let sim = Sim::start("failover-switch").await?;
+    let recover = Duration::from_secs(5);
+    let (primary, fallback) = two_services(&sim, 2, |s| {
+        s.failover.recover_after_seconds = 5;
+    })
+    .await?;
+    let vip = sim.vip(PRIMARY).await?;
+    for p in &primary {
+        set_fault(p, r#"{"unhealthy": true}"#).await?;
+    }
+    sim.wait("status says fallback", || async {
+        Ok((sim.active(PRIMARY).await?.as_deref() == Some("fallback")).then_some(()))
+    })
+    .await?;
+    let fallback_ips = ips(&fallback);
+    sim.wait(
+        "primary Service endpoints are the fallback pods",
+        || async { Ok((sim.ready_endpoints(PRIMARY).await? == fallback_ips).then_some(())) },
+    )
+    .await?;
+    sim.wait(
+        "requests through the primary cluster IP succeed",
+        || async {
+            for _ in 0..10 {
+                if http(vip, "GET", "/users", None).await? != 200 {
+                    return Ok(None);
+                }
+            }
+            Ok(Some(()))
+        },
+    )
+    .await?;
+    assert_eq!(
+        condition(&sim, conditions::FAILED_OVER).await?,
+        Some(("True".into(), "FailedOver".into()))
+    );
+
+    let t0 = Instant::now();
+    for p in &primary {
+        clear_fault(p).await?;
+    }
+    sim.wait("status says primary again", || async {
+        Ok((sim.active(PRIMARY).await?.as_deref() == Some("primary")).then_some(()))
+    })
+    .await?;
+    let waited = t0.elapsed();
+    assert!(
+        waited >= recover,
+        "failed back after {waited:?}, before the {recover:?} window"
+    );
+    let primary_ips = ips(&primary);
+    sim.wait("primary Service endpoints are the primary pods", || async {
+        Ok((sim.ready_endpoints(PRIMARY).await? == primary_ips).then_some(()))
+    })
+    .await?;
+    for f in sim.pods_of(FALLBACK).await? {
+        assert_eq!(
+            serves(&f, PRIMARY),
+            None,
+            "fallback pods lose the primary's label"
+        );
+    }
+    let reasons = sim.event_reasons(PRIMARY).await?;
+    for want in ["FailedOver", "FailedBack"] {
+        assert!(
+            reasons.iter().any(|r| r == want),
+            "no {want} event: {reasons:?}"
+        );
+    }
+    sim.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unhealthy_fallback_is_not_used_and_ready_pods_keep_serving() -> Result<()> {
+    // When probing fails every primary pod (while the kubelet says they are ready) and the
+    // fallback is down too, Flotilla does not fail over and keeps the ready pods: panic.
+    let sim = Sim::start("failover-panic").await?;
+    let (primary, fallback) = two_services(&sim, 2, |s| {
+        s.failover.scrape_metrics = true;
+        s.failover.max_error_rate = Some(0.5);
+        s.failover.error_rate_window_seconds = 5;
+    })
+    .await?;
+    for f in &fallback {
+        set_fault(f, r#"{"unhealthy": true}"#).await?;
+    }
+    sim.wait("fallback pods unready", || async {
+        let pods = sim.pods_of(FALLBACK).await?;
+        Ok(pods.iter().all(|p| !is_ready(p)).then_some(()))
+    })
+    .await?;
+    let vip = sim.vip(PRIMARY).await?;
+    let _traffic = Traffic::start(vip, "/users", Duration::from_millis(20));
+    for p in &primary {
+        set_fault(p, r#"{"errorRate": 1.0}"#).await?;
+    }
+    sim.wait("panic reported", || async {
+        let ms = sim.msvcs().get(PRIMARY).await?;
+        let f = ms.status.and_then(|s| s.failover);
+        Ok(f.filter(|f| f.panic == Some(true)).map(|_| ()))
+    })
+    .await?;
+    assert_eq!(sim.active(PRIMARY).await?.as_deref(), Some("primary"));
+    assert_eq!(
+        condition(&sim, conditions::FAILED_OVER).await?,
+        Some(("False".into(), "Panic".into()))
+    );
+    for p in sim.pods_of(PRIMARY).await? {
+        assert_eq!(
+            serves(&p, PRIMARY).as_deref(),
+            Some("true"),
+            "ready pods keep serving"
+        );
+    }
+    for f in sim.pods_of(FALLBACK).await? {
+        assert_eq!(
+            serves(&f, PRIMARY),
+            None,
+            "no traffic into an unhealthy fallback"
+        );
+    }
+    assert_eq!(sim.ready_endpoints(PRIMARY).await?, ips(&primary));
+    sim.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn observe_mode_reports_but_never_changes_traffic() -> Result<()> {
+    // In Observe mode the decision to fail over is reported (condition, Event) while no pod
+    // label changes.
+    let sim = Sim::start("failover-observe").await?;
+    let (primary, _) = two_services(&sim, 2, |s| {
+        s.failover.mode = FailoverMode::Observe;
+    })
+    .await?;
+    for p in &primary {
+        set_fault(p, r#"{"unhealthy": true}"#).await?;
+    }
+    sim.wait("a WouldFailOver condition", || async {
+        Ok(condition(&sim, conditions::FAILED_OVER)
+            .await?
+            .filter(|(_, r)| r == "WouldFailOver")
+            .map(|_| ()))
+    })
+    .await?;
+    sim.wait("a WouldFailOver event", || async {
+        let reasons = sim.event_reasons(PRIMARY).await?;
+        Ok(reasons.iter().any(|r| r == "WouldFailOver").then_some(()))
+    })
+    .await?;
+    assert_eq!(sim.active(PRIMARY).await?.as_deref(), Some("primary"));
+    for p in sim.pods_of(PRIMARY).await? {
+        assert_eq!(serves(&p, PRIMARY).as_deref(), Some("true"));
+    }
+    for f in sim.pods_of(FALLBACK).await? {
+        assert_eq!(serves(&f, PRIMARY), None);
+    }
+    sim.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_operator_restart_during_failover_keeps_the_current_target() -> Result<()> {
+    // A restarted operator resumes on the fallback and still waits a full recovery window
+    // before failing back, instead of flipping on its first decision.
+    let sim = Sim::start("failover-restart").await?;
+    let mut sim = sim;
+    let recover = Duration::from_secs(8);
+    let (primary, fallback) = two_services(&sim, 2, |s| {
+        s.failover.recover_after_seconds = 8;
+    })
+    .await?;
+    for p in &primary {
+        set_fault(p, r#"{"unhealthy": true}"#).await?;
+    }
+    sim.wait("status says fallback", || async {
+        Ok((sim.active(PRIMARY).await?.as_deref() == Some("fallback")).then_some(()))
+    })
+    .await?;
+    sim.stop_operator().await?;
+    for p in &primary {
+        clear_fault(p).await?;
+    }
+    sim.ready_pods(PRIMARY, 2).await?;
+    sim.start_operator();
+    let t0 = Instant::now();
+    let fallback_ips = ips(&fallback);
+    loop {
+        let active = sim.active(PRIMARY).await?;
+        if active.as_deref() == Some("primary") {
+            break;
+        }
+        if t0.elapsed() < recover {
+            // Until the window has passed, traffic must stay on the fallback.
+            let eps = sim.ready_endpoints(PRIMARY).await?;
+            if eps != fallback_ips {
+                sim.dump().await;
+                bail!(
+                    "endpoints changed {:?} after the restart: {eps:?}",
+                    t0.elapsed()
+                );
+            }
+        }
+        if t0.elapsed() > WAIT {
+            sim.dump().await;
+            bail!("no failback after the restart");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let waited = t0.elapsed();
+    assert!(
+        waited >= recover,
+        "failed back {waited:?} after the restart"
+    );
+    sim.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn with_the_operator_stopped_kubernetes_still_drops_and_adds_pods() -> Result<()> {
+    // The membership label lives in the pod template, so without Flotilla a deleted pod leaves
+    // the endpoints and pods added by scaling join them.
+    let mut sim = Sim::start("failover-no-operator").await?;
+    let (primary, _) = two_services(&sim, 2, |_| {}).await?;
+    sim.stop_operator().await?;
+    let gone = primary[0].metadata.name.clone().unwrap_or_default();
+    let gone_ip = pod_ip(&primary[0]);
+    sim.pods().delete(&gone, &Default::default()).await?;
+    sim.wait(
+        "the deleted pod leaves and its replacement joins",
+        || async {
+            let eps = sim.ready_endpoints(PRIMARY).await?;
+            let pods = sim.pods_of(PRIMARY).await?;
+            let ready: BTreeSet<String> = pods.iter().filter(|p| is_ready(p)).map(pod_ip).collect();
+            Ok((eps.len() == 2 && !eps.contains(&gone_ip) && eps == ready).then_some(()))
+        },
+    )
+    .await?;
+    let deployments: Api<Deployment> = Api::namespaced(sim.client.clone(), &sim.ns);
+    deployments
+        .patch(
+            PRIMARY,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"replicas": 3}})),
+        )
+        .await?;
+    sim.wait("the scaled-up pod joins", || async {
+        let eps = sim.ready_endpoints(PRIMARY).await?;
+        Ok((eps.len() == 3).then_some(()))
+    })
+    .await?;
+    sim.shutdown().await;
+    Ok(())
+}
