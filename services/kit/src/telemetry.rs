@@ -16,16 +16,26 @@ pub const REQUEST_ID_HEADER: &str = "x-request-id";
 #[error("cannot install the log subscriber: {0}")]
 pub struct TelemetryError(String);
 
-/// Installs the global subscriber: `RUST_LOG` filters (default `info`), `format` picks text or
-/// JSON lines.
+/// Default filter when `RUST_LOG` is unset: `info`, minus warp's own per-request trace events
+/// (the kit logs one line per finished request itself).
+pub const DEFAULT_LOG_FILTER: &str = "info,warp::filters::trace=off";
+
+/// Installs the global subscriber: `RUST_LOG` filters (default [`DEFAULT_LOG_FILTER`]),
+/// `format` picks text or JSON lines.
 pub fn init_tracing(format: LogFormat) -> Result<(), TelemetryError> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
+    // Colours only on a terminal; pods and log files get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     let result = match format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(true)
+            .with_span_list(false)
             .try_init(),
         LogFormat::Text => builder.try_init(),
     };

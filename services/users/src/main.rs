@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding LISTEN_ADDR {}", config.service.listen_addr))?;
     tracing::info!(
         addr = %listener.local_addr()?,
-        pod_ip = ?config.service.pod_ip,
+        pod_ip = %config.service.pod_ip.map_or_else(|| "-".to_owned(), |ip| ip.to_string()),
         database = %db::redact(&config.database_url),
         admin = config.service.admin_token.is_some(),
         "users listening"
