@@ -70,8 +70,8 @@ struct UpArgs {
     /// Build the sample services and apply their MicroService manifests.
     #[arg(long)]
     demo: bool,
-    /// Address for the operator's metrics/health server.
-    #[arg(long, default_value = "127.0.0.1:18080")]
+    /// Address for the operator's metrics/health server (port 0 picks a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
     operator_metrics_addr: String,
     /// Base of the crash-loop back-off in seconds (the kubelet's is 10).
     #[arg(long, default_value_t = 10)]
@@ -226,6 +226,17 @@ async fn start_operator(
         .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
+    let mut child = child;
+    // An operator that cannot start (bad flags, port in use) exits at once: say so.
+    if let Ok(Ok(status)) = tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        bail!(
+            "the operator exited at once ({status}); last lines of {}:\n{}",
+            log_path.display(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
     println!("operator running (log: {})", log_path.display());
     Ok(child)
 }

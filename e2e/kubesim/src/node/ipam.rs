@@ -41,6 +41,14 @@ impl Ipv4Range {
     }
 }
 
+/// Whether every TCP port can be bound on `ip` right now, i.e. nobody on this machine listens
+/// there. A cheap guard against several kubesims sharing the machine's loopback ranges.
+pub fn ports_free(ip: Ipv4Addr, ports: &[u16]) -> bool {
+    ports
+        .iter()
+        .all(|p| std::net::TcpListener::bind((ip, *p)).is_ok())
+}
+
 /// A pool handing out addresses from a range, remembering which are taken.
 #[derive(Debug)]
 pub struct IpPool {
@@ -61,6 +69,19 @@ impl IpPool {
         let ip = self.range.first_free(&self.used)?;
         self.used.insert(ip);
         Some(ip)
+    }
+
+    /// Takes the lowest free address for which `usable` holds. Addresses found unusable stay
+    /// reserved: something else on this machine (another kubesim, a process still shutting
+    /// down) holds them.
+    pub fn allocate_where(&mut self, usable: impl Fn(Ipv4Addr) -> bool) -> Option<Ipv4Addr> {
+        for _ in 0..256 {
+            let ip = self.allocate()?;
+            if usable(ip) {
+                return Some(ip);
+            }
+        }
+        None
     }
 
     /// Marks an address as taken (e.g. found on an existing object at start-up).
@@ -87,6 +108,21 @@ mod tests {
         assert_eq!(pool.allocate(), Some(Ipv4Addr::new(127, 2, 0, 3)));
         pool.release(Ipv4Addr::new(127, 2, 0, 2));
         assert_eq!(pool.allocate(), Some(Ipv4Addr::new(127, 2, 0, 2)));
+    }
+
+    #[test]
+    fn addresses_in_use_elsewhere_are_skipped() {
+        // An address someone else listens on is never handed to a pod.
+        let taken = std::net::TcpListener::bind((Ipv4Addr::new(127, 9, 0, 2), 0)).expect("bind");
+        let port = taken.local_addr().expect("addr").port();
+        let mut pool = IpPool::new(Ipv4Range::new(Ipv4Addr::new(127, 9, 0, 0), 24));
+        let ip = pool.allocate_where(|ip| ports_free(ip, &[port]));
+        assert_eq!(ip, Some(Ipv4Addr::new(127, 9, 0, 3)));
+        assert_eq!(
+            pool.allocate(),
+            Some(Ipv4Addr::new(127, 9, 0, 4)),
+            ".2 stays reserved"
+        );
     }
 
     #[test]

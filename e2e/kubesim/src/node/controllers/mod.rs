@@ -150,7 +150,8 @@ fn log_failure(what: &str, name: &str, result: Result<(), kube::Error>) -> bool 
 }
 
 async fn assign_cluster_ips(ctx: &NodeCtx, services: &[Service]) {
-    for (ns, name, ip) in services::allocate(services, ctx.config.service_range) {
+    let usable = |ip, svc: &Service| super::ipam::ports_free(ip, &services::tcp_ports(svc));
+    for (ns, name, ip) in services::allocate(services, ctx.config.service_range, &usable) {
         let api: Api<Service> = Api::namespaced(ctx.client.clone(), &ns);
         let patch =
             json!({ "spec": { "clusterIP": ip.to_string(), "clusterIPs": [ip.to_string()] } });

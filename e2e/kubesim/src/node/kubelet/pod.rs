@@ -135,11 +135,22 @@ pub(crate) async fn run(
     if spec.node_name.as_deref().is_none_or(str::is_empty) {
         bind(&env, &namespace, &name).await;
     }
+    let ports: Vec<u16> = spec
+        .containers
+        .iter()
+        .flat_map(|c| match c.ports.as_deref() {
+            Some(ports) if !ports.is_empty() => ports
+                .iter()
+                .filter_map(|p| u16::try_from(p.container_port).ok())
+                .collect(),
+            _ => vec![super::env::DEFAULT_PORT as u16],
+        })
+        .collect();
     let ip = env
         .ips
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .allocate();
+        .allocate_where(|ip| crate::node::ipam::ports_free(ip, &ports));
     let Some(pod_ip) = ip else {
         tracing::warn!(pod = %name, "no free pod IP");
         wait_for_end(&mut rx, &shutdown).await;
