@@ -128,3 +128,116 @@ async fn a_pod_failing_readiness_leaves_the_endpoints_and_stops_getting_traffic(
     sim.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn slices_written_by_others_drive_the_proxy_for_selectorless_services() -> anyhow::Result<()>
+{
+    // For a Service without a selector the built-in controller writes nothing; the proxy follows
+    // whatever slice another writer (Flotilla) publishes, and a change applies to new connections.
+    use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
+    use kube::api::{ObjectMeta, Patch, PatchParams};
+
+    let sim = Sim::start().await?;
+    sim.deployments()
+        .create(&PostParams::default(), &deployment("pool", 2, IMAGE))
+        .await?;
+    let pods = wait_for(WAIT, "2 ready pods", || async {
+        let pods = live_pods(&sim, "pool").await?;
+        Ok((pods.len() == 2 && pods.iter().all(is_ready)).then_some(pods))
+    })
+    .await?;
+    let services: Api<Service> = Api::namespaced(sim.client.clone(), "default");
+    let mut svc = service("front");
+    if let Some(spec) = svc.spec.as_mut() {
+        spec.selector = None;
+    }
+    services.create(&PostParams::default(), &svc).await?;
+    let ip = wait_for(WAIT, "cluster IP", || async {
+        Ok(services
+            .get("front")
+            .await?
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .filter(|ip| !ip.is_empty()))
+    })
+    .await?;
+    let vip: SocketAddr = format!("{ip}:8080").parse()?;
+    let slices: Api<EndpointSlice> = Api::namespaced(sim.client.clone(), "default");
+    let slice_for = |pod: &k8s_openapi::api::core::v1::Pod| EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some("front-manual".into()),
+            labels: Some(
+                [
+                    (
+                        "kubernetes.io/service-name".to_string(),
+                        "front".to_string(),
+                    ),
+                    (
+                        "endpointslice.kubernetes.io/managed-by".to_string(),
+                        "flotilla.rs".to_string(),
+                    ),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        endpoints: vec![Endpoint {
+            addresses: vec![pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_default()],
+            conditions: Some(EndpointConditions {
+                ready: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ports: Some(vec![EndpointPort {
+            name: Some("http".into()),
+            port: Some(PORT),
+            ..Default::default()
+        }]),
+    };
+    let name = |p: &k8s_openapi::api::core::v1::Pod| {
+        format!("pod={}", p.metadata.name.as_deref().unwrap_or_default())
+    };
+    slices
+        .create(&PostParams::default(), &slice_for(&pods[0]))
+        .await?;
+    for (i, pod) in pods.iter().enumerate() {
+        if i > 0 {
+            let patch = serde_json::to_value(slice_for(pod))?;
+            slices
+                .patch(
+                    "front-manual",
+                    &PatchParams::default(),
+                    &Patch::Merge(&patch),
+                )
+                .await?;
+        }
+        let want = name(pod);
+        wait_for(WAIT, "traffic to the listed pod only", || async {
+            let mut hits = 0;
+            for _ in 0..5 {
+                if let Ok((200, body)) = http_get(vip, "/").await {
+                    hits += usize::from(body.trim() == want);
+                }
+            }
+            Ok((hits == 5).then_some(()))
+        })
+        .await?;
+    }
+    let all = slices
+        .list(&ListParams::default().labels("kubernetes.io/service-name=front"))
+        .await?
+        .items;
+    assert_eq!(
+        all.len(),
+        1,
+        "the built-in controller leaves selector-less Services alone"
+    );
+    sim.shutdown().await;
+    Ok(())
+}

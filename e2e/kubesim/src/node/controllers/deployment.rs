@@ -464,4 +464,51 @@ mod tests {
             name: r1.metadata.name.clone().unwrap_or_default()
         }));
     }
+
+    #[test]
+    fn recreate_scales_old_pods_away_before_creating_new_ones() {
+        // Recreate never runs old and new pods together: old to zero, wait for pods, then new.
+        use k8s_openapi::api::apps::v1::DeploymentStrategy;
+        let recreate = |mut d: Deployment| {
+            if let Some(spec) = d.spec.as_mut() {
+                spec.strategy = Some(DeploymentStrategy {
+                    type_: Some("Recreate".into()),
+                    rolling_update: None,
+                });
+            }
+            d
+        };
+        let d1 = recreate(deploy(2, "img:1"));
+        let old = existing(&d1, 2, 2, 1);
+        let d2 = recreate(deploy(2, "img:2"));
+        let actions = plan(&d2, std::slice::from_ref(&old), &[], &now());
+        assert_eq!(
+            scales(&actions),
+            vec![(old.metadata.name.clone().unwrap_or_default(), 0)]
+        );
+        assert!(creates(&actions).is_empty());
+
+        let drained = existing(&d1, 0, 0, 1);
+        let old_pod = Pod {
+            metadata: ObjectMeta {
+                owner_references: drained.metadata.uid.clone().map(|uid| {
+                    vec![OwnerReference {
+                        uid,
+                        controller: Some(true),
+                        ..Default::default()
+                    }]
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let waiting = plan(&d2, std::slice::from_ref(&drained), &[old_pod], &now());
+        assert!(creates(&waiting).is_empty(), "old pods still exist");
+        let go = plan(&d2, &[drained], &[], &now());
+        assert_eq!(creates(&go).len(), 1);
+        assert_eq!(
+            creates(&go)[0].spec.as_ref().and_then(|s| s.replicas),
+            Some(2)
+        );
+    }
 }
