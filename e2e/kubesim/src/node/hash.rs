@@ -41,9 +41,34 @@ fn canonical(value: &Value) -> String {
     }
 }
 
+/// The value with nulls, empty objects and empty arrays removed at every level: the API
+/// machinery's semantic equality treats nil and empty alike, and so must template comparison.
+pub fn semantic(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| (k.clone(), semantic(v)))
+                .filter(|(_, v)| !is_empty(v))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(semantic).collect()),
+        other => other.clone(),
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Object(m) => m.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        _ => false,
+    }
+}
+
 /// The hash of any serialisable value (a pod template), with an optional collision count.
+/// Semantically equal values (see [`semantic`]) hash equally.
 pub fn template_hash<T: serde::Serialize>(template: &T, collision_count: Option<i32>) -> String {
-    let value = serde_json::to_value(template).unwrap_or(Value::Null);
+    let value = semantic(&serde_json::to_value(template).unwrap_or(Value::Null));
     let mut bytes = canonical(&value).into_bytes();
     if let Some(c) = collision_count {
         bytes.extend_from_slice(&c.to_le_bytes());
@@ -79,6 +104,16 @@ mod tests {
         let a = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"x": [1, 2]}});
         let b = json!({"spec": {"x": [1, 2]}, "metadata": {"labels": {"b": "2", "a": "1"}}});
         assert_eq!(template_hash(&a, None), template_hash(&b, None));
+    }
+
+    #[test]
+    fn nil_and_empty_are_the_same_template() {
+        // `annotations: {}` or `args: null` must not start a rollout.
+        let a =
+            json!({"metadata": {"labels": {"a": "1"}, "annotations": {}}, "spec": {"args": null}});
+        let b = json!({"metadata": {"labels": {"a": "1"}}, "spec": {}});
+        assert_eq!(template_hash(&a, None), template_hash(&b, None));
+        assert_eq!(semantic(&a), semantic(&b));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use super::rollout::{
     rs_status_counts, scale_down_old, DESIRED_REPLICAS_ANNOTATION, MAX_REPLICAS_ANNOTATION,
     POD_TEMPLATE_HASH_LABEL, REVISION_ANNOTATION,
 };
-use crate::node::hash::template_hash;
+use crate::node::hash::{semantic, template_hash};
 
 /// One write the Deployment controller wants done.
 #[derive(Clone, Debug, PartialEq)]
@@ -126,6 +126,20 @@ pub fn build_replica_set(d: &Deployment, hash: &str, replicas: i32, revision: i6
     }
 }
 
+/// A pod template as compared for "same template": semantic JSON without the hash label.
+fn semantic_template(
+    template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>,
+) -> serde_json::Value {
+    let mut value = serde_json::to_value(template).unwrap_or_default();
+    if let Some(labels) = value
+        .pointer_mut("/metadata/labels")
+        .and_then(|l| l.as_object_mut())
+    {
+        labels.remove(POD_TEMPLATE_HASH_LABEL);
+    }
+    semantic(&value)
+}
+
 fn scale_event(name: &str, from: i32, to: i32) -> DeploymentAction {
     let dir = if to > from { "up" } else { "down" };
     DeploymentAction::Event {
@@ -161,22 +175,24 @@ pub fn plan(
     }
     let collision = d.status.as_ref().and_then(|s| s.collision_count);
     let hash = template_hash(&spec.template, collision);
-    let mut old: Vec<&ReplicaSet> = Vec::new();
-    let mut new_rs: Option<&ReplicaSet> = None;
-    for rs in owned {
-        let rs_hash = rs
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(POD_TEMPLATE_HASH_LABEL));
-        if rs_hash.map(String::as_str) == Some(hash.as_str())
-            && rs.metadata.deletion_timestamp.is_none()
-        {
-            new_rs = Some(rs);
-        } else {
-            old.push(rs);
-        }
-    }
+    // The new ReplicaSet is the oldest one whose template equals the Deployment's, ignoring the
+    // hash label (`FindNewReplicaSet`); this is what makes `kubectl rollout undo` revive an old
+    // ReplicaSet instead of creating another.
+    let wanted = semantic_template(Some(&spec.template));
+    let mut by_age: Vec<&ReplicaSet> = owned.iter().collect();
+    by_age.sort_by(|a, b| {
+        a.metadata
+            .creation_timestamp
+            .cmp(&b.metadata.creation_timestamp)
+    });
+    let new_rs: Option<&ReplicaSet> = by_age.iter().copied().find(|rs| {
+        rs.metadata.deletion_timestamp.is_none()
+            && semantic_template(rs.spec.as_ref().and_then(|s| s.template.as_ref())) == wanted
+    });
+    let mut old: Vec<&ReplicaSet> = owned
+        .iter()
+        .filter(|rs| new_rs.is_none_or(|n| !std::ptr::eq(*rs, n)))
+        .collect();
     old.sort_by(|a, b| {
         (revision(a), &a.metadata.creation_timestamp)
             .cmp(&(revision(b), &b.metadata.creation_timestamp))
@@ -434,6 +450,35 @@ mod tests {
             scales(&actions).is_empty(),
             "old pods stay until new ones are available"
         );
+    }
+
+    #[test]
+    fn rolling_back_revives_the_old_replica_set() {
+        // A template equal to an old ReplicaSet's (as after `kubectl rollout undo`) makes that
+        // ReplicaSet the new one again, with a bumped revision, instead of creating another.
+        let d1 = deploy(2, "img:1");
+        let r1 = existing(&d1, 0, 0, 1);
+        let d2 = deploy(2, "img:2");
+        let r2 = existing(&d2, 2, 2, 2);
+        let mut back = deploy(2, "img:1");
+        if let Some(t) = back
+            .spec
+            .as_mut()
+            .and_then(|s| s.template.metadata.as_mut())
+        {
+            t.annotations = Some(BTreeMap::new());
+        }
+        let actions = plan(&back, &[r1.clone(), r2], &[], &now());
+        assert!(creates(&actions).is_empty(), "{actions:?}");
+        let revived = actions.iter().find_map(|a| match a {
+            DeploymentAction::ScaleReplicaSet {
+                name, annotations, ..
+            } if Some(name) == r1.metadata.name.as_ref() => {
+                annotations.get(REVISION_ANNOTATION).cloned()
+            }
+            _ => None,
+        });
+        assert_eq!(revived.as_deref(), Some("3"));
     }
 
     #[test]
