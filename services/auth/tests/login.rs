@@ -30,6 +30,10 @@ struct Pair {
 
 impl Pair {
     async fn start(breaker: BreakerConfig) -> Result<Self> {
+        Self::start_with_timeout(breaker, Duration::from_secs(5)).await
+    }
+
+    async fn start_with_timeout(breaker: BreakerConfig, timeout: Duration) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let url = format!("sqlite://{}", dir.path().join("users.db").display());
         let db = users::Db::connect(&url).await?;
@@ -38,7 +42,7 @@ impl Pair {
         let users = Running::start(listener, svc.filter(), svc.kit.health.clone(), opts())?;
 
         let client = ClientConfig {
-            timeout: Duration::from_secs(5),
+            timeout,
             attempts: 3,
             backoff: Duration::from_millis(20),
             breaker,
@@ -336,5 +340,21 @@ async fn open_breaker_answers_without_calling_users() -> Result<()> {
     let body: Value = r.json().await?;
     assert_eq!(body["error"], "circuit_open");
     assert_eq!(p.users_verify_calls().await?, calls);
+    Ok(())
+}
+
+#[tokio::test]
+async fn slow_users_calls_time_out() -> Result<()> {
+    // A users service slower than the client timeout yields 503 instead of a late success:
+    // every attempt is cut off, so the answer cannot be the 200 users would eventually send.
+    let p = Pair::start_with_timeout(default_breaker(), Duration::from_millis(300)).await?;
+    p.register("slow@example.com", "patience!").await?;
+    p.set_users_faults(Some(json!({"latencyMs": 3000}))).await?;
+    let (status, body) = p.login("slow@example.com", "patience!").await?;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "users_unavailable");
+    p.set_users_faults(None).await?;
+    let (status, _) = p.login("slow@example.com", "patience!").await?;
+    assert_eq!(status, StatusCode::OK);
     Ok(())
 }

@@ -274,7 +274,9 @@ async fn faults_apply_to_api_routes_only() -> Result<()> {
 async fn shutdown_fails_readiness_then_drains_in_flight() -> Result<()> {
     // On shutdown, readiness turns 503 at once while an in-flight slow request still
     // completes with 200, and the server reports a clean drain.
-    let (mut srv, kit) = start(true, Duration::from_secs(3)).await?;
+    // The 8 s shutdown delay is the window in which the /readyz check below must land; it is
+    // generous so a loaded machine cannot close the listener first.
+    let (mut srv, kit) = start(true, Duration::from_secs(8)).await?;
     let http = reqwest::Client::new();
     let r = http
         .post(format!("{}/admin/faults", srv.url()))
@@ -290,7 +292,7 @@ async fn shutdown_fails_readiness_then_drains_in_flight() -> Result<()> {
         async move { http.get(slow_url).send().await?.text().await }
     });
     // Let the slow request get sent. Not an assertion: the server keeps accepting for the
-    // 3 s shutdown delay anyway, so the request is served whichever comes first.
+    // shutdown delay anyway, so the request is served whichever comes first.
     tokio::time::sleep(Duration::from_millis(200)).await;
     srv.trigger_stop();
 
