@@ -4,14 +4,14 @@
 //!
 //! Everything binds to loopback. The operator and the pods are killed when the cluster is dropped.
 
-use std::net::TcpListener;
+use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use kube::Client;
-use kubesim::node::{ImageTable, Node, NodeConfig};
+use kubesim::node::{ImageTable, Ipv4Range, Node, NodeConfig};
 use kubesim::{Cluster, ClusterConfig};
 use tokio::process::{Child, Command};
 
@@ -57,6 +57,48 @@ fn image_table() -> Result<ImageTable> {
     table.prepend("flotilla/auth:*", target.join("auth"));
     table.prepend("flotilla/operator:*", target.join("flotilla-operator"));
     Ok(table)
+}
+
+/// Port bound on `127.3.<slot>.1` to hold an address slot (see [`AddressSlot`]).
+const SLOT_LOCK_PORT: u16 = 47_111;
+
+/// A /24 of pod IPs (`127.2.<n>.0/24`) and of cluster IPs (`127.1.<n>.0/24`) that no other
+/// local cluster on this machine uses while this one runs.
+///
+/// Tests run in parallel processes, each with its own cluster; with shared ranges two clusters
+/// would hand the same pod IP to two processes that then fight over the same port. The slot is
+/// held by a listening socket on `127.3.<n>.1`, which the kernel releases when the process
+/// exits, however it exits.
+pub struct AddressSlot {
+    /// The slot number `n`.
+    pub index: u8,
+    _lock: TcpListener,
+}
+
+impl AddressSlot {
+    /// Takes the first free slot, starting at a per-process offset so that concurrent starts
+    /// rarely probe the same slots.
+    pub fn acquire() -> Result<Self> {
+        let start = (std::process::id() % 250) as u8;
+        for step in 0..250u8 {
+            // Slots 1..=250; 0 is left to `kubesim up`'s defaults.
+            let index = (start.wrapping_add(step) % 250) + 1;
+            if let Ok(lock) = TcpListener::bind((Ipv4Addr::new(127, 3, index, 1), SLOT_LOCK_PORT)) {
+                return Ok(Self { index, _lock: lock });
+            }
+        }
+        bail!("no free local-cluster address slot (250 clusters running?)")
+    }
+
+    /// Pod IP range of the slot.
+    pub fn pod_range(&self) -> Ipv4Range {
+        Ipv4Range::new(Ipv4Addr::new(127, 2, self.index, 0), 24)
+    }
+
+    /// Service cluster IP range of the slot.
+    pub fn service_range(&self) -> Ipv4Range {
+        Ipv4Range::new(Ipv4Addr::new(127, 1, self.index, 0), 24)
+    }
 }
 
 /// A free loopback TCP port (bound and released; the operator binds it right after).
@@ -115,7 +157,8 @@ impl OperatorProcess {
             .build()?;
         let child = &mut self.child;
         let log = self.log.clone();
-        wait::until("the operator's /readyz", OPERATOR_READY_TIMEOUT, || {
+        let what = format!("the operator's /readyz at {url}");
+        let ready = wait::until(&what, OPERATOR_READY_TIMEOUT, || {
             let exited = child.try_wait();
             let request = http.get(&url).send();
             let log = log.clone();
@@ -130,7 +173,8 @@ impl OperatorProcess {
                     .map(|_| ()))
             }
         })
-        .await
+        .await;
+        ready.map_err(|err| err.context(format!("operator log:\n{}", tail(&self.log, 40))))
     }
 
     /// Stops the operator (SIGKILL) and waits for it to exit.
@@ -153,6 +197,7 @@ pub struct LocalCluster {
     node: Option<Node>,
     cluster: Cluster,
     state_dir: tempfile::TempDir,
+    _slot: AddressSlot,
 }
 
 impl LocalCluster {
@@ -196,7 +241,10 @@ impl LocalCluster {
         let cluster = Cluster::start(ClusterConfig::default())
             .await
             .context("starting kubesim")?;
-        let config = NodeConfig::new(state_dir.path().join("node"), image_table()?);
+        let slot = AddressSlot::acquire()?;
+        let mut config = NodeConfig::new(state_dir.path().join("node"), image_table()?);
+        config.pod_range = slot.pod_range();
+        config.service_range = slot.service_range();
         let node = kubesim::node::start(cluster.client(), config)
             .await
             .context("starting the kubesim node")?;
@@ -205,6 +253,7 @@ impl LocalCluster {
             node: Some(node),
             cluster,
             state_dir,
+            _slot: slot,
         })
     }
 

@@ -14,12 +14,13 @@ use crate::{tools, wait};
 /// Deadline for a MicroService to become Ready: process start-up, probes and a rollout.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Reads the sample manifest `services/deploy/<name>.yaml`.
+/// Reads the sample manifest `<name>.yaml` from `services/deploy/` (or from the directory in
+/// `FLOTILLA_E2E_SAMPLES_DIR`, to run the suite with other manifests).
 pub fn sample(name: &str) -> Result<MicroService> {
-    let path = tools::repo_root()
-        .join("services")
-        .join("deploy")
-        .join(format!("{name}.yaml"));
+    let dir = std::env::var_os("FLOTILLA_E2E_SAMPLES_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| tools::repo_root().join("services").join("deploy"));
+    let path = dir.join(format!("{name}.yaml"));
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
