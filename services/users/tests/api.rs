@@ -102,6 +102,31 @@ async fn crud_round_trip(t: &TestService) -> Result<()> {
     let items = page["items"].as_array().context("items")?;
     assert!(items.iter().any(|u| u["id"] == id));
 
+    // Taking another user's email on update is a conflict too.
+    let other = unique_email("other");
+    let (status, created_other) = t
+        .post(
+            "/users",
+            json!({"name": "Other", "email": other, "password": "12345678"}),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::CREATED);
+    let other_id = created_other["id"].as_i64().context("other id")?;
+    let (status, body) = t
+        .put(&format!("/users/{id}"), json!({"email": other}))
+        .await?;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::CONFLICT, Some("email_taken"))
+    );
+    // Leave a shared (PostgreSQL) database as it was found.
+    let r = t
+        .http
+        .delete(t.url(&format!("/users/{other_id}")))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+
     let (status, updated) = t
         .put(
             &format!("/users/{id}"),
