@@ -55,9 +55,12 @@ pub async fn run(
     let shutdown = shutdown.boxed().shared();
     let identity = config.identity.clone().unwrap_or_else(default_identity);
     // Health-aware traffic: probes on every replica, writes only while leading.
-    let failover =
-        failover::spawn(client.clone(), metrics.registry(), config.watch_namespace.clone())
-            .map_err(|e| Error::Config(format!("failover metrics: {e}")))?;
+    let failover = failover::spawn(
+        client.clone(),
+        metrics.registry(),
+        config.watch_namespace.clone(),
+    )
+    .map_err(|e| Error::Config(format!("failover metrics: {e}")))?;
 
     let server = match config.metrics_addr {
         Some(addr) => {
