@@ -127,8 +127,16 @@ impl Tally {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing useful either way.
-    if std::env::args().any(|a| a == "--list") {
+    // `cargo bench` passes `--bench`. Anything else (`cargo test --all-targets`, a test
+    // runner listing tests with `--list`) must not start a minute-long load run.
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--list") {
+        return Ok(()); // no unit tests in here
+    }
+    if !args.iter().any(|a| a == "--bench") {
+        println!(
+            "throughput: load benchmark, run it with `cargo bench -p users --bench throughput`"
+        );
         return Ok(());
     }
     let secs = env_or("BENCH_ROUND_SECS", 5)?;
