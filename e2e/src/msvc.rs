@@ -3,27 +3,80 @@
 
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use flotilla_crds::{conditions, MicroService};
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
 use crate::env::{Ctx, FIELD_MANAGER};
-use crate::{tools, wait};
+use k8s_openapi::api::core::v1::Secret;
+
+use crate::{chart, tools, wait};
 
 /// Deadline for a MicroService to become Ready: process start-up, probes and a rollout.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
 
+/// A sample service manifest: its MicroService and the Secrets it references.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    /// The MicroService.
+    pub msvc: MicroService,
+    /// Secrets the MicroService's env refers to.
+    pub secrets: Vec<Secret>,
+}
+
 /// Reads the sample manifest `<name>.yaml` from `services/deploy/` (or from the directory in
 /// `FLOTILLA_E2E_SAMPLES_DIR`, to run the suite with other manifests).
-pub fn sample(name: &str) -> Result<MicroService> {
+pub fn sample(name: &str) -> Result<Sample> {
     let dir = std::env::var_os("FLOTILLA_E2E_SAMPLES_DIR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| tools::repo_root().join("services").join("deploy"));
     let path = dir.join(format!("{name}.yaml"));
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    parse_sample(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// Splits a sample manifest into its one MicroService and its Secrets; other kinds are errors.
+pub fn parse_sample(text: &str) -> Result<Sample> {
+    let mut msvc = None;
+    let mut secrets = Vec::new();
+    for doc in chart::split_documents(text)? {
+        match chart::kind_of(&doc) {
+            "MicroService" if msvc.is_none() => msvc = Some(serde_json::from_value(doc)?),
+            "Secret" => secrets.push(serde_json::from_value(doc)?),
+            other => bail!("unexpected {other:?} document in a sample manifest"),
+        }
+    }
+    Ok(Sample {
+        msvc: msvc.context("no MicroService in the sample manifest")?,
+        secrets,
+    })
+}
+
+/// Server-side applies the sample's Secrets and then its MicroService into the test namespace.
+pub async fn apply_sample(ctx: &Ctx<'_>, sample: &Sample) -> Result<MicroService> {
+    apply_secrets(ctx, sample).await?;
+    apply(ctx, &sample.msvc).await
+}
+
+/// Server-side applies the sample's Secrets into the test namespace.
+pub async fn apply_secrets(ctx: &Ctx<'_>, sample: &Sample) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.ns);
+    for secret in &sample.secrets {
+        let mut secret = secret.clone();
+        secret.metadata.namespace = Some(ctx.ns.clone());
+        let name = secret.name_any();
+        secrets
+            .patch(
+                &name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(&secret),
+            )
+            .await
+            .with_context(|| format!("applying Secret {name}"))?;
+    }
+    Ok(())
 }
 
 /// The MicroService API of the test namespace.
@@ -62,4 +115,27 @@ pub fn is_ready(msvc: &MicroService) -> bool {
 /// Waits until the MicroService `name` is Ready for its current generation.
 pub async fn wait_ready(ctx: &Ctx<'_>, name: &str) -> Result<MicroService> {
     wait::for_object(&api(ctx), name, READY_TIMEOUT, is_ready).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_manifest_splits_into_secret_and_microservice() {
+        // A sample file carries Secrets and exactly one MicroService; both are kept.
+        let text = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\nstringData: {k: v}\n---\n\
+                    apiVersion: flotilla.rs/v1alpha1\nkind: MicroService\nmetadata: {name: m}\n\
+                    spec: {image: i:1}\n";
+        let sample = parse_sample(text).expect("parses");
+        assert_eq!(sample.msvc.name_any(), "m");
+        assert_eq!(sample.secrets.len(), 1);
+    }
+
+    #[test]
+    fn unexpected_kinds_are_refused() {
+        // A Deployment in a sample file is a mistake, not something to skip.
+        let text = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n";
+        assert!(parse_sample(text).is_err());
+    }
 }
