@@ -64,7 +64,7 @@ pub fn routes(
         .and(warp::post())
         .and(faults.gate(LOGIN))
         .and(with_state.clone())
-        .and(body_limited(BODY_LIMIT))
+        .and(body_limited(LOGIN, BODY_LIMIT))
         .then(|s: State, body: Bytes| async move { tag(LOGIN, login(&s, &body).await) });
 
     let verify = warp::path!("verify")

@@ -154,7 +154,7 @@ impl Faults {
         warp::path!("admin" / "faults")
             .and(warp::header::optional::<String>("authorization"))
             .and(warp::method())
-            .and(reply::body_limited(16 * 1024))
+            .and(reply::body_limited(ADMIN_ROUTE, 16 * 1024))
             .map(move |auth: Option<String>, method, body: bytes::Bytes| {
                 tag(
                     ADMIN_ROUTE,

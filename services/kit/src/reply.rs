@@ -38,6 +38,8 @@ pub fn route_of(resp: &Response) -> &'static str {
 /// Rejection for a request body over the route's limit.
 #[derive(Debug)]
 pub struct BodyTooLarge {
+    /// Route template of the request, so the 413 is counted under it.
+    pub route: &'static str,
     /// The limit in bytes.
     pub limit: u64,
 }
@@ -48,12 +50,13 @@ impl warp::reject::Reject for BodyTooLarge {}
 /// `warp::body::content_length_limit`, a request without `Content-Length` (a GET, or a chunked
 /// body) is accepted and its length checked after reading.
 pub fn body_limited(
+    route: &'static str,
     limit: u64,
 ) -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone + Send + Sync + 'static {
     warp::header::optional::<u64>("content-length")
         .and_then(move |len: Option<u64>| async move {
             match len {
-                Some(n) if n > limit => Err(warp::reject::custom(BodyTooLarge { limit })),
+                Some(n) if n > limit => Err(warp::reject::custom(BodyTooLarge { route, limit })),
                 _ => Ok(()),
             }
         })
@@ -61,7 +64,7 @@ pub fn body_limited(
         .and(warp::body::bytes())
         .and_then(move |body: Bytes| async move {
             if body.len() as u64 > limit {
-                Err(warp::reject::custom(BodyTooLarge { limit }))
+                Err(warp::reject::custom(BodyTooLarge { route, limit }))
             } else {
                 Ok(body)
             }
@@ -114,10 +117,13 @@ fn rejection_response(rej: &Rejection) -> Response {
         );
     }
     if let Some(e) = rej.find::<BodyTooLarge>() {
-        return error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("request body larger than {} bytes", e.limit),
+        return tag(
+            e.route,
+            error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("request body larger than {} bytes", e.limit),
+            ),
         );
     }
     if rej.find::<warp::reject::LengthRequired>().is_some() {

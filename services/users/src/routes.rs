@@ -98,14 +98,14 @@ pub fn routes(
         .and(warp::post())
         .and(faults.gate(VERIFY))
         .and(with_state.clone())
-        .and(body_limited(BODY_LIMIT))
+        .and(body_limited(VERIFY, BODY_LIMIT))
         .then(|s: State, body: Bytes| async move { respond(VERIFY, verify(&s, &body).await) });
 
     let create = warp::path!("users")
         .and(warp::post())
         .and(faults.gate(USERS))
         .and(with_state.clone())
-        .and(body_limited(BODY_LIMIT))
+        .and(body_limited(USERS, BODY_LIMIT))
         .then(|s: State, body: Bytes| async move { respond(USERS, create(&s, &body).await) });
 
     let list = warp::path!("users")
@@ -135,7 +135,7 @@ pub fn routes(
         .and(warp::put())
         .and(faults.gate(USER))
         .and(with_state.clone())
-        .and(body_limited(BODY_LIMIT))
+        .and(body_limited(USER, BODY_LIMIT))
         .then(|id: i64, s: State, body: Bytes| async move {
             respond(USER, update(&s, id, &body).await)
         });

@@ -237,6 +237,12 @@ async fn invalid_input_is_a_json_400() -> Result<()> {
         )
         .await?;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    let text = t.http.get(t.url("/metrics")).send().await?.text().await?;
+    let line = r#"http_requests_total{method="POST",route="/users",status="413"} 1"#;
+    assert!(
+        text.lines().any(|l| l == line),
+        "413 not counted under its route"
+    );
     t.srv.stop().await?;
     Ok(())
 }
