@@ -278,3 +278,84 @@ async fn a_failing_liveness_probe_restarts_the_container() -> anyhow::Result<()>
     sim.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn deletion_waits_the_grace_period_then_kills_and_the_endpoint_terminates(
+) -> anyhow::Result<()> {
+    // A process that ignores SIGTERM keeps running for terminationGracePeriodSeconds while its
+    // endpoint reports terminating and not ready; then it is SIGKILLed and the pod goes away.
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    use kube::api::DeleteParams;
+
+    let sim = Sim::start().await?;
+    let services: Api<k8s_openapi::api::core::v1::Service> =
+        Api::namespaced(sim.client.clone(), "default");
+    services
+        .create(&PostParams::default(), &service("stubborn"))
+        .await?;
+    let mut pod = pod_of(&deployment("stubborn", 1, IMAGE), "stubborn");
+    if let Some(spec) = pod.spec.as_mut() {
+        spec.termination_grace_period_seconds = Some(3);
+        spec.containers[0].env = Some(vec![EnvVar {
+            name: "TESTPOD_IGNORE_SIGTERM".into(),
+            value: Some("1".into()),
+            value_from: None,
+        }]);
+    }
+    sim.pods().create(&PostParams::default(), &pod).await?;
+    wait_for(WAIT, "pod ready", || async {
+        Ok(is_ready(&sim.pods().get("stubborn").await?).then_some(()))
+    })
+    .await?;
+    let slices: Api<EndpointSlice> = Api::namespaced(sim.client.clone(), "default");
+    let conditions = || async {
+        let lp = ListParams::default().labels("kubernetes.io/service-name=stubborn");
+        let list = slices.list(&lp).await?.items;
+        anyhow::Ok(
+            list.into_iter()
+                .flat_map(|s| s.endpoints)
+                .filter_map(|e| e.conditions)
+                .collect::<Vec<_>>(),
+        )
+    };
+    wait_for(WAIT, "ready endpoint", || async {
+        Ok(conditions()
+            .await?
+            .iter()
+            .any(|c| c.ready == Some(true))
+            .then_some(()))
+    })
+    .await?;
+
+    let started = std::time::Instant::now();
+    sim.pods()
+        .delete("stubborn", &DeleteParams::default())
+        .await?;
+    wait_for(WAIT, "terminating endpoint", || async {
+        let c = conditions().await?;
+        Ok(c.iter()
+            .any(|c| c.terminating == Some(true) && c.ready == Some(false))
+            .then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        processes_of("stubborn").len(),
+        1,
+        "still running during the grace period"
+    );
+    wait_for(WAIT, "pod and process gone", || async {
+        let gone = sim.pods().get_opt("stubborn").await?.is_none();
+        Ok((gone && processes_of("stubborn").is_empty()).then_some(()))
+    })
+    .await?;
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "the grace period was honoured"
+    );
+    wait_for(WAIT, "endpoint removed", || async {
+        Ok(conditions().await?.is_empty().then_some(()))
+    })
+    .await?;
+    sim.shutdown().await;
+    Ok(())
+}

@@ -7,7 +7,8 @@
 //! - `GET /env/<NAME>` → the value of an environment variable, 404 if unset
 //! - `POST /exit` → exits with status 3
 //!
-//! SIGTERM makes it exit 0 at once, as a well-behaved service would after draining.
+//! SIGTERM makes it exit 0 at once, as a well-behaved service would after draining, unless
+//! `TESTPOD_IGNORE_SIGTERM=1` is set (to exercise the kubelet's grace period and SIGKILL).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -103,6 +104,10 @@ async fn main() -> anyhow::Result<()> {
     loop {
         tokio::select! {
             _ = term.recv() => {
+                if std::env::var("TESTPOD_IGNORE_SIGTERM").is_ok_and(|v| v == "1") {
+                    println!("SIGTERM received, ignoring it");
+                    continue;
+                }
                 println!("SIGTERM received, exiting");
                 return Ok(());
             }

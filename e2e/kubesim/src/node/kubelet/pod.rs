@@ -418,7 +418,13 @@ async fn status_writer(shared: Arc<PodShared>, token: CancellationToken) {
                 .and_then(|s| s.conditions.clone())
                 .unwrap_or_default();
             let status = pod_status(&info, &previous, &Time(jiff::Timestamp::now()));
-            if last.as_ref() == Some(&status) {
+            // Once the pod is terminating its status is left as last written: kubesim's API
+            // server treats any write to a terminating object without finalizers as the final
+            // one, and the pod must stay until its processes are gone.
+            let terminating = shared
+                .pod()
+                .is_none_or(|p| p.metadata.deletion_timestamp.is_some());
+            if last.as_ref() == Some(&status) || terminating {
                 break;
             }
             match api
