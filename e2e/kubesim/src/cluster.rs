@@ -25,6 +25,9 @@ pub struct ClusterConfig {
     pub kubeconfig_path: Option<PathBuf>,
     /// How many changes are kept for watches resuming from a resourceVersion.
     pub watch_history: usize,
+    /// The simulated node's state directory; `GET pods/<name>/log` reads container logs
+    /// from it (layout in `node::logs`). Without it, log requests answer 404.
+    pub node_state_dir: Option<PathBuf>,
 }
 
 impl Default for ClusterConfig {
@@ -34,6 +37,7 @@ impl Default for ClusterConfig {
             port: 0,
             kubeconfig_path: None,
             watch_history: DEFAULT_HISTORY,
+            node_state_dir: None,
         }
     }
 }
@@ -127,6 +131,7 @@ impl Cluster {
         let shared = Arc::new(Shared {
             store: Store::new(config.watch_history),
             faults: Faults::default(),
+            node_dir: config.node_state_dir.clone(),
         });
         {
             let mut st = shared.store.lock();

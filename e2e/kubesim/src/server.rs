@@ -51,13 +51,18 @@ fn error_response(e: &ApiError) -> Response<Body> {
 }
 
 fn stream_response(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Response<Body> {
+    stream_response_as(rx, "application/json")
+}
+
+fn stream_response_as(
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    content_type: &'static str,
+) -> Response<Body> {
     let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
         .map(|b| Ok::<_, Infallible>(Frame::data(b)));
     let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r.headers_mut().insert(
         header::TRANSFER_ENCODING,
         HeaderValue::from_static("chunked"),
@@ -213,6 +218,14 @@ async fn route(shared: Arc<Shared>, addr: &str, req: hyper::Request<Incoming>) -
     match api::handle(&shared, request) {
         Ok(Reply::Json(code, v)) => json_response(code, &v),
         Ok(Reply::Stream(rx)) => stream_response(rx),
+        Ok(Reply::TextStream(rx)) => stream_response_as(rx, "text/plain"),
+        Ok(Reply::Text(code, bytes)) => {
+            let mut r = Response::new(full(bytes));
+            *r.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
+            r.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            r
+        }
         Err(e) => error_response(&e),
     }
 }

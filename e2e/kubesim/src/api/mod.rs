@@ -3,6 +3,7 @@
 //! which are set up under the lock and then stream from a task.
 
 mod delete;
+mod logs;
 mod read;
 mod scale;
 pub mod watch;
@@ -28,6 +29,8 @@ pub use write::namespaces_key;
 pub struct Shared {
     pub store: Store,
     pub faults: Faults,
+    /// The simulated node's state directory, where container logs live (see `node::logs`).
+    pub node_dir: Option<std::path::PathBuf>,
 }
 
 /// A resource request after routing.
@@ -45,6 +48,10 @@ pub struct Request {
 /// What a handler answers.
 pub enum Reply {
     Json(u16, Value),
+    /// Plain text (container logs).
+    Text(u16, Bytes),
+    /// Plain text streamed until the channel closes (`kubectl logs -f`).
+    TextStream(mpsc::Receiver<Bytes>),
     /// A watch: newline-delimited JSON events until the channel closes.
     Stream(mpsc::Receiver<Bytes>),
 }
@@ -103,6 +110,9 @@ pub fn handle(shared: &Arc<Shared>, req: Request) -> Result<Reply, ApiError> {
     match (sub.as_deref(), &req.method) {
         (None, _) | (Some("status"), _) => {}
         (Some("scale"), _) if def.scale.is_some() => return scale::handle(shared, &def, req),
+        (Some("log"), &Method::GET) if def.plural == "pods" && def.group.is_empty() => {
+            return logs::get(shared, req)
+        }
         (Some("binding"), &Method::POST) if def.plural == "pods" && def.group.is_empty() => {
             return scale::bind(shared, &def, req)
         }
