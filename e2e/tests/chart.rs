@@ -581,7 +581,9 @@ fn samples_render_valid_microservices() -> Result<()> {
     // defaults and with every option on.
     let all = [
         "auth.autoscaling.enabled=true",
-        "auth.jwtSecret=fixed-for-test",
+        "auth.jwtSecret=fixed-for-test-0123456789abcdef0123",
+        "auth.adminToken=admin",
+        "users.adminToken=admin",
         "auth.config.LOG_LEVEL=debug",
         "users.config.LOG_LEVEL=debug",
     ];
@@ -797,5 +799,57 @@ async fn rendered_chart_applies_to_kubesim_and_operator_reconciles() -> Result<(
     );
     operator.stop().await?;
     cluster.shutdown().await;
+    Ok(())
+}
+
+#[test]
+fn samples_chart_mirrors_services_deploy() -> Result<()> {
+    // The samples chart installs the same MicroServices as services/deploy/ (apart from the
+    // replica count, resources and autoscaling, which are chart values), and the same Secret names
+    // and keys.
+    let docs = render("flotilla-samples", &[])?;
+    for name in ["users", "auth"] {
+        let sample = flotilla_e2e::msvc::sample(name)?;
+        let rendered = docs
+            .iter()
+            .find(|d| kind_of(d) == "MicroService" && name_of(d) == name)
+            .with_context(|| format!("no {name} MicroService rendered"))?;
+        let rendered: flotilla_crds::MicroService = serde_json::from_value(rendered.clone())?;
+        let normalize = |spec: &flotilla_crds::MicroServiceSpec| {
+            let mut spec = spec.clone();
+            spec.replicas = 0;
+            spec.resources = None;
+            spec.autoscaling = None;
+            spec
+        };
+        ensure!(
+            normalize(&rendered.spec) == normalize(&sample.msvc.spec),
+            "{name}: chart spec {:#?}\ndiffers from services/deploy {:#?}",
+            rendered.spec,
+            sample.msvc.spec
+        );
+        for secret in &sample.secrets {
+            let secret_name = secret.metadata.name.clone().unwrap_or_default();
+            let chart_secret = docs
+                .iter()
+                .find(|d| kind_of(d) == "Secret" && name_of(d) == secret_name)
+                .with_context(|| format!("chart renders no Secret {secret_name}"))?;
+            let chart_keys: BTreeSet<String> = chart_secret
+                .get("data")
+                .and_then(Value::as_object)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            let sample_keys: BTreeSet<String> = secret
+                .string_data
+                .iter()
+                .flat_map(|m| m.keys().cloned())
+                .chain(secret.data.iter().flat_map(|m| m.keys().cloned()))
+                .collect();
+            ensure!(
+                chart_keys == sample_keys,
+                "{secret_name}: {chart_keys:?} vs {sample_keys:?}"
+            );
+        }
+    }
     Ok(())
 }

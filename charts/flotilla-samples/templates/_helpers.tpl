@@ -8,3 +8,18 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: flotilla-samples
 {{- end }}
+
+{{/*
+A secret value: the one given in values, else the one already in the cluster (so upgrades keep
+it), else a new random one. Arguments: a dict with root (.), secret (Secret name), key and given.
+*/}}
+{{- define "samples.secretValue" -}}
+{{- $existing := lookup "v1" "Secret" .root.Release.Namespace .secret }}
+{{- if .given }}
+{{- .given }}
+{{- else if and $existing $existing.data (hasKey $existing.data .key) }}
+{{- index $existing.data .key | b64dec }}
+{{- else }}
+{{- randAlphaNum 48 }}
+{{- end }}
+{{- end }}
