@@ -1,6 +1,7 @@
 //! `flotilla-operator render`: MicroService YAML documents in, the objects the controller would
 //! apply out, as YAML, with no cluster. Uses the same validation and builders as the controller.
 //!
+//! Documents of other kinds (a Secret next to its MicroService) are skipped with a warning.
 //! Errors name the document (1-based, in input order) and the field.
 
 use std::collections::BTreeMap;
@@ -84,9 +85,19 @@ fn failing_spec_field(spec: &serde_json::Map<String, Value>) -> Option<(String, 
     None
 }
 
-fn parse_document(index: usize, doc: Value) -> Result<Option<MicroService>, DocumentError> {
+/// What one input document is.
+enum Parsed {
+    /// An empty document.
+    Empty,
+    /// Another kind of object (e.g. a Secret next to the MicroService); skipped.
+    Other(String),
+    /// A MicroService.
+    MicroService(Box<MicroService>),
+}
+
+fn parse_document(index: usize, doc: Value) -> Result<Parsed, DocumentError> {
     let obj = match doc {
-        Value::Null => return Ok(None),
+        Value::Null => return Ok(Parsed::Empty),
         Value::Object(o) => o,
         _ => return Err(doc_err(index, "-", "expected a YAML mapping")),
     };
@@ -95,12 +106,11 @@ fn parse_document(index: usize, doc: Value) -> Result<Option<MicroService>, Docu
         .and_then(Value::as_str)
         .unwrap_or_default();
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if kind.is_empty() {
+        return Err(doc_err(index, "kind", "is required"));
+    }
     if kind != KIND {
-        return Err(doc_err(
-            index,
-            "kind",
-            format!("expected {KIND}, found {kind:?}"),
-        ));
+        return Ok(Parsed::Other(kind.to_string()));
     }
     if api_version != API_VERSION {
         return Err(doc_err(
@@ -121,7 +131,7 @@ fn parse_document(index: usize, doc: Value) -> Result<Option<MicroService>, Docu
     }
     let whole = Value::Object(obj.clone());
     match serde_json::from_value::<MicroService>(whole) {
-        Ok(ms) => Ok(Some(ms)),
+        Ok(ms) => Ok(Parsed::MicroService(Box::new(ms))),
         Err(e) => {
             let (field, message) =
                 failing_spec_field(spec).unwrap_or_else(|| ("-".into(), e.to_string()));
@@ -135,6 +145,7 @@ fn parse_document(index: usize, doc: Value) -> Result<Option<MicroService>, Docu
 pub fn render(input: &str, namespace: &str) -> Result<Rendered, RenderError> {
     let mut errors = Vec::new();
     let mut services = Vec::new();
+    let mut skipped = Vec::new();
     for (i, de) in serde_yaml::Deserializer::from_str(input).enumerate() {
         let index = i + 1;
         let value = match serde_yaml::Value::deserialize(de) {
@@ -153,8 +164,11 @@ pub fn render(input: &str, namespace: &str) -> Result<Rendered, RenderError> {
             }
         };
         match parse_document(index, json) {
-            Ok(Some(ms)) => services.push((index, ms)),
-            Ok(None) => {}
+            Ok(Parsed::MicroService(ms)) => services.push((index, *ms)),
+            Ok(Parsed::Other(kind)) => {
+                skipped.push(format!("document {index}: {kind} is not a {KIND}; skipped"))
+            }
+            Ok(Parsed::Empty) => {}
             Err(e) => errors.push(e),
         }
     }
@@ -175,7 +189,7 @@ pub fn render(input: &str, namespace: &str) -> Result<Rendered, RenderError> {
         })
         .collect();
     let mut out = String::new();
-    let mut warnings = Vec::new();
+    let mut warnings = skipped;
     for (index, ms) in &services {
         let ns = ms
             .metadata

@@ -103,7 +103,7 @@ fn errors_name_document_and_field() {
         ]
     );
     assert_eq!(
-        errors("kind: Deployment\napiVersion: apps/v1\n"),
+        errors("metadata: {name: x}\n"),
         vec![(1, "kind".to_string())]
     );
     assert_eq!(errors("a: [\n"), vec![(1, "-".to_string())]);
@@ -118,5 +118,17 @@ fn error_text() {
     assert_eq!(
         e.to_string(),
         "document 1: spec.port: must be between 1 and 65535"
+    );
+}
+
+/// Other kinds in the input are skipped with a warning, not rendered and not fatal.
+#[test]
+fn other_kinds_are_skipped() {
+    let input = "apiVersion: v1\nkind: Secret\nmetadata: {name: s}\n---\napiVersion: flotilla.rs/v1alpha1\nkind: MicroService\nmetadata: {name: a}\nspec: {image: x}\n";
+    let r = render(input, "default").unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(kinds(&r.yaml), vec!["Deployment", "Service"]);
+    assert_eq!(
+        r.warnings,
+        vec!["document 1: Secret is not a MicroService; skipped".to_string()]
     );
 }

@@ -123,3 +123,23 @@ fn help_explains_every_command() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn render_accepts_the_sample_manifests() -> Result<()> {
+    // The sample services' manifests render to a Deployment, a Service and a ConfigMap each
+    // (their Secrets are skipped with a warning).
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../services/deploy");
+    for name in ["users.yaml", "auth.yaml"] {
+        let out = bin().args(["render", "-f"]).arg(dir.join(name)).output()?;
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut got = kinds(&String::from_utf8(out.stdout)?);
+        got.sort();
+        assert!(got.contains(&"Deployment".to_string()), "{name}: {got:?}");
+        assert!(got.contains(&"Service".to_string()), "{name}: {got:?}");
+    }
+    Ok(())
+}
