@@ -54,10 +54,7 @@ async fn deployment_scales_to_three_ready_pods_that_serve_http() -> anyhow::Resu
         Ok(gone.then_some(()))
     })
     .await?;
-    let survivors: usize = pods
-        .iter()
-        .map(|p| processes_of(p.metadata.name.as_deref().unwrap_or_default()).len())
-        .sum();
+    // Exactly one of the original processes is left running.
     wait_for(WAIT, "processes of removed pods to exit", || async {
         let n: usize = pods
             .iter()
@@ -66,7 +63,6 @@ async fn deployment_scales_to_three_ready_pods_that_serve_http() -> anyhow::Resu
         Ok((n == 1).then_some(()))
     })
     .await?;
-    assert!(survivors >= 1);
     sim.shutdown().await;
     Ok(())
 }
