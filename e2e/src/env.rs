@@ -127,6 +127,17 @@ pub struct Ctx<'a> {
     pub ns: String,
 }
 
+impl Ctx<'_> {
+    /// The local cluster, when the test runs on one (failover tests stop and restart its
+    /// operator); `None` on an external cluster.
+    pub fn local(&self) -> Option<&local::LocalCluster> {
+        match &self.env.backend {
+            Backend::Local(cluster) => Some(cluster),
+            Backend::External { .. } => None,
+        }
+    }
+}
+
 /// Runs the test `name`: connects to (or starts) a cluster, installs the CRD, creates the test's
 /// labelled namespace, runs `body`, and on failure prints the namespace's objects and Events. The
 /// namespace is deleted afterwards unless `FLOTILLA_E2E_KEEP_NAMESPACES` is set.

@@ -193,7 +193,7 @@ pub fn tail(path: &Path, lines: usize) -> String {
 /// A kubesim cluster with its node and the operator.
 pub struct LocalCluster {
     // Field order is drop order: the operator goes first, then the pods, then the API server.
-    operator: Option<OperatorProcess>,
+    operator: tokio::sync::Mutex<Option<OperatorProcess>>,
     node: Option<Node>,
     cluster: Cluster,
     state_dir: tempfile::TempDir,
@@ -203,10 +203,26 @@ pub struct LocalCluster {
 impl LocalCluster {
     /// Starts the API server and node, installs the CRD, and starts the operator.
     pub async fn start() -> Result<Self> {
-        let mut local = Self::start_bare().await?;
+        let local = Self::start_bare().await?;
         env::install_crd(&local.client()).await?;
-        let port = free_port()?;
-        let metrics_addr = format!("127.0.0.1:{port}");
+        local.start_operator().await?;
+        Ok(local)
+    }
+
+    /// Where the operator started by [`LocalCluster::start_operator`] logs (appended across
+    /// restarts).
+    pub fn operator_log(&self) -> PathBuf {
+        self.state_dir.path().join("operator.log")
+    }
+
+    /// Starts the operator (all namespaces, no leader election) on a fresh loopback metrics port
+    /// and waits until it is ready. Does nothing when it already runs.
+    pub async fn start_operator(&self) -> Result<()> {
+        let mut slot = self.operator.lock().await;
+        if slot.is_some() {
+            return Ok(());
+        }
+        let metrics_addr = format!("127.0.0.1:{}", free_port()?);
         let args: Vec<String> = [
             "run",
             "--metrics-addr",
@@ -217,18 +233,33 @@ impl LocalCluster {
         .iter()
         .map(|s| (*s).to_owned())
         .collect();
-        let log = local.state_dir.path().join("operator.log");
         let envs = [("POD_NAMESPACE".to_owned(), "default".to_owned())];
         let operator = OperatorProcess::start(
-            local.cluster.kubeconfig_path(),
+            self.cluster.kubeconfig_path(),
             &args,
             &envs,
             &metrics_addr,
-            log,
+            self.operator_log(),
         )
         .await?;
-        local.operator = Some(operator);
-        Ok(local)
+        *slot = Some(operator);
+        Ok(())
+    }
+
+    /// Stops the operator (SIGKILL, like a crash), e.g. to show that traffic keeps flowing
+    /// without it; returns whether one was running.
+    pub async fn stop_operator(&self) -> Result<bool> {
+        let operator = self.operator.lock().await.take();
+        match operator {
+            Some(operator) => operator.stop().await.map(|()| true),
+            None => Ok(false),
+        }
+    }
+
+    /// Stops and starts the operator again (it resumes from the cluster's state).
+    pub async fn restart_operator(&self) -> Result<()> {
+        self.stop_operator().await?;
+        self.start_operator().await
     }
 
     /// Starts the API server and node only: no CRD, no operator. Tests that install Flotilla
@@ -249,7 +280,7 @@ impl LocalCluster {
             .await
             .context("starting the kubesim node")?;
         Ok(Self {
-            operator: None,
+            operator: tokio::sync::Mutex::new(None),
             node: Some(node),
             cluster,
             state_dir,
@@ -272,27 +303,14 @@ impl LocalCluster {
         self.state_dir.path()
     }
 
-    /// The operator, when this cluster started one.
-    pub fn operator(&self) -> Option<&OperatorProcess> {
-        self.operator.as_ref()
-    }
-
-    /// Stops the operator (to test that the data plane keeps working without it); returns whether
-    /// one was running.
-    pub async fn stop_operator(&mut self) -> Result<bool> {
-        match self.operator.take() {
-            Some(operator) => operator.stop().await.map(|()| true),
-            None => Ok(false),
-        }
-    }
-
     /// The operator's log and the pods' logs, for a failing test's report.
     pub fn diagnostics(&self) -> String {
         let mut out = String::new();
-        if let Some(operator) = &self.operator {
+        let log = self.operator_log();
+        if log.is_file() {
             out.push_str(&format!(
                 "===== operator log (last 80 lines)\n{}\n",
-                tail(&operator.log, 80)
+                tail(&log, 80)
             ));
         }
         let logs = self.state_dir.path().join("node").join("logs");

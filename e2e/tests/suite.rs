@@ -502,3 +502,52 @@ async fn login_round_trip_through_the_auth_service() -> Result<()> {
     })
     .await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_child_is_recreated_across_an_operator_restart() -> Result<()> {
+    // Drift is corrected: a deleted Service comes back. On the local cluster the Service is
+    // deleted while the operator is down, and the restarted operator repairs it from the
+    // cluster's state.
+    run_test(
+        "deleted_child_is_recreated_across_an_operator_restart",
+        |ctx| {
+            Box::pin(async move {
+                let mut users = sample_with_secrets(ctx, "users").await?;
+                users.spec.replicas = 1;
+                msvc::apply(ctx, &users).await?;
+                let ready = msvc::wait_ready(ctx, &users.name_any()).await?;
+                let name = ready.name_any();
+                let old: Service = child(ctx, &ready).await?;
+
+                if let Some(local) = ctx.local() {
+                    ensure!(local.stop_operator().await?, "no operator was running");
+                }
+                let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ctx.ns);
+                services.delete(&name, &DeleteParams::default()).await?;
+                wait::for_deletion(&services, &name, CONVERGE_TIMEOUT).await?;
+                if let Some(local) = ctx.local() {
+                    local.start_operator().await?;
+                }
+
+                let recreated =
+                    wait::for_object(&services, &name, CONVERGE_TIMEOUT, |_| true).await?;
+                ensure!(
+                    recreated.metadata.uid != old.metadata.uid,
+                    "the Service was not recreated"
+                );
+                let owner = recreated
+                    .owner_references()
+                    .iter()
+                    .find(|r| r.controller == Some(true))
+                    .map(|r| r.uid.clone());
+                ensure!(
+                    owner == ready.metadata.uid,
+                    "recreated Service owner {owner:?}"
+                );
+                msvc::wait_ready(ctx, &name).await?;
+                Ok(())
+            })
+        },
+    )
+    .await
+}
