@@ -124,6 +124,16 @@ pub fn apply(group: &str, kind: &str, obj: &mut Value) {
             }
         }
         ("", "Namespace") => {
+            let name = obj
+                .pointer("/metadata/name")
+                .cloned()
+                .unwrap_or(Value::Null);
+            if let Some(meta) = obj_mut(obj, "metadata") {
+                set_default(meta, "labels", json!({}));
+                if let Some(labels) = meta.get_mut("labels").and_then(Value::as_object_mut) {
+                    labels.insert("kubernetes.io/metadata.name".into(), name);
+                }
+            }
             if let Some(m) = obj.as_object_mut() {
                 set_default(m, "spec", json!({"finalizers": ["kubernetes"]}));
                 set_default(m, "status", json!({"phase": "Active"}));

@@ -53,13 +53,13 @@ fn columns(def: &ResourceDef, version: &str) -> Vec<PrinterColumn> {
         ],
         ("apps", "deployments") => vec![
             col("Ready", "string", "", "Number of the pod with ready state", 0, "@deployready"),
-            col("Up-to-date", "string", "", "Total number of non-terminated pods targeted by this deployment that have the desired template spec.", 0, ".status.updatedReplicas"),
-            col("Available", "string", "", "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.", 0, ".status.availableReplicas"),
+            col("Up-to-date", "string", "", "Total number of non-terminated pods targeted by this deployment that have the desired template spec.", 0, "@int.status.updatedReplicas"),
+            col("Available", "string", "", "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.", 0, "@int.status.availableReplicas"),
         ],
         ("apps", "replicasets") => vec![
             col("Desired", "integer", "", "Number of desired pods.", 0, ".spec.replicas"),
-            col("Current", "integer", "", "Number of actual replicas.", 0, ".status.replicas"),
-            col("Ready", "integer", "", "Number of ready replicas.", 0, ".status.readyReplicas"),
+            col("Current", "integer", "", "Number of actual replicas.", 0, "@int.status.replicas"),
+            col("Ready", "integer", "", "Number of ready replicas.", 0, "@int.status.readyReplicas"),
         ],
         ("", "services") => vec![
             col("Type", "string", "", "The type of the service.", 0, ".spec.type"),
@@ -186,6 +186,10 @@ fn cell(o: &Value, c: &PrinterColumn, now: jiff::Timestamp) -> Value {
             } else {
                 s.join(",")
             }))
+        }
+        path if path.starts_with("@int.") => {
+            let found = jsonpath(o, &path[4..]);
+            Some(found.into_iter().next().unwrap_or(json!(0)))
         }
         path => {
             let found = jsonpath(o, path);

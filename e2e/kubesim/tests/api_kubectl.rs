@@ -282,7 +282,13 @@ spec:
         header,
         vec!["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE"]
     );
-    assert!(table.contains("0/3"), "{table}");
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..4], ["web", "0/3", "0", "0"], "{table}");
     Ok(())
 }
 
