@@ -115,6 +115,8 @@ async fn start_cluster(common: &CommonArgs, root: &Path) -> anyhow::Result<(Clus
     let config = ClusterConfig {
         port: common.port,
         kubeconfig_path: Some(state_dir.join("kubeconfig")),
+        // `kubectl logs` reads the node's container logs from here.
+        node_state_dir: Some(state_dir.clone()),
         ..Default::default()
     };
     let cluster = Cluster::start(config)

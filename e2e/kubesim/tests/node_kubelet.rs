@@ -237,6 +237,12 @@ async fn env_references_resolve_and_output_reaches_the_pod_log() -> anyhow::Resu
     })
     .await?;
     assert!(log.contains(&addr.to_string()), "log: {log}");
+    // The same log through the API server, as `kubectl logs` reads it.
+    let via_api = sim
+        .pods()
+        .logs("envy", &kube::api::LogParams::default())
+        .await?;
+    assert!(via_api.contains("listening on"), "pods/log: {via_api}");
     sim.shutdown().await;
     Ok(())
 }

@@ -4,7 +4,6 @@
 //! Each Sim gets its own loopback /24 (derived from the PID and a counter) so tests running in
 //! parallel never compete for pod or cluster IPs.
 
-
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -34,9 +33,13 @@ pub struct Sim {
 
 impl Sim {
     pub async fn start() -> anyhow::Result<Sim> {
-        let cluster = Cluster::start(ClusterConfig::default()).await?;
-        let client = cluster.client();
         let state = tempfile::tempdir()?;
+        let config = ClusterConfig {
+            node_state_dir: Some(state.path().to_path_buf()),
+            ..Default::default()
+        };
+        let cluster = Cluster::start(config).await?;
+        let client = cluster.client();
         let mut images = ImageTable::default();
         images.prepend("kubesim/testpod:*", env!("CARGO_BIN_EXE_kubesim-testpod"));
         // A /24 per Sim: unique across test processes (PID) and across Sims in one process.
