@@ -298,3 +298,42 @@ async fn discovery_and_unsupported_requests() -> Result<()> {
     assert!(names.contains(&"default".to_string()) && names.contains(&"kube-system".to_string()));
     Ok(())
 }
+
+#[tokio::test]
+async fn non_object_bodies_are_bad_requests() -> Result<()> {
+    // A body or patch result that is not a JSON object is refused with 400 and the server stays up.
+    let cluster = start().await?;
+    let path = "/api/v1/namespaces/default/configmaps";
+    let (code, _) = raw(
+        &cluster,
+        "POST",
+        path,
+        "application/json",
+        Some("[1, 2]".into()),
+    )
+    .await?;
+    assert_eq!(code, 400);
+    let (code, _) = raw(
+        &cluster,
+        "POST",
+        path,
+        "application/json",
+        Some(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}).to_string(),
+        ),
+    )
+    .await?;
+    assert_eq!(code, 201);
+    let (code, _) = raw(
+        &cluster,
+        "PATCH",
+        &format!("{path}/c"),
+        "application/json-patch+json",
+        Some(json!([{"op": "replace", "path": "", "value": [1]}]).to_string()),
+    )
+    .await?;
+    assert_eq!(code, 400);
+    let (code, _) = raw(&cluster, "GET", &format!("{path}/c"), "", None).await?;
+    assert_eq!(code, 200);
+    Ok(())
+}

@@ -155,14 +155,21 @@ pub fn handle(
             .collect();
         let mut cur = &mut updated;
         for (i, p) in parts.iter().enumerate() {
+            let Some(m) = cur.as_object_mut() else {
+                return Err(ApiError::internal(format!(
+                    "cannot set {} on this object",
+                    paths.spec_replicas
+                )));
+            };
             if i + 1 == parts.len() {
-                cur[*p] = json!(replicas);
-            } else {
-                if !cur.get(*p).is_some_and(Value::is_object) {
-                    cur[*p] = json!({});
-                }
-                cur = &mut cur[*p];
+                m.insert(p.to_string(), json!(replicas));
+                break;
             }
+            let slot = m.entry(p.to_string()).or_insert_with(|| json!({}));
+            if !slot.is_object() {
+                *slot = json!({});
+            }
+            cur = slot;
         }
     }
     let w = WriteCtx {

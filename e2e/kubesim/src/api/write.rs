@@ -91,6 +91,12 @@ fn meta_mut(v: &mut Value) -> Result<&mut Map<String, Value>, ApiError> {
 
 /// Checks (and fills in) `apiVersion` and `kind` of a request body.
 fn check_kind(def: &ResourceDef, version: &str, obj: &mut Value) -> Result<(), ApiError> {
+    if !obj.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "the object provided is not a JSON object ({} expected)",
+            def.kind
+        )));
+    }
     let want_av = def.api_version(version);
     match obj.get("apiVersion").and_then(Value::as_str) {
         None | Some("") => obj["apiVersion"] = json!(want_av),
