@@ -9,6 +9,8 @@
 //!
 //! SIGTERM makes it exit 0 at once, as a well-behaved service would after draining, unless
 //! `TESTPOD_IGNORE_SIGTERM=1` is set (to exercise the kubelet's grace period and SIGKILL).
+//! It also exits when its parent (the kubelet) goes away without stopping it, e.g. when a test
+//! process is killed outright, so no test pod outlives its test.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -100,6 +102,16 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding {addr}"))?;
     println!("kubesim-testpod {} listening on {addr}", pod_name());
     let flags = Arc::new(Flags::default());
+    let parent = std::os::unix::process::parent_id();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            if std::os::unix::process::parent_id() != parent {
+                println!("parent process gone, exiting");
+                std::process::exit(0);
+            }
+        }
+    });
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
