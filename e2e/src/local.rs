@@ -177,6 +177,22 @@ impl OperatorProcess {
         ready.map_err(|err| err.context(format!("operator log:\n{}", tail(&self.log, 40))))
     }
 
+    /// Sends SIGTERM, as the kubelet does when a pod stops, and waits up to `grace` for the
+    /// operator to exit; an operator still running after `grace` is an error (the kubelet would
+    /// SIGKILL it mid-drain).
+    pub async fn terminate(mut self, grace: Duration) -> Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("the operator has already exited")?;
+        let kill = tools::find("kill")?;
+        tools::run_ok(&kill, ["-TERM", &pid.to_string()], None)?;
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => status.context("waiting for the operator"),
+            Err(_) => bail!(
+                "the operator did not exit within {grace:?} of SIGTERM; log:\n{}",
+                tail(&self.log, 40)
+            ),
+        }
+    }
+
     /// Stops the operator (SIGKILL) and waits for it to exit.
     pub async fn stop(mut self) -> Result<()> {
         self.child.kill().await.context("stopping the operator")

@@ -789,15 +789,35 @@ async fn rendered_chart_applies_to_kubesim_and_operator_reconciles() -> Result<(
         ready.status
     );
     // The chart turns leader election on in the release namespace: the operator holds the Lease.
-    let lease = Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client, NAMESPACE)
-        .get("flotilla-operator")
-        .await
-        .context("the operator's Lease")?;
+    let lease =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(client.clone(), NAMESPACE)
+            .get("flotilla-operator")
+            .await
+            .context("the operator's Lease")?;
     ensure!(
         lease.spec.and_then(|s| s.holder_identity).is_some(),
         "the Lease has no holder"
     );
-    operator.stop().await?;
+    // SIGTERM: the operator drains and exits within the chart's grace period, releasing the
+    // Lease so a standby can take over at once.
+    let grace = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.termination_grace_period_seconds)
+        .context("no terminationGracePeriodSeconds")?;
+    let status = operator
+        .terminate(std::time::Duration::from_secs(u64::try_from(grace)?))
+        .await?;
+    ensure!(status.success(), "operator exited with {status}");
+    let lease =
+        Api::<k8s_openapi::api::coordination::v1::Lease>::namespaced(cluster.client(), NAMESPACE)
+            .get("flotilla-operator")
+            .await?;
+    ensure!(
+        lease.spec.and_then(|s| s.holder_identity).is_none(),
+        "the Lease was not released on SIGTERM"
+    );
     cluster.shutdown().await;
     Ok(())
 }
