@@ -16,10 +16,6 @@ fn decode<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String> {
     serde_json::to_value(typed).map_err(|e| e.to_string())
 }
 
-fn schema<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    g.subschema_for::<T>()
-}
-
 struct Spec {
     group: &'static str,
     version: &'static str,
@@ -31,7 +27,6 @@ struct Spec {
     status: bool,
     scale: bool,
     decoder: fn(&Value) -> Result<Value, String>,
-    schema: crate::registry::SchemaFn,
 }
 
 const fn spec(
@@ -42,7 +37,6 @@ const fn spec(
     namespaced: bool,
     short: &'static [&'static str],
     decoder: fn(&Value) -> Result<Value, String>,
-    schema: crate::registry::SchemaFn,
 ) -> Spec {
     Spec {
         group,
@@ -55,7 +49,6 @@ const fn spec(
         status: false,
         scale: false,
         decoder,
-        schema,
     }
 }
 
@@ -79,14 +72,13 @@ pub fn all() -> Vec<ResourceDef> {
                 false,
                 &["ns"],
                 decode::<c::Namespace>,
-            schema::<c::Namespace>,
             ),
             false,
             true,
             false,
         ),
         with(
-            spec("", "v1", "Pod", "pods", true, &["po"], decode::<c::Pod>,schema::<c::Pod>,),
+            spec("", "v1", "Pod", "pods", true, &["po"], decode::<c::Pod>),
             true,
             true,
             false,
@@ -100,7 +92,6 @@ pub fn all() -> Vec<ResourceDef> {
                 true,
                 &["svc"],
                 decode::<c::Service>,
-            schema::<c::Service>,
             ),
             true,
             true,
@@ -114,7 +105,6 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &["cm"],
             decode::<c::ConfigMap>,
-        schema::<c::ConfigMap>,
         ),
         spec(
             "",
@@ -124,7 +114,6 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &[],
             decode::<c::Secret>,
-        schema::<c::Secret>,
         ),
         spec(
             "",
@@ -134,7 +123,6 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &["sa"],
             decode::<c::ServiceAccount>,
-        schema::<c::ServiceAccount>,
         ),
         spec(
             "",
@@ -144,7 +132,6 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &["ev"],
             decode::<c::Event>,
-        schema::<c::Event>,
         ),
         spec(
             "",
@@ -154,7 +141,6 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &["ep"],
             decode::<c::Endpoints>,
-        schema::<c::Endpoints>,
         ),
         with(
             spec(
@@ -165,7 +151,6 @@ pub fn all() -> Vec<ResourceDef> {
                 true,
                 &["deploy"],
                 decode::<apps::v1::Deployment>,
-            schema::<apps::v1::Deployment>,
             ),
             true,
             true,
@@ -180,7 +165,6 @@ pub fn all() -> Vec<ResourceDef> {
                 true,
                 &["rs"],
                 decode::<apps::v1::ReplicaSet>,
-            schema::<apps::v1::ReplicaSet>,
             ),
             true,
             true,
@@ -195,7 +179,6 @@ pub fn all() -> Vec<ResourceDef> {
                 true,
                 &["hpa"],
                 decode::<autoscaling::v2::HorizontalPodAutoscaler>,
-            schema::<autoscaling::v2::HorizontalPodAutoscaler>,
             ),
             true,
             true,
@@ -209,7 +192,6 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &[],
             decode::<discovery::v1::EndpointSlice>,
-        schema::<discovery::v1::EndpointSlice>,
         ),
         spec(
             "coordination.k8s.io",
@@ -219,7 +201,6 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &[],
             decode::<coordination::v1::Lease>,
-        schema::<coordination::v1::Lease>,
         ),
         with(
             spec(
@@ -230,7 +211,6 @@ pub fn all() -> Vec<ResourceDef> {
                 true,
                 &["pdb"],
                 decode::<policy::v1::PodDisruptionBudget>,
-            schema::<policy::v1::PodDisruptionBudget>,
             ),
             false,
             true,
@@ -244,7 +224,6 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &["ev"],
             decode::<events::v1::Event>,
-        schema::<events::v1::Event>,
         ),
         spec(
             "rbac.authorization.k8s.io",
@@ -254,7 +233,6 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &[],
             decode::<rbac::v1::Role>,
-        schema::<rbac::v1::Role>,
         ),
         spec(
             "rbac.authorization.k8s.io",
@@ -264,7 +242,6 @@ pub fn all() -> Vec<ResourceDef> {
             false,
             &[],
             decode::<rbac::v1::ClusterRole>,
-        schema::<rbac::v1::ClusterRole>,
         ),
         spec(
             "rbac.authorization.k8s.io",
@@ -274,7 +251,6 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &[],
             decode::<rbac::v1::RoleBinding>,
-        schema::<rbac::v1::RoleBinding>,
         ),
         spec(
             "rbac.authorization.k8s.io",
@@ -284,7 +260,6 @@ pub fn all() -> Vec<ResourceDef> {
             false,
             &[],
             decode::<rbac::v1::ClusterRoleBinding>,
-        schema::<rbac::v1::ClusterRoleBinding>,
         ),
         with(
             spec(
@@ -295,7 +270,6 @@ pub fn all() -> Vec<ResourceDef> {
                 false,
                 &["crd", "crds"],
                 decode::<CustomResourceDefinition>,
-            schema::<CustomResourceDefinition>,
             ),
             false,
             true,
@@ -324,7 +298,6 @@ pub fn all() -> Vec<ResourceDef> {
                 label_selector: Some(".spec.selector".to_string()),
             }),
             decoder: Some(s.decoder),
-            openapi: Some(s.schema),
             schemas: BTreeMap::new(),
             printer_columns: BTreeMap::new(),
             crd: None,
