@@ -130,6 +130,9 @@ impl Kubelet {
                         changed
                     });
                 }
+                // Already confirmed with grace 0 and only held by finalizers: nothing to run.
+                None if pod.metadata.deletion_timestamp.is_some()
+                    && pod.metadata.deletion_grace_period_seconds == Some(0) => {}
                 None => {
                     let (tx, rx) = watch::channel(Some(pod.clone()));
                     let shutdown = CancellationToken::new();

@@ -132,6 +132,12 @@ pub(crate) async fn run(
     let namespace = pod.metadata.namespace.clone().unwrap_or_default();
     let uid = pod.metadata.uid.clone().unwrap_or_default();
     let spec = pod.spec.clone().unwrap_or_default();
+    if pod.metadata.deletion_timestamp.is_some() {
+        // Terminating before this kubelet ran anything for it (or after an earlier worker's
+        // final delete failed): nothing to stop, only the deletion to finish.
+        final_delete(&env, &namespace, &name, &uid).await;
+        return;
+    }
     if spec.node_name.as_deref().is_none_or(str::is_empty) {
         bind(&env, &namespace, &name).await;
     }
@@ -143,7 +149,7 @@ pub(crate) async fn run(
                 .iter()
                 .filter_map(|p| u16::try_from(p.container_port).ok())
                 .collect(),
-            _ => vec![super::env::DEFAULT_PORT as u16],
+            _ => vec![u16::try_from(super::env::DEFAULT_PORT).unwrap_or(8080)],
         })
         .collect();
     let ip = env
@@ -214,18 +220,7 @@ pub(crate) async fn run(
     writer_token.cancel();
     let _ = writer.await;
     if matches!(end, End::Deleted(_)) {
-        let api: Api<Pod> = Api::namespaced(shared.env.ctx.client.clone(), &namespace);
-        let dp = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(uid),
-                resource_version: None,
-            }),
-            ..Default::default()
-        };
-        if let Err(e) = api.delete(&name, &dp).await {
-            tracing::debug!(pod = %name, error = %e, "final pod delete failed");
-        }
+        final_delete(&shared.env, &namespace, &name, &uid).await;
     }
     let _ = std::fs::remove_dir_all(&pod_dir);
     shared
@@ -234,6 +229,25 @@ pub(crate) async fn run(
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
         .release(pod_ip);
+}
+
+/// Deletes the pod object with grace 0 once its processes are gone, as the kubelet confirms a
+/// graceful deletion. The UID precondition keeps a recreated pod of the same name safe.
+async fn final_delete(env: &WorkerEnv, namespace: &str, name: &str, uid: &str) {
+    let api: Api<Pod> = Api::namespaced(env.ctx.client.clone(), namespace);
+    let dp = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..Default::default()
+    };
+    match api.delete(name, &dp).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 404 => {}
+        Err(e) => tracing::debug!(pod = %name, error = %e, "final pod delete failed"),
+    }
 }
 
 /// Binds the pod to this node (the scheduler's job on a one-node cluster), so that the API server
