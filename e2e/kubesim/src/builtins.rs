@@ -16,6 +16,10 @@ fn decode<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String> {
     serde_json::to_value(typed).map_err(|e| e.to_string())
 }
 
+fn schema<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    g.subschema_for::<T>()
+}
+
 struct Spec {
     group: &'static str,
     version: &'static str,
@@ -27,6 +31,7 @@ struct Spec {
     status: bool,
     scale: bool,
     decoder: fn(&Value) -> Result<Value, String>,
+    schema: crate::registry::SchemaFn,
 }
 
 const fn spec(
@@ -37,6 +42,7 @@ const fn spec(
     namespaced: bool,
     short: &'static [&'static str],
     decoder: fn(&Value) -> Result<Value, String>,
+    schema: crate::registry::SchemaFn,
 ) -> Spec {
     Spec {
         group,
@@ -49,6 +55,7 @@ const fn spec(
         status: false,
         scale: false,
         decoder,
+        schema,
     }
 }
 
@@ -72,13 +79,23 @@ pub fn all() -> Vec<ResourceDef> {
                 false,
                 &["ns"],
                 decode::<c::Namespace>,
+                schema::<c::Namespace>,
             ),
             false,
             true,
             false,
         ),
         with(
-            spec("", "v1", "Pod", "pods", true, &["po"], decode::<c::Pod>),
+            spec(
+                "",
+                "v1",
+                "Pod",
+                "pods",
+                true,
+                &["po"],
+                decode::<c::Pod>,
+                schema::<c::Pod>,
+            ),
             true,
             true,
             false,
@@ -92,6 +109,7 @@ pub fn all() -> Vec<ResourceDef> {
                 true,
                 &["svc"],
                 decode::<c::Service>,
+                schema::<c::Service>,
             ),
             true,
             true,
@@ -105,6 +123,7 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &["cm"],
             decode::<c::ConfigMap>,
+            schema::<c::ConfigMap>,
         ),
         spec(
             "",
@@ -114,6 +133,7 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &[],
             decode::<c::Secret>,
+            schema::<c::Secret>,
         ),
         spec(
             "",
@@ -123,6 +143,7 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &["sa"],
             decode::<c::ServiceAccount>,
+            schema::<c::ServiceAccount>,
         ),
         spec(
             "",
@@ -132,6 +153,7 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &["ev"],
             decode::<c::Event>,
+            schema::<c::Event>,
         ),
         spec(
             "",
@@ -141,6 +163,7 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &["ep"],
             decode::<c::Endpoints>,
+            schema::<c::Endpoints>,
         ),
         with(
             spec(
@@ -151,6 +174,7 @@ pub fn all() -> Vec<ResourceDef> {
                 true,
                 &["deploy"],
                 decode::<apps::v1::Deployment>,
+                schema::<apps::v1::Deployment>,
             ),
             true,
             true,
@@ -165,6 +189,7 @@ pub fn all() -> Vec<ResourceDef> {
                 true,
                 &["rs"],
                 decode::<apps::v1::ReplicaSet>,
+                schema::<apps::v1::ReplicaSet>,
             ),
             true,
             true,
@@ -179,6 +204,7 @@ pub fn all() -> Vec<ResourceDef> {
                 true,
                 &["hpa"],
                 decode::<autoscaling::v2::HorizontalPodAutoscaler>,
+                schema::<autoscaling::v2::HorizontalPodAutoscaler>,
             ),
             true,
             true,
@@ -192,6 +218,7 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &[],
             decode::<discovery::v1::EndpointSlice>,
+            schema::<discovery::v1::EndpointSlice>,
         ),
         spec(
             "coordination.k8s.io",
@@ -201,6 +228,7 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &[],
             decode::<coordination::v1::Lease>,
+            schema::<coordination::v1::Lease>,
         ),
         with(
             spec(
@@ -211,6 +239,7 @@ pub fn all() -> Vec<ResourceDef> {
                 true,
                 &["pdb"],
                 decode::<policy::v1::PodDisruptionBudget>,
+                schema::<policy::v1::PodDisruptionBudget>,
             ),
             false,
             true,
@@ -224,6 +253,7 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &["ev"],
             decode::<events::v1::Event>,
+            schema::<events::v1::Event>,
         ),
         spec(
             "rbac.authorization.k8s.io",
@@ -233,6 +263,7 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &[],
             decode::<rbac::v1::Role>,
+            schema::<rbac::v1::Role>,
         ),
         spec(
             "rbac.authorization.k8s.io",
@@ -242,6 +273,7 @@ pub fn all() -> Vec<ResourceDef> {
             false,
             &[],
             decode::<rbac::v1::ClusterRole>,
+            schema::<rbac::v1::ClusterRole>,
         ),
         spec(
             "rbac.authorization.k8s.io",
@@ -251,6 +283,7 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             &[],
             decode::<rbac::v1::RoleBinding>,
+            schema::<rbac::v1::RoleBinding>,
         ),
         spec(
             "rbac.authorization.k8s.io",
@@ -260,6 +293,7 @@ pub fn all() -> Vec<ResourceDef> {
             false,
             &[],
             decode::<rbac::v1::ClusterRoleBinding>,
+            schema::<rbac::v1::ClusterRoleBinding>,
         ),
         with(
             spec(
@@ -270,6 +304,7 @@ pub fn all() -> Vec<ResourceDef> {
                 false,
                 &["crd", "crds"],
                 decode::<CustomResourceDefinition>,
+                schema::<CustomResourceDefinition>,
             ),
             false,
             true,
@@ -298,6 +333,7 @@ pub fn all() -> Vec<ResourceDef> {
                 label_selector: Some(".spec.selector".to_string()),
             }),
             decoder: Some(s.decoder),
+            openapi: Some(s.schema),
             schemas: BTreeMap::new(),
             printer_columns: BTreeMap::new(),
             crd: None,

@@ -238,6 +238,7 @@ pub fn definition(crd: &Value) -> ResourceDef {
         status: sub.and_then(|s| s.get("status")).is_some(),
         scale,
         decoder: None,
+        openapi: None,
         schemas,
         printer_columns: columns,
         crd: Some(s(crd, "/metadata/name").to_string()),

@@ -1,7 +1,9 @@
 //! OpenAPI documents for `kubectl explain` and `kubectl apply` validation: `/openapi/v3`
 //! (an index plus one document per group version, with each custom resource's schema) and a
-//! minimal `/openapi/v2`. Built-in kinds get a permissive schema (kubesim does not ship the
-//! Kubernetes OpenAPI); their validation happens server-side.
+//! `/openapi/v2`. Built-in kinds use the schemas of their k8s-openapi types (with the real
+//! definition names, e.g. `io.k8s.api.apps.v1.Deployment`); custom resources their CRD schema.
+
+use std::sync::Arc;
 
 use serde_json::{json, Map, Value};
 
@@ -80,6 +82,39 @@ fn paths_for(def: &ResourceDef, version: &str) -> Map<String, Value> {
     m
 }
 
+/// Definitions for the built-in kinds among `defs` (and everything they reference), keyed by
+/// definition name, with each kind's root schema tagged with its group/version/kind.
+fn builtin_definitions<'a>(
+    defs: impl Iterator<Item = &'a Arc<ResourceDef>>,
+    definitions_path: &str,
+) -> Map<String, Value> {
+    let path = definitions_path.to_string();
+    let mut generator = schemars::generate::SchemaSettings::openapi3()
+        .with(|s| s.definitions_path = path.into())
+        .into_generator();
+    let mut roots = Vec::new();
+    for d in defs {
+        let Some(f) = d.openapi else { continue };
+        let r = f(&mut generator);
+        let name = r
+            .get("$ref")
+            .and_then(Value::as_str)
+            .and_then(|s| s.rsplit('/').next())
+            .map(String::from);
+        if let Some(name) = name {
+            let gvk = json!([{"group": d.group, "version": d.preferred_version(), "kind": d.kind}]);
+            roots.push((name, gvk));
+        }
+    }
+    let mut out = generator.take_definitions(true);
+    for (name, gvk) in roots {
+        if let Some(s) = out.get_mut(&name).and_then(Value::as_object_mut) {
+            s.insert("x-kubernetes-group-version-kind".into(), gvk);
+        }
+    }
+    out
+}
+
 pub fn v3_index(reg: &Registry) -> Value {
     let mut paths = Map::new();
     for (g, versions) in reg.groups() {
@@ -102,18 +137,22 @@ pub fn v3_doc(reg: &Registry, gv: &str) -> Option<Value> {
         ["apis", g, v] => (*g, *v),
         _ => return None,
     };
+    let in_gv = |d: &&Arc<ResourceDef>| d.group == group && d.versions.iter().any(|x| x == version);
     let mut schemas = Map::new();
     let mut paths = Map::new();
-    for d in reg
-        .all()
-        .filter(|d| d.group == group && d.versions.iter().any(|x| x == version))
-    {
-        schemas.insert(schema_name(d, version), schema_for(d, version));
+    for d in reg.all().filter(in_gv) {
+        if d.openapi.is_none() {
+            schemas.insert(schema_name(d, version), schema_for(d, version));
+        }
         paths.extend(paths_for(d, version));
     }
-    if schemas.is_empty() {
+    if paths.is_empty() {
         return None;
     }
+    schemas.extend(builtin_definitions(
+        reg.all().filter(in_gv),
+        "/components/schemas",
+    ));
     Some(json!({
         "openapi": "3.0.0",
         "info": {"title": "Kubernetes", "version": "v1.33.0-kubesim"},
@@ -127,8 +166,12 @@ pub fn v2(reg: &Registry) -> Value {
     let mut paths = Map::new();
     for d in reg.all() {
         let v = d.preferred_version();
-        defs.insert(schema_name(d, v), schema_for(d, v));
+        if d.openapi.is_none() {
+            defs.insert(schema_name(d, v), schema_for(d, v));
+        }
         paths.extend(paths_for(d, v));
     }
-    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0-kubesim"}, "paths": paths, "definitions": defs})
+    defs.extend(builtin_definitions(reg.all(), "/definitions"));
+    json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": "v1.33.0-kubesim"},
+        "paths": paths, "definitions": defs})
 }

@@ -13,6 +13,9 @@ use serde_json::Value;
 /// normalised object (what the real server would store) or a decoding error.
 pub type Decoder = fn(&Value) -> Result<Value, String>;
 
+/// Adds a built-in kind's OpenAPI schema to a generator and returns the reference to it.
+pub type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
+
 /// Where a custom resource keeps the fields of its `scale` subresource (JSON paths like
 /// `.spec.replicas`).
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +52,8 @@ pub struct ResourceDef {
     pub scale: Option<ScalePaths>,
     /// Built-ins: the k8s-openapi decoder. `None` for custom resources.
     pub decoder: Option<Decoder>,
+    /// Built-ins: the OpenAPI schema of the k8s-openapi type (for `kubectl explain`).
+    pub openapi: Option<SchemaFn>,
     /// Custom resources: the structural schema of each version.
     pub schemas: BTreeMap<String, Value>,
     pub printer_columns: BTreeMap<String, Vec<PrinterColumn>>,

@@ -269,6 +269,10 @@ spec:
         ])
         .await?;
     assert_eq!(images, "app:1 side:1");
+    let explain = k.run(&["explain", "deployment.spec.replicas"]).await?;
+    assert!(explain.contains("Number of desired pods"), "{explain}");
+    let explain = k.run(&["explain", "pods.spec.containers.image"]).await?;
+    assert!(explain.contains("Container image name"), "{explain}");
     k.run(&["scale", "deployment", "web", "--replicas=3"])
         .await?;
     let table = k.run(&["get", "deploy", "web"]).await?;
