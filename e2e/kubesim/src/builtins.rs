@@ -7,7 +7,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use serde::{de::DeserializeOwned, Serialize};
 use serde_json::Value;
 
-use crate::registry::{ResourceDef, ScalePaths, STANDARD_VERBS};
+use crate::registry::{Decoder, ResourceDef, ScalePaths, SchemaFn, STANDARD_VERBS};
 
 /// Decodes into `T` and encodes back: rejects type errors and drops unknown fields, as the
 /// real server's decoding does.
@@ -18,6 +18,11 @@ fn decode<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String> {
 
 fn schema<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
     g.subschema_for::<T>()
+}
+
+/// The decoder and schema of a k8s-openapi type.
+fn typed<T: DeserializeOwned + Serialize + schemars::JsonSchema>() -> (Decoder, SchemaFn) {
+    (decode::<T>, schema::<T>)
 }
 
 struct Spec {
@@ -34,15 +39,14 @@ struct Spec {
     schema: crate::registry::SchemaFn,
 }
 
-const fn spec(
+fn spec(
     group: &'static str,
     version: &'static str,
     kind: &'static str,
     plural: &'static str,
     namespaced: bool,
     short: &'static [&'static str],
-    decoder: fn(&Value) -> Result<Value, String>,
-    schema: crate::registry::SchemaFn,
+    types: (Decoder, SchemaFn),
 ) -> Spec {
     Spec {
         group,
@@ -54,12 +58,12 @@ const fn spec(
         all: false,
         status: false,
         scale: false,
-        decoder,
-        schema,
+        decoder: types.0,
+        schema: types.1,
     }
 }
 
-const fn with(mut s: Spec, all: bool, status: bool, scale: bool) -> Spec {
+fn with(mut s: Spec, all: bool, status: bool, scale: bool) -> Spec {
     s.all = all;
     s.status = status;
     s.scale = scale;
@@ -78,24 +82,14 @@ pub fn all() -> Vec<ResourceDef> {
                 "namespaces",
                 false,
                 &["ns"],
-                decode::<c::Namespace>,
-                schema::<c::Namespace>,
+                typed::<c::Namespace>(),
             ),
             false,
             true,
             false,
         ),
         with(
-            spec(
-                "",
-                "v1",
-                "Pod",
-                "pods",
-                true,
-                &["po"],
-                decode::<c::Pod>,
-                schema::<c::Pod>,
-            ),
+            spec("", "v1", "Pod", "pods", true, &["po"], typed::<c::Pod>()),
             true,
             true,
             false,
@@ -108,8 +102,7 @@ pub fn all() -> Vec<ResourceDef> {
                 "services",
                 true,
                 &["svc"],
-                decode::<c::Service>,
-                schema::<c::Service>,
+                typed::<c::Service>(),
             ),
             true,
             true,
@@ -122,8 +115,7 @@ pub fn all() -> Vec<ResourceDef> {
             "configmaps",
             true,
             &["cm"],
-            decode::<c::ConfigMap>,
-            schema::<c::ConfigMap>,
+            typed::<c::ConfigMap>(),
         ),
         spec(
             "",
@@ -132,8 +124,7 @@ pub fn all() -> Vec<ResourceDef> {
             "secrets",
             true,
             &[],
-            decode::<c::Secret>,
-            schema::<c::Secret>,
+            typed::<c::Secret>(),
         ),
         spec(
             "",
@@ -142,8 +133,7 @@ pub fn all() -> Vec<ResourceDef> {
             "serviceaccounts",
             true,
             &["sa"],
-            decode::<c::ServiceAccount>,
-            schema::<c::ServiceAccount>,
+            typed::<c::ServiceAccount>(),
         ),
         spec(
             "",
@@ -152,8 +142,7 @@ pub fn all() -> Vec<ResourceDef> {
             "events",
             true,
             &["ev"],
-            decode::<c::Event>,
-            schema::<c::Event>,
+            typed::<c::Event>(),
         ),
         spec(
             "",
@@ -162,8 +151,7 @@ pub fn all() -> Vec<ResourceDef> {
             "endpoints",
             true,
             &["ep"],
-            decode::<c::Endpoints>,
-            schema::<c::Endpoints>,
+            typed::<c::Endpoints>(),
         ),
         with(
             spec(
@@ -173,8 +161,7 @@ pub fn all() -> Vec<ResourceDef> {
                 "deployments",
                 true,
                 &["deploy"],
-                decode::<apps::v1::Deployment>,
-                schema::<apps::v1::Deployment>,
+                typed::<apps::v1::Deployment>(),
             ),
             true,
             true,
@@ -188,8 +175,7 @@ pub fn all() -> Vec<ResourceDef> {
                 "replicasets",
                 true,
                 &["rs"],
-                decode::<apps::v1::ReplicaSet>,
-                schema::<apps::v1::ReplicaSet>,
+                typed::<apps::v1::ReplicaSet>(),
             ),
             true,
             true,
@@ -203,8 +189,7 @@ pub fn all() -> Vec<ResourceDef> {
                 "horizontalpodautoscalers",
                 true,
                 &["hpa"],
-                decode::<autoscaling::v2::HorizontalPodAutoscaler>,
-                schema::<autoscaling::v2::HorizontalPodAutoscaler>,
+                typed::<autoscaling::v2::HorizontalPodAutoscaler>(),
             ),
             true,
             true,
@@ -217,8 +202,7 @@ pub fn all() -> Vec<ResourceDef> {
             "endpointslices",
             true,
             &[],
-            decode::<discovery::v1::EndpointSlice>,
-            schema::<discovery::v1::EndpointSlice>,
+            typed::<discovery::v1::EndpointSlice>(),
         ),
         spec(
             "coordination.k8s.io",
@@ -227,8 +211,7 @@ pub fn all() -> Vec<ResourceDef> {
             "leases",
             true,
             &[],
-            decode::<coordination::v1::Lease>,
-            schema::<coordination::v1::Lease>,
+            typed::<coordination::v1::Lease>(),
         ),
         with(
             spec(
@@ -238,8 +221,7 @@ pub fn all() -> Vec<ResourceDef> {
                 "poddisruptionbudgets",
                 true,
                 &["pdb"],
-                decode::<policy::v1::PodDisruptionBudget>,
-                schema::<policy::v1::PodDisruptionBudget>,
+                typed::<policy::v1::PodDisruptionBudget>(),
             ),
             false,
             true,
@@ -252,8 +234,7 @@ pub fn all() -> Vec<ResourceDef> {
             "events",
             true,
             &["ev"],
-            decode::<events::v1::Event>,
-            schema::<events::v1::Event>,
+            typed::<events::v1::Event>(),
         ),
         spec(
             "rbac.authorization.k8s.io",
@@ -262,8 +243,7 @@ pub fn all() -> Vec<ResourceDef> {
             "roles",
             true,
             &[],
-            decode::<rbac::v1::Role>,
-            schema::<rbac::v1::Role>,
+            typed::<rbac::v1::Role>(),
         ),
         spec(
             "rbac.authorization.k8s.io",
@@ -272,8 +252,7 @@ pub fn all() -> Vec<ResourceDef> {
             "clusterroles",
             false,
             &[],
-            decode::<rbac::v1::ClusterRole>,
-            schema::<rbac::v1::ClusterRole>,
+            typed::<rbac::v1::ClusterRole>(),
         ),
         spec(
             "rbac.authorization.k8s.io",
@@ -282,8 +261,7 @@ pub fn all() -> Vec<ResourceDef> {
             "rolebindings",
             true,
             &[],
-            decode::<rbac::v1::RoleBinding>,
-            schema::<rbac::v1::RoleBinding>,
+            typed::<rbac::v1::RoleBinding>(),
         ),
         spec(
             "rbac.authorization.k8s.io",
@@ -292,8 +270,7 @@ pub fn all() -> Vec<ResourceDef> {
             "clusterrolebindings",
             false,
             &[],
-            decode::<rbac::v1::ClusterRoleBinding>,
-            schema::<rbac::v1::ClusterRoleBinding>,
+            typed::<rbac::v1::ClusterRoleBinding>(),
         ),
         with(
             spec(
@@ -303,8 +280,7 @@ pub fn all() -> Vec<ResourceDef> {
                 "customresourcedefinitions",
                 false,
                 &["crd", "crds"],
-                decode::<CustomResourceDefinition>,
-                schema::<CustomResourceDefinition>,
+                typed::<CustomResourceDefinition>(),
             ),
             false,
             true,
