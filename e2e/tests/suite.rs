@@ -1,11 +1,15 @@
-//! The end-to-end suite: the same scenarios on any cluster. With `FLOTILLA_E2E_KUBECONFIG` (or
-//! `KUBECONFIG`) they run against that cluster, where the operator was installed with the chart;
+//! The end-to-end suite: the same scenarios on any cluster. With `FLOTILLA_E2E_KUBECONFIG` set to
+//! a kubeconfig they run against that cluster, where the operator was installed with the chart;
 //! without, each test starts a local kubesim cluster with the operator and runs the sample
 //! services as local processes.
 //!
 //! Every test runs in its own namespace labelled `e2e.flotilla.rs/test=<name>`, waits on
 //! conditions with deadlines, and prints the namespace's objects and Events when it fails.
-//! Failover scenarios live in `tests/failover.rs` and use the same harness.
+//!
+//! Failover scenarios (fault injection, ejection, failover and failback) go in
+//! `tests/failover.rs` with the same harness: `run_test` for the namespace and the failure report,
+//! `msvc::sample`/`apply_sample` for the services, `http::service_request` for traffic through a
+//! Service, and `Ctx::local()` to stop, start or restart the operator on the local cluster.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
