@@ -11,6 +11,7 @@ pub mod crd;
 mod defaults;
 mod discovery;
 mod error;
+mod events;
 pub mod faults;
 pub mod node;
 mod openapi;

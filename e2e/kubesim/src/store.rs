@@ -186,6 +186,17 @@ impl State {
             object.clone(),
         );
         self.record(res, ns, type_, object.clone(), prev);
+        if crate::events::is_events_v1(res) {
+            let core = crate::events::core_key();
+            let exists = self.get(&core, ns, name).is_some();
+            let mirrored = crate::events::to_core(&object);
+            let t = if exists {
+                EventType::Modified
+            } else {
+                EventType::Added
+            };
+            self.put(&core, ns, name, mirrored, t);
+        }
         object
     }
 
@@ -200,6 +211,9 @@ impl State {
         set_rv(&mut object, self.rv);
         let object = Arc::new(object);
         self.record(res, ns, EventType::Deleted, object.clone(), Some(removed));
+        if crate::events::is_events_v1(res) {
+            self.remove(&crate::events::core_key(), ns, name);
+        }
         Some(object)
     }
 

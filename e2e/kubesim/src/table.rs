@@ -67,6 +67,15 @@ fn columns(def: &ResourceDef, version: &str) -> Vec<PrinterColumn> {
             col("Port(s)", "string", "", "The ports of the service.", 0, "@ports"),
         ],
         ("", "namespaces") => vec![col("Status", "string", "", "The status of the namespace", 0, ".status.phase")],
+        ("", "events") => {
+            return vec![
+                col("Last Seen", "string", "", "Time since the event was last seen.", 0, "@lastseen"),
+                col("Type", "string", "", "Type of this event.", 0, ".type"),
+                col("Reason", "string", "", "Reason why this event was generated.", 0, ".reason"),
+                col("Object", "string", "", "The object this event is about.", 0, "@object"),
+                col("Message", "string", "", "A human-readable description of the event.", 0, ".message"),
+            ]
+        }
         _ => Vec::new(),
     };
     cols.push(age);
@@ -83,8 +92,14 @@ pub fn table(
     include_object: Option<&str>,
 ) -> Value {
     let cols = columns(def, version);
+    // Events list by time and object; their (generated) names only show with `-o wide`.
+    let name_priority = if def.group.is_empty() && def.plural == "events" {
+        1
+    } else {
+        0
+    };
     let mut defs = vec![json!({"name": "Name", "type": "string", "format": "name",
-        "description": "Name must be unique within a namespace.", "priority": 0})];
+        "description": "Name must be unique within a namespace.", "priority": name_priority})];
     for c in &cols {
         defs.push(json!({"name": c.name, "type": c.type_, "format": c.format, "description": c.description, "priority": c.priority}));
     }
@@ -149,6 +164,27 @@ fn cell(o: &Value, c: &PrinterColumn, now: jiff::Timestamp) -> Value {
                     .or_else(|| special("/status/reason"))
                     .or_else(|| special("/status/phase"))
             }
+        }
+        "@lastseen" => {
+            let ts = [
+                "/lastTimestamp",
+                "/eventTime",
+                "/metadata/creationTimestamp",
+            ]
+            .iter()
+            .find_map(|p| o.pointer(p).and_then(Value::as_str));
+            ts.map(|t| json!(age(t, now)))
+        }
+        "@object" => {
+            let kind = o
+                .pointer("/involvedObject/kind")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let name = o
+                .pointer("/involvedObject/name")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            Some(json!(format!("{}/{name}", kind.to_lowercase())))
         }
         "@restarts" => {
             let n: i64 = o
