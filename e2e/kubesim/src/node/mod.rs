@@ -51,8 +51,10 @@ pub struct NodeConfig {
     pub host_ip: Ipv4Addr,
     /// Crash-loop back-off (kubelet defaults: 10s doubling to 300s).
     pub backoff: Backoff,
-    /// Full resync period of every loop, in addition to watch-triggered passes. Also bounds how
-    /// late time-based transitions (minReadySeconds, progress deadlines) are noticed.
+    /// Full resync period of every loop, in addition to watch-triggered passes (default 5s).
+    /// Also bounds how late time-based transitions (minReadySeconds, progress deadlines) are
+    /// noticed. Each resync re-lists everything: with 100 idle pods, 1s costs about a fifth of
+    /// a core, 5s a few percent.
     pub resync: Duration,
     /// Upper bound on the termination grace period used when the node itself shuts down.
     pub shutdown_grace: Duration,
@@ -69,7 +71,7 @@ impl NodeConfig {
             service_range: Ipv4Range::new(Ipv4Addr::new(127, 1, 0, 0), 16),
             host_ip: Ipv4Addr::LOCALHOST,
             backoff: Backoff::default(),
-            resync: Duration::from_secs(1),
+            resync: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
         }
     }

@@ -164,7 +164,7 @@ fn scale(d: &Deployment, rs: &ReplicaSet, to: i32, revision: Option<i64>) -> [De
 pub fn plan(
     d: &Deployment,
     owned: &[ReplicaSet],
-    pods: &[Pod],
+    pods: &[&Pod],
     now: &Time,
 ) -> Vec<DeploymentAction> {
     let Some(spec) = d.spec.as_ref() else {
@@ -547,7 +547,7 @@ mod tests {
             },
             ..Default::default()
         };
-        let waiting = plan(&d2, std::slice::from_ref(&drained), &[old_pod], &now());
+        let waiting = plan(&d2, std::slice::from_ref(&drained), &[&old_pod], &now());
         assert!(creates(&waiting).is_empty(), "old pods still exist");
         let go = plan(&d2, &[drained], &[], &now());
         assert_eq!(creates(&go).len(), 1);

@@ -88,12 +88,9 @@ async fn pass(ctx: &NodeCtx) -> Result<(), kube::Error> {
             .filter(|rs| ns_of(*rs) == ns_of(d) && is_controlled_by(&rs.metadata, &uid))
             .cloned()
             .collect();
-        let ns_pods: Vec<Pod> = pods_by_ns
-            .get(&ns_of(d))
-            .map(|v| v.iter().map(|p| (*p).clone()).collect())
-            .unwrap_or_default();
+        let ns_pods: &[&Pod] = pods_by_ns.get(&ns_of(d)).map_or(&[], Vec::as_slice);
         let mut last_ok = true;
-        for action in deployment::plan(d, &owned, &ns_pods, &now) {
+        for action in deployment::plan(d, &owned, ns_pods, &now) {
             last_ok = run_deployment_action(ctx, d, action, last_ok).await;
         }
     }
@@ -120,7 +117,7 @@ async fn pass(ctx: &NodeCtx) -> Result<(), kube::Error> {
         if endpoints::managed_selector(svc).is_none() {
             continue;
         }
-        let ns_pods = pods_by_ns.get(&ns_of(svc)).cloned().unwrap_or_default();
+        let ns_pods: &[&Pod] = pods_by_ns.get(&ns_of(svc)).map_or(&[], Vec::as_slice);
         let existing: Vec<&EndpointSlice> = slices
             .iter()
             .filter(|s| {
@@ -131,7 +128,7 @@ async fn pass(ctx: &NodeCtx) -> Result<(), kube::Error> {
                         == Some(endpoints::MANAGED_BY)
             })
             .collect();
-        for action in endpoints::plan(svc, &ns_pods, &existing) {
+        for action in endpoints::plan(svc, ns_pods, &existing) {
             run_slice_action(ctx, &ns_of(svc), action).await;
         }
     }
