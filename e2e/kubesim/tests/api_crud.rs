@@ -277,6 +277,15 @@ async fn discovery_and_unsupported_requests() -> Result<()> {
         (code, v["reason"].as_str()),
         (415, Some("UnsupportedMediaType"))
     );
+    let (code, v) = raw(
+        &cluster,
+        "POST",
+        "/api/v1/namespaces/default/pods/p/exec",
+        "application/json",
+        None,
+    )
+    .await?;
+    assert_eq!((code, v["reason"].as_str()), (501, Some("NotImplemented")));
     let (code, _) = raw(
         &cluster,
         "PUT",

@@ -100,5 +100,15 @@ async fn scale_subresource_reads_and_writes_replicas() -> Result<()> {
         .await?;
     assert_eq!(scaled.spec.as_ref().and_then(|s| s.replicas), Some(4));
     assert_eq!(api.get("web").await?.spec.and_then(|s| s.replicas), Some(4));
+
+    // The scale writer now owns spec.replicas: applying another value conflicts.
+    let cfg = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 2}});
+    match api
+        .patch("web", &PatchParams::apply("flotilla"), &Patch::Apply(&cfg))
+        .await
+    {
+        Err(kube::Error::Api(s)) => assert_eq!(s.code, 409),
+        other => anyhow::bail!("expected a conflict, got {other:?}"),
+    }
     Ok(())
 }

@@ -116,6 +116,22 @@ pub fn handle(shared: &Arc<Shared>, req: Request) -> Result<Reply, ApiError> {
         (Some("binding"), &Method::POST) if def.plural == "pods" && def.group.is_empty() => {
             return scale::bind(shared, &def, req)
         }
+        (
+            Some(
+                other @ ("exec"
+                | "attach"
+                | "portforward"
+                | "proxy"
+                | "eviction"
+                | "ephemeralcontainers"
+                | "resize"),
+            ),
+            _,
+        ) if def.plural == "pods" && def.group.is_empty() => {
+            return Err(ApiError::unsupported(format!(
+                "the pods/{other} subresource (processes are not reachable through the API server)"
+            )))
+        }
         (Some(other), _) => {
             return Err(ApiError::no_route().with_message(format!(
                 "the server could not find the requested resource ({other} subresource)"

@@ -87,7 +87,9 @@ pub fn apply(
     let mut conflicts = Vec::new();
     let mut conflict_sets: Vec<(usize, FieldSet)> = Vec::new();
     for (i, e) in entries.iter().enumerate() {
-        if e.manager == manager || e.subresource.as_deref() != scope.subresource {
+        // Managers of other subresources count too: a field set through `scale` (an
+        // autoscaler) conflicts with applying `spec.replicas`, as on a real server.
+        if e.manager == manager {
             continue;
         }
         let common = fields::intersection(&applied_fields, &e.fields);
