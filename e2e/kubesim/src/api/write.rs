@@ -208,14 +208,6 @@ fn spec_part(v: &Value) -> Value {
     Value::Object(m)
 }
 
-fn without_rv(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("resourceVersion");
-    }
-    v
-}
-
 /// Stores a new object. `obj` has passed `check_kind`.
 pub fn commit_create(
     st: &mut State,
@@ -480,7 +472,8 @@ pub fn commit_update(
     if crd::is_crd(def) {
         crd::admit(st, &mut new, Some(old))?;
     }
-    if without_rv(&new) == without_rv(old) {
+    // `new` carries the old resourceVersion (copied above), so plain equality means no change.
+    if new == **old {
         return Ok((**old).clone());
     }
     let finished = new.pointer("/metadata/deletionTimestamp").is_some()
