@@ -101,7 +101,11 @@ async fn rolling_update_replaces_pods_and_scales_the_old_replica_set_to_zero() -
             && s.replicas == Some(2)
             && s.available_replicas == Some(2)
             && progressing.and_then(|c| c.reason).as_deref() == Some("NewReplicaSetAvailable");
-        Ok(done.then_some(()))
+        let revision = d
+            .metadata
+            .annotations
+            .and_then(|a| a.get("deployment.kubernetes.io/revision").cloned());
+        Ok((done && revision.as_deref() == Some("2")).then_some(()))
     })
     .await?;
     let sets = rs_api.list(&Default::default()).await?.items;

@@ -30,6 +30,8 @@ pub enum DeploymentAction {
         name: String,
     },
     WriteStatus(Box<DeploymentStatus>),
+    /// Set the Deployment's own revision annotation to its new ReplicaSet's revision.
+    SetRevision(String),
     Event {
         reason: &'static str,
         message: String,
@@ -284,6 +286,22 @@ pub fn plan(
     if actions.is_empty() && status::is_complete(d, &new_status) {
         actions.extend(cleanup(spec.revision_history_limit.unwrap_or(10), &old));
     }
+    let current_revision = match (&created, new_rs) {
+        (Some(_), _) => Some(max_old_revision + 1),
+        (None, Some(rs)) if revision(rs) <= max_old_revision => Some(max_old_revision + 1),
+        (None, Some(rs)) => Some(revision(rs)),
+        (None, None) => None,
+    };
+    let annotated = d
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(REVISION_ANNOTATION));
+    if let Some(rev) = current_revision.map(|r| r.to_string()) {
+        if annotated != Some(&rev) {
+            actions.push(DeploymentAction::SetRevision(rev));
+        }
+    }
     if d.status.as_ref() != Some(&new_status) {
         actions.push(DeploymentAction::WriteStatus(Box::new(new_status)));
     }
@@ -432,6 +450,11 @@ mod tests {
             panic!("expected a status write, got {first:?}");
         };
         d.status = Some(*s);
+        assert!(first.contains(&DeploymentAction::SetRevision("1".into())));
+        d.metadata.annotations = Some(BTreeMap::from([(
+            REVISION_ANNOTATION.to_string(),
+            "1".to_string(),
+        )]));
         assert!(plan(&d, &[rs], &[], &now()).is_empty());
     }
 

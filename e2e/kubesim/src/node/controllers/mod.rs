@@ -208,6 +208,15 @@ async fn run_deployment_action(
                 .map(|_| ());
             log_failure("delete replicaset", &name, r)
         }
+        DeploymentAction::SetRevision(revision) => {
+            let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+            let patch = json!({ "metadata": { "annotations": { rollout::REVISION_ANNOTATION: revision } } });
+            let r = api
+                .patch(&name_of(d), &pp, &Patch::Merge(&patch))
+                .await
+                .map(|_| ());
+            log_failure("deployment revision", &name_of(d), r)
+        }
         DeploymentAction::WriteStatus(status) => {
             let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
             let patch = json!({ "status": status });
