@@ -94,6 +94,12 @@ fn workspace_root() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// `CARGO_TARGET_DIR` (relative to the workspace root if relative), when set.
+fn custom_target_dir(root: &Path) -> Option<PathBuf> {
+    let dir = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty())?;
+    Some(root.join(dir))
+}
+
 fn require_file(root: &Path, rel: &str, what: &str) -> anyhow::Result<PathBuf> {
     let path = root.join(rel);
     if !path.is_file() {
@@ -210,7 +216,10 @@ async fn start_operator(
     state_dir: &Path,
     metrics: &str,
 ) -> anyhow::Result<Child> {
-    let bin = root.join(OPERATOR_BIN);
+    let bin = match custom_target_dir(root) {
+        Some(target) => target.join("debug").join("flotilla-operator"),
+        None => root.join(OPERATOR_BIN),
+    };
     if !bin.is_file() {
         cargo_build(root, &["flotilla-operator"]).await?;
     }
@@ -291,7 +300,10 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .images
         .clone()
         .unwrap_or_else(|| root.join("e2e/kubesim/images.yaml"));
-    let images = ImageTable::load(&images_path, &root)?;
+    let mut images = ImageTable::load(&images_path, &root)?;
+    if let Some(target) = custom_target_dir(&root) {
+        images = images.with_target_dir(&target);
+    }
     if args.demo {
         cargo_build(&root, &["users", "auth"]).await?;
     }

@@ -84,6 +84,17 @@ impl ImageTable {
         );
     }
 
+    /// Re-roots relative executables under `target/` at `target_dir` (for a `CARGO_TARGET_DIR`
+    /// outside the workspace).
+    pub fn with_target_dir(mut self, target_dir: &Path) -> Self {
+        for e in &mut self.entries {
+            if let Ok(rest) = e.executable.strip_prefix("target") {
+                e.executable = target_dir.join(rest);
+            }
+        }
+        self
+    }
+
     /// The executable for `image`, or `None` when no pattern matches (the pod cannot "pull" it).
     pub fn resolve(&self, image: &str) -> Option<PathBuf> {
         let image = normalize(image);
@@ -154,6 +165,22 @@ mod tests {
         );
         assert_eq!(table.resolve("flotilla/users:0.1.0"), None);
         assert!(table.resolve("docker.io/flotilla/auth:1").is_some());
+    }
+
+    #[test]
+    fn a_custom_target_dir_replaces_the_workspace_target() {
+        // Executables built into another target directory are still found.
+        let table = ImageTable::from_yaml(
+            "images:\n  - pattern: \"a:*\"\n    executable: target/debug/a\n  - pattern: \"b:*\"\n    executable: bin/b\n",
+            "/ws",
+        )
+        .expect("valid yaml")
+        .with_target_dir(Path::new("/elsewhere"));
+        assert_eq!(
+            table.resolve("a:1"),
+            Some(PathBuf::from("/elsewhere/debug/a"))
+        );
+        assert_eq!(table.resolve("b:1"), Some(PathBuf::from("/ws/bin/b")));
     }
 
     #[test]
