@@ -365,3 +365,27 @@ async fn deletion_waits_the_grace_period_then_kills_and_the_endpoint_terminates(
     sim.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn dropping_the_node_kills_its_processes() -> anyhow::Result<()> {
+    // A test that fails (or forgets shutdown) drops its Node: no pod process may survive that.
+    let mut sim = Sim::start().await?;
+    sim.pods()
+        .create(
+            &PostParams::default(),
+            &pod_of(&deployment("dropped", 1, IMAGE), "dropped"),
+        )
+        .await?;
+    wait_for(WAIT, "pod ready", || async {
+        Ok(is_ready(&sim.pods().get("dropped").await?).then_some(()))
+    })
+    .await?;
+    assert_eq!(processes_of("dropped").len(), 1);
+    drop(sim.node.take());
+    wait_for(WAIT, "process killed", || async {
+        Ok(processes_of("dropped").is_empty().then_some(()))
+    })
+    .await?;
+    sim.shutdown().await;
+    Ok(())
+}
