@@ -178,8 +178,14 @@ async fn crud_on_sqlite() -> Result<()> {
 
 #[tokio::test]
 async fn crud_on_postgres_when_configured() -> Result<()> {
-    // The same queries work on PostgreSQL; skipped unless TEST_POSTGRES_URL is set.
+    // The same queries work on PostgreSQL. The test command starts a server and sets
+    // TEST_POSTGRES_URL and FLOTILLA_REQUIRE_POSTGRES, so there a missing server is a failure;
+    // a plain `cargo test` without a server skips this round trip and says so.
     let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+        anyhow::ensure!(
+            std::env::var_os("FLOTILLA_REQUIRE_POSTGRES").is_none(),
+            "FLOTILLA_REQUIRE_POSTGRES is set but TEST_POSTGRES_URL is not"
+        );
         eprintln!("TEST_POSTGRES_URL not set: PostgreSQL round trip skipped");
         return Ok(());
     };
