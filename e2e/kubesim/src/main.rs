@@ -33,13 +33,13 @@ const OPERATOR_BIN: &str = "target/debug/flotilla-operator";
 )]
 struct Cli {
     #[command(subcommand)]
-    command: Option<Command_>,
+    command: Option<Sub>,
     #[command(flatten)]
     up: UpArgs,
 }
 
 #[derive(Subcommand)]
-enum Command_ {
+enum Sub {
     /// Start the API server and the node (the default).
     Up(UpArgs),
     /// Start the API server only; pods stay Pending.
@@ -386,8 +386,8 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         None => up(cli.up).await,
-        Some(Command_::Up(args)) => up(args).await,
-        Some(Command_::Serve(common)) => serve(common).await,
+        Some(Sub::Up(args)) => up(args).await,
+        Some(Sub::Serve(common)) => serve(common).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
