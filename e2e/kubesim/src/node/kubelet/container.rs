@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::env::{self, EnvInputs};
 use super::pod::PodShared;
-use super::probe::{check_for, ProbeKind, ProbeParams, ProbeState};
+use super::probe::{check_for, ProbeCheck, ProbeKind, ProbeParams, ProbeState};
 use super::status::RunState;
 use super::{probe_run, volumes};
 use crate::node::events::Severity;
@@ -239,24 +239,28 @@ pub(super) async fn run_init(
     }
 }
 
+/// Starts the container's probes; returns whether it has startup and readiness probes, and the
+/// kinds of probe kubesim cannot run (they count as passing).
 fn probe_tasks(
     c: &Container,
     shared: &PodShared,
     started: &watch::Receiver<bool>,
     flips: &mpsc::Sender<probe_run::Flip>,
     token: &CancellationToken,
-) -> (bool, bool) {
+) -> ((bool, bool), Vec<&'static str>) {
     let probes = [
         (ProbeKind::Startup, c.startup_probe.as_ref()),
         (ProbeKind::Readiness, c.readiness_probe.as_ref()),
         (ProbeKind::Liveness, c.liveness_probe.as_ref()),
     ];
     let mut has = (false, false);
+    let mut unsupported = Vec::new();
     for (kind, probe) in probes {
         let Some(probe) = probe else { continue };
-        let Some(check) = check_for(probe, c, shared.pod_ip) else {
-            continue;
-        };
+        let check = check_for(probe, c, shared.pod_ip);
+        if let ProbeCheck::Unsupported(what) = check {
+            unsupported.push(what);
+        }
         match kind {
             ProbeKind::Startup => has.0 = true,
             ProbeKind::Readiness => has.1 = true,
@@ -271,7 +275,7 @@ fn probe_tasks(
             token.clone(),
         ));
     }
-    has
+    (has, unsupported)
 }
 
 enum Outcome {
@@ -403,8 +407,17 @@ pub(super) async fn run(
         let probe_token = token.child_token();
         let (flip_tx, mut flips) = mpsc::channel(8);
         let (started_tx, started_rx) = watch::channel(c.startup_probe.is_none());
-        let (has_startup, has_readiness) =
+        let ((has_startup, has_readiness), unsupported) =
             probe_tasks(&c, &shared, &started_rx, &flip_tx, &probe_token);
+        for what in unsupported {
+            let text = format!(
+                "{what} probes are not run by kubesim; container {} is treated as passing them",
+                c.name
+            );
+            shared
+                .event(Severity::Warning, "ProbeNotSimulated", text)
+                .await;
+        }
         shared.update_container(index, |s| {
             s.state = RunState::Running {
                 started_at: started_at.clone(),

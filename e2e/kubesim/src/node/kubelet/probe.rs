@@ -59,6 +59,9 @@ pub enum ProbeCheck {
     Tcp { addr: (Ipv4Addr, u16) },
     /// A probe kubesim cannot run (exec, gRPC, HTTPS); it is treated as passing and reported.
     Unsupported(&'static str),
+    /// A probe that cannot be run as written (a named port the container does not declare);
+    /// it always fails, with this message.
+    Invalid(String),
 }
 
 fn resolve_port(container: &Container, port: &IntOrString) -> Option<u16> {
@@ -73,13 +76,17 @@ fn resolve_port(container: &Container, port: &IntOrString) -> Option<u16> {
     }
 }
 
-/// The check a probe spec describes, against the pod's IP. `None` when a named port is unknown.
-pub fn check_for(probe: &Probe, container: &Container, pod_ip: Ipv4Addr) -> Option<ProbeCheck> {
+/// The check a probe spec describes, against the pod's IP.
+pub fn check_for(probe: &Probe, container: &Container, pod_ip: Ipv4Addr) -> ProbeCheck {
+    let unknown =
+        |port: &IntOrString| ProbeCheck::Invalid(format!("unknown port {port:?} in probe"));
     if let Some(h) = &probe.http_get {
         if h.scheme.as_deref() == Some("HTTPS") {
-            return Some(ProbeCheck::Unsupported("HTTPS"));
+            return ProbeCheck::Unsupported("HTTPS");
         }
-        let port = resolve_port(container, &h.port)?;
+        let Some(port) = resolve_port(container, &h.port) else {
+            return unknown(&h.port);
+        };
         let host = h
             .host
             .as_deref()
@@ -100,7 +107,7 @@ pub fn check_for(probe: &Probe, container: &Container, pod_ip: Ipv4Addr) -> Opti
             .clone()
             .filter(|p| !p.is_empty())
             .unwrap_or_else(|| "/".into());
-        return Some(ProbeCheck::Http {
+        return ProbeCheck::Http {
             addr: (host, port),
             path,
             host_header,
@@ -108,21 +115,23 @@ pub fn check_for(probe: &Probe, container: &Container, pod_ip: Ipv4Addr) -> Opti
                 .into_iter()
                 .filter(|(k, _)| !k.eq_ignore_ascii_case("host"))
                 .collect(),
-        });
+        };
     }
     if let Some(t) = &probe.tcp_socket {
-        let port = resolve_port(container, &t.port)?;
+        let Some(port) = resolve_port(container, &t.port) else {
+            return unknown(&t.port);
+        };
         let host = t
             .host
             .as_deref()
             .and_then(|h| h.parse().ok())
             .unwrap_or(pod_ip);
-        return Some(ProbeCheck::Tcp { addr: (host, port) });
+        return ProbeCheck::Tcp { addr: (host, port) };
     }
     if probe.exec.is_some() {
-        return Some(ProbeCheck::Unsupported("exec"));
+        return ProbeCheck::Unsupported("exec");
     }
-    Some(ProbeCheck::Unsupported("grpc"))
+    ProbeCheck::Unsupported("grpc")
 }
 
 /// Consecutive results → the probe's current verdict.
@@ -217,6 +226,56 @@ mod tests {
         assert_eq!(s.observe(false), Some(false));
         let mut s = ProbeState::new(ProbeKind::Startup, params(1, 2));
         assert_eq!(s.observe(true), Some(true));
+    }
+
+    #[test]
+    fn probe_specs_become_checks_against_the_pod_ip() {
+        // Named ports resolve through the container; an unknown one is a failing check, and
+        // exec probes are reported as unsupported rather than silently dropped.
+        use k8s_openapi::api::core::v1::{
+            ContainerPort, ExecAction, HTTPGetAction, TCPSocketAction,
+        };
+        let c = Container {
+            ports: Some(vec![ContainerPort {
+                name: Some("http".into()),
+                container_port: 8080,
+                ..Default::default()
+            }]),
+            ..Default::default()
+        };
+        let ip = Ipv4Addr::new(127, 2, 0, 9);
+        let http = Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/readyz".into()),
+                port: IntOrString::String("http".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            check_for(&http, &c, ip),
+            ProbeCheck::Http {
+                addr: (ip, 8080),
+                path: "/readyz".into(),
+                host_header: "127.2.0.9:8080".into(),
+                headers: vec![]
+            }
+        );
+        let tcp = Probe {
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::String("grpc".into()),
+                host: None,
+            }),
+            ..Default::default()
+        };
+        assert!(matches!(check_for(&tcp, &c, ip), ProbeCheck::Invalid(_)));
+        let exec = Probe {
+            exec: Some(ExecAction {
+                command: Some(vec!["true".into()]),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(check_for(&exec, &c, ip), ProbeCheck::Unsupported("exec"));
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub async fn check(c: &ProbeCheck, timeout: Duration) -> Result<(), String> {
                 .map(|_| ())
                 .map_err(|e| format!("dial tcp {}:{}: {e}", addr.0, addr.1)),
             ProbeCheck::Unsupported(_) => Ok(()),
+            ProbeCheck::Invalid(message) => Err(message.clone()),
         }
     };
     tokio::time::timeout(timeout, fut)
