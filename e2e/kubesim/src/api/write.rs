@@ -200,12 +200,17 @@ fn random_suffix() -> String {
         .collect()
 }
 
-/// The parts of an object that count as its spec for `metadata.generation`.
-fn spec_part(v: &Value) -> Value {
-    let mut m = v.as_object().cloned().unwrap_or_default();
-    m.remove("metadata");
-    m.remove("status");
-    Value::Object(m)
+/// Whether anything that counts as spec for `metadata.generation` differs (all but
+/// metadata and status).
+fn spec_changed(a: &Value, b: &Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a != b;
+    };
+    let outside = |k: &String| k != "metadata" && k != "status";
+    a.iter().filter(|(k, _)| outside(k)).count() != b.iter().filter(|(k, _)| outside(k)).count()
+        || a.iter()
+            .filter(|(k, _)| outside(k))
+            .any(|(k, v)| b.get(k) != Some(v))
 }
 
 /// Stores a new object. `obj` has passed `check_kind`.
@@ -463,7 +468,7 @@ pub fn commit_update(
         .pointer("/metadata/generation")
         .and_then(Value::as_i64)
         .unwrap_or(1);
-    let generation = if spec_part(&new) != spec_part(old) {
+    let generation = if spec_changed(&new, old) {
         generation + 1
     } else {
         generation

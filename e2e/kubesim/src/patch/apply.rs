@@ -135,7 +135,7 @@ pub fn apply(
     let dropped = fields::difference(&fields::difference(&prev, &applied_fields), &others);
     fields::remove(&mut merged, &dropped);
 
-    let content_changed = strip_managed(&merged) != strip_managed(&live_obj);
+    let content_changed = content_differs(&merged, &live_obj);
     match own {
         Some(i) => {
             if content_changed || entries[i].fields != applied_fields {
@@ -158,13 +158,34 @@ pub fn apply(
     Ok(merged)
 }
 
-fn strip_managed(v: &Value) -> Value {
-    let mut v = v.clone();
-    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.remove("managedFields");
-        m.remove("resourceVersion");
+/// Whether two objects differ other than in managedFields and resourceVersion.
+fn content_differs(a: &Value, b: &Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else {
+        return a != b;
+    };
+    let keys_a = a.keys().filter(|k| *k != "metadata").count();
+    let keys_b = b.keys().filter(|k| *k != "metadata").count();
+    if keys_a != keys_b
+        || a.iter()
+            .any(|(k, v)| k != "metadata" && b.get(k) != Some(v))
+    {
+        return true;
     }
-    v
+    let empty = Map::new();
+    let ma = a
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let mb = b
+        .get("metadata")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    let skip = |k: &String| k != "managedFields" && k != "resourceVersion";
+    ma.iter().filter(|(k, _)| skip(k)).count() != mb.iter().filter(|(k, _)| skip(k)).count()
+        || ma
+            .iter()
+            .filter(|(k, _)| skip(k))
+            .any(|(k, v)| mb.get(k) != Some(v))
 }
 
 fn path_set(path: &[String]) -> FieldSet {
