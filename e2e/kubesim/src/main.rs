@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::pinned_kind;
-use kubesim::node::{self, ImageTable, NodeConfig};
+use kubesim::node::{self, ImageTable, Ipv4Range, NodeConfig};
 use kubesim::{Cluster, ClusterConfig};
 use serde::Deserialize;
 use tokio::process::{Child, Command};
@@ -76,6 +76,12 @@ struct UpArgs {
     /// Base of the crash-loop back-off in seconds (the kubelet's is 10).
     #[arg(long, default_value_t = 10)]
     backoff_base_seconds: u64,
+    /// Loopback range for pod IPs.
+    #[arg(long, default_value = "127.2.0.0/16", value_parser = Ipv4Range::parse_loopback)]
+    pod_cidr: Ipv4Range,
+    /// Loopback range for Service cluster IPs.
+    #[arg(long, default_value = "127.1.0.0/16", value_parser = Ipv4Range::parse_loopback)]
+    service_cidr: Ipv4Range,
 }
 
 /// The workspace root: the nearest ancestor of the current directory with a `[workspace]`
@@ -311,6 +317,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     let client = cluster.client();
     let mut config = NodeConfig::new(&state_dir, images);
     config.backoff.base = Duration::from_secs(args.backoff_base_seconds.max(1));
+    config.pod_range = args.pod_cidr;
+    config.service_range = args.service_cidr;
     let node = node::start(client.clone(), config).await?;
     print_usage(&cluster);
     let mut operator = None;

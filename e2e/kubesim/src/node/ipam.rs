@@ -24,6 +24,23 @@ impl Ipv4Range {
         (start, start.saturating_add((size - 1) as u32))
     }
 
+    /// Parses `a.b.c.d/n`, the range having to lie in the loopback network 127.0.0.0/8.
+    pub fn parse_loopback(text: &str) -> Result<Self, String> {
+        let (ip, prefix) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not of the form a.b.c.d/n"))?;
+        let base: Ipv4Addr = ip.parse().map_err(|e| format!("{ip:?}: {e}"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| (8..=30).contains(p))
+            .ok_or_else(|| format!("prefix in {text:?} must be between 8 and 30"))?;
+        if !base.is_loopback() {
+            return Err(format!("{text:?} is not a loopback range (127.0.0.0/8)"));
+        }
+        Ok(Self::new(base, prefix))
+    }
+
     /// Whether `ip` lies in the range.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         let (lo, hi) = self.bounds();
@@ -108,6 +125,18 @@ mod tests {
         assert_eq!(pool.allocate(), Some(Ipv4Addr::new(127, 2, 0, 3)));
         pool.release(Ipv4Addr::new(127, 2, 0, 2));
         assert_eq!(pool.allocate(), Some(Ipv4Addr::new(127, 2, 0, 2)));
+    }
+
+    #[test]
+    fn only_loopback_ranges_parse() {
+        // kubesim never hands out addresses outside 127.0.0.0/8.
+        assert_eq!(
+            Ipv4Range::parse_loopback("127.20.0.0/16"),
+            Ok(Ipv4Range::new(Ipv4Addr::new(127, 20, 0, 0), 16))
+        );
+        assert!(Ipv4Range::parse_loopback("10.0.0.0/16").is_err());
+        assert!(Ipv4Range::parse_loopback("127.0.0.0/4").is_err());
+        assert!(Ipv4Range::parse_loopback("127.0.0.0").is_err());
     }
 
     #[test]

@@ -1,0 +1,118 @@
+//! The `kubesim up` binary: its kubeconfig works, its pods serve through cluster IPs, and SIGTERM
+//! stops it together with every pod process.
+
+pub mod node_support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, ListParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use node_support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn kubesim_up_runs_pods_and_stops_them_on_sigterm() -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let images = dir.path().join("images.yaml");
+    let table = format!(
+        "images:\n  - pattern: \"kubesim/testpod:*\"\n    executable: {}\n",
+        env!("CARGO_BIN_EXE_kubesim-testpod")
+    );
+    std::fs::write(&images, table)?;
+    // Address ranges of this test process only (other suites use 127.1/127.2 and 127.10-209).
+    let pid = std::process::id();
+    let (a, b) = (210 + pid % 40, (pid / 40) % 256);
+    let mut kubesim = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubesim"))
+        .arg("up")
+        .arg("--state-dir")
+        .arg(dir.path())
+        .arg("--images")
+        .arg(&images)
+        .arg("--pod-cidr")
+        .arg(format!("127.{a}.{b}.0/25"))
+        .arg("--service-cidr")
+        .arg(format!("127.{a}.{b}.128/25"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = kubesim.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let kubeconfig = tokio::time::timeout(WAIT, async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(path) = line.strip_prefix("export KUBECONFIG=") {
+                return anyhow::Ok(path.to_string());
+            }
+        }
+        anyhow::bail!("kubesim exited without printing the export line")
+    })
+    .await
+    .context("waiting for the export line")??;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let config = kube::Config::from_custom_kubeconfig(
+        Kubeconfig::read_from(&kubeconfig)?,
+        &KubeConfigOptions::default(),
+    )
+    .await?;
+    let client = kube::Client::try_from(config)?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "default");
+    let services: Api<Service> = Api::namespaced(client.clone(), "default");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
+    services
+        .create(&PostParams::default(), &service("cli"))
+        .await?;
+    deployments
+        .create(&PostParams::default(), &deployment("cli", 2, IMAGE))
+        .await?;
+    let ready = wait_for(WAIT, "2 ready pods", || async {
+        let list = pods
+            .list(&ListParams::default().labels("app=cli"))
+            .await?
+            .items;
+        Ok((list.len() == 2 && list.iter().all(is_ready)).then_some(list))
+    })
+    .await?;
+    let ip = wait_for(WAIT, "cluster IP", || async {
+        Ok(services
+            .get("cli")
+            .await?
+            .spec
+            .and_then(|s| s.cluster_ip)
+            .filter(|ip| !ip.is_empty()))
+    })
+    .await?;
+    assert!(
+        ip.starts_with(&format!("127.{a}.{b}.")),
+        "cluster IP {ip} from --service-cidr"
+    );
+    let vip = format!("{ip}:8080").parse()?;
+    wait_for(WAIT, "traffic through the cluster IP", || async {
+        Ok(
+            matches!(http_get(vip, "/").await, Ok((200, body)) if body.starts_with("pod=cli-"))
+                .then_some(()),
+        )
+    })
+    .await?;
+    let names: Vec<String> = ready
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert!(names.iter().all(|n| processes_of(n).len() == 1));
+
+    let kubesim_pid = kubesim.id().context("kubesim pid")?;
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(kubesim_pid.to_string())
+        .status()?;
+    let status = tokio::time::timeout(WAIT, kubesim.wait()).await??;
+    assert!(status.success(), "kubesim exited with {status}");
+    let left: usize = names.iter().map(|n| processes_of(n).len()).sum();
+    assert_eq!(left, 0, "no pod process outlives kubesim");
+    Ok(())
+}
