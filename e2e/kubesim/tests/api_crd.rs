@@ -248,3 +248,53 @@ async fn deleting_the_crd_removes_its_objects() -> Result<()> {
     assert_eq!(code, 404);
     Ok(())
 }
+
+#[tokio::test]
+async fn cluster_scoped_multi_version_crd() -> Result<()> {
+    // A cluster-scoped CRD with two served versions serves the same objects under both.
+    let cluster = start().await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client());
+    let schema = json!({"openAPIV3Schema": {"type": "object", "properties": {
+        "spec": {"type": "object", "properties": {"size": {"type": "integer", "default": 3}}}}}});
+    let crd: CustomResourceDefinition = serde_json::from_value(json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "pools.example.com"},
+        "spec": {"group": "example.com", "scope": "Cluster",
+            "names": {"kind": "Pool", "plural": "pools", "singular": "pool"},
+            "versions": [
+                {"name": "v1", "served": true, "storage": true, "schema": schema},
+                {"name": "v1beta1", "served": true, "storage": false, "schema": schema}]}
+    }))?;
+    crds.create(&PostParams::default(), &crd).await?;
+    let v1 = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.com", "v1", "Pool"),
+        "pools",
+    );
+    let beta = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("example.com", "v1beta1", "Pool"),
+        "pools",
+    );
+    let pools_v1: Api<DynamicObject> = Api::all_with(cluster.client(), &v1);
+    let pools_beta: Api<DynamicObject> = Api::all_with(cluster.client(), &beta);
+    let obj: DynamicObject =
+        serde_json::from_value(json!({"apiVersion": "example.com/v1beta1", "kind": "Pool",
+        "metadata": {"name": "p"}, "spec": {}}))?;
+    let created = pools_beta.create(&PostParams::default(), &obj).await?;
+    assert_eq!(created.metadata.namespace, None);
+    assert_eq!(created.data["spec"]["size"], 3);
+    let via_v1 = pools_v1.get("p").await?;
+    assert_eq!(
+        via_v1.types.map(|t| t.api_version),
+        Some("example.com/v1".to_string())
+    );
+    let (code, _) = raw(
+        &cluster,
+        "GET",
+        "/apis/example.com/v1/namespaces/default/pools/p",
+        "",
+        None,
+    )
+    .await?;
+    assert_eq!(code, 404);
+    Ok(())
+}

@@ -346,3 +346,55 @@ async fn non_object_bodies_are_bad_requests() -> Result<()> {
     assert_eq!(code, 200);
     Ok(())
 }
+
+#[tokio::test]
+async fn namespaces_get_their_name_label_and_pods_bind() -> Result<()> {
+    // New namespaces carry kubernetes.io/metadata.name; pods/binding assigns a node once.
+    let cluster = start().await?;
+    let namespaces: Api<Namespace> = Api::all(cluster.client());
+    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "team-a"}}))?;
+    let created = namespaces.create(&PostParams::default(), &ns).await?;
+    assert_eq!(
+        created
+            .metadata
+            .labels
+            .unwrap_or_default()
+            .get("kubernetes.io/metadata.name")
+            .map(String::as_str),
+        Some("team-a")
+    );
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(cluster.client(), "team-a");
+    let pod = serde_json::from_value(
+        json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+    )?;
+    pods.create(&PostParams::default(), &pod).await?;
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "p"}, "target": {"kind": "Node", "name": "kubesim"}});
+    let path = "/api/v1/namespaces/team-a/pods/p/binding";
+    let (code, _) = raw(
+        &cluster,
+        "POST",
+        path,
+        "application/json",
+        Some(binding.to_string()),
+    )
+    .await?;
+    assert_eq!(code, 201);
+    assert_eq!(
+        pods.get("p")
+            .await?
+            .spec
+            .and_then(|s| s.node_name)
+            .as_deref(),
+        Some("kubesim")
+    );
+    let (code, _) = raw(
+        &cluster,
+        "POST",
+        path,
+        "application/json",
+        Some(binding.to_string()),
+    )
+    .await?;
+    assert_eq!(code, 409);
+    Ok(())
+}
