@@ -214,8 +214,10 @@ async fn route(shared: Arc<Shared>, addr: &str, req: hyper::Request<Incoming>) -
         accept: header(header::ACCEPT),
         user_agent: header(header::USER_AGENT),
         body,
+        warnings: api::Warnings::default(),
     };
-    match api::handle(&shared, request) {
+    let warnings = request.warnings.clone();
+    let mut response = match api::handle(&shared, request) {
         Ok(Reply::Json(code, v)) => json_response(code, &v),
         Ok(Reply::Stream(rx)) => stream_response(rx),
         Ok(Reply::TextStream(rx)) => stream_response_as(rx, "text/plain"),
@@ -227,7 +229,14 @@ async fn route(shared: Arc<Shared>, addr: &str, req: hyper::Request<Incoming>) -
             r
         }
         Err(e) => error_response(&e),
+    };
+    for w in warnings.take() {
+        let text = format!("299 - {}", serde_json::Value::String(w));
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            response.headers_mut().append(header::WARNING, v);
+        }
     }
+    response
 }
 
 /// The admin API: `POST /kubesim/faults` (a [`FaultRule`]), `POST /kubesim/latency` (a

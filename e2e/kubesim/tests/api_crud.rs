@@ -172,6 +172,23 @@ async fn type_errors_and_strict_unknown_fields_are_400() -> Result<()> {
     .await?;
     assert_eq!(code, 201);
     assert!(body.get("bogus").is_none());
+    let resp = reqwest::Client::new()
+        .post(format!("{}{path}", cluster.url()))
+        .header("content-type", "application/json")
+        .body(
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "w"}, "bogus": 1})
+                .to_string(),
+        )
+        .send()
+        .await?;
+    assert_eq!(resp.status().as_u16(), 201);
+    let warning = resp
+        .headers()
+        .get("warning")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    assert_eq!(warning, "299 - \"unknown field \\\"bogus\\\"\"");
     Ok(())
 }
 

@@ -43,6 +43,28 @@ pub struct Request {
     pub accept: String,
     pub user_agent: String,
     pub body: Bytes,
+    /// Warnings for the response's `Warning` headers (shared with the server, which reads
+    /// them after the handler returns).
+    pub warnings: Warnings,
+}
+
+/// Warnings collected while handling one request.
+#[derive(Debug, Clone, Default)]
+pub struct Warnings(Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Warnings {
+    pub fn push(&self, w: String) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(w);
+        }
+    }
+
+    pub fn take(&self) -> Vec<String> {
+        self.0
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default()
+    }
 }
 
 /// What a handler answers.

@@ -178,6 +178,7 @@ pub fn handle(
         subresource: Some("scale"),
         dry_run: req.query.dry_run(),
         strict: false,
+        warn: None,
     };
     let out = commit_update(&mut st, &w, &old, updated, Managed::Update(req.manager()))?;
     Ok(Reply::Json(
@@ -230,6 +231,7 @@ pub fn bind(shared: &Arc<Shared>, def: &Arc<ResourceDef>, req: Request) -> Resul
         subresource: None,
         dry_run: false,
         strict: false,
+        warn: None,
     };
     commit_update(&mut st, &w, &old, updated, Managed::Update(req.manager()))?;
     Ok(Reply::Json(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::read::present;
-use super::{now, parse_body, Reply, Request, Shared};
+use super::{now, parse_body, Reply, Request, Shared, Warnings};
 use crate::patch::listtype::Oracle;
 use crate::patch::managed::{self, Scope};
 use crate::patch::{apply, strategic};
@@ -31,6 +31,8 @@ pub struct WriteCtx<'a> {
     pub subresource: Option<&'a str>,
     pub dry_run: bool,
     pub strict: bool,
+    /// Unknown fields are reported as `Warning` headers unless `fieldValidation=Ignore`.
+    pub warn: Option<&'a Warnings>,
 }
 
 impl<'a> WriteCtx<'a> {
@@ -41,6 +43,7 @@ impl<'a> WriteCtx<'a> {
             subresource: req.target.subresource.as_deref(),
             dry_run: req.query.dry_run(),
             strict: req.query.get("fieldValidation") == Some("Strict"),
+            warn: (req.query.get("fieldValidation") != Some("Ignore")).then_some(&req.warnings),
         }
     }
 
@@ -165,6 +168,11 @@ pub fn normalize(w: &WriteCtx, obj: Value) -> Result<Value, ApiError> {
         let processed = schema::process(schema, obj);
         (processed.object, processed.unknown, processed.causes)
     };
+    if let (false, Some(warnings)) = (w.strict, w.warn) {
+        for u in &unknown {
+            warnings.push(format!("unknown field {u:?}"));
+        }
+    }
     if w.strict && !unknown.is_empty() {
         let list: Vec<String> = unknown
             .iter()
