@@ -356,6 +356,50 @@ fn endpoint_slice(obj: &Value, causes: &mut Vec<Cause>) {
     }
 }
 
+fn hpa(obj: &Value, causes: &mut Vec<Cause>) {
+    let min = obj
+        .pointer("/spec/minReplicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let max = obj
+        .pointer("/spec/maxReplicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    if min < 1 {
+        causes.push(Cause::invalid(
+            "spec.minReplicas",
+            &Value::from(min),
+            "must be greater than or equal to 1",
+        ));
+    }
+    if max < min {
+        causes.push(Cause::invalid(
+            "spec.maxReplicas",
+            &Value::from(max),
+            "must be greater than or equal to `minReplicas`",
+        ));
+    }
+    for f in ["kind", "name"] {
+        if str_at(obj, &format!("/spec/scaleTargetRef/{f}"))
+            .unwrap_or("")
+            .is_empty()
+        {
+            causes.push(Cause::required(format!("spec.scaleTargetRef.{f}")));
+        }
+    }
+}
+
+fn pdb(obj: &Value, causes: &mut Vec<Cause>) {
+    if obj.pointer("/spec/minAvailable").is_some() && obj.pointer("/spec/maxUnavailable").is_some()
+    {
+        causes.push(Cause::invalid(
+            "spec",
+            obj.pointer("/spec").unwrap_or(&Value::Null),
+            "minAvailable and maxUnavailable cannot be both set",
+        ));
+    }
+}
+
 /// Kind-specific validation for built-ins (after decoding); returns every cause found.
 pub fn builtin(group: &str, kind: &str, obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
@@ -369,6 +413,8 @@ pub fn builtin(group: &str, kind: &str, obj: &Value) -> Vec<Cause> {
         },
         ("", "Service") => service(obj, &mut causes),
         ("discovery.k8s.io", "EndpointSlice") => endpoint_slice(obj, &mut causes),
+        ("autoscaling", "HorizontalPodAutoscaler") => hpa(obj, &mut causes),
+        ("policy", "PodDisruptionBudget") => pdb(obj, &mut causes),
         ("", "ConfigMap") | ("", "Secret") => {
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(m) = obj.get(field).and_then(Value::as_object) {
@@ -425,6 +471,17 @@ mod tests {
         let s = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}, {"port": 81}]}});
         let causes = builtin("", "Service", &s);
         assert!(causes.iter().any(|c| c.field == "spec.ports[0].name"));
+    }
+
+    #[test]
+    fn hpa_bounds_are_checked() {
+        // maxReplicas below minReplicas is rejected, as is a missing scale target.
+        let h = json!({"metadata": {"name": "h"}, "spec": {"minReplicas": 3, "maxReplicas": 2, "scaleTargetRef": {"kind": "Deployment"}}});
+        let fields: Vec<String> = builtin("autoscaling", "HorizontalPodAutoscaler", &h)
+            .into_iter()
+            .map(|c| c.field)
+            .collect();
+        assert_eq!(fields, vec!["spec.maxReplicas", "spec.scaleTargetRef.name"]);
     }
 
     #[test]
