@@ -94,7 +94,8 @@ fn member(d: &Desired, svc: &str, pod: &str) -> Option<Membership> {
 fn start(inv: Inventory) -> (watch::Sender<Arc<Inventory>>, EngineOutputs, Metrics) {
     let (tx, rx) = watch::channel(Arc::new(inv));
     let metrics = Metrics::new().expect("metrics");
-    let (out, _task) = engine::spawn(rx, metrics.clone(), EngineConfig::default());
+    let (out, _thread) =
+        engine::spawn(rx, metrics.clone(), EngineConfig::default()).expect("engine");
     (tx, out, metrics)
 }
 

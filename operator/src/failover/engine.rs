@@ -1,12 +1,13 @@
 //! The prober/decider task: keeps one health state machine per pod, schedules probes, turns
 //! results into verdicts and verdicts into decisions, and publishes them as values for the writer.
 //!
-//! Task layout: one engine task owns all state (no locks). Each probe runs as its own short task
+//! Task layout: one engine task on a dedicated single-threaded runtime owns all state (no locks). Each probe runs as its own short task
 //! in a `JoinSet`, holding a semaphore permit; a probe ends within twice the probe timeout (the
 //! readiness request, then an optional scrape), so no probe task outlives its timeouts. When all
 //! permits are taken, a due probe is skipped until the pod's next period rather than queued.
-//! Decisions are recomputed right after a verdict changes and every `decide_every` (for the
-//! time-based recovery window). Runs on every replica; only the writer is leader-gated.
+//! Decisions are recomputed right after a verdict or the inventory changes, every `decide_every`
+//! while a recovery or flap window runs, and once a second otherwise (to refresh evidence).
+//! Runs on every replica; only the writer is leader-gated.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -64,6 +65,7 @@ pub struct EngineOutputs {
 
 struct PodEntry {
     health: PodHealth,
+    kubelet_ready: bool,
     window: ErrorWindow,
     in_flight: bool,
     next_due: Instant,
@@ -90,29 +92,41 @@ struct Engine {
     cfg: EngineConfig,
 }
 
-/// Starts the engine on the current runtime. It stops when `inventory`'s sender is dropped.
+/// Starts the engine on its own thread with a single-threaded runtime: the engine, its probe
+/// tasks and the HTTP client's connection tasks then wake each other without cross-thread
+/// hand-offs, which is most of the cost of a loopback probe, and probing cannot starve the
+/// reconciler (or be starved by it). It stops when `inventory`'s sender is dropped.
 pub fn spawn(
     inventory: watch::Receiver<Arc<Inventory>>,
     metrics: Metrics,
     cfg: EngineConfig,
-) -> (EngineOutputs, tokio::task::JoinHandle<()>) {
+) -> std::io::Result<(EngineOutputs, std::thread::JoinHandle<()>)> {
     let (desired_tx, desired) = watch::channel(Arc::new(Desired::default()));
     let (notice_tx, notices) = mpsc::channel(cfg.notice_capacity.max(1));
-    let engine = Engine {
-        inv: Arc::new(Inventory::default()),
-        pods: HashMap::new(),
-        svcs: HashMap::new(),
-        heap: BinaryHeap::new(),
-        client: ProbeClient::new(),
-        permits: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
-        probes: JoinSet::new(),
-        metrics,
-        desired_tx,
-        notice_tx,
-        cfg,
-    };
-    let handle = tokio::spawn(engine.run(inventory));
-    (EngineOutputs { desired, notices }, handle)
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = std::thread::Builder::new()
+        .name("flotilla-prober".to_owned())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let engine = Engine {
+                    inv: Arc::new(Inventory::default()),
+                    pods: HashMap::new(),
+                    svcs: HashMap::new(),
+                    heap: BinaryHeap::new(),
+                    client: ProbeClient::new(),
+                    permits: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
+                    probes: JoinSet::new(),
+                    metrics,
+                    desired_tx,
+                    notice_tx,
+                    cfg,
+                };
+                engine.run(inventory).await;
+            });
+        })?;
+    Ok((EngineOutputs { desired, notices }, handle))
 }
 
 fn jittered(period: Duration) -> Duration {
@@ -125,12 +139,14 @@ impl Engine {
         self.apply_inventory(first);
         let mut tick = tokio::time::interval(self.cfg.decide_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let far = || Instant::now() + Duration::from_secs(3600);
+        let mut timer = std::pin::pin!(tokio::time::sleep_until(far().into()));
+        let mut last_decide = Instant::now();
         loop {
-            let next_due = self
-                .heap
-                .peek()
-                .map(|Reverse((t, _))| *t)
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let next_due = self.heap.peek().map_or_else(far, |Reverse((t, _))| *t);
+            if timer.deadline() != next_due.into() {
+                timer.as_mut().reset(next_due.into());
+            }
             let mut decide_now = false;
             tokio::select! {
                 changed = inventory.changed() => {
@@ -143,24 +159,45 @@ impl Engine {
                 }
                 Some(joined) = self.probes.join_next(), if !self.probes.is_empty() => {
                     if let Ok((key, rep)) = joined {
-                        decide_now = self.on_report(&key, rep);
+                        decide_now |= self.on_report(&key, rep);
+                    }
+                    // Take every other finished probe too, then decide once.
+                    while let Some(joined) = self.probes.try_join_next() {
+                        if let Ok((key, rep)) = joined {
+                            decide_now |= self.on_report(&key, rep);
+                        }
                     }
                 }
-                () = tokio::time::sleep_until(next_due.into()) => self.launch_due(Instant::now()),
-                _ = tick.tick() => decide_now = true,
+                () = &mut timer => self.launch_due(Instant::now()),
+                _ = tick.tick() => {
+                    // Time alone matters only during a recovery window or a flap window; the
+                    // rest is refreshed (evidence for status) once a second.
+                    decide_now = self.time_sensitive() || last_decide.elapsed() >= Duration::from_secs(1);
+                }
             }
             if decide_now {
-                self.decide_all(Instant::now());
+                last_decide = Instant::now();
+                self.decide_all(last_decide);
             }
         }
         self.probes.abort_all();
+    }
+
+    fn time_sensitive(&self) -> bool {
+        self.svcs
+            .values()
+            .any(|e| e.state.active == Target::Fallback || !e.state.flips.is_empty())
     }
 
     fn apply_inventory(&mut self, inv: Arc<Inventory>) {
         let now = Instant::now();
         self.pods.retain(|k, _| inv.pods.contains_key(k));
         for (key, p) in &inv.pods {
-            if self.pods.contains_key(key) {
+            if let Some(entry) = self.pods.get_mut(key) {
+                if p.ready && !entry.kubelet_ready {
+                    entry.health.kubelet_became_ready();
+                }
+                entry.kubelet_ready = p.ready;
                 continue;
             }
             let Some(svc) = inv
@@ -174,6 +211,7 @@ impl Engine {
                 key.clone(),
                 PodEntry {
                     health: PodHealth::new(p.ready),
+                    kubelet_ready: p.ready,
                     window: ErrorWindow::new(svc.failover.error_rate_window),
                     in_flight: false,
                     next_due: first,

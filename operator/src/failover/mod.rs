@@ -28,17 +28,28 @@ pub mod source;
 pub mod spec;
 pub mod writer;
 
-use std::sync::Arc;
-
 use kube::Client;
 use prometheus::Registry;
 use tokio::sync::watch;
 
-/// The running failover tasks. Dropping it aborts them.
+/// Why the failover engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Its metrics could not be registered (e.g. registered twice).
+    #[error("registering failover metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// The prober thread or its runtime could not be created.
+    #[error("starting the prober thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// The running failover tasks. Dropping it stops them (the prober thread ends once the watch
+/// task feeding it is gone).
 #[derive(Debug)]
 pub struct Failover {
     leader: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    _prober: std::thread::JoinHandle<()>,
 }
 
 impl Failover {
@@ -56,34 +67,22 @@ impl Drop for Failover {
     }
 }
 
-/// Starts the watches, the prober/decider engine and the writer on the current runtime, with
-/// metrics registered in `registry`. The writer stays idle until [`Failover::set_leader`] says
-/// this replica leads; the prober runs on every replica so a new leader has warm verdicts.
+/// Starts the watches, the prober/decider engine and the writer, with metrics registered in
+/// `registry`. The writer stays idle until [`Failover::set_leader`] says this replica leads; the
+/// prober runs on every replica so a new leader has warm verdicts.
 pub fn spawn(
     client: Client,
     registry: &Registry,
     watch_namespace: Option<String>,
-) -> Result<Failover, prometheus::Error> {
+) -> Result<Failover, StartError> {
     let metrics = metrics::register(registry)?;
     let (inventory, source_task) = source::spawn(client.clone(), watch_namespace);
-    Ok(spawn_with(
-        client,
-        inventory,
-        metrics,
-        engine::EngineConfig::default(),
-        source_task,
-    ))
-}
-
-fn spawn_with(
-    client: Client,
-    inventory: watch::Receiver<Arc<inventory::Inventory>>,
-    metrics: metrics::Metrics,
-    cfg: engine::EngineConfig,
-    source_task: tokio::task::JoinHandle<()>,
-) -> Failover {
     let (leader, leader_rx) = watch::channel(false);
-    let (outputs, engine_task) = engine::spawn(inventory.clone(), metrics.clone(), cfg);
+    let (outputs, prober) = engine::spawn(
+        inventory.clone(),
+        metrics.clone(),
+        engine::EngineConfig::default(),
+    )?;
     let writer_task = writer::spawn(
         client,
         inventory,
@@ -92,8 +91,9 @@ fn spawn_with(
         metrics,
         writer::WriterConfig::default(),
     );
-    Failover {
+    Ok(Failover {
         leader,
-        tasks: vec![source_task, engine_task, writer_task],
-    }
+        tasks: vec![source_task, writer_task],
+        _prober: prober,
+    })
 }

@@ -112,6 +112,18 @@ impl PodHealth {
         before != self.healthy
     }
 
+    /// The kubelet now reports the pod Ready. A pod that started unhealthy only because the
+    /// kubelet had not called it Ready yet, and has not failed a probe since, becomes healthy, so
+    /// new pods are not ejected while probing catches up.
+    pub fn kubelet_became_ready(&mut self) -> bool {
+        if !self.healthy && self.consecutive_failures == 0 && self.unhealthy_detected_from.is_none()
+        {
+            self.healthy = true;
+            return true;
+        }
+        false
+    }
+
     /// Records the latest error ratio (or its absence) without counting it as a probe.
     pub fn set_error_ratio(&mut self, ratio: Option<f64>) {
         self.error_ratio = ratio;
@@ -151,6 +163,21 @@ mod tests {
         assert!(!p.healthy);
         assert_eq!(p.unhealthy_detected_from, Some(t0));
         assert_eq!(p.consecutive_failures, 2);
+    }
+
+    #[test]
+    fn a_new_pod_turning_ready_is_not_ejected_while_probing_catches_up() {
+        // Kubelet readiness lifts the initial verdict, but never a verdict earned by failures.
+        let t0 = Instant::now();
+        let mut p = PodHealth::new(false);
+        p.observe(Observation::Success, t0, TH);
+        assert!(p.kubelet_became_ready());
+        assert!(p.healthy);
+        let mut q = PodHealth::new(true);
+        q.observe(Observation::Timeout, t0, TH);
+        q.observe(Observation::Timeout, t0, TH);
+        assert!(!q.kubelet_became_ready());
+        assert!(!q.healthy);
     }
 
     #[test]

@@ -40,6 +40,8 @@ pub struct Sim {
     pub ns: String,
     node: Option<Node>,
     operator: Option<Running>,
+    /// Where the operator serves `/metrics` (`None`: not served).
+    pub metrics_addr: Option<SocketAddr>,
     _cluster: Cluster,
     _state: tempfile::TempDir,
 }
@@ -53,15 +55,20 @@ fn target_dir() -> PathBuf {
 }
 
 fn users_binary() -> Result<PathBuf> {
-    let path = target_dir().join("users");
-    if !path.is_file() {
-        bail!(
-            "{} is missing: build it with `cargo build -p users` (the test command builds the \
-             workspace first)",
-            path.display()
-        );
+    // `FLOTILLA_USERS_BIN` wins; a benchmark built in release may use the debug build.
+    let candidates = [
+        std::env::var_os("FLOTILLA_USERS_BIN").map(PathBuf::from),
+        Some(target_dir().join("users")),
+        target_dir().parent().map(|t| t.join("debug").join("users")),
+    ];
+    if let Some(found) = candidates.iter().flatten().find(|p| p.is_file()) {
+        return Ok(found.clone());
     }
-    Ok(path)
+    bail!(
+        "{} is missing: build it with `cargo build -p users` (the test command builds the \
+         workspace first)",
+        target_dir().join("users").display()
+    )
 }
 
 impl Sim {
@@ -109,6 +116,7 @@ impl Sim {
             ns: ns.to_owned(),
             node: Some(node),
             operator: None,
+            metrics_addr: None,
             _cluster: cluster,
             _state: state,
         };
@@ -129,7 +137,7 @@ impl Sim {
     pub fn start_operator(&mut self) {
         let (tx, rx) = oneshot::channel::<()>();
         let config = OperatorConfig {
-            metrics_addr: None,
+            metrics_addr: self.metrics_addr,
             ..OperatorConfig::default()
         };
         let handle = tokio::spawn(flotilla_operator::run(

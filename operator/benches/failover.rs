@@ -1,0 +1,338 @@
+//! Failover benchmark. Prints percentiles of:
+//! (a) detection: first failed probe of the decisive run → traffic change written (the
+//!     operator's `flotilla_failover_detection_seconds`, per run from its sum and count);
+//! (b) fault → switch: faults injected → the primary Service's EndpointSlice lists exactly the
+//!     fallback's pods;
+//! (c) client error window: first to last failed request of a client sending steady traffic to
+//!     the primary Service's cluster IP;
+//! (d) prober CPU per 1,000 pods at the default period, measured from /proc/self/stat while the
+//!     engine probes pods served by a separate process.
+//!
+//! Run: `cargo bench -p flotilla-operator --bench failover -- --runs 20`
+//! (`cargo build -p users` first; or set `FLOTILLA_USERS_BIN`).
+
+#[allow(dead_code)]
+#[path = "../tests/failover_common/mod.rs"]
+mod pods;
+#[allow(dead_code)]
+#[path = "../tests/failover_common/sim.rs"]
+mod sim;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use flotilla_crds::labels;
+use flotilla_operator::failover::engine::{self, EngineConfig};
+use flotilla_operator::failover::inventory::{Inventory, ObjKey, PodInfo, ServiceInfo};
+use flotilla_operator::failover::metrics::Metrics;
+use flotilla_operator::failover::policy::{FailoverPolicy, ProbePolicy};
+use flotilla_operator::failover::promtext;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+use sim::*;
+
+#[derive(Parser, Debug)]
+struct Args {
+    /// Failover runs.
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Pods for the CPU measurement (multiples of 250).
+    #[arg(long, default_value_t = 1000)]
+    pods: usize,
+    /// Length of the CPU measurement.
+    #[arg(long, default_value_t = 10)]
+    cpu_seconds: u64,
+    /// Skip the CPU measurement.
+    #[arg(long)]
+    skip_cpu: bool,
+    /// Skip the failover runs.
+    #[arg(long)]
+    skip_failover: bool,
+    /// Internal: serve this many test pods and print their ports.
+    #[arg(long, hide = true)]
+    serve: Option<usize>,
+    /// Passed by `cargo bench`; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        if let Some(n) = args.serve {
+            return serve(n).await;
+        }
+        if !args.skip_cpu {
+            cpu(&args).await?;
+        }
+        if !args.skip_failover {
+            failover(&args).await?;
+        }
+        Ok(())
+    })
+}
+
+/// Child process: `n` test pods in groups of 250 (one port per group); prints the ports.
+async fn serve(n: usize) -> Result<()> {
+    let mut all = Vec::new();
+    let mut ports = Vec::new();
+    for g in 0..n.div_ceil(250) {
+        let size = u8::try_from((n - g * 250).min(250))?;
+        let group = pods::start_group(4, u8::try_from(g)?, size).await?;
+        ports.push(group[0].addr.port().to_string());
+        all.push(group);
+    }
+    println!("ports {}", ports.join(" "));
+    // Serve until the parent closes stdin.
+    let _ = tokio::task::spawn_blocking(|| {
+        let mut buf = [0u8; 1];
+        std::io::Read::read(&mut std::io::stdin(), &mut buf)
+    })
+    .await;
+    drop(all);
+    Ok(())
+}
+
+/// (utime + stime) of this process in seconds (Linux clock ticks of 1/100 s).
+fn cpu_seconds() -> Result<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat")?;
+    // Fields after the `(comm)` part; utime and stime are fields 14 and 15 overall.
+    let rest = stat.rsplit_once(')').context("stat format")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = f.get(11).context("utime")?.parse()?;
+    let stime: f64 = f.get(12).context("stime")?.parse()?;
+    Ok((utime + stime) / 100.0)
+}
+
+async fn cpu(args: &Args) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["--serve", &args.pods.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child.stdout.take().context("child stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).await?;
+    let ports: Vec<u16> = line
+        .trim()
+        .strip_prefix("ports ")
+        .context("child did not report ports")?
+        .split(' ')
+        .map(str::parse)
+        .collect::<Result<_, _>>()?;
+    let mut services = Vec::new();
+    let mut pods = Vec::new();
+    for (g, port) in ports.iter().enumerate() {
+        let name = format!("svc{g}");
+        services.push(ServiceInfo {
+            key: ObjKey::new("bench", &name),
+            uid: None,
+            generation: Some(1),
+            failover_enabled: true,
+            probe: ProbePolicy {
+                port: *port,
+                ..ProbePolicy::default()
+            },
+            failover: FailoverPolicy::default(),
+            port_name: "http".into(),
+            status: None,
+            conditions: vec![],
+        });
+        let size = (args.pods - g * 250).min(250);
+        for k in 1..=size {
+            pods.push(PodInfo {
+                key: ObjKey::new("bench", format!("{name}-{k}")),
+                service: name.clone(),
+                ip: Some(std::net::IpAddr::V4(std::net::Ipv4Addr::new(
+                    127,
+                    4,
+                    u8::try_from(g)?,
+                    u8::try_from(k)?,
+                ))),
+                ready: true,
+                serves: [(labels::serves(&name), "true".to_owned())].into(),
+            });
+        }
+    }
+    let (_tx, rx) = tokio::sync::watch::channel(Arc::new(Inventory::from_parts(services, pods)));
+    let metrics = Metrics::new()?;
+    let (mut out, _thread) = engine::spawn(rx, metrics.clone(), EngineConfig::default())?;
+    // Drain outputs as a writer would.
+    tokio::spawn(async move { while out.notices.recv().await.is_some() {} });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let probes = |m: &Metrics| -> u64 {
+        [
+            "success",
+            "bad_status",
+            "timeout",
+            "connect_error",
+            "error_rate",
+        ]
+        .iter()
+        .map(|r| m.probes.with_label_values(&[r]).get())
+        .sum()
+    };
+    let (c0, p0, t0) = (cpu_seconds()?, probes(&metrics), Instant::now());
+    tokio::time::sleep(Duration::from_secs(args.cpu_seconds)).await;
+    let (c1, p1, t1) = (cpu_seconds()?, probes(&metrics), Instant::now());
+    let wall = (t1 - t0).as_secs_f64();
+    let cores = (c1 - c0) / wall;
+    let per_1000 = cores * 1000.0 / args.pods as f64;
+    let failed = metrics.probes.with_label_values(&["timeout"]).get()
+        + metrics.probes.with_label_values(&["connect_error"]).get();
+    println!(
+        "(d) prober CPU: {cores:.4} cores for {} pods at 500 ms = {per_1000:.4} cores per 1,000 pods \
+         ({:.0} probes/s, {} failed probes, {} skipped)",
+        args.pods,
+        (p1 - p0) as f64 / wall,
+        failed,
+        metrics.probes.with_label_values(&["skipped"]).get()
+    );
+    drop(child.stdin.take());
+    let _ = child.kill().await;
+    Ok(())
+}
+
+async fn get_text(addr: SocketAddr, path: &str) -> Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await?;
+    let text = String::from_utf8(buf)?;
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default())
+}
+
+/// (sum, count) of the detection histogram for failovers.
+async fn detection(addr: SocketAddr) -> Result<(f64, f64)> {
+    let samples = promtext::parse(&get_text(addr, "/metrics").await?)?;
+    let pick = |name: &str| {
+        samples
+            .iter()
+            .find(|s| s.name == name && s.label("change") == Some("failover"))
+            .map_or(0.0, |s| s.value)
+    };
+    Ok((
+        pick("flotilla_failover_detection_seconds_sum"),
+        pick("flotilla_failover_detection_seconds_count"),
+    ))
+}
+
+fn pct(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(f64::total_cmp);
+    let idx = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v[idx.min(v.len() - 1)]
+}
+
+async fn failover(args: &Args) -> Result<()> {
+    let mut sim = Sim::start("failover-bench").await?;
+    sim.stop_operator().await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let maddr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    sim.metrics_addr = Some(maddr);
+    sim.start_operator();
+    sim.create_users("users-backup", 2, |_| {}).await?;
+    sim.create_users("users", 2, |s| {
+        s.failover.enabled = true;
+        s.failover.fallback = Some("users-backup".into());
+        // Defaults for detection; a short recovery and no flap limit so runs can repeat.
+        s.failover.recover_after_seconds = 2;
+        s.failover.max_flaps = 1000;
+    })
+    .await?;
+    let fallback = sim.ready_pods("users-backup", 2).await?;
+    let fallback_ips: std::collections::BTreeSet<String> = fallback.iter().map(pod_ip).collect();
+    let vip = sim.vip("users").await?;
+    let traffic = Traffic::start(vip, "/users", Duration::from_millis(10));
+    let (mut det, mut switch, mut window) = (Vec::new(), Vec::new(), Vec::new());
+    for run in 0..args.runs {
+        let primary = sim.ready_pods("users", 2).await?;
+        let primary_ips: std::collections::BTreeSet<String> = primary.iter().map(pod_ip).collect();
+        sim.wait("primary active and serving", || async {
+            let ok = sim.active("users").await?.as_deref() == Some("primary")
+                && sim.ready_endpoints("users").await? == primary_ips
+                && traffic.last_ok(30);
+            Ok(ok.then_some(()))
+        })
+        .await?;
+        let (s0, n0) = detection(maddr).await?;
+        let t_fault = Instant::now();
+        for p in &primary {
+            set_fault(p, r#"{"unhealthy": true, "errorRate": 1.0}"#).await?;
+        }
+        let t_switch = loop {
+            if sim.ready_endpoints("users").await? == fallback_ips {
+                break Instant::now();
+            }
+            if t_fault.elapsed() > WAIT {
+                sim.dump().await;
+                bail!("run {run}: no switch");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        sim.wait("clients succeed again", || async {
+            Ok(traffic.last_ok(30).then_some(()))
+        })
+        .await?;
+        let (s1, n1) = detection(maddr).await?;
+        if n1 - n0 >= 1.0 {
+            det.push((s1 - s0) / (n1 - n0));
+        }
+        switch.push((t_switch - t_fault).as_secs_f64());
+        let errors: Vec<Instant> = traffic
+            .outcomes()
+            .into_iter()
+            .filter(|(t, ok)| *t >= t_fault && !ok)
+            .map(|(t, _)| t)
+            .collect();
+        let w = match (errors.first(), errors.last()) {
+            (Some(a), Some(b)) => (*b - *a).as_secs_f64(),
+            _ => 0.0,
+        };
+        window.push(w);
+        println!(
+            "run {run}: detection {:.3}s, fault→switch {:.3}s, client error window {w:.3}s ({} failed requests)",
+            det.last().copied().unwrap_or(f64::NAN),
+            (t_switch - t_fault).as_secs_f64(),
+            errors.len()
+        );
+        for p in &primary {
+            clear_fault(p).await?;
+        }
+    }
+    println!("runs: {}", args.runs);
+    println!(
+        "(a) detection       p50 {:.3}s p99 {:.3}s",
+        pct(&mut det, 50.0),
+        pct(&mut det, 99.0)
+    );
+    println!(
+        "(b) fault → switch  p50 {:.3}s p99 {:.3}s",
+        pct(&mut switch, 50.0),
+        pct(&mut switch, 99.0)
+    );
+    println!(
+        "(c) client errors   p50 {:.3}s p99 {:.3}s",
+        pct(&mut window, 50.0),
+        pct(&mut window, 99.0)
+    );
+    drop(traffic);
+    sim.shutdown().await;
+    Ok(())
+}
