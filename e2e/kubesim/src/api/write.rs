@@ -661,17 +661,17 @@ fn apply_patch(
             return Err(ApiError::stale(&def.group, &def.plural, name));
         }
     }
-    let merged = apply::apply(
-        old.as_deref(),
-        &body,
+    let api_version = def.api_version(w.version);
+    let ts = now();
+    let applier = apply::Applier {
         manager,
         force,
-        &def.api_version(w.version),
-        w.scope(),
-        &w.oracle(),
-        &now(),
-    )
-    .map_err(|conflicts| {
+        api_version: &api_version,
+        scope: w.scope(),
+        oracle: w.oracle(),
+        now: &ts,
+    };
+    let merged = apply::apply(old.as_deref(), &body, &applier).map_err(|conflicts| {
         let mut e = ApiError::conflict(&def.group, &def.plural, name, "");
         e.message = apply::conflict_message(&conflicts);
         e.details.causes = conflicts

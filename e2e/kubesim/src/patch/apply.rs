@@ -66,19 +66,31 @@ fn scoped(applied: &Value, scope: Scope) -> Value {
     Value::Object(out)
 }
 
-/// Applies `applied` as `manager`. Returns the new object (with managedFields) or the
-/// conflicts when `force` is false.
-#[allow(clippy::too_many_arguments)]
-pub fn apply(
-    live: Option<&Value>,
-    applied: &Value,
-    manager: &str,
-    force: bool,
-    api_version: &str,
-    scope: Scope,
-    oracle: &Oracle,
-    now: &str,
-) -> Result<Value, Vec<Conflict>> {
+/// Who applies, and how: the parameters of one server-side apply request.
+#[derive(Debug, Clone, Copy)]
+pub struct Applier<'a> {
+    pub manager: &'a str,
+    pub force: bool,
+    /// The apiVersion the request used (recorded in managedFields).
+    pub api_version: &'a str,
+    pub scope: Scope<'a>,
+    pub oracle: Oracle<'a>,
+    /// The timestamp recorded for changed managedFields entries.
+    pub now: &'a str,
+}
+
+/// Applies `applied` as `a.manager`. Returns the new object (with managedFields) or the
+/// conflicts when `a.force` is false.
+pub fn apply(live: Option<&Value>, applied: &Value, a: &Applier) -> Result<Value, Vec<Conflict>> {
+    let Applier {
+        manager,
+        force,
+        api_version,
+        scope,
+        oracle,
+        now,
+    } = *a;
+    let oracle = &oracle;
     let applied = scoped(applied, scope);
     let applied_fields = fields::of_object(&applied, oracle, scope.status_scope);
     let live_obj = live.cloned().unwrap_or_else(|| Value::Object(Map::new()));
@@ -281,6 +293,17 @@ mod tests {
         }
     }
 
+    fn applier(manager: &'static str, force: bool, now: &'static str) -> Applier<'static> {
+        Applier {
+            manager,
+            force,
+            api_version: "apps/v1",
+            scope: main_scope(),
+            oracle: oracle(),
+            now,
+        }
+    }
+
     fn main_scope() -> Scope<'static> {
         Scope {
             subresource: None,
@@ -297,111 +320,39 @@ mod tests {
     fn reapply_is_a_fixed_point() {
         // Applying the same configuration twice gives the same object.
         let c = cfg(1, json!([{"name": "a", "image": "x"}]));
-        let first = apply(
-            None,
-            &c,
-            "m",
-            false,
-            "apps/v1",
-            main_scope(),
-            &oracle(),
-            NOW,
-        )
-        .expect("applies");
-        let second = apply(
-            Some(&first),
-            &c,
-            "m",
-            false,
-            "apps/v1",
-            main_scope(),
-            &oracle(),
-            "later",
-        )
-        .expect("applies");
+        let first = apply(None, &c, &applier("m", false, NOW)).expect("applies");
+        let second = apply(Some(&first), &c, &applier("m", false, "later")).expect("applies");
         assert_eq!(first, second);
     }
 
     #[test]
     fn other_manager_conflicts_unless_forced() {
         // A field owned by another manager with a different value is a conflict; force takes it.
-        let first = apply(
-            None,
-            &cfg(1, json!([])),
-            "a",
-            false,
-            "apps/v1",
-            main_scope(),
-            &oracle(),
-            NOW,
-        )
-        .expect("applies");
-        let err = apply(
-            Some(&first),
-            &cfg(2, json!([])),
-            "b",
-            false,
-            "apps/v1",
-            main_scope(),
-            &oracle(),
-            NOW,
-        )
-        .expect_err("conflicts");
+        let first = apply(None, &cfg(1, json!([])), &applier("a", false, NOW)).expect("applies");
+        let err = apply(Some(&first), &cfg(2, json!([])), &applier("b", false, NOW))
+            .expect_err("conflicts");
         assert_eq!(err[0].field, ".spec.replicas");
         assert_eq!(err[0].manager, "a");
-        let forced = apply(
-            Some(&first),
-            &cfg(2, json!([])),
-            "b",
-            true,
-            "apps/v1",
-            main_scope(),
-            &oracle(),
-            NOW,
-        )
-        .expect("force wins");
+        let forced =
+            apply(Some(&first), &cfg(2, json!([])), &applier("b", true, NOW)).expect("force wins");
         assert_eq!(forced["spec"]["replicas"], 2);
     }
 
     #[test]
     fn dropped_fields_are_removed_and_lists_merge_by_key() {
         // A container the manager stops applying is removed; another manager's container stays.
-        let a = apply(
-            None,
-            &cfg(
-                1,
-                json!([{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]),
-            ),
-            "m",
-            false,
-            "apps/v1",
-            main_scope(),
-            &oracle(),
-            NOW,
-        )
-        .expect("applies");
+        let both = cfg(
+            1,
+            json!([{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]),
+        );
+        let a = apply(None, &both, &applier("m", false, NOW)).expect("applies");
         let other = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
             "spec": {"template": {"spec": {"containers": [{"name": "c", "image": "z"}]}}}});
-        let b = apply(
-            Some(&a),
-            &other,
-            "n",
-            false,
-            "apps/v1",
-            main_scope(),
-            &oracle(),
-            NOW,
-        )
-        .expect("applies");
+        let b = apply(Some(&a), &other, &applier("n", false, NOW)).expect("applies");
         let c = apply(
             Some(&b),
             &cfg(1, json!([{"name": "a", "image": "x"}])),
-            "m",
-            false,
-            "apps/v1",
-            main_scope(),
-            &oracle(),
-            NOW,
+            &applier("m", false, NOW),
         )
         .expect("applies");
         let names: Vec<&str> = c["spec"]["template"]["spec"]["containers"]
@@ -414,28 +365,8 @@ mod tests {
     #[test]
     fn same_value_is_shared_not_conflicting() {
         // Two managers applying the same value both own the field, without conflict.
-        let a = apply(
-            None,
-            &cfg(3, json!([])),
-            "a",
-            false,
-            "apps/v1",
-            main_scope(),
-            &oracle(),
-            NOW,
-        )
-        .expect("applies");
-        let b = apply(
-            Some(&a),
-            &cfg(3, json!([])),
-            "b",
-            false,
-            "apps/v1",
-            main_scope(),
-            &oracle(),
-            NOW,
-        )
-        .expect("applies");
+        let a = apply(None, &cfg(3, json!([])), &applier("a", false, NOW)).expect("applies");
+        let b = apply(Some(&a), &cfg(3, json!([])), &applier("b", false, NOW)).expect("applies");
         assert_eq!(managed::read(&b).len(), 2);
     }
 }
