@@ -1,7 +1,9 @@
 //! Create, get, list, update and delete through kube-rs over real HTTP, with the error
 //! bodies the real API server sends.
 
-#[path = "api_support.rs"]
+// Each test file uses a different part of the shared helpers.
+#[allow(dead_code)]
+#[path = "api_support/mod.rs"]
 mod support;
 
 use std::collections::BTreeMap;

@@ -1,7 +1,9 @@
 //! Deletion: finalizers, garbage collection of owner references (background, foreground,
 //! orphan), namespace deletion and deletecollection.
 
-#[path = "api_support.rs"]
+// Each test file uses a different part of the shared helpers.
+#[allow(dead_code)]
+#[path = "api_support/mod.rs"]
 mod support;
 
 use anyhow::Result;

@@ -1,7 +1,9 @@
 //! Events written through `events.k8s.io/v1` (kube-rs `Recorder`) are visible as core Events,
 //! which `kubectl get events` and `kubectl describe` read.
 
-#[path = "api_support.rs"]
+// Each test file uses a different part of the shared helpers.
+#[allow(dead_code)]
+#[path = "api_support/mod.rs"]
 mod support;
 
 use anyhow::Result;

@@ -1,6 +1,8 @@
 //! Fault injection through the library handle and the admin HTTP API.
 
-#[path = "api_support.rs"]
+// Each test file uses a different part of the shared helpers.
+#[allow(dead_code)]
+#[path = "api_support/mod.rs"]
 mod support;
 
 use std::time::{Duration, Instant};

@@ -3,7 +3,9 @@
 //! annotate, patch, delete with garbage collection, and the Flotilla CRD with a sample
 //! MicroService.
 
-#[path = "api_support.rs"]
+// Each test file uses a different part of the shared helpers.
+#[allow(dead_code)]
+#[path = "api_support/mod.rs"]
 mod support;
 
 use std::path::{Path, PathBuf};

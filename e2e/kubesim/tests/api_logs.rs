@@ -1,6 +1,8 @@
 //! `pods/<name>/log` served from the node's log files, including `tailLines` and `follow`.
 
-#[path = "api_support.rs"]
+// Each test file uses a different part of the shared helpers.
+#[allow(dead_code)]
+#[path = "api_support/mod.rs"]
 mod support;
 
 use std::io::Write;

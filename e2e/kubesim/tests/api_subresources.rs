@@ -1,6 +1,8 @@
 //! The status and scale subresources.
 
-#[path = "api_support.rs"]
+// Each test file uses a different part of the shared helpers.
+#[allow(dead_code)]
+#[path = "api_support/mod.rs"]
 mod support;
 
 use anyhow::Result;

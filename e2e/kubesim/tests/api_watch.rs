@@ -1,7 +1,9 @@
 //! Watches: initial events, resume from a resourceVersion, bookmarks, timeouts, 410 Gone,
 //! selector transitions, and kube-rs `watcher` and `Controller` running against kubesim.
 
-#[path = "api_support.rs"]
+// Each test file uses a different part of the shared helpers.
+#[allow(dead_code)]
+#[path = "api_support/mod.rs"]
 mod support;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

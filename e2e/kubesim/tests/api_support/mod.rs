@@ -1,6 +1,5 @@
-//! Helpers shared by the kubesim API tests (included with `#[path]`; this target has no
-//! tests of its own).
-#![allow(dead_code)]
+//! Helpers shared by the kubesim API tests (each test file includes this module; not every
+//! file uses every helper).
 
 use std::future::Future;
 use std::time::Duration;
