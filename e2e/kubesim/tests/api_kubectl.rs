@@ -271,6 +271,27 @@ spec:
         ])
         .await?;
     assert_eq!(images, "app:1 side:1");
+    // `kubectl edit` with an editor that rewrites the file in place.
+    let out = k
+        .command(&["edit", "deployment", "web"])
+        .env("KUBE_EDITOR", "sed -i s/side:1/side:2/")
+        .output()
+        .await?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let images = k
+        .run(&[
+            "get",
+            "deploy",
+            "web",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[*].image}",
+        ])
+        .await?;
+    assert_eq!(images, "app:1 side:2");
     let explain = k.run(&["explain", "deployment.spec.replicas"]).await?;
     assert!(explain.contains("Number of desired pods"), "{explain}");
     let explain = k.run(&["explain", "pods.spec.containers.image"]).await?;
