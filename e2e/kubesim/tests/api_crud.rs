@@ -245,6 +245,16 @@ async fn label_and_field_selectors_and_pagination() -> Result<()> {
     assert_eq!(second.metadata.continue_, None);
     assert_eq!(names(second), vec!["d"]);
 
+    let (code, v) = raw(
+        &cluster,
+        "GET",
+        "/api/v1/namespaces/default/configmaps?resourceVersion=2&resourceVersionMatch=Exact",
+        "",
+        None,
+    )
+    .await?;
+    assert_eq!((code, v["reason"].as_str()), (410, Some("Expired")));
+
     let all: Api<ConfigMap> = Api::all(cluster.client());
     assert_eq!(all.list(&ListParams::default()).await?.items.len(), 4);
     Ok(())

@@ -118,6 +118,16 @@ pub fn list(shared: &Arc<Shared>, def: &ResourceDef, req: &Request) -> Result<Re
             st.current_rv(),
         )
     };
+    // kubesim keeps no snapshots: an exact past version cannot be served, so it is reported
+    // as expired (clients re-list at the latest version, as after etcd compaction).
+    if req.query.get("resourceVersionMatch") == Some("Exact") {
+        let want = req.query.get("resourceVersion").unwrap_or("");
+        if want != rv.to_string() {
+            return Err(ApiError::gone(format!(
+                "too old resource version: {want} ({rv}); kubesim serves only the latest state"
+            )));
+        }
+    }
     let mut items: Vec<Arc<Value>> = objects
         .into_iter()
         .filter(|o| after.as_ref().is_none_or(|a| meta_key(o) > *a))
