@@ -13,7 +13,44 @@ use crate::registry::{Decoder, ResourceDef, ScalePaths, SchemaFn, STANDARD_VERBS
 /// real server's decoding does.
 fn decode<T: DeserializeOwned + Serialize>(v: &Value) -> Result<Value, String> {
     let typed: T = serde_json::from_value(v.clone()).map_err(|e| e.to_string())?;
-    serde_json::to_value(typed).map_err(|e| e.to_string())
+    let mut out = serde_json::to_value(typed).map_err(|e| e.to_string())?;
+    integral_floats_as_integers(&mut out);
+    Ok(out)
+}
+
+/// Writes whole-number floats (`minimum: 0.0` in a CRD schema) as integers, as Go's JSON
+/// encoding of a float64 does, so a decoded object equals what clients sent.
+fn integral_floats_as_integers(v: &mut Value) {
+    match v {
+        Value::Number(n) if n.is_f64() => {
+            if let Some(f) = n.as_f64() {
+                if f.fract() == 0.0 && f.abs() < 9.0e15 {
+                    *v = Value::from(f as i64);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(m) => m.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_bounds_keep_their_integer_form() {
+        // A CRD's `minimum: 0` survives decoding as 0, not 0.0 (re-applies stay no-ops).
+        let crd = serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "a.b.c"}, "spec": {"group": "b.c", "scope": "Namespaced",
+            "names": {"kind": "A", "plural": "a"}, "versions": [{"name": "v1", "served": true, "storage": true,
+            "schema": {"openAPIV3Schema": {"type": "object", "properties": {"n": {"type": "number", "minimum": 0, "maximum": 1.5}}}}}]}});
+        let out = decode::<CustomResourceDefinition>(&crd).expect("decodes");
+        let n = &out["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["n"];
+        assert_eq!(n["minimum"], serde_json::json!(0));
+        assert_eq!(n["maximum"], serde_json::json!(1.5));
+    }
 }
 
 fn schema<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -413,6 +413,10 @@ async fn kubectl_applies_the_flotilla_crd_and_a_microservice() -> Result<()> {
     let k = Kubectl::new(&cluster)?;
     k.run(&["apply", "-f", &crd.display().to_string()]).await?;
     let out = k
+        .run(&["apply", "--server-side", "-f", &crd.display().to_string()])
+        .await?;
+    assert!(out.contains("serverside-applied"), "{out}");
+    let out = k
         .run(&["apply", "-f", &sample.display().to_string()])
         .await?;
     assert!(
