@@ -5,7 +5,8 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
+use k8s_openapi::api::apps::v1::Deployment;
 use serde_json::Value;
 
 use crate::tools;
@@ -198,6 +199,89 @@ pub fn jsonschema_violations(schema: &Value, objects: &[Value]) -> Result<Vec<St
             String::from_utf8_lossy(&output.stderr)
         ),
     }
+}
+
+/// Custom resources `kubernetes-validate` has no schema for. MicroServices are checked against the
+/// CRD schema instead; ServiceMonitors (Prometheus Operator) by the chart checks' own assertions.
+pub const CUSTOM_KINDS: &[&str] = &["MicroService", "ServiceMonitor"];
+
+/// Renders `chart` and splits the output into objects.
+pub fn render_docs(
+    chart: &str,
+    release: &str,
+    namespace: &str,
+    sets: &[&str],
+) -> Result<Vec<Value>> {
+    split_documents(&render(chart, release, namespace, sets)?)
+}
+
+/// The first object of `kind` in `docs`.
+pub fn find_kind<'a>(docs: &'a [Value], kind: &str) -> Result<&'a Value> {
+    docs.iter()
+        .find(|d| kind_of(d) == kind)
+        .with_context(|| format!("no {kind} rendered"))
+}
+
+/// The first Deployment in `docs`, typed.
+pub fn operator_deployment(docs: &[Value]) -> Result<Deployment> {
+    serde_json::from_value(find_kind(docs, "Deployment")?.clone())
+        .context("Deployment does not parse")
+}
+
+/// Renders `chart` and checks every object: built-in kinds against the Kubernetes schemas of
+/// [`KUBE_VERSION`] (strict), MicroServices against the CRD schema; only [`CUSTOM_KINDS`] may lack
+/// a schema. Returns the objects.
+pub fn render_and_validate(
+    chart: &str,
+    release: &str,
+    namespace: &str,
+    sets: &[&str],
+) -> Result<Vec<Value>> {
+    let yaml = render(chart, release, namespace, sets)?;
+    let docs = split_documents(&yaml)?;
+    ensure!(!docs.is_empty(), "{chart} rendered nothing");
+
+    let report = kubernetes_validate(&yaml)?;
+    ensure!(
+        report.errors.is_empty(),
+        "kubernetes-validate rejected {chart}:\n{}",
+        report.errors.join("\n")
+    );
+    let custom = docs
+        .iter()
+        .filter(|d| CUSTOM_KINDS.contains(&kind_of(d)))
+        .count();
+    ensure!(
+        report.passed.len() + custom == docs.len(),
+        "{} of {} objects passed and {custom} are custom resources; passed: {:?}",
+        report.passed.len(),
+        docs.len(),
+        report.passed
+    );
+    for kind in &report.no_schema {
+        ensure!(
+            CUSTOM_KINDS.contains(&kind.as_str()),
+            "no schema for built-in-looking kind {kind}"
+        );
+    }
+
+    let microservices: Vec<Value> = docs
+        .iter()
+        .filter(|d| kind_of(d) == "MicroService")
+        .cloned()
+        .collect();
+    if !microservices.is_empty() {
+        let crd =
+            std::fs::read_to_string(generated_crd_path()).context("reading the generated CRD")?;
+        let schema = crd_schema(&crd)?;
+        let violations = jsonschema_violations(&schema, &microservices)?;
+        ensure!(
+            violations.is_empty(),
+            "MicroServices violate the CRD schema:\n{}",
+            violations.join("\n")
+        );
+    }
+    Ok(docs)
 }
 
 #[cfg(test)]

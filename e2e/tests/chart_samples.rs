@@ -1,0 +1,185 @@
+//! Checks of the samples chart (`charts/flotilla-samples`): lint, valid objects whose
+//! MicroServices satisfy the CRD schema, typo rejection, and the same services as
+//! `services/deploy/`. Also: both charts' README values tables list every value.
+
+use std::collections::BTreeSet;
+
+use anyhow::{ensure, Context, Result};
+use flotilla_e2e::chart::{self, kind_of, name_of};
+use flotilla_e2e::tools;
+use serde_json::Value;
+
+const RELEASE: &str = "flotilla-samples";
+const NAMESPACE: &str = "demo";
+
+fn render(chart_name: &str, sets: &[&str]) -> Result<Vec<Value>> {
+    chart::render_docs(chart_name, RELEASE, NAMESPACE, sets)
+}
+
+fn render_and_validate(chart_name: &str, sets: &[&str]) -> Result<Vec<Value>> {
+    chart::render_and_validate(chart_name, RELEASE, NAMESPACE, sets)
+}
+
+/// Dotted paths of the leaves of `values` (an empty map or list is a leaf).
+fn leaf_keys(value: &Value, prefix: &str, out: &mut BTreeSet<String>) {
+    match value.as_object() {
+        Some(map) if !map.is_empty() => {
+            for (key, child) in map {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                leaf_keys(child, &path, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_owned());
+        }
+    }
+}
+
+#[test]
+fn readme_values_tables_list_every_value() -> Result<()> {
+    // Each chart README's values table names exactly the keys its values.yaml has.
+    for chart_name in ["flotilla", "flotilla-samples"] {
+        let dir = chart::chart_dir(chart_name);
+        let values: Value =
+            serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml"))?)?;
+        let mut in_values = BTreeSet::new();
+        leaf_keys(&values, "", &mut in_values);
+        let readme = std::fs::read_to_string(dir.join("README.md"))?;
+        let values_section = readme
+            .split("\n## ")
+            .find(|section| section.starts_with("Values"))
+            .with_context(|| format!("{chart_name} README has no Values section"))?;
+        let in_readme: BTreeSet<String> = values_section
+            .lines()
+            .filter_map(|line| line.strip_prefix("| `"))
+            .filter_map(|rest| rest.split_once('`'))
+            .map(|(key, _)| key.to_owned())
+            .collect();
+        let undocumented: Vec<_> = in_values.difference(&in_readme).collect();
+        let unknown: Vec<_> = in_readme.difference(&in_values).collect();
+        ensure!(
+            undocumented.is_empty() && unknown.is_empty(),
+            "{chart_name} README values table is out of sync: missing {undocumented:?}, \
+             not in values.yaml {unknown:?}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn samples_chart_passes_strict_lint() -> Result<()> {
+    // The samples chart is held to the same lint bar as the operator chart.
+    let helm = tools::find("helm")?;
+    let dir = chart::chart_dir("flotilla-samples");
+    tools::run_ok(
+        &helm,
+        ["lint".as_ref(), "--strict".as_ref(), dir.as_os_str()],
+        None,
+    )?;
+    Ok(())
+}
+
+#[test]
+fn samples_render_valid_microservices() -> Result<()> {
+    // The samples render valid objects, and their MicroServices satisfy the CRD schema, with
+    // defaults and with every option on.
+    let all = [
+        "auth.autoscaling.enabled=true",
+        "auth.jwtSecret=fixed-for-test-0123456789abcdef0123",
+        "auth.adminToken=admin",
+        "users.adminToken=admin",
+        "auth.config.LOG_LEVEL=debug",
+        "users.config.LOG_LEVEL=debug",
+    ];
+    for sets in [&[][..], &all[..]] {
+        let docs = render_and_validate("flotilla-samples", sets)?;
+        let names: BTreeSet<&str> = docs
+            .iter()
+            .filter(|d| kind_of(d) == "MicroService")
+            .map(name_of)
+            .collect();
+        ensure!(names == BTreeSet::from(["auth", "users"]), "{names:?}");
+    }
+    let docs = render("flotilla-samples", &all)?;
+    let auth = docs
+        .iter()
+        .find(|d| kind_of(d) == "MicroService" && name_of(d) == "auth")
+        .context("no auth MicroService")?;
+    let auth: flotilla_crds::MicroService = serde_json::from_value(auth.clone())?;
+    ensure!(auth.spec.autoscaling.is_some_and(|a| a.max_replicas == 5));
+    ensure!(auth.spec.dependencies == Some(vec!["users".to_owned()]));
+    Ok(())
+}
+
+#[test]
+fn samples_schema_rejects_a_typo() -> Result<()> {
+    // A misspelled samples value fails and is named.
+    let helm = tools::find("helm")?;
+    let output = tools::run(
+        &helm,
+        chart::template_args("flotilla-samples", RELEASE, NAMESPACE, &["auth.replica=3"]),
+        None,
+    )?;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        !output.status.success() && stderr.contains("replica"),
+        "{stderr}"
+    );
+    Ok(())
+}
+
+#[test]
+fn samples_chart_mirrors_services_deploy() -> Result<()> {
+    // The samples chart installs the same MicroServices as services/deploy/ (apart from the
+    // replica count, resources and autoscaling, which are chart values), and the same Secret names
+    // and keys.
+    let docs = render("flotilla-samples", &[])?;
+    for name in ["users", "auth"] {
+        let sample = flotilla_e2e::msvc::sample(name)?;
+        let rendered = docs
+            .iter()
+            .find(|d| kind_of(d) == "MicroService" && name_of(d) == name)
+            .with_context(|| format!("no {name} MicroService rendered"))?;
+        let rendered: flotilla_crds::MicroService = serde_json::from_value(rendered.clone())?;
+        let normalize = |spec: &flotilla_crds::MicroServiceSpec| {
+            let mut spec = spec.clone();
+            spec.replicas = 0;
+            spec.resources = None;
+            spec.autoscaling = None;
+            spec
+        };
+        ensure!(
+            normalize(&rendered.spec) == normalize(&sample.msvc.spec),
+            "{name}: chart spec {:#?}\ndiffers from services/deploy {:#?}",
+            rendered.spec,
+            sample.msvc.spec
+        );
+        for secret in &sample.secrets {
+            let secret_name = secret.metadata.name.clone().unwrap_or_default();
+            let chart_secret = docs
+                .iter()
+                .find(|d| kind_of(d) == "Secret" && name_of(d) == secret_name)
+                .with_context(|| format!("chart renders no Secret {secret_name}"))?;
+            let chart_keys: BTreeSet<String> = chart_secret
+                .get("data")
+                .and_then(Value::as_object)
+                .map(|m| m.keys().cloned().collect())
+                .unwrap_or_default();
+            let sample_keys: BTreeSet<String> = secret
+                .string_data
+                .iter()
+                .flat_map(|m| m.keys().cloned())
+                .chain(secret.data.iter().flat_map(|m| m.keys().cloned()))
+                .collect();
+            ensure!(
+                chart_keys == sample_keys,
+                "{secret_name}: {chart_keys:?} vs {sample_keys:?}"
+            );
+        }
+    }
+    Ok(())
+}
