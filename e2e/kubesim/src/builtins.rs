@@ -35,24 +35,6 @@ fn integral_floats_as_integers(v: &mut Value) {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn schema_bounds_keep_their_integer_form() {
-        // A CRD's `minimum: 0` survives decoding as 0, not 0.0 (re-applies stay no-ops).
-        let crd = serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": "a.b.c"}, "spec": {"group": "b.c", "scope": "Namespaced",
-            "names": {"kind": "A", "plural": "a"}, "versions": [{"name": "v1", "served": true, "storage": true,
-            "schema": {"openAPIV3Schema": {"type": "object", "properties": {"n": {"type": "number", "minimum": 0, "maximum": 1.5}}}}}]}});
-        let out = decode::<CustomResourceDefinition>(&crd).expect("decodes");
-        let n = &out["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["n"];
-        assert_eq!(n["minimum"], serde_json::json!(0));
-        assert_eq!(n["maximum"], serde_json::json!(1.5));
-    }
-}
-
 fn schema<T: schemars::JsonSchema>(g: &mut schemars::SchemaGenerator) -> schemars::Schema {
     g.subschema_for::<T>()
 }
@@ -353,4 +335,22 @@ pub fn all() -> Vec<ResourceDef> {
             verbs: STANDARD_VERBS.to_vec(),
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_bounds_keep_their_integer_form() {
+        // A CRD's `minimum: 0` survives decoding as 0, not 0.0 (re-applies stay no-ops).
+        let crd = serde_json::json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "a.b.c"}, "spec": {"group": "b.c", "scope": "Namespaced",
+            "names": {"kind": "A", "plural": "a"}, "versions": [{"name": "v1", "served": true, "storage": true,
+            "schema": {"openAPIV3Schema": {"type": "object", "properties": {"n": {"type": "number", "minimum": 0, "maximum": 1.5}}}}}]}});
+        let out = decode::<CustomResourceDefinition>(&crd).expect("decodes");
+        let n = &out["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["n"];
+        assert_eq!(n["minimum"], serde_json::json!(0));
+        assert_eq!(n["maximum"], serde_json::json!(1.5));
+    }
 }
