@@ -109,7 +109,7 @@ pub fn apply(live: Option<&Value>, applied: &Value, a: &Applier) -> Result<Value
         for leaf in fields::value_leaves(&common) {
             let lv = fields::get_path(&live_obj, &leaf);
             let av = fields::get_path(&applied, &leaf);
-            if lv != av {
+            if !same_value(lv, av) {
                 conflicts.push(Conflict {
                     manager: e.manager.clone(),
                     api_version: e.api_version.clone(),
@@ -168,6 +168,16 @@ pub fn apply(live: Option<&Value>, applied: &Value, a: &Applier) -> Result<Value
     entries.retain(|e| !e.fields.is_empty());
     managed::write(&mut merged, &entries);
     Ok(merged)
+}
+
+/// Whether a live value and an applied value are the same. A number applied where the server
+/// stores its string form (a Quantity such as `cpu: 1`) counts as the same value, since the
+/// server normalises it on write.
+fn same_value(live: Option<&Value>, applied: Option<&Value>) -> bool {
+    match (live, applied) {
+        (Some(Value::String(s)), Some(Value::Number(n))) => *s == n.to_string(),
+        (l, a) => l == a,
+    }
 }
 
 /// Whether two objects differ other than in managedFields and resourceVersion.
@@ -360,6 +370,14 @@ mod tests {
             .map(|a| a.iter().filter_map(|c| c["name"].as_str()).collect())
             .unwrap_or_default();
         assert_eq!(names, vec!["a", "c"]);
+    }
+
+    #[test]
+    fn quantity_numbers_match_their_stored_strings() {
+        // `cpu: 1` applied over a stored "1" is not a conflict.
+        assert!(same_value(Some(&json!("1")), Some(&json!(1))));
+        assert!(!same_value(Some(&json!("2")), Some(&json!(1))));
+        assert!(!same_value(None, Some(&json!(1))));
     }
 
     #[test]
