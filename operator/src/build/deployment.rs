@@ -27,6 +27,12 @@ const CONFIG_VOLUME: &str = "config";
 /// Liveness failures tolerated at least, whatever `failureThreshold` says: a restart is far more
 /// disruptive than being taken out of traffic, so liveness is more patient than readiness.
 const MIN_LIVENESS_FAILURES: i32 = 3;
+/// Liveness restarts a wedged process; it need not be as quick as readiness, and probing it every
+/// second restarts slow-but-healthy pods on a loaded node.
+const MIN_LIVENESS_PERIOD_SECONDS: i32 = 5;
+/// A startup probe on the liveness path holds liveness off until the process first answers, for
+/// up to this many one-second probes, so a slow start is not a crash loop.
+const STARTUP_PROBE_FAILURES: i32 = 120;
 
 /// The Deployment for the MicroService.
 pub fn build_deployment(v: &ValidatedSpec) -> Deployment {
@@ -56,6 +62,7 @@ pub fn build_deployment(v: &ValidatedSpec) -> Deployment {
         }]),
         env: Some(env(v)),
         resources: s.resources.clone(),
+        startup_probe: Some(startup_probe(v)),
         liveness_probe: Some(probe(v, &s.health.liveness_path, true)),
         readiness_probe: Some(probe(v, &s.health.readiness_path, false)),
         security_context: Some(SecurityContext {
@@ -145,7 +152,11 @@ fn probe(v: &ValidatedSpec, path: &str, liveness: bool) -> Probe {
             ..HTTPGetAction::default()
         }),
         initial_delay_seconds: Some(h.initial_delay_seconds),
-        period_seconds: Some(ceil_seconds(h.period_millis)),
+        period_seconds: Some(if liveness {
+            ceil_seconds(h.period_millis).max(MIN_LIVENESS_PERIOD_SECONDS)
+        } else {
+            ceil_seconds(h.period_millis)
+        }),
         timeout_seconds: Some(ceil_seconds(h.timeout_millis)),
         failure_threshold: Some(if liveness {
             h.failure_threshold.max(MIN_LIVENESS_FAILURES)
@@ -155,6 +166,18 @@ fn probe(v: &ValidatedSpec, path: &str, liveness: bool) -> Probe {
         // The API server rejects a liveness probe with successThreshold other than 1.
         success_threshold: Some(if liveness { 1 } else { h.success_threshold }),
         ..Probe::default()
+    }
+}
+
+/// The liveness endpoint probed every second until it first answers; liveness and readiness start
+/// after it succeeds.
+fn startup_probe(v: &ValidatedSpec) -> Probe {
+    let h = &v.spec.health;
+    Probe {
+        period_seconds: Some(1),
+        failure_threshold: Some(STARTUP_PROBE_FAILURES),
+        success_threshold: Some(1),
+        ..probe(v, &h.liveness_path, true)
     }
 }
 

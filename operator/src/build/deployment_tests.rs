@@ -84,7 +84,8 @@ fn deployment_basics() {
 }
 
 /// Probes use the health paths on the named port, with period/timeout rounded up to seconds;
-/// liveness keeps successThreshold 1 and is at least as patient as MIN_LIVENESS_FAILURES.
+/// liveness keeps successThreshold 1, is at least as patient as MIN_LIVENESS_FAILURES and
+/// MIN_LIVENESS_PERIOD_SECONDS, and waits behind a startup probe on the same path.
 #[test]
 fn probes_follow_health() {
     let mut spec = MicroServiceSpec::with_image("x");
@@ -105,6 +106,15 @@ fn probes_follow_health() {
     assert_eq!(l.http_get.and_then(|g| g.path).as_deref(), Some("/healthz"));
     assert_eq!(l.success_threshold, Some(1));
     assert_eq!(l.failure_threshold, Some(3));
+    assert_eq!(l.period_seconds, Some(5));
+    let st = c.startup_probe.unwrap_or_default();
+    assert_eq!(
+        st.http_get.and_then(|g| g.path).as_deref(),
+        Some("/healthz")
+    );
+    assert_eq!(st.period_seconds, Some(1));
+    assert_eq!(st.failure_threshold, Some(120));
+    assert_eq!(st.success_threshold, Some(1));
 }
 
 /// The downward API env, dependency URLs and config keys are injected; user env wins on a clash.
