@@ -16,6 +16,7 @@ pub mod faults;
 pub mod node;
 mod openapi;
 pub mod patch;
+mod proto;
 mod registry;
 mod request;
 pub mod schema;

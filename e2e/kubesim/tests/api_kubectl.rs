@@ -453,3 +453,70 @@ async fn kubectl_applies_the_flotilla_crd_and_a_microservice() -> Result<()> {
         .await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn kubectl_create_generators_for_namespaces_configmaps_and_secrets() -> Result<()> {
+    // `kubectl create namespace|configmap|secret` send protobuf bodies, which kubesim decodes
+    // for these kinds; other generators get 415 rather than a wrong object.
+    let cluster = start().await?;
+    let k = Kubectl::new(&cluster)?;
+    k.run(&["create", "namespace", "demo"]).await?;
+    k.run(&[
+        "-n",
+        "demo",
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=LOG_LEVEL=debug",
+    ])
+    .await?;
+    k.run(&[
+        "-n",
+        "demo",
+        "create",
+        "secret",
+        "generic",
+        "creds",
+        "--from-literal=token=s3cret",
+    ])
+    .await?;
+    assert_eq!(
+        k.run(&[
+            "-n",
+            "demo",
+            "get",
+            "cm",
+            "settings",
+            "-o",
+            "jsonpath={.data.LOG_LEVEL}"
+        ])
+        .await?,
+        "debug"
+    );
+    assert_eq!(
+        k.run(&[
+            "-n",
+            "demo",
+            "get",
+            "secret",
+            "creds",
+            "-o",
+            "jsonpath={.data.token}"
+        ])
+        .await?,
+        "czNjcmV0"
+    );
+    assert_eq!(
+        k.run(&["get", "ns", "demo", "-o", "jsonpath={.status.phase}"])
+            .await?,
+        "Active"
+    );
+    let err = k
+        .fail(&["-n", "demo", "create", "deployment", "web", "--image=nginx"])
+        .await?;
+    assert!(
+        err.contains("protobuf bodies are supported only for"),
+        "{err}"
+    );
+    Ok(())
+}
