@@ -79,6 +79,43 @@ fn columns(def: &ResourceDef, version: &str) -> Vec<PrinterColumn> {
         _ => Vec::new(),
     };
     cols.push(age);
+    // `-o wide` columns (priority 1), after AGE as kubectl shows them.
+    let wide = |name: &str, desc: &str, path: &str| col(name, "string", "", desc, 1, path);
+    match (def.group.as_str(), def.plural.as_str()) {
+        ("", "pods") => {
+            cols.push(wide(
+                "IP",
+                "IP address allocated to the pod.",
+                ".status.podIP",
+            ));
+            cols.push(wide(
+                "Node",
+                "Name of the node the pod is assigned to.",
+                ".spec.nodeName",
+            ));
+        }
+        ("apps", "deployments") | ("apps", "replicasets") => {
+            cols.push(wide(
+                "Containers",
+                "Names of each container in the template.",
+                "@containers",
+            ));
+            cols.push(wide(
+                "Images",
+                "Images referenced by each container in the template.",
+                "@images",
+            ));
+            cols.push(wide("Selector", "Label selector for pods.", "@selector"));
+        }
+        ("", "services") => {
+            cols.push(wide(
+                "Selector",
+                "Route service traffic to pods with label keys and values matching this selector.",
+                "@svcselector",
+            ));
+        }
+        _ => {}
+    }
     cols
 }
 
@@ -164,6 +201,38 @@ fn cell(o: &Value, c: &PrinterColumn, now: jiff::Timestamp) -> Value {
                     .or_else(|| special("/status/reason"))
                     .or_else(|| special("/status/phase"))
             }
+        }
+        "@containers" | "@images" => {
+            let field = if c.json_path == "@containers" {
+                "name"
+            } else {
+                "image"
+            };
+            let list = o
+                .pointer("/spec/template/spec/containers")
+                .and_then(Value::as_array);
+            let names: Vec<&str> = list
+                .map(|cs| cs.iter().filter_map(|c| c[field].as_str()).collect())
+                .unwrap_or_default();
+            Some(json!(names.join(",")))
+        }
+        "@selector" => o
+            .pointer("/spec/selector")
+            .map(|s| json!(crate::selectors::LabelSelector::from_object(s).to_query())),
+        "@svcselector" => {
+            let sel = o.pointer("/spec/selector").and_then(Value::as_object);
+            let parts: Vec<String> = sel
+                .map(|m| {
+                    m.iter()
+                        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+                        .collect()
+                })
+                .unwrap_or_default();
+            Some(json!(if parts.is_empty() {
+                "<none>".to_string()
+            } else {
+                parts.join(",")
+            }))
         }
         "@lastseen" => {
             let ts = [

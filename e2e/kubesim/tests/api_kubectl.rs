@@ -316,6 +316,21 @@ spec:
         .split_whitespace()
         .collect();
     assert_eq!(row[..4], ["web", "0/3", "0", "0"], "{table}");
+    let wide = k.run(&["get", "deploy", "web", "-o", "wide"]).await?;
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(header[5..], ["CONTAINERS", "IMAGES", "SELECTOR"], "{wide}");
+    let row: Vec<&str> = wide
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[5..], ["app,side", "app:1,side:2", "app=web"], "{wide}");
     Ok(())
 }
 
