@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use flotilla_crds::{labels, MicroService};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
@@ -20,7 +20,7 @@ use tracing::{debug, info};
 
 use crate::http::Readiness;
 use crate::metrics::Metrics;
-use crate::reconcile::{error_policy, reconcile, Context, Stores};
+use crate::reconcile::{error_policy, reconcile, Context, Stores, Synced};
 use crate::OperatorConfig;
 
 /// Name the operator reports Events under.
@@ -37,6 +37,17 @@ where
     match ns {
         Some(ns) => Api::namespaced(client.clone(), ns),
         None => Api::all(client.clone()),
+    }
+}
+
+/// A new [`Synced`] flag, pushed to `flags`, and the stream inspector that sets it on InitDone.
+fn on_init_done<K>(flags: &mut Vec<Synced>) -> impl FnMut(&watcher::Event<K>) {
+    let (set, flag) = Synced::new();
+    flags.push(flag);
+    move |event| {
+        if matches!(event, watcher::Event::InitDone) {
+            set.set();
+        }
     }
 }
 
@@ -75,33 +86,47 @@ pub async fn run(
         labels::MANAGED_BY_VALUE
     ));
 
+    // Each cache's stream sets its `Synced` flag on InitDone, after the reflector applied it.
+    let mut synced = Vec::new();
+
     // Deployments keep managedFields: the replica handover reads them.
     let (dep_store, dep_writer) = reflector::store::<Deployment>();
     let deployments = watcher(api_for(&client, ns), children.clone())
         .default_backoff()
         .reflect(dep_writer)
+        .inspect_ok(on_init_done(&mut synced))
         .touched_objects();
     let (svc_store, svc_writer) = reflector::store::<Service>();
     let services = watcher(api_for(&client, ns), children.clone())
         .default_backoff()
         .modify(|o: &mut Service| o.managed_fields_mut().clear())
         .reflect(svc_writer)
+        .inspect_ok(on_init_done(&mut synced))
         .touched_objects();
     let (cm_store, cm_writer) = reflector::store::<ConfigMap>();
     let config_maps = watcher(api_for(&client, ns), children.clone())
         .default_backoff()
         .modify(|o: &mut ConfigMap| o.managed_fields_mut().clear())
         .reflect(cm_writer)
+        .inspect_ok(on_init_done(&mut synced))
         .touched_objects();
     let (hpa_store, hpa_writer) = reflector::store::<HorizontalPodAutoscaler>();
     let hpas = watcher(api_for(&client, ns), children)
         .default_backoff()
         .modify(|o: &mut HorizontalPodAutoscaler| o.managed_fields_mut().clear())
         .reflect(hpa_writer)
+        .inspect_ok(on_init_done(&mut synced))
         .touched_objects();
 
-    let controller = Controller::new(ms_api, watcher::Config::default().any_semantic());
-    let ms_store = controller.store();
+    // The MicroService cache is built here rather than by `Controller::new`, so that its stream
+    // can set its flag too; the controller's runner is then the only waiter on the store itself.
+    let (ms_store, ms_writer) = reflector::store::<MicroService>();
+    let ms_stream = watcher(ms_api, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(ms_writer)
+        .inspect_ok(on_init_done(&mut synced))
+        .touched_objects();
+    let controller = Controller::for_stream(ms_stream, ms_store.clone());
     let dep_lookup = ms_store.clone();
     // Metadata only: names and namespaces are all the dependency mapping needs.
     let meta_api: Api<PartialObjectMeta<MicroService>> = match ns {
@@ -118,6 +143,7 @@ pub async fn run(
         services: svc_store,
         config_maps: cm_store,
         hpas: hpa_store,
+        synced,
     };
     let ready_stores = stores.clone();
     let ready_flag = readiness.clone();

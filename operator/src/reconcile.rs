@@ -47,19 +47,51 @@ pub struct Stores {
     pub config_maps: Store<ConfigMap>,
     /// HPAs labelled `managed-by: flotilla`.
     pub hpas: Store<HorizontalPodAutoscaler>,
+    /// One flag per cache, set when its initial list is in.
+    pub synced: Vec<Synced>,
+}
+
+/// Whether one cache has completed its initial list, observable by any number of tasks.
+///
+/// kube-runtime's `Store::wait_until_ready` wakes only the task that polled it last, so two tasks
+/// waiting on the same store at once (the readiness reporter and a reconcile) can wait forever.
+/// This flag is set from the watch stream itself, after the reflector has applied the event.
+#[derive(Clone, Debug)]
+pub struct Synced(tokio::sync::watch::Receiver<bool>);
+
+impl Synced {
+    /// A flag and the setter to call on the stream's `InitDone` event.
+    pub fn new() -> (SyncedSetter, Synced) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (SyncedSetter(Arc::new(tx)), Synced(rx))
+    }
+
+    /// Waits until the flag is set; false if its setter is gone first.
+    pub async fn wait(&self) -> bool {
+        let mut rx = self.0.clone();
+        let synced = rx.wait_for(|synced| *synced).await.is_ok();
+        synced
+    }
+}
+
+/// Sets a [`Synced`] flag; cloned into the watch stream of the cache it describes.
+#[derive(Clone, Debug)]
+pub struct SyncedSetter(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl SyncedSetter {
+    /// Marks the cache as listed.
+    pub fn set(&self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl Stores {
     /// Waits until every cache has completed its initial list.
     pub async fn ready(&self) -> bool {
-        let (a, b, c, d, e) = tokio::join!(
-            self.microservices.wait_until_ready(),
-            self.deployments.wait_until_ready(),
-            self.services.wait_until_ready(),
-            self.config_maps.wait_until_ready(),
-            self.hpas.wait_until_ready(),
-        );
-        a.is_ok() && b.is_ok() && c.is_ok() && d.is_ok() && e.is_ok()
+        futures::future::join_all(self.synced.iter().map(Synced::wait))
+            .await
+            .into_iter()
+            .all(|ok| ok)
     }
 
     fn record_sizes(&self, m: &Metrics) {
