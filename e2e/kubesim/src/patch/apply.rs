@@ -349,6 +349,23 @@ mod tests {
     }
 
     #[test]
+    fn a_dropped_section_is_removed_whole() {
+        // Removing a whole struct from the configuration removes it, not just its fields; a
+        // section another manager still has fields in stays.
+        let with = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+            "spec": {"replicas": 1, "strategy": {"rollingUpdate": {"maxSurge": 1}}}});
+        let a = apply(None, &with, &applier("m", false, NOW)).expect("applies");
+        let c = apply(Some(&a), &cfg(1, json!([])), &applier("m", false, NOW)).expect("applies");
+        assert!(c["spec"].get("strategy").is_none(), "{c}");
+
+        let other = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+            "spec": {"strategy": {"type": "RollingUpdate"}}});
+        let b = apply(Some(&a), &other, &applier("n", false, NOW)).expect("applies");
+        let c = apply(Some(&b), &cfg(1, json!([])), &applier("m", false, NOW)).expect("applies");
+        assert_eq!(c["spec"]["strategy"], json!({"type": "RollingUpdate"}));
+    }
+
+    #[test]
     fn dropped_fields_are_removed_and_lists_merge_by_key() {
         // A container the manager stops applying is removed; another manager's container stays.
         let both = cfg(

@@ -271,7 +271,14 @@ pub fn remove(obj: &mut Value, set: &FieldSet) {
         if owns_self(node) {
             remove_element(obj, pe);
         } else if let Some(child) = step_mut(obj, pe) {
+            let was_empty = child.as_object().is_some_and(Map::is_empty);
             remove(child, &kids_of(node));
+            // A struct whose every field was dropped goes too, so that removing a whole
+            // section from the applied configuration (e.g. `spec.autoscaling`) removes it
+            // rather than leaving `{}` behind for defaulting to refill.
+            if !was_empty && child.as_object().is_some_and(Map::is_empty) && pe.starts_with("f:") {
+                remove_element(obj, pe);
+            }
         }
     }
 }
