@@ -239,14 +239,11 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 }
 
 async fn failover(args: &Args) -> Result<()> {
-    let mut sim = Sim::start("failover-bench").await?;
-    sim.stop_operator().await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let maddr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
-    sim.metrics_addr = Some(maddr);
-    sim.start_operator();
+    let sim = Sim::start_with("failover-bench", Some(maddr)).await?;
     sim.create_users("users-backup", 2, |_| {}).await?;
     sim.create_users("users", 2, |s| {
         s.failover.enabled = true;

@@ -74,6 +74,11 @@ fn users_binary() -> Result<PathBuf> {
 impl Sim {
     /// Starts the cluster, the node, the CRD, namespace `ns` and the operator.
     pub async fn start(ns: &str) -> Result<Sim> {
+        Sim::start_with(ns, None).await
+    }
+
+    /// Like [`Sim::start`], with the operator serving `/metrics` on `metrics_addr`.
+    pub async fn start_with(ns: &str, metrics_addr: Option<SocketAddr>) -> Result<Sim> {
         let users = users_binary()?;
         let cluster = Cluster::start(ClusterConfig::default()).await?;
         let client = cluster.client();
@@ -116,7 +121,7 @@ impl Sim {
             ns: ns.to_owned(),
             node: Some(node),
             operator: None,
-            metrics_addr: None,
+            metrics_addr,
             _cluster: cluster,
             _state: state,
         };
