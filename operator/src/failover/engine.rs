@@ -11,6 +11,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,7 +64,10 @@ pub struct EngineOutputs {
     pub notices: mpsc::Receiver<Notice>,
 }
 
+/// Per-pod state, with what a probe needs copied in so probing does no map lookups by name.
 struct PodEntry {
+    svc: Arc<ServiceInfo>,
+    addr: Option<SocketAddr>,
     health: PodHealth,
     kubelet_ready: bool,
     window: ErrorWindow,
@@ -80,12 +84,14 @@ struct SvcEntry {
 
 struct Engine {
     inv: Arc<Inventory>,
-    pods: HashMap<ObjKey, PodEntry>,
+    ids: HashMap<ObjKey, u64>,
+    next_id: u64,
+    pods: HashMap<u64, PodEntry>,
     svcs: HashMap<ObjKey, SvcEntry>,
-    heap: BinaryHeap<Reverse<(Instant, ObjKey)>>,
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
     client: ProbeClient,
     permits: Arc<Semaphore>,
-    probes: JoinSet<(ObjKey, ProbeReport)>,
+    probes: JoinSet<(u64, ProbeReport)>,
     metrics: Metrics,
     desired_tx: watch::Sender<Arc<Desired>>,
     notice_tx: mpsc::Sender<Notice>,
@@ -112,6 +118,8 @@ pub fn spawn(
             runtime.block_on(async move {
                 let engine = Engine {
                     inv: Arc::new(Inventory::default()),
+                    ids: HashMap::new(),
+                    next_id: 0,
                     pods: HashMap::new(),
                     svcs: HashMap::new(),
                     heap: BinaryHeap::new(),
@@ -158,13 +166,13 @@ impl Engine {
                     decide_now = true;
                 }
                 Some(joined) = self.probes.join_next(), if !self.probes.is_empty() => {
-                    if let Ok((key, rep)) = joined {
-                        decide_now |= self.on_report(&key, rep);
+                    if let Ok((id, rep)) = joined {
+                        decide_now |= self.on_report(id, rep);
                     }
                     // Take every other finished probe too, then decide once.
                     while let Some(joined) = self.probes.try_join_next() {
-                        if let Ok((key, rep)) = joined {
-                            decide_now |= self.on_report(&key, rep);
+                        if let Ok((id, rep)) = joined {
+                            decide_now |= self.on_report(id, rep);
                         }
                     }
                 }
@@ -189,27 +197,48 @@ impl Engine {
             .any(|e| e.state.active == Target::Fallback || !e.state.flips.is_empty())
     }
 
+    fn entry(&self, key: &ObjKey) -> Option<&PodEntry> {
+        self.pods.get(self.ids.get(key)?)
+    }
+
     fn apply_inventory(&mut self, inv: Arc<Inventory>) {
         let now = Instant::now();
-        self.pods.retain(|k, _| inv.pods.contains_key(k));
+        let services: HashMap<&ObjKey, Arc<ServiceInfo>> = inv
+            .services
+            .iter()
+            .map(|(k, s)| (k, Arc::new(s.clone())))
+            .collect();
+        let pods = &mut self.pods;
+        self.ids.retain(|k, id| {
+            let keep = inv.pods.contains_key(k);
+            if !keep {
+                pods.remove(id);
+            }
+            keep
+        });
         for (key, p) in &inv.pods {
-            if let Some(entry) = self.pods.get_mut(key) {
+            let Some(svc) = services.get(&ObjKey::new(key.ns.clone(), p.service.clone())) else {
+                continue;
+            };
+            let addr = p.ip.map(|ip| SocketAddr::new(ip, svc.probe.port));
+            if let Some(entry) = self.ids.get(key).and_then(|id| self.pods.get_mut(id)) {
                 if p.ready && !entry.kubelet_ready {
                     entry.health.kubelet_became_ready();
                 }
                 entry.kubelet_ready = p.ready;
+                entry.svc = svc.clone();
+                entry.addr = addr;
                 continue;
             }
-            let Some(svc) = inv
-                .services
-                .get(&ObjKey::new(key.ns.clone(), p.service.clone()))
-            else {
-                continue;
-            };
             let first = now + svc.probe.period.mul_f64(rand::rng().random_range(0.0..1.0));
+            let id = self.next_id;
+            self.next_id += 1;
+            self.ids.insert(key.clone(), id);
             self.pods.insert(
-                key.clone(),
+                id,
                 PodEntry {
+                    svc: svc.clone(),
+                    addr,
                     health: PodHealth::new(p.ready),
                     kubelet_ready: p.ready,
                     window: ErrorWindow::new(svc.failover.error_rate_window),
@@ -218,7 +247,7 @@ impl Engine {
                     last_scrape: None,
                 },
             );
-            self.heap.push(Reverse((first, key.clone())));
+            self.heap.push(Reverse((first, id)));
         }
         let metrics = &self.metrics;
         self.svcs.retain(|k, _| {
@@ -243,29 +272,20 @@ impl Engine {
             if *due > now {
                 break;
             }
-            let Some(Reverse((due, key))) = self.heap.pop() else {
+            let Some(Reverse((due, id))) = self.heap.pop() else {
                 break;
             };
-            let Some(entry) = self.pods.get_mut(&key) else {
+            let Some(entry) = self.pods.get_mut(&id) else {
                 continue;
             };
             if entry.next_due != due {
                 continue;
             }
-            let Some(pod) = self.inv.pods.get(&key) else {
-                continue;
-            };
-            let Some(svc) = self
-                .inv
-                .services
-                .get(&ObjKey::new(key.ns.clone(), pod.service.clone()))
-            else {
-                continue;
-            };
+            let svc = entry.svc.clone();
             let next = now + jittered(svc.probe.period);
             entry.next_due = next;
-            self.heap.push(Reverse((next, key.clone())));
-            let Some(ip) = pod.ip else {
+            self.heap.push(Reverse((next, id)));
+            let Some(addr) = entry.addr else {
                 continue;
             };
             if entry.in_flight {
@@ -281,31 +301,24 @@ impl Engine {
                     .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.scrape_every);
             entry.in_flight = true;
             let client = self.client.clone();
-            let addr = std::net::SocketAddr::new(ip, svc.probe.port);
-            let path = svc.probe.readiness_path.clone();
-            let metrics_path = scrape.then(|| svc.probe.metrics_path.clone());
-            let timeout = svc.probe.timeout;
             self.probes.spawn(async move {
-                let rep = probe::run(&client, addr, &path, metrics_path.as_deref(), timeout).await;
+                let p = &svc.probe;
+                let metrics_path = scrape.then_some(p.metrics_path.as_str());
+                let rep =
+                    probe::run(&client, addr, &p.readiness_path, metrics_path, p.timeout).await;
                 drop(permit);
-                (key, rep)
+                (id, rep)
             });
         }
     }
 
     /// Feeds a probe report into the pod's state machine; `true` when its verdict changed.
-    fn on_report(&mut self, key: &ObjKey, rep: ProbeReport) -> bool {
-        let Some(entry) = self.pods.get_mut(key) else {
+    fn on_report(&mut self, id: u64, rep: ProbeReport) -> bool {
+        let Some(entry) = self.pods.get_mut(&id) else {
             return false;
         };
         entry.in_flight = false;
-        let Some(svc) = self.inv.pods.get(key).and_then(|p| {
-            self.inv
-                .services
-                .get(&ObjKey::new(key.ns.clone(), p.service.clone()))
-        }) else {
-            return false;
-        };
+        let svc = entry.svc.clone();
         if let Some(counts) = rep.scrape {
             let ratio = entry.window.record(rep.at, counts);
             entry.health.set_error_ratio(ratio);
@@ -334,7 +347,7 @@ impl Engine {
         self.inv
             .pods_of(svc)
             .filter_map(|p| {
-                let h = &self.pods.get(&p.key)?.health;
+                let h = &self.entry(&p.key)?.health;
                 Some(PodView {
                     name: p.key.name.clone(),
                     kubelet_ready: p.ready,
@@ -403,8 +416,9 @@ impl Engine {
             for c in &d.pod_changes {
                 let pod = ObjKey::new(key.ns.clone(), c.pod.clone());
                 let evidence = self
-                    .pods
+                    .ids
                     .get(&pod)
+                    .and_then(|id| self.pods.get(id))
                     .map(|e| report::describe(e.health.last.as_ref()))
                     .unwrap_or_default();
                 notices.push(Notice::Pod {
@@ -431,7 +445,7 @@ impl Engine {
                 .filter_map(|p| {
                     Some(report::evidence(
                         &p.key.name,
-                        &self.pods.get(&p.key)?.health,
+                        &self.pods.get(self.ids.get(&p.key)?)?.health,
                     ))
                 })
                 .collect();
