@@ -1,0 +1,200 @@
+//! The README's "Run it" session, as a newcomer types it: `kubesim up --operator --demo`, then
+//! the kubectl and curl commands the README lists, against the kubeconfig kubesim printed.
+//!
+//! The only additions to the README's command are a private state directory and address ranges,
+//! so this test does not collide with other clusters running in parallel.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use flotilla_e2e::local::workspace_binary;
+use flotilla_e2e::wait::until;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// Building nothing, installing the CRD and starting two services and the operator on a loaded
+/// 2-core machine.
+const UP_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// Starts `kubesim up --operator --demo` and returns it with the kubeconfig path it printed.
+async fn kubesim_up(state: &Path) -> Result<(Child, PathBuf)> {
+    let kubesim = workspace_binary("kubesim", "kubesim")?;
+    let pid = std::process::id();
+    let (a, b) = (250 + pid % 5, (pid / 5) % 256);
+    let mut child = Command::new(kubesim)
+        .args(["up", "--operator", "--demo", "--state-dir"])
+        .arg(state)
+        .arg("--pod-cidr")
+        .arg(format!("127.{a}.{b}.0/25"))
+        .arg("--service-cidr")
+        .arg(format!("127.{a}.{b}.128/25"))
+        .current_dir(flotilla_e2e::tools::repo_root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting kubesim up")?;
+    let stdout = child.stdout.take().context("kubesim stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let kubeconfig = tokio::time::timeout(UP_TIMEOUT, async {
+        while let Some(line) = lines.next_line().await? {
+            println!("kubesim: {line}");
+            if let Some(path) = line.strip_prefix("export KUBECONFIG=") {
+                return Ok(PathBuf::from(path.trim()));
+            }
+        }
+        bail!("kubesim exited before printing the export line")
+    })
+    .await
+    .context("kubesim up did not print its kubeconfig in time")??;
+    // Keep draining its output so it never blocks on a full pipe.
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            println!("kubesim: {line}");
+        }
+    });
+    Ok((child, kubeconfig))
+}
+
+/// Runs kubectl with the kubeconfig; its stdout on success, an error with stderr otherwise.
+async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new("kubectl")
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .await
+        .context("running kubectl (is it on PATH?)")?;
+    if !out.status.success() {
+        bail!(
+            "kubectl {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+async fn wait_ready(kubeconfig: &Path, name: &str) -> Result<()> {
+    let jsonpath = "-o=jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
+    until(
+        &format!("MicroService {name} Ready"),
+        UP_TIMEOUT,
+        || async {
+            let status = kubectl(kubeconfig, &["get", "msvc", name, jsonpath]).await?;
+            if status.trim() == "True" {
+                Ok(Some(()))
+            } else {
+                bail!("Ready is {status:?}")
+            }
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn the_run_it_session_works_as_written() -> Result<()> {
+    let state = tempfile::tempdir()?;
+    let (mut kubesim, kubeconfig) = kubesim_up(state.path()).await?;
+    let result = session(&kubeconfig).await;
+    if result.is_err() {
+        let log = std::fs::read_to_string(state.path().join("operator.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        eprintln!(
+            "--- operator log (last lines, newest first)\n{}",
+            tail.join("\n")
+        );
+        if let Ok(all) = kubectl(
+            &kubeconfig,
+            &["get", "msvc,deploy,pods,svc,events", "-o", "wide"],
+        )
+        .await
+        {
+            eprintln!("--- cluster\n{all}");
+        }
+    }
+    // Ctrl-C stops kubesim and every pod process.
+    if let Some(pid) = kubesim.id() {
+        let _ = Command::new("kill")
+            .args(["-INT", &pid.to_string()])
+            .status()
+            .await;
+    }
+    let status = tokio::time::timeout(Duration::from_secs(60), kubesim.wait()).await;
+    result?;
+    let status = status.context("kubesim did not stop after SIGINT")??;
+    assert!(status.success(), "kubesim exited with {status}");
+    Ok(())
+}
+
+async fn session(kubeconfig: &Path) -> Result<()> {
+    wait_ready(kubeconfig, "users").await?;
+    wait_ready(kubeconfig, "auth").await?;
+
+    // $ kubectl get msvc,deploy,pods,svc
+    let listing = kubectl(kubeconfig, &["get", "msvc,deploy,pods,svc"]).await?;
+    for name in [
+        "microservice.flotilla.rs/users",
+        "deployment.apps/auth",
+        "service/users",
+    ] {
+        assert!(listing.contains(name), "{name} missing from:\n{listing}");
+    }
+
+    // $ kubectl get msvc users -o yaml
+    let yaml = kubectl(kubeconfig, &["get", "msvc", "users", "-o", "yaml"]).await?;
+    assert!(yaml.contains("observedGeneration"), "{yaml}");
+
+    // $ USERS=$(kubectl get svc users -o jsonpath='{.spec.clusterIP}')
+    // $ curl -s http://$USERS:8080/readyz
+    let ip = kubectl(
+        kubeconfig,
+        &["get", "svc", "users", "-o", "jsonpath={.spec.clusterIP}"],
+    )
+    .await?;
+    let url = format!("http://{}:8080/readyz", ip.trim());
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    until(
+        "users /readyz through the cluster IP",
+        UP_TIMEOUT,
+        || async {
+            let resp = http.get(&url).send().await?;
+            if resp.status().is_success() {
+                Ok(Some(()))
+            } else {
+                bail!("{url} answered {}", resp.status())
+            }
+        },
+    )
+    .await?;
+
+    // $ kubectl scale msvc users --replicas 3
+    kubectl(kubeconfig, &["scale", "msvc", "users", "--replicas", "3"]).await?;
+    until("users at 3 ready replicas", UP_TIMEOUT, || async {
+        let ready = kubectl(
+            kubeconfig,
+            &[
+                "get",
+                "msvc",
+                "users",
+                "-o",
+                "jsonpath={.status.readyReplicas}",
+            ],
+        )
+        .await?;
+        if ready.trim() == "3" {
+            Ok(Some(()))
+        } else {
+            bail!("readyReplicas is {ready:?}")
+        }
+    })
+    .await?;
+
+    // $ kubectl explain microservice.spec.failover
+    let explain = kubectl(kubeconfig, &["explain", "microservice.spec.failover"]).await?;
+    assert!(explain.contains("fallback"), "{explain}");
+    Ok(())
+}
