@@ -295,6 +295,12 @@ async fn an_operator_restart_during_failover_keeps_the_current_target() -> Resul
         Ok((sim.active(PRIMARY).await?.as_deref() == Some("fallback")).then_some(()))
     })
     .await?;
+    let fallback_ips = ips(&fallback);
+    sim.wait(
+        "primary Service endpoints are the fallback pods",
+        || async { Ok((sim.ready_endpoints(PRIMARY).await? == fallback_ips).then_some(())) },
+    )
+    .await?;
     sim.stop_operator().await?;
     for p in &primary {
         clear_fault(p).await?;
@@ -302,16 +308,16 @@ async fn an_operator_restart_during_failover_keeps_the_current_target() -> Resul
     sim.ready_pods(PRIMARY, 2).await?;
     sim.start_operator();
     let t0 = Instant::now();
-    let fallback_ips = ips(&fallback);
+    let primary_ips = ips(&primary);
     loop {
         let active = sim.active(PRIMARY).await?;
         if active.as_deref() == Some("primary") {
             break;
         }
         if t0.elapsed() < recover {
-            // Until the window has passed, traffic must stay on the fallback.
+            // Until the window has passed, no primary pod may get traffic back.
             let eps = sim.ready_endpoints(PRIMARY).await?;
-            if eps != fallback_ips {
+            if !eps.is_disjoint(&primary_ips) {
                 sim.dump().await;
                 bail!(
                     "endpoints changed {:?} after the restart: {eps:?}",
