@@ -376,3 +376,56 @@ async fn with_the_operator_stopped_kubernetes_still_drops_and_adds_pods() -> Res
     sim.shutdown().await;
     Ok(())
 }
+
+/// The value of `http_requests_total{route="/readyz",status="503"}` in a pod's metrics text.
+fn readyz_failures(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("http_requests_total{"))
+        .filter(|l| l.contains("route=\"/readyz\"") && l.contains("status=\"503\""))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
+}
+
+#[tokio::test]
+async fn a_noisy_pod_does_not_flap_traffic() -> Result<()> {
+    // A pod whose readiness fails every other probe never reaches the failure threshold (2 in
+    // a row): it keeps its membership label and the primary stays active, while its metrics
+    // prove the prober did see the failures.
+    let sim = Sim::start("failover-noisy").await?;
+    let (primary, _) = two_services(&sim, 2, |_| {}).await?;
+    let noisy = &primary[0];
+    let name = noisy.metadata.name.clone().unwrap_or_default();
+    set_fault(noisy, r#"{"flakyReadiness": true}"#).await?;
+    let addr = pod_addr(noisy)?;
+    // Watch for as long as it takes the prober to see at least eight failures (about 16
+    // probes at the 500 ms default), checking every 100 ms that nothing moved.
+    let start = Instant::now();
+    loop {
+        let p = sim.pods().get(&name).await?;
+        assert_eq!(
+            serves(&p, PRIMARY).as_deref(),
+            Some("true"),
+            "the noisy pod was ejected after {:?}",
+            start.elapsed()
+        );
+        assert_eq!(sim.active(PRIMARY).await?.as_deref(), Some("primary"));
+        let (_, metrics) = http_text(addr, "GET", "/metrics", None).await?;
+        if readyz_failures(&metrics) >= 8.0 {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("the noisy pod answered fewer than 8 failing readiness checks in 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reasons = sim.event_reasons(PRIMARY).await?;
+    assert!(
+        !reasons
+            .iter()
+            .any(|r| r == "PodEjected" || r == "FailedOver"),
+        "events: {reasons:?}"
+    );
+    sim.shutdown().await;
+    Ok(())
+}

@@ -383,6 +383,16 @@ where
 /// One HTTP/1.1 request on a fresh connection (so each request picks a backend anew); returns
 /// the status code, or an error when the connection fails.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Result<u16> {
+    Ok(http_text(addr, method, path, body).await?.0)
+}
+
+/// One request on a fresh connection: the status code and the whole reply (headers and body).
+pub async fn http_text(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<(u16, String)> {
     let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
         .await
         .context("connect timeout")??;
@@ -403,7 +413,7 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| anyhow!("no HTTP status in reply: {text:?}"))?;
-    Ok(code)
+    Ok((code, text.into_owned()))
 }
 
 /// Injects faults into one pod through its `/admin/faults`.

@@ -3,12 +3,15 @@
 //!
 //! The admin routes exist only when `ADMIN_TOKEN` is set, and then require
 //! `Authorization: Bearer <token>`. `unhealthy` fails `/readyz` only (traffic moves away, the
-//! kubelet does not restart the pod); `errorRate` and `latencyMs` apply to the service's own
+//! kubelet does not restart the pod); `flakyReadiness` fails every other `/readyz` answer on
+//! each client connection (a noisy instance); `errorRate` and `latencyMs` apply to the service's own
 //! API routes, never to health, metrics or admin routes, so a faulty service can still be
 //! observed and repaired.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -17,6 +20,9 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::reply::{self, tag};
+
+/// Connections remembered by `flakyReadiness`; the table is reset when it grows past this.
+const MAX_FLAKY_PEERS: usize = 4096;
 
 /// Upper bound on injected latency, so a typo cannot park requests for hours.
 pub const MAX_LATENCY_MS: u64 = 60_000;
@@ -31,6 +37,10 @@ pub struct FaultConfig {
     /// Report not-ready on `/readyz` (liveness is unaffected).
     #[serde(default)]
     pub unhealthy: bool,
+    /// Fail every other `/readyz` answer on each client connection, starting with a pass: a
+    /// noisy instance. Keyed by connection so that each prober sees the alternation itself.
+    #[serde(default)]
+    pub flaky_readiness: bool,
     /// Share of API requests, 0.0..=1.0, answered with HTTP 500 instead of being handled.
     #[serde(default)]
     pub error_rate: f64,
@@ -78,6 +88,8 @@ pub struct Faults {
     config: Arc<RwLock<FaultConfig>>,
     // Fast path: API requests skip the lock entirely while no request fault is set.
     active: Arc<AtomicBool>,
+    // flakyReadiness: whether the next answer on each connection fails.
+    flaky: Arc<Mutex<HashMap<SocketAddr, bool>>>,
 }
 
 impl Faults {
@@ -115,6 +127,25 @@ impl Faults {
     /// Whether `/readyz` must report not-ready.
     pub fn unhealthy(&self) -> bool {
         self.get().unhealthy
+    }
+
+    /// With `flakyReadiness`, whether this `/readyz` answer to `peer` fails: every other one
+    /// per connection, the first passing. Always false without the fault or a peer address.
+    pub fn flaky_readiness_fails(&self, peer: Option<SocketAddr>) -> bool {
+        let (true, Some(peer)) = (self.get().flaky_readiness, peer) else {
+            return false;
+        };
+        let mut table = match self.flaky.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if table.len() >= MAX_FLAKY_PEERS && !table.contains_key(&peer) {
+            table.clear();
+        }
+        let fail_next = table.entry(peer).or_insert(false);
+        let fails = *fail_next;
+        *fail_next = !fails;
+        fails
     }
 
     /// A filter to put on each API route *after* its path and method matched: it applies the
@@ -227,6 +258,7 @@ mod tests {
         // Out-of-range rates and latencies are refused instead of clamped.
         let ok = FaultConfig {
             unhealthy: true,
+            flaky_readiness: true,
             error_rate: 1.0,
             latency_ms: 10,
         };

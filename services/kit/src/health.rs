@@ -158,6 +158,15 @@ impl Health {
 
     /// Runs every readiness check (each bounded by [`CHECK_TIMEOUT`]) and reports.
     pub async fn readiness(&self, faults: &Faults) -> ReadinessReport {
+        self.readiness_for(faults, None).await
+    }
+
+    /// [`Self::readiness`] for a request from `peer`, which the `flakyReadiness` fault needs.
+    pub async fn readiness_for(
+        &self,
+        faults: &Faults,
+        peer: Option<std::net::SocketAddr>,
+    ) -> ReadinessReport {
         let mut failing = Vec::new();
         if self.is_draining() {
             failing.push(Failing {
@@ -169,6 +178,11 @@ impl Health {
             failing.push(Failing {
                 check: "faults".into(),
                 reason: "marked unhealthy by /admin/faults".into(),
+            });
+        } else if faults.flaky_readiness_fails(peer) {
+            failing.push(Failing {
+                check: "faults".into(),
+                reason: "flaky readiness injected by /admin/faults".into(),
             });
         }
         for (name, check) in &self.inner.checks {
@@ -213,18 +227,22 @@ impl Health {
             tag("/healthz", resp)
         });
         let ready = self.clone();
-        let readyz = warp::path!("readyz").and(warp::get()).then(move || {
-            let (ready, faults) = (ready.clone(), faults.clone());
-            async move {
-                let report = ready.readiness(&faults).await;
-                let status = if report.failing.is_empty() {
-                    StatusCode::OK
-                } else {
-                    StatusCode::SERVICE_UNAVAILABLE
-                };
-                tag("/readyz", reply::json(status, &report))
-            }
-        });
+        let readyz = warp::path!("readyz")
+            .and(warp::get())
+            .and(warp::ext::optional::<crate::server::PeerAddr>())
+            .then(move |peer: Option<crate::server::PeerAddr>| {
+                let peer = peer.map(|p| p.0);
+                let (ready, faults) = (ready.clone(), faults.clone());
+                async move {
+                    let report = ready.readiness_for(&faults, peer).await;
+                    let status = if report.failing.is_empty() {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    tag("/readyz", reply::json(status, &report))
+                }
+            });
         healthz.or(readyz).unify()
     }
 }

@@ -108,7 +108,7 @@ async fn accept_until<Svc, S>(
             () = &mut stop => return,
             accepted = listener.accept() => accepted,
         };
-        let (stream, _peer) = match accepted {
+        let (stream, peer) = match accepted {
             Ok(pair) => pair,
             Err(e) => {
                 // Usually EMFILE or a connection reset before accept; back off briefly
@@ -120,7 +120,10 @@ async fn accept_until<Svc, S>(
         };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
-        let svc = hyper::service::service_fn(move |req| with_request_id(service.clone(), req));
+        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(PeerAddr(peer));
+            with_request_id(service.clone(), req)
+        });
         let conn =
             hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
@@ -144,6 +147,11 @@ where
     resp.headers_mut().insert(REQUEST_ID_HEADER, id);
     Ok(resp)
 }
+
+/// The client address of the connection a request came in on, in the request's extensions
+/// (`warp::ext::optional::<PeerAddr>()` reads it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// Keeps a usable incoming request id or replaces it with a fresh UUID; returns the id.
 pub fn ensure_request_id(headers: &mut http::HeaderMap) -> HeaderValue {

@@ -159,9 +159,42 @@ async fn admin_routes_need_the_token() -> Result<()> {
     let body: serde_json::Value = r.json().await?;
     assert_eq!(
         body,
-        serde_json::json!({"unhealthy": false, "errorRate": 0.0, "latencyMs": 0})
+        serde_json::json!({"unhealthy": false, "flakyReadiness": false, "errorRate": 0.0, "latencyMs": 0})
     );
     on.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn flaky_readiness_alternates_on_each_connection() -> Result<()> {
+    // flakyReadiness fails every other /readyz answer on one kept-alive connection, starting
+    // with a pass, so a prober with a failure threshold of 2 never sees two failures in a row;
+    // a client opening a new connection per check always sees a pass.
+    let (srv, _kit) = start(true, Duration::ZERO).await?;
+    let admin = reqwest::Client::new();
+    let r = admin
+        .post(format!("{}/admin/faults", srv.url()))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"flakyReadiness": true}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), 200);
+    let url = format!("{}/readyz", srv.url());
+    let kept = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()?;
+    let mut seen = Vec::new();
+    for _ in 0..6 {
+        seen.push(kept.get(&url).send().await?.status().as_u16());
+    }
+    assert_eq!(seen, vec![200, 503, 200, 503, 200, 503]);
+    let fresh = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    for _ in 0..3 {
+        assert_eq!(fresh.get(&url).send().await?.status(), 200);
+    }
+    srv.stop().await?;
     Ok(())
 }
 
