@@ -2,7 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use flotilla_kit::server::{serve, shutdown_signal, DrainOptions};
+use flotilla_kit::server::serve_until_signal;
 use flotilla_kit::telemetry::init_tracing;
 
 /// Login and token verification for Flotilla's sample services.
@@ -40,17 +40,11 @@ async fn main() -> anyhow::Result<()> {
         admin = config.service.admin_token.is_some(),
         "auth listening"
     );
-    let _heartbeat = service.kit.health.spawn_heartbeat();
-    let opts = DrainOptions {
-        shutdown_delay: config.service.shutdown_delay,
-        drain_timeout: config.service.drain_timeout,
-    };
-    let stopped = serve(
+    let stopped = serve_until_signal(
         listener,
         service.filter(),
         service.kit.health.clone(),
-        opts,
-        shutdown_signal(),
+        &config.service,
     )
     .await;
     tracing::info!(?stopped, "auth stopped");

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+use crate::config::ServiceConfig;
 use crate::health::Health;
 use crate::telemetry::REQUEST_ID_HEADER;
 
@@ -224,6 +225,37 @@ impl Running {
     pub async fn finished(self) -> Result<Stopped, tokio::task::JoinError> {
         self.task.await
     }
+}
+
+impl From<&ServiceConfig> for DrainOptions {
+    fn from(config: &ServiceConfig) -> Self {
+        DrainOptions {
+            shutdown_delay: config.shutdown_delay,
+            drain_timeout: config.drain_timeout,
+        }
+    }
+}
+
+/// What a service binary does once it has bound: keeps the liveness heartbeat ticking and serves
+/// `filter` until SIGTERM or SIGINT, then drains as `config` says.
+pub async fn serve_until_signal<F>(
+    listener: TcpListener,
+    filter: F,
+    health: Health,
+    config: &ServiceConfig,
+) -> Stopped
+where
+    F: Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static,
+{
+    let _heartbeat = health.spawn_heartbeat();
+    serve(
+        listener,
+        filter,
+        health,
+        DrainOptions::from(config),
+        shutdown_signal(),
+    )
+    .await
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

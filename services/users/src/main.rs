@@ -1,7 +1,7 @@
 //! `users` binary: reads the environment, opens the database, binds, serves until SIGTERM.
 
 use anyhow::Context;
-use flotilla_kit::server::{serve, shutdown_signal, DrainOptions};
+use flotilla_kit::server::serve_until_signal;
 use flotilla_kit::telemetry::init_tracing;
 use users::config::Config;
 use users::{db, Db, Passwords};
@@ -29,17 +29,11 @@ async fn main() -> anyhow::Result<()> {
         admin = config.service.admin_token.is_some(),
         "users listening"
     );
-    let _heartbeat = service.kit.health.spawn_heartbeat();
-    let opts = DrainOptions {
-        shutdown_delay: config.service.shutdown_delay,
-        drain_timeout: config.service.drain_timeout,
-    };
-    let stopped = serve(
+    let stopped = serve_until_signal(
         listener,
         service.filter(),
         service.kit.health.clone(),
-        opts,
-        shutdown_signal(),
+        &config.service,
     )
     .await;
     service.state.db.close().await;
