@@ -21,8 +21,8 @@ pub fn crd() -> CustomResourceDefinition {
 }
 
 /// The CRD as a YAML document, exactly as `flotilla-operator crd` prints it.
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&crd())
+pub fn crd_yaml() -> Result<String, serde_norway::Error> {
+    serde_norway::to_string(&crd())
 }
 
 /// Fields whose type is a Kubernetes core type; the reference names the type instead of

@@ -58,7 +58,7 @@ pub fn render(chart: &str, release: &str, namespace: &str, sets: &[&str]) -> Res
 /// Splits a multi-document YAML stream into JSON values, dropping empty documents.
 pub fn split_documents(yaml: &str) -> Result<Vec<Value>> {
     let mut docs = Vec::new();
-    for (index, doc) in serde_yaml::Deserializer::from_str(yaml).enumerate() {
+    for (index, doc) in serde_norway::Deserializer::from_str(yaml).enumerate() {
         let value: Value = serde::Deserialize::deserialize(doc)
             .with_context(|| format!("YAML document {index} does not parse"))?;
         if !value.is_null() {

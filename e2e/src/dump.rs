@@ -47,7 +47,7 @@ where
             for mut obj in list.items {
                 // Managed fields are noise when reading a failure.
                 obj.meta_mut().managed_fields = None;
-                match serde_yaml::to_string(&obj) {
+                match serde_norway::to_string(&obj) {
                     Ok(yaml) => {
                         let _ = writeln!(out, "{yaml}---");
                     }

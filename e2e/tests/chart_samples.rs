@@ -45,7 +45,7 @@ fn readme_values_tables_list_every_value() -> Result<()> {
     for chart_name in ["flotilla", "flotilla-samples"] {
         let dir = chart::chart_dir(chart_name);
         let values: Value =
-            serde_yaml::from_str(&std::fs::read_to_string(dir.join("values.yaml"))?)?;
+            serde_norway::from_str(&std::fs::read_to_string(dir.join("values.yaml"))?)?;
         let mut in_values = BTreeSet::new();
         leaf_keys(&values, "", &mut in_values);
         let readme = std::fs::read_to_string(dir.join("README.md"))?;

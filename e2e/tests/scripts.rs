@@ -50,7 +50,7 @@ fn kind_script_names_files_that_exist() -> Result<()> {
 fn kind_node_matches_the_validated_kubernetes_version() -> Result<()> {
     // The kind cluster runs the Kubernetes minor version the chart output is validated against.
     let root = tools::repo_root();
-    let config: serde_json::Value = serde_yaml::from_str(&std::fs::read_to_string(
+    let config: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(
         root.join("e2e/kind/kind-config.yaml"),
     )?)?;
     ensure!(config.get("kind").and_then(|k| k.as_str()) == Some("Cluster"));

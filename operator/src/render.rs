@@ -146,9 +146,9 @@ pub fn render(input: &str, namespace: &str) -> Result<Rendered, RenderError> {
     let mut errors = Vec::new();
     let mut services = Vec::new();
     let mut skipped = Vec::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(input).enumerate() {
+    for (i, de) in serde_norway::Deserializer::from_str(input).enumerate() {
         let index = i + 1;
-        let value = match serde_yaml::Value::deserialize(de) {
+        let value = match serde_norway::Value::deserialize(de) {
             Ok(v) => v,
             Err(e) => {
                 errors.push(doc_err(index, "-", format!("invalid YAML: {e}")));
@@ -225,7 +225,7 @@ pub fn render(input: &str, namespace: &str) -> Result<Rendered, RenderError> {
     }
 }
 
-fn append_yaml(out: &mut String, d: DesiredResources) -> Result<(), serde_yaml::Error> {
+fn append_yaml(out: &mut String, d: DesiredResources) -> Result<(), serde_norway::Error> {
     let DesiredResources {
         deployment,
         service,
@@ -237,12 +237,12 @@ fn append_yaml(out: &mut String, d: DesiredResources) -> Result<(), serde_yaml::
         out.push_str(&doc);
     };
     if let Some(cm) = config_map {
-        push(serde_yaml::to_string(&cm)?);
+        push(serde_norway::to_string(&cm)?);
     }
-    push(serde_yaml::to_string(&deployment)?);
-    push(serde_yaml::to_string(&service)?);
+    push(serde_norway::to_string(&deployment)?);
+    push(serde_norway::to_string(&service)?);
     if let Some(h) = hpa {
-        push(serde_yaml::to_string(&h)?);
+        push(serde_norway::to_string(&h)?);
     }
     Ok(())
 }

@@ -24,8 +24,8 @@ spec:
 "#;
 
 fn kinds(yaml: &str) -> Vec<String> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+    serde_norway::Deserializer::from_str(yaml)
+        .filter_map(|d| serde_norway::Value::deserialize(d).ok())
         .filter_map(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
         .collect()
 }
@@ -55,12 +55,12 @@ fn renders_children() {
 fn rendered_objects_parse_back() {
     let input = "apiVersion: flotilla.rs/v1alpha1\nkind: MicroService\nmetadata: {name: users}\nspec: {image: u}\n";
     let r = render(input, "dev").unwrap_or_else(|e| panic!("{e}"));
-    let docs: Vec<serde_yaml::Value> = serde_yaml::Deserializer::from_str(&r.yaml)
-        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+    let docs: Vec<serde_norway::Value> = serde_norway::Deserializer::from_str(&r.yaml)
+        .filter_map(|d| serde_norway::Value::deserialize(d).ok())
         .collect();
-    let d: Deployment = serde_yaml::from_value(docs[0].clone()).unwrap_or_else(|e| panic!("{e}"));
+    let d: Deployment = serde_norway::from_value(docs[0].clone()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(d.metadata.namespace.as_deref(), Some("dev"));
-    let s: Service = serde_yaml::from_value(docs[1].clone()).unwrap_or_else(|e| panic!("{e}"));
+    let s: Service = serde_norway::from_value(docs[1].clone()).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.spec.and_then(|s| s.ports).map(|p| p[0].port), Some(80));
 }
 

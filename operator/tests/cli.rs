@@ -19,8 +19,8 @@ fn fixture(name: &str) -> PathBuf {
 }
 
 fn kinds(yaml: &str) -> Vec<String> {
-    serde_yaml::Deserializer::from_str(yaml)
-        .filter_map(|d| serde_yaml::Value::deserialize(d).ok())
+    serde_norway::Deserializer::from_str(yaml)
+        .filter_map(|d| serde_norway::Value::deserialize(d).ok())
         .filter_map(|v| v.get("kind").and_then(|k| k.as_str()).map(str::to_string))
         .collect()
 }

@@ -142,7 +142,7 @@ async fn apply_file(client: &kube::Client, path: &Path) -> anyhow::Result<Vec<St
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut applied = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
+    for doc in serde_norway::Deserializer::from_str(&text) {
         let value = serde_json::Value::deserialize(doc)?;
         if value.is_null() {
             continue;

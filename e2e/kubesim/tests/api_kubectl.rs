@@ -135,7 +135,7 @@ async fn kubectl_apply_get_explain_scale_and_edit_a_custom_resource() -> Result<
         .contains("widget.example.com/sample"));
 
     let yaml = k.run(&["get", "widget", "sample", "-o", "yaml"]).await?;
-    let obj: serde_json::Value = serde_yaml::from_str(&yaml)?;
+    let obj: serde_json::Value = serde_norway::from_str(&yaml)?;
     assert_eq!(obj["spec"]["tier"], "web", "defaults are visible");
     assert_eq!(obj["spec"]["replicas"], 2);
 

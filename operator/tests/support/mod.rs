@@ -142,7 +142,7 @@ impl Env {
                 + std::fmt::Debug,
         {
             match api.list(&ListParams::default()).await {
-                Ok(l) => serde_yaml::to_string(&l.items).unwrap_or_default(),
+                Ok(l) => serde_norway::to_string(&l.items).unwrap_or_default(),
                 Err(e) => format!("list failed: {e}"),
             }
         }

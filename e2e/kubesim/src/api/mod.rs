@@ -191,7 +191,7 @@ fn parse_body(req: &Request, def: &ResourceDef) -> Result<Value, ApiError> {
     };
     match ct {
         "" | "application/json" | "*/*" => serde_json::from_slice(&req.body).map_err(|e| unknown(e.to_string())),
-        "application/yaml" => serde_yaml::from_slice(&req.body).map_err(|e| unknown(e.to_string())),
+        "application/yaml" => serde_norway::from_slice(&req.body).map_err(|e| unknown(e.to_string())),
         "application/vnd.kubernetes.protobuf" => crate::proto::decode(&req.body).map_err(|e| {
             ApiError::unsupported_media_type(format!(
                 "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml ({e})"

@@ -630,7 +630,7 @@ fn apply_patch(
     req: &Request,
     w: &WriteCtx,
 ) -> Result<Reply, ApiError> {
-    let mut body: Value = serde_yaml::from_slice(&req.body)
+    let mut body: Value = serde_norway::from_slice(&req.body)
         .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
     let Some(manager) = req.query.get("fieldManager").filter(|m| !m.is_empty()) else {
         return Err(ApiError::bad_request(

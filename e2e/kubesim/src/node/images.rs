@@ -35,7 +35,7 @@ pub enum ImageTableError {
     #[error("image table {path} is not valid YAML of the form `images: [{{pattern, executable}}]`: {source}")]
     Parse {
         path: PathBuf,
-        source: serde_yaml::Error,
+        source: serde_norway::Error,
     },
 }
 
@@ -56,8 +56,8 @@ impl ImageTable {
     }
 
     /// Parses a YAML table; relative executables resolve against `base_dir`.
-    pub fn from_yaml(text: &str, base_dir: impl Into<PathBuf>) -> Result<Self, serde_yaml::Error> {
-        let file: ImageFile = serde_yaml::from_str(text)?;
+    pub fn from_yaml(text: &str, base_dir: impl Into<PathBuf>) -> Result<Self, serde_norway::Error> {
+        let file: ImageFile = serde_norway::from_str(text)?;
         Ok(Self::new(file.images, base_dir))
     }
 

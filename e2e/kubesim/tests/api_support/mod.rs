@@ -84,5 +84,5 @@ pub fn fixture(name: &str) -> Result<Value> {
         .join(name);
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(serde_yaml::from_str(&text)?)
+    Ok(serde_norway::from_str(&text)?)
 }
