@@ -15,9 +15,73 @@ pub const REFERENCE_BEGIN: &str = "<!-- BEGIN GENERATED API REFERENCE -->";
 /// Marker line closing the generated reference section in `crds/README.md`.
 pub const REFERENCE_END: &str = "<!-- END GENERATED API REFERENCE -->";
 
-/// The MicroService CustomResourceDefinition.
+/// The MicroService CustomResourceDefinition, with every description reflowed as prose.
 pub fn crd() -> CustomResourceDefinition {
-    MicroService::crd()
+    let mut crd = MicroService::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            reflow_schema(schema);
+        }
+    }
+    crd
+}
+
+/// Rewrites the descriptions of `schema` and everything below it with [`reflow`].
+fn reflow_schema(schema: &mut JSONSchemaProps) {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+        JSONSchemaPropsOrArray, JSONSchemaPropsOrBool,
+    };
+    if let Some(d) = schema.description.as_mut() {
+        *d = reflow(d);
+    }
+    for child in schema.properties.iter_mut().flat_map(|p| p.values_mut()) {
+        reflow_schema(child);
+    }
+    match schema.items.as_mut() {
+        Some(JSONSchemaPropsOrArray::Schema(s)) => reflow_schema(s),
+        Some(JSONSchemaPropsOrArray::Schemas(list)) => list.iter_mut().for_each(reflow_schema),
+        None => {}
+    }
+    if let Some(JSONSchemaPropsOrBool::Schema(s)) = schema.additional_properties.as_mut() {
+        reflow_schema(s);
+    }
+    for list in [&mut schema.all_of, &mut schema.any_of, &mut schema.one_of] {
+        list.iter_mut().flatten().for_each(reflow_schema);
+    }
+}
+
+/// Joins the hard line wraps of a doc comment into prose, as `kubectl explain` expects one
+/// line per paragraph: a blank line still separates paragraphs, and a line opening a list
+/// item (`- `, `* `, `1. `) still starts a new line.
+pub fn reflow(text: &str) -> String {
+    let mut out = String::new();
+    let mut blank = false;
+    for line in text.lines().map(str::trim) {
+        if line.is_empty() {
+            blank = !out.is_empty();
+            continue;
+        }
+        if blank {
+            out.push_str("\n\n");
+        } else if !out.is_empty() {
+            out.push(if starts_list_item(line) { '\n' } else { ' ' });
+        }
+        blank = false;
+        out.push_str(line);
+    }
+    out
+}
+
+fn starts_list_item(line: &str) -> bool {
+    if line.starts_with("- ") || line.starts_with("* ") {
+        return true;
+    }
+    let digits = line.chars().take_while(char::is_ascii_digit).count();
+    digits > 0 && line[digits..].starts_with(". ")
 }
 
 /// The CRD as a YAML document, exactly as `flotilla-operator crd` prints it.
@@ -209,6 +273,36 @@ mod tests {
                 ("Age", ".metadata.creationTimestamp")
             ]
         );
+    }
+
+    /// Wrapped lines become one line per paragraph; paragraphs and list items stay apart.
+    #[test]
+    fn reflow_keeps_paragraphs_and_lists() {
+        assert_eq!(
+            reflow("fail over to a\nfallback service."),
+            "fail over to a fallback service."
+        );
+        assert_eq!(reflow("one\n two\n\nthree"), "one two\n\nthree");
+        assert_eq!(
+            reflow("kinds:\n- a\n  wrapped\n- b\n1. c"),
+            "kinds:\n- a wrapped\n- b\n1. c"
+        );
+        assert_eq!(reflow(""), "");
+    }
+
+    /// No description in the generated CRD breaks a sentence across lines.
+    #[test]
+    fn descriptions_are_reflowed() {
+        let yaml = crd_yaml().unwrap_or_default();
+        let crd: serde_json::Value = serde_norway::from_str(&yaml).unwrap_or_default();
+        let failover = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+            ["spec"]["properties"]["failover"]["description"];
+        let text = failover.as_str().unwrap_or_default();
+        assert!(
+            text.contains("fail over to a fallback MicroService"),
+            "{text}"
+        );
+        assert!(!text.contains('\n'), "{text}");
     }
 
     /// The reference lists nested fields with their defaults.
