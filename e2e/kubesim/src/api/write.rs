@@ -343,23 +343,62 @@ pub fn commit_update(
     st: &mut State,
     w: &WriteCtx,
     old: &Arc<Value>,
-    mut new: Value,
+    new: Value,
     managed_by: Managed,
 ) -> Result<Value, ApiError> {
     let def = w.def;
     let name = meta_str(old, "name").unwrap_or("").to_string();
     let ns = meta_str(old, "namespace").unwrap_or("").to_string();
-    if let Some(rv) = meta_str(&new, "resourceVersion").filter(|r| !r.is_empty()) {
+    check_preconditions(def, old, &new, &name)?;
+    let mut new = scope_to_subresource(w, old, new, &managed_by);
+    carry_system_metadata(def, old, &mut new, &managed_by, &name)?;
+    let mut new = normalize(w, new)?;
+    new["apiVersion"] = json!(def.api_version(def.preferred_version()));
+    immutable(def, old, &new)?;
+    if let Managed::Update(m) = &managed_by {
+        managed::record_update(
+            Some(old),
+            &mut new,
+            m,
+            &def.api_version(w.version),
+            w.scope(),
+            &w.oracle(),
+            &now(),
+        );
+    }
+    new["metadata"]["generation"] = json!(next_generation(old, &new));
+    if crd::is_crd(def) {
+        crd::admit(st, &mut new, Some(old))?;
+    }
+    // `new` carries the old resourceVersion (copied above), so plain equality means no change.
+    if new == **old {
+        return Ok((**old).clone());
+    }
+    if w.dry_run {
+        return Ok(new);
+    }
+    Ok(store_update(st, def, &ns, &name, new))
+}
+
+/// The optimistic-concurrency and identity preconditions of an update: resourceVersion and
+/// uid (when the body sets them) must be the stored ones, and the name must not change.
+fn check_preconditions(
+    def: &ResourceDef,
+    old: &Value,
+    new: &Value,
+    name: &str,
+) -> Result<(), ApiError> {
+    if let Some(rv) = meta_str(new, "resourceVersion").filter(|r| !r.is_empty()) {
         if Some(rv) != meta_str(old, "resourceVersion") {
-            return Err(ApiError::stale(&def.group, &def.plural, &name));
+            return Err(ApiError::stale(&def.group, &def.plural, name));
         }
     }
-    if let Some(uid) = meta_str(&new, "uid").filter(|u| !u.is_empty()) {
+    if let Some(uid) = meta_str(new, "uid").filter(|u| !u.is_empty()) {
         if Some(uid) != meta_str(old, "uid") {
             return Err(ApiError::conflict(
                 &def.group,
                 &def.plural,
-                &name,
+                name,
                 &format!(
                     "Precondition failed: UID in precondition: {}, UID in object meta: {uid}",
                     meta_str(old, "uid").unwrap_or("")
@@ -367,16 +406,23 @@ pub fn commit_update(
             ));
         }
     }
-    if let Some(n) = meta_str(&new, "name") {
+    if let Some(n) = meta_str(new, "name") {
         if n != name {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({n}) does not match the name on the URL ({name})"
             )));
         }
     }
+    Ok(())
+}
+
+/// What a write may change: a `status` write changes only the status (and, for apply, the
+/// managedFields it computed); a main-resource write of a kind with a status subresource
+/// keeps the stored status.
+fn scope_to_subresource(w: &WriteCtx, old: &Value, mut new: Value, managed_by: &Managed) -> Value {
     match w.subresource {
         Some("status") => {
-            let mut merged = (**old).clone();
+            let mut merged = old.clone();
             match new.get("status") {
                 Some(s) => merged["status"] = s.clone(),
                 None => {
@@ -390,131 +436,126 @@ pub fn commit_update(
                     merged["metadata"]["managedFields"] = mf.clone();
                 }
             }
-            new = merged;
+            merged
         }
-        _ if def.status => match old.get("status") {
-            Some(s) => new["status"] = s.clone(),
-            None => {
-                if let Some(m) = new.as_object_mut() {
-                    m.remove("status");
+        _ if w.def.status => {
+            match old.get("status") {
+                Some(s) => new["status"] = s.clone(),
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
                 }
             }
-        },
-        _ => {}
+            new
+        }
+        _ => new,
     }
-    {
-        let old_meta = old
-            .get("metadata")
-            .and_then(Value::as_object)
+}
+
+/// Copies the server-owned metadata (identity, timestamps, generation, resourceVersion and,
+/// unless apply computed them, managedFields) from the stored object, and refuses new
+/// finalizers on an object being deleted.
+fn carry_system_metadata(
+    def: &ResourceDef,
+    old: &Value,
+    new: &mut Value,
+    managed_by: &Managed,
+    name: &str,
+) -> Result<(), ApiError> {
+    let old_meta = old
+        .get("metadata")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let meta = meta_mut(new)?;
+    for f in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "resourceVersion",
+    ] {
+        match old_meta.get(f) {
+            Some(v) => meta.insert(f.into(), v.clone()),
+            None => meta.remove(f),
+        };
+    }
+    if !matches!(managed_by, Managed::Keep) {
+        match old_meta.get("managedFields") {
+            Some(v) => meta.insert("managedFields".into(), v.clone()),
+            None => meta.remove("managedFields"),
+        };
+    }
+    if !old_meta.contains_key("deletionTimestamp") {
+        return Ok(());
+    }
+    // Finalizers may only be removed from an object being deleted.
+    let finalizers = |m: &Map<String, Value>| {
+        m.get("finalizers")
+            .and_then(Value::as_array)
             .cloned()
-            .unwrap_or_default();
-        let keep_managed = matches!(managed_by, Managed::Keep);
-        let meta = meta_mut(&mut new)?;
-        for f in [
-            "name",
-            "namespace",
-            "uid",
-            "creationTimestamp",
-            "deletionTimestamp",
-            "deletionGracePeriodSeconds",
-            "generation",
-            "resourceVersion",
-        ] {
-            match old_meta.get(f) {
-                Some(v) => meta.insert(f.into(), v.clone()),
-                None => meta.remove(f),
-            };
-        }
-        if !keep_managed {
-            match old_meta.get("managedFields") {
-                Some(v) => meta.insert("managedFields".into(), v.clone()),
-                None => meta.remove("managedFields"),
-            };
-        }
-        if old_meta.contains_key("deletionTimestamp") {
-            // Finalizers may only be removed from an object being deleted.
-            let old_f = old_meta
-                .get("finalizers")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            let new_f = meta
-                .get("finalizers")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-            if new_f.iter().any(|f| !old_f.contains(f)) {
-                return Err(ApiError::invalid(
-                    &def.group,
-                    &def.kind,
-                    &name,
-                    vec![Cause::new(
-                        "FieldValueForbidden",
-                        "Forbidden: no new finalizers can be added if the object is being deleted",
-                        "metadata.finalizers",
-                    )],
-                ));
-            }
-        }
+            .unwrap_or_default()
+    };
+    let old_f = finalizers(&old_meta);
+    if finalizers(meta).iter().any(|f| !old_f.contains(f)) {
+        return Err(ApiError::invalid(
+            &def.group,
+            &def.kind,
+            name,
+            vec![Cause::new(
+                "FieldValueForbidden",
+                "Forbidden: no new finalizers can be added if the object is being deleted",
+                "metadata.finalizers",
+            )],
+        ));
     }
-    let mut new = normalize(w, new)?;
-    new["apiVersion"] = json!(def.api_version(def.preferred_version()));
-    immutable(def, old, &new)?;
-    let ts = now();
-    if let Managed::Update(m) = &managed_by {
-        managed::record_update(
-            Some(old),
-            &mut new,
-            m,
-            &def.api_version(w.version),
-            w.scope(),
-            &w.oracle(),
-            &ts,
-        );
-    }
+    Ok(())
+}
+
+/// `metadata.generation` after the update: one more when anything outside metadata and
+/// status changed.
+fn next_generation(old: &Value, new: &Value) -> i64 {
     let generation = old
         .pointer("/metadata/generation")
         .and_then(Value::as_i64)
         .unwrap_or(1);
-    let generation = if spec_changed(&new, old) {
+    if spec_changed(new, old) {
         generation + 1
     } else {
         generation
-    };
-    new["metadata"]["generation"] = json!(generation);
-    if crd::is_crd(def) {
-        crd::admit(st, &mut new, Some(old))?;
     }
-    // `new` carries the old resourceVersion (copied above), so plain equality means no change.
-    if new == **old {
-        return Ok((**old).clone());
-    }
-    let finished = new.pointer("/metadata/deletionTimestamp").is_some()
+}
+
+/// Stores an updated object. An object being deleted whose last finalizer is gone is removed
+/// (after a final MODIFIED event) and garbage collection runs; a CRD (re)registers or
+/// unregisters its resource.
+fn store_update(st: &mut State, def: &ResourceDef, ns: &str, name: &str, new: Value) -> Value {
+    let terminating = new.pointer("/metadata/deletionTimestamp").is_some();
+    let finished = terminating
         && new
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_none_or(Vec::is_empty);
-    if w.dry_run {
-        return Ok(new);
-    }
+    let stored = st.put(&def.key(), ns, name, new, EventType::Modified);
     if finished {
-        let stored = st.put(&def.key(), &ns, &name, new, EventType::Modified);
-        st.remove(&def.key(), &ns, &name);
+        st.remove(&def.key(), ns, name);
         if crd::is_crd(def) {
             crd::unregister(st, &stored);
         }
         super::collect_garbage(st);
-        return Ok((*stored).clone());
+        return (*stored).clone();
     }
-    let terminating = new.pointer("/metadata/deletionTimestamp").is_some();
-    let stored = st.put(&def.key(), &ns, &name, new, EventType::Modified);
     if crd::is_crd(def) {
         crd::register(st, &stored);
     }
     if terminating {
         super::collect_garbage(st);
     }
-    Ok((*stored).clone())
+    (*stored).clone()
 }
 
 /// Fields the real server refuses to change after creation.
