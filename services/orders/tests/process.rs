@@ -1,0 +1,298 @@
+//! The `orders` binary as a process, driven by real tonic clients: health, reflection,
+//! authenticated calls, per-code metrics, fault injection, the traffic verdict (an ejected pod
+//! sends HTTP/2 GOAWAY on open connections) and a clean exit on SIGTERM.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use orders::pb::orders_client::OrdersClient;
+use orders::pb::{CreateOrderRequest, GetOrderRequest, ListOrdersRequest};
+use tonic::transport::Channel;
+use tonic::{Code, Request};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+const SECRET: &str = "0123456789abcdef0123456789abcdef";
+const ADMIN: &str = "orders-admin-token";
+
+struct Orders {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Orders {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Orders {
+    async fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let child = Command::new(env!("CARGO_BIN_EXE_orders"))
+            .current_dir(dir.path())
+            .env_remove("DATABASE_URL")
+            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("JWT_SECRET", SECRET)
+            .env("ADMIN_TOKEN", ADMIN)
+            .env("SHUTDOWN_DELAY_MS", "200")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut orders = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(channel) = orders.channel().await {
+                if check(channel, None).await.ok() == Some(ServingStatus::Serving) {
+                    return Ok(orders);
+                }
+            }
+            if let Some(status) = orders.child.try_wait()? {
+                bail!("orders exited early with {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("orders never became ready");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    async fn channel(&self) -> Result<Channel> {
+        Ok(Channel::from_shared(self.url())?.connect().await?)
+    }
+
+    async fn faults(&self, body: &str) -> Result<()> {
+        let r = reqwest::Client::new()
+            .post(format!("{}/admin/faults", self.url()))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await?;
+        anyhow::ensure!(r.status() == 200, "faults: {}", r.status());
+        Ok(())
+    }
+
+    async fn metrics(&self) -> Result<String> {
+        Ok(reqwest::get(format!("{}/metrics", self.url()))
+            .await?
+            .text()
+            .await?)
+    }
+}
+
+fn authed<T>(msg: T, user: i64) -> Result<Request<T>> {
+    let tokens = auth::Tokens::new(SECRET.as_bytes(), Duration::from_secs(600));
+    let (token, _) = tokens.issue(user)?;
+    let mut req = Request::new(msg);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse()?);
+    Ok(req)
+}
+
+async fn check(channel: Channel, verdict: Option<&str>) -> Result<ServingStatus> {
+    let mut req = Request::new(HealthCheckRequest::default());
+    if let Some(v) = verdict {
+        req.metadata_mut().insert("flotilla-traffic", v.parse()?);
+    }
+    Ok(HealthClient::new(channel)
+        .check(req)
+        .await?
+        .get_ref()
+        .status())
+}
+
+#[tokio::test]
+async fn orders_api_health_metrics_and_faults_over_grpc() -> Result<()> {
+    // The API works only with a valid token, keeps orders private, and every call is counted
+    // under its gRPC code; injected faults reach gRPC callers and the health service.
+    let orders = Orders::start().await?;
+    let mut api = OrdersClient::new(orders.channel().await?);
+    let anonymous = api
+        .create_order(CreateOrderRequest {
+            item: "tea".into(),
+            quantity: 1,
+        })
+        .await
+        .expect_err("no token");
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+
+    let created = api
+        .create_order(authed(
+            CreateOrderRequest {
+                item: "tea".into(),
+                quantity: 3,
+            },
+            7,
+        )?)
+        .await?
+        .into_inner();
+    assert_eq!((created.owner.as_str(), created.quantity), ("7", 3));
+    let got = api
+        .get_order(authed(GetOrderRequest { id: created.id }, 7)?)
+        .await?;
+    assert_eq!(got.into_inner(), created);
+    let foreign = api
+        .get_order(authed(GetOrderRequest { id: created.id }, 8)?)
+        .await
+        .expect_err("another user's order");
+    assert_eq!(foreign.code(), Code::NotFound);
+    let invalid = api
+        .create_order(authed(
+            CreateOrderRequest {
+                item: "tea".into(),
+                quantity: 0,
+            },
+            7,
+        )?)
+        .await
+        .expect_err("zero quantity");
+    assert_eq!(invalid.code(), Code::InvalidArgument);
+    let listed = api
+        .list_orders(authed(ListOrdersRequest::default(), 7)?)
+        .await?
+        .into_inner();
+    assert_eq!(listed.orders, vec![created]);
+
+    let metrics = orders.metrics().await?;
+    for series in [
+        r#"grpc_server_handled_total{grpc_code="OK",grpc_method="CreateOrder",grpc_service="flotilla.orders.v1.Orders"} 1"#,
+        r#"grpc_server_handled_total{grpc_code="Unauthenticated",grpc_method="CreateOrder",grpc_service="flotilla.orders.v1.Orders"} 1"#,
+        r#"grpc_server_handled_total{grpc_code="NotFound",grpc_method="GetOrder",grpc_service="flotilla.orders.v1.Orders"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "missing {series} in:\n{metrics}");
+    }
+
+    orders.faults(r#"{"errorRate":1.0}"#).await?;
+    let failed = api
+        .list_orders(authed(ListOrdersRequest::default(), 7)?)
+        .await
+        .expect_err("injected");
+    assert_eq!(failed.code(), Code::Internal);
+    orders.faults(r#"{"unhealthy":true}"#).await?;
+    assert_eq!(
+        check(orders.channel().await?, None).await?,
+        ServingStatus::NotServing
+    );
+    orders.faults("{}").await?;
+    assert_eq!(
+        check(orders.channel().await?, None).await?,
+        ServingStatus::Serving
+    );
+
+    let mut unknown = HealthClient::new(orders.channel().await?);
+    let err = unknown
+        .check(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await
+        .expect_err("unknown service");
+    assert_eq!(err.code(), Code::NotFound);
+    Ok(())
+}
+
+#[tokio::test]
+async fn reflection_lists_the_services() -> Result<()> {
+    // grpcurl-style discovery works: reflection names the orders and health services.
+    use tokio_stream::StreamExt as _;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    let orders = Orders::start().await?;
+    let mut client = ServerReflectionClient::new(orders.channel().await?);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await?
+        .into_inner();
+    let reply = stream.next().await.context("no reflection reply")??;
+    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+        bail!("unexpected reflection reply {reply:?}");
+    };
+    let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(
+        names.contains(&"flotilla.orders.v1.Orders".to_owned()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn ejected_verdict_sends_goaway_and_sigterm_exits_cleanly() -> Result<()> {
+    // A client's long-lived HTTP/2 connection is closed by the server once a probe says the
+    // pod is ejected, so the client reconnects through the Service; SIGTERM exits 0.
+    let orders = Orders::start().await?;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", orders.port)).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    let conn = tokio::spawn(conn);
+    let healthz =
+        http::Request::get(format!("{}/healthz", orders.url())).body(Empty::<Bytes>::new())?;
+    assert_eq!(sender.send_request(healthz).await?.status(), 200);
+    assert!(!conn.is_finished(), "connection closed before any verdict");
+
+    assert_eq!(
+        check(orders.channel().await?, Some("serving")).await?,
+        ServingStatus::Serving
+    );
+    let again =
+        http::Request::get(format!("{}/healthz", orders.url())).body(Empty::<Bytes>::new())?;
+    assert_eq!(
+        sender.send_request(again).await?.status(),
+        200,
+        "serving must keep connections"
+    );
+
+    // An ejected pod is still healthy: it says SERVING and closes its connections.
+    assert_eq!(
+        check(orders.channel().await?, Some("ejected")).await?,
+        ServingStatus::Serving
+    );
+    tokio::time::timeout(Duration::from_secs(20), conn)
+        .await
+        .context("connection still open 20 s after the ejected verdict")???;
+
+    let status = Command::new("kill")
+        .args(["-TERM", &orders.child.id().to_string()])
+        .status()?;
+    assert!(status.success());
+    let mut orders = orders;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let exit = loop {
+        if let Some(s) = orders.child.try_wait()? {
+            break s;
+        }
+        if Instant::now() > deadline {
+            bail!("orders did not exit after SIGTERM");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(exit.code(), Some(0));
+    Ok(())
+}
