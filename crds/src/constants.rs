@@ -41,6 +41,11 @@ pub mod labels {
     pub const SERVES_TRUE: &str = "true";
     /// Membership label value: the pod has been ejected from the Service's traffic.
     pub const SERVES_FALSE: &str = "false";
+    /// Label on the pods (and the Deployment) running a template under guarded-rollout analysis,
+    /// with value [`TRACK_CANARY`]; stable pods do not carry it.
+    pub const TRACK: &str = "rollout.flotilla.rs/track";
+    /// Value of [`TRACK`] on canary pods.
+    pub const TRACK_CANARY: &str = "canary";
 
     /// The traffic membership label key for the MicroService `name`.
     pub fn serves(name: &str) -> String {
@@ -55,6 +60,11 @@ pub mod annotations {
     /// Annotation on every child holding the hash of the object Flotilla last applied; with it
     /// the operator can tell "nothing changed" without a write.
     pub const APPLIED_HASH: &str = "flotilla.rs/applied-hash";
+    /// MicroService annotation asking a guarded rollout to try a failed template again: set it to
+    /// a new value (for example a timestamp) to start another analysis of the same template.
+    pub const ROLLOUT_RETRY: &str = "flotilla.rs/rollout-retry";
+    /// Annotation on the Deployments and canary pods holding the pod-template revision.
+    pub const REVISION: &str = "flotilla.rs/revision";
 }
 
 /// Condition types in `status.conditions`.
@@ -100,4 +110,6 @@ pub mod reasons {
     pub const WAITING_FOR_DEPLOYMENT: &str = "WaitingForDeployment";
     /// Replicas are scaled to zero on purpose.
     pub const SCALED_TO_ZERO: &str = "ScaledToZero";
+    /// A guarded rollout's analysis failed; the pods stay on the last good template.
+    pub const ROLLOUT_FAILED: &str = "RolloutFailed";
 }

@@ -6,11 +6,15 @@
 
 mod constants;
 mod manifest;
+mod rollout;
 mod spec;
 mod status;
 
 pub use constants::*;
 pub use manifest::{api_reference_markdown, crd, crd_yaml, REFERENCE_BEGIN, REFERENCE_END};
+pub use rollout::{
+    FailOn, RolloutEvidence, RolloutPhase, RolloutSpec, RolloutStatus, RolloutStrategy,
+};
 pub use spec::{
     AutoscalingSpec, FailoverMode, FailoverSpec, HealthSpec, MicroService, MicroServiceSpec,
     ServiceSpec, ServiceType, DNS_LABEL_PATTERN, PORT_NAME_PATTERN,

@@ -269,6 +269,7 @@ mod tests {
             vec![
                 ("Ready", ".status.ready"),
                 ("Active", ".status.failover.active"),
+                ("Rollout", ".status.rollout.phase"),
                 ("Image", ".spec.image"),
                 ("Age", ".metadata.creationTimestamp")
             ]

@@ -12,6 +12,7 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::rollout::RolloutSpec;
 use crate::status::MicroServiceStatus;
 
 /// Pattern of a DNS-1035 label (Service names, dependency names).
@@ -49,6 +50,12 @@ pub const PORT_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
         type_ = "string",
         json_path = ".status.failover.active",
         description = "Where the Service's traffic goes: primary or fallback"
+    ),
+    printcolumn(
+        name = "Rollout",
+        type_ = "string",
+        json_path = ".status.rollout.phase",
+        description = "Where the last pod template change stands: Stable, Analyzing, Promoted or RolledBack"
     ),
     printcolumn(
         name = "Image",
@@ -148,6 +155,12 @@ pub struct MicroServiceSpec {
     /// fallback MicroService when too few pods are healthy.
     #[serde(default)]
     pub failover: FailoverSpec,
+
+    /// How a new pod template (image, env, config, ...) reaches the pods: all at once through the
+    /// Deployment (`RollingUpdate`), or canary pods first, judged by Flotilla's probes, then
+    /// promoted or rolled back (`Guarded`).
+    #[serde(default)]
+    pub rollout: RolloutSpec,
 
     /// Value of the `app.kubernetes.io/part-of` label on everything Flotilla creates for this
     /// MicroService. Defaults to the namespace.
@@ -385,6 +398,21 @@ pub struct FailoverSpec {
     /// compute the error rate.
     #[serde(default)]
     pub scrape_metrics: bool,
+
+    /// Never take more than this percentage of the pods out of traffic at once (rounded down, but
+    /// one pod may always be ejected). Failing pods beyond the cap keep serving; a failover to
+    /// the fallback is still decided on the real number of healthy pods. 100 (the default) means
+    /// no cap; Envoy's outlier detection uses 10.
+    #[serde(default = "default_max_ejection_percent")]
+    #[schemars(range(min = 0, max = 100))]
+    pub max_ejection_percent: i32,
+
+    /// When fewer than this percentage of the pods pass Flotilla's probes and no healthy fallback
+    /// exists, Flotilla stops ejecting and every pod Kubernetes considers ready serves (a "panic",
+    /// as in Envoy, whose default is 50). 0 (the default) panics only when no pod passes.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100))]
+    pub panic_threshold_percent: i32,
 }
 
 impl Default for FailoverSpec {
@@ -400,6 +428,8 @@ impl Default for FailoverSpec {
             max_flaps: default_max_flaps(),
             flap_window_seconds: default_flap_window_seconds(),
             scrape_metrics: false,
+            max_ejection_percent: default_max_ejection_percent(),
+            panic_threshold_percent: 0,
         }
     }
 }
@@ -465,6 +495,9 @@ fn default_max_flaps() -> i32 {
 fn default_flap_window_seconds() -> i32 {
     300
 }
+fn default_max_ejection_percent() -> i32 {
+    100
+}
 
 impl MicroServiceSpec {
     /// A spec with the given image and every other field at its default, as the API server
@@ -486,6 +519,7 @@ impl MicroServiceSpec {
             service: ServiceSpec::default(),
             dependencies: None,
             failover: FailoverSpec::default(),
+            rollout: RolloutSpec::default(),
             part_of: None,
             service_account_name: None,
             node_selector: None,

@@ -10,6 +10,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::rollout::RolloutStatus;
+
 /// Observed state of a MicroService, written by the operator.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -47,6 +49,10 @@ pub struct MicroServiceStatus {
     /// Health-aware traffic state, written by the failover engine.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverStatus>,
+
+    /// Where the last pod template change stands (`spec.rollout`), written by the reconciler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
 }
 
 /// Where the Service's traffic currently goes.

@@ -18,6 +18,7 @@ pub mod leader;
 pub mod metrics;
 pub mod reconcile;
 pub mod render;
+pub mod rollout;
 pub mod status;
 pub mod telemetry;
 pub mod validate;

@@ -193,6 +193,7 @@ pub fn compute(i: StatusInputs<'_>) -> MicroServiceStatus {
         }),
         selector: Some(selector_string(i.name)),
         failover: None,
+        rollout: None,
     }
 }
 

@@ -278,6 +278,7 @@ fn check_spec(name: &str, spec: &MicroServiceSpec, errs: &mut Errors) {
     if f.min_healthy < 1 {
         errs.push("spec.failover.minHealthy", "must be at least 1");
     }
+    check_rollout(spec, errs);
     let mut env_names = BTreeSet::new();
     for (i, e) in spec.env.iter().flatten().enumerate() {
         if e.name.is_empty() {
@@ -295,6 +296,35 @@ fn check_spec(name: &str, spec: &MicroServiceSpec, errs: &mut Errors) {
                 format!("spec.podAnnotations[{key}]"),
                 "keys under flotilla.rs/ are reserved",
             );
+        }
+    }
+}
+
+/// The rollout and traffic-policy rules the schema states, again for `render`.
+fn check_rollout(spec: &MicroServiceSpec, errs: &mut Errors) {
+    let r = &spec.rollout;
+    if r.canary_replicas.is_some() && r.canary_percent.is_some() {
+        errs.push(
+            "spec.rollout",
+            "set rollout.canaryReplicas or rollout.canaryPercent, not both",
+        );
+    }
+    if !(0.0..=1.0).contains(&r.max_error_rate) {
+        errs.push("spec.rollout.maxErrorRate", "must be between 0 and 1");
+    }
+    if r.analysis_seconds < 1 {
+        errs.push("spec.rollout.analysisSeconds", "must be at least 1");
+    }
+    let f = &spec.failover;
+    for (field, pct) in [
+        ("spec.failover.maxEjectionPercent", f.max_ejection_percent),
+        (
+            "spec.failover.panicThresholdPercent",
+            f.panic_threshold_percent,
+        ),
+    ] {
+        if !(0..=100).contains(&pct) {
+            errs.push(field, "must be between 0 and 100");
         }
     }
 }

@@ -157,3 +157,24 @@ fn name_helpers() {
     assert!(!is_env_name("1A"));
     assert!(!is_env_name("a.b"));
 }
+
+/// The rollout and traffic-policy rules of the schema hold for `render` input too: a canary size
+/// given twice and out-of-range percentages are reported by field.
+#[test]
+fn rollout_rules() {
+    let mut spec = MicroServiceSpec::with_image("x");
+    spec.rollout.canary_replicas = Some(1);
+    spec.rollout.canary_percent = Some(10);
+    spec.rollout.max_error_rate = 1.5;
+    spec.failover.max_ejection_percent = 101;
+    spec.failover.panic_threshold_percent = -1;
+    assert_eq!(
+        fields(validate(&ms("auth", spec), None, &none)),
+        vec![
+            "spec.rollout",
+            "spec.rollout.maxErrorRate",
+            "spec.failover.maxEjectionPercent",
+            "spec.failover.panicThresholdPercent",
+        ]
+    );
+}

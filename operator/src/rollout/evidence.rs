@@ -1,0 +1,196 @@
+//! What the canary pods show: the evidence the rollout state machine judges.
+//!
+//! Built from watched Pods (readiness, waiting reasons, restarts) and, when the failover engine
+//! probes them, its per-pod verdicts (`status.failover.pods`). Pure: objects in, values out.
+
+use flotilla_crds::{annotations, labels, PodHealth};
+use k8s_openapi::api::core::v1::Pod;
+
+/// Waiting reasons that mean a container will not become ready without a new template, so the
+/// analysis need not wait for `readyTimeoutSeconds`.
+pub const FATAL_WAITING_REASONS: &[&str] = &[
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CrashLoopBackOff",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+];
+
+/// One canary pod as the analysis sees it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CanaryPod {
+    /// Pod name.
+    pub name: String,
+    /// The pod-template revision it runs (`flotilla.rs/revision`).
+    pub revision: Option<String>,
+    /// Kubernetes `Ready` condition.
+    pub ready: bool,
+    /// A fatal waiting reason of its container (see [`FATAL_WAITING_REASONS`]).
+    pub fatal_waiting: Option<String>,
+    /// Container restarts.
+    pub restarts: i32,
+    /// The failover engine's verdict when it judges the pod unhealthy: its last probe result.
+    pub probe_failure: Option<String>,
+    /// The pod's 5xx ratio over the error-rate window, when its metrics are scraped.
+    pub error_ratio: Option<f64>,
+}
+
+/// Everything the analysis knows about the canary.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CanaryEvidence {
+    /// The canary pods (of any revision; the state machine keeps those of the one it analyses).
+    pub pods: Vec<CanaryPod>,
+    /// Mean 5xx ratio of the stable pods, when known.
+    pub stable_error_ratio: Option<f64>,
+}
+
+impl CanaryEvidence {
+    /// Evidence from the pods of one MicroService and the failover engine's per-pod verdicts.
+    /// Pods without the canary track label count as stable.
+    pub fn from_pods(pods: &[Pod], verdicts: &[PodHealth]) -> Self {
+        let mut canary = Vec::new();
+        let mut stable_ratios = Vec::new();
+        for pod in pods {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let verdict = verdicts.iter().find(|v| v.name == name);
+            let is_canary = pod
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(labels::TRACK))
+                .is_some_and(|t| t == labels::TRACK_CANARY);
+            if !is_canary {
+                stable_ratios.extend(verdict.and_then(|v| v.error_ratio));
+                continue;
+            }
+            canary.push(canary_pod(pod, name, verdict));
+        }
+        let stable_error_ratio = (!stable_ratios.is_empty())
+            .then(|| stable_ratios.iter().sum::<f64>() / stable_ratios.len() as f64);
+        Self {
+            pods: canary,
+            stable_error_ratio,
+        }
+    }
+}
+
+fn canary_pod(pod: &Pod, name: String, verdict: Option<&PodHealth>) -> CanaryPod {
+    let status = pod.status.as_ref();
+    let ready = status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    let containers = status
+        .and_then(|s| s.container_statuses.as_deref())
+        .unwrap_or_default();
+    let fatal_waiting = containers
+        .iter()
+        .filter_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone())
+        .find(|r| FATAL_WAITING_REASONS.contains(&r.as_str()));
+    let restarts = containers.iter().map(|c| c.restart_count).sum();
+    CanaryPod {
+        revision: pod
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(annotations::REVISION))
+            .cloned(),
+        name,
+        ready,
+        fatal_waiting,
+        restarts,
+        probe_failure: verdict
+            .filter(|v| !v.healthy)
+            .map(|v| v.last_probe.clone().unwrap_or_else(|| "unhealthy".into())),
+        error_ratio: verdict.and_then(|v| v.error_ratio),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::core::v1::{
+        ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
+    };
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+    use super::*;
+
+    fn pod(name: &str, canary: bool, ready: bool, waiting: Option<&str>, restarts: i32) -> Pod {
+        let mut l = BTreeMap::new();
+        if canary {
+            l.insert(labels::TRACK.to_string(), labels::TRACK_CANARY.to_string());
+        }
+        Pod {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                labels: Some(l),
+                annotations: Some(BTreeMap::from([(
+                    annotations::REVISION.to_string(),
+                    "r2".to_string(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            status: Some(PodStatus {
+                conditions: Some(vec![PodCondition {
+                    type_: "Ready".into(),
+                    status: if ready { "True" } else { "False" }.into(),
+                    ..PodCondition::default()
+                }]),
+                container_statuses: Some(vec![ContainerStatus {
+                    name: "app".into(),
+                    restart_count: restarts,
+                    state: waiting.map(|r| ContainerState {
+                        waiting: Some(ContainerStateWaiting {
+                            reason: Some(r.into()),
+                            ..ContainerStateWaiting::default()
+                        }),
+                        ..ContainerState::default()
+                    }),
+                    ..ContainerStatus::default()
+                }]),
+                ..PodStatus::default()
+            }),
+            ..Pod::default()
+        }
+    }
+
+    /// Canary pods are told apart by their track label, and each carries readiness, fatal waiting
+    /// reasons, restarts and the prober's verdict; stable pods only feed the baseline ratio.
+    #[test]
+    fn canary_pods_carry_their_evidence() {
+        let pods = [
+            pod("s-1", false, true, None, 0),
+            pod("c-1", true, false, Some("ImagePullBackOff"), 0),
+            pod("c-2", true, true, Some("ContainerCreating"), 3),
+        ];
+        let verdicts = [
+            PodHealth {
+                name: "s-1".into(),
+                healthy: true,
+                error_ratio: Some(0.02),
+                ..PodHealth::default()
+            },
+            PodHealth {
+                name: "c-2".into(),
+                healthy: false,
+                last_probe: Some("http 503".into()),
+                error_ratio: Some(0.5),
+                ..PodHealth::default()
+            },
+        ];
+        let e = CanaryEvidence::from_pods(&pods, &verdicts);
+        assert_eq!(e.stable_error_ratio, Some(0.02));
+        assert_eq!(e.pods.len(), 2);
+        assert_eq!(e.pods[0].name, "c-1");
+        assert_eq!(e.pods[0].fatal_waiting.as_deref(), Some("ImagePullBackOff"));
+        assert!(!e.pods[0].ready);
+        assert_eq!(e.pods[0].probe_failure, None);
+        assert_eq!(e.pods[1].fatal_waiting, None);
+        assert_eq!(e.pods[1].restarts, 3);
+        assert_eq!(e.pods[1].probe_failure.as_deref(), Some("http 503"));
+        assert_eq!(e.pods[1].error_ratio, Some(0.5));
+        assert_eq!(e.pods[1].revision.as_deref(), Some("r2"));
+    }
+}
