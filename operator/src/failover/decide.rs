@@ -6,6 +6,8 @@
 //!   does not consider Ready keeps the default membership, so Kubernetes stays in charge of it.
 //! - Panic: when probing would leave the active service with no pods although the kubelet has
 //!   Ready ones, all kubelet-Ready pods keep serving (like Envoy's panic threshold).
+//! - A declared fallback that does not exist, or whose container port name differs from the
+//!   primary's, is a configuration problem: reported, and failover never happens.
 //! - Failover goes only to a fallback with at least `minHealthy` healthy pods; failback waits until
 //!   the primary has been healthy for `recoverAfter`; after `maxFlaps` flips within `flapWindow`
 //!   the current target is held unless it has nothing left to serve with.
@@ -186,7 +188,30 @@ fn count_serving(pods: &[PodView]) -> u32 {
     u32::try_from(pods.iter().filter(|p| p.serves()).count()).unwrap_or(u32::MAX)
 }
 
+/// What this call sees, counted once: the inputs every later step reads.
+struct Assessment<'a> {
+    min_healthy: u32,
+    healthy: u32,
+    total: u32,
+    primary_ok: bool,
+    fallback_pods: &'a [PodView],
+    fallback_healthy: u32,
+    fallback_ok: bool,
+    invalid: Option<String>,
+}
+
+/// The target a decision wants, why, and whether staying would black-hole the service.
+struct Want {
+    target: Target,
+    reason: String,
+    urgent: bool,
+}
+
 /// Decides traffic for one primary service and updates `state`.
+///
+/// Steps, in order: assess the pods and the fallback, advance the clocks (recovery and flap
+/// windows), choose the target, flip (or hold) it, derive every pod's membership for the chosen
+/// target, diff it against the previous decision, and explain the result in one line.
 pub fn decide(
     state: &mut ServiceState,
     policy: &FailoverPolicy,
@@ -194,125 +219,13 @@ pub fn decide(
     fallback: Option<FallbackView<'_>>,
     now: Instant,
 ) -> Decision {
-    let min_healthy = policy.min_healthy.max(1);
-    let healthy = count_serving(primary);
-    let total = u32::try_from(primary.len()).unwrap_or(u32::MAX);
-    let primary_ok = healthy >= min_healthy;
-    let invalid = match &fallback {
-        Some(f) if !f.port_name_matches => Some(
-            "the fallback's container port name differs from the primary's; failover disabled"
-                .to_owned(),
-        ),
-        _ => None,
-    };
-    let fallback_pods: &[PodView] = fallback.as_ref().map_or(&[], |f| f.pods);
-    let fallback_healthy = count_serving(fallback_pods);
-    let fallback_ok = fallback.is_some() && invalid.is_none() && fallback_healthy >= min_healthy;
-
-    state.ever_ok |= primary_ok;
-    state.primary_ok_since = if primary_ok {
-        Some(state.primary_ok_since.unwrap_or(now))
-    } else {
-        None
-    };
-    if let Some(start) = now.checked_sub(policy.flap_window) {
-        while state.flips.front().is_some_and(|t| *t <= start) {
-            state.flips.pop_front();
-        }
-    }
-
-    // What the target should be, why, and whether staying would black-hole the service.
-    let (want, reason, urgent) = match state.active {
-        Target::Primary if !primary_ok && fallback_ok && state.ever_ok => (
-            Target::Fallback,
-            format!(
-                "primary has {healthy} of {total} pods healthy (minHealthy {min_healthy}); \
-                 fallback has {fallback_healthy} healthy"
-            ),
-            !primary.iter().any(|p| p.kubelet_ready),
-        ),
-        Target::Fallback if !fallback_ok => (
-            Target::Primary,
-            format!(
-                "fallback is no longer usable ({fallback_healthy} healthy pods); returning to primary"
-            ),
-            true,
-        ),
-        Target::Fallback => match state.primary_ok_since {
-            Some(since) if now.saturating_duration_since(since) >= policy.recover_after => (
-                Target::Primary,
-                format!(
-                    "primary has been healthy for {}s ({healthy} of {total} pods)",
-                    policy.recover_after.as_secs()
-                ),
-                false,
-            ),
-            _ => (Target::Fallback, String::new(), false),
-        },
-        Target::Primary => (Target::Primary, String::new(), false),
-    };
-
-    let limit_reached = policy.max_flaps > 0 && state.flips.len() >= policy.max_flaps as usize;
-    let mut change = None;
-    let mut held = false;
-    if want != state.active {
-        if limit_reached && !urgent {
-            held = true;
-        } else {
-            state.flips.push_back(now);
-            state.active = want;
-            state.last_change = Some((now, reason.clone()));
-            change = Some(match want {
-                Target::Fallback => Change::FailedOver {
-                    reason,
-                    detected_from: primary.iter().filter_map(|p| p.detected_from).max(),
-                },
-                Target::Primary => Change::FailedBack { reason },
-            });
-        }
-    }
+    let a = assess(policy, primary, fallback.as_ref());
+    advance_clocks(state, policy, a.primary_ok, now);
+    let want = choose_target(state, policy, &a, primary, now);
+    let (change, held) = flip(state, policy, want, primary, now);
     let flapping = policy.max_flaps > 0 && state.flips.len() >= policy.max_flaps as usize;
-
-    // Membership for the chosen target.
-    let mut panic = false;
-    let (primary_members, fallback_members) = match state.active {
-        Target::Primary => {
-            panic = healthy == 0 && primary.iter().any(|p| p.kubelet_ready);
-            let p = primary
-                .iter()
-                .map(|p| {
-                    let out = !panic && p.kubelet_ready && !p.healthy;
-                    (
-                        p.name.clone(),
-                        if out { Membership::Out } else { Membership::In },
-                    )
-                })
-                .collect();
-            let f = fallback_pods
-                .iter()
-                .map(|p| (p.name.clone(), Membership::Out))
-                .collect();
-            (p, f)
-        }
-        Target::Fallback => {
-            let p = primary
-                .iter()
-                .map(|p| (p.name.clone(), Membership::Out))
-                .collect();
-            let f = fallback_pods
-                .iter()
-                .map(|p| {
-                    let m = if p.serves() {
-                        Membership::In
-                    } else {
-                        Membership::Out
-                    };
-                    (p.name.clone(), m)
-                })
-                .collect();
-            (p, f)
-        }
-    };
+    let (primary_members, fallback_members, panic) =
+        membership(state.active, primary, a.fallback_pods, a.healthy);
 
     let mut pod_changes = Vec::new();
     diff_members(
@@ -325,14 +238,213 @@ pub fn decide(
     diff_members(
         &state.fallback_members,
         &fallback_members,
-        fallback_pods,
+        a.fallback_pods,
         true,
         &mut pod_changes,
     );
     state.primary_members.clone_from(&primary_members);
     state.fallback_members.clone_from(&fallback_members);
 
-    let message = match (state.active, panic, held) {
+    let message = explain(state.active, panic, held, &a, primary);
+    Decision {
+        active: state.active,
+        panic,
+        flapping,
+        held,
+        healthy_pods: a.healthy,
+        total_pods: a.total,
+        fallback_healthy_pods: a.fallback_healthy,
+        primary_members,
+        fallback_members,
+        change,
+        pod_changes,
+        invalid: a.invalid,
+        message,
+    }
+}
+
+/// Counts healthy pods on both sides and finds configuration problems: a declared fallback that
+/// does not exist, or one whose port name differs from the primary's.
+fn assess<'a>(
+    policy: &FailoverPolicy,
+    primary: &[PodView],
+    fallback: Option<&FallbackView<'a>>,
+) -> Assessment<'a> {
+    let min_healthy = policy.min_healthy.max(1);
+    let healthy = count_serving(primary);
+    let invalid = match fallback {
+        Some(f) if !f.port_name_matches => Some(
+            "the fallback's container port name differs from the primary's; failover disabled"
+                .to_owned(),
+        ),
+        None if policy.fallback.is_some() => {
+            Some("the fallback MicroService does not exist".to_owned())
+        }
+        _ => None,
+    };
+    let fallback_pods: &'a [PodView] = fallback.map_or(&[], |f| f.pods);
+    let fallback_healthy = count_serving(fallback_pods);
+    Assessment {
+        min_healthy,
+        healthy,
+        total: u32::try_from(primary.len()).unwrap_or(u32::MAX),
+        primary_ok: healthy >= min_healthy,
+        fallback_pods,
+        fallback_healthy,
+        fallback_ok: fallback.is_some() && invalid.is_none() && fallback_healthy >= min_healthy,
+        invalid,
+    }
+}
+
+/// Moves the time-based memory forward: whether the primary was ever healthy, since when it has
+/// been healthy (the recovery window), and which flips still fall inside the flap window.
+fn advance_clocks(
+    state: &mut ServiceState,
+    policy: &FailoverPolicy,
+    primary_ok: bool,
+    now: Instant,
+) {
+    state.ever_ok |= primary_ok;
+    state.primary_ok_since = if primary_ok {
+        Some(state.primary_ok_since.unwrap_or(now))
+    } else {
+        None
+    };
+    if let Some(start) = now.checked_sub(policy.flap_window) {
+        while state.flips.front().is_some_and(|t| *t <= start) {
+            state.flips.pop_front();
+        }
+    }
+}
+
+/// The target traffic should go to, before flap limiting.
+fn choose_target(
+    state: &ServiceState,
+    policy: &FailoverPolicy,
+    a: &Assessment<'_>,
+    primary: &[PodView],
+    now: Instant,
+) -> Want {
+    let (healthy, total, min_healthy) = (a.healthy, a.total, a.min_healthy);
+    let fallback_healthy = a.fallback_healthy;
+    let stay = |target| Want {
+        target,
+        reason: String::new(),
+        urgent: false,
+    };
+    match state.active {
+        Target::Primary if !a.primary_ok && a.fallback_ok && state.ever_ok => Want {
+            target: Target::Fallback,
+            reason: format!(
+                "primary has {healthy} of {total} pods healthy (minHealthy {min_healthy}); \
+                 fallback has {fallback_healthy} healthy"
+            ),
+            urgent: !primary.iter().any(|p| p.kubelet_ready),
+        },
+        Target::Fallback if !a.fallback_ok => Want {
+            target: Target::Primary,
+            reason: format!(
+                "fallback is no longer usable ({fallback_healthy} healthy pods); returning to primary"
+            ),
+            urgent: true,
+        },
+        Target::Fallback => match state.primary_ok_since {
+            Some(since) if now.saturating_duration_since(since) >= policy.recover_after => Want {
+                target: Target::Primary,
+                reason: format!(
+                    "primary has been healthy for {}s ({healthy} of {total} pods)",
+                    policy.recover_after.as_secs()
+                ),
+                urgent: false,
+            },
+            _ => stay(Target::Fallback),
+        },
+        Target::Primary => stay(Target::Primary),
+    }
+}
+
+/// Flips the active target when wanted, unless the flap limit holds it (a flip that avoids a
+/// black hole is never held). Returns the change made and whether a flip was held.
+fn flip(
+    state: &mut ServiceState,
+    policy: &FailoverPolicy,
+    want: Want,
+    primary: &[PodView],
+    now: Instant,
+) -> (Option<Change>, bool) {
+    if want.target == state.active {
+        return (None, false);
+    }
+    let limit_reached = policy.max_flaps > 0 && state.flips.len() >= policy.max_flaps as usize;
+    if limit_reached && !want.urgent {
+        return (None, true);
+    }
+    state.flips.push_back(now);
+    state.active = want.target;
+    state.last_change = Some((now, want.reason.clone()));
+    let change = match want.target {
+        Target::Fallback => Change::FailedOver {
+            reason: want.reason,
+            detected_from: primary.iter().filter_map(|p| p.detected_from).max(),
+        },
+        Target::Primary => Change::FailedBack {
+            reason: want.reason,
+        },
+    };
+    (Some(change), false)
+}
+
+type Members = BTreeMap<String, Membership>;
+
+/// Every pod's membership for the chosen target, and whether the primary is in panic (no pod
+/// passes probing but the kubelet has Ready ones, which then all keep serving).
+fn membership(
+    active: Target,
+    primary: &[PodView],
+    fallback_pods: &[PodView],
+    healthy: u32,
+) -> (Members, Members, bool) {
+    let all = |pods: &[PodView], m: Membership| pods.iter().map(|p| (p.name.clone(), m)).collect();
+    match active {
+        Target::Primary => {
+            let panic = healthy == 0 && primary.iter().any(|p| p.kubelet_ready);
+            let p = primary
+                .iter()
+                .map(|p| {
+                    let out = !panic && p.kubelet_ready && !p.healthy;
+                    let m = if out { Membership::Out } else { Membership::In };
+                    (p.name.clone(), m)
+                })
+                .collect();
+            (p, all(fallback_pods, Membership::Out), panic)
+        }
+        Target::Fallback => {
+            let f = fallback_pods
+                .iter()
+                .map(|p| {
+                    let m = if p.serves() {
+                        Membership::In
+                    } else {
+                        Membership::Out
+                    };
+                    (p.name.clone(), m)
+                })
+                .collect();
+            (all(primary, Membership::Out), f, false)
+        }
+    }
+}
+
+/// The one-line explanation shown in status.
+fn explain(
+    active: Target,
+    panic: bool,
+    held: bool,
+    a: &Assessment<'_>,
+    primary: &[PodView],
+) -> String {
+    let (healthy, total, fallback_healthy) = (a.healthy, a.total, a.fallback_healthy);
+    match (active, panic, held) {
         (Target::Fallback, _, _) => format!(
             "traffic on fallback ({fallback_healthy} healthy pods); primary has {healthy} of {total} healthy"
         ),
@@ -344,22 +456,6 @@ pub fn decide(
             format!("flapping: holding primary with {healthy} of {total} healthy pods")
         }
         (Target::Primary, false, false) => format!("{healthy} of {total} pods healthy"),
-    };
-
-    Decision {
-        active: state.active,
-        panic,
-        flapping,
-        held,
-        healthy_pods: healthy,
-        total_pods: total,
-        fallback_healthy_pods: fallback_healthy,
-        primary_members,
-        fallback_members,
-        change,
-        pod_changes,
-        invalid,
-        message,
     }
 }
 

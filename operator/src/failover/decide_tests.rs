@@ -322,3 +322,22 @@ fn resumed_state_keeps_fallback_for_a_full_window() {
     let d = decide(&mut st, &policy(), &ok, fb(&fallback), s(10, t0));
     assert_eq!(d.active, Target::Primary);
 }
+
+#[test]
+fn a_declared_fallback_that_does_not_exist_is_reported_and_never_used() {
+    // A fallback named in the policy but absent from the cluster is a configuration problem, and
+    // the primary keeps its traffic (with panic protection) rather than going nowhere.
+    let t0 = Instant::now();
+    let mut st = ServiceState::resume(Target::Primary);
+    let d = decide(&mut st, &policy(), &[failing("a", t0)], None, t0);
+    assert_eq!(d.active, Target::Primary);
+    assert_eq!(
+        d.invalid.as_deref(),
+        Some("the fallback MicroService does not exist")
+    );
+    // Without a declared fallback there is nothing to report.
+    let mut st = ServiceState::resume(Target::Primary);
+    let none = FailoverPolicy::default();
+    let d = decide(&mut st, &none, &[failing("a", t0)], None, t0);
+    assert_eq!(d.invalid, None);
+}

@@ -249,47 +249,10 @@ impl Writer {
             .retain(|k, _| want.services.contains_key(k));
     }
 
+    /// Publishes the Event for one notice (and updates the counters and detection histogram).
     async fn announce(&self, n: Notice, inv: &Inventory) {
         let (svc, event) = match n {
-            Notice::Service { svc, mode, change } => {
-                let observe = mode == Mode::Observe;
-                let event = match change {
-                    Change::FailedOver {
-                        reason,
-                        detected_from,
-                    } => {
-                        self.metrics.failovers.inc();
-                        if let Some(t) = detected_from.filter(|_| !observe) {
-                            self.metrics
-                                .detection
-                                .with_label_values(&["failover"])
-                                .observe(t.elapsed().as_secs_f64());
-                        }
-                        event(
-                            EventType::Warning,
-                            if observe {
-                                "WouldFailOver"
-                            } else {
-                                "FailedOver"
-                            },
-                            reason,
-                        )
-                    }
-                    Change::FailedBack { reason } => {
-                        self.metrics.failbacks.inc();
-                        event(
-                            EventType::Normal,
-                            if observe {
-                                "WouldFailBack"
-                            } else {
-                                "FailedBack"
-                            },
-                            reason,
-                        )
-                    }
-                };
-                (svc, event)
-            }
+            Notice::Service { svc, mode, change } => (svc, self.service_event(mode, change)),
             Notice::Held { svc, target } => {
                 let note = format!(
                     "traffic flipped too often; holding {} (see the Flapping condition)",
@@ -315,23 +278,8 @@ impl Writer {
                         .with_label_values(&["eject"])
                         .observe(t.elapsed().as_secs_f64());
                 }
-                let reason = match (observe, fallback, to) {
-                    (false, false, Membership::Out) => "PodEjected",
-                    (false, false, Membership::In) => "PodReturned",
-                    (false, true, Membership::In) => "FallbackPodAdded",
-                    (false, true, Membership::Out) => "FallbackPodRemoved",
-                    (true, false, Membership::Out) => "WouldEjectPod",
-                    (true, false, Membership::In) => "WouldReturnPod",
-                    (true, true, Membership::In) => "WouldAddFallbackPod",
-                    (true, true, Membership::Out) => "WouldRemoveFallbackPod",
-                };
-                let kind = if to == Membership::Out && !fallback {
-                    EventType::Warning
-                } else {
-                    EventType::Normal
-                };
                 let note = format!("pod {} (last probe: {evidence})", pod.name);
-                (svc, event(kind, reason, note))
+                (svc, pod_event(observe, fallback, to, note))
             }
         };
         let reference = ObjectReference {
@@ -352,6 +300,60 @@ impl Writer {
             .with_label_values(&["event", result_label(&r)])
             .inc();
     }
+
+    /// The Event of a failover or failback, counting it (and, when enforced, its detection time).
+    fn service_event(&self, mode: Mode, change: Change) -> Event {
+        let observe = mode == Mode::Observe;
+        match change {
+            Change::FailedOver {
+                reason,
+                detected_from,
+            } => {
+                self.metrics.failovers.inc();
+                if let Some(t) = detected_from.filter(|_| !observe) {
+                    self.metrics
+                        .detection
+                        .with_label_values(&["failover"])
+                        .observe(t.elapsed().as_secs_f64());
+                }
+                let r = if observe {
+                    "WouldFailOver"
+                } else {
+                    "FailedOver"
+                };
+                event(EventType::Warning, r, reason)
+            }
+            Change::FailedBack { reason } => {
+                self.metrics.failbacks.inc();
+                let r = if observe {
+                    "WouldFailBack"
+                } else {
+                    "FailedBack"
+                };
+                event(EventType::Normal, r, reason)
+            }
+        }
+    }
+}
+
+/// The Event of one pod's membership change; only an ejection from the primary is a warning.
+fn pod_event(observe: bool, fallback: bool, to: Membership, note: String) -> Event {
+    let reason = match (observe, fallback, to) {
+        (false, false, Membership::Out) => "PodEjected",
+        (false, false, Membership::In) => "PodReturned",
+        (false, true, Membership::In) => "FallbackPodAdded",
+        (false, true, Membership::Out) => "FallbackPodRemoved",
+        (true, false, Membership::Out) => "WouldEjectPod",
+        (true, false, Membership::In) => "WouldReturnPod",
+        (true, true, Membership::In) => "WouldAddFallbackPod",
+        (true, true, Membership::Out) => "WouldRemoveFallbackPod",
+    };
+    let kind = if to == Membership::Out && !fallback {
+        EventType::Warning
+    } else {
+        EventType::Normal
+    };
+    event(kind, reason, note)
 }
 
 fn event(type_: EventType, reason: &str, note: String) -> Event {

@@ -15,20 +15,22 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use rand::Rng;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use flotilla_crds::{labels, ActiveTarget};
-
-use super::decide::{decide, Change, FallbackView, Membership, PodView, ServiceState, Target};
+use super::decide::{ServiceState, Target};
 use super::error_rate::ErrorWindow;
 use super::inventory::{Inventory, ObjKey, ServiceInfo};
 use super::metrics::Metrics;
 use super::pod_health::{Observation, PodHealth, Thresholds};
 use super::probe::{self, ProbeClient, ProbeReport};
-use super::report::{self, Desired, History, Member, Notice, ServiceDesired};
+use super::report::{Desired, History, Notice};
+
+mod publish;
+mod resume;
+
+use resume::resume;
 
 /// Tunables of the engine task.
 #[derive(Debug, Clone)]
@@ -341,237 +343,5 @@ impl Engine {
             success: svc.probe.success_threshold,
         };
         entry.health.observe(obs, rep.at, th)
-    }
-
-    fn view(&self, svc: &ObjKey) -> Vec<PodView> {
-        self.inv
-            .pods_of(svc)
-            .filter_map(|p| {
-                let h = &self.entry(&p.key)?.health;
-                Some(PodView {
-                    name: p.key.name.clone(),
-                    kubelet_ready: p.ready,
-                    healthy: h.healthy,
-                    detected_from: if h.healthy {
-                        None
-                    } else {
-                        h.unhealthy_detected_from
-                    },
-                })
-            })
-            .collect()
-    }
-
-    fn decide_all(&mut self, now: Instant) {
-        let mut desired = Desired::default();
-        let keys: Vec<ObjKey> = self.svcs.keys().cloned().collect();
-        for key in keys {
-            let Some(info) = self.inv.services.get(&key) else {
-                continue;
-            };
-            let primary = self.view(&key);
-            let fb_key = info
-                .failover
-                .fallback
-                .as_ref()
-                .map(|f| ObjKey::new(key.ns.clone(), f.clone()));
-            let fb_info = fb_key.as_ref().and_then(|k| self.inv.services.get(k));
-            let fb_pods = fb_key.as_ref().map(|k| self.view(k)).unwrap_or_default();
-            let fallback = fb_info.map(|f| FallbackView {
-                pods: &fb_pods,
-                port_name_matches: f.port_name == info.port_name,
-            });
-            let Some(entry) = self.svcs.get_mut(&key) else {
-                continue;
-            };
-            let mut d = decide(&mut entry.state, &info.failover, &primary, fallback, now);
-            if fb_key.is_some() && fb_info.is_none() && d.invalid.is_none() {
-                d.invalid = Some("the fallback MicroService does not exist".to_owned());
-            }
-            let mode = info.failover.mode;
-            let mut notices = Vec::new();
-            if let Some(change) = &d.change {
-                match change {
-                    Change::FailedOver { reason, .. } => {
-                        entry.history.last_failover =
-                            Some((Time(jiff::Timestamp::now()), reason.clone()));
-                    }
-                    Change::FailedBack { .. } => {
-                        entry.history.last_failback = Some(Time(jiff::Timestamp::now()));
-                    }
-                }
-                notices.push(Notice::Service {
-                    svc: key.clone(),
-                    mode,
-                    change: change.clone(),
-                });
-            }
-            if d.held && !entry.held_announced {
-                notices.push(Notice::Held {
-                    svc: key.clone(),
-                    target: d.active,
-                });
-            }
-            entry.held_announced = d.held;
-            for c in &d.pod_changes {
-                let pod = ObjKey::new(key.ns.clone(), c.pod.clone());
-                let evidence = self
-                    .ids
-                    .get(&pod)
-                    .and_then(|id| self.pods.get(id))
-                    .map(|e| report::describe(e.health.last.as_ref()))
-                    .unwrap_or_default();
-                notices.push(Notice::Pod {
-                    svc: key.clone(),
-                    mode,
-                    pod,
-                    fallback: c.fallback,
-                    to: c.to,
-                    detected_from: c.detected_from,
-                    evidence,
-                });
-            }
-            for n in notices {
-                if self.notice_tx.try_send(n).is_err() {
-                    self.metrics
-                        .writes
-                        .with_label_values(&["notice", "dropped"])
-                        .inc();
-                }
-            }
-            let evidence = self
-                .inv
-                .pods_of(&key)
-                .filter_map(|p| {
-                    Some(report::evidence(
-                        &p.key.name,
-                        &self.pods.get(self.ids.get(&p.key)?)?.health,
-                    ))
-                })
-                .collect();
-            let history = self
-                .svcs
-                .get(&key)
-                .map(|e| e.history.clone())
-                .unwrap_or_default();
-            let flaps = self.svcs.get(&key).map_or(0, |e| e.state.flips.len());
-            let (status, conditions) = report::status_for(
-                &d,
-                mode,
-                info.failover.fallback.as_deref(),
-                flaps,
-                &history,
-                evidence,
-            );
-            let members: Vec<Member> = d
-                .primary_members
-                .iter()
-                .map(|(n, m)| (n, false, *m))
-                .chain(d.fallback_members.iter().map(|(n, m)| (n, true, *m)))
-                .map(|(name, fallback, to)| Member {
-                    pod: ObjKey::new(key.ns.clone(), name.clone()),
-                    fallback,
-                    to,
-                })
-                .collect();
-            let serving = members
-                .iter()
-                .filter(|m| {
-                    m.to == Membership::In && self.inv.pods.get(&m.pod).is_some_and(|p| p.ready)
-                })
-                .count();
-            let serving = i64::try_from(serving).unwrap_or(i64::MAX);
-            self.metrics
-                .healthy_endpoints
-                .with_label_values(&[key.ns.as_str(), key.name.as_str()])
-                .set(serving);
-            desired.services.insert(
-                key.clone(),
-                ServiceDesired {
-                    label_key: labels::serves(&key.name),
-                    key,
-                    mode,
-                    members,
-                    status,
-                    conditions,
-                    serving,
-                },
-            );
-        }
-        self.desired_tx.send_if_modified(|cur| {
-            if **cur == desired {
-                false
-            } else {
-                *cur = Arc::new(desired);
-                true
-            }
-        });
-    }
-}
-
-/// Decider state for a service seen for the first time: the target and membership it already
-/// has (from status and labels), so a restart keeps the current target and announces nothing.
-fn resume(svc: &ServiceInfo, inv: &Inventory) -> SvcEntry {
-    let active = match svc.status.as_ref().and_then(|s| s.active) {
-        Some(ActiveTarget::Fallback) if svc.failover.mode == super::policy::Mode::Enforce => {
-            Target::Fallback
-        }
-        _ => Target::Primary,
-    };
-    let key = labels::serves(&svc.key.name);
-    let membership = |value: Option<&String>, default: Membership| match value.map(String::as_str) {
-        Some(labels::SERVES_TRUE) => Membership::In,
-        Some(_) => Membership::Out,
-        None => default,
-    };
-    let primary = inv
-        .pods_of(&svc.key)
-        .map(|p| {
-            (
-                p.key.name.clone(),
-                membership(p.serves.get(&key), Membership::In),
-            )
-        })
-        .collect();
-    let fallback = svc
-        .failover
-        .fallback
-        .as_ref()
-        .map(|f| ObjKey::new(svc.key.ns.clone(), f.clone()))
-        .map(|fk| {
-            inv.pods_of(&fk)
-                .map(|p| {
-                    (
-                        p.key.name.clone(),
-                        membership(p.serves.get(&key), Membership::Out),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    let history = History {
-        last_failover: svc.status.as_ref().and_then(|s| {
-            Some((
-                s.last_failover_time.clone()?,
-                s.last_failover_reason.clone().unwrap_or_default(),
-            ))
-        }),
-        last_failback: svc
-            .status
-            .as_ref()
-            .and_then(|s| s.last_failback_time.clone()),
-    };
-    let mut state = ServiceState::resume_with(active, primary, fallback);
-    // A service whose status never showed a healthy pod is treated as still starting.
-    state.ever_ok = active == Target::Fallback
-        || svc
-            .status
-            .as_ref()
-            .and_then(|s| s.healthy_pods)
-            .is_some_and(|n| n > 0);
-    SvcEntry {
-        state,
-        history,
-        held_announced: false,
     }
 }

@@ -1,0 +1,192 @@
+//! Turning verdicts into the engine's outputs: run the pure decider for every failover-enabled
+//! service, queue the notices its changes call for, and publish the desired state for the writer.
+//!
+//! Runs on the engine task and owns no state of its own; nothing here talks to the network.
+
+use std::time::Instant;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use flotilla_crds::labels;
+
+use super::super::decide::{decide, Change, Decision, FallbackView, Membership, PodView};
+use super::super::inventory::{ObjKey, ServiceInfo};
+use super::super::report::{self, Desired, Member, Notice, ServiceDesired};
+use super::Engine;
+
+impl Engine {
+    /// Decides every service, queues notices and publishes the desired state when it differs.
+    pub(super) fn decide_all(&mut self, now: Instant) {
+        let mut desired = Desired::default();
+        let keys: Vec<ObjKey> = self.svcs.keys().cloned().collect();
+        for key in keys {
+            let Some(info) = self.inv.services.get(&key).cloned() else {
+                continue;
+            };
+            let Some(d) = self.decide_one(&key, &info, now) else {
+                continue;
+            };
+            self.queue_notices(&key, &info, &d);
+            let want = self.service_desired(key, &info, &d);
+            desired.services.insert(want.key.clone(), want);
+        }
+        self.desired_tx.send_if_modified(|cur| {
+            if **cur == desired {
+                false
+            } else {
+                *cur = std::sync::Arc::new(desired);
+                true
+            }
+        });
+    }
+
+    fn view(&self, svc: &ObjKey) -> Vec<PodView> {
+        self.inv
+            .pods_of(svc)
+            .filter_map(|p| {
+                let h = &self.entry(&p.key)?.health;
+                Some(PodView {
+                    name: p.key.name.clone(),
+                    kubelet_ready: p.ready,
+                    healthy: h.healthy,
+                    detected_from: if h.healthy {
+                        None
+                    } else {
+                        h.unhealthy_detected_from
+                    },
+                })
+            })
+            .collect()
+    }
+
+    /// Runs the decider for one service against the current verdicts of its pods and its
+    /// fallback's, and records a target change in the service's history.
+    fn decide_one(&mut self, key: &ObjKey, info: &ServiceInfo, now: Instant) -> Option<Decision> {
+        let primary = self.view(key);
+        let fb_key = info
+            .failover
+            .fallback
+            .as_ref()
+            .map(|f| ObjKey::new(key.ns.clone(), f.clone()));
+        let fb_info = fb_key.as_ref().and_then(|k| self.inv.services.get(k));
+        let fb_pods = fb_key.as_ref().map(|k| self.view(k)).unwrap_or_default();
+        let fallback = fb_info.map(|f| FallbackView {
+            pods: &fb_pods,
+            port_name_matches: f.port_name == info.port_name,
+        });
+        let entry = self.svcs.get_mut(key)?;
+        let d = decide(&mut entry.state, &info.failover, &primary, fallback, now);
+        match &d.change {
+            Some(Change::FailedOver { reason, .. }) => {
+                entry.history.last_failover = Some((Time(jiff::Timestamp::now()), reason.clone()));
+            }
+            Some(Change::FailedBack { .. }) => {
+                entry.history.last_failback = Some(Time(jiff::Timestamp::now()));
+            }
+            None => {}
+        }
+        Some(d)
+    }
+
+    /// Queues the Events a decision calls for: a service change, a newly held flip, and every
+    /// pod whose membership changed. A full queue drops the notice (counted), never blocks.
+    fn queue_notices(&mut self, key: &ObjKey, info: &ServiceInfo, d: &Decision) {
+        let mode = info.failover.mode;
+        let mut notices = Vec::new();
+        if let Some(change) = &d.change {
+            notices.push(Notice::Service {
+                svc: key.clone(),
+                mode,
+                change: change.clone(),
+            });
+        }
+        if let Some(entry) = self.svcs.get_mut(key) {
+            if d.held && !entry.held_announced {
+                notices.push(Notice::Held {
+                    svc: key.clone(),
+                    target: d.active,
+                });
+            }
+            entry.held_announced = d.held;
+        }
+        for c in &d.pod_changes {
+            let pod = ObjKey::new(key.ns.clone(), c.pod.clone());
+            let evidence = self
+                .entry(&pod)
+                .map(|e| report::describe(e.health.last.as_ref()))
+                .unwrap_or_default();
+            notices.push(Notice::Pod {
+                svc: key.clone(),
+                mode,
+                pod,
+                fallback: c.fallback,
+                to: c.to,
+                detected_from: c.detected_from,
+                evidence,
+            });
+        }
+        for n in notices {
+            if self.notice_tx.try_send(n).is_err() {
+                self.metrics
+                    .writes
+                    .with_label_values(&["notice", "dropped"])
+                    .inc();
+            }
+        }
+    }
+
+    /// The desired state of one service: memberships, status with conditions, and the number of
+    /// pods serving its traffic (also exported as a gauge).
+    fn service_desired(&self, key: ObjKey, info: &ServiceInfo, d: &Decision) -> ServiceDesired {
+        let mode = info.failover.mode;
+        let evidence = self
+            .inv
+            .pods_of(&key)
+            .filter_map(|p| Some(report::evidence(&p.key.name, &self.entry(&p.key)?.health)))
+            .collect();
+        let (history, flaps) = self
+            .svcs
+            .get(&key)
+            .map(|e| (e.history.clone(), e.state.flips.len()))
+            .unwrap_or_default();
+        let (status, conditions) = report::status_for(
+            d,
+            mode,
+            info.failover.fallback.as_deref(),
+            flaps,
+            &history,
+            evidence,
+        );
+        let members: Vec<Member> = d
+            .primary_members
+            .iter()
+            .map(|(n, m)| (n, false, *m))
+            .chain(d.fallback_members.iter().map(|(n, m)| (n, true, *m)))
+            .map(|(name, fallback, to)| Member {
+                pod: ObjKey::new(key.ns.clone(), name.clone()),
+                fallback,
+                to,
+            })
+            .collect();
+        let serving = members
+            .iter()
+            .filter(|m| {
+                m.to == Membership::In && self.inv.pods.get(&m.pod).is_some_and(|p| p.ready)
+            })
+            .count();
+        let serving = i64::try_from(serving).unwrap_or(i64::MAX);
+        self.metrics
+            .healthy_endpoints
+            .with_label_values(&[key.ns.as_str(), key.name.as_str()])
+            .set(serving);
+        ServiceDesired {
+            label_key: labels::serves(&key.name),
+            key,
+            mode,
+            members,
+            status,
+            conditions,
+            serving,
+        }
+    }
+}
