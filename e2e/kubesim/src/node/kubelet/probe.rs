@@ -57,7 +57,13 @@ pub enum ProbeCheck {
     },
     /// A TCP connect.
     Tcp { addr: (Ipv4Addr, u16) },
-    /// A probe kubesim cannot run (exec, gRPC, HTTPS); it is treated as passing and reported.
+    /// `grpc.health.v1.Health/Check` over plaintext HTTP/2 for `service` (empty: the whole
+    /// server); success is `SERVING`, as the kubelet's native gRPC probe.
+    Grpc {
+        addr: (Ipv4Addr, u16),
+        service: String,
+    },
+    /// A probe kubesim cannot run (exec, HTTPS); it is treated as passing and reported.
     Unsupported(&'static str),
     /// A probe that cannot be run as written (a named port the container does not declare);
     /// it always fails, with this message.
@@ -128,10 +134,17 @@ pub fn check_for(probe: &Probe, container: &Container, pod_ip: Ipv4Addr) -> Prob
             .unwrap_or(pod_ip);
         return ProbeCheck::Tcp { addr: (host, port) };
     }
-    if probe.exec.is_some() {
-        return ProbeCheck::Unsupported("exec");
+    if let Some(g) = &probe.grpc {
+        // The API types the port as a plain number (no named ports for gRPC probes).
+        let Ok(port) = u16::try_from(g.port) else {
+            return ProbeCheck::Invalid(format!("invalid gRPC probe port {}", g.port));
+        };
+        return ProbeCheck::Grpc {
+            addr: (pod_ip, port),
+            service: g.service.clone().unwrap_or_default(),
+        };
     }
-    ProbeCheck::Unsupported("grpc")
+    ProbeCheck::Unsupported("exec")
 }
 
 /// Consecutive results → the probe's current verdict.
@@ -230,8 +243,9 @@ mod tests {
 
     #[test]
     fn probe_specs_become_checks_against_the_pod_ip() {
-        // Named ports resolve through the container; an unknown one is a failing check, and
-        // exec probes are reported as unsupported rather than silently dropped.
+        // Named ports resolve through the container; an unknown one is a failing check, gRPC
+        // probes keep their service name, and exec probes are reported as unsupported rather
+        // than silently dropped.
         use k8s_openapi::api::core::v1::{
             ContainerPort, ExecAction, HTTPGetAction, TCPSocketAction,
         };
@@ -276,6 +290,20 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(check_for(&exec, &c, ip), ProbeCheck::Unsupported("exec"));
+        let grpc = Probe {
+            grpc: Some(k8s_openapi::api::core::v1::GRPCAction {
+                port: 9090,
+                service: Some("orders".into()),
+            }),
+            ..Default::default()
+        };
+        assert_eq!(
+            check_for(&grpc, &c, ip),
+            ProbeCheck::Grpc {
+                addr: (ip, 9090),
+                service: "orders".into()
+            }
+        );
     }
 
     #[test]

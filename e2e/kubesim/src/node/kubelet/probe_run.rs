@@ -1,4 +1,4 @@
-//! Running probes: the HTTP GET and TCP checks, and the per-probe loop that waits for the
+//! Running probes: the HTTP GET, TCP and gRPC health checks, and the per-probe loop that waits for the
 //! container to start, honours initialDelay/period/timeout and reports verdict flips.
 
 use std::time::Duration;
@@ -50,6 +50,39 @@ async fn http_status(
         })
 }
 
+/// `grpc.health.v1.Health/Check` as the kubelet's gRPC probe sends it: plaintext HTTP/2, a
+/// fresh connection per probe, success only on `SERVING`.
+async fn grpc_health(addr: (std::net::Ipv4Addr, u16), service: &str) -> Result<(), String> {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    let target = format!("{}:{}", addr.0, addr.1);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))
+        .map_err(|e| e.to_string())?
+        .connect()
+        .await
+        .map_err(|e| format!("failed to connect service {target:?}: {e}"))?;
+    let request = tonic_health::pb::HealthCheckRequest {
+        service: service.to_owned(),
+    };
+    let response = HealthClient::new(channel)
+        .check(request)
+        .await
+        .map_err(|status| {
+            format!(
+                "health rpc probe failed: code {:?}: {}",
+                status.code(),
+                status.message()
+            )
+        })?;
+    match response.get_ref().status() {
+        ServingStatus::Serving => Ok(()),
+        other => Err(format!(
+            "service unhealthy (responded with {:?})",
+            other.as_str_name()
+        )),
+    }
+}
+
 /// Runs one check; `Err` carries the kubelet-style failure message.
 pub async fn check(c: &ProbeCheck, timeout: Duration) -> Result<(), String> {
     let fut = async {
@@ -73,6 +106,7 @@ pub async fn check(c: &ProbeCheck, timeout: Duration) -> Result<(), String> {
                 .await
                 .map(|_| ())
                 .map_err(|e| format!("dial tcp {}:{}: {e}", addr.0, addr.1)),
+            ProbeCheck::Grpc { addr, service } => grpc_health(*addr, service).await,
             ProbeCheck::Unsupported(_) => Ok(()),
             ProbeCheck::Invalid(message) => Err(message.clone()),
         }
@@ -118,5 +152,50 @@ pub async fn run(
             () = token.cancelled() => return,
             () = tokio::time::sleep(state.params.period) => {},
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+    use tonic_health::ServingStatus;
+
+    #[tokio::test]
+    async fn grpc_probe_follows_the_serving_status() {
+        // A gRPC probe passes only while the named service reports SERVING, fails with the
+        // reported status otherwise, and fails when nothing listens.
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("orders", ServingStatus::Serving)
+            .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let probe = |service: &str| ProbeCheck::Grpc {
+            addr: (Ipv4Addr::LOCALHOST, port),
+            service: service.into(),
+        };
+        let timeout = Duration::from_secs(10);
+        assert_eq!(check(&probe("orders"), timeout).await, Ok(()));
+        reporter
+            .set_service_status("orders", ServingStatus::NotServing)
+            .await;
+        let err = check(&probe("orders"), timeout)
+            .await
+            .expect_err("not serving");
+        assert!(err.contains("NOT_SERVING"), "{err}");
+        let err = check(&probe("nope"), timeout).await.expect_err("unknown");
+        assert!(err.contains("NotFound"), "{err}");
+        server.abort();
+        let _ = server.await;
+        let err = check(&probe("orders"), timeout).await.expect_err("closed");
+        assert!(err.contains("failed to connect"), "{err}");
     }
 }
