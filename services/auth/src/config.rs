@@ -5,10 +5,11 @@
 //! supplies a fixed, public signing secret and local defaults so the service starts with
 //! one command next to a local users service; it is never implied.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use flotilla_kit::config::{millis, non_empty, parse_value};
-use flotilla_kit::{ConfigError, ServiceConfig};
+use flotilla_kit::config::{check_secret, default_listen_addr, non_blank, trimmed};
+use flotilla_kit::{ConfigError, ServiceArgs, ServiceConfig};
 use reqwest::Url;
 
 use crate::breaker::BreakerConfig;
@@ -24,7 +25,41 @@ pub const DEV_SECRET: &str = "flotilla-dev-secret-do-not-use-in-production";
 pub const DEV_USERS_URL: &str = "http://127.0.0.1:8080";
 
 /// `LISTEN_ADDR` default in developer mode, next to users on 8080.
-pub const DEV_LISTEN_ADDR: &str = "127.0.0.1:8081";
+pub const DEV_LISTEN_ADDR: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8081);
+
+/// Login and token verification for Flotilla's sample services.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "auth", version)]
+pub struct Args {
+    /// Shared service settings.
+    #[command(flatten)]
+    pub service: ServiceArgs,
+    /// Developer mode: use the public development JWT secret when JWT_SECRET is unset, and
+    /// default USERS_URL to http://127.0.0.1:8080 and LISTEN_ADDR to 127.0.0.1:8081.
+    #[arg(long, env = "AUTH_DEV_SECRET")]
+    pub dev: bool,
+    /// HS256 key the tokens are signed with, at least 32 bytes, random (refused when it is a
+    /// placeholder or too easy to guess). Required outside developer mode.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Base URL of the users service (plain http://); Flotilla injects it for the `users`
+    /// dependency. Required outside developer mode.
+    #[arg(long, env = "USERS_URL")]
+    pub users_url: Option<String>,
+    /// Lifetime of issued tokens, in seconds.
+    #[arg(long, env = "TOKEN_TTL_SECONDS", default_value_t = 3_600, value_parser = trimmed::<u64>)]
+    pub token_ttl_seconds: u64,
+    /// Timeout of one call to users, connect included, in milliseconds.
+    #[arg(long, env = "USERS_TIMEOUT_MS", default_value_t = 2_000, value_parser = trimmed::<u64>)]
+    pub users_timeout_ms: u64,
+    /// Consecutive failed calls to users that open the circuit breaker.
+    #[arg(long, env = "BREAKER_FAILURES", default_value_t = 5, value_parser = trimmed::<u32>)]
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before one trial call, in milliseconds.
+    #[arg(long, env = "BREAKER_OPEN_MS", default_value_t = 10_000, value_parser = trimmed::<u64>)]
+    pub breaker_open_ms: u64,
+}
 
 /// Everything auth reads at start-up.
 #[derive(Debug, Clone)]
@@ -44,39 +79,33 @@ pub struct Config {
     pub client: ClientConfig,
 }
 
-impl Config {
-    /// Reads the configuration through `lookup`; `dev` enables developer mode.
-    pub fn from_lookup(
-        lookup: impl Fn(&str) -> Option<String>,
-        dev: bool,
-    ) -> Result<Self, ConfigError> {
+impl Args {
+    /// Checks what clap cannot and applies developer-mode defaults.
+    pub fn resolve(&self) -> Result<Config, ConfigError> {
+        let dev = self.dev;
         let default_listen = if dev {
             DEV_LISTEN_ADDR
         } else {
-            flotilla_kit::config::DEFAULT_LISTEN_ADDR
+            default_listen_addr()
         };
-        let service = ServiceConfig::from_lookup_with_default(&lookup, default_listen)?;
+        let service = self.service.resolve(default_listen)?;
 
-        let jwt_secret = match non_empty(&lookup, "JWT_SECRET") {
-            Some(s) if s.len() < MIN_SECRET_LEN => {
-                return Err(ConfigError::Invalid {
+        let jwt_secret =
+            match non_blank(self.jwt_secret.as_deref()) {
+                Some(s) => {
+                    check_secret("JWT_SECRET", &s, MIN_SECRET_LEN)?;
+                    s.into_bytes()
+                }
+                None if dev => DEV_SECRET.as_bytes().to_vec(),
+                None => return Err(ConfigError::Missing {
                     var: "JWT_SECRET",
-                    value: "<redacted>".into(),
-                    reason: format!("must be at least {MIN_SECRET_LEN} bytes"),
-                })
-            }
-            Some(s) => s.into_bytes(),
-            None if dev => DEV_SECRET.as_bytes().to_vec(),
-            None => {
-                return Err(ConfigError::Missing {
-                    var: "JWT_SECRET",
-                    hint: "set it to a random string of at least 32 bytes, or start with --dev \
-                           (or AUTH_DEV_SECRET=1) to use the public development secret",
-                })
-            }
-        };
+                    hint: "set it to a random string of at least 32 bytes (openssl rand -hex 32), \
+                           or start with --dev (or AUTH_DEV_SECRET=1) to use the public \
+                           development secret",
+                }),
+            };
 
-        let users_raw = match non_empty(&lookup, "USERS_URL") {
+        let users_raw = match non_blank(self.users_url.as_deref()) {
             Some(u) => u,
             None if dev => DEV_USERS_URL.to_owned(),
             None => {
@@ -88,35 +117,21 @@ impl Config {
             }
         };
         let users_url = parse_users_url(&users_raw)?;
-
-        let token_ttl = match non_empty(&lookup, "TOKEN_TTL_SECONDS") {
-            Some(v) => Duration::from_secs(parse_value::<u64>(
-                "TOKEN_TTL_SECONDS",
-                &v,
-                "expected a whole number of seconds",
-            )?),
-            None => Duration::from_secs(3600),
-        };
         let defaults = ClientConfig::default();
-        let failure_threshold = match non_empty(&lookup, "BREAKER_FAILURES") {
-            Some(v) => parse_value::<u32>("BREAKER_FAILURES", &v, "expected a whole number")?,
-            None => defaults.breaker.failure_threshold,
-        }
-        .max(1);
         let client = ClientConfig {
-            timeout: millis(&lookup, "USERS_TIMEOUT_MS", 2_000)?,
+            timeout: Duration::from_millis(self.users_timeout_ms),
             breaker: BreakerConfig {
-                failure_threshold,
-                open_for: millis(&lookup, "BREAKER_OPEN_MS", 10_000)?,
+                failure_threshold: self.breaker_failures.max(1),
+                open_for: Duration::from_millis(self.breaker_open_ms),
             },
             ..defaults
         };
-        Ok(Self {
+        Ok(Config {
             service,
             users_url,
             jwt_secret,
             dev,
-            token_ttl,
+            token_ttl: Duration::from_secs(self.token_ttl_seconds),
             client,
         })
     }
@@ -147,21 +162,24 @@ pub fn parse_users_url(raw: &str) -> Result<Url, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use clap::Parser;
 
-    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        move |k| map.get(k).cloned()
+    const SECRET: &str = "Kf8d2LqW9zX4vB7nM1pR6tY3hJ5gC0sA";
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let args = Args::try_parse_from(std::iter::once("auth").chain(args.iter().copied()))
+            .map_err(|e| ConfigError::Invalid {
+                var: "ARGS",
+                value: String::new(),
+                reason: e.to_string(),
+            })?;
+        args.resolve()
     }
 
     #[test]
     fn refuses_to_start_without_secret() {
         // No JWT_SECRET and no dev mode is an error naming the variable.
-        let err = Config::from_lookup(lookup(&[("USERS_URL", "http://users:8080")]), false)
-            .expect_err("must refuse");
+        let err = parse(&["--users-url", "http://users:8080"]).expect_err("must refuse");
         assert!(matches!(
             err,
             ConfigError::Missing {
@@ -173,45 +191,48 @@ mod tests {
     }
 
     #[test]
-    fn short_secret_is_refused_without_echoing_it() {
-        // A weak secret is refused, and the error never prints it.
-        let err = Config::from_lookup(
-            lookup(&[("USERS_URL", "http://u"), ("JWT_SECRET", "tooshort")]),
-            false,
-        )
-        .expect_err("must refuse");
-        assert!(!err.to_string().contains("tooshort"));
+    fn weak_secrets_are_refused_without_echoing_them() {
+        // Short, placeholder and low-entropy secrets are refused; the error never prints them.
+        for weak in [
+            "tooshort",
+            "change-me-0123456789abcdef0123456789abcdef",
+            "abcabcabcabcabcabcabcabcabcabcabcabc",
+        ] {
+            let err =
+                parse(&["--users-url", "http://u", "--jwt-secret", weak]).expect_err("must refuse");
+            assert!(err.to_string().contains("JWT_SECRET"), "{err}");
+            assert!(!err.to_string().contains(weak), "{err}");
+        }
     }
 
     #[test]
     fn dev_mode_supplies_local_defaults() {
         // --dev alone is enough to start next to a local users service.
-        let cfg = Config::from_lookup(lookup(&[]), true).expect("dev defaults");
+        let cfg = parse(&["--dev"]).expect("dev defaults");
         assert_eq!(cfg.jwt_secret, DEV_SECRET.as_bytes());
         assert_eq!(cfg.users_url.as_str(), "http://127.0.0.1:8080/");
-        assert_eq!(cfg.service.listen_addr.to_string(), DEV_LISTEN_ADDR);
+        assert_eq!(cfg.service.listen_addr, DEV_LISTEN_ADDR);
     }
 
     #[test]
     fn production_mode_reads_everything() {
-        // Explicit variables are used as given; USERS_URL is required.
-        let secret = "s".repeat(40);
-        let cfg = Config::from_lookup(
-            lookup(&[
-                ("USERS_URL", "http://users.ns.svc:8080/api"),
-                ("JWT_SECRET", &secret),
-                ("BREAKER_FAILURES", "2"),
-                ("TOKEN_TTL_SECONDS", "60"),
-            ]),
-            false,
-        )
+        // Explicit values are used as given; USERS_URL is required.
+        let cfg = parse(&[
+            "--users-url",
+            "http://users.ns.svc:8080/api",
+            "--jwt-secret",
+            SECRET,
+            "--breaker-failures",
+            "2",
+            "--token-ttl-seconds",
+            "60",
+        ])
         .expect("valid");
         assert_eq!(cfg.users_url.as_str(), "http://users.ns.svc:8080/api/");
         assert_eq!(cfg.client.breaker.failure_threshold, 2);
         assert_eq!(cfg.token_ttl, Duration::from_secs(60));
         assert_eq!(cfg.service.listen_addr.to_string(), "0.0.0.0:8080");
-        let err = Config::from_lookup(lookup(&[("JWT_SECRET", &secret)]), false)
-            .expect_err("USERS_URL required");
+        let err = parse(&["--jwt-secret", SECRET]).expect_err("USERS_URL required");
         assert!(matches!(
             err,
             ConfigError::Missing {
@@ -227,5 +248,29 @@ mod tests {
         assert!(parse_users_url("https://users").is_err());
         assert!(parse_users_url("users:8080").is_err());
         assert!(parse_users_url("http://users:8080").is_ok());
+    }
+
+    #[test]
+    fn help_documents_every_variable() {
+        // `auth --help` names every variable auth reads.
+        let help = <Args as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for var in [
+            "LISTEN_ADDR",
+            "ADMIN_TOKEN",
+            "AUTH_DEV_SECRET",
+            "JWT_SECRET",
+            "USERS_URL",
+            "TOKEN_TTL_SECONDS",
+            "USERS_TIMEOUT_MS",
+            "BREAKER_FAILURES",
+            "BREAKER_OPEN_MS",
+        ] {
+            assert!(
+                help.contains(&format!("env: {var}")),
+                "{var} missing:\n{help}"
+            );
+        }
     }
 }

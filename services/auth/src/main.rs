@@ -1,26 +1,17 @@
 //! `auth` binary: reads flags and environment, binds, serves until SIGTERM.
 
 use anyhow::Context;
+use auth::config::Args;
 use clap::Parser;
 use flotilla_kit::server::serve_until_signal;
 use flotilla_kit::telemetry::init_tracing;
 
-/// Login and token verification for Flotilla's sample services.
-#[derive(Debug, Parser)]
-#[command(name = "auth", version)]
-struct Args {
-    /// Developer mode: use the public development JWT secret when JWT_SECRET is unset, and
-    /// default USERS_URL to http://127.0.0.1:8080 and LISTEN_ADDR to 127.0.0.1:8081.
-    #[arg(long, env = "AUTH_DEV_SECRET")]
-    dev: bool,
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let config = auth::config::Config::from_lookup(|k| std::env::var(k).ok(), args.dev)?;
+    let config = args.resolve()?;
     init_tracing(config.service.log_format)?;
-    if config.dev && std::env::var_os("JWT_SECRET").is_none() {
+    if config.dev && args.jwt_secret.is_none() {
         tracing::warn!("developer mode: tokens are signed with the public development secret");
     }
     let tokens = auth::Tokens::new(&config.jwt_secret, config.token_ttl);

@@ -17,6 +17,7 @@ fn opts() -> DrainOptions {
     DrainOptions {
         shutdown_delay: Duration::ZERO,
         drain_timeout: Duration::from_secs(10),
+        ..DrainOptions::default()
     }
 }
 

@@ -1,9 +1,11 @@
-//! Service configuration read from the environment.
+//! Service configuration: command-line flags, each also read from the environment variable of
+//! the same name through clap's `env` support, so `--help` lists every variable with its
+//! default.
 //!
 //! Every variable has a documented default; a value that is set but invalid is an error that
 //! names the variable, so a typo in a manifest fails loudly at start-up instead of silently
-//! falling back. Parsing goes through a lookup function so tests never touch the process
-//! environment.
+//! falling back. Blank values count as unset. Services flatten [`ServiceArgs`] into their own
+//! `clap::Parser` and add their variables next to it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -12,7 +14,7 @@ use std::time::Duration;
 /// Default listen address: every interface, port 8080 (the port the manifests declare).
 pub const DEFAULT_LISTEN_ADDR: &str = "0.0.0.0:8080";
 
-/// A configuration value that is missing or cannot be used.
+/// A configuration value that is missing or cannot be used (checks clap cannot express).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// The variable is set but its value is not usable.
@@ -20,7 +22,7 @@ pub enum ConfigError {
     Invalid {
         /// Variable name, e.g. `LISTEN_ADDR`.
         var: &'static str,
-        /// The offending value as given.
+        /// The offending value as given (or `<redacted>` for secrets).
         value: String,
         /// What was expected instead.
         reason: String,
@@ -49,7 +51,7 @@ impl FromStr for LogFormat {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
+        match s.trim().to_ascii_lowercase().as_str() {
             "text" | "" => Ok(Self::Text),
             "json" => Ok(Self::Json),
             _ => Err("expected `text` or `json`".to_owned()),
@@ -57,177 +59,284 @@ impl FromStr for LogFormat {
     }
 }
 
-/// Settings every sample service shares.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceConfig {
-    /// `LISTEN_ADDR`: where the HTTP server binds (default `0.0.0.0:8080`).
-    pub listen_addr: SocketAddr,
-    /// `POD_IP`: the pod's own address when the platform provides it; logged, never required.
-    pub pod_ip: Option<IpAddr>,
-    /// `LOG_FORMAT`: `text` or `json`.
-    pub log_format: LogFormat,
-    /// `ADMIN_TOKEN`: enables `/admin/faults` when set and non-empty.
-    pub admin_token: Option<String>,
-    /// `SHUTDOWN_DELAY_MS` (default 1000): after SIGTERM, how long the server keeps accepting
-    /// while reporting not-ready, so endpoint controllers stop routing to it first.
-    pub shutdown_delay: Duration,
-    /// `DRAIN_TIMEOUT_MS` (default 20000): how long in-flight requests may take to finish
-    /// after the listener closes; kept below Kubernetes' default 30 s grace period.
-    pub drain_timeout: Duration,
+/// Parses a value after trimming surrounding whitespace (manifests often carry a stray space).
+pub fn trimmed<T: FromStr>(value: &str) -> Result<T, String>
+where
+    T::Err: std::fmt::Display,
+{
+    value.trim().parse().map_err(|e: T::Err| e.to_string())
 }
 
-impl ServiceConfig {
-    /// Reads the configuration from the process environment.
-    pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|k| std::env::var(k).ok())
-    }
+/// Flags and variables every sample service shares. Flatten into a service's parser.
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct ServiceArgs {
+    /// Address the HTTP server binds [default: 0.0.0.0:8080, or the service's own].
+    #[arg(long, env = "LISTEN_ADDR", value_parser = trimmed::<SocketAddr>)]
+    pub listen_addr: Option<SocketAddr>,
+    /// The pod's own address when the platform provides it; logged, never required.
+    #[arg(long, env = "POD_IP", value_parser = trimmed::<IpAddr>)]
+    pub pod_ip: Option<IpAddr>,
+    /// Log format, `text` or `json` (RUST_LOG filters, default info).
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = trimmed::<LogFormat>)]
+    pub log_format: LogFormat,
+    /// Bearer token that enables /admin/faults (fault injection); unset or blank disables it.
+    /// Refused at start-up when it is a placeholder or too easy to guess.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// After SIGTERM, how long the server keeps accepting while reporting not-ready, so
+    /// endpoint controllers stop routing to it first.
+    #[arg(long, env = "SHUTDOWN_DELAY_MS", default_value_t = 1_000, value_parser = trimmed::<u64>)]
+    pub shutdown_delay_ms: u64,
+    /// How long in-flight requests may take to finish after the listener closes; below
+    /// Kubernetes' default 30 s grace period.
+    #[arg(long, env = "DRAIN_TIMEOUT_MS", default_value_t = 20_000, value_parser = trimmed::<u64>)]
+    pub drain_timeout_ms: u64,
+    /// Most connections served at once; further clients wait in the listen backlog.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1_024, value_parser = trimmed::<usize>)]
+    pub max_connections: usize,
+    /// A client must send a request's complete headers within this time, or the connection
+    /// is closed (slow-header clients cannot hold connections open).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = trimmed::<u64>)]
+    pub header_read_timeout_ms: u64,
+}
 
-    /// Reads the configuration through `lookup` (a variable name to its value).
-    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        Self::from_lookup_with_default(lookup, DEFAULT_LISTEN_ADDR)
-    }
+/// Settings every sample service shares, resolved from [`ServiceArgs`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceConfig {
+    /// `LISTEN_ADDR`: where the HTTP server binds.
+    pub listen_addr: SocketAddr,
+    /// `POD_IP`.
+    pub pod_ip: Option<IpAddr>,
+    /// `LOG_FORMAT`.
+    pub log_format: LogFormat,
+    /// `ADMIN_TOKEN`: enables `/admin/faults` when set and non-blank.
+    pub admin_token: Option<String>,
+    /// `SHUTDOWN_DELAY_MS` (default 1000).
+    pub shutdown_delay: Duration,
+    /// `DRAIN_TIMEOUT_MS` (default 20000).
+    pub drain_timeout: Duration,
+    /// `MAX_CONNECTIONS` (default 1024).
+    pub max_connections: usize,
+    /// `HEADER_READ_TIMEOUT_MS` (default 10000).
+    pub header_read_timeout: Duration,
+}
 
-    /// Like [`Self::from_lookup`], with a different default listen address (a developer mode
-    /// may pick a loopback port so two services can run side by side).
-    pub fn from_lookup_with_default(
-        lookup: impl Fn(&str) -> Option<String>,
-        default_listen: &str,
-    ) -> Result<Self, ConfigError> {
-        let listen_addr = match non_empty(&lookup, "LISTEN_ADDR") {
-            Some(v) => parse_value("LISTEN_ADDR", &v, "expected host:port, e.g. 0.0.0.0:8080")?,
-            None => parse_value("LISTEN_ADDR", default_listen, "invalid built-in default")?,
-        };
-        let pod_ip = non_empty(&lookup, "POD_IP")
-            .map(|v| parse_value("POD_IP", &v, "expected an IP address"))
-            .transpose()?;
-        let log_format = match non_empty(&lookup, "LOG_FORMAT") {
-            Some(v) => v.parse().map_err(|reason| ConfigError::Invalid {
-                var: "LOG_FORMAT",
-                value: v.clone(),
-                reason,
-            })?,
-            None => LogFormat::Text,
-        };
-        Ok(Self {
-            listen_addr,
-            pod_ip,
-            log_format,
-            admin_token: non_empty(&lookup, "ADMIN_TOKEN"),
-            shutdown_delay: millis(&lookup, "SHUTDOWN_DELAY_MS", 1_000)?,
-            drain_timeout: millis(&lookup, "DRAIN_TIMEOUT_MS", 20_000)?,
+impl ServiceArgs {
+    /// Resolves the arguments; `default_listen` applies when `LISTEN_ADDR` is unset. Refuses
+    /// a guessable `ADMIN_TOKEN` (see [`check_secret`]).
+    pub fn resolve(&self, default_listen: SocketAddr) -> Result<ServiceConfig, ConfigError> {
+        let admin_token = non_blank(self.admin_token.as_deref());
+        if let Some(token) = &admin_token {
+            check_secret("ADMIN_TOKEN", token, MIN_TOKEN_LEN)?;
+        }
+        Ok(ServiceConfig {
+            listen_addr: self.listen_addr.unwrap_or(default_listen),
+            pod_ip: self.pod_ip,
+            log_format: self.log_format,
+            admin_token,
+            shutdown_delay: Duration::from_millis(self.shutdown_delay_ms),
+            drain_timeout: Duration::from_millis(self.drain_timeout_ms),
+            max_connections: self.max_connections.max(1),
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
         })
     }
 }
 
-/// Returns the variable's value when it is set and not blank.
-pub fn non_empty(lookup: &impl Fn(&str) -> Option<String>, var: &str) -> Option<String> {
-    lookup(var).filter(|v| !v.trim().is_empty())
+/// The default listen address as a value.
+pub fn default_listen_addr() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
 }
 
-/// Parses `value` for `var`, turning a parse failure into a [`ConfigError`] naming `var`.
-pub fn parse_value<T: FromStr>(
-    var: &'static str,
-    value: &str,
-    expected: &str,
-) -> Result<T, ConfigError> {
-    value.trim().parse().map_err(|_| ConfigError::Invalid {
+/// The value when it is set and not blank.
+pub fn non_blank(value: Option<&str>) -> Option<String> {
+    value.filter(|v| !v.trim().is_empty()).map(str::to_owned)
+}
+
+/// Shortest accepted bearer token (`ADMIN_TOKEN`, service credentials), in bytes.
+pub const MIN_TOKEN_LEN: usize = 16;
+
+/// Least estimated entropy of an accepted secret, in bits.
+pub const MIN_SECRET_BITS: f64 = 64.0;
+
+/// Words that mark a value as a placeholder someone forgot to replace.
+const PLACEHOLDER_WORDS: &[&str] = &[
+    "change-me",
+    "changeme",
+    "change_me",
+    "replace-me",
+    "replaceme",
+    "placeholder",
+    "example",
+    "your-secret",
+    "yoursecret",
+    "do-not-use",
+    "insecure",
+];
+
+/// Refuses a secret that is a known placeholder, shorter than `min_len` bytes, or whose
+/// estimated entropy (length times the Shannon entropy of its characters) is under
+/// [`MIN_SECRET_BITS`] — `aaaaaaaa…`, `1234567812345678`. The error never echoes the value.
+pub fn check_secret(var: &'static str, value: &str, min_len: usize) -> Result<(), ConfigError> {
+    let refuse = |reason: String| ConfigError::Invalid {
         var,
-        value: value.to_owned(),
-        reason: expected.to_owned(),
-    })
+        value: "<redacted>".into(),
+        reason,
+    };
+    let lower = value.to_ascii_lowercase();
+    if let Some(word) = PLACEHOLDER_WORDS.iter().find(|w| lower.contains(*w)) {
+        return Err(refuse(format!(
+            "looks like a placeholder (contains {word:?}); generate one, e.g. `openssl rand -hex 32`"
+        )));
+    }
+    if value.len() < min_len {
+        return Err(refuse(format!("must be at least {min_len} bytes")));
+    }
+    let bits = estimated_bits(value);
+    if bits < MIN_SECRET_BITS {
+        return Err(refuse(format!(
+            "too easy to guess (about {bits:.0} bits, want {MIN_SECRET_BITS:.0}); generate one, \
+             e.g. `openssl rand -hex 32`"
+        )));
+    }
+    Ok(())
 }
 
-/// Reads a duration given in whole milliseconds, with a default when unset.
-pub fn millis(
-    lookup: &impl Fn(&str) -> Option<String>,
-    var: &'static str,
-    default_ms: u64,
-) -> Result<Duration, ConfigError> {
-    match non_empty(lookup, var) {
-        Some(v) => parse_value::<u64>(var, &v, "expected a whole number of milliseconds")
-            .map(Duration::from_millis),
-        None => Ok(Duration::from_millis(default_ms)),
+/// Length times the Shannon entropy per byte of `value`: a rough upper bound of its strength.
+pub fn estimated_bits(value: &str) -> f64 {
+    let bytes = value.as_bytes();
+    if bytes.is_empty() {
+        return 0.0;
     }
+    let mut counts = [0u32; 256];
+    for b in bytes {
+        counts[usize::from(*b)] += 1;
+    }
+    let n = bytes.len() as f64;
+    let per_byte: f64 = counts
+        .iter()
+        .filter(|c| **c > 0)
+        .map(|c| {
+            let p = f64::from(*c) / n;
+            -p * p.log2()
+        })
+        .sum();
+    per_byte * n
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::HashMap;
+    use clap::Parser;
 
-    fn lookup(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        move |k| map.get(k).cloned()
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        service: ServiceArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServiceConfig, String> {
+        let cli = Cli::try_parse_from(std::iter::once("svc").chain(args.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        cli.service
+            .resolve(default_listen_addr())
+            .map_err(|e| e.to_string())
     }
 
     #[test]
     fn defaults_apply_when_nothing_is_set() {
-        // An empty environment yields the documented defaults.
-        let cfg = ServiceConfig::from_lookup(lookup(&[])).expect("defaults parse");
+        // No flags (and, in the test process, none of the variables) yield the documented
+        // defaults.
+        let cfg = parse(&[]).expect("defaults parse");
         assert_eq!(cfg.listen_addr, "0.0.0.0:8080".parse().expect("addr"));
         assert_eq!(cfg.pod_ip, None);
         assert_eq!(cfg.log_format, LogFormat::Text);
         assert_eq!(cfg.admin_token, None);
+        assert_eq!(cfg.shutdown_delay, Duration::from_secs(1));
         assert_eq!(cfg.drain_timeout, Duration::from_secs(20));
+        assert_eq!(cfg.max_connections, 1024);
+        assert_eq!(cfg.header_read_timeout, Duration::from_secs(10));
     }
 
     #[test]
     fn values_are_read() {
-        // Set variables override the defaults.
-        let cfg = ServiceConfig::from_lookup(lookup(&[
-            ("LISTEN_ADDR", "127.2.0.5:9000"),
-            ("POD_IP", "127.2.0.5"),
-            ("LOG_FORMAT", "JSON"),
-            ("ADMIN_TOKEN", "s3cret"),
-            ("SHUTDOWN_DELAY_MS", "0"),
-        ]))
+        // Given values override the defaults, with surrounding blanks trimmed.
+        let cfg = parse(&[
+            "--listen-addr",
+            " 127.2.0.5:9000",
+            "--pod-ip",
+            "127.2.0.5",
+            "--log-format",
+            "JSON",
+            "--admin-token",
+            "Zq3v9TkL2xW8pR4m",
+            "--shutdown-delay-ms",
+            "0",
+        ])
         .expect("parse");
         assert_eq!(cfg.listen_addr, "127.2.0.5:9000".parse().expect("addr"));
         assert_eq!(cfg.pod_ip, Some("127.2.0.5".parse().expect("ip")));
         assert_eq!(cfg.log_format, LogFormat::Json);
-        assert_eq!(cfg.admin_token.as_deref(), Some("s3cret"));
+        assert_eq!(cfg.admin_token.as_deref(), Some("Zq3v9TkL2xW8pR4m"));
         assert_eq!(cfg.shutdown_delay, Duration::ZERO);
     }
 
     #[test]
     fn invalid_values_name_the_variable() {
         // A malformed value is reported with the variable's name, never silently defaulted.
-        let err = ServiceConfig::from_lookup(lookup(&[("LISTEN_ADDR", "localhost")]))
-            .expect_err("must fail");
-        assert!(matches!(
-            err,
-            ConfigError::Invalid {
-                var: "LISTEN_ADDR",
-                ..
-            }
-        ));
-        assert!(err.to_string().contains("LISTEN_ADDR"));
-        let err = ServiceConfig::from_lookup(lookup(&[("DRAIN_TIMEOUT_MS", "soon")]))
-            .expect_err("must fail");
-        assert!(matches!(
-            err,
-            ConfigError::Invalid {
-                var: "DRAIN_TIMEOUT_MS",
-                ..
-            }
-        ));
-        let err = ServiceConfig::from_lookup(lookup(&[("LOG_FORMAT", "xml")])).expect_err("fail");
-        assert!(matches!(
-            err,
-            ConfigError::Invalid {
-                var: "LOG_FORMAT",
-                ..
-            }
-        ));
+        for (flag, value, var) in [
+            ("--listen-addr", "localhost", "LISTEN_ADDR"),
+            ("--drain-timeout-ms", "soon", "DRAIN_TIMEOUT_MS"),
+            ("--log-format", "xml", "LOG_FORMAT"),
+        ] {
+            let err = parse(&[flag, value]).expect_err("must fail");
+            assert!(err.contains(var), "{err}");
+        }
     }
 
     #[test]
     fn blank_admin_token_disables_admin() {
         // An empty ADMIN_TOKEN must not enable the admin routes with an empty bearer.
-        let cfg = ServiceConfig::from_lookup(lookup(&[("ADMIN_TOKEN", "  ")])).expect("parse");
+        let cfg = parse(&["--admin-token", "  "]).expect("parse");
         assert_eq!(cfg.admin_token, None);
+    }
+
+    #[test]
+    fn guessable_admin_tokens_are_refused_without_echo() {
+        // Placeholders, short tokens and repetitive ones stop start-up; the error never
+        // prints the value.
+        for bad in [
+            "change-me-users-admin-token",
+            "s3cret",
+            "aaaaaaaaaaaaaaaaaaaaaaaa",
+            "abababababababababababab",
+        ] {
+            let err = parse(&["--admin-token", bad]).expect_err(bad);
+            assert!(err.contains("ADMIN_TOKEN"), "{err}");
+            assert!(!err.contains(bad), "{err}");
+        }
+        assert!(parse(&["--admin-token", "9f2c1e7a4b8d0c3e6f1a5b9d"]).is_ok());
+    }
+
+    #[test]
+    fn help_documents_every_variable() {
+        // `--help` names each variable the kit reads.
+        let help = <Cli as clap::CommandFactory>::command()
+            .render_long_help()
+            .to_string();
+        for var in [
+            "LISTEN_ADDR",
+            "POD_IP",
+            "LOG_FORMAT",
+            "ADMIN_TOKEN",
+            "SHUTDOWN_DELAY_MS",
+            "DRAIN_TIMEOUT_MS",
+            "MAX_CONNECTIONS",
+            "HEADER_READ_TIMEOUT_MS",
+        ] {
+            assert!(
+                help.contains(&format!("env: {var}")),
+                "{var} missing:\n{help}"
+            );
+        }
     }
 }

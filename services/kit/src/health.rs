@@ -20,6 +20,7 @@ use warp::{Filter, Rejection};
 
 use crate::faults::Faults;
 use crate::reply::{self, tag};
+use crate::traffic::{Traffic, TRAFFIC_HEADER};
 
 /// Liveness fails when the heartbeat is older than this.
 pub const WEDGED_AFTER: Duration = Duration::from_secs(10);
@@ -42,6 +43,7 @@ pub struct Health {
 struct Inner {
     checks: Vec<(&'static str, CheckFn)>,
     draining: AtomicBool,
+    traffic: Traffic,
     started: Instant,
     // Milliseconds since `started` at the last heartbeat; 0 = heartbeat not running.
     heartbeat_ms: AtomicU64,
@@ -106,6 +108,7 @@ impl HealthBuilder {
             inner: Arc::new(Inner {
                 checks: self.checks,
                 draining: AtomicBool::new(false),
+                traffic: Traffic::new(),
                 started: Instant::now(),
                 heartbeat_ms: AtomicU64::new(0),
             }),
@@ -122,6 +125,12 @@ impl Health {
     /// Marks the instance as shutting down: readiness fails from now on.
     pub fn start_draining(&self) {
         self.inner.draining.store(true, Ordering::Release);
+        self.inner.traffic.start_draining();
+    }
+
+    /// The traffic verdict state the server closes persistent connections by.
+    pub fn traffic(&self) -> &Traffic {
+        &self.inner.traffic
     }
 
     /// Whether [`Self::start_draining`] was called.
@@ -230,19 +239,27 @@ impl Health {
         let readyz = warp::path!("readyz")
             .and(warp::get())
             .and(warp::ext::optional::<crate::server::PeerAddr>())
-            .then(move |peer: Option<crate::server::PeerAddr>| {
-                let peer = peer.map(|p| p.0);
-                let (ready, faults) = (ready.clone(), faults.clone());
-                async move {
-                    let report = ready.readiness_for(&faults, peer).await;
-                    let status = if report.failing.is_empty() {
-                        StatusCode::OK
-                    } else {
-                        StatusCode::SERVICE_UNAVAILABLE
-                    };
-                    tag("/readyz", reply::json(status, &report))
-                }
-            });
+            .and(warp::header::optional::<String>(TRAFFIC_HEADER))
+            .then(
+                move |peer: Option<crate::server::PeerAddr>, verdict: Option<String>| {
+                    let peer = peer.map(|p| p.0);
+                    let (ready, faults) = (ready.clone(), faults.clone());
+                    async move {
+                        let report = ready.readiness_for(&faults, peer).await;
+                        // Own readiness first, so `serving` on a failing instance keeps closing.
+                        ready.traffic().record_ready(report.failing.is_empty());
+                        if let Some(v) = verdict {
+                            ready.traffic().record_verdict(&v);
+                        }
+                        let status = if report.failing.is_empty() {
+                            StatusCode::OK
+                        } else {
+                            StatusCode::SERVICE_UNAVAILABLE
+                        };
+                        tag("/readyz", reply::json(status, &report))
+                    }
+                },
+            );
         healthz.or(readyz).unify()
     }
 }

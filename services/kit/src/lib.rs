@@ -3,7 +3,8 @@
 //! Everything a service needs to behave well under Flotilla and nothing it does not:
 //! liveness and readiness endpoints ([`health`]), Prometheus metrics recorded per route
 //! template ([`metrics`]), request-scoped structured logs ([`telemetry`]), configuration from
-//! the environment ([`config`]), fault injection for tests and demos ([`faults`]), and a
+//! flags and the environment ([`config`]), the traffic verdict that closes persistent
+//! connections of an ejected pod ([`traffic`]), fault injection for tests and demos ([`faults`]), and a
 //! server that drains in-flight requests on SIGTERM ([`server`]). [`app`] ties them into one
 //! warp filter around a service's own API routes.
 //!
@@ -17,10 +18,12 @@ pub mod metrics;
 pub mod reply;
 pub mod server;
 pub mod telemetry;
+pub mod traffic;
 
 pub use app::Kit;
-pub use config::{ConfigError, LogFormat, ServiceConfig};
+pub use config::{ConfigError, LogFormat, ServiceArgs, ServiceConfig};
 pub use faults::{FaultConfig, Faults};
 pub use health::Health;
 pub use metrics::HttpMetrics;
 pub use reply::{tag, RouteTemplate};
+pub use traffic::Traffic;

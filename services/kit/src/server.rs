@@ -1,41 +1,71 @@
-//! Binds nothing itself: serves a ready warp filter on a listener the caller bound, adds the
-//! request id, and shuts down gracefully.
+//! Binds nothing itself: serves a ready warp filter on a listener the caller bound, over
+//! HTTP/1.1 and HTTP/2 (prior knowledge), adds the request id, bounds connections, honours the
+//! traffic verdict and shuts down gracefully.
+//!
+//! Limits: at most `max_connections` connections are served at once (the rest wait in the
+//! listen backlog, so a flood cannot exhaust memory or file descriptors), and an HTTP/1.1
+//! client must send complete request headers within `header_read_timeout`.
+//!
+//! Persistent connections follow [`crate::traffic`]: while the instance is ejected, unready
+//! or draining, HTTP/1.1 responses carry `Connection: close`, idle keep-alive connections are
+//! closed at once and HTTP/2 connections get `GOAWAY`; requests in flight always finish.
 //!
 //! Shutdown sequence when `shutdown` resolves (SIGTERM/SIGINT in the binaries):
-//! 1. readiness turns 503 at once ([`Health::start_draining`]);
+//! 1. readiness turns 503 at once ([`Health::start_draining`]) and persistent connections
+//!    close as above;
 //! 2. the server keeps accepting for `shutdown_delay`, so endpoint controllers and load
 //!    balancers stop sending traffic before the port closes;
-//! 3. the listener closes; idle keep-alive connections are closed, in-flight requests run to
-//!    completion for at most `drain_timeout`;
+//! 3. the listener closes; in-flight requests run to completion for at most `drain_timeout`;
 //! 4. [`serve`] returns and the binary exits 0.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Request};
+use http::{HeaderValue, Request, Version};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::config::ServiceConfig;
 use crate::health::Health;
 use crate::telemetry::REQUEST_ID_HEADER;
+use crate::traffic::Traffic;
 
 /// Longest incoming request id we keep; longer or non-printable ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
 
-/// Timing of the shutdown sequence.
+/// Concurrent HTTP/2 streams per connection.
+const MAX_H2_STREAMS: u32 = 128;
+
+/// Timing of the shutdown sequence and the server's limits.
 #[derive(Debug, Clone, Copy)]
 pub struct DrainOptions {
     /// Keep accepting (while not-ready) this long after the signal.
     pub shutdown_delay: Duration,
     /// Upper bound for in-flight requests to finish once the listener is closed.
     pub drain_timeout: Duration,
+    /// Most connections served at once.
+    pub max_connections: usize,
+    /// Deadline for a client to send complete HTTP/1.1 request headers.
+    pub header_read_timeout: Duration,
+}
+
+impl Default for DrainOptions {
+    fn default() -> Self {
+        Self {
+            shutdown_delay: Duration::from_secs(1),
+            drain_timeout: Duration::from_secs(20),
+            max_connections: 1024,
+            header_read_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// How the server stopped.
@@ -45,6 +75,14 @@ pub enum Stopped {
     Drained,
     /// The drain timeout expired with connections still open; they were dropped.
     DrainTimedOut,
+}
+
+/// What every connection task shares.
+struct Shared<Svc> {
+    service: Svc,
+    builder: auto::Builder<TokioExecutor>,
+    traffic: Traffic,
+    slots: Arc<Semaphore>,
 }
 
 /// Serves `filter` on `listener` until `shutdown` resolves, then runs the shutdown sequence.
@@ -59,26 +97,38 @@ where
     F: Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static,
     S: Future<Output = ()> + Send,
 {
-    let service = TowerToHyperService::new(warp::service(filter));
-    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(opts.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(MAX_H2_STREAMS);
+    let max =
+        u32::try_from(opts.max_connections.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
+    let shared = Arc::new(Shared {
+        service: TowerToHyperService::new(warp::service(filter)),
+        builder,
+        traffic: health.traffic().clone(),
+        slots: Arc::new(Semaphore::new(max as usize)),
+    });
 
-    accept_until(&listener, &service, &graceful, shutdown).await;
+    accept_until(&listener, &shared, shutdown).await;
     health.start_draining();
     tracing::info!(
         delay = ?opts.shutdown_delay,
         "shutdown requested: readiness now failing, still accepting during the delay"
     );
-    accept_until(
-        &listener,
-        &service,
-        &graceful,
-        tokio::time::sleep(opts.shutdown_delay),
-    )
-    .await;
+    accept_until(&listener, &shared, tokio::time::sleep(opts.shutdown_delay)).await;
     drop(listener);
     tracing::info!(timeout = ?opts.drain_timeout, "listener closed, draining in-flight requests");
-    match tokio::time::timeout(opts.drain_timeout, graceful.shutdown()).await {
-        Ok(()) => {
+    // Every connection holds one slot until it ends: all slots back = all connections done.
+    let slots = shared.slots.clone();
+    let drained = tokio::time::timeout(opts.drain_timeout, slots.acquire_many(max)).await;
+    match drained {
+        Ok(_) => {
             tracing::info!("all connections drained");
             Stopped::Drained
         }
@@ -89,12 +139,8 @@ where
     }
 }
 
-async fn accept_until<Svc, S>(
-    listener: &TcpListener,
-    service: &Svc,
-    graceful: &GracefulShutdown,
-    stop: S,
-) where
+async fn accept_until<Svc, S>(listener: &TcpListener, shared: &Arc<Shared<Svc>>, stop: S)
+where
     Svc: hyper::service::Service<Request<Incoming>, Response = Response, Error = Infallible>
         + Clone
         + Send
@@ -105,6 +151,14 @@ async fn accept_until<Svc, S>(
 {
     tokio::pin!(stop);
     loop {
+        // Wait for a free slot before accepting, so excess clients queue in the backlog.
+        let permit = tokio::select! {
+            () = &mut stop => return,
+            permit = shared.slots.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+        };
         let accepted = tokio::select! {
             () = &mut stop => return,
             accepted = listener.accept() => accepted,
@@ -120,32 +174,76 @@ async fn accept_until<Svc, S>(
             }
         };
         let _ = stream.set_nodelay(true);
-        let service = service.clone();
-        let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(PeerAddr(peer));
-            with_request_id(service.clone(), req)
-        });
-        let conn =
-            hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+        tokio::spawn(serve_connection(shared.clone(), stream, peer, permit));
+    }
+}
+
+/// Serves one connection; closes it gracefully (idle HTTP/1.1 at once, HTTP/2 `GOAWAY`) as
+/// soon as the instance starts closing persistent connections.
+async fn serve_connection<Svc>(
+    shared: Arc<Shared<Svc>>,
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    _slot: OwnedSemaphorePermit,
+) where
+    Svc: hyper::service::Service<Request<Incoming>, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    Svc::Future: Send + 'static,
+{
+    let _open = shared.traffic.connection_opened();
+    let (service, traffic) = (shared.service.clone(), shared.traffic.clone());
+    let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        with_request_id(service.clone(), traffic.clone(), req)
+    });
+    // Only a change to "closing" after this connection began closes it: a connection opened
+    // while closing is served (HTTP/1.1 responses then carry `Connection: close`), because a
+    // graceful shutdown before the first bytes would drop it unanswered.
+    let mut closing = shared.traffic.subscribe();
+    closing.mark_unchanged();
+    let conn = shared.builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let mut told = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
             }
-        });
+            changed = closing.changed(), if !told => {
+                if changed.is_err() {
+                    told = true;
+                } else if *closing.borrow_and_update() {
+                    told = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
     }
 }
 
 async fn with_request_id<Svc>(
     service: Svc,
+    traffic: Traffic,
     mut req: Request<Incoming>,
 ) -> Result<Response, Infallible>
 where
     Svc: hyper::service::Service<Request<Incoming>, Response = Response, Error = Infallible>,
 {
     let id = ensure_request_id(req.headers_mut());
+    let http1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
     let mut resp = service.call(req).await?;
     resp.headers_mut().insert(REQUEST_ID_HEADER, id);
+    // Checked after handling, so the readiness probe that carried `ejected` already closes.
+    if http1 && traffic.closing() {
+        resp.headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     Ok(resp)
 }
 
@@ -232,6 +330,8 @@ impl From<&ServiceConfig> for DrainOptions {
         DrainOptions {
             shutdown_delay: config.shutdown_delay,
             drain_timeout: config.drain_timeout,
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
         }
     }
 }

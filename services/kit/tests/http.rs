@@ -23,6 +23,7 @@ async fn start(admin: bool, shutdown_delay: Duration) -> Result<(Running, Kit)> 
     let opts = DrainOptions {
         shutdown_delay,
         drain_timeout: Duration::from_secs(30),
+        ..DrainOptions::default()
     };
     let running = Running::start(listener, filter, kit.health.clone(), opts)?;
     Ok((running, kit))

@@ -31,6 +31,7 @@ async fn start(db: Db, metrics: bool) -> Result<Running> {
     let opts = DrainOptions {
         shutdown_delay: Duration::ZERO,
         drain_timeout: Duration::from_secs(5),
+        ..DrainOptions::default()
     };
     Ok(Running::start(
         listener,

@@ -1,21 +1,22 @@
 //! `users` binary: reads the environment, opens the database, binds, serves until SIGTERM.
 
 use anyhow::Context;
+use clap::Parser;
 use flotilla_kit::server::serve_until_signal;
 use flotilla_kit::telemetry::init_tracing;
-use users::config::Config;
+use users::config::Args;
 use users::{db, Db, Passwords};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = Config::from_env()?;
+    let config = Args::parse().resolve()?;
     init_tracing(config.service.log_format)?;
     let db = Db::connect(&config.database_url)
         .await
         .with_context(|| format!("opening {}", db::redact(&config.database_url)))?;
     let service = users::build(
         db,
-        Passwords::new()?,
+        Passwords::new()?.with_concurrency(config.hash_concurrency),
         config.service.admin_token.clone(),
         true,
     )?;

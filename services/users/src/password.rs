@@ -3,6 +3,8 @@
 
 use argon2::password_hash::{PasswordHasher, PasswordVerifier};
 use argon2::{Algorithm, Argon2, Params, PasswordHash, Version};
+use std::sync::Arc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Hashing failed (never a wrong password: that is `Ok(false)`).
 #[derive(Debug, thiserror::Error)]
@@ -13,12 +15,22 @@ pub enum PasswordError {
     /// The blocking task was cancelled or panicked.
     #[error("password hashing task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// Every hashing slot is taken; the caller should retry shortly.
+    #[error("too many password checks in progress, retry shortly")]
+    Busy,
 }
 
-/// Hashes and verifies passwords with fixed Argon2id parameters.
+/// Default concurrent hashes: 2 × 19 MiB stays well inside a 128 MiB container limit.
+pub const DEFAULT_CONCURRENCY: usize = 2;
+
+/// Hashes and verifies passwords with fixed Argon2id parameters, at most `concurrency` at a
+/// time: each hash takes 19 MiB, so unbounded parallel logins could exhaust the pod's memory.
+/// A request that finds every slot taken fails at once with [`PasswordError::Busy`] (the API
+/// answers 503 with `Retry-After`) instead of queueing.
 #[derive(Debug, Clone)]
 pub struct Passwords {
     params: Params,
+    slots: Arc<Semaphore>,
     // A hash verified against when an email is unknown so that
     // "no such user" and "wrong password" take the same time.
     dummy: String,
@@ -41,13 +53,35 @@ impl Passwords {
     fn with_params(params: Params) -> Result<Self, PasswordError> {
         // The dummy's password is irrelevant: a verify against it is always reported false.
         let dummy = hash_with(&params, b"flotilla-dummy-password")?;
-        Ok(Self { params, dummy })
+        Ok(Self {
+            params,
+            slots: Arc::new(Semaphore::new(DEFAULT_CONCURRENCY)),
+            dummy,
+        })
+    }
+
+    /// The same hasher allowing `n` (at least 1) hashes at once.
+    pub fn with_concurrency(mut self, n: usize) -> Self {
+        self.slots = Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)));
+        self
+    }
+
+    fn slot(&self) -> Result<OwnedSemaphorePermit, PasswordError> {
+        self.slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| PasswordError::Busy)
     }
 
     /// Hashes `password` to a PHC string.
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
         let params = self.params.clone();
-        tokio::task::spawn_blocking(move || hash_with(&params, password.as_bytes())).await?
+        let slot = self.slot()?;
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            hash_with(&params, password.as_bytes())
+        })
+        .await?
     }
 
     /// Verifies `password` against `stored`, or against a dummy hash when `stored` is `None`.
@@ -58,7 +92,9 @@ impl Passwords {
     ) -> Result<bool, PasswordError> {
         let known = stored.is_some();
         let phc = stored.unwrap_or_else(|| self.dummy.clone());
+        let slot = self.slot()?;
         let ok = tokio::task::spawn_blocking(move || {
+            let _slot = slot;
             let parsed = PasswordHash::new(&phc).map_err(|e| PasswordError::Hash(e.to_string()))?;
             Ok::<_, PasswordError>(
                 Argon2::default()
@@ -98,5 +134,23 @@ mod tests {
             .await
             .expect("verify"));
         assert!(!p.verify("anything".into(), None).await.expect("verify"));
+    }
+
+    #[tokio::test]
+    async fn hashing_is_bounded_and_busy_when_full() {
+        // With every slot taken a further hash fails at once as Busy instead of queueing,
+        // and succeeds again once a slot is free.
+        let p = Passwords::low_cost().expect("params").with_concurrency(1);
+        let held = p.slot().expect("free slot");
+        assert!(matches!(
+            p.hash("correct horse".into()).await,
+            Err(PasswordError::Busy)
+        ));
+        assert!(matches!(
+            p.verify("x".into(), None).await,
+            Err(PasswordError::Busy)
+        ));
+        drop(held);
+        assert!(p.hash("correct horse".into()).await.is_ok());
     }
 }

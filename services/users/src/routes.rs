@@ -61,6 +61,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
             }
             Self::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
+            Self::Password(PasswordError::Busy) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Db(_) | Self::Password(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         if status.is_server_error() {
@@ -71,7 +72,12 @@ impl ApiError {
         } else {
             self.to_string()
         };
-        reply::error(status, code, message)
+        let resp = reply::error(status, code, message);
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            // Both causes (hashing slots full, database down) pass within about a second.
+            return warp::reply::with_header(resp, "retry-after", "1").into_response();
+        }
+        resp
     }
 }
 

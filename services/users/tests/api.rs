@@ -33,6 +33,7 @@ impl TestService {
         let opts = DrainOptions {
             shutdown_delay: Duration::ZERO,
             drain_timeout: Duration::from_secs(10),
+            ..DrainOptions::default()
         };
         let srv = Running::start(listener, service.filter(), service.kit.health.clone(), opts)?;
         Ok(Self {
