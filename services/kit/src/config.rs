@@ -142,6 +142,54 @@ impl ServiceArgs {
     }
 }
 
+impl ServiceConfig {
+    /// Reads the shared settings through `lookup` (variable name to value) instead of the
+    /// process environment, for services that read their own variables the same way. The
+    /// values go through the same clap parser as flags; an invalid one names its variable.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        const VARS: &[(&str, &str)] = &[
+            ("LISTEN_ADDR", "--listen-addr"),
+            ("POD_IP", "--pod-ip"),
+            ("LOG_FORMAT", "--log-format"),
+            ("ADMIN_TOKEN", "--admin-token"),
+            ("SHUTDOWN_DELAY_MS", "--shutdown-delay-ms"),
+            ("DRAIN_TIMEOUT_MS", "--drain-timeout-ms"),
+            ("MAX_CONNECTIONS", "--max-connections"),
+            ("HEADER_READ_TIMEOUT_MS", "--header-read-timeout-ms"),
+        ];
+        #[derive(Debug, clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            service: ServiceArgs,
+        }
+        let mut argv = vec!["service".to_owned()];
+        for (var, flag) in VARS {
+            if let Some(v) = non_empty(&lookup, var) {
+                argv.push(format!("{flag}={v}"));
+            }
+        }
+        let parsed = <Only as clap::Parser>::try_parse_from(argv).map_err(|e| {
+            let text = e.to_string();
+            let var = VARS
+                .iter()
+                .map(|(var, _)| *var)
+                .find(|var| text.contains(var))
+                .unwrap_or("environment");
+            ConfigError::Invalid {
+                var,
+                value: String::new(),
+                reason: text.lines().next().unwrap_or_default().to_owned(),
+            }
+        })?;
+        parsed.service.resolve(default_listen_addr())
+    }
+}
+
+/// Returns the variable's value through `lookup` when it is set and not blank.
+pub fn non_empty(lookup: &impl Fn(&str) -> Option<String>, var: &str) -> Option<String> {
+    lookup(var).filter(|v| !v.trim().is_empty())
+}
+
 /// The default listen address as a value.
 pub fn default_listen_addr() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
@@ -315,6 +363,31 @@ mod tests {
             assert!(!err.contains(bad), "{err}");
         }
         assert!(parse(&["--admin-token", "9f2c1e7a4b8d0c3e6f1a5b9d"]).is_ok());
+    }
+
+    #[test]
+    fn lookup_goes_through_the_same_parser() {
+        // Services reading variables through a lookup get the same values and errors.
+        let cfg = ServiceConfig::from_lookup(|k| match k {
+            "LISTEN_ADDR" => Some("127.0.0.1:9001".into()),
+            "ADMIN_TOKEN" => Some(" ".into()),
+            _ => None,
+        })
+        .expect("parse");
+        assert_eq!(cfg.listen_addr, "127.0.0.1:9001".parse().expect("addr"));
+        assert_eq!(cfg.admin_token, None);
+        let err = ServiceConfig::from_lookup(|k| (k == "DRAIN_TIMEOUT_MS").then(|| "soon".into()))
+            .expect_err("invalid");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    var: "DRAIN_TIMEOUT_MS",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]

@@ -18,7 +18,7 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef";
-const ADMIN: &str = "orders-admin-token";
+const ADMIN: &str = "orders-admin-4f9c2e7b1a8d";
 
 struct Orders {
     child: Child,
