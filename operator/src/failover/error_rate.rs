@@ -29,18 +29,26 @@ pub fn counts(samples: &[Sample]) -> Option<Counts> {
         total: 0.0,
         errors: 0.0,
     };
-    for s in samples.iter().filter(|s| s.name == REQUESTS_METRIC) {
-        if !s.value.is_finite() || s.value < 0.0 {
-            continue;
-        }
+    for s in samples.iter().filter_map(sample_counts) {
         found = true;
-        c.total += s.value;
-        let status = s.label("status").or_else(|| s.label("code")).unwrap_or("");
-        if status.len() == 3 && status.starts_with('5') {
-            c.errors += s.value;
-        }
+        c.total += s.total;
+        c.errors += s.errors;
     }
     found.then_some(c)
+}
+
+/// What one sample adds to the counts: `None` for other metrics and for values that cannot be
+/// counter values (negative, NaN, infinite).
+pub fn sample_counts(s: &Sample) -> Option<Counts> {
+    if s.name != REQUESTS_METRIC || !s.value.is_finite() || s.value < 0.0 {
+        return None;
+    }
+    let status = s.label("status").or_else(|| s.label("code")).unwrap_or("");
+    let error = status.len() == 3 && status.starts_with('5');
+    Some(Counts {
+        total: s.value,
+        errors: if error { s.value } else { 0.0 },
+    })
 }
 
 /// Scrape history of one pod.

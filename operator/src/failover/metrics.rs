@@ -28,6 +28,9 @@ pub struct Metrics {
     pub detection: HistogramVec,
     /// API writes by kind (`label`, `status`, `event`) and result (`ok`, `error`, `timeout`).
     pub writes: IntCounterVec,
+    /// Metrics scrapes that gave no data, by reason (`body_too_large`, `too_many_series`,
+    /// `line_too_long`, `malformed`, `bad_status`, `timeout`, `transport`, `busy`).
+    pub scrape_rejected: IntCounterVec,
 }
 
 impl Metrics {
@@ -75,6 +78,14 @@ impl Metrics {
                 ),
                 &["kind", "result"],
             )?,
+            scrape_rejected: IntCounterVec::new(
+                Opts::new(
+                    "flotilla_failover_scrape_rejected_total",
+                    "Pod metrics scrapes that gave no data for their round, by reason; never a \
+                     failure verdict.",
+                ),
+                &["reason"],
+            )?,
         })
     }
 
@@ -87,6 +98,7 @@ impl Metrics {
         registry.register(Box::new(self.failbacks.clone()))?;
         registry.register(Box::new(self.detection.clone()))?;
         registry.register(Box::new(self.writes.clone()))?;
+        registry.register(Box::new(self.scrape_rejected.clone()))?;
         Ok(())
     }
 }

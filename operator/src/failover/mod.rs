@@ -24,6 +24,7 @@ pub mod policy;
 pub mod probe;
 pub mod promtext;
 pub mod report;
+pub mod scrape;
 pub mod source;
 pub mod spec;
 pub mod writer;

@@ -8,15 +8,13 @@ use std::time::{Duration, Instant};
 
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper::body::Bytes;
+use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
-use super::error_rate::{self, Counts};
+use super::error_rate::Counts;
 use super::pod_health::Observation;
-use super::promtext;
-
-/// Largest metrics body read; a larger one counts as no data.
-const MAX_METRICS_BYTES: usize = 4 << 20;
+use super::scrape::{Rejected, Scanner, ScrapeLimits};
 /// Largest readiness body drained so the connection can be reused.
 const MAX_READINESS_BYTES: usize = 64 << 10;
 
@@ -46,9 +44,13 @@ impl ProbeClient {
         Self { inner }
     }
 
-    async fn get(&self, addr: SocketAddr, path: &str, limit: usize) -> Result<(u16, Bytes), ()> {
+    async fn send(&self, addr: SocketAddr, path: &str) -> Result<hyper::Response<Incoming>, ()> {
         let uri: hyper::Uri = format!("http://{addr}{path}").parse().map_err(|_| ())?;
-        let resp = self.inner.get(uri).await.map_err(|_| ())?;
+        self.inner.get(uri).await.map_err(|_| ())
+    }
+
+    async fn get(&self, addr: SocketAddr, path: &str, limit: usize) -> Result<(u16, Bytes), ()> {
+        let resp = self.send(addr, path).await?;
         let status = resp.status().as_u16();
         let body = Limited::new(resp.into_body(), limit)
             .collect()
@@ -68,17 +70,43 @@ impl ProbeClient {
         }
     }
 
-    /// Scrapes the metrics path for request counts; any failure is "no data", never a verdict.
-    pub async fn scrape(&self, addr: SocketAddr, path: &str, timeout: Duration) -> Option<Counts> {
-        let (status, body) = tokio::time::timeout(timeout, self.get(addr, path, MAX_METRICS_BYTES))
+    /// Scrapes the metrics path for request counts, reading the body as it streams in within
+    /// `limits`; any failure is "no data" (with the reason), never a verdict. Dropping a body
+    /// that went over a cap closes that connection.
+    pub async fn scrape(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        timeout: Duration,
+        limits: ScrapeLimits,
+    ) -> Result<Option<Counts>, Rejected> {
+        tokio::time::timeout(timeout, self.scrape_body(addr, path, limits))
             .await
-            .ok()?
-            .ok()?;
-        if status != 200 {
-            return None;
+            .map_err(|_| Rejected::Timeout)?
+    }
+
+    async fn scrape_body(
+        &self,
+        addr: SocketAddr,
+        path: &str,
+        limits: ScrapeLimits,
+    ) -> Result<Option<Counts>, Rejected> {
+        let resp = self
+            .send(addr, path)
+            .await
+            .map_err(|()| Rejected::Transport)?;
+        if resp.status() != hyper::StatusCode::OK {
+            return Err(Rejected::BadStatus);
         }
-        let text = std::str::from_utf8(&body).ok()?;
-        error_rate::counts(&promtext::parse(text).ok()?)
+        let mut body = resp.into_body();
+        let mut scanner = Scanner::new(limits);
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| Rejected::Transport)?;
+            if let Some(data) = frame.data_ref() {
+                scanner.feed(data)?;
+            }
+        }
+        scanner.finish()
     }
 }
 
@@ -91,8 +119,9 @@ pub struct ProbeReport {
     pub latency: Duration,
     /// When it finished.
     pub at: Instant,
-    /// The scrape, if one was asked for: `Some(None)` means scraped but no data.
-    pub scrape: Option<Option<Counts>>,
+    /// The scrape, if one was asked for: `Ok(None)` means scraped but the counter is absent,
+    /// `Err` that the scrape gave no data and why.
+    pub scrape: Option<Result<Option<Counts>, Rejected>>,
 }
 
 /// Runs one probe (and a scrape when asked). Bounded by at most twice `timeout`.
@@ -102,12 +131,13 @@ pub async fn run(
     readiness_path: &str,
     metrics_path: Option<&str>,
     timeout: Duration,
+    limits: ScrapeLimits,
 ) -> ProbeReport {
     let start = Instant::now();
     let observation = client.readiness(addr, readiness_path, timeout).await;
     let latency = start.elapsed();
     let scrape = match metrics_path {
-        Some(p) if observation.is_success() => Some(client.scrape(addr, p, timeout).await),
+        Some(p) if observation.is_success() => Some(client.scrape(addr, p, timeout, limits).await),
         _ => None,
     };
     ProbeReport {

@@ -44,17 +44,45 @@ pub struct ParseError {
 pub fn parse(text: &str) -> Result<Vec<Sample>, ParseError> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
-        let line = raw.trim_matches(|c| c == ' ' || c == '\t' || c == '\r');
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let sample = parse_line(line).map_err(|reason| ParseError {
+        let sample = parse_line(raw, |_| true).map_err(|reason| ParseError {
             line: i + 1,
             reason,
         })?;
-        out.push(sample);
+        out.extend(sample);
     }
     Ok(out)
+}
+
+/// What one line of an exposition is.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Line {
+    /// Empty, or a comment (`# HELP`, `# TYPE` and any other `#` line).
+    Blank,
+    /// A valid sample of a metric the caller did not ask for (checked, but nothing allocated).
+    Skipped,
+    /// A sample of a metric the caller asked for.
+    Kept(Sample),
+}
+
+/// Reads one line (without its `\n`). Every sample line is checked in full, so a malformed
+/// line is an error whether or not it is kept (a malformed exposition fails the whole scrape in
+/// Prometheus too); only lines whose metric name `keep` accepts are turned into owned values.
+pub fn read_line(raw: &str, keep: impl Fn(&str) -> bool) -> Result<Line, &'static str> {
+    let line = raw.trim_matches(|c| c == ' ' || c == '\t' || c == '\r');
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(Line::Blank);
+    }
+    Ok(match parse_sample(line, keep)? {
+        Some(s) => Line::Kept(s),
+        None => Line::Skipped,
+    })
+}
+
+fn parse_line(raw: &str, keep: impl Fn(&str) -> bool) -> Result<Option<Sample>, &'static str> {
+    match read_line(raw, keep)? {
+        Line::Kept(s) => Ok(Some(s)),
+        Line::Blank | Line::Skipped => Ok(None),
+    }
 }
 
 fn is_name_start(c: char) -> bool {
@@ -108,19 +136,18 @@ impl<'a> Cursor<'a> {
     }
 }
 
-fn parse_line(line: &str) -> Result<Sample, &'static str> {
+/// Parses one sample line; returns `None` (after checking the whole line) when `keep` refuses
+/// its metric name.
+fn parse_sample(line: &str, keep: impl Fn(&str) -> bool) -> Result<Option<Sample>, &'static str> {
     let mut cur = Cursor { s: line, pos: 0 };
-    let name = cur
-        .name(is_name_start)
-        .ok_or("invalid metric name")?
-        .to_owned();
+    let name = cur.name(is_name_start).ok_or("invalid metric name")?;
+    let kept = keep(name);
     cur.skip_ws();
-    let labels = if cur.peek() == Some('{') {
+    let mut labels = Vec::new();
+    if cur.peek() == Some('{') {
         cur.bump();
-        parse_labels(&mut cur)?
-    } else {
-        Vec::new()
-    };
+        parse_labels(&mut cur, kept.then_some(&mut labels))?;
+    }
     cur.skip_ws();
     let value = parse_value(cur.token())?;
     cur.skip_ws();
@@ -134,26 +161,28 @@ fn parse_line(line: &str) -> Result<Sample, &'static str> {
     if cur.peek().is_some() {
         return Err("unexpected text after timestamp");
     }
-    Ok(Sample {
-        name,
+    Ok(kept.then(|| Sample {
+        name: name.to_owned(),
         labels,
         value,
         timestamp_ms,
-    })
+    }))
 }
 
-fn parse_labels(cur: &mut Cursor<'_>) -> Result<Vec<(String, String)>, &'static str> {
-    let mut labels = Vec::new();
+/// Reads a label set after its `{`, into `sink` when one is given (otherwise only checks it).
+fn parse_labels(
+    cur: &mut Cursor<'_>,
+    mut sink: Option<&mut Vec<(String, String)>>,
+) -> Result<(), &'static str> {
     loop {
         cur.skip_ws();
         if cur.peek() == Some('}') {
             cur.bump();
-            return Ok(labels);
+            return Ok(());
         }
         let key = cur
             .name(|c| c.is_ascii_alphabetic() || c == '_')
-            .ok_or("invalid label name")?
-            .to_owned();
+            .ok_or("invalid label name")?;
         cur.skip_ws();
         if cur.bump() != Some('=') {
             return Err("expected '=' after label name");
@@ -162,25 +191,30 @@ fn parse_labels(cur: &mut Cursor<'_>) -> Result<Vec<(String, String)>, &'static 
         if cur.bump() != Some('"') {
             return Err("expected '\"' to open label value");
         }
-        let mut value = String::new();
+        let mut value = sink.as_ref().map(|_| String::new());
         loop {
-            match cur.bump() {
+            let c = match cur.bump() {
                 None => return Err("unterminated label value"),
                 Some('"') => break,
                 Some('\\') => match cur.bump() {
-                    Some('\\') => value.push('\\'),
-                    Some('"') => value.push('"'),
-                    Some('n') => value.push('\n'),
+                    Some('\\') => '\\',
+                    Some('"') => '"',
+                    Some('n') => '\n',
                     _ => return Err("invalid escape in label value"),
                 },
-                Some(c) => value.push(c),
+                Some(c) => c,
+            };
+            if let Some(v) = value.as_mut() {
+                v.push(c);
             }
         }
-        labels.push((key, value));
+        if let (Some(labels), Some(value)) = (sink.as_deref_mut(), value) {
+            labels.push((key.to_owned(), value));
+        }
         cur.skip_ws();
         match cur.bump() {
             Some(',') => continue,
-            Some('}') => return Ok(labels),
+            Some('}') => return Ok(()),
             _ => return Err("expected ',' or '}' after label value"),
         }
     }

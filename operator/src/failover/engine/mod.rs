@@ -26,6 +26,7 @@ use super::metrics::Metrics;
 use super::pod_health::{Observation, PodHealth, Thresholds};
 use super::probe::{self, ProbeClient, ProbeReport};
 use super::report::{Desired, History, Notice};
+use super::scrape::{Rejected, ScrapeLimits};
 
 mod publish;
 mod resume;
@@ -42,6 +43,12 @@ pub struct EngineConfig {
     pub decide_every: Duration,
     /// Minimum time between two metrics scrapes of one pod.
     pub scrape_every: Duration,
+    /// Metrics scrapes in flight at once. Each holds at most one line and a read buffer (see
+    /// `scrape.rs`), so 32 bound scrape memory to a few MiB however large the bodies are; a
+    /// scrape that finds no free slot is skipped for that round.
+    pub max_scrapes_in_flight: usize,
+    /// Byte, series and line caps of one scrape.
+    pub scrape_limits: ScrapeLimits,
     /// Capacity of the notice queue to the writer; when full, notices are dropped (and counted).
     pub notice_capacity: usize,
 }
@@ -52,6 +59,8 @@ impl Default for EngineConfig {
             max_in_flight: 512,
             decide_every: Duration::from_millis(200),
             scrape_every: Duration::from_secs(1),
+            max_scrapes_in_flight: 32,
+            scrape_limits: ScrapeLimits::default(),
             notice_capacity: 1024,
         }
     }
@@ -93,6 +102,7 @@ struct Engine {
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
     client: ProbeClient,
     permits: Arc<Semaphore>,
+    scrape_permits: Arc<Semaphore>,
     probes: JoinSet<(u64, ProbeReport)>,
     metrics: Metrics,
     desired_tx: watch::Sender<Arc<Desired>>,
@@ -127,6 +137,7 @@ pub fn spawn(
                     heap: BinaryHeap::new(),
                     client: ProbeClient::new(),
                     permits: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
+                    scrape_permits: Arc::new(Semaphore::new(cfg.max_scrapes_in_flight.max(1))),
                     probes: JoinSet::new(),
                     metrics,
                     desired_tx,
@@ -297,18 +308,38 @@ impl Engine {
                 self.metrics.probes.with_label_values(&["skipped"]).inc();
                 continue;
             };
-            let scrape = svc.failover.scrape_metrics
+            let scrape_due = svc.failover.scrape_metrics
                 && entry
                     .last_scrape
                     .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.scrape_every);
+            let scrape_permit = if scrape_due {
+                let p = self.scrape_permits.clone().try_acquire_owned().ok();
+                if p.is_none() {
+                    self.metrics
+                        .scrape_rejected
+                        .with_label_values(&[Rejected::Busy.label()])
+                        .inc();
+                }
+                p
+            } else {
+                None
+            };
             entry.in_flight = true;
             let client = self.client.clone();
+            let limits = self.cfg.scrape_limits;
             self.probes.spawn(async move {
                 let p = &svc.probe;
-                let metrics_path = scrape.then_some(p.metrics_path.as_str());
-                let rep =
-                    probe::run(&client, addr, &p.readiness_path, metrics_path, p.timeout).await;
-                drop(permit);
+                let metrics_path = scrape_permit.as_ref().map(|_| p.metrics_path.as_str());
+                let rep = probe::run(
+                    &client,
+                    addr,
+                    &p.readiness_path,
+                    metrics_path,
+                    p.timeout,
+                    limits,
+                )
+                .await;
+                drop((permit, scrape_permit));
                 (id, rep)
             });
         }
@@ -321,7 +352,14 @@ impl Engine {
         };
         entry.in_flight = false;
         let svc = entry.svc.clone();
-        if let Some(counts) = rep.scrape {
+        if let Some(scraped) = rep.scrape {
+            let counts = scraped.unwrap_or_else(|r| {
+                self.metrics
+                    .scrape_rejected
+                    .with_label_values(&[r.label()])
+                    .inc();
+                None
+            });
             let ratio = entry.window.record(rep.at, counts);
             entry.health.set_error_ratio(ratio);
             entry.last_scrape = Some(rep.at);
