@@ -98,7 +98,13 @@ pub fn validate(crd: &Value) -> Vec<Cause> {
                 "Required value: schemas are required",
                 field,
             )),
-            Some(schema) => causes.extend(structural::check(schema, &field)),
+            Some(schema) => {
+                let structural = structural::check(schema, &field);
+                if structural.is_empty() {
+                    causes.extend(crate::schema::cel::compile(schema, &field).1);
+                }
+                causes.extend(structural);
+            }
         }
     }
     causes

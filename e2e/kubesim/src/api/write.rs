@@ -149,8 +149,9 @@ fn unknown_fields(input: &Value, output: &Value, prefix: &str, out: &mut Vec<Str
     }
 }
 
-/// Decodes, prunes, defaults and validates an object as the real server does on write.
-pub fn normalize(w: &WriteCtx, obj: Value) -> Result<Value, ApiError> {
+/// Decodes, prunes, defaults and validates an object as the real server does on write;
+/// `old` is the stored object of an update (for CEL transition rules and ratcheting).
+pub fn normalize(w: &WriteCtx, obj: Value, old: Option<&Value>) -> Result<Value, ApiError> {
     let def = w.def;
     let name = meta_str(&obj, "name").unwrap_or("").to_string();
     let (mut out, unknown, mut causes) = if let Some(decoder) = def.decoder {
@@ -165,7 +166,10 @@ pub fn normalize(w: &WriteCtx, obj: Value) -> Result<Value, ApiError> {
         (decoded, unknown, Vec::new())
     } else {
         let schema = def.schemas.get(w.version);
-        let processed = schema::process(schema, obj);
+        let mut processed = schema::process(schema, obj);
+        if let Some(schema) = schema {
+            validation_rules(schema, &processed.object, old, &mut processed.causes);
+        }
         (processed.object, processed.unknown, processed.causes)
     };
     if let (false, Some(warnings)) = (w.strict, w.warn) {
@@ -196,6 +200,19 @@ pub fn normalize(w: &WriteCtx, obj: Value) -> Result<Value, ApiError> {
         return Err(ApiError::invalid(&def.group, &def.kind, &name, causes));
     }
     Ok(out)
+}
+
+/// Evaluates the schema's CEL rules, unless the object has the wrong type somewhere (the
+/// real server then skips them and says so).
+fn validation_rules(schema: &Value, obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let rules = schema::cel::rules_for(schema);
+    if causes.iter().any(|c| c.reason == "FieldValueTypeInvalid") {
+        if rules.has_rules() {
+            causes.push(Cause::invalid("<nil>", &Value::Null, "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"));
+        }
+        return;
+    }
+    schema::cel::validate(&rules, obj, old, "", causes);
 }
 
 /// Random suffix for `generateName`, from the real server's alphabet.
@@ -278,7 +295,7 @@ pub fn commit_create(
             m.remove("status");
         }
     }
-    let mut obj = normalize(w, obj)?;
+    let mut obj = normalize(w, obj, None)?;
     obj["apiVersion"] = json!(def.api_version(def.preferred_version()));
     let name = meta_str(&obj, "name").unwrap_or("").to_string();
     let ts = now();
@@ -352,7 +369,7 @@ pub fn commit_update(
     check_preconditions(def, old, &new, &name)?;
     let mut new = scope_to_subresource(w, old, new, &managed_by);
     carry_system_metadata(def, old, &mut new, &managed_by, &name)?;
-    let mut new = normalize(w, new)?;
+    let mut new = normalize(w, new, Some(old))?;
     new["apiVersion"] = json!(def.api_version(def.preferred_version()));
     immutable(def, old, &new)?;
     if let Managed::Update(m) = &managed_by {

@@ -1,8 +1,9 @@
 //! Custom resource validation against a CRD's structural `openAPIV3Schema`: defaults are
 //! applied, unknown fields pruned (and reported, for `fieldValidation=Strict`), and the
 //! value checks the real server runs reported as field causes. CEL rules
-//! (`x-kubernetes-validations`) are not evaluated. Pure functions.
+//! (`x-kubernetes-validations`) are compiled and evaluated by [`cel`]. Pure functions.
 
+pub mod cel;
 pub mod structural;
 
 use regex::Regex;
@@ -296,6 +297,7 @@ fn check_value(v: &Value, s: &Value, path: &str, causes: &mut Vec<Cause>) {
                 ));
             }
         }
+        list_type(a, s, path, causes);
     }
     if let Some(m) = v.as_object() {
         let n = m.len() as u64;
@@ -307,6 +309,40 @@ fn check_value(v: &Value, s: &Value, path: &str, causes: &mut Vec<Cause>) {
                     path,
                 ));
             }
+        }
+    }
+}
+
+/// `x-kubernetes-list-type`: a `set` holds no value twice, a `map` no key twice.
+fn list_type(items: &[Value], s: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let keys: Vec<&str> = s
+        .get("x-kubernetes-list-map-keys")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let key_of = |v: &Value| -> Value {
+        match s.get("x-kubernetes-list-type").and_then(Value::as_str) {
+            Some("map") => Value::Object(
+                keys.iter()
+                    .filter_map(|k| v.get(*k).map(|x| (k.to_string(), x.clone())))
+                    .collect(),
+            ),
+            _ => v.clone(),
+        }
+    };
+    if !matches!(
+        s.get("x-kubernetes-list-type").and_then(Value::as_str),
+        Some("set" | "map")
+    ) {
+        return;
+    }
+    let mut seen: Vec<Value> = Vec::new();
+    for (i, item) in items.iter().enumerate() {
+        let key = key_of(item);
+        if seen.contains(&key) {
+            causes.push(Cause::duplicate(format!("{path}[{i}]"), &key));
+        } else {
+            seen.push(key);
         }
     }
 }
@@ -342,6 +378,17 @@ mod tests {
         assert_eq!(p.object["spec"]["env"]["A"], "b");
         assert!(p.object.get("top").is_none());
         assert_eq!(p.unknown, vec!["spec.bogus".to_string(), "top".to_string()]);
+    }
+
+    #[test]
+    fn list_sets_refuse_duplicates() {
+        let s =
+            json!({"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}});
+        let mut causes = Vec::new();
+        check_value(&json!(["a", "b", "a"]), &s, "spec.l", &mut causes);
+        assert_eq!(causes.len(), 1);
+        assert_eq!(causes[0].field, "spec.l[2]");
+        assert_eq!(causes[0].message, r#"Duplicate value: "a""#);
     }
 
     #[test]
