@@ -182,33 +182,34 @@ impl Faults {
     ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
         let token = Arc::new(token);
         let faults = self.clone();
+        // The token is checked before the body is read: an unauthenticated client cannot
+        // make the service buffer anything.
+        let guard = warp::header::optional::<String>("authorization")
+            .and_then(move |auth: Option<String>| {
+                let token = token.clone();
+                async move {
+                    if bearer_matches(auth.as_deref(), &token) {
+                        Ok(())
+                    } else {
+                        Err(warp::reject::custom(reply::Unauthorized {
+                            route: ADMIN_ROUTE,
+                            message: "admin routes need Authorization: Bearer <ADMIN_TOKEN>",
+                        }))
+                    }
+                }
+            })
+            .untuple_one();
         warp::path!("admin" / "faults")
-            .and(warp::header::optional::<String>("authorization"))
+            .and(guard)
             .and(warp::method())
             .and(reply::body_limited(ADMIN_ROUTE, 16 * 1024))
-            .map(move |auth: Option<String>, method, body: bytes::Bytes| {
-                tag(
-                    ADMIN_ROUTE,
-                    admin(&faults, &token, auth.as_deref(), &method, &body),
-                )
+            .map(move |method, body: bytes::Bytes| {
+                tag(ADMIN_ROUTE, admin(&faults, &method, &body))
             })
     }
 }
 
-fn admin(
-    faults: &Faults,
-    token: &str,
-    auth: Option<&str>,
-    method: &warp::http::Method,
-    body: &[u8],
-) -> Response {
-    if !bearer_matches(auth, token) {
-        return reply::error(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "admin routes need Authorization: Bearer <ADMIN_TOKEN>",
-        );
-    }
+fn admin(faults: &Faults, method: &warp::http::Method, body: &[u8]) -> Response {
     match *method {
         warp::http::Method::GET => reply::json(StatusCode::OK, &faults.get()),
         warp::http::Method::DELETE => {

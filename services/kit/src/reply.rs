@@ -46,9 +46,10 @@ pub struct BodyTooLarge {
 
 impl warp::reject::Reject for BodyTooLarge {}
 
-/// The request body as bytes, refusing bodies over `limit` bytes with 413. Unlike
-/// `warp::body::content_length_limit`, a request without `Content-Length` (a GET, or a chunked
-/// body) is accepted and its length checked after reading.
+/// The request body as bytes, refusing bodies over `limit` bytes with 413. A declared
+/// `Content-Length` over the limit is refused before reading; a body without one (chunked) is
+/// read chunk by chunk and refused as soon as it passes the limit, so no more than `limit`
+/// bytes (plus one chunk) are ever held.
 pub fn body_limited(
     route: &'static str,
     limit: u64,
@@ -61,15 +62,52 @@ pub fn body_limited(
             }
         })
         .untuple_one()
-        .and(warp::body::bytes())
-        .and_then(move |body: Bytes| async move {
-            if body.len() as u64 > limit {
-                Err(warp::reject::custom(BodyTooLarge { route, limit }))
-            } else {
-                Ok(body)
-            }
-        })
+        .and(warp::body::stream())
+        .and_then(move |body| read_limited(body, route, limit))
 }
+
+async fn read_limited<S, B>(body: S, route: &'static str, limit: u64) -> Result<Bytes, Rejection>
+where
+    S: futures::Stream<Item = Result<B, warp::Error>>,
+    B: bytes::Buf,
+{
+    use futures::StreamExt;
+    let mut body = std::pin::pin!(body);
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        let mut chunk = chunk.map_err(|_| warp::reject::custom(BodyUnreadable { route }))?;
+        if (buf.len() + chunk.remaining()) as u64 > limit {
+            return Err(warp::reject::custom(BodyTooLarge { route, limit }));
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let n = part.len();
+            buf.extend_from_slice(part);
+            chunk.advance(n);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Rejection for a request body the client stopped sending or sent malformed.
+#[derive(Debug)]
+pub struct BodyUnreadable {
+    /// Route template of the request.
+    pub route: &'static str,
+}
+
+impl warp::reject::Reject for BodyUnreadable {}
+
+/// Rejection for a request without the credential its route needs.
+#[derive(Debug)]
+pub struct Unauthorized {
+    /// Route template of the request.
+    pub route: &'static str,
+    /// What the client must send.
+    pub message: &'static str,
+}
+
+impl warp::reject::Reject for Unauthorized {}
 
 /// A JSON response with the given status.
 pub fn json<T: Serialize>(status: StatusCode, body: &T) -> Response {
@@ -123,6 +161,22 @@ fn rejection_response(rej: &Rejection) -> Response {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!("request body larger than {} bytes", e.limit),
+            ),
+        );
+    }
+    if let Some(e) = rej.find::<Unauthorized>() {
+        return tag(
+            e.route,
+            error(StatusCode::UNAUTHORIZED, "unauthorized", e.message),
+        );
+    }
+    if let Some(e) = rej.find::<BodyUnreadable>() {
+        return tag(
+            e.route,
+            error(
+                StatusCode::BAD_REQUEST,
+                "invalid_input",
+                "request body could not be read",
             ),
         );
     }

@@ -93,11 +93,19 @@ pub fn redact(url: &str) -> String {
     }
 }
 
+/// Whether a SQLite URL names an in-memory database, which lives only as long as the one
+/// connection that opened it.
+pub fn is_sqlite_memory(url: &str) -> bool {
+    url.starts_with("sqlite:") && (url.contains(":memory:") || url.contains("mode=memory"))
+}
+
 /// The user store.
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    // Set once the migrations ran: before that, readiness fails and so do queries.
+    migrated: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// A stored row, password hash included; never serialised.
@@ -142,21 +150,76 @@ fn now_ms() -> i64 {
 impl Db {
     /// Connects (creating a SQLite file if needed) and applies pending migrations.
     pub async fn connect(url: &str) -> Result<Self, DbError> {
+        let db = Self::open(url)?;
+        db.migrate().await?;
+        Ok(db)
+    }
+
+    /// Prepares the pool without connecting, so the service can start (not ready) while the
+    /// database is down; call [`Self::migrate_until_ready`] to bring it up.
+    ///
+    /// An in-memory SQLite URL gets a pool of exactly one connection that never expires:
+    /// every pooled connection would otherwise open its own empty database.
+    pub fn open(url: &str) -> Result<Self, DbError> {
         sqlx::any::install_default_drivers();
         let backend = Backend::from_url(url)?;
+        let memory = is_sqlite_memory(url);
         let url = sqlite_create_mode(url);
         // Connections wait at most 3 s for a free slot, so a stuck database turns into a
         // quick 503 rather than requests piling up.
-        let pool = AnyPoolOptions::new()
+        let mut options = AnyPoolOptions::new()
             .max_connections(8)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect(&url)
-            .await?;
-        match backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+            .acquire_timeout(Duration::from_secs(3));
+        if memory {
+            options = options
+                .max_connections(1)
+                .min_connections(1)
+                .idle_timeout(None)
+                .max_lifetime(None);
         }
-        Ok(Self { pool, backend })
+        let pool = options.connect_lazy(&url)?;
+        Ok(Self {
+            pool,
+            backend,
+            migrated: Default::default(),
+        })
+    }
+
+    /// Applies pending migrations once.
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        match self.backend {
+            Backend::Sqlite => {
+                sqlx::migrate!("./migrations/sqlite")
+                    .run(&self.pool)
+                    .await?
+            }
+            Backend::Postgres => {
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&self.pool)
+                    .await?
+            }
+        }
+        self.migrated
+            .store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// Retries [`Self::migrate`] with backoff (0.5 s doubling to 5 s) until it succeeds.
+    pub async fn migrate_until_ready(&self) {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match self.migrate().await {
+                Ok(()) => {
+                    tracing::info!("database ready");
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?delay, "database not ready");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// The backend in use.
@@ -164,9 +227,16 @@ impl Db {
         self.backend
     }
 
-    /// Readiness probe: one trivial query.
-    pub async fn ping(&self) -> Result<(), DbError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+    /// Readiness probe: the schema is migrated and the `users` table answers a query (an
+    /// open connection alone proves nothing: an empty in-memory database opens too).
+    pub async fn ping(&self) -> Result<(), String> {
+        if !self.migrated.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("database not reachable or not migrated yet".into());
+        }
+        sqlx::query("SELECT 1 FROM users WHERE 1 = 0")
+            .execute(&self.pool)
+            .await
+            .map_err(|e| DbError::from(e).to_string())?;
         Ok(())
     }
 

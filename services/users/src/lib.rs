@@ -38,7 +38,7 @@ impl Service {
     }
 }
 
-/// Builds the service on an open database. Readiness checks the database with a query.
+/// Builds the service on a database. Readiness checks that the schema is there.
 pub fn build(
     db: Db,
     passwords: Passwords,
@@ -49,7 +49,7 @@ pub fn build(
     let health = Health::builder()
         .check("database", move || {
             let db = probe.clone();
-            async move { db.ping().await.map_err(|e| e.to_string()) }
+            async move { db.ping().await }
         })
         .build();
     let mut kit = Kit::new(health, admin_token)?;

@@ -11,9 +11,13 @@ use users::{db, Db, Passwords};
 async fn main() -> anyhow::Result<()> {
     let config = Args::parse().resolve()?;
     init_tracing(config.service.log_format)?;
-    let db = Db::connect(&config.database_url)
-        .await
+    // The database may be down at start: serve (not ready) and migrate once it answers.
+    let db = Db::open(&config.database_url)
         .with_context(|| format!("opening {}", db::redact(&config.database_url)))?;
+    let migrating = tokio::spawn({
+        let db = db.clone();
+        async move { db.migrate_until_ready().await }
+    });
     let service = users::build(
         db,
         Passwords::new()?.with_concurrency(config.hash_concurrency),
@@ -37,6 +41,7 @@ async fn main() -> anyhow::Result<()> {
         &config.service,
     )
     .await;
+    migrating.abort();
     service.state.db.close().await;
     tracing::info!(?stopped, "users stopped");
     Ok(())

@@ -322,3 +322,39 @@ async fn metrics_use_route_templates() -> Result<()> {
     t.srv.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn in_memory_sqlite_keeps_its_tables_for_every_request() -> Result<()> {
+    // With sqlite::memory: every request sees the same database: no "no such table" 500s
+    // from pooled connections that opened empty databases of their own.
+    let t = TestService::on("sqlite::memory:").await?;
+    let (status, body) = t
+        .post(
+            "/users",
+            json!({"name": "Mem", "email": "mem@example.com", "password": "correct horse"}),
+        )
+        .await?;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for _ in 0..20 {
+        let (status, body) = t.get("/users").await?;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["items"].as_array().map(Vec::len), Some(1), "{body}");
+        assert_eq!(t.get("/readyz").await?.0, StatusCode::OK);
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn readiness_needs_the_schema_not_just_a_connection() -> Result<()> {
+    // A database that opens but has no users table is not ready.
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("empty.db").display());
+    let db = Db::open(&url)?;
+    assert!(
+        db.ping().await.is_err(),
+        "not migrated yet must not be ready"
+    );
+    db.migrate().await?;
+    assert_eq!(db.ping().await, Ok(()));
+    Ok(())
+}

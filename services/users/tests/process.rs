@@ -91,3 +91,76 @@ fn invalid_listen_addr_is_named() -> Result<()> {
     assert!(stderr.contains("LISTEN_ADDR"), "stderr: {stderr}");
     Ok(())
 }
+
+#[tokio::test]
+async fn starts_not_ready_while_the_database_is_down_and_recovers() -> Result<()> {
+    // With its database unreachable (a SQLite file in a directory that does not exist yet)
+    // users keeps running, live but not ready, naming the database; once the database can be
+    // opened it migrates and turns ready without a restart.
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    let port = free_port()?;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_users"))
+        .current_dir(dir.path())
+        .env(
+            "DATABASE_URL",
+            format!("sqlite://{}", data.join("users.db").display()),
+        )
+        .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+        .env("SHUTDOWN_DELAY_MS", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
+    let base = format!("http://127.0.0.1:{port}");
+    let result = async {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let body = loop {
+            if let Some(status) = child.try_wait()? {
+                bail!("users exited with {status} while its database was down");
+            }
+            if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+                assert_eq!(r.status(), 503, "ready without a database");
+                break r.text().await?;
+            }
+            if Instant::now() > deadline {
+                bail!("users never answered");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(body.contains("database"), "{body}");
+        assert_eq!(
+            http.get(format!("{base}/healthz")).send().await?.status(),
+            200
+        );
+        std::fs::create_dir(&data)?;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+                if r.status() == 200 {
+                    break;
+                }
+            }
+            if let Some(status) = child.try_wait()? {
+                bail!("users exited with {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("users never became ready after the database came back");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let r = http
+            .post(format!("{base}/users"))
+            .json(&serde_json::json!({"name": "Back", "email": "back@example.com", "password": "correct horse"}))
+            .send()
+            .await?;
+        assert_eq!(r.status(), 201);
+        Ok(())
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    result
+}
