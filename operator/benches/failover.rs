@@ -6,7 +6,15 @@
 //! (c) client error window: first to last failed request of a client sending steady traffic to
 //!     the primary Service's cluster IP;
 //! (d) prober CPU per 1,000 pods at the default period, measured from /proc/self/stat while the
-//!     engine probes pods served by a separate process.
+//!     engine probes pods served by a separate process;
+//! (e) per failover run, where the time went: fault → first failing probe → decision →
+//!     membership writes acknowledged (from the operator's
+//!     `flotilla_failover_last_failover_timestamp_seconds`) → the Service's endpoints changed →
+//!     first client success after the last failure;
+//! (f) readiness alone, side by side: one of two pods fails, with Flotilla's failover, then with
+//!     failover off so only the kubelet's readiness probe moves traffic (with the probe settings
+//!     Flotilla generates, and with Kubernetes' default settings: period 10 s, failureThreshold
+//!     3); prints each client error window and its ratio to Flotilla's.
 //!
 //! Run: `cargo bench -p flotilla-operator --bench failover -- --runs 20`
 //! (`cargo build -p users` first; or set `FLOTILLA_USERS_BIN`).
@@ -34,6 +42,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use sim::*;
 
+#[path = "failover/readiness.rs"]
+mod readiness;
+
 #[derive(Parser, Debug)]
 struct Args {
     /// Failover runs.
@@ -51,6 +62,10 @@ struct Args {
     /// Skip the failover runs.
     #[arg(long)]
     skip_failover: bool,
+    /// Runs of each readiness comparison (0 skips it); runs with Kubernetes' default probe
+    /// settings take about half a minute each.
+    #[arg(long, default_value_t = 3)]
+    readiness_runs: usize,
     /// Internal: serve this many test pods and print their ports.
     #[arg(long, hide = true)]
     serve: Option<usize>,
@@ -73,6 +88,9 @@ fn main() -> Result<()> {
         }
         if !args.skip_failover {
             failover(&args).await?;
+        }
+        if args.readiness_runs > 0 {
+            readiness::compare(args.readiness_runs).await?;
         }
         Ok(())
     })
@@ -214,6 +232,28 @@ async fn get_text(addr: SocketAddr, path: &str) -> Result<String> {
         .unwrap_or_default())
 }
 
+/// Unix time now, in seconds.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The last failover's steps (first failure, decided, written) as unix seconds.
+async fn timeline(addr: SocketAddr) -> Result<[f64; 3]> {
+    let samples = promtext::parse(&get_text(addr, "/metrics").await?)?;
+    let step = |name: &str| {
+        samples
+            .iter()
+            .find(|s| {
+                s.name == "flotilla_failover_last_failover_timestamp_seconds"
+                    && s.label("step") == Some(name)
+            })
+            .map_or(f64::NAN, |s| s.value)
+    };
+    Ok([step("first_failure"), step("decided"), step("written")])
+}
+
 /// (sum, count) of the detection histogram for failovers.
 async fn detection(addr: SocketAddr) -> Result<(f64, f64)> {
     let samples = promtext::parse(&get_text(addr, "/metrics").await?)?;
@@ -229,7 +269,7 @@ async fn detection(addr: SocketAddr) -> Result<(f64, f64)> {
     ))
 }
 
-fn pct(v: &mut [f64], p: f64) -> f64 {
+pub(crate) fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
         return f64::NAN;
     }
@@ -258,6 +298,7 @@ async fn failover(args: &Args) -> Result<()> {
     let vip = sim.vip("users").await?;
     let traffic = Traffic::start(vip, "/users", Duration::from_millis(10));
     let (mut det, mut switch, mut window) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut steps, mut decide_to_write): (Vec<[f64; 5]>, Vec<f64>) = (Vec::new(), Vec::new());
     for run in 0..args.runs {
         let primary = sim.ready_pods("users", 2).await?;
         let primary_ips: std::collections::BTreeSet<String> = primary.iter().map(pod_ip).collect();
@@ -269,13 +310,13 @@ async fn failover(args: &Args) -> Result<()> {
         })
         .await?;
         let (s0, n0) = detection(maddr).await?;
-        let t_fault = Instant::now();
+        let (t_fault, wall_fault) = (Instant::now(), unix_now());
         for p in &primary {
             set_fault(p, r#"{"unhealthy": true, "errorRate": 1.0}"#).await?;
         }
-        let t_switch = loop {
+        let (t_switch, wall_switch) = loop {
             if sim.ready_endpoints("users").await? == fallback_ips {
-                break Instant::now();
+                break (Instant::now(), unix_now());
             }
             if t_fault.elapsed() > WAIT {
                 sim.dump().await;
@@ -303,11 +344,23 @@ async fn failover(args: &Args) -> Result<()> {
             _ => 0.0,
         };
         window.push(w);
+        let last_err = errors.last().copied().unwrap_or(t_fault);
+        let client_ok = traffic
+            .outcomes()
+            .into_iter()
+            .find(|(t, ok)| *t > last_err && *ok)
+            .map_or(f64::NAN, |(t, _)| (t - t_fault).as_secs_f64());
+        let [first, decided, written] = timeline(maddr).await?.map(|t| t - wall_fault);
+        steps.push([first, decided, written, wall_switch - wall_fault, client_ok]);
+        decide_to_write.push(written - decided);
         println!(
-            "run {run}: detection {:.3}s, fault→switch {:.3}s, client error window {w:.3}s ({} failed requests)",
+            "run {run}: detection {:.3}s, fault→switch {:.3}s, client error window {w:.3}s ({} failed requests); \
+             from the fault: first failing probe {first:.3}s → decided {decided:.3}s → written {written:.3}s → \
+             endpoints {:.3}s → client ok {client_ok:.3}s",
             det.last().copied().unwrap_or(f64::NAN),
             (t_switch - t_fault).as_secs_f64(),
-            errors.len()
+            errors.len(),
+            wall_switch - wall_fault,
         );
         for p in &primary {
             clear_fault(p).await?;
@@ -329,6 +382,30 @@ async fn failover(args: &Args) -> Result<()> {
         pct(&mut window, 50.0),
         pct(&mut window, 99.0)
     );
+    println!(
+        "(e) decided → written p50 {:.3}s p99 {:.3}s",
+        pct(&mut decide_to_write, 50.0),
+        pct(&mut decide_to_write, 99.0)
+    );
+    let names = [
+        "first failing probe",
+        "decided",
+        "written",
+        "endpoints changed",
+        "first client ok",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let mut v: Vec<f64> = steps
+            .iter()
+            .map(|s| s[i])
+            .filter(|x| x.is_finite())
+            .collect();
+        println!(
+            "(e) fault → {name:<20} p50 {:.3}s p99 {:.3}s",
+            pct(&mut v, 50.0),
+            pct(&mut v, 99.0)
+        );
+    }
     drop(traffic);
     sim.shutdown().await;
     Ok(())

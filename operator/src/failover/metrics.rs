@@ -5,9 +5,11 @@
 //! a number the cluster admin chooses and that is small next to pod counts, and the series is
 //! removed when the service stops using failover.
 
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGaugeVec, Opts, Registry,
+    exponential_buckets, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGaugeVec, Opts, Registry,
 };
 
 /// The engine's metric handles; cheap to clone.
@@ -31,6 +33,10 @@ pub struct Metrics {
     /// Metrics scrapes that gave no data, by reason (`body_too_large`, `too_many_series`,
     /// `line_too_long`, `malformed`, `bad_status`, `timeout`, `transport`, `busy`).
     pub scrape_rejected: IntCounterVec,
+    /// Wall-clock times of the last failover's steps (`first_failure`: the first failed probe
+    /// of the decisive run; `decided`; `written`: membership writes acknowledged), so where the
+    /// time of a failover went can be read after the fact.
+    pub last_failover: GaugeVec,
 }
 
 impl Metrics {
@@ -86,6 +92,14 @@ impl Metrics {
                 ),
                 &["reason"],
             )?,
+            last_failover: GaugeVec::new(
+                Opts::new(
+                    "flotilla_failover_last_failover_timestamp_seconds",
+                    "Unix time of each step of the last failover: first failed probe, decision, \
+                     membership writes acknowledged.",
+                ),
+                &["step"],
+            )?,
         })
     }
 
@@ -99,7 +113,31 @@ impl Metrics {
         registry.register(Box::new(self.detection.clone()))?;
         registry.register(Box::new(self.writes.clone()))?;
         registry.register(Box::new(self.scrape_rejected.clone()))?;
+        registry.register(Box::new(self.last_failover.clone()))?;
         Ok(())
+    }
+}
+
+impl Metrics {
+    /// Records the steps of a failover as wall-clock times.
+    pub fn record_failover_timeline(
+        &self,
+        first_failure: Instant,
+        decided: Instant,
+        written: Instant,
+    ) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        for (step, t) in [
+            ("first_failure", first_failure),
+            ("decided", decided),
+            ("written", written),
+        ] {
+            let at = wall
+                .checked_sub(now.saturating_duration_since(t))
+                .and_then(|w| w.duration_since(UNIX_EPOCH).ok())
+                .map_or(0.0, |d| d.as_secs_f64());
+            self.last_failover.with_label_values(&[step]).set(at);
+        }
     }
 }
 

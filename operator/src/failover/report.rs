@@ -73,6 +73,8 @@ pub enum Notice {
         mode: Mode,
         /// What happened.
         change: Change,
+        /// When the decider made the change.
+        decided_at: Instant,
     },
     /// A flip was wanted but held because of flapping (announced once per hold).
     Held {

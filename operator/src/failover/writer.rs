@@ -133,9 +133,10 @@ impl Writer {
             let want = desired.borrow_and_update().clone();
             let inv = inventory.borrow_and_update().clone();
             self.apply_labels(&want, &inv).await;
+            let labels_written = Instant::now();
             self.apply_status(&want, &inv).await;
             for n in pending.drain(..) {
-                self.announce(n, &inv).await;
+                self.announce(n, &inv, labels_written).await;
             }
         }
     }
@@ -250,9 +251,24 @@ impl Writer {
     }
 
     /// Publishes the Event for one notice (and updates the counters and detection histogram).
-    async fn announce(&self, n: Notice, inv: &Inventory) {
+    async fn announce(&self, n: Notice, inv: &Inventory, labels_written: Instant) {
         let (svc, event) = match n {
-            Notice::Service { svc, mode, change } => (svc, self.service_event(mode, change)),
+            Notice::Service {
+                svc,
+                mode,
+                change,
+                decided_at,
+            } => {
+                if let Change::FailedOver {
+                    detected_from: Some(first),
+                    ..
+                } = &change
+                {
+                    self.metrics
+                        .record_failover_timeline(*first, decided_at, labels_written);
+                }
+                (svc, self.service_event(mode, change))
+            }
             Notice::Held { svc, target } => {
                 let note = format!(
                     "traffic flipped too often; holding {} (see the Flapping condition)",

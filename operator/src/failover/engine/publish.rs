@@ -18,6 +18,7 @@ impl Engine {
     /// Decides every service, queues notices and publishes the desired state when it differs.
     pub(super) fn decide_all(&mut self, now: Instant) {
         let mut desired = Desired::default();
+        let mut notices = Vec::new();
         let keys: Vec<ObjKey> = self.svcs.keys().cloned().collect();
         for key in keys {
             let Some(info) = self.inv.services.get(&key).cloned() else {
@@ -26,7 +27,7 @@ impl Engine {
             let Some(d) = self.decide_one(&key, &info, now) else {
                 continue;
             };
-            self.queue_notices(&key, &info, &d);
+            self.queue_notices(&key, &info, &d, now, &mut notices);
             let want = self.service_desired(key, &info, &d);
             desired.services.insert(want.key.clone(), want);
         }
@@ -38,6 +39,16 @@ impl Engine {
                 true
             }
         });
+        // Notices go out after the desired state they belong to, so a writer woken by a notice
+        // already sees the decision's memberships and writes them before announcing.
+        for n in notices {
+            if self.notice_tx.try_send(n).is_err() {
+                self.metrics
+                    .writes
+                    .with_label_values(&["notice", "dropped"])
+                    .inc();
+            }
+        }
     }
 
     fn view(&self, svc: &ObjKey) -> Vec<PodView> {
@@ -88,16 +99,24 @@ impl Engine {
         Some(d)
     }
 
-    /// Queues the Events a decision calls for: a service change, a newly held flip, and every
-    /// pod whose membership changed. A full queue drops the notice (counted), never blocks.
-    fn queue_notices(&mut self, key: &ObjKey, info: &ServiceInfo, d: &Decision) {
+    /// Collects the Events a decision calls for: a service change, a newly held flip, and every
+    /// pod whose membership changed. (Sent by `decide_all`; a full queue drops the notice,
+    /// counted, and never blocks.)
+    fn queue_notices(
+        &mut self,
+        key: &ObjKey,
+        info: &ServiceInfo,
+        d: &Decision,
+        now: Instant,
+        notices: &mut Vec<Notice>,
+    ) {
         let mode = info.failover.mode;
-        let mut notices = Vec::new();
         if let Some(change) = &d.change {
             notices.push(Notice::Service {
                 svc: key.clone(),
                 mode,
                 change: change.clone(),
+                decided_at: now,
             });
         }
         if let Some(entry) = self.svcs.get_mut(key) {
@@ -124,14 +143,6 @@ impl Engine {
                 detected_from: c.detected_from,
                 evidence,
             });
-        }
-        for n in notices {
-            if self.notice_tx.try_send(n).is_err() {
-                self.metrics
-                    .writes
-                    .with_label_values(&["notice", "dropped"])
-                    .inc();
-            }
         }
     }
 
