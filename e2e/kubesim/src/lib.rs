@@ -1,10 +1,12 @@
 //! kubesim: a local Kubernetes API server (and, in `node`, a process-based node) for tests and
 //! development on machines without a container engine. Not for production.
 //!
-//! [`Cluster::start`] serves the Kubernetes REST API over plain HTTP on a loopback port,
-//! keeps every object in memory and writes a kubeconfig that kubectl and kube-rs can use.
+//! [`Cluster::start`] serves the Kubernetes REST API on a loopback port — HTTPS with
+//! authentication and RBAC when [`ClusterConfig::secure`] is set, plain HTTP otherwise — keeps
+//! every object in memory and writes a kubeconfig that kubectl and kube-rs can use.
 
 pub mod api;
+pub mod auth;
 mod builtins;
 mod cluster;
 pub mod crd;
@@ -13,10 +15,12 @@ mod discovery;
 mod error;
 mod events;
 pub mod faults;
+mod gate;
 pub mod node;
 mod openapi;
 pub mod patch;
 mod proto;
+pub mod rbac;
 mod registry;
 mod request;
 pub mod schema;
@@ -25,6 +29,7 @@ mod server;
 pub mod status;
 mod store;
 mod table;
+pub mod tls;
 mod validate;
 
 pub use cluster::{Cluster, ClusterConfig};

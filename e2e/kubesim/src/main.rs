@@ -55,6 +55,10 @@ struct CommonArgs {
     /// Port for the API server on 127.0.0.1 (0 picks a free one).
     #[arg(long, env = "KUBESIM_PORT", default_value_t = 0)]
     port: u16,
+    /// Serve plain HTTP with no authentication or authorization (every request is the
+    /// admin's). By default kubesim serves HTTPS, authenticates every request and enforces RBAC.
+    #[arg(long, env = "KUBESIM_INSECURE_HTTP")]
+    insecure_http: bool,
 }
 
 #[derive(Args, Clone)]
@@ -117,7 +121,11 @@ fn require_file(root: &Path, rel: &str, what: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-async fn start_cluster(common: &CommonArgs, root: &Path) -> anyhow::Result<(Cluster, PathBuf)> {
+async fn start_cluster(
+    common: &CommonArgs,
+    root: &Path,
+    kubernetes_service_ip: Option<std::net::Ipv4Addr>,
+) -> anyhow::Result<(Cluster, PathBuf)> {
     let state_dir = common
         .state_dir
         .clone()
@@ -129,6 +137,8 @@ async fn start_cluster(common: &CommonArgs, root: &Path) -> anyhow::Result<(Clus
         kubeconfig_path: Some(state_dir.join("kubeconfig")),
         // `kubectl logs` reads the node's container logs from here.
         node_state_dir: Some(state_dir.clone()),
+        secure: !common.insecure_http,
+        kubernetes_service_ip,
         ..Default::default()
     };
     let cluster = Cluster::start(config)
@@ -313,7 +323,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     if args.demo {
         cargo_build(&root, &["users", "auth"]).await?;
     }
-    let (cluster, state_dir) = start_cluster(&args.common, &root).await?;
+    // The first address of the Service range is the `kubernetes` Service's, as on a real
+    // cluster; the node's allocator skips it because the Service already holds it.
+    let first = u32::from(args.service_cidr.base)
+        & (u32::MAX << (32 - u32::from(args.service_cidr.prefix)));
+    let kubernetes_ip = std::net::Ipv4Addr::from(first + 1);
+    let (cluster, state_dir) = start_cluster(&args.common, &root, Some(kubernetes_ip)).await?;
     let client = cluster.client();
     let mut config = NodeConfig::new(&state_dir, images);
     config.backoff.base = Duration::from_secs(args.backoff_base_seconds.max(1));
@@ -374,7 +389,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 async fn serve(common: CommonArgs) -> anyhow::Result<()> {
     let root = workspace_root()?;
-    let (cluster, _) = start_cluster(&common, &root).await?;
+    let (cluster, _) = start_cluster(&common, &root, None).await?;
     print_usage(&cluster);
     println!("API server only: pods stay Pending (use `kubesim up` to run them).");
     wait_for_signal().await?;

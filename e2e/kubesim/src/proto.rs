@@ -188,6 +188,71 @@ fn object(kind: &str, raw: &[u8]) -> Result<Value, String> {
 }
 
 /// Decodes a `k8s\0`-prefixed protobuf body of a supported kind into its JSON form.
+/// The string fields of a message, by field number (`names[n - 1]` names field `n`).
+fn string_fields(b: &[u8], names: &[&str]) -> Result<Map<String, Value>, String> {
+    let mut out = Map::new();
+    let mut r = Reader::new(b);
+    while let Some((n, f)) = r.next()? {
+        let name = usize::try_from(n)
+            .ok()
+            .and_then(|n| names.get(n.wrapping_sub(1)));
+        if let (Some(name), Field::Bytes(x)) = (name, f) {
+            out.insert((*name).to_string(), json!(text(x)?));
+        }
+    }
+    Ok(out)
+}
+
+/// `authorization.k8s.io/v1` (Self)SubjectAccessReview, as `kubectl auth can-i` sends it.
+fn access_review(kind: &str, raw: &[u8]) -> Result<Value, String> {
+    const RESOURCE: &[&str] = &[
+        "namespace",
+        "verb",
+        "group",
+        "version",
+        "resource",
+        "subresource",
+        "name",
+    ];
+    let mut out = json!({"apiVersion": "authorization.k8s.io/v1", "kind": kind, "metadata": {}});
+    let mut spec = Map::new();
+    let mut groups = Vec::new();
+    let mut r = Reader::new(raw);
+    while let Some((num, f)) = r.next()? {
+        let (2, Field::Bytes(x)) = (num, f) else {
+            continue;
+        };
+        let mut s = Reader::new(x);
+        while let Some((n, f)) = s.next()? {
+            match (n, f) {
+                (1, Field::Bytes(y)) => {
+                    spec.insert(
+                        "resourceAttributes".into(),
+                        Value::Object(string_fields(y, RESOURCE)?),
+                    );
+                }
+                (2, Field::Bytes(y)) => {
+                    let attrs = string_fields(y, &["path", "verb"])?;
+                    spec.insert("nonResourceAttributes".into(), Value::Object(attrs));
+                }
+                (3, Field::Bytes(y)) => {
+                    spec.insert("user".into(), json!(text(y)?));
+                }
+                (4, Field::Bytes(y)) => groups.push(json!(text(y)?)),
+                (6, Field::Bytes(y)) => {
+                    spec.insert("uid".into(), json!(text(y)?));
+                }
+                _ => {}
+            }
+        }
+    }
+    if !groups.is_empty() {
+        spec.insert("groups".into(), Value::Array(groups));
+    }
+    out["spec"] = Value::Object(spec);
+    Ok(out)
+}
+
 pub fn decode(body: &[u8]) -> Result<Value, String> {
     let payload = body
         .strip_prefix(b"k8s\x00")
@@ -212,6 +277,9 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
     }
     match (api_version.as_str(), kind.as_str()) {
         ("v1", "Namespace" | "ConfigMap" | "Secret") => object(&kind, raw),
+        ("authorization.k8s.io/v1", "SelfSubjectAccessReview" | "SubjectAccessReview") => {
+            access_review(&kind, raw)
+        }
         _ => Err(format!("protobuf bodies are supported only for v1 Namespace, ConfigMap and Secret, not {api_version} {kind}")),
     }
 }

@@ -15,10 +15,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Reply, Shared};
+use crate::auth::UserInfo;
 use crate::faults::{FaultRule, LatencyRule};
 use crate::request::{parse_path, Query};
 use crate::status::ApiError;
-use crate::{discovery, openapi};
+use crate::{discovery, gate, openapi};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -71,12 +72,16 @@ fn stream_response_as(
 }
 
 /// Serves connections from `listener` until `shutdown` is cancelled; then closes them all.
+/// With `tls`, every connection is TLS and a verified client certificate authenticates its
+/// subject for all requests on that connection.
 pub async fn serve(
     listener: TcpListener,
     shared: Arc<Shared>,
     addr: String,
+    tls: Option<Arc<rustls::ServerConfig>>,
     shutdown: CancellationToken,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -86,17 +91,26 @@ pub async fn serve(
                 let _ = stream.set_nodelay(true);
                 let shared = shared.clone();
                 let addr = addr.clone();
+                let acceptor = acceptor.clone();
                 conns.spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let shared = shared.clone();
-                        let addr = addr.clone();
-                        async move { Ok::<_, Infallible>(route(shared, &addr, req).await) }
-                    });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(io, svc)
-                        .await;
+                    match acceptor {
+                        None => serve_connection(stream, shared, addr, None).await,
+                        Some(acceptor) => {
+                            // A client that never finishes its handshake must not hold a task.
+                            let handshake = tokio::time::timeout(
+                                std::time::Duration::from_secs(10),
+                                acceptor.accept(stream),
+                            );
+                            let Ok(Ok(tls)) = handshake.await else { return };
+                            let peer = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(crate::tls::identity_of);
+                            serve_connection(tls, shared, addr, peer).await;
+                        }
+                    }
                 });
             }
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
@@ -104,6 +118,24 @@ pub async fn serve(
     }
     conns.abort_all();
     while conns.join_next().await.is_some() {}
+}
+
+async fn serve_connection<S>(stream: S, shared: Arc<Shared>, addr: String, peer: Option<UserInfo>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let peer = Arc::new(peer);
+    let svc = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        let addr = addr.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(route(shared, &addr, peer.as_ref().as_ref(), req).await) }
+    });
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let _ = hyper::server::conn::http1::Builder::new()
+        .keep_alive(true)
+        .serve_connection(io, svc)
+        .await;
 }
 
 fn verb(method: &Method, has_name: bool, watch: bool) -> &'static str {
@@ -120,7 +152,12 @@ fn verb(method: &Method, has_name: bool, watch: bool) -> &'static str {
     }
 }
 
-async fn route(shared: Arc<Shared>, addr: &str, req: hyper::Request<Incoming>) -> Response<Body> {
+async fn route(
+    shared: Arc<Shared>,
+    addr: &str,
+    peer: Option<&UserInfo>,
+    req: hyper::Request<Incoming>,
+) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, MAX_BODY).collect().await {
         Ok(b) => b.to_bytes(),
@@ -145,6 +182,8 @@ async fn route(shared: Arc<Shared>, addr: &str, req: hyper::Request<Incoming>) -
     let trimmed = path.trim_end_matches('/');
     let segs: Vec<&str> = trimmed.split('/').filter(|s| !s.is_empty()).collect();
     let registry = || shared.store.lock().registry.clone();
+    // Health and version stay open to anonymous clients, as a real cluster's
+    // system:public-info-viewer role keeps them.
     match segs.as_slice() {
         ["version"] => return json_response(200, &discovery::version()),
         ["healthz"] | ["readyz"] | ["livez"] => {
@@ -153,6 +192,21 @@ async fn route(shared: Arc<Shared>, addr: &str, req: hyper::Request<Incoming>) -
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
             return r;
         }
+        _ => {}
+    }
+    let user = match gate::identify(&shared, &parts.headers, peer) {
+        Ok(u) => u,
+        Err(e) => return error_response(&e),
+    };
+    let is_resource_path = matches!(segs.as_slice(), ["api", _, _, ..] | ["apis", _, _, _, ..]);
+    if !is_resource_path {
+        if let Err(e) =
+            gate::authorize(&shared, &user, &gate::path_attributes(&parts.method, &path))
+        {
+            return error_response(&e);
+        }
+    }
+    match segs.as_slice() {
         ["api"] => return json_response(200, &discovery::core_versions(addr)),
         ["apis"] => return json_response(200, &discovery::groups(&registry())),
         ["api", v] => {
@@ -194,6 +248,28 @@ async fn route(shared: Arc<Shared>, addr: &str, req: hyper::Request<Incoming>) -
     let Some(target) = target else {
         return error_response(&ApiError::no_route());
     };
+    let attrs = gate::resource_attributes(&parts.method, &target, query.flag("watch"));
+    if let Err(e) = gate::authorize(&shared, &user, &attrs) {
+        return error_response(&e);
+    }
+    if target.group == "authorization.k8s.io"
+        && parts.method == Method::POST
+        && matches!(
+            target.plural.as_str(),
+            "selfsubjectaccessreviews" | "subjectaccessreviews"
+        )
+    {
+        return match gate::access_review(
+            &shared,
+            &user,
+            &target.plural,
+            &header(header::CONTENT_TYPE),
+            &body,
+        ) {
+            Ok(v) => json_response(201, &v),
+            Err(e) => error_response(&e),
+        };
+    }
     let v = verb(&parts.method, target.name.is_some(), query.flag("watch"));
     let resource = match &target.subresource {
         Some(s) => format!("{}/{s}", target.plural),

@@ -28,6 +28,11 @@ pub use write::namespaces_key;
 /// State shared by every connection of one cluster.
 pub struct Shared {
     pub store: Store,
+    /// Static tokens and the ServiceAccount token key (TokenRequest works on every cluster).
+    pub auth: crate::auth::Authenticator,
+    /// Whether requests must authenticate (401) and pass RBAC (403). Off, every request is
+    /// the admin's unless it impersonates someone.
+    pub secure: bool,
     pub faults: Faults,
     /// The simulated node's state directory, where container logs live (see `node::logs`).
     pub node_dir: Option<std::path::PathBuf>,
@@ -137,6 +142,15 @@ pub fn handle(shared: &Arc<Shared>, req: Request) -> Result<Reply, ApiError> {
         }
         (Some("binding"), &Method::POST) if def.plural == "pods" && def.group.is_empty() => {
             return scale::bind(shared, &def, req)
+        }
+        (Some("token"), &Method::POST)
+            if def.plural == "serviceaccounts" && def.group.is_empty() =>
+        {
+            let body = parse_body(&req, &def)?;
+            let st = shared.store.lock();
+            let name = req.target.name.as_deref().unwrap_or("");
+            let out = crate::auth::token_request(&shared.auth, &st, req.namespace(), name, &body)?;
+            return Ok(Reply::Json(201, out));
         }
         (
             Some(
