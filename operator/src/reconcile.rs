@@ -23,6 +23,7 @@ use crate::apply::{apply_child, delete_child, hand_over_replicas, Outcome};
 use crate::build::{build, config_map_name, DesiredResources};
 use crate::error::Error;
 use crate::metrics::Metrics;
+use crate::rollout::step::{self as rollout, RolloutStep};
 use crate::status::{self, StatusInputs};
 use crate::validate::{validate, ValidatedSpec};
 
@@ -149,7 +150,8 @@ impl Context {
             .remove(key);
     }
 
-    async fn publish(
+    /// Publishes an Event about `ms`; a failure to publish is logged, not returned.
+    pub(crate) async fn publish(
         &self,
         ms: &MicroService,
         type_: EventType,
@@ -228,7 +230,8 @@ async fn reconcile_inner(ms: &MicroService, ctx: &Context) -> Result<Action, Err
             return Err(Error::InvalidSpec(invalid));
         }
     };
-    let desired = build(&validated.spec);
+    let mut desired = build(&validated.spec);
+    let rollout = rollout::prepare(ctx, ms, &validated.spec, &mut desired).await?;
     let deployment = match apply_all(ctx, ms, &validated.spec, desired).await {
         Ok(d) => d,
         Err(e) if e.is_permanent() => {
@@ -239,29 +242,34 @@ async fn reconcile_inner(ms: &MicroService, ctx: &Context) -> Result<Action, Err
         }
         Err(e) => return Err(e),
     };
+    rollout::finish(ctx, ms, &validated.spec, &rollout).await?;
     let missing = &validated.missing_dependencies;
     write_status(
         &api,
         ms,
         ctx,
-        Some(&validated.spec),
+        Some((&validated.spec, &rollout)),
         Some(&deployment),
         missing,
         None,
     )
     .await?;
-    Ok(Action::requeue(RESYNC))
+    Ok(Action::requeue(
+        rollout.requeue_after().map_or(RESYNC, |r| r.min(RESYNC)),
+    ))
 }
 
 async fn write_status(
     api: &Api<MicroService>,
     ms: &MicroService,
     ctx: &Context,
-    spec: Option<&ValidatedSpec>,
+    spec: Option<(&ValidatedSpec, &RolloutStep)>,
     applied: Option<&Deployment>,
     missing: &[String],
     invalid: Option<&str>,
 ) -> Result<(), Error> {
+    let rollout = spec.map(|(_, r)| r);
+    let spec = spec.map(|(v, _)| v);
     let name = ms.name_any();
     let ns = ms.namespace().unwrap_or_default();
     // The apply response is fresher than the cache; without one, use the cache.
@@ -277,7 +285,7 @@ async fn write_status(
         None if ms.spec.autoscaling.is_some() => None,
         None => Some(ms.spec.replicas),
     };
-    let computed = status::compute(StatusInputs {
+    let mut computed = status::compute(StatusInputs {
         generation: ms.metadata.generation,
         name: &name,
         spec_replicas,
@@ -287,6 +295,7 @@ async fn write_status(
         previous: ms.status.as_ref(),
         now: &t,
     });
+    rollout::annotate_status(&mut computed, rollout, ms.status.as_ref(), &t);
     if !status::needs_write(&computed, ms.status.as_ref()) {
         return Ok(());
     }
@@ -318,7 +327,8 @@ async fn write_status(
     Ok(())
 }
 
-async fn record(
+/// Counts a child write and records an Event when something changed.
+pub(crate) async fn record(
     ctx: &Context,
     ms: &MicroService,
     kind: &'static str,
