@@ -6,6 +6,11 @@
 //! upstream) until `open_for` has passed. Half-open: one trial call passes; success closes
 //! the breaker, failure opens it again. A trial that never reports back (its request was
 //! cancelled) is replaced by a new one after `open_for`.
+//!
+//! Every call holds a [`Ticket`] naming the state generation it started in; each state change
+//! starts a new generation, and a result reported with an older ticket is ignored. So only the
+//! half-open trial can close the breaker — a slow call that began while it was still closed
+//! and succeeds late cannot — and a late failure from before cannot re-open a closed one.
 
 use std::time::{Duration, Instant};
 
@@ -46,11 +51,18 @@ pub struct Refused {
     pub retry_after: Duration,
 }
 
+/// Permission for one call, from [`Breaker::try_acquire`]; hand it back with the result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    generation: u64,
+}
+
 /// The breaker.
 #[derive(Debug, Clone)]
 pub struct Breaker {
     config: BreakerConfig,
     state: State,
+    generation: u64,
 }
 
 impl Breaker {
@@ -59,6 +71,18 @@ impl Breaker {
         Self {
             config,
             state: State::Closed { failures: 0 },
+            generation: 0,
+        }
+    }
+
+    fn enter(&mut self, state: State) {
+        self.state = state;
+        self.generation += 1;
+    }
+
+    fn ticket(&self) -> Ticket {
+        Ticket {
+            generation: self.generation,
         }
     }
 
@@ -77,45 +101,56 @@ impl Breaker {
     }
 
     /// Asks to make a call at `now`.
-    pub fn try_acquire(&mut self, now: Instant) -> Result<(), Refused> {
+    pub fn try_acquire(&mut self, now: Instant) -> Result<Ticket, Refused> {
         match self.state {
-            State::Closed { .. } => Ok(()),
+            State::Closed { .. } => Ok(self.ticket()),
             State::Open { until } if now < until => Err(Refused {
                 retry_after: until - now,
             }),
-            State::Open { .. } => {
-                self.state = State::HalfOpen { since: now };
-                Ok(())
-            }
             State::HalfOpen { since } if now.duration_since(since) < self.config.open_for => {
                 Err(Refused {
                     retry_after: self.config.open_for - now.duration_since(since),
                 })
             }
-            State::HalfOpen { .. } => {
-                self.state = State::HalfOpen { since: now };
-                Ok(())
+            // Open past its period, or a trial lost for a whole period: a new trial.
+            State::Open { .. } | State::HalfOpen { .. } => {
+                self.enter(State::HalfOpen { since: now });
+                Ok(self.ticket())
             }
         }
     }
 
-    /// Reports a successful call.
-    pub fn on_success(&mut self) {
-        self.state = State::Closed { failures: 0 };
+    /// Reports a successful call. Ignored when the breaker changed state since the call
+    /// started.
+    pub fn on_success(&mut self, ticket: Ticket) {
+        if ticket.generation != self.generation {
+            return;
+        }
+        match self.state {
+            State::Closed { failures: 0 } => {}
+            State::Closed { .. } => self.state = State::Closed { failures: 0 },
+            State::HalfOpen { .. } => self.enter(State::Closed { failures: 0 }),
+            State::Open { .. } => {}
+        }
     }
 
-    /// Reports a failed call at `now`.
-    pub fn on_failure(&mut self, now: Instant) {
-        self.state = match self.state {
+    /// Reports a failed call at `now`. Ignored when the breaker changed state since the call
+    /// started.
+    pub fn on_failure(&mut self, ticket: Ticket, now: Instant) {
+        if ticket.generation != self.generation {
+            return;
+        }
+        match self.state {
             State::Closed { failures } if failures + 1 < self.config.failure_threshold => {
-                State::Closed {
+                self.state = State::Closed {
                     failures: failures + 1,
-                }
+                };
             }
-            State::Closed { .. } | State::HalfOpen { .. } | State::Open { .. } => State::Open {
+            State::Closed { .. } | State::HalfOpen { .. } => self.enter(State::Open {
                 until: now + self.config.open_for,
-            },
-        };
+            }),
+            State::Open { .. } => {}
+        }
     }
 }
 
@@ -128,19 +163,28 @@ mod tests {
         open_for: Duration::from_secs(10),
     };
 
+    fn opened(t0: Instant) -> Breaker {
+        let mut b = Breaker::new(CFG);
+        for _ in 0..3 {
+            let t = b.try_acquire(t0).expect("closed");
+            b.on_failure(t, t0);
+        }
+        b
+    }
+
     #[test]
     fn opens_after_threshold_consecutive_failures() {
         // Fewer failures than the threshold keep it closed; a success resets the count.
         let t0 = Instant::now();
         let mut b = Breaker::new(CFG);
-        b.on_failure(t0);
-        b.on_failure(t0);
-        b.on_success();
-        b.on_failure(t0);
-        b.on_failure(t0);
+        let t = b.try_acquire(t0).expect("closed");
+        b.on_failure(t, t0);
+        b.on_failure(t, t0);
+        b.on_success(t);
+        b.on_failure(t, t0);
+        b.on_failure(t, t0);
         assert_eq!(b.state_name(), "closed");
-        assert!(b.try_acquire(t0).is_ok());
-        b.on_failure(t0);
+        b.on_failure(t, t0);
         assert_eq!(b.state_name(), "open");
         let refused = b
             .try_acquire(t0 + Duration::from_secs(4))
@@ -152,15 +196,12 @@ mod tests {
     fn half_open_trial_closes_or_reopens() {
         // After open_for one trial passes; its outcome decides the next state.
         let t0 = Instant::now();
-        let mut b = Breaker::new(CFG);
-        for _ in 0..3 {
-            b.on_failure(t0);
-        }
+        let mut b = opened(t0);
         let t1 = t0 + CFG.open_for;
-        assert!(b.try_acquire(t1).is_ok());
+        let trial = b.try_acquire(t1).expect("trial");
         assert_eq!(b.state_name(), "half_open");
         assert!(b.try_acquire(t1).is_err(), "only one trial at a time");
-        b.on_failure(t1);
+        b.on_failure(trial, t1);
         assert_eq!(
             b.state(),
             State::Open {
@@ -168,19 +209,64 @@ mod tests {
             }
         );
         let t2 = t1 + CFG.open_for;
-        assert!(b.try_acquire(t2).is_ok());
-        b.on_success();
+        let trial = b.try_acquire(t2).expect("trial");
+        b.on_success(trial);
         assert_eq!(b.state(), State::Closed { failures: 0 });
+    }
+
+    #[test]
+    fn only_the_trial_closes_and_stale_results_are_ignored() {
+        // While half-open, results of calls that started before the breaker opened neither
+        // close nor re-open it; the trial's own result decides, and is itself stale after.
+        let t0 = Instant::now();
+        let mut b = Breaker::new(CFG);
+        let slow = b.try_acquire(t0).expect("closed");
+        for _ in 0..3 {
+            let t = b.try_acquire(t0).expect("closed");
+            b.on_failure(t, t0);
+        }
+        let t1 = t0 + CFG.open_for;
+        let trial = b.try_acquire(t1).expect("trial");
+        b.on_success(slow);
+        assert_eq!(
+            b.state_name(),
+            "half_open",
+            "a stale success closed the breaker"
+        );
+        b.on_failure(slow, t1);
+        assert_eq!(b.state_name(), "half_open", "a stale failure re-opened it");
+        b.on_success(trial);
+        assert_eq!(b.state_name(), "closed");
+        for _ in 0..3 {
+            b.on_failure(trial, t1);
+        }
+        assert_eq!(
+            b.state_name(),
+            "closed",
+            "the trial's ticket is stale once closed"
+        );
+    }
+
+    #[test]
+    fn stale_success_from_before_opening_is_ignored_on_one_breaker() {
+        // The same breaker: a call started while closed succeeds after the breaker opened.
+        let t0 = Instant::now();
+        let mut b = Breaker::new(CFG);
+        let slow = b.try_acquire(t0).expect("closed");
+        for _ in 0..3 {
+            let t = b.try_acquire(t0).expect("closed");
+            b.on_failure(t, t0);
+        }
+        assert_eq!(b.state_name(), "open");
+        b.on_success(slow);
+        assert_eq!(b.state_name(), "open");
     }
 
     #[test]
     fn lost_trial_is_replaced() {
         // A trial that never reports back does not wedge the breaker half-open.
         let t0 = Instant::now();
-        let mut b = Breaker::new(CFG);
-        for _ in 0..3 {
-            b.on_failure(t0);
-        }
+        let mut b = opened(t0);
         assert!(b.try_acquire(t0 + CFG.open_for).is_ok());
         assert!(b.try_acquire(t0 + CFG.open_for * 2).is_ok());
     }

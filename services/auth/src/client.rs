@@ -1,9 +1,14 @@
 //! HTTP client for the users service: `POST /users/verify` with a per-attempt timeout,
 //! bounded retries with exponential backoff, and the circuit breaker in front.
 //!
-//! Verify only reads (it checks a password and changes nothing), so retrying it is safe.
-//! Retries cover transport errors and 5xx; a 4xx is an answer and is never retried. The
-//! breaker counts whole calls (after retries), so one login never opens it on its own.
+//! Verify changes no data, but it is not free to repeat: each attempt costs users an Argon2
+//! hash and counts against the account's rate limit. So retries cover only failures where
+//! users cannot have done the work — connection errors and 5xx answers — never a timeout (the
+//! attempt may still be running there), and a 4xx is an answer, never retried. Retries also
+//! draw on a budget: each call earns a fifth of a retry (up to 10 saved), each retry spends
+//! one, so an overloaded users service sees at most about 20 % extra load from retries, not
+//! triple. The breaker counts whole calls (after retries), so one login never opens it on its
+//! own. The caller's `x-request-id` goes along so one login is traceable in both services.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -12,6 +17,39 @@ use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
 
 use crate::breaker::{Breaker, BreakerConfig, Refused};
+
+/// Retries one call earns for later, as a share of a retry.
+pub const RETRY_BUDGET_RATIO: f64 = 0.2;
+
+/// Most retries saved up in the budget (and its starting balance).
+pub const RETRY_BUDGET_MAX: f64 = 10.0;
+
+/// Retries allowed as a share of calls: a token bucket filled by calls, drained by retries.
+#[derive(Debug)]
+struct RetryBudget {
+    balance: f64,
+}
+
+impl RetryBudget {
+    fn new() -> Self {
+        Self {
+            balance: RETRY_BUDGET_MAX,
+        }
+    }
+
+    fn on_call(&mut self) {
+        self.balance = (self.balance + RETRY_BUDGET_RATIO).min(RETRY_BUDGET_MAX);
+    }
+
+    fn try_retry(&mut self) -> bool {
+        if self.balance >= 1.0 {
+            self.balance -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// Client tuning.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,12 +115,16 @@ pub struct UsersClient {
     base: Url,
     config: ClientConfig,
     breaker: Arc<Mutex<Breaker>>,
+    budget: Arc<Mutex<RetryBudget>>,
     state_gauge: Option<prometheus::IntGauge>,
+    retries: Option<prometheus::IntCounter>,
 }
 
 enum Attempt {
     Answer(Option<i64>),
     Retryable(String),
+    // Timed out: users may still be doing the work, so it is not repeated.
+    TimedOut(String),
     Fatal(u16),
 }
 
@@ -97,9 +139,33 @@ impl UsersClient {
             http,
             base,
             breaker: Arc::new(Mutex::new(Breaker::new(config.breaker))),
+            budget: Arc::new(Mutex::new(RetryBudget::new())),
             config,
             state_gauge: None,
+            retries: None,
         })
+    }
+
+    /// Counts retries in `counter`.
+    pub fn with_retry_counter(mut self, counter: prometheus::IntCounter) -> Self {
+        self.retries = Some(counter);
+        self
+    }
+
+    fn budget_allows_retry(&self) -> bool {
+        let mut budget = match self.budget.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        budget.try_retry()
+    }
+
+    fn budget_on_call(&self) {
+        let mut budget = match self.budget.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        budget.on_call();
     }
 
     /// Publishes the breaker state in `gauge`: 0 closed, 1 half-open, 2 open.
@@ -136,8 +202,14 @@ impl UsersClient {
     }
 
     /// Checks credentials: `Ok(Some(id))` when valid, `Ok(None)` when users says no.
-    pub async fn verify(&self, email: &str, password: &str) -> Result<Option<i64>, UpstreamError> {
-        self.with_breaker(|b| b.try_acquire(Instant::now()))?;
+    /// `request_id` is forwarded as `x-request-id`.
+    pub async fn verify(
+        &self,
+        email: &str,
+        password: &str,
+        request_id: Option<&str>,
+    ) -> Result<Option<i64>, UpstreamError> {
+        let ticket = self.with_breaker(|b| b.try_acquire(Instant::now()))?;
         let url = self
             .base
             .join("users/verify")
@@ -145,46 +217,65 @@ impl UsersClient {
                 attempts: 0,
                 last: e.to_string(),
             })?;
+        self.budget_on_call();
         let body = VerifyRequest { email, password };
-        let attempts = self.config.attempts.max(1);
-        let mut last = String::new();
-        for attempt in 0..attempts {
-            if attempt > 0 {
-                let delay = self.config.backoff * 2u32.saturating_pow(attempt - 1);
+        let max_attempts = self.config.attempts.max(1);
+        let mut attempts = 0;
+        let last = loop {
+            if attempts > 0 {
+                let delay = self.config.backoff * 2u32.saturating_pow(attempts - 1);
                 tokio::time::sleep(delay).await;
             }
-            match self.attempt(&url, &body).await {
+            attempts += 1;
+            match self.attempt(&url, &body, request_id).await {
                 Attempt::Answer(id) => {
-                    self.with_breaker(Breaker::on_success);
+                    self.with_breaker(|b| b.on_success(ticket));
                     return Ok(id);
                 }
                 Attempt::Fatal(status) => {
                     // users answered, so it is up: do not count this against the breaker.
-                    self.with_breaker(Breaker::on_success);
+                    self.with_breaker(|b| b.on_success(ticket));
                     return Err(UpstreamError::Unexpected(status));
                 }
+                Attempt::TimedOut(why) => break why,
                 Attempt::Retryable(why) => {
-                    tracing::debug!(attempt = attempt + 1, error = %why, "users call failed");
-                    last = why;
+                    tracing::debug!(attempt = attempts, error = %why, "users call failed");
+                    if attempts >= max_attempts || !self.budget_allows_retry() {
+                        break why;
+                    }
+                    if let Some(c) = &self.retries {
+                        c.inc();
+                    }
                 }
             }
-        }
+        };
         let state = self.with_breaker(|b| {
-            b.on_failure(Instant::now());
+            b.on_failure(ticket, Instant::now());
             b.state_name()
         });
         tracing::warn!(breaker = state, error = %last, "users unavailable");
         Err(UpstreamError::Unavailable { attempts, last })
     }
 
-    async fn attempt(&self, url: &Url, body: &VerifyRequest<'_>) -> Attempt {
-        let resp = match self.http.post(url.clone()).json(body).send().await {
+    async fn attempt(
+        &self,
+        url: &Url,
+        body: &VerifyRequest<'_>,
+        request_id: Option<&str>,
+    ) -> Attempt {
+        let mut req = self.http.post(url.clone()).json(body);
+        if let Some(id) = request_id {
+            req = req.header(flotilla_kit::telemetry::REQUEST_ID_HEADER, id);
+        }
+        let resp = match req.send().await {
             Ok(r) => r,
+            Err(e) if e.is_timeout() => return Attempt::TimedOut(e.to_string()),
             Err(e) => return Attempt::Retryable(e.to_string()),
         };
         match resp.status() {
             StatusCode::OK => match resp.json::<VerifyResponse>().await {
                 Ok(v) => Attempt::Answer(Some(v.id)),
+                Err(e) if e.is_timeout() => Attempt::TimedOut(e.to_string()),
                 Err(e) => Attempt::Retryable(format!("bad verify response: {e}")),
             },
             StatusCode::UNAUTHORIZED => Attempt::Answer(None),

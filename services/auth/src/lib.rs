@@ -63,7 +63,13 @@ pub fn build(
         "auth_users_circuit_state",
         "Circuit breaker in front of the users service: 0 closed, 1 half-open, 2 open.",
     )?;
-    let users = UsersClient::new(users_url, client)?.with_state_gauge(gauge.clone());
+    let retries = prometheus::IntCounter::new(
+        "auth_users_retries_total",
+        "Calls to the users service repeated after a connection error or a 5xx answer.",
+    )?;
+    let users = UsersClient::new(users_url, client)?
+        .with_state_gauge(gauge.clone())
+        .with_retry_counter(retries.clone());
     let probe = users.clone();
     let health = Health::builder()
         .check("users", move || {
@@ -74,6 +80,7 @@ pub fn build(
     let kit = Kit::new(health, admin_token)?;
     if let Some(metrics) = &kit.metrics {
         metrics.registry().register(Box::new(gauge))?;
+        metrics.registry().register(Box::new(retries))?;
     }
     Ok(Service {
         kit,

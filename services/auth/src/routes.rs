@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 use flotilla_kit::reply::{self, body_limited, tag};
+use flotilla_kit::telemetry::REQUEST_ID_HEADER;
 use flotilla_kit::Faults;
 use serde::{Deserialize, Serialize};
 use warp::http::StatusCode;
@@ -64,8 +65,11 @@ pub fn routes(
         .and(warp::post())
         .and(faults.gate(LOGIN))
         .and(with_state.clone())
+        .and(warp::header::optional::<String>(REQUEST_ID_HEADER))
         .and(body_limited(LOGIN, BODY_LIMIT))
-        .then(|s: State, body: Bytes| async move { tag(LOGIN, login(&s, &body).await) });
+        .then(|s: State, id: Option<String>, body: Bytes| async move {
+            tag(LOGIN, login(&s, id.as_deref(), &body).await)
+        });
 
     let verify = warp::path!("verify")
         .and(warp::get())
@@ -77,7 +81,7 @@ pub fn routes(
     login.or(verify).unify()
 }
 
-async fn login(s: &State, body: &Bytes) -> Response {
+async fn login(s: &State, request_id: Option<&str>, body: &Bytes) -> Response {
     let req: Login = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
@@ -95,7 +99,7 @@ async fn login(s: &State, body: &Bytes) -> Response {
             "email and password are required",
         );
     }
-    match s.users.verify(&req.email, &req.password).await {
+    match s.users.verify(&req.email, &req.password, request_id).await {
         Ok(Some(id)) => match s.tokens.issue(id) {
             Ok((token, _)) => {
                 tracing::info!(user_id = id, "login succeeded");

@@ -9,6 +9,7 @@ use auth::{ClientConfig, Tokens};
 use flotilla_kit::server::{DrainOptions, Running};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use warp::Filter;
 
 const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
 const ADMIN: &str = "users-admin";
@@ -115,6 +116,21 @@ impl Pair {
             })
             .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
             .sum())
+    }
+
+    async fn auth_retries(&self) -> Result<f64> {
+        let text = self
+            .http
+            .get(format!("{}/metrics", self.auth.url()))
+            .send()
+            .await?
+            .text()
+            .await?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("auth_users_retries_total "))
+            .context("no auth_users_retries_total")?
+            .parse()
+            .context("retries value")
     }
 
     async fn set_users_faults(&self, body: Option<Value>) -> Result<()> {
@@ -278,6 +294,7 @@ async fn circuit_breaker_opens_and_closes() -> Result<()> {
     }
     // Each failed login made 3 attempts (bounded retries).
     assert_eq!(p.users_verify_calls().await?, 6.0);
+    assert_eq!(p.auth_retries().await?, 4.0);
     assert_eq!(p.client.breaker_state(), "open");
     let text = p
         .http
@@ -354,8 +371,83 @@ async fn slow_users_calls_time_out() -> Result<()> {
     let (status, body) = p.login("slow@example.com", "patience!").await?;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["error"], "users_unavailable");
+    // A timed-out check may still run on users: it is not repeated.
+    assert_eq!(p.auth_retries().await?, 0.0);
     p.set_users_faults(None).await?;
     let (status, _) = p.login("slow@example.com", "patience!").await?;
     assert_eq!(status, StatusCode::OK);
+    Ok(())
+}
+
+#[tokio::test]
+async fn retries_stay_within_the_budget_when_users_fails() -> Result<()> {
+    // Against a users service that fails every call (breaker kept closed), retries add at
+    // most the budget's share: calls stay near one per login instead of three.
+    let breaker = BreakerConfig {
+        failure_threshold: 10_000,
+        open_for: Duration::from_secs(10),
+    };
+    let p = Pair::start(breaker).await?;
+    p.set_users_faults(Some(json!({"errorRate": 1.0}))).await?;
+    let logins = 40.0;
+    for _ in 0..40 {
+        let (status, _) = p.login("budget@example.com", "password1").await?;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    }
+    let calls = p.users_verify_calls().await?;
+    let bound = logins + auth::client::RETRY_BUDGET_MAX + auth::client::RETRY_BUDGET_RATIO * logins;
+    assert!(
+        calls <= bound,
+        "{calls} calls for {logins} logins, budget allows {bound}"
+    );
+    assert_eq!(p.auth_retries().await?, calls - logins);
+    Ok(())
+}
+
+#[tokio::test]
+async fn login_forwards_the_request_id_to_users() -> Result<()> {
+    // The x-request-id a client sends to auth arrives on auth's call to users, so one login
+    // can be followed through both services' logs. users is stood in for by a real HTTP
+    // server that records the header.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let record = seen.clone();
+    let users = warp::path!("users" / "verify")
+        .and(warp::post())
+        .and(warp::header::optional::<String>("x-request-id"))
+        .map(move |id: Option<String>| {
+            if let Ok(mut ids) = record.lock() {
+                ids.push(id.unwrap_or_default());
+            }
+            warp::Reply::into_response(warp::reply::json(&json!({"id": 7})))
+        });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let stand_in = Running::start(
+        listener,
+        users,
+        flotilla_kit::Health::builder().build(),
+        opts(),
+    )?;
+    let users_addr = stand_in.addr;
+    let tokens = Tokens::new(SECRET, Duration::from_secs(600));
+    let svc = auth::build(
+        reqwest::Url::parse(&format!("http://{users_addr}/"))?,
+        ClientConfig::default(),
+        tokens,
+        None,
+    )?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let auth = Running::start(listener, svc.filter(), svc.kit.health.clone(), opts())?;
+    let r = reqwest::Client::new()
+        .post(format!("{}/login", auth.url()))
+        .header("x-request-id", "trace-login-42")
+        .json(&json!({"email": "a@example.com", "password": "password1"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["x-request-id"], "trace-login-42");
+    let ids = seen.lock().map(|v| v.clone()).unwrap_or_default();
+    assert_eq!(ids, vec!["trace-login-42".to_owned()]);
+    auth.stop().await?;
+    stand_in.stop().await?;
     Ok(())
 }
