@@ -59,6 +59,13 @@ pub struct Args {
     /// How long the breaker stays open before one trial call, in milliseconds.
     #[arg(long, env = "BREAKER_OPEN_MS", default_value_t = 10_000, value_parser = trimmed::<u64>)]
     pub breaker_open_ms: u64,
+    /// Login attempts a minute per account (email), in bursts of as many; over it /login
+    /// answers 429 with Retry-After. 0 disables.
+    #[arg(long, env = "LOGIN_LIMIT_PER_ACCOUNT", default_value_t = crate::DEFAULT_LIMIT_PER_ACCOUNT, value_parser = trimmed::<u32>)]
+    pub login_limit_per_account: u32,
+    /// Login attempts a minute per client address. 0 disables.
+    #[arg(long, env = "LOGIN_LIMIT_PER_ADDRESS", default_value_t = crate::DEFAULT_LIMIT_PER_ADDRESS, value_parser = trimmed::<u32>)]
+    pub login_limit_per_address: u32,
 }
 
 /// Everything auth reads at start-up.
@@ -77,6 +84,8 @@ pub struct Config {
     /// `USERS_TIMEOUT_MS` (default 2000), `BREAKER_FAILURES` (default 5),
     /// `BREAKER_OPEN_MS` (default 10000).
     pub client: ClientConfig,
+    /// `LOGIN_LIMIT_PER_ACCOUNT` and `LOGIN_LIMIT_PER_ADDRESS`, attempts a minute.
+    pub login_limits: (u32, u32),
 }
 
 impl Args {
@@ -133,6 +142,7 @@ impl Args {
             dev,
             token_ttl: Duration::from_secs(self.token_ttl_seconds),
             client,
+            login_limits: (self.login_limit_per_account, self.login_limit_per_address),
         })
     }
 }
@@ -266,6 +276,8 @@ mod tests {
             "USERS_TIMEOUT_MS",
             "BREAKER_FAILURES",
             "BREAKER_OPEN_MS",
+            "LOGIN_LIMIT_PER_ACCOUNT",
+            "LOGIN_LIMIT_PER_ADDRESS",
         ] {
             assert!(
                 help.contains(&format!("env: {var}")),

@@ -13,6 +13,7 @@ pub mod routes;
 
 use std::time::Duration;
 
+use flotilla_kit::ratelimit::CredentialLimits;
 use flotilla_kit::{Health, Kit};
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
@@ -20,6 +21,12 @@ use warp::reply::Response;
 pub use crate::client::{ClientConfig, UsersClient};
 pub use crate::jwt::{Claims, Tokens};
 pub use crate::routes::State;
+
+/// Default login attempts a minute per account.
+pub const DEFAULT_LIMIT_PER_ACCOUNT: u32 = 10;
+
+/// Default login attempts a minute per client address.
+pub const DEFAULT_LIMIT_PER_ADDRESS: u32 = 60;
 
 /// Timeout of the readiness probe against users, below the kit's per-check limit.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -84,6 +91,10 @@ pub fn build(
     }
     Ok(Service {
         kit,
-        state: State { users, tokens },
+        state: State {
+            users,
+            tokens,
+            limits: CredentialLimits::new(DEFAULT_LIMIT_PER_ACCOUNT, DEFAULT_LIMIT_PER_ADDRESS),
+        },
     })
 }

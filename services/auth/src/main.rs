@@ -3,6 +3,7 @@
 use anyhow::Context;
 use auth::config::Args;
 use clap::Parser;
+use flotilla_kit::ratelimit::CredentialLimits;
 use flotilla_kit::server::serve_until_signal;
 use flotilla_kit::telemetry::init_tracing;
 
@@ -15,12 +16,14 @@ async fn main() -> anyhow::Result<()> {
         tracing::warn!("developer mode: tokens are signed with the public development secret");
     }
     let tokens = auth::Tokens::new(&config.jwt_secret, config.token_ttl);
-    let service = auth::build(
+    let mut service = auth::build(
         config.users_url.clone(),
         config.client,
         tokens,
         config.service.admin_token.clone(),
     )?;
+    let (per_account, per_address) = config.login_limits;
+    service.state.limits = CredentialLimits::new(per_account, per_address);
     let listener = tokio::net::TcpListener::bind(config.service.listen_addr)
         .await
         .with_context(|| format!("binding LISTEN_ADDR {}", config.service.listen_addr))?;

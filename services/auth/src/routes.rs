@@ -3,7 +3,9 @@
 //! response tagged with the route template.
 
 use bytes::Bytes;
+use flotilla_kit::ratelimit::{too_many, CredentialLimits};
 use flotilla_kit::reply::{self, body_limited, tag};
+use flotilla_kit::server::PeerAddr;
 use flotilla_kit::telemetry::REQUEST_ID_HEADER;
 use flotilla_kit::Faults;
 use serde::{Deserialize, Serialize};
@@ -31,6 +33,8 @@ pub struct State {
     pub users: UsersClient,
     /// Token signer and verifier.
     pub tokens: Tokens,
+    /// Login attempts per account and per client address.
+    pub limits: CredentialLimits,
 }
 
 /// `POST /login` body.
@@ -66,10 +70,14 @@ pub fn routes(
         .and(faults.gate(LOGIN))
         .and(with_state.clone())
         .and(warp::header::optional::<String>(REQUEST_ID_HEADER))
+        .and(warp::ext::optional::<PeerAddr>())
         .and(body_limited(LOGIN, BODY_LIMIT))
-        .then(|s: State, id: Option<String>, body: Bytes| async move {
-            tag(LOGIN, login(&s, id.as_deref(), &body).await)
-        });
+        .then(
+            |s: State, id: Option<String>, peer: Option<PeerAddr>, body: Bytes| async move {
+                let peer = peer.map(|p| p.0.ip());
+                tag(LOGIN, login(&s, id.as_deref(), peer, &body).await)
+            },
+        );
 
     let verify = warp::path!("verify")
         .and(warp::get())
@@ -81,7 +89,12 @@ pub fn routes(
     login.or(verify).unify()
 }
 
-async fn login(s: &State, request_id: Option<&str>, body: &Bytes) -> Response {
+async fn login(
+    s: &State,
+    request_id: Option<&str>,
+    peer: Option<std::net::IpAddr>,
+    body: &Bytes,
+) -> Response {
     let req: Login = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
@@ -98,6 +111,10 @@ async fn login(s: &State, request_id: Option<&str>, body: &Bytes) -> Response {
             "invalid_input",
             "email and password are required",
         );
+    }
+    if let Err(limited) = s.limits.check(&req.email, peer) {
+        tracing::warn!(client = ?peer, "login rate limited");
+        return too_many(limited);
     }
     match s.users.verify(&req.email, &req.password, request_id).await {
         Ok(Some(id)) => match s.tokens.issue(id) {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use auth::breaker::BreakerConfig;
 use auth::{ClientConfig, Tokens};
+use flotilla_kit::ratelimit::CredentialLimits;
 use flotilla_kit::server::{DrainOptions, Running};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -36,10 +37,20 @@ impl Pair {
     }
 
     async fn start_with_timeout(breaker: BreakerConfig, timeout: Duration) -> Result<Self> {
+        Self::start_full(breaker, timeout, CredentialLimits::new(0, 0)).await
+    }
+
+    /// Both services; users' own limits are off so auth's are the ones under test.
+    async fn start_full(
+        breaker: BreakerConfig,
+        timeout: Duration,
+        login_limits: CredentialLimits,
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let url = format!("sqlite://{}", dir.path().join("users.db").display());
         let db = users::Db::connect(&url).await?;
-        let svc = users::build(db, users::Passwords::low_cost()?, Some(ADMIN.into()), true)?;
+        let mut svc = users::build(db, users::Passwords::low_cost()?, Some(ADMIN.into()), true)?;
+        svc.state.limits = CredentialLimits::new(0, 0);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let users = Running::start(listener, svc.filter(), svc.kit.health.clone(), opts())?;
 
@@ -50,7 +61,8 @@ impl Pair {
             breaker,
         };
         let tokens = Tokens::new(SECRET, Duration::from_secs(600));
-        let svc = auth::build(reqwest::Url::parse(&users.url())?, client, tokens, None)?;
+        let mut svc = auth::build(reqwest::Url::parse(&users.url())?, client, tokens, None)?;
+        svc.state.limits = login_limits;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let auth = Running::start(listener, svc.filter(), svc.kit.health.clone(), opts())?;
         Ok(Self {
@@ -449,5 +461,45 @@ async fn login_forwards_the_request_id_to_users() -> Result<()> {
     assert_eq!(ids, vec!["trace-login-42".to_owned()]);
     auth.stop().await?;
     stand_in.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn logins_are_rate_limited_per_account_and_per_address() -> Result<()> {
+    // Past the per-account limit /login answers 429 with Retry-After — for the right password
+    // too — without calling users; past the per-address limit every account is refused.
+    let p = Pair::start_full(
+        default_breaker(),
+        Duration::from_secs(5),
+        CredentialLimits::new(3, 5),
+    )
+    .await?;
+    p.register("guess@example.com", "the-real-one").await?;
+    for _ in 0..3 {
+        let (status, _) = p.login("guess@example.com", "wrong-guess").await?;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let calls = p.users_verify_calls().await?;
+    let r = p
+        .http
+        .post(format!("{}/login", p.auth.url()))
+        .json(&json!({"email": "GUESS@example.com", "password": "the-real-one"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+    assert!((1..=60).contains(&retry), "{retry}");
+    let body: Value = r.json().await?;
+    assert_eq!(body["error"], "rate_limited");
+    assert_eq!(
+        p.users_verify_calls().await?,
+        calls,
+        "a limited login reached users"
+    );
+    // The address has spent 4 of 5: one more account passes, the next is refused.
+    let (status, _) = p.login("other@example.com", "whatever1").await?;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = p.login("third@example.com", "whatever1").await?;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
     Ok(())
 }

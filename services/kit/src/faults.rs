@@ -203,9 +203,7 @@ impl Faults {
             .and(guard)
             .and(warp::method())
             .and(reply::body_limited(ADMIN_ROUTE, 16 * 1024))
-            .map(move |method, body: bytes::Bytes| {
-                tag(ADMIN_ROUTE, admin(&faults, &method, &body))
-            })
+            .map(move |method, body: bytes::Bytes| tag(ADMIN_ROUTE, admin(&faults, &method, &body)))
     }
 }
 

@@ -15,6 +15,7 @@ pub mod config;
 pub mod faults;
 pub mod health;
 pub mod metrics;
+pub mod ratelimit;
 pub mod reply;
 pub mod server;
 pub mod telemetry;

@@ -81,10 +81,8 @@ async fn admin_token_is_checked_before_the_body_is_read() -> Result<()> {
     // Without the token the admin route answers 401 while the body is still unsent.
     let srv = start(DrainOptions::default()).await?;
     let mut s = TcpStream::connect(srv.addr).await?;
-    s.write_all(
-        b"POST /admin/faults HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
-    )
-    .await?;
+    s.write_all(b"POST /admin/faults HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        .await?;
     s.write_all(&chunk(b"{")).await?;
     assert_eq!(status(&mut s, Duration::from_secs(10)).await?, 401);
     srv.stop().await?;
@@ -134,7 +132,9 @@ async fn connections_over_the_cap_wait_until_one_closes() -> Result<()> {
     let mut third = TcpStream::connect(srv.addr).await?;
     third.write_all(request).await?;
     assert!(
-        status(&mut third, Duration::from_millis(500)).await.is_err(),
+        status(&mut third, Duration::from_millis(500))
+            .await
+            .is_err(),
         "third connection served over the cap"
     );
     drop(first);

@@ -20,6 +20,13 @@ pub struct Args {
     /// Concurrent Argon2 hashes (19 MiB each); further password requests answer 503.
     #[arg(long, env = "HASH_CONCURRENCY", default_value_t = 2)]
     pub hash_concurrency: usize,
+    /// Credential checks (POST /users/verify) a minute per account, in bursts of as many;
+    /// over it the check answers 429 with Retry-After. 0 disables.
+    #[arg(long, env = "VERIFY_LIMIT_PER_ACCOUNT", default_value_t = crate::DEFAULT_LIMIT_PER_ACCOUNT)]
+    pub verify_limit_per_account: u32,
+    /// Credential checks a minute per client address (normally an auth pod). 0 disables.
+    #[arg(long, env = "VERIFY_LIMIT_PER_ADDRESS", default_value_t = crate::DEFAULT_LIMIT_PER_ADDRESS)]
+    pub verify_limit_per_address: u32,
 }
 
 /// Everything the users service reads at start-up.
@@ -31,6 +38,8 @@ pub struct Config {
     pub database_url: String,
     /// `HASH_CONCURRENCY` (at least 1).
     pub hash_concurrency: usize,
+    /// `VERIFY_LIMIT_PER_ACCOUNT` and `VERIFY_LIMIT_PER_ADDRESS`, checks a minute.
+    pub verify_limits: (u32, u32),
 }
 
 impl Args {
@@ -49,6 +58,7 @@ impl Args {
             service: self.service.resolve(default_listen_addr())?,
             database_url,
             hash_concurrency: self.hash_concurrency.max(1),
+            verify_limits: (self.verify_limit_per_account, self.verify_limit_per_address),
         })
     }
 }

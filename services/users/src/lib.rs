@@ -13,6 +13,7 @@ pub mod routes;
 use std::sync::Arc;
 
 use flotilla_kit::metrics::MetricsError;
+use flotilla_kit::ratelimit::CredentialLimits;
 use flotilla_kit::{Health, Kit};
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
@@ -20,6 +21,13 @@ use warp::reply::Response;
 pub use crate::db::{Db, DbError};
 pub use crate::password::Passwords;
 pub use crate::routes::State;
+
+/// Default credential checks a minute per account.
+pub const DEFAULT_LIMIT_PER_ACCOUNT: u32 = 10;
+
+/// Default credential checks a minute per client address: the clients are auth's pods, each
+/// checking for many users, so this only stops a runaway or hostile caller.
+pub const DEFAULT_LIMIT_PER_ADDRESS: u32 = 600;
 
 /// A ready-to-serve users service.
 #[derive(Debug, Clone)]
@@ -61,6 +69,7 @@ pub fn build(
         state: State {
             db,
             passwords: Arc::new(passwords),
+            limits: CredentialLimits::new(DEFAULT_LIMIT_PER_ACCOUNT, DEFAULT_LIMIT_PER_ADDRESS),
         },
     })
 }

@@ -2,6 +2,7 @@
 
 use anyhow::Context;
 use clap::Parser;
+use flotilla_kit::ratelimit::CredentialLimits;
 use flotilla_kit::server::serve_until_signal;
 use flotilla_kit::telemetry::init_tracing;
 use users::config::Args;
@@ -18,12 +19,14 @@ async fn main() -> anyhow::Result<()> {
         let db = db.clone();
         async move { db.migrate_until_ready().await }
     });
-    let service = users::build(
+    let mut service = users::build(
         db,
         Passwords::new()?.with_concurrency(config.hash_concurrency),
         config.service.admin_token.clone(),
         true,
     )?;
+    let (per_account, per_address) = config.verify_limits;
+    service.state.limits = CredentialLimits::new(per_account, per_address);
     let listener = tokio::net::TcpListener::bind(config.service.listen_addr)
         .await
         .with_context(|| format!("binding LISTEN_ADDR {}", config.service.listen_addr))?;

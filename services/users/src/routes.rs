@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use flotilla_kit::ratelimit::{too_many, CredentialLimits};
 use flotilla_kit::reply::{self, body_limited, tag};
+use flotilla_kit::server::PeerAddr;
 use flotilla_kit::Faults;
 use serde::de::DeserializeOwned;
 use warp::http::StatusCode;
@@ -36,6 +38,8 @@ pub struct State {
     pub db: Db,
     /// Password hasher.
     pub passwords: Arc<Passwords>,
+    /// Credential checks per account and per client address.
+    pub limits: CredentialLimits,
 }
 
 /// An error a handler turns into a JSON response.
@@ -104,8 +108,11 @@ pub fn routes(
         .and(warp::post())
         .and(faults.gate(VERIFY))
         .and(with_state.clone())
+        .and(warp::ext::optional::<PeerAddr>())
         .and(body_limited(VERIFY, BODY_LIMIT))
-        .then(|s: State, body: Bytes| async move { respond(VERIFY, verify(&s, &body).await) });
+        .then(|s: State, peer: Option<PeerAddr>, body: Bytes| async move {
+            respond(VERIFY, verify(&s, peer.map(|p| p.0.ip()), &body).await)
+        });
 
     let create = warp::path!("users")
         .and(warp::post())
@@ -236,8 +243,16 @@ async fn update(s: &State, id: i64, body: &Bytes) -> Result<Response, ApiError> 
     Ok(reply::json(StatusCode::OK, &user))
 }
 
-async fn verify(s: &State, body: &Bytes) -> Result<Response, ApiError> {
+async fn verify(
+    s: &State,
+    peer: Option<std::net::IpAddr>,
+    body: &Bytes,
+) -> Result<Response, ApiError> {
     let req: Credentials = parse(body)?;
+    if let Err(limited) = s.limits.check(&req.email, peer) {
+        tracing::warn!(client = ?peer, "credential check rate limited");
+        return Ok(too_many(limited));
+    }
     // A malformed email cannot be registered: treat it like an unknown one (same timing).
     let email = model::validate_email(&req.email).unwrap_or_default();
     let stored = if email.is_empty() {

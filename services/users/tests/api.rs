@@ -358,3 +358,42 @@ async fn readiness_needs_the_schema_not_just_a_connection() -> Result<()> {
     assert_eq!(db.ping().await, Ok(()));
     Ok(())
 }
+
+#[tokio::test]
+async fn credential_checks_are_rate_limited_per_account() -> Result<()> {
+    // Past the per-account limit the credential check answers 429 with Retry-After, even for
+    // the right password, so guessing through users directly is as slow as through auth.
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("users.db").display());
+    let db = Db::connect(&url).await?;
+    let mut service = users::build(db, Passwords::low_cost()?, None, true)?;
+    service.state.limits = flotilla_kit::ratelimit::CredentialLimits::new(2, 0);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let srv = Running::start(
+        listener,
+        service.filter(),
+        service.kit.health.clone(),
+        DrainOptions::default(),
+    )?;
+    let http = reqwest::Client::new();
+    let r = http
+        .post(format!("{}/users", srv.url()))
+        .json(&json!({"name": "Lim", "email": "lim@example.com", "password": "correct horse"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let check = |password: &'static str| {
+        http.post(format!("{}/users/verify", srv.url()))
+            .json(&json!({"email": "lim@example.com", "password": password}))
+            .send()
+    };
+    assert_eq!(check("wrong one").await?.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(check("wrong two").await?.status(), StatusCode::UNAUTHORIZED);
+    let r = check("correct horse").await?;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await?;
+    assert_eq!(body["error"], "rate_limited");
+    srv.stop().await?;
+    Ok(())
+}
