@@ -4,8 +4,11 @@
 //! Rules it keeps:
 //! - Flotilla only takes traffic away from pods the kubelet considers Ready; a pod the kubelet
 //!   does not consider Ready keeps the default membership, so Kubernetes stays in charge of it.
-//! - Panic: when probing would leave the active service with no pods although the kubelet has
-//!   Ready ones, all kubelet-Ready pods keep serving (like Envoy's panic threshold).
+//! - Panic: when probing would leave the active service with no pods (or fewer healthy than
+//!   `panicThresholdPercent`) although the kubelet has Ready ones, all kubelet-Ready pods keep
+//!   serving (like Envoy's panic threshold).
+//! - At most `maxEjectionPercent` of the primary's pods (at least one) are out of traffic at once;
+//!   the earliest-detected failures are ejected first.
 //! - A declared fallback that does not exist, or whose container port name differs from the
 //!   primary's, is a configuration problem: reported, and failover never happens.
 //! - Failover goes only to a fallback with at least `minHealthy` healthy pods; failback waits until
@@ -225,7 +228,7 @@ pub fn decide(
     let (change, held) = flip(state, policy, want, primary, now);
     let flapping = policy.max_flaps > 0 && state.flips.len() >= policy.max_flaps as usize;
     let (primary_members, fallback_members, panic) =
-        membership(state.active, primary, a.fallback_pods, a.healthy);
+        membership(state.active, policy, primary, a.fallback_pods, a.healthy);
 
     let mut pod_changes = Vec::new();
     diff_members(
@@ -400,6 +403,7 @@ type Members = BTreeMap<String, Membership>;
 /// passes probing but the kubelet has Ready ones, which then all keep serving).
 fn membership(
     active: Target,
+    policy: &FailoverPolicy,
     primary: &[PodView],
     fallback_pods: &[PodView],
     healthy: u32,
@@ -407,11 +411,12 @@ fn membership(
     let all = |pods: &[PodView], m: Membership| pods.iter().map(|p| (p.name.clone(), m)).collect();
     match active {
         Target::Primary => {
-            let panic = healthy == 0 && primary.iter().any(|p| p.kubelet_ready);
+            let panic = in_panic(policy, primary, healthy);
+            let ejected = ejected(policy, primary);
             let p = primary
                 .iter()
                 .map(|p| {
-                    let out = !panic && p.kubelet_ready && !p.healthy;
+                    let out = !panic && ejected.contains(p.name.as_str());
                     let m = if out { Membership::Out } else { Membership::In };
                     (p.name.clone(), m)
                 })
@@ -433,6 +438,35 @@ fn membership(
             (all(primary, Membership::Out), f, false)
         }
     }
+}
+
+/// Whether the primary panics: kubelet-Ready pods exist but fewer than the panic threshold (or
+/// none) pass probing.
+fn in_panic(policy: &FailoverPolicy, primary: &[PodView], healthy: u32) -> bool {
+    let total = u64::try_from(primary.len()).unwrap_or(u64::MAX);
+    let below = u64::from(healthy) * 100 < u64::from(policy.panic_threshold_percent) * total;
+    (healthy == 0 || below) && primary.iter().any(|p| p.kubelet_ready)
+}
+
+/// The primary pods to take out of traffic: kubelet-Ready pods failing probing, at most
+/// `maxEjectionPercent` of all pods (rounded down, at least one), earliest detection first.
+fn ejected<'a>(
+    policy: &FailoverPolicy,
+    primary: &'a [PodView],
+) -> std::collections::BTreeSet<&'a str> {
+    let mut failing: Vec<&PodView> = primary
+        .iter()
+        .filter(|p| p.kubelet_ready && !p.healthy)
+        .collect();
+    if policy.max_ejection_percent < 100 {
+        let total = primary.len();
+        let pct = usize::try_from(policy.max_ejection_percent).unwrap_or(100);
+        let cap = (total * pct / 100).max(1);
+        // `None` (no detection time) sorts first: such a pod has failed since before we knew.
+        failing.sort_by(|a, b| (a.detected_from, &a.name).cmp(&(b.detected_from, &b.name)));
+        failing.truncate(cap);
+    }
+    failing.into_iter().map(|p| p.name.as_str()).collect()
 }
 
 /// The one-line explanation shown in status.

@@ -341,3 +341,108 @@ fn a_declared_fallback_that_does_not_exist_is_reported_and_never_used() {
     let d = decide(&mut st, &none, &[failing("a", t0)], None, t0);
     assert_eq!(d.invalid, None);
 }
+
+#[test]
+fn max_ejection_percent_caps_ejections() {
+    // With a 25 % cap on 8 pods only 2 failing pods leave traffic, the earliest detected first;
+    // the default (100) ejects every failing pod as before.
+    let t0 = Instant::now();
+    let mut primary: Vec<PodView> = (0..5).map(|i| pod(&format!("ok{i}"), true, true)).collect();
+    primary.push(failing("late", s(3, t0)));
+    primary.push(failing("early", s(1, t0)));
+    primary.push(failing("mid", s(2, t0)));
+    let pol = FailoverPolicy {
+        max_ejection_percent: 25,
+        ..policy()
+    };
+    let d = decide(
+        &mut ServiceState::resume(Target::Primary),
+        &pol,
+        &primary,
+        None,
+        s(4, t0),
+    );
+    let out: Vec<&str> = d
+        .primary_members
+        .iter()
+        .filter(|(_, m)| **m == Membership::Out)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    assert_eq!(out, vec!["early", "mid"]);
+    let d = decide(
+        &mut ServiceState::resume(Target::Primary),
+        &policy(),
+        &primary,
+        None,
+        s(4, t0),
+    );
+    let out = d
+        .primary_members
+        .values()
+        .filter(|m| **m == Membership::Out)
+        .count();
+    assert_eq!(out, 3);
+    // A cap that rounds down to zero still lets one pod go.
+    let tiny = FailoverPolicy {
+        max_ejection_percent: 0,
+        ..policy()
+    };
+    let d = decide(
+        &mut ServiceState::resume(Target::Primary),
+        &tiny,
+        &primary,
+        None,
+        s(4, t0),
+    );
+    let out = d
+        .primary_members
+        .values()
+        .filter(|m| **m == Membership::Out)
+        .count();
+    assert_eq!(out, 1);
+}
+
+#[test]
+fn panic_threshold_keeps_ready_pods_serving() {
+    // With a 50 % panic threshold, 1 healthy pod of 4 panics (all Ready pods serve); the default
+    // threshold (0) panics only when no pod passes, so the 3 failing pods leave.
+    let t0 = Instant::now();
+    let primary = [
+        pod("a", true, true),
+        failing("b", t0),
+        failing("c", t0),
+        failing("d", t0),
+    ];
+    let pol = FailoverPolicy {
+        fallback: None,
+        panic_threshold_percent: 50,
+        ..FailoverPolicy::default()
+    };
+    let d = decide(
+        &mut ServiceState::resume(Target::Primary),
+        &pol,
+        &primary,
+        None,
+        s(1, t0),
+    );
+    assert!(d.panic);
+    assert!(d.primary_members.values().all(|m| *m == Membership::In));
+    let plain = FailoverPolicy {
+        fallback: None,
+        ..FailoverPolicy::default()
+    };
+    let d = decide(
+        &mut ServiceState::resume(Target::Primary),
+        &plain,
+        &primary,
+        None,
+        s(1, t0),
+    );
+    assert!(!d.panic);
+    let out = d
+        .primary_members
+        .values()
+        .filter(|m| **m == Membership::Out)
+        .count();
+    assert_eq!(out, 3);
+}

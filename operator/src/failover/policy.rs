@@ -70,6 +70,12 @@ pub struct FailoverPolicy {
     pub flap_window: Duration,
     /// Whether the prober scrapes the metrics endpoint of each pod.
     pub scrape_metrics: bool,
+    /// Most of the primary's pods, in percent (rounded down, but at least one pod), that may be
+    /// out of traffic at once; 100 means no cap.
+    pub max_ejection_percent: u32,
+    /// Panic (every kubelet-Ready pod serves) when fewer than this percentage of the primary's
+    /// pods pass probing; 0 means only when none does.
+    pub panic_threshold_percent: u32,
 }
 
 impl Default for FailoverPolicy {
@@ -84,6 +90,8 @@ impl Default for FailoverPolicy {
             max_flaps: 3,
             flap_window: Duration::from_secs(300),
             scrape_metrics: false,
+            max_ejection_percent: 100,
+            panic_threshold_percent: 0,
         }
     }
 }

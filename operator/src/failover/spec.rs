@@ -50,6 +50,8 @@ impl From<&MicroServiceSpec> for FailoverPolicy {
             max_flaps: count(f.max_flaps),
             flap_window: seconds(f.flap_window_seconds.max(1)),
             scrape_metrics: f.scrape_metrics,
+            max_ejection_percent: count(f.max_ejection_percent.clamp(0, 100)),
+            panic_threshold_percent: count(f.panic_threshold_percent.clamp(0, 100)),
         }
     }
 }
