@@ -298,6 +298,7 @@ impl Cluster {
         let client = kube::Client::try_from(kcfg)?;
 
         let shutdown = shared.faults.shutdown_token();
+        crate::ns_defaults::spawn(shared.clone(), ca_pem.clone(), shutdown.clone());
         let task = tokio::spawn(crate::server::serve(
             listener,
             shared.clone(),

@@ -17,6 +17,7 @@ mod events;
 pub mod faults;
 mod gate;
 pub mod node;
+mod ns_defaults;
 mod openapi;
 pub mod patch;
 mod proto;

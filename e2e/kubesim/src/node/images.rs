@@ -3,7 +3,8 @@
 //! There is no container engine, so a pod's image is mapped to an executable on this machine by an
 //! explicit, ordered table (`e2e/kubesim/images.yaml`). Patterns may contain `*` wildcards; the first
 //! matching entry wins. Relative executable paths are resolved against the table's base directory
-//! (the workspace root for the bundled table). Pure lookups only; nothing here starts processes.
+//! (the workspace root for the bundled table); a bare command name (`kubectl`) is looked up on
+//! `PATH`. Pure lookups only; nothing here starts processes.
 
 use std::path::{Path, PathBuf};
 
@@ -56,7 +57,10 @@ impl ImageTable {
     }
 
     /// Parses a YAML table; relative executables resolve against `base_dir`.
-    pub fn from_yaml(text: &str, base_dir: impl Into<PathBuf>) -> Result<Self, serde_norway::Error> {
+    pub fn from_yaml(
+        text: &str,
+        base_dir: impl Into<PathBuf>,
+    ) -> Result<Self, serde_norway::Error> {
         let file: ImageFile = serde_norway::from_str(text)?;
         Ok(Self::new(file.images, base_dir))
     }
@@ -101,7 +105,24 @@ impl ImageTable {
         self.entries
             .iter()
             .find(|e| glob_match(normalize(&e.pattern), image))
-            .map(|e| self.base_dir.join(&e.executable))
+            .map(|e| self.executable(&e.executable))
+    }
+
+    /// A bare command name (no `/`, e.g. `kubectl`) is looked up on `PATH`, as a shell would;
+    /// anything else resolves against the base directory.
+    fn executable(&self, exe: &Path) -> PathBuf {
+        let bare = exe.components().count() == 1 && !exe.is_absolute();
+        if bare {
+            let found = std::env::var_os("PATH").and_then(|path| {
+                std::env::split_paths(&path)
+                    .map(|dir| dir.join(exe))
+                    .find(|p| p.is_file())
+            });
+            if let Some(p) = found {
+                return p;
+            }
+        }
+        self.base_dir.join(exe)
     }
 }
 

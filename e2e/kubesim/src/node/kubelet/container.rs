@@ -1,167 +1,29 @@
-//! One container as a local process: builds its environment, starts the mapped executable in the
-//! pod directory with output appended to its log, runs its probes, and restarts it after exits or
-//! liveness failures with the kubelet's back-off, per the pod's restartPolicy.
+//! One container as a local process, supervised: wait out the back-off, start it (see `spawn`),
+//! announce it, run its probes and watch for exits, liveness kills and pod shutdown, then decide
+//! — per the pod's restartPolicy — whether to start it again. Each step is a function below, in
+//! that order; [`run`] strings them together.
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::{Arc, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Secret, Service};
+use k8s_openapi::api::core::v1::Container;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, ListParams};
 use tokio::process::{Child, Command};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::env::{self, EnvInputs};
 use super::pod::PodShared;
 use super::probe::{check_for, ProbeCheck, ProbeKind, ProbeParams, ProbeState};
+use super::probe_run;
+use super::spawn::{spawn, SpawnError};
 use super::status::RunState;
-use super::{probe_run, volumes};
 use crate::node::events::Severity;
-use crate::node::logs;
-
-/// Variables passed through from kubesim's own environment (a container image would set these).
-const PASSTHROUGH: &[&str] = &[
-    "PATH",
-    "HOME",
-    "TMPDIR",
-    "LANG",
-    "RUST_BACKTRACE",
-    "RUST_LOG",
-];
-
-enum SpawnError {
-    /// The container's configuration cannot be built (`CreateContainerConfigError`).
-    Config(String),
-    /// The process could not be started (`StartError`).
-    Start(String),
-}
 
 fn now() -> Time {
     Time(jiff::Timestamp::now())
-}
-
-async fn list_in<K>(client: &kube::Client, ns: Option<&str>) -> Result<Vec<K>, String>
-where
-    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug,
-{
-    let api: Api<K> = match ns {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    api.list(&ListParams::default())
-        .await
-        .map(|l| l.items)
-        .map_err(|e| e.to_string())
-}
-
-/// Starts the container's process. `rotate` moves the previous run's log aside first.
-async fn spawn(
-    shared: &PodShared,
-    c: &Container,
-    exe: &Path,
-    rotate: bool,
-) -> Result<Child, SpawnError> {
-    let pod = shared
-        .pod()
-        .ok_or_else(|| SpawnError::Config("pod is gone".into()))?;
-    let client = &shared.env.ctx.client;
-    let ns = shared.namespace.as_str();
-    let config_maps = list_in::<ConfigMap>(client, Some(ns))
-        .await
-        .map_err(SpawnError::Config)?;
-    let secrets = list_in::<Secret>(client, Some(ns))
-        .await
-        .map_err(SpawnError::Config)?;
-    let services = list_in::<Service>(client, None)
-        .await
-        .map_err(SpawnError::Config)?;
-    let by_name = |items: Vec<_>| -> std::collections::BTreeMap<String, _> {
-        items
-            .into_iter()
-            .map(|o: ConfigMap| (o.metadata.name.clone().unwrap_or_default(), o))
-            .collect()
-    };
-    let config_maps = by_name(config_maps);
-    let secrets = secrets
-        .into_iter()
-        .map(|s: Secret| (s.metadata.name.clone().unwrap_or_default(), s))
-        .collect();
-    let volume_dirs = shared
-        .volumes
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .clone();
-    let mounts = volumes::mounts(c, &volume_dirs);
-    let config = &shared.env.ctx.config;
-    let inputs = EnvInputs {
-        pod: &pod,
-        pod_ip: shared.pod_ip,
-        host_ip: config.host_ip,
-        node_name: &config.node_name,
-        config_maps: &config_maps,
-        secrets: &secrets,
-        services: &services,
-        mounts: &mounts,
-    };
-    let vars = env::resolve(&inputs, c).map_err(|e| SpawnError::Config(e.to_string()))?;
-    let args: Vec<String> = c
-        .command
-        .iter()
-        .flatten()
-        .skip(1)
-        .chain(c.args.iter().flatten())
-        .map(|a| {
-            env::rewrite_mount_paths(
-                &env::rewrite_service_names(&env::expand(a, &vars), ns, &services),
-                &mounts,
-            )
-        })
-        .collect();
-    let log = logs::container_log_path(&config.state_dir, ns, &shared.name, &c.name, false);
-    if rotate && log.exists() {
-        let _ = std::fs::rename(
-            &log,
-            logs::container_log_path(&config.state_dir, ns, &shared.name, &c.name, true),
-        );
-    }
-    let open = || {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-    };
-    let (out, err) = match (open(), open()) {
-        (Ok(o), Ok(e)) => (o, e),
-        (Err(e), _) | (_, Err(e)) => {
-            return Err(SpawnError::Start(format!(
-                "cannot open log {}: {e}",
-                log.display()
-            )))
-        }
-    };
-    let mut cmd = Command::new(exe);
-    cmd.args(&args)
-        .current_dir(&shared.pod_dir)
-        .env_clear()
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(out))
-        .stderr(Stdio::from(err))
-        .kill_on_drop(true);
-    for key in PASSTHROUGH {
-        if let Ok(v) = std::env::var(key) {
-            cmd.env(key, v);
-        }
-    }
-    cmd.envs(vars);
-    cmd.spawn()
-        .map_err(|e| SpawnError::Start(format!("cannot start {}: {e}", exe.display())))
 }
 
 /// SIGTERM, wait up to `grace`, then SIGKILL.
@@ -284,60 +146,65 @@ enum Outcome {
     Stopped(Option<ExitStatus>),
 }
 
-/// Runs a main container until the pod stops.
-pub(super) async fn run(
+/// What one container runner carries across restarts.
+struct Runner {
     shared: Arc<PodShared>,
     index: usize,
     c: Container,
     exe: PathBuf,
     token: CancellationToken,
-) {
-    let backoff = shared.env.ctx.config.backoff;
-    let policy = shared
-        .pod()
-        .and_then(|p| p.spec?.restart_policy)
-        .unwrap_or_else(|| "Always".into());
-    let spec_grace = shared
-        .pod()
-        .and_then(|p| p.spec?.termination_grace_period_seconds)
-        .map_or(Duration::from_secs(30), |s| {
-            Duration::from_secs(u64::try_from(s).unwrap_or(0))
-        });
-    let pod_label = format!("{}_{}({})", shared.name, shared.namespace, shared.uid);
-    let mut consecutive = 0u32;
-    let mut last_start: Option<Instant> = None;
-    loop {
-        if let Some(start) = last_start {
-            let delay = backoff.delay(consecutive);
-            let until = start + delay;
-            if Instant::now() < until {
-                let msg = format!(
-                    "back-off {}s restarting failed container={} pod={pod_label}",
-                    delay.as_secs(),
-                    c.name
-                );
-                shared.update_container(index, |s| {
-                    s.state = RunState::Waiting {
-                        reason: "CrashLoopBackOff".into(),
-                        message: Some(msg),
-                    }
-                });
-                let text = format!(
-                    "Back-off restarting failed container {} in pod {pod_label}",
-                    c.name
-                );
-                shared.event(Severity::Warning, "BackOff", text).await;
-                tokio::select! {
-                    () = token.cancelled() => return,
-                    () = tokio::time::sleep_until(until.into()) => {},
+    policy: String,
+    /// The pod's own grace period (a liveness kill uses it; a pod stop uses the deletion's).
+    spec_grace: Duration,
+    consecutive: u32,
+    last_start: Option<Instant>,
+}
+
+impl Runner {
+    fn pod_label(&self) -> String {
+        let s = &self.shared;
+        format!("{}_{}({})", s.name, s.namespace, s.uid)
+    }
+
+    /// Step 1: wait out the crash-loop back-off after a previous start. False if cancelled.
+    async fn wait_backoff(&self) -> bool {
+        let Some(start) = self.last_start else {
+            return !self.token.is_cancelled();
+        };
+        let delay = self.shared.env.ctx.config.backoff.delay(self.consecutive);
+        let until = start + delay;
+        if Instant::now() < until {
+            let label = self.pod_label();
+            let msg = format!(
+                "back-off {}s restarting failed container={} pod={label}",
+                delay.as_secs(),
+                self.c.name
+            );
+            self.shared.update_container(self.index, |s| {
+                s.state = RunState::Waiting {
+                    reason: "CrashLoopBackOff".into(),
+                    message: Some(msg),
                 }
+            });
+            let text = format!(
+                "Back-off restarting failed container {} in pod {label}",
+                self.c.name
+            );
+            self.shared.event(Severity::Warning, "BackOff", text).await;
+            tokio::select! {
+                () = self.token.cancelled() => return false,
+                () = tokio::time::sleep_until(until.into()) => {},
             }
         }
-        if token.is_cancelled() {
-            return;
-        }
-        let mut child = match spawn(&shared, &c, &exe, last_start.is_some()).await {
-            Ok(child) => child,
+        !self.token.is_cancelled()
+    }
+
+    /// Step 2: start the process, or report why it cannot start. `None`: try again (the
+    /// failure is recorded) — unless the token is cancelled.
+    async fn start(&mut self) -> Option<Child> {
+        let (shared, index) = (&self.shared, self.index);
+        match spawn(shared, &self.c, &self.exe, self.last_start.is_some()).await {
+            Ok(child) => Some(child),
             Err(SpawnError::Config(m)) => {
                 shared.update_container(index, |s| {
                     s.state = RunState::Waiting {
@@ -349,9 +216,10 @@ pub(super) async fn run(
                     .event(Severity::Warning, "Failed", format!("Error: {m}"))
                     .await;
                 tokio::select! {
-                    () = token.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(2)) => continue,
+                    () = self.token.cancelled() => {}
+                    () = tokio::time::sleep(Duration::from_secs(2)) => {}
                 }
+                None
             }
             Err(SpawnError::Start(m)) => {
                 shared
@@ -359,56 +227,47 @@ pub(super) async fn run(
                     .await;
                 let t = now();
                 shared.update_container(index, |s| {
-                    let term = RunState::Terminated {
+                    s.last_state = Some(RunState::Terminated {
                         exit_code: 128,
                         signal: None,
                         reason: "StartError".into(),
                         started_at: None,
                         finished_at: t,
-                    };
-                    s.last_state = Some(term);
+                    });
                     s.restart_count += 1;
                 });
-                consecutive += 1;
-                last_start = Some(Instant::now());
-                continue;
+                self.consecutive += 1;
+                self.last_start = Some(Instant::now());
+                None
             }
-        };
-        let started_at = now();
-        let start = Instant::now();
-        last_start = Some(start);
-        let pid = child.id();
-        if let Some(pid) = pid {
-            shared.env.pids.add(pid);
         }
-        let image = c.image.clone().unwrap_or_default();
-        shared
-            .event(
-                Severity::Normal,
+    }
+
+    /// Step 3: the kubelet's Pulled/Created/Started events.
+    async fn announce(&self) {
+        let image = self.c.image.clone().unwrap_or_default();
+        let name = &self.c.name;
+        let events = [
+            (
                 "Pulled",
                 format!("Container image \"{image}\" already present on machine"),
-            )
-            .await;
-        shared
-            .event(
-                Severity::Normal,
-                "Created",
-                format!("Created container: {}", c.name),
-            )
-            .await;
-        shared
-            .event(
-                Severity::Normal,
-                "Started",
-                format!("Started container {}", c.name),
-            )
-            .await;
+            ),
+            ("Created", format!("Created container: {name}")),
+            ("Started", format!("Started container {name}")),
+        ];
+        for (reason, text) in events {
+            self.shared.event(Severity::Normal, reason, text).await;
+        }
+    }
 
-        let probe_token = token.child_token();
+    /// Step 4: run the probes and wait for the process to exit, fail liveness or be stopped.
+    async fn supervise(&self, child: &mut Child, started_at: &Time) -> Outcome {
+        let (shared, index, c) = (&self.shared, self.index, &self.c);
+        let probe_token = self.token.child_token();
         let (flip_tx, mut flips) = mpsc::channel(8);
         let (started_tx, started_rx) = watch::channel(c.startup_probe.is_none());
         let ((has_startup, has_readiness), unsupported) =
-            probe_tasks(&c, &shared, &started_rx, &flip_tx, &probe_token);
+            probe_tasks(c, shared, &started_rx, &flip_tx, &probe_token);
         for what in unsupported {
             let text = format!(
                 "{what} probes are not run by kubesim; container {} is treated as passing them",
@@ -445,19 +304,21 @@ pub(super) async fn run(
                         let text = format!("Container {} failed {} probe, will be restarted", c.name, which.to_lowercase());
                         shared.event(Severity::Normal, "Killing", text).await;
                         shared.update_container(index, |s| s.ready = false);
-                        break Outcome::Killed(terminate(&mut child, spec_grace).await);
+                        break Outcome::Killed(terminate(child, self.spec_grace).await);
                     }
                 },
-                () = token.cancelled() => {
+                () = self.token.cancelled() => {
                     shared.update_container(index, |s| s.ready = false);
-                    break Outcome::Stopped(terminate(&mut child, shared.grace()).await);
+                    break Outcome::Stopped(terminate(child, shared.grace()).await);
                 }
             }
         };
         probe_token.cancel();
-        if let Some(pid) = pid {
-            shared.env.pids.remove(pid);
-        }
+        outcome
+    }
+
+    /// Step 5: record the end of the run; true if the container is to be started again.
+    async fn finish(&mut self, outcome: Outcome, started_at: Time, start: Instant) -> bool {
         let (status, stopped, killed) = match outcome {
             Outcome::Exited(s) => (s, false, false),
             Outcome::Killed(s) => (s, false, true),
@@ -472,38 +333,98 @@ pub(super) async fn run(
             started_at: Some(started_at),
             finished_at: now(),
         };
+        let shared = &self.shared;
         if stopped {
-            shared.update_container(index, |s| {
+            shared.update_container(self.index, |s| {
                 s.state = term;
                 s.ready = false;
             });
-            return;
+            return false;
         }
-        let restart = match policy.as_str() {
+        let restart = match self.policy.as_str() {
             "Never" => false,
             "OnFailure" => exit_code != 0 || killed,
             _ => true,
         };
         if !restart {
-            shared.update_container(index, |s| {
+            shared.update_container(self.index, |s| {
                 s.state = term;
                 s.ready = false;
                 s.started = false;
                 s.will_restart = false;
             });
-            token.cancelled().await;
-            return;
+            self.token.cancelled().await;
+            return false;
         }
-        if backoff.resets_after(start.elapsed()) {
-            consecutive = 0;
+        if shared.env.ctx.config.backoff.resets_after(start.elapsed()) {
+            self.consecutive = 0;
         }
-        consecutive += 1;
-        shared.update_container(index, |s| {
+        self.consecutive += 1;
+        shared.update_container(self.index, |s| {
             s.last_state = Some(term.clone());
             s.state = term;
             s.restart_count += 1;
             s.ready = false;
             s.started = false;
         });
+        true
+    }
+}
+
+/// Runs a main container until the pod stops.
+pub(super) async fn run(
+    shared: Arc<PodShared>,
+    index: usize,
+    c: Container,
+    exe: PathBuf,
+    token: CancellationToken,
+) {
+    let spec = shared.pod().and_then(|p| p.spec);
+    let policy = spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone())
+        .unwrap_or_else(|| "Always".into());
+    let spec_grace = spec
+        .as_ref()
+        .and_then(|s| s.termination_grace_period_seconds)
+        .map_or(Duration::from_secs(30), |s| {
+            Duration::from_secs(u64::try_from(s).unwrap_or(0))
+        });
+    let mut runner = Runner {
+        shared,
+        index,
+        c,
+        exe,
+        token,
+        policy,
+        spec_grace,
+        consecutive: 0,
+        last_start: None,
+    };
+    loop {
+        if !runner.wait_backoff().await {
+            return;
+        }
+        let Some(mut child) = runner.start().await else {
+            if runner.token.is_cancelled() {
+                return;
+            }
+            continue;
+        };
+        let started_at = now();
+        let start = Instant::now();
+        runner.last_start = Some(start);
+        let pid = child.id();
+        if let Some(pid) = pid {
+            runner.shared.env.pids.add(pid);
+        }
+        runner.announce().await;
+        let outcome = runner.supervise(&mut child, &started_at).await;
+        if let Some(pid) = pid {
+            runner.shared.env.pids.remove(pid);
+        }
+        if !runner.finish(outcome, started_at, start).await {
+            return;
+        }
     }
 }

@@ -336,6 +336,14 @@ pub fn resolve(inp: &EnvInputs, container: &Container) -> Result<Vec<(String, St
     if enable_links {
         env.extend(service_links(inp, &ns));
     }
+    // The API server's Service, in every pod whatever its namespace or enableServiceLinks.
+    if ns != "default" || !enable_links {
+        env.extend(
+            service_links(inp, "default")
+                .into_iter()
+                .filter(|(k, _)| k.starts_with("KUBERNETES_SERVICE_")),
+        );
+    }
     for from in container.env_from.iter().flatten() {
         let prefix = from.prefix.clone().unwrap_or_default();
         if let Some(r) = &from.config_map_ref {

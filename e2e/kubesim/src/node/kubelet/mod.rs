@@ -11,6 +11,8 @@ pub mod env;
 mod pod;
 pub mod probe;
 mod probe_run;
+mod sa;
+mod spawn;
 pub mod status;
 mod volumes;
 

@@ -41,6 +41,8 @@ pub(super) struct PodShared {
     /// Grace period for the current termination (set before runners are cancelled).
     pub grace: Mutex<Duration>,
     pub volumes: Mutex<BTreeMap<String, PathBuf>>,
+    /// The ServiceAccount projection's directory (token, ca.crt, namespace), when automounted.
+    pub service_account_dir: Mutex<Option<PathBuf>>,
     pub name: String,
     pub namespace: String,
     pub uid: String,
@@ -198,6 +200,7 @@ pub(crate) async fn run(
         latest: rx.clone(),
         grace: Mutex::new(initial_grace),
         volumes: Mutex::new(BTreeMap::new()),
+        service_account_dir: Mutex::new(None),
         name: name.clone(),
         namespace: namespace.clone(),
         uid: uid.clone(),
@@ -359,20 +362,8 @@ async fn lifecycle(shared: Arc<PodShared>, spec: PodSpec, token: CancellationTok
     };
     let mut reported = false;
     loop {
-        match volumes::prepare(
-            &shared.env.ctx.client,
-            &shared.pod().unwrap_or_default(),
-            &shared.pod_dir,
-        )
-        .await
-        {
-            Ok(v) => {
-                *shared
-                    .volumes
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = v;
-                break;
-            }
+        match prepare_mounts(&shared, &token).await {
+            Ok(()) => break,
             Err(msg) => {
                 if !reported {
                     shared
@@ -407,6 +398,23 @@ async fn lifecycle(shared: Arc<PodShared>, spec: PodSpec, token: CancellationTok
     for r in runners {
         let _ = r.await;
     }
+}
+
+/// Writes the pod's volumes and its ServiceAccount projection (kept fresh until `token`).
+async fn prepare_mounts(shared: &PodShared, token: &CancellationToken) -> Result<(), String> {
+    let client = &shared.env.ctx.client;
+    let pod = shared.pod().unwrap_or_default();
+    let v = volumes::prepare(client, &pod, &shared.pod_dir).await?;
+    let sa_dir = super::sa::project(client, &pod, &shared.pod_dir, token).await?;
+    *shared
+        .volumes
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = v;
+    *shared
+        .service_account_dir
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = sa_dir;
+    Ok(())
 }
 
 async fn status_writer(shared: Arc<PodShared>, token: CancellationToken) {
