@@ -15,6 +15,11 @@ fn seconds(v: i32) -> Duration {
     Duration::from_secs(u64::try_from(v.max(0)).unwrap_or(0))
 }
 
+/// A percentage from the spec, clamped to 0..=100 (zero is meaningful here).
+fn percent(v: i32) -> u32 {
+    u32::try_from(v.clamp(0, 100)).unwrap_or(0)
+}
+
 fn count(v: i32) -> u32 {
     u32::try_from(v.max(1)).unwrap_or(1)
 }
@@ -50,8 +55,8 @@ impl From<&MicroServiceSpec> for FailoverPolicy {
             max_flaps: count(f.max_flaps),
             flap_window: seconds(f.flap_window_seconds.max(1)),
             scrape_metrics: f.scrape_metrics,
-            max_ejection_percent: count(f.max_ejection_percent.clamp(0, 100)),
-            panic_threshold_percent: count(f.panic_threshold_percent.clamp(0, 100)),
+            max_ejection_percent: percent(f.max_ejection_percent),
+            panic_threshold_percent: percent(f.panic_threshold_percent),
         }
     }
 }
