@@ -164,28 +164,43 @@ async fn assert_rolled_back(sim: &Sim, reasons: &[&str]) -> Result<RolloutStatus
 #[tokio::test]
 async fn healthy_release_is_promoted() -> Result<()> {
     // The canary runs the new template beside the stable pods for the analysis, then every pod
-    // moves to it and the canary goes; the polling client sees no failure.
-    let sim = Sim::start("rollout-ok").await?;
-    guarded(&sim, 3).await?;
+    // moves to it and the canary goes; the polling client sees no failure. The operator restarts
+    // mid-analysis and resumes it from status, with the clock where it was.
+    let mut sim = Sim::start("rollout-ok").await?;
+    guarded(&sim, 8).await?;
     let (traffic, from) = client(&sim).await?;
     release(&sim, "2", "flotilla/users:0.1.0").await?;
-    sim.wait("the analysis with the stable template kept", || async {
-        let r = rollout(&sim).await?;
-        let analysing = r.is_some_and(|r| r.phase == RolloutPhase::Analyzing);
-        let stable = template(&deployments(&sim).get(NAME).await?).1;
-        let canary = deployments(&sim).get_opt(CANARY).await?;
-        if analysing && stable.iter().any(|e| e == "RELEASE") {
-            bail!("the stable Deployment took the new template before the analysis ended");
-        }
-        Ok((analysing && canary.is_some()).then_some(()))
-    })
-    .await?;
+    let started = sim
+        .wait("the analysis with the stable template kept", || async {
+            let r = rollout(&sim).await?;
+            let stable = template(&deployments(&sim).get(NAME).await?).1;
+            let canary = deployments(&sim).get_opt(CANARY).await?;
+            let analysing = r.filter(|r| r.phase == RolloutPhase::Analyzing);
+            if analysing.is_some() && stable.iter().any(|e| e == "RELEASE") {
+                bail!("the stable Deployment took the new template before the analysis ended");
+            }
+            Ok(analysing
+                .filter(|_| canary.is_some())
+                .and_then(|r| r.analysis_start_time))
+        })
+        .await?;
+    sim.stop_operator().await?;
+    sim.start_operator();
     sim.wait("the promotion", || async {
-        Ok(rollout(&sim)
-            .await?
-            .filter(|r| r.phase == RolloutPhase::Promoted))
+        let r = rollout(&sim).await?;
+        if let Some(r) = r.as_ref().filter(|r| r.phase == RolloutPhase::Analyzing) {
+            if r.analysis_start_time.as_ref() != Some(&started) {
+                bail!("the restarted operator restarted the analysis: {r:?}");
+            }
+        }
+        Ok(r.filter(|r| r.phase == RolloutPhase::Promoted))
     })
     .await?;
+    let events = sim.event_reasons(NAME).await?;
+    let starts = events.iter().filter(|e| *e == "RolloutStarted").count();
+    if starts != 1 {
+        bail!("one analysis, one RolloutStarted Event: {events:?}");
+    }
     sim.wait("every pod on the new template, no canary", || async {
         let (_, env) = template(&deployments(&sim).get(NAME).await?);
         let canary = deployments(&sim).get_opt(CANARY).await?;
