@@ -183,3 +183,50 @@ fn samples_chart_mirrors_services_deploy() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn users_api_is_fenced_to_auth_and_the_operator() -> Result<()> {
+    // The samples chart admits only auth's pods and the operator's pods to users' port, the
+    // operator chart's pods carry exactly the labels that policy names, and the policy can be
+    // switched off.
+    let docs = render_and_validate("flotilla-samples", &[])?;
+    let policy = docs
+        .iter()
+        .find(|d| kind_of(d) == "NetworkPolicy" && name_of(d) == "users-api")
+        .context("no users-api NetworkPolicy")?;
+    let spec = &policy["spec"];
+    ensure!(
+        spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "users",
+        "{spec}"
+    );
+    ensure!(spec["policyTypes"] == serde_json::json!(["Ingress"]), "{spec}");
+    let from = spec["ingress"][0]["from"]
+        .as_array()
+        .context("no ingress peers")?;
+    ensure!(from.len() == 2, "{spec}");
+    ensure!(
+        from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "auth",
+        "{spec}"
+    );
+    let operator_labels = from[1]["podSelector"]["matchLabels"]
+        .as_object()
+        .context("no operator selector")?;
+    ensure!(spec["ingress"][0]["ports"][0]["port"] == 8080, "{spec}");
+
+    let operator = chart::render_docs("flotilla", "flotilla", "flotilla-system", &[])?;
+    let pod_labels = operator
+        .iter()
+        .find(|d| kind_of(d) == "Deployment")
+        .and_then(|d| d["spec"]["template"]["metadata"]["labels"].as_object())
+        .context("operator chart renders no Deployment with pod labels")?;
+    for (key, value) in operator_labels {
+        ensure!(
+            pod_labels.get(key) == Some(value),
+            "operator pods lack {key}={value}: {pod_labels:?}"
+        );
+    }
+
+    let off = render("flotilla-samples", &["users.networkPolicy.enabled=false"])?;
+    ensure!(!off.iter().any(|d| kind_of(d) == "NetworkPolicy"));
+    Ok(())
+}
