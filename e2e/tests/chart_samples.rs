@@ -199,7 +199,10 @@ fn users_api_is_fenced_to_auth_and_the_operator() -> Result<()> {
         spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "users",
         "{spec}"
     );
-    ensure!(spec["policyTypes"] == serde_json::json!(["Ingress"]), "{spec}");
+    ensure!(
+        spec["policyTypes"] == serde_json::json!(["Ingress"]),
+        "{spec}"
+    );
     let from = spec["ingress"][0]["from"]
         .as_array()
         .context("no ingress peers")?;
