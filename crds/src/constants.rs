@@ -113,3 +113,17 @@ pub mod reasons {
     /// A guarded rollout's analysis failed; the pods stay on the last good template.
     pub const ROLLOUT_FAILED: &str = "RolloutFailed";
 }
+
+/// The traffic-verdict contract: on every readiness probe of a failover-enabled pod, Flotilla's
+/// prober sends this request header (gRPC: metadata) saying whether the pod is a member of the
+/// traffic its Service selects. A pod that honours it closes its persistent connections while
+/// `ejected` (HTTP/1.1 `Connection: close`, HTTP/2 and gRPC `GOAWAY`), so clients reconnect
+/// through the Service and reach serving pods.
+pub mod traffic {
+    /// Header name (lower case, as HTTP/2 requires).
+    pub const HEADER: &str = "flotilla-traffic";
+    /// The pod is in the traffic.
+    pub const SERVING: &str = "serving";
+    /// The pod is out of the traffic; its connections should move.
+    pub const EJECTED: &str = "ejected";
+}

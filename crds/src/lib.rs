@@ -16,7 +16,7 @@ pub use rollout::{
     FailOn, RolloutEvidence, RolloutPhase, RolloutSpec, RolloutStatus, RolloutStrategy,
 };
 pub use spec::{
-    AutoscalingSpec, FailoverMode, FailoverSpec, HealthSpec, MicroService, MicroServiceSpec,
-    ServiceSpec, ServiceType, DNS_LABEL_PATTERN, PORT_NAME_PATTERN,
+    AutoscalingSpec, FailoverMode, FailoverSpec, GrpcHealthSpec, HealthSpec, MicroService,
+    MicroServiceSpec, ServiceSpec, ServiceType, DNS_LABEL_PATTERN, PORT_NAME_PATTERN,
 };
 pub use status::{ActiveTarget, FailoverStatus, MicroServiceStatus, PodHealth};

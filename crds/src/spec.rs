@@ -275,6 +275,26 @@ pub struct HealthSpec {
     #[serde(default)]
     #[schemars(range(min = 0, max = 3600))]
     pub initial_delay_seconds: i32,
+
+    /// Set when the service speaks gRPC. The kubelet then probes it with native `grpc` probes
+    /// (`grpc.health.v1.Health/Check`) instead of GETs of the liveness and readiness paths, the
+    /// Service port gets `appProtocol: grpc`, Flotilla's prober calls the same health method,
+    /// and the error-rate check counts failing gRPC status codes (Unavailable, Internal,
+    /// Unknown, DeadlineExceeded, ...) instead of HTTP 5xx. `metricsPath` is still scraped over
+    /// HTTP on the same port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc: Option<GrpcHealthSpec>,
+}
+
+/// How a gRPC service is health-checked.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcHealthSpec {
+    /// The service name sent in each health check (`HealthCheckRequest.service`); empty asks
+    /// about the server as a whole.
+    #[serde(default)]
+    #[schemars(length(max = 253))]
+    pub service: String,
 }
 
 impl Default for HealthSpec {
@@ -288,6 +308,7 @@ impl Default for HealthSpec {
             failure_threshold: default_failure_threshold(),
             success_threshold: default_success_threshold(),
             initial_delay_seconds: 0,
+            grpc: None,
         }
     }
 }

@@ -10,8 +10,8 @@ use flotilla_crds::{annotations, labels};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapKeySelector, ConfigMapVolumeSource, Container, ContainerPort, EnvVar,
-    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, SeccompProfile, SecurityContext, Volume, VolumeMount,
+    EnvVarSource, GRPCAction, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, SecurityContext, TCPSocketAction, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -142,9 +142,14 @@ fn ceil_seconds(millis: i32) -> i32 {
     (millis.max(1) + 999) / 1000
 }
 
+/// An HTTP GET of `path`, or for a gRPC service (`health.grpc`) a native `grpc` readiness probe
+/// and a TCP liveness (and startup) probe: the standard health service reports `NOT_SERVING`
+/// when a dependency is down, and a liveness probe that listened to it would make the kubelet
+/// restart every pod during a database outage; liveness only asks whether the process accepts
+/// connections.
 fn probe(v: &ValidatedSpec, path: &str, liveness: bool) -> Probe {
     let h = &v.spec.health;
-    Probe {
+    let probe = Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_string()),
             port: IntOrString::String(v.spec.port_name.clone()),
@@ -166,6 +171,25 @@ fn probe(v: &ValidatedSpec, path: &str, liveness: bool) -> Probe {
         // The API server rejects a liveness probe with successThreshold other than 1.
         success_threshold: Some(if liveness { 1 } else { h.success_threshold }),
         ..Probe::default()
+    };
+    match &h.grpc {
+        None => probe,
+        Some(_) if liveness => Probe {
+            http_get: None,
+            tcp_socket: Some(TCPSocketAction {
+                port: IntOrString::String(v.spec.port_name.clone()),
+                host: None,
+            }),
+            ..probe
+        },
+        Some(g) => Probe {
+            http_get: None,
+            grpc: Some(GRPCAction {
+                port: v.spec.port,
+                service: Some(g.service.clone()),
+            }),
+            ..probe
+        },
     }
 }
 

@@ -117,6 +117,31 @@ fn probes_follow_health() {
     assert_eq!(st.success_threshold, Some(1));
 }
 
+/// A gRPC service gets a native grpc readiness probe for its health service name, and TCP
+/// liveness and startup probes that never restart pods over a dependency outage.
+#[test]
+fn grpc_health_uses_native_grpc_readiness() {
+    let mut spec = MicroServiceSpec::with_image("flotilla/orders:0.1.0");
+    spec.port = 9000;
+    spec.health.grpc = Some(flotilla_crds::GrpcHealthSpec {
+        service: "flotilla.orders.v1.Orders".into(),
+    });
+    let c = container(&build_deployment(&validated("orders", spec)));
+    let r = c.readiness_probe.unwrap_or_default();
+    assert_eq!(r.http_get, None);
+    let grpc = r.grpc.unwrap_or_default();
+    assert_eq!(grpc.port, 9000);
+    assert_eq!(grpc.service.as_deref(), Some("flotilla.orders.v1.Orders"));
+    for p in [c.liveness_probe, c.startup_probe] {
+        let p = p.unwrap_or_default();
+        assert_eq!((p.http_get, p.grpc), (None, None));
+        assert_eq!(
+            p.tcp_socket.map(|t| t.port),
+            Some(IntOrString::String("http".into()))
+        );
+    }
+}
+
 /// The downward API env, dependency URLs and config keys are injected; user env wins on a clash.
 #[test]
 fn env_is_injected_and_user_wins() {

@@ -31,6 +31,8 @@ pub fn build_service(v: &ValidatedSpec) -> Service {
                 port: s.service.port,
                 target_port: Some(IntOrString::String(s.port_name.clone())),
                 protocol: Some("TCP".into()),
+                // Tells gateways and meshes to speak HTTP/2 to the port.
+                app_protocol: s.health.grpc.as_ref().map(|_| "grpc".to_owned()),
                 ..ServicePort::default()
             }]),
             ..ServiceSpec::default()
@@ -65,6 +67,24 @@ mod tests {
             Some(IntOrString::String("http".into()))
         );
         assert_eq!(svc.metadata.name.as_deref(), Some("auth"));
+    }
+
+    /// Only a gRPC service marks its port `appProtocol: grpc`.
+    #[test]
+    fn grpc_port_has_app_protocol() {
+        let mut spec = MicroServiceSpec::with_image("x");
+        let plain = build_service(&validated("orders", spec.clone()))
+            .spec
+            .unwrap_or_default();
+        assert_eq!(plain.ports.unwrap_or_default()[0].app_protocol, None);
+        spec.health.grpc = Some(flotilla_crds::GrpcHealthSpec::default());
+        let grpc = build_service(&validated("orders", spec))
+            .spec
+            .unwrap_or_default();
+        assert_eq!(
+            grpc.ports.unwrap_or_default()[0].app_protocol.as_deref(),
+            Some("grpc")
+        );
     }
 
     /// With failover the Service selects only the membership label.

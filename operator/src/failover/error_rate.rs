@@ -1,5 +1,6 @@
-//! The 5xx ratio of a pod over a sliding window, from successive scrapes of its cumulative
-//! `http_requests_total` counters.
+//! The error ratio of a pod over a sliding window, from successive scrapes of its cumulative
+//! request counters: 5xx answers in `http_requests_total`, or for a gRPC service failing codes
+//! in `grpc_server_handled_total`.
 //!
 //! No data is never a failure: a missing metric, no requests in the window or a counter reset
 //! yield `None`, and the readiness probe alone decides. Pure: snapshots and times in, a ratio out.
@@ -45,6 +46,69 @@ pub fn sample_counts(s: &Sample) -> Option<Counts> {
     }
     let status = s.label("status").or_else(|| s.label("code")).unwrap_or("");
     let error = status.len() == 3 && status.starts_with('5');
+    Some(Counts {
+        total: s.value,
+        errors: if error { s.value } else { 0.0 },
+    })
+}
+
+/// The gRPC server counter that is read for gRPC services (the Prometheus gRPC middlewares'
+/// name), labelled `grpc_code`.
+pub const GRPC_REQUESTS_METRIC: &str = "grpc_server_handled_total";
+
+/// The code name as the gRPC middlewares label it (`OK`, `Unavailable`, ...).
+pub fn grpc_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+/// Whether a `grpc_code` label value is a server-side failure, the gRPC analogue of a 5xx:
+/// Unknown, DeadlineExceeded, Internal, Unavailable or DataLoss. Client mistakes
+/// (InvalidArgument, NotFound, Unauthenticated, ...) are not. Accepts the CamelCase names, the
+/// upper-case spec names and the numeric codes, as exporters differ.
+pub fn is_failing_grpc_code(code: &str) -> bool {
+    let name = code.replace('_', "").to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "unknown"
+            | "deadlineexceeded"
+            | "internal"
+            | "unavailable"
+            | "dataloss"
+            | "2"
+            | "4"
+            | "13"
+            | "14"
+            | "15"
+    )
+}
+
+/// What one sample of `grpc_server_handled_total` adds to the counts: an error when its
+/// `grpc_code` is a failing code ([`is_failing_grpc_code`]). `None` for other metrics and for
+/// values that cannot be counter values.
+pub fn grpc_sample_counts(s: &Sample) -> Option<Counts> {
+    if s.name != GRPC_REQUESTS_METRIC || !s.value.is_finite() || s.value < 0.0 {
+        return None;
+    }
+    let error = is_failing_grpc_code(s.label("grpc_code").unwrap_or(""));
     Some(Counts {
         total: s.value,
         errors: if error { s.value } else { 0.0 },
@@ -118,6 +182,34 @@ mod tests {
         .expect("valid");
         assert_eq!(counts(&s), c(110.0, 10.0));
         assert_eq!(counts(&parse("other 1\n").expect("valid")), None);
+    }
+
+    #[test]
+    fn grpc_counts_classify_server_failures() {
+        // For gRPC, Unavailable/Internal/Unknown/DeadlineExceeded count as errors whatever the
+        // spelling; client errors such as NotFound do not, and the HTTP counter is ignored.
+        let s = parse(
+            "grpc_server_handled_total{grpc_code=\"OK\",grpc_method=\"Get\"} 80\n\
+             grpc_server_handled_total{grpc_code=\"Unavailable\"} 5\n\
+             grpc_server_handled_total{grpc_code=\"INTERNAL\"} 3\n\
+             grpc_server_handled_total{grpc_code=\"4\"} 2\n\
+             grpc_server_handled_total{grpc_code=\"NotFound\"} 10\n\
+             http_requests_total{status=\"500\"} 7\n",
+        )
+        .expect("valid");
+        let sum = s
+            .iter()
+            .filter_map(grpc_sample_counts)
+            .fold((0.0, 0.0), |(t, e), c| (t + c.total, e + c.errors));
+        assert_eq!(sum, (100.0, 10.0));
+        assert_eq!(
+            grpc_code_name(tonic::Code::DeadlineExceeded),
+            "DeadlineExceeded"
+        );
+        assert!(is_failing_grpc_code(grpc_code_name(tonic::Code::Unknown)));
+        assert!(!is_failing_grpc_code(grpc_code_name(
+            tonic::Code::Unauthenticated
+        )));
     }
 
     #[test]

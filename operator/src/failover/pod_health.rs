@@ -13,6 +13,9 @@ pub enum Observation {
     Success,
     /// The readiness endpoint answered with this non-success status.
     BadStatus(u16),
+    /// The gRPC health check answered, but not `SERVING`: the reported status (`NOT_SERVING`,
+    /// `SERVICE_UNKNOWN`) or the failing call's code name (`NotFound`, `Unimplemented`, ...).
+    GrpcNotServing(&'static str),
     /// No answer within the probe timeout.
     Timeout,
     /// The connection could not be made or broke.
@@ -31,7 +34,7 @@ impl Observation {
     pub fn label(&self) -> &'static str {
         match self {
             Observation::Success => "success",
-            Observation::BadStatus(_) => "bad_status",
+            Observation::BadStatus(_) | Observation::GrpcNotServing(_) => "bad_status",
             Observation::Timeout => "timeout",
             Observation::ConnectError => "connect_error",
             Observation::ErrorRate(_) => "error_rate",

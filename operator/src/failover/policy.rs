@@ -22,6 +22,9 @@ pub struct ProbePolicy {
     pub metrics_path: String,
     /// Container port the pod listens on.
     pub port: u16,
+    /// For a gRPC service, the health service name: readiness is `grpc.health.v1.Health/Check`
+    /// instead of an HTTP GET of `readiness_path`, and errors are failing gRPC codes.
+    pub grpc: Option<String>,
 }
 
 impl Default for ProbePolicy {
@@ -34,6 +37,7 @@ impl Default for ProbePolicy {
             readiness_path: "/readyz".to_owned(),
             metrics_path: "/metrics".to_owned(),
             port: 8080,
+            grpc: None,
         }
     }
 }

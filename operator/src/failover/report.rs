@@ -108,6 +108,7 @@ pub fn describe(obs: Option<&Observation>) -> String {
         None => "not probed yet".to_owned(),
         Some(Observation::Success) => "ok".to_owned(),
         Some(Observation::BadStatus(s)) => format!("http {s}"),
+        Some(Observation::GrpcNotServing(s)) => format!("grpc {s}"),
         Some(Observation::Timeout) => "timeout".to_owned(),
         Some(Observation::ConnectError) => "connect error".to_owned(),
         Some(Observation::ErrorRate(r)) => format!("error rate {r:.3}"),

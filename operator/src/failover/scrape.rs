@@ -8,7 +8,7 @@
 //! whatever the body size. Pure: bytes in, counts or a rejection out; the HTTP side is in
 //! `probe.rs`.
 
-use super::error_rate::{Counts, REQUESTS_METRIC};
+use super::error_rate::{Counts, GRPC_REQUESTS_METRIC, REQUESTS_METRIC};
 use super::promtext::{self, Line, Sample};
 
 /// Caps of one scrape.
@@ -92,6 +92,8 @@ pub struct Scanner {
     series: usize,
     counts: Counts,
     found: bool,
+    // Read `grpc_server_handled_total` (gRPC codes) instead of `http_requests_total`.
+    grpc: bool,
 }
 
 impl Scanner {
@@ -107,6 +109,15 @@ impl Scanner {
                 errors: 0.0,
             },
             found: false,
+            grpc: false,
+        }
+    }
+
+    /// A scanner for a gRPC service: counts `grpc_server_handled_total` by failing gRPC code.
+    pub fn grpc(limits: ScrapeLimits) -> Self {
+        Self {
+            grpc: true,
+            ..Self::new(limits)
         }
     }
 
@@ -157,7 +168,12 @@ impl Scanner {
             return Err(Rejected::LineTooLong);
         }
         let text = std::str::from_utf8(raw).map_err(|_| Rejected::Malformed)?;
-        match promtext::read_line(text, |name| name == REQUESTS_METRIC) {
+        let metric = if self.grpc {
+            GRPC_REQUESTS_METRIC
+        } else {
+            REQUESTS_METRIC
+        };
+        match promtext::read_line(text, |name| name == metric) {
             Err(_) => Err(Rejected::Malformed),
             Ok(Line::Blank) => Ok(()),
             Ok(Line::Skipped) => self.count_series(),
@@ -178,7 +194,12 @@ impl Scanner {
     }
 
     fn add(&mut self, s: &Sample) {
-        if let Some(c) = super::error_rate::sample_counts(s) {
+        let counts = if self.grpc {
+            super::error_rate::grpc_sample_counts(s)
+        } else {
+            super::error_rate::sample_counts(s)
+        };
+        if let Some(c) = counts {
             self.found = true;
             self.counts.total += c.total;
             self.counts.errors += c.errors;

@@ -35,6 +35,7 @@ impl From<&MicroServiceSpec> for ProbePolicy {
             readiness_path: h.readiness_path.clone(),
             metrics_path: h.metrics_path.clone(),
             port: u16::try_from(spec.port).unwrap_or(8080),
+            grpc: h.grpc.as_ref().map(|g| g.service.clone()),
         }
     }
 }

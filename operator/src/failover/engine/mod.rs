@@ -24,7 +24,7 @@ use super::error_rate::ErrorWindow;
 use super::inventory::{Inventory, ObjKey, ServiceInfo};
 use super::metrics::Metrics;
 use super::pod_health::{Observation, PodHealth, Thresholds};
-use super::probe::{self, ProbeClient, ProbeReport};
+use super::probe::{self, ProbeClient, ProbeReport, ProbeTarget};
 use super::report::{Desired, History, Notice};
 use super::scrape::{Rejected, ScrapeLimits};
 
@@ -92,6 +92,9 @@ struct PodEntry {
     in_flight: bool,
     next_due: Instant,
     last_scrape: Option<Instant>,
+    /// The traffic verdict sent with each readiness probe (`flotilla-traffic`), from the last
+    /// decision of the pod's own service; `None` until decided or without failover.
+    verdict: Option<&'static str>,
 }
 
 struct SvcEntry {
@@ -265,6 +268,7 @@ impl Engine {
                     in_flight: false,
                     next_due: first,
                     last_scrape: None,
+                    verdict: None,
                 },
             );
             self.heap.push(Reverse((first, id)));
@@ -334,18 +338,19 @@ impl Engine {
             entry.in_flight = true;
             let client = self.client.clone();
             let limits = self.cfg.scrape_limits;
+            let verdict = entry.verdict;
             self.probes.spawn(async move {
                 let p = &svc.probe;
-                let metrics_path = scrape_permit.as_ref().map(|_| p.metrics_path.as_str());
-                let rep = probe::run(
-                    &client,
+                let target = ProbeTarget {
                     addr,
-                    &p.readiness_path,
-                    metrics_path,
-                    p.timeout,
+                    readiness_path: &p.readiness_path,
+                    grpc_service: p.grpc.as_deref(),
+                    metrics_path: scrape_permit.as_ref().map(|_| p.metrics_path.as_str()),
+                    timeout: p.timeout,
                     limits,
-                )
-                .await;
+                    verdict,
+                };
+                let rep = probe::run(&client, &target).await;
                 drop((permit, scrape_permit));
                 (id, rep)
             });

@@ -28,6 +28,7 @@ impl Engine {
                 continue;
             };
             self.queue_notices(&key, &info, &d, now, &mut notices);
+            self.record_verdicts(&key, &info, &d);
             let want = self.service_desired(key, &info, &d);
             desired.services.insert(want.key.clone(), want);
         }
@@ -48,6 +49,25 @@ impl Engine {
                     .with_label_values(&["notice", "dropped"])
                     .inc();
             }
+        }
+    }
+
+    /// Remembers each primary pod's traffic verdict for its next readiness probes: `ejected`
+    /// when the decision takes it out of its Service (Enforce mode only: in Observe mode
+    /// nothing moves, so every pod stays `serving`).
+    fn record_verdicts(&mut self, key: &ObjKey, info: &ServiceInfo, d: &Decision) {
+        use flotilla_crds::traffic;
+        let enforce = info.failover.mode == super::super::policy::Mode::Enforce;
+        for (name, m) in &d.primary_members {
+            let pod = ObjKey::new(key.ns.clone(), name.clone());
+            let Some(entry) = self.ids.get(&pod).and_then(|id| self.pods.get_mut(id)) else {
+                continue;
+            };
+            entry.verdict = Some(if enforce && *m == Membership::Out {
+                traffic::EJECTED
+            } else {
+                traffic::SERVING
+            });
         }
     }
 
