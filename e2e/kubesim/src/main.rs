@@ -132,6 +132,9 @@ async fn start_cluster(
         .unwrap_or_else(|| root.join("target").join("kubesim"));
     std::fs::create_dir_all(&state_dir)
         .with_context(|| format!("creating {}", state_dir.display()))?;
+    // Pod processes run in their own directories: every path handed to them must be absolute.
+    let state_dir = std::path::absolute(&state_dir)
+        .with_context(|| format!("resolving {}", state_dir.display()))?;
     let config = ClusterConfig {
         port: common.port,
         kubeconfig_path: Some(state_dir.join("kubeconfig")),

@@ -253,6 +253,39 @@ fn access_review(kind: &str, raw: &[u8]) -> Result<Value, String> {
     Ok(out)
 }
 
+/// `DeleteOptions`, as client-go's typed clients (helm's release storage) send them.
+fn delete_options(raw: &[u8]) -> Result<Value, String> {
+    let mut out = Map::new();
+    let mut dry_run = Vec::new();
+    let mut r = Reader::new(raw);
+    while let Some((num, f)) = r.next()? {
+        match (num, f) {
+            (1, Field::Varint(v)) => {
+                // int64 on the wire: two's complement in a u64.
+                out.insert("gracePeriodSeconds".into(), json!(v as i64));
+            }
+            (2, Field::Bytes(x)) => {
+                out.insert(
+                    "preconditions".into(),
+                    Value::Object(string_fields(x, &["uid", "resourceVersion"])?),
+                );
+            }
+            (3, Field::Varint(v)) => {
+                out.insert("orphanDependents".into(), json!(v != 0));
+            }
+            (4, Field::Bytes(x)) => {
+                out.insert("propagationPolicy".into(), json!(text(x)?));
+            }
+            (5, Field::Bytes(x)) => dry_run.push(json!(text(x)?)),
+            _ => {}
+        }
+    }
+    if !dry_run.is_empty() {
+        out.insert("dryRun".into(), Value::Array(dry_run));
+    }
+    Ok(Value::Object(out))
+}
+
 pub fn decode(body: &[u8]) -> Result<Value, String> {
     let payload = body
         .strip_prefix(b"k8s\x00")
@@ -280,6 +313,7 @@ pub fn decode(body: &[u8]) -> Result<Value, String> {
         ("authorization.k8s.io/v1", "SelfSubjectAccessReview" | "SubjectAccessReview") => {
             access_review(&kind, raw)
         }
+        (_, "DeleteOptions") => delete_options(raw),
         _ => Err(format!("protobuf bodies are supported only for v1 Namespace, ConfigMap and Secret, not {api_version} {kind}")),
     }
 }

@@ -37,6 +37,9 @@ struct Options {
 fn options(req: &Request) -> Result<Options, ApiError> {
     let body: Value = if req.body.is_empty() {
         json!({})
+    } else if req.body.starts_with(b"k8s\x00") {
+        crate::proto::decode(&req.body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     } else {
         serde_json::from_slice(&req.body)
             .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?

@@ -179,7 +179,9 @@ fn command(exe: &Path, args: &[String], mounts: &[(String, PathBuf)]) -> Command
         "sh",
     ]);
     for (path, dir) in mounts {
-        cmd.arg(dir).arg(path);
+        // The process starts in the pod directory: relative sources would miss.
+        cmd.arg(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()))
+            .arg(path);
     }
     cmd.arg("--").arg(exe).args(args);
     cmd
