@@ -17,8 +17,18 @@ use crate::status::MicroServiceStatus;
 
 /// Pattern of a DNS-1035 label (Service names, dependency names).
 pub const DNS_LABEL_PATTERN: &str = r"^[a-z]([-a-z0-9]*[a-z0-9])?$";
+/// Pattern of a DNS-1123 subdomain (ServiceAccount names).
+pub const DNS_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// Pattern of an IANA service name (container port names); a letter is also required.
 pub const PORT_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
+/// Pattern of a non-empty Kubernetes label value.
+pub const LABEL_VALUE_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$";
+/// Pattern of a container image reference: no whitespace anywhere.
+pub const IMAGE_PATTERN: &str = r"^\S+$";
+/// Pattern of a ConfigMap key (the `config` keys; checked by the operator, since CEL over
+/// map keys would exceed the API server's cost budget).
+pub const CONFIG_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 
 /// Desired state of a MicroService: the container to run, how many replicas, its config, how it
 /// is exposed, what it depends on and how its traffic fails over. Flotilla turns it into a
@@ -64,14 +74,14 @@ pub const PORT_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
         description = "Container image"
     ),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
-    validation = Rule::new("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, at most 63 characters) because it names the Service"),
-    validation = Rule::new("!has(self.spec.failover) || !has(self.spec.failover.fallback) || self.spec.failover.fallback != self.metadata.name").message("spec.failover.fallback must name another MicroService, not this one"),
-    validation = Rule::new("!has(self.spec.dependencies) || !(self.metadata.name in self.spec.dependencies)").message("spec.dependencies must not contain the MicroService itself")
+    validation = Rule::new(format!("size(self.metadata.name) <= 63 && self.metadata.name.matches('{DNS_LABEL_PATTERN}')")).message("metadata.name must be a DNS-1035 label (lowercase letters, digits and '-', starting with a letter, at most 63 characters) because it names the Service"),
+    validation = Rule::new("!has(self.spec.failover) || !has(self.spec.failover.fallback) || self.spec.failover.fallback != self.metadata.name").message("spec.failover.fallback must name another MicroService, not this one").field_path(".spec.failover.fallback"),
+    validation = Rule::new("!has(self.spec.dependencies) || !(self.metadata.name in self.spec.dependencies)").message("spec.dependencies must not contain the MicroService itself").field_path(".spec.dependencies")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MicroServiceSpec {
     /// Container image to run, e.g. `flotilla/users:0.1.0`.
-    #[schemars(length(min = 1, max = 512))]
+    #[schemars(length(min = 1, max = 512), regex(pattern = IMAGE_PATTERN))]
     pub image: String,
 
     /// Number of pods. Ignored while `autoscaling` is set (the HorizontalPodAutoscaler owns the
@@ -108,6 +118,8 @@ pub struct MicroServiceSpec {
     /// Secrets, ConfigMaps and pod fields. Flotilla adds `POD_IP`, `POD_NAME`, `POD_NAMESPACE`,
     /// one `<NAME>_URL` per dependency and the `config` keys; an entry here with the same name wins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub env: Option<Vec<EnvVar>>,
 
     /// Configuration as key/value strings. Flotilla stores it in a ConfigMap named
@@ -165,12 +177,12 @@ pub struct MicroServiceSpec {
     /// Value of the `app.kubernetes.io/part-of` label on everything Flotilla creates for this
     /// MicroService. Defaults to the namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = LABEL_VALUE_PATTERN))]
     pub part_of: Option<String>,
 
     /// ServiceAccount the pods run as (the namespace's `default` when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(length(min = 1, max = 253), regex(pattern = DNS_SUBDOMAIN_PATTERN))]
     pub service_account_name: Option<String>,
 
     /// Node labels a node must have for the pods to be scheduled on it.
@@ -195,7 +207,7 @@ pub struct MicroServiceSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas", "message": "minReplicas must be less than or equal to maxReplicas"},
+    {"rule": "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas", "message": "minReplicas must be less than or equal to maxReplicas", "messageExpression": "'minReplicas (' + string(self.minReplicas) + ') must be less than or equal to maxReplicas (' + string(self.maxReplicas) + ')'"},
     {"rule": "has(self.targetCPUUtilizationPercentage) || has(self.targetMemoryUtilizationPercentage)", "message": "set targetCPUUtilizationPercentage and/or targetMemoryUtilizationPercentage"}
 ]))]
 pub struct AutoscalingSpec {

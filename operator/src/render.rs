@@ -1,18 +1,24 @@
-//! `flotilla-operator render`: MicroService YAML documents in, the objects the controller would
-//! apply out, as YAML, with no cluster. Uses the same validation and builders as the controller.
+//! `flotilla-operator render`: MicroService YAML documents in, the children the controller
+//! builds for each spec out (ConfigMap, Deployment, Service, HorizontalPodAutoscaler), as
+//! YAML, with no cluster. It uses the controller's validation and builders, and checks the
+//! documents against the CRD schema as `kubectl apply` asks the API server to (unknown fields
+//! are errors), so a spec that renders is one the API server admits.
 //!
+//! What only a running cluster decides is not shown: fields the API server defaults, a
+//! canary Deployment while a guarded rollout is under way, the failover engine's membership
+//! labels on pods, and the ports of dependencies that are not in the input (assumed 80).
 //! Documents of other kinds (a Secret next to its MicroService) are skipped with a warning.
 //! Errors name the document (1-based, in input order) and the field.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use flotilla_crds::{MicroService, MicroServiceSpec, API_VERSION, KIND};
+use flotilla_crds::{MicroService, API_VERSION, KIND};
 use serde::Deserialize;
 use serde_json::Value;
 
 use crate::build::{build, DesiredResources};
-use crate::validate::validate;
+use crate::validate::{schema, validate};
 
 /// A problem with one input document.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,34 +63,6 @@ fn doc_err(document: usize, field: impl Into<String>, message: impl Into<String>
     }
 }
 
-/// Known `spec` field names, from the CRD schema.
-fn spec_fields() -> Vec<String> {
-    let crd = flotilla_crds::crd();
-    crd.spec
-        .versions
-        .first()
-        .and_then(|v| v.schema.as_ref())
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-        .and_then(|s| s.properties.as_ref())
-        .and_then(|p| p.get("spec"))
-        .and_then(|s| s.properties.as_ref())
-        .map(|p| p.keys().cloned().collect())
-        .unwrap_or_default()
-}
-
-/// Finds which `spec` field fails to deserialise, by trying each alone on a minimal spec.
-fn failing_spec_field(spec: &serde_json::Map<String, Value>) -> Option<(String, String)> {
-    for (key, value) in spec {
-        let mut probe = serde_json::Map::new();
-        probe.insert("image".into(), Value::String("probe".into()));
-        probe.insert(key.clone(), value.clone());
-        if let Err(e) = serde_json::from_value::<MicroServiceSpec>(Value::Object(probe)) {
-            return Some((format!("spec.{key}"), e.to_string()));
-        }
-    }
-    None
-}
-
 /// What one input document is.
 enum Parsed {
     /// An empty document.
@@ -95,11 +73,12 @@ enum Parsed {
     MicroService(Box<MicroService>),
 }
 
-fn parse_document(index: usize, doc: Value) -> Result<Parsed, DocumentError> {
+fn parse_document(index: usize, doc: Value) -> Result<Parsed, Vec<DocumentError>> {
+    let one = |field: &str, message: String| vec![doc_err(index, field, message)];
     let obj = match doc {
         Value::Null => return Ok(Parsed::Empty),
         Value::Object(o) => o,
-        _ => return Err(doc_err(index, "-", "expected a YAML mapping")),
+        _ => return Err(one("-", "expected a YAML mapping".into())),
     };
     let api_version = obj
         .get("apiVersion")
@@ -107,35 +86,36 @@ fn parse_document(index: usize, doc: Value) -> Result<Parsed, DocumentError> {
         .unwrap_or_default();
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or_default();
     if kind.is_empty() {
-        return Err(doc_err(index, "kind", "is required"));
+        return Err(one("kind", "is required".into()));
     }
     if kind != KIND {
         return Ok(Parsed::Other(kind.to_string()));
     }
     if api_version != API_VERSION {
-        return Err(doc_err(
-            index,
+        return Err(one(
             "apiVersion",
             format!("expected {API_VERSION}, found {api_version:?}"),
         ));
     }
-    let Some(Value::Object(spec)) = obj.get("spec") else {
-        return Err(doc_err(index, "spec", "is required and must be a mapping"));
+    let Some(spec) = obj.get("spec").filter(|s| s.is_object()) else {
+        return Err(one("spec", "is required and must be a mapping".into()));
     };
-    let known = spec_fields();
-    if let Some(unknown) = spec.keys().find(|k| !known.contains(k)) {
-        return Err(doc_err(index, format!("spec.{unknown}"), "unknown field"));
+    let schema_errors = schema::check_spec(spec, true);
+    if !schema_errors.is_empty() {
+        return Err(schema_errors
+            .into_iter()
+            .map(|e| doc_err(index, e.field, e.message))
+            .collect());
     }
-    if !spec.contains_key("image") {
-        return Err(doc_err(index, "spec.image", "is required"));
-    }
-    let whole = Value::Object(obj.clone());
-    match serde_json::from_value::<MicroService>(whole) {
+    // The schema passed, so a decoding error is rare; it still names the field.
+    match serde_path_to_error::deserialize::<_, MicroService>(Value::Object(obj)) {
         Ok(ms) => Ok(Parsed::MicroService(Box::new(ms))),
         Err(e) => {
-            let (field, message) =
-                failing_spec_field(spec).unwrap_or_else(|| ("-".into(), e.to_string()));
-            Err(doc_err(index, field, message))
+            let field = match e.path().to_string() {
+                p if p == "." => "-".to_string(),
+                p => p,
+            };
+            Err(one(&field, e.into_inner().to_string()))
         }
     }
 }
@@ -169,7 +149,7 @@ pub fn render(input: &str, namespace: &str) -> Result<Rendered, RenderError> {
                 skipped.push(format!("document {index}: {kind} is not a {KIND}; skipped"))
             }
             Ok(Parsed::Empty) => {}
-            Err(e) => errors.push(e),
+            Err(e) => errors.extend(e),
         }
     }
 

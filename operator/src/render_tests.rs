@@ -99,7 +99,7 @@ fn errors_name_document_and_field() {
             (2, "spec.replicas".to_string()),
             (3, "spec.replica".to_string()),
             (4, "spec.image".to_string()),
-            (5, "spec.autoscaling.minReplicas".to_string()),
+            (5, "spec.autoscaling".to_string()),
         ]
     );
     assert_eq!(
@@ -117,7 +117,7 @@ fn error_text() {
         .unwrap_or_else(|| panic!("invalid"));
     assert_eq!(
         e.to_string(),
-        "document 1: spec.port: must be between 1 and 65535"
+        "document 1: spec.port: should be greater than or equal to 1"
     );
 }
 
@@ -130,5 +130,23 @@ fn other_kinds_are_skipped() {
     assert_eq!(
         r.warnings,
         vec!["document 1: Secret is not a MicroService; skipped".to_string()]
+    );
+}
+
+/// Nested mistakes are reported at their full path, and the CRD's rules hold for render too.
+#[test]
+fn nested_errors_have_full_paths() {
+    let head = "apiVersion: flotilla.rs/v1alpha1\nkind: MicroService\nmetadata: {name: a}\n";
+    let typo = format!("{head}spec: {{image: x, health: {{periodMilis: 500}}}}\n");
+    let kind = format!("{head}spec: {{image: x, env: [{{name: A, value: 1}}]}}\n");
+    let rule = format!("{head}spec: {{image: x, failover: {{maxErrorRate: 0.5}}}}\n");
+    let input = [typo, kind, rule].join("---\n");
+    assert_eq!(
+        errors(&input),
+        vec![
+            (1, "spec.health.periodMilis".to_string()),
+            (2, "spec.env[0].value".to_string()),
+            (3, "spec.failover".to_string()),
+        ]
     );
 }

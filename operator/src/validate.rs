@@ -1,15 +1,20 @@
 //! First stage of the pipeline: check a MicroService for what the schema cannot express and turn
 //! it into a [`ValidatedSpec`], the only input the builders accept.
 //!
-//! The API server already enforces the schema and CEL rules, but `render` runs without a server,
-//! so the checks that matter for building are repeated here. Pure: no client, no clock.
+//! The API server enforces the CRD's schema and CEL rules, but `render` runs without a server
+//! and the controller must never build from a spec the server would refuse, so the same
+//! verdict is reached here: the schema's constraints are read from the generated CRD, its CEL
+//! rules are restated one by one, and the few checks the server cannot make are added. The
+//! agreement tests run specs through the API server, `validate` and `render` and require one
+//! verdict. Pure: no client, no clock.
 
-use std::collections::BTreeSet;
 use std::fmt;
+use std::sync::LazyLock;
 
 use flotilla_crds::{MicroService, MicroServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
+use regex::Regex;
 
 /// One problem in a spec, with the path of the offending field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,7 +126,9 @@ pub fn validate(
         errs.push("spec.partOf", "must be a valid label value (at most 63 characters, alphanumeric at both ends, '-', '_', '.' inside)");
     }
     if !errs.0.is_empty() {
-        return Err(InvalidSpec { errors: errs.0 });
+        let mut errors = errs.0;
+        errors.sort_by(|a, b| a.field.cmp(&b.field));
+        return Err(InvalidSpec { errors });
     }
 
     let mut dependencies = Vec::new();
@@ -163,37 +170,36 @@ impl Errors {
     }
 }
 
+/// Every check of a spec: the CRD's OpenAPI constraints (read from the generated schema),
+/// the CRD's CEL rules (restated here; the agreement tests run both on the same specs), and
+/// the few checks the API server cannot make, which the operator reports in status.
 fn check_spec(name: &str, spec: &MicroServiceSpec, errs: &mut Errors) {
-    if spec.image.trim().is_empty() {
-        errs.push("spec.image", "is required");
+    match serde_json::to_value(spec) {
+        Ok(json) => errs.0.extend(schema::check_spec(&json, false)),
+        Err(e) => errs.push("spec", format!("cannot be represented as JSON: {e}")),
     }
-    if spec.replicas < 0 {
-        errs.push("spec.replicas", "must be 0 or more");
-    }
-    check_port("spec.port", spec.port, errs);
-    check_port("spec.service.port", spec.service.port, errs);
+    check_rules(name, spec, errs);
+    check_operator_only(spec, errs);
+}
+
+/// The CEL rules (`x-kubernetes-validations`) of the CRD, one branch per rule, reported at
+/// the field the API server reports them at.
+fn check_rules(name: &str, spec: &MicroServiceSpec, errs: &mut Errors) {
     let pn = &spec.port_name;
-    if pn.is_empty()
-        || pn.len() > 15
-        || !pn
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        || pn.starts_with('-')
-        || pn.ends_with('-')
-        || pn.contains("--")
-        || !pn.chars().any(|c| c.is_ascii_lowercase())
-    {
-        errs.push("spec.portName", "must be an IANA service name (at most 15 lowercase letters, digits and '-', with a letter)");
+    if !pn.chars().any(|c| c.is_ascii_lowercase()) || pn.contains("--") {
+        errs.push(
+            "spec.portName",
+            "portName must contain a letter and no '--'",
+        );
     }
-    check_config(spec, errs);
     if let Some(a) = &spec.autoscaling {
-        if a.min_replicas < 1 {
-            errs.push("spec.autoscaling.minReplicas", "must be at least 1");
-        }
         if a.min_replicas > a.max_replicas {
             errs.push(
-                "spec.autoscaling.minReplicas",
-                "must be less than or equal to maxReplicas",
+                "spec.autoscaling",
+                format!(
+                    "minReplicas ({}) must be less than or equal to maxReplicas ({})",
+                    a.min_replicas, a.max_replicas
+                ),
             );
         }
         if a.target_cpu_utilization_percentage.is_none()
@@ -201,93 +207,55 @@ fn check_spec(name: &str, spec: &MicroServiceSpec, errs: &mut Errors) {
         {
             errs.push(
                 "spec.autoscaling",
-                "needs targetCPUUtilizationPercentage and/or targetMemoryUtilizationPercentage",
-            );
-        }
-        for (f, v) in [
-            (
-                "targetCPUUtilizationPercentage",
-                a.target_cpu_utilization_percentage,
-            ),
-            (
-                "targetMemoryUtilizationPercentage",
-                a.target_memory_utilization_percentage,
-            ),
-        ] {
-            if v.is_some_and(|v| v < 1) {
-                errs.push(format!("spec.autoscaling.{f}"), "must be at least 1");
-            }
-        }
-    }
-    let h = &spec.health;
-    for (f, p) in [
-        ("livenessPath", &h.liveness_path),
-        ("readinessPath", &h.readiness_path),
-        ("metricsPath", &h.metrics_path),
-    ] {
-        if !p.starts_with('/') {
-            errs.push(format!("spec.health.{f}"), "must start with '/'");
-        }
-    }
-    for (f, v, min) in [
-        ("periodMillis", h.period_millis, 1),
-        ("timeoutMillis", h.timeout_millis, 1),
-        ("failureThreshold", h.failure_threshold, 1),
-        ("successThreshold", h.success_threshold, 1),
-        ("initialDelaySeconds", h.initial_delay_seconds, 0),
-    ] {
-        if v < min {
-            errs.push(
-                format!("spec.health.{f}"),
-                format!("must be at least {min}"),
+                "set targetCPUUtilizationPercentage and/or targetMemoryUtilizationPercentage",
             );
         }
     }
-    let mut seen = BTreeSet::new();
-    for (i, dep) in spec.dependencies.iter().flatten().enumerate() {
-        let field = format!("spec.dependencies[{i}]");
-        if !is_dns_label(dep) {
-            errs.push(&field, "must be a MicroService name (DNS-1035 label)");
-        }
-        if dep == name {
-            errs.push(&field, "must not name the MicroService itself");
-        }
-        if !seen.insert(dep) {
-            errs.push(&field, format!("duplicate dependency {dep:?}"));
-        }
+    if spec.dependencies.iter().flatten().any(|d| d == name) {
+        errs.push(
+            "spec.dependencies",
+            "spec.dependencies must not contain the MicroService itself",
+        );
     }
     let f = &spec.failover;
-    match &f.fallback {
-        None if f.enabled => errs.push(
-            "spec.failover.fallback",
-            "is required when failover is enabled",
-        ),
-        Some(fb) if fb == name => errs.push(
-            "spec.failover.fallback",
-            "must name another MicroService, not this one",
-        ),
-        Some(fb) if !is_dns_label(fb) => errs.push(
-            "spec.failover.fallback",
-            "must be a MicroService name (DNS-1035 label)",
-        ),
-        _ => {}
+    if f.enabled && f.fallback.is_none() {
+        errs.push(
+            "spec.failover",
+            "failover.fallback is required when failover.enabled is true",
+        );
     }
-    if f.max_error_rate.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+    if f.max_error_rate.is_some() && !f.scrape_metrics {
+        errs.push(
+            "spec.failover",
+            "failover.maxErrorRate needs failover.scrapeMetrics: true",
+        );
+    }
+    if f.fallback.as_deref() == Some(name) {
+        errs.push(
+            "spec.failover.fallback",
+            "spec.failover.fallback must name another MicroService, not this one",
+        );
+    }
+    // JSON has no NaN, so the schema cannot see one a typed caller sets; bounds cover the rest.
+    if f.max_error_rate.is_some_and(f64::is_nan) {
         errs.push("spec.failover.maxErrorRate", "must be between 0 and 1");
     }
-    if f.min_healthy < 1 {
-        errs.push("spec.failover.minHealthy", "must be at least 1");
+    let r = &spec.rollout;
+    if r.canary_replicas.is_some() && r.canary_percent.is_some() {
+        errs.push(
+            "spec.rollout",
+            "set rollout.canaryReplicas or rollout.canaryPercent, not both",
+        );
     }
-    check_rollout(spec, errs);
-    let mut env_names = BTreeSet::new();
+}
+
+/// What the API server cannot check (CEL over map keys and sums would exceed its cost
+/// budget) but would make the children unappliable: the operator reports these in status.
+fn check_operator_only(spec: &MicroServiceSpec, errs: &mut Errors) {
+    check_config(spec, errs);
     for (i, e) in spec.env.iter().flatten().enumerate() {
         if e.name.is_empty() {
             errs.push(format!("spec.env[{i}].name"), "is required");
-        } else if !env_names.insert(&e.name) {
-            errs.push(
-                format!("spec.env[{i}].name"),
-                format!("duplicate variable {:?}", e.name),
-            );
         }
     }
     for key in spec.pod_annotations.iter().flat_map(|m| m.keys()) {
@@ -300,56 +268,25 @@ fn check_spec(name: &str, spec: &MicroServiceSpec, errs: &mut Errors) {
     }
 }
 
-/// The rollout and traffic-policy rules the schema states, again for `render`.
-fn check_rollout(spec: &MicroServiceSpec, errs: &mut Errors) {
-    let r = &spec.rollout;
-    if r.canary_replicas.is_some() && r.canary_percent.is_some() {
-        errs.push(
-            "spec.rollout",
-            "set rollout.canaryReplicas or rollout.canaryPercent, not both",
-        );
-    }
-    if !(0.0..=1.0).contains(&r.max_error_rate) {
-        errs.push("spec.rollout.maxErrorRate", "must be between 0 and 1");
-    }
-    if r.analysis_seconds < 1 {
-        errs.push("spec.rollout.analysisSeconds", "must be at least 1");
-    }
-    let f = &spec.failover;
-    for (field, pct) in [
-        ("spec.failover.maxEjectionPercent", f.max_ejection_percent),
-        (
-            "spec.failover.panicThresholdPercent",
-            f.panic_threshold_percent,
-        ),
-    ] {
-        if !(0..=100).contains(&pct) {
-            errs.push(field, "must be between 0 and 100");
-        }
-    }
-}
-
-fn check_port(field: &str, port: i32, errs: &mut Errors) {
-    if !(1..=65535).contains(&port) {
-        errs.push(field, "must be between 1 and 65535");
-    }
-}
-
 /// ConfigMaps hold at most 1 MiB; stay clearly below it.
 const MAX_CONFIG_BYTES: usize = 1_000_000;
 
+static CONFIG_KEY: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(flotilla_crds::CONFIG_KEY_PATTERN).ok());
+static DNS_LABEL: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(flotilla_crds::DNS_LABEL_PATTERN).ok());
+static LABEL_VALUE: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(flotilla_crds::LABEL_VALUE_PATTERN).ok());
+
+fn is_match(re: &LazyLock<Option<Regex>>, s: &str) -> bool {
+    re.as_ref().is_some_and(|r| r.is_match(s))
+}
+
 fn check_config(spec: &MicroServiceSpec, errs: &mut Errors) {
-    let mut total = 0;
+    let mut total = 0usize;
     for (k, v) in spec.config.iter().flatten() {
-        total += k.len() + v.len();
-        if k.is_empty()
-            || k.len() > 253
-            || !k
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-            || k == "."
-            || k == ".."
-        {
+        total = total.saturating_add(k.len()).saturating_add(v.len());
+        if k.len() > 253 || !is_match(&CONFIG_KEY, k) || k == "." || k == ".." {
             errs.push(
                 format!("spec.config[{k}]"),
                 "keys must consist of letters, digits, '-', '_' or '.' (at most 253 characters)",
@@ -359,36 +296,17 @@ fn check_config(spec: &MicroServiceSpec, errs: &mut Errors) {
     if total > MAX_CONFIG_BYTES {
         errs.push("spec.config", "is larger than 1 MB");
     }
-    if let Some(p) = &spec.config_mount_path {
-        if !p.starts_with('/') || p.len() < 2 {
-            errs.push(
-                "spec.configMountPath",
-                "must be an absolute path other than /",
-            );
-        }
-    }
 }
 
-/// DNS-1035 label: `[a-z]([-a-z0-9]*[a-z0-9])?`, at most 63 characters.
+/// DNS-1035 label ([`flotilla_crds::DNS_LABEL_PATTERN`]), at most 63 characters.
 pub fn is_dns_label(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_lowercase()
-        && b.iter()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && !s.ends_with('-')
+    s.len() <= 63 && is_match(&DNS_LABEL, s)
 }
 
-/// Kubernetes label value: empty, or at most 63 characters, alphanumeric at both ends.
+/// Kubernetes label value: empty, or at most 63 characters matching
+/// [`flotilla_crds::LABEL_VALUE_PATTERN`].
 pub fn is_label_value(s: &str) -> bool {
-    let b = s.as_bytes();
-    b.is_empty()
-        || (b.len() <= 63
-            && b[0].is_ascii_alphanumeric()
-            && b[b.len() - 1].is_ascii_alphanumeric()
-            && b.iter()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')))
+    s.is_empty() || (s.len() <= 63 && is_match(&LABEL_VALUE, s))
 }
 
 /// Whether `key` can be used as an environment variable name (C identifier).
@@ -399,6 +317,9 @@ pub fn is_env_name(key: &str) -> bool {
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
+
+#[path = "validate_schema.rs"]
+pub(crate) mod schema;
 
 #[cfg(test)]
 #[path = "validate_tests.rs"]

@@ -74,11 +74,11 @@ fn cross_field_rules() {
     assert_eq!(
         got,
         vec![
-            "spec.autoscaling.minReplicas",
             "spec.autoscaling",
-            "spec.dependencies[0]",
+            "spec.autoscaling",
+            "spec.dependencies",
             "spec.dependencies[2]",
-            "spec.failover.fallback",
+            "spec.failover",
         ]
     );
 }
@@ -95,7 +95,9 @@ fn fallback_not_self() {
     );
 }
 
-/// Bad names, ports, config keys, paths and duplicate env names are reported by field.
+/// Bad names, ports, config keys, paths and duplicate env names are reported by field, in
+/// field order; a port name breaking both its pattern and its CEL rule gets both errors, as
+/// from the API server.
 #[test]
 fn field_level_errors() {
     let mut spec = MicroServiceSpec::with_image(" ");
@@ -120,14 +122,15 @@ fn field_level_errors() {
         got,
         vec![
             "metadata.name",
+            "spec.configMountPath",
+            "spec.config[bad key]",
+            "spec.env[1]",
+            "spec.health.readinessPath",
             "spec.image",
+            "spec.podAnnotations[flotilla.rs/config-hash]",
             "spec.port",
             "spec.portName",
-            "spec.config[bad key]",
-            "spec.configMountPath",
-            "spec.health.readinessPath",
-            "spec.env[1].name",
-            "spec.podAnnotations[flotilla.rs/config-hash]",
+            "spec.portName",
         ]
     );
 }
@@ -140,7 +143,36 @@ fn error_display_names_fields() {
     let err = validate(&ms("auth", spec), None, &none)
         .err()
         .unwrap_or_else(|| panic!("invalid"));
-    assert_eq!(err.to_string(), "spec.port: must be between 1 and 65535");
+    assert_eq!(
+        err.to_string(),
+        "spec.port: should be less than or equal to 65535"
+    );
+}
+
+/// A NaN error rate, which JSON (and so the schema) cannot carry, is still refused.
+#[test]
+fn nan_error_rate_is_refused() {
+    let mut spec = MicroServiceSpec::with_image("x");
+    spec.failover.scrape_metrics = true;
+    spec.failover.max_error_rate = Some(f64::NAN);
+    spec.rollout.max_error_rate = f64::NAN;
+    assert_eq!(
+        fields(validate(&ms("auth", spec), None, &none)),
+        vec!["spec.failover.maxErrorRate", "spec.rollout.maxErrorRate"]
+    );
+}
+
+/// maxErrorRate without metrics scraping is refused, as by the CRD's rule.
+#[test]
+fn max_error_rate_needs_scraping() {
+    let mut spec = MicroServiceSpec::with_image("x");
+    spec.failover.max_error_rate = Some(0.5);
+    assert_eq!(
+        fields(validate(&ms("auth", spec.clone()), None, &none)),
+        vec!["spec.failover"]
+    );
+    spec.failover.scrape_metrics = true;
+    assert!(validate(&ms("auth", spec), None, &none).is_ok());
 }
 
 /// Name helpers follow the Kubernetes rules.
@@ -171,10 +203,10 @@ fn rollout_rules() {
     assert_eq!(
         fields(validate(&ms("auth", spec), None, &none)),
         vec![
-            "spec.rollout",
-            "spec.rollout.maxErrorRate",
             "spec.failover.maxEjectionPercent",
             "spec.failover.panicThresholdPercent",
+            "spec.rollout",
+            "spec.rollout.maxErrorRate",
         ]
     );
 }

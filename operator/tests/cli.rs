@@ -101,7 +101,7 @@ fn render_rejects_invalid_documents() -> Result<()> {
     assert!(!out.status.success());
     let err = String::from_utf8(out.stderr)?;
     assert!(
-        err.contains("document 2: spec.autoscaling.minReplicas"),
+        err.contains("document 2: spec.autoscaling: minReplicas"),
         "unexpected error output: {err}"
     );
     assert!(out.stdout.is_empty());
