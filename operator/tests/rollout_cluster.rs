@@ -267,3 +267,50 @@ async fn release_failing_readiness_is_rolled_back() -> Result<()> {
     sim.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn release_answering_500_is_rolled_back() -> Result<()> {
+    // With failover on and metrics scraped, a canary answering 500 on half of its requests shows
+    // a 5xx ratio far above the stable pods' and is rolled back; the client's failures stay below
+    // the canary's share of the traffic times the fault rate.
+    let sim = Sim::start("rollout-500").await?;
+    sim.create_users("users-backup", 1, |_| {}).await?;
+    sim.create_users(NAME, 2, |s| {
+        s.rollout.strategy = RolloutStrategy::Guarded;
+        s.rollout.analysis_seconds = 60;
+        s.rollout.max_error_rate = 0.1;
+        s.failover.enabled = true;
+        s.failover.fallback = Some("users-backup".into());
+        s.failover.scrape_metrics = true;
+        s.failover.error_rate_window_seconds = 5;
+    })
+    .await?;
+    sim.ready_pods(NAME, 2).await?;
+    sim.wait("the first template to be stable", || async {
+        Ok(rollout(&sim)
+            .await?
+            .filter(|r| r.phase == RolloutPhase::Stable))
+    })
+    .await?;
+    let (traffic, from) = client(&sim).await?;
+    release(&sim, "500", "flotilla/users:0.1.0").await?;
+    let canary = sim
+        .wait("a ready canary pod", || async {
+            let pods = canary_pods(sim.pods_of(NAME).await?);
+            Ok(pods.into_iter().find(is_ready))
+        })
+        .await?;
+    sim.wait("the error fault on the canary", || async {
+        Ok(set_fault(&canary, r#"{"errorRate": 0.5}"#).await.ok())
+    })
+    .await?;
+    let r = assert_rolled_back(&sim, &["CanaryErrorRate"]).await?;
+    eprintln!("evidence: {:?}", r.evidence);
+    let (failed, total) = failures(&traffic, from);
+    eprintln!("release answering 500: {failed} of {total} requests failed");
+    if total == 0 || failed * 6 > total {
+        bail!("{failed} of {total} client requests failed");
+    }
+    sim.shutdown().await;
+    Ok(())
+}

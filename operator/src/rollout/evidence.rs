@@ -99,8 +99,11 @@ fn canary_pod(pod: &Pod, name: String, verdict: Option<&PodHealth>) -> CanaryPod
         ready,
         fatal_waiting,
         restarts,
+        // Only failed probes of a kubelet-Ready pod are evidence: a pod not probed yet is not
+        // "healthy" either, and one still starting fails probes until it listens (its readiness
+        // is judged by `readyTimeoutSeconds`).
         probe_failure: verdict
-            .filter(|v| !v.healthy)
+            .filter(|v| ready && !v.healthy && v.consecutive_failures.unwrap_or(0) > 0)
             .map(|v| v.last_probe.clone().unwrap_or_else(|| "unhealthy".into())),
         error_ratio: verdict.and_then(|v| v.error_ratio),
     }
@@ -176,6 +179,7 @@ mod tests {
                 name: "c-2".into(),
                 healthy: false,
                 last_probe: Some("http 503".into()),
+                consecutive_failures: Some(2),
                 error_ratio: Some(0.5),
                 ..PodHealth::default()
             },
@@ -192,5 +196,26 @@ mod tests {
         assert_eq!(e.pods[1].probe_failure.as_deref(), Some("http 503"));
         assert_eq!(e.pods[1].error_ratio, Some(0.5));
         assert_eq!(e.pods[1].revision.as_deref(), Some("r2"));
+    }
+
+    /// A canary pod the prober has not probed yet is not a probe failure.
+    #[test]
+    fn not_yet_probed_is_no_failure() {
+        let verdicts = [PodHealth {
+            name: "c-1".into(),
+            healthy: false,
+            last_probe: Some("not probed yet".into()),
+            ..PodHealth::default()
+        }];
+        let e = CanaryEvidence::from_pods(&[pod("c-1", true, true, None, 0)], &verdicts);
+        assert_eq!(e.pods[0].probe_failure, None);
+        // Nor is a failed probe of a pod that is still starting.
+        let starting = [PodHealth {
+            consecutive_failures: Some(3),
+            last_probe: Some("connect error".into()),
+            ..verdicts[0].clone()
+        }];
+        let e = CanaryEvidence::from_pods(&[pod("c-1", true, false, None, 0)], &starting);
+        assert_eq!(e.pods[0].probe_failure, None);
     }
 }
