@@ -6,45 +6,24 @@
 //! (`/api/v1/namespaces/<ns>/services/<name>:<port>/proxy/<path>`), which still load-balances over
 //! the Service's endpoints.
 
-use std::time::Duration;
-
 use anyhow::{bail, Context, Result};
+use flotilla_testkit::http::{self as client, Reply, REQUEST_TIMEOUT};
+use flotilla_testkit::Harness;
 use k8s_openapi::api::core::v1::Service;
-use kube::Api;
 use serde_json::Value;
-
-use crate::env::Ctx;
-
-/// An HTTP response: status code and body text.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Reply {
-    /// HTTP status code.
-    pub status: u16,
-    /// Body as text.
-    pub body: String,
-}
-
-impl Reply {
-    /// The body parsed as JSON.
-    pub fn json(&self) -> Result<Value> {
-        serde_json::from_str(&self.body).with_context(|| format!("body is not JSON: {}", self.body))
-    }
-}
-
-/// Timeout of one request: long enough for a loaded machine, short enough to retry within a wait.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sends `method path` with an optional JSON body to the Service `service` in the test namespace,
 /// on the Service's first port.
 pub async fn service_request(
-    ctx: &Ctx<'_>,
+    h: &Harness,
     service: &str,
     method: http::Method,
     path: &str,
     body: Option<&Value>,
     bearer: Option<&str>,
 ) -> Result<Reply> {
-    let svc = Api::<Service>::namespaced(ctx.client.clone(), &ctx.ns)
+    let svc = h
+        .api::<Service>()
         .get(service)
         .await
         .with_context(|| format!("reading Service {service}"))?;
@@ -59,29 +38,21 @@ pub async fn service_request(
         Some(value) => serde_json::to_vec(value)?,
         None => Vec::new(),
     };
-    if ctx.env.is_local() {
+    if h.is_local() {
         let ip = spec.cluster_ip.context("Service has no cluster IP")?;
         let url = format!("http://{ip}:{port}{path}");
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()?;
-        let mut request = http
-            .request(method, &url)
-            .header("content-type", "application/json");
+        let mut request = client::request(method, &url).header("content-type", "application/json");
         if let Some(token) = bearer {
             request = request.bearer_auth(token);
         }
         if body.is_some() {
             request = request.body(payload);
         }
-        let response = request.send().await.with_context(|| url.clone())?;
-        let status = response.status().as_u16();
-        let body = response.text().await?;
-        Ok(Reply { status, body })
+        client::send(request).await
     } else {
         let uri = format!(
             "/api/v1/namespaces/{}/services/{service}:{port}/proxy{path}",
-            ctx.ns
+            h.ns
         );
         if bearer.is_some() {
             // The API server authenticates the proxy request with the Authorization header and
@@ -93,7 +64,7 @@ pub async fn service_request(
             .uri(&uri)
             .header("content-type", "application/json")
             .body(kube::client::Body::from(payload))?;
-        let response = tokio::time::timeout(REQUEST_TIMEOUT, ctx.client.send(request))
+        let response = tokio::time::timeout(REQUEST_TIMEOUT, h.client.send(request))
             .await
             .with_context(|| format!("{uri} timed out"))??;
         let status = response.status().as_u16();

@@ -1,22 +1,15 @@
-//! The Flotilla end-to-end harness.
+//! The Flotilla end-to-end suite's library, on top of the shared harness (`flotilla-testkit`).
 //!
-//! - [`env`]: the cluster a test runs against (from `KUBECONFIG`, or a local one) and
-//!   [`env::run_test`], which gives each test its own labelled namespace and reports failures.
-//! - [`local`]: the local cluster: kubesim, its node, and the operator as a child process.
-//! - [`msvc`]: applying MicroServices and waiting for them to be Ready.
+//! - [`env`]: [`env::run_test`]: the cluster a test runs against (from
+//!   `FLOTILLA_E2E_KUBECONFIG`, or a local one with the operator as a child process), the test's
+//!   labelled namespace, and the failure report.
+//! - [`msvc`]: the sample manifests, applied into a test namespace, waited on until Ready.
 //! - [`http`]: requests to a Service as an in-cluster client would send them.
-//! - [`namespace`]: one labelled namespace per test.
-//! - [`wait`]: waiting on conditions with deadlines (never fixed sleeps).
-//! - [`dump`]: what a failed test prints about its namespace.
 //! - [`tools`]: finding `helm`, `kubectl` and the Python validators; running them.
 //! - [`chart`]: rendering the Helm charts and validating the rendered objects.
 
 pub mod chart;
-pub mod dump;
 pub mod env;
 pub mod http;
-pub mod local;
 pub mod msvc;
-pub mod namespace;
 pub mod tools;
-pub mod wait;

@@ -4,14 +4,15 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use flotilla_crds::{conditions, MicroService};
+use flotilla_crds::MicroService;
 use kube::api::{Patch, PatchParams};
 use kube::{Api, ResourceExt};
 
-use crate::env::{Ctx, FIELD_MANAGER};
+use flotilla_testkit::cluster::FIELD_MANAGER;
+use flotilla_testkit::Harness;
 use k8s_openapi::api::core::v1::Secret;
 
-use crate::{chart, tools, wait};
+use crate::{chart, tools};
 
 /// Deadline for a MicroService to become Ready: process start-up, probes and a rollout.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(180);
@@ -55,17 +56,17 @@ pub fn parse_sample(text: &str) -> Result<Sample> {
 }
 
 /// Server-side applies the sample's Secrets and then its MicroService into the test namespace.
-pub async fn apply_sample(ctx: &Ctx<'_>, sample: &Sample) -> Result<MicroService> {
-    apply_secrets(ctx, sample).await?;
-    apply(ctx, &sample.msvc).await
+pub async fn apply_sample(h: &Harness, sample: &Sample) -> Result<MicroService> {
+    apply_secrets(h, sample).await?;
+    h.apply(&sample.msvc).await
 }
 
 /// Server-side applies the sample's Secrets into the test namespace.
-pub async fn apply_secrets(ctx: &Ctx<'_>, sample: &Sample) -> Result<()> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.ns);
+pub async fn apply_secrets(h: &Harness, sample: &Sample) -> Result<()> {
+    let secrets: Api<Secret> = Api::namespaced(h.client.clone(), &h.ns);
     for secret in &sample.secrets {
         let mut secret = secret.clone();
-        secret.metadata.namespace = Some(ctx.ns.clone());
+        secret.metadata.namespace = Some(h.ns.clone());
         let name = secret.name_any();
         secrets
             .patch(
@@ -79,42 +80,9 @@ pub async fn apply_secrets(ctx: &Ctx<'_>, sample: &Sample) -> Result<()> {
     Ok(())
 }
 
-/// The MicroService API of the test namespace.
-pub fn api(ctx: &Ctx<'_>) -> Api<MicroService> {
-    Api::namespaced(ctx.client.clone(), &ctx.ns)
-}
-
-/// Server-side applies `msvc` into the test namespace (field manager `flotilla-e2e`).
-pub async fn apply(ctx: &Ctx<'_>, msvc: &MicroService) -> Result<MicroService> {
-    let mut obj = msvc.clone();
-    obj.metadata.namespace = Some(ctx.ns.clone());
-    obj.metadata.resource_version = None;
-    obj.metadata.uid = None;
-    obj.metadata.managed_fields = None;
-    obj.status = None;
-    let name = obj.name_any();
-    api(ctx)
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&obj),
-        )
-        .await
-        .with_context(|| format!("applying MicroService {name}"))
-}
-
-/// True when the status describes the current generation and says Ready.
-pub fn is_ready(msvc: &MicroService) -> bool {
-    let Some(status) = msvc.status.as_ref() else {
-        return false;
-    };
-    status.observed_generation == msvc.metadata.generation
-        && wait::is_true(&status.conditions, conditions::READY)
-}
-
 /// Waits until the MicroService `name` is Ready for its current generation.
-pub async fn wait_ready(ctx: &Ctx<'_>, name: &str) -> Result<MicroService> {
-    wait::for_object(&api(ctx), name, READY_TIMEOUT, is_ready).await
+pub async fn wait_ready(h: &Harness, name: &str) -> Result<MicroService> {
+    h.wait_ready(name, READY_TIMEOUT).await
 }
 
 #[cfg(test)]

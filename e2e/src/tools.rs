@@ -12,11 +12,7 @@ use std::process::{Command, Output, Stdio};
 
 use anyhow::{bail, Context, Result};
 
-/// Root of the repository (the parent of the `e2e` crate).
-pub fn repo_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
+pub use flotilla_testkit::paths::repo_root;
 
 /// Directories searched before `PATH`, in order.
 fn tool_dirs() -> Vec<PathBuf> {

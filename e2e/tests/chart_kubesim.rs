@@ -49,12 +49,14 @@ async fn rendered_chart_applies_to_kubesim_and_operator_reconciles() -> Result<(
     // The rendered chart (CRD included) is accepted by `kubectl apply --server-side`, and the
     // operator started with the chart's own container arguments reconciles a MicroService to
     // Ready on that cluster.
-    use flotilla_e2e::local::{free_port, LocalCluster, OperatorProcess};
-    use flotilla_e2e::{msvc, wait};
+    use flotilla_e2e::msvc;
+    use flotilla_testkit::cluster::LocalCluster;
+    use flotilla_testkit::operator::{free_port, OperatorProcess};
+    use flotilla_testkit::wait;
     use kube::api::{Patch, PatchParams};
     use kube::Api;
 
-    let cluster = LocalCluster::start_bare().await?;
+    let cluster = LocalCluster::start().await?;
     let kubeconfig = cluster.kubeconfig_path().to_string_lossy().into_owned();
     let kubectl = tools::find("kubectl")?;
     let helm = tools::find("helm")?;
@@ -122,7 +124,7 @@ async fn rendered_chart_applies_to_kubesim_and_operator_reconciles() -> Result<(
     .await?;
 
     let client = cluster.client();
-    let namespace = flotilla_e2e::namespace::TestNamespace::create(
+    let namespace = flotilla_testkit::namespace::TestNamespace::create(
         &client,
         "rendered_chart_applies_to_kubesim_and_operator_reconciles",
     )
@@ -140,13 +142,19 @@ async fn rendered_chart_applies_to_kubesim_and_operator_reconciles() -> Result<(
         &Patch::Apply(&sample),
     )
     .await?;
-    let ready = wait::for_object(&api, "users", msvc::READY_TIMEOUT, msvc::is_ready).await;
+    let ready = wait::for_object(
+        &api,
+        "users",
+        msvc::READY_TIMEOUT,
+        flotilla_testkit::is_ready,
+    )
+    .await;
     if ready.is_err() {
         eprintln!(
             "{}",
-            flotilla_e2e::dump::namespace_report(&client, &namespace.name).await
+            flotilla_testkit::dump::namespace_report(&client, &namespace.name).await
         );
-        eprintln!("operator log:\n{}", flotilla_e2e::local::tail(&log, 80));
+        eprintln!("operator log:\n{}", flotilla_testkit::paths::tail(&log, 80));
         eprintln!("{}", cluster.diagnostics());
     }
     let ready = ready?;

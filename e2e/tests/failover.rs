@@ -10,9 +10,11 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use flotilla_crds::{labels, ActiveTarget, MicroService};
-use flotilla_e2e::env::{run_test, Ctx};
-use flotilla_e2e::{http, msvc, wait};
+use flotilla_crds::{labels, ActiveTarget};
+use flotilla_e2e::env::run_test;
+use flotilla_e2e::{http, msvc};
+use flotilla_testkit::http as testkit_http;
+use flotilla_testkit::Harness;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
@@ -34,27 +36,27 @@ fn admin_token(sample: &msvc::Sample) -> Result<String> {
 }
 
 /// Sends `method /admin/faults` with `body` to one pod.
-async fn set_faults(ctx: &Ctx<'_>, pod: &Pod, token: &str, body: Option<&str>) -> Result<()> {
-    let (base, _forward) = pod_base_url(ctx, pod).await?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
+async fn set_faults(h: &Harness, pod: &Pod, token: &str, body: Option<&str>) -> Result<()> {
+    let (base, _forward) = pod_base_url(h, pod).await?;
     let url = format!("{base}/admin/faults");
     let request = match body {
-        Some(b) => client
-            .post(&url)
+        Some(b) => testkit_http::request(::http::Method::POST, &url)
             .header("content-type", "application/json")
             .body(b.to_owned()),
-        None => client.delete(&url),
+        None => testkit_http::request(::http::Method::DELETE, &url),
     };
-    let status = request.bearer_auth(token).send().await?.status();
-    ensure!(status.is_success(), "{url} answered {status}");
+    let reply = testkit_http::send(request.bearer_auth(token)).await?;
+    ensure!(
+        (200..300).contains(&reply.status),
+        "{url} answered {}",
+        reply.status
+    );
     Ok(())
 }
 
 /// The base URL of a pod's port 8080, and the port-forward process keeping it open (if any).
-async fn pod_base_url(ctx: &Ctx<'_>, pod: &Pod) -> Result<(String, Option<tokio::process::Child>)> {
-    if ctx.env.is_local() {
+async fn pod_base_url(h: &Harness, pod: &Pod) -> Result<(String, Option<tokio::process::Child>)> {
+    if h.is_local() {
         let ip = pod
             .status
             .as_ref()
@@ -63,7 +65,7 @@ async fn pod_base_url(ctx: &Ctx<'_>, pod: &Pod) -> Result<(String, Option<tokio:
         return Ok((format!("http://{ip}:8080"), None));
     }
     let mut child = tokio::process::Command::new("kubectl")
-        .args(["port-forward", "-n", &ctx.ns])
+        .args(["port-forward", "-n", &h.ns])
         .arg(format!("pod/{}", pod.name_any()))
         .arg(":8080")
         .stdout(Stdio::piped())
@@ -85,69 +87,47 @@ async fn pod_base_url(ctx: &Ctx<'_>, pod: &Pod) -> Result<(String, Option<tokio:
     Ok((format!("http://{addr}"), Some(child)))
 }
 
-async fn primary_pods(ctx: &Ctx<'_>) -> Result<Vec<Pod>> {
-    let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.ns);
-    let list = pods
-        .list(&ListParams::default().labels(&format!("{}={PRIMARY}", labels::INSTANCE)))
-        .await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .collect())
-}
-
-async fn active(ctx: &Ctx<'_>) -> Result<Option<ActiveTarget>> {
-    let api: Api<MicroService> = Api::namespaced(ctx.client.clone(), &ctx.ns);
-    let ms = api.get(PRIMARY).await?;
+async fn active(h: &Harness) -> Result<Option<ActiveTarget>> {
+    let ms = h.msvcs().get(PRIMARY).await?;
     Ok(ms.status.and_then(|s| s.failover).and_then(|f| f.active))
-}
-
-async fn event_reasons(ctx: &Ctx<'_>) -> Result<Vec<String>> {
-    use k8s_openapi::api::events::v1::Event;
-    let api: Api<Event> = Api::namespaced(ctx.client.clone(), &ctx.ns);
-    Ok(api
-        .list(&ListParams::default())
-        .await?
-        .items
-        .into_iter()
-        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(PRIMARY))
-        .filter_map(|e| e.reason)
-        .collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_pods_are_ejected_then_traffic_fails_over_and_back() -> Result<()> {
-    run_test("failover_and_failback", |ctx| {
+    run_test("failover_and_failback", |h| {
         Box::pin(async move {
             let sample = msvc::sample(PRIMARY)?;
             let token = admin_token(&sample)?;
-            msvc::apply_secrets(ctx, &sample).await?;
+            msvc::apply_secrets(h, &sample).await?;
 
             let mut backup = sample.msvc.clone();
             backup.metadata.name = Some(FALLBACK.into());
             backup.spec.replicas = 1;
             backup.spec.failover.enabled = false;
-            msvc::apply(ctx, &backup).await?;
+            h.apply(&backup).await?;
             let mut users = sample.msvc.clone();
             users.spec.replicas = 2;
             users.spec.failover.enabled = true;
             users.spec.failover.fallback = Some(FALLBACK.into());
             users.spec.failover.recover_after_seconds = 3;
-            msvc::apply(ctx, &users).await?;
-            msvc::wait_ready(ctx, FALLBACK).await?;
-            msvc::wait_ready(ctx, PRIMARY).await?;
-            wait::until(
+            h.apply(&users).await?;
+            msvc::wait_ready(h, FALLBACK).await?;
+            msvc::wait_ready(h, PRIMARY).await?;
+            h.wait_within(
                 "the engine to see two healthy primary pods",
                 SWITCH_TIMEOUT,
                 || async {
-                    let api: Api<MicroService> = Api::namespaced(ctx.client.clone(), &ctx.ns);
-                    let f = api.get(PRIMARY).await?.status.and_then(|s| s.failover);
+                    let f = h
+                        .msvcs()
+                        .get(PRIMARY)
+                        .await?
+                        .status
+                        .and_then(|s| s.failover);
                     Ok(f.filter(|f| f.healthy_pods == Some(2)).map(|_| ()))
                 },
             )
             .await?;
-            let pods = primary_pods(ctx).await?;
+            let pods = h.pods_of(PRIMARY).await?;
             ensure!(
                 pods.len() == 2,
                 "expected 2 primary pods, found {}",
@@ -156,10 +136,10 @@ async fn failing_pods_are_ejected_then_traffic_fails_over_and_back() -> Result<(
 
             // One pod fails readiness: Flotilla flips its membership label off.
             let (bad, good) = (&pods[0], &pods[1]);
-            set_faults(ctx, bad, &token, Some(r#"{"unhealthy": true}"#)).await?;
-            let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ctx.ns);
+            set_faults(h, bad, &token, Some(r#"{"unhealthy": true}"#)).await?;
+            let pods_api: Api<Pod> = h.pods();
             let serves = labels::serves(PRIMARY);
-            wait::until(
+            h.wait_within(
                 "the failing pod to leave the Service",
                 SWITCH_TIMEOUT,
                 || async {
@@ -169,22 +149,22 @@ async fn failing_pods_are_ejected_then_traffic_fails_over_and_back() -> Result<(
                 },
             )
             .await?;
-            ensure!(active(ctx).await? == Some(ActiveTarget::Primary));
+            ensure!(active(h).await? == Some(ActiveTarget::Primary));
 
             // Every pod fails: the fallback's pods take the primary Service's traffic.
-            set_faults(ctx, good, &token, Some(r#"{"unhealthy": true}"#)).await?;
-            wait::until("status to say fallback", SWITCH_TIMEOUT, || async {
-                Ok((active(ctx).await? == Some(ActiveTarget::Fallback)).then_some(()))
+            set_faults(h, good, &token, Some(r#"{"unhealthy": true}"#)).await?;
+            h.wait_within("status to say fallback", SWITCH_TIMEOUT, || async {
+                Ok((active(h).await? == Some(ActiveTarget::Fallback)).then_some(()))
             })
             .await?;
             // The primary pods answer /readyz with 503; a 200 through the primary Service comes
             // from the fallback.
-            wait::until(
+            h.poll_within(
                 "the users Service to be served by the fallback",
                 SWITCH_TIMEOUT,
                 || async {
                     let reply = http::service_request(
-                        ctx,
+                        h,
                         PRIMARY,
                         ::http::Method::GET,
                         "/readyz",
@@ -199,16 +179,16 @@ async fn failing_pods_are_ejected_then_traffic_fails_over_and_back() -> Result<(
 
             // The primary recovers: traffic returns after the recovery window.
             for p in [bad, good] {
-                set_faults(ctx, p, &token, None).await?;
+                set_faults(h, p, &token, None).await?;
             }
-            wait::until("status to say primary again", SWITCH_TIMEOUT, || async {
-                Ok((active(ctx).await? == Some(ActiveTarget::Primary)).then_some(()))
+            h.wait_within("status to say primary again", SWITCH_TIMEOUT, || async {
+                Ok((active(h).await? == Some(ActiveTarget::Primary)).then_some(()))
             })
             .await?;
             let fallback_pods = pods_api
                 .list(&ListParams::default().labels(&format!("{}={FALLBACK}", labels::INSTANCE)))
                 .await?;
-            wait::until(
+            h.wait_within(
                 "the fallback pods to leave the users Service",
                 SWITCH_TIMEOUT,
                 || async {
@@ -223,7 +203,7 @@ async fn failing_pods_are_ejected_then_traffic_fails_over_and_back() -> Result<(
                 },
             )
             .await?;
-            let reasons = event_reasons(ctx).await?;
+            let reasons = h.event_reasons(PRIMARY).await?;
             for want in ["PodEjected", "FailedOver", "FailedBack"] {
                 if !reasons.iter().any(|r| r == want) {
                     bail!("no {want} Event on {PRIMARY}; reasons: {reasons:?}");

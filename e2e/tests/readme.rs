@@ -9,8 +9,10 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use flotilla_e2e::local::workspace_binary;
-use flotilla_e2e::wait::until;
+use flotilla_testkit::cluster::client_from_kubeconfig;
+use flotilla_testkit::paths::{tail, workspace_binary};
+use flotilla_testkit::wait::poll;
+use flotilla_testkit::{dump, http};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -30,7 +32,7 @@ async fn kubesim_up(state: &Path) -> Result<(Child, PathBuf)> {
         .arg(format!("127.{a}.{b}.0/25"))
         .arg("--service-cidr")
         .arg(format!("127.{a}.{b}.128/25"))
-        .current_dir(flotilla_e2e::tools::repo_root())
+        .current_dir(flotilla_testkit::paths::repo_root())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -78,7 +80,7 @@ async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String> {
 
 async fn wait_ready(kubeconfig: &Path, name: &str) -> Result<()> {
     let jsonpath = "-o=jsonpath={.status.conditions[?(@.type==\"Ready\")].status}";
-    until(
+    poll(
         &format!("MicroService {name} Ready"),
         UP_TIMEOUT,
         || async {
@@ -99,19 +101,11 @@ async fn the_run_it_session_works_as_written() -> Result<()> {
     let (mut kubesim, kubeconfig) = kubesim_up(state.path()).await?;
     let result = session(&kubeconfig).await;
     if result.is_err() {
-        let log = std::fs::read_to_string(state.path().join("operator.log")).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        eprintln!(
-            "--- operator log (last lines, newest first)\n{}",
-            tail.join("\n")
-        );
-        if let Ok(all) = kubectl(
-            &kubeconfig,
-            &["get", "msvc,deploy,pods,svc,events", "-o", "wide"],
-        )
-        .await
-        {
-            eprintln!("--- cluster\n{all}");
+        let log = state.path().join("operator.log");
+        eprintln!("===== operator log (last 40 lines)\n{}", tail(&log, 40));
+        match client_from_kubeconfig(&kubeconfig).await {
+            Ok(client) => eprintln!("{}", dump::namespace_report(&client, "default").await),
+            Err(err) => eprintln!("no report: {err:#}"),
         }
     }
     // Ctrl-C stops kubesim and every pod process.
@@ -154,18 +148,15 @@ async fn session(kubeconfig: &Path) -> Result<()> {
     )
     .await?;
     let url = format!("http://{}:8080/readyz", ip.trim());
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
-    until(
+    poll(
         "users /readyz through the cluster IP",
         UP_TIMEOUT,
         || async {
-            let resp = http.get(&url).send().await?;
-            if resp.status().is_success() {
+            let reply = http::get(&url).await?;
+            if (200..300).contains(&reply.status) {
                 Ok(Some(()))
             } else {
-                bail!("{url} answered {}", resp.status())
+                bail!("{url} answered {}", reply.status)
             }
         },
     )
@@ -173,7 +164,7 @@ async fn session(kubeconfig: &Path) -> Result<()> {
 
     // $ kubectl scale msvc users --replicas 3
     kubectl(kubeconfig, &["scale", "msvc", "users", "--replicas", "3"]).await?;
-    until("users at 3 ready replicas", UP_TIMEOUT, || async {
+    poll("users at 3 ready replicas", UP_TIMEOUT, || async {
         let ready = kubectl(
             kubeconfig,
             &[

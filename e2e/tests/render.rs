@@ -6,8 +6,8 @@ use std::process::Command;
 
 use anyhow::{ensure, Context, Result};
 use flotilla_e2e::chart::{kind_of, kubernetes_validate, split_documents};
-use flotilla_e2e::local::workspace_binary;
 use flotilla_e2e::tools::repo_root;
+use flotilla_testkit::paths::workspace_binary;
 
 /// Renders one manifest file with the operator binary and returns its YAML output.
 fn render(file: &str) -> Result<String> {

@@ -9,15 +9,16 @@
 //! Failover scenarios (fault injection, ejection, failover and failback) go in
 //! `tests/failover.rs` with the same harness: `run_test` for the namespace and the failure report,
 //! `msvc::sample`/`apply_sample` for the services, `http::service_request` for traffic through a
-//! Service, and `Ctx::local()` to stop, start or restart the operator on the local cluster.
+//! Service, and `Harness::stop_operator`/`start_operator` on the local cluster.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use flotilla_crds::{labels, MicroService, MicroServiceSpec};
-use flotilla_e2e::env::{run_test, Ctx};
-use flotilla_e2e::{http, msvc, wait};
+use flotilla_e2e::env::run_test;
+use flotilla_e2e::{http, msvc};
+use flotilla_testkit::{wait, Harness};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Service};
@@ -31,7 +32,7 @@ use serde_json::json;
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Objects of kind `K` that the operator manages for the MicroService `name` (by label).
-async fn children<K>(ctx: &Ctx<'_>, name: &str) -> Result<Vec<K>>
+async fn children<K>(h: &Harness, name: &str) -> Result<Vec<K>>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -45,14 +46,15 @@ where
         labels::MANAGED_BY,
         labels::MANAGED_BY_VALUE
     );
-    let list = Api::<K>::namespaced(ctx.client.clone(), &ctx.ns)
+    let list = h
+        .api::<K>()
         .list(&ListParams::default().labels(&selector))
         .await?;
     Ok(list.items)
 }
 
 /// The one child of kind `K` of `owner`, checking that `owner` is its controller.
-async fn child<K>(ctx: &Ctx<'_>, owner: &MicroService) -> Result<K>
+async fn child<K>(h: &Harness, owner: &MicroService) -> Result<K>
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
@@ -62,7 +64,7 @@ where
 {
     let kind = K::kind(&K::DynamicType::default()).into_owned();
     let name = owner.name_any();
-    let mut found: Vec<K> = children(ctx, &name).await?;
+    let mut found: Vec<K> = children(h, &name).await?;
     ensure!(
         found.len() == 1,
         "expected one {kind} for {name}, found {}",
@@ -106,20 +108,20 @@ fn check_standard_labels(
 /// Applies the sample users and auth manifests and waits until both are Ready. Users runs one
 /// replica: its default SQLite database is a file per pod, so with two a user created through one
 /// pod would be unknown to the other.
-async fn deploy_samples(ctx: &Ctx<'_>) -> Result<(MicroService, MicroService)> {
+async fn deploy_samples(h: &Harness) -> Result<(MicroService, MicroService)> {
     let mut users = msvc::sample("users")?;
     users.msvc.spec.replicas = 1;
-    let users = msvc::apply_sample(ctx, &users).await?;
-    let auth = msvc::apply_sample(ctx, &msvc::sample("auth")?).await?;
-    let users = msvc::wait_ready(ctx, &users.name_any()).await?;
-    let auth = msvc::wait_ready(ctx, &auth.name_any()).await?;
+    let users = msvc::apply_sample(h, &users).await?;
+    let auth = msvc::apply_sample(h, &msvc::sample("auth")?).await?;
+    let users = msvc::wait_ready(h, &users.name_any()).await?;
+    let auth = msvc::wait_ready(h, &auth.name_any()).await?;
     Ok((users, auth))
 }
 
 /// The sample MicroService `name`, with its Secrets already applied to the test namespace.
-async fn sample_with_secrets(ctx: &Ctx<'_>, name: &str) -> Result<MicroService> {
+async fn sample_with_secrets(h: &Harness, name: &str) -> Result<MicroService> {
     let sample = msvc::sample(name)?;
-    msvc::apply_secrets(ctx, &sample).await?;
+    msvc::apply_secrets(h, &sample).await?;
     Ok(sample.msvc)
 }
 
@@ -131,13 +133,13 @@ fn spec_replicas(spec: &MicroServiceSpec) -> Option<i32> {
 async fn samples_become_ready_with_their_children() -> Result<()> {
     // Creating the sample MicroServices yields Ready services whose Deployment, Service,
     // ConfigMap and HPA match their specs and are controlled by them.
-    run_test("samples_become_ready_with_their_children", |ctx| {
+    run_test("samples_become_ready_with_their_children", |h| {
         Box::pin(async move {
-            let (users, auth) = deploy_samples(ctx).await?;
+            let (users, auth) = deploy_samples(h).await?;
             for owner in [&users, &auth] {
                 let name = owner.name_any();
-                let deployment: Deployment = child(ctx, owner).await?;
-                check_standard_labels(deployment.labels(), &name, &ctx.ns)?;
+                let deployment: Deployment = child(h, owner).await?;
+                check_standard_labels(deployment.labels(), &name, &h.ns)?;
                 let dspec = deployment.spec.clone().context("Deployment has no spec")?;
                 if let Some(replicas) = spec_replicas(&owner.spec) {
                     ensure!(
@@ -150,7 +152,7 @@ async fn samples_become_ready_with_their_children() -> Result<()> {
                 let container = pod.containers.first().context("no container")?;
                 ensure!(container.image.as_deref() == Some(owner.spec.image.as_str()));
 
-                let service: Service = child(ctx, owner).await?;
+                let service: Service = child(h, owner).await?;
                 ensure!(
                     service.name_any() == name,
                     "Service is named {}",
@@ -169,10 +171,10 @@ async fn samples_become_ready_with_their_children() -> Result<()> {
                     port.target_port
                 );
 
-                let config_maps: Vec<ConfigMap> = children(ctx, &name).await?;
+                let config_maps: Vec<ConfigMap> = children(h, &name).await?;
                 match &owner.spec.config {
                     Some(config) if !config.is_empty() => {
-                        let cm: ConfigMap = child(ctx, owner).await?;
+                        let cm: ConfigMap = child(h, owner).await?;
                         ensure!(
                             cm.data.as_ref() == Some(config),
                             "{name}: ConfigMap data {:?}",
@@ -181,10 +183,10 @@ async fn samples_become_ready_with_their_children() -> Result<()> {
                     }
                     _ => ensure!(config_maps.is_empty(), "{name}: unexpected ConfigMap"),
                 }
-                let hpas: Vec<HorizontalPodAutoscaler> = children(ctx, &name).await?;
+                let hpas: Vec<HorizontalPodAutoscaler> = children(h, &name).await?;
                 match &owner.spec.autoscaling {
                     Some(autoscaling) => {
-                        let hpa: HorizontalPodAutoscaler = child(ctx, owner).await?;
+                        let hpa: HorizontalPodAutoscaler = child(h, owner).await?;
                         let hspec = hpa.spec.context("HPA has no spec")?;
                         ensure!(hspec.max_replicas == autoscaling.max_replicas);
                         ensure!(hspec.scale_target_ref.name == deployment.name_any());
@@ -194,7 +196,7 @@ async fn samples_become_ready_with_their_children() -> Result<()> {
             }
 
             // auth calls users through the URL the operator injects for its dependency.
-            let deployment: Deployment = child(ctx, &auth).await?;
+            let deployment: Deployment = child(h, &auth).await?;
             let env = deployment
                 .spec
                 .and_then(|s| s.template.spec)
@@ -213,10 +215,10 @@ async fn samples_become_ready_with_their_children() -> Result<()> {
 
 /// The pod-template annotations of the MicroService's Deployment.
 async fn template_annotations(
-    ctx: &Ctx<'_>,
+    h: &Harness,
     owner: &MicroService,
 ) -> Result<BTreeMap<String, String>> {
-    let deployment: Deployment = child(ctx, owner).await?;
+    let deployment: Deployment = child(h, owner).await?;
     Ok(deployment
         .spec
         .and_then(|s| s.template.metadata)
@@ -225,8 +227,9 @@ async fn template_annotations(
 }
 
 /// Names of the running pods of the MicroService `name`.
-async fn pod_names(ctx: &Ctx<'_>, name: &str) -> Result<Vec<String>> {
-    let pods: Vec<Pod> = Api::<Pod>::namespaced(ctx.client.clone(), &ctx.ns)
+async fn pod_names(h: &Harness, name: &str) -> Result<Vec<String>> {
+    let pods: Vec<Pod> = h
+        .pods()
         .list(&ListParams::default().labels(&format!("{}={name}", labels::INSTANCE)))
         .await?
         .items;
@@ -243,9 +246,9 @@ async fn pod_names(ctx: &Ctx<'_>, name: &str) -> Result<Vec<String>> {
 async fn spec_and_config_changes_roll_out() -> Result<()> {
     // A spec change (replicas) and a config change each reach the children: the status follows
     // the new generation, and a config change replaces the pods (config hash in the template).
-    run_test("spec_and_config_changes_roll_out", |ctx| {
+    run_test("spec_and_config_changes_roll_out", |h| {
         Box::pin(async move {
-            let mut users = sample_with_secrets(ctx, "users").await?;
+            let mut users = sample_with_secrets(h, "users").await?;
             users.spec.replicas = 1;
             users.spec.autoscaling = None;
             users
@@ -253,23 +256,23 @@ async fn spec_and_config_changes_roll_out() -> Result<()> {
                 .config
                 .get_or_insert_with(BTreeMap::new)
                 .insert("GREETING".to_owned(), "hello".to_owned());
-            msvc::apply(ctx, &users).await?;
-            let ready = msvc::wait_ready(ctx, &users.name_any()).await?;
+            h.apply(&users).await?;
+            let ready = msvc::wait_ready(h, &users.name_any()).await?;
             let first_generation = ready.metadata.generation;
-            let hash_before = template_annotations(ctx, &ready).await?;
-            let pods_before = pod_names(ctx, &users.name_any()).await?;
+            let hash_before = template_annotations(h, &ready).await?;
+            let pods_before = pod_names(h, &users.name_any()).await?;
             ensure!(pods_before.len() == 1, "pods {pods_before:?}");
 
             // Spec change: scale to two.
             users.spec.replicas = 2;
-            msvc::apply(ctx, &users).await?;
-            let ready = msvc::wait_ready(ctx, &users.name_any()).await?;
+            h.apply(&users).await?;
+            let ready = msvc::wait_ready(h, &users.name_any()).await?;
             ensure!(
                 ready.metadata.generation > first_generation,
                 "generation did not move"
             );
             ensure!(ready.status.as_ref().and_then(|s| s.ready_replicas) == Some(2));
-            let deployment: Deployment = child(ctx, &ready).await?;
+            let deployment: Deployment = child(h, &ready).await?;
             ensure!(deployment.spec.and_then(|s| s.replicas) == Some(2));
 
             // Config change: ConfigMap updated, pods rolled.
@@ -278,11 +281,11 @@ async fn spec_and_config_changes_roll_out() -> Result<()> {
                 .config
                 .get_or_insert_with(BTreeMap::new)
                 .insert("GREETING".to_owned(), "bonjour".to_owned());
-            msvc::apply(ctx, &users).await?;
-            let ready = msvc::wait_ready(ctx, &users.name_any()).await?;
-            let cm: ConfigMap = child(ctx, &ready).await?;
+            h.apply(&users).await?;
+            let ready = msvc::wait_ready(h, &users.name_any()).await?;
+            let cm: ConfigMap = child(h, &ready).await?;
             ensure!(cm.data.and_then(|d| d.get("GREETING").cloned()).as_deref() == Some("bonjour"));
-            let hash_after = template_annotations(ctx, &ready).await?;
+            let hash_after = template_annotations(h, &ready).await?;
             ensure!(
                 hash_after.contains_key(flotilla_crds::annotations::CONFIG_HASH)
                     && hash_after.get(flotilla_crds::annotations::CONFIG_HASH)
@@ -290,11 +293,11 @@ async fn spec_and_config_changes_roll_out() -> Result<()> {
                 "config hash did not change: {hash_before:?} -> {hash_after:?}"
             );
             let name = users.name_any();
-            wait::until("the pods to be replaced", CONVERGE_TIMEOUT, || {
+            h.wait_within("the pods to be replaced", CONVERGE_TIMEOUT, || {
                 let before = pods_before.clone();
                 let name = name.clone();
                 async move {
-                    let now = pod_names(ctx, &name).await?;
+                    let now = pod_names(h, &name).await?;
                     Ok((now.len() == 2 && now.iter().all(|p| !before.contains(p))).then_some(()))
                 }
             })
@@ -302,12 +305,12 @@ async fn spec_and_config_changes_roll_out() -> Result<()> {
 
             // Config removed: the ConfigMap goes away.
             users.spec.config = None;
-            msvc::apply(ctx, &users).await?;
-            msvc::wait_ready(ctx, &name).await?;
-            wait::until("the ConfigMap to be deleted", CONVERGE_TIMEOUT, || {
+            h.apply(&users).await?;
+            msvc::wait_ready(h, &name).await?;
+            h.wait_within("the ConfigMap to be deleted", CONVERGE_TIMEOUT, || {
                 let name = name.clone();
                 async move {
-                    let cms: Vec<ConfigMap> = children(ctx, &name).await?;
+                    let cms: Vec<ConfigMap> = children(h, &name).await?;
                     Ok(cms.is_empty().then_some(()))
                 }
             })
@@ -320,49 +323,50 @@ async fn spec_and_config_changes_roll_out() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autoscaling_on_and_off() -> Result<()> {
     // Setting autoscaling creates an HPA on the Deployment; removing it deletes the HPA.
-    run_test("autoscaling_on_and_off", |ctx| {
+    run_test("autoscaling_on_and_off", |h| {
         Box::pin(async move {
-            let mut users = sample_with_secrets(ctx, "users").await?;
+            let mut users = sample_with_secrets(h, "users").await?;
             users.spec.autoscaling = None;
             users.spec.replicas = 1;
-            msvc::apply(ctx, &users).await?;
-            let ready = msvc::wait_ready(ctx, &users.name_any()).await?;
+            h.apply(&users).await?;
+            let ready = msvc::wait_ready(h, &users.name_any()).await?;
             let name = ready.name_any();
 
             let mut with_hpa = users.clone();
             with_hpa.spec.autoscaling = Some(serde_json::from_value(json!({
                 "minReplicas": 1, "maxReplicas": 3, "targetCPUUtilizationPercentage": 80
             }))?);
-            msvc::apply(ctx, &with_hpa).await?;
-            let hpa = wait::until("the HPA", CONVERGE_TIMEOUT, || {
-                let name = name.clone();
-                async move {
-                    let hpas: Vec<HorizontalPodAutoscaler> = children(ctx, &name).await?;
-                    Ok(hpas.into_iter().next())
-                }
-            })
-            .await?;
+            h.apply(&with_hpa).await?;
+            let hpa = h
+                .wait_within("the HPA", CONVERGE_TIMEOUT, || {
+                    let name = name.clone();
+                    async move {
+                        let hpas: Vec<HorizontalPodAutoscaler> = children(h, &name).await?;
+                        Ok(hpas.into_iter().next())
+                    }
+                })
+                .await?;
             let hspec = hpa.spec.context("HPA has no spec")?;
             ensure!(hspec.max_replicas == 3 && hspec.min_replicas == Some(1));
             ensure!(hspec.scale_target_ref.kind == "Deployment");
 
             // Turn autoscaling off the way `kubectl edit` does (a merge patch setting it to null).
-            msvc::api(ctx)
+            h.msvcs()
                 .patch(
                     &name,
                     &PatchParams::default(),
                     &Patch::Merge(json!({"spec": {"autoscaling": null}})),
                 )
                 .await?;
-            wait::until("the HPA to be deleted", CONVERGE_TIMEOUT, || {
+            h.wait_within("the HPA to be deleted", CONVERGE_TIMEOUT, || {
                 let name = name.clone();
                 async move {
-                    let hpas: Vec<HorizontalPodAutoscaler> = children(ctx, &name).await?;
+                    let hpas: Vec<HorizontalPodAutoscaler> = children(h, &name).await?;
                     Ok(hpas.is_empty().then_some(()))
                 }
             })
             .await?;
-            msvc::wait_ready(ctx, &name).await?;
+            msvc::wait_ready(h, &name).await?;
             Ok(())
         })
     })
@@ -372,33 +376,31 @@ async fn autoscaling_on_and_off() -> Result<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_microservice_cascades() -> Result<()> {
     // Deleting a MicroService removes its Deployment, Service, ConfigMap and pods.
-    run_test("deleting_a_microservice_cascades", |ctx| {
+    run_test("deleting_a_microservice_cascades", |h| {
         Box::pin(async move {
-            let mut users = sample_with_secrets(ctx, "users").await?;
+            let mut users = sample_with_secrets(h, "users").await?;
             users
                 .spec
                 .config
                 .get_or_insert_with(BTreeMap::new)
                 .insert("K".to_owned(), "v".to_owned());
-            msvc::apply(ctx, &users).await?;
-            let ready = msvc::wait_ready(ctx, &users.name_any()).await?;
+            h.apply(&users).await?;
+            let ready = msvc::wait_ready(h, &users.name_any()).await?;
             let name = ready.name_any();
-            ensure!(!children::<ConfigMap>(ctx, &name).await?.is_empty());
+            ensure!(!children::<ConfigMap>(h, &name).await?.is_empty());
 
-            msvc::api(ctx)
-                .delete(&name, &DeleteParams::foreground())
-                .await?;
-            wait::for_deletion(&msvc::api(ctx), &name, CONVERGE_TIMEOUT).await?;
-            wait::until(
+            h.msvcs().delete(&name, &DeleteParams::foreground()).await?;
+            wait::for_deletion(&h.msvcs(), &name, CONVERGE_TIMEOUT).await?;
+            h.wait_within(
                 "the children to be garbage collected",
                 CONVERGE_TIMEOUT,
                 || {
                     let name = name.clone();
                     async move {
-                        let left = children::<Deployment>(ctx, &name).await?.len()
-                            + children::<Service>(ctx, &name).await?.len()
-                            + children::<ConfigMap>(ctx, &name).await?.len()
-                            + pod_names(ctx, &name).await?.len();
+                        let left = children::<Deployment>(h, &name).await?.len()
+                            + children::<Service>(h, &name).await?.len()
+                            + children::<ConfigMap>(h, &name).await?.len()
+                            + pod_names(h, &name).await?.len();
                         Ok((left == 0).then_some(()))
                     }
                 },
@@ -413,32 +415,33 @@ async fn deleting_a_microservice_cascades() -> Result<()> {
 async fn login_round_trip_through_the_auth_service() -> Result<()> {
     // A user created through the users Service can log in through the auth Service, and the
     // token auth hands out verifies: traffic flows Service -> pods -> dependency.
-    run_test("login_round_trip_through_the_auth_service", |ctx| {
+    run_test("login_round_trip_through_the_auth_service", |h| {
         Box::pin(async move {
-            let (users, auth) = deploy_samples(ctx).await?;
-            let email = format!("e2e-{}@example.com", &ctx.ns);
+            let (users, auth) = deploy_samples(h).await?;
+            let email = format!("e2e-{}@example.com", &h.ns);
             let password = "correct horse battery staple";
-            let created = wait::until(
-                "creating a user through the users Service",
-                CONVERGE_TIMEOUT,
-                || {
-                    let body = json!({"name": "E2E", "email": email, "password": password});
-                    let users = users.name_any();
-                    async move {
-                        let reply = http::service_request(
-                            ctx,
-                            &users,
-                            ::http::Method::POST,
-                            "/users",
-                            Some(&body),
-                            None,
-                        )
-                        .await?;
-                        Ok((reply.status == 201).then_some(reply))
-                    }
-                },
-            )
-            .await?;
+            let created = h
+                .poll_within(
+                    "creating a user through the users Service",
+                    CONVERGE_TIMEOUT,
+                    || {
+                        let body = json!({"name": "E2E", "email": email, "password": password});
+                        let users = users.name_any();
+                        async move {
+                            let reply = http::service_request(
+                                h,
+                                &users,
+                                ::http::Method::POST,
+                                "/users",
+                                Some(&body),
+                                None,
+                            )
+                            .await?;
+                            Ok((reply.status == 201).then_some(reply))
+                        }
+                    },
+                )
+                .await?;
             ensure!(
                 created.json()?.get("email") == Some(&json!(email)),
                 "{}",
@@ -446,7 +449,7 @@ async fn login_round_trip_through_the_auth_service() -> Result<()> {
             );
 
             let login = http::service_request(
-                ctx,
+                h,
                 &auth.name_any(),
                 ::http::Method::POST,
                 "/login",
@@ -468,7 +471,7 @@ async fn login_round_trip_through_the_auth_service() -> Result<()> {
                 .context("login returned no token")?;
 
             let wrong = http::service_request(
-                ctx,
+                h,
                 &auth.name_any(),
                 ::http::Method::POST,
                 "/login",
@@ -483,10 +486,10 @@ async fn login_round_trip_through_the_auth_service() -> Result<()> {
                 wrong.body
             );
 
-            if ctx.env.is_local() {
+            if h.is_local() {
                 // Through the API server's proxy a bearer token cannot be forwarded.
                 let verified = http::service_request(
-                    ctx,
+                    h,
                     &auth.name_any(),
                     ::http::Method::GET,
                     "/verify",
@@ -514,24 +517,22 @@ async fn deleted_child_is_recreated_across_an_operator_restart() -> Result<()> {
     // cluster's state.
     run_test(
         "deleted_child_is_recreated_across_an_operator_restart",
-        |ctx| {
+        |h| {
             Box::pin(async move {
-                let mut users = sample_with_secrets(ctx, "users").await?;
+                let mut users = sample_with_secrets(h, "users").await?;
                 users.spec.replicas = 1;
-                msvc::apply(ctx, &users).await?;
-                let ready = msvc::wait_ready(ctx, &users.name_any()).await?;
+                h.apply(&users).await?;
+                let ready = msvc::wait_ready(h, &users.name_any()).await?;
                 let name = ready.name_any();
-                let old: Service = child(ctx, &ready).await?;
+                let old: Service = child(h, &ready).await?;
 
-                if let Some(local) = ctx.local() {
-                    ensure!(local.stop_operator().await?, "no operator was running");
+                if h.is_local() {
+                    ensure!(h.stop_operator().await?, "no operator was running");
                 }
-                let services: Api<Service> = Api::namespaced(ctx.client.clone(), &ctx.ns);
+                let services: Api<Service> = h.services();
                 services.delete(&name, &DeleteParams::default()).await?;
                 wait::for_deletion(&services, &name, CONVERGE_TIMEOUT).await?;
-                if let Some(local) = ctx.local() {
-                    local.start_operator().await?;
-                }
+                h.start_operator().await?;
 
                 let recreated =
                     wait::for_object(&services, &name, CONVERGE_TIMEOUT, |_| true).await?;
@@ -548,7 +549,7 @@ async fn deleted_child_is_recreated_across_an_operator_restart() -> Result<()> {
                     owner == ready.metadata.uid,
                     "recreated Service owner {owner:?}"
                 );
-                msvc::wait_ready(ctx, &name).await?;
+                msvc::wait_ready(h, &name).await?;
                 Ok(())
             })
         },

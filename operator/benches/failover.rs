@@ -302,7 +302,7 @@ async fn failover(args: &Args) -> Result<()> {
     for run in 0..args.runs {
         let primary = sim.ready_pods("users", 2).await?;
         let primary_ips: std::collections::BTreeSet<String> = primary.iter().map(pod_ip).collect();
-        sim.wait("primary active and serving", || async {
+        sim.poll("primary active and serving", || async {
             let ok = sim.active("users").await?.as_deref() == Some("primary")
                 && sim.ready_endpoints("users").await? == primary_ips
                 && traffic.last_ok(30);
@@ -319,12 +319,12 @@ async fn failover(args: &Args) -> Result<()> {
                 break (Instant::now(), unix_now());
             }
             if t_fault.elapsed() > WAIT {
-                sim.dump().await;
+                sim.print_report().await;
                 bail!("run {run}: no switch");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        sim.wait("clients succeed again", || async {
+        sim.poll("clients succeed again", || async {
             Ok(traffic.last_ok(30).then_some(()))
         })
         .await?;

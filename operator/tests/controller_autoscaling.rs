@@ -13,7 +13,7 @@ use support::*;
 async fn autoscaling_on_and_off() -> Result<()> {
     // Turning autoscaling on creates the HPA and releases spec.replicas; turning it off deletes
     // the HPA and Flotilla owns the replica count again.
-    let mut env = Env::start("autoscale").await?;
+    let env = start("autoscale").await?;
     let mut s = spec("flotilla/users:0.1.0");
     s.replicas = 3;
     env.create("users", s).await?;

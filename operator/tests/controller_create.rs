@@ -14,7 +14,7 @@ use support::*;
 #[tokio::test]
 async fn create_applies_children_with_owner_refs_and_recreates_deleted_ones() -> Result<()> {
     // Every child of a new MicroService exists, is controlled by it, and is restored if deleted.
-    let mut env = Env::start("create").await?;
+    let env = start("create").await?;
     let mut s = spec("flotilla/users:0.1.0");
     s.replicas = 2;
     s.config = Some([("LOG_LEVEL".to_string(), "info".to_string())].into());

@@ -12,7 +12,7 @@ use support::*;
 async fn missing_dependency_is_degraded_until_it_appears() -> Result<()> {
     // A dependency that does not exist makes the MicroService Degraded with DependencyMissing;
     // once it exists, the condition clears and the URL uses its Service port.
-    let mut env = Env::start("deps").await?;
+    let env = start("deps").await?;
     let mut s = spec("flotilla/auth:0.1.0");
     s.dependencies = Some(vec!["users".into()]);
     env.create("auth", s).await?;
@@ -72,7 +72,7 @@ async fn missing_dependency_is_degraded_until_it_appears() -> Result<()> {
 async fn unrealisable_spec_is_reported_in_status() -> Result<()> {
     // A spec the schema accepts but the operator cannot build (a config key that is not a valid
     // ConfigMap key) is Degraded/InvalidSpec naming the field, and nothing is applied.
-    let mut env = Env::start("invalid").await?;
+    let env = start("invalid").await?;
     let mut s = spec("flotilla/auth:0.1.0");
     s.config = Some([("bad key".to_string(), "v".to_string())].into());
     env.create("auth", s).await?;

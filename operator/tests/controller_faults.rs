@@ -14,8 +14,8 @@ use support::*;
 async fn injected_errors_are_retried_until_converged() -> Result<()> {
     // Failing applies of the Deployment (500) and Service (409), and an unavailable ConfigMap
     // endpoint (503), delay convergence but do not prevent it.
-    let mut env = Env::start("faults").await?;
-    let faults = env.cluster.faults();
+    let env = start("faults").await?;
+    let faults = env.kubesim()?.faults();
     faults.fail_next("patch", "deployments", 500, 3);
     faults.fail_next("patch", "services", 409, 2);
     faults.fail_next("patch", "configmaps", 503, 2);

@@ -36,14 +36,14 @@ async fn holder(leases: Api<Lease>) -> Result<Option<String>> {
 #[tokio::test]
 async fn standby_takes_over_when_the_leader_stops() -> Result<()> {
     // Only the lease holder reconciles; on shutdown it releases the lease and the standby leads.
-    let env = Env::start_without_operator("leader").await?;
+    let env = start_without_operator("leader").await?;
     let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
-    let a = spawn_operator(env.client.clone(), config(&env.ns, "op-a"));
+    let a = spawn_operator(&env, config(&env.ns, "op-a"));
     env.wait("op-a to lead", || async {
         Ok((holder(leases.clone()).await?.as_deref() == Some("op-a")).then_some(()))
     })
     .await?;
-    let b = spawn_operator(env.client.clone(), config(&env.ns, "op-b"));
+    let b = spawn_operator(&env, config(&env.ns, "op-b"));
 
     env.create("users", spec("flotilla/users:0.1.0")).await?;
     env.wait("the Deployment", || async {
@@ -53,11 +53,7 @@ async fn standby_takes_over_when_the_leader_stops() -> Result<()> {
     assert_eq!(holder(leases.clone()).await?.as_deref(), Some("op-a"));
 
     // The leader stops gracefully: it returns Ok and the standby takes the lease.
-    let (stop_a, handle_a) = a;
-    let _ = stop_a.send(());
-    tokio::time::timeout(WAIT, handle_a)
-        .await
-        .context("op-a did not stop")???;
+    a.stop().await.context("op-a did not stop")?;
     env.wait("op-b to lead", || async {
         Ok((holder(leases.clone()).await?.as_deref() == Some("op-b")).then_some(()))
     })
@@ -79,10 +75,6 @@ async fn standby_takes_over_when_the_leader_stops() -> Result<()> {
         )
     })
     .await?;
-    let (stop_b, handle_b) = b;
-    let _ = stop_b.send(());
-    tokio::time::timeout(WAIT, handle_b)
-        .await
-        .context("op-b did not stop")???;
+    b.stop().await.context("op-b did not stop")?;
     Ok(())
 }

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 
 use anyhow::{Context, Result};
 use flotilla_operator::OperatorConfig;
+use flotilla_testkit::http;
 use kube::ResourceExt;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A loopback address with a port that was free a moment ago.
 fn free_addr() -> Result<SocketAddr> {
@@ -20,21 +20,8 @@ fn free_addr() -> Result<SocketAddr> {
 }
 
 async fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    let code = buf
-        .split_whitespace()
-        .nth(1)
-        .context("status line")?
-        .parse()?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((code, body))
+    let reply = http::get(&format!("http://{addr}{path}")).await?;
+    Ok((reply.status, reply.body))
 }
 
 fn metric(text: &str, series: &str) -> f64 {
@@ -47,7 +34,7 @@ fn metric(text: &str, series: &str) -> f64 {
 async fn restart_on_a_converged_namespace_writes_nothing() -> Result<()> {
     // Nothing changed → no write: a restarted operator reconciles every MicroService again and
     // finds all children unchanged.
-    let mut env = Env::start("noop").await?;
+    let env = start("noop").await?;
     let mut s = spec("flotilla/users:0.1.0");
     s.config = Some([("A".to_string(), "1".to_string())].into());
     s.autoscaling = serde_json::from_value(serde_json::json!(
@@ -81,11 +68,11 @@ async fn restart_on_a_converged_namespace_writes_nothing() -> Result<()> {
         metrics_addr: Some(addr),
         ..test_config()
     };
-    let (stop, handle) = spawn_operator(env.client.clone(), config);
+    let operator = spawn_operator(&env, config);
     let series =
         "flotilla_child_writes_total{kind=\"HorizontalPodAutoscaler\",outcome=\"unchanged\"}";
     let text = env
-        .wait("a reconcile after the restart", || async {
+        .poll("a reconcile after the restart", || async {
             let Ok((200, text)) = http_get(addr, "/metrics").await else {
                 return Ok(None);
             };
@@ -110,9 +97,6 @@ async fn restart_on_a_converged_namespace_writes_nothing() -> Result<()> {
     let (code, _) = http_get(addr, "/healthz").await?;
     assert_eq!(code, 200);
     assert_eq!(metric(&text, "flotilla_leader"), 1.0);
-    let _ = stop.send(());
-    tokio::time::timeout(WAIT, handle)
-        .await
-        .context("operator did not stop")???;
+    operator.stop().await.context("operator did not stop")?;
     Ok(())
 }

@@ -14,7 +14,7 @@ use support::*;
 async fn status_follows_the_deployment_rollout() -> Result<()> {
     // The Deployment's status (written here as its controller would) is reflected in the
     // MicroService's conditions and READY column.
-    let mut env = Env::start("status").await?;
+    let env = start("status").await?;
     let mut s = spec("flotilla/users:0.1.0");
     s.replicas = 2;
     env.create("users", s).await?;
@@ -99,7 +99,7 @@ async fn status_follows_the_deployment_rollout() -> Result<()> {
 async fn scale_subresource_sets_replicas() -> Result<()> {
     // `kubectl scale msvc users --replicas 4` goes through the scale subresource to spec.replicas
     // and on to the Deployment.
-    let mut env = Env::start("scale").await?;
+    let env = start("scale").await?;
     env.create("users", spec("flotilla/users:0.1.0")).await?;
     env.wait("the Deployment", || async {
         Ok(env.deployments().get_opt("users").await?)

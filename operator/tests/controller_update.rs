@@ -12,7 +12,7 @@ use support::*;
 #[tokio::test]
 async fn spec_and_config_changes_reach_the_children() -> Result<()> {
     // Image and config changes are applied; the pod-template hash changes with the config.
-    let mut env = Env::start("update").await?;
+    let env = start("update").await?;
     let mut s = spec("flotilla/auth:0.1.0");
     s.config = Some([("LOG_LEVEL".to_string(), "info".to_string())].into());
     env.create("auth", s).await?;

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use flotilla_crds::{conditions, FailoverMode};
-use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams};
-use kube::Api;
 
 use sim::*;
 
@@ -76,7 +74,7 @@ async fn a_pod_serving_errors_is_ejected_and_traffic_stops_failing() -> Result<(
     .await?;
     let vip = sim.vip(PRIMARY).await?;
     let traffic = Traffic::start(vip, "/users", Duration::from_millis(20));
-    sim.wait("steady traffic", || async {
+    sim.poll("steady traffic", || async {
         Ok(traffic.last_ok(20).then_some(()))
     })
     .await?;
@@ -98,7 +96,7 @@ async fn a_pod_serving_errors_is_ejected_and_traffic_stops_failing() -> Result<(
         is_ready(&p),
         "the kubelet still considers the ejected pod ready"
     );
-    sim.wait("traffic through the cluster IP stops failing", || async {
+    sim.poll("traffic through the cluster IP stops failing", || async {
         Ok(traffic.last_ok(25).then_some(()))
     })
     .await?;
@@ -135,7 +133,7 @@ async fn all_primary_pods_down_fails_over_and_fails_back_after_the_recovery_wind
         || async { Ok((sim.ready_endpoints(PRIMARY).await? == fallback_ips).then_some(())) },
     )
     .await?;
-    sim.wait(
+    sim.poll(
         "requests through the primary cluster IP succeed",
         || async {
             for _ in 0..10 {
@@ -290,7 +288,6 @@ async fn an_operator_restart_during_failover_keeps_the_current_target() -> Resul
     // A restarted operator resumes on the fallback and still waits a full recovery window
     // before failing back, instead of flipping on its first decision.
     let sim = Sim::start("failover-restart").await?;
-    let mut sim = sim;
     let recover = Duration::from_secs(8);
     let (primary, fallback) = two_services(&sim, 2, |s| {
         s.failover.recover_after_seconds = 8;
@@ -314,7 +311,7 @@ async fn an_operator_restart_during_failover_keeps_the_current_target() -> Resul
         clear_fault(p).await?;
     }
     sim.ready_pods(PRIMARY, 2).await?;
-    sim.start_operator();
+    sim.start_operator().await?;
     let t0 = Instant::now();
     let primary_ips = ips(&primary);
     loop {
@@ -326,7 +323,7 @@ async fn an_operator_restart_during_failover_keeps_the_current_target() -> Resul
             // Until the window has passed, no primary pod may get traffic back.
             let eps = sim.ready_endpoints(PRIMARY).await?;
             if !eps.is_disjoint(&primary_ips) {
-                sim.dump().await;
+                sim.print_report().await;
                 bail!(
                     "endpoints changed {:?} after the restart: {eps:?}",
                     t0.elapsed()
@@ -334,7 +331,7 @@ async fn an_operator_restart_during_failover_keeps_the_current_target() -> Resul
             }
         }
         if t0.elapsed() > WAIT {
-            sim.dump().await;
+            sim.print_report().await;
             bail!("no failback after the restart");
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -352,7 +349,7 @@ async fn an_operator_restart_during_failover_keeps_the_current_target() -> Resul
 async fn with_the_operator_stopped_kubernetes_still_drops_and_adds_pods() -> Result<()> {
     // The membership label lives in the pod template, so without Flotilla a deleted pod leaves
     // the endpoints and pods added by scaling join them.
-    let mut sim = Sim::start("failover-no-operator").await?;
+    let sim = Sim::start("failover-no-operator").await?;
     let (primary, _) = two_services(&sim, 2, |_| {}).await?;
     sim.stop_operator().await?;
     let gone = primary[0].metadata.name.clone().unwrap_or_default();
@@ -368,8 +365,7 @@ async fn with_the_operator_stopped_kubernetes_still_drops_and_adds_pods() -> Res
         },
     )
     .await?;
-    let deployments: Api<Deployment> = Api::namespaced(sim.client.clone(), &sim.ns);
-    deployments
+    sim.deployments()
         .patch(
             PRIMARY,
             &PatchParams::default(),

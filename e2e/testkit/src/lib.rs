@@ -1,0 +1,34 @@
+//! The one test harness of Flotilla's controller, failover and end-to-end tests.
+//!
+//! A test starts a [`Harness`] (a local kubesim cluster, or the cluster named by a kubeconfig),
+//! which installs the CRD, creates the test's labelled namespace and starts the operator, then
+//! says only what it proves:
+//!
+//! ```no_run
+//! # async fn example(launcher: flotilla_testkit::operator::Launcher) -> anyhow::Result<()> {
+//! let h = flotilla_testkit::Harness::builder("create").operator(launcher).start().await?;
+//! h.create("users", flotilla_crds::MicroServiceSpec::with_image("flotilla/users:0.1.0")).await?;
+//! h.wait("the Deployment", || async { Ok(h.deployments().get_opt("users").await?) }).await?;
+//! # Ok(()) }
+//! ```
+//!
+//! - [`harness`]: the [`Harness`] and its builder: cluster, namespace, operator, waits, report.
+//! - [`cluster`]: the local cluster (kubesim and its node), the CRD, kubeconfig clients.
+//! - [`operator`]: the operator in-process (a closure from the operator's own tests) or as a
+//!   child process.
+//! - [`wait`]: watch-driven waits, and the one poll for state outside the API server.
+//! - [`http`]: the one HTTP client.
+//! - [`dump`]: what a failed test prints about its namespace.
+//! - [`namespace`]: one labelled namespace per test.
+//! - [`paths`]: the workspace's binaries seen from a test binary.
+
+pub mod cluster;
+pub mod dump;
+pub mod harness;
+pub mod http;
+pub mod namespace;
+pub mod operator;
+pub mod paths;
+pub mod wait;
+
+pub use harness::{is_ready, Harness};
