@@ -81,7 +81,7 @@ async fn release(sim: &Sim, value: &str, image: &str) -> Result<()> {
 /// working Service.
 async fn client(sim: &Sim) -> Result<(Traffic, Instant)> {
     let traffic = Traffic::start(sim.vip(NAME).await?, "/users", Duration::from_millis(50));
-    sim.wait("the client to get answers", || async {
+    sim.poll("the client to get answers", || async {
         Ok(traffic.last_ok(10).then_some(()))
     })
     .await?;
@@ -122,7 +122,7 @@ async fn assert_rolled_back(sim: &Sim, reasons: &[&str]) -> Result<RolloutStatus
         .await?;
     let reason = r.reason.clone().unwrap_or_default();
     if !reasons.contains(&reason.as_str()) {
-        sim.dump().await;
+        sim.print_report().await;
         bail!("rolled back for {reason}, expected one of {reasons:?}: {r:?}");
     }
     if r.evidence.is_empty() || r.failed_revision.is_none() {
@@ -254,7 +254,7 @@ async fn release_failing_readiness_is_rolled_back() -> Result<()> {
             Ok(pods.into_iter().find(is_ready))
         })
         .await?;
-    sim.wait("the readiness fault on the canary", || async {
+    sim.poll("the readiness fault on the canary", || async {
         Ok(set_fault(&canary, r#"{"unhealthy": true}"#).await.ok())
     })
     .await?;

@@ -44,7 +44,7 @@ pub async fn compare(runs: usize) -> Result<()> {
         let mut w = match r {
             Ok(w) => w,
             Err(e) => {
-                sim.dump().await;
+                sim.print_report().await;
                 sim.shutdown().await;
                 return Err(e);
             }
@@ -86,7 +86,7 @@ async fn one_pod_fault(sim: &Sim, name: &str, setup: Setup, runs: usize) -> Resu
     let traffic = Traffic::start(vip, "/users", Duration::from_millis(10));
     let mut windows = Vec::new();
     for run in 0..runs {
-        sim.wait("both pods serving", || async {
+        sim.poll("both pods serving", || async {
             let ok = sim.ready_endpoints(name).await? == all && traffic.last_ok(30);
             Ok(ok.then_some(()))
         })
@@ -100,7 +100,7 @@ async fn one_pod_fault(sim: &Sim, name: &str, setup: Setup, runs: usize) -> Resu
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        sim.wait("clients succeed again", || async {
+        sim.poll("clients succeed again", || async {
             Ok(traffic.last_ok(30).then_some(()))
         })
         .await?;
