@@ -183,6 +183,9 @@ pub async fn http_text(
     let request = flotilla_testkit::http::request(method, &format!("http://{addr}{path}"))
         .bearer_auth(ADMIN_TOKEN)
         .header("content-type", "application/json")
+        // One request per connection, said out loud: a pod that is failing readiness closes
+        // idle keep-alive connections, which could race a request.
+        .header("connection", "close")
         .body(body.unwrap_or("").to_owned());
     let reply = flotilla_testkit::http::send(request).await?;
     Ok((reply.status, reply.body))
