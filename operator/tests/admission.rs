@@ -126,7 +126,7 @@ fn judge(case: &Case, who: &str, answer: &Answer, admits_operator_only: bool) ->
 /// `render`, and every rejection names the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_validate_and_render_agree() -> Result<()> {
-    let env = support::Env::start_without_operator(NS).await?;
+    let env = support::start_in_namespace(NS).await?;
     let cases = table();
     let mut disagreements = Vec::new();
     let mut counts = [0usize; 3];
@@ -170,7 +170,7 @@ async fn server_validate_and_render_agree() -> Result<()> {
 /// A CRD whose rule does not compile is refused by the API server, naming the rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crd_with_a_broken_rule_is_refused() -> Result<()> {
-    let env = support::Env::start_without_operator("admission-crd").await?;
+    let env = support::start_in_namespace("admission-crd").await?;
     let mut crd = serde_json::to_value(flotilla_crds::crd())?;
     crd["metadata"]["name"] = json!("brokens.flotilla.rs");
     crd["spec"]["names"] = json!({"kind": "Broken", "plural": "brokens"});

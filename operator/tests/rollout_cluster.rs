@@ -166,7 +166,7 @@ async fn healthy_release_is_promoted() -> Result<()> {
     // The canary runs the new template beside the stable pods for the analysis, then every pod
     // moves to it and the canary goes; the polling client sees no failure. The operator restarts
     // mid-analysis and resumes it from status, with the clock where it was.
-    let mut sim = Sim::start("rollout-ok").await?;
+    let sim = Sim::start("rollout-ok").await?;
     guarded(&sim, 8).await?;
     let (traffic, from) = client(&sim).await?;
     release(&sim, "2", "flotilla/users:0.1.0").await?;
@@ -185,7 +185,7 @@ async fn healthy_release_is_promoted() -> Result<()> {
         })
         .await?;
     sim.stop_operator().await?;
-    sim.start_operator();
+    sim.start_operator().await?;
     sim.wait("the promotion", || async {
         let r = rollout(&sim).await?;
         if let Some(r) = r.as_ref().filter(|r| r.phase == RolloutPhase::Analyzing) {

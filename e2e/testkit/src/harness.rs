@@ -31,6 +31,7 @@ pub const KEEP_NAMESPACES_ENV: &str = "FLOTILLA_E2E_KEEP_NAMESPACES";
 /// How to start a [`Harness`]; from [`Harness::builder`].
 pub struct Builder {
     test: String,
+    namespace: Option<String>,
     external: Option<PathBuf>,
     node: Option<NodeSetup>,
     launcher: Option<Launcher>,
@@ -50,6 +51,13 @@ impl Builder {
     /// Runs the operator (started with the harness, and by [`Harness::start_operator`]).
     pub fn operator(mut self, launcher: Launcher) -> Self {
         self.launcher = Some(launcher);
+        self
+    }
+
+    /// Names the test's namespace `name` exactly, instead of a fresh name made from the test's
+    /// (for tests whose fixtures name their namespace; the cluster must be the test's own).
+    pub fn namespace(mut self, name: &str) -> Self {
+        self.namespace = Some(name.to_owned());
         self
     }
 
@@ -83,7 +91,10 @@ impl Builder {
             }
         };
         cluster::install_crd(&client).await?;
-        let namespace = TestNamespace::create(&client, &self.test).await?;
+        let namespace = match &self.namespace {
+            Some(name) => TestNamespace::create_named(&client, name, &self.test).await?,
+            None => TestNamespace::create(&client, &self.test).await?,
+        };
         let harness = Harness {
             ns: namespace.name.clone(),
             client,
@@ -131,6 +142,7 @@ impl Harness {
     pub fn builder(test: &str) -> Builder {
         Builder {
             test: test.to_owned(),
+            namespace: None,
             external: None,
             node: None,
             launcher: None,

@@ -21,7 +21,13 @@ impl TestNamespace {
     /// Creates a fresh namespace for `test`, labelled `e2e.flotilla.rs/test=<test>`.
     pub async fn create(client: &Client, test: &str) -> Result<Self> {
         let suffix = uuid::Uuid::new_v4().simple().to_string();
-        let name = namespace_name(test, &suffix[..6]);
+        Self::create_named(client, &namespace_name(test, &suffix[..6]), test).await
+    }
+
+    /// Creates the namespace `name` for `test` (for a test whose inputs name their namespace),
+    /// labelled like [`TestNamespace::create`]'s.
+    pub async fn create_named(client: &Client, name: &str, test: &str) -> Result<Self> {
+        let name = name.to_owned();
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(name.clone()),

@@ -32,6 +32,16 @@ pub async fn start_without_operator(test: &str) -> Result<Harness> {
     Harness::builder(test).timeout(WAIT).start().await
 }
 
+/// Like [`start_without_operator`], in the namespace named exactly `ns` (for fixtures that name
+/// their namespace).
+pub async fn start_in_namespace(ns: &str) -> Result<Harness> {
+    Harness::builder(ns)
+        .namespace(ns)
+        .timeout(WAIT)
+        .start()
+        .await
+}
+
 /// The operator configuration for tests: no HTTP server.
 pub fn test_config() -> OperatorConfig {
     OperatorConfig {
