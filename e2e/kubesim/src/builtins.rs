@@ -255,6 +255,16 @@ pub fn all() -> Vec<ResourceDef> {
             &["ev"],
             typed::<events::v1::Event>(),
         ),
+        // Stored and listed only: nothing enforces a NetworkPolicy (pods share the machine).
+        spec(
+            "networking.k8s.io",
+            "v1",
+            "NetworkPolicy",
+            "networkpolicies",
+            true,
+            &["netpol"],
+            typed::<k8s_openapi::api::networking::v1::NetworkPolicy>(),
+        ),
         spec(
             "rbac.authorization.k8s.io",
             "v1",
