@@ -97,9 +97,11 @@ fn parse_document(index: usize, doc: Value) -> Result<Parsed, Vec<DocumentError>
             format!("expected {API_VERSION}, found {api_version:?}"),
         ));
     }
-    let Some(spec) = obj.get("spec").filter(|s| s.is_object()) else {
+    let mut obj = obj;
+    let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) else {
         return Err(one("spec", "is required and must be a mapping".into()));
     };
+    schema::drop_nulls(spec);
     let schema_errors = schema::check_spec(spec, true);
     if !schema_errors.is_empty() {
         return Err(schema_errors

@@ -319,7 +319,7 @@ pub fn is_env_name(key: &str) -> bool {
 }
 
 #[path = "validate_schema.rs"]
-pub(crate) mod schema;
+pub mod schema;
 
 #[cfg(test)]
 #[path = "validate_tests.rs"]

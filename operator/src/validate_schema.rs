@@ -38,6 +38,40 @@ pub fn check_spec(spec: &Value, strict: bool) -> Vec<FieldError> {
     out
 }
 
+/// Drops `null` values of fields the schema does not mark nullable, as the API server does
+/// before defaulting (`portName: null` then gets its default instead of failing to decode).
+pub fn drop_nulls(spec: &mut Value) {
+    if let Some(schema) = SPEC_SCHEMA.as_ref() {
+        drop_nulls_at(spec, schema);
+    }
+}
+
+fn drop_nulls_at(v: &mut Value, s: &JSONSchemaProps) {
+    match v {
+        Value::Object(m) => {
+            let extra = match &s.additional_properties {
+                Some(JSONSchemaPropsOrBool::Schema(a)) => Some(&**a),
+                _ => None,
+            };
+            m.retain(|k, child| {
+                let cs = s.properties.as_ref().and_then(|p| p.get(k)).or(extra);
+                !(child.is_null() && cs.is_some_and(|cs| cs.nullable != Some(true)))
+            });
+            for (k, child) in m.iter_mut() {
+                if let Some(cs) = s.properties.as_ref().and_then(|p| p.get(k)).or(extra) {
+                    drop_nulls_at(child, cs);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(JSONSchemaPropsOrArray::Schema(is)) = &s.items {
+                items.iter_mut().for_each(|i| drop_nulls_at(i, is));
+            }
+        }
+        _ => {}
+    }
+}
+
 fn push(out: &mut Vec<FieldError>, field: &str, message: String) {
     out.push(FieldError {
         field: field.to_string(),

@@ -57,7 +57,9 @@ fn dropped(input: &Value, output: &Value, path: &str, out: &mut Vec<String>) {
 }
 
 fn operator_validate(spec: &Value) -> Answer {
-    let ms: MicroService = match serde_path_to_error::deserialize(object(spec)) {
+    let mut obj = object(spec);
+    flotilla_operator::validate::schema::drop_nulls(&mut obj["spec"]);
+    let ms: MicroService = match serde_path_to_error::deserialize(obj) {
         Ok(ms) => ms,
         Err(e) => return Answer::Refused(format!("{}: {}", e.path(), e.inner())),
     };
