@@ -1,10 +1,21 @@
-//! Scale benchmark: N MicroServices on a kubesim API server, reconciled by the in-process
-//! operator. Prints the time to converge all of them, the reconcile throughput, and the time and
-//! write count of a full resync after an operator restart (expected: zero writes).
+//! Scale benchmark: N MicroServices on a kubesim API server, reconciled by the operator.
 //!
-//! `cargo run -p flotilla-operator --release --example scale -- [N]` (default N = 500).
+//! - default (warm): the operator runs while the N MicroServices are created. Prints the time to
+//!   converge all of them, the reconcile throughput, and the time and write count of a full
+//!   resync after an operator restart (expected: zero writes).
+//! - `--cold`: the N MicroServices are created while the operator is not running, then it
+//!   starts. Prints the time from start to all converged, reconcile runs, and per MicroService
+//!   the child writes, status writes and API requests (counted on the operator's own client).
+//! - `--rss`: runs the release operator binary as a child process against the same API server
+//!   and prints its resident memory idle (no MicroServices) and with N MicroServices and their
+//!   3·N children converged.
+//!
+//! `cargo run -p flotilla-operator --release --example scale -- [N] [--cold | --rss]`
+//! (default N = 500; `--rss` needs `cargo build --release -p flotilla-operator` first).
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -73,6 +84,36 @@ fn writes(text: &str) -> f64 {
         .fold(0.0, |a, b| a + b)
 }
 
+/// API requests of the operator's client: all, writes (anything but GET), status writes, and
+/// Event writes (counted among the writes).
+#[derive(Default)]
+struct Requests {
+    all: AtomicU64,
+    writes: AtomicU64,
+    status_writes: AtomicU64,
+    events: AtomicU64,
+}
+
+/// A client for `url` that counts every request it sends into `counts`.
+fn counting_client(url: &str, counts: Arc<Requests>) -> Result<Client> {
+    let config = kube::Config::new(url.parse()?);
+    let layer = tower::util::MapRequestLayer::new(move |req: http::Request<kube::client::Body>| {
+        counts.all.fetch_add(1, Ordering::Relaxed);
+        if req.method() != http::Method::GET {
+            counts.writes.fetch_add(1, Ordering::Relaxed);
+            if req.uri().path().contains("/events") {
+                counts.events.fetch_add(1, Ordering::Relaxed);
+            } else if req.uri().path().ends_with("/status") {
+                counts.status_writes.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        req
+    });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&layer)
+        .build())
+}
+
 fn start(
     client: Client,
     addr: SocketAddr,
@@ -91,14 +132,16 @@ fn start(
     (tx, handle)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    flotilla_operator::telemetry::init(flotilla_operator::telemetry::LogFormat::Text);
-    let n: usize = std::env::args()
-        .nth(1)
-        .map(|a| a.parse())
-        .transpose()?
-        .unwrap_or(500);
+/// Which figures to produce.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Warm,
+    Cold,
+    Rss,
+}
+
+/// The cluster with the CRD and the namespace, and a client of the benchmark's own.
+async fn setup() -> Result<(Cluster, Api<MicroService>)> {
     let cluster = Cluster::start(ClusterConfig::default()).await?;
     let client = cluster.client();
     eprintln!("kubesim at {}", cluster.url());
@@ -116,7 +159,7 @@ async fn main() -> Result<()> {
         },
         ..Namespace::default()
     };
-    Api::<Namespace>::all(client.clone())
+    Api::<Namespace>::all(client)
         .create(&PostParams::default(), &ns)
         .await?;
     // The benchmark's own requests use a client of their own, apart from the operator's.
@@ -129,10 +172,10 @@ async fn main() -> Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    Ok((cluster, api))
+}
 
-    let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let (stop, handle) = start(client.clone(), addr);
-    let t0 = Instant::now();
+async fn create_all(api: &Api<MicroService>, n: usize) -> Result<()> {
     for i in 0..n {
         let mut spec = MicroServiceSpec::with_image("flotilla/users:0.1.0");
         spec.config = Some([("INDEX".to_string(), i.to_string())].into());
@@ -145,19 +188,60 @@ async fn main() -> Result<()> {
         )
         .await?;
     }
-    let created = t0.elapsed();
+    Ok(())
+}
+
+async fn wait_converged(api: &Api<MicroService>, n: usize, t0: Instant) -> Result<Duration> {
+    let deadline = Instant::now() + TIMEOUT;
     loop {
-        let done = converged(&api, n).await?;
+        let done = converged(api, n).await?;
         if done == n {
-            break;
+            return Ok(t0.elapsed());
         }
         eprintln!("{:.1} s: {done}/{n} converged", t0.elapsed().as_secs_f64());
         if Instant::now() > deadline {
             bail!("not converged within {TIMEOUT:?}");
         }
-        tokio::time::sleep(Duration::from_millis(1000)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let converge = t0.elapsed();
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    flotilla_operator::telemetry::init(flotilla_operator::telemetry::LogFormat::Text);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let n: usize = args
+        .iter()
+        .find(|a| !a.starts_with("--"))
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(500);
+    let mode = if args.iter().any(|a| a == "--cold") {
+        Mode::Cold
+    } else if args.iter().any(|a| a == "--rss") {
+        Mode::Rss
+    } else {
+        Mode::Warm
+    };
+    let (cluster, api) = setup().await?;
+    println!("microservices:               {n}");
+    match mode {
+        Mode::Warm => warm(&cluster, &api, n).await?,
+        Mode::Cold => cold(&cluster, &api, n).await?,
+        Mode::Rss => rss(&cluster, &api, n).await?,
+    }
+    cluster.shutdown().await;
+    Ok(())
+}
+
+async fn warm(cluster: &Cluster, api: &Api<MicroService>, n: usize) -> Result<()> {
+    let client = cluster.client();
+    let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let (stop, handle) = start(client.clone(), addr);
+    let t0 = Instant::now();
+    create_all(api, n).await?;
+    let created = t0.elapsed();
+    let converge = wait_converged(api, n, t0).await?;
     let text = metrics(addr).await.context("metrics")?;
     let reconciles = sum(&text, "flotilla_reconcile_total");
     let converge_writes = writes(&text);
@@ -166,8 +250,9 @@ async fn main() -> Result<()> {
 
     // Restart: every MicroService is reconciled again; nothing should be written.
     let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let (stop, handle) = start(client.clone(), addr);
+    let (stop, handle) = start(client, addr);
     let t1 = Instant::now();
+    let deadline = t1 + TIMEOUT;
     let text = loop {
         if let Ok(text) = metrics(addr).await {
             if sum(
@@ -187,9 +272,7 @@ async fn main() -> Result<()> {
     let written = writes(&text);
     let _ = stop.send(());
     handle.await??;
-    cluster.shutdown().await;
 
-    println!("microservices:               {n}");
     println!(
         "create requests issued in:   {:.2} s",
         created.as_secs_f64()
@@ -207,5 +290,101 @@ async fn main() -> Result<()> {
         n as f64 / resync.as_secs_f64()
     );
     println!("child writes during resync:  {written:.0}");
+    Ok(())
+}
+
+async fn cold(cluster: &Cluster, api: &Api<MicroService>, n: usize) -> Result<()> {
+    create_all(api, n).await?;
+    let counts = Arc::new(Requests::default());
+    let client = counting_client(cluster.url(), counts.clone())?;
+    let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let t0 = Instant::now();
+    let (stop, handle) = start(client, addr);
+    let converge = wait_converged(api, n, t0).await?;
+    let text = metrics(addr).await.context("metrics")?;
+    let reconciles = sum(&text, "flotilla_reconcile_total");
+    let child_writes = writes(&text);
+    let _ = stop.send(());
+    handle.await??;
+    let per = |c: &AtomicU64| c.load(Ordering::Relaxed) as f64 / n as f64;
+    println!(
+        "cold start: all converged {:.2} s after the operator started ({:.0} MicroServices/s)",
+        converge.as_secs_f64(),
+        n as f64 / converge.as_secs_f64()
+    );
+    println!(
+        "reconcile runs:              {reconciles:.0} ({:.2} per MicroService)",
+        reconciles / n as f64
+    );
+    println!(
+        "child writes:                {child_writes:.0} ({:.2} per child, 3 children each)",
+        child_writes / (3 * n) as f64
+    );
+    println!(
+        "API requests per MicroService: {:.2} (writes {:.2}: status writes {:.2}, Events {:.2})",
+        per(&counts.all),
+        per(&counts.writes),
+        per(&counts.status_writes),
+        per(&counts.events)
+    );
+    Ok(())
+}
+
+/// Resident and peak resident memory of a process, in MiB.
+fn rss_of(pid: u32) -> Result<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Result<f64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .with_context(|| format!("{name} of process {pid}"))?;
+        let kib: f64 = line.split_whitespace().nth(1).context("value")?.parse()?;
+        Ok(kib / 1024.0)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+async fn rss(cluster: &Cluster, api: &Api<MicroService>, n: usize) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    let bin = exe
+        .parent()
+        .and_then(|d| d.parent())
+        .map(|d| d.join("flotilla-operator"))
+        .context("operator binary path")?;
+    if !bin.is_file() {
+        bail!(
+            "{} is missing: cargo build --release -p flotilla-operator",
+            bin.display()
+        );
+    }
+    let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let mut child = tokio::process::Command::new(&bin)
+        .args(["run", "--metrics-addr", &addr.to_string()])
+        .env("KUBECONFIG", cluster.kubeconfig_path())
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = child.id().context("operator pid")?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while metrics(addr).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the operator binary never served metrics");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (idle, _) = rss_of(pid)?;
+    let t0 = Instant::now();
+    create_all(api, n).await?;
+    let converge = wait_converged(api, n, t0).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (loaded, peak) = rss_of(pid)?;
+    let _ = child.kill().await;
+    println!("operator binary RSS idle:    {idle:.1} MiB");
+    println!(
+        "operator binary RSS with {n} MicroServices and {} children: {loaded:.1} MiB (peak {peak:.1} MiB; converged in {:.2} s)",
+        3 * n,
+        converge.as_secs_f64()
+    );
     Ok(())
 }
