@@ -136,7 +136,17 @@ async fn failing_pod_is_ejected_and_returns_after_recovering() -> Result<()> {
         member(d, "web", "web-1") == Some(Membership::In)
     })
     .await?;
+    // Notices follow the desired state they belong to; collect them as they arrive.
     let mut seen = Vec::new();
+    while seen.len() < 2 {
+        match tokio::time::timeout(WAIT, out.notices.recv()).await {
+            Ok(Some(Notice::Pod {
+                pod, to, evidence, ..
+            })) => seen.push((pod.name, to, evidence)),
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
     while let Ok(n) = out.notices.try_recv() {
         if let Notice::Pod {
             pod, to, evidence, ..
