@@ -102,6 +102,8 @@ pub mod reasons {
     pub const DEPENDENCY_MISSING: &str = "DependencyMissing";
     /// The spec passed the schema but cannot be realised (see the message).
     pub const INVALID_SPEC: &str = "InvalidSpec";
+    /// A child's name is taken by an object Flotilla does not control; it is left untouched.
+    pub const CHILD_CONFLICT: &str = "ChildConflict";
     /// The operator could not apply the children (transient; it retries).
     pub const APPLY_FAILED: &str = "ApplyFailed";
     /// No problem found.

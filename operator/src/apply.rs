@@ -6,22 +6,43 @@
 //! cached live object has that hash and contains every field of the desired object with the same
 //! value. A removed field changes the hash; someone else's edit to one of our fields breaks the
 //! containment; both lead to an apply with force, which restores our fields.
+//!
+//! Flotilla never takes over an object it did not create: before the first apply of a child
+//! whose name is already taken, the object must carry Flotilla's controller reference for this
+//! MicroService, or the apply stops with [`ReconcileError::ChildConflict`]. Every write has a
+//! timeout ([`WRITE_TIMEOUT`]), is made only while this replica leads, and is counted in
+//! `flotilla_child_writes_total` with an Event for each change.
 
 use std::fmt::Debug;
+use std::future::Future;
+use std::time::Duration;
 
-use flotilla_crds::{annotations, FIELD_MANAGER};
+use flotilla_crds::{annotations, MicroService, FIELD_MANAGER};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use tracing::info;
 
-use crate::error::{status_code, Error};
+use crate::build::{config_map_name, DesiredResources};
+use crate::context::Context;
+use crate::error::{status_code, ReconcileError as Error};
+use crate::validate::ValidatedSpec;
 
 /// Field manager that keeps a Deployment's replica count while Flotilla hands it over to an HPA.
 pub const HANDOVER_FIELD_MANAGER: &str = "flotilla-replicas-handover";
+
+/// Longest one API write (or the lookup before a create) may take. Well under the renew
+/// deadline of the default lease timing (10 s), so a hanging API server cannot hold a reconcile
+/// past the point where this replica stops leading.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// What an apply or delete did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +111,31 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
     }
 }
 
+/// Runs one API call with [`WRITE_TIMEOUT`], mapping its error like [`api_error`].
+async fn timed<T>(
+    action: &str,
+    kind: &'static str,
+    name: &str,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(WRITE_TIMEOUT, call).await {
+        Ok(r) => r.map_err(|e| api_error(action, kind, name, e)),
+        Err(_) => Err(Error::Timeout {
+            action: format!("{action} {kind} {name}"),
+            after: WRITE_TIMEOUT,
+        }),
+    }
+}
+
+/// Whether `obj` carries a controller reference to the owner with uid `owner_uid`.
+pub fn is_controlled_by<K: Resource>(obj: &K, owner_uid: Option<&str>) -> bool {
+    obj.owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == owner_uid)
+}
+
+/// The 400/422 answers are the server refusing the object itself: permanent. Everything else is
+/// classified by [`Error::category`].
 fn api_error(action: &str, kind: &'static str, name: &str, e: kube::Error) -> Error {
     match (&e, status_code(&e)) {
         (kube::Error::Api(s), Some(400 | 422)) => Error::Rejected {
@@ -103,26 +149,39 @@ fn api_error(action: &str, kind: &'static str, name: &str, e: kube::Error) -> Er
 
 /// Applies `desired` with field manager `flotilla` and force, unless the cached `live` object
 /// shows nothing would change. Returns the resulting object and what happened.
+///
+/// The object must be Flotilla's: a cached `live` object, or one found by name when the cache
+/// has none, that lacks the controller reference to `owner_uid` is a
+/// [`Error::ChildConflict`], and nothing is written.
 pub async fn apply_child<K>(
     api: &Api<K>,
     mut desired: K,
     live: Option<&K>,
+    owner_uid: Option<&str>,
 ) -> Result<(K, Outcome), Error>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
     stamp(&mut desired)?;
     let name = desired.name_any();
+    let kind = kind_of::<K>();
+    // The cache holds only labelled objects, and may lag behind a create: look the name up.
+    let fetched = match live {
+        Some(_) => None,
+        None => timed("get", kind, &name, api.get_opt(&name)).await?,
+    };
+    let live = live.or(fetched.as_ref());
     if let Some(live) = live {
+        if !is_controlled_by(live, owner_uid) {
+            return Err(Error::ChildConflict { kind, name });
+        }
         if !needs_apply(&desired, live)? {
             return Ok((live.clone(), Outcome::Unchanged));
         }
     }
     let pp = PatchParams::apply(FIELD_MANAGER).force();
-    let out = api
-        .patch(&name, &pp, &Patch::Apply(&desired))
-        .await
-        .map_err(|e| api_error("apply", kind_of::<K>(), &name, e))?;
+    let body = Patch::Apply(&desired);
+    let out = timed("apply", kind, &name, api.patch(&name, &pp, &body)).await?;
     let outcome = match live {
         None => Outcome::Created,
         Some(l) if l.resource_version() == out.resource_version() => Outcome::Unchanged,
@@ -144,18 +203,21 @@ where
     let Some(live) = live else {
         return Ok(Outcome::Unchanged);
     };
-    let controlled = live
-        .owner_references()
-        .iter()
-        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == owner_uid);
-    if !controlled {
+    if !is_controlled_by(live, owner_uid) {
         return Ok(Outcome::Unchanged);
     }
     let name = live.name_any();
-    match api.delete(&name, &DeleteParams::background()).await {
-        Ok(_) => Ok(Outcome::Deleted),
-        Err(e) if status_code(&e) == Some(404) => Ok(Outcome::Unchanged),
-        Err(e) => Err(api_error("delete", kind_of::<K>(), &name, e)),
+    let kind = kind_of::<K>();
+    let dp = DeleteParams::background();
+    let delete = api.delete(&name, &dp);
+    match tokio::time::timeout(WRITE_TIMEOUT, delete).await {
+        Ok(Ok(_)) => Ok(Outcome::Deleted),
+        Ok(Err(e)) if status_code(&e) == Some(404) => Ok(Outcome::Unchanged),
+        Ok(Err(e)) => Err(api_error("delete", kind, &name, e)),
+        Err(_) => Err(Error::Timeout {
+            action: format!("delete {kind} {name}"),
+            after: WRITE_TIMEOUT,
+        }),
     }
 }
 
@@ -190,10 +252,122 @@ pub async fn hand_over_replicas(api: &Api<Deployment>, live: &Deployment) -> Res
         "spec": {"replicas": replicas},
     });
     let pp = PatchParams::apply(HANDOVER_FIELD_MANAGER).force();
-    api.patch(&name, &pp, &Patch::Apply(&patch))
-        .await
-        .map_err(|e| api_error("hand over replicas of", "Deployment", &name, e))?;
+    let body = Patch::Apply(&patch);
+    let call = api.patch(&name, &pp, &body);
+    timed("hand over replicas of", "Deployment", &name, call).await?;
     Ok(true)
+}
+
+/// Counts a child write and announces a change with a Normal Event.
+pub async fn record(
+    ctx: &Context,
+    ms: &MicroService,
+    kind: &'static str,
+    name: &str,
+    outcome: Outcome,
+) {
+    ctx.metrics
+        .child_writes
+        .with_label_values(&[kind, outcome.as_str()])
+        .inc();
+    let (reason, action) = match outcome {
+        Outcome::Unchanged => return,
+        Outcome::Created => ("Created", "Apply"),
+        Outcome::Updated => ("Updated", "Apply"),
+        Outcome::Deleted => ("Deleted", "Delete"),
+    };
+    info!(
+        kind,
+        child = name,
+        outcome = outcome.as_str(),
+        "child written"
+    );
+    let note = format!("{kind} {name} {}", outcome.as_str());
+    ctx.publish(ms, EventType::Normal, reason, action, note)
+        .await;
+}
+
+fn cached<K>(store: &Store<K>, name: &str, ns: &str) -> Option<std::sync::Arc<K>>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    store.get(&ObjectRef::new(name).within(ns))
+}
+
+/// Stops a write when this replica no longer leads (the lease could not be renewed in time).
+pub fn ensure_leading(ctx: &Context) -> Result<(), Error> {
+    if ctx.leadership.is_leading() {
+        Ok(())
+    } else {
+        Err(Error::NotLeading)
+    }
+}
+
+/// Applies every desired child and deletes the unwanted ones, ConfigMap first (the pods
+/// reference it); returns the Deployment as applied.
+pub async fn apply_all(
+    ctx: &Context,
+    ms: &MicroService,
+    v: &ValidatedSpec,
+    desired: DesiredResources,
+) -> Result<Deployment, Error> {
+    let DesiredResources {
+        deployment,
+        service,
+        config_map,
+        hpa,
+    } = desired;
+    let client = &ctx.client;
+    let stores = &ctx.stores;
+    let ns = v.namespace.as_str();
+    let owner = v.owner.as_ref().map(|o| o.uid.as_str());
+
+    let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
+    let cm_name = config_map_name(&v.name);
+    let live_cm = cached(&stores.config_maps, &cm_name, ns);
+    ensure_leading(ctx)?;
+    let outcome = match config_map {
+        Some(cm) => apply_child(&cm_api, cm, live_cm.as_deref(), owner).await?.1,
+        None => delete_child(&cm_api, live_cm.as_deref(), owner).await?,
+    };
+    record(ctx, ms, "ConfigMap", &cm_name, outcome).await;
+
+    let dep_api: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let live_dep = cached(&stores.deployments, &v.name, ns);
+    let autoscaled = deployment
+        .spec
+        .as_ref()
+        .is_some_and(|s| s.replicas.is_none());
+    if let (true, Some(live)) = (autoscaled, live_dep.as_deref()) {
+        ensure_leading(ctx)?;
+        if is_controlled_by(live, owner) && hand_over_replicas(&dep_api, live).await? {
+            info!("replica count handed over to the autoscaler");
+        }
+    }
+    ensure_leading(ctx)?;
+    let (applied_dep, outcome) =
+        apply_child(&dep_api, deployment, live_dep.as_deref(), owner).await?;
+    record(ctx, ms, "Deployment", &v.name, outcome).await;
+
+    let svc_api: Api<Service> = Api::namespaced(client.clone(), ns);
+    let live_svc = cached(&stores.services, &v.name, ns);
+    ensure_leading(ctx)?;
+    let (_, outcome) = apply_child(&svc_api, service, live_svc.as_deref(), owner).await?;
+    record(ctx, ms, "Service", &v.name, outcome).await;
+
+    let hpa_api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
+    let live_hpa = cached(&stores.hpas, &v.name, ns);
+    ensure_leading(ctx)?;
+    let outcome = match hpa {
+        Some(h) => {
+            apply_child(&hpa_api, h, live_hpa.as_deref(), owner)
+                .await?
+                .1
+        }
+        None => delete_child(&hpa_api, live_hpa.as_deref(), owner).await?,
+    };
+    record(ctx, ms, "HorizontalPodAutoscaler", &v.name, outcome).await;
+    Ok(applied_dep)
 }
 
 #[cfg(test)]

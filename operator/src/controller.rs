@@ -1,6 +1,7 @@
-//! Wires the kube-runtime Controller: a watch on MicroServices, label-filtered watches on the
-//! children Flotilla manages (each feeding a cache the reconciler reads), and a metadata-only
-//! watch on MicroServices that wakes the dependents of a service that appears or disappears.
+//! Wires the kube-runtime Controller: the replica's shared MicroService cache (see
+//! [`crate::cache`]) drives it and also wakes the dependents of a service that appears or
+//! disappears; label-filtered watches on the children Flotilla manages feed the caches the
+//! reconciler compares against. Runs only while this replica leads.
 
 use std::sync::Arc;
 
@@ -9,7 +10,6 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
-use kube::api::PartialObjectMeta;
 use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -18,9 +18,12 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info};
 
+use crate::cache::{Change, MicroServices, Stores, Synced};
+use crate::context::Context;
 use crate::http::Readiness;
+use crate::leader::Leadership;
 use crate::metrics::Metrics;
-use crate::reconcile::{error_policy, reconcile, Context, Stores, Synced};
+use crate::reconcile::{error_policy, reconcile};
 use crate::OperatorConfig;
 
 /// Name the operator reports Events under.
@@ -51,20 +54,37 @@ fn on_init_done<K>(flags: &mut Vec<Synced>) -> impl FnMut(&watcher::Event<K>) {
     }
 }
 
-/// The MicroServices in the same namespace that list `meta` as a dependency.
+/// The MicroServices in the same namespace that list the changed one as a dependency.
 fn dependents(
     store: &Store<MicroService>,
-    meta: &PartialObjectMeta<MicroService>,
+    changed: &ObjectRef<MicroService>,
 ) -> Vec<ObjectRef<MicroService>> {
-    let ns = meta.namespace();
-    let name = meta.name_any();
+    let ns = changed.namespace.as_deref();
     store
         .state()
         .iter()
-        .filter(|m| m.namespace() == ns)
-        .filter(|m| m.spec.dependencies.iter().flatten().any(|d| *d == name))
+        .filter(|m| m.metadata.namespace.as_deref() == ns)
+        .filter(|m| {
+            m.spec
+                .dependencies
+                .iter()
+                .flatten()
+                .any(|d| *d == changed.name)
+        })
         .map(|m| ObjectRef::from_obj(m.as_ref()))
         .collect()
+}
+
+/// What the controller runs with besides the client and configuration.
+pub struct Shared {
+    /// The replica's MicroService cache.
+    pub microservices: MicroServices,
+    /// Whether writes are allowed.
+    pub leadership: Leadership,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Set once the caches have synced.
+    pub readiness: Readiness,
 }
 
 /// Runs the controller until `shutdown` completes and in-flight reconciles have finished.
@@ -72,12 +92,16 @@ pub async fn run(
     client: Client,
     config: &OperatorConfig,
     identity: String,
-    metrics: Metrics,
-    readiness: Readiness,
+    shared: Shared,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
+    let Shared {
+        microservices,
+        leadership,
+        metrics,
+        readiness,
+    } = shared;
     let ns = config.watch_namespace.as_deref();
-    let ms_api: Api<MicroService> = api_for(&client, ns);
     // Only children Flotilla created are cached: the label keeps the caches to what the
     // reconciler reads, however many other Deployments and ConfigMaps the cluster holds.
     let children = watcher::Config::default().labels(&format!(
@@ -118,24 +142,20 @@ pub async fn run(
         .inspect_ok(on_init_done(&mut synced))
         .touched_objects();
 
-    // The MicroService cache is built here rather than by `Controller::new`, so that its stream
-    // can set its flag too; the controller's runner is then the only waiter on the store itself.
-    let (ms_store, ms_writer) = reflector::store::<MicroService>();
-    let ms_stream = watcher(ms_api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .reflect(ms_writer)
-        .inspect_ok(on_init_done(&mut synced))
-        .touched_objects();
-    let controller = Controller::for_stream(ms_stream, ms_store.clone());
+    synced.push(microservices.synced());
+    let ms_store = microservices.store();
+    let controller = Controller::for_shared_stream(microservices.objects(), ms_store.clone());
     let dep_lookup = ms_store.clone();
-    // Metadata only: names and namespaces are all the dependency mapping needs.
-    let meta_api: Api<PartialObjectMeta<MicroService>> = match ns {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let ms_meta = watcher(meta_api, watcher::Config::default().any_semantic())
-        .default_backoff()
-        .touched_objects();
+    let dependency_changes = microservices
+        .changes()
+        .filter_map(|c| async move {
+            match c {
+                Change::Applied(r) | Change::Deleted(r) => Some(r),
+                // The controller's own stream reconciles everything after a resync.
+                Change::Resynced => None,
+            }
+        })
+        .flat_map(move |r| futures::stream::iter(dependents(&dep_lookup, &r)));
 
     let stores = Stores {
         microservices: ms_store,
@@ -160,13 +180,13 @@ pub async fn run(
             instance: Some(identity),
         },
     );
-    let ctx = Arc::new(Context::new(client, recorder, metrics, stores));
+    let ctx = Arc::new(Context::new(client, recorder, metrics, stores, leadership));
     controller
         .owns_stream(deployments)
         .owns_stream(services)
         .owns_stream(config_maps)
         .owns_stream(hpas)
-        .watches_stream(ms_meta, move |meta| dependents(&dep_lookup, &meta))
+        .reconcile_on(dependency_changes)
         .with_config(ControllerConfig::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)

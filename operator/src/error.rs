@@ -1,11 +1,92 @@
-//! Operator errors, split into permanent ones (wait for the spec to change) and transient ones
-//! (retry with backoff), each with a fixed metric category.
+//! Errors by concern. A [`ReconcileError`] belongs to one MicroService: its [`Category`] decides
+//! the metric label, the Event reason and whether retrying can help. A [`RunError`] ends the
+//! operator (leadership lost, a server that cannot bind); leader election and the HTTP server
+//! have their own error types ([`crate::leader::LeaseError`], [`crate::http::BindError`]).
 
 use crate::validate::InvalidSpec;
 
-/// Everything that can go wrong while reconciling or running the operator.
+/// Why a reconcile failed, from a fixed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Category {
+    /// The spec passed the schema but cannot be realised.
+    InvalidSpec,
+    /// The API server refused an object built from the spec (400 or 422).
+    Rejected,
+    /// A child's name is taken by an object Flotilla does not control.
+    ChildConflict,
+    /// An object from the API server lacks a field it must have.
+    MissingField,
+    /// 409 from the API server (someone else wrote first).
+    Conflict,
+    /// 429 from the API server.
+    Throttled,
+    /// 5xx from the API server.
+    ServerError,
+    /// Any other 4xx from the API server.
+    ClientError,
+    /// No HTTP answer at all (connection refused, reset, TLS).
+    Transport,
+    /// A call did not finish within its timeout.
+    Timeout,
+    /// An object could not be (de)serialised.
+    Serialization,
+    /// This replica stopped leading before the write.
+    NotLeading,
+}
+
+impl Category {
+    /// Fixed label for `flotilla_reconcile_failures_total{category}`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Category::InvalidSpec => "invalid_spec",
+            Category::Rejected => "rejected",
+            Category::ChildConflict => "child_conflict",
+            Category::MissingField => "missing_field",
+            Category::Conflict => "conflict",
+            Category::Throttled => "throttled",
+            Category::ServerError => "server_error",
+            Category::ClientError => "client_error",
+            Category::Transport => "transport",
+            Category::Timeout => "timeout",
+            Category::Serialization => "serialization",
+            Category::NotLeading => "not_leading",
+        }
+    }
+
+    /// Reason of the Warning Event reporting the failure (CamelCase). Distinct reasons keep
+    /// different failures from being folded into one Event series.
+    pub fn event_reason(self) -> &'static str {
+        match self {
+            Category::InvalidSpec => flotilla_crds::reasons::INVALID_SPEC,
+            Category::Rejected => "Rejected",
+            Category::ChildConflict => flotilla_crds::reasons::CHILD_CONFLICT,
+            Category::MissingField => "MissingField",
+            Category::Conflict => "Conflict",
+            Category::Throttled => "Throttled",
+            Category::ServerError => "APIServerError",
+            Category::ClientError => "APIRequestFailed",
+            Category::Transport => "APIUnreachable",
+            Category::Timeout => "APITimeout",
+            Category::Serialization => "ReconcileFailed",
+            Category::NotLeading => "NotLeading",
+        }
+    }
+
+    /// Whether retrying cannot help until the MicroService (or the conflicting object) changes.
+    pub fn is_permanent(self) -> bool {
+        matches!(
+            self,
+            Category::InvalidSpec
+                | Category::Rejected
+                | Category::ChildConflict
+                | Category::MissingField
+        )
+    }
+}
+
+/// Everything that can go wrong while reconciling one MicroService.
 #[derive(Debug, thiserror::Error)]
-pub enum Error {
+pub enum ReconcileError {
     /// The spec passed the schema but cannot be realised.
     #[error("invalid spec: {0}")]
     InvalidSpec(#[from] InvalidSpec),
@@ -21,6 +102,16 @@ pub enum Error {
         message: String,
     },
 
+    /// A child's name is taken by an object without Flotilla's controller reference for this
+    /// MicroService; Flotilla leaves it alone.
+    #[error("{kind} {name} already exists and is not controlled by this MicroService; Flotilla leaves it untouched (rename the MicroService or remove the object)")]
+    ChildConflict {
+        /// Child kind.
+        kind: &'static str,
+        /// Child name.
+        name: String,
+    },
+
     /// An object from the API server lacks a field it must have (name, namespace, uid).
     #[error("object is missing {0}")]
     MissingField(&'static str),
@@ -28,88 +119,100 @@ pub enum Error {
     /// A Kubernetes API call failed.
     #[error("{action} failed: {source}")]
     Kube {
-        /// What was being done, e.g. `apply Deployment`.
+        /// What was being done, e.g. `apply Deployment users`.
         action: String,
         /// The client error.
         #[source]
         source: kube::Error,
     },
 
+    /// A Kubernetes API call did not finish in time.
+    #[error("{action} timed out after {after:?}")]
+    Timeout {
+        /// What was being done.
+        action: String,
+        /// The timeout.
+        after: std::time::Duration,
+    },
+
     /// An object could not be (de)serialised.
     #[error("serialization failed: {0}")]
     Serialization(#[from] serde_json::Error),
 
-    /// The leader lease was lost to another replica.
-    #[error("leadership lost: {0}")]
-    LeadershipLost(String),
+    /// The write was not made because this replica no longer holds the leader lease.
+    #[error("not writing: this replica no longer leads")]
+    NotLeading,
 
-    /// Kubeconfig / in-cluster configuration could not be loaded.
-    #[error("kubernetes client configuration: {0}")]
-    Config(String),
-
-    /// The metrics/health server could not bind.
-    #[error("cannot serve metrics on {addr}: {message}")]
-    Bind {
-        /// Requested address.
-        addr: std::net::SocketAddr,
-        /// Reason.
-        message: String,
+    /// A permanent error could not be written to the status. Counted and reported as the
+    /// original error, but retried so that the status eventually says why.
+    #[error("{reported} (and writing it to the status failed: {status_error})")]
+    NotReported {
+        /// The error the status write was reporting.
+        reported: Box<ReconcileError>,
+        /// Why the status write failed.
+        status_error: Box<ReconcileError>,
     },
 }
 
-impl Error {
-    /// Wraps a client error with the action that failed, classifying server rejections of our
-    /// own objects (400/422) as permanent.
+impl ReconcileError {
+    /// Wraps a client error with the action that failed.
     pub fn kube(action: impl Into<String>, source: kube::Error) -> Self {
-        Error::Kube {
+        ReconcileError::Kube {
             action: action.into(),
             source,
         }
     }
 
-    /// Whether retrying cannot help until the MicroService changes.
-    pub fn is_permanent(&self) -> bool {
-        matches!(
-            self,
-            Error::InvalidSpec(_) | Error::Rejected { .. } | Error::MissingField(_)
-        )
-    }
-
-    /// Reason of the Warning Event reporting this error (CamelCase, from a fixed set). Distinct
-    /// reasons keep different failures from being folded into one Event series.
-    pub fn event_reason(&self) -> &'static str {
-        match self.category() {
-            "invalid_spec" => "InvalidSpec",
-            "rejected" => "Rejected",
-            "missing_field" => "MissingField",
-            "conflict" => "Conflict",
-            "throttled" => "Throttled",
-            "server_error" => "APIServerError",
-            "client_error" => "APIRequestFailed",
-            "transport" => "APIUnreachable",
-            _ => "ReconcileFailed",
-        }
-    }
-
-    /// A fixed, bounded label for metrics.
-    pub fn category(&self) -> &'static str {
+    /// The category: metric label, Event reason, permanence.
+    pub fn category(&self) -> Category {
         match self {
-            Error::InvalidSpec(_) => "invalid_spec",
-            Error::Rejected { .. } => "rejected",
-            Error::MissingField(_) => "missing_field",
-            Error::Kube { source, .. } => match status_code(source) {
-                Some(409) => "conflict",
-                Some(429) => "throttled",
-                Some(c) if c >= 500 => "server_error",
-                Some(_) => "client_error",
-                None => "transport",
+            ReconcileError::InvalidSpec(_) => Category::InvalidSpec,
+            ReconcileError::Rejected { .. } => Category::Rejected,
+            ReconcileError::ChildConflict { .. } => Category::ChildConflict,
+            ReconcileError::MissingField(_) => Category::MissingField,
+            ReconcileError::Kube { source, .. } => match status_code(source) {
+                Some(409) => Category::Conflict,
+                Some(429) => Category::Throttled,
+                Some(c) if c >= 500 => Category::ServerError,
+                Some(_) => Category::ClientError,
+                None => Category::Transport,
             },
-            Error::Serialization(_) => "serialization",
-            Error::LeadershipLost(_) => "leadership",
-            Error::Config(_) => "config",
-            Error::Bind { .. } => "bind",
+            ReconcileError::Timeout { .. } => Category::Timeout,
+            ReconcileError::Serialization(_) => Category::Serialization,
+            ReconcileError::NotLeading => Category::NotLeading,
+            ReconcileError::NotReported { reported, .. } => reported.category(),
         }
     }
+
+    /// Whether retrying cannot help until the MicroService changes. An error whose status
+    /// write failed is retried, so the status catches up.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ReconcileError::NotReported { .. } => false,
+            other => other.category().is_permanent(),
+        }
+    }
+}
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The leader lease was lost (another replica holds it, or it could not be renewed before
+    /// the renew deadline). Every write had stopped before this is returned.
+    #[error("leadership lost: {0}")]
+    LeadershipLost(String),
+
+    /// The metrics registry rejected a metric (registered twice).
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+
+    /// The failover engine could not start.
+    #[error(transparent)]
+    Failover(#[from] crate::failover::StartError),
+
+    /// The metrics/health server could not bind.
+    #[error(transparent)]
+    Bind(#[from] crate::http::BindError),
 }
 
 /// HTTP status of an API error response, if the error is one.
@@ -131,26 +234,49 @@ mod tests {
         ))
     }
 
-    /// Invalid specs and rejections are permanent; API hiccups are transient.
-    #[test]
-    fn permanence() {
-        let invalid = Error::InvalidSpec(InvalidSpec {
+    fn invalid() -> ReconcileError {
+        ReconcileError::InvalidSpec(InvalidSpec {
             errors: vec![FieldError {
                 field: "spec.port".into(),
                 message: "bad".into(),
             }],
-        });
+        })
+    }
+
+    /// Invalid specs, rejections and child conflicts are permanent; API hiccups are transient.
+    #[test]
+    fn permanence() {
+        let invalid = invalid();
         assert!(invalid.is_permanent());
-        assert_eq!(invalid.category(), "invalid_spec");
+        assert_eq!(invalid.category(), Category::InvalidSpec);
+        let conflict = ReconcileError::ChildConflict {
+            kind: "Deployment",
+            name: "users".into(),
+        };
+        assert!(conflict.is_permanent());
+        assert_eq!(conflict.category().event_reason(), "ChildConflict");
         for (code, cat) in [
-            (409, "conflict"),
-            (500, "server_error"),
-            (429, "throttled"),
-            (404, "client_error"),
+            (409, Category::Conflict),
+            (500, Category::ServerError),
+            (429, Category::Throttled),
+            (404, Category::ClientError),
         ] {
-            let e = Error::kube("apply", api(code));
+            let e = ReconcileError::kube("apply", api(code));
             assert!(!e.is_permanent());
             assert_eq!(e.category(), cat);
         }
+    }
+
+    /// A failed status write keeps the category of the error it was reporting, and is retried.
+    #[test]
+    fn status_write_failure_does_not_mask_the_error() {
+        let e = ReconcileError::NotReported {
+            reported: Box::new(invalid()),
+            status_error: Box::new(ReconcileError::kube("apply status", api(500))),
+        };
+        assert_eq!(e.category(), Category::InvalidSpec);
+        assert_eq!(e.category().event_reason(), "InvalidSpec");
+        assert!(!e.is_permanent());
+        assert!(e.to_string().contains("spec.port"), "{e}");
     }
 }

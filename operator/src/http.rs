@@ -9,8 +9,18 @@ use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::Filter;
 
-use crate::error::Error;
 use crate::metrics::Metrics;
+
+/// The metrics/health server could not bind its address.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve metrics on {addr}: {source}")]
+pub struct BindError {
+    /// Requested address.
+    pub addr: SocketAddr,
+    /// The socket error.
+    #[source]
+    pub source: std::io::Error,
+}
 
 /// Shared readiness flag: true once the controller's caches have synced, or while this replica
 /// waits for the lease (a standby is healthy and ready to take over).
@@ -61,17 +71,13 @@ pub async fn serve(
     metrics: Metrics,
     ready: Readiness,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), Error> {
+) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), BindError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| Error::Bind {
-            addr,
-            message: e.to_string(),
-        })?;
-    let bound = listener.local_addr().map_err(|e| Error::Bind {
-        addr,
-        message: e.to_string(),
-    })?;
+        .map_err(|source| BindError { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| BindError { addr, source })?;
     let server = warp::serve(routes(metrics, ready))
         .incoming(listener)
         .graceful(shutdown)

@@ -5,7 +5,13 @@
 //! expired when its record (holder, renew time) has not changed for `lease_duration` since this
 //! replica first saw it, so clock skew between replicas does not matter. Writes use the lease's
 //! resourceVersion, so two candidates racing for it cannot both win.
+//!
+//! One leader even when the API server hangs: every lease call is bounded by the time left before
+//! the renew deadline (lease duration minus one renew interval after the last renewal that
+//! succeeded). Past that deadline [`Leadership::is_leading`] turns false on its own clock, so
+//! every writer that checks it stops before a standby could consider the lease expired.
 
+use std::future::Future;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -14,8 +20,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::PostParams;
 use kube::Api;
+use tokio::sync::watch;
 
-use crate::error::{status_code, Error};
+use crate::error::status_code;
 
 /// Name of the Lease used by the operator.
 pub const LEASE_NAME: &str = "flotilla-operator";
@@ -81,6 +88,99 @@ pub fn decide(
     }
 }
 
+/// Why a lease call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    /// The API server answered with an error, or could not be reached.
+    #[error("{action} failed: {source}")]
+    Kube {
+        /// The lease operation.
+        action: &'static str,
+        /// The client error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The call did not finish in the time it was given.
+    #[error("{action} timed out after {after:?}")]
+    Timeout {
+        /// The lease operation.
+        action: &'static str,
+        /// The time it was given.
+        after: Duration,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lead {
+    No,
+    Until(Instant),
+    Unbounded,
+}
+
+/// Whether this replica may write now: a handle every writer checks immediately before each
+/// write. Leadership held through a lease ends by itself at the renew deadline, even if the task
+/// renewing the lease is stuck in a hanging call.
+#[derive(Debug, Clone)]
+pub struct Leadership(watch::Receiver<Lead>);
+
+/// Grants and revokes [`Leadership`]; held by whoever runs the election.
+#[derive(Debug)]
+pub struct LeadershipSetter(watch::Sender<Lead>);
+
+impl Leadership {
+    /// A handle that is not leading, and its setter.
+    pub fn new() -> (LeadershipSetter, Leadership) {
+        let (tx, rx) = watch::channel(Lead::No);
+        (LeadershipSetter(tx), Leadership(rx))
+    }
+
+    /// Whether writes are allowed at this instant.
+    pub fn is_leading(&self) -> bool {
+        match *self.0.borrow() {
+            Lead::No => false,
+            Lead::Until(t) => Instant::now() < t,
+            Lead::Unbounded => true,
+        }
+    }
+
+    /// Completes when leadership was granted, renewed or revoked; an error once the setter is
+    /// gone. Expiry at the deadline is not announced: check [`Leadership::is_leading`].
+    pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
+        self.0.changed().await
+    }
+}
+
+impl LeadershipSetter {
+    /// Leading until `deadline` (extended by each renewal).
+    pub fn lead_until(&self, deadline: Instant) {
+        self.0.send_replace(Lead::Until(deadline));
+    }
+
+    /// Leading without election (a single replica).
+    pub fn lead_unbounded(&self) {
+        self.0.send_replace(Lead::Unbounded);
+    }
+
+    /// Not leading.
+    pub fn stop(&self) {
+        self.0.send_replace(Lead::No);
+    }
+}
+
+async fn bounded<T>(
+    action: &'static str,
+    within: Duration,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, LeaseError> {
+    match tokio::time::timeout(within, call).await {
+        Ok(r) => r.map_err(|source| LeaseError::Kube { action, source }),
+        Err(_) => Err(LeaseError::Timeout {
+            action,
+            after: within,
+        }),
+    }
+}
+
 /// One candidate for the lease.
 #[derive(Debug)]
 pub struct LeaderElector {
@@ -109,6 +209,14 @@ impl LeaderElector {
     /// This candidate's identity.
     pub fn identity(&self) -> &str {
         &self.identity
+    }
+
+    /// How long after a successful renewal (counted from when it was sent) the leader stops
+    /// writing: one renew interval before the lease could expire for a standby.
+    pub fn renew_deadline(&self) -> Duration {
+        self.timing
+            .lease_duration
+            .saturating_sub(self.timing.renew_interval)
     }
 
     fn observe(&self, spec: Option<&LeaseSpec>, now: Instant) -> Instant {
@@ -149,13 +257,12 @@ impl LeaderElector {
         }
     }
 
-    /// Tries to acquire or renew the lease. `Ok(true)` when this candidate holds it afterwards.
-    pub async fn try_acquire_or_renew(&self) -> Result<bool, Error> {
-        let current = self
-            .api
-            .get_opt(LEASE_NAME)
-            .await
-            .map_err(|e| Error::kube("get Lease", e))?;
+    /// Tries to acquire or renew the lease, giving the whole attempt at most `within`.
+    /// `Ok(true)` when this candidate holds it afterwards.
+    pub async fn try_acquire_or_renew(&self, within: Duration) -> Result<bool, LeaseError> {
+        let end = Instant::now() + within;
+        let left = || end.saturating_duration_since(Instant::now());
+        let current = bounded("get Lease", left(), self.api.get_opt(LEASE_NAME)).await?;
         let spec = current.as_ref().and_then(|l| l.spec.as_ref());
         let now = Instant::now();
         let since = self.observe(spec, now);
@@ -169,10 +276,14 @@ impl LeaderElector {
                     },
                     spec: Some(self.held_spec(None, false)),
                 };
-                match self.api.create(&PostParams::default(), &lease).await {
+                let pp = PostParams::default();
+                let create = self.api.create(&pp, &lease);
+                match bounded("create Lease", left(), create).await {
                     Ok(_) => Ok(true),
-                    Err(e) if status_code(&e) == Some(409) => Ok(false),
-                    Err(e) => Err(Error::kube("create Lease", e)),
+                    Err(LeaseError::Kube { source, .. }) if status_code(&source) == Some(409) => {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
                 }
             }
             d @ (Decision::Renew | Decision::TakeOver) => {
@@ -180,26 +291,24 @@ impl LeaderElector {
                     return Ok(false);
                 };
                 lease.spec = Some(self.held_spec(spec, d == Decision::TakeOver));
-                match self
-                    .api
-                    .replace(LEASE_NAME, &PostParams::default(), &lease)
-                    .await
-                {
+                let pp = PostParams::default();
+                let replace = self.api.replace(LEASE_NAME, &pp, &lease);
+                match bounded("update Lease", left(), replace).await {
                     Ok(_) => Ok(true),
-                    Err(e) if status_code(&e) == Some(409) => Ok(false),
-                    Err(e) => Err(Error::kube("update Lease", e)),
+                    Err(LeaseError::Kube { source, .. }) if status_code(&source) == Some(409) => {
+                        Ok(false)
+                    }
+                    Err(e) => Err(e),
                 }
             }
         }
     }
 
-    /// Gives the lease up if this candidate holds it, so a standby takes over at once.
-    pub async fn release(&self) -> Result<(), Error> {
-        let Some(mut lease) = self
-            .api
-            .get_opt(LEASE_NAME)
-            .await
-            .map_err(|e| Error::kube("get Lease", e))?
+    /// Gives the lease up if this candidate holds it, so a standby takes over at once. Bounded
+    /// by one renew interval: a release that cannot finish leaves the lease to expire.
+    pub async fn release(&self) -> Result<(), LeaseError> {
+        let within = self.timing.renew_interval;
+        let Some(mut lease) = bounded("get Lease", within, self.api.get_opt(LEASE_NAME)).await?
         else {
             return Ok(());
         };
@@ -213,24 +322,33 @@ impl LeaderElector {
         spec.renew_time = None;
         spec.acquire_time = None;
         spec.lease_duration_seconds = Some(1);
-        self.api
-            .replace(LEASE_NAME, &PostParams::default(), &lease)
-            .await
-            .map_err(|e| Error::kube("release Lease", e))?;
+        let pp = PostParams::default();
+        let replace = self.api.replace(LEASE_NAME, &pp, &lease);
+        bounded("release Lease", within, replace).await?;
         Ok(())
     }
 
-    /// Waits until this candidate holds the lease, retrying every `retry_interval`. Returns
-    /// `false` if `stop` completed first.
+    /// Waits until this candidate holds the lease, retrying every `retry_interval`, and grants
+    /// `leadership` until the renew deadline of the attempt that won. Returns `false` if `stop`
+    /// completed first.
     pub async fn acquire(
         &self,
-        stop: &mut (impl std::future::Future<Output = ()> + Unpin),
+        stop: &mut (impl Future<Output = ()> + Unpin),
+        leadership: &LeadershipSetter,
     ) -> bool {
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => return true,
-                Ok(false) => {}
-                Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
+            let started = Instant::now();
+            let attempt = self.try_acquire_or_renew(self.renew_deadline());
+            tokio::select! {
+                _ = &mut *stop => return false,
+                r = attempt => match r {
+                    Ok(true) => {
+                        leadership.lead_until(started + self.renew_deadline());
+                        return true;
+                    }
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
+                },
             }
             tokio::select! {
                 _ = &mut *stop => return false,
@@ -239,30 +357,48 @@ impl LeaderElector {
         }
     }
 
-    /// Renews the lease every `renew_interval` until renewals have failed for longer than the
-    /// lease duration minus one renew interval (the renew deadline), then returns the error.
-    pub async fn keep_renewing(&self) -> Error {
-        let deadline = self
-            .timing
-            .lease_duration
-            .saturating_sub(self.timing.renew_interval);
-        let mut last_ok = Instant::now();
-        loop {
-            tokio::time::sleep(self.timing.renew_interval).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_ok = Instant::now(),
-                Ok(false) => {
-                    return Error::LeadershipLost("another replica holds the lease".into())
+    /// Renews the lease every `renew_interval`, extending `leadership` to the renew deadline of
+    /// each renewal. Each attempt may take only the time left before the current deadline; once
+    /// it has passed without a renewal (or another replica holds the lease), leadership is
+    /// revoked and the reason returned.
+    pub async fn keep_renewing(&self, leadership: &LeadershipSetter) -> String {
+        let deadline_after = self.renew_deadline();
+        let mut deadline = match *leadership_deadline(leadership) {
+            Lead::Until(t) => t,
+            _ => Instant::now() + deadline_after,
+        };
+        let mut wait = self.timing.renew_interval;
+        let reason = loop {
+            let now = Instant::now();
+            tokio::time::sleep(wait.min(deadline.saturating_duration_since(now))).await;
+            let started = Instant::now();
+            let left = deadline.saturating_duration_since(started);
+            if left.is_zero() {
+                break "the lease was not renewed before the renew deadline".to_string();
+            }
+            match self.try_acquire_or_renew(left).await {
+                Ok(true) => {
+                    deadline = started + deadline_after;
+                    leadership.lead_until(deadline);
+                    wait = self.timing.renew_interval;
                 }
+                Ok(false) => break "another replica holds the lease".to_string(),
                 Err(e) => {
                     tracing::warn!(error = %e, "lease renewal failed");
-                    if last_ok.elapsed() > deadline {
-                        return Error::LeadershipLost(format!("could not renew the lease: {e}"));
+                    if Instant::now() >= deadline {
+                        break format!("could not renew the lease before the renew deadline: {e}");
                     }
+                    wait = self.timing.retry_interval;
                 }
             }
-        }
+        };
+        leadership.stop();
+        reason
     }
+}
+
+fn leadership_deadline(s: &LeadershipSetter) -> watch::Ref<'_, Lead> {
+    s.0.borrow()
 }
 
 #[cfg(test)]

@@ -8,8 +8,10 @@
 
 pub mod apply;
 pub mod build;
+pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod context;
 pub mod controller;
 pub mod error;
 pub mod failover;
@@ -25,6 +27,7 @@ pub mod validate;
 
 use std::future::Future;
 
+use futures::future::{BoxFuture, Shared};
 use futures::FutureExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
@@ -32,7 +35,9 @@ use rand::Rng;
 use tracing::{info, warn};
 
 pub use config::OperatorConfig;
-pub use error::Error;
+pub use error::{ReconcileError, RunError};
+/// What [`run`] returns on failure.
+pub type Error = RunError;
 
 /// The identity this replica uses in the Lease and in Events.
 pub fn default_identity() -> String {
@@ -45,23 +50,29 @@ pub fn default_identity() -> String {
 
 /// Runs the operator until `shutdown` completes: serves metrics and health, waits for the lease
 /// when leader election is on, reconciles while leader, and on shutdown finishes in-flight
-/// reconciles before releasing the lease. Returns an error if the lease is lost.
+/// reconciles before releasing the lease. Returns an error if the lease is lost; by then every
+/// write has stopped.
 pub async fn run(
     client: Client,
     config: OperatorConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), Error> {
-    let metrics = metrics::Metrics::new().map_err(|e| Error::Config(format!("metrics: {e}")))?;
+) -> Result<(), RunError> {
+    let metrics = metrics::Metrics::new()?;
     let readiness = http::Readiness::default();
     let shutdown = shutdown.boxed().shared();
-    let identity = config.identity.clone().unwrap_or_else(default_identity);
+    // One MicroService watch per replica, shared by the controller and the failover engine.
+    let (microservices, ms_watch) =
+        cache::MicroServices::watch(client.clone(), config.watch_namespace.as_deref());
+    let ms_task = tokio::spawn(ms_watch);
+    let (lead, leadership) = leader::Leadership::new();
     // Health-aware traffic: probes on every replica, writes only while leading.
     let failover = failover::spawn(
         client.clone(),
         metrics.registry(),
         config.watch_namespace.clone(),
-    )
-    .map_err(|e| Error::Config(format!("failover metrics: {e}")))?;
+        microservices.clone(),
+        leadership.clone(),
+    )?;
 
     let server = match config.metrics_addr {
         Some(addr) => {
@@ -72,67 +83,25 @@ pub async fn run(
         }
         None => None,
     };
-
+    let shared = controller::Shared {
+        microservices,
+        leadership,
+        metrics: metrics.clone(),
+        readiness: readiness.clone(),
+    };
     let result = if config.leader_election {
-        let ns = config
-            .leader_election_namespace
-            .clone()
-            .or_else(|| std::env::var("POD_NAMESPACE").ok())
-            .unwrap_or_else(|| client.default_namespace().to_string());
-        let elector = leader::LeaderElector::new(
-            Api::<Lease>::namespaced(client.clone(), &ns),
-            identity.clone(),
-            config.lease_timing.clone(),
-        );
-        // A standby is ready: it serves nothing but is healthy and able to take over.
-        readiness.set(true);
-        info!(namespace = %ns, lease = leader::LEASE_NAME, %identity, "waiting for leadership");
-        let mut stop = shutdown.clone();
-        if elector.acquire(&mut stop).await {
-            info!(%identity, "leading");
-            metrics.leader.set(1);
-            failover.set_leader(true);
-            readiness.set(false);
-            let ctrl = controller::run(
-                client.clone(),
-                &config,
-                identity.clone(),
-                metrics.clone(),
-                readiness.clone(),
-                shutdown.clone(),
-            );
-            // Keep renewing while the controller drains in-flight work after shutdown.
-            let outcome = tokio::select! {
-                () = ctrl => Ok(()),
-                lost = elector.keep_renewing() => Err(lost),
-            };
-            metrics.leader.set(0);
-            failover.set_leader(false);
-            if outcome.is_ok() {
-                if let Err(e) = elector.release().await {
-                    warn!(error = %e, "releasing the lease failed; it will expire");
-                } else {
-                    info!("lease released");
-                }
-            }
-            outcome
-        } else {
-            Ok(())
-        }
+        run_elected(client, &config, shared, &lead, shutdown).await
     } else {
+        let identity = config.identity.clone().unwrap_or_else(default_identity);
         metrics.leader.set(1);
-        failover.set_leader(true);
-        controller::run(
-            client,
-            &config,
-            identity,
-            metrics.clone(),
-            readiness.clone(),
-            shutdown.clone(),
-        )
-        .await;
+        lead.lead_unbounded();
+        controller::run(client, &config, identity, shared, shutdown).await;
+        lead.stop();
         Ok(())
     };
+    metrics.leader.set(0);
+    drop(failover);
+    ms_task.abort();
     if let Some(server) = server {
         if result.is_ok() {
             if let Err(e) = server.await {
@@ -143,4 +112,52 @@ pub async fn run(
         }
     }
     result
+}
+
+/// Waits for the lease, then runs the controller while renewing it. The controller stops as
+/// soon as renewal fails past the renew deadline; leadership has expired on its own by then.
+async fn run_elected(
+    client: Client,
+    config: &OperatorConfig,
+    shared: controller::Shared,
+    lead: &leader::LeadershipSetter,
+    shutdown: Shared<BoxFuture<'static, ()>>,
+) -> Result<(), RunError> {
+    let identity = config.identity.clone().unwrap_or_else(default_identity);
+    let ns = config
+        .leader_election_namespace
+        .clone()
+        .or_else(|| std::env::var("POD_NAMESPACE").ok())
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let elector = leader::LeaderElector::new(
+        Api::<Lease>::namespaced(client.clone(), &ns),
+        identity.clone(),
+        config.lease_timing.clone(),
+    );
+    let (metrics, readiness) = (shared.metrics.clone(), shared.readiness.clone());
+    // A standby is ready: it serves nothing but is healthy and able to take over.
+    readiness.set(true);
+    info!(namespace = %ns, lease = leader::LEASE_NAME, %identity, "waiting for leadership");
+    let mut stop = shutdown.clone();
+    if !elector.acquire(&mut stop, lead).await {
+        return Ok(());
+    }
+    info!(%identity, "leading");
+    metrics.leader.set(1);
+    readiness.set(false);
+    let ctrl = controller::run(client, config, identity, shared, shutdown);
+    // Keep renewing while the controller drains in-flight work after shutdown.
+    let outcome = tokio::select! {
+        () = ctrl => Ok(()),
+        lost = elector.keep_renewing(lead) => Err(RunError::LeadershipLost(lost)),
+    };
+    lead.stop();
+    metrics.leader.set(0);
+    if outcome.is_ok() {
+        match elector.release().await {
+            Ok(()) => info!("lease released"),
+            Err(e) => warn!(error = %e, "releasing the lease failed; it will expire"),
+        }
+    }
+    outcome
 }

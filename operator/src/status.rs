@@ -3,15 +3,23 @@
 //!
 //! The reconciler owns every status field except `failover` and the failover engine's
 //! conditions; it applies its part with field manager `flotilla` and never sends the rest.
+//! [`condition`] is the one condition builder, used by the failover status plan too. A Warning
+//! Event goes out when `Degraded` turns true or changes reason.
 
 use flotilla_crds::{conditions as ct, reasons, MicroService, MicroServiceStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use crate::build::selector_string;
-use crate::error::Error;
+use crate::context::Context;
+use crate::error::ReconcileError;
+use crate::rollout::step::{self as rollout, RolloutStep};
+use crate::validate::ValidatedSpec;
 
 /// Condition types the reconciler owns.
 pub const OWN_CONDITIONS: [&str; 3] = [ct::READY, ct::PROGRESSING, ct::DEGRADED];
@@ -30,11 +38,20 @@ pub struct StatusInputs<'a> {
     /// Dependencies that do not exist.
     pub missing_dependencies: &'a [String],
     /// Why the spec cannot be realised, if it cannot.
-    pub invalid: Option<&'a str>,
+    pub problem: Option<Problem<'a>>,
     /// The current status, for condition transition times.
     pub previous: Option<&'a MicroServiceStatus>,
     /// The time to stamp on conditions that change.
     pub now: &'a Time,
+}
+
+/// A permanent problem to report as `Degraded`.
+#[derive(Debug, Clone, Copy)]
+pub struct Problem<'a> {
+    /// Condition reason (CamelCase, from [`flotilla_crds::reasons`]).
+    pub reason: &'static str,
+    /// What is wrong, for a person.
+    pub message: &'a str,
 }
 
 struct Rollout {
@@ -82,8 +99,10 @@ fn rollout(d: &Deployment, spec_replicas: Option<i32>) -> Rollout {
     }
 }
 
-fn condition(
-    previous: Option<&MicroServiceStatus>,
+/// A condition of `type_`, keeping the transition time of the same condition in `previous`
+/// while its status does not change.
+pub fn condition(
+    previous: &[Condition],
     type_: &str,
     status: bool,
     reason: &str,
@@ -93,7 +112,8 @@ fn condition(
 ) -> Condition {
     let status = if status { ct::TRUE } else { ct::FALSE }.to_string();
     let last_transition_time = previous
-        .and_then(|p| p.conditions.iter().find(|c| c.type_ == type_))
+        .iter()
+        .find(|c| c.type_ == type_)
         .filter(|c| c.status == status)
         .map(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| now.clone());
@@ -155,8 +175,8 @@ pub fn compute(i: StatusInputs<'_>) -> MicroServiceStatus {
             )
         }
     };
-    let (degraded, deg_reason, deg_msg) = if let Some(why) = i.invalid {
-        (true, reasons::INVALID_SPEC, why.to_string())
+    let (degraded, deg_reason, deg_msg) = if let Some(p) = i.problem {
+        (true, p.reason, p.message.to_string())
     } else if r.as_ref().is_some_and(|r| r.deadline_exceeded) {
         (
             true,
@@ -176,7 +196,7 @@ pub fn compute(i: StatusInputs<'_>) -> MicroServiceStatus {
         (false, reasons::AS_EXPECTED, String::new())
     };
     let g = i.generation;
-    let p = i.previous;
+    let p = i.previous.map_or(&[][..], |s| s.conditions.as_slice());
     MicroServiceStatus {
         observed_generation: g,
         conditions: vec![
@@ -218,7 +238,7 @@ pub async fn write(
     api: &Api<MicroService>,
     ms: &MicroService,
     status: &MicroServiceStatus,
-) -> Result<(), Error> {
+) -> Result<(), ReconcileError> {
     let name = ms.name_any();
     let body = serde_json::json!({
         "apiVersion": flotilla_crds::API_VERSION,
@@ -226,10 +246,93 @@ pub async fn write(
         "status": status,
     });
     let pp = PatchParams::apply(flotilla_crds::FIELD_MANAGER).force();
-    api.patch_status(&name, &pp, &Patch::Apply(&body))
-        .await
-        .map_err(|e| Error::kube(format!("apply status of MicroService {name}"), e))?;
+    let action = || format!("apply status of MicroService {name}");
+    tokio::time::timeout(
+        crate::apply::WRITE_TIMEOUT,
+        api.patch_status(&name, &pp, &Patch::Apply(&body)),
+    )
+    .await
+    .map_err(|_| ReconcileError::Timeout {
+        action: action(),
+        after: crate::apply::WRITE_TIMEOUT,
+    })?
+    .map_err(|e| ReconcileError::kube(action(), e))?;
     Ok(())
+}
+
+/// What one reconcile found, to report in the status.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Report<'a> {
+    /// The validated spec, when validation passed.
+    pub spec: Option<&'a ValidatedSpec>,
+    /// The rollout step taken, when one was decided.
+    pub rollout: Option<&'a RolloutStep>,
+    /// The Deployment as the apply returned it (fresher than the cache).
+    pub applied: Option<&'a Deployment>,
+    /// Dependencies that do not exist.
+    pub missing: &'a [String],
+    /// A permanent problem, if there is one.
+    pub problem: Option<Problem<'a>>,
+}
+
+/// Computes the status from `report`, writes it when the reconciler's part changed, and emits a
+/// Warning Event when `Degraded` turns true or changes reason.
+pub async fn report(
+    ctx: &Context,
+    ms: &MicroService,
+    report: Report<'_>,
+) -> Result<(), ReconcileError> {
+    let name = ms.name_any();
+    let ns = ms.namespace().unwrap_or_default();
+    let cached = ctx
+        .stores
+        .deployments
+        .get(&ObjectRef::new(&name).within(&ns));
+    let deployment = report.applied.or(cached.as_deref());
+    let t = Time(Timestamp::now());
+    let spec_replicas = match report.spec {
+        Some(v) if v.spec.autoscaling.is_some() => None,
+        Some(v) => Some(v.spec.replicas),
+        None if ms.spec.autoscaling.is_some() => None,
+        None => Some(ms.spec.replicas),
+    };
+    let mut computed = compute(StatusInputs {
+        generation: ms.metadata.generation,
+        name: &name,
+        spec_replicas,
+        deployment,
+        missing_dependencies: report.missing,
+        problem: report.problem,
+        previous: ms.status.as_ref(),
+        now: &t,
+    });
+    rollout::annotate_status(&mut computed, report.rollout, ms.status.as_ref(), &t);
+    if !needs_write(&computed, ms.status.as_ref()) {
+        return Ok(());
+    }
+    let api: Api<MicroService> = Api::namespaced(ctx.client.clone(), &ns);
+    write(&api, ms, &computed).await?;
+    if let Some(c) = newly_degraded(&computed, ms.status.as_ref()) {
+        let (reason, note) = (c.reason.clone(), c.message.clone());
+        ctx.publish(ms, EventType::Warning, &reason, "Reconcile", note)
+            .await;
+    }
+    Ok(())
+}
+
+/// The `Degraded` condition of `computed` if it is true and was not true with the same reason.
+fn newly_degraded<'a>(
+    computed: &'a MicroServiceStatus,
+    before: Option<&MicroServiceStatus>,
+) -> Option<&'a Condition> {
+    let c = computed
+        .conditions
+        .iter()
+        .find(|c| c.type_ == ct::DEGRADED && c.status == ct::TRUE)?;
+    let was = before
+        .and_then(|s| s.conditions.iter().find(|p| p.type_ == ct::DEGRADED))
+        .map(|p| (p.status.as_str(), p.reason.as_str()));
+    (was != Some((c.status.as_str(), c.reason.as_str()))).then_some(c)
 }
 
 #[cfg(test)]

@@ -41,7 +41,7 @@ fn inputs<'a>(d: Option<&'a Deployment>, missing: &'a [String], t: &'a Time) -> 
         spec_replicas: Some(2),
         deployment: d,
         missing_dependencies: missing,
-        invalid: None,
+        problem: None,
         previous: None,
         now: t,
     }
@@ -125,7 +125,10 @@ fn missing_dependency_is_degraded() {
 fn invalid_spec_is_degraded() {
     let t = now();
     let mut i = inputs(None, &[], &t);
-    i.invalid = Some("spec.port: bad");
+    i.problem = Some(Problem {
+        reason: "InvalidSpec",
+        message: "spec.port: bad",
+    });
     let s = compute(i);
     let c = cond(&s, "Degraded");
     assert_eq!(

@@ -31,7 +31,9 @@ pub mod writer;
 
 use kube::Client;
 use prometheus::Registry;
-use tokio::sync::watch;
+
+use crate::cache::MicroServices;
+use crate::leader::Leadership;
 
 /// Why the failover engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -48,16 +50,8 @@ pub enum StartError {
 /// task feeding it is gone).
 #[derive(Debug)]
 pub struct Failover {
-    leader: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _prober: std::thread::JoinHandle<()>,
-}
-
-impl Failover {
-    /// Tells the writer whether this replica leads; only the leader changes traffic.
-    pub fn set_leader(&self, leading: bool) {
-        self.leader.send_replace(leading);
-    }
 }
 
 impl Drop for Failover {
@@ -69,16 +63,18 @@ impl Drop for Failover {
 }
 
 /// Starts the watches, the prober/decider engine and the writer, with metrics registered in
-/// `registry`. The writer stays idle until [`Failover::set_leader`] says this replica leads; the
-/// prober runs on every replica so a new leader has warm verdicts.
+/// `registry`, reading MicroServices from the replica's shared cache. The writer writes only
+/// while `leadership` says this replica leads; the prober runs on every replica so a new leader
+/// has warm verdicts.
 pub fn spawn(
     client: Client,
     registry: &Registry,
     watch_namespace: Option<String>,
+    microservices: MicroServices,
+    leadership: Leadership,
 ) -> Result<Failover, StartError> {
     let metrics = metrics::register(registry)?;
-    let (inventory, source_task) = source::spawn(client.clone(), watch_namespace);
-    let (leader, leader_rx) = watch::channel(false);
+    let (inventory, source_task) = source::spawn(client.clone(), watch_namespace, microservices);
     let (outputs, prober) = engine::spawn(
         inventory.clone(),
         metrics.clone(),
@@ -88,12 +84,11 @@ pub fn spawn(
         client,
         inventory,
         outputs,
-        leader_rx,
+        leadership,
         metrics,
         writer::WriterConfig::default(),
     );
     Ok(Failover {
-        leader,
         tasks: vec![source_task, writer_task],
         _prober: prober,
     })

@@ -2,7 +2,7 @@
 //! the status apply body. Pure: desired values and observed objects in, writes out; an empty
 //! plan means no write.
 
-use flotilla_crds::{conditions, labels, FailoverStatus, API_VERSION, KIND};
+use flotilla_crds::{labels, FailoverStatus, API_VERSION, KIND};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{json, Value};
 
@@ -79,24 +79,16 @@ fn condition(
     generation: Option<i64>,
     now: &Time,
 ) -> Condition {
-    let status = if spec.status {
-        conditions::TRUE
-    } else {
-        conditions::FALSE
-    };
-    let prev = current.iter().find(|c| c.type_ == spec.type_);
-    let last_transition_time = match prev {
-        Some(c) if c.status == status => c.last_transition_time.clone(),
-        _ => now.clone(),
-    };
-    Condition {
-        type_: spec.type_.to_owned(),
-        status: status.to_owned(),
-        reason: spec.reason.to_owned(),
-        message: spec.message.clone(),
-        last_transition_time,
-        observed_generation: generation,
-    }
+    let message = spec.message.clone();
+    crate::status::condition(
+        current,
+        spec.type_,
+        spec.status,
+        spec.reason,
+        message,
+        generation,
+        now,
+    )
 }
 
 fn same_condition(a: &Condition, current: &[Condition]) -> bool {

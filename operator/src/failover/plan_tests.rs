@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_crds::{labels, ActiveTarget, FailoverStatus, PodHealth};
+use flotilla_crds::{conditions, labels, ActiveTarget, FailoverStatus, PodHealth};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::*;

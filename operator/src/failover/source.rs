@@ -1,5 +1,5 @@
-//! Feeds the engine: reflectors on MicroServices and on Flotilla's pods (label
-//! `app.kubernetes.io/managed-by=flotilla`), turned into an `Inventory` value.
+//! Feeds the engine: the replica's shared MicroService cache and a reflector on Flotilla's pods
+//! (label `app.kubernetes.io/managed-by=flotilla`), turned into an `Inventory` value.
 //!
 //! Pods are stripped to what the engine reads (labels, pod IP, Ready condition) before they enter
 //! the cache, so the cache stays small with tens of thousands of pods. Nothing is published until
@@ -15,7 +15,9 @@ use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
-use flotilla_crds::{labels, MicroService};
+use flotilla_crds::labels;
+
+use crate::cache::MicroServices;
 
 use super::inventory::Inventory;
 
@@ -38,22 +40,25 @@ fn strip_pod(p: &mut Pod) {
 pub fn spawn(
     client: Client,
     namespace: Option<String>,
+    microservices: MicroServices,
 ) -> (watch::Receiver<Arc<Inventory>>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(Arc::new(Inventory::default()));
-    let handle = tokio::spawn(run(client, namespace, tx));
+    let handle = tokio::spawn(run(client, namespace, microservices, tx));
     (rx, handle)
 }
 
-async fn run(client: Client, namespace: Option<String>, tx: watch::Sender<Arc<Inventory>>) {
-    let (pods, mss): (Api<Pod>, Api<MicroService>) = match &namespace {
-        Some(ns) => (
-            Api::namespaced(client.clone(), ns),
-            Api::namespaced(client, ns),
-        ),
-        None => (Api::all(client.clone()), Api::all(client)),
+async fn run(
+    client: Client,
+    namespace: Option<String>,
+    microservices: MicroServices,
+    tx: watch::Sender<Arc<Inventory>>,
+) {
+    let pods: Api<Pod> = match &namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
     };
     let (pod_store, pod_writer) = reflector::store();
-    let (ms_store, ms_writer) = reflector::store();
+    let (ms_store, ms_synced) = (microservices.store(), microservices.synced());
     let pod_cfg = watcher::Config::default().labels(&format!(
         "{}={}",
         labels::MANAGED_BY,
@@ -64,10 +69,7 @@ async fn run(client: Client, namespace: Option<String>, tx: watch::Sender<Arc<In
         .default_backoff()
         .reflect(pod_writer)
         .map(|e| e.map(|_| ()).map_err(|e| e.to_string()));
-    let ms_events = watcher(mss, watcher::Config::default())
-        .default_backoff()
-        .reflect(ms_writer)
-        .map(|e| e.map(|_| ()).map_err(|e| e.to_string()));
+    let ms_events = microservices.changes().map(|_| Ok(()));
     let mut events = std::pin::pin!(futures::stream::select(pod_events, ms_events));
     let mut tick = tokio::time::interval(REBUILD_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -83,7 +85,7 @@ async fn run(client: Client, namespace: Option<String>, tx: watch::Sender<Arc<In
             _ = tick.tick() => {
                 if !synced {
                     synced = pod_store.wait_until_ready().now_or_never().is_some()
-                        && ms_store.wait_until_ready().now_or_never().is_some();
+                        && ms_synced.is_set();
                 }
                 if synced && dirty {
                     dirty = false;

@@ -3,7 +3,9 @@
 //! the `FailedOver`/`Flapping` conditions (server-side apply, field manager `flotilla-failover`),
 //! and an Event for every ejection, return, failover and failback.
 //!
-//! Every write has a timeout and a metric, and nothing is written when nothing differs (see
+//! Leadership is re-checked immediately before each write (it lapses on its own at the lease's
+//! renew deadline), so a replica that lost the lease to a hanging API server stops writing before
+//! a standby takes over. Every write has a timeout and a metric, and nothing is written when nothing differs (see
 //! `plan.rs`). A failed write is retried on the next pass (at most `resync` later) because the
 //! plan is recomputed from what the cluster shows. Observe mode writes status and Events only.
 
@@ -29,6 +31,7 @@ use super::metrics::Metrics;
 use super::plan::{self, LabelPatch, StatusPlan};
 use super::policy::Mode;
 use super::report::{Desired, Notice};
+use crate::leader::Leadership;
 
 /// Tunables of the writer.
 #[derive(Debug, Clone)]
@@ -62,6 +65,7 @@ struct Writer {
     recorder: Recorder,
     metrics: Metrics,
     cfg: WriterConfig,
+    leadership: Leadership,
     recent_labels: HashMap<(ObjKey, String), (Option<&'static str>, Instant)>,
     recent_status: HashMap<ObjKey, (Value, Instant)>,
     last_status_write: HashMap<ObjKey, Instant>,
@@ -72,7 +76,7 @@ pub fn spawn(
     client: Client,
     inventory: watch::Receiver<Arc<Inventory>>,
     outputs: EngineOutputs,
-    leader: watch::Receiver<bool>,
+    leader: Leadership,
     metrics: Metrics,
     cfg: WriterConfig,
 ) -> tokio::task::JoinHandle<()> {
@@ -85,6 +89,7 @@ pub fn spawn(
         client,
         metrics,
         cfg,
+        leadership: leader.clone(),
         recent_labels: HashMap::new(),
         recent_status: HashMap::new(),
         last_status_write: HashMap::new(),
@@ -105,7 +110,7 @@ impl Writer {
         mut self,
         mut inventory: watch::Receiver<Arc<Inventory>>,
         outputs: EngineOutputs,
-        mut leader: watch::Receiver<bool>,
+        mut leader: Leadership,
     ) {
         let EngineOutputs {
             mut desired,
@@ -126,7 +131,7 @@ impl Writer {
                 _ = tick.tick() => {}
             }
             drain(&mut notices, &mut pending);
-            if !*leader.borrow_and_update() {
+            if !leader.is_leading() {
                 pending.clear();
                 continue;
             }
@@ -177,6 +182,9 @@ impl Writer {
     }
 
     async fn patch_label(&self, p: LabelPatch) -> (LabelPatch, bool) {
+        if !self.leadership.is_leading() {
+            return (p, false);
+        }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &p.pod.ns);
         let params = PatchParams {
             field_manager: Some(FAILOVER_FIELD_MANAGER.to_owned()),
@@ -224,6 +232,9 @@ impl Writer {
                 same_status(b, &body) && now.saturating_duration_since(*t) < self.cfg.echo_grace
             }) {
                 continue;
+            }
+            if !self.leadership.is_leading() {
+                return;
             }
             let api: Api<MicroService> = Api::namespaced(self.client.clone(), &svc.key.ns);
             let params = PatchParams::apply(FAILOVER_FIELD_MANAGER).force();
@@ -306,6 +317,9 @@ impl Writer {
             uid: inv.services.get(&svc).and_then(|s| s.uid.clone()),
             ..ObjectReference::default()
         };
+        if !self.leadership.is_leading() {
+            return;
+        }
         let r = tokio::time::timeout(
             self.cfg.write_timeout,
             self.recorder.publish(&event, &reference),

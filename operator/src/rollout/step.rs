@@ -26,10 +26,10 @@ use super::{
     build_canary, canary_name, canary_replicas, decide, degraded, template_revision, CanaryAction,
     CanaryEvidence, RolloutInputs, RolloutPlan, StableTemplate,
 };
-use crate::apply::{apply_child, delete_child};
+use crate::apply::{apply_child, delete_child, record};
 use crate::build::DesiredResources;
-use crate::error::Error;
-use crate::reconcile::{record, Context};
+use crate::context::Context;
+use crate::error::ReconcileError as Error;
 use crate::validate::ValidatedSpec;
 
 /// The decision for this reconcile and what `finish` needs to carry it out.
@@ -151,15 +151,20 @@ pub async fn finish(
         .deployments
         .get(&ObjectRef::new(&name).within(ns));
     let owner_uid = v.owner.as_ref().map(|o| o.uid.as_str());
+    crate::apply::ensure_leading(ctx)?;
     let outcome = match step.plan.canary {
         CanaryAction::Run { replicas } => {
             let canary = build_canary(&step.desired, &step.revision, replicas);
-            apply_child(&api, canary, live.as_deref()).await?.1
+            apply_child(&api, canary, live.as_deref(), owner_uid)
+                .await?
+                .1
         }
         CanaryAction::Halted => {
             // Kept for inspection with no pods, so it takes no traffic.
             let canary = build_canary(&step.desired, &step.revision, 0);
-            apply_child(&api, canary, live.as_deref()).await?.1
+            apply_child(&api, canary, live.as_deref(), owner_uid)
+                .await?
+                .1
         }
         CanaryAction::Absent => delete_child(&api, live.as_deref(), owner_uid).await?,
     };

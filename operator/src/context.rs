@@ -1,0 +1,136 @@
+//! What every reconcile shares: the client, the Event recorder, the metrics, the caches, and the
+//! per-MicroService retry backoff (dropped when the MicroService is deleted).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use flotilla_crds::MicroService;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, Resource};
+use rand::Rng;
+use tracing::warn;
+
+use crate::cache::Stores;
+use crate::leader::Leadership;
+use crate::metrics::Metrics;
+
+/// First retry delay after a transient error; doubles per consecutive failure.
+const BACKOFF_BASE: Duration = Duration::from_millis(500);
+/// Longest retry delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(300);
+
+/// Shared state of all reconciles.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Event publisher (events.k8s.io).
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Caches.
+    pub stores: Stores,
+    /// Whether this replica may write; checked before every write.
+    pub leadership: Leadership,
+    /// Consecutive transient failures per MicroService, for the retry backoff.
+    failures: Mutex<HashMap<ObjectRef<MicroService>, u32>>,
+}
+
+impl Context {
+    /// A context over the given client, recorder, metrics, caches and leadership.
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Metrics,
+        stores: Stores,
+        leadership: Leadership,
+    ) -> Self {
+        Self {
+            client,
+            recorder,
+            metrics,
+            stores,
+            leadership,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Counts one more consecutive failure of `key` and returns the delay before its retry.
+    pub fn next_backoff(&self, key: ObjectRef<MicroService>) -> Duration {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = map.entry(key).or_insert(0);
+        *n = n.saturating_add(1);
+        backoff(*n)
+    }
+
+    /// Forgets the failures of `key` (it reconciled, or it is gone).
+    pub fn reset_backoff(&self, key: &ObjectRef<MicroService>) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+
+    /// How many MicroServices currently have backoff state.
+    pub fn backoff_entries(&self) -> usize {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Publishes an Event about `ms`; a failure to publish is logged, never fatal.
+    pub async fn publish(
+        &self,
+        ms: &MicroService,
+        type_: EventType,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.to_string(),
+            note: Some(note),
+            action: action.to_string(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&ev, &ms.object_ref(&())).await {
+            warn!(error = %e, "publishing event failed");
+        }
+    }
+}
+
+/// Retry delay after `n` consecutive failures: exponential from 500 ms to 5 min, ±20 % jitter.
+pub fn backoff(n: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(20)));
+    let capped = exp.min(BACKOFF_MAX);
+    let jitter = rand::rng().random_range(0.8..1.2);
+    capped.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Backoff doubles from 500 ms and stops at 5 minutes (within jitter).
+    #[test]
+    fn backoff_grows_and_caps() {
+        let b1 = backoff(1);
+        assert!(
+            b1 >= Duration::from_millis(400) && b1 <= Duration::from_millis(600),
+            "{b1:?}"
+        );
+        let b3 = backoff(3);
+        assert!(
+            b3 >= Duration::from_millis(1600) && b3 <= Duration::from_millis(2400),
+            "{b3:?}"
+        );
+        let big = backoff(50);
+        assert!(
+            big <= Duration::from_secs(360) && big >= Duration::from_secs(240),
+            "{big:?}"
+        );
+    }
+}
