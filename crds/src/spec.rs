@@ -371,6 +371,17 @@ impl ServiceType {
     }
 }
 
+/// The schema of `failover.fallback`: a DNS-1035 label, and (unlike other optional fields) not
+/// nullable.
+fn fallback_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 63,
+        "pattern": DNS_LABEL_PATTERN,
+    })
+}
+
 /// Health-aware traffic settings used by the failover engine.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -386,8 +397,10 @@ pub struct FailoverSpec {
 
     /// Name of another MicroService in the same namespace that takes this one's traffic when
     /// fewer than `minHealthy` pods are healthy. It must use the same `portName`.
+    // Not nullable: the API server prunes a null it may not keep, so `fallback: null` counts as
+    // absent and the rule that an enabled failover names a fallback refuses it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = DNS_LABEL_PATTERN))]
+    #[schemars(schema_with = "fallback_schema")]
     pub fallback: Option<String>,
 
     /// `Enforce` changes traffic; `Observe` only reports what it would do (status, Events,

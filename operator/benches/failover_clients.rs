@@ -165,7 +165,7 @@ async fn bench(args: &Args) -> Result<()> {
                     break Instant::now();
                 }
                 if t_fault.elapsed() > WAIT {
-                    sim.dump().await;
+                    sim.print_report().await;
                     bail!("{name} run {run}: no switch");
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
