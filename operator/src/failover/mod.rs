@@ -2,9 +2,11 @@
 //! from their Service, and fail a whole service over to its fallback.
 //!
 //! Pipeline (each stage hands values to the next; only the ends talk to the network):
-//! - `prober`: probes each pod's readiness (and optionally metrics) endpoint on its pod IP and
-//!   turns results into `pod_health` verdicts. Runs on every replica so a new leader has warm
-//!   verdicts.
+//! - `source`: the replica's shared MicroService cache and a reflector on Flotilla's pods, turned
+//!   into the engine's `inventory`.
+//! - `engine`: keeps one `pod_health` state machine per pod and schedules `probe`s (readiness over
+//!   HTTP or gRPC, plus bounded metrics `scrape`s feeding `error_rate`). Runs on every replica so
+//!   a new leader has warm verdicts.
 //! - `decide`: pure; verdicts + policy + clock → desired membership and active target.
 //! - `writer`: the one task that applies decisions (pod membership labels, status, Events), only
 //!   while leader and only when something differs.
