@@ -251,8 +251,14 @@ async fn all_primary_pods_failing_moves_traffic_to_healthy_fallback_pods() -> Re
     assert_eq!(member(&d, "users", "users-1"), Some(Membership::Out));
     assert_eq!(member(&d, "users", "users-backup-0"), Some(Membership::In));
     assert_eq!(member(&d, "users", "users-backup-1"), Some(Membership::Out));
-    let failed_over = std::iter::from_fn(|| out.notices.try_recv().ok())
-        .any(|n| matches!(n, Notice::Service { .. }));
+    // Notices follow the desired state they belong to: wait for the service's notice.
+    let mut failed_over = false;
+    while !failed_over {
+        match tokio::time::timeout(WAIT, out.notices.recv()).await {
+            Ok(Some(n)) => failed_over = matches!(n, Notice::Service { .. }),
+            Ok(None) | Err(_) => break,
+        }
+    }
     assert!(failed_over, "a failover notice was sent");
     Ok(())
 }
