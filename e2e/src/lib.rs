@@ -13,3 +13,4 @@ pub mod env;
 pub mod http;
 pub mod msvc;
 pub mod tools;
+pub mod walkthrough;

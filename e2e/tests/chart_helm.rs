@@ -8,55 +8,16 @@
 //! its real path) and helm (`e2e/install-tools.sh`).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use flotilla_testkit::paths::{repo_root, workspace_binary};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use flotilla_e2e::walkthrough::kubesim_up;
+use flotilla_testkit::paths::repo_root;
+use tokio::process::Command;
 
 const UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Each helm/kubectl step on a loaded 2-core machine.
 const STEP_TIMEOUT: Duration = Duration::from_secs(180);
-
-async fn kubesim_up(state: &Path) -> Result<(Child, PathBuf)> {
-    let kubesim = workspace_binary("kubesim", "kubesim")?;
-    let pid = std::process::id();
-    let (a, b) = (245 + pid % 5, (pid / 5) % 256);
-    let mut child = Command::new(kubesim)
-        .args(["up", "--state-dir"])
-        .arg(state)
-        .arg("--pod-cidr")
-        .arg(format!("127.{a}.{b}.0/25"))
-        .arg("--service-cidr")
-        .arg(format!("127.{a}.{b}.128/25"))
-        .current_dir(repo_root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting kubesim up")?;
-    let stdout = child.stdout.take().context("kubesim stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let kubeconfig = tokio::time::timeout(UP_TIMEOUT, async {
-        while let Some(line) = lines.next_line().await? {
-            println!("kubesim: {line}");
-            if let Some(path) = line.strip_prefix("export KUBECONFIG=") {
-                return Ok(PathBuf::from(path.trim()));
-            }
-        }
-        bail!("kubesim exited before printing the export line")
-    })
-    .await
-    .context("kubesim up did not print its kubeconfig in time")??;
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            println!("kubesim: {line}");
-        }
-    });
-    Ok((child, kubeconfig))
-}
 
 /// Runs one walkthrough command; its stdout, or an error with its output.
 async fn step(program: &Path, args: &[&str], kubeconfig: &Path, home: &Path) -> Result<String> {
@@ -97,7 +58,7 @@ async fn the_readme_helm_walkthrough_works_on_kubesim() -> Result<()> {
     let kubectl = PathBuf::from("kubectl");
     let state = tempfile::tempdir()?;
     let home = tempfile::tempdir()?;
-    let (mut kubesim, kubeconfig) = kubesim_up(state.path()).await?;
+    let (mut kubesim, kubeconfig) = kubesim_up(&[], state.path(), 245, UP_TIMEOUT).await?;
     let (k, h, kc) = (&kubectl, home.path(), kubeconfig.as_path());
     let result = async {
         step(

@@ -4,61 +4,20 @@
 //! The only additions to the README's command are a private state directory and address ranges,
 //! so this test does not collide with other clusters running in parallel.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use flotilla_e2e::walkthrough::kubesim_up;
 use flotilla_testkit::cluster::client_from_kubeconfig;
-use flotilla_testkit::paths::{tail, workspace_binary};
+use flotilla_testkit::paths::tail;
 use flotilla_testkit::wait::poll;
 use flotilla_testkit::{dump, http};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 /// Building nothing, installing the CRD and starting two services and the operator on a loaded
 /// 2-core machine.
 const UP_TIMEOUT: Duration = Duration::from_secs(180);
-
-/// Starts `kubesim up --operator --demo` and returns it with the kubeconfig path it printed.
-async fn kubesim_up(state: &Path) -> Result<(Child, PathBuf)> {
-    let kubesim = workspace_binary("kubesim", "kubesim")?;
-    let pid = std::process::id();
-    let (a, b) = (250 + pid % 5, (pid / 5) % 256);
-    let mut child = Command::new(kubesim)
-        .args(["up", "--operator", "--demo", "--state-dir"])
-        .arg(state)
-        .arg("--pod-cidr")
-        .arg(format!("127.{a}.{b}.0/25"))
-        .arg("--service-cidr")
-        .arg(format!("127.{a}.{b}.128/25"))
-        .current_dir(flotilla_testkit::paths::repo_root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting kubesim up")?;
-    let stdout = child.stdout.take().context("kubesim stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let kubeconfig = tokio::time::timeout(UP_TIMEOUT, async {
-        while let Some(line) = lines.next_line().await? {
-            println!("kubesim: {line}");
-            if let Some(path) = line.strip_prefix("export KUBECONFIG=") {
-                return Ok(PathBuf::from(path.trim()));
-            }
-        }
-        bail!("kubesim exited before printing the export line")
-    })
-    .await
-    .context("kubesim up did not print its kubeconfig in time")??;
-    // Keep draining its output so it never blocks on a full pipe.
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            println!("kubesim: {line}");
-        }
-    });
-    Ok((child, kubeconfig))
-}
 
 /// Runs kubectl with the kubeconfig; its stdout on success, an error with stderr otherwise.
 async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String> {
@@ -98,7 +57,8 @@ async fn wait_ready(kubeconfig: &Path, name: &str) -> Result<()> {
 #[tokio::test]
 async fn the_run_it_session_works_as_written() -> Result<()> {
     let state = tempfile::tempdir()?;
-    let (mut kubesim, kubeconfig) = kubesim_up(state.path()).await?;
+    let (mut kubesim, kubeconfig) =
+        kubesim_up(&["--operator", "--demo"], state.path(), 250, UP_TIMEOUT).await?;
     let result = session(&kubeconfig).await;
     if result.is_err() {
         let log = state.path().join("operator.log");
