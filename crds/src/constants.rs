@@ -104,6 +104,9 @@ pub mod reasons {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// A child's name is taken by an object Flotilla does not control; it is left untouched.
     pub const CHILD_CONFLICT: &str = "ChildConflict";
+    /// The API server refused one of the operator's requests (403): its RBAC lacks a verb on a
+    /// resource, named in the message. The operator retries with backoff until it is granted.
+    pub const FORBIDDEN: &str = "Forbidden";
     /// The operator could not apply the children (transient; it retries).
     pub const APPLY_FAILED: &str = "ApplyFailed";
     /// No problem found.

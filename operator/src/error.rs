@@ -16,6 +16,10 @@ pub enum Category {
     ChildConflict,
     /// An object from the API server lacks a field it must have.
     MissingField,
+    /// 403 from the API server: the operator's RBAC does not grant the request. Reported in
+    /// status (the message names the verb and resource) and retried, since an admin can fix the
+    /// grant without the MicroService changing.
+    Forbidden,
     /// 409 from the API server (someone else wrote first).
     Conflict,
     /// 429 from the API server.
@@ -42,6 +46,7 @@ impl Category {
             Category::Rejected => "rejected",
             Category::ChildConflict => "child_conflict",
             Category::MissingField => "missing_field",
+            Category::Forbidden => "forbidden",
             Category::Conflict => "conflict",
             Category::Throttled => "throttled",
             Category::ServerError => "server_error",
@@ -61,6 +66,7 @@ impl Category {
             Category::Rejected => "Rejected",
             Category::ChildConflict => flotilla_crds::reasons::CHILD_CONFLICT,
             Category::MissingField => "MissingField",
+            Category::Forbidden => flotilla_crds::reasons::FORBIDDEN,
             Category::Conflict => "Conflict",
             Category::Throttled => "Throttled",
             Category::ServerError => "APIServerError",
@@ -171,6 +177,7 @@ impl ReconcileError {
             ReconcileError::ChildConflict { .. } => Category::ChildConflict,
             ReconcileError::MissingField(_) => Category::MissingField,
             ReconcileError::Kube { source, .. } => match status_code(source) {
+                Some(403) => Category::Forbidden,
                 Some(409) => Category::Conflict,
                 Some(429) => Category::Throttled,
                 Some(c) if c >= 500 => Category::ServerError,
@@ -182,6 +189,12 @@ impl ReconcileError {
             ReconcileError::NotLeading => Category::NotLeading,
             ReconcileError::NotReported { reported, .. } => reported.category(),
         }
+    }
+
+    /// Whether the error belongs in the MicroService's status (as `Degraded`, with its message):
+    /// permanent errors, and refusals by RBAC, which only an admin can fix.
+    pub fn is_reported(&self) -> bool {
+        self.is_permanent() || self.category() == Category::Forbidden
     }
 
     /// Whether retrying cannot help until the MicroService changes. An error whose status
@@ -260,6 +273,7 @@ mod tests {
             (500, Category::ServerError),
             (429, Category::Throttled),
             (404, Category::ClientError),
+            (403, Category::Forbidden),
         ] {
             let e = ReconcileError::kube("apply", api(code));
             assert!(!e.is_permanent());

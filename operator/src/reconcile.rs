@@ -71,7 +71,7 @@ async fn reconcile_inner(ms: &MicroService, ctx: &Context) -> Result<Action, Rec
     let step = rollout::prepare(ctx, ms, &validated.spec, &mut desired).await?;
     let deployment = match apply_all(ctx, ms, &validated.spec, desired).await {
         Ok(d) => d,
-        Err(e) if e.is_permanent() => return fail(ctx, ms, missing, e).await,
+        Err(e) if e.is_reported() => return fail(ctx, ms, missing, e).await,
         Err(e) => return Err(e),
     };
     rollout::finish(ctx, ms, &validated.spec, &step).await?;
@@ -87,7 +87,7 @@ async fn reconcile_inner(ms: &MicroService, ctx: &Context) -> Result<Action, Rec
     Ok(Action::requeue(requeue))
 }
 
-/// Reports the permanent error `err` as `Degraded` and returns it. A failing status write does
+/// Reports `err` (permanent, or a refusal by RBAC) as `Degraded` and returns it. A failing status write does
 /// not replace it: the result keeps its category and is retried until the status says why.
 async fn fail(
     ctx: &Context,
@@ -98,6 +98,7 @@ async fn fail(
     let message = err.to_string();
     let reason = match err.category() {
         Category::ChildConflict => reasons::CHILD_CONFLICT,
+        Category::Forbidden => reasons::FORBIDDEN,
         _ => reasons::INVALID_SPEC,
     };
     let report = Report {
