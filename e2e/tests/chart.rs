@@ -324,13 +324,15 @@ fn latest_tag_is_refused_and_tag_is_honoured() -> Result<()> {
 
 #[test]
 fn leader_election_off_drops_lease_access_and_overlap() -> Result<()> {
-    // Without leader election: no Lease permissions, no election flags, and no rollout overlap.
+    // Without leader election: no Lease and no Lease permissions, no election flags, and no rollout overlap.
     let docs = render("flotilla", &["operator.leaderElection.enabled=false"])?;
     let grants_leases =
         |d: &&Value| kind_of(d) == "Role" && d.to_string().contains("coordination.k8s.io");
     ensure!(
-        !docs.iter().any(|d| grants_leases(&d)),
-        "Lease access is rendered without leader election"
+        !docs
+            .iter()
+            .any(|d| grants_leases(&d) || kind_of(d) == "Lease"),
+        "a Lease or Lease access is rendered without leader election"
     );
     let deployment = operator_deployment(&docs)?;
     let args = operator_args(&deployment)?;
@@ -380,7 +382,7 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
 #[test]
 fn rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
     // Least privilege: the ClusterRole holds these rules and nothing else; Lease access is
-    // limited to the operator's own Lease (create cannot be limited by name).
+    // limited to the operator's own Lease, which the chart creates.
     let docs = render("flotilla", &[])?;
     let role: ClusterRole = serde_json::from_value(find(&docs, "ClusterRole")?.clone())?;
     let children = [
@@ -418,14 +420,17 @@ fn rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
         &["get", "update", "patch"],
     );
     named.resource_names = Some(vec!["flotilla-operator".to_owned()]);
-    let expected = vec![
-        rule(&["coordination.k8s.io"], &["leases"], &["create"]),
-        named,
-    ];
     ensure!(
-        lease.rules.as_ref() == Some(&expected),
+        lease.rules.as_ref() == Some(&vec![named]),
         "{:#?}",
         lease.rules
+    );
+    // The chart creates that Lease, free, so the operator needs no create and uninstall
+    // removes it.
+    let created = find(&docs, "Lease")?;
+    ensure!(
+        name_of(created) == "flotilla-operator" && created.get("spec").is_none(),
+        "{created:#}"
     );
     Ok(())
 }

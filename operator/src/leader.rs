@@ -263,7 +263,11 @@ impl LeaderElector {
         let end = Instant::now() + within;
         let left = || end.saturating_duration_since(Instant::now());
         let current = bounded("get Lease", left(), self.api.get_opt(LEASE_NAME)).await?;
-        let spec = current.as_ref().and_then(|l| l.spec.as_ref());
+        // A Lease created without a spec (as the Helm chart creates it) is free.
+        let free = LeaseSpec::default();
+        let spec = current
+            .as_ref()
+            .map(|l| l.spec.as_ref().unwrap_or(&free));
         let now = Instant::now();
         let since = self.observe(spec, now);
         match decide(spec, &self.identity, since, now, self.timing.lease_duration) {
