@@ -7,6 +7,8 @@
 //! - [`http`]: requests to a Service as an in-cluster client would send them.
 //! - [`tools`]: finding `helm`, `kubectl` and the Python validators; running them.
 //! - [`chart`]: rendering the Helm charts and validating the rendered objects.
+//! - [`walkthrough`], [`walkthrough_checks`]: replaying the README walkthroughs on `kubesim up`,
+//!   and what is checked on the cluster they set up (leader failover, RBAC refusals).
 
 pub mod chart;
 pub mod env;
@@ -14,3 +16,4 @@ pub mod http;
 pub mod msvc;
 pub mod tools;
 pub mod walkthrough;
+pub mod walkthrough_checks;

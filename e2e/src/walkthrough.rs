@@ -58,3 +58,59 @@ pub async fn kubesim_up(
     });
     Ok((child, kubeconfig))
 }
+
+/// Runs a walkthrough's commands (kubectl, helm) as a user types them: from the repository
+/// root, with the walkthrough's `KUBECONFIG` and a private `HOME` (helm keeps its state there).
+pub struct Shell {
+    /// The kubeconfig `kubesim up` wrote.
+    pub kubeconfig: PathBuf,
+    /// `HOME` of every command.
+    pub home: PathBuf,
+    /// The helm binary (from `e2e/install-tools.sh`).
+    pub helm: PathBuf,
+    /// Deadline of each command.
+    pub step_timeout: Duration,
+}
+
+impl Shell {
+    /// Runs `program args`, echoing the command line; its stdout, or an error with its output.
+    pub async fn run(&self, program: &Path, args: &[&str]) -> Result<String> {
+        println!("$ {} {}", program.display(), args.join(" "));
+        let run = Command::new(program)
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", &self.home)
+            .current_dir(repo_root())
+            .kill_on_drop(true)
+            .output();
+        let out = tokio::time::timeout(self.step_timeout, run)
+            .await
+            .with_context(|| format!("{args:?} timed out"))??;
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        if !out.status.success() {
+            bail!(
+                "{} {args:?} failed:\n{stdout}\n{}",
+                program.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(stdout)
+    }
+
+    /// `kubectl args`.
+    pub async fn kubectl(&self, args: &[&str]) -> Result<String> {
+        self.run(Path::new("kubectl"), args).await
+    }
+
+    /// `helm args`.
+    pub async fn helm(&self, args: &[&str]) -> Result<String> {
+        self.run(&self.helm, args).await
+    }
+}
+
+/// True when this process runs as root (kubesim then mounts pod volumes at their real paths,
+/// which in-cluster clients need).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}

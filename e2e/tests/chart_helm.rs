@@ -1,222 +1,50 @@
 //! The README's "Helm path on kubesim", as written: `kubesim up`, the CRD, `helm install` of the
 //! operator chart (the operator runs as a pod under the chart's ServiceAccount and RBAC over
 //! TLS) and of the samples, both MicroServices Ready, `helm test` (the chart's kubectl pod,
-//! in-cluster), then `helm uninstall` of both leaves none of the releases' objects behind.
+//! in-cluster), `helm upgrade --set replicaCount=2` (two replicas, one leader, failover of the
+//! leader by deleting its pod), then `helm uninstall` of both leaves nothing behind but the CRD
+//! (the Lease included). On the same cluster, before the uninstall, RBAC is proven rather than
+//! assumed: with one verb removed from the chart's ClusterRole, the operator's refused write is
+//! reported on the MicroService (`walkthrough_checks`).
 //!
 //! The only additions to the README's commands are a private state directory and address ranges
 //! so parallel clusters do not collide. Needs root (kubesim mounts the ServiceAccount token at
 //! its real path) and helm (`e2e/install-tools.sh`).
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use flotilla_e2e::walkthrough::kubesim_up;
-use flotilla_testkit::paths::repo_root;
-use tokio::process::Command;
+use anyhow::{bail, Result};
+use flotilla_e2e::walkthrough::{is_root, kubesim_up, Shell};
+use flotilla_e2e::walkthrough_checks::{
+    missing_verb_is_reported, two_replicas_one_leader_and_failover,
+};
+use flotilla_testkit::cluster::client_from_kubeconfig;
 
 const UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Each helm/kubectl step on a loaded 2-core machine.
 const STEP_TIMEOUT: Duration = Duration::from_secs(180);
 
-/// Runs one walkthrough command; its stdout, or an error with its output.
-async fn step(program: &Path, args: &[&str], kubeconfig: &Path, home: &Path) -> Result<String> {
-    println!("$ {} {}", program.display(), args.join(" "));
-    let run = Command::new(program)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .env("HOME", home)
-        .current_dir(repo_root())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(STEP_TIMEOUT, run)
-        .await
-        .with_context(|| format!("{args:?} timed out"))??;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!(
-            "{} {args:?} failed:\n{stdout}\n{}",
-            program.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(stdout)
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_helm_walkthrough_works_on_kubesim() -> Result<()> {
     if !is_root() {
         eprintln!("not run: the in-cluster operator needs kubesim to run as root (see README)");
         return Ok(());
     }
-    let helm = flotilla_e2e::tools::find("helm")?;
-    let kubectl = PathBuf::from("kubectl");
     let state = tempfile::tempdir()?;
     let home = tempfile::tempdir()?;
     let (mut kubesim, kubeconfig) = kubesim_up(&[], state.path(), 245, UP_TIMEOUT).await?;
-    let (k, h, kc) = (&kubectl, home.path(), kubeconfig.as_path());
+    let sh = Shell {
+        kubeconfig,
+        home: home.path().to_path_buf(),
+        helm: flotilla_e2e::tools::find("helm")?,
+        step_timeout: STEP_TIMEOUT,
+    };
     let result = async {
-        step(
-            k,
-            &[
-                "apply",
-                "--server-side",
-                "-f",
-                "crds/microservices.flotilla.rs.yaml",
-            ],
-            kc,
-            h,
-        )
-        .await?;
-        step(
-            &helm,
-            &[
-                "install",
-                "flotilla",
-                "charts/flotilla",
-                "--namespace",
-                "flotilla-system",
-                "--create-namespace",
-                "--wait",
-            ],
-            kc,
-            h,
-        )
-        .await?;
-        step(
-            &helm,
-            &[
-                "install",
-                "samples",
-                "charts/flotilla-samples",
-                "--namespace",
-                "shop",
-                "--create-namespace",
-            ],
-            kc,
-            h,
-        )
-        .await?;
-        step(
-            k,
-            &[
-                "-n",
-                "shop",
-                "wait",
-                "--for=condition=Ready",
-                "msvc/users",
-                "msvc/auth",
-                "--timeout=120s",
-            ],
-            kc,
-            h,
-        )
-        .await?;
-        let lease = step(
-            k,
-            &[
-                "-n",
-                "flotilla-system",
-                "get",
-                "lease",
-                "flotilla-operator",
-                "-o",
-                "jsonpath={.spec.holderIdentity}",
-            ],
-            kc,
-            h,
-        )
-        .await?;
-        if !lease.starts_with("flotilla-") {
-            bail!("the in-cluster operator does not hold the Lease: {lease:?}");
-        }
-        let test = step(
-            &helm,
-            &["test", "flotilla", "--namespace", "flotilla-system"],
-            kc,
-            h,
-        )
-        .await?;
-        if !test.contains("Phase:          Succeeded") {
-            bail!("helm test did not succeed:\n{test}");
-        }
-        step(
-            &helm,
-            &["uninstall", "samples", "--namespace", "shop"],
-            kc,
-            h,
-        )
-        .await?;
-        step(
-            &helm,
-            &["uninstall", "flotilla", "--namespace", "flotilla-system"],
-            kc,
-            h,
-        )
-        .await?;
-        // Deletion finishes asynchronously (pods terminate with their grace period).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            let left = step(
-                k,
-                &[
-                    "get",
-                    "deploy,rs,pods,svc,secret,role,rolebinding,msvc",
-                    "-A",
-                    "-o",
-                    "name",
-                    "-l",
-                    "app.kubernetes.io/managed-by=Helm",
-                ],
-                kc,
-                h,
-            )
-            .await?
-                + &step(
-                    k,
-                    &["get", "pods,secrets,msvc", "-n", "shop", "-o", "name"],
-                    kc,
-                    h,
-                )
-                .await?
-                + &step(
-                    k,
-                    &[
-                        "get",
-                        "deploy,pods,secrets",
-                        "-n",
-                        "flotilla-system",
-                        "-o",
-                        "name",
-                    ],
-                    kc,
-                    h,
-                )
-                .await?;
-            let cluster = step(
-                k,
-                &["get", "clusterrole,clusterrolebinding", "-o", "name"],
-                kc,
-                h,
-            )
-            .await?;
-            let cluster_left: Vec<&str> =
-                cluster.lines().filter(|l| l.contains("flotilla")).collect();
-            if left.trim().is_empty() && cluster_left.is_empty() {
-                break;
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("helm uninstall left objects behind:\n{left}\n{cluster_left:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        step(k, &["get", "crd", "microservices.flotilla.rs"], kc, h).await?;
-        anyhow::Ok(())
+        install(&sh).await?;
+        let client = client_from_kubeconfig(&sh.kubeconfig).await?;
+        two_replicas_one_leader_and_failover(&sh, &client).await?;
+        missing_verb_is_reported(&sh, &client).await?;
+        uninstall(&sh).await
     }
     .await;
     let _ = kubesim.start_kill();
@@ -233,4 +61,117 @@ async fn the_readme_helm_walkthrough_works_on_kubesim() -> Result<()> {
         eprintln!("operator log:\n{log}");
     }
     result
+}
+
+/// The README's install steps: CRD, operator chart, samples Ready, the operator holds the Lease,
+/// `helm test` succeeds.
+async fn install(sh: &Shell) -> Result<()> {
+    sh.kubectl(&[
+        "apply",
+        "--server-side",
+        "-f",
+        "crds/microservices.flotilla.rs.yaml",
+    ])
+    .await?;
+    sh.helm(&[
+        "install",
+        "flotilla",
+        "charts/flotilla",
+        "--namespace",
+        "flotilla-system",
+        "--create-namespace",
+        "--wait",
+    ])
+    .await?;
+    sh.helm(&[
+        "install",
+        "samples",
+        "charts/flotilla-samples",
+        "--namespace",
+        "shop",
+        "--create-namespace",
+    ])
+    .await?;
+    sh.kubectl(&[
+        "-n",
+        "shop",
+        "wait",
+        "--for=condition=Ready",
+        "msvc/users",
+        "msvc/auth",
+        "--timeout=120s",
+    ])
+    .await?;
+    let lease = sh
+        .kubectl(&[
+            "-n",
+            "flotilla-system",
+            "get",
+            "lease",
+            "flotilla-operator",
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ])
+        .await?;
+    if !lease.starts_with("flotilla-") {
+        bail!("the in-cluster operator does not hold the Lease: {lease:?}");
+    }
+    let test = sh
+        .helm(&["test", "flotilla", "--namespace", "flotilla-system"])
+        .await?;
+    if !test.contains("Phase:          Succeeded") {
+        bail!("helm test did not succeed:\n{test}");
+    }
+    Ok(())
+}
+
+/// `helm uninstall` of both releases; waits until nothing of theirs is left (the Lease
+/// included) and checks that the CRD stays.
+async fn uninstall(sh: &Shell) -> Result<()> {
+    sh.helm(&["uninstall", "samples", "--namespace", "shop"])
+        .await?;
+    sh.helm(&["uninstall", "flotilla", "--namespace", "flotilla-system"])
+        .await?;
+    // Deletion finishes asynchronously (pods terminate with their grace period).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let left = sh
+            .kubectl(&[
+                "get",
+                "deploy,rs,pods,svc,secret,role,rolebinding,lease,msvc",
+                "-A",
+                "-o",
+                "name",
+                "-l",
+                "app.kubernetes.io/managed-by=Helm",
+            ])
+            .await?
+            + &sh
+                .kubectl(&["get", "pods,secrets,msvc", "-n", "shop", "-o", "name"])
+                .await?
+            + &sh
+                .kubectl(&[
+                    "get",
+                    "deploy,pods,secrets,leases",
+                    "-n",
+                    "flotilla-system",
+                    "-o",
+                    "name",
+                ])
+                .await?;
+        let cluster = sh
+            .kubectl(&["get", "clusterrole,clusterrolebinding", "-o", "name"])
+            .await?;
+        let cluster_left: Vec<&str> = cluster.lines().filter(|l| l.contains("flotilla")).collect();
+        if left.trim().is_empty() && cluster_left.is_empty() {
+            break;
+        }
+        if tokio::time::Instant::now() > deadline {
+            bail!("helm uninstall left objects behind:\n{left}\n{cluster_left:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    sh.kubectl(&["get", "crd", "microservices.flotilla.rs"])
+        .await?;
+    Ok(())
 }

@@ -191,6 +191,18 @@ impl ReconcileError {
         }
     }
 
+    /// The error for a person reading the MicroService's status or Events: like `Display`, but
+    /// an API error is given as the server's message and reason only.
+    pub fn message(&self) -> String {
+        match self {
+            ReconcileError::Kube {
+                action,
+                source: kube::Error::Api(s),
+            } => format!("{action} failed: {} ({})", s.message, s.reason),
+            other => other.to_string(),
+        }
+    }
+
     /// Whether the error belongs in the MicroService's status (as `Degraded`, with its message):
     /// permanent errors, and refusals by RBAC, which only an admin can fix.
     pub fn is_reported(&self) -> bool {
@@ -279,6 +291,17 @@ mod tests {
             assert!(!e.is_permanent());
             assert_eq!(e.category(), cat);
         }
+    }
+
+    /// A refusal by RBAC is reported in status (with the server's message, which names the verb
+    /// and resource) but retried: an admin can grant the verb without the MicroService changing.
+    #[test]
+    fn forbidden_is_reported_and_retried() {
+        let e = ReconcileError::kube("apply Service users", api(403));
+        assert_eq!(e.category(), Category::Forbidden);
+        assert!(e.is_reported() && !e.is_permanent());
+        assert_eq!(e.category().event_reason(), "Forbidden");
+        assert_eq!(e.message(), "apply Service users failed: boom (Reason)");
     }
 
     /// A failed status write keeps the category of the error it was reporting, and is retried.

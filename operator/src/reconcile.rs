@@ -95,7 +95,7 @@ async fn fail(
     missing: &[String],
     err: ReconcileError,
 ) -> Result<Action, ReconcileError> {
-    let message = err.to_string();
+    let message = err.message();
     let reason = match err.category() {
         Category::ChildConflict => reasons::CHILD_CONFLICT,
         Category::Forbidden => reasons::FORBIDDEN,
@@ -135,7 +135,7 @@ pub fn error_policy(ms: Arc<MicroService>, err: &ReconcileError, ctx: Arc<Contex
         permanent = err.is_permanent(),
         "reconcile failed"
     );
-    let note = err.to_string();
+    let note = err.message();
     let ev_ctx = ctx.clone();
     let ev_ms = ms.clone();
     tokio::spawn(async move {
