@@ -32,8 +32,20 @@ pub const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// Deadline for a cluster change to be reflected, on a loaded 2-core machine.
 const CONVERGE: Duration = Duration::from_secs(90);
 
-/// The operator pods of the release that run and are Ready, by name.
+/// The operator pods of the release that run and are Ready.
 async fn ready_operator_pods(client: &Client) -> Result<Vec<Pod>> {
+    Ok(operator_pods(client)
+        .await?
+        .into_iter()
+        .filter(|p| {
+            let conds = p.status.as_ref().and_then(|s| s.conditions.as_ref());
+            conds.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+        .collect())
+}
+
+/// The operator pods of the release that are not terminating.
+async fn operator_pods(client: &Client) -> Result<Vec<Pod>> {
     let selector =
         format!("app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=operator");
     let pods = Api::<Pod>::namespaced(client.clone(), OPERATOR_NS)
@@ -43,10 +55,6 @@ async fn ready_operator_pods(client: &Client) -> Result<Vec<Pod>> {
         .items
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
-        .filter(|p| {
-            let conds = p.status.as_ref().and_then(|s| s.conditions.as_ref());
-            conds.is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
         .collect())
 }
 
@@ -202,8 +210,20 @@ pub async fn two_replicas_one_leader_and_failover(sh: &Shell, client: &Client) -
         "takeover took {takeover:?}, more than the lease duration {LEASE_DURATION:?}"
     );
     converge_auth_replicas(client, 2).await?;
-    let pods = ready_operator_pods(client).await?;
-    let seen = leader_and_writes(&pods).await?;
+    // The successor may be the new pod, which serves /metrics before its readiness probe
+    // passes: every live pod with an IP is asked.
+    let seen = wait::poll("the new leader's /metrics", CONVERGE, || async {
+        let pods = operator_pods(client).await?;
+        let running: Vec<Pod> = pods
+            .into_iter()
+            .filter(|p| p.status.as_ref().is_some_and(|s| s.pod_ip.is_some()))
+            .collect();
+        if !running.iter().any(|p| p.name_any() == successor) {
+            return Ok(None);
+        }
+        Ok(leader_and_writes(&running).await.ok())
+    })
+    .await?;
     println!("after the takeover (pod, flotilla_leader, child writes): {seen:?}");
     ensure!(
         seen.iter()
