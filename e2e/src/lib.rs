@@ -7,10 +7,12 @@
 //! - [`http`]: requests to a Service as an in-cluster client would send them.
 //! - [`tools`]: finding `helm`, `kubectl` and the Python validators; running them.
 //! - [`chart`]: rendering the Helm charts and validating the rendered objects.
+//! - [`chart_rbac`]: the local suite's operator runs with the chart's RBAC and nothing more.
 //! - [`walkthrough`], [`walkthrough_checks`]: replaying the README walkthroughs on `kubesim up`,
 //!   and what is checked on the cluster they set up (leader failover, RBAC refusals).
 
 pub mod chart;
+pub mod chart_rbac;
 pub mod env;
 pub mod http;
 pub mod msvc;
