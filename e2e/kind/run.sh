@@ -3,8 +3,10 @@
 #   1. create the kind cluster (kept if it already exists),
 #   2. build the operator and sample-service images and load them into the cluster,
 #   3. install the chart with those images, wait for the operator and run `helm test`,
-#   4. install the sample MicroServices,
-#   5. run the e2e suite against the cluster with its kubeconfig.
+#   4. scale the operator to two replicas and fail the leader over by deleting its pod (the other
+#      replica must take the Lease within the lease duration), then back to one,
+#   5. install the sample MicroServices,
+#   6. run the whole e2e suite (the `suite` and `failover` targets) against the cluster.
 #
 # Needs docker, kind, kubectl, helm (v4) and cargo-nextest. Usage, from anywhere:
 #   e2e/kind/run.sh            # set KEEP_CLUSTER=0 to delete the cluster afterwards
@@ -40,6 +42,7 @@ images=(
     "flotilla/operator:$tag=operator/Dockerfile"
     "flotilla/users:$tag=services/users/Dockerfile"
     "flotilla/auth:$tag=services/auth/Dockerfile"
+    "flotilla/orders:$tag=services/orders/Dockerfile"
 )
 for entry in "${images[@]}"; do
     image="${entry%%=*}"
@@ -58,6 +61,37 @@ helm upgrade --install flotilla "$repo/charts/flotilla" \
     --wait --timeout 5m
 helm test flotilla --namespace "$namespace" --timeout 5m
 
+echo "==> leader failover"
+# The Lease holder is "<pod>_<suffix>"; the chart creates the Lease free.
+lease_holder() {
+    local identity
+    identity="$(kubectl --namespace "$namespace" get lease flotilla-operator \
+        -o jsonpath='{.spec.holderIdentity}')"
+    echo "${identity%_*}"
+}
+helm upgrade flotilla "$repo/charts/flotilla" --namespace "$namespace" \
+    --reuse-values --set replicaCount=2 --wait --timeout 5m
+leader="$(lease_holder)"
+echo "leader: $leader"
+kubectl --namespace "$namespace" get pod "$leader" >/dev/null
+kubectl --namespace "$namespace" delete pod "$leader" --wait=false
+lease_duration=15
+successor=""
+for _ in $(seq $((lease_duration * 2))); do
+    successor="$(lease_holder)"
+    if [[ -n "$successor" && "$successor" != "$leader" ]]; then
+        break
+    fi
+    sleep 0.5
+done
+if [[ -z "$successor" || "$successor" == "$leader" ]]; then
+    echo "run.sh: no replica took the Lease within ${lease_duration}s of deleting $leader" >&2
+    exit 1
+fi
+echo "new leader: $successor"
+helm upgrade flotilla "$repo/charts/flotilla" --namespace "$namespace" \
+    --reuse-values --set replicaCount=1 --wait --timeout 5m
+
 echo "==> sample MicroServices"
 # Pinned tags pull IfNotPresent, so the pods use the images loaded above.
 helm upgrade --install flotilla-samples "$repo/charts/flotilla-samples" \
@@ -66,4 +100,4 @@ kubectl --namespace flotilla-samples wait microservices --all --for=condition=Re
 
 echo "==> e2e suite"
 cd "$repo"
-FLOTILLA_E2E_KUBECONFIG="$kubeconfig" cargo nextest run -p flotilla-e2e --test suite
+FLOTILLA_E2E_KUBECONFIG="$kubeconfig" cargo nextest run -p flotilla-e2e --test suite --test failover

@@ -33,6 +33,7 @@ fn kind_script_names_files_that_exist() -> Result<()> {
         "operator/Dockerfile",
         "services/users/Dockerfile",
         "services/auth/Dockerfile",
+        "services/orders/Dockerfile",
         "charts/flotilla",
         "charts/flotilla-samples",
         "e2e/kind/kind-config.yaml",
@@ -41,6 +42,37 @@ fn kind_script_names_files_that_exist() -> Result<()> {
         ensure!(
             root.join(path).exists(),
             "{path} (used by run.sh) is missing"
+        );
+    }
+    Ok(())
+}
+
+/// The import that marks a target built on `run_test` (split so this file does not match).
+const USES_RUN_TEST: &str = concat!("use flotilla_e2e::", "env::run_test;");
+
+#[test]
+fn kind_script_runs_every_e2e_target_that_can_use_a_real_cluster() -> Result<()> {
+    // Every test target built on `run_test` (which honours FLOTILLA_E2E_KUBECONFIG) runs on
+    // kind too, so a new end-to-end target cannot be left out of the real-cluster run.
+    let root = tools::repo_root();
+    let script = std::fs::read_to_string(root.join("e2e/kind/run.sh"))?;
+    let mut targets = Vec::new();
+    for entry in std::fs::read_dir(root.join("e2e/tests"))? {
+        let path = entry?.path();
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        if path.extension().is_some_and(|e| e == "rs")
+            && std::fs::read_to_string(&path)?.contains(USES_RUN_TEST)
+        {
+            targets.push(name.to_owned());
+        }
+    }
+    ensure!(!targets.is_empty(), "no test target uses run_test");
+    for target in &targets {
+        ensure!(
+            script.contains(&format!("--test {target}")),
+            "run.sh does not run the e2e target {target}"
         );
     }
     Ok(())
