@@ -34,14 +34,15 @@ use tracing::info;
 use crate::build::{config_map_name, DesiredResources};
 use crate::context::Context;
 use crate::error::{status_code, ReconcileError as Error};
+use crate::leader::{Leadership, WriteLapsed};
 use crate::validate::ValidatedSpec;
 
 /// Field manager that keeps a Deployment's replica count while Flotilla hands it over to an HPA.
 pub const HANDOVER_FIELD_MANAGER: &str = "flotilla-replicas-handover";
 
-/// Longest one API write (or the lookup before a create) may take. Well under the renew
-/// deadline of the default lease timing (10 s), so a hanging API server cannot hold a reconcile
-/// past the point where this replica stops leading.
+/// Longest one API write (or the lookup before a create) may take. Each call is also cut at the
+/// renew deadline ([`Leadership::write`]), so a hanging API server cannot hold a write past the
+/// point where this replica stops leading.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(8);
 
 /// What an apply or delete did.
@@ -111,20 +112,33 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
     }
 }
 
-/// Runs one API call with [`WRITE_TIMEOUT`], mapping its error like [`api_error`].
+/// Runs one API call while leading, within [`WRITE_TIMEOUT`] and the renew deadline.
+pub async fn gated<T>(
+    lead: &Leadership,
+    action: impl FnOnce() -> String,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<Result<T, kube::Error>, Error> {
+    match lead.write(WRITE_TIMEOUT, call).await {
+        Ok(r) => Ok(r),
+        Err(WriteLapsed::NotLeading) => Err(Error::NotLeading),
+        Err(WriteLapsed::Timeout(after)) => Err(Error::Timeout {
+            action: action(),
+            after,
+        }),
+    }
+}
+
+/// [`gated`], mapping the call's error like [`api_error`].
 async fn timed<T>(
+    lead: &Leadership,
     action: &str,
     kind: &'static str,
     name: &str,
     call: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<T, Error> {
-    match tokio::time::timeout(WRITE_TIMEOUT, call).await {
-        Ok(r) => r.map_err(|e| api_error(action, kind, name, e)),
-        Err(_) => Err(Error::Timeout {
-            action: format!("{action} {kind} {name}"),
-            after: WRITE_TIMEOUT,
-        }),
-    }
+    gated(lead, || format!("{action} {kind} {name}"), call)
+        .await?
+        .map_err(|e| api_error(action, kind, name, e))
 }
 
 /// Whether `obj` carries a controller reference to the owner with uid `owner_uid`.
@@ -154,6 +168,7 @@ fn api_error(action: &str, kind: &'static str, name: &str, e: kube::Error) -> Er
 /// has none, that lacks the controller reference to `owner_uid` is a
 /// [`Error::ChildConflict`], and nothing is written.
 pub async fn apply_child<K>(
+    lead: &Leadership,
     api: &Api<K>,
     mut desired: K,
     live: Option<&K>,
@@ -168,7 +183,7 @@ where
     // The cache holds only labelled objects, and may lag behind a create: look the name up.
     let fetched = match live {
         Some(_) => None,
-        None => timed("get", kind, &name, api.get_opt(&name)).await?,
+        None => timed(lead, "get", kind, &name, api.get_opt(&name)).await?,
     };
     let live = live.or(fetched.as_ref());
     if let Some(live) = live {
@@ -181,7 +196,7 @@ where
     }
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let body = Patch::Apply(&desired);
-    let out = timed("apply", kind, &name, api.patch(&name, &pp, &body)).await?;
+    let out = timed(lead, "apply", kind, &name, api.patch(&name, &pp, &body)).await?;
     let outcome = match live {
         None => Outcome::Created,
         Some(l) if l.resource_version() == out.resource_version() => Outcome::Unchanged,
@@ -193,6 +208,7 @@ where
 /// Deletes the cached child `live` when it is controlled by the owner with uid `owner_uid`.
 /// A child that is already gone counts as deleted.
 pub async fn delete_child<K>(
+    lead: &Leadership,
     api: &Api<K>,
     live: Option<&K>,
     owner_uid: Option<&str>,
@@ -210,14 +226,10 @@ where
     let kind = kind_of::<K>();
     let dp = DeleteParams::background();
     let delete = api.delete(&name, &dp);
-    match tokio::time::timeout(WRITE_TIMEOUT, delete).await {
-        Ok(Ok(_)) => Ok(Outcome::Deleted),
-        Ok(Err(e)) if status_code(&e) == Some(404) => Ok(Outcome::Unchanged),
-        Ok(Err(e)) => Err(api_error("delete", kind, &name, e)),
-        Err(_) => Err(Error::Timeout {
-            action: format!("delete {kind} {name}"),
-            after: WRITE_TIMEOUT,
-        }),
+    match gated(lead, || format!("delete {kind} {name}"), delete).await? {
+        Ok(_) => Ok(Outcome::Deleted),
+        Err(e) if status_code(&e) == Some(404) => Ok(Outcome::Unchanged),
+        Err(e) => Err(api_error("delete", kind, &name, e)),
     }
 }
 
@@ -237,7 +249,11 @@ pub fn applies_replicas(d: &Deployment, manager: &str) -> bool {
 /// Before Flotilla stops applying `spec.replicas` (autoscaling was turned on), a second field
 /// manager takes co-ownership of the current value, so dropping the field from Flotilla's apply
 /// does not reset the Deployment to one replica; the HPA then takes it over by updating it.
-pub async fn hand_over_replicas(api: &Api<Deployment>, live: &Deployment) -> Result<bool, Error> {
+pub async fn hand_over_replicas(
+    lead: &Leadership,
+    api: &Api<Deployment>,
+    live: &Deployment,
+) -> Result<bool, Error> {
     if !applies_replicas(live, FIELD_MANAGER) {
         return Ok(false);
     }
@@ -254,7 +270,7 @@ pub async fn hand_over_replicas(api: &Api<Deployment>, live: &Deployment) -> Res
     let pp = PatchParams::apply(HANDOVER_FIELD_MANAGER).force();
     let body = Patch::Apply(&patch);
     let call = api.patch(&name, &pp, &body);
-    timed("hand over replicas of", "Deployment", &name, call).await?;
+    timed(lead, "hand over replicas of", "Deployment", &name, call).await?;
     Ok(true)
 }
 
@@ -321,14 +337,19 @@ pub async fn apply_all(
     let stores = &ctx.stores;
     let ns = v.namespace.as_str();
     let owner = v.owner.as_ref().map(|o| o.uid.as_str());
+    let lead = &ctx.leadership;
 
     let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let cm_name = config_map_name(&v.name);
     let live_cm = cached(&stores.config_maps, &cm_name, ns);
     ensure_leading(ctx)?;
     let outcome = match config_map {
-        Some(cm) => apply_child(&cm_api, cm, live_cm.as_deref(), owner).await?.1,
-        None => delete_child(&cm_api, live_cm.as_deref(), owner).await?,
+        Some(cm) => {
+            apply_child(lead, &cm_api, cm, live_cm.as_deref(), owner)
+                .await?
+                .1
+        }
+        None => delete_child(lead, &cm_api, live_cm.as_deref(), owner).await?,
     };
     record(ctx, ms, "ConfigMap", &cm_name, outcome).await;
 
@@ -340,19 +361,19 @@ pub async fn apply_all(
         .is_some_and(|s| s.replicas.is_none());
     if let (true, Some(live)) = (autoscaled, live_dep.as_deref()) {
         ensure_leading(ctx)?;
-        if is_controlled_by(live, owner) && hand_over_replicas(&dep_api, live).await? {
+        if is_controlled_by(live, owner) && hand_over_replicas(lead, &dep_api, live).await? {
             info!("replica count handed over to the autoscaler");
         }
     }
     ensure_leading(ctx)?;
     let (applied_dep, outcome) =
-        apply_child(&dep_api, deployment, live_dep.as_deref(), owner).await?;
+        apply_child(lead, &dep_api, deployment, live_dep.as_deref(), owner).await?;
     record(ctx, ms, "Deployment", &v.name, outcome).await;
 
     let svc_api: Api<Service> = Api::namespaced(client.clone(), ns);
     let live_svc = cached(&stores.services, &v.name, ns);
     ensure_leading(ctx)?;
-    let (_, outcome) = apply_child(&svc_api, service, live_svc.as_deref(), owner).await?;
+    let (_, outcome) = apply_child(lead, &svc_api, service, live_svc.as_deref(), owner).await?;
     record(ctx, ms, "Service", &v.name, outcome).await;
 
     let hpa_api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
@@ -360,11 +381,11 @@ pub async fn apply_all(
     ensure_leading(ctx)?;
     let outcome = match hpa {
         Some(h) => {
-            apply_child(&hpa_api, h, live_hpa.as_deref(), owner)
+            apply_child(lead, &hpa_api, h, live_hpa.as_deref(), owner)
                 .await?
                 .1
         }
-        None => delete_child(&hpa_api, live_hpa.as_deref(), owner).await?,
+        None => delete_child(lead, &hpa_api, live_hpa.as_deref(), owner).await?,
     };
     record(ctx, ms, "HorizontalPodAutoscaler", &v.name, outcome).await;
     Ok(applied_dep)

@@ -13,7 +13,7 @@ use rand::Rng;
 use tracing::warn;
 
 use crate::cache::Stores;
-use crate::leader::Leadership;
+use crate::leader::{Leadership, WriteLapsed};
 use crate::metrics::Metrics;
 
 /// First retry delay after a transient error; doubles per consecutive failure.
@@ -80,7 +80,8 @@ impl Context {
             .len()
     }
 
-    /// Publishes an Event about `ms`; a failure to publish is logged, never fatal.
+    /// Publishes an Event about `ms` while leading, within the write timeout; a failure to
+    /// publish is logged, never fatal (a replica that stopped leading stays silent).
     pub async fn publish(
         &self,
         ms: &MicroService,
@@ -96,8 +97,16 @@ impl Context {
             action: action.to_string(),
             secondary: None,
         };
-        if let Err(e) = self.recorder.publish(&ev, &ms.object_ref(&())).await {
-            warn!(error = %e, "publishing event failed");
+        let oref = ms.object_ref(&());
+        let publish = self.recorder.publish(&ev, &oref);
+        match self
+            .leadership
+            .write(crate::apply::WRITE_TIMEOUT, publish)
+            .await
+        {
+            Ok(Ok(())) | Err(WriteLapsed::NotLeading) => {}
+            Ok(Err(e)) => warn!(error = %e, "publishing event failed"),
+            Err(e) => warn!(error = %e, "publishing event failed"),
         }
     }
 }

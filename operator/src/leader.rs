@@ -110,6 +110,18 @@ pub enum LeaseError {
     },
 }
 
+/// Why a write gated by [`Leadership::write`] was not completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum WriteLapsed {
+    /// This replica did not lead when the write was due; nothing was sent.
+    #[error("not writing: this replica does not lead")]
+    NotLeading,
+    /// The write did not finish within its budget (its timeout, or the time left before the
+    /// renew deadline).
+    #[error("the write did not finish within {0:?}")]
+    Timeout(Duration),
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lead {
     No,
@@ -141,6 +153,32 @@ impl Leadership {
             Lead::Until(t) => Instant::now() < t,
             Lead::Unbounded => true,
         }
+    }
+
+    /// How long a write starting now may take: `None` when not leading, else `max` capped at
+    /// the time left before the renew deadline. A write bounded by it ends (on this side) before
+    /// a standby could consider the lease expired, even if the API server hangs it.
+    pub fn write_budget(&self, max: Duration) -> Option<Duration> {
+        match *self.0.borrow() {
+            Lead::No => None,
+            Lead::Until(t) => {
+                let left = t.saturating_duration_since(Instant::now());
+                (!left.is_zero()).then(|| left.min(max))
+            }
+            Lead::Unbounded => Some(max),
+        }
+    }
+
+    /// Runs the write `call` if this replica leads, bounded by [`Leadership::write_budget`].
+    pub async fn write<T>(
+        &self,
+        max: Duration,
+        call: impl Future<Output = T>,
+    ) -> Result<T, WriteLapsed> {
+        let budget = self.write_budget(max).ok_or(WriteLapsed::NotLeading)?;
+        tokio::time::timeout(budget, call)
+            .await
+            .map_err(|_| WriteLapsed::Timeout(budget))
     }
 
     /// Completes when leadership was granted, renewed or revoked; an error once the setter is
@@ -444,5 +482,29 @@ mod tests {
             decide(Some(&b), "a", t0, t0 + Duration::from_secs(15), d),
             Decision::TakeOver
         );
+    }
+
+    /// A write may take at most its own timeout, and never past the renew deadline; without
+    /// leadership nothing is sent.
+    #[tokio::test]
+    async fn writes_end_before_the_renew_deadline() {
+        let (set, lead) = Leadership::new();
+        let max = Duration::from_secs(8);
+        assert_eq!(lead.write_budget(max), None);
+        assert_eq!(
+            lead.write(max, async { 1 }).await,
+            Err(WriteLapsed::NotLeading)
+        );
+        set.lead_unbounded();
+        assert_eq!(lead.write_budget(max), Some(max));
+        set.lead_until(Instant::now() + Duration::from_millis(200));
+        let budget = lead.write_budget(max).unwrap_or(max);
+        assert!(budget <= Duration::from_millis(200), "{budget:?}");
+        let started = Instant::now();
+        let hung = lead.write(max, std::future::pending::<()>()).await;
+        assert!(matches!(hung, Err(WriteLapsed::Timeout(_))), "{hung:?}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(!lead.is_leading());
+        assert_eq!(lead.write_budget(max), None);
     }
 }

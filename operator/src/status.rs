@@ -233,8 +233,9 @@ pub fn needs_write(computed: &MicroServiceStatus, stored: Option<&MicroServiceSt
     stored.map(own_part).as_ref() != Some(computed)
 }
 
-/// Applies the reconciler's part of the status (field manager `flotilla`).
+/// Applies the reconciler's part of the status (field manager `flotilla`), only while leading.
 pub async fn write(
+    lead: &crate::leader::Leadership,
     api: &Api<MicroService>,
     ms: &MicroService,
     status: &MicroServiceStatus,
@@ -247,16 +248,11 @@ pub async fn write(
     });
     let pp = PatchParams::apply(flotilla_crds::FIELD_MANAGER).force();
     let action = || format!("apply status of MicroService {name}");
-    tokio::time::timeout(
-        crate::apply::WRITE_TIMEOUT,
-        api.patch_status(&name, &pp, &Patch::Apply(&body)),
-    )
-    .await
-    .map_err(|_| ReconcileError::Timeout {
-        action: action(),
-        after: crate::apply::WRITE_TIMEOUT,
-    })?
-    .map_err(|e| ReconcileError::kube(action(), e))?;
+    let patch = Patch::Apply(&body);
+    let call = api.patch_status(&name, &pp, &patch);
+    crate::apply::gated(lead, action, call)
+        .await?
+        .map_err(|e| ReconcileError::kube(action(), e))?;
     Ok(())
 }
 
@@ -311,7 +307,7 @@ pub async fn report(
         return Ok(());
     }
     let api: Api<MicroService> = Api::namespaced(ctx.client.clone(), &ns);
-    write(&api, ms, &computed).await?;
+    write(&ctx.leadership, &api, ms, &computed).await?;
     if let Some(c) = newly_degraded(&computed, ms.status.as_ref()) {
         let (reason, note) = (c.reason.clone(), c.message.clone());
         ctx.publish(ms, EventType::Warning, &reason, "Reconcile", note)

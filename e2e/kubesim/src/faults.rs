@@ -1,5 +1,6 @@
 //! Fault injection for reliability tests: fail the next N requests that match a verb and
-//! resource with a chosen status, delay matching requests, or drop every open watch.
+//! resource with a chosen status, delay matching requests (or hang them until the rules are
+//! cleared, for example only one replica's Lease renewals), or drop every open watch.
 //! Reachable in-process through [`FaultInjector`] and over HTTP under `/kubesim/`.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -37,7 +38,9 @@ fn one() -> u32 {
     1
 }
 
-/// Delay every request matching `verb`/`resource` by `millis`.
+/// Delay every request matching `verb`/`resource` by `millis`. A delayed request is answered
+/// early when the rules are cleared (`DELETE /kubesim/faults`), so a long delay is a hang that
+/// the test ends.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LatencyRule {
@@ -46,6 +49,39 @@ pub struct LatencyRule {
     #[serde(default)]
     pub resource: Option<String>,
     pub millis: u64,
+    /// Only requests whose JSON body has this `spec.holderIdentity`: the Lease writes of one
+    /// leader-election candidate.
+    #[serde(default)]
+    pub holder_identity: Option<String>,
+}
+
+impl LatencyRule {
+    /// Hangs every `update`/`patch` of a Lease that `holder` sends (its renewals), until the rules
+    /// are cleared.
+    pub fn hang_lease_writes_of(holder: &str) -> Vec<LatencyRule> {
+        ["update", "patch"]
+            .into_iter()
+            .map(|verb| LatencyRule {
+                verb: Some(verb.to_string()),
+                resource: Some("leases".to_string()),
+                millis: 3_600_000,
+                holder_identity: Some(holder.to_string()),
+            })
+            .collect()
+    }
+
+    fn matches_body(&self, body: &[u8]) -> bool {
+        let Some(want) = self.holder_identity.as_deref() else {
+            return true;
+        };
+        serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| {
+                v.pointer("/spec/holderIdentity")
+                    .and_then(|h| h.as_str().map(|h| h == want))
+            })
+            .unwrap_or(false)
+    }
 }
 
 #[derive(Debug, Default, Clone, Serialize)]
@@ -58,6 +94,7 @@ struct Rules {
 pub struct Faults {
     rules: Mutex<Rules>,
     drops: watch::Sender<u64>,
+    cleared: watch::Sender<u64>,
     shutdown: CancellationToken,
 }
 
@@ -66,6 +103,7 @@ impl Default for Faults {
         Faults {
             rules: Mutex::new(Rules::default()),
             drops: watch::Sender::new(0),
+            cleared: watch::Sender::new(0),
             shutdown: CancellationToken::new(),
         }
     }
@@ -117,14 +155,19 @@ impl Faults {
         }
     }
 
-    /// The delay and the failure (if any) for one request; consumes one use of the first
-    /// matching failure rule.
-    pub fn check(&self, verb: &str, resource: &str) -> (Option<Duration>, Option<ApiError>) {
+    /// The delay and the failure (if any) for one request with `body`; consumes one use of the
+    /// first matching failure rule.
+    pub fn check(
+        &self,
+        verb: &str,
+        resource: &str,
+        body: &[u8],
+    ) -> (Option<Duration>, Option<ApiError>) {
         let mut rules = self.rules();
         let delay = rules
             .latency
             .iter()
-            .filter(|l| matches(&l.verb, &l.resource, verb, resource))
+            .filter(|l| matches(&l.verb, &l.resource, verb, resource) && l.matches_body(body))
             .map(|l| l.millis)
             .max()
             .map(Duration::from_millis);
@@ -150,6 +193,17 @@ impl Faults {
 
     pub fn shutdown_token(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// Waits out an injected `delay`, ending early when the rules are cleared or the server
+    /// shuts down.
+    pub async fn delay(&self, delay: Duration) {
+        let mut cleared = self.cleared.subscribe();
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = cleared.changed() => {}
+            _ = self.shutdown.cancelled() => {}
+        }
     }
 
     /// The current rules as JSON (for `GET /kubesim/faults`).
@@ -197,9 +251,10 @@ impl FaultInjector {
         self.faults.faults.drops.send_modify(|n| *n += 1);
     }
 
-    /// Removes all failure and latency rules.
+    /// Removes all failure and latency rules, and answers the requests they are delaying.
     pub fn clear(&self) {
         *self.faults.faults.rules() = Rules::default();
+        self.faults.faults.cleared.send_modify(|n| *n += 1);
     }
 }
 
@@ -218,13 +273,28 @@ mod tests {
             count: 2,
             retry_after_seconds: Some(3),
         });
-        assert!(f.check("get", "pods").1.is_none());
-        let e = f.check("create", "pods").1.expect("first failure");
+        assert!(f.check("get", "pods", b"").1.is_none());
+        let e = f.check("create", "pods", b"").1.expect("first failure");
         assert_eq!(
             (e.code, e.reason, e.details.retry_after),
             (503, "ServiceUnavailable", Some(3))
         );
-        assert!(f.check("create", "pods/status").1.is_some());
-        assert!(f.check("create", "pods").1.is_none());
+        assert!(f.check("create", "pods/status", b"").1.is_some());
+        assert!(f.check("create", "pods", b"").1.is_none());
+    }
+
+    #[test]
+    fn lease_hang_matches_one_holder() {
+        // The hang delays only the named holder's Lease writes, not its reads or another
+        // candidate's writes.
+        let f = Faults::default();
+        f.rules().latency = LatencyRule::hang_lease_writes_of("op-a");
+        let a = br#"{"spec":{"holderIdentity":"op-a"}}"#;
+        let b = br#"{"spec":{"holderIdentity":"op-b"}}"#;
+        assert!(f.check("update", "leases", a).0.is_some());
+        assert!(f.check("patch", "leases", a).0.is_some());
+        assert!(f.check("update", "leases", b).0.is_none());
+        assert!(f.check("get", "leases", b"").0.is_none());
+        assert!(f.check("update", "configmaps", a).0.is_none());
     }
 }

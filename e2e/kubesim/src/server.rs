@@ -275,9 +275,9 @@ async fn route(
         Some(s) => format!("{}/{s}", target.plural),
         None => target.plural.clone(),
     };
-    let (delay, fault) = shared.faults.check(v, &resource);
+    let (delay, fault) = shared.faults.check(v, &resource, &body);
     if let Some(d) = delay {
-        tokio::time::sleep(d).await;
+        shared.faults.delay(d).await;
     }
     if let Some(e) = fault {
         return error_response(&e);

@@ -77,6 +77,7 @@ async fn latency_delays_matching_requests() -> Result<()> {
         verb: Some("get".into()),
         resource: Some("configmaps".into()),
         millis: 300,
+        holder_identity: None,
     });
     let t = Instant::now();
     api.get("a").await?;

@@ -28,7 +28,8 @@ pub struct Metrics {
     /// From the first failed probe of the decisive run to the traffic change being written,
     /// by change (`eject`, `failover`).
     pub detection: HistogramVec,
-    /// API writes by kind (`label`, `status`, `event`) and result (`ok`, `error`, `timeout`).
+    /// API writes by kind (`label`, `status`, `event`) and result (`ok`, `error`, `timeout`,
+    /// `not_leading`).
     pub writes: IntCounterVec,
     /// Metrics scrapes that gave no data, by reason (`body_too_large`, `too_many_series`,
     /// `line_too_long`, `malformed`, `bad_status`, `timeout`, `transport`, `busy`).

@@ -4,8 +4,8 @@
 //! and an Event for every ejection, return, failover and failback.
 //!
 //! Leadership is re-checked immediately before each write (it lapses on its own at the lease's
-//! renew deadline), so a replica that lost the lease to a hanging API server stops writing before
-//! a standby takes over. Every write has a timeout and a metric, and nothing is written when nothing differs (see
+//! renew deadline) and bounds the write's timeout, so a replica that lost the lease to a hanging
+//! API server stops writing before a standby takes over. Every write has a timeout and a metric, and nothing is written when nothing differs (see
 //! `plan.rs`). A failed write is retried on the next pass (at most `resync` later) because the
 //! plan is recomputed from what the cluster shows. Observe mode writes status and Events only.
 
@@ -31,7 +31,7 @@ use super::metrics::Metrics;
 use super::plan::{self, LabelPatch, StatusPlan};
 use super::policy::Mode;
 use super::report::{Desired, Notice};
-use crate::leader::Leadership;
+use crate::leader::{Leadership, WriteLapsed};
 
 /// Tunables of the writer.
 #[derive(Debug, Clone)]
@@ -97,11 +97,12 @@ pub fn spawn(
     tokio::spawn(w.run(inventory, outputs, leader))
 }
 
-fn result_label<T, E>(r: &Result<Result<T, E>, tokio::time::error::Elapsed>) -> &'static str {
+fn result_label<T, E>(r: &Result<Result<T, E>, WriteLapsed>) -> &'static str {
     match r {
         Ok(Ok(_)) => "ok",
         Ok(Err(_)) => "error",
-        Err(_) => "timeout",
+        Err(WriteLapsed::Timeout(_)) => "timeout",
+        Err(WriteLapsed::NotLeading) => "not_leading",
     }
 }
 
@@ -191,11 +192,13 @@ impl Writer {
             ..PatchParams::default()
         };
         let body = p.body();
-        let r = tokio::time::timeout(
-            self.cfg.write_timeout,
-            api.patch(&p.pod.name, &params, &Patch::Merge(&body)),
-        )
-        .await;
+        let r = self
+            .leadership
+            .write(
+                self.cfg.write_timeout,
+                api.patch(&p.pod.name, &params, &Patch::Merge(&body)),
+            )
+            .await;
         let label = result_label(&r);
         self.metrics
             .writes
@@ -238,11 +241,13 @@ impl Writer {
             }
             let api: Api<MicroService> = Api::namespaced(self.client.clone(), &svc.key.ns);
             let params = PatchParams::apply(FAILOVER_FIELD_MANAGER).force();
-            let r = tokio::time::timeout(
-                self.cfg.write_timeout,
-                api.patch_status(&svc.key.name, &params, &Patch::Apply(&body)),
-            )
-            .await;
+            let r = self
+                .leadership
+                .write(
+                    self.cfg.write_timeout,
+                    api.patch_status(&svc.key.name, &params, &Patch::Apply(&body)),
+                )
+                .await;
             let label = result_label(&r);
             self.metrics
                 .writes
@@ -320,11 +325,13 @@ impl Writer {
         if !self.leadership.is_leading() {
             return;
         }
-        let r = tokio::time::timeout(
-            self.cfg.write_timeout,
-            self.recorder.publish(&event, &reference),
-        )
-        .await;
+        let r = self
+            .leadership
+            .write(
+                self.cfg.write_timeout,
+                self.recorder.publish(&event, &reference),
+            )
+            .await;
         self.metrics
             .writes
             .with_label_values(&["event", result_label(&r)])

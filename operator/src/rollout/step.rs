@@ -155,18 +155,20 @@ pub async fn finish(
     let outcome = match step.plan.canary {
         CanaryAction::Run { replicas } => {
             let canary = build_canary(&step.desired, &step.revision, replicas);
-            apply_child(&api, canary, live.as_deref(), owner_uid)
+            apply_child(&ctx.leadership, &api, canary, live.as_deref(), owner_uid)
                 .await?
                 .1
         }
         CanaryAction::Halted => {
             // Kept for inspection with no pods, so it takes no traffic.
             let canary = build_canary(&step.desired, &step.revision, 0);
-            apply_child(&api, canary, live.as_deref(), owner_uid)
+            apply_child(&ctx.leadership, &api, canary, live.as_deref(), owner_uid)
                 .await?
                 .1
         }
-        CanaryAction::Absent => delete_child(&api, live.as_deref(), owner_uid).await?,
+        CanaryAction::Absent => {
+            delete_child(&ctx.leadership, &api, live.as_deref(), owner_uid).await?
+        }
     };
     record(ctx, ms, "Deployment", &name, outcome).await;
     if let Some(e) = &step.plan.event {
