@@ -303,9 +303,7 @@ impl LeaderElector {
         let current = bounded("get Lease", left(), self.api.get_opt(LEASE_NAME)).await?;
         // A Lease created without a spec (as the Helm chart creates it) is free.
         let free = LeaseSpec::default();
-        let spec = current
-            .as_ref()
-            .map(|l| l.spec.as_ref().unwrap_or(&free));
+        let spec = current.as_ref().map(|l| l.spec.as_ref().unwrap_or(&free));
         let now = Instant::now();
         let since = self.observe(spec, now);
         match decide(spec, &self.identity, since, now, self.timing.lease_duration) {
