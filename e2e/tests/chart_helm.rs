@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use flotilla_e2e::walkthrough::{is_root, kubesim_up, Shell};
+use flotilla_e2e::walkthrough::{is_root, kubesim_up, stop_kubesim, Shell};
 use flotilla_e2e::walkthrough_checks::{
     missing_verb_is_reported, two_replicas_one_leader_and_failover,
 };
@@ -47,8 +47,7 @@ async fn the_readme_helm_walkthrough_works_on_kubesim() -> Result<()> {
         uninstall(&sh).await
     }
     .await;
-    let _ = kubesim.start_kill();
-    let _ = kubesim.wait().await;
+    stop_kubesim(&mut kubesim, Duration::from_secs(60)).await;
     if result.is_err() {
         let log = std::fs::read_dir(state.path().join("logs/flotilla-system"))
             .into_iter()
