@@ -17,7 +17,8 @@ pub use rollout::{
 };
 pub use spec::{
     AutoscalingSpec, FailoverMode, FailoverSpec, GrpcHealthSpec, HealthSpec, MicroService,
-    MicroServiceSpec, ServiceSpec, ServiceType, CONFIG_KEY_PATTERN, DNS_LABEL_PATTERN,
-    DNS_SUBDOMAIN_PATTERN, IMAGE_PATTERN, LABEL_VALUE_PATTERN, PORT_NAME_PATTERN,
+    MicroServiceSpec, ServiceSpec, ServiceType, StickyConnections, CONFIG_KEY_PATTERN,
+    DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, IMAGE_PATTERN, LABEL_VALUE_PATTERN,
+    PORT_NAME_PATTERN,
 };
 pub use status::{ActiveTarget, FailoverStatus, MicroServiceStatus, PodHealth};

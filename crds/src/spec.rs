@@ -459,6 +459,18 @@ pub struct FailoverSpec {
     #[serde(default)]
     #[schemars(range(min = 0, max = 100))]
     pub panic_threshold_percent: i32,
+
+    /// What to do about an ejected pod that keeps receiving requests over connections clients
+    /// opened before it was ejected (pooled keep-alive, HTTP/2 and gRPC clients stay on their
+    /// connection). Flotilla scrapes the metrics endpoint of ejected pods when `scrapeMetrics`
+    /// is on or this is `Restart`, and counts API requests (probe and metrics paths excluded).
+    /// `Report` (the default) shows such a pod in `status.failover.pods` (`stickyConnections`,
+    /// `requestsWhileEjected`), with a `StickyConnections` Event and a metric. `Restart` also
+    /// deletes it so its connections break and its Deployment replaces it: at most one pod per
+    /// MicroService every 30 seconds, only while the traffic's target has `minHealthy` healthy
+    /// pods, never in panic and never in `Observe` mode.
+    #[serde(default)]
+    pub sticky_connections: StickyConnections,
 }
 
 impl Default for FailoverSpec {
@@ -476,8 +488,19 @@ impl Default for FailoverSpec {
             scrape_metrics: false,
             max_ejection_percent: default_max_ejection_percent(),
             panic_threshold_percent: 0,
+            sticky_connections: StickyConnections::default(),
         }
     }
+}
+
+/// What the failover engine does about an ejected pod that still receives requests.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum StickyConnections {
+    /// Report the pod (status, Event, metric) and leave it running.
+    #[default]
+    Report,
+    /// Report it and delete it, rate-limited, so its clients reconnect to serving pods.
+    Restart,
 }
 
 /// Whether the failover engine acts on its decisions.

@@ -153,4 +153,15 @@ pub struct PodHealth {
     /// Ratio of HTTP 5xx responses over the error-rate window (only with `scrapeMetrics`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error_ratio: Option<f64>,
+
+    /// True when the pod is out of traffic but its request counter keeps rising: clients still
+    /// reach it over connections opened before it was ejected (see
+    /// `spec.failover.stickyConnections`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sticky_connections: Option<bool>,
+
+    /// API requests the pod answered since it was ejected (after a short grace period for
+    /// connections to close), when its metrics are scraped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_while_ejected: Option<i64>,
 }

@@ -403,7 +403,11 @@ fn rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
         rule(&["apps"], &["deployments"], &children),
         rule(&[""], &["services", "configmaps"], &children),
         rule(&["autoscaling"], &["horizontalpodautoscalers"], &children),
-        rule(&[""], &["pods"], &["get", "list", "watch", "patch"]),
+        rule(
+            &[""],
+            &["pods"],
+            &["get", "list", "watch", "patch", "delete"],
+        ),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
         rule(&[""], &["events"], &["create", "patch"]),
     ];

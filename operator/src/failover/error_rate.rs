@@ -14,26 +14,45 @@ use super::promtext::Sample;
 pub const REQUESTS_METRIC: &str = "http_requests_total";
 
 /// Request totals from one scrape.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Counts {
     /// All requests.
     pub total: f64,
     /// Requests answered with a 5xx status.
     pub errors: f64,
+    /// Requests of the probes and scrapes themselves (see [`is_probe_series`]), part of
+    /// `total`; `total - probes` is the API traffic the sticky-connection check watches.
+    pub probes: f64,
+}
+
+/// Conventional health and metrics paths: series labelled with one of them (`route`, `path`,
+/// `handler` or `endpoint`) count probes and scrapes, not API traffic.
+pub const PROBE_PATHS: [&str; 6] = [
+    "/readyz", "/healthz", "/livez", "/metrics", "/ready", "/health",
+];
+
+/// Whether a sample counts the prober's, the kubelet's or a scraper's own requests: an HTTP
+/// series labelled with a [`PROBE_PATHS`] path, or a gRPC series of the standard health service.
+pub fn is_probe_series(s: &Sample) -> bool {
+    if s.label("grpc_service") == Some("grpc.health.v1.Health") {
+        return true;
+    }
+    ["route", "path", "handler", "endpoint"]
+        .iter()
+        .filter_map(|l| s.label(l))
+        .any(|v| PROBE_PATHS.contains(&v))
 }
 
 /// Sums `http_requests_total` over all series; a series is an error when its `status` (or `code`)
 /// label is a 5xx. `None` when the metric is absent.
 pub fn counts(samples: &[Sample]) -> Option<Counts> {
     let mut found = false;
-    let mut c = Counts {
-        total: 0.0,
-        errors: 0.0,
-    };
+    let mut c = Counts::default();
     for s in samples.iter().filter_map(sample_counts) {
         found = true;
         c.total += s.total;
         c.errors += s.errors;
+        c.probes += s.probes;
     }
     found.then_some(c)
 }
@@ -49,6 +68,7 @@ pub fn sample_counts(s: &Sample) -> Option<Counts> {
     Some(Counts {
         total: s.value,
         errors: if error { s.value } else { 0.0 },
+        probes: if is_probe_series(s) { s.value } else { 0.0 },
     })
 }
 
@@ -57,6 +77,12 @@ pub fn sample_counts(s: &Sample) -> Option<Counts> {
 pub const GRPC_REQUESTS_METRIC: &str = "grpc_server_handled_total";
 
 /// The code name as the gRPC middlewares label it (`OK`, `Unavailable`, ...).
+///
+/// The sample `orders` service has the same table for its `grpc_code` label. It is not shared:
+/// services must not depend on the operator, the operator must not depend on a sample service,
+/// and `flotilla-crds` holds the Kubernetes API (it would need `tonic` for a table that is not
+/// part of that API). The names are fixed by the gRPC specification and both sides are tested
+/// against them, so the copies cannot drift silently.
 pub fn grpc_code_name(code: tonic::Code) -> &'static str {
     use tonic::Code;
     match code {
@@ -112,6 +138,7 @@ pub fn grpc_sample_counts(s: &Sample) -> Option<Counts> {
     Some(Counts {
         total: s.value,
         errors: if error { s.value } else { 0.0 },
+        probes: if is_probe_series(s) { s.value } else { 0.0 },
     })
 }
 
@@ -169,7 +196,11 @@ mod tests {
     use crate::failover::promtext::parse;
 
     fn c(total: f64, errors: f64) -> Option<Counts> {
-        Some(Counts { total, errors })
+        Some(Counts {
+            total,
+            errors,
+            probes: 0.0,
+        })
     }
 
     #[test]
@@ -210,6 +241,26 @@ mod tests {
         assert!(!is_failing_grpc_code(grpc_code_name(
             tonic::Code::Unauthenticated
         )));
+    }
+
+    #[test]
+    fn probe_and_scrape_series_are_told_apart_from_api_traffic() {
+        // The sticky-connection check counts API requests only: series of health and metrics
+        // paths, and of the gRPC health service, are the prober's own traffic.
+        let s = parse(
+            "http_requests_total{route=\"/readyz\",status=\"200\"} 40\n\
+             http_requests_total{route=\"/users\",status=\"200\"} 7\n\
+             http_requests_total{handler=\"/metrics\",code=\"200\"} 3\n\
+             grpc_server_handled_total{grpc_service=\"grpc.health.v1.Health\",grpc_code=\"OK\"} 9\n",
+        )
+        .expect("valid");
+        let c = counts(&s).expect("found");
+        assert_eq!((c.total, c.probes), (50.0, 43.0));
+        let g = s
+            .iter()
+            .filter_map(grpc_sample_counts)
+            .fold(0.0, |a, c| a + c.probes);
+        assert_eq!(g, 9.0);
     }
 
     #[test]

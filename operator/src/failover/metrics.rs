@@ -9,7 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::{
     exponential_buckets, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGaugeVec, Opts, Registry,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 /// The engine's metric handles; cheap to clone.
@@ -38,6 +38,12 @@ pub struct Metrics {
     /// of the decisive run; `decided`; `written`: membership writes acknowledged), so where the
     /// time of a failover went can be read after the fact.
     pub last_failover: GaugeVec,
+    /// Ejected pods that still receive requests (sticky connections), over all services; no
+    /// per-object labels: the pods are named in status and Events.
+    pub sticky_pods: IntGauge,
+    /// Deletions of sticky pods (`stickyConnections: Restart`) by result (`ok`, `error`,
+    /// `timeout`).
+    pub sticky_restarts: IntCounterVec,
 }
 
 impl Metrics {
@@ -101,6 +107,19 @@ impl Metrics {
                 ),
                 &["step"],
             )?,
+            sticky_pods: IntGauge::new(
+                "flotilla_failover_sticky_pods",
+                "Pods out of traffic whose request counters keep rising: clients still reach \
+                 them over connections opened before they were ejected.",
+            )?,
+            sticky_restarts: IntCounterVec::new(
+                Opts::new(
+                    "flotilla_failover_sticky_restarts_total",
+                    "Sticky pods deleted so their connections break (stickyConnections: \
+                     Restart), by result.",
+                ),
+                &["result"],
+            )?,
         })
     }
 
@@ -115,6 +134,8 @@ impl Metrics {
         registry.register(Box::new(self.writes.clone()))?;
         registry.register(Box::new(self.scrape_rejected.clone()))?;
         registry.register(Box::new(self.last_failover.clone()))?;
+        registry.register(Box::new(self.sticky_pods.clone()))?;
+        registry.register(Box::new(self.sticky_restarts.clone()))?;
         Ok(())
     }
 }

@@ -8,6 +8,8 @@
 //!   HTTP or gRPC, plus bounded metrics `scrape`s feeding `error_rate`). Runs on every replica so
 //!   a new leader has warm verdicts.
 //! - `decide`: pure; verdicts + policy + clock → desired membership and active target.
+//! - `sticky`: pure; ejected pods whose scraped request counters keep rising (clients pinned to
+//!   them by old connections), and which one to restart when the service opts in.
 //! - `writer`: the one task that applies decisions (pod membership labels, status, Events), only
 //!   while leader and only when something differs.
 //!
@@ -29,6 +31,7 @@ pub mod report;
 pub mod scrape;
 pub mod source;
 pub mod spec;
+pub mod sticky;
 pub mod writer;
 
 use kube::Client;

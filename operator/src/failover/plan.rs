@@ -69,6 +69,7 @@ fn strip_evidence(s: &FailoverStatus) -> FailoverStatus {
         p.consecutive_failures = None;
         p.error_ratio = None;
         p.last_probe = None;
+        p.requests_while_ejected = None;
     }
     s
 }

@@ -80,6 +80,19 @@ pub struct FailoverPolicy {
     /// Panic (every kubelet-Ready pod serves) when fewer than this percentage of the primary's
     /// pods pass probing; 0 means only when none does.
     pub panic_threshold_percent: u32,
+    /// Whether an ejected pod that still receives requests is only reported or also restarted.
+    pub sticky: StickyAction,
+}
+
+/// What to do about an ejected pod that keeps receiving requests (from
+/// `failover.stickyConnections`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StickyAction {
+    /// Status, Event and metric only.
+    #[default]
+    Report,
+    /// Also delete the pod, rate-limited (see `sticky.rs`).
+    Restart,
 }
 
 impl Default for FailoverPolicy {
@@ -96,6 +109,7 @@ impl Default for FailoverPolicy {
             scrape_metrics: false,
             max_ejection_percent: 100,
             panic_threshold_percent: 0,
+            sticky: StickyAction::Report,
         }
     }
 }

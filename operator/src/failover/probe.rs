@@ -51,7 +51,8 @@ pub struct ProbeTarget<'a> {
     pub readiness_path: &'a str,
     /// `Some(service name)` for a gRPC health check instead of the HTTP GET.
     pub grpc_service: Option<&'a str>,
-    /// Scrape this metrics path after a successful readiness check.
+    /// Scrape this metrics path after a successful readiness check (after any check when the
+    /// verdict is `ejected`).
     pub metrics_path: Option<&'a str>,
     /// Bound of each request.
     pub timeout: Duration,
@@ -284,8 +285,11 @@ pub async fn run(client: &ProbeClient, target: &ProbeTarget<'_>) -> ProbeReport 
         }
     };
     let latency = start.elapsed();
+    // A failing pod is not scraped (its counters decide nothing), unless it is ejected: then
+    // the scrape shows whether clients still reach it (sticky connections).
+    let ejected = target.verdict == Some(flotilla_crds::traffic::EJECTED);
     let scrape = match target.metrics_path {
-        Some(p) if observation.is_success() => Some(
+        Some(p) if observation.is_success() || ejected => Some(
             client
                 .scrape(
                     target.addr,

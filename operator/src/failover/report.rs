@@ -100,6 +100,26 @@ pub enum Notice {
         /// The last probe result, as evidence.
         evidence: String,
     },
+    /// An ejected pod still receives requests (announced once per episode).
+    Sticky {
+        /// The primary service.
+        svc: ObjKey,
+        /// The pod.
+        pod: ObjKey,
+        /// API requests since it was ejected.
+        requests: u64,
+        /// Whether the service restarts sticky pods (`stickyConnections: Restart`).
+        restart: bool,
+    },
+    /// Delete a sticky pod so its connections break (chosen under the rate limit).
+    Restart {
+        /// The primary service.
+        svc: ObjKey,
+        /// The pod.
+        pod: ObjKey,
+        /// API requests since it was ejected.
+        requests: u64,
+    },
 }
 
 /// Short text for a probe result, as shown in status.
@@ -116,8 +136,12 @@ pub fn describe(obs: Option<&Observation>) -> String {
 }
 
 /// Per-pod evidence for status (no timestamps, so that status only changes with the verdicts).
-pub fn evidence(name: &str, h: &PodHealth) -> PodEvidence {
+/// `sticky` is `(still reached, requests while ejected)` for a pod whose traffic is measured
+/// while ejected.
+pub fn evidence(name: &str, h: &PodHealth, sticky: Option<(bool, u64)>) -> PodEvidence {
     PodEvidence {
+        sticky_connections: sticky.map(|(s, _)| s),
+        requests_while_ejected: sticky.map(|(_, n)| i64::try_from(n).unwrap_or(i64::MAX)),
         name: name.to_owned(),
         healthy: h.healthy,
         last_probe: Some(describe(h.last.as_ref())),

@@ -104,10 +104,7 @@ impl Scanner {
             partial: Vec::new(),
             bytes: 0,
             series: 0,
-            counts: Counts {
-                total: 0.0,
-                errors: 0.0,
-            },
+            counts: Counts::default(),
             found: false,
             grpc: false,
         }
@@ -203,6 +200,7 @@ impl Scanner {
             self.found = true;
             self.counts.total += c.total;
             self.counts.errors += c.errors;
+            self.counts.probes += c.probes;
         }
     }
 }

@@ -32,7 +32,8 @@ fn streaming_reads_what_the_whole_text_parser_reads_at_any_chunk_size() {
         whole,
         Some(Counts {
             total: 110.0,
-            errors: 10.0
+            errors: 10.0,
+            probes: 0.0,
         })
     );
     let bytes = TEXT.as_bytes();
@@ -114,7 +115,8 @@ fn megabytes_of_tiny_lines_keep_only_one_partial_line_in_memory() {
         s.finish(),
         Ok(Some(Counts {
             total: 3.0,
-            errors: 3.0
+            errors: 3.0,
+            probes: 0.0,
         }))
     );
 }

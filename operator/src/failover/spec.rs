@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use flotilla_crds::{FailoverMode, MicroServiceSpec};
+use flotilla_crds::{FailoverMode, MicroServiceSpec, StickyConnections};
 
-use super::policy::{FailoverPolicy, Mode, ProbePolicy};
+use super::policy::{FailoverPolicy, Mode, ProbePolicy, StickyAction};
 
 fn millis(v: i32) -> Duration {
     Duration::from_millis(u64::try_from(v.max(1)).unwrap_or(1))
@@ -58,6 +58,10 @@ impl From<&MicroServiceSpec> for FailoverPolicy {
             scrape_metrics: f.scrape_metrics,
             max_ejection_percent: percent(f.max_ejection_percent),
             panic_threshold_percent: percent(f.panic_threshold_percent),
+            sticky: match f.sticky_connections {
+                StickyConnections::Report => StickyAction::Report,
+                StickyConnections::Restart => StickyAction::Restart,
+            },
         }
     }
 }
@@ -84,6 +88,7 @@ mod tests {
         spec.failover.mode = FailoverMode::Observe;
         spec.failover.max_error_rate = Some(0.2);
         spec.failover.recover_after_seconds = 3;
+        spec.failover.sticky_connections = StickyConnections::Restart;
         let p = ProbePolicy::from(&spec);
         assert_eq!((p.port, p.period), (9000, Duration::from_millis(200)));
         let f = FailoverPolicy::from(&spec);
@@ -91,5 +96,6 @@ mod tests {
         assert_eq!(f.fallback.as_deref(), Some("b"));
         assert_eq!(f.max_error_rate, Some(0.2));
         assert_eq!(f.recover_after, Duration::from_secs(3));
+        assert_eq!(f.sticky, StickyAction::Restart);
     }
 }

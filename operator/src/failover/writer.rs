@@ -1,7 +1,8 @@
 //! The one writer of health-aware traffic: applies the engine's desired state to the cluster while
 //! this replica is the leader — pod membership labels (JSON merge patch), `status.failover` with
 //! the `FailedOver`/`Flapping` conditions (server-side apply, field manager `flotilla-failover`),
-//! and an Event for every ejection, return, failover and failback.
+//! and an Event for every ejection, return, failover and failback; and the deletion of a sticky
+//! pod when the engine picks one (`stickyConnections: Restart`, rate-limited by the engine).
 //!
 //! Leadership is re-checked immediately before each write (it lapses on its own at the lease's
 //! renew deadline) and bounds the write's timeout, so a replica that lost the lease to a hanging
@@ -16,7 +17,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use serde_json::Value;
@@ -313,6 +314,39 @@ impl Writer {
                 let note = format!("pod {} (last probe: {evidence})", pod.name);
                 (svc, pod_event(observe, fallback, to, note))
             }
+            Notice::Sticky {
+                svc,
+                pod,
+                requests,
+                restart,
+            } => {
+                let action = if restart {
+                    "it will be restarted when the rate limit allows"
+                } else {
+                    "set failover.stickyConnections: Restart to restart such pods"
+                };
+                let note = format!(
+                    "pod {} is out of traffic but answered {requests} requests since: clients \
+                     keep connections opened before the ejection; {action}",
+                    pod.name
+                );
+                (svc, event(EventType::Warning, "StickyConnections", note))
+            }
+            Notice::Restart { svc, pod, requests } => {
+                let result = self.delete_pod(&pod).await;
+                let (reason, note) = if result == "ok" {
+                    let n = format!(
+                        "deleted pod {} ({requests} requests while out of traffic) so its \
+                         clients reconnect to serving pods",
+                        pod.name
+                    );
+                    ("StickyPodRestarted", n)
+                } else {
+                    let n = format!("deleting sticky pod {} failed ({result})", pod.name);
+                    ("StickyPodRestartFailed", n)
+                };
+                (svc, event(EventType::Warning, reason, note))
+            }
         };
         let reference = ObjectReference {
             api_version: Some(API_VERSION.to_owned()),
@@ -336,6 +370,32 @@ impl Writer {
             .writes
             .with_label_values(&["event", result_label(&r)])
             .inc();
+    }
+
+    /// Deletes a sticky pod (its Deployment replaces it), if still leading; the result label.
+    async fn delete_pod(&self, pod: &ObjKey) -> &'static str {
+        if !self.leadership.is_leading() {
+            return "not_leader";
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.ns);
+        let r = tokio::time::timeout(
+            self.cfg.write_timeout,
+            api.delete(&pod.name, &DeleteParams::default()),
+        )
+        .await;
+        let label = result_label(&r);
+        self.metrics
+            .sticky_restarts
+            .with_label_values(&[label])
+            .inc();
+        self.metrics
+            .writes
+            .with_label_values(&["delete", label])
+            .inc();
+        if label != "ok" {
+            tracing::warn!(pod = %pod, result = label, "deleting a sticky pod failed");
+        }
+        label
     }
 
     /// The Event of a failover or failback, counting it (and, when enforced, its detection time).

@@ -18,6 +18,10 @@ pub struct Config {
     pub database_url: String,
     /// `JWT_SECRET`: the secret the auth service signs tokens with (required).
     pub jwt_secret: Vec<u8>,
+    /// `TRAFFIC_VERDICT`: `honour` (default) closes persistent connections while Flotilla says
+    /// the pod is ejected (or it is not ready); `ignore` keeps them, as a server that knows
+    /// nothing of the verdict would (to see sticky-connection detection at work).
+    pub honour_traffic_verdict: bool,
 }
 
 impl Config {
@@ -48,7 +52,19 @@ impl Config {
                 })
             }
         };
+        let honour_traffic_verdict = match non_empty(&lookup, "TRAFFIC_VERDICT").as_deref() {
+            None | Some("honour") => true,
+            Some("ignore") => false,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    var: "TRAFFIC_VERDICT",
+                    value: other.to_owned(),
+                    reason: "expected honour or ignore".into(),
+                })
+            }
+        };
         Ok(Self {
+            honour_traffic_verdict,
             service: ServiceConfig::from_lookup(lookup)?,
             database_url,
             jwt_secret,
@@ -82,5 +98,22 @@ mod tests {
         let cfg =
             Config::from_lookup(|k| (k == "JWT_SECRET").then(|| "x".repeat(32))).expect("valid");
         assert_eq!(cfg.database_url, DEFAULT_DATABASE_URL);
+        assert!(cfg.honour_traffic_verdict);
+    }
+
+    #[test]
+    fn traffic_verdict_is_honour_or_ignore() {
+        // Anything else is refused, naming the variable.
+        let with = |v: &'static str| {
+            Config::from_lookup(move |k| match k {
+                "JWT_SECRET" => Some("x".repeat(32)),
+                "TRAFFIC_VERDICT" => Some(v.to_owned()),
+                _ => None,
+            })
+        };
+        assert!(!with("ignore").expect("valid").honour_traffic_verdict);
+        assert!(with("honour").expect("valid").honour_traffic_verdict);
+        let err = with("sometimes").expect_err("invalid");
+        assert!(err.to_string().contains("TRAFFIC_VERDICT"), "{err}");
     }
 }

@@ -70,6 +70,10 @@ impl GrpcMetrics {
 
 /// The `grpc_code` label: the code's canonical name, as the gRPC specification spells it in
 /// CamelCase (`OK`, `InvalidArgument`, `Unavailable`, ...).
+///
+/// Flotilla's operator reads these names with its own copy of this table: a sample service
+/// depends on no Flotilla crate, and the operator on no sample service. The names are the gRPC
+/// specification's, not either side's choice.
 pub fn code_label(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",

@@ -53,6 +53,16 @@ pub fn build(
     tokens: auth::Tokens,
     admin_token: Option<String>,
 ) -> Result<(Kit, App), BuildError> {
+    build_with(db, tokens, admin_token, Traffic::new())
+}
+
+/// Like [`build`], with the given traffic state (e.g. [`Traffic::ignoring`]).
+pub fn build_with(
+    db: Db,
+    tokens: auth::Tokens,
+    admin_token: Option<String>,
+    traffic: Traffic,
+) -> Result<(Kit, App), BuildError> {
     let probe = db.clone();
     let health = Health::builder()
         .check("database", move || {
@@ -66,7 +76,6 @@ pub fn build(
         .as_ref()
         .map(|m| GrpcMetrics::register(m.registry()))
         .transpose()?;
-    let traffic = Traffic::new();
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -19,7 +19,17 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("opening {}", db::redact(&config.database_url)))?;
     let tokens = auth::Tokens::new(&config.jwt_secret, VERIFY_ONLY_TTL);
-    let (kit, app) = orders::build(db.clone(), tokens, config.service.admin_token.clone())?;
+    let traffic = if config.honour_traffic_verdict {
+        orders::Traffic::new()
+    } else {
+        orders::Traffic::ignoring()
+    };
+    let (kit, app) = orders::build_with(
+        db.clone(),
+        tokens,
+        config.service.admin_token.clone(),
+        traffic,
+    )?;
     let listener = tokio::net::TcpListener::bind(config.service.listen_addr)
         .await
         .with_context(|| format!("binding LISTEN_ADDR {}", config.service.listen_addr))?;

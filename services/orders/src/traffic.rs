@@ -30,6 +30,7 @@ pub const CLOSE_INTERVAL: Duration = Duration::from_millis(250);
 /// The pod's traffic state, shared by the health service and the server (cheap to clone).
 #[derive(Debug, Clone)]
 pub struct Traffic {
+    honour: bool,
     ejected: Arc<AtomicBool>,
     last_close: Arc<Mutex<Option<Instant>>>,
     close: Arc<watch::Sender<u64>>,
@@ -45,9 +46,21 @@ impl Traffic {
     /// Serving, with no close requested yet.
     pub fn new() -> Self {
         Self {
+            honour: true,
             ejected: Arc::new(AtomicBool::new(false)),
             last_close: Arc::new(Mutex::new(None)),
             close: Arc::new(watch::channel(0).0),
+        }
+    }
+
+    /// Like [`Traffic::new`], but never closes connections while serving, whatever the verdict
+    /// or readiness says (`TRAFFIC_VERDICT=ignore`): how a server that does not honour the
+    /// verdict behaves, so Flotilla's sticky-connection handling can be seen at work. Shutdown
+    /// still closes connections.
+    pub fn ignoring() -> Self {
+        Self {
+            honour: false,
+            ..Self::new()
         }
     }
 
@@ -76,6 +89,9 @@ impl Traffic {
     /// Asks every open connection to close, unless that was done less than
     /// [`CLOSE_INTERVAL`] ago. Returns whether a request went out.
     pub fn close_connections(&self) -> bool {
+        if !self.honour {
+            return false;
+        }
         let now = Instant::now();
         let mut last = match self.last_close.lock() {
             Ok(g) => g,
@@ -120,5 +136,17 @@ mod tests {
         assert!(t.ejected());
         t.record_verdict("serving");
         assert!(!t.ejected());
+    }
+
+    #[test]
+    fn an_ignoring_server_keeps_its_connections_until_shutdown() {
+        // With the verdict ignored nothing is closed while serving; shutdown still closes.
+        let t = Traffic::ignoring();
+        let rx = t.subscribe();
+        t.record_verdict("ejected");
+        assert!(!t.close_connections());
+        assert_eq!(*rx.borrow(), 0);
+        t.close_all_now();
+        assert_eq!(*rx.borrow(), 1);
     }
 }

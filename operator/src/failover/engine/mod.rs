@@ -27,6 +27,7 @@ use super::pod_health::{Observation, PodHealth, Thresholds};
 use super::probe::{self, ProbeClient, ProbeReport, ProbeTarget};
 use super::report::{Desired, History, Notice};
 use super::scrape::{Rejected, ScrapeLimits};
+use super::sticky::StickyWatch;
 
 mod publish;
 mod resume;
@@ -57,6 +58,11 @@ pub struct EngineConfig {
     pub scrape_limits: ScrapeLimits,
     /// Capacity of the notice queue to the writer; when full, notices are dropped (and counted).
     pub notice_capacity: usize,
+    /// How long a fallback pod is told `ejected` after it leaves a primary's traffic (failback),
+    /// so clients of the primary that kept connections to it reconnect to the primary. It still
+    /// serves its own Service: its own clients reconnect once, to the same pods. Two seconds are
+    /// four default probe periods, each asking the pod again to close connections.
+    pub fallback_drain: Duration,
 }
 
 impl Default for EngineConfig {
@@ -69,6 +75,7 @@ impl Default for EngineConfig {
             max_scrapes_in_flight: 32,
             scrape_limits: ScrapeLimits::default(),
             notice_capacity: 1024,
+            fallback_drain: Duration::from_secs(2),
         }
     }
 }
@@ -95,12 +102,27 @@ struct PodEntry {
     /// The traffic verdict sent with each readiness probe (`flotilla-traffic`), from the last
     /// decision of the pod's own service; `None` until decided or without failover.
     verdict: Option<&'static str>,
+    /// Requests reaching the pod while it is ejected (sticky connections).
+    sticky: StickyWatch,
+    /// Whether the current sticky episode was announced (one Event per episode).
+    sticky_announced: bool,
+    /// Until when probes say `ejected` whatever `verdict` says: a fallback pod that just left a
+    /// primary's traffic (failback) closes the connections the primary's clients opened to it.
+    drain_until: Option<Instant>,
+}
+
+impl PodEntry {
+    fn ejected(&self) -> bool {
+        self.verdict == Some(flotilla_crds::traffic::EJECTED)
+    }
 }
 
 struct SvcEntry {
     state: ServiceState,
     history: History,
     held_announced: bool,
+    /// When a sticky pod of this service was last restarted (the rate limit).
+    last_restart: Option<Instant>,
 }
 
 struct Engine {
@@ -269,6 +291,9 @@ impl Engine {
                     next_due: first,
                     last_scrape: None,
                     verdict: None,
+                    sticky: StickyWatch::default(),
+                    sticky_announced: false,
+                    drain_until: None,
                 },
             );
             self.heap.push(Reverse((first, id)));
@@ -319,7 +344,10 @@ impl Engine {
                 self.metrics.probes.with_label_values(&["skipped"]).inc();
                 continue;
             };
-            let scrape_due = svc.failover.scrape_metrics
+            // Ejected pods are also scraped when the service restarts sticky pods, to see
+            // whether clients still reach them.
+            let restart_sticky = svc.failover.sticky == super::policy::StickyAction::Restart;
+            let scrape_due = (svc.failover.scrape_metrics || (restart_sticky && entry.ejected()))
                 && entry
                     .last_scrape
                     .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.scrape_every);
@@ -338,7 +366,11 @@ impl Engine {
             entry.in_flight = true;
             let client = self.client.clone();
             let limits = self.cfg.scrape_limits;
-            let verdict = entry.verdict;
+            let verdict = if entry.drain_until.is_some_and(|t| now < t) {
+                Some(flotilla_crds::traffic::EJECTED)
+            } else {
+                entry.verdict
+            };
             self.probes.spawn(async move {
                 let p = &svc.probe;
                 let target = ProbeTarget {
@@ -364,6 +396,7 @@ impl Engine {
         };
         entry.in_flight = false;
         let svc = entry.svc.clone();
+        let mut api_requests = None;
         if let Some(scraped) = rep.scrape {
             let counts = scraped.unwrap_or_else(|r| {
                 self.metrics
@@ -372,10 +405,13 @@ impl Engine {
                     .inc();
                 None
             });
+            api_requests = counts.map(|c| c.total - c.probes);
             let ratio = entry.window.record(rep.at, counts);
             entry.health.set_error_ratio(ratio);
             entry.last_scrape = Some(rep.at);
         }
+        let ejected = entry.ejected();
+        entry.sticky.record(rep.at, ejected, api_requests);
         let obs = match (
             rep.observation,
             svc.failover.max_error_rate,

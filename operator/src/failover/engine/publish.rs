@@ -11,7 +11,9 @@ use flotilla_crds::labels;
 
 use super::super::decide::{decide, Change, Decision, FallbackView, Membership, PodView};
 use super::super::inventory::{ObjKey, ServiceInfo};
+use super::super::policy::StickyAction;
 use super::super::report::{self, Desired, Member, Notice, ServiceDesired};
+use super::super::sticky::{pick_restart, StickyPod};
 use super::Engine;
 
 impl Engine {
@@ -20,6 +22,7 @@ impl Engine {
         let mut desired = Desired::default();
         let mut notices = Vec::new();
         let keys: Vec<ObjKey> = self.svcs.keys().cloned().collect();
+        let mut sticky_pods = 0;
         for key in keys {
             let Some(info) = self.inv.services.get(&key).cloned() else {
                 continue;
@@ -28,10 +31,14 @@ impl Engine {
                 continue;
             };
             self.queue_notices(&key, &info, &d, now, &mut notices);
-            self.record_verdicts(&key, &info, &d);
+            sticky_pods += self.sticky_notices(&key, &info, &d, now, &mut notices);
+            self.record_verdicts(&key, &info, &d, now);
             let want = self.service_desired(key, &info, &d);
             desired.services.insert(want.key.clone(), want);
         }
+        self.metrics
+            .sticky_pods
+            .set(i64::try_from(sticky_pods).unwrap_or(i64::MAX));
         self.desired_tx.send_if_modified(|cur| {
             if **cur == desired {
                 false
@@ -54,10 +61,24 @@ impl Engine {
 
     /// Remembers each primary pod's traffic verdict for its next readiness probes: `ejected`
     /// when the decision takes it out of its Service (Enforce mode only: in Observe mode
-    /// nothing moves, so every pod stays `serving`).
-    fn record_verdicts(&mut self, key: &ObjKey, info: &ServiceInfo, d: &Decision) {
+    /// nothing moves, so every pod stays `serving`). A fallback pod that leaves the primary's
+    /// traffic is told `ejected` for `fallback_drain`, so the primary's clients leave it too.
+    fn record_verdicts(&mut self, key: &ObjKey, info: &ServiceInfo, d: &Decision, now: Instant) {
         use flotilla_crds::traffic;
         let enforce = info.failover.mode == super::super::policy::Mode::Enforce;
+        let drain_until = now + self.cfg.fallback_drain;
+        for c in d
+            .pod_changes
+            .iter()
+            .filter(|c| c.fallback && c.to == Membership::Out)
+        {
+            let pod = ObjKey::new(key.ns.clone(), c.pod.clone());
+            if let Some(entry) = self.ids.get(&pod).and_then(|id| self.pods.get_mut(id)) {
+                if enforce {
+                    entry.drain_until = Some(drain_until);
+                }
+            }
+        }
         for (name, m) in &d.primary_members {
             let pod = ObjKey::new(key.ns.clone(), name.clone());
             let Some(entry) = self.ids.get(&pod).and_then(|id| self.pods.get_mut(id)) else {
@@ -69,6 +90,56 @@ impl Engine {
                 traffic::SERVING
             });
         }
+    }
+
+    /// Announces pods that newly show sticky connections and, when the service opts in and the
+    /// rate limit allows, asks the writer to restart one of them. Returns the number of sticky
+    /// pods of the service (for the gauge).
+    fn sticky_notices(
+        &mut self,
+        key: &ObjKey,
+        info: &ServiceInfo,
+        d: &Decision,
+        now: Instant,
+        notices: &mut Vec<Notice>,
+    ) -> usize {
+        let restart = info.failover.sticky == StickyAction::Restart;
+        let mut sticky = Vec::new();
+        let pod_keys: Vec<ObjKey> = self.inv.pods_of(key).map(|p| p.key.clone()).collect();
+        for pod in pod_keys {
+            let Some(entry) = self.ids.get(&pod).and_then(|id| self.pods.get_mut(id)) else {
+                continue;
+            };
+            let is_sticky = entry.sticky.sticky(now);
+            let requests = entry.sticky.requests().unwrap_or(0);
+            if is_sticky && !entry.sticky_announced {
+                notices.push(Notice::Sticky {
+                    svc: key.clone(),
+                    pod: pod.clone(),
+                    requests,
+                    restart,
+                });
+            }
+            entry.sticky_announced = is_sticky;
+            if is_sticky {
+                sticky.push(StickyPod {
+                    name: pod.name.clone(),
+                    requests,
+                });
+            }
+        }
+        let Some(svc) = self.svcs.get_mut(key) else {
+            return sticky.len();
+        };
+        if let Some(p) = pick_restart(&info.failover, d, &sticky, svc.last_restart, now) {
+            svc.last_restart = Some(now);
+            notices.push(Notice::Restart {
+                svc: key.clone(),
+                pod: ObjKey::new(key.ns.clone(), p.name.clone()),
+                requests: p.requests,
+            });
+        }
+        sticky.len()
     }
 
     fn view(&self, svc: &ObjKey) -> Vec<PodView> {
@@ -173,7 +244,14 @@ impl Engine {
         let evidence = self
             .inv
             .pods_of(&key)
-            .filter_map(|p| Some(report::evidence(&p.key.name, &self.entry(&p.key)?.health)))
+            .filter_map(|p| {
+                let e = self.entry(&p.key)?;
+                let sticky = e
+                    .sticky
+                    .requests()
+                    .map(|n| (e.sticky.sticky(Instant::now()), n));
+                Some(report::evidence(&p.key.name, &e.health, sticky))
+            })
             .collect();
         let (history, flaps) = self
             .svcs

@@ -72,5 +72,6 @@ pub(super) fn resume(svc: &ServiceInfo, inv: &Inventory) -> SvcEntry {
         state,
         history,
         held_announced: false,
+        last_restart: None,
     }
 }

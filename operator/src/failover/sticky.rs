@@ -1,0 +1,139 @@
+//! Sticky connections: an ejected pod whose API request counter keeps rising is still reached by
+//! clients over connections opened before it was ejected (kube-proxy never moves an established
+//! connection). This module notices it from successive scrapes and, when the service opts in,
+//! picks at most one such pod to restart under a rate limit.
+//!
+//! Pure: scrape values, verdicts and the clock in; a verdict per pod and a restart choice out.
+//! The engine feeds [`StickyWatch`]; the writer performs a restart.
+
+use std::time::{Duration, Instant};
+
+use super::decide::{Decision, Membership, Target};
+use super::policy::{FailoverPolicy, Mode, StickyAction};
+
+/// Time after a pod is first probed as ejected before its requests count: a pod that honours
+/// the traffic verdict closes its connections within a probe period, and requests already in
+/// flight finish. Two seconds are four default probe periods.
+pub const GRACE: Duration = Duration::from_secs(2);
+
+/// Requests after the grace period that make an ejected pod sticky. More than one, so a single
+/// straggler (a request that raced the close) is not reported.
+pub const MIN_REQUESTS: u64 = 3;
+
+/// A sticky pod stops being reported when its counter has not risen for this long (its clients
+/// went away or reconnected elsewhere).
+pub const QUIET_AFTER: Duration = Duration::from_secs(5);
+
+/// Shortest time between two restarts of sticky pods of one MicroService. A restart breaks
+/// every connection of one pod; thirty seconds lets the Deployment replace it and clients
+/// reconnect before the next pod is touched.
+pub const RESTART_INTERVAL: Duration = Duration::from_secs(30);
+
+/// What the engine remembers about one pod's traffic while it is ejected.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StickyWatch {
+    ejected_since: Option<Instant>,
+    baseline: Option<f64>,
+    last: Option<f64>,
+    last_rise: Option<Instant>,
+}
+
+impl StickyWatch {
+    /// Feeds one probe round: whether the pod is currently ejected (its verdict), and, when its
+    /// metrics were scraped, its API request count (`total - probes`). A pod back in traffic
+    /// starts over.
+    pub fn record(&mut self, at: Instant, ejected: bool, api_requests: Option<f64>) {
+        if !ejected {
+            *self = Self::default();
+            return;
+        }
+        let since = *self.ejected_since.get_or_insert(at);
+        let Some(now) = api_requests.filter(|v| v.is_finite() && *v >= 0.0) else {
+            return;
+        };
+        if at.saturating_duration_since(since) < GRACE {
+            return;
+        }
+        match (self.baseline, self.last) {
+            (Some(base), Some(last)) if now >= base && now >= last => {
+                if now > last {
+                    self.last_rise = Some(at);
+                }
+                self.last = Some(now);
+            }
+            // First count after the grace period, or a counter reset (the process restarted):
+            // count from here.
+            _ => {
+                self.baseline = Some(now);
+                self.last = Some(now);
+                self.last_rise = None;
+            }
+        }
+    }
+
+    /// API requests answered since the grace period ended, while the pod was ejected; `None`
+    /// when not ejected or not measured yet.
+    pub fn requests(&self) -> Option<u64> {
+        let (base, last) = (self.baseline?, self.last?);
+        // Counter values are whole numbers; the saturating cast is the intended rounding.
+        Some((last - base).max(0.0).round() as u64)
+    }
+
+    /// Whether clients still reach the pod: at least [`MIN_REQUESTS`] since the grace period,
+    /// and the counter rose within [`QUIET_AFTER`].
+    pub fn sticky(&self, now: Instant) -> bool {
+        self.requests().is_some_and(|n| n >= MIN_REQUESTS)
+            && self
+                .last_rise
+                .is_some_and(|t| now.saturating_duration_since(t) < QUIET_AFTER)
+    }
+}
+
+/// A sticky pod of one primary service, as the decider's caller sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StickyPod {
+    /// Pod name.
+    pub name: String,
+    /// API requests since it was ejected.
+    pub requests: u64,
+}
+
+/// The pod to restart now, if any: the sticky pod with the most requests, provided the service
+/// opted in (`Restart`, Enforce mode), no restart of this service happened within
+/// [`RESTART_INTERVAL`], the pod is out of traffic, and the traffic's target has at least
+/// `minHealthy` healthy pods outside panic — so a restart only ever removes a pod that serves
+/// nobody by design, and never while the service is short of pods.
+pub fn pick_restart<'a>(
+    policy: &FailoverPolicy,
+    d: &Decision,
+    sticky: &'a [StickyPod],
+    last_restart: Option<Instant>,
+    now: Instant,
+) -> Option<&'a StickyPod> {
+    if policy.sticky != StickyAction::Restart || policy.mode != Mode::Enforce {
+        return None;
+    }
+    if last_restart.is_some_and(|t| now.saturating_duration_since(t) < RESTART_INTERVAL) {
+        return None;
+    }
+    let min = policy.min_healthy.max(1);
+    let target_ok = match d.active {
+        Target::Primary => !d.panic && d.healthy_pods >= min,
+        Target::Fallback => d.fallback_healthy_pods >= min,
+    };
+    if !target_ok || d.invalid.is_some() {
+        return None;
+    }
+    sticky
+        .iter()
+        .filter(|p| d.primary_members.get(&p.name) == Some(&Membership::Out))
+        .max_by(|a, b| {
+            a.requests
+                .cmp(&b.requests)
+                .then_with(|| b.name.cmp(&a.name))
+        })
+}
+
+#[cfg(test)]
+#[path = "sticky_tests.rs"]
+mod tests;

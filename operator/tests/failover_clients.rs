@@ -1,0 +1,225 @@
+//! Failover as clients that keep their connections see it, on kubesim with real service
+//! processes: a pooled keep-alive HTTP client (reqwest) against `users` and a gRPC client
+//! (tonic) against `orders` move to the fallback when every primary pod fails and back when
+//! they recover, counted per target from the pods' own request counters; and a pod that ignores
+//! the traffic verdict is reported as sticky and, with `stickyConnections: Restart`, restarted.
+
+#[path = "failover_common/clients.rs"]
+mod clients;
+// Shared with the other failover tests; this one uses only part of it.
+#[allow(dead_code)]
+#[path = "failover_common/sim.rs"]
+mod sim;
+
+use std::time::Duration;
+
+use anyhow::Result;
+use flotilla_crds::StickyConnections;
+use k8s_openapi::api::core::v1::Pod;
+
+use clients::{api_requests_of, create_orders, Client, Kind};
+use sim::*;
+
+/// Requests every 20 ms: enough to see a pinned connection within a second.
+const EVERY: Duration = Duration::from_millis(20);
+
+/// Waits until `pods` answer at least `n` more API requests while `others` answer none, i.e.
+/// the client's traffic is on `pods`. Counts over a window that starts when this is called.
+async fn traffic_moves_to(
+    sim: &Sim,
+    what: &str,
+    pods: &[Pod],
+    others: &[Pod],
+    n: f64,
+) -> Result<()> {
+    sim.poll(what, || async {
+        let (a0, b0) = (
+            api_requests_of(pods, PORT).await?,
+            api_requests_of(others, PORT).await?,
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (a1, b1) = (
+            api_requests_of(pods, PORT).await?,
+            api_requests_of(others, PORT).await?,
+        );
+        Ok((a1 - a0 >= n && b1 - b0 == 0.0).then_some(()))
+    })
+    .await
+}
+
+/// Fails every primary pod, waits for the switch and for the client's traffic to be on the
+/// fallback only, then recovers them and waits for the traffic to be back on the primary only.
+async fn fail_over_and_back(
+    sim: &Sim,
+    client: &Client,
+    primary_svc: &str,
+    primary: &[Pod],
+    fallback: &[Pod],
+) -> Result<()> {
+    sim.poll("steady traffic on the primary", || async {
+        Ok(client.last_ok(20).then_some(()))
+    })
+    .await?;
+    traffic_moves_to(sim, "traffic on the primary only", primary, fallback, 10.0).await?;
+    for p in primary {
+        set_fault(p, r#"{"unhealthy": true, "errorRate": 1.0}"#).await?;
+    }
+    sim.wait("status says fallback", || async {
+        Ok((sim.active(primary_svc).await?.as_deref() == Some("fallback")).then_some(()))
+    })
+    .await?;
+    // The primary answers every API call with an error, so requests that succeed again went to
+    // the fallback; the counters say the same from the server side.
+    sim.poll("the client succeeds again", || async {
+        Ok(client.last_ok(25).then_some(()))
+    })
+    .await?;
+    traffic_moves_to(sim, "traffic on the fallback only", fallback, primary, 10.0).await?;
+    for p in primary {
+        clear_fault(p).await?;
+    }
+    sim.wait("status says primary", || async {
+        Ok((sim.active(primary_svc).await?.as_deref() == Some("primary")).then_some(()))
+    })
+    .await?;
+    traffic_moves_to(
+        sim,
+        "traffic back on the primary only",
+        primary,
+        fallback,
+        10.0,
+    )
+    .await?;
+    assert!(client.last_ok(10), "the client keeps succeeding");
+    // The pods honour the verdict, so the scraped counters of ejected pods never kept rising.
+    let reasons = sim.event_reasons(primary_svc).await?;
+    assert!(
+        !reasons.iter().any(|r| r == "StickyConnections"),
+        "no sticky pod: {reasons:?}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pooled_keep_alive_client_moves_to_the_fallback_and_back() -> Result<()> {
+    // A reqwest client reusing keep-alive connections to the primary's cluster IP ends up on the
+    // fallback's pods after a failover and on the primary's after the failback, because ejected
+    // pods close their persistent connections.
+    let sim = Sim::start("failover-pooled").await?;
+    sim.create_users("users-backup", 2, |_| {}).await?;
+    sim.create_users("users", 2, |s| {
+        s.failover.enabled = true;
+        s.failover.fallback = Some("users-backup".into());
+        s.failover.recover_after_seconds = 2;
+        // Ejected pods are scraped too, so a sticky connection would be reported.
+        s.failover.scrape_metrics = true;
+    })
+    .await?;
+    let primary = sim.ready_pods("users", 2).await?;
+    let fallback = sim.ready_pods("users-backup", 2).await?;
+    let client = Client::start(Kind::Pooled, sim.vip("users").await?, EVERY).await?;
+    fail_over_and_back(&sim, &client, "users", &primary, &fallback).await?;
+    sim.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_grpc_client_moves_to_the_fallback_and_back() -> Result<()> {
+    // One tonic channel (one HTTP/2 connection) to the orders cluster IP follows the traffic to
+    // the fallback and back: ejected pods send GOAWAY and the channel reconnects.
+    let sim = Sim::start("failover-grpc").await?;
+    create_orders(&sim, "orders-backup", 2, &[], |_| {}).await?;
+    create_orders(&sim, "orders", 2, &[], |s| {
+        s.failover.enabled = true;
+        s.failover.fallback = Some("orders-backup".into());
+        s.failover.recover_after_seconds = 2;
+        s.failover.scrape_metrics = true;
+    })
+    .await?;
+    let primary = sim.ready_pods("orders", 2).await?;
+    let fallback = sim.ready_pods("orders-backup", 2).await?;
+    let client = Client::start(Kind::Grpc, sim.vip("orders").await?, EVERY).await?;
+    fail_over_and_back(&sim, &client, "orders", &primary, &fallback).await?;
+    sim.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pod_that_keeps_its_connections_is_reported_and_restarted() -> Result<()> {
+    // A primary that ignores the traffic verdict keeps the gRPC client's connection after a
+    // failover: Flotilla sees its request counter rising while it is out of traffic, reports it
+    // (status evidence, Event) and, as asked, deletes it once; the client then reaches the
+    // fallback.
+    let sim = Sim::start("failover-sticky").await?;
+    create_orders(&sim, "orders-backup", 2, &[], |_| {}).await?;
+    create_orders(&sim, "orders", 2, &[("TRAFFIC_VERDICT", "ignore")], |s| {
+        s.failover.enabled = true;
+        s.failover.fallback = Some("orders-backup".into());
+        s.failover.recover_after_seconds = 600;
+        s.failover.sticky_connections = StickyConnections::Restart;
+    })
+    .await?;
+    let primary = sim.ready_pods("orders", 2).await?;
+    let fallback = sim.ready_pods("orders-backup", 2).await?;
+    let client = Client::start(Kind::Grpc, sim.vip("orders").await?, EVERY).await?;
+    sim.poll("steady traffic", || async {
+        Ok(client.last_ok(20).then_some(()))
+    })
+    .await?;
+    // Unready but still answering API calls: without the restart the client would stay on it.
+    for p in &primary {
+        set_fault(p, r#"{"unhealthy": true}"#).await?;
+    }
+    sim.wait("status says fallback", || async {
+        Ok((sim.active("orders").await?.as_deref() == Some("fallback")).then_some(()))
+    })
+    .await?;
+    let sticky = sim
+        .wait("a primary pod reported sticky in status", || async {
+            let ms = sim.msvcs().get("orders").await?;
+            let pods = ms.status.and_then(|s| s.failover).map(|f| f.pods);
+            Ok(pods.into_iter().flatten().find(|p| {
+                p.sticky_connections == Some(true)
+                    && p.requests_while_ejected.is_some_and(|n| n >= 3)
+            }))
+        })
+        .await?;
+    sim.wait("the sticky pod deleted", || async {
+        let names: Vec<String> = sim
+            .pods_of("orders")
+            .await?
+            .into_iter()
+            .filter_map(|p| p.metadata.name)
+            .collect();
+        Ok((!names.contains(&sticky.name)).then_some(()))
+    })
+    .await?;
+    let reasons = sim.event_reasons("orders").await?;
+    for want in ["StickyConnections", "StickyPodRestarted"] {
+        assert!(reasons.iter().any(|r| r == want), "{want} in {reasons:?}");
+    }
+    let restarts = reasons
+        .iter()
+        .filter(|r| *r == "StickyPodRestarted")
+        .count();
+    assert_eq!(
+        restarts, 1,
+        "one restart within the rate limit: {reasons:?}"
+    );
+    let others: Vec<Pod> = primary
+        .iter()
+        .filter(|p| p.metadata.name.as_deref() != Some(sticky.name.as_str()))
+        .cloned()
+        .collect();
+    traffic_moves_to(
+        &sim,
+        "the client's traffic on the fallback",
+        &fallback,
+        &others,
+        10.0,
+    )
+    .await?;
+    assert!(client.last_ok(10), "the client succeeds on the fallback");
+    sim.shutdown().await;
+    Ok(())
+}
