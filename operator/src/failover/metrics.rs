@@ -42,7 +42,7 @@ pub struct Metrics {
     /// per-object labels: the pods are named in status and Events.
     pub sticky_pods: IntGauge,
     /// Deletions of sticky pods (`stickyConnections: Restart`) by result (`ok`, `error`,
-    /// `timeout`).
+    /// `timeout`, `not_leading`).
     pub sticky_restarts: IntCounterVec,
 }
 

@@ -375,14 +375,16 @@ impl Writer {
     /// Deletes a sticky pod (its Deployment replaces it), if still leading; the result label.
     async fn delete_pod(&self, pod: &ObjKey) -> &'static str {
         if !self.leadership.is_leading() {
-            return "not_leader";
+            return "not_leading";
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.ns);
-        let r = tokio::time::timeout(
-            self.cfg.write_timeout,
-            api.delete(&pod.name, &DeleteParams::default()),
-        )
-        .await;
+        let r = self
+            .leadership
+            .write(
+                self.cfg.write_timeout,
+                api.delete(&pod.name, &DeleteParams::default()),
+            )
+            .await;
         let label = result_label(&r);
         self.metrics
             .sticky_restarts
