@@ -9,12 +9,17 @@
 //! one, so an overloaded users service sees at most about 20 % extra load from retries, not
 //! triple. The breaker counts whole calls (after retries), so one login never opens it on its
 //! own. The caller's `x-request-id` goes along so one login is traceable in both services.
+//! Every check carries the service credential users requires on this route; a 401 that is not
+//! `bad_credentials` means users refused that credential, which is a configuration fault (502),
+//! never a wrong password.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::{StatusCode, Url};
 use serde::{Deserialize, Serialize};
+
+use flotilla_kit::jwt::Role;
 
 use crate::breaker::{Breaker, BreakerConfig, Refused};
 
@@ -106,6 +111,17 @@ struct VerifyRequest<'a> {
 #[derive(Deserialize)]
 struct VerifyResponse {
     id: i64,
+    #[serde(default)]
+    role: Role,
+}
+
+/// A successful credential check: the account and its role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    /// The user id.
+    pub id: i64,
+    /// The account's role, to put in the token.
+    pub role: Role,
 }
 
 /// Client for the users service; cheap to clone, shares its breaker.
@@ -113,6 +129,8 @@ struct VerifyResponse {
 pub struct UsersClient {
     http: reqwest::Client,
     base: Url,
+    // `Authorization` value for the credential check.
+    service_auth: Arc<str>,
     config: ClientConfig,
     breaker: Arc<Mutex<Breaker>>,
     budget: Arc<Mutex<RetryBudget>>,
@@ -121,7 +139,7 @@ pub struct UsersClient {
 }
 
 enum Attempt {
-    Answer(Option<i64>),
+    Answer(Option<Verified>),
     Retryable(String),
     // Timed out: users may still be doing the work, so it is not repeated.
     TimedOut(String),
@@ -129,8 +147,13 @@ enum Attempt {
 }
 
 impl UsersClient {
-    /// A client for the users service at `base` (e.g. `http://users:8080`).
-    pub fn new(base: Url, config: ClientConfig) -> Result<Self, reqwest::Error> {
+    /// A client for the users service at `base` (e.g. `http://users:8080`), presenting
+    /// `service_token` on the credential check.
+    pub fn new(
+        base: Url,
+        service_token: &str,
+        config: ClientConfig,
+    ) -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
@@ -138,6 +161,7 @@ impl UsersClient {
         Ok(Self {
             http,
             base,
+            service_auth: format!("Bearer {service_token}").into(),
             breaker: Arc::new(Mutex::new(Breaker::new(config.breaker))),
             budget: Arc::new(Mutex::new(RetryBudget::new())),
             config,
@@ -201,14 +225,14 @@ impl UsersClient {
         self.with_breaker(|b| b.state_name())
     }
 
-    /// Checks credentials: `Ok(Some(id))` when valid, `Ok(None)` when users says no.
+    /// Checks credentials: `Ok(Some(verified))` when valid, `Ok(None)` when users says no.
     /// `request_id` is forwarded as `x-request-id`.
     pub async fn verify(
         &self,
         email: &str,
         password: &str,
         request_id: Option<&str>,
-    ) -> Result<Option<i64>, UpstreamError> {
+    ) -> Result<Option<Verified>, UpstreamError> {
         let ticket = self.with_breaker(|b| b.try_acquire(Instant::now()))?;
         let url = self
             .base
@@ -263,7 +287,11 @@ impl UsersClient {
         body: &VerifyRequest<'_>,
         request_id: Option<&str>,
     ) -> Attempt {
-        let mut req = self.http.post(url.clone()).json(body);
+        let mut req = self
+            .http
+            .post(url.clone())
+            .header(reqwest::header::AUTHORIZATION, &*self.service_auth)
+            .json(body);
         if let Some(id) = request_id {
             req = req.header(flotilla_kit::telemetry::REQUEST_ID_HEADER, id);
         }
@@ -274,11 +302,22 @@ impl UsersClient {
         };
         match resp.status() {
             StatusCode::OK => match resp.json::<VerifyResponse>().await {
-                Ok(v) => Attempt::Answer(Some(v.id)),
+                Ok(v) => Attempt::Answer(Some(Verified {
+                    id: v.id,
+                    role: v.role,
+                })),
                 Err(e) if e.is_timeout() => Attempt::TimedOut(e.to_string()),
                 Err(e) => Attempt::Retryable(format!("bad verify response: {e}")),
             },
-            StatusCode::UNAUTHORIZED => Attempt::Answer(None),
+            StatusCode::UNAUTHORIZED => match resp.json::<flotilla_kit::reply::ErrorBody>().await {
+                Ok(e) if e.error == "bad_credentials" => Attempt::Answer(None),
+                _ => {
+                    tracing::error!(
+                        "users refused auth's service credential (USERS_SERVICE_TOKEN)"
+                    );
+                    Attempt::Fatal(StatusCode::UNAUTHORIZED.as_u16())
+                }
+            },
             s if s.is_server_error() => Attempt::Retryable(format!("HTTP {}", s.as_u16())),
             s => Attempt::Fatal(s.as_u16()),
         }

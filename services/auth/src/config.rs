@@ -8,7 +8,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use flotilla_kit::config::{check_secret, default_listen_addr, non_blank, trimmed};
+use flotilla_kit::config::{check_secret, default_listen_addr, non_blank, trimmed, MIN_TOKEN_LEN};
 use flotilla_kit::{ConfigError, ServiceArgs, ServiceConfig};
 use reqwest::Url;
 
@@ -19,7 +19,10 @@ use crate::client::ClientConfig;
 pub const MIN_SECRET_LEN: usize = 32;
 
 /// Signing secret of developer mode. Public, so tokens signed with it prove nothing.
-pub const DEV_SECRET: &str = "flotilla-dev-secret-do-not-use-in-production";
+pub use flotilla_kit::jwt::DEV_SECRET;
+
+/// Service credential of developer mode, the one `users --dev` accepts. Public.
+pub use flotilla_kit::credentials::DEV_SERVICE_TOKEN;
 
 /// `USERS_URL` default in developer mode: a users service started with `cargo run -p users`.
 pub const DEV_USERS_URL: &str = "http://127.0.0.1:8080";
@@ -35,14 +38,19 @@ pub struct Args {
     /// Shared service settings.
     #[command(flatten)]
     pub service: ServiceArgs,
-    /// Developer mode: use the public development JWT secret when JWT_SECRET is unset, and
-    /// default USERS_URL to http://127.0.0.1:8080 and LISTEN_ADDR to 127.0.0.1:8081.
+    /// Developer mode: use the public development JWT secret and service credential when
+    /// JWT_SECRET or USERS_SERVICE_TOKEN are unset, and default USERS_URL to
+    /// http://127.0.0.1:8080 and LISTEN_ADDR to 127.0.0.1:8081.
     #[arg(long, env = "AUTH_DEV_SECRET")]
     pub dev: bool,
     /// HS256 key the tokens are signed with, at least 32 bytes, random (refused when it is a
     /// placeholder or too easy to guess). Required outside developer mode.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// Credential auth presents to users' credential check (POST /users/verify); users must
+    /// be given the same value. Required outside developer mode.
+    #[arg(long, env = "USERS_SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: Option<String>,
     /// Base URL of the users service (plain http://); Flotilla injects it for the `users`
     /// dependency. Required outside developer mode.
     #[arg(long, env = "USERS_URL")]
@@ -77,6 +85,8 @@ pub struct Config {
     pub users_url: Url,
     /// `JWT_SECRET` (or the developer secret).
     pub jwt_secret: Vec<u8>,
+    /// `USERS_SERVICE_TOKEN` (or the developer credential).
+    pub service_token: String,
     /// Whether developer mode supplied defaults.
     pub dev: bool,
     /// `TOKEN_TTL_SECONDS` (default 3600).
@@ -114,6 +124,21 @@ impl Args {
                 }),
             };
 
+        let service_token = match non_blank(self.service_token.as_deref()) {
+            Some(t) => {
+                check_secret("USERS_SERVICE_TOKEN", &t, MIN_TOKEN_LEN)?;
+                t
+            }
+            None if dev => DEV_SERVICE_TOKEN.to_owned(),
+            None => {
+                return Err(ConfigError::Missing {
+                    var: "USERS_SERVICE_TOKEN",
+                    hint: "the credential users expects on its credential check, the same value \
+                           as users' USERS_SERVICE_TOKEN (openssl rand -hex 24)",
+                })
+            }
+        };
+
         let users_raw = match non_blank(self.users_url.as_deref()) {
             Some(u) => u,
             None if dev => DEV_USERS_URL.to_owned(),
@@ -139,6 +164,7 @@ impl Args {
             service,
             users_url,
             jwt_secret,
+            service_token,
             dev,
             token_ttl: Duration::from_secs(self.token_ttl_seconds),
             client,
@@ -175,6 +201,7 @@ mod tests {
     use clap::Parser;
 
     const SECRET: &str = "Kf8d2LqW9zX4vB7nM1pR6tY3hJ5gC0sA";
+    const SERVICE: &str = "Vq7m2Xk9Lp4Wz8Rt";
 
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
         let args = Args::try_parse_from(std::iter::once("auth").chain(args.iter().copied()))
@@ -222,6 +249,7 @@ mod tests {
         assert_eq!(cfg.jwt_secret, DEV_SECRET.as_bytes());
         assert_eq!(cfg.users_url.as_str(), "http://127.0.0.1:8080/");
         assert_eq!(cfg.service.listen_addr, DEV_LISTEN_ADDR);
+        assert_eq!(cfg.service_token, DEV_SERVICE_TOKEN);
     }
 
     #[test]
@@ -232,6 +260,8 @@ mod tests {
             "http://users.ns.svc:8080/api",
             "--jwt-secret",
             SECRET,
+            "--service-token",
+            SERVICE,
             "--breaker-failures",
             "2",
             "--token-ttl-seconds",
@@ -242,7 +272,18 @@ mod tests {
         assert_eq!(cfg.client.breaker.failure_threshold, 2);
         assert_eq!(cfg.token_ttl, Duration::from_secs(60));
         assert_eq!(cfg.service.listen_addr.to_string(), "0.0.0.0:8080");
-        let err = parse(&["--jwt-secret", SECRET]).expect_err("USERS_URL required");
+        let err = parse(&["--jwt-secret", SECRET]).expect_err("service token required");
+        assert!(matches!(
+            err,
+            ConfigError::Missing {
+                var: "USERS_SERVICE_TOKEN",
+                ..
+            }
+        ));
+        let err = parse(&["--jwt-secret", SECRET, "--service-token", "short"]).expect_err("weak");
+        assert!(err.to_string().contains("USERS_SERVICE_TOKEN"), "{err}");
+        let err = parse(&["--jwt-secret", SECRET, "--service-token", SERVICE])
+            .expect_err("USERS_URL required");
         assert!(matches!(
             err,
             ConfigError::Missing {
@@ -271,6 +312,7 @@ mod tests {
             "ADMIN_TOKEN",
             "AUTH_DEV_SECRET",
             "JWT_SECRET",
+            "USERS_SERVICE_TOKEN",
             "USERS_URL",
             "TOKEN_TTL_SECONDS",
             "USERS_TIMEOUT_MS",

@@ -8,8 +8,10 @@
 pub mod breaker;
 pub mod client;
 pub mod config;
-pub mod jwt;
 pub mod routes;
+
+/// Tokens are shared with the services that verify them (users, orders).
+pub use flotilla_kit::jwt;
 
 use std::time::Duration;
 
@@ -59,9 +61,11 @@ impl Service {
     }
 }
 
-/// Builds the service. Readiness requires users' `/healthz` to answer.
+/// Builds the service. Readiness requires users' `/healthz` to answer; `service_token` is the
+/// credential presented on users' credential check.
 pub fn build(
     users_url: reqwest::Url,
+    service_token: &str,
     client: ClientConfig,
     tokens: Tokens,
     admin_token: Option<String>,
@@ -74,7 +78,7 @@ pub fn build(
         "auth_users_retries_total",
         "Calls to the users service repeated after a connection error or a 5xx answer.",
     )?;
-    let users = UsersClient::new(users_url, client)?
+    let users = UsersClient::new(users_url, service_token, client)?
         .with_state_gauge(gauge.clone())
         .with_retry_counter(retries.clone());
     let probe = users.clone();

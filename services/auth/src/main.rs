@@ -15,9 +15,13 @@ async fn main() -> anyhow::Result<()> {
     if config.dev && args.jwt_secret.is_none() {
         tracing::warn!("developer mode: tokens are signed with the public development secret");
     }
+    if config.dev && args.service_token.is_none() {
+        tracing::warn!("developer mode: users is called with the public development credential");
+    }
     let tokens = auth::Tokens::new(&config.jwt_secret, config.token_ttl);
     let mut service = auth::build(
         config.users_url.clone(),
+        &config.service_token,
         config.client,
         tokens,
         config.service.admin_token.clone(),

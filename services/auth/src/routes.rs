@@ -117,9 +117,9 @@ async fn login(
         return too_many(limited);
     }
     match s.users.verify(&req.email, &req.password, request_id).await {
-        Ok(Some(id)) => match s.tokens.issue(id) {
+        Ok(Some(user)) => match s.tokens.issue_as(user.id, user.role) {
             Ok((token, _)) => {
-                tracing::info!(user_id = id, "login succeeded");
+                tracing::info!(user_id = user.id, role = ?user.role, "login succeeded");
                 reply::json(
                     StatusCode::OK,
                     &LoginResponse {

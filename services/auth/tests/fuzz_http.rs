@@ -21,6 +21,24 @@ use warp::reply::Response;
 /// Cases per service in the test command; `FUZZ_CASES` overrides.
 const DEFAULT_CASES: u32 = 256;
 
+/// The tokens' signing secret, shared by the users and auth under test.
+const SECRET: &[u8] = b"Kf8d2LqW9zX4vB7nM1pR6tY3hJ5gC0sA";
+/// The credential auth presents on users' credential check.
+const SERVICE: &str = "svc-Vq7m2Xk9Lp4Wz8Rt";
+
+/// Valid `Authorization` values (an admin's and a user's token, the service credential), so
+/// generated requests also reach the handlers behind users' authentication.
+fn credentials() -> Vec<Vec<u8>> {
+    let tokens = auth::Tokens::new(SECRET, Duration::from_secs(3600));
+    let mut out = vec![format!("Bearer {SERVICE}").into_bytes()];
+    for (id, role) in [(1, auth::jwt::Role::Admin), (2, auth::jwt::Role::User)] {
+        if let Ok((token, _)) = tokens.issue_as(id, role) {
+            out.push(format!("Bearer {token}").into_bytes());
+        }
+    }
+    out
+}
+
 fn cases() -> u32 {
     std::env::var("FUZZ_CASES")
         .ok()
@@ -77,6 +95,7 @@ fn header_value() -> impl Strategy<Value = Vec<u8>> {
         Just(b"application/json".to_vec()),
         Just(b"Bearer ".to_vec()),
         Just(b"Bearer not.a.jwt".to_vec()),
+        prop::sample::select(credentials()),
         Just(b"ejected".to_vec()),
         Just(b"99999999999999999999".to_vec()),
     ]
@@ -193,6 +212,11 @@ async fn users_service(dir: &tempfile::TempDir) -> Result<users::Service> {
     let db = users::Db::connect(&url).await?;
     let mut svc = users::build(db, users::Passwords::low_cost()?, None, true)?;
     svc.state.limits = CredentialLimits::new(0, 0);
+    svc.state.access = std::sync::Arc::new(users::Access {
+        tokens: Some(auth::Tokens::new(SECRET, Duration::from_secs(3600))),
+        service_token: Some(SERVICE.into()),
+        ..users::Access::default()
+    });
     Ok(svc)
 }
 
@@ -225,13 +249,11 @@ fn auth_http_inputs_never_panic_and_errors_are_json_4xx() -> Result<()> {
             },
         )?)
     })?;
-    let tokens = auth::Tokens::new(
-        b"Kf8d2LqW9zX4vB7nM1pR6tY3hJ5gC0sA",
-        Duration::from_secs(600),
-    );
+    let tokens = auth::Tokens::new(SECRET, Duration::from_secs(600));
     let svc = rt.block_on(async {
         auth::build(
             reqwest::Url::parse(&users.url())?,
+            SERVICE,
             auth::ClientConfig::default(),
             tokens,
             None,

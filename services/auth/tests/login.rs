@@ -14,6 +14,17 @@ use warp::Filter;
 
 const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
 const ADMIN: &str = "users-admin";
+/// The credential auth presents on users' credential check.
+const SERVICE: &str = "svc-Vq7m2Xk9Lp4Wz8Rt";
+
+/// users' credentials: auth's tokens, auth's service credential.
+fn users_access() -> users::Access {
+    users::Access {
+        tokens: Some(Tokens::new(SECRET, Duration::from_secs(600))),
+        service_token: Some(SERVICE.into()),
+        ..users::Access::default()
+    }
+}
 
 fn opts() -> DrainOptions {
     DrainOptions {
@@ -51,6 +62,7 @@ impl Pair {
         let db = users::Db::connect(&url).await?;
         let mut svc = users::build(db, users::Passwords::low_cost()?, Some(ADMIN.into()), true)?;
         svc.state.limits = CredentialLimits::new(0, 0);
+        svc.state.access = std::sync::Arc::new(users_access());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let users = Running::start(listener, svc.filter(), svc.kit.health.clone(), opts())?;
 
@@ -61,7 +73,13 @@ impl Pair {
             breaker,
         };
         let tokens = Tokens::new(SECRET, Duration::from_secs(600));
-        let mut svc = auth::build(reqwest::Url::parse(&users.url())?, client, tokens, None)?;
+        let mut svc = auth::build(
+            reqwest::Url::parse(&users.url())?,
+            SERVICE,
+            client,
+            tokens,
+            None,
+        )?;
         svc.state.limits = login_limits;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let auth = Running::start(listener, svc.filter(), svc.kit.health.clone(), opts())?;
@@ -180,6 +198,19 @@ async fn login_round_trip_through_both_services() -> Result<()> {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(claims["sub"], id.to_string());
     assert_eq!(claims["iss"], "flotilla-auth");
+    assert_eq!(claims["role"], "user");
+
+    // The token opens the user's own account in users, and no other.
+    let other = p.register("ada@example.com", "analytical").await?;
+    for (path, expected) in [(id, StatusCode::OK), (other, StatusCode::FORBIDDEN)] {
+        let r = p
+            .http
+            .get(p.users_url(&format!("/users/{path}"))?)
+            .bearer_auth(&token)
+            .send()
+            .await?;
+        assert_eq!(r.status(), expected, "/users/{path}");
+    }
 
     let (status, body) = p.login("grace@example.com", "wrong-password").await?;
     assert_eq!(
@@ -195,6 +226,32 @@ async fn login_round_trip_through_both_services() -> Result<()> {
         .send()
         .await?;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_wrong_service_credential_is_a_gateway_error_not_a_wrong_password() -> Result<()> {
+    // users refuses the check of an auth holding another credential; auth reports 502 (a
+    // configuration fault), never bad_credentials.
+    let p = Pair::start(default_breaker()).await?;
+    p.register("eve@example.com", "correct horse").await?;
+    let svc = auth::build(
+        reqwest::Url::parse(&p.users_url("/")?)?,
+        "svc-Vq7m2Xk9Lp4Wz8Ru",
+        ClientConfig::default(),
+        Tokens::new(SECRET, Duration::from_secs(600)),
+        None,
+    )?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let auth = Running::start(listener, svc.filter(), svc.kit.health.clone(), opts())?;
+    let r = p
+        .http
+        .post(format!("{}/login", auth.url()))
+        .json(&json!({"email": "eve@example.com", "password": "correct horse"}))
+        .send()
+        .await?;
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    auth.stop().await?;
     Ok(())
 }
 
@@ -227,7 +284,7 @@ async fn verify_refuses_tampered_foreign_and_expired_tokens() -> Result<()> {
 
     let same_key = Tokens::new(SECRET, Duration::from_secs(60));
     let (expired, _) = same_key
-        .issue_at(1, jsonwebtoken_now() - 3600)
+        .issue_at(1, auth::jwt::Role::User, jsonwebtoken_now() - 3600)
         .map_err(anyhow::Error::msg)?;
     let (status, body) = p.verify(&expired).await?;
     assert_eq!(
@@ -443,6 +500,7 @@ async fn login_forwards_the_request_id_to_users() -> Result<()> {
     let tokens = Tokens::new(SECRET, Duration::from_secs(600));
     let svc = auth::build(
         reqwest::Url::parse(&format!("http://{users_addr}/"))?,
+        SERVICE,
         ClientConfig::default(),
         tokens,
         None,

@@ -19,6 +19,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
+use crate::credentials::bearer_matches;
 use crate::reply::{self, tag};
 
 /// Connections remembered by `flakyReadiness`; the table is reset when it grows past this.
@@ -193,6 +194,7 @@ impl Faults {
                     } else {
                         Err(warp::reject::custom(reply::Unauthorized {
                             route: ADMIN_ROUTE,
+                            code: "unauthorized",
                             message: "admin routes need Authorization: Bearer <ADMIN_TOKEN>",
                         }))
                     }
@@ -236,18 +238,6 @@ fn admin(faults: &Faults, method: &warp::http::Method, body: &[u8]) -> Response 
     }
 }
 
-/// Compares the bearer token in constant time with respect to its content.
-fn bearer_matches(header: Option<&str>, token: &str) -> bool {
-    let Some(given) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
-        return false;
-    };
-    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -288,16 +278,6 @@ mod tests {
         assert_eq!(cfg.latency_ms, 20);
         assert!(!cfg.unhealthy);
         assert!(serde_json::from_str::<FaultConfig>(r#"{"error_rate":0.5}"#).is_err());
-    }
-
-    #[test]
-    fn bearer_comparison() {
-        // Only the exact token in a Bearer header authorizes.
-        assert!(bearer_matches(Some("Bearer abc"), "abc"));
-        assert!(!bearer_matches(Some("Bearer abd"), "abc"));
-        assert!(!bearer_matches(Some("Bearer ab"), "abc"));
-        assert!(!bearer_matches(Some("abc"), "abc"));
-        assert!(!bearer_matches(None, "abc"));
     }
 
     #[test]

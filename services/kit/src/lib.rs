@@ -3,17 +3,23 @@
 //! Everything a service needs to behave well under Flotilla and nothing it does not:
 //! liveness and readiness endpoints ([`health`]), Prometheus metrics recorded per route
 //! template ([`metrics`]), request-scoped structured logs ([`telemetry`]), configuration from
-//! flags and the environment ([`config`]), the traffic verdict that closes persistent
-//! connections of an ejected pod ([`traffic`]), fault injection for tests and demos ([`faults`]), and a
-//! server that drains in-flight requests on SIGTERM ([`server`]). [`app`] ties them into one
+//! flags and the environment ([`config`]), bearer credentials ([`credentials`]) and the JWTs
+//! auth issues and users verifies ([`jwt`]), database pool setup (`db`, feature `db`), the
+//! traffic verdict that closes persistent connections of an ejected pod ([`traffic`]), fault
+//! injection for tests and demos ([`faults`]), and a server that drains in-flight requests on
+//! SIGTERM ([`server`]). [`app`] ties them into one
 //! warp filter around a service's own API routes.
 //!
 //! This crate holds no business logic and never exits the process; binaries decide that.
 
 pub mod app;
 pub mod config;
+pub mod credentials;
+#[cfg(feature = "db")]
+pub mod db;
 pub mod faults;
 pub mod health;
+pub mod jwt;
 pub mod metrics;
 pub mod ratelimit;
 pub mod reply;

@@ -103,6 +103,8 @@ impl warp::reject::Reject for BodyUnreadable {}
 pub struct Unauthorized {
     /// Route template of the request.
     pub route: &'static str,
+    /// The error code of the 401 answer, e.g. `missing_token`.
+    pub code: &'static str,
     /// What the client must send.
     pub message: &'static str,
 }
@@ -165,10 +167,7 @@ fn rejection_response(rej: &Rejection) -> Response {
         );
     }
     if let Some(e) = rej.find::<Unauthorized>() {
-        return tag(
-            e.route,
-            error(StatusCode::UNAUTHORIZED, "unauthorized", e.message),
-        );
+        return tag(e.route, error(StatusCode::UNAUTHORIZED, e.code, e.message));
     }
     if let Some(e) = rej.find::<BodyUnreadable>() {
         return tag(

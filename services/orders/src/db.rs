@@ -2,10 +2,11 @@
 //! embedded SQLite default and on PostgreSQL (the users service follows the same rules: `$N`
 //! placeholders, `RETURNING`, integers and text only). Only this module speaks SQL.
 
-use std::time::Duration;
-
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use flotilla_kit::db::Backend;
+use sqlx::any::AnyRow;
 use sqlx::AnyPool;
+
+pub use flotilla_kit::db::redact;
 
 /// A storage failure, classified for the gRPC layer.
 #[derive(Debug, thiserror::Error)]
@@ -61,26 +62,11 @@ fn to_order(row: &AnyRow) -> Result<OrderRow, sqlx::Error> {
     OrderRow::from_row(row)
 }
 
-/// Hides a password in a URL before it is logged or returned.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
-            Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-            None => url.to_owned(),
-        },
-        _ => url.to_owned(),
-    }
-}
-
 /// Whether the URL names a supported backend; `true` for PostgreSQL.
 pub fn is_postgres(url: &str) -> Result<bool, DbError> {
-    if url.starts_with("sqlite:") {
-        Ok(false)
-    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        Ok(true)
-    } else {
-        Err(DbError::UnsupportedUrl(redact(url)))
-    }
+    Backend::from_url(url)
+        .map(|b| b == Backend::Postgres)
+        .map_err(|e| DbError::UnsupportedUrl(e.0))
 }
 
 /// The order store.
@@ -92,20 +78,9 @@ pub struct Db {
 impl Db {
     /// Connects (creating a SQLite file if needed) and applies pending migrations.
     pub async fn connect(url: &str) -> Result<Self, DbError> {
-        sqlx::any::install_default_drivers();
         let postgres = is_postgres(url)?;
-        let url = if !postgres && !url.contains("mode=") && !url.contains(":memory:") {
-            let sep = if url.contains('?') { '&' } else { '?' };
-            format!("{url}{sep}mode=rwc")
-        } else {
-            url.to_owned()
-        };
-        // A stuck database turns into a quick UNAVAILABLE rather than calls piling up.
-        let pool = AnyPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect(&url)
-            .await?;
+        // Pool bounds, SQLite file creation and in-memory handling are shared with users.
+        let pool = flotilla_kit::db::pool(url)?;
         if postgres {
             sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         } else {

@@ -1,4 +1,5 @@
-//! Load benchmark: `GET /users/{id}` on loopback, with and without the metrics wrapper.
+//! Load benchmark: `GET /users/{id}` on loopback as the account owner (so every request verifies
+//! a JWT), with and without the metrics wrapper.
 //!
 //! Both variants serve the same SQLite file from one process; rounds alternate between them
 //! so drift in machine load hits both alike. Prints requests/s and p50/p99 latency per
@@ -25,8 +26,19 @@ fn env_or(var: &str, default: u64) -> Result<u64> {
     }
 }
 
+/// Secret of the tokens the clients present (users verifies one on every request).
+const SECRET: &[u8] = b"Kf8d2LqW9zX4vB7nM1pR6tY3hJ5gC0sA";
+
+fn tokens() -> flotilla_kit::jwt::Tokens {
+    flotilla_kit::jwt::Tokens::new(SECRET, Duration::from_secs(3600))
+}
+
 async fn start(db: Db, metrics: bool) -> Result<Running> {
-    let service = users::build(db, Passwords::low_cost()?, None, metrics)?;
+    let mut service = users::build(db, Passwords::low_cost()?, None, metrics)?;
+    service.state.access = Arc::new(users::Access {
+        tokens: Some(tokens()),
+        ..users::Access::default()
+    });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let opts = DrainOptions {
         shutdown_delay: Duration::ZERO,
@@ -41,11 +53,28 @@ async fn start(db: Db, metrics: bool) -> Result<Running> {
     )?)
 }
 
-/// Drives `concurrency` keep-alive clients against `url` for `secs`; returns latencies.
-async fn load(url: &str, concurrency: u64, secs: u64) -> Result<(u64, Vec<Duration>, Duration)> {
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(usize::try_from(concurrency)?)
-        .build()?;
+/// A client presenting `token` as a bearer token on every request.
+fn client(token: &str, idle: usize) -> Result<reqwest::Client> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse()?,
+    );
+    Ok(reqwest::Client::builder()
+        .default_headers(headers)
+        .pool_max_idle_per_host(idle)
+        .build()?)
+}
+
+/// Drives `concurrency` keep-alive clients against `url` for `secs`, each request with the
+/// account owner's `token`; returns latencies.
+async fn load(
+    url: &str,
+    token: &str,
+    concurrency: u64,
+    secs: u64,
+) -> Result<(u64, Vec<Duration>, Duration)> {
+    let http = client(token, usize::try_from(concurrency)?)?;
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -154,7 +183,8 @@ async fn main() -> Result<()> {
     let without = start(db.clone(), false).await?;
     let with_url = format!("{}/users/{}", with.url(), user.id);
     let without_url = format!("{}/users/{}", without.url(), user.id);
-    if reqwest::get(&with_url).await?.status() != 200 {
+    let (token, _) = tokens().issue(user.id)?;
+    if client(&token, 1)?.get(&with_url).send().await?.status() != 200 {
         bail!("benchmark target not answering");
     }
 
@@ -162,18 +192,18 @@ async fn main() -> Result<()> {
         "GET /users/{{id}} on loopback: {concurrency} connections, {rounds} rounds x {secs} s per variant"
     );
     // Warm-up: connections, SQLite page cache, allocator.
-    load(&with_url, concurrency, 1).await?;
-    load(&without_url, concurrency, 1).await?;
+    load(&with_url, &token, concurrency, 1).await?;
+    load(&without_url, &token, concurrency, 1).await?;
 
     let (mut a, mut b) = (Tally::default(), Tally::default());
     for round in 0..rounds {
         // Alternate which variant goes first so ordering effects cancel out.
         if round % 2 == 0 {
-            a.add(load(&with_url, concurrency, secs).await?);
-            b.add(load(&without_url, concurrency, secs).await?);
+            a.add(load(&with_url, &token, concurrency, secs).await?);
+            b.add(load(&without_url, &token, concurrency, secs).await?);
         } else {
-            b.add(load(&without_url, concurrency, secs).await?);
-            a.add(load(&with_url, concurrency, secs).await?);
+            b.add(load(&without_url, &token, concurrency, secs).await?);
+            a.add(load(&with_url, &token, concurrency, secs).await?);
         }
     }
     a.print("with metrics");

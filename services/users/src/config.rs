@@ -1,8 +1,17 @@
 //! Configuration of the users binary: flags, each also read from its environment variable
 //! (clap `env`), so `users --help` documents every variable.
 
-use flotilla_kit::config::{default_listen_addr, non_blank};
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use flotilla_kit::config::{check_secret, default_listen_addr, non_blank, MIN_TOKEN_LEN};
+use flotilla_kit::jwt::{Tokens, DEV_SECRET};
 use flotilla_kit::{ConfigError, ServiceArgs, ServiceConfig};
+
+use crate::access::{Access, DEV_SERVICE_TOKEN};
+
+/// Shortest accepted `JWT_SECRET`, in bytes (as auth requires).
+pub const MIN_SECRET_LEN: usize = 32;
 
 /// Default database: a SQLite file in the working directory, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://users.db";
@@ -27,6 +36,22 @@ pub struct Args {
     /// Credential checks a minute per client address (normally an auth pod). 0 disables.
     #[arg(long, env = "VERIFY_LIMIT_PER_ADDRESS", default_value_t = crate::DEFAULT_LIMIT_PER_ADDRESS)]
     pub verify_limit_per_address: u32,
+    /// Secret auth signs its tokens with (the same JWT_SECRET as auth's); every route but
+    /// sign-up and the credential check needs such a token. Unset: those routes answer 401.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Credential auth presents on POST /users/verify (the same USERS_SERVICE_TOKEN as
+    /// auth's). Unset: every credential check answers 401.
+    #[arg(long, env = "USERS_SERVICE_TOKEN", hide_env_values = true)]
+    pub service_token: Option<String>,
+    /// Comma-separated addresses whose accounts get the admin role (every account, the
+    /// listing). Creating an account with one of them needs the ADMIN_TOKEN bearer.
+    #[arg(long, env = "ADMIN_EMAILS", value_delimiter = ',')]
+    pub admin_emails: Vec<String>,
+    /// Developer mode: the public development JWT secret and service credential when
+    /// JWT_SECRET or USERS_SERVICE_TOKEN are unset (matching `auth --dev`).
+    #[arg(long, env = "USERS_DEV")]
+    pub dev: bool,
 }
 
 /// Everything the users service reads at start-up.
@@ -40,6 +65,10 @@ pub struct Config {
     pub hash_concurrency: usize,
     /// `VERIFY_LIMIT_PER_ACCOUNT` and `VERIFY_LIMIT_PER_ADDRESS`, checks a minute.
     pub verify_limits: (u32, u32),
+    /// `JWT_SECRET`, `USERS_SERVICE_TOKEN`, `ADMIN_EMAILS` and `ADMIN_TOKEN`.
+    pub access: Access,
+    /// Whether developer mode supplied a public credential.
+    pub dev: bool,
 }
 
 impl Args {
@@ -54,11 +83,49 @@ impl Args {
                 reason: "expected a sqlite:// or postgres:// URL".into(),
             });
         }
+        let service = self.service.resolve(default_listen_addr())?;
+        let access = self.access(&service)?;
         Ok(Config {
-            service: self.service.resolve(default_listen_addr())?,
+            service,
             database_url,
             hash_concurrency: self.hash_concurrency.max(1),
             verify_limits: (self.verify_limit_per_account, self.verify_limit_per_address),
+            access,
+            dev: self.dev,
+        })
+    }
+
+    fn access(&self, service: &ServiceConfig) -> Result<Access, ConfigError> {
+        let jwt_secret = match non_blank(self.jwt_secret.as_deref()) {
+            Some(s) => {
+                check_secret("JWT_SECRET", &s, MIN_SECRET_LEN)?;
+                Some(s)
+            }
+            None => self.dev.then(|| DEV_SECRET.to_owned()),
+        };
+        let service_token = match non_blank(self.service_token.as_deref()) {
+            Some(t) => {
+                check_secret("USERS_SERVICE_TOKEN", &t, MIN_TOKEN_LEN)?;
+                Some(t)
+            }
+            None => self.dev.then(|| DEV_SERVICE_TOKEN.to_owned()),
+        };
+        let mut admin_emails = BTreeSet::new();
+        for raw in self.admin_emails.iter().filter(|e| !e.trim().is_empty()) {
+            let email =
+                crate::model::validate_email(raw).map_err(|reason| ConfigError::Invalid {
+                    var: "ADMIN_EMAILS",
+                    value: raw.clone(),
+                    reason,
+                })?;
+            admin_emails.insert(email);
+        }
+        Ok(Access {
+            // users only verifies; the lifetime is auth's to choose.
+            tokens: jwt_secret.map(|s| Tokens::new(s.as_bytes(), Duration::ZERO)),
+            service_token,
+            admin_emails,
+            admin_token: service.admin_token.clone(),
         })
     }
 }
@@ -87,6 +154,31 @@ mod tests {
     }
 
     #[test]
+    fn credentials_are_checked_and_dev_mode_fills_them() {
+        // Without credentials the service is closed; guessable ones are refused by name;
+        // --dev supplies the public development pair; admin addresses are normalised.
+        let cfg = parse(&[]).expect("defaults");
+        assert!(cfg.access.tokens.is_none() && cfg.access.service_token.is_none());
+        let err =
+            parse(&["--jwt-secret", "change-me-0123456789abcdef0123456789"]).expect_err("weak");
+        assert!(err.contains("JWT_SECRET"), "{err}");
+        let err = parse(&["--service-token", "short"]).expect_err("weak");
+        assert!(err.contains("USERS_SERVICE_TOKEN"), "{err}");
+        let cfg = parse(&[
+            "--dev",
+            "--admin-emails",
+            "Root@Example.com, ops@example.com",
+        ])
+        .expect("dev");
+        assert!(cfg.access.tokens.is_some());
+        assert_eq!(cfg.access.service_token.as_deref(), Some(DEV_SERVICE_TOKEN));
+        assert!(cfg.access.admin_emails.contains("root@example.com"));
+        assert!(cfg.access.admin_emails.contains("ops@example.com"));
+        let err = parse(&["--admin-emails", "not-an-address"]).expect_err("invalid");
+        assert!(err.contains("ADMIN_EMAILS"), "{err}");
+    }
+
+    #[test]
     fn help_documents_every_variable() {
         // `users --help` names the shared variables and the users-specific ones.
         let help = <Args as clap::CommandFactory>::command()
@@ -97,6 +189,10 @@ mod tests {
             "ADMIN_TOKEN",
             "DATABASE_URL",
             "HASH_CONCURRENCY",
+            "JWT_SECRET",
+            "USERS_SERVICE_TOKEN",
+            "ADMIN_EMAILS",
+            "USERS_DEV",
         ] {
             assert!(
                 help.contains(&format!("env: {var}")),

@@ -7,8 +7,10 @@
 
 use std::time::Duration;
 
-use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::any::AnyRow;
 use sqlx::AnyPool;
+
+pub use flotilla_kit::db::{redact, Backend};
 
 use crate::model::User;
 
@@ -46,57 +48,6 @@ impl From<sqlx::Error> for DbError {
             other => Self::Other(other),
         }
     }
-}
-
-/// Which backend a URL selects.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    /// Embedded SQLite file.
-    Sqlite,
-    /// PostgreSQL server.
-    Postgres,
-}
-
-impl Backend {
-    /// Picks the backend from the URL scheme.
-    pub fn from_url(url: &str) -> Result<Self, DbError> {
-        if url.starts_with("sqlite:") {
-            Ok(Self::Sqlite)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            Ok(Self::Postgres)
-        } else {
-            Err(DbError::UnsupportedUrl(redact(url)))
-        }
-    }
-}
-
-/// Adds `mode=rwc` to a SQLite URL that names no mode, so the file is created on first start.
-pub fn sqlite_create_mode(url: &str) -> String {
-    if !url.starts_with("sqlite:") || url.contains("mode=") || url.contains(":memory:") {
-        return url.to_owned();
-    }
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}mode=rwc")
-}
-
-/// Hides a password in a URL before it is logged or returned.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
-    }
-}
-
-/// Whether a SQLite URL names an in-memory database, which lives only as long as the one
-/// connection that opened it.
-pub fn is_sqlite_memory(url: &str) -> bool {
-    url.starts_with("sqlite:") && (url.contains(":memory:") || url.contains("mode=memory"))
 }
 
 /// The user store.
@@ -156,28 +107,11 @@ impl Db {
     }
 
     /// Prepares the pool without connecting, so the service can start (not ready) while the
-    /// database is down; call [`Self::migrate_until_ready`] to bring it up.
-    ///
-    /// An in-memory SQLite URL gets a pool of exactly one connection that never expires:
-    /// every pooled connection would otherwise open its own empty database.
+    /// database is down; call [`Self::migrate_until_ready`] to bring it up. In-memory SQLite
+    /// keeps one database for the whole pool (see [`flotilla_kit::db::pool`]).
     pub fn open(url: &str) -> Result<Self, DbError> {
-        sqlx::any::install_default_drivers();
-        let backend = Backend::from_url(url)?;
-        let memory = is_sqlite_memory(url);
-        let url = sqlite_create_mode(url);
-        // Connections wait at most 3 s for a free slot, so a stuck database turns into a
-        // quick 503 rather than requests piling up.
-        let mut options = AnyPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(3));
-        if memory {
-            options = options
-                .max_connections(1)
-                .min_connections(1)
-                .idle_timeout(None)
-                .max_lifetime(None);
-        }
-        let pool = options.connect_lazy(&url)?;
+        let backend = Backend::from_url(url).map_err(|e| DbError::UnsupportedUrl(e.0))?;
+        let pool = flotilla_kit::db::pool(url)?;
         Ok(Self {
             pool,
             backend,
@@ -326,47 +260,5 @@ impl Db {
             Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?))),
             None => Ok(None),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sqlite_urls_get_create_mode() {
-        // The default URL must create the file on first start; explicit modes are kept.
-        assert_eq!(
-            sqlite_create_mode("sqlite://users.db"),
-            "sqlite://users.db?mode=rwc"
-        );
-        assert_eq!(
-            sqlite_create_mode("sqlite://u.db?x=1"),
-            "sqlite://u.db?x=1&mode=rwc"
-        );
-        assert_eq!(
-            sqlite_create_mode("sqlite://u.db?mode=ro"),
-            "sqlite://u.db?mode=ro"
-        );
-        assert_eq!(sqlite_create_mode("postgres://h/db"), "postgres://h/db");
-    }
-
-    #[test]
-    fn backends_and_redaction() {
-        // Only SQLite and PostgreSQL are accepted, and errors never echo a password.
-        assert_eq!(
-            Backend::from_url("sqlite://a.db").ok(),
-            Some(Backend::Sqlite)
-        );
-        assert_eq!(
-            Backend::from_url("postgresql://h/d").ok(),
-            Some(Backend::Postgres)
-        );
-        let err = Backend::from_url("mysql://root:hunter2@h/d").expect_err("unsupported");
-        assert!(!err.to_string().contains("hunter2"));
-        assert_eq!(
-            redact("postgres://u:pw@h:5432/d"),
-            "postgres://u:***@h:5432/d"
-        );
     }
 }

@@ -4,6 +4,7 @@
 //! [`build`] wires storage, readiness and routes into a [`Service`]; the binary only reads
 //! the environment, binds and waits for a signal.
 
+pub mod access;
 pub mod config;
 pub mod db;
 pub mod model;
@@ -18,6 +19,7 @@ use flotilla_kit::{Health, Kit};
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+pub use crate::access::Access;
 pub use crate::db::{Db, DbError};
 pub use crate::password::Passwords;
 pub use crate::routes::State;
@@ -46,7 +48,8 @@ impl Service {
     }
 }
 
-/// Builds the service on a database. Readiness checks that the schema is there.
+/// Builds the service on a database. Readiness checks that the schema is there. The routes
+/// accept no credential until `state.access` is set.
 pub fn build(
     db: Db,
     passwords: Passwords,
@@ -70,6 +73,8 @@ pub fn build(
             db,
             passwords: Arc::new(passwords),
             limits: CredentialLimits::new(DEFAULT_LIMIT_PER_ACCOUNT, DEFAULT_LIMIT_PER_ADDRESS),
+            // Closed until the caller configures credentials (see `access`).
+            access: Arc::new(Access::default()),
         },
     })
 }

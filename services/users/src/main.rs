@@ -27,6 +27,18 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let (per_account, per_address) = config.verify_limits;
     service.state.limits = CredentialLimits::new(per_account, per_address);
+    if config.dev {
+        tracing::warn!("developer mode: public development JWT secret and service credential");
+    }
+    if config.access.tokens.is_none() {
+        tracing::warn!(
+            "JWT_SECRET unset: every route but sign-up and the credential check answers 401"
+        );
+    }
+    if config.access.service_token.is_none() {
+        tracing::warn!("USERS_SERVICE_TOKEN unset: every credential check answers 401");
+    }
+    service.state.access = std::sync::Arc::new(config.access.clone());
     let listener = tokio::net::TcpListener::bind(config.service.listen_addr)
         .await
         .with_context(|| format!("binding LISTEN_ADDR {}", config.service.listen_addr))?;

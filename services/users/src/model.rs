@@ -73,6 +73,9 @@ pub struct Credentials {
 pub struct Verified {
     /// Id of the user the credentials belong to.
     pub id: i64,
+    /// The account's role, for auth to put in the token it issues.
+    #[serde(default)]
+    pub role: flotilla_kit::jwt::Role,
 }
 
 /// `GET /users` body.

@@ -1,10 +1,12 @@
 //! HTTP routes of the users service. Each route matches its path and method first, then
-//! passes the fault gate, then runs its handler; handlers parse bodies themselves so every
-//! outcome is a JSON response tagged with the route template.
+//! passes the fault gate, then checks the caller's credential (see [`crate::access`]) before
+//! any body is read, then runs its handler; handlers parse bodies themselves so every outcome
+//! is a JSON response tagged with the route template.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
+use flotilla_kit::jwt::Role;
 use flotilla_kit::ratelimit::{too_many, CredentialLimits};
 use flotilla_kit::reply::{self, body_limited, tag};
 use flotilla_kit::server::PeerAddr;
@@ -14,6 +16,7 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
+use crate::access::{self, Access, Caller};
 use crate::db::{Db, DbError};
 use crate::model::{self, Credentials, NewUser, Page, UpdateUser, Verified};
 use crate::password::{PasswordError, Passwords};
@@ -40,6 +43,8 @@ pub struct State {
     pub passwords: Arc<Passwords>,
     /// Credential checks per account and per client address.
     pub limits: CredentialLimits,
+    /// Which credentials the routes accept.
+    pub access: Arc<Access>,
 }
 
 /// An error a handler turns into a JSON response.
@@ -53,6 +58,8 @@ enum ApiError {
     Password(#[from] PasswordError),
     #[error("email or password is wrong")]
     BadCredentials,
+    #[error("{0}")]
+    Forbidden(&'static str),
 }
 
 impl ApiError {
@@ -65,6 +72,7 @@ impl ApiError {
                 (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable")
             }
             Self::BadCredentials => (StatusCode::UNAUTHORIZED, "bad_credentials"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::Password(PasswordError::Busy) => (StatusCode::SERVICE_UNAVAILABLE, "busy"),
             Self::Db(_) | Self::Password(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
@@ -104,9 +112,13 @@ pub fn routes(
     };
     use templates::{USER, USERS, VERIFY};
 
+    let access = state.access.clone();
+    let caller = move |route| access::caller(access.clone(), route);
+
     let verify = warp::path!("users" / "verify")
         .and(warp::post())
         .and(faults.gate(VERIFY))
+        .and(access::service(state.access.clone(), VERIFY))
         .and(with_state.clone())
         .and(warp::ext::optional::<PeerAddr>())
         .and(body_limited(VERIFY, BODY_LIMIT))
@@ -118,54 +130,45 @@ pub fn routes(
         .and(warp::post())
         .and(faults.gate(USERS))
         .and(with_state.clone())
+        .and(warp::header::optional::<String>("authorization"))
         .and(body_limited(USERS, BODY_LIMIT))
-        .then(|s: State, body: Bytes| async move { respond(USERS, create(&s, &body).await) });
+        .then(|s: State, auth: Option<String>, body: Bytes| async move {
+            respond(USERS, create(&s, auth.as_deref(), &body).await)
+        });
 
     let list = warp::path!("users")
         .and(warp::get())
         .and(faults.gate(USERS))
+        .and(caller(USERS))
         .and(with_state.clone())
         .and(warp::query::<Vec<(String, String)>>())
-        .then(
-            |s: State, q: Vec<(String, String)>| async move { respond(USERS, list(&s, &q).await) },
-        );
+        .then(|c: Caller, s: State, q: Vec<(String, String)>| async move {
+            respond(USERS, list(&s, c, &q).await)
+        });
 
     let get = warp::path!("users" / i64)
         .and(warp::get())
         .and(faults.gate(USER))
+        .and(caller(USER))
         .and(with_state.clone())
-        .then(|id: i64, s: State| async move {
-            respond(
-                USER,
-                s.db.get(id)
-                    .await
-                    .map(|u| reply::json(StatusCode::OK, &u))
-                    .map_err(Into::into),
-            )
-        });
+        .then(|id: i64, c: Caller, s: State| async move { respond(USER, get(&s, c, id).await) });
 
     let update = warp::path!("users" / i64)
         .and(warp::put())
         .and(faults.gate(USER))
+        .and(caller(USER))
         .and(with_state.clone())
         .and(body_limited(USER, BODY_LIMIT))
-        .then(|id: i64, s: State, body: Bytes| async move {
-            respond(USER, update(&s, id, &body).await)
+        .then(|id: i64, c: Caller, s: State, body: Bytes| async move {
+            respond(USER, update(&s, c, id, &body).await)
         });
 
     let delete = warp::path!("users" / i64)
         .and(warp::delete())
         .and(faults.gate(USER))
+        .and(caller(USER))
         .and(with_state)
-        .then(|id: i64, s: State| async move {
-            respond(
-                USER,
-                s.db.delete(id)
-                    .await
-                    .map(|()| StatusCode::NO_CONTENT.into_response())
-                    .map_err(Into::into),
-            )
-        });
+        .then(|id: i64, c: Caller, s: State| async move { respond(USER, delete(&s, c, id).await) });
 
     verify
         .or(create)
@@ -180,10 +183,26 @@ pub fn routes(
         .unify()
 }
 
-async fn create(s: &State, body: &Bytes) -> Result<Response, ApiError> {
+/// Refuses a caller who is neither the account's owner nor an admin.
+fn own_or_admin(caller: Caller, id: i64) -> Result<(), ApiError> {
+    if caller.may_access(id) {
+        Ok(())
+    } else {
+        Err(ApiError::Forbidden(
+            "a user may only reach their own account",
+        ))
+    }
+}
+
+async fn create(s: &State, auth: Option<&str>, body: &Bytes) -> Result<Response, ApiError> {
     let req: NewUser = parse(body)?;
     let name = model::validate_name(&req.name).map_err(ApiError::Invalid)?;
     let email = model::validate_email(&req.email).map_err(ApiError::Invalid)?;
+    if !s.access.may_create(&email, auth) {
+        return Err(ApiError::Forbidden(
+            "an admin address needs Authorization: Bearer <ADMIN_TOKEN>",
+        ));
+    }
     model::validate_password(&req.password).map_err(ApiError::Invalid)?;
     let hash = s.passwords.hash(req.password).await?;
     let user = s.db.insert(&name, &email, &hash).await?;
@@ -197,7 +216,23 @@ async fn create(s: &State, body: &Bytes) -> Result<Response, ApiError> {
     .into_response())
 }
 
-async fn list(s: &State, query: &[(String, String)]) -> Result<Response, ApiError> {
+async fn get(s: &State, caller: Caller, id: i64) -> Result<Response, ApiError> {
+    own_or_admin(caller, id)?;
+    let user = s.db.get(id).await?;
+    Ok(reply::json(StatusCode::OK, &user))
+}
+
+async fn delete(s: &State, caller: Caller, id: i64) -> Result<Response, ApiError> {
+    own_or_admin(caller, id)?;
+    s.db.delete(id).await?;
+    tracing::info!(user_id = id, by = caller.id, "user deleted");
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list(s: &State, caller: Caller, query: &[(String, String)]) -> Result<Response, ApiError> {
+    if !caller.admin {
+        return Err(ApiError::Forbidden("listing users needs the admin role"));
+    }
     let (limit, offset) = model::parse_page(query).map_err(ApiError::Invalid)?;
     let items = s.db.list(limit, offset).await?;
     Ok(reply::json(
@@ -210,7 +245,8 @@ async fn list(s: &State, query: &[(String, String)]) -> Result<Response, ApiErro
     ))
 }
 
-async fn update(s: &State, id: i64, body: &Bytes) -> Result<Response, ApiError> {
+async fn update(s: &State, caller: Caller, id: i64, body: &Bytes) -> Result<Response, ApiError> {
+    own_or_admin(caller, id)?;
     let req: UpdateUser = parse(body)?;
     if req.name.is_none() && req.email.is_none() && req.password.is_none() {
         return Err(ApiError::Invalid(
@@ -229,6 +265,15 @@ async fn update(s: &State, id: i64, body: &Bytes) -> Result<Response, ApiError> 
         .map(model::validate_email)
         .transpose()
         .map_err(ApiError::Invalid)?;
+    if !caller.admin
+        && email
+            .as_deref()
+            .is_some_and(|e| s.access.role_of(e) != Role::User)
+    {
+        return Err(ApiError::Forbidden(
+            "only an admin may take an admin address",
+        ));
+    }
     let hash = match req.password {
         Some(p) => {
             model::validate_password(&p).map_err(ApiError::Invalid)?;
@@ -266,7 +311,13 @@ async fn verify(
     };
     let ok = s.passwords.verify(req.password, hash).await?;
     match (ok, id) {
-        (true, Some(id)) => Ok(reply::json(StatusCode::OK, &Verified { id })),
+        (true, Some(id)) => Ok(reply::json(
+            StatusCode::OK,
+            &Verified {
+                id,
+                role: s.access.role_of(&email),
+            },
+        )),
         _ => Err(ApiError::BadCredentials),
     }
 }

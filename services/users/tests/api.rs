@@ -8,12 +8,35 @@ use anyhow::{Context, Result};
 use flotilla_kit::server::{DrainOptions, Running};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use users::{Db, Passwords};
+use users::{Access, Db, Passwords};
+
+/// The tokens' signing secret (auth's `JWT_SECRET`).
+const SECRET: &[u8] = b"Kf8d2LqW9zX4vB7nM1pR6tY3hJ5gC0sA";
+/// The credential auth presents on the credential check.
+const SERVICE: &str = "svc-Vq7m2Xk9Lp4Wz8Rt";
+
+fn access() -> std::sync::Arc<Access> {
+    std::sync::Arc::new(Access {
+        tokens: Some(flotilla_kit::jwt::Tokens::new(
+            SECRET,
+            Duration::from_secs(600),
+        )),
+        service_token: Some(SERVICE.into()),
+        ..Access::default()
+    })
+}
+
+/// An admin's token: these tests exercise the API itself; `access.rs` covers who may call it.
+fn admin_token() -> Result<String> {
+    let tokens = flotilla_kit::jwt::Tokens::new(SECRET, Duration::from_secs(600));
+    Ok(tokens.issue_as(1, flotilla_kit::jwt::Role::Admin)?.0)
+}
 
 struct TestService {
     srv: Running,
     db: Db,
     http: reqwest::Client,
+    admin: String,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -28,7 +51,8 @@ impl TestService {
 
     async fn on(url: &str) -> Result<Self> {
         let db = Db::connect(url).await?;
-        let service = users::build(db.clone(), Passwords::low_cost()?, None, true)?;
+        let mut service = users::build(db.clone(), Passwords::low_cost()?, None, true)?;
+        service.state.access = access();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let opts = DrainOptions {
             shutdown_delay: Duration::ZERO,
@@ -40,6 +64,7 @@ impl TestService {
             srv,
             db,
             http: reqwest::Client::new(),
+            admin: admin_token()?,
             _dir: None,
         })
     }
@@ -48,18 +73,44 @@ impl TestService {
         format!("{}{path}", self.srv.url())
     }
 
+    /// The service credential for the credential check, an admin's token elsewhere.
+    fn auth_for(&self, path: &str) -> &str {
+        if path.starts_with("/users/verify") {
+            SERVICE
+        } else {
+            &self.admin
+        }
+    }
+
     async fn post(&self, path: &str, body: Value) -> Result<(StatusCode, Value)> {
-        let r = self.http.post(self.url(path)).json(&body).send().await?;
+        let r = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(self.auth_for(path))
+            .json(&body)
+            .send()
+            .await?;
         Ok((r.status(), r.json().await.unwrap_or(Value::Null)))
     }
 
     async fn get(&self, path: &str) -> Result<(StatusCode, Value)> {
-        let r = self.http.get(self.url(path)).send().await?;
+        let r = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(self.auth_for(path))
+            .send()
+            .await?;
         Ok((r.status(), r.json().await.unwrap_or(Value::Null)))
     }
 
     async fn put(&self, path: &str, body: Value) -> Result<(StatusCode, Value)> {
-        let r = self.http.put(self.url(path)).json(&body).send().await?;
+        let r = self
+            .http
+            .put(self.url(path))
+            .bearer_auth(self.auth_for(path))
+            .json(&body)
+            .send()
+            .await?;
         Ok((r.status(), r.json().await.unwrap_or(Value::Null)))
     }
 }
@@ -124,6 +175,7 @@ async fn crud_round_trip(t: &TestService) -> Result<()> {
     let r = t
         .http
         .delete(t.url(&format!("/users/{other_id}")))
+        .bearer_auth(&t.admin)
         .send()
         .await?;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
@@ -154,12 +206,22 @@ async fn crud_round_trip(t: &TestService) -> Result<()> {
         .await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    let r = t.http.delete(t.url(&format!("/users/{id}"))).send().await?;
+    let r = t
+        .http
+        .delete(t.url(&format!("/users/{id}")))
+        .bearer_auth(&t.admin)
+        .send()
+        .await?;
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     let (status, body) = t.get(&format!("/users/{id}")).await?;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(body["error"], "not_found");
-    let r = t.http.delete(t.url(&format!("/users/{id}"))).send().await?;
+    let r = t
+        .http
+        .delete(t.url(&format!("/users/{id}")))
+        .bearer_auth(&t.admin)
+        .send()
+        .await?;
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     let (status, _) = t
         .put(&format!("/users/{id}"), json!({"name": "Ghost"}))
@@ -368,6 +430,7 @@ async fn credential_checks_are_rate_limited_per_account() -> Result<()> {
     let db = Db::connect(&url).await?;
     let mut service = users::build(db, Passwords::low_cost()?, None, true)?;
     service.state.limits = flotilla_kit::ratelimit::CredentialLimits::new(2, 0);
+    service.state.access = access();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let srv = Running::start(
         listener,
@@ -384,6 +447,7 @@ async fn credential_checks_are_rate_limited_per_account() -> Result<()> {
     assert_eq!(r.status(), StatusCode::CREATED);
     let check = |password: &'static str| {
         http.post(format!("{}/users/verify", srv.url()))
+            .bearer_auth(SERVICE)
             .json(&json!({"email": "lim@example.com", "password": password}))
             .send()
     };

@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
+/// `JWT_SECRET` given to the binary.
+const SECRET: &str = "Kf8d2LqW9zX4vB7nM1pR6tY3hJ5gC0sA";
+
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
@@ -21,6 +24,8 @@ async fn binary_starts_serves_and_stops_cleanly_on_sigterm() -> Result<()> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_users"))
         .current_dir(dir.path())
         .env_remove("DATABASE_URL")
+        .env_remove("USERS_DEV")
+        .env("JWT_SECRET", SECRET)
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("SHUTDOWN_DELAY_MS", "0")
         .env("LOG_FORMAT", "json")
@@ -51,13 +56,19 @@ async fn binary_starts_serves_and_stops_cleanly_on_sigterm() -> Result<()> {
         dir.path().join("users.db").exists(),
         "database file not created"
     );
+    // The binary reads JWT_SECRET: an admin's token lists users, no token gets 401.
+    let (admin, _) = flotilla_kit::jwt::Tokens::new(SECRET.as_bytes(), Duration::from_secs(60))
+        .issue_as(1, flotilla_kit::jwt::Role::Admin)?;
     let r = http
         .get(format!("{base}/users"))
+        .bearer_auth(admin)
         .header("x-request-id", "proc-1")
         .send()
         .await?;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-request-id"], "proc-1");
+    let r = http.get(format!("{base}/users")).send().await?;
+    assert_eq!(r.status(), 401);
 
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])

@@ -1,5 +1,6 @@
-//! Token issuing and checking: HS256 JWTs with subject, issuer, issue and expiry times.
-//! Pure apart from reading the clock; the secret comes from configuration.
+//! Token issuing and checking: HS256 JWTs with subject, role, issuer, issue and expiry times.
+//! auth issues them; users (and orders) verify them with the same secret. Pure apart from
+//! reading the clock; the secret comes from configuration.
 
 use std::time::Duration;
 
@@ -10,14 +11,32 @@ use serde::{Deserialize, Serialize};
 /// The `iss` claim of every token.
 pub const ISSUER: &str = "flotilla-auth";
 
+/// Signing secret of developer mode (`--dev`) in auth and users. Public, so tokens signed with
+/// it prove nothing; refused as a configured `JWT_SECRET` (it reads as a placeholder).
+pub const DEV_SECRET: &str = "flotilla-dev-secret-do-not-use-in-production";
+
 /// Clock skew tolerated when checking `exp`.
 const LEEWAY_SECS: u64 = 5;
+
+/// What a token's holder may do in the users API beyond their own account.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Their own account only.
+    #[default]
+    User,
+    /// Every account.
+    Admin,
+}
 
 /// Claims carried by a token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
     /// The user id, as a string (JWT convention).
     pub sub: String,
+    /// The holder's role; tokens without one are plain users.
+    #[serde(default)]
+    pub role: Role,
     /// Issuer, always [`ISSUER`].
     pub iss: String,
     /// Issued at, Unix seconds.
@@ -77,15 +96,26 @@ impl Tokens {
         self.ttl
     }
 
-    /// Issues a token for `user_id` now.
+    /// Issues a plain user's token for `user_id` now.
     pub fn issue(&self, user_id: i64) -> Result<(String, Claims), TokenError> {
-        self.issue_at(user_id, jsonwebtoken::get_current_timestamp())
+        self.issue_as(user_id, Role::User)
+    }
+
+    /// Issues a token for `user_id` with `role` now.
+    pub fn issue_as(&self, user_id: i64, role: Role) -> Result<(String, Claims), TokenError> {
+        self.issue_at(user_id, role, jsonwebtoken::get_current_timestamp())
     }
 
     /// Issues a token as if the time were `now` (Unix seconds).
-    pub fn issue_at(&self, user_id: i64, now: u64) -> Result<(String, Claims), TokenError> {
+    pub fn issue_at(
+        &self,
+        user_id: i64,
+        role: Role,
+        now: u64,
+    ) -> Result<(String, Claims), TokenError> {
         let claims = Claims {
             sub: user_id.to_string(),
+            role,
             iss: ISSUER.to_owned(),
             iat: now,
             exp: now + self.ttl.as_secs(),
@@ -125,6 +155,23 @@ mod tests {
         assert_eq!(t.verify(&token), Ok(claims.clone()));
         assert_eq!(claims.sub, "42");
         assert_eq!(claims.exp - claims.iat, 600);
+        let (admin, _) = t.issue_as(1, Role::Admin).expect("sign");
+        assert_eq!(t.verify(&admin).map(|c| c.role), Ok(Role::Admin));
+    }
+
+    #[test]
+    fn tokens_without_a_role_are_plain_users() {
+        // A token issued before roles existed (no `role` claim) grants no admin rights.
+        let t = tokens();
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let payload = serde_json::json!({"sub": "3", "iss": ISSUER, "iat": 0, "exp": exp});
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &payload,
+            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
+        )
+        .expect("sign");
+        assert_eq!(t.verify(&token).map(|c| c.role), Ok(Role::User));
     }
 
     #[test]
@@ -139,7 +186,7 @@ mod tests {
         );
         let (foreign, _) = other.issue(42).expect("sign");
         assert_eq!(t.verify(&foreign), Err(TokenError::Invalid));
-        let (forged, _) = other.issue(1).expect("sign");
+        let (forged, _) = other.issue_as(1, Role::Admin).expect("sign");
         parts[1] = forged.split('.').nth(1).unwrap_or_default().to_owned();
         assert_eq!(t.verify(&parts.join(".")), Err(TokenError::Invalid));
         let mut sig: Vec<char> = token.chars().collect();
@@ -157,7 +204,7 @@ mod tests {
         // A token past exp (beyond the leeway) is refused as expired, not as invalid.
         let t = tokens();
         let long_ago = jsonwebtoken::get_current_timestamp() - 3600;
-        let (token, _) = t.issue_at(7, long_ago).expect("sign");
+        let (token, _) = t.issue_at(7, Role::User, long_ago).expect("sign");
         assert_eq!(t.verify(&token), Err(TokenError::Expired));
     }
 
