@@ -27,7 +27,10 @@ pub struct Sample {
 }
 
 /// Reads the sample manifest `<name>.yaml` from `services/deploy/` (or from the directory in
-/// `FLOTILLA_E2E_SAMPLES_DIR`, to run the suite with other manifests).
+/// `FLOTILLA_E2E_SAMPLES_DIR`, to run the suite with other manifests), with the Secrets its
+/// MicroService refers to: those in the file, else the ones `secrets.sh` in that directory
+/// generates (the repository ships no secret values), generated once per test process so
+/// every sample sees the same values.
 pub fn sample(name: &str) -> Result<Sample> {
     let dir = std::env::var_os("FLOTILLA_E2E_SAMPLES_DIR")
         .map(std::path::PathBuf::from)
@@ -35,7 +38,63 @@ pub fn sample(name: &str) -> Result<Sample> {
     let path = dir.join(format!("{name}.yaml"));
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    parse_sample(&text).with_context(|| format!("parsing {}", path.display()))
+    let mut sample = parse_sample(&text).with_context(|| format!("parsing {}", path.display()))?;
+    let script = dir.join("secrets.sh");
+    if script.exists() {
+        for wanted in referenced_secrets(&sample.msvc) {
+            if sample.secrets.iter().any(|s| s.name_any() == wanted) {
+                continue;
+            }
+            let generated = generated_secrets(&script)?
+                .iter()
+                .find(|s| s.name_any() == wanted)
+                .cloned()
+                .with_context(|| format!("{} generates no Secret {wanted}", script.display()))?;
+            sample.secrets.push(generated);
+        }
+    }
+    Ok(sample)
+}
+
+/// Names of the Secrets the MicroService's env refers to, in order of first reference.
+fn referenced_secrets(msvc: &MicroService) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let refs = msvc.spec.env.iter().flatten().filter_map(|e| {
+        let r = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+        Some(r.name.clone())
+    });
+    for name in refs {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// The output of `script` (the samples' `secrets.sh`), run once per process.
+fn generated_secrets(script: &std::path::Path) -> Result<&'static [Secret]> {
+    static GENERATED: std::sync::OnceLock<Result<Vec<Secret>, String>> = std::sync::OnceLock::new();
+    let generated = GENERATED.get_or_init(|| {
+        let run = || -> Result<Vec<Secret>> {
+            let out = std::process::Command::new("bash")
+                .arg(script)
+                .output()
+                .with_context(|| format!("running {}", script.display()))?;
+            if !out.status.success() {
+                bail!(
+                    "{} failed: {}",
+                    script.display(),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            chart::split_documents(&String::from_utf8_lossy(&out.stdout))?
+                .into_iter()
+                .map(|doc| Ok(serde_json::from_value(doc)?))
+                .collect()
+        };
+        run().map_err(|e| format!("{e:#}"))
+    });
+    generated.as_deref().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Splits a sample manifest into its one MicroService and its Secrets; other kinds are errors.
@@ -98,6 +157,31 @@ mod tests {
         let sample = parse_sample(text).expect("parses");
         assert_eq!(sample.msvc.name_any(), "m");
         assert_eq!(sample.secrets.len(), 1);
+    }
+
+    #[test]
+    fn samples_get_generated_secrets_for_every_reference() -> Result<()> {
+        // The repository's manifests carry no Secret; each sample gets the generated Secrets
+        // its env refers to, with random values that are the same for every sample.
+        let users = sample("users")?;
+        let auth = sample("auth")?;
+        let names = |s: &Sample| s.secrets.iter().map(|x| x.name_any()).collect::<Vec<_>>();
+        assert_eq!(names(&users), ["users-secrets", "auth-secrets"]);
+        assert_eq!(names(&auth), ["auth-secrets", "users-secrets"]);
+        let value = |s: &Sample, name: &str, key: &str| {
+            s.secrets
+                .iter()
+                .find(|x| x.name_any() == name)
+                .and_then(|x| x.string_data.as_ref()?.get(key).cloned())
+        };
+        let jwt = value(&users, "auth-secrets", "jwt-secret");
+        assert!(jwt.as_ref().is_some_and(|v| v.len() >= 32), "{jwt:?}");
+        assert_eq!(jwt, value(&auth, "auth-secrets", "jwt-secret"));
+        assert_ne!(
+            value(&users, "users-secrets", "admin-token"),
+            value(&users, "users-secrets", "service-token")
+        );
+        Ok(())
     }
 
     #[test]

@@ -31,6 +31,7 @@ fn admin_token(sample: &msvc::Sample) -> Result<String> {
     sample
         .secrets
         .iter()
+        .filter(|s| s.metadata.name.as_deref() == Some("users-secrets"))
         .find_map(|s| s.string_data.as_ref()?.get("admin-token").cloned())
         .context("the users sample has no admin-token in its Secret")
 }

@@ -503,6 +503,19 @@ async fn login_round_trip_through_the_auth_service() -> Result<()> {
                     verified.status,
                     verified.body
                 );
+                // The token opens the user's own account in users (which requires one).
+                let id = created.json()?.get("id").and_then(|v| v.as_i64());
+                let path = format!("/users/{}", id.context("created user has no id")?);
+                let own = http::service_request(
+                    h,
+                    &users.name_any(),
+                    ::http::Method::GET,
+                    &path,
+                    None,
+                    Some(&token),
+                )
+                .await?;
+                ensure!(own.status == 200, "{path}: {} {}", own.status, own.body);
             }
             Ok(())
         })

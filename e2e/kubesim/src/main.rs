@@ -24,6 +24,8 @@ const FIELD_MANAGER: &str = "kubesim";
 const CRD_FILE: &str = "crds/microservices.flotilla.rs.yaml";
 const DEMO_DIR: &str = "services/deploy";
 const DEMO_FILES: &[&str] = &["users.yaml", "auth.yaml"];
+/// Prints the samples' Secrets with fresh random values (the repository ships none).
+const DEMO_SECRETS: &str = "secrets.sh";
 const OPERATOR_BIN: &str = "target/debug/flotilla-operator";
 
 #[derive(Parser)]
@@ -354,6 +356,27 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             )
             .await?,
         );
+    }
+    if args.demo {
+        // The sample Secrets, generated as the samples' README says, before their users.
+        let script = require_file(
+            &root,
+            &format!("{DEMO_DIR}/{DEMO_SECRETS}"),
+            "--demo needs the sample manifests",
+        )?;
+        let out = Command::new("bash").arg(&script).output().await?;
+        if !out.status.success() {
+            bail!(
+                "{} failed: {}",
+                script.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let secrets = state_dir.join("demo-secrets.yaml");
+        std::fs::write(&secrets, &out.stdout)?;
+        for o in apply_file(&client, &secrets).await? {
+            println!("applied {o}");
+        }
     }
     for file in &demo {
         for o in apply_file(&client, file).await? {

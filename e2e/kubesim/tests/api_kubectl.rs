@@ -431,6 +431,17 @@ async fn kubectl_applies_the_flotilla_crd_and_a_microservice() -> Result<()> {
         .run(&["apply", "--server-side", "-f", &crd.display().to_string()])
         .await?;
     assert!(out.contains("serverside-applied"), "{out}");
+    // The samples' Secrets are generated, as their README says (stringData, stored as data).
+    let generated = std::process::Command::new("bash")
+        .arg(repo_file("services/deploy/secrets.sh"))
+        .output()?;
+    assert!(generated.status.success(), "secrets.sh failed");
+    let secrets = tempfile::NamedTempFile::new()?;
+    std::fs::write(secrets.path(), &generated.stdout)?;
+    let out = k
+        .run(&["create", "-f", &secrets.path().display().to_string()])
+        .await?;
+    assert!(out.contains("secret/users-secrets created"), "{out}");
     let out = k
         .run(&["apply", "-f", &sample.display().to_string()])
         .await?;
@@ -438,7 +449,6 @@ async fn kubectl_applies_the_flotilla_crd_and_a_microservice() -> Result<()> {
         out.contains("microservice.flotilla.rs/users created"),
         "{out}"
     );
-    assert!(out.contains("secret/users-secrets created"), "{out}");
     k.run(&[
         "apply",
         "--server-side",

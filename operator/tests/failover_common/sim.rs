@@ -21,6 +21,8 @@ use tokio::task::JoinHandle;
 pub const WAIT: Duration = Duration::from_secs(90);
 /// Token for the services' `/admin/faults`.
 pub const ADMIN_TOKEN: &str = "failover-test-token";
+/// The users pods' `JWT_SECRET`: API requests carry an admin token signed with it.
+pub const JWT_SECRET: &str = "failover-test-jwt-secret-6c1d9e4b2a7f";
 /// Port of every test Service (and container).
 pub const PORT: i32 = 8080;
 
@@ -86,11 +88,15 @@ impl FailoverSim for Harness {
         spec.replicas = replicas;
         spec.port = PORT;
         spec.service.port = PORT;
-        spec.env = Some(vec![EnvVar {
-            name: "ADMIN_TOKEN".into(),
-            value: Some(ADMIN_TOKEN.into()),
+        let var = |name: &str, value: &str| EnvVar {
+            name: name.into(),
+            value: Some(value.into()),
             ..EnvVar::default()
-        }]);
+        };
+        spec.env = Some(vec![
+            var("ADMIN_TOKEN", ADMIN_TOKEN),
+            var("JWT_SECRET", JWT_SECRET),
+        ]);
         tweak(&mut spec);
         self.msvcs()
             .create(&PostParams::default(), &MicroService::new(name, spec))
@@ -166,13 +172,25 @@ pub fn pod_ip(p: &Pod) -> String {
         .unwrap_or_default()
 }
 
-/// One request with the admin token, on a fresh connection (so each request picks a backend
-/// anew); returns the status code, or an error when the connection fails.
+/// An admin's token for the users API (signed with [`JWT_SECRET`]), made once.
+pub fn api_token() -> &'static str {
+    static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    TOKEN.get_or_init(|| {
+        auth::jwt::Tokens::new(JWT_SECRET.as_bytes(), Duration::from_secs(24 * 3600))
+            .issue_as(1, auth::jwt::Role::Admin)
+            .map(|(token, _)| token)
+            .unwrap_or_default()
+    })
+}
+
+/// One request with the admin token (`/admin/faults`) or an admin's API token (elsewhere), on
+/// a fresh connection (so each request picks a backend anew); returns the status code, or an
+/// error when the connection fails.
 pub async fn http(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> Result<u16> {
     Ok(http_text(addr, method, path, body).await?.0)
 }
 
-/// One request with the admin token on a fresh connection: the status code and the body.
+/// One request as [`http`] does it: the status code and the body.
 pub async fn http_text(
     addr: SocketAddr,
     method: &str,
@@ -181,7 +199,11 @@ pub async fn http_text(
 ) -> Result<(u16, String)> {
     let method = Method::from_bytes(method.as_bytes()).map_err(|e| anyhow!("{method}: {e}"))?;
     let request = flotilla_testkit::http::request(method, &format!("http://{addr}{path}"))
-        .bearer_auth(ADMIN_TOKEN)
+        .bearer_auth(if path.starts_with("/admin/") {
+            ADMIN_TOKEN
+        } else {
+            api_token()
+        })
         .header("content-type", "application/json")
         // One request per connection, said out loud: a pod that is failing readiness closes
         // idle keep-alive connections, which could race a request.

@@ -3,6 +3,15 @@
 //!
 //! The request id is guaranteed on every request by [`crate::server`] (an incoming
 //! `x-request-id` is kept, otherwise one is generated) and returned in the response.
+//!
+//! The operator (`operator/src/telemetry.rs`) and kubesim set up `tracing` too, and handle
+//! SIGTERM like [`crate::server::shutdown_signal`]; they are not shared on purpose. This crate
+//! cannot depend on the operator, and the operator and kubesim depending on it would pull the
+//! sample services' stack (warp, hyper server, prometheus process metrics) into the controller
+//! binary for about fifteen lines. The copies also differ where it matters: services log to
+//! stdout with the per-request span and read `LOG_FORMAT` from the environment leniently; the
+//! operator logs to stderr and takes `--log-format` as a clap value; kubesim is a dev tool
+//! that logs warnings only.
 
 use tracing_subscriber::EnvFilter;
 
