@@ -321,3 +321,26 @@ async fn verify(
         _ => Err(ApiError::BadCredentials),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_hashing_slots_and_a_down_database_answer_503_with_retry_after() {
+        // Both pass within about a second, so clients are told to come back rather than fail.
+        for err in [
+            ApiError::Password(PasswordError::Busy),
+            ApiError::Db(DbError::Unavailable(sqlx::Error::PoolTimedOut)),
+        ] {
+            let resp = err.into_response();
+            assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(
+                resp.headers().get("retry-after").map(|v| v.as_bytes()),
+                Some(&b"1"[..])
+            );
+        }
+        let forbidden = ApiError::Forbidden("no").into_response();
+        assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+    }
+}

@@ -258,6 +258,27 @@ async fn admin_addresses_need_the_admin_token_and_carry_the_admin_role() -> Resu
     Ok(())
 }
 
+#[tokio::test]
+async fn credentials_are_checked_before_the_body_is_read() -> Result<()> {
+    // An anonymous update and an unauthenticated credential check get 401 while their
+    // (chunked) bodies are still unsent: users never buffers a stranger's body.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Api::start().await?;
+    for head in ["PUT /users/1", "POST /users/verify"] {
+        let mut s = tokio::net::TcpStream::connect(api.srv.addr).await?;
+        let request = format!(
+            "{head} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Transfer-Encoding: chunked\r\n\r\n1\r\n{{\r\n"
+        );
+        s.write_all(request.as_bytes()).await?;
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf)).await??;
+        let line = String::from_utf8_lossy(&buf[..n]);
+        assert!(line.starts_with("HTTP/1.1 401"), "{head}: {line}");
+    }
+    Ok(())
+}
+
 fn jsonwebtoken_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
