@@ -60,7 +60,12 @@ impl Client {
                 tokio::spawn(each(every, sink, move || {
                     let (http, url) = (http.clone(), url.clone());
                     async move {
-                        match http.get(&url).bearer_auth(crate::sim::api_token()).send().await {
+                        match http
+                            .get(&url)
+                            .bearer_auth(crate::sim::api_token())
+                            .send()
+                            .await
+                        {
                             Ok(r) => r.status().as_u16() < 500 && r.bytes().await.is_ok(),
                             Err(_) => false,
                         }
