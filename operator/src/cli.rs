@@ -5,7 +5,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+use std::time::Duration;
+
 use crate::config::{OperatorConfig, DEFAULT_CONCURRENCY};
+use crate::health::DEFAULT_STALL_AFTER;
+use crate::kube_client::{ClientTimeouts, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 use crate::telemetry::LogFormat;
 
 /// The Flotilla operator: runs MicroServices as Deployments, Services, ConfigMaps and
@@ -65,6 +69,20 @@ pub struct RunArgs {
     /// Watch only this namespace (default: all namespaces).
     #[arg(long, env = "FLOTILLA_WATCH_NAMESPACE")]
     pub watch_namespace: Option<String>,
+    /// Seconds to open a connection to the Kubernetes API server.
+    #[arg(long, env = "FLOTILLA_API_CONNECT_TIMEOUT_SECONDS", default_value_t = DEFAULT_CONNECT_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_connect_timeout_seconds: u64,
+    /// Seconds a Kubernetes API request other than a watch may wait for its response (watches
+    /// idle by design and are not cut).
+    #[arg(long, env = "FLOTILLA_API_REQUEST_TIMEOUT_SECONDS", default_value_t = DEFAULT_REQUEST_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub api_request_timeout_seconds: u64,
+    /// Seconds without progress (reconciles in flight none finishing, or no probe round) after
+    /// which /healthz answers 503 with the reason.
+    #[arg(long, env = "FLOTILLA_STALL_AFTER_SECONDS", default_value_t = DEFAULT_STALL_AFTER.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub stall_after_seconds: u64,
 }
 
 impl RunArgs {
@@ -76,7 +94,16 @@ impl RunArgs {
             leader_election_namespace: self.leader_election_namespace.clone(),
             concurrency: self.concurrency,
             watch_namespace: self.watch_namespace.clone(),
+            stall_after: Duration::from_secs(self.stall_after_seconds),
             ..OperatorConfig::default()
+        }
+    }
+
+    /// The Kubernetes client's timeouts these flags describe.
+    pub fn client_timeouts(&self) -> ClientTimeouts {
+        ClientTimeouts {
+            connect: Duration::from_secs(self.api_connect_timeout_seconds),
+            request: Duration::from_secs(self.api_request_timeout_seconds),
         }
     }
 }
@@ -116,6 +143,7 @@ mod tests {
             Command::Run(args) => {
                 assert_eq!(args.log_format, LogFormat::Text);
                 assert_eq!(args.to_config(), OperatorConfig::default());
+                assert_eq!(args.client_timeouts(), ClientTimeouts::default());
             }
             other => panic!("expected run, got {other:?}"),
         }
@@ -144,6 +172,10 @@ mod tests {
             "json",
             "--watch-namespace",
             "shop",
+            "--api-request-timeout-seconds",
+            "5",
+            "--stall-after-seconds",
+            "30",
         ]);
         match cli.into_command() {
             Command::Run(a) => {
@@ -152,6 +184,8 @@ mod tests {
                 assert_eq!(c.concurrency, 4);
                 assert_eq!(c.watch_namespace.as_deref(), Some("shop"));
                 assert_eq!(a.log_format, LogFormat::Json);
+                assert_eq!(a.client_timeouts().request, Duration::from_secs(5));
+                assert_eq!(c.stall_after, Duration::from_secs(30));
             }
             other => panic!("expected run, got {other:?}"),
         }

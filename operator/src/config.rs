@@ -2,6 +2,9 @@
 
 use std::net::{Ipv4Addr, SocketAddr};
 
+use std::time::Duration;
+
+use crate::health::DEFAULT_STALL_AFTER;
 use crate::leader::LeaseTiming;
 
 /// Default address of the metrics/health server.
@@ -27,6 +30,8 @@ pub struct OperatorConfig {
     pub concurrency: u16,
     /// Watch only this namespace; `None` watches all namespaces.
     pub watch_namespace: Option<String>,
+    /// `/healthz` fails when reconciles in flight or the prober make no progress for this long.
+    pub stall_after: Duration,
 }
 
 impl Default for OperatorConfig {
@@ -39,6 +44,7 @@ impl Default for OperatorConfig {
             lease_timing: LeaseTiming::default(),
             concurrency: DEFAULT_CONCURRENCY,
             watch_namespace: None,
+            stall_after: DEFAULT_STALL_AFTER,
         }
     }
 }

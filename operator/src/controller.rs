@@ -20,6 +20,7 @@ use tracing::{debug, info};
 
 use crate::cache::{Change, MicroServices, Stores, Synced};
 use crate::context::Context;
+use crate::health::Health;
 use crate::http::Readiness;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
@@ -85,6 +86,8 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Set once the caches have synced.
     pub readiness: Readiness,
+    /// Liveness: every reconcile is tracked, so one that never finishes shows in `/healthz`.
+    pub health: Health,
 }
 
 /// Runs the controller until `shutdown` completes and in-flight reconciles have finished.
@@ -100,6 +103,7 @@ pub async fn run(
         leadership,
         metrics,
         readiness,
+        health,
     } = shared;
     let ns = config.watch_namespace.as_deref();
     // Only children Flotilla created are cached: the label keeps the caches to what the
@@ -189,7 +193,17 @@ pub async fn run(
         .reconcile_on(dependency_changes)
         .with_config(ControllerConfig::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
+        .run(
+            move |ms, ctx| {
+                let started = health.reconcile_started();
+                async move {
+                    let _running = started;
+                    reconcile(ms, ctx).await
+                }
+            },
+            error_policy,
+            ctx,
+        )
         .for_each(|res| async move {
             if let Err(e) = res {
                 debug!(error = %e, "controller event");

@@ -1,5 +1,6 @@
-//! The operator's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the process is
-//! alive) and `/readyz` (caches synced, or standing by for the lease). Routes are kept apart from
+//! The operator's HTTP endpoints: `/metrics` (Prometheus text), `/healthz` (the controller and
+//! the prober are making progress, see [`crate::health`]) and `/readyz` (caches synced, or
+//! standing by for the lease). Routes are kept apart from
 //! binding so tests drive them in-process.
 
 use std::net::SocketAddr;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use warp::http::StatusCode;
 use warp::Filter;
 
+use crate::health::Health;
 use crate::metrics::Metrics;
 
 /// The metrics/health server could not bind its address.
@@ -39,11 +41,26 @@ impl Readiness {
     }
 }
 
+/// What the endpoints report.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// Served at `/metrics`.
+    pub metrics: Metrics,
+    /// Served at `/readyz`.
+    pub ready: Readiness,
+    /// Served at `/healthz`.
+    pub health: Health,
+}
+
 /// The routes, without binding.
 pub fn routes(
-    metrics: Metrics,
-    ready: Readiness,
+    endpoints: Endpoints,
 ) -> impl Filter<Extract = (impl warp::Reply,), Error = warp::Rejection> + Clone {
+    let Endpoints {
+        metrics,
+        ready,
+        health,
+    } = endpoints;
     let metrics = warp::path!("metrics").and(warp::get()).map(move || {
         warp::reply::with_header(
             metrics.render(),
@@ -53,7 +70,10 @@ pub fn routes(
     });
     let healthz = warp::path!("healthz")
         .and(warp::get())
-        .map(|| warp::reply::with_status("ok", StatusCode::OK));
+        .map(move || match health.check() {
+            Ok(()) => warp::reply::with_status("ok".to_string(), StatusCode::OK),
+            Err(reason) => warp::reply::with_status(reason, StatusCode::SERVICE_UNAVAILABLE),
+        });
     let readyz = warp::path!("readyz").and(warp::get()).map(move || {
         if ready.get() {
             warp::reply::with_status("ok", StatusCode::OK)
@@ -68,8 +88,7 @@ pub fn routes(
 /// the server future.
 pub async fn serve(
     addr: SocketAddr,
-    metrics: Metrics,
-    ready: Readiness,
+    endpoints: Endpoints,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = ()>), BindError> {
     let listener = tokio::net::TcpListener::bind(addr)
@@ -78,7 +97,7 @@ pub async fn serve(
     let bound = listener
         .local_addr()
         .map_err(|source| BindError { addr, source })?;
-    let server = warp::serve(routes(metrics, ready))
+    let server = warp::serve(routes(endpoints))
         .incoming(listener)
         .graceful(shutdown)
         .run();
@@ -89,18 +108,34 @@ pub async fn serve(
 mod tests {
     use super::*;
 
-    /// /readyz follows the flag, /healthz is always ok, /metrics serves the text format.
+    /// /readyz follows the flag, /healthz follows the health record, /metrics serves the text
+    /// format.
     #[tokio::test]
     async fn endpoints() -> anyhow::Result<()> {
         let m = Metrics::new()?;
         m.leader.set(1);
         let ready = Readiness::default();
-        let r = routes(m, ready.clone());
+        let health = Health::new(std::time::Duration::ZERO);
+        let r = routes(Endpoints {
+            metrics: m,
+            ready: ready.clone(),
+            health: health.clone(),
+        });
         let res = warp::test::request().path("/readyz").reply(&r).await;
         assert_eq!(res.status(), 503);
         ready.set(true);
         let res = warp::test::request().path("/readyz").reply(&r).await;
         assert_eq!(res.status(), 200);
+        let res = warp::test::request().path("/healthz").reply(&r).await;
+        assert_eq!(res.status(), 200);
+        // A reconcile that does not finish within the (zero) stall limit makes it unhealthy.
+        let stuck = health.reconcile_started();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let res = warp::test::request().path("/healthz").reply(&r).await;
+        assert_eq!(res.status(), 503);
+        let body = String::from_utf8_lossy(res.body()).into_owned();
+        assert!(body.starts_with("controller stalled"), "{body}");
+        drop(stuck);
         let res = warp::test::request().path("/healthz").reply(&r).await;
         assert_eq!(res.status(), 200);
         let res = warp::test::request().path("/metrics").reply(&r).await;

@@ -15,7 +15,9 @@ pub mod context;
 pub mod controller;
 pub mod error;
 pub mod failover;
+pub mod health;
 pub mod http;
+pub mod kube_client;
 pub mod leader;
 pub mod metrics;
 pub mod reconcile;
@@ -59,6 +61,7 @@ pub async fn run(
 ) -> Result<(), RunError> {
     let metrics = metrics::Metrics::new()?;
     let readiness = http::Readiness::default();
+    let health = health::Health::new(config.stall_after);
     let shutdown = shutdown.boxed().shared();
     // One MicroService watch per replica, shared by the controller and the failover engine.
     let (microservices, ms_watch) =
@@ -72,12 +75,17 @@ pub async fn run(
         config.watch_namespace.clone(),
         microservices.clone(),
         leadership.clone(),
+        health.prober(),
     )?;
 
     let server = match config.metrics_addr {
         Some(addr) => {
-            let (bound, fut) =
-                http::serve(addr, metrics.clone(), readiness.clone(), shutdown.clone()).await?;
+            let endpoints = http::Endpoints {
+                metrics: metrics.clone(),
+                ready: readiness.clone(),
+                health: health.clone(),
+            };
+            let (bound, fut) = http::serve(addr, endpoints, shutdown.clone()).await?;
             info!(%bound, "serving /metrics, /healthz and /readyz");
             Some(tokio::spawn(fut))
         }
@@ -88,6 +96,7 @@ pub async fn run(
         leadership,
         metrics: metrics.clone(),
         readiness: readiness.clone(),
+        health,
     };
     let result = if config.leader_election {
         run_elected(client, &config, shared, &lead, shutdown).await

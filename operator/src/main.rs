@@ -80,9 +80,10 @@ async fn shutdown_signal() {
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     flotilla_operator::telemetry::init(args.log_format);
-    let client = kube::Client::try_default()
+    let config = kube::Config::infer()
         .await
         .context("loading the Kubernetes client configuration (KUBECONFIG or in-cluster)")?;
+    let client = flotilla_operator::kube_client::build(config, args.client_timeouts())?;
     flotilla_operator::run(client, args.to_config(), shutdown_signal()).await?;
     Ok(ExitCode::SUCCESS)
 }

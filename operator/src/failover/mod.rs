@@ -38,6 +38,7 @@ use kube::Client;
 use prometheus::Registry;
 
 use crate::cache::MicroServices;
+use crate::health::Heartbeat;
 use crate::leader::Leadership;
 
 /// Why the failover engine could not start.
@@ -77,13 +78,17 @@ pub fn spawn(
     watch_namespace: Option<String>,
     microservices: MicroServices,
     leadership: Leadership,
+    heartbeat: Heartbeat,
 ) -> Result<Failover, StartError> {
     let metrics = metrics::register(registry)?;
     let (inventory, source_task) = source::spawn(client.clone(), watch_namespace, microservices);
     let (outputs, prober) = engine::spawn(
         inventory.clone(),
         metrics.clone(),
-        engine::EngineConfig::default(),
+        engine::EngineConfig {
+            heartbeat,
+            ..engine::EngineConfig::default()
+        },
     )?;
     let writer_task = writer::spawn(
         client,

@@ -28,6 +28,7 @@ use super::probe::{self, ProbeClient, ProbeReport, ProbeTarget};
 use super::report::{Desired, History, Notice};
 use super::scrape::{Rejected, ScrapeLimits};
 use super::sticky::StickyWatch;
+use crate::health::Heartbeat;
 
 mod publish;
 mod resume;
@@ -63,6 +64,8 @@ pub struct EngineConfig {
     /// serves its own Service: its own clients reconnect once, to the same pods. Two seconds are
     /// four default probe periods, each asking the pod again to close connections.
     pub fallback_drain: Duration,
+    /// Beaten on every turn of the loop, so `/healthz` sees a wedged prober.
+    pub heartbeat: Heartbeat,
 }
 
 impl Default for EngineConfig {
@@ -76,6 +79,7 @@ impl Default for EngineConfig {
             scrape_limits: ScrapeLimits::default(),
             notice_capacity: 1024,
             fallback_drain: Duration::from_secs(2),
+            heartbeat: Heartbeat::default(),
         }
     }
 }
@@ -196,6 +200,7 @@ impl Engine {
         let mut timer = std::pin::pin!(tokio::time::sleep_until(far().into()));
         let mut last_decide = Instant::now();
         loop {
+            self.cfg.heartbeat.beat();
             let next_due = self.heap.peek().map_or_else(far, |Reverse((t, _))| *t);
             if timer.deadline() != next_due.into() {
                 timer.as_mut().reset(next_due.into());
