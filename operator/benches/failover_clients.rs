@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use clients::{create_orders, Client, Kind};
+use clients::{api_requests_of, create_orders, Client, Kind};
 use sim::*;
 
 /// Longest wait for a switch or a recovery.
@@ -144,33 +144,44 @@ async fn measure(
     let fallback = sim.ready_pods(fallback_svc, 2).await?;
     let fallback_ips: BTreeSet<String> = fallback.iter().map(pod_ip).collect();
     let (mut window, mut late, mut late_after) = (Vec::new(), Vec::new(), Vec::new());
+    let mut served = Vec::new();
     for run in 0..runs {
         let primary = sim.ready_pods(primary_svc, 2).await?;
         let primary_ips: BTreeSet<String> = primary.iter().map(pod_ip).collect();
-        sim.wait("primary active and serving", || async {
+        // Polled, not watched: the client's outcomes change without any API event.
+        sim.poll("primary active and serving", || async {
             let ok = sim.active(primary_svc).await?.as_deref() == Some("primary")
                 && sim.ready_endpoints(primary_svc).await? == primary_ips
                 && client.last_ok(30);
             Ok(ok.then_some(()))
         })
         .await?;
+        // The client's requests reach the primary (not a fallback pod it kept a connection to).
+        sim.poll("the client's traffic on the primary", || async {
+            let before = api_requests_of(&primary, PORT).await?;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok((api_requests_of(&primary, PORT).await? > before).then_some(()))
+        })
+        .await?;
         let t_fault = Instant::now();
         for p in &primary {
             set_fault(p, r#"{"unhealthy": true, "errorRate": 1.0}"#).await?;
         }
-        let t_switch = loop {
+        let (t_switch, at_switch) = loop {
             if sim.ready_endpoints(primary_svc).await? == fallback_ips {
-                break Instant::now();
+                break (Instant::now(), api_requests_of(&primary, PORT).await?);
             }
             if t_fault.elapsed() > WAIT {
                 bail!("{name} run {run}: no switch");
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         };
-        sim.wait("clients succeed again", || async {
+        sim.poll("clients succeed again", || async {
             Ok(client.last_ok(30).then_some(()))
         })
         .await?;
+        // Counted by the primary's pods themselves: API requests they answered after the switch.
+        let served_after = api_requests_of(&primary, PORT).await? - at_switch;
         let errors: Vec<Instant> = client
             .outcomes()
             .into_iter()
@@ -186,11 +197,13 @@ async fn measure(
         let last_after = after.last().map_or(0.0, |t| (*t - t_switch).as_secs_f64());
         println!(
             "{name} run {run}: fault→switch {:.3}s, client error window {w:.3}s ({} failed), \
-             {} failed after the switch (last {last_after:.3}s after it)",
+             {} failed after the switch (last {last_after:.3}s after it), {served_after:.0} \
+             answered by the ejected primary after the switch",
             (t_switch - t_fault).as_secs_f64(),
             errors.len(),
             after.len(),
         );
+        served.push(served_after);
         window.push(w);
         late.push(after.len() as f64);
         late_after.push(last_after);
@@ -201,13 +214,15 @@ async fn measure(
     println!(
         "{name}: runs {runs}, client error window p50 {:.3}s p99 {:.3}s; requests reaching an \
          ejected pod after the switch p50 {:.0} p99 {:.0} max {:.0}; last of them after the \
-         switch p99 {:.3}s",
+         switch p99 {:.3}s; answered by the ejected primary after the switch p50 {:.0} max {:.0}",
         pct(&mut window, 50.0),
         pct(&mut window, 99.0),
         pct(&mut late, 50.0),
         pct(&mut late, 99.0),
         pct(&mut late, 100.0),
         pct(&mut late_after, 99.0),
+        pct(&mut served, 50.0),
+        pct(&mut served, 100.0),
     );
     Ok(())
 }

@@ -178,6 +178,10 @@ where
     }
 }
 
+/// How long a connection opened while the instance closes persistent connections is served
+/// before it is closed too (its first requests are answered first).
+const LATE_CLOSE: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Serves one connection; closes it gracefully (idle HTTP/1.1 at once, HTTP/2 `GOAWAY`) as
 /// soon as the instance starts closing persistent connections.
 async fn serve_connection<Svc>(
@@ -202,8 +206,14 @@ async fn serve_connection<Svc>(
     // Only a change to "closing" after this connection began closes it: a connection opened
     // while closing is served (HTTP/1.1 responses then carry `Connection: close`), because a
     // graceful shutdown before the first bytes would drop it unanswered.
+    // A connection opened while closing (a client reconnecting before the endpoints moved) is
+    // closed gracefully a moment later if the instance is still closing, so an HTTP/2 client
+    // does not stay on it until the next change.
     let mut closing = shared.traffic.subscribe();
     closing.mark_unchanged();
+    let opened_closing = shared.traffic.closing();
+    let late = tokio::time::sleep(LATE_CLOSE);
+    tokio::pin!(late);
     let conn = shared.builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let mut told = false;
@@ -214,6 +224,12 @@ async fn serve_connection<Svc>(
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return;
+            }
+            () = &mut late, if opened_closing && !told => {
+                told = true;
+                if shared.traffic.closing() {
+                    conn.as_mut().graceful_shutdown();
+                }
             }
             changed = closing.changed(), if !told => {
                 if changed.is_err() {

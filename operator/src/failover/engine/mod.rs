@@ -59,8 +59,8 @@ pub struct EngineConfig {
     pub scrape_limits: ScrapeLimits,
     /// Capacity of the notice queue to the writer; when full, notices are dropped (and counted).
     pub notice_capacity: usize,
-    /// How long a fallback pod is told `ejected` after it leaves a primary's traffic (failback),
-    /// so clients of the primary that kept connections to it reconnect to the primary. It still
+    /// How long a fallback pod is told `ejected` after it leaves a primary's traffic (failback)
+    /// and its label shows it, so clients of the primary that kept connections to it reconnect to the primary. It still
     /// serves its own Service: its own clients reconnect once, to the same pods. Two seconds are
     /// four default probe periods, each asking the pod again to close connections.
     pub fallback_drain: Duration,

@@ -62,21 +62,30 @@ impl Engine {
     /// Remembers each primary pod's traffic verdict for its next readiness probes: `ejected`
     /// when the decision takes it out of its Service (Enforce mode only: in Observe mode
     /// nothing moves, so every pod stays `serving`). A fallback pod that leaves the primary's
-    /// traffic is told `ejected` for `fallback_drain`, so the primary's clients leave it too.
+    /// traffic is told `ejected` until its label shows it, and `fallback_drain` more, so the
+    /// primary's clients leave it too.
     fn record_verdicts(&mut self, key: &ObjKey, info: &ServiceInfo, d: &Decision, now: Instant) {
         use flotilla_crds::traffic;
         let enforce = info.failover.mode == super::super::policy::Mode::Enforce;
+        // Drained from the decision until the pod's label shows it out of the primary's Service
+        // (the writer and the watch take a moment), then `fallback_drain` more, so a client
+        // that reconnects meanwhile is not sent back to it.
         let drain_until = now + self.cfg.fallback_drain;
-        for c in d
-            .pod_changes
-            .iter()
-            .filter(|c| c.fallback && c.to == Membership::Out)
-        {
-            let pod = ObjKey::new(key.ns.clone(), c.pod.clone());
+        let label_key = labels::serves(&key.name);
+        for (name, m) in &d.fallback_members {
+            let pod = ObjKey::new(key.ns.clone(), name.clone());
+            let labelled = self.inv.pods.get(&pod).is_some_and(|p| {
+                p.serves.get(&label_key).map(String::as_str) == Some(labels::SERVES_TRUE)
+            });
+            let left = d
+                .pod_changes
+                .iter()
+                .any(|c| c.fallback && c.pod == *name && c.to == Membership::Out);
+            if !enforce || *m != Membership::Out || !(labelled || left) {
+                continue;
+            }
             if let Some(entry) = self.ids.get(&pod).and_then(|id| self.pods.get_mut(id)) {
-                if enforce {
-                    entry.drain_until = Some(drain_until);
-                }
+                entry.drain_until = Some(drain_until);
             }
         }
         for (name, m) in &d.primary_members {
