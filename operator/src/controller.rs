@@ -90,6 +90,77 @@ pub struct Shared {
     pub health: Health,
 }
 
+/// A label-filtered watch on one child kind, reflected into a store whose `Synced` flag is
+/// pushed to `synced`. Managed fields are dropped unless `keep_managed_fields` (the replica
+/// handover reads the Deployments').
+fn child_cache<K>(
+    client: &Client,
+    ns: Option<&str>,
+    synced: &mut Vec<Synced>,
+    keep_managed_fields: bool,
+) -> (
+    Store<K>,
+    impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+)
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    // Only children Flotilla created are cached: the label keeps the caches to what the
+    // reconciler reads, however many other Deployments and ConfigMaps the cluster holds.
+    let children = watcher::Config::default().labels(&format!(
+        "{}={}",
+        labels::MANAGED_BY,
+        labels::MANAGED_BY_VALUE
+    ));
+    let (store, writer) = reflector::store::<K>();
+    let stream = watcher(api_for(client, ns), children)
+        .default_backoff()
+        .modify(move |o: &mut K| {
+            if !keep_managed_fields {
+                o.managed_fields_mut().clear();
+            }
+        })
+        .reflect(writer)
+        .inspect_ok(on_init_done(synced))
+        .touched_objects();
+    (store, stream)
+}
+
+/// The MicroServices to reconcile because a service they depend on appeared or disappeared.
+fn dependency_changes(
+    microservices: &MicroServices,
+) -> impl futures::Stream<Item = ObjectRef<MicroService>> + Send + 'static {
+    let lookup = microservices.store();
+    microservices
+        .changes()
+        .filter_map(|c| async move {
+            match c {
+                Change::Applied(r) | Change::Deleted(r) => Some(r),
+                // The controller's own stream reconciles everything after a resync.
+                Change::Resynced => None,
+            }
+        })
+        .flat_map(move |r| futures::stream::iter(dependents(&lookup, &r)))
+}
+
+/// Sets `readiness` once every cache has synced.
+fn report_ready(stores: &Stores, readiness: Readiness) {
+    let stores = stores.clone();
+    tokio::spawn(async move {
+        if stores.ready().await {
+            info!("caches synced");
+            readiness.set(true);
+        }
+    });
+}
+
 /// Runs the controller until `shutdown` completes and in-flight reconciles have finished.
 pub async fn run(
     client: Client,
@@ -106,61 +177,15 @@ pub async fn run(
         health,
     } = shared;
     let ns = config.watch_namespace.as_deref();
-    // Only children Flotilla created are cached: the label keeps the caches to what the
-    // reconciler reads, however many other Deployments and ConfigMaps the cluster holds.
-    let children = watcher::Config::default().labels(&format!(
-        "{}={}",
-        labels::MANAGED_BY,
-        labels::MANAGED_BY_VALUE
-    ));
-
     // Each cache's stream sets its `Synced` flag on InitDone, after the reflector applied it.
     let mut synced = Vec::new();
-
-    // Deployments keep managedFields: the replica handover reads them.
-    let (dep_store, dep_writer) = reflector::store::<Deployment>();
-    let deployments = watcher(api_for(&client, ns), children.clone())
-        .default_backoff()
-        .reflect(dep_writer)
-        .inspect_ok(on_init_done(&mut synced))
-        .touched_objects();
-    let (svc_store, svc_writer) = reflector::store::<Service>();
-    let services = watcher(api_for(&client, ns), children.clone())
-        .default_backoff()
-        .modify(|o: &mut Service| o.managed_fields_mut().clear())
-        .reflect(svc_writer)
-        .inspect_ok(on_init_done(&mut synced))
-        .touched_objects();
-    let (cm_store, cm_writer) = reflector::store::<ConfigMap>();
-    let config_maps = watcher(api_for(&client, ns), children.clone())
-        .default_backoff()
-        .modify(|o: &mut ConfigMap| o.managed_fields_mut().clear())
-        .reflect(cm_writer)
-        .inspect_ok(on_init_done(&mut synced))
-        .touched_objects();
-    let (hpa_store, hpa_writer) = reflector::store::<HorizontalPodAutoscaler>();
-    let hpas = watcher(api_for(&client, ns), children)
-        .default_backoff()
-        .modify(|o: &mut HorizontalPodAutoscaler| o.managed_fields_mut().clear())
-        .reflect(hpa_writer)
-        .inspect_ok(on_init_done(&mut synced))
-        .touched_objects();
-
+    let (dep_store, deployments) = child_cache::<Deployment>(&client, ns, &mut synced, true);
+    let (svc_store, services) = child_cache::<Service>(&client, ns, &mut synced, false);
+    let (cm_store, config_maps) = child_cache::<ConfigMap>(&client, ns, &mut synced, false);
+    let (hpa_store, hpas) = child_cache::<HorizontalPodAutoscaler>(&client, ns, &mut synced, false);
     synced.push(microservices.synced());
     let ms_store = microservices.store();
     let controller = Controller::for_shared_stream(microservices.objects(), ms_store.clone());
-    let dep_lookup = ms_store.clone();
-    let dependency_changes = microservices
-        .changes()
-        .filter_map(|c| async move {
-            match c {
-                Change::Applied(r) | Change::Deleted(r) => Some(r),
-                // The controller's own stream reconciles everything after a resync.
-                Change::Resynced => None,
-            }
-        })
-        .flat_map(move |r| futures::stream::iter(dependents(&dep_lookup, &r)));
-
     let stores = Stores {
         microservices: ms_store,
         deployments: dep_store,
@@ -169,14 +194,7 @@ pub async fn run(
         hpas: hpa_store,
         synced,
     };
-    let ready_stores = stores.clone();
-    let ready_flag = readiness.clone();
-    tokio::spawn(async move {
-        if ready_stores.ready().await {
-            info!("caches synced");
-            ready_flag.set(true);
-        }
-    });
+    report_ready(&stores, readiness);
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -190,7 +208,7 @@ pub async fn run(
         .owns_stream(services)
         .owns_stream(config_maps)
         .owns_stream(hpas)
-        .reconcile_on(dependency_changes)
+        .reconcile_on(dependency_changes(&microservices))
         .with_config(ControllerConfig::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(

@@ -98,6 +98,18 @@ pub fn spawn(
     tokio::spawn(w.run(inventory, outputs, leader))
 }
 
+/// The object reference of the MicroService an Event is about.
+fn microservice_ref(svc: &ObjKey, inv: &Inventory) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(API_VERSION.to_owned()),
+        kind: Some(KIND.to_owned()),
+        name: Some(svc.name.clone()),
+        namespace: Some(svc.ns.clone()),
+        uid: inv.services.get(svc).and_then(|s| s.uid.clone()),
+        ..ObjectReference::default()
+    }
+}
+
 fn result_label<T, E>(r: &Result<Result<T, E>, WriteLapsed>) -> &'static str {
     match r {
         Ok(Ok(_)) => "ok",
@@ -348,14 +360,7 @@ impl Writer {
                 (svc, event(EventType::Warning, reason, note))
             }
         };
-        let reference = ObjectReference {
-            api_version: Some(API_VERSION.to_owned()),
-            kind: Some(KIND.to_owned()),
-            name: Some(svc.name.clone()),
-            namespace: Some(svc.ns.clone()),
-            uid: inv.services.get(&svc).and_then(|s| s.uid.clone()),
-            ..ObjectReference::default()
-        };
+        let reference = microservice_ref(&svc, inv);
         if !self.leadership.is_leading() {
             return;
         }
