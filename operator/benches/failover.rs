@@ -14,7 +14,9 @@
 //! (f) readiness alone, side by side: one of two pods fails, with Flotilla's failover, then with
 //!     failover off so only the kubelet's readiness probe moves traffic (with the probe settings
 //!     Flotilla generates, and with Kubernetes' default settings: period 10 s, failureThreshold
-//!     3); prints each client error window and its ratio to Flotilla's.
+//!     3); prints each client error window and its ratio to Flotilla's;
+//! (g) guarded rollouts: a canary that fails under traffic, from its first failed client request
+//!     to its being out of the Service's endpoints, and the failed requests of those releases.
 //!
 //! Run: `cargo bench -p flotilla-operator --bench failover -- --runs 20`
 //! (`cargo build -p users` first; or set `FLOTILLA_USERS_BIN`).
@@ -44,6 +46,8 @@ use sim::*;
 
 #[path = "failover/readiness.rs"]
 mod readiness;
+#[path = "failover/rollout.rs"]
+mod rollout;
 
 #[derive(Parser, Debug)]
 struct Args {
@@ -66,6 +70,9 @@ struct Args {
     /// settings take about half a minute each.
     #[arg(long, default_value_t = 3)]
     readiness_runs: usize,
+    /// Bad guarded releases to measure (0 skips them).
+    #[arg(long, default_value_t = 10)]
+    rollout_runs: usize,
     /// Internal: serve this many test pods and print their ports.
     #[arg(long, hide = true)]
     serve: Option<usize>,
@@ -91,6 +98,9 @@ fn main() -> Result<()> {
         }
         if args.readiness_runs > 0 {
             readiness::compare(args.readiness_runs).await?;
+        }
+        if args.rollout_runs > 0 {
+            rollout::measure(args.rollout_runs).await?;
         }
         Ok(())
     })
@@ -208,7 +218,7 @@ async fn cpu(args: &Args) -> Result<()> {
         + metrics.probes.with_label_values(&["connect_error"]).get();
     println!(
         "(d) prober CPU: {cores:.4} cores for {} pods at 500 ms = {per_1000:.4} cores per 1,000 pods \
-         ({:.0} probes/s, {} failed probes, {} skipped)",
+         ({:.0} probes/s, {} failed probes, {} skipped; {p1} probes since the start)",
         args.pods,
         (p1 - p0) as f64 / wall,
         failed,

@@ -1,4 +1,11 @@
 //! Logging setup: `tracing` with text or JSON output, filtered by `RUST_LOG` (default `info`).
+//!
+//! The sample services' kit and kubesim have their own few lines of the same setup (and of
+//! SIGTERM handling) on purpose: the sample services are meant to be read and copied as examples
+//! of the health and traffic contract without the operator's crates, and the operator must not
+//! depend on a sample kit or on the test cluster, so there is no crate all three could share
+//! without inverting that direction. The copies also differ where their users differ (kubesim
+//! logs `warn` by default and has no JSON output).
 
 use tracing_subscriber::EnvFilter;
 

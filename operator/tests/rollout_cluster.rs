@@ -314,3 +314,35 @@ async fn release_answering_500_is_rolled_back() -> Result<()> {
     sim.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn crash_looping_release_is_rolled_back() -> Result<()> {
+    // A release whose process exits at start (here: users refuses a placeholder admin token) never
+    // becomes ready; the canary's restarts or its CrashLoopBackOff roll it back, the stable pods
+    // serve throughout.
+    let sim = Sim::start("rollout-crash").await?;
+    guarded(&sim, 60).await?;
+    let (traffic, from) = client(&sim).await?;
+    let body = serde_json::json!({"spec": {"env": [
+        {"name": "ADMIN_TOKEN", "value": "changeme"},
+        {"name": "RELEASE", "value": "crash"},
+    ]}});
+    sim.msvcs()
+        .patch(NAME, &PatchParams::default(), &Patch::Merge(&body))
+        .await?;
+    let r = assert_rolled_back(&sim, &["CanaryNotReady", "CanaryRestarted"]).await?;
+    if !r
+        .evidence
+        .iter()
+        .any(|e| e.observation.contains("CrashLoopBackOff") || e.observation.contains("restart"))
+    {
+        bail!("the evidence names the crash loop: {r:?}");
+    }
+    let (failed, total) = failures(&traffic, from);
+    eprintln!("crash-looping release: {failed} of {total} requests failed");
+    if total == 0 || failed > 0 {
+        bail!("{failed} of {total} client requests failed");
+    }
+    sim.shutdown().await;
+    Ok(())
+}

@@ -17,26 +17,55 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper::header::{HeaderValue, HOST};
+use hyper::{Request, Response, Uri};
+use hyper_util::rt::TokioIo;
 
 use super::error_rate::{self, Counts};
 use super::pod_health::Observation;
 use super::scrape::{Rejected, Scanner, ScrapeLimits};
-/// Largest readiness body drained so the connection can be reused.
+
+/// Largest readiness body read so the connection can be reused.
 const MAX_READINESS_BYTES: usize = 64 << 10;
 
 /// gRPC channels kept (one per pod address); the cache is emptied when it grows past this, so
 /// churned pods cannot grow it without bound.
 const MAX_GRPC_CHANNELS: usize = 4096;
 
-/// The shared clients of the prober.
-#[derive(Clone, Debug)]
+/// One pod's kept-alive HTTP/1.1 connection. The engine's entry for the pod owns it between
+/// probes and lends it to each probe, so steady probing costs one request on an open connection:
+/// no pool lookup, no lock, no connect. Any failure drops it; the next probe connects afresh.
+pub type PodConn = SendRequest<Empty<Bytes>>;
+
+/// What an HTTP probe of one pod sends, built once per pod address and paths so a probe parses
+/// and formats nothing: the `Host` header and the origin-form request targets.
+#[derive(Debug)]
+pub struct HttpPaths {
+    host: HeaderValue,
+    readiness: Uri,
+    metrics: Uri,
+}
+
+impl HttpPaths {
+    /// `None` when a path is not a valid request target (the probe then fails to connect, as
+    /// a request that cannot be sent).
+    pub fn new(addr: SocketAddr, readiness_path: &str, metrics_path: &str) -> Option<Self> {
+        Some(Self {
+            host: HeaderValue::try_from(addr.to_string()).ok()?,
+            readiness: Uri::try_from(readiness_path).ok()?,
+            metrics: Uri::try_from(metrics_path).ok()?,
+        })
+    }
+}
+
+/// The shared clients of the prober: gRPC channels per pod (HTTP probes use the pod's own
+/// connection, see [`PodConn`]).
+#[derive(Clone, Debug, Default)]
 pub struct ProbeClient {
-    inner: Client<HttpConnector, Empty<Bytes>>,
     // One lazily connected HTTP/2 channel per pod; dropped after a failed probe so the next one
     // starts from a fresh connection.
     grpc: Arc<Mutex<HashMap<SocketAddr, Channel>>>,
@@ -47,13 +76,14 @@ pub struct ProbeClient {
 pub struct ProbeTarget<'a> {
     /// The pod's address.
     pub addr: SocketAddr,
-    /// HTTP readiness path (unused for gRPC).
-    pub readiness_path: &'a str,
+    /// The HTTP request targets (readiness, unused for gRPC, and metrics); `None` if they
+    /// could not be built.
+    pub http: Option<&'a HttpPaths>,
     /// `Some(service name)` for a gRPC health check instead of the HTTP GET.
     pub grpc_service: Option<&'a str>,
-    /// Scrape this metrics path after a successful readiness check (after any check when the
+    /// Scrape the metrics path after a successful readiness check (after any check when the
     /// verdict is `ejected`).
-    pub metrics_path: Option<&'a str>,
+    pub scrape: bool,
     /// Bound of each request.
     pub timeout: Duration,
     /// Caps of the metrics scrape.
@@ -62,77 +92,93 @@ pub struct ProbeTarget<'a> {
     pub verdict: Option<&'static str>,
 }
 
-impl Default for ProbeClient {
-    fn default() -> Self {
-        Self::new()
+/// Opens an HTTP/1.1 connection to a pod; its connection task runs on the caller's runtime.
+async fn connect(addr: SocketAddr) -> Result<PodConn, ()> {
+    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|_| ())?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|_| ())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// Sends `GET target` on the pod's connection, opening one if there is none or it was closed
+/// (a pod answering `Connection: close` closes it after each response). The connection is put
+/// back only once a response head arrived; the caller reads the body to its end before the
+/// next request and clears `conn` on any failure.
+async fn send(
+    conn: &mut Option<PodConn>,
+    addr: SocketAddr,
+    host: &HeaderValue,
+    target: &Uri,
+    verdict: Option<&'static str>,
+) -> Result<Response<Incoming>, ()> {
+    let mut sender = match conn.take() {
+        Some(s) if !s.is_closed() => s,
+        _ => connect(addr).await?,
+    };
+    sender.ready().await.map_err(|_| ())?;
+    let mut req = Request::new(Empty::new());
+    *req.uri_mut() = target.clone();
+    let headers = req.headers_mut();
+    headers.insert(HOST, host.clone());
+    if let Some(v) = verdict {
+        headers.insert(traffic::HEADER, HeaderValue::from_static(v));
     }
+    let resp = sender.send_request(req).await.map_err(|_| ())?;
+    *conn = Some(sender);
+    Ok(resp)
+}
+
+/// Reads a body to its end without keeping it; more than `limit` bytes is an error.
+async fn drain(mut body: Incoming, limit: usize) -> Result<(), ()> {
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        if let Some(data) = frame.map_err(|_| ())?.data_ref() {
+            seen += data.len();
+            if seen > limit {
+                return Err(());
+            }
+        }
+    }
+    Ok(())
 }
 
 impl ProbeClient {
-    /// A client with keep-alive connections; idle ones are closed after 30 s, well above any
-    /// probe period, so steady probing reuses one connection per pod.
+    /// A client with no gRPC channels yet.
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(5)));
-        let inner = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(2)
-            .build(connector);
-        Self {
-            inner,
-            grpc: Arc::default(),
-        }
+        Self::default()
     }
 
-    async fn send(
-        &self,
-        addr: SocketAddr,
-        path: &str,
-        verdict: Option<&'static str>,
-    ) -> Result<hyper::Response<Incoming>, ()> {
-        let mut req = hyper::Request::get(format!("http://{addr}{path}"));
-        if let Some(v) = verdict {
-            req = req.header(traffic::HEADER, v);
-        }
-        let req = req.body(Empty::new()).map_err(|_| ())?;
-        self.inner.request(req).await.map_err(|_| ())
-    }
-
-    async fn get(
-        &self,
-        addr: SocketAddr,
-        path: &str,
-        limit: usize,
-        verdict: Option<&'static str>,
-    ) -> Result<(u16, Bytes), ()> {
-        let resp = self.send(addr, path, verdict).await?;
-        let status = resp.status().as_u16();
-        let body = Limited::new(resp.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|_| ())?
-            .to_bytes();
-        Ok((status, body))
-    }
-
-    /// Requests the readiness path; 2xx and 3xx are success, as for kubelet HTTP probes.
+    /// Requests the readiness path on the pod's connection; 2xx and 3xx are success, as for
+    /// kubelet HTTP probes.
     pub async fn readiness(
-        &self,
+        conn: &mut Option<PodConn>,
         addr: SocketAddr,
-        path: &str,
+        http: &HttpPaths,
         timeout: Duration,
         verdict: Option<&'static str>,
     ) -> Observation {
-        let get = self.get(addr, path, MAX_READINESS_BYTES, verdict);
-        match tokio::time::timeout(timeout, get).await {
+        let get = async {
+            let resp = send(conn, addr, &http.host, &http.readiness, verdict).await?;
+            let status = resp.status().as_u16();
+            drain(resp.into_body(), MAX_READINESS_BYTES).await?;
+            Ok::<_, ()>(status)
+        };
+        let result = tokio::time::timeout(timeout, get).await;
+        if !matches!(result, Ok(Ok(_))) {
+            *conn = None;
+        }
+        match result {
             Err(_) => Observation::Timeout,
             Ok(Err(())) => Observation::ConnectError,
-            Ok(Ok((status, _))) if (200..400).contains(&status) => Observation::Success,
-            Ok(Ok((status, _))) => Observation::BadStatus(status),
+            Ok(Ok(status)) if (200..400).contains(&status) => Observation::Success,
+            Ok(Ok(status)) => Observation::BadStatus(status),
         }
     }
-
     fn channel(&self, addr: SocketAddr) -> Result<Channel, ()> {
         let mut cache = match self.grpc.lock() {
             Ok(g) => g,
@@ -203,55 +249,52 @@ impl ProbeClient {
         obs
     }
 
-    /// Scrapes the metrics path for request counts (gRPC codes for a gRPC service, HTTP statuses
-    /// otherwise), reading the body as it streams in within
-    /// `limits`; any failure is "no data" (with the reason), never a verdict. Dropping a body
-    /// that went over a cap closes that connection.
+    /// Scrapes the metrics path on the pod's connection for request counts (gRPC codes for a
+    /// gRPC service, HTTP statuses otherwise), reading the body as it streams in within
+    /// `limits`; any failure is "no data" (with the reason), never a verdict. A body that went
+    /// over a cap is dropped unread, and its connection with it.
     pub async fn scrape(
-        &self,
+        conn: &mut Option<PodConn>,
         addr: SocketAddr,
-        path: &str,
+        http: &HttpPaths,
         timeout: Duration,
         limits: ScrapeLimits,
         grpc: bool,
     ) -> Result<Option<Counts>, Rejected> {
-        tokio::time::timeout(timeout, self.scrape_body(addr, path, limits, grpc))
-            .await
-            .map_err(|_| Rejected::Timeout)?
-    }
-
-    async fn scrape_body(
-        &self,
-        addr: SocketAddr,
-        path: &str,
-        limits: ScrapeLimits,
-        grpc: bool,
-    ) -> Result<Option<Counts>, Rejected> {
-        let resp = self
-            .send(addr, path, None)
-            .await
-            .map_err(|()| Rejected::Transport)?;
-        if resp.status() != hyper::StatusCode::OK {
-            return Err(Rejected::BadStatus);
-        }
-        let mut body = resp.into_body();
-        let mut scanner = if grpc {
-            Scanner::grpc(limits)
-        } else {
-            Scanner::new(limits)
-        };
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| Rejected::Transport)?;
-            if let Some(data) = frame.data_ref() {
-                scanner.feed(data)?;
+        let scan = async {
+            let resp = send(conn, addr, &http.host, &http.metrics, None)
+                .await
+                .map_err(|()| Rejected::Transport)?;
+            if resp.status() != hyper::StatusCode::OK {
+                return Err(Rejected::BadStatus);
             }
+            let mut body = resp.into_body();
+            let mut scanner = if grpc {
+                Scanner::grpc(limits)
+            } else {
+                Scanner::new(limits)
+            };
+            while let Some(frame) = body.frame().await {
+                let frame = frame.map_err(|_| Rejected::Transport)?;
+                if let Some(data) = frame.data_ref() {
+                    scanner.feed(data)?;
+                }
+            }
+            scanner.finish()
+        };
+        let result = tokio::time::timeout(timeout, scan)
+            .await
+            .map_err(|_| Rejected::Timeout)
+            .and_then(|r| r);
+        if result.is_err() {
+            *conn = None;
         }
-        scanner.finish()
+        result
     }
 }
 
 /// What one probe run reports back to the engine.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ProbeReport {
     /// The readiness result.
     pub observation: Observation,
@@ -262,44 +305,49 @@ pub struct ProbeReport {
     /// The scrape, if one was asked for: `Ok(None)` means scraped but the counter is absent,
     /// `Err` that the scrape gave no data and why.
     pub scrape: Option<Result<Option<Counts>, Rejected>>,
+    /// The address probed and its connection, still open, for the next probe.
+    pub conn: (SocketAddr, Option<PodConn>),
 }
 
-/// Runs one probe (and a scrape when asked). Bounded by at most twice `target.timeout`.
-pub async fn run(client: &ProbeClient, target: &ProbeTarget<'_>) -> ProbeReport {
+/// Runs one probe (and a scrape when asked) on the pod's connection `conn`, which comes back
+/// in the report. Bounded by at most twice `target.timeout`.
+pub async fn run(
+    client: &ProbeClient,
+    target: &ProbeTarget<'_>,
+    mut conn: Option<PodConn>,
+) -> ProbeReport {
     let start = Instant::now();
-    let observation = match target.grpc_service {
-        Some(service) => {
+    let observation = match (target.grpc_service, target.http) {
+        (Some(service), _) => {
             client
                 .grpc_readiness(target.addr, service, target.timeout, target.verdict)
                 .await
         }
-        None => {
-            client
-                .readiness(
-                    target.addr,
-                    target.readiness_path,
-                    target.timeout,
-                    target.verdict,
-                )
+        (None, Some(http)) => {
+            ProbeClient::readiness(&mut conn, target.addr, http, target.timeout, target.verdict)
                 .await
         }
+        (None, None) => Observation::ConnectError,
     };
     let latency = start.elapsed();
     // A failing pod is not scraped (its counters decide nothing), unless it is ejected: then
     // the scrape shows whether clients still reach it (sticky connections).
     let ejected = target.verdict == Some(flotilla_crds::traffic::EJECTED);
-    let scrape = match target.metrics_path {
-        Some(p) if observation.is_success() || ejected => Some(
-            client
-                .scrape(
-                    target.addr,
-                    p,
-                    target.timeout,
-                    target.limits,
-                    target.grpc_service.is_some(),
-                )
-                .await,
+    let scrape = match target.http {
+        Some(http) if target.scrape && (observation.is_success() || ejected) => Some(
+            ProbeClient::scrape(
+                &mut conn,
+                target.addr,
+                http,
+                target.timeout,
+                target.limits,
+                target.grpc_service.is_some(),
+            )
+            .await,
         ),
+        None if target.scrape && (observation.is_success() || ejected) => {
+            Some(Err(Rejected::Transport))
+        }
         _ => None,
     };
     ProbeReport {
@@ -307,13 +355,14 @@ pub async fn run(client: &ProbeClient, target: &ProbeTarget<'_>) -> ProbeReport 
         latency,
         at: Instant::now(),
         scrape,
+        conn: (target.addr, conn),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     type Seen = Arc<Mutex<Vec<Option<String>>>>;
 
@@ -324,14 +373,18 @@ mod tests {
         }
     }
 
-    /// A plain HTTP server answering 200 that records each request's verdict header.
-    async fn http_server(seen: Seen) -> SocketAddr {
+    /// A plain HTTP server answering 200 that records each request's verdict header and counts
+    /// the connections it accepted.
+    async fn http_server(seen: Seen) -> (SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::AcqRel);
                 let seen = seen.clone();
                 let svc = hyper::service::service_fn(
                     move |req: hyper::Request<hyper::body::Incoming>| {
@@ -356,7 +409,7 @@ mod tests {
                 );
             }
         });
-        addr
+        (addr, accepted)
     }
 
     /// A gRPC health service whose answer is switchable and which records the verdict metadata.
@@ -407,14 +460,15 @@ mod tests {
 
     fn target<'a>(
         addr: SocketAddr,
+        http: &'a HttpPaths,
         grpc: Option<&'a str>,
         verdict: &'static str,
     ) -> ProbeTarget<'a> {
         ProbeTarget {
             addr,
-            readiness_path: "/readyz",
+            http: Some(http),
             grpc_service: grpc,
-            metrics_path: None,
+            scrape: false,
             timeout: Duration::from_secs(10),
             limits: ScrapeLimits::default(),
             verdict: Some(verdict),
@@ -422,19 +476,24 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn http_probe_carries_the_traffic_verdict() {
-        // Every readiness GET tells the pod whether it is in the traffic.
+    async fn http_probe_carries_the_traffic_verdict_on_one_kept_alive_connection() {
+        // Every readiness GET tells the pod whether it is in the traffic, and steady probing
+        // reuses the connection the report hands back.
         let seen = Seen::default();
-        let addr = http_server(seen.clone()).await;
+        let (addr, accepted) = http_server(seen.clone()).await;
         let client = ProbeClient::new();
-        let rep = run(&client, &target(addr, None, traffic::EJECTED)).await;
+        let http = HttpPaths::new(addr, "/readyz", "/metrics").expect("paths");
+        let rep = run(&client, &target(addr, &http, None, traffic::EJECTED), None).await;
         assert_eq!(rep.observation, Observation::Success);
-        let rep = run(&client, &target(addr, None, traffic::SERVING)).await;
+        let (_, conn) = rep.conn;
+        assert!(conn.is_some(), "the connection comes back open");
+        let rep = run(&client, &target(addr, &http, None, traffic::SERVING), conn).await;
         assert_eq!(rep.observation, Observation::Success);
         assert_eq!(
             seen_values(&seen),
             vec![Some("ejected".to_owned()), Some("serving".to_owned())]
         );
+        assert_eq!(accepted.load(Ordering::Acquire), 1);
     }
 
     #[tokio::test]
@@ -458,18 +517,19 @@ mod tests {
                 .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
         );
         let client = ProbeClient::new();
-        let probe = |service| target(addr, Some(service), traffic::EJECTED);
+        let http = HttpPaths::new(addr, "/readyz", "/metrics").expect("paths");
+        let probe = |service| target(addr, &http, Some(service), traffic::EJECTED);
         assert_eq!(
-            run(&client, &probe("orders")).await.observation,
+            run(&client, &probe("orders"), None).await.observation,
             Observation::Success
         );
         serving.store(false, Ordering::Release);
         assert_eq!(
-            run(&client, &probe("orders")).await.observation,
+            run(&client, &probe("orders"), None).await.observation,
             Observation::GrpcNotServing("NOT_SERVING")
         );
         assert_eq!(
-            run(&client, &probe("nope")).await.observation,
+            run(&client, &probe("nope"), None).await.observation,
             Observation::GrpcNotServing("NotFound")
         );
         assert_eq!(seen_values(&seen)[0].as_deref(), Some("ejected"));
@@ -477,7 +537,7 @@ mod tests {
         let _ = server.await;
         client.forget_channel(addr);
         assert!(matches!(
-            run(&client, &probe("orders")).await.observation,
+            run(&client, &probe("orders"), None).await.observation,
             Observation::ConnectError | Observation::Timeout
         ));
     }

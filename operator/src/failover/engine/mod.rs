@@ -22,9 +22,9 @@ use tokio::task::JoinSet;
 use super::decide::{ServiceState, Target};
 use super::error_rate::ErrorWindow;
 use super::inventory::{Inventory, ObjKey, ServiceInfo};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, ProbeResults};
 use super::pod_health::{Observation, PodHealth, Thresholds};
-use super::probe::{self, ProbeClient, ProbeReport, ProbeTarget};
+use super::probe::{self, HttpPaths, PodConn, ProbeClient, ProbeReport, ProbeTarget};
 use super::report::{Desired, History, Notice};
 use super::scrape::{Rejected, ScrapeLimits};
 use super::sticky::StickyWatch;
@@ -97,6 +97,10 @@ pub struct EngineOutputs {
 struct PodEntry {
     svc: Arc<ServiceInfo>,
     addr: Option<SocketAddr>,
+    /// The HTTP request targets for `addr`, built when the address or the paths change.
+    http: Option<Arc<HttpPaths>>,
+    /// The pod's kept-alive probe connection while no probe holds it.
+    conn: Option<PodConn>,
     health: PodHealth,
     kubelet_ready: bool,
     window: ErrorWindow,
@@ -141,6 +145,7 @@ struct Engine {
     scrape_permits: Arc<Semaphore>,
     probes: JoinSet<(u64, ProbeReport)>,
     metrics: Metrics,
+    results: ProbeResults,
     desired_tx: watch::Sender<Arc<Desired>>,
     notice_tx: mpsc::Sender<Notice>,
     cfg: EngineConfig,
@@ -175,6 +180,7 @@ pub fn spawn(
                     permits: Arc::new(Semaphore::new(cfg.max_in_flight.max(1))),
                     scrape_permits: Arc::new(Semaphore::new(cfg.max_scrapes_in_flight.max(1))),
                     probes: JoinSet::new(),
+                    results: ProbeResults::new(&metrics.probes),
                     metrics,
                     desired_tx,
                     notice_tx,
@@ -184,6 +190,11 @@ pub fn spawn(
             });
         })?;
     Ok((EngineOutputs { desired, notices }, handle))
+}
+
+fn http_paths(addr: Option<SocketAddr>, svc: &ServiceInfo) -> Option<Arc<HttpPaths>> {
+    let p = &svc.probe;
+    HttpPaths::new(addr?, &p.readiness_path, &p.metrics_path).map(Arc::new)
 }
 
 fn jittered(period: Duration) -> Duration {
@@ -276,6 +287,10 @@ impl Engine {
                     entry.health.kubelet_became_ready();
                 }
                 entry.kubelet_ready = p.ready;
+                if entry.addr != addr || entry.svc.probe != svc.probe {
+                    entry.http = http_paths(addr, svc);
+                    entry.conn = None;
+                }
                 entry.svc = svc.clone();
                 entry.addr = addr;
                 continue;
@@ -289,6 +304,8 @@ impl Engine {
                 PodEntry {
                     svc: svc.clone(),
                     addr,
+                    http: http_paths(addr, svc),
+                    conn: None,
                     health: PodHealth::new(p.ready),
                     kubelet_ready: p.ready,
                     window: ErrorWindow::new(svc.failover.error_rate_window),
@@ -346,7 +363,7 @@ impl Engine {
                 continue;
             }
             let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                self.metrics.probes.with_label_values(&["skipped"]).inc();
+                self.results.get("skipped").inc();
                 continue;
             };
             // Ejected pods are also scraped when the service restarts sticky pods, to see
@@ -376,18 +393,20 @@ impl Engine {
             } else {
                 entry.verdict
             };
+            let http = entry.http.clone();
+            let conn = entry.conn.take();
             self.probes.spawn(async move {
                 let p = &svc.probe;
                 let target = ProbeTarget {
                     addr,
-                    readiness_path: &p.readiness_path,
+                    http: http.as_deref(),
                     grpc_service: p.grpc.as_deref(),
-                    metrics_path: scrape_permit.as_ref().map(|_| p.metrics_path.as_str()),
+                    scrape: scrape_permit.is_some(),
                     timeout: p.timeout,
                     limits,
                     verdict,
                 };
-                let rep = probe::run(&client, &target).await;
+                let rep = probe::run(&client, &target, conn).await;
                 drop((permit, scrape_permit));
                 (id, rep)
             });
@@ -395,11 +414,17 @@ impl Engine {
     }
 
     /// Feeds a probe report into the pod's state machine; `true` when its verdict changed.
-    fn on_report(&mut self, id: u64, rep: ProbeReport) -> bool {
+    fn on_report(&mut self, id: u64, mut rep: ProbeReport) -> bool {
         let Some(entry) = self.pods.get_mut(&id) else {
             return false;
         };
         entry.in_flight = false;
+        // Keep the connection only if the pod still has the address it was opened to.
+        if let (addr, Some(conn)) = (rep.conn.0, rep.conn.1.take()) {
+            if entry.addr == Some(addr) {
+                entry.conn = Some(conn);
+            }
+        }
         let svc = entry.svc.clone();
         let mut api_requests = None;
         if let Some(scraped) = rep.scrape {
@@ -425,7 +450,7 @@ impl Engine {
             (Observation::Success, Some(max), Some(r)) if r > max => Observation::ErrorRate(r),
             (obs, _, _) => obs,
         };
-        self.metrics.probes.with_label_values(&[obs.label()]).inc();
+        self.results.get(obs.label()).inc();
         self.metrics
             .probe_duration
             .observe(rep.latency.as_secs_f64());

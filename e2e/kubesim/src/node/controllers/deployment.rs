@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentStatus, ReplicaSet, ReplicaSetSpec};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 
 use super::deployment_status as status;
@@ -130,7 +130,7 @@ pub fn build_replica_set(d: &Deployment, hash: &str, replicas: i32, revision: i6
 
 /// A pod template as compared for "same template": semantic JSON without the hash label.
 fn semantic_template(
-    template: Option<&k8s_openapi::api::core::v1::PodTemplateSpec>,
+    template: Option<&PodTemplateSpec>,
 ) -> serde_json::Value {
     let mut value = serde_json::to_value(template).unwrap_or_default();
     if let Some(labels) = value
@@ -161,6 +161,68 @@ fn scale(d: &Deployment, rs: &ReplicaSet, to: i32, revision: Option<i64>) -> [De
     ]
 }
 
+/// The Deployment's ReplicaSets sorted into the one that matches its template and the rest.
+struct Sets<'a> {
+    /// The oldest live ReplicaSet whose template equals the Deployment's, ignoring the hash label
+    /// (`FindNewReplicaSet`); this is what makes `kubectl rollout undo` revive an old
+    /// ReplicaSet instead of creating another.
+    new_rs: Option<&'a ReplicaSet>,
+    /// Every other owned ReplicaSet, oldest revision first.
+    old: Vec<&'a ReplicaSet>,
+    /// The highest revision among `old` (0 when there is none).
+    max_old_revision: i64,
+}
+
+impl<'a> Sets<'a> {
+    fn sort(template: &PodTemplateSpec, owned: &'a [ReplicaSet]) -> Self {
+        let wanted = semantic_template(Some(template));
+        let mut by_age: Vec<&ReplicaSet> = owned.iter().collect();
+        by_age.sort_by(|a, b| {
+            a.metadata
+                .creation_timestamp
+                .cmp(&b.metadata.creation_timestamp)
+        });
+        let new_rs = by_age.iter().copied().find(|rs| {
+            rs.metadata.deletion_timestamp.is_none()
+                && semantic_template(rs.spec.as_ref().and_then(|s| s.template.as_ref())) == wanted
+        });
+        let mut old: Vec<&ReplicaSet> = owned
+            .iter()
+            .filter(|rs| new_rs.is_none_or(|n| !std::ptr::eq(*rs, n)))
+            .collect();
+        old.sort_by(|a, b| {
+            (revision(a), &a.metadata.creation_timestamp)
+                .cmp(&(revision(b), &b.metadata.creation_timestamp))
+        });
+        let max_old_revision = old.iter().map(|rs| revision(rs)).max().unwrap_or(0);
+        Self {
+            new_rs,
+            old,
+            max_old_revision,
+        }
+    }
+
+    /// The revision the new ReplicaSet must be bumped to, if it is not already the newest.
+    fn bump(&self, rs: &ReplicaSet) -> Option<i64> {
+        (revision(rs) <= self.max_old_revision).then_some(self.max_old_revision + 1)
+    }
+}
+
+/// The scaling writes decided for one pass, and the name of a ReplicaSet created by them.
+#[derive(Default)]
+struct Step {
+    actions: Vec<DeploymentAction>,
+    created: Option<String>,
+}
+
+impl Step {
+    fn create(&mut self, rs: ReplicaSet) {
+        self.created = Some(rs_name(&rs));
+        self.actions
+            .push(DeploymentAction::CreateReplicaSet(Box::new(rs)));
+    }
+}
+
 /// Decides the writes for one Deployment. `owned` are the ReplicaSets it controls; `pods` the pods
 /// of its namespace (only needed for `Recreate`, which waits for old pods to be gone).
 pub fn plan(
@@ -177,119 +239,136 @@ pub fn plan(
     }
     let collision = d.status.as_ref().and_then(|s| s.collision_count);
     let hash = template_hash(&spec.template, collision);
-    // The new ReplicaSet is the oldest one whose template equals the Deployment's, ignoring the
-    // hash label (`FindNewReplicaSet`); this is what makes `kubectl rollout undo` revive an old
-    // ReplicaSet instead of creating another.
-    let wanted = semantic_template(Some(&spec.template));
-    let mut by_age: Vec<&ReplicaSet> = owned.iter().collect();
-    by_age.sort_by(|a, b| {
-        a.metadata
-            .creation_timestamp
-            .cmp(&b.metadata.creation_timestamp)
-    });
-    let new_rs: Option<&ReplicaSet> = by_age.iter().copied().find(|rs| {
-        rs.metadata.deletion_timestamp.is_none()
-            && semantic_template(rs.spec.as_ref().and_then(|s| s.template.as_ref())) == wanted
-    });
-    let mut old: Vec<&ReplicaSet> = owned
-        .iter()
-        .filter(|rs| new_rs.is_none_or(|n| !std::ptr::eq(*rs, n)))
-        .collect();
-    old.sort_by(|a, b| {
-        (revision(a), &a.metadata.creation_timestamp)
-            .cmp(&(revision(b), &b.metadata.creation_timestamp))
-    });
-    let max_old_revision = old.iter().map(|rs| revision(rs)).max().unwrap_or(0);
-    let all: Vec<&ReplicaSet> = owned.iter().collect();
-    let mut actions = Vec::new();
-    let mut created: Option<String> = None;
-    let desired = desired_replicas(d);
-
-    if spec.paused == Some(true) {
+    let sets = Sets::sort(&spec.template, owned);
+    let step = if spec.paused == Some(true) {
         // A paused Deployment neither rolls out nor scales; only its status is kept.
+        Step::default()
     } else if is_recreate(d) {
-        let scaling_down: Vec<&&ReplicaSet> =
-            old.iter().filter(|rs| rs_spec_replicas(rs) > 0).collect();
-        let old_uids: Vec<&str> = old
+        plan_recreate(d, &sets, &hash, pods)
+    } else {
+        plan_rolling(d, &sets, &hash, owned)
+    };
+    finish(d, &sets, owned, step, now)
+}
+
+/// `Recreate`: scale every old ReplicaSet to zero, wait for their pods to be gone, then bring
+/// the new one up at full size.
+fn plan_recreate(d: &Deployment, sets: &Sets<'_>, hash: &str, pods: &[&Pod]) -> Step {
+    let mut step = Step::default();
+    let scaling_down: Vec<&&ReplicaSet> = sets
+        .old
+        .iter()
+        .filter(|rs| rs_spec_replicas(rs) > 0)
+        .collect();
+    if !scaling_down.is_empty() {
+        for rs in scaling_down {
+            step.actions.extend(scale(d, rs, 0, None));
+        }
+        return step;
+    }
+    let old_uids: Vec<&str> = sets
+        .old
+        .iter()
+        .filter_map(|rs| rs.metadata.uid.as_deref())
+        .collect();
+    let old_pods_left = pods.iter().any(|p| {
+        old_uids
             .iter()
-            .filter_map(|rs| rs.metadata.uid.as_deref())
-            .collect();
-        let old_pods_left = pods.iter().any(|p| {
-            old_uids
-                .iter()
-                .any(|uid| is_controlled_by(&p.metadata, uid))
-                && !matches!(
-                    p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                )
-        });
-        if !scaling_down.is_empty() {
-            for rs in scaling_down {
-                actions.extend(scale(d, rs, 0, None));
-            }
-        } else if !old_pods_left {
-            match new_rs {
-                None => {
-                    let rs = build_replica_set(d, &hash, desired, max_old_revision + 1);
-                    created = Some(rs_name(&rs));
-                    actions.push(DeploymentAction::CreateReplicaSet(Box::new(rs)));
-                }
-                Some(rs) if rs_spec_replicas(rs) != desired => {
-                    let rev = (revision(rs) <= max_old_revision).then_some(max_old_revision + 1);
-                    actions.extend(scale(d, rs, desired, rev));
-                }
-                Some(_) => {}
-            }
+            .any(|uid| is_controlled_by(&p.metadata, uid))
+            && !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Succeeded" | "Failed")
+            )
+    });
+    if old_pods_left {
+        return step;
+    }
+    let desired = desired_replicas(d);
+    match sets.new_rs {
+        None => step.create(build_replica_set(
+            d,
+            hash,
+            desired,
+            sets.max_old_revision + 1,
+        )),
+        Some(rs) if rs_spec_replicas(rs) != desired => {
+            step.actions.extend(scale(d, rs, desired, sets.bump(rs)));
+        }
+        Some(_) => {}
+    }
+    step
+}
+
+/// `RollingUpdate`: grow the new ReplicaSet within `maxSurge`, then shrink the old ones within
+/// `maxUnavailable` as new pods become available.
+fn plan_rolling(d: &Deployment, sets: &Sets<'_>, hash: &str, owned: &[ReplicaSet]) -> Step {
+    let mut step = Step::default();
+    let Some(rs) = sets.new_rs else {
+        let total: i32 = sets.old.iter().map(|rs| rs_spec_replicas(rs)).sum();
+        let replicas = new_rs_replicas(d, total, 0);
+        step.create(build_replica_set(
+            d,
+            hash,
+            replicas,
+            sets.max_old_revision + 1,
+        ));
+        if replicas > 0 {
+            let name = step.created.clone().unwrap_or_default();
+            step.actions.push(scale_event(&name, 0, replicas));
+        }
+        return step;
+    };
+    let rev = sets.bump(rs);
+    let total: i32 = owned.iter().map(rs_spec_replicas).sum();
+    let current = rs_spec_replicas(rs);
+    let desired = desired_replicas(d);
+    let target = if current > desired {
+        desired
+    } else {
+        new_rs_replicas(d, total, current)
+    };
+    if target != current || rev.is_some() {
+        step.actions.extend(scale(d, rs, target, rev));
+        if target == current {
+            // Only the revision moves: no scaling Event.
+            step.actions.pop();
         }
     } else {
-        match new_rs {
-            None => {
-                let total: i32 = old.iter().map(|rs| rs_spec_replicas(rs)).sum();
-                let replicas = new_rs_replicas(d, total, 0);
-                let rs = build_replica_set(d, &hash, replicas, max_old_revision + 1);
-                created = Some(rs_name(&rs));
-                actions.push(DeploymentAction::CreateReplicaSet(Box::new(rs)));
-                if replicas > 0 {
-                    actions.push(scale_event(
-                        created.as_deref().unwrap_or_default(),
-                        0,
-                        replicas,
-                    ));
-                }
-            }
-            Some(rs) => {
-                let rev = (revision(rs) <= max_old_revision).then_some(max_old_revision + 1);
-                let total: i32 = all.iter().map(|rs| rs_spec_replicas(rs)).sum();
-                let current = rs_spec_replicas(rs);
-                let target = if current > desired {
-                    desired
-                } else {
-                    new_rs_replicas(d, total, current)
-                };
-                if target != current || rev.is_some() {
-                    actions.extend(scale(d, rs, target, rev));
-                    if target == current {
-                        actions.pop();
-                    }
-                } else {
-                    for s in scale_down_old(d, rs, &old) {
-                        if let Some(o) = old.iter().find(|o| rs_name(o) == s.name) {
-                            actions.extend(scale(d, o, s.replicas, None));
-                        }
-                    }
-                }
+        for s in scale_down_old(d, rs, &sets.old) {
+            if let Some(o) = sets.old.iter().find(|o| rs_name(o) == s.name) {
+                step.actions.extend(scale(d, o, s.replicas, None));
             }
         }
     }
+    step
+}
 
-    let new_status = status::compute(d, &all, new_rs, created.as_deref(), now);
+/// Adds what follows the scaling writes: history cleanup once the rollout is complete, the
+/// Deployment's revision annotation, and its status.
+fn finish(
+    d: &Deployment,
+    sets: &Sets<'_>,
+    owned: &[ReplicaSet],
+    step: Step,
+    now: &Time,
+) -> Vec<DeploymentAction> {
+    let Step {
+        mut actions,
+        created,
+    } = step;
+    let all: Vec<&ReplicaSet> = owned.iter().collect();
+    let new_status = status::compute(d, &all, sets.new_rs, created.as_deref(), now);
     if actions.is_empty() && status::is_complete(d, &new_status) {
-        actions.extend(cleanup(spec.revision_history_limit.unwrap_or(10), &old));
+        let limit = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.revision_history_limit)
+            .unwrap_or(10);
+        actions.extend(cleanup(limit, &sets.old));
     }
-    let current_revision = match (&created, new_rs) {
-        (Some(_), _) => Some(max_old_revision + 1),
-        (None, Some(rs)) if revision(rs) <= max_old_revision => Some(max_old_revision + 1),
-        (None, Some(rs)) => Some(revision(rs)),
+    let current_revision = match (&created, sets.new_rs) {
+        (Some(_), _) => Some(sets.max_old_revision + 1),
+        (None, Some(rs)) => Some(sets.bump(rs).unwrap_or_else(|| revision(rs))),
         (None, None) => None,
     };
     let annotated = d

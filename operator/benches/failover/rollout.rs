@@ -1,0 +1,146 @@
+//! (g) Guarded rollouts under traffic: a release whose canary pod fails once it takes traffic
+//! (readiness 503 and every request 5xx). Per run, the time from the canary's first failed
+//! client request to the canary being out of the Service's endpoints, and the client requests
+//! that failed during the bad release next to the canary's share of the pods times the requests
+//! sent in that window (what a canary holding its share of traffic for that long costs).
+//!
+//! The service runs with failover on (as the benchmark's other parts), so the prober judges the
+//! canary pods twice a second and ejects a failing one at once; the rollback then deletes it.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use flotilla_crds::{labels, RolloutPhase, RolloutStrategy};
+use kube::api::{Patch, PatchParams};
+
+use crate::pct;
+use crate::sim::*;
+
+const NAME: &str = "users";
+/// Stable pods; the canary adds one, so it holds a third of the pods.
+const STABLE: usize = 2;
+
+/// Runs `runs` bad releases and prints the figures.
+pub async fn measure(runs: usize) -> Result<()> {
+    let sim = Sim::start("rollout-bench").await?;
+    let r = bad_releases(&sim, runs).await;
+    if r.is_err() {
+        sim.print_report().await;
+    }
+    sim.shutdown().await;
+    let (mut out, failed, bound) = r?;
+    println!(
+        "(g) canary first failed request → out of traffic p50 {:.3}s p99 {:.3}s ({runs} runs)",
+        pct(&mut out, 50.0),
+        pct(&mut out, 99.0)
+    );
+    println!(
+        "(g) failed client requests during the bad releases: {failed} (canary share × requests \
+         in that window: {bound:.1})"
+    );
+    Ok(())
+}
+
+async fn rollout_phase(sim: &Sim) -> Result<Option<RolloutPhase>> {
+    Ok(sim
+        .msvcs()
+        .get(NAME)
+        .await?
+        .status
+        .and_then(|s| s.rollout)
+        .map(|r| r.phase))
+}
+
+async fn bad_releases(sim: &Sim, runs: usize) -> Result<(Vec<f64>, usize, f64)> {
+    sim.create_users("users-backup", 1, |_| {}).await?;
+    sim.create_users(NAME, i32::try_from(STABLE)?, |s| {
+        s.rollout.strategy = RolloutStrategy::Guarded;
+        s.rollout.analysis_seconds = 600;
+        s.rollout.ready_timeout_seconds = 60;
+        s.failover.enabled = true;
+        s.failover.fallback = Some("users-backup".into());
+    })
+    .await?;
+    sim.ready_pods(NAME, STABLE).await?;
+    sim.wait("the first template to be stable", || async {
+        Ok((rollout_phase(sim).await? == Some(RolloutPhase::Stable)).then_some(()))
+    })
+    .await?;
+    let traffic = Traffic::start(sim.vip(NAME).await?, "/users", Duration::from_millis(10));
+    let share = 1.0 / (STABLE as f64 + 1.0);
+    let (mut out, mut failed, mut bound) = (Vec::new(), 0, 0.0);
+    for run in 0..runs {
+        let body = serde_json::json!({"spec": {"env": [
+            {"name": "ADMIN_TOKEN", "value": ADMIN_TOKEN},
+            {"name": "RELEASE", "value": format!("bad-{run}")},
+        ]}});
+        sim.msvcs()
+            .patch(NAME, &PatchParams::default(), &Patch::Merge(&body))
+            .await?;
+        // The canary pod takes traffic: Ready and among the Service's endpoints.
+        let canary = sim
+            .poll("a canary pod in the Service's endpoints", || async {
+                let endpoints = sim.ready_endpoints(NAME).await?;
+                let pods = sim.pods_of(NAME).await?;
+                Ok(pods.into_iter().find(|p| {
+                    is_ready(p)
+                        && p.metadata
+                            .labels
+                            .as_ref()
+                            .is_some_and(|l| l.contains_key(labels::TRACK))
+                        && endpoints.contains(&pod_ip(p))
+                }))
+            })
+            .await?;
+        let ip = pod_ip(&canary);
+        sim.poll("clients succeed with the canary in traffic", || async {
+            Ok(traffic.last_ok(20).then_some(()))
+        })
+        .await?;
+        let t_fault = Instant::now();
+        set_fault(&canary, r#"{"unhealthy": true, "errorRate": 1.0}"#).await?;
+        let t_out = loop {
+            if !sim.ready_endpoints(NAME).await?.contains(&ip) {
+                break Instant::now();
+            }
+            if t_fault.elapsed() > WAIT {
+                bail!("run {run}: the failing canary stayed in traffic");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        sim.wait("the rollback", || async {
+            Ok((rollout_phase(sim).await? == Some(RolloutPhase::RolledBack)).then_some(()))
+        })
+        .await?;
+        // Requests still in flight at t_out may fail; count until clients succeed again.
+        sim.poll("clients succeed again", || async {
+            Ok(traffic.last_ok(20).then_some(()))
+        })
+        .await?;
+        let seen: Vec<(Instant, bool)> = traffic
+            .outcomes()
+            .into_iter()
+            .filter(|(t, _)| *t >= t_fault)
+            .collect();
+        let first_fail = seen
+            .iter()
+            .find(|(_, ok)| !ok)
+            .map(|(t, _)| *t)
+            .context("the canary never failed a client request")?;
+        let n_failed = seen.iter().filter(|(_, ok)| !ok).count();
+        let in_window = seen
+            .iter()
+            .filter(|(t, _)| *t >= first_fail && *t <= t_out)
+            .count();
+        let w = t_out.saturating_duration_since(first_fail).as_secs_f64();
+        println!(
+            "rollout run {run}: first failed request {:.3}s after the fault, out of traffic {w:.3}s \
+             later; {n_failed} failed requests ({in_window} sent in that window)",
+            (first_fail - t_fault).as_secs_f64()
+        );
+        out.push(w);
+        failed += n_failed;
+        bound += share * in_window as f64;
+    }
+    Ok((out, failed, bound))
+}
