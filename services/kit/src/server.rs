@@ -199,16 +199,20 @@ async fn serve_connection<Svc>(
 {
     let _open = shared.traffic.connection_opened();
     let (service, traffic) = (shared.service.clone(), shared.traffic.clone());
+    let first_request = Arc::new(FirstRequest::default());
+    let seen = first_request.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        seen.arrived();
         req.extensions_mut().insert(PeerAddr(peer));
         with_request_id(service.clone(), traffic.clone(), req)
     });
     // Only a change to "closing" after this connection began closes it: a connection opened
-    // while closing is served (HTTP/1.1 responses then carry `Connection: close`), because a
-    // graceful shutdown before the first bytes would drop it unanswered.
-    // A connection opened while closing (a client reconnecting before the endpoints moved) is
-    // closed gracefully a moment later if the instance is still closing, so an HTTP/2 client
-    // does not stay on it until the next change.
+    // while closing is served (HTTP/1.1 responses then carry `Connection: close`), and closed
+    // gracefully a moment later if the instance is still closing (a client reconnecting before
+    // the endpoints moved), so an HTTP/2 client does not stay on it until the next change. A
+    // connection that has not carried a request yet is closed only once its first request
+    // arrives (that request is answered, then the connection closes): a graceful shutdown before
+    // then would drop a request whose bytes may already be on the way.
     let mut closing = shared.traffic.subscribe();
     closing.mark_unchanged();
     let opened_closing = shared.traffic.closing();
@@ -217,6 +221,7 @@ async fn serve_connection<Svc>(
     let conn = shared.builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let mut told = false;
+    let mut pending = false;
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -228,7 +233,11 @@ async fn serve_connection<Svc>(
             () = &mut late, if opened_closing && !told => {
                 told = true;
                 if shared.traffic.closing() {
-                    conn.as_mut().graceful_shutdown();
+                    if first_request.seen() {
+                        conn.as_mut().graceful_shutdown();
+                    } else {
+                        pending = true;
+                    }
                 }
             }
             changed = closing.changed(), if !told => {
@@ -236,10 +245,43 @@ async fn serve_connection<Svc>(
                     told = true;
                 } else if *closing.borrow_and_update() {
                     told = true;
+                    if first_request.seen() {
+                        conn.as_mut().graceful_shutdown();
+                    } else {
+                        pending = true;
+                    }
+                }
+            }
+            () = first_request.wait(), if pending => {
+                pending = false;
+                if shared.traffic.closing() {
                     conn.as_mut().graceful_shutdown();
                 }
             }
         }
+    }
+}
+
+/// Whether a connection has carried a request yet, and a wake-up when the first one arrives.
+#[derive(Debug, Default)]
+struct FirstRequest {
+    seen: std::sync::atomic::AtomicBool,
+    notify: tokio::sync::Notify,
+}
+
+impl FirstRequest {
+    fn arrived(&self) {
+        if !self.seen.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            self.notify.notify_one();
+        }
+    }
+
+    fn seen(&self) -> bool {
+        self.seen.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    async fn wait(&self) {
+        self.notify.notified().await;
     }
 }
 
