@@ -130,12 +130,12 @@ async fn can_i(client: &Client, verb: &str, resource: &str) -> Result<bool> {
 }
 
 /// Checks that the kubeconfig acts as the chart's ServiceAccount: it may patch Services (the
-/// chart grants it) but not delete pods (the chart does not), so the operator cannot be
+/// chart grants it) but not read Secrets (the chart does not), so the operator cannot be
 /// running as the admin by mistake.
 async fn check_identity(kubeconfig: &Path) -> Result<()> {
     let client = flotilla_testkit::cluster::client_from_kubeconfig(kubeconfig).await?;
     ensure!(
-        can_i(&client, "patch", "services").await? && !can_i(&client, "delete", "pods").await?,
+        can_i(&client, "patch", "services").await? && !can_i(&client, "get", "secrets").await?,
         "the operator's kubeconfig does not act as {USER} with the chart's RBAC"
     );
     Ok(())
