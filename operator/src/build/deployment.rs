@@ -48,42 +48,7 @@ pub fn build_deployment(v: &ValidatedSpec) -> Deployment {
     }
     let has_config = s.config.as_ref().is_some_and(|c| !c.is_empty());
     let mount = s.config_mount_path.as_ref().filter(|_| has_config);
-
-    let container = Container {
-        name: CONTAINER_NAME.into(),
-        image: Some(s.image.clone()),
-        command: s.command.clone(),
-        args: s.args.clone(),
-        ports: Some(vec![ContainerPort {
-            name: Some(s.port_name.clone()),
-            container_port: s.port,
-            protocol: Some("TCP".into()),
-            ..ContainerPort::default()
-        }]),
-        env: Some(env(v)),
-        resources: s.resources.clone(),
-        startup_probe: Some(startup_probe(v)),
-        liveness_probe: Some(probe(v, &s.health.liveness_path, true)),
-        readiness_probe: Some(probe(v, &s.health.readiness_path, false)),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                ..Capabilities::default()
-            }),
-            run_as_non_root: Some(true),
-            ..SecurityContext::default()
-        }),
-        volume_mounts: mount.map(|p| {
-            vec![VolumeMount {
-                name: CONFIG_VOLUME.into(),
-                mount_path: p.clone(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            }]
-        }),
-        ..Container::default()
-    };
+    let container = container(v, mount);
     let volumes = mount.map(|_| {
         vec![Volume {
             name: CONFIG_VOLUME.into(),
@@ -134,6 +99,47 @@ pub fn build_deployment(v: &ValidatedSpec) -> Deployment {
             ..DeploymentSpec::default()
         }),
         ..Deployment::default()
+    }
+}
+
+/// The service's one container: image, port, env, probes, a locked-down security context and
+/// the config mount when there is one.
+fn container(v: &ValidatedSpec, mount: Option<&String>) -> Container {
+    let s = &v.spec;
+    Container {
+        name: CONTAINER_NAME.into(),
+        image: Some(s.image.clone()),
+        command: s.command.clone(),
+        args: s.args.clone(),
+        ports: Some(vec![ContainerPort {
+            name: Some(s.port_name.clone()),
+            container_port: s.port,
+            protocol: Some("TCP".into()),
+            ..ContainerPort::default()
+        }]),
+        env: Some(env(v)),
+        resources: s.resources.clone(),
+        startup_probe: Some(startup_probe(v)),
+        liveness_probe: Some(probe(v, &s.health.liveness_path, true)),
+        readiness_probe: Some(probe(v, &s.health.readiness_path, false)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            run_as_non_root: Some(true),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: mount.map(|p| {
+            vec![VolumeMount {
+                name: CONFIG_VOLUME.into(),
+                mount_path: p.clone(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            }]
+        }),
+        ..Container::default()
     }
 }
 

@@ -129,9 +129,7 @@ pub fn build_replica_set(d: &Deployment, hash: &str, replicas: i32, revision: i6
 }
 
 /// A pod template as compared for "same template": semantic JSON without the hash label.
-fn semantic_template(
-    template: Option<&PodTemplateSpec>,
-) -> serde_json::Value {
+fn semantic_template(template: Option<&PodTemplateSpec>) -> serde_json::Value {
     let mut value = serde_json::to_value(template).unwrap_or_default();
     if let Some(labels) = value
         .pointer_mut("/metadata/labels")
