@@ -64,9 +64,16 @@ pub async fn compare(runs: usize) -> Result<()> {
 }
 
 async fn one_pod_fault(sim: &Sim, name: &str, setup: Setup, runs: usize) -> Result<Vec<f64>> {
+    // Failover needs a declared fallback; with one of two pods failing the primary keeps a
+    // healthy pod, so traffic never moves there and only the ejection is measured.
+    let fallback = format!("{name}-backup");
+    if matches!(setup, Setup::Flotilla) {
+        sim.create_users(&fallback, 1, |_| {}).await?;
+    }
     sim.create_users(name, 2, |s| match setup {
         Setup::Flotilla => {
             s.failover.enabled = true;
+            s.failover.fallback = Some(fallback.clone());
             s.failover.max_flaps = 1000;
         }
         Setup::ReadinessGenerated => s.failover.enabled = false,

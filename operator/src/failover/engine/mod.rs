@@ -388,10 +388,13 @@ impl Engine {
             entry.in_flight = true;
             let client = self.client.clone();
             let limits = self.cfg.scrape_limits;
-            let verdict = if entry.drain_until.is_some_and(|t| now < t) {
-                Some(flotilla_crds::traffic::EJECTED)
-            } else {
-                entry.verdict
+            // A drained fallback pod is told `ejected` while it drains and `serving` after: a pod
+            // keeps the last verdict it heard, so one never told `serving` again would keep
+            // closing its clients' connections (HTTP/2 clients then never settle on it).
+            let verdict = match entry.drain_until {
+                Some(t) if now < t => Some(flotilla_crds::traffic::EJECTED),
+                Some(_) => entry.verdict.or(Some(flotilla_crds::traffic::SERVING)),
+                None => entry.verdict,
             };
             let http = entry.http.clone();
             let conn = entry.conn.take();
