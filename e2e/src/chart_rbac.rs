@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use flotilla_testkit::cluster::FIELD_MANAGER;
-use flotilla_testkit::operator::{free_port, Launcher, OperatorProcess, RunningOperator, Target};
+use flotilla_testkit::operator::{Launcher, OperatorProcess, RunningOperator, Target};
 use flotilla_testkit::Harness;
 
 use crate::chart;
@@ -150,21 +150,8 @@ pub fn launcher() -> Launcher {
             let kubeconfig = target.state_dir.join("operator-kubeconfig.yaml");
             impersonating_kubeconfig(target.kubeconfig, &kubeconfig, USER)?;
             check_identity(&kubeconfig).await?;
-            let metrics_addr = format!("127.0.0.1:{}", free_port()?);
-            let args: Vec<String> = [
-                "run",
-                "--metrics-addr",
-                &metrics_addr,
-                "--log-format",
-                "text",
-            ]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-            let envs = [("POD_NAMESPACE".to_owned(), "default".to_owned())];
             let log = target.state_dir.join(LOG);
-            let operator =
-                OperatorProcess::start(&kubeconfig, &args, &envs, &metrics_addr, log).await?;
+            let operator = OperatorProcess::start_for_all_namespaces(&kubeconfig, log).await?;
             Ok(Box::new(operator) as Box<dyn RunningOperator>)
         })
     })

@@ -170,27 +170,32 @@ impl OperatorProcess {
         Ok(operator)
     }
 
+    /// Starts the operator binary with `kubeconfig` for all namespaces, without leader election,
+    /// on a fresh loopback metrics port, logging to `log`.
+    pub async fn start_for_all_namespaces(kubeconfig: &Path, log: PathBuf) -> Result<Self> {
+        let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+        let args: Vec<String> = [
+            "run",
+            "--metrics-addr",
+            &metrics_addr,
+            "--log-format",
+            "text",
+        ]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect();
+        let envs = [("POD_NAMESPACE".to_owned(), "default".to_owned())];
+        Self::start(kubeconfig, &args, &envs, &metrics_addr, log).await
+    }
+
     /// A launcher that starts the operator for all namespaces, without leader election, on a
     /// fresh loopback metrics port, logging to `operator.log` in the state directory (appended
     /// across restarts).
     pub fn launcher() -> Launcher {
         Arc::new(|target: Target<'_>| {
             async move {
-                let metrics_addr = format!("127.0.0.1:{}", free_port()?);
-                let args: Vec<String> = [
-                    "run",
-                    "--metrics-addr",
-                    &metrics_addr,
-                    "--log-format",
-                    "text",
-                ]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect();
-                let envs = [("POD_NAMESPACE".to_owned(), "default".to_owned())];
                 let log = target.state_dir.join("operator.log");
-                let operator =
-                    Self::start(target.kubeconfig, &args, &envs, &metrics_addr, log).await?;
+                let operator = Self::start_for_all_namespaces(target.kubeconfig, log).await?;
                 Ok(Box::new(operator) as Box<dyn RunningOperator>)
             }
             .boxed()
