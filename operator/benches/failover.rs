@@ -343,16 +343,7 @@ async fn failover(args: &Args) -> Result<()> {
             det.push((s1 - s0) / (n1 - n0));
         }
         switch.push((t_switch - t_fault).as_secs_f64());
-        let errors: Vec<Instant> = traffic
-            .outcomes()
-            .into_iter()
-            .filter(|(t, ok)| *t >= t_fault && !ok)
-            .map(|(t, _)| t)
-            .collect();
-        let w = match (errors.first(), errors.last()) {
-            (Some(a), Some(b)) => (*b - *a).as_secs_f64(),
-            _ => 0.0,
-        };
+        let (errors, w) = failures_since(traffic.outcomes(), t_fault);
         window.push(w);
         let last_err = errors.last().copied().unwrap_or(t_fault);
         let client_ok = traffic

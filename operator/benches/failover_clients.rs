@@ -182,16 +182,7 @@ async fn measure(
         .await?;
         // Counted by the primary's pods themselves: API requests they answered after the switch.
         let served_after = api_requests_of(&primary, PORT).await? - at_switch;
-        let errors: Vec<Instant> = client
-            .outcomes()
-            .into_iter()
-            .filter(|(t, ok)| *t >= t_fault && !ok)
-            .map(|(t, _)| t)
-            .collect();
-        let w = match (errors.first(), errors.last()) {
-            (Some(a), Some(b)) => (*b - *a).as_secs_f64(),
-            _ => 0.0,
-        };
+        let (errors, w) = failures_since(client.outcomes(), t_fault);
         // Only the faulty primary answers with errors, so a failure after the switch reached it.
         let after: Vec<Instant> = errors.iter().copied().filter(|t| *t > t_switch).collect();
         let last_after = after.last().map_or(0.0, |t| (*t - t_switch).as_secs_f64());

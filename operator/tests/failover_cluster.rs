@@ -2,6 +2,8 @@
 //! operator runs in-process, faults are injected through each pod's `/admin/faults`, and
 //! traffic goes through the Service's cluster IP. Each test has its own cluster.
 
+// The failover tests' cluster harness; the error-window helper is for the benchmarks.
+#[allow(dead_code)]
 #[path = "failover_common/sim.rs"]
 mod sim;
 

@@ -111,16 +111,7 @@ async fn one_pod_fault(sim: &Sim, name: &str, setup: Setup, runs: usize) -> Resu
             Ok(traffic.last_ok(30).then_some(()))
         })
         .await?;
-        let errors: Vec<Instant> = traffic
-            .outcomes()
-            .into_iter()
-            .filter(|(t, ok)| *t >= t_fault && !ok)
-            .map(|(t, _)| t)
-            .collect();
-        let w = match (errors.first(), errors.last()) {
-            (Some(a), Some(b)) => (*b - *a).as_secs_f64(),
-            _ => 0.0,
-        };
+        let (errors, w) = failures_since(traffic.outcomes(), t_fault);
         println!(
             "(f) {} run {run}: client error window {w:.3}s ({} failed requests)",
             setup.name(),

@@ -231,6 +231,21 @@ pub async fn clear_fault(p: &Pod) -> Result<()> {
     Ok(())
 }
 
+/// The failed requests among `outcomes` since `from`, and the client error window: from the
+/// first to the last of them, in seconds (0 when none failed).
+pub fn failures_since(outcomes: Vec<(Instant, bool)>, from: Instant) -> (Vec<Instant>, f64) {
+    let errors: Vec<Instant> = outcomes
+        .into_iter()
+        .filter(|(t, ok)| *t >= from && !ok)
+        .map(|(t, _)| t)
+        .collect();
+    let window = match (errors.first(), errors.last()) {
+        (Some(a), Some(b)) => (*b - *a).as_secs_f64(),
+        _ => 0.0,
+    };
+    (errors, window)
+}
+
 /// A client sending steady traffic to an address, recording each request's outcome.
 pub struct Traffic {
     log: std::sync::Arc<std::sync::Mutex<Vec<(Instant, bool)>>>,
