@@ -165,6 +165,7 @@ async fn cpu(args: &Args) -> Result<()> {
             uid: None,
             generation: Some(1),
             failover_enabled: true,
+            analysing: false,
             probe: ProbePolicy {
                 port: *port,
                 ..ProbePolicy::default()

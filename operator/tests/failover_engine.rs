@@ -36,6 +36,7 @@ fn service(
         uid: None,
         generation: Some(1),
         failover_enabled: fallback.is_some(),
+        analysing: false,
         probe: ProbePolicy {
             period: Duration::from_millis(200),
             port,

@@ -116,6 +116,7 @@ fn service(name: &str, port: u16) -> ServiceInfo {
         uid: None,
         generation: Some(1),
         failover_enabled: true,
+        analysing: false,
         // A long timeout: the scrape shares it, and reading 4 MiB in a debug build on a loaded
         // machine takes a while; this test is about memory, not speed.
         probe: ProbePolicy {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use flotilla_crds::{
-    conditions, labels, MicroService, RolloutPhase, RolloutStatus, RolloutStrategy,
+    conditions, labels, FailoverStatus, MicroService, RolloutPhase, RolloutStatus, RolloutStrategy,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -270,19 +270,33 @@ async fn release_failing_readiness_is_rolled_back() -> Result<()> {
 
 #[tokio::test]
 async fn release_answering_500_is_rolled_back() -> Result<()> {
-    // With failover on and metrics scraped, a canary answering 500 on half of its requests shows
-    // a 5xx ratio far above the stable pods' and is rolled back; the client's failures stay below
-    // the canary's share of the traffic times the fault rate.
-    let sim = Sim::start("rollout-500").await?;
-    sim.create_users("users-backup", 1, |_| {}).await?;
+    // With failover on, a canary answering 500 on half of its requests shows a 5xx ratio far
+    // above the stable pods' and is rolled back; the client's failures stay below the canary's
+    // share of the traffic times the fault rate.
+    answering_500_is_rolled_back("rollout-500", true).await
+}
+
+#[tokio::test]
+async fn release_answering_500_is_rolled_back_without_failover() -> Result<()> {
+    // Failover off and metrics scraping left at its default: the analysis alone has Flotilla
+    // probe the pods and scrape their metrics, and the canary is rolled back all the same.
+    answering_500_is_rolled_back("rollout-500-nofo", false).await
+}
+
+async fn answering_500_is_rolled_back(ns: &str, failover: bool) -> Result<()> {
+    let sim = Sim::start(ns).await?;
+    if failover {
+        sim.create_users("users-backup", 1, |_| {}).await?;
+    }
     sim.create_users(NAME, 2, |s| {
         s.rollout.strategy = RolloutStrategy::Guarded;
         s.rollout.analysis_seconds = 60;
         s.rollout.max_error_rate = 0.1;
-        s.failover.enabled = true;
-        s.failover.fallback = Some("users-backup".into());
-        s.failover.scrape_metrics = true;
-        s.failover.error_rate_window_seconds = 5;
+        if failover {
+            s.failover.enabled = true;
+            s.failover.fallback = Some("users-backup".into());
+            s.failover.error_rate_window_seconds = 5;
+        }
     })
     .await?;
     sim.ready_pods(NAME, 2).await?;
@@ -310,6 +324,29 @@ async fn release_answering_500_is_rolled_back() -> Result<()> {
     eprintln!("release answering 500: {failed} of {total} requests failed");
     if total == 0 || failed * 6 > total {
         bail!("{failed} of {total} client requests failed");
+    }
+    let ms = sim.msvcs().get(NAME).await?;
+    let status = ms.status.unwrap_or_default();
+    if !failover {
+        // Probing for the analysis writes no failover conditions, and its report is withdrawn
+        // once the analysis is over.
+        if status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == conditions::FAILED_OVER)
+        {
+            bail!("a service without failover got a FailedOver condition");
+        }
+        sim.wait(
+            "status.failover to be withdrawn after the analysis",
+            || async {
+                let s = sim.msvcs().get(NAME).await?.status.unwrap_or_default();
+                // Withdrawn fields leave at most an empty `failover` object behind.
+                let empty = s.failover.is_none_or(|f| f == FailoverStatus::default());
+                Ok(empty.then_some(()))
+            },
+        )
+        .await?;
     }
     sim.shutdown().await;
     Ok(())

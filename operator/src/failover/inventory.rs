@@ -6,11 +6,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use flotilla_crds::{conditions, labels, FailoverStatus, MicroService};
+use flotilla_crds::{
+    conditions, labels, FailoverStatus, MicroService, RolloutPhase, RolloutStrategy,
+};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 
-use super::policy::{FailoverPolicy, ProbePolicy};
+use super::policy::{FailoverPolicy, Mode, ProbePolicy, StickyAction};
 
 /// Namespace and name of an object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -48,6 +50,9 @@ pub struct ServiceInfo {
     pub generation: Option<i64>,
     /// Whether `spec.failover.enabled` is set (a service may be probed only as someone's fallback).
     pub failover_enabled: bool,
+    /// A guarded rollout of this service is analysing a canary: its pods are probed and their
+    /// metrics scraped for the analysis, whether or not failover is enabled.
+    pub analysing: bool,
     /// How its pods are probed.
     pub probe: ProbePolicy,
     /// How it fails over.
@@ -78,7 +83,8 @@ pub struct PodInfo {
 /// Everything the prober, decider and writer read.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inventory {
-    /// Services whose pods are probed: failover-enabled ones and their fallbacks.
+    /// Services whose pods are probed: failover-enabled ones, their fallbacks, and those whose
+    /// guarded rollout is under analysis.
     pub services: BTreeMap<ObjKey, ServiceInfo>,
     /// Pods of those services that are not terminating.
     pub pods: BTreeMap<ObjKey, PodInfo>,
@@ -86,16 +92,57 @@ pub struct Inventory {
     pub by_service: BTreeMap<ObjKey, Vec<ObjKey>>,
 }
 
+impl ServiceInfo {
+    /// Whether the engine decides this service (and the writer reports on it): failover is
+    /// enabled or a rollout analysis needs its pods' verdicts.
+    pub fn decided(&self) -> bool {
+        self.failover_enabled || self.analysing
+    }
+
+    /// Probed only for a rollout analysis: verdicts reach `status.failover` (marked observe-only),
+    /// but traffic never moves and no failover Events or conditions are written.
+    pub fn analysis_only(&self) -> bool {
+        self.analysing && !self.failover_enabled
+    }
+}
+
+/// The failover policy the engine applies: the spec's, with metrics scraped while a rollout is
+/// analysed (the analysis compares 5xx ratios), and reduced to observing when the service is
+/// probed only for that analysis.
+fn effective_policy(ms: &MicroService, analysing: bool) -> FailoverPolicy {
+    let spec = FailoverPolicy::from(&ms.spec);
+    match (analysing, ms.spec.failover.enabled) {
+        (false, _) => spec,
+        (true, true) => FailoverPolicy {
+            scrape_metrics: true,
+            ..spec
+        },
+        (true, false) => FailoverPolicy {
+            fallback: None,
+            mode: Mode::Observe,
+            max_error_rate: None,
+            scrape_metrics: true,
+            sticky: StickyAction::Report,
+            ..spec
+        },
+    }
+}
+
 fn service_info(ms: &MicroService) -> Option<ServiceInfo> {
     let key = ObjKey::new(ms.metadata.namespace.clone()?, ms.metadata.name.clone()?);
     let status = ms.status.as_ref();
+    let analysing = ms.spec.rollout.strategy == RolloutStrategy::Guarded
+        && status
+            .and_then(|s| s.rollout.as_ref())
+            .is_some_and(|r| r.phase == RolloutPhase::Analyzing);
     Some(ServiceInfo {
         key,
         uid: ms.metadata.uid.clone(),
         generation: ms.metadata.generation,
         failover_enabled: ms.spec.failover.enabled,
+        analysing,
         probe: ProbePolicy::from(&ms.spec),
-        failover: FailoverPolicy::from(&ms.spec),
+        failover: effective_policy(ms, analysing),
         port_name: ms.spec.port_name.clone(),
         status: status.and_then(|s| s.failover.clone()),
         conditions: status
@@ -153,7 +200,7 @@ impl Inventory {
             .map(|s| (s.key.clone(), s))
             .collect();
         let mut wanted: BTreeSet<ObjKey> = BTreeSet::new();
-        for s in all.values().filter(|s| s.failover_enabled) {
+        for s in all.values().filter(|s| s.decided()) {
             wanted.insert(s.key.clone());
             if let Some(fb) = &s.failover.fallback {
                 wanted.insert(ObjKey::new(s.key.ns.clone(), fb.clone()));
@@ -263,5 +310,42 @@ mod tests {
         assert_eq!(a1.serves.len(), 1);
         assert!(!inv.pods[&ObjKey::new("ns", "b-1")].ready);
         assert_eq!(inv.pods_of(&ObjKey::new("ns", "a")).count(), 1);
+    }
+
+    fn guarded(name: &str, enabled: bool, phase: RolloutPhase) -> MicroService {
+        let mut m = ms(name, enabled, None);
+        m.spec.rollout.strategy = RolloutStrategy::Guarded;
+        m.status = Some(flotilla_crds::MicroServiceStatus {
+            rollout: Some(flotilla_crds::RolloutStatus {
+                phase,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        m
+    }
+
+    #[test]
+    fn an_analysed_rollout_is_probed_only_to_observe_without_failover() {
+        // A guarded rollout under analysis has its pods probed and scraped even with failover
+        // off, in Observe mode with no fallback; once the analysis is over it leaves.
+        let services = [
+            guarded("a", false, RolloutPhase::Analyzing),
+            guarded("b", false, RolloutPhase::Promoted),
+            guarded("c", true, RolloutPhase::Analyzing),
+        ];
+        let inv = Inventory::build(&services, &[]);
+        let names: Vec<_> = inv.services.keys().map(|k| k.name.as_str()).collect();
+        assert_eq!(names, ["a", "c"]);
+        let a = &inv.services[&ObjKey::new("ns", "a")];
+        assert!(a.analysis_only() && a.decided());
+        assert_eq!(a.failover.mode, Mode::Observe);
+        assert!(a.failover.scrape_metrics);
+        assert_eq!(a.failover.fallback, None);
+        // With failover on, the analysis only turns scraping on.
+        let c = &inv.services[&ObjKey::new("ns", "c")];
+        assert!(!c.analysis_only());
+        assert_eq!(c.failover.mode, Mode::Enforce);
+        assert!(c.failover.scrape_metrics);
     }
 }

@@ -51,7 +51,7 @@ fn desired(members: Vec<Member>, status: FailoverStatus) -> ServiceDesired {
         label_key: labels::serves("a"),
         members,
         status,
-        conditions: [
+        conditions: vec![
             cond(conditions::FAILED_OVER, false, "PrimaryServing"),
             cond(conditions::FLAPPING, false, "Stable"),
         ],
@@ -73,6 +73,7 @@ fn info(status: Option<FailoverStatus>, conds: Vec<Condition>) -> ServiceInfo {
         uid: None,
         generation: Some(3),
         failover_enabled: true,
+        analysing: false,
         probe: ProbePolicy::default(),
         failover: FailoverPolicy::default(),
         port_name: "http".into(),

@@ -49,8 +49,9 @@ pub struct ServiceDesired {
     pub members: Vec<Member>,
     /// The `status.failover` to show.
     pub status: FailoverStatus,
-    /// The `FailedOver` and `Flapping` conditions.
-    pub conditions: [CondSpec; 2],
+    /// The `FailedOver` and `Flapping` conditions (none for a service probed only for a
+    /// rollout analysis).
+    pub conditions: Vec<CondSpec>,
     /// Pods serving (or, in Observe mode, that would serve) the traffic.
     pub serving: i64,
 }
@@ -168,7 +169,7 @@ pub fn status_for(
     flaps: usize,
     history: &History,
     pods: Vec<PodEvidence>,
-) -> (FailoverStatus, [CondSpec; 2]) {
+) -> (FailoverStatus, Vec<CondSpec>) {
     let observe = mode == Mode::Observe;
     // In Observe mode traffic never moves, so the active target shown is the real one.
     let active = if observe { Target::Primary } else { d.active };
@@ -230,7 +231,7 @@ pub fn status_for(
             message: format!("{prefix}{flaps} traffic flips within the flap window"),
         }
     };
-    (status, [failed_over, flapping])
+    (status, vec![failed_over, flapping])
 }
 
 /// Whether a change moved traffic (for the counters and the detection histogram).

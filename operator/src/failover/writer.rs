@@ -10,7 +10,7 @@
 //! `plan.rs`). A failed write is retried on the next pass (at most `resync` later) because the
 //! plan is recomputed from what the cluster shows. Observe mode writes status and Events only.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -70,6 +70,9 @@ struct Writer {
     recent_labels: HashMap<(ObjKey, String), (Option<&'static str>, Instant)>,
     recent_status: HashMap<ObjKey, (Value, Instant)>,
     last_status_write: HashMap<ObjKey, Instant>,
+    /// Services whose `status.failover` this writer has written; when one leaves the desired
+    /// state (failover disabled, rollout analysis over) its fields are withdrawn.
+    reported: HashSet<ObjKey>,
 }
 
 /// Starts the writer. It stops when the engine's outputs close.
@@ -94,6 +97,7 @@ pub fn spawn(
         recent_labels: HashMap::new(),
         recent_status: HashMap::new(),
         last_status_write: HashMap::new(),
+        reported: HashSet::new(),
     };
     tokio::spawn(w.run(inventory, outputs, leader))
 }
@@ -269,6 +273,7 @@ impl Writer {
             if label == "ok" {
                 self.recent_status.insert(svc.key.clone(), (body, now));
                 self.last_status_write.insert(svc.key.clone(), now);
+                self.reported.insert(svc.key.clone());
             } else {
                 tracing::warn!(service = %svc.key, result = label, "failover status write failed; retrying");
             }
@@ -277,6 +282,48 @@ impl Writer {
             .retain(|k, _| want.services.contains_key(k));
         self.last_status_write
             .retain(|k, _| want.services.contains_key(k));
+        let left: Vec<ObjKey> = self
+            .reported
+            .iter()
+            .filter(|k| !want.services.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in left {
+            if self.withdraw_status(&key).await {
+                self.reported.remove(&key);
+            }
+        }
+    }
+
+    /// Applies an empty status as the failover field manager, which removes `status.failover`
+    /// and the engine's conditions from a service it no longer decides. `true` when done (or
+    /// the MicroService is gone).
+    async fn withdraw_status(&self, key: &ObjKey) -> bool {
+        if !self.leadership.is_leading() {
+            return false;
+        }
+        let body = serde_json::json!({
+            "apiVersion": API_VERSION,
+            "kind": KIND,
+            "metadata": { "name": key.name, "namespace": key.ns },
+            "status": {},
+        });
+        let api: Api<MicroService> = Api::namespaced(self.client.clone(), &key.ns);
+        let params = PatchParams::apply(FAILOVER_FIELD_MANAGER).force();
+        let r = self
+            .leadership
+            .write(
+                self.cfg.write_timeout,
+                api.patch_status(&key.name, &params, &Patch::Apply(&body)),
+            )
+            .await;
+        let gone = matches!(&r, Ok(Err(kube::Error::Api(e))) if e.code == 404);
+        let label = if gone { "ok" } else { result_label(&r) };
+        self.metrics
+            .writes
+            .with_label_values(&["status", label])
+            .inc();
+        label == "ok"
     }
 
     /// Publishes the Event for one notice (and updates the counters and detection histogram).

@@ -322,7 +322,7 @@ impl Engine {
         }
         let metrics = &self.metrics;
         self.svcs.retain(|k, _| {
-            let keep = inv.services.get(k).is_some_and(|s| s.failover_enabled);
+            let keep = inv.services.get(k).is_some_and(ServiceInfo::decided);
             if !keep {
                 let _ = metrics
                     .healthy_endpoints
@@ -330,7 +330,7 @@ impl Engine {
             }
             keep
         });
-        for svc in inv.services.values().filter(|s| s.failover_enabled) {
+        for svc in inv.services.values().filter(|s| s.decided()) {
             self.svcs
                 .entry(svc.key.clone())
                 .or_insert_with(|| resume(svc, &inv));

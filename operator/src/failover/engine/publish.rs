@@ -30,8 +30,12 @@ impl Engine {
             let Some(d) = self.decide_one(&key, &info, now) else {
                 continue;
             };
-            self.queue_notices(&key, &info, &d, now, &mut notices);
-            sticky_pods += self.sticky_notices(&key, &info, &d, now, &mut notices);
+            // A service probed only for a rollout analysis never moves traffic: its verdicts go
+            // to status for the analysis, without failover Events.
+            if !info.analysis_only() {
+                self.queue_notices(&key, &info, &d, now, &mut notices);
+                sticky_pods += self.sticky_notices(&key, &info, &d, now, &mut notices);
+            }
             self.record_verdicts(&key, &info, &d, now);
             let want = self.service_desired(key, &info, &d);
             desired.services.insert(want.key.clone(), want);
@@ -267,7 +271,7 @@ impl Engine {
             .get(&key)
             .map(|e| (e.history.clone(), e.state.flips.len()))
             .unwrap_or_default();
-        let (status, conditions) = report::status_for(
+        let (status, mut conditions) = report::status_for(
             d,
             mode,
             info.failover.fallback.as_deref(),
@@ -275,6 +279,10 @@ impl Engine {
             &history,
             evidence,
         );
+        if info.analysis_only() {
+            // `FailedOver` and `Flapping` speak of a failover the service has not enabled.
+            conditions.clear();
+        }
         let members: Vec<Member> = d
             .primary_members
             .iter()
