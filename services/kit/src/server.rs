@@ -204,7 +204,17 @@ async fn serve_connection<Svc>(
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         seen.arrived();
         req.extensions_mut().insert(PeerAddr(peer));
-        with_request_id(service.clone(), traffic.clone(), req)
+        let (service, traffic, seen) = (service.clone(), traffic.clone(), seen.clone());
+        async move {
+            let resp = with_request_id(service, traffic.clone(), req).await;
+            // A request answered while closing closes its connection too (HTTP/1.1 through
+            // `Connection: close`, HTTP/2 here with `GOAWAY`): a client that reconnected before
+            // the endpoints moved leaves again on its next request, not a probe period later.
+            if traffic.closing() {
+                seen.answered_while_closing();
+            }
+            resp
+        }
     });
     // Only a change to "closing" after this connection began closes it: a connection opened
     // while closing is served (HTTP/1.1 responses then carry `Connection: close`), and closed
@@ -212,7 +222,8 @@ async fn serve_connection<Svc>(
     // the endpoints moved), so an HTTP/2 client does not stay on it until the next change. A
     // connection that has not carried a request yet is closed only once its first request
     // arrives (that request is answered, then the connection closes): a graceful shutdown before
-    // then would drop a request whose bytes may already be on the way.
+    // then would drop a request whose bytes may already be on the way. Any request answered
+    // while closing closes its connection after the response.
     let mut closing = shared.traffic.subscribe();
     closing.mark_unchanged();
     let opened_closing = shared.traffic.closing();
@@ -222,8 +233,9 @@ async fn serve_connection<Svc>(
     tokio::pin!(conn);
     let mut told = false;
     let mut pending = false;
+    let mut shut = false;
     loop {
-        tokio::select! {
+        let close_now = tokio::select! {
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
@@ -232,41 +244,41 @@ async fn serve_connection<Svc>(
             }
             () = &mut late, if opened_closing && !told => {
                 told = true;
-                if shared.traffic.closing() {
-                    if first_request.seen() {
-                        conn.as_mut().graceful_shutdown();
-                    } else {
-                        pending = true;
-                    }
-                }
+                shared.traffic.closing()
             }
-            changed = closing.changed(), if !told => {
-                if changed.is_err() {
+            changed = closing.changed(), if !told => match changed {
+                Err(_) => {
                     told = true;
-                } else if *closing.borrow_and_update() {
-                    told = true;
-                    if first_request.seen() {
-                        conn.as_mut().graceful_shutdown();
-                    } else {
-                        pending = true;
-                    }
+                    false
                 }
-            }
+                Ok(()) => {
+                    told = *closing.borrow_and_update();
+                    told
+                }
+            },
             () = first_request.wait(), if pending => {
                 pending = false;
-                if shared.traffic.closing() {
-                    conn.as_mut().graceful_shutdown();
-                }
+                shared.traffic.closing()
             }
+            () = first_request.closing_wait() => true,
+        };
+        // A connection that has not carried a request yet waits for its first one.
+        if close_now && !first_request.seen() {
+            pending = true;
+        } else if close_now && !shut {
+            shut = true;
+            conn.as_mut().graceful_shutdown();
         }
     }
 }
 
-/// Whether a connection has carried a request yet, and a wake-up when the first one arrives.
+/// Whether a connection has carried a request yet, and a wake-up when the first one arrives;
+/// also a wake-up when a request was answered while the instance closes connections.
 #[derive(Debug, Default)]
 struct FirstRequest {
     seen: std::sync::atomic::AtomicBool,
     notify: tokio::sync::Notify,
+    closing: tokio::sync::Notify,
 }
 
 impl FirstRequest {
@@ -282,6 +294,14 @@ impl FirstRequest {
 
     async fn wait(&self) {
         self.notify.notified().await;
+    }
+
+    fn answered_while_closing(&self) {
+        self.closing.notify_one();
+    }
+
+    async fn closing_wait(&self) {
+        self.closing.notified().await;
     }
 }
 

@@ -66,6 +66,7 @@ impl GrpcHealth {
         }
         let report = self.health.readiness_for(&self.faults, peer).await;
         let ready = report.failing.is_empty();
+        self.traffic.record_ready(ready);
         if !ready || self.traffic.ejected() {
             self.traffic.close_connections();
         }

@@ -5,7 +5,8 @@
 //! to the warp filter. Each connection task watches [`Traffic::subscribe`]: when the pod is
 //! ejected, not ready or draining, the connection is shut down gracefully (HTTP/2 `GOAWAY`,
 //! in-flight calls finish; idle HTTP/1.1 connections close), so clients reconnect through
-//! the Service.
+//! the Service. A call answered in that state also closes its connection after the answer, so
+//! a client that reconnects here before the endpoints moved leaves on its next call.
 //!
 //! Shutdown when `shutdown` resolves: readiness fails at once, open connections get `GOAWAY`,
 //! the listener keeps accepting for `shutdown_delay` (connections opened meanwhile get
@@ -14,6 +15,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use flotilla_kit::server::{DrainOptions, PeerAddr, Stopped};
 use flotilla_kit::Health;
@@ -21,6 +23,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tonic::body::Body;
 use tonic::service::Routes;
@@ -69,9 +72,20 @@ async fn serve_connection(app: App, stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let mut close = app.traffic.subscribe();
     close.borrow_and_update();
+    // Rung after a call answered while the pod should get no traffic.
+    let answered_closing = Arc::new(Notify::new());
+    let ring = answered_closing.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         req.extensions_mut().insert(PeerAddr(peer));
-        dispatch(app.clone(), req)
+        let (app, ring) = (app.clone(), ring.clone());
+        async move {
+            let traffic = app.traffic.clone();
+            let resp = dispatch(app, req).await;
+            if traffic.closing() {
+                ring.notify_one();
+            }
+            resp
+        }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     let conn = builder.serve_connection(TokioIo::new(stream), svc);
@@ -79,6 +93,10 @@ async fn serve_connection(app: App, stream: TcpStream, peer: SocketAddr) {
     let result = tokio::select! {
         result = conn.as_mut() => result,
         _ = close.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        () = answered_closing.notified() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
@@ -128,6 +146,7 @@ where
     let mut tasks = JoinSet::new();
     accept_until(&listener, &app, &mut tasks, shutdown, false).await;
     app.health.start_draining();
+    app.traffic.start_draining();
     tracing::info!(delay = ?opts.shutdown_delay, "shutdown requested: not ready, sending GOAWAY");
     accept_until(
         &listener,

@@ -32,6 +32,8 @@ pub const CLOSE_INTERVAL: Duration = Duration::from_millis(250);
 pub struct Traffic {
     honour: bool,
     ejected: Arc<AtomicBool>,
+    unready: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
     last_close: Arc<Mutex<Option<Instant>>>,
     close: Arc<watch::Sender<u64>>,
 }
@@ -48,6 +50,8 @@ impl Traffic {
         Self {
             honour: true,
             ejected: Arc::new(AtomicBool::new(false)),
+            unready: Arc::new(AtomicBool::new(false)),
+            draining: Arc::new(AtomicBool::new(false)),
             last_close: Arc::new(Mutex::new(None)),
             close: Arc::new(watch::channel(0).0),
         }
@@ -84,6 +88,26 @@ impl Traffic {
     /// Whether the last verdict was `ejected`.
     pub fn ejected(&self) -> bool {
         self.ejected.load(Ordering::Acquire)
+    }
+
+    /// Records what the last health check found.
+    pub fn record_ready(&self, ready: bool) {
+        self.unready.store(!ready, Ordering::Release);
+    }
+
+    /// Marks the server as shutting down: from now on every connection should close.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Whether this pod should get no traffic (ejected, not ready at its last health check, or
+    /// draining) and closes connections for it: then each answered call also closes the
+    /// connection it came on, so a client that reconnected here before the endpoints moved
+    /// leaves on its next call rather than at the next probe.
+    pub fn closing(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+            || (self.honour
+                && (self.ejected.load(Ordering::Acquire) || self.unready.load(Ordering::Acquire)))
     }
 
     /// Asks every open connection to close, unless that was done less than
@@ -136,6 +160,29 @@ mod tests {
         assert!(t.ejected());
         t.record_verdict("serving");
         assert!(!t.ejected());
+    }
+
+    #[test]
+    fn closing_follows_verdict_readiness_and_draining() {
+        // Each of the three makes answered calls close their connections; an ignoring server
+        // closes only when draining.
+        let t = Traffic::new();
+        assert!(!t.closing());
+        t.record_ready(false);
+        assert!(t.closing());
+        t.record_ready(true);
+        t.record_verdict("ejected");
+        assert!(t.closing());
+        t.record_verdict("serving");
+        assert!(!t.closing());
+        t.start_draining();
+        assert!(t.closing());
+        let i = Traffic::ignoring();
+        i.record_ready(false);
+        i.record_verdict("ejected");
+        assert!(!i.closing());
+        i.start_draining();
+        assert!(i.closing());
     }
 
     #[test]
