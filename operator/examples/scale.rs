@@ -7,8 +7,9 @@
 //!   starts. Prints the time from start to all converged, reconcile runs, and per MicroService
 //!   the child writes, status writes and API requests (counted on the operator's own client).
 //! - `--rss`: runs the release operator binary as a child process against the same API server
-//!   and prints its resident memory idle (no MicroServices) and with N MicroServices and their
-//!   3·N children converged.
+//!   and prints its resident memory idle (no MicroServices), with N MicroServices and their
+//!   3·N children converged, and with 1,000 failover-enabled pods being probed on top (see
+//!   `scale/rss.rs`).
 //!
 //! `cargo run -p flotilla-operator --release --example scale -- [N] [--cold | --rss]`
 //! (default N = 500; `--rss` needs `cargo build --release -p flotilla-operator` first).
@@ -27,6 +28,9 @@ use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use kubesim::{Cluster, ClusterConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "scale/rss.rs"]
+mod rss;
 
 const NS: &str = "scale";
 const TIMEOUT: Duration = Duration::from_secs(600);
@@ -228,7 +232,7 @@ async fn main() -> Result<()> {
     match mode {
         Mode::Warm => warm(&cluster, &api, n).await?,
         Mode::Cold => cold(&cluster, &api, n).await?,
-        Mode::Rss => rss(&cluster, &api, n).await?,
+        Mode::Rss => rss::rss(&cluster, &api, n).await?,
     }
     cluster.shutdown().await;
     Ok(())
@@ -326,65 +330,6 @@ async fn cold(cluster: &Cluster, api: &Api<MicroService>, n: usize) -> Result<()
         per(&counts.writes),
         per(&counts.status_writes),
         per(&counts.events)
-    );
-    Ok(())
-}
-
-/// Resident and peak resident memory of a process, in MiB.
-fn rss_of(pid: u32) -> Result<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<f64> {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .with_context(|| format!("{name} of process {pid}"))?;
-        let kib: f64 = line.split_whitespace().nth(1).context("value")?.parse()?;
-        Ok(kib / 1024.0)
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-async fn rss(cluster: &Cluster, api: &Api<MicroService>, n: usize) -> Result<()> {
-    let exe = std::env::current_exe()?;
-    let bin = exe
-        .parent()
-        .and_then(|d| d.parent())
-        .map(|d| d.join("flotilla-operator"))
-        .context("operator binary path")?;
-    if !bin.is_file() {
-        bail!(
-            "{} is missing: cargo build --release -p flotilla-operator",
-            bin.display()
-        );
-    }
-    let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-    let mut child = tokio::process::Command::new(&bin)
-        .args(["run", "--metrics-addr", &addr.to_string()])
-        .env("KUBECONFIG", cluster.kubeconfig_path())
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = child.id().context("operator pid")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metrics(addr).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("the operator binary never served metrics");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (idle, _) = rss_of(pid)?;
-    let t0 = Instant::now();
-    create_all(api, n).await?;
-    let converge = wait_converged(api, n, t0).await?;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (loaded, peak) = rss_of(pid)?;
-    let _ = child.kill().await;
-    println!("operator binary RSS idle:    {idle:.1} MiB");
-    println!(
-        "operator binary RSS with {n} MicroServices and {} children: {loaded:.1} MiB (peak {peak:.1} MiB; converged in {:.2} s)",
-        3 * n,
-        converge.as_secs_f64()
     );
     Ok(())
 }

@@ -145,8 +145,11 @@ impl MicroServices {
         let (changes, _) = broadcast::channel(CHANGE_BUFFER);
         let tx = changes.clone();
         let run = async move {
+            // Managed fields are read by nobody here and are the largest part of a cached
+            // MicroService; they are dropped before the cache keeps it.
             let events = watcher(api, watcher::Config::default().any_semantic())
                 .default_backoff()
+                .modify(|m: &mut MicroService| m.metadata.managed_fields = None)
                 .reflect(writer);
             let mut events = std::pin::pin!(events);
             while let Some(ev) = events.next().await {

@@ -10,6 +10,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -90,9 +91,29 @@ pub struct Shared {
     pub health: Health,
 }
 
+/// Trims managed fields to what [`crate::apply::applies_replicas`] reads: the entries that own
+/// `spec.replicas`, each with its manager, operation and that one field. A Deployment's full
+/// field sets take several times the memory of the Deployment itself.
+fn keep_replicas_ownership(entries: &mut Vec<ManagedFieldsEntry>) {
+    entries.retain_mut(|m| {
+        let owns_replicas = m
+            .fields_v1
+            .as_ref()
+            .and_then(|f| f.0.get("f:spec"))
+            .and_then(|s| s.get("f:replicas"))
+            .is_some();
+        if owns_replicas {
+            m.fields_v1 = Some(FieldsV1(serde_json::json!({"f:spec": {"f:replicas": {}}})));
+            m.time = None;
+        }
+        owns_replicas
+    });
+    entries.shrink_to_fit();
+}
+
 /// A label-filtered watch on one child kind, reflected into a store whose `Synced` flag is
-/// pushed to `synced`. Managed fields are dropped unless `keep_managed_fields` (the replica
-/// handover reads the Deployments').
+/// pushed to `synced`. Managed fields are dropped, or with `keep_managed_fields` trimmed to who
+/// owns `spec.replicas` (the replica handover reads the Deployments').
 fn child_cache<K>(
     client: &Client,
     ns: Option<&str>,
@@ -123,7 +144,9 @@ where
     let stream = watcher(api_for(client, ns), children)
         .default_backoff()
         .modify(move |o: &mut K| {
-            if !keep_managed_fields {
+            if keep_managed_fields {
+                keep_replicas_ownership(o.managed_fields_mut());
+            } else {
                 o.managed_fields_mut().clear();
             }
         })
@@ -229,4 +252,54 @@ pub async fn run(
         })
         .await;
     info!("controller stopped");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apply::applies_replicas;
+    use serde_json::{json, Value};
+
+    fn entry(manager: &str, op: &str, fields: Value) -> ManagedFieldsEntry {
+        ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some(op.into()),
+            fields_type: Some("FieldsV1".into()),
+            fields_v1: Some(FieldsV1(fields)),
+            ..ManagedFieldsEntry::default()
+        }
+    }
+
+    /// Trimming a cached Deployment's managed fields keeps every answer of `applies_replicas`
+    /// and drops the field sets that do not own `spec.replicas`.
+    #[test]
+    fn trimmed_managed_fields_answer_replica_ownership_alike() {
+        let mut d = Deployment::default();
+        d.metadata.managed_fields = Some(vec![
+            entry(
+                "flotilla",
+                "Apply",
+                json!({"f:spec": {"f:replicas": {}, "f:template": {"f:spec": {}}}}),
+            ),
+            entry(
+                "flotilla-replicas-handover",
+                "Apply",
+                json!({"f:spec": {"f:replicas": {}}}),
+            ),
+            entry("kube-controller-manager", "Update", json!({"f:status": {}})),
+            entry("other", "Apply", json!({"f:spec": {"f:template": {}}})),
+        ]);
+        let managers = [
+            "flotilla",
+            "flotilla-replicas-handover",
+            "kube-controller-manager",
+            "other",
+        ];
+        let before: Vec<bool> = managers.iter().map(|m| applies_replicas(&d, m)).collect();
+        keep_replicas_ownership(d.managed_fields_mut());
+        let after: Vec<bool> = managers.iter().map(|m| applies_replicas(&d, m)).collect();
+        assert_eq!(before, after);
+        assert_eq!(before, [true, true, false, false]);
+        assert_eq!(d.managed_fields().len(), 2);
+    }
 }
