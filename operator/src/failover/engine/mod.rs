@@ -43,9 +43,10 @@ pub struct EngineConfig {
     pub max_in_flight: usize,
     /// After a probe result that goes against a pod's verdict (a failure of a healthy pod, a
     /// success of an unhealthy one), the pod is probed again this soon instead of a period
-    /// later (never later than the period). 100 ms lets a default `failureThreshold` of 2 be
-    /// reached about a tenth of a second after the first failure, while a pod that fails once in
-    /// a while costs one extra probe.
+    /// later (never later than the period). 50 ms lets a default `failureThreshold` of 2 be
+    /// reached about a twentieth of a second after the first failure (a failure must still be
+    /// seen twice, 50 ms apart, to eject), while a pod that fails once in a while costs one
+    /// extra probe.
     pub confirm_after: Duration,
     /// How often every service is re-decided even without verdict changes.
     pub decide_every: Duration,
@@ -72,7 +73,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         Self {
             max_in_flight: 512,
-            confirm_after: Duration::from_millis(100),
+            confirm_after: Duration::from_millis(50),
             decide_every: Duration::from_millis(200),
             scrape_every: Duration::from_secs(1),
             max_scrapes_in_flight: 32,
