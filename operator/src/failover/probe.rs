@@ -17,13 +17,7 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use http_body_util::{BodyExt, Empty};
-use hyper::body::Bytes;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper::header::{HeaderValue, HOST};
-use hyper::{Request, Response, Uri};
-use hyper_util::rt::TokioIo;
+use hyper::Uri;
 
 use super::error_rate::{self, Counts};
 use super::pod_health::Observation;
@@ -36,29 +30,56 @@ const MAX_READINESS_BYTES: usize = 64 << 10;
 /// churned pods cannot grow it without bound.
 const MAX_GRPC_CHANNELS: usize = 4096;
 
+mod http1;
+
 /// One pod's kept-alive HTTP/1.1 connection. The engine's entry for the pod owns it between
 /// probes and lends it to each probe, so steady probing costs one request on an open connection:
 /// no pool lookup, no lock, no connect. Any failure drops it; the next probe connects afresh.
-pub type PodConn = SendRequest<Empty<Bytes>>;
+pub type PodConn = http1::Conn;
 
 /// What an HTTP probe of one pod sends, built once per pod address and paths so a probe parses
-/// and formats nothing: the `Host` header and the origin-form request targets.
+/// and formats nothing: the request heads up to their last header line.
 #[derive(Debug)]
 pub struct HttpPaths {
-    host: HeaderValue,
-    readiness: Uri,
-    metrics: Uri,
+    // `GET <readiness path> HTTP/1.1` and `Host`, without the verdict header and final CRLF.
+    readiness: Vec<u8>,
+    // The whole metrics request head.
+    metrics: Vec<u8>,
 }
 
 impl HttpPaths {
-    /// `None` when a path is not a valid request target (the probe then fails to connect, as
-    /// a request that cannot be sent).
+    /// `None` when a path is not a valid origin-form request target (the probe then fails to
+    /// connect, as a request that cannot be sent).
     pub fn new(addr: SocketAddr, readiness_path: &str, metrics_path: &str) -> Option<Self> {
+        let head = |path: &str| -> Option<Vec<u8>> {
+            // The URI grammar admits no whitespace or control characters, so a path cannot
+            // break the request head.
+            let uri = Uri::try_from(path).ok()?;
+            if uri.scheme().is_some() || !path.starts_with('/') {
+                return None;
+            }
+            Some(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n").into_bytes())
+        };
+        let mut metrics = head(metrics_path)?;
+        metrics.extend_from_slice(b"\r\n");
         Some(Self {
-            host: HeaderValue::try_from(addr.to_string()).ok()?,
-            readiness: Uri::try_from(readiness_path).ok()?,
-            metrics: Uri::try_from(metrics_path).ok()?,
+            readiness: head(readiness_path)?,
+            metrics,
         })
+    }
+
+    /// The readiness request head, carrying `verdict` when known.
+    fn readiness(&self, verdict: Option<&str>) -> Vec<u8> {
+        let mut req = Vec::with_capacity(self.readiness.len() + 48);
+        req.extend_from_slice(&self.readiness);
+        if let Some(v) = verdict {
+            req.extend_from_slice(traffic::HEADER.as_bytes());
+            req.extend_from_slice(b": ");
+            req.extend_from_slice(v.as_bytes());
+            req.extend_from_slice(b"\r\n");
+        }
+        req.extend_from_slice(b"\r\n");
+        req
     }
 }
 
@@ -92,59 +113,30 @@ pub struct ProbeTarget<'a> {
     pub verdict: Option<&'static str>,
 }
 
-/// Opens an HTTP/1.1 connection to a pod; its connection task runs on the caller's runtime.
-async fn connect(addr: SocketAddr) -> Result<PodConn, ()> {
-    let stream = tokio::net::TcpStream::connect(addr).await.map_err(|_| ())?;
-    let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| ())?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok(sender)
-}
-
-/// Sends `GET target` on the pod's connection, opening one if there is none or it was closed
-/// (a pod answering `Connection: close` closes it after each response). The connection is put
-/// back only once a response head arrived; the caller reads the body to its end before the
-/// next request and clears `conn` on any failure.
+/// Sends `request` on the pod's connection, opening one if there is none or it cannot carry
+/// another request (closed by the pod, or `Connection: close` last time), and returns the
+/// response head; the caller reads the body to its end before the next request and clears
+/// `conn` on any failure. A kept connection that turns out closed before any response byte is
+/// replaced once, as a pool retries a request that never reached the server.
 async fn send(
     conn: &mut Option<PodConn>,
     addr: SocketAddr,
-    host: &HeaderValue,
-    target: &Uri,
-    verdict: Option<&'static str>,
-) -> Result<Response<Incoming>, ()> {
-    let mut sender = match conn.take() {
-        Some(s) if !s.is_closed() => s,
-        _ => connect(addr).await?,
-    };
-    sender.ready().await.map_err(|_| ())?;
-    let mut req = Request::new(Empty::new());
-    *req.uri_mut() = target.clone();
-    let headers = req.headers_mut();
-    headers.insert(HOST, host.clone());
-    if let Some(v) = verdict {
-        headers.insert(traffic::HEADER, HeaderValue::from_static(v));
-    }
-    let resp = sender.send_request(req).await.map_err(|_| ())?;
-    *conn = Some(sender);
-    Ok(resp)
-}
-
-/// Reads a body to its end without keeping it; more than `limit` bytes is an error.
-async fn drain(mut body: Incoming, limit: usize) -> Result<(), ()> {
-    let mut seen = 0usize;
-    while let Some(frame) = body.frame().await {
-        if let Some(data) = frame.map_err(|_| ())?.data_ref() {
-            seen += data.len();
-            if seen > limit {
-                return Err(());
+    request: &[u8],
+) -> Result<http1::Head, ()> {
+    if let Some(mut c) = conn.take().filter(PodConn::is_reusable) {
+        match c.send(request).await {
+            Ok(head) => {
+                *conn = Some(c);
+                return Ok(head);
             }
+            Err(http1::Error::Closed | http1::Error::Io) => {}
+            Err(_) => return Err(()),
         }
     }
-    Ok(())
+    let mut c = PodConn::connect(addr).await.map_err(|_| ())?;
+    let head = c.send(request).await.map_err(|_| ())?;
+    *conn = Some(c);
+    Ok(head)
 }
 
 impl ProbeClient {
@@ -163,13 +155,23 @@ impl ProbeClient {
         verdict: Option<&'static str>,
     ) -> Observation {
         let get = async {
-            let resp = send(conn, addr, &http.host, &http.readiness, verdict).await?;
-            let status = resp.status().as_u16();
-            drain(resp.into_body(), MAX_READINESS_BYTES).await?;
-            Ok::<_, ()>(status)
+            let request = http.readiness(verdict);
+            let head = send(conn, addr, &request).await?;
+            let c = conn.as_mut().ok_or(())?;
+            let mut seen = 0usize;
+            c.body(&head, |data| {
+                seen += data.len();
+                if seen > MAX_READINESS_BYTES {
+                    return Err(());
+                }
+                Ok(())
+            })
+            .await
+            .map_err(|_| ())?;
+            Ok::<_, ()>(head.status)
         };
         let result = tokio::time::timeout(timeout, get).await;
-        if !matches!(result, Ok(Ok(_))) {
+        if !matches!(result, Ok(Ok(_))) || !conn.as_ref().is_some_and(PodConn::completed) {
             *conn = None;
         }
         match result {
@@ -262,31 +264,38 @@ impl ProbeClient {
         grpc: bool,
     ) -> Result<Option<Counts>, Rejected> {
         let scan = async {
-            let resp = send(conn, addr, &http.host, &http.metrics, None)
+            let head = send(conn, addr, &http.metrics)
                 .await
                 .map_err(|()| Rejected::Transport)?;
-            if resp.status() != hyper::StatusCode::OK {
+            if head.status != 200 {
                 return Err(Rejected::BadStatus);
             }
-            let mut body = resp.into_body();
+            let c = conn.as_mut().ok_or(Rejected::Transport)?;
             let mut scanner = if grpc {
                 Scanner::grpc(limits)
             } else {
                 Scanner::new(limits)
             };
-            while let Some(frame) = body.frame().await {
-                let frame = frame.map_err(|_| Rejected::Transport)?;
-                if let Some(data) = frame.data_ref() {
-                    scanner.feed(data)?;
-                }
+            // The scanner's verdict is kept aside: the body callback can only refuse.
+            let mut rejected = None;
+            let read = c
+                .body(&head, |data| {
+                    scanner.feed(data).map_err(|r| {
+                        rejected = Some(r);
+                    })
+                })
+                .await;
+            match (read, rejected) {
+                (Ok(()), _) => scanner.finish(),
+                (Err(_), Some(r)) => Err(r),
+                (Err(_), None) => Err(Rejected::Transport),
             }
-            scanner.finish()
         };
         let result = tokio::time::timeout(timeout, scan)
             .await
             .map_err(|_| Rejected::Timeout)
             .and_then(|r| r);
-        if result.is_err() {
+        if result.is_err() || !conn.as_ref().is_some_and(PodConn::completed) {
             *conn = None;
         }
         result
@@ -362,6 +371,8 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::Empty;
+    use hyper::body::Bytes;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     type Seen = Arc<Mutex<Vec<Option<String>>>>;
