@@ -6,10 +6,29 @@
 pub mod cel;
 pub mod structural;
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
 use regex::Regex;
 use serde_json::{Map, Value};
 
 use crate::status::Cause;
+
+/// Compiled `pattern`s, by source: compiling one costs far more than matching it, and every
+/// write of a custom resource checks the same few patterns of its CRD. `None` for a pattern
+/// that does not compile (not checked, as before). Bounded by the patterns the CRDs declare.
+static PATTERNS: LazyLock<Mutex<HashMap<String, Option<Regex>>>> = LazyLock::new(Default::default);
+
+/// The compiled `pattern`, from [`PATTERNS`].
+fn pattern(p: &str) -> Option<Regex> {
+    let mut cache = PATTERNS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(re) = cache.get(p) {
+        return re.clone();
+    }
+    let re = Regex::new(p).ok();
+    cache.insert(p.to_string(), re.clone());
+    re
+}
 
 /// The result of processing an object against its schema.
 #[derive(Debug)]
@@ -268,7 +287,7 @@ fn check_value(v: &Value, s: &Value, path: &str, causes: &mut Vec<Cause>) {
             }
         }
         if let Some(p) = s.get("pattern").and_then(Value::as_str) {
-            if Regex::new(p).is_ok_and(|re| !re.is_match(st)) {
+            if pattern(p).is_some_and(|re| !re.is_match(st)) {
                 causes.push(Cause::invalid(
                     path,
                     v,
