@@ -11,7 +11,8 @@
 //! whose name is already taken, the object must carry Flotilla's controller reference for this
 //! MicroService, or the apply stops with [`ReconcileError::ChildConflict`]. Every write has a
 //! timeout ([`WRITE_TIMEOUT`]), is made only while this replica leads, and is counted in
-//! `flotilla_child_writes_total` with an Event for each change.
+//! `flotilla_child_writes_total`; the changes of one reconcile are announced in one Event per
+//! outcome (created, updated, deleted), naming the children.
 
 use std::fmt::Debug;
 use std::future::Future;
@@ -319,13 +320,100 @@ pub fn ensure_leading(ctx: &Context) -> Result<(), Error> {
     }
 }
 
+/// What one reconcile wrote to the children, announced afterwards in one Event per outcome
+/// (Events are for significant actions; creating a MicroService's children is one action).
+#[derive(Debug, Default)]
+pub struct Changes(Vec<(&'static str, String, Outcome)>);
+
+impl Changes {
+    /// Counts the write of one child and keeps it for the summary.
+    fn record(&mut self, ctx: &Context, kind: &'static str, name: &str, outcome: Outcome) {
+        ctx.metrics
+            .child_writes
+            .with_label_values(&[kind, outcome.as_str()])
+            .inc();
+        if outcome != Outcome::Unchanged {
+            info!(
+                kind,
+                child = name,
+                outcome = outcome.as_str(),
+                "child written"
+            );
+            self.0.push((kind, name.to_string(), outcome));
+        }
+    }
+
+    /// The Events to publish: per outcome, its reason, action and a note naming the children.
+    pub fn summary(&self) -> Vec<(&'static str, &'static str, String)> {
+        [
+            (Outcome::Created, "Created", "Apply"),
+            (Outcome::Updated, "Updated", "Apply"),
+            (Outcome::Deleted, "Deleted", "Delete"),
+        ]
+        .into_iter()
+        .filter_map(|(outcome, reason, action)| {
+            let children: Vec<String> = self
+                .0
+                .iter()
+                .filter(|(_, _, o)| *o == outcome)
+                .map(|(kind, name, _)| format!("{kind} {name}"))
+                .collect();
+            (!children.is_empty()).then(|| {
+                let note = format!("{} {}", outcome.as_str(), children.join(", "));
+                (reason, action, note)
+            })
+        })
+        .collect()
+    }
+
+    /// Publishes [`Changes::summary`] as Normal Events about `ms`.
+    async fn announce(&self, ctx: &Context, ms: &MicroService) {
+        for (reason, action, note) in self.summary() {
+            ctx.publish(ms, EventType::Normal, reason, action, note)
+                .await;
+        }
+    }
+}
+
 /// Applies every desired child and deletes the unwanted ones, ConfigMap first (the pods
-/// reference it); returns the Deployment as applied.
+/// reference it); returns the Deployment as applied. What was written is announced in one
+/// Event per outcome, also when a later child fails.
 pub async fn apply_all(
     ctx: &Context,
     ms: &MicroService,
     v: &ValidatedSpec,
     desired: DesiredResources,
+) -> Result<Deployment, Error> {
+    let mut changes = Changes::default();
+    let result = apply_children(ctx, v, desired, &mut changes).await;
+    changes.announce(ctx, ms).await;
+    result
+}
+
+/// Applies `desired` (see [`apply_child`]) and remembers the write, so its watch event does not
+/// reconcile the owner again.
+async fn apply_own<K>(
+    ctx: &Context,
+    api: &Api<K>,
+    desired: K,
+    live: Option<&K>,
+    owner_uid: Option<&str>,
+) -> Result<(K, Outcome), Error>
+where
+    K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
+{
+    let (out, outcome) = apply_child(&ctx.leadership, api, desired, live, owner_uid).await?;
+    if outcome != Outcome::Unchanged {
+        ctx.stores.own_writes.child(&out);
+    }
+    Ok((out, outcome))
+}
+
+async fn apply_children(
+    ctx: &Context,
+    v: &ValidatedSpec,
+    desired: DesiredResources,
+    changes: &mut Changes,
 ) -> Result<Deployment, Error> {
     let DesiredResources {
         deployment,
@@ -345,13 +433,13 @@ pub async fn apply_all(
     ensure_leading(ctx)?;
     let outcome = match config_map {
         Some(cm) => {
-            apply_child(lead, &cm_api, cm, live_cm.as_deref(), owner)
+            apply_own(ctx, &cm_api, cm, live_cm.as_deref(), owner)
                 .await?
                 .1
         }
         None => delete_child(lead, &cm_api, live_cm.as_deref(), owner).await?,
     };
-    record(ctx, ms, "ConfigMap", &cm_name, outcome).await;
+    changes.record(ctx, "ConfigMap", &cm_name, outcome);
 
     let dep_api: Api<Deployment> = Api::namespaced(client.clone(), ns);
     let live_dep = cached(&stores.deployments, &v.name, ns);
@@ -367,27 +455,27 @@ pub async fn apply_all(
     }
     ensure_leading(ctx)?;
     let (applied_dep, outcome) =
-        apply_child(lead, &dep_api, deployment, live_dep.as_deref(), owner).await?;
-    record(ctx, ms, "Deployment", &v.name, outcome).await;
+        apply_own(ctx, &dep_api, deployment, live_dep.as_deref(), owner).await?;
+    changes.record(ctx, "Deployment", &v.name, outcome);
 
     let svc_api: Api<Service> = Api::namespaced(client.clone(), ns);
     let live_svc = cached(&stores.services, &v.name, ns);
     ensure_leading(ctx)?;
-    let (_, outcome) = apply_child(lead, &svc_api, service, live_svc.as_deref(), owner).await?;
-    record(ctx, ms, "Service", &v.name, outcome).await;
+    let (_, outcome) = apply_own(ctx, &svc_api, service, live_svc.as_deref(), owner).await?;
+    changes.record(ctx, "Service", &v.name, outcome);
 
     let hpa_api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
     let live_hpa = cached(&stores.hpas, &v.name, ns);
     ensure_leading(ctx)?;
     let outcome = match hpa {
         Some(h) => {
-            apply_child(lead, &hpa_api, h, live_hpa.as_deref(), owner)
+            apply_own(ctx, &hpa_api, h, live_hpa.as_deref(), owner)
                 .await?
                 .1
         }
         None => delete_child(lead, &hpa_api, live_hpa.as_deref(), owner).await?,
     };
-    record(ctx, ms, "HorizontalPodAutoscaler", &v.name, outcome).await;
+    changes.record(ctx, "HorizontalPodAutoscaler", &v.name, outcome);
     Ok(applied_dep)
 }
 

@@ -104,3 +104,29 @@ fn replica_ownership_from_managed_fields() {
     ]);
     assert!(!applies_replicas(&d, "flotilla"));
 }
+
+/// One reconcile's child writes become one Event per outcome, naming every child, and a
+/// reconcile that wrote nothing announces nothing.
+#[test]
+fn changes_are_summarised_in_one_event_per_outcome() {
+    let created = Changes(vec![
+        ("ConfigMap", "users-config".into(), Outcome::Created),
+        ("Deployment", "users".into(), Outcome::Created),
+        ("Service", "users".into(), Outcome::Created),
+    ]);
+    assert_eq!(
+        created.summary(),
+        vec![(
+            "Created",
+            "Apply",
+            "created ConfigMap users-config, Deployment users, Service users".to_string()
+        )]
+    );
+    let mixed = Changes(vec![
+        ("Deployment", "users".into(), Outcome::Updated),
+        ("HorizontalPodAutoscaler", "users".into(), Outcome::Deleted),
+    ]);
+    let reasons: Vec<&str> = mixed.summary().iter().map(|(r, _, _)| *r).collect();
+    assert_eq!(reasons, ["Updated", "Deleted"]);
+    assert!(Changes::default().summary().is_empty());
+}

@@ -10,17 +10,18 @@
 //! which the dependency trigger needs. Instead the watch feeds a broadcast of [`Change`]s that
 //! never blocks it; a consumer that falls behind is told to look at everything again.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use flotilla_crds::MicroService;
+use flotilla_crds::{MicroService, MicroServiceStatus};
 use futures::{Stream, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
-use kube::{Api, Client};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -84,6 +85,8 @@ pub struct Stores {
     pub hpas: Store<HorizontalPodAutoscaler>,
     /// One flag per cache, set when its initial list is in.
     pub synced: Vec<Synced>,
+    /// The reconciler's own writes that the caches may not show yet.
+    pub own_writes: OwnWrites,
 }
 
 impl Stores {
@@ -108,6 +111,123 @@ impl Stores {
                 .with_label_values(&[kind])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
+    }
+}
+
+/// Which object a write was made to: kind, namespace, name.
+type WriteKey = (&'static str, String, String);
+
+/// One write of the reconciler: the resourceVersion it left, and for a status write the
+/// resourceVersion it was computed from and the status written.
+#[derive(Debug)]
+struct OwnWrite {
+    after: String,
+    status: Option<(Option<String>, Box<MicroServiceStatus>)>,
+}
+
+/// The reconciler's own writes, so that their watch events (echoes) do not trigger another
+/// reconcile, and a reconcile that starts before the cache shows its predecessor's status write
+/// does not write the same status again.
+///
+/// An event is an echo only when the object's resourceVersion is exactly the one a write of
+/// ours returned: the object is then in the state that write left, and nothing else changed
+/// since. Any other writer's change (a new generation, an annotation, `status.failover`) gives
+/// another resourceVersion and triggers a reconcile as before. One entry per object at most,
+/// replaced by the next write and dropped when its echo arrives or the object is deleted.
+#[derive(Clone, Debug, Default)]
+pub struct OwnWrites(Arc<Mutex<HashMap<WriteKey, OwnWrite>>>);
+
+fn write_key<K: Resource<DynamicType = ()>>(obj: &K) -> WriteKey {
+    (
+        static_kind(K::kind(&())),
+        obj.namespace().unwrap_or_default(),
+        obj.name_any(),
+    )
+}
+
+/// The kind as a static string (kinds are static in k8s-openapi and the CRD crate).
+fn static_kind(kind: std::borrow::Cow<'static, str>) -> &'static str {
+    match kind {
+        std::borrow::Cow::Borrowed(k) => k,
+        std::borrow::Cow::Owned(_) => "object",
+    }
+}
+
+impl OwnWrites {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<WriteKey, OwnWrite>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a child write whose response is `written`.
+    pub fn child<K: Resource<DynamicType = ()>>(&self, written: &K) {
+        if let Some(after) = written.resource_version() {
+            self.map().insert(
+                write_key(written),
+                OwnWrite {
+                    after,
+                    status: None,
+                },
+            );
+        }
+    }
+
+    /// Records a status write: `before` is the MicroService the status was computed from,
+    /// `written` the server's response.
+    pub fn status(
+        &self,
+        before: &MicroService,
+        written: &MicroService,
+        status: &MicroServiceStatus,
+    ) {
+        if let Some(after) = written.resource_version() {
+            let status = Some((before.resource_version(), Box::new(status.clone())));
+            self.map()
+                .insert(write_key(written), OwnWrite { after, status });
+        }
+    }
+
+    /// Whether `obj` is exactly in the state one of our writes left it (its watch event is
+    /// that write's echo); the write is forgotten once its echo is seen.
+    pub fn is_echo<K: Resource<DynamicType = ()>>(&self, obj: &K) -> bool {
+        let Some(rv) = obj.meta().resource_version.as_deref() else {
+            return false;
+        };
+        let key = write_key(obj);
+        let mut map = self.map();
+        let echo = map.get(&key).is_some_and(|w| w.after == rv);
+        if echo {
+            map.remove(&key);
+        }
+        echo
+    }
+
+    /// The status our last write gave `ms`, when `ms` (from the cache) is still the object that
+    /// status was computed from, i.e. the cache has not caught up with the write yet.
+    pub fn unseen_status(&self, ms: &MicroService) -> Option<MicroServiceStatus> {
+        let rv = ms.meta().resource_version.as_deref()?;
+        let map = self.map();
+        let (before, status) = map.get(&write_key(ms))?.status.as_ref()?;
+        (before.as_deref() == Some(rv)).then(|| status.as_ref().clone())
+    }
+
+    /// Forgets the writes to a deleted object.
+    pub fn forget<K: Resource<DynamicType = ()>>(&self, obj: &ObjectRef<K>) {
+        let key = (
+            static_kind(K::kind(&())),
+            obj.namespace.clone().unwrap_or_default(),
+            obj.name.clone(),
+        );
+        self.map().remove(&key);
+    }
+
+    /// How many writes are remembered.
+    pub fn len(&self) -> usize {
+        self.map().len()
+    }
+
+    /// Whether no write is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 
@@ -195,8 +315,12 @@ impl MicroServices {
     }
 
     /// The objects to reconcile: every cached MicroService once the cache has synced, then each
-    /// one that changes (all of them again after a resync). For `Controller::for_shared_stream`.
-    pub fn objects(&self) -> impl Stream<Item = Arc<MicroService>> + Send + 'static {
+    /// one that changes (all of them again after a resync), except a change that is only the
+    /// echo of one of `own`'s writes. For `Controller::for_shared_stream`.
+    pub fn objects(
+        &self,
+        own: OwnWrites,
+    ) -> impl Stream<Item = Arc<MicroService>> + Send + 'static {
         // Subscribe before reading the cache, so nothing falls between the two.
         let changes = self.changes();
         let (store, synced) = (self.store.clone(), self.synced.clone());
@@ -208,12 +332,72 @@ impl MicroServices {
         .flatten();
         let rest = changes.flat_map(move |c| {
             let objs = match c {
-                Change::Applied(r) => store.get(&r).into_iter().collect(),
-                Change::Deleted(_) => Vec::new(),
+                Change::Applied(r) => store
+                    .get(&r)
+                    .filter(|ms| !own.is_echo(ms.as_ref()))
+                    .into_iter()
+                    .collect(),
+                Change::Deleted(r) => {
+                    own.forget(&r);
+                    Vec::new()
+                }
                 Change::Resynced => store.state(),
             };
             futures::stream::iter(objs)
         });
         first.chain(rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_crds::MicroServiceSpec;
+    use k8s_openapi::api::core::v1::Service;
+
+    use super::*;
+
+    fn ms(rv: &str) -> MicroService {
+        let mut ms = MicroService::new("users", MicroServiceSpec::with_image("users:1"));
+        ms.metadata.namespace = Some("shop".into());
+        ms.metadata.resource_version = Some(rv.into());
+        ms
+    }
+
+    /// Only the exact state a write of ours left is an echo, once; another writer's later
+    /// change to the same object is not, and a deleted object's writes are forgotten.
+    #[test]
+    fn only_the_state_our_write_left_is_an_echo() {
+        let own = OwnWrites::default();
+        let mut svc = Service::default();
+        svc.metadata.name = Some("users".into());
+        svc.metadata.namespace = Some("shop".into());
+        svc.metadata.resource_version = Some("7".into());
+        own.child(&svc);
+        let mut later = svc.clone();
+        later.metadata.resource_version = Some("8".into());
+        assert!(!own.is_echo(&later), "someone else's change");
+        assert!(own.is_echo(&svc));
+        assert!(!own.is_echo(&svc), "an echo is consumed");
+        own.child(&svc);
+        own.forget(&ObjectRef::from_obj(&svc));
+        assert!(own.is_empty());
+    }
+
+    /// A MicroService the cache still shows as it was before our status write yields the
+    /// status written; once the cache has moved on (our echo or anyone's change), nothing.
+    #[test]
+    fn the_written_status_stands_in_until_the_cache_catches_up() {
+        let own = OwnWrites::default();
+        let status = MicroServiceStatus {
+            observed_generation: Some(1),
+            ..MicroServiceStatus::default()
+        };
+        let (before, after) = (ms("10"), ms("11"));
+        own.status(&before, &after, &status);
+        assert_eq!(own.unseen_status(&before), Some(status));
+        assert_eq!(own.unseen_status(&after), None);
+        assert_eq!(own.unseen_status(&ms("12")), None);
+        assert!(own.is_echo(&after));
+        assert_eq!(own.unseen_status(&before), None, "forgotten with its echo");
     }
 }

@@ -3,6 +3,7 @@
 //! disappears; label-filtered watches on the children Flotilla manages feed the caches the
 //! reconciler compares against. Runs only while this replica leads.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use flotilla_crds::{labels, MicroService};
@@ -19,7 +20,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info};
 
-use crate::cache::{Change, MicroServices, Stores, Synced};
+use crate::cache::{Change, MicroServices, OwnWrites, Stores, Synced};
 use crate::context::Context;
 use crate::health::Health;
 use crate::http::Readiness;
@@ -56,25 +57,97 @@ fn on_init_done<K>(flags: &mut Vec<Synced>) -> impl FnMut(&watcher::Event<K>) {
     }
 }
 
-/// The MicroServices in the same namespace that list the changed one as a dependency.
-fn dependents(
-    store: &Store<MicroService>,
-    changed: &ObjectRef<MicroService>,
-) -> Vec<ObjectRef<MicroService>> {
-    let ns = changed.namespace.as_deref();
-    store
-        .state()
-        .iter()
-        .filter(|m| m.metadata.namespace.as_deref() == ns)
-        .filter(|m| {
-            m.spec
-                .dependencies
-                .iter()
-                .flatten()
-                .any(|d| *d == changed.name)
-        })
-        .map(|m| ObjectRef::from_obj(m.as_ref()))
-        .collect()
+type MsRef = ObjectRef<MicroService>;
+
+/// Which MicroServices list which others as dependencies, kept from the MicroService changes so
+/// that finding the dependents of a changed service costs a map lookup, not a scan of the cache.
+#[derive(Default)]
+struct DependencyIndex {
+    /// Per MicroService: the generation last indexed and the services it depends on.
+    indexed: HashMap<MsRef, (Option<i64>, Vec<MsRef>)>,
+    /// Per service: the MicroServices that depend on it.
+    dependents: HashMap<ObjectRef<MicroService>, HashSet<ObjectRef<MicroService>>>,
+}
+
+impl DependencyIndex {
+    fn dependencies(ms: &MicroService) -> Vec<ObjectRef<MicroService>> {
+        let ns = ms.metadata.namespace.as_deref().unwrap_or_default();
+        let deps = ms.spec.dependencies.iter().flatten();
+        deps.map(|d| ObjectRef::new(d).within(ns)).collect()
+    }
+
+    fn remove(&mut self, r: &ObjectRef<MicroService>) {
+        for dep in self.indexed.remove(r).map(|(_, d)| d).unwrap_or_default() {
+            if let Some(set) = self.dependents.get_mut(&dep) {
+                set.remove(r);
+                if set.is_empty() {
+                    self.dependents.remove(&dep);
+                }
+            }
+        }
+    }
+
+    /// Indexes `ms`; true when it is new or its spec changed (a new generation), the only
+    /// changes that can matter to its dependents (whether it exists, and its port).
+    fn insert(&mut self, ms: &MicroService) -> bool {
+        let r = ObjectRef::from_obj(ms);
+        let generation = ms.metadata.generation;
+        if self.indexed.get(&r).is_some_and(|(g, _)| *g == generation) {
+            return false;
+        }
+        self.remove(&r);
+        let deps = Self::dependencies(ms);
+        for dep in &deps {
+            self.dependents
+                .entry(dep.clone())
+                .or_default()
+                .insert(r.clone());
+        }
+        self.indexed.insert(r, (generation, deps));
+        true
+    }
+
+    fn rebuild(&mut self, store: &Store<MicroService>) {
+        *self = Self::default();
+        for ms in store.state() {
+            self.insert(&ms);
+        }
+    }
+
+    /// The MicroServices that list `r` as a dependency.
+    fn dependents_of(&self, r: &ObjectRef<MicroService>) -> Vec<ObjectRef<MicroService>> {
+        self.dependents
+            .get(r)
+            .map(|s| s.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The MicroServices to reconcile after `change`.
+    fn on_change(
+        &mut self,
+        change: Change,
+        store: &Store<MicroService>,
+    ) -> Vec<ObjectRef<MicroService>> {
+        match change {
+            Change::Applied(r) => match store.get(&r) {
+                Some(ms) if self.insert(&ms) => self.dependents_of(&r),
+                Some(_) => Vec::new(),
+                None => {
+                    self.remove(&r);
+                    self.dependents_of(&r)
+                }
+            },
+            Change::Deleted(r) => {
+                self.remove(&r);
+                self.dependents_of(&r)
+            }
+            // The controller's own stream reconciles everything after a resync.
+            Change::Resynced => {
+                self.rebuild(store);
+                Vec::new()
+            }
+        }
+    }
 }
 
 /// What the controller runs with besides the client and configuration.
@@ -119,6 +192,7 @@ fn child_cache<K>(
     ns: Option<&str>,
     synced: &mut Vec<Synced>,
     keep_managed_fields: bool,
+    own: &OwnWrites,
 ) -> (
     Store<K>,
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
@@ -131,7 +205,7 @@ where
         + Send
         + Sync
         + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+    K: Resource<DynamicType = ()>,
 {
     // Only children Flotilla created are cached: the label keeps the caches to what the
     // reconciler reads, however many other Deployments and ConfigMaps the cluster holds.
@@ -152,25 +226,34 @@ where
         })
         .reflect(writer)
         .inspect_ok(on_init_done(synced))
-        .touched_objects();
+        .inspect_ok({
+            let own = own.clone();
+            move |event| {
+                if let watcher::Event::Delete(o) = event {
+                    own.forget(&ObjectRef::from_obj(o));
+                }
+            }
+        })
+        .touched_objects()
+        // The echo of the reconciler's own apply is no reason to reconcile the owner again.
+        .try_filter({
+            let own = own.clone();
+            move |o| std::future::ready(!own.is_echo(o))
+        });
     (store, stream)
 }
 
-/// The MicroServices to reconcile because a service they depend on appeared or disappeared.
+/// The MicroServices to reconcile because a service they depend on appeared, disappeared or
+/// changed its spec.
 fn dependency_changes(
     microservices: &MicroServices,
 ) -> impl futures::Stream<Item = ObjectRef<MicroService>> + Send + 'static {
-    let lookup = microservices.store();
+    let store = microservices.store();
+    let mut index = DependencyIndex::default();
+    index.rebuild(&store);
     microservices
         .changes()
-        .filter_map(|c| async move {
-            match c {
-                Change::Applied(r) | Change::Deleted(r) => Some(r),
-                // The controller's own stream reconciles everything after a resync.
-                Change::Resynced => None,
-            }
-        })
-        .flat_map(move |r| futures::stream::iter(dependents(&lookup, &r)))
+        .flat_map(move |c| futures::stream::iter(index.on_change(c, &store)))
 }
 
 /// Sets `readiness` once every cache has synced.
@@ -202,13 +285,16 @@ pub async fn run(
     let ns = config.watch_namespace.as_deref();
     // Each cache's stream sets its `Synced` flag on InitDone, after the reflector applied it.
     let mut synced = Vec::new();
-    let (dep_store, deployments) = child_cache::<Deployment>(&client, ns, &mut synced, true);
-    let (svc_store, services) = child_cache::<Service>(&client, ns, &mut synced, false);
-    let (cm_store, config_maps) = child_cache::<ConfigMap>(&client, ns, &mut synced, false);
-    let (hpa_store, hpas) = child_cache::<HorizontalPodAutoscaler>(&client, ns, &mut synced, false);
+    let own = OwnWrites::default();
+    let (dep_store, deployments) = child_cache::<Deployment>(&client, ns, &mut synced, true, &own);
+    let (svc_store, services) = child_cache::<Service>(&client, ns, &mut synced, false, &own);
+    let (cm_store, config_maps) = child_cache::<ConfigMap>(&client, ns, &mut synced, false, &own);
+    let (hpa_store, hpas) =
+        child_cache::<HorizontalPodAutoscaler>(&client, ns, &mut synced, false, &own);
     synced.push(microservices.synced());
     let ms_store = microservices.store();
-    let controller = Controller::for_shared_stream(microservices.objects(), ms_store.clone());
+    let objects = microservices.objects(own.clone());
+    let controller = Controller::for_shared_stream(objects, ms_store.clone());
     let stores = Stores {
         microservices: ms_store,
         deployments: dep_store,
@@ -216,6 +302,7 @@ pub async fn run(
         config_maps: cm_store,
         hpas: hpa_store,
         synced,
+        own_writes: own,
     };
     report_ready(&stores, readiness);
     let recorder = Recorder::new(
@@ -256,6 +343,10 @@ pub async fn run(
 
 #[cfg(test)]
 mod tests {
+    use flotilla_crds::MicroServiceSpec;
+    use kube::runtime::reflector::store::Writer;
+    use kube::runtime::watcher::Event;
+
     use super::*;
     use crate::apply::applies_replicas;
     use serde_json::{json, Value};
@@ -301,5 +392,59 @@ mod tests {
         assert_eq!(before, after);
         assert_eq!(before, [true, true, false, false]);
         assert_eq!(d.managed_fields().len(), 2);
+    }
+
+    fn ms(name: &str, generation: i64, deps: &[&str]) -> MicroService {
+        let mut spec = MicroServiceSpec::with_image("img:1");
+        spec.dependencies =
+            (!deps.is_empty()).then(|| deps.iter().map(|d| d.to_string()).collect());
+        let mut ms = MicroService::new(name, spec);
+        ms.metadata.namespace = Some("shop".into());
+        ms.metadata.generation = Some(generation);
+        ms
+    }
+
+    fn names(refs: Vec<MsRef>) -> Vec<String> {
+        let mut n: Vec<String> = refs.into_iter().map(|r| r.name).collect();
+        n.sort();
+        n
+    }
+
+    /// A service that appears, changes its spec or disappears wakes the MicroServices that
+    /// depend on it; a change that leaves its spec alone (a status write) wakes nobody.
+    #[test]
+    fn dependents_are_woken_by_spec_changes_only() {
+        let mut writer: Writer<MicroService> = Writer::default();
+        let store = writer.as_reader();
+        let mut index = DependencyIndex::default();
+        for m in [ms("web", 1, &["users"]), ms("admin", 1, &["users", "auth"])] {
+            writer.apply_watcher_event(&Event::Apply(m));
+        }
+        assert!(index.on_change(Change::Resynced, &store).is_empty());
+        let users = ms("users", 1, &[]);
+        writer.apply_watcher_event(&Event::Apply(users.clone()));
+        let r = ObjectRef::from_obj(&users);
+        let woken = index.on_change(Change::Applied(r.clone()), &store);
+        assert_eq!(names(woken), ["admin", "web"]);
+        assert!(
+            index
+                .on_change(Change::Applied(r.clone()), &store)
+                .is_empty(),
+            "same generation"
+        );
+        writer.apply_watcher_event(&Event::Apply(ms("users", 2, &[])));
+        assert_eq!(
+            names(index.on_change(Change::Applied(r.clone()), &store)),
+            ["admin", "web"]
+        );
+        // `web` stops depending on `users`.
+        let web = ms("web", 2, &[]);
+        writer.apply_watcher_event(&Event::Apply(web.clone()));
+        index.on_change(Change::Applied(ObjectRef::from_obj(&web)), &store);
+        writer.apply_watcher_event(&Event::Delete(ms("users", 2, &[])));
+        assert_eq!(
+            names(index.on_change(Change::Deleted(r), &store)),
+            ["admin"]
+        );
     }
 }

@@ -233,13 +233,14 @@ pub fn needs_write(computed: &MicroServiceStatus, stored: Option<&MicroServiceSt
     stored.map(own_part).as_ref() != Some(computed)
 }
 
-/// Applies the reconciler's part of the status (field manager `flotilla`), only while leading.
+/// Applies the reconciler's part of the status (field manager `flotilla`), only while leading;
+/// returns the MicroService as written.
 pub async fn write(
     lead: &crate::leader::Leadership,
     api: &Api<MicroService>,
     ms: &MicroService,
     status: &MicroServiceStatus,
-) -> Result<(), ReconcileError> {
+) -> Result<MicroService, ReconcileError> {
     let name = ms.name_any();
     let body = serde_json::json!({
         "apiVersion": flotilla_crds::API_VERSION,
@@ -252,8 +253,7 @@ pub async fn write(
     let call = api.patch_status(&name, &pp, &patch);
     crate::apply::gated(lead, action, call)
         .await?
-        .map_err(|e| ReconcileError::kube(action(), e))?;
-    Ok(())
+        .map_err(|e| ReconcileError::kube(action(), e))
 }
 
 /// What one reconcile found, to report in the status.
@@ -286,6 +286,10 @@ pub async fn report(
         .get(&ObjectRef::new(&name).within(&ns));
     let deployment = report.applied.or(cached.as_deref());
     let t = Time(Timestamp::now());
+    // A reconcile that starts before the cache shows the previous one's status write compares
+    // with what was written, so it does not write the same status again.
+    let unseen = ctx.stores.own_writes.unseen_status(ms);
+    let previous = unseen.as_ref().or(ms.status.as_ref());
     let spec_replicas = match report.spec {
         Some(v) if v.spec.autoscaling.is_some() => None,
         Some(v) => Some(v.spec.replicas),
@@ -299,16 +303,17 @@ pub async fn report(
         deployment,
         missing_dependencies: report.missing,
         problem: report.problem,
-        previous: ms.status.as_ref(),
+        previous,
         now: &t,
     });
-    rollout::annotate_status(&mut computed, report.rollout, ms.status.as_ref(), &t);
-    if !needs_write(&computed, ms.status.as_ref()) {
+    rollout::annotate_status(&mut computed, report.rollout, previous, &t);
+    if !needs_write(&computed, previous) {
         return Ok(());
     }
     let api: Api<MicroService> = Api::namespaced(ctx.client.clone(), &ns);
-    write(&ctx.leadership, &api, ms, &computed).await?;
-    if let Some(c) = newly_degraded(&computed, ms.status.as_ref()) {
+    let written = write(&ctx.leadership, &api, ms, &computed).await?;
+    ctx.stores.own_writes.status(ms, &written, &computed);
+    if let Some(c) = newly_degraded(&computed, previous) {
         let (reason, note) = (c.reason.clone(), c.message.clone());
         ctx.publish(ms, EventType::Warning, &reason, "Reconcile", note)
             .await;
