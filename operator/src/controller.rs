@@ -87,13 +87,12 @@ impl DependencyIndex {
         }
     }
 
-    /// Indexes `ms`; true when it is new or its spec changed (a new generation), the only
-    /// changes that can matter to its dependents (whether it exists, and its port).
-    fn insert(&mut self, ms: &MicroService) -> bool {
+    /// Indexes `ms` (again when its spec changed).
+    fn insert(&mut self, ms: &MicroService) {
         let r = ObjectRef::from_obj(ms);
         let generation = ms.metadata.generation;
         if self.indexed.get(&r).is_some_and(|(g, _)| *g == generation) {
-            return false;
+            return;
         }
         self.remove(&r);
         let deps = Self::dependencies(ms);
@@ -104,7 +103,6 @@ impl DependencyIndex {
                 .insert(r.clone());
         }
         self.indexed.insert(r, (generation, deps));
-        true
     }
 
     fn rebuild(&mut self, store: &Store<MicroService>) {
@@ -122,7 +120,9 @@ impl DependencyIndex {
             .unwrap_or_default()
     }
 
-    /// The MicroServices to reconcile after `change`.
+    /// The MicroServices to reconcile after `change`. Any change of a service wakes its
+    /// dependents, its status included: a guarded rollout and the failover of a MicroService
+    /// follow the status of the fallback it depends on.
     fn on_change(
         &mut self,
         change: Change,
@@ -130,8 +130,10 @@ impl DependencyIndex {
     ) -> Vec<ObjectRef<MicroService>> {
         match change {
             Change::Applied(r) => match store.get(&r) {
-                Some(ms) if self.insert(&ms) => self.dependents_of(&r),
-                Some(_) => Vec::new(),
+                Some(ms) => {
+                    self.insert(&ms);
+                    self.dependents_of(&r)
+                }
                 None => {
                     self.remove(&r);
                     self.dependents_of(&r)
@@ -244,7 +246,7 @@ where
 }
 
 /// The MicroServices to reconcile because a service they depend on appeared, disappeared or
-/// changed its spec.
+/// changed.
 fn dependency_changes(
     microservices: &MicroServices,
 ) -> impl futures::Stream<Item = ObjectRef<MicroService>> + Send + 'static {
@@ -410,10 +412,10 @@ mod tests {
         n
     }
 
-    /// A service that appears, changes its spec or disappears wakes the MicroServices that
-    /// depend on it; a change that leaves its spec alone (a status write) wakes nobody.
+    /// A service that appears, changes or disappears wakes the MicroServices that depend on
+    /// it, and only those; a dependency dropped from a spec no longer wakes its former dependent.
     #[test]
-    fn dependents_are_woken_by_spec_changes_only() {
+    fn dependents_are_woken_through_the_index() {
         let mut writer: Writer<MicroService> = Writer::default();
         let store = writer.as_reader();
         let mut index = DependencyIndex::default();
@@ -426,11 +428,10 @@ mod tests {
         let r = ObjectRef::from_obj(&users);
         let woken = index.on_change(Change::Applied(r.clone()), &store);
         assert_eq!(names(woken), ["admin", "web"]);
-        assert!(
-            index
-                .on_change(Change::Applied(r.clone()), &store)
-                .is_empty(),
-            "same generation"
+        assert_eq!(
+            names(index.on_change(Change::Applied(r.clone()), &store)),
+            ["admin", "web"],
+            "a status change of the dependency wakes its dependents too"
         );
         writer.apply_watcher_event(&Event::Apply(ms("users", 2, &[])));
         assert_eq!(
