@@ -112,11 +112,18 @@ pub fn status_plan(svc: &ServiceDesired, info: &ServiceInfo, now: &Time) -> Stat
         .collect();
     let conds_same = conds.iter().all(|c| same_condition(c, &info.conditions));
     let current = info.status.clone().unwrap_or_default();
+    // No `conditions` key when there are none (a service probed only for a rollout analysis):
+    // an applied empty list would claim the whole list, and withdrawing that claim later would
+    // take the reconciler's conditions with it.
+    let mut status = json!({ "failover": svc.status });
+    if !conds.is_empty() {
+        status["conditions"] = json!(conds);
+    }
     let body = json!({
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": { "name": svc.key.name, "namespace": svc.key.ns },
-        "status": { "failover": svc.status, "conditions": conds },
+        "status": status,
     });
     if !conds_same || strip_evidence(&current) != strip_evidence(&svc.status) {
         StatusPlan::Now(body)

@@ -210,3 +210,16 @@ fn transition_time_moves_only_when_the_condition_status_flips() {
         serde_json::from_value(body["status"]["conditions"].clone()).expect("conditions");
     assert_eq!(c3[0].last_transition_time, t(3000));
 }
+
+#[test]
+fn a_report_without_conditions_claims_no_condition_list() {
+    // A service probed only for a rollout analysis has no conditions: the body must not carry
+    // an empty list, which would claim the reconciler's conditions for the failover manager.
+    let mut d = desired(vec![], status(1, 0));
+    d.conditions.clear();
+    let StatusPlan::Now(body) = status_plan(&d, &info(None, vec![]), &t(1000)) else {
+        panic!("first write expected");
+    };
+    assert!(body["status"].get("conditions").is_none(), "{body}");
+    assert!(body["status"].get("failover").is_some());
+}
