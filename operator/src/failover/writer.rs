@@ -256,20 +256,7 @@ impl Writer {
             if !self.leadership.is_leading() {
                 return;
             }
-            let api: Api<MicroService> = Api::namespaced(self.client.clone(), &svc.key.ns);
-            let params = PatchParams::apply(FAILOVER_FIELD_MANAGER).force();
-            let r = self
-                .leadership
-                .write(
-                    self.cfg.write_timeout,
-                    api.patch_status(&svc.key.name, &params, &Patch::Apply(&body)),
-                )
-                .await;
-            let label = result_label(&r);
-            self.metrics
-                .writes
-                .with_label_values(&["status", label])
-                .inc();
+            let label = self.apply_status_body(&svc.key, &body, false).await;
             if label == "ok" {
                 self.recent_status.insert(svc.key.clone(), (body, now));
                 self.last_status_write.insert(svc.key.clone(), now);
@@ -308,22 +295,34 @@ impl Writer {
             "metadata": { "name": key.name, "namespace": key.ns },
             "status": {},
         });
+        self.apply_status_body(key, &body, true).await == "ok"
+    }
+
+    /// Server-side applies `body` to the MicroService's status as the failover field manager,
+    /// within the leadership's bounds, and counts the result; returns its metric label. With
+    /// `gone_is_ok`, a MicroService that no longer exists counts as done.
+    async fn apply_status_body(
+        &self,
+        key: &ObjKey,
+        body: &Value,
+        gone_is_ok: bool,
+    ) -> &'static str {
         let api: Api<MicroService> = Api::namespaced(self.client.clone(), &key.ns);
         let params = PatchParams::apply(FAILOVER_FIELD_MANAGER).force();
         let r = self
             .leadership
             .write(
                 self.cfg.write_timeout,
-                api.patch_status(&key.name, &params, &Patch::Apply(&body)),
+                api.patch_status(&key.name, &params, &Patch::Apply(body)),
             )
             .await;
-        let gone = matches!(&r, Ok(Err(kube::Error::Api(e))) if e.code == 404);
+        let gone = gone_is_ok && matches!(&r, Ok(Err(kube::Error::Api(e))) if e.code == 404);
         let label = if gone { "ok" } else { result_label(&r) };
         self.metrics
             .writes
             .with_label_values(&["status", label])
             .inc();
-        label == "ok"
+        label
     }
 
     /// Publishes the Event for one notice (and updates the counters and detection histogram).
