@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use flotilla_crds::{
-    conditions, labels, FailoverStatus, MicroService, RolloutPhase, RolloutStatus, RolloutStrategy,
+    conditions, labels, FailoverStatus, MicroService, MicroServiceSpec, RolloutPhase,
+    RolloutStatus, RolloutStrategy,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Pod;
@@ -26,10 +27,20 @@ const CANARY: &str = "users-canary";
 
 /// A guarded `users` with two stable pods and a short analysis.
 async fn guarded(sim: &Sim, analysis_seconds: i32) -> Result<()> {
+    guarded_with(sim, analysis_seconds, |_| {}).await
+}
+
+/// [`guarded`], with `tweak` applied to the spec last.
+async fn guarded_with(
+    sim: &Sim,
+    analysis_seconds: i32,
+    tweak: impl FnOnce(&mut MicroServiceSpec),
+) -> Result<()> {
     sim.create_users(NAME, 2, |s| {
         s.rollout.strategy = RolloutStrategy::Guarded;
         s.rollout.analysis_seconds = analysis_seconds;
         s.rollout.ready_timeout_seconds = 20;
+        tweak(s);
     })
     .await?;
     sim.ready_pods(NAME, 2).await?;
@@ -288,22 +299,13 @@ async fn answering_500_is_rolled_back(ns: &str, failover: bool) -> Result<()> {
     if failover {
         sim.create_users("users-backup", 1, |_| {}).await?;
     }
-    sim.create_users(NAME, 2, |s| {
-        s.rollout.strategy = RolloutStrategy::Guarded;
-        s.rollout.analysis_seconds = 60;
+    guarded_with(&sim, 60, |s| {
         s.rollout.max_error_rate = 0.1;
         if failover {
             s.failover.enabled = true;
             s.failover.fallback = Some("users-backup".into());
             s.failover.error_rate_window_seconds = 5;
         }
-    })
-    .await?;
-    sim.ready_pods(NAME, 2).await?;
-    sim.wait("the first template to be stable", || async {
-        Ok(rollout(&sim)
-            .await?
-            .filter(|r| r.phase == RolloutPhase::Stable))
     })
     .await?;
     let (traffic, from) = client(&sim).await?;
