@@ -178,10 +178,6 @@ where
     }
 }
 
-/// How long a connection opened while the instance closes persistent connections is served
-/// before it is closed too (its first requests are answered first).
-const LATE_CLOSE: std::time::Duration = std::time::Duration::from_millis(250);
-
 /// Serves one connection; closes it gracefully (idle HTTP/1.1 at once, HTTP/2 `GOAWAY`) as
 /// soon as the instance starts closing persistent connections.
 async fn serve_connection<Svc>(
@@ -216,19 +212,14 @@ async fn serve_connection<Svc>(
             resp
         }
     });
-    // Only a change to "closing" after this connection began closes it: a connection opened
-    // while closing is served (HTTP/1.1 responses then carry `Connection: close`), and closed
-    // gracefully a moment later if the instance is still closing (a client reconnecting before
-    // the endpoints moved), so an HTTP/2 client does not stay on it until the next change. A
-    // connection that has not carried a request yet is closed only once its first request
-    // arrives (that request is answered, then the connection closes): a graceful shutdown before
-    // then would drop a request whose bytes may already be on the way. Any request answered
-    // while closing closes its connection after the response.
+    // Two ways to close: a change to "closing" while this connection is open, and any request
+    // answered while closing (so a connection opened while closing — a client reconnecting
+    // before the endpoints moved — is closed after its first answer; HTTP/1.1 responses then
+    // also carry `Connection: close`). A connection that has not carried a request yet is
+    // closed only once its first request arrives and is answered: a graceful shutdown before
+    // then would drop a request whose bytes may already be on the way.
     let mut closing = shared.traffic.subscribe();
     closing.mark_unchanged();
-    let opened_closing = shared.traffic.closing();
-    let late = tokio::time::sleep(LATE_CLOSE);
-    tokio::pin!(late);
     let conn = shared.builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let mut told = false;
@@ -241,10 +232,6 @@ async fn serve_connection<Svc>(
                     tracing::debug!(error = %e, "connection ended with an error");
                 }
                 return;
-            }
-            () = &mut late, if opened_closing && !told => {
-                told = true;
-                shared.traffic.closing()
             }
             changed = closing.changed(), if !told => match changed {
                 Err(_) => {
