@@ -41,8 +41,14 @@ die() {
     exit 1
 }
 
+# A tool's version line, captured whole. Piping a tool into `grep -q` under pipefail fails at
+# random: grep exits at the first match and the tool dies of SIGPIPE writing its next line.
+version_of() {
+    "$@" 2>/dev/null || true
+}
+
 install_helm() {
-    if [[ -x "$bin_dir/helm" ]] && "$bin_dir/helm" version --short 2>/dev/null | grep -q '^v4\.' &&
+    if [[ -x "$bin_dir/helm" ]] && [[ "$(version_of "$bin_dir/helm" version --short)" == v4.* ]] &&
         [[ -x "$bin_dir/kubectl-1.35" ]]; then
         log "helm already installed: $("$bin_dir/helm" version --short)"
         return
@@ -69,9 +75,11 @@ PY
     chmod 0755 "$bin_dir/helm.partial" "$bin_dir/kubectl-1.35.partial"
     mv -f "$bin_dir/helm.partial" "$bin_dir/helm"
     mv -f "$bin_dir/kubectl-1.35.partial" "$bin_dir/kubectl-1.35"
-    "$bin_dir/kubectl-1.35" version --client 2>/dev/null | grep -q 'v1\.35' || die "extracted kubectl is not 1.35"
+    [[ "$(version_of "$bin_dir/kubectl-1.35" version --client)" == *"Client Version: v1.35."* ]] ||
+        die "extracted kubectl is not 1.35: $(version_of "$bin_dir/kubectl-1.35" version --client)"
     rm -rf "$work"
-    "$bin_dir/helm" version --short | grep -q '^v4\.' || die "extracted helm is not v4: $("$bin_dir/helm" version --short)"
+    [[ "$(version_of "$bin_dir/helm" version --short)" == v4.* ]] ||
+        die "extracted helm is not v4: $(version_of "$bin_dir/helm" version --short)"
     log "installed helm $("$bin_dir/helm" version --short)"
 }
 

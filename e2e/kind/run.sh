@@ -30,7 +30,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "==> cluster $cluster"
-if ! kind get clusters | grep -qx "$cluster"; then
+if ! grep -qx "$cluster" <<<"$(kind get clusters 2>/dev/null)"; then
     kind create cluster --name "$cluster" --config "$repo/e2e/kind/kind-config.yaml" --wait 120s
 fi
 mkdir -p "$(dirname "$kubeconfig")"
