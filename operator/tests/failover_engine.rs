@@ -265,6 +265,72 @@ async fn all_primary_pods_failing_moves_traffic_to_healthy_fallback_pods() -> Re
 }
 
 #[tokio::test]
+async fn a_first_failure_has_the_whole_service_probed_at_once() -> Result<()> {
+    // Six pods on a 10 s period, all failing from the start (the kubelet called them Ready, so
+    // they start healthy). The first pod's first failed probe has the other five probed at
+    // once, so the service fails over a fraction of a second later instead of when the last
+    // pod's own turn comes. Without that, all six pods being probed within one second of the
+    // first would happen by chance about once in 10^5 runs.
+    let primary = start_group(3, 7, 6).await?;
+    let fallback = start_group(3, 8, 1).await?;
+    let slow = |mut s: ServiceInfo| {
+        s.probe.period = Duration::from_secs(10);
+        s
+    };
+    let inv = Inventory::from_parts(
+        [
+            slow(service(
+                "web",
+                primary[0].addr.port(),
+                Some("web-backup"),
+                |_| {},
+            )),
+            {
+                let mut s = service("web-backup", fallback[0].addr.port(), None, |_| {});
+                s.failover_enabled = false;
+                s
+            },
+        ],
+        pods("web", &primary)
+            .into_iter()
+            .chain(pods("web-backup", &fallback)),
+    );
+    for p in &primary {
+        p.set_status(503);
+    }
+    let (_tx, mut out, _metrics) = start(inv);
+    let probed = || {
+        primary
+            .iter()
+            .filter(|p| p.readiness_requests() > 0)
+            .count()
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while probed() == 0 {
+        if tokio::time::Instant::now() > deadline {
+            bail!("no pod was probed");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let first = tokio::time::Instant::now();
+    while probed() < primary.len() && first.elapsed() < Duration::from_secs(1) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        probed(),
+        primary.len(),
+        "every pod probed within 1 s of the first failure"
+    );
+    wait_for(&mut out.desired, "failover", |d| {
+        d.services
+            .values()
+            .any(|s| s.status.active == Some(ActiveTarget::Fallback))
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
 async fn a_noisy_pod_never_leaves() -> Result<()> {
     // A pod that fails every other probe never reaches two failures in a row and keeps traffic.
     let fakes = start_group(3, 5, 1).await?;

@@ -132,6 +132,8 @@ struct SvcEntry {
     held_announced: bool,
     /// When a sticky pod of this service was last restarted (the rate limit).
     last_restart: Option<Instant>,
+    /// When a first failure last pulled the service's other probes forward (the rate limit).
+    last_suspicion: Option<Instant>,
 }
 
 struct Engine {
@@ -139,6 +141,8 @@ struct Engine {
     ids: HashMap<ObjKey, u64>,
     next_id: u64,
     pods: HashMap<u64, PodEntry>,
+    /// The pods of each service, for pulling their probes forward together.
+    members: HashMap<ObjKey, Vec<u64>>,
     svcs: HashMap<ObjKey, SvcEntry>,
     heap: BinaryHeap<Reverse<(Instant, u64)>>,
     client: ProbeClient,
@@ -175,6 +179,7 @@ pub fn spawn(
                     ids: HashMap::new(),
                     next_id: 0,
                     pods: HashMap::new(),
+                    members: HashMap::new(),
                     svcs: HashMap::new(),
                     heap: BinaryHeap::new(),
                     client: ProbeClient::new(),
@@ -321,6 +326,15 @@ impl Engine {
             );
             self.heap.push(Reverse((first, id)));
         }
+        self.members.clear();
+        for (key, id) in &self.ids {
+            if let Some(svc) = inv.pods.get(key).map(|p| &p.service) {
+                self.members
+                    .entry(ObjKey::new(key.ns.clone(), svc.clone()))
+                    .or_default()
+                    .push(*id);
+            }
+        }
         let metrics = &self.metrics;
         self.svcs.retain(|k, _| {
             let keep = inv.services.get(k).is_some_and(ServiceInfo::decided);
@@ -462,7 +476,10 @@ impl Engine {
             failure: svc.probe.failure_threshold,
             success: svc.probe.success_threshold,
         };
+        let was_healthy = entry.health.healthy;
+        let failed = !obs.is_success();
         let changed = entry.health.observe(obs, rep.at, th);
+        let first_failure = was_healthy && failed && entry.health.consecutive_failures == 1;
         // A result that goes against the verdict is confirmed soon rather than a period later,
         // so a threshold is reached in a fraction of a period. Only contested pods are probed
         // early: a steadily healthy (or steadily failing) pod sees no extra probes.
@@ -476,6 +493,39 @@ impl Engine {
                 self.heap.push(Reverse((confirm, id)));
             }
         }
+        if first_failure {
+            self.suspect_service(&svc, id, rep.at);
+        }
         changed
+    }
+
+    /// A healthy pod of `svc` just failed a probe: the service's other healthy pods are probed
+    /// now instead of up to a period later. Faults are often shared (a bad dependency, a bad
+    /// config), and failing over needs every primary pod judged: waiting for each pod's own
+    /// turn would make the switch take as long as the slowest pod's phase, close to a whole
+    /// period, where this makes it the first failing pod's. The pulled-forward probes are not
+    /// extra ones (each pod's period restarts from it), and this happens at most once per
+    /// period per service, so a pod that fails now and then cannot keep its siblings busy.
+    fn suspect_service(&mut self, svc: &ServiceInfo, failed: u64, now: Instant) {
+        let Some(state) = self.svcs.get_mut(&svc.key) else {
+            return;
+        };
+        if state
+            .last_suspicion
+            .is_some_and(|t| now.saturating_duration_since(t) < svc.probe.period)
+        {
+            return;
+        }
+        state.last_suspicion = Some(now);
+        for &id in self.members.get(&svc.key).into_iter().flatten() {
+            let Some(e) = self.pods.get_mut(&id) else {
+                continue;
+            };
+            let steady = e.health.healthy && e.health.consecutive_failures == 0;
+            if id != failed && steady && !e.in_flight && e.next_due > now {
+                e.next_due = now;
+                self.heap.push(Reverse((now, id)));
+            }
+        }
     }
 }

@@ -73,5 +73,6 @@ pub(super) fn resume(svc: &ServiceInfo, inv: &Inventory) -> SvcEntry {
         history,
         held_announced: false,
         last_restart: None,
+        last_suspicion: None,
     }
 }
