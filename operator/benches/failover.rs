@@ -60,6 +60,10 @@ struct Args {
     /// Length of the CPU measurement.
     #[arg(long, default_value_t = 10)]
     cpu_seconds: u64,
+    /// Batch window of the prober during the CPU measurement, in milliseconds (default: the
+    /// engine's); 0 wakes the engine for each due probe.
+    #[arg(long)]
+    batch_window_ms: Option<u64>,
     /// Skip the CPU measurement.
     #[arg(long)]
     skip_cpu: bool,
@@ -193,7 +197,12 @@ async fn cpu(args: &Args) -> Result<()> {
     }
     let (_tx, rx) = tokio::sync::watch::channel(Arc::new(Inventory::from_parts(services, pods)));
     let metrics = Metrics::new()?;
-    let (mut out, _thread) = engine::spawn(rx, metrics.clone(), EngineConfig::default())?;
+    let mut cfg = EngineConfig::default();
+    if let Some(ms) = args.batch_window_ms {
+        cfg.batch_window = Duration::from_millis(ms);
+    }
+    let window = cfg.batch_window;
+    let (mut out, _thread) = engine::spawn(rx, metrics.clone(), cfg)?;
     // Drain outputs as a writer would.
     tokio::spawn(async move { while out.notices.recv().await.is_some() {} });
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -219,11 +228,12 @@ async fn cpu(args: &Args) -> Result<()> {
         + metrics.probes.with_label_values(&["connect_error"]).get();
     println!(
         "(d) prober CPU: {cores:.4} cores for {} pods at 500 ms = {per_1000:.4} cores per 1,000 pods \
-         ({:.0} probes/s, {} failed probes, {} skipped; {p1} probes since the start)",
+         ({:.0} probes/s, {} failed probes, {} skipped; {p1} probes since the start; batch window {} ms)",
         args.pods,
         (p1 - p0) as f64 / wall,
         failed,
-        metrics.probes.with_label_values(&["skipped"]).get()
+        metrics.probes.with_label_values(&["skipped"]).get(),
+        window.as_millis()
     );
     drop(child.stdin.take());
     let _ = child.kill().await;
