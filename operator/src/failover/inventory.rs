@@ -128,13 +128,20 @@ fn effective_policy(ms: &MicroService, analysing: bool) -> FailoverPolicy {
     }
 }
 
+/// Whether a guarded rollout of `ms` is being analysed.
+fn analysing(ms: &MicroService) -> bool {
+    ms.spec.rollout.strategy == RolloutStrategy::Guarded
+        && ms
+            .status
+            .as_ref()
+            .and_then(|s| s.rollout.as_ref())
+            .is_some_and(|r| r.phase == RolloutPhase::Analyzing)
+}
+
 fn service_info(ms: &MicroService) -> Option<ServiceInfo> {
     let key = ObjKey::new(ms.metadata.namespace.clone()?, ms.metadata.name.clone()?);
     let status = ms.status.as_ref();
-    let analysing = ms.spec.rollout.strategy == RolloutStrategy::Guarded
-        && status
-            .and_then(|s| s.rollout.as_ref())
-            .is_some_and(|r| r.phase == RolloutPhase::Analyzing);
+    let analysing = analysing(ms);
     Some(ServiceInfo {
         key,
         uid: ms.metadata.uid.clone(),
@@ -194,20 +201,42 @@ impl Inventory {
         services: impl IntoIterator<Item = &'a MicroService>,
         pods: impl IntoIterator<Item = &'a Pod>,
     ) -> Self {
-        let all: BTreeMap<ObjKey, ServiceInfo> = services
-            .into_iter()
-            .filter_map(service_info)
+        // Only the decided services and their fallbacks are described: most MicroServices of a
+        // large cluster are neither, and the inventory is rebuilt while any of them changes.
+        let services: Vec<&MicroService> = services.into_iter().collect();
+        let mut wanted: BTreeMap<ObjKey, ServiceInfo> = services
+            .iter()
+            .filter(|ms| ms.spec.failover.enabled || analysing(ms))
+            .filter_map(|ms| service_info(ms))
             .map(|s| (s.key.clone(), s))
             .collect();
-        let mut wanted: BTreeSet<ObjKey> = BTreeSet::new();
-        for s in all.values().filter(|s| s.decided()) {
-            wanted.insert(s.key.clone());
-            if let Some(fb) = &s.failover.fallback {
-                wanted.insert(ObjKey::new(s.key.ns.clone(), fb.clone()));
+        let fallbacks: BTreeSet<ObjKey> = wanted
+            .values()
+            .filter_map(|s| {
+                let fb = s.failover.fallback.as_ref()?;
+                Some(ObjKey::new(s.key.ns.clone(), fb.clone()))
+            })
+            .filter(|k| !wanted.contains_key(k))
+            .collect();
+        if !fallbacks.is_empty() {
+            let is_fallback = |ms: &&&MicroService| {
+                let meta = &ms.metadata;
+                meta.namespace
+                    .as_ref()
+                    .zip(meta.name.as_ref())
+                    .is_some_and(|(ns, name)| {
+                        fallbacks.contains(&ObjKey::new(ns.clone(), name.clone()))
+                    })
+            };
+            for s in services
+                .iter()
+                .filter(is_fallback)
+                .filter_map(|ms| service_info(ms))
+            {
+                wanted.insert(s.key.clone(), s);
             }
         }
-        let services = all.into_values().filter(|s| wanted.contains(&s.key));
-        Self::from_parts(services, pods.into_iter().filter_map(pod_info))
+        Self::from_parts(wanted.into_values(), pods.into_iter().filter_map(pod_info))
     }
 
     /// Builds the inventory from engine values; pods of services not listed are dropped.
