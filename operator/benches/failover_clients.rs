@@ -163,6 +163,7 @@ async fn measure(
             Ok((api_requests_of(&primary, PORT).await? > before).then_some(()))
         })
         .await?;
+        random_phase().await;
         let t_fault = Instant::now();
         for p in &primary {
             set_fault(p, r#"{"unhealthy": true, "errorRate": 1.0}"#).await?;

@@ -213,6 +213,15 @@ pub async fn http_text(
     Ok((reply.status, reply.body))
 }
 
+/// Waits a random part of one default probe period (500 ms), so a fault injected next falls at
+/// a random point of the probe schedule, as a real one does. Without it, a benchmark that injects
+/// a fault a fixed time after the previous run's failback lands at the same point of the
+/// schedule every run and measures that point instead of the distribution.
+pub async fn random_phase() {
+    let ms = rand::random_range(0..500u64);
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
 /// Injects faults into one pod through its `/admin/faults`.
 pub async fn set_fault(p: &Pod, json: &str) -> Result<()> {
     let code = http(pod_addr(p)?, "POST", "/admin/faults", Some(json)).await?;
