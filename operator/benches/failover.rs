@@ -330,7 +330,7 @@ async fn failover(args: &Args) -> Result<()> {
             Ok(ok.then_some(()))
         })
         .await?;
-        random_phase().await;
+        random_phase(Duration::from_millis(500)).await;
         let (s0, n0) = detection(maddr).await?;
         let (t_fault, wall_fault) = (Instant::now(), unix_now());
         for p in &primary {

@@ -163,7 +163,7 @@ async fn measure(
             Ok((api_requests_of(&primary, PORT).await? > before).then_some(()))
         })
         .await?;
-        random_phase().await;
+        random_phase(Duration::from_millis(500)).await;
         let t_fault = Instant::now();
         for p in &primary {
             set_fault(p, r#"{"unhealthy": true, "errorRate": 1.0}"#).await?;

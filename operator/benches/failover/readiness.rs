@@ -86,6 +86,12 @@ async fn one_pod_fault(sim: &Sim, name: &str, setup: Setup, runs: usize) -> Resu
         }
     })
     .await?;
+    // The probe period that notices the fault: Flotilla's and the generated readiness probe's
+    // default, or Kubernetes' default.
+    let period = match setup {
+        Setup::ReadinessKubeDefaults => Duration::from_secs(10),
+        Setup::Flotilla | Setup::ReadinessGenerated => Duration::from_millis(500),
+    };
     let pods = sim.ready_pods(name, 2).await?;
     let all: BTreeSet<String> = pods.iter().map(pod_ip).collect();
     let survivor: BTreeSet<String> = pods[1..].iter().map(pod_ip).collect();
@@ -98,6 +104,7 @@ async fn one_pod_fault(sim: &Sim, name: &str, setup: Setup, runs: usize) -> Resu
             Ok(ok.then_some(()))
         })
         .await?;
+        random_phase(period).await;
         let t_fault = Instant::now();
         set_fault(&pods[0], r#"{"unhealthy": true, "errorRate": 1.0}"#).await?;
         let wait = Duration::from_secs(120);

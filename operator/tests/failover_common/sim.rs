@@ -213,13 +213,13 @@ pub async fn http_text(
     Ok((reply.status, reply.body))
 }
 
-/// Waits a random part of one default probe period (500 ms), so a fault injected next falls at
-/// a random point of the probe schedule, as a real one does. Without it, a benchmark that injects
-/// a fault a fixed time after the previous run's failback lands at the same point of the
-/// schedule every run and measures that point instead of the distribution.
-pub async fn random_phase() {
-    let ms = rand::random_range(0..500u64);
-    tokio::time::sleep(Duration::from_millis(ms)).await;
+/// Waits a random part of `period` (the probe period that will notice the fault next), so a
+/// fault injected next falls at a random point of the probe schedule, as a real one does.
+/// Without it, a benchmark that injects a fault a fixed time after the previous run recovered
+/// lands at the same point of the schedule every run and measures that point instead of the
+/// distribution.
+pub async fn random_phase(period: Duration) {
+    tokio::time::sleep(period.mul_f64(rand::random_range(0.0..1.0))).await;
 }
 
 /// Injects faults into one pod through its `/admin/faults`.
