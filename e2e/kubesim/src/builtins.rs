@@ -340,6 +340,7 @@ pub fn all() -> Vec<ResourceDef> {
             decoder: Some(s.decoder),
             openapi: Some(s.schema),
             schemas: BTreeMap::new(),
+            cel_rules: BTreeMap::new(),
             printer_columns: BTreeMap::new(),
             crd: None,
             verbs: STANDARD_VERBS.to_vec(),

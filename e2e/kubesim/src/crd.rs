@@ -203,11 +203,13 @@ pub fn definition(crd: &Value) -> ResourceDef {
             .map(String::from),
     });
     let mut schemas = BTreeMap::new();
+    let mut cel_rules = BTreeMap::new();
     let mut columns = BTreeMap::new();
     for v in &served {
         let n = s(v, "/name").to_string();
         if let Some(schema) = v.pointer("/schema/openAPIV3Schema") {
             schemas.insert(n.clone(), schema.clone());
+            cel_rules.insert(n.clone(), crate::schema::cel::rules_for(schema));
         }
         let cols: Vec<PrinterColumn> = v
             .get("additionalPrinterColumns")
@@ -246,6 +248,7 @@ pub fn definition(crd: &Value) -> ResourceDef {
         decoder: None,
         openapi: None,
         schemas,
+        cel_rules,
         printer_columns: columns,
         crd: Some(s(crd, "/metadata/name").to_string()),
         verbs: STANDARD_VERBS.to_vec(),

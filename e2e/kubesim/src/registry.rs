@@ -56,6 +56,9 @@ pub struct ResourceDef {
     pub openapi: Option<SchemaFn>,
     /// Custom resources: the structural schema of each version.
     pub schemas: BTreeMap<String, Value>,
+    /// Custom resources: the CEL rules of each version's schema, compiled once when the CRD is
+    /// stored rather than looked up on every write.
+    pub cel_rules: BTreeMap<String, Arc<crate::schema::cel::Node>>,
     pub printer_columns: BTreeMap<String, Vec<PrinterColumn>>,
     /// Custom resources: the name of the CRD that serves this resource.
     pub crd: Option<String>,

@@ -168,7 +168,12 @@ pub fn normalize(w: &WriteCtx, obj: Value, old: Option<&Value>) -> Result<Value,
         let schema = def.schemas.get(w.version);
         let mut processed = schema::process(schema, obj);
         if let Some(schema) = schema {
-            validation_rules(schema, &processed.object, old, &mut processed.causes);
+            let rules = def
+                .cel_rules
+                .get(w.version)
+                .cloned()
+                .unwrap_or_else(|| schema::cel::rules_for(schema));
+            validation_rules(&rules, &processed.object, old, &mut processed.causes);
         }
         (processed.object, processed.unknown, processed.causes)
     };
@@ -204,15 +209,19 @@ pub fn normalize(w: &WriteCtx, obj: Value, old: Option<&Value>) -> Result<Value,
 
 /// Evaluates the schema's CEL rules, unless the object has the wrong type somewhere (the
 /// real server then skips them and says so).
-fn validation_rules(schema: &Value, obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
-    let rules = schema::cel::rules_for(schema);
+fn validation_rules(
+    rules: &schema::cel::Node,
+    obj: &Value,
+    old: Option<&Value>,
+    causes: &mut Vec<Cause>,
+) {
     if causes.iter().any(|c| c.reason == "FieldValueTypeInvalid") {
         if rules.has_rules() {
             causes.push(Cause::invalid("<nil>", &Value::Null, "some validation rules were not checked because the object was invalid; correct the existing errors to complete validation"));
         }
         return;
     }
-    schema::cel::validate(&rules, obj, old, "", causes);
+    schema::cel::validate(rules, obj, old, "", causes);
 }
 
 /// Random suffix for `generateName`, from the real server's alphabet.

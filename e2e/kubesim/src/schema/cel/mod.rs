@@ -63,6 +63,16 @@ pub struct Node {
     active: bool,
 }
 
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("type_name", &self.type_name)
+            .field("rules", &self.rules.len())
+            .field("props", &self.props)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Node {
     /// Whether the schema has any rule at all.
     pub fn has_rules(&self) -> bool {
