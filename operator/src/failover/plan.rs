@@ -102,6 +102,16 @@ fn same_condition(a: &Condition, current: &[Condition]) -> bool {
     })
 }
 
+/// A server-side-apply body for the status of the MicroService `key`.
+pub fn status_body(key: &ObjKey, status: Value) -> Value {
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": { "name": key.name, "namespace": key.ns },
+        "status": status,
+    })
+}
+
 /// The server-side-apply body for `status.failover` and the engine's two conditions, and whether
 /// it must be written now.
 pub fn status_plan(svc: &ServiceDesired, info: &ServiceInfo, now: &Time) -> StatusPlan {
@@ -119,12 +129,7 @@ pub fn status_plan(svc: &ServiceDesired, info: &ServiceInfo, now: &Time) -> Stat
     if !conds.is_empty() {
         status["conditions"] = json!(conds);
     }
-    let body = json!({
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "metadata": { "name": svc.key.name, "namespace": svc.key.ns },
-        "status": status,
-    });
+    let body = status_body(&svc.key, status);
     if !conds_same || strip_evidence(&current) != strip_evidence(&svc.status) {
         StatusPlan::Now(body)
     } else if current != svc.status {

@@ -289,12 +289,7 @@ impl Writer {
         if !self.leadership.is_leading() {
             return false;
         }
-        let body = serde_json::json!({
-            "apiVersion": API_VERSION,
-            "kind": KIND,
-            "metadata": { "name": key.name, "namespace": key.ns },
-            "status": {},
-        });
+        let body = plan::status_body(key, serde_json::json!({}));
         self.apply_status_body(key, &body, true).await == "ok"
     }
 
