@@ -138,8 +138,16 @@ fn analysing(ms: &MicroService) -> bool {
             .is_some_and(|r| r.phase == RolloutPhase::Analyzing)
 }
 
+/// The namespace and name of `ms`, if it has both.
+fn key_of(ms: &MicroService) -> Option<ObjKey> {
+    Some(ObjKey::new(
+        ms.metadata.namespace.clone()?,
+        ms.metadata.name.clone()?,
+    ))
+}
+
 fn service_info(ms: &MicroService) -> Option<ServiceInfo> {
-    let key = ObjKey::new(ms.metadata.namespace.clone()?, ms.metadata.name.clone()?);
+    let key = key_of(ms)?;
     let status = ms.status.as_ref();
     let analysing = analysing(ms);
     Some(ServiceInfo {
@@ -219,20 +227,11 @@ impl Inventory {
             .filter(|k| !wanted.contains_key(k))
             .collect();
         if !fallbacks.is_empty() {
-            let is_fallback = |ms: &&&MicroService| {
-                let meta = &ms.metadata;
-                meta.namespace
-                    .as_ref()
-                    .zip(meta.name.as_ref())
-                    .is_some_and(|(ns, name)| {
-                        fallbacks.contains(&ObjKey::new(ns.clone(), name.clone()))
-                    })
-            };
-            for s in services
+            let fallback_infos = services
                 .iter()
-                .filter(is_fallback)
-                .filter_map(|ms| service_info(ms))
-            {
+                .filter(|ms| key_of(ms).is_some_and(|k| fallbacks.contains(&k)))
+                .filter_map(|ms| service_info(ms));
+            for s in fallback_infos {
                 wanted.insert(s.key.clone(), s);
             }
         }
