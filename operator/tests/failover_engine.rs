@@ -63,6 +63,25 @@ fn pods(svc: &str, fakes: &[FakePod]) -> Vec<PodInfo> {
         .collect()
 }
 
+/// A failover-enabled `primary` service falling back to `fallback` (failover off), with the
+/// pods of both.
+fn with_fallback(
+    (primary, primary_pods): (&str, &[FakePod]),
+    (fallback, fallback_pods): (&str, &[FakePod]),
+) -> Inventory {
+    let mut backup = service(fallback, fallback_pods[0].addr.port(), None, |_| {});
+    backup.failover_enabled = false;
+    Inventory::from_parts(
+        [
+            service(primary, primary_pods[0].addr.port(), Some(fallback), |_| {}),
+            backup,
+        ],
+        pods(primary, primary_pods)
+            .into_iter()
+            .chain(pods(fallback, fallback_pods)),
+    )
+}
+
 async fn wait_for(
     rx: &mut watch::Receiver<Arc<Desired>>,
     what: &str,
@@ -208,24 +227,7 @@ async fn all_primary_pods_failing_moves_traffic_to_healthy_fallback_pods() -> Re
     // primary's membership and the status says fallback.
     let primary = start_group(3, 3, 2).await?;
     let fallback = start_group(3, 4, 2).await?;
-    let inv = Inventory::from_parts(
-        [
-            service(
-                "users",
-                primary[0].addr.port(),
-                Some("users-backup"),
-                |_| {},
-            ),
-            {
-                let mut s = service("users-backup", fallback[0].addr.port(), None, |_| {});
-                s.failover_enabled = false;
-                s
-            },
-        ],
-        pods("users", &primary)
-            .into_iter()
-            .chain(pods("users-backup", &fallback)),
-    );
+    let inv = with_fallback(("users", &primary), ("users-backup", &fallback));
     let (_tx, mut out, _metrics) = start(inv);
     wait_for(&mut out.desired, "primary healthy", |d| {
         d.services
@@ -273,28 +275,9 @@ async fn a_first_failure_has_the_whole_service_probed_at_once() -> Result<()> {
     // first would happen by chance about once in 10^5 runs.
     let primary = start_group(3, 7, 6).await?;
     let fallback = start_group(3, 8, 1).await?;
-    let slow = |mut s: ServiceInfo| {
-        s.probe.period = Duration::from_secs(10);
-        s
-    };
-    let inv = Inventory::from_parts(
-        [
-            slow(service(
-                "web",
-                primary[0].addr.port(),
-                Some("web-backup"),
-                |_| {},
-            )),
-            {
-                let mut s = service("web-backup", fallback[0].addr.port(), None, |_| {});
-                s.failover_enabled = false;
-                s
-            },
-        ],
-        pods("web", &primary)
-            .into_iter()
-            .chain(pods("web-backup", &fallback)),
-    );
+    let mut inv = with_fallback(("web", &primary), ("web-backup", &fallback));
+    let web = inv.services.get_mut(&ObjKey::new("t", "web"));
+    web.context("the web service")?.probe.period = Duration::from_secs(10);
     for p in &primary {
         p.set_status(503);
     }
