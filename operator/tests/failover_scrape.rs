@@ -10,7 +10,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use flotilla_crds::labels;
 use flotilla_operator::failover::decide::Membership;
 use flotilla_operator::failover::engine::{self, EngineConfig};
@@ -18,6 +18,7 @@ use flotilla_operator::failover::inventory::{Inventory, ObjKey, PodInfo, Service
 use flotilla_operator::failover::metrics::Metrics;
 use flotilla_operator::failover::policy::{FailoverPolicy, ProbePolicy};
 use flotilla_operator::failover::scrape::ScrapeLimits;
+use flotilla_testkit::memory::resident_mib;
 use http_body_util::{Either, Full, StreamBody};
 use hyper::body::{Bytes, Frame};
 use hyper::{Request, Response};
@@ -148,17 +149,6 @@ fn pods(svc: &str, b: u8, n: u8, port: u16) -> Vec<PodInfo> {
         .collect()
 }
 
-/// A field of /proc/self/status in MiB.
-fn proc_status_mib(field: &str) -> Result<f64> {
-    let status = std::fs::read_to_string("/proc/self/status")?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .with_context(|| format!("{field} in /proc/self/status"))?;
-    let kib: f64 = line.split_whitespace().nth(1).context("value")?.parse()?;
-    Ok(kib / 1024.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_metrics_bodies_are_rejected_within_a_memory_bound_and_never_eject() -> Result<()> {
     // Pods serving 48 MiB of tiny sample lines or of comments are scraped with bounded memory:
@@ -173,7 +163,7 @@ async fn huge_metrics_bodies_are_rejected_within_a_memory_bound_and_never_eject(
     );
     // Reset the peak so it measures from here; the baseline is the memory in use now.
     std::fs::write("/proc/self/clear_refs", "5")?;
-    let base = proc_status_mib("VmRSS:")?;
+    let (base, _) = resident_mib("self")?;
     let (_tx, rx) = tokio::sync::watch::channel(Arc::new(inv));
     let metrics = Metrics::new()?;
     let cfg = EngineConfig {
@@ -200,7 +190,7 @@ async fn huge_metrics_bodies_are_rejected_within_a_memory_bound_and_never_eject(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let peak = proc_status_mib("VmHWM:")?;
+    let (_, peak) = resident_mib("self")?;
     let growth = peak - base;
     println!(
         "baseline RSS {base:.1} MiB, peak {peak:.1} MiB (+{growth:.1} MiB); rejected: \

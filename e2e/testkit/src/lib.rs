@@ -21,11 +21,13 @@
 //! - [`dump`]: what a failed test prints about its namespace.
 //! - [`namespace`]: one labelled namespace per test.
 //! - [`paths`]: the workspace's binaries seen from a test binary.
+//! - [`memory`]: a process's resident memory, for tests and benchmarks that bound it.
 
 pub mod cluster;
 pub mod dump;
 pub mod harness;
 pub mod http;
+pub mod memory;
 pub mod namespace;
 pub mod operator;
 pub mod paths;

@@ -32,16 +32,7 @@ const RATE_WINDOW: Duration = Duration::from_secs(5);
 
 /// Resident and peak resident memory of a process, in MiB.
 fn rss_of(pid: u32) -> Result<(f64, f64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> Result<f64> {
-        let line = status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .with_context(|| format!("{name} of process {pid}"))?;
-        let kib: f64 = line.split_whitespace().nth(1).context("value")?.parse()?;
-        Ok(kib / 1024.0)
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
+    flotilla_testkit::memory::resident_mib(&pid.to_string())
 }
 
 /// Requests answered by the pods' server.
