@@ -66,17 +66,17 @@ struct DependencyIndex {
     /// Per MicroService: the generation last indexed and the services it depends on.
     indexed: HashMap<MsRef, (Option<i64>, Vec<MsRef>)>,
     /// Per service: the MicroServices that depend on it.
-    dependents: HashMap<ObjectRef<MicroService>, HashSet<ObjectRef<MicroService>>>,
+    dependents: HashMap<MsRef, HashSet<MsRef>>,
 }
 
 impl DependencyIndex {
-    fn dependencies(ms: &MicroService) -> Vec<ObjectRef<MicroService>> {
+    fn dependencies(ms: &MicroService) -> Vec<MsRef> {
         let ns = ms.metadata.namespace.as_deref().unwrap_or_default();
         let deps = ms.spec.dependencies.iter().flatten();
         deps.map(|d| ObjectRef::new(d).within(ns)).collect()
     }
 
-    fn remove(&mut self, r: &ObjectRef<MicroService>) {
+    fn remove(&mut self, r: &MsRef) {
         for dep in self.indexed.remove(r).map(|(_, d)| d).unwrap_or_default() {
             if let Some(set) = self.dependents.get_mut(&dep) {
                 set.remove(r);
@@ -113,7 +113,7 @@ impl DependencyIndex {
     }
 
     /// The MicroServices that list `r` as a dependency.
-    fn dependents_of(&self, r: &ObjectRef<MicroService>) -> Vec<ObjectRef<MicroService>> {
+    fn dependents_of(&self, r: &MsRef) -> Vec<MsRef> {
         self.dependents
             .get(r)
             .map(|s| s.iter().cloned().collect())
@@ -123,11 +123,7 @@ impl DependencyIndex {
     /// The MicroServices to reconcile after `change`. Any change of a service wakes its
     /// dependents, its status included: a guarded rollout and the failover of a MicroService
     /// follow the status of the fallback it depends on.
-    fn on_change(
-        &mut self,
-        change: Change,
-        store: &Store<MicroService>,
-    ) -> Vec<ObjectRef<MicroService>> {
+    fn on_change(&mut self, change: Change, store: &Store<MicroService>) -> Vec<MsRef> {
         match change {
             Change::Applied(r) => match store.get(&r) {
                 Some(ms) => {
@@ -249,7 +245,7 @@ where
 /// changed.
 fn dependency_changes(
     microservices: &MicroServices,
-) -> impl futures::Stream<Item = ObjectRef<MicroService>> + Send + 'static {
+) -> impl futures::Stream<Item = MsRef> + Send + 'static {
     let store = microservices.store();
     let mut index = DependencyIndex::default();
     index.rebuild(&store);
