@@ -316,6 +316,19 @@ async fn answering_500_is_rolled_back(ns: &str, failover: bool) -> Result<()> {
             Ok(pods.into_iter().find(is_ready))
         })
         .await?;
+    if !failover {
+        // The analysis' report carries the pods' verdicts, and nothing that speaks of traffic
+        // moving: no active target (the `ACTIVE` column stays empty), no panic.
+        let report = sim
+            .wait("the analysis' report in status.failover", || async {
+                let s = sim.msvcs().get(NAME).await?.status.unwrap_or_default();
+                Ok(s.failover.filter(|f| !f.pods.is_empty()))
+            })
+            .await?;
+        if report.active.is_some() || report.panic.is_some() || report.observe_only != Some(true) {
+            bail!("the analysis' report speaks of failover: {report:?}");
+        }
+    }
     sim.wait("the error fault on the canary", || async {
         Ok(set_fault(&canary, r#"{"errorRate": 0.5}"#).await.ok())
     })

@@ -271,7 +271,7 @@ impl Engine {
             .get(&key)
             .map(|e| (e.history.clone(), e.state.flips.len()))
             .unwrap_or_default();
-        let (status, mut conditions) = report::status_for(
+        let (mut status, mut conditions) = report::status_for(
             d,
             mode,
             info.failover.fallback.as_deref(),
@@ -279,9 +279,15 @@ impl Engine {
             &history,
             evidence,
         );
-        if info.analysis_only() {
-            // `FailedOver` and `Flapping` speak of a failover the service has not enabled.
+        let analysis_only = info.analysis_only();
+        if analysis_only {
+            // Only the pods' verdicts are for the analysis. `FailedOver`, `Flapping`, the active
+            // target (the `ACTIVE` column), panic and flaps speak of a failover the service has
+            // not enabled.
             conditions.clear();
+            status.active = None;
+            status.panic = None;
+            status.flaps = None;
         }
         let members: Vec<Member> = d
             .primary_members
@@ -301,10 +307,16 @@ impl Engine {
             })
             .count();
         let serving = i64::try_from(serving).unwrap_or(i64::MAX);
-        self.metrics
-            .healthy_endpoints
-            .with_label_values(&[key.ns.as_str(), key.name.as_str()])
-            .set(serving);
+        // One series per failover-enabled MicroService, none for a service only analysed.
+        let labels = [key.ns.as_str(), key.name.as_str()];
+        if analysis_only {
+            let _ = self.metrics.healthy_endpoints.remove_label_values(&labels);
+        } else {
+            self.metrics
+                .healthy_endpoints
+                .with_label_values(&labels)
+                .set(serving);
+        }
         ServiceDesired {
             label_key: labels::serves(&key.name),
             key,
