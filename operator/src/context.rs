@@ -6,13 +6,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use flotilla_crds::MicroService;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource};
 use rand::Rng;
 use tracing::warn;
 
 use crate::cache::Stores;
+use crate::events::EventSink;
 use crate::leader::{Leadership, WriteLapsed};
 use crate::metrics::Metrics;
 
@@ -26,7 +27,7 @@ pub struct Context {
     /// API client.
     pub client: Client,
     /// Event publisher (events.k8s.io).
-    pub recorder: Recorder,
+    pub recorder: EventSink,
     /// Metrics.
     pub metrics: Metrics,
     /// Caches.
@@ -41,7 +42,7 @@ impl Context {
     /// A context over the given client, recorder, metrics, caches and leadership.
     pub fn new(
         client: Client,
-        recorder: Recorder,
+        recorder: EventSink,
         metrics: Metrics,
         stores: Stores,
         leadership: Leadership,

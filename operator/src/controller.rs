@@ -13,7 +13,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use kube::runtime::controller::Config as ControllerConfig;
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -22,6 +22,7 @@ use tracing::{debug, info};
 
 use crate::cache::{Change, MicroServices, OwnWrites, Stores, Synced};
 use crate::context::Context;
+use crate::events::EventSink;
 use crate::health::Health;
 use crate::http::Readiness;
 use crate::leader::Leadership;
@@ -303,7 +304,7 @@ pub async fn run(
         own_writes: own,
     };
     report_ready(&stores, readiness);
-    let recorder = Recorder::new(
+    let recorder = EventSink::new(
         client.clone(),
         Reporter {
             controller: CONTROLLER_NAME.into(),

@@ -14,6 +14,7 @@ pub mod config;
 pub mod context;
 pub mod controller;
 pub mod error;
+pub mod events;
 pub mod failover;
 pub mod health;
 pub mod http;

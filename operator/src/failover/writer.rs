@@ -18,7 +18,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{DeleteParams, Patch, PatchParams};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Reporter};
 use kube::{Api, Client};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
@@ -32,6 +32,7 @@ use super::metrics::Metrics;
 use super::plan::{self, LabelPatch, StatusPlan};
 use super::policy::Mode;
 use super::report::{Desired, Notice};
+use crate::events::EventSink;
 use crate::leader::{Leadership, WriteLapsed};
 
 /// Tunables of the writer.
@@ -63,7 +64,7 @@ impl Default for WriterConfig {
 
 struct Writer {
     client: Client,
-    recorder: Recorder,
+    recorder: EventSink,
     metrics: Metrics,
     cfg: WriterConfig,
     leadership: Leadership,
@@ -89,7 +90,7 @@ pub fn spawn(
         instance: std::env::var("POD_NAME").ok(),
     };
     let w = Writer {
-        recorder: Recorder::new(client.clone(), reporter),
+        recorder: EventSink::new(client.clone(), reporter),
         client,
         metrics,
         cfg,
