@@ -1,5 +1,7 @@
 //! The README's "Run it" session, as a newcomer types it: `kubesim up --operator --demo`, then
-//! the kubectl and curl commands the README lists, against the kubeconfig kubesim printed.
+//! the kubectl and curl commands the README lists, against the kubeconfig kubesim printed; then
+//! the "Guarded rollouts" session on the same cluster, each line run with bash exactly as the
+//! README writes it.
 //!
 //! The only additions to the README's command are a private state directory and address ranges,
 //! so this test does not collide with other clusters running in parallel.
@@ -147,5 +149,102 @@ async fn session(kubeconfig: &Path) -> Result<()> {
     // $ kubectl explain microservice.spec.failover
     let explain = kubectl(kubeconfig, &["explain", "microservice.spec.failover"]).await?;
     assert!(explain.contains("fallback"), "{explain}");
+
+    guarded_rollouts(kubeconfig).await
+}
+
+/// The README's "Guarded rollouts" session, continuing the one above (users at 3 replicas): a
+/// healthy release promoted after its canary's analysis, then an unpullable one rolled back.
+async fn guarded_rollouts(kubeconfig: &Path) -> Result<()> {
+    as_written(
+        kubeconfig,
+        r#"kubectl patch msvc users --type merge -p '{"spec":{"rollout":{"strategy":"Guarded","analysisSeconds":10}}}'"#,
+    )
+    .await?;
+    as_written(
+        kubeconfig,
+        r#"kubectl patch msvc users --type merge -p '{"spec":{"image":"flotilla/users:0.2.0"}}'"#,
+    )
+    .await?;
+    let met = as_written(
+        kubeconfig,
+        "kubectl wait msvc/users --for=jsonpath='{.status.rollout.phase}'=Analyzing --timeout=60s",
+    )
+    .await?;
+    assert!(met.contains("condition met"), "{met}");
+    let deploys = as_written(kubeconfig, "kubectl get deploy users users-canary").await?;
+    assert!(
+        deploys.lines().any(|l| l.starts_with("users-canary ")),
+        "{deploys}"
+    );
+    as_written(
+        kubeconfig,
+        "kubectl wait msvc/users --for=jsonpath='{.status.rollout.phase}'=Promoted --timeout=120s",
+    )
+    .await?;
+    let image =
+        r#"kubectl get deploy users -o jsonpath='{.spec.template.spec.containers[0].image}{"\n"}'"#;
+    assert_eq!(
+        as_written(kubeconfig, image).await?,
+        "flotilla/users:0.2.0\n"
+    );
+
+    as_written(
+        kubeconfig,
+        r#"kubectl patch msvc users --type merge -p '{"spec":{"image":"flotilla/userz:0.3.0"}}'"#,
+    )
+    .await?;
+    as_written(
+        kubeconfig,
+        "kubectl wait msvc/users --for=jsonpath='{.status.rollout.phase}'=RolledBack --timeout=120s",
+    )
+    .await?;
+    let row = as_written(kubeconfig, "kubectl get msvc users").await?;
+    assert!(
+        row.contains("RolledBack") && row.contains("flotilla/userz:0.3.0"),
+        "{row}"
+    );
+    let why = as_written(
+        kubeconfig,
+        r#"kubectl get msvc users -o jsonpath='{.status.rollout.reason}: {.status.rollout.evidence[0].observation}{"\n"}'"#,
+    )
+    .await?;
+    assert!(
+        why.starts_with("CanaryNotReady: ") && why.contains("ImagePull"),
+        "{why}"
+    );
+    assert_eq!(
+        as_written(kubeconfig, image).await?,
+        "flotilla/users:0.2.0\n"
+    );
+    let events = as_written(
+        kubeconfig,
+        "kubectl get events --field-selector involvedObject.name=users",
+    )
+    .await?;
+    let started = events.matches("RolloutStarted").count();
+    assert!(
+        started == 2 && events.contains("Promoted") && events.contains("RolledBack"),
+        "{events}"
+    );
     Ok(())
+}
+
+/// Runs a `$ ` line of the README's console blocks exactly as written (with bash, against
+/// `kubeconfig`); its stdout. Fails when the README has no such line, so the two cannot drift.
+async fn as_written(kubeconfig: &Path, line: &str) -> Result<String> {
+    let readme = include_str!("../../README.md");
+    if !readme.lines().any(|l| l.strip_prefix("$ ") == Some(line)) {
+        bail!("README.md has no console line `$ {line}`");
+    }
+    let out = Command::new("bash")
+        .args(["-c", line])
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .await
+        .context("running bash")?;
+    if !out.status.success() {
+        bail!("`{line}` failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
