@@ -16,7 +16,8 @@
 //!     Flotilla generates, and with Kubernetes' default settings: period 10 s, failureThreshold
 //!     3); prints each client error window and its ratio to Flotilla's;
 //! (g) guarded rollouts: a canary that fails under traffic, from its first failed client request
-//!     to its being out of the Service's endpoints, and the failed requests of those releases.
+//!     to its being out of the Service's endpoints, and the failed requests of those releases;
+//!     with failover on, and with failover off (the analysis alone).
 //!
 //! Run: `cargo bench -p flotilla-operator --bench failover -- --runs 20`
 //! (`cargo build -p users` first; or set `FLOTILLA_USERS_BIN`).
@@ -74,7 +75,7 @@ struct Args {
     /// settings take about half a minute each.
     #[arg(long, default_value_t = 3)]
     readiness_runs: usize,
-    /// Bad guarded releases to measure (0 skips them).
+    /// Bad guarded releases to measure with failover on, and again with it off (0 skips them).
     #[arg(long, default_value_t = 10)]
     rollout_runs: usize,
     /// Internal: serve this many test pods and print their ports.

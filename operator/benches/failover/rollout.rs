@@ -1,11 +1,16 @@
-//! (g) Guarded rollouts under traffic: a release whose canary pod fails once it takes traffic
-//! (readiness 503 and every request 5xx). Per run, the time from the canary's first failed
-//! client request to the canary being out of the Service's endpoints, and the client requests
-//! that failed during the bad release next to the canary's share of the pods times the requests
-//! sent in that window (what a canary holding its share of traffic for that long costs).
+//! (g) Guarded rollouts under traffic: a release whose canary pod fails once it takes traffic.
+//! Per run, the time from the canary's first failed client request to the canary being out of
+//! the Service's endpoints, and the client requests that failed during the bad release next to
+//! the canary's share of the pods times the requests sent in that window (what a canary holding
+//! its share of traffic for that long costs).
 //!
-//! The service runs with failover on (as the benchmark's other parts), so the prober judges the
-//! canary pods twice a second and ejects a failing one at once; the rollback then deletes it.
+//! Two arms, defaults as shipped otherwise:
+//! - failover on (as the benchmark's other parts): the canary fails readiness and answers 5xx;
+//!   the prober judges the canary pods twice a second and ejects a failing one at once, and the
+//!   rollback then deletes it;
+//! - failover off: the canary answers 5xx while its readiness stays fine, so neither the kubelet
+//!   nor an ejection removes it: only the analysis (the prober observing for it, the canary's
+//!   5xx ratio against the stable pods') and the rollback that deletes it.
 
 use std::time::{Duration, Instant};
 
@@ -20,24 +25,32 @@ const NAME: &str = "users";
 /// Stable pods; the canary adds one, so it holds a third of the pods.
 const STABLE: usize = 2;
 
-/// Runs `runs` bad releases and prints the figures.
+/// Runs `runs` bad releases with failover on, then `runs` with it off, and prints the figures.
 pub async fn measure(runs: usize) -> Result<()> {
-    let sim = Sim::start("rollout-bench").await?;
-    let r = bad_releases(&sim, runs).await;
-    if r.is_err() {
-        sim.print_report().await;
+    for failover in [true, false] {
+        let (ns, arm) = if failover {
+            ("rollout-bench", "failover on")
+        } else {
+            ("rollout-bench-nofo", "failover off")
+        };
+        let sim = Sim::start(ns).await?;
+        let r = bad_releases(&sim, runs, failover).await;
+        if r.is_err() {
+            sim.print_report().await;
+        }
+        sim.shutdown().await;
+        let (mut out, failed, bound) = r?;
+        println!(
+            "(g) {arm}: canary first failed request → out of traffic p50 {:.3}s p99 {:.3}s \
+             ({runs} runs)",
+            pct(&mut out, 50.0),
+            pct(&mut out, 99.0)
+        );
+        println!(
+            "(g) {arm}: failed client requests during the bad releases: {failed} (canary share × \
+             requests in that window: {bound:.1})"
+        );
     }
-    sim.shutdown().await;
-    let (mut out, failed, bound) = r?;
-    println!(
-        "(g) canary first failed request → out of traffic p50 {:.3}s p99 {:.3}s ({runs} runs)",
-        pct(&mut out, 50.0),
-        pct(&mut out, 99.0)
-    );
-    println!(
-        "(g) failed client requests during the bad releases: {failed} (canary share × requests \
-         in that window: {bound:.1})"
-    );
     Ok(())
 }
 
@@ -51,16 +64,25 @@ async fn rollout_phase(sim: &Sim) -> Result<Option<RolloutPhase>> {
         .map(|r| r.phase))
 }
 
-async fn bad_releases(sim: &Sim, runs: usize) -> Result<(Vec<f64>, usize, f64)> {
-    sim.create_users("users-backup", 1, |_| {}).await?;
+async fn bad_releases(sim: &Sim, runs: usize, failover: bool) -> Result<(Vec<f64>, usize, f64)> {
+    if failover {
+        sim.create_users("users-backup", 1, |_| {}).await?;
+    }
     sim.create_users(NAME, i32::try_from(STABLE)?, |s| {
         s.rollout.strategy = RolloutStrategy::Guarded;
         s.rollout.analysis_seconds = 600;
         s.rollout.ready_timeout_seconds = 60;
-        s.failover.enabled = true;
-        s.failover.fallback = Some("users-backup".into());
+        if failover {
+            s.failover.enabled = true;
+            s.failover.fallback = Some("users-backup".into());
+        }
     })
     .await?;
+    let fault = if failover {
+        r#"{"unhealthy": true, "errorRate": 1.0}"#
+    } else {
+        r#"{"errorRate": 1.0}"#
+    };
     sim.ready_pods(NAME, STABLE).await?;
     sim.wait("the first template to be stable", || async {
         Ok((rollout_phase(sim).await? == Some(RolloutPhase::Stable)).then_some(()))
@@ -98,7 +120,7 @@ async fn bad_releases(sim: &Sim, runs: usize) -> Result<(Vec<f64>, usize, f64)> 
         })
         .await?;
         let t_fault = Instant::now();
-        set_fault(&canary, r#"{"unhealthy": true, "errorRate": 1.0}"#).await?;
+        set_fault(&canary, fault).await?;
         let t_out = loop {
             if !sim.ready_endpoints(NAME).await?.contains(&ip) {
                 break Instant::now();
