@@ -44,6 +44,9 @@ pub struct WriterConfig {
     pub resync: Duration,
     /// Minimum time between two status writes that only refresh evidence (failure counts, ratios).
     pub evidence_interval: Duration,
+    /// The same for a service whose guarded rollout is under analysis: the analysis judges the
+    /// canary by that evidence (its 5xx ratio), so it cannot wait `evidence_interval`.
+    pub analysis_evidence_interval: Duration,
     /// A write just made is not repeated for this long while the watch catches up.
     pub echo_grace: Duration,
     /// Label writes in flight at once (a failover relabels every pod of two services).
@@ -56,6 +59,7 @@ impl Default for WriterConfig {
             write_timeout: Duration::from_secs(5),
             resync: Duration::from_secs(1),
             evidence_interval: Duration::from_secs(10),
+            analysis_evidence_interval: Duration::from_millis(250),
             echo_grace: Duration::from_secs(3),
             concurrency: 16,
         }
@@ -239,9 +243,15 @@ impl Writer {
                 StatusPlan::Unchanged => continue,
                 StatusPlan::Now(b) => b,
                 StatusPlan::Evidence(b) => {
-                    let recent = self.last_status_write.get(&svc.key).is_some_and(|t| {
-                        now.saturating_duration_since(*t) < self.cfg.evidence_interval
-                    });
+                    let interval = if info.analysing {
+                        self.cfg.analysis_evidence_interval
+                    } else {
+                        self.cfg.evidence_interval
+                    };
+                    let recent = self
+                        .last_status_write
+                        .get(&svc.key)
+                        .is_some_and(|t| now.saturating_duration_since(*t) < interval);
                     if recent {
                         continue;
                     }

@@ -401,10 +401,17 @@ impl Engine {
             // Ejected pods are also scraped when the service restarts sticky pods, to see
             // whether clients still reach them.
             let restart_sticky = svc.failover.sticky == super::policy::StickyAction::Restart;
+            // A rollout analysis judges the canary by its 5xx ratio: its pods are scraped at
+            // every probe, not once per `scrape_every`.
+            let every = if svc.analysing {
+                Duration::ZERO
+            } else {
+                self.cfg.scrape_every
+            };
             let scrape_due = (svc.failover.scrape_metrics || (restart_sticky && entry.ejected()))
                 && entry
                     .last_scrape
-                    .is_none_or(|t| now.saturating_duration_since(t) >= self.cfg.scrape_every);
+                    .is_none_or(|t| now.saturating_duration_since(t) >= every);
             let scrape_permit = if scrape_due {
                 let p = self.scrape_permits.clone().try_acquire_owned().ok();
                 if p.is_none() {
@@ -463,6 +470,9 @@ impl Engine {
         }
         let svc = entry.svc.clone();
         let mut api_requests = None;
+        // A rollout analysis judges the canary by its 5xx ratio: a new ratio is decided and
+        // reported now, not at the once-a-second refresh.
+        let mut analysed_ratio_moved = false;
         if let Some(scraped) = rep.scrape {
             let counts = scraped.unwrap_or_else(|r| {
                 self.metrics
@@ -473,6 +483,7 @@ impl Engine {
             });
             api_requests = counts.map(|c| c.total - c.probes);
             let ratio = entry.window.record(rep.at, counts);
+            analysed_ratio_moved = svc.analysing && ratio != entry.health.error_ratio;
             entry.health.set_error_ratio(ratio);
             entry.last_scrape = Some(rep.at);
         }
@@ -514,7 +525,7 @@ impl Engine {
         if first_failure {
             self.suspect_service(&svc, id, rep.at);
         }
-        changed
+        changed || analysed_ratio_moved
     }
 
     /// A healthy pod of `svc` just failed a probe: the service's other healthy pods are probed
