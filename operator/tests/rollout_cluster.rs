@@ -247,6 +247,40 @@ async fn unpullable_image_is_rolled_back() -> Result<()> {
     if total == 0 || failed > 0 {
         bail!("{failed} of {total} client requests failed");
     }
+    // The failed template is not tried again by another reconcile (a change elsewhere in the
+    // spec): no new analysis, no canary.
+    sim.msvcs()
+        .patch(
+            NAME,
+            &PatchParams::default(),
+            &Patch::Merge(&serde_json::json!({"spec": {"rollout": {"analysisSeconds": 4}}})),
+        )
+        .await?;
+    let generation = sim.msvcs().get(NAME).await?.metadata.generation;
+    sim.wait("the spec change observed", || async {
+        let ms = sim.msvcs().get(NAME).await?;
+        let observed = ms.status.and_then(|s| s.observed_generation);
+        Ok((observed == generation).then_some(()))
+    })
+    .await?;
+    let starts = |events: &[String]| events.iter().filter(|e| *e == "RolloutStarted").count();
+    let events = sim.event_reasons(NAME).await?;
+    if starts(&events) != 1 || deployments(&sim).get_opt(CANARY).await?.is_some() {
+        bail!("the failed template was tried again without being asked: {events:?}");
+    }
+    // The retry annotation asks for one more analysis, which fails the same way.
+    let retry =
+        serde_json::json!({"metadata": {"annotations": {"flotilla.rs/rollout-retry": "1"}}});
+    sim.msvcs()
+        .patch(NAME, &PatchParams::default(), &Patch::Merge(&retry))
+        .await?;
+    sim.wait("a second analysis and rollback", || async {
+        let events = sim.event_reasons(NAME).await?;
+        let rolled_back = events.iter().filter(|e| *e == "RolledBack").count();
+        Ok((starts(&events) == 2 && rolled_back == 2).then_some(()))
+    })
+    .await?;
+    assert_rolled_back(&sim, &["CanaryNotReady"]).await?;
     sim.shutdown().await;
     Ok(())
 }

@@ -229,7 +229,12 @@ fn start(prev: &RolloutStatus, desired: &str, i: &RolloutInputs<'_>) -> RolloutP
         canary_revision: Some(desired.to_string()),
         analysis_start_time: Some(time(i.now)),
         canary_ready_time: None,
-        failed_revision: prev.failed_revision.clone(),
+        // A retry of the failed revision clears its mark, or the next reconcile would take the
+        // retry for a re-apply of the failed template and stop the analysis it just started.
+        failed_revision: prev
+            .failed_revision
+            .clone()
+            .filter(|failed| failed != desired),
         reason: Some(reason::STARTED.into()),
         message: Some(format!(
             "analysing revision {desired} on {} canary pod(s) for {}s",

@@ -312,6 +312,10 @@ fn failed_template_is_retried_only_when_asked() {
     let again = retry(&failed, "1");
     assert_eq!(again.status.phase, RolloutPhase::Analyzing);
     assert_eq!(again.status.retry_token.as_deref(), Some("1"));
+    // The next reconcile, with the same token, carries on with that analysis.
+    let next = retry(&again.status, "1");
+    assert_eq!(next.status.phase, RolloutPhase::Analyzing);
+    assert!(matches!(next.canary, CanaryAction::Run { .. }), "{next:?}");
     // The same token after a second failure does not retry a third time.
     let mut failed_twice = failed.clone();
     failed_twice.retry_token = Some("1".into());

@@ -167,6 +167,22 @@ pub async fn finish(
                 .1
         }
         CanaryAction::Absent => {
+            // A canary created moments ago may not be in the cache yet (its watch event is
+            // the echo of this operator's own write, which wakes no reconcile): while the
+            // stored status says a canary ran, ask the API server rather than miss it.
+            let canary_ran = ms
+                .status
+                .as_ref()
+                .and_then(|s| s.rollout.as_ref())
+                .is_some_and(|r| r.canary_revision.is_some());
+            let live = match live {
+                None if canary_ran => api
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| Error::kube(format!("get Deployment {name}"), e))?
+                    .map(std::sync::Arc::new),
+                live => live,
+            };
             delete_child(&ctx.leadership, &api, live.as_deref(), owner_uid).await?
         }
     };
