@@ -313,7 +313,10 @@ pub async fn report(
     let api: Api<MicroService> = Api::namespaced(ctx.client.clone(), &ns);
     let written = write(&ctx.leadership, &api, ms, &computed).await?;
     ctx.stores.own_writes.status(ms, &written, &computed);
-    if let Some(c) = newly_degraded(&computed, previous) {
+    // A failed rollout has its own `RolledBack` Event with the same message.
+    if let Some(c) =
+        newly_degraded(&computed, previous).filter(|c| c.reason != reasons::ROLLOUT_FAILED)
+    {
         let (reason, note) = (c.reason.clone(), c.message.clone());
         ctx.publish(ms, EventType::Warning, &reason, "Reconcile", note)
             .await;

@@ -169,6 +169,10 @@ async fn assert_rolled_back(sim: &Sim, reasons: &[&str]) -> Result<RolloutStatus
     if !events.iter().any(|e| e == "RolledBack") {
         bail!("no RolledBack Event: {events:?}");
     }
+    // One Warning says it: no second one for `Degraded` turning true with the same message.
+    if events.iter().any(|e| e == "RolloutFailed") {
+        bail!("a RolloutFailed Event besides RolledBack: {events:?}");
+    }
     Ok(r)
 }
 
