@@ -435,3 +435,38 @@ async fn a_noisy_pod_does_not_flap_traffic() -> Result<()> {
     sim.shutdown().await;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_report_left_while_the_operator_was_down_is_withdrawn() -> Result<()> {
+    // Failover turned off while no operator runs: no writer is left that wrote the report, so
+    // the next operator withdraws `status.failover` and the failover conditions itself.
+    let sim = Sim::start("failover-stale").await?;
+    two_services(&sim, 1, |_| {}).await?;
+    sim.wait("the engine's report", || async {
+        Ok((sim.active(PRIMARY).await?.as_deref() == Some("primary")).then_some(()))
+    })
+    .await?;
+    sim.stop_operator().await?;
+    let off = serde_json::json!({"spec": {"failover": {"enabled": false}}});
+    sim.msvcs()
+        .patch(PRIMARY, &PatchParams::default(), &Patch::Merge(&off))
+        .await?;
+    sim.start_operator().await?;
+    sim.wait(
+        "the report and the failover conditions withdrawn",
+        || async {
+            let s = sim.msvcs().get(PRIMARY).await?.status.unwrap_or_default();
+            let empty = s
+                .failover
+                .is_none_or(|f| f == flotilla_crds::FailoverStatus::default());
+            let failover_conditions = s
+                .conditions
+                .iter()
+                .any(|c| c.type_ == conditions::FAILED_OVER || c.type_ == conditions::FLAPPING);
+            Ok((empty && !failover_conditions).then_some(()))
+        },
+    )
+    .await?;
+    sim.shutdown().await;
+    Ok(())
+}

@@ -90,6 +90,10 @@ pub struct Inventory {
     pub pods: BTreeMap<ObjKey, PodInfo>,
     /// Pod keys per service.
     pub by_service: BTreeMap<ObjKey, Vec<ObjKey>>,
+    /// MicroServices the engine does not decide whose `status.failover` still holds a report:
+    /// failover was turned off, or an analysis ended, while no writer was there to withdraw it
+    /// (the operator down, or leadership changing hands).
+    pub stale_reports: BTreeSet<ObjKey>,
 }
 
 impl ServiceInfo {
@@ -235,7 +239,21 @@ impl Inventory {
                 wanted.insert(s.key.clone(), s);
             }
         }
-        Self::from_parts(wanted.into_values(), pods.into_iter().filter_map(pod_info))
+        let stale_reports = services
+            .iter()
+            .filter(|ms| !(ms.spec.failover.enabled || analysing(ms)))
+            .filter(|ms| {
+                ms.status
+                    .as_ref()
+                    .and_then(|s| s.failover.as_ref())
+                    .is_some_and(|f| *f != FailoverStatus::default())
+            })
+            .filter_map(|ms| key_of(ms))
+            .collect();
+        Self {
+            stale_reports,
+            ..Self::from_parts(wanted.into_values(), pods.into_iter().filter_map(pod_info))
+        }
     }
 
     /// Builds the inventory from engine values; pods of services not listed are dropped.
@@ -375,5 +393,30 @@ mod tests {
         assert!(!c.analysis_only());
         assert_eq!(c.failover.mode, Mode::Enforce);
         assert!(c.failover.scrape_metrics);
+    }
+
+    #[test]
+    fn reports_on_services_no_longer_decided_are_stale() {
+        // `status.failover` holding a report on a service that is neither failover-enabled nor
+        // analysed was left by an earlier writer; an empty one, or a decided service's, is not.
+        let report = |mut m: MicroService, active: bool| {
+            let status = m.status.get_or_insert_with(Default::default);
+            status.failover = Some(FailoverStatus {
+                active: active.then_some(flotilla_crds::ActiveTarget::Primary),
+                ..Default::default()
+            });
+            m
+        };
+        let services = [
+            report(ms("off", false, None), true),
+            report(guarded("promoted", false, RolloutPhase::Promoted), true),
+            report(ms("emptied", false, None), false),
+            report(ms("on", true, None), true),
+            report(guarded("analysing", false, RolloutPhase::Analyzing), true),
+            ms("never", false, None),
+        ];
+        let inv = Inventory::build(&services, &[]);
+        let stale: Vec<_> = inv.stale_reports.iter().map(|k| k.name.as_str()).collect();
+        assert_eq!(stale, ["off", "promoted"]);
     }
 }

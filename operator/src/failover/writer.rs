@@ -78,6 +78,9 @@ struct Writer {
     /// Services whose `status.failover` this writer has written; when one leaves the desired
     /// state (failover disabled, rollout analysis over) its fields are withdrawn.
     reported: HashSet<ObjKey>,
+    /// Reports left by an earlier writer, withdrawn here, and when (not repeated while the
+    /// watch catches up).
+    withdrawn: HashMap<ObjKey, Instant>,
 }
 
 /// Starts the writer. It stops when the engine's outputs close.
@@ -103,6 +106,7 @@ pub fn spawn(
         recent_status: HashMap::new(),
         last_status_write: HashMap::new(),
         reported: HashSet::new(),
+        withdrawn: HashMap::new(),
     };
     tokio::spawn(w.run(inventory, outputs, leader))
 }
@@ -289,6 +293,24 @@ impl Writer {
         for key in left {
             if self.withdraw_status(&key).await {
                 self.reported.remove(&key);
+            }
+        }
+        // Reports this writer never made: failover turned off, or an analysis ended, while the
+        // operator was down or another replica led.
+        let grace = self.cfg.echo_grace;
+        self.withdrawn
+            .retain(|_, t| now.saturating_duration_since(*t) < grace);
+        let stale: Vec<ObjKey> = inv
+            .stale_reports
+            .iter()
+            .filter(|k| !want.services.contains_key(*k) && !self.withdrawn.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in stale {
+            if self.withdraw_status(&key).await {
+                tracing::info!(service = %key, "withdrew a failover report left by an earlier writer");
+                self.reported.remove(&key);
+                self.withdrawn.insert(key, now);
             }
         }
     }
