@@ -80,7 +80,8 @@ impl ActiveTarget {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FailoverStatus {
-    /// Where the Service's traffic goes: `primary` or `fallback`.
+    /// Where the Service's traffic goes: `primary` or `fallback`. Absent while failover is off
+    /// and the pods are probed only for a guarded rollout's analysis.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<ActiveTarget>,
 
@@ -102,7 +103,8 @@ pub struct FailoverStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub panic: Option<bool>,
 
-    /// True when `spec.failover.mode` is `Observe`: decisions are reported but not applied.
+    /// True when `spec.failover.mode` is `Observe`, or failover is off and the pods are probed
+    /// only for a guarded rollout's analysis: decisions are reported but not applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observe_only: Option<bool>,
 
