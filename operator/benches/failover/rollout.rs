@@ -1,8 +1,9 @@
 //! (g) Guarded rollouts under traffic: a release whose canary pod fails once it takes traffic.
-//! Per run, the time from the canary's first failed client request to the canary being out of
-//! the Service's endpoints, and the client requests that failed during the bad release next to
-//! the canary's share of the pods times the requests sent in that window (what a canary holding
-//! its share of traffic for that long costs).
+//! Per run, the time from the canary's first failed client request (when it was sent) to the
+//! canary being out of the Service's endpoints, and the client requests that failed during the
+//! bad release: inside that window, after the failure that opens it, next to the canary's share
+//! of the pods times the requests sent there (what a canary holding its share of traffic for
+//! that long costs), and those sent after it left the endpoints.
 //!
 //! Two arms, defaults as shipped otherwise:
 //! - failover on (as the benchmark's other parts): the canary fails readiness and answers 5xx;
@@ -39,7 +40,7 @@ pub async fn measure(runs: usize) -> Result<()> {
             sim.print_report().await;
         }
         sim.shutdown().await;
-        let (mut out, failed, bound) = r?;
+        let (mut out, f) = r?;
         println!(
             "(g) {arm}: canary first failed request → out of traffic p50 {:.3}s p99 {:.3}s \
              ({runs} runs)",
@@ -47,8 +48,10 @@ pub async fn measure(runs: usize) -> Result<()> {
             pct(&mut out, 99.0)
         );
         println!(
-            "(g) {arm}: failed client requests during the bad releases: {failed} (canary share × \
-             requests in that window: {bound:.1})"
+            "(g) {arm}: failed client requests during the bad releases: {} — {runs} opening the \
+             windows, {} more inside them (canary share × requests sent there: {:.1}), {} sent \
+             after the canary left the endpoints",
+            f.failed, f.in_window, f.bound, f.late
         );
     }
     Ok(())
@@ -64,7 +67,7 @@ async fn rollout_phase(sim: &Sim) -> Result<Option<RolloutPhase>> {
         .map(|r| r.phase))
 }
 
-async fn bad_releases(sim: &Sim, runs: usize, failover: bool) -> Result<(Vec<f64>, usize, f64)> {
+async fn bad_releases(sim: &Sim, runs: usize, failover: bool) -> Result<(Vec<f64>, Failures)> {
     if failover {
         sim.create_users("users-backup", 1, |_| {}).await?;
     }
@@ -90,7 +93,7 @@ async fn bad_releases(sim: &Sim, runs: usize, failover: bool) -> Result<(Vec<f64
     .await?;
     let traffic = Traffic::start(sim.vip(NAME).await?, "/users", Duration::from_millis(10));
     let share = 1.0 / (STABLE as f64 + 1.0);
-    let (mut out, mut failed, mut bound) = (Vec::new(), 0, 0.0);
+    let (mut out, mut totals) = (Vec::new(), Failures::default());
     for run in 0..runs {
         let body = serde_json::json!({"spec": {"env": [
             {"name": "ADMIN_TOKEN", "value": ADMIN_TOKEN},
@@ -139,8 +142,10 @@ async fn bad_releases(sim: &Sim, runs: usize, failover: bool) -> Result<(Vec<f64
             Ok(traffic.last_ok(20).then_some(()))
         })
         .await?;
+        // By send time: a request sent to the canary just before it left the endpoints, and
+        // failing just after, was sent in the window.
         let seen: Vec<(Instant, bool)> = traffic
-            .outcomes()
+            .outcomes_by_send_time()
             .into_iter()
             .filter(|(t, _)| *t >= t_fault)
             .collect();
@@ -150,19 +155,42 @@ async fn bad_releases(sim: &Sim, runs: usize, failover: bool) -> Result<(Vec<f64
             .map(|(t, _)| *t)
             .context("the canary never failed a client request")?;
         let n_failed = seen.iter().filter(|(_, ok)| !ok).count();
-        let in_window = seen
+        let window: Vec<bool> = seen
             .iter()
             .filter(|(t, _)| *t >= first_fail && *t <= t_out)
-            .count();
+            .map(|(_, ok)| *ok)
+            .collect();
+        // The window opens with a failure, so that one is certain: the canary's share applies
+        // to the requests after it.
+        let after_first = window.len().saturating_sub(1);
+        let failed_after_first = window.iter().filter(|ok| !**ok).count().saturating_sub(1);
+        // Sent after the canary left the EndpointSlice, yet failed: the proxy had not caught up.
+        let late = seen.iter().filter(|(t, ok)| !ok && *t > t_out).count();
         let w = t_out.saturating_duration_since(first_fail).as_secs_f64();
         println!(
             "rollout run {run}: first failed request {:.3}s after the fault, out of traffic {w:.3}s \
-             later; {n_failed} failed requests ({in_window} sent in that window)",
+             later; {n_failed} failed requests: the first, {failed_after_first} of the \
+             {after_first} sent after it in that window, {late} sent later",
             (first_fail - t_fault).as_secs_f64()
         );
         out.push(w);
-        failed += n_failed;
-        bound += share * in_window as f64;
+        totals.failed += n_failed;
+        totals.in_window += failed_after_first;
+        totals.late += late;
+        totals.bound += share * after_first as f64;
     }
-    Ok((out, failed, bound))
+    Ok((out, totals))
+}
+
+/// Client failures over the bad releases of one arm.
+#[derive(Debug, Default)]
+struct Failures {
+    /// Every failed request.
+    failed: usize,
+    /// Failed requests inside the windows, after each window's first.
+    in_window: usize,
+    /// The canary's share of the requests sent inside the windows after each window's first.
+    bound: f64,
+    /// Failed requests sent after the canary left the endpoints.
+    late: usize,
 }

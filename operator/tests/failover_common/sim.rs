@@ -257,7 +257,8 @@ pub fn failures_since(outcomes: Vec<(Instant, bool)>, from: Instant) -> (Vec<Ins
 
 /// A client sending steady traffic to an address, recording each request's outcome.
 pub struct Traffic {
-    log: std::sync::Arc<std::sync::Mutex<Vec<(Instant, bool)>>>,
+    /// Per request: when it was sent, when it ended, and whether it succeeded.
+    log: std::sync::Arc<std::sync::Mutex<Vec<(Instant, Instant, bool)>>>,
     task: JoinHandle<()>,
 }
 
@@ -277,18 +278,30 @@ impl Traffic {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
+                let sent = Instant::now();
                 let ok = matches!(http(addr, "GET", path, None).await, Ok(c) if c < 500);
                 if let Ok(mut l) = sink.lock() {
-                    l.push((Instant::now(), ok));
+                    l.push((sent, Instant::now(), ok));
                 }
             }
         });
         Traffic { log, task }
     }
 
-    /// Outcomes so far.
+    /// Outcomes so far, each at the time its request ended.
     pub fn outcomes(&self) -> Vec<(Instant, bool)> {
-        self.log.lock().map(|l| l.clone()).unwrap_or_default()
+        self.log
+            .lock()
+            .map(|l| l.iter().map(|&(_, ended, ok)| (ended, ok)).collect())
+            .unwrap_or_default()
+    }
+
+    /// Outcomes so far, each at the time its request was sent.
+    pub fn outcomes_by_send_time(&self) -> Vec<(Instant, bool)> {
+        self.log
+            .lock()
+            .map(|l| l.iter().map(|&(sent, _, ok)| (sent, ok)).collect())
+            .unwrap_or_default()
     }
 
     /// Whether the last `n` requests all succeeded.
