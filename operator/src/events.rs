@@ -1,7 +1,7 @@
 //! Publishing Events (`events.k8s.io/v1`) the way client-go's events recorder does: the same
 //! Event again (same type, reason, action, note and object) within [`SERIES_WINDOW`] counts as a
-//! repeat of the first (`series.count`, `kubectl` shows `(x3 over 2m)`), while an Event with a new
-//! note is a new Event.
+//! repeat of the first (`series.count`; `kubectl describe` shows `(x3 over 2m)`), while an Event
+//! with a new note is a new Event.
 //!
 //! kube-runtime's `Recorder` leaves the note out of that key, so a later Event with the same
 //! reason but a different message (a second release's `RolloutStarted`, a second pod `Ejected`)
