@@ -308,13 +308,13 @@ impl Engine {
             .count();
         let serving = i64::try_from(serving).unwrap_or(i64::MAX);
         // One series per failover-enabled MicroService, none for a service only analysed.
-        let labels = [key.ns.as_str(), key.name.as_str()];
+        let series = [key.ns.as_str(), key.name.as_str()];
         if analysis_only {
-            let _ = self.metrics.healthy_endpoints.remove_label_values(&labels);
+            let _ = self.metrics.healthy_endpoints.remove_label_values(&series);
         } else {
             self.metrics
                 .healthy_endpoints
-                .with_label_values(&labels)
+                .with_label_values(&series)
                 .set(serving);
         }
         ServiceDesired {
