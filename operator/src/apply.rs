@@ -162,6 +162,24 @@ fn api_error(action: &str, kind: &'static str, name: &str, e: kube::Error) -> Er
     }
 }
 
+/// The child `name` from the API server when the cache has no `live` copy of it (`None` when
+/// it has one, or when the server has none either): the cache holds only labelled objects, and
+/// may lag behind a create.
+pub async fn fetch_uncached<K>(
+    lead: &Leadership,
+    api: &Api<K>,
+    name: &str,
+    live: Option<&K>,
+) -> Result<Option<K>, Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug,
+{
+    match live {
+        Some(_) => Ok(None),
+        None => timed(lead, "get", kind_of::<K>(), name, api.get_opt(name)).await,
+    }
+}
+
 /// Applies `desired` with field manager `flotilla` and force, unless the cached `live` object
 /// shows nothing would change. Returns the resulting object and what happened.
 ///
@@ -181,11 +199,7 @@ where
     stamp(&mut desired)?;
     let name = desired.name_any();
     let kind = kind_of::<K>();
-    // The cache holds only labelled objects, and may lag behind a create: look the name up.
-    let fetched = match live {
-        Some(_) => None,
-        None => timed(lead, "get", kind, &name, api.get_opt(&name)).await?,
-    };
+    let fetched = fetch_uncached(lead, api, &name, live).await?;
     let live = live.or(fetched.as_ref());
     if let Some(live) = live {
         if !is_controlled_by(live, owner_uid) {

@@ -26,7 +26,7 @@ use super::{
     build_canary, canary_name, canary_replicas, decide, degraded, template_revision, CanaryAction,
     CanaryEvidence, RolloutInputs, RolloutPlan, StableTemplate,
 };
-use crate::apply::{apply_child, delete_child, record};
+use crate::apply::{apply_child, delete_child, fetch_uncached, record};
 use crate::build::DesiredResources;
 use crate::context::Context;
 use crate::error::ReconcileError as Error;
@@ -175,15 +175,13 @@ pub async fn finish(
                 .as_ref()
                 .and_then(|s| s.rollout.as_ref())
                 .is_some_and(|r| r.canary_revision.is_some());
-            let live = match live {
-                None if canary_ran => api
-                    .get_opt(&name)
-                    .await
-                    .map_err(|e| Error::kube(format!("get Deployment {name}"), e))?
-                    .map(std::sync::Arc::new),
-                live => live,
+            let fetched = if canary_ran {
+                fetch_uncached(&ctx.leadership, &api, &name, live.as_deref()).await?
+            } else {
+                None
             };
-            delete_child(&ctx.leadership, &api, live.as_deref(), owner_uid).await?
+            let live = live.as_deref().or(fetched.as_ref());
+            delete_child(&ctx.leadership, &api, live, owner_uid).await?
         }
     };
     record(ctx, ms, "Deployment", &name, outcome).await;
