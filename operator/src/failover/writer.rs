@@ -10,7 +10,7 @@
 //! `plan.rs`). A failed write is retried on the next pass (at most `resync` later) because the
 //! plan is recomputed from what the cluster shows. Observe mode writes status and Events only.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,8 +78,7 @@ struct Writer {
     /// Services whose `status.failover` this writer has written; when one leaves the desired
     /// state (failover disabled, rollout analysis over) its fields are withdrawn.
     reported: HashSet<ObjKey>,
-    /// Reports left by an earlier writer, withdrawn here, and when (not repeated while the
-    /// watch catches up).
+    /// Reports withdrawn lately, and when (not withdrawn again while the watch catches up).
     withdrawn: HashMap<ObjKey, Instant>,
 }
 
@@ -276,6 +275,7 @@ impl Writer {
                 self.recent_status.insert(svc.key.clone(), (body, now));
                 self.last_status_write.insert(svc.key.clone(), now);
                 self.reported.insert(svc.key.clone());
+                self.withdrawn.remove(&svc.key);
             } else {
                 tracing::warn!(service = %svc.key, result = label, "failover status write failed; retrying");
             }
@@ -284,32 +284,25 @@ impl Writer {
             .retain(|k, _| want.services.contains_key(k));
         self.last_status_write
             .retain(|k, _| want.services.contains_key(k));
-        let left: Vec<ObjKey> = self
-            .reported
-            .iter()
-            .filter(|k| !want.services.contains_key(*k))
-            .cloned()
-            .collect();
-        for key in left {
-            if self.withdraw_status(&key).await {
-                self.reported.remove(&key);
-            }
-        }
-        // Reports this writer never made: failover turned off, or an analysis ended, while the
-        // operator was down or another replica led.
+        // Reports to withdraw: those this writer made on services that left the desired state,
+        // and those the inventory still shows on services nobody decides (failover turned off,
+        // or an analysis ended, while the operator was down or another replica led). A report
+        // just withdrawn is not withdrawn again while the watch catches up.
         let grace = self.cfg.echo_grace;
         self.withdrawn
             .retain(|_, t| now.saturating_duration_since(*t) < grace);
-        let stale: Vec<ObjKey> = inv
-            .stale_reports
+        let gone: BTreeSet<ObjKey> = self
+            .reported
             .iter()
+            .chain(&inv.stale_reports)
             .filter(|k| !want.services.contains_key(*k) && !self.withdrawn.contains_key(*k))
             .cloned()
             .collect();
-        for key in stale {
+        for key in gone {
             if self.withdraw_status(&key).await {
-                tracing::info!(service = %key, "withdrew a failover report left by an earlier writer");
-                self.reported.remove(&key);
+                if !self.reported.remove(&key) {
+                    tracing::info!(service = %key, "withdrew a failover report left by an earlier writer");
+                }
                 self.withdrawn.insert(key, now);
             }
         }
