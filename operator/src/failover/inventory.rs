@@ -142,6 +142,14 @@ fn analysing(ms: &MicroService) -> bool {
             .is_some_and(|r| r.phase == RolloutPhase::Analyzing)
 }
 
+/// Whether `status.failover` of `ms` holds anything.
+fn has_report(ms: &MicroService) -> bool {
+    ms.status
+        .as_ref()
+        .and_then(|s| s.failover.as_ref())
+        .is_some_and(|f| *f != FailoverStatus::default())
+}
+
 /// The namespace and name of `ms`, if it has both.
 fn key_of(ms: &MicroService) -> Option<ObjKey> {
     Some(ObjKey::new(
@@ -215,13 +223,19 @@ impl Inventory {
     ) -> Self {
         // Only the decided services and their fallbacks are described: most MicroServices of a
         // large cluster are neither, and the inventory is rebuilt while any of them changes.
+        // A service nobody decides whose status still holds a report goes to `stale_reports`.
         let services: Vec<&MicroService> = services.into_iter().collect();
-        let mut wanted: BTreeMap<ObjKey, ServiceInfo> = services
-            .iter()
-            .filter(|ms| ms.spec.failover.enabled || analysing(ms))
-            .filter_map(|ms| service_info(ms))
-            .map(|s| (s.key.clone(), s))
-            .collect();
+        let mut wanted: BTreeMap<ObjKey, ServiceInfo> = BTreeMap::new();
+        let mut stale_reports = BTreeSet::new();
+        for ms in &services {
+            if ms.spec.failover.enabled || analysing(ms) {
+                if let Some(s) = service_info(ms) {
+                    wanted.insert(s.key.clone(), s);
+                }
+            } else if has_report(ms) {
+                stale_reports.extend(key_of(ms));
+            }
+        }
         let fallbacks: BTreeSet<ObjKey> = wanted
             .values()
             .filter_map(|s| {
@@ -239,17 +253,6 @@ impl Inventory {
                 wanted.insert(s.key.clone(), s);
             }
         }
-        let stale_reports = services
-            .iter()
-            .filter(|ms| !(ms.spec.failover.enabled || analysing(ms)))
-            .filter(|ms| {
-                ms.status
-                    .as_ref()
-                    .and_then(|s| s.failover.as_ref())
-                    .is_some_and(|f| *f != FailoverStatus::default())
-            })
-            .filter_map(|ms| key_of(ms))
-            .collect();
         Self {
             stale_reports,
             ..Self::from_parts(wanted.into_values(), pods.into_iter().filter_map(pod_info))
