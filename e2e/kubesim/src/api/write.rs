@@ -165,15 +165,10 @@ pub fn normalize(w: &WriteCtx, obj: Value, old: Option<&Value>) -> Result<Value,
         unknown_fields(&obj, &decoded, "", &mut unknown);
         (decoded, unknown, Vec::new())
     } else {
-        let schema = def.schemas.get(w.version);
-        let mut processed = schema::process(schema, obj);
-        if let Some(schema) = schema {
-            let rules = def
-                .cel_rules
-                .get(w.version)
-                .cloned()
-                .unwrap_or_else(|| schema::cel::rules_for(schema));
-            validation_rules(&rules, &processed.object, old, &mut processed.causes);
+        let mut processed = schema::process(def.schemas.get(w.version), obj);
+        // Compiled with the schema when the CRD was stored.
+        if let Some(rules) = def.cel_rules.get(w.version) {
+            validation_rules(rules, &processed.object, old, &mut processed.causes);
         }
         (processed.object, processed.unknown, processed.causes)
     };

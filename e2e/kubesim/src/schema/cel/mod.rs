@@ -9,7 +9,7 @@
 mod check;
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock};
 
 use cel::{Context, Env, Program};
 use serde_json::{json, Value};
@@ -96,18 +96,10 @@ pub fn compile(schema: &Value, field: &str) -> (Node, Vec<Cause>) {
     (node, c.causes)
 }
 
-/// The compiled rules of `schema`, compiled once per distinct schema.
+/// The compiled rules of `schema` (a CRD version's schema is compiled once, when the CRD is
+/// stored).
 pub fn rules_for(schema: &Value) -> Arc<Node> {
-    static CACHE: LazyLock<Mutex<HashMap<String, Arc<Node>>>> = LazyLock::new(Mutex::default);
-    let key = schema.to_string();
-    if let Some(n) = CACHE.lock().ok().and_then(|c| c.get(&key).cloned()) {
-        return n;
-    }
-    let node = Arc::new(compile(schema, "").0);
-    if let Ok(mut c) = CACHE.lock() {
-        c.insert(key, node.clone());
-    }
-    node
+    Arc::new(compile(schema, "").0)
 }
 
 #[derive(Default)]
