@@ -142,44 +142,70 @@ async fn bad_releases(sim: &Sim, runs: usize, failover: bool) -> Result<(Vec<f64
             Ok(traffic.last_ok(20).then_some(()))
         })
         .await?;
-        // By send time: a request sent to the canary just before it left the endpoints, and
-        // failing just after, was sent in the window.
-        let seen: Vec<(Instant, bool)> = traffic
-            .outcomes_by_send_time()
-            .into_iter()
-            .filter(|(t, _)| *t >= t_fault)
-            .collect();
-        let first_fail = seen
-            .iter()
-            .find(|(_, ok)| !ok)
-            .map(|(t, _)| *t)
-            .context("the canary never failed a client request")?;
-        let n_failed = seen.iter().filter(|(_, ok)| !ok).count();
-        let window: Vec<bool> = seen
-            .iter()
-            .filter(|(t, _)| *t >= first_fail && *t <= t_out)
-            .map(|(_, ok)| *ok)
-            .collect();
-        // The window opens with a failure, so that one is certain: the canary's share applies
-        // to the requests after it.
-        let after_first = window.len().saturating_sub(1);
-        let failed_after_first = window.iter().filter(|ok| !**ok).count().saturating_sub(1);
-        // Sent after the canary left the EndpointSlice, yet failed: the proxy had not caught up.
-        let late = seen.iter().filter(|(t, ok)| !ok && *t > t_out).count();
+        let run_tally = tally(traffic.outcomes_by_send_time(), t_fault, t_out)?;
+        let Tally {
+            first_fail,
+            failed,
+            after_first,
+            failed_after_first,
+            late,
+        } = run_tally;
         let w = t_out.saturating_duration_since(first_fail).as_secs_f64();
         println!(
             "rollout run {run}: first failed request {:.3}s after the fault, out of traffic {w:.3}s \
-             later; {n_failed} failed requests: the first, {failed_after_first} of the \
+             later; {failed} failed requests: the first, {failed_after_first} of the \
              {after_first} sent after it in that window, {late} sent later",
-            (first_fail - t_fault).as_secs_f64()
+            (first_fail - t_fault).as_secs_f64(),
         );
         out.push(w);
-        totals.failed += n_failed;
+        totals.failed += failed;
         totals.in_window += failed_after_first;
         totals.late += late;
         totals.bound += share * after_first as f64;
     }
     Ok((out, totals))
+}
+
+/// One bad release's client requests, by send time: a request sent to the canary just before
+/// it left the endpoints, and failing just after, was sent in the window.
+struct Tally {
+    /// When the first failed request was sent: the window opens there.
+    first_fail: Instant,
+    /// Every failed request.
+    failed: usize,
+    /// Requests sent in the window after that first one.
+    after_first: usize,
+    /// Those of them that failed. The window opens with a failure, so that one is certain: the
+    /// canary's share applies to the requests after it.
+    failed_after_first: usize,
+    /// Failed requests sent after the canary left the EndpointSlice (the proxy had not caught
+    /// up).
+    late: usize,
+}
+
+/// Tallies the outcomes (by send time) from `t_fault` on, the window closing at `t_out`.
+fn tally(outcomes: Vec<(Instant, bool)>, t_fault: Instant, t_out: Instant) -> Result<Tally> {
+    let seen: Vec<(Instant, bool)> = outcomes
+        .into_iter()
+        .filter(|(t, _)| *t >= t_fault)
+        .collect();
+    let first_fail = seen
+        .iter()
+        .find(|(_, ok)| !ok)
+        .map(|(t, _)| *t)
+        .context("the canary never failed a client request")?;
+    let window: Vec<bool> = seen
+        .iter()
+        .filter(|(t, _)| *t >= first_fail && *t <= t_out)
+        .map(|(_, ok)| *ok)
+        .collect();
+    Ok(Tally {
+        first_fail,
+        failed: seen.iter().filter(|(_, ok)| !ok).count(),
+        after_first: window.len().saturating_sub(1),
+        failed_after_first: window.iter().filter(|ok| !**ok).count().saturating_sub(1),
+        late: seen.iter().filter(|(t, ok)| !ok && *t > t_out).count(),
+    })
 }
 
 /// Client failures over the bad releases of one arm.

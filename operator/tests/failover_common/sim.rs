@@ -290,17 +290,23 @@ impl Traffic {
 
     /// Outcomes so far, each at the time its request ended.
     pub fn outcomes(&self) -> Vec<(Instant, bool)> {
-        self.log
-            .lock()
-            .map(|l| l.iter().map(|&(_, ended, ok)| (ended, ok)).collect())
-            .unwrap_or_default()
+        self.outcomes_at(|_, ended| ended)
     }
 
     /// Outcomes so far, each at the time its request was sent.
     pub fn outcomes_by_send_time(&self) -> Vec<(Instant, bool)> {
+        self.outcomes_at(|sent, _| sent)
+    }
+
+    /// Outcomes so far, each at the time `at(sent, ended)` picks.
+    fn outcomes_at(&self, at: impl Fn(Instant, Instant) -> Instant) -> Vec<(Instant, bool)> {
         self.log
             .lock()
-            .map(|l| l.iter().map(|&(sent, _, ok)| (sent, ok)).collect())
+            .map(|l| {
+                l.iter()
+                    .map(|&(sent, ended, ok)| (at(sent, ended), ok))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
