@@ -142,14 +142,13 @@ async fn bad_releases(sim: &Sim, runs: usize, failover: bool) -> Result<(Vec<f64
             Ok(traffic.last_ok(20).then_some(()))
         })
         .await?;
-        let run_tally = tally(traffic.outcomes_by_send_time(), t_fault, t_out)?;
         let Tally {
             first_fail,
             failed,
             after_first,
             failed_after_first,
             late,
-        } = run_tally;
+        } = tally(traffic.outcomes_by_send_time(), t_fault, t_out)?;
         let w = t_out.saturating_duration_since(first_fail).as_secs_f64();
         println!(
             "rollout run {run}: first failed request {:.3}s after the fault, out of traffic {w:.3}s \
