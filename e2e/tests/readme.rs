@@ -23,15 +23,21 @@ const UP_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Runs kubectl with the kubeconfig; its stdout on success, an error with stderr otherwise.
 async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String> {
-    let out = Command::new("kubectl")
+    run(kubeconfig, "kubectl", args).await
+}
+
+/// Runs `program` with `args` against the kubeconfig; its stdout on success, an error with
+/// stderr otherwise.
+async fn run(kubeconfig: &Path, program: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(program)
         .args(args)
         .env("KUBECONFIG", kubeconfig)
         .output()
         .await
-        .context("running kubectl (is it on PATH?)")?;
+        .with_context(|| format!("running {program} (is it on PATH?)"))?;
     if !out.status.success() {
         bail!(
-            "kubectl {} failed: {}",
+            "{program} {} failed: {}",
             args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
@@ -237,14 +243,5 @@ async fn as_written(kubeconfig: &Path, line: &str) -> Result<String> {
     if !readme.lines().any(|l| l.strip_prefix("$ ") == Some(line)) {
         bail!("README.md has no console line `$ {line}`");
     }
-    let out = Command::new("bash")
-        .args(["-c", line])
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .await
-        .context("running bash")?;
-    if !out.status.success() {
-        bail!("`{line}` failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    run(kubeconfig, "bash", &["-c", line]).await
 }
