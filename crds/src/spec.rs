@@ -106,27 +106,43 @@ pub struct MicroServiceSpec {
     ]))]
     pub port_name: String,
 
-    /// Entrypoint override (the image's ENTRYPOINT is used when unset).
+    /// Entrypoint override (the image's ENTRYPOINT is used when unset). At most 32 items of at
+    /// most 32768 characters each, so that one MicroService cannot grow the operator's cache of
+    /// MicroServices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32), inner(length(max = 32768)))]
     pub command: Option<Vec<String>>,
 
-    /// Arguments to the entrypoint (the image's CMD is used when unset).
+    /// Arguments to the entrypoint (the image's CMD is used when unset). At most 256 items of at
+    /// most 32768 characters each, so that one MicroService cannot grow the operator's cache of
+    /// MicroServices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256), inner(length(max = 32768)))]
     pub args: Option<Vec<String>>,
 
     /// Environment variables for the container: literal values or `valueFrom` references to
     /// Secrets, ConfigMaps and pod fields. Flotilla adds `POD_IP`, `POD_NAME`, `POD_NAMESPACE`,
     /// one `<NAME>_URL` per dependency and the `config` keys; an entry here with the same name wins.
+    /// At most 256 entries, each literal `value` at most 32768 characters, so that one
+    /// MicroService cannot grow the operator's cache of MicroServices.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), transform = bound_env_values)]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub env: Option<Vec<EnvVar>>,
 
     /// Configuration as key/value strings. Flotilla stores it in a ConfigMap named
     /// `<name>-config`, exposes every key whose name is a valid environment variable name as an
     /// environment variable, and rolls the pods when the data changes. Removing all keys deletes
-    /// the ConfigMap. Keys must be valid ConfigMap keys (letters, digits, '-', '_', '.').
+    /// the ConfigMap. Keys must be valid ConfigMap keys (letters, digits, '-', '_', '.'). At most
+    /// 256 keys, each value at most 1000000 characters, and all keys and values together
+    /// at most 1 MB (1000000 bytes, below a ConfigMap's 1 MiB). The API server refuses a config
+    /// over the first two bounds; the operator checks the total (and the keys) and reports a
+    /// config over it as `Degraded` with reason `InvalidSpec`, applying nothing. The operator
+    /// caches every MicroService and its ConfigMap, so these bounds cap what one MicroService
+    /// costs it; cap the number of MicroServices per namespace with a ResourceQuota on
+    /// `count/microservices.flotilla.rs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 256), transform = bound_config_values)]
     pub config: Option<BTreeMap<String, String>>,
 
     /// When set, the `config` keys are also mounted as files in this directory (absolute path).
@@ -368,6 +384,32 @@ impl ServiceType {
             ServiceType::NodePort => "NodePort",
             ServiceType::LoadBalancer => "LoadBalancer",
         }
+    }
+}
+
+/// Longest literal value of an `env` entry, in characters.
+const MAX_ENV_VALUE_LENGTH: u64 = 32768;
+/// Longest value of a `config` entry, in characters.
+const MAX_CONFIG_VALUE_LENGTH: u64 = 1_000_000;
+
+/// Bounds the literal `value` of every `env` entry (the item schema is Kubernetes' own
+/// `EnvVar`, which sets no bound).
+fn bound_env_values(schema: &mut schemars::Schema) {
+    if let Some(value) = schema
+        .pointer_mut("/items/properties/value")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        value.insert("maxLength".into(), MAX_ENV_VALUE_LENGTH.into());
+    }
+}
+
+/// Bounds every `config` value.
+fn bound_config_values(schema: &mut schemars::Schema) {
+    if let Some(value) = schema
+        .pointer_mut("/additionalProperties")
+        .and_then(serde_json::Value::as_object_mut)
+    {
+        value.insert("maxLength".into(), MAX_CONFIG_VALUE_LENGTH.into());
     }
 }
 
