@@ -169,6 +169,49 @@ async fn server_validate_and_render_agree() -> Result<()> {
     Ok(())
 }
 
+/// A spec over a size bound is refused by the API server itself, with a message that names the
+/// field, the size sent and the bound, as a tenant sees it from `kubectl apply`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_specs_are_refused_naming_the_bound() -> Result<()> {
+    let env = support::start_in_namespace("admission-size").await?;
+    let keys: serde_json::Map<String, Value> =
+        (0..257).map(|i| (format!("K{i}"), json!("v"))).collect();
+    let cases = [
+        (
+            json!({"image": "flotilla/users:0.1.0", "config": keys}),
+            "spec.config: Too many: 257: must have at most 256 items",
+        ),
+        (
+            json!({"image": "flotilla/users:0.1.0", "args": vec!["a"; 257]}),
+            "spec.args: Too many: 257: must have at most 256 items",
+        ),
+        (
+            json!({"image": "flotilla/users:0.1.0",
+                   "env": [{"name": "A", "value": "x".repeat(32769)}]}),
+            "spec.env[0].value: Too long: may not be more than 32768 bytes",
+        ),
+    ];
+    for (spec, want) in cases {
+        let mut obj = object(&spec);
+        obj["metadata"]["namespace"] = json!("admission-size");
+        let req = http::Request::post(
+            "/apis/flotilla.rs/v1alpha1/namespaces/admission-size/microservices",
+        )
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&obj)?)?;
+        match env.client.request::<Value>(req).await {
+            Ok(_) => bail!("admitted; expected {want:?}"),
+            Err(kube::Error::Api(status)) => {
+                if status.code != 422 || !status.message.contains(want) {
+                    bail!("expected 422 with {want:?}, got {} {:?}", status.code, status.message);
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 /// A CRD whose rule does not compile is refused by the API server, naming the rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crd_with_a_broken_rule_is_refused() -> Result<()> {

@@ -456,8 +456,11 @@ fn listed() -> Vec<Case> {
             Valid,
         ),
         case(
-            "config over 1 MB",
-            &[("config", json!({"A": "x".repeat(1_000_001)}))],
+            "config over 1 MB in two values",
+            &[(
+                "config",
+                json!({"A": "x".repeat(600_000), "B": "x".repeat(600_000)}),
+            )],
             OperatorOnly("spec.config"),
         ),
         case(
@@ -478,11 +481,92 @@ fn listed() -> Vec<Case> {
     ]
 }
 
+fn strings(n: usize, len: usize) -> Value {
+    json!(vec!["a".repeat(len); n])
+}
+
+fn env_vars(n: usize) -> Value {
+    json!((0..n)
+        .map(|i| json!({"name": format!("E{i}"), "value": "1"}))
+        .collect::<Vec<_>>())
+}
+
+fn config_keys(n: usize) -> Value {
+    Value::Object((0..n).map(|i| (format!("K{i}"), json!("v"))).collect())
+}
+
+/// The size bounds that keep one MicroService from growing the operator's caches: item and
+/// entry counts and value lengths of `command`, `args`, `env` and `config`, each on and just
+/// over the bound.
+fn size_bounds() -> Vec<Case> {
+    use Verdict::{Invalid, Valid};
+    vec![
+        case("32 command items", &[("command", strings(32, 1))], Valid),
+        case(
+            "33 command items",
+            &[("command", strings(33, 1))],
+            Invalid("spec.command"),
+        ),
+        case(
+            "command item of 32768 characters",
+            &[("command", strings(1, 32768))],
+            Valid,
+        ),
+        case(
+            "command item of 32769 characters",
+            &[("command", strings(1, 32769))],
+            Invalid("spec.command[0]"),
+        ),
+        case("256 args", &[("args", strings(256, 1))], Valid),
+        case("257 args", &[("args", strings(257, 1))], Invalid("spec.args")),
+        case("arg of 32768 characters", &[("args", strings(1, 32768))], Valid),
+        case(
+            "arg of 32769 characters",
+            &[("args", strings(1, 32769))],
+            Invalid("spec.args[0]"),
+        ),
+        case("256 env entries", &[("env", env_vars(256))], Valid),
+        case(
+            "257 env entries",
+            &[("env", env_vars(257))],
+            Invalid("spec.env"),
+        ),
+        case(
+            "env value of 32768 characters",
+            &[("env", json!([{"name": "A", "value": "x".repeat(32768)}]))],
+            Valid,
+        ),
+        case(
+            "env value of 32769 characters",
+            &[("env", json!([{"name": "A", "value": "x".repeat(32769)}]))],
+            Invalid("spec.env[0].value"),
+        ),
+        case("256 config keys", &[("config", config_keys(256))], Valid),
+        case(
+            "257 config keys",
+            &[("config", config_keys(257))],
+            Invalid("spec.config"),
+        ),
+        // On the value bound, the key makes it one byte over the 1 MB total.
+        case(
+            "config value of 1000000 characters",
+            &[("config", json!({"A": "x".repeat(1_000_000)}))],
+            Verdict::OperatorOnly("spec.config"),
+        ),
+        case(
+            "config value of 1000001 characters",
+            &[("config", json!({"A": "x".repeat(1_000_001)}))],
+            Invalid("spec.config[A]"),
+        ),
+    ]
+}
+
 /// The whole table: hand-listed cases plus the boundaries of every bounded field.
 pub fn table() -> Vec<Case> {
     let crd = serde_json::to_value(flotilla_crds::crd()).unwrap_or_default();
     let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
     let mut out = listed();
+    out.extend(size_bounds());
     boundaries(spec, "", &mut out);
     out
 }
