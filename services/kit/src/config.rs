@@ -91,13 +91,49 @@ pub struct ServiceArgs {
     /// Kubernetes' default 30 s grace period.
     #[arg(long, env = "DRAIN_TIMEOUT_MS", default_value_t = 20_000, value_parser = trimmed::<u64>)]
     pub drain_timeout_ms: u64,
-    /// Most connections served at once; further clients wait in the listen backlog.
+    /// Most connections served at once for any request. When all are taken, a new client
+    /// takes the place of the connection idle longest; when none is idle it gets a health
+    /// slot (below) or waits in the listen backlog.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 1_024, value_parser = trimmed::<usize>)]
     pub max_connections: usize,
+    /// Connections kept beyond MAX_CONNECTIONS for health and metrics only (`/healthz`,
+    /// `/readyz`, `/metrics`, gRPC health checks), so probes answer while every other slot is
+    /// busy; any other request on them gets 503. Probes and a scraper need one each.
+    #[arg(long, env = "HEALTH_CONNECTIONS", default_value_t = 8, value_parser = at_least_one::<usize>)]
+    pub health_connections: usize,
     /// A client must send a request's complete headers within this time, or the connection
-    /// is closed (slow-header clients cannot hold connections open).
+    /// is closed (slow-header clients cannot hold connections open). HTTP/1.1 times the wait
+    /// for the next request on a keep-alive connection the same way.
     #[arg(long, env = "HEADER_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = trimmed::<u64>)]
     pub header_read_timeout_ms: u64,
+    /// A connection with no request in progress (a fresh one that sent nothing, an idle
+    /// keep-alive one, an HTTP/2 one with no open stream) is closed after this time.
+    #[arg(long, env = "IDLE_TIMEOUT_MS", default_value_t = 60_000, value_parser = at_least_one::<u64>)]
+    pub idle_timeout_ms: u64,
+    /// A request body must arrive completely within this time of the request's headers;
+    /// otherwise the request is answered 408 and its HTTP/1.1 connection closed.
+    #[arg(long, env = "BODY_READ_TIMEOUT_MS", default_value_t = 10_000, value_parser = at_least_one::<u64>)]
+    pub body_read_timeout_ms: u64,
+    /// How often an HTTP/2 connection is pinged when the peer has sent nothing meanwhile.
+    #[arg(long, env = "H2_KEEPALIVE_INTERVAL_MS", default_value_t = 20_000, value_parser = at_least_one::<u64>)]
+    pub h2_keepalive_interval_ms: u64,
+    /// An HTTP/2 peer that does not answer a ping within this time is disconnected.
+    #[arg(long, env = "H2_KEEPALIVE_TIMEOUT_MS", default_value_t = 10_000, value_parser = at_least_one::<u64>)]
+    pub h2_keepalive_timeout_ms: u64,
+}
+
+/// Like [`trimmed`], refusing zero: for timeouts and sizes where zero would switch a limit off
+/// or make the server useless.
+pub fn at_least_one<T>(value: &str) -> Result<T, String>
+where
+    T: FromStr + PartialOrd + From<u8>,
+    T::Err: std::fmt::Display,
+{
+    let parsed: T = trimmed(value)?;
+    if parsed < T::from(1) {
+        return Err("must be at least 1".to_owned());
+    }
+    Ok(parsed)
 }
 
 /// Settings every sample service shares, resolved from [`ServiceArgs`].
@@ -117,8 +153,18 @@ pub struct ServiceConfig {
     pub drain_timeout: Duration,
     /// `MAX_CONNECTIONS` (default 1024).
     pub max_connections: usize,
+    /// `HEALTH_CONNECTIONS` (default 8).
+    pub health_connections: usize,
     /// `HEADER_READ_TIMEOUT_MS` (default 10000).
     pub header_read_timeout: Duration,
+    /// `IDLE_TIMEOUT_MS` (default 60000).
+    pub idle_timeout: Duration,
+    /// `BODY_READ_TIMEOUT_MS` (default 10000).
+    pub body_read_timeout: Duration,
+    /// `H2_KEEPALIVE_INTERVAL_MS` (default 20000).
+    pub h2_keepalive_interval: Duration,
+    /// `H2_KEEPALIVE_TIMEOUT_MS` (default 10000).
+    pub h2_keepalive_timeout: Duration,
 }
 
 impl ServiceArgs {
@@ -137,7 +183,12 @@ impl ServiceArgs {
             shutdown_delay: Duration::from_millis(self.shutdown_delay_ms),
             drain_timeout: Duration::from_millis(self.drain_timeout_ms),
             max_connections: self.max_connections.max(1),
+            health_connections: self.health_connections,
             header_read_timeout: Duration::from_millis(self.header_read_timeout_ms.max(1)),
+            idle_timeout: Duration::from_millis(self.idle_timeout_ms),
+            body_read_timeout: Duration::from_millis(self.body_read_timeout_ms),
+            h2_keepalive_interval: Duration::from_millis(self.h2_keepalive_interval_ms),
+            h2_keepalive_timeout: Duration::from_millis(self.h2_keepalive_timeout_ms),
         })
     }
 }
@@ -155,7 +206,12 @@ impl ServiceConfig {
             ("SHUTDOWN_DELAY_MS", "--shutdown-delay-ms"),
             ("DRAIN_TIMEOUT_MS", "--drain-timeout-ms"),
             ("MAX_CONNECTIONS", "--max-connections"),
+            ("HEALTH_CONNECTIONS", "--health-connections"),
             ("HEADER_READ_TIMEOUT_MS", "--header-read-timeout-ms"),
+            ("IDLE_TIMEOUT_MS", "--idle-timeout-ms"),
+            ("BODY_READ_TIMEOUT_MS", "--body-read-timeout-ms"),
+            ("H2_KEEPALIVE_INTERVAL_MS", "--h2-keepalive-interval-ms"),
+            ("H2_KEEPALIVE_TIMEOUT_MS", "--h2-keepalive-timeout-ms"),
         ];
         #[derive(Debug, clap::Parser)]
         struct Only {
@@ -303,6 +359,59 @@ mod tests {
         assert_eq!(cfg.drain_timeout, Duration::from_secs(20));
         assert_eq!(cfg.max_connections, 1024);
         assert_eq!(cfg.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.health_connections, 8);
+        assert_eq!(cfg.idle_timeout, Duration::from_secs(60));
+        assert_eq!(cfg.body_read_timeout, Duration::from_secs(10));
+        assert_eq!(cfg.h2_keepalive_interval, Duration::from_secs(20));
+        assert_eq!(cfg.h2_keepalive_timeout, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn connection_limits_are_read_and_zero_is_refused() {
+        // Each connection limit takes its value; zero would switch a limit off, so it stops
+        // start-up naming the variable, as a malformed value does.
+        let cfg = parse(&[
+            "--health-connections",
+            "2",
+            "--idle-timeout-ms",
+            "1500",
+            "--body-read-timeout-ms",
+            " 700",
+            "--h2-keepalive-interval-ms",
+            "300",
+            "--h2-keepalive-timeout-ms",
+            "400",
+        ])
+        .expect("parse");
+        assert_eq!(cfg.health_connections, 2);
+        assert_eq!(cfg.idle_timeout, Duration::from_millis(1500));
+        assert_eq!(cfg.body_read_timeout, Duration::from_millis(700));
+        assert_eq!(cfg.h2_keepalive_interval, Duration::from_millis(300));
+        assert_eq!(cfg.h2_keepalive_timeout, Duration::from_millis(400));
+        for (flag, var) in [
+            ("--health-connections", "HEALTH_CONNECTIONS"),
+            ("--idle-timeout-ms", "IDLE_TIMEOUT_MS"),
+            ("--body-read-timeout-ms", "BODY_READ_TIMEOUT_MS"),
+            ("--h2-keepalive-interval-ms", "H2_KEEPALIVE_INTERVAL_MS"),
+            ("--h2-keepalive-timeout-ms", "H2_KEEPALIVE_TIMEOUT_MS"),
+        ] {
+            for value in ["0", "soon", "-5"] {
+                let err = parse(&[&format!("{flag}={value}")]).expect_err(value);
+                assert!(err.contains(var), "{flag}={value}: {err}");
+            }
+        }
+        let err = ServiceConfig::from_lookup(|k| (k == "IDLE_TIMEOUT_MS").then(|| "0".into()))
+            .expect_err("zero");
+        assert!(
+            matches!(
+                err,
+                ConfigError::Invalid {
+                    var: "IDLE_TIMEOUT_MS",
+                    ..
+                }
+            ),
+            "{err}"
+        );
     }
 
     #[test]
@@ -405,6 +514,11 @@ mod tests {
             "DRAIN_TIMEOUT_MS",
             "MAX_CONNECTIONS",
             "HEADER_READ_TIMEOUT_MS",
+            "HEALTH_CONNECTIONS",
+            "IDLE_TIMEOUT_MS",
+            "BODY_READ_TIMEOUT_MS",
+            "H2_KEEPALIVE_INTERVAL_MS",
+            "H2_KEEPALIVE_TIMEOUT_MS",
         ] {
             assert!(
                 help.contains(&format!("env: {var}")),

@@ -2,9 +2,34 @@
 //! HTTP/1.1 and HTTP/2 (prior knowledge), adds the request id, bounds connections, honours the
 //! traffic verdict and shuts down gracefully.
 //!
-//! Limits: at most `max_connections` connections are served at once (the rest wait in the
-//! listen backlog, so a flood cannot exhaust memory or file descriptors), and an HTTP/1.1
-//! client must send complete request headers within `header_read_timeout`.
+//! Limits (see [`limits`] for how slots are shared out), each a setting in
+//! [`crate::config`]:
+//! - `max_connections` (`MAX_CONNECTIONS`, 1,024) connections serve any request. When all are
+//!   taken, a new client takes the place of the connection idle longest; only when every one
+//!   is busy do clients wait in the listen backlog, so a flood cannot exhaust memory or file
+//!   descriptors.
+//! - `health_connections` (`HEALTH_CONNECTIONS`, 8) more connections serve only `/healthz`,
+//!   `/readyz` and `/metrics` once every traffic connection is busy, so the kubelet's probes
+//!   and the scraper still answer then; other requests on them get 503 and a close. Liveness,
+//!   readiness and startup probes, Flotilla's prober and a scraper take one each at a time;
+//!   8 leaves room for a retry of each.
+//! - `header_read_timeout` (`HEADER_READ_TIMEOUT_MS`, 10 s): an HTTP/1.1 client must send
+//!   complete request headers in this time, also when it reuses a keep-alive connection.
+//!   Ten seconds is generous for headers on any network and short enough that slow-header
+//!   clients cannot pile up.
+//! - `idle_timeout` (`IDLE_TIMEOUT_MS`, 60 s): a connection with no request in progress is
+//!   closed (HTTP/2 with `GOAWAY`). Long enough that a client calling every few seconds keeps
+//!   its connection, short enough that connections of clients that went quiet are released
+//!   within a minute; under pressure idle connections make room at once anyway.
+//! - `body_read_timeout` (`BODY_READ_TIMEOUT_MS`, 10 s): a request body must arrive within
+//!   this time of its headers, or the request is answered 408 (and an HTTP/1.1 connection
+//!   closed). The services' bodies are at most 16 KiB, so this is a floor of under 2 KB/s.
+//! - `h2_keepalive_interval`/`h2_keepalive_timeout` (`H2_KEEPALIVE_INTERVAL_MS`, 20 s;
+//!   `H2_KEEPALIVE_TIMEOUT_MS`, 10 s): an HTTP/2 connection that has been silent for the
+//!   interval is pinged, and closed when the ping is not answered in time, so a peer that
+//!   vanished (node lost, no FIN or RST) frees its slot within half a minute even with a
+//!   stream open. Far below the idle timeouts of cloud load balancers (about 4 minutes and
+//!   up), so the pings also keep legitimate long calls from being cut by them.
 //!
 //! Persistent connections follow [`crate::traffic`]: while the instance is ejected, unready
 //! or draining, HTTP/1.1 responses carry `Connection: close`, idle keep-alive connections are
@@ -23,13 +48,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderValue, Request, Version};
+use http::{HeaderValue, Request};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
@@ -38,11 +62,12 @@ use crate::health::Health;
 use crate::telemetry::REQUEST_ID_HEADER;
 use crate::traffic::Traffic;
 
+pub mod limits;
+
+use limits::{Claim, SlotKind, Slots, TimedBody, Tracked};
+
 /// Longest incoming request id we keep; longer or non-printable ones are replaced.
 const MAX_REQUEST_ID_LEN: usize = 128;
-
-/// Concurrent HTTP/2 streams per connection.
-const MAX_H2_STREAMS: u32 = 128;
 
 /// Timing of the shutdown sequence and the server's limits.
 #[derive(Debug, Clone, Copy)]
@@ -51,10 +76,21 @@ pub struct DrainOptions {
     pub shutdown_delay: Duration,
     /// Upper bound for in-flight requests to finish once the listener is closed.
     pub drain_timeout: Duration,
-    /// Most connections served at once.
+    /// Most connections serving any request at once.
     pub max_connections: usize,
+    /// Further connections that serve only health and metrics, used while every traffic
+    /// connection is busy.
+    pub health_connections: usize,
     /// Deadline for a client to send complete HTTP/1.1 request headers.
     pub header_read_timeout: Duration,
+    /// A connection with no request in progress this long is closed.
+    pub idle_timeout: Duration,
+    /// Deadline for a request body, from the request's headers.
+    pub body_read_timeout: Duration,
+    /// HTTP/2 ping interval on a silent connection.
+    pub h2_keepalive_interval: Duration,
+    /// How long an HTTP/2 ping may go unanswered before the connection is closed.
+    pub h2_keepalive_timeout: Duration,
 }
 
 impl Default for DrainOptions {
@@ -63,7 +99,12 @@ impl Default for DrainOptions {
             shutdown_delay: Duration::from_secs(1),
             drain_timeout: Duration::from_secs(20),
             max_connections: 1024,
+            health_connections: 8,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(10),
+            h2_keepalive_interval: Duration::from_secs(20),
+            h2_keepalive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -82,7 +123,8 @@ struct Shared<Svc> {
     service: Svc,
     builder: auto::Builder<TokioExecutor>,
     traffic: Traffic,
-    slots: Arc<Semaphore>,
+    slots: Arc<Slots>,
+    body_read_timeout: Duration,
 }
 
 /// Serves `filter` on `listener` until `shutdown` resolves, then runs the shutdown sequence.
@@ -97,22 +139,12 @@ where
     F: Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static,
     S: Future<Output = ()> + Send,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(opts.header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(MAX_H2_STREAMS);
-    let max =
-        u32::try_from(opts.max_connections.clamp(1, Semaphore::MAX_PERMITS)).unwrap_or(u32::MAX);
     let shared = Arc::new(Shared {
         service: TowerToHyperService::new(warp::service(filter)),
-        builder,
+        builder: limits::builder(&opts),
         traffic: health.traffic().clone(),
-        slots: Arc::new(Semaphore::new(max as usize)),
+        slots: Slots::new(&opts),
+        body_read_timeout: opts.body_read_timeout,
     });
 
     accept_until(&listener, &shared, shutdown).await;
@@ -125,8 +157,7 @@ where
     drop(listener);
     tracing::info!(timeout = ?opts.drain_timeout, "listener closed, draining in-flight requests");
     // Every connection holds one slot until it ends: all slots back = all connections done.
-    let slots = shared.slots.clone();
-    let drained = tokio::time::timeout(opts.drain_timeout, slots.acquire_many(max)).await;
+    let drained = tokio::time::timeout(opts.drain_timeout, shared.slots.all_returned()).await;
     match drained {
         Ok(_) => {
             tracing::info!("all connections drained");
@@ -141,8 +172,11 @@ where
 
 async fn accept_until<Svc, S>(listener: &TcpListener, shared: &Arc<Shared<Svc>>, stop: S)
 where
-    Svc: hyper::service::Service<Request<Incoming>, Response = Response, Error = Infallible>
-        + Clone
+    Svc: hyper::service::Service<
+            Request<TimedBody<Incoming>>,
+            Response = Response,
+            Error = Infallible,
+        > + Clone
         + Send
         + Sync
         + 'static,
@@ -151,14 +185,12 @@ where
 {
     tokio::pin!(stop);
     loop {
-        // Wait for a free slot before accepting, so excess clients queue in the backlog.
-        let permit = tokio::select! {
+        // Accept only when the connection can get a slot (free, or held by an idle
+        // connection), so excess clients queue in the backlog.
+        tokio::select! {
             () = &mut stop => return,
-            permit = shared.slots.clone().acquire_owned() => match permit {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-        };
+            () = shared.slots.room() => {}
+        }
         let accepted = tokio::select! {
             () = &mut stop => return,
             accepted = listener.accept() => accepted,
@@ -174,42 +206,70 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_connection(shared.clone(), stream, peer, permit));
+        let claim = shared.slots.claim();
+        tokio::spawn(serve_connection(shared.clone(), stream, peer, claim));
     }
 }
 
-/// Serves one connection; closes it gracefully (idle HTTP/1.1 at once, HTTP/2 `GOAWAY`) as
-/// soon as the instance starts closing persistent connections.
+/// Serves one connection once it has its slot; closes it gracefully (idle HTTP/1.1 at once,
+/// HTTP/2 `GOAWAY`) as soon as the instance starts closing persistent connections, when it
+/// has been idle too long, or when a new connection needs its slot.
 async fn serve_connection<Svc>(
     shared: Arc<Shared<Svc>>,
     stream: TcpStream,
     peer: std::net::SocketAddr,
-    _slot: OwnedSemaphorePermit,
+    claim: Claim,
 ) where
-    Svc: hyper::service::Service<Request<Incoming>, Response = Response, Error = Infallible>
-        + Clone
+    Svc: hyper::service::Service<
+            Request<TimedBody<Incoming>>,
+            Response = Response,
+            Error = Infallible,
+        > + Clone
         + Send
         + Sync
         + 'static,
     Svc::Future: Send + 'static,
 {
+    let slot = claim.slot().await;
     let _open = shared.traffic.connection_opened();
     let (service, traffic) = (shared.service.clone(), shared.traffic.clone());
+    let body_read_timeout = shared.body_read_timeout;
     let first_request = Arc::new(FirstRequest::default());
     let seen = first_request.clone();
+    let on_slot = slot.clone();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         seen.arrived();
+        let active = on_slot.request();
         req.extensions_mut().insert(PeerAddr(peer));
+        let http1 = limits::is_http1(&req);
+        let refused =
+            on_slot.kind() == SlotKind::Health && !limits::HEALTH_PATHS.contains(&req.uri().path());
+        let (req, deadline) = limits::timed(req, body_read_timeout);
         let (service, traffic, seen) = (service.clone(), traffic.clone(), seen.clone());
         async move {
-            let resp = with_request_id(service, traffic.clone(), req).await;
+            let resp = if refused {
+                // Traffic on a health connection: answered, and the connection closes.
+                seen.answered_while_closing();
+                let mut resp = limits::over_capacity(http1);
+                let mut req = req;
+                let id = ensure_request_id(req.headers_mut());
+                resp.headers_mut().insert(REQUEST_ID_HEADER, id);
+                resp
+            } else {
+                let resp = with_request_id(service, traffic.clone(), req).await?;
+                if deadline.passed() {
+                    with_id_of(&resp, limits::body_timed_out(http1))
+                } else {
+                    resp
+                }
+            };
             // A request answered while closing closes its connection too (HTTP/1.1 through
             // `Connection: close`, HTTP/2 here with `GOAWAY`): a client that reconnected before
             // the endpoints moved leaves again on its next request, not a probe period later.
             if traffic.closing() {
                 seen.answered_while_closing();
             }
-            resp
+            Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, active)))
         }
     });
     // Two ways to close: a change to "closing" while this connection is open, and any request
@@ -218,6 +278,9 @@ async fn serve_connection<Svc>(
     // also carry `Connection: close`). A connection that has not carried a request yet is
     // closed only once its first request arrives and is answered: a graceful shutdown before
     // then would drop a request whose bytes may already be on the way.
+    // The limits close too: after the idle timeout or to make room for a new connection. The
+    // connection was idle then, so it is shut down at once and dropped after a grace period if
+    // its peer does not let go.
     let mut closing = shared.traffic.subscribe();
     closing.mark_unchanged();
     let conn = shared.builder.serve_connection(TokioIo::new(stream), svc);
@@ -225,6 +288,7 @@ async fn serve_connection<Svc>(
     let mut told = false;
     let mut pending = false;
     let mut shut = false;
+    let mut limited = false;
     loop {
         let close_now = tokio::select! {
             result = conn.as_mut() => {
@@ -248,15 +312,38 @@ async fn serve_connection<Svc>(
                 shared.traffic.closing()
             }
             () = first_request.closing_wait() => true,
+            reason = slot.close_requested(), if !limited => {
+                tracing::debug!(?reason, %peer, "closing connection");
+                limited = true;
+                slot.leaving();
+                if !shut {
+                    shut = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                false
+            }
+            () = slot.grace_over(), if limited => {
+                tracing::debug!(%peer, "dropping connection that did not close in time");
+                return;
+            }
         };
         // A connection that has not carried a request yet waits for its first one.
         if close_now && !first_request.seen() {
             pending = true;
         } else if close_now && !shut {
             shut = true;
+            slot.leaving();
             conn.as_mut().graceful_shutdown();
         }
     }
+}
+
+/// `resp` carrying the request id of `answered`, the response it replaces.
+fn with_id_of(answered: &Response, mut resp: Response) -> Response {
+    if let Some(id) = answered.headers().get(REQUEST_ID_HEADER) {
+        resp.headers_mut().insert(REQUEST_ID_HEADER, id.clone());
+    }
+    resp
 }
 
 /// Whether a connection has carried a request yet, and a wake-up when the first one arrives;
@@ -292,16 +379,16 @@ impl FirstRequest {
     }
 }
 
-async fn with_request_id<Svc>(
+async fn with_request_id<Svc, B>(
     service: Svc,
     traffic: Traffic,
-    mut req: Request<Incoming>,
+    mut req: Request<B>,
 ) -> Result<Response, Infallible>
 where
-    Svc: hyper::service::Service<Request<Incoming>, Response = Response, Error = Infallible>,
+    Svc: hyper::service::Service<Request<B>, Response = Response, Error = Infallible>,
 {
     let id = ensure_request_id(req.headers_mut());
-    let http1 = matches!(req.version(), Version::HTTP_10 | Version::HTTP_11);
+    let http1 = limits::is_http1(&req);
     let mut resp = service.call(req).await?;
     resp.headers_mut().insert(REQUEST_ID_HEADER, id);
     // Checked after handling, so the readiness probe that carried `ejected` already closes.
@@ -396,7 +483,12 @@ impl From<&ServiceConfig> for DrainOptions {
             shutdown_delay: config.shutdown_delay,
             drain_timeout: config.drain_timeout,
             max_connections: config.max_connections,
+            health_connections: config.health_connections,
             header_read_timeout: config.header_read_timeout,
+            idle_timeout: config.idle_timeout,
+            body_read_timeout: config.body_read_timeout,
+            h2_keepalive_interval: config.h2_keepalive_interval,
+            h2_keepalive_timeout: config.h2_keepalive_timeout,
         }
     }
 }
