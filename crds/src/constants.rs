@@ -131,4 +131,11 @@ pub mod traffic {
     pub const SERVING: &str = "serving";
     /// The pod is out of the traffic; its connections should move.
     pub const EJECTED: &str = "ejected";
+    /// Header carrying the verdict's Ed25519 signature:
+    /// `v1.<kid>.<unix ms>.<base64url signature>` over
+    /// `flotilla-verdict.v1\n<pod name>\n<verdict>\n<unix ms>`.
+    pub const SIGNATURE_HEADER: &str = "flotilla-verdict-signature";
+    /// Environment variable of every managed container with the operator's public verdict
+    /// keys: comma-separated `<kid>:<base64url of the 32-byte public key>`.
+    pub const KEYS_ENV: &str = "FLOTILLA_VERDICT_KEYS";
 }

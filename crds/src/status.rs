@@ -124,6 +124,13 @@ pub struct FailoverStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failback_time: Option<Time>,
 
+    /// When Flotilla last restarted (evicted) one of this service's pods because its clients
+    /// kept their connections (`stickyConnections: Restart`). It is written before the eviction,
+    /// and the 30 s between two restarts of one service count from it, across operator restarts
+    /// and leader changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sticky_restart_time: Option<Time>,
+
     /// Per-pod verdicts with their evidence.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]

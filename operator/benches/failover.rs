@@ -193,6 +193,7 @@ async fn cpu(args: &Args) -> Result<()> {
                 ))),
                 ready: true,
                 serves: [(labels::serves(&name), "true".to_owned())].into(),
+                uid: Some(format!("uid-{name}-{k}")),
             });
         }
     }

@@ -20,7 +20,11 @@ fn live_from(desired: &Deployment, f: impl FnOnce(&mut Value)) -> Deployment {
 }
 
 fn stamped() -> Deployment {
-    let mut d = build(&validated("auth", MicroServiceSpec::with_image("x"))).deployment;
+    let mut d = build(
+        &validated("auth", MicroServiceSpec::with_image("x")),
+        &Default::default(),
+    )
+    .deployment;
     stamp(&mut d).unwrap_or_else(|e| panic!("{e}"));
     d
 }
@@ -50,7 +54,7 @@ fn drift_needs_apply() {
 fn removed_field_needs_apply() {
     let mut spec = MicroServiceSpec::with_image("x");
     spec.pod_annotations = Some([("team".to_string(), "a".to_string())].into());
-    let mut before = build(&validated("auth", spec)).deployment;
+    let mut before = build(&validated("auth", spec), &Default::default()).deployment;
     stamp(&mut before).unwrap_or_else(|e| panic!("{e}"));
     let live = live_from(&before, |_| {});
     let after = stamped();

@@ -83,6 +83,19 @@ pub struct RunArgs {
     #[arg(long, env = "FLOTILLA_STALL_AFTER_SECONDS", default_value_t = DEFAULT_STALL_AFTER.as_secs(),
           value_parser = clap::value_parser!(u64).range(1..))]
     pub stall_after_seconds: u64,
+    /// PEM file with the Ed25519 private key that signs traffic verdicts (PKCS#8, as
+    /// `openssl genpkey -algorithm ed25519` writes). Every replica must use the same key; without
+    /// one, a key is made up at start-up (enough for a single replica).
+    #[arg(long, env = "FLOTILLA_VERDICT_KEY_FILE", value_name = "FILE")]
+    pub verdict_key_file: Option<PathBuf>,
+    /// PEM file with the next verdict key during a rotation: pods are given it to trust, the
+    /// current key still signs.
+    #[arg(long, env = "FLOTILLA_VERDICT_NEXT_KEY_FILE", value_name = "FILE")]
+    pub verdict_next_key_file: Option<PathBuf>,
+    /// Let `failover.stickyConnections: Restart` evict pods (needs create on pods/eviction);
+    /// off, such services are reported as with `Report`.
+    #[arg(long, env = "FLOTILLA_STICKY_RESTARTS", default_value_t = false)]
+    pub sticky_restarts: bool,
 }
 
 impl RunArgs {
@@ -95,6 +108,9 @@ impl RunArgs {
             concurrency: self.concurrency,
             watch_namespace: self.watch_namespace.clone(),
             stall_after: Duration::from_secs(self.stall_after_seconds),
+            verdict_key_file: self.verdict_key_file.clone(),
+            verdict_next_key_file: self.verdict_next_key_file.clone(),
+            sticky_restarts: self.sticky_restarts,
             ..OperatorConfig::default()
         }
     }

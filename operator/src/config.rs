@@ -1,6 +1,7 @@
 //! Runtime configuration of the operator; its defaults are the CLI defaults.
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use std::time::Duration;
 
@@ -32,6 +33,12 @@ pub struct OperatorConfig {
     pub watch_namespace: Option<String>,
     /// `/healthz` fails when reconciles in flight or the prober make no progress for this long.
     pub stall_after: Duration,
+    /// PEM file of the key that signs traffic verdicts; `None` makes one up at start-up.
+    pub verdict_key_file: Option<PathBuf>,
+    /// PEM file of the next verdict key during a rotation (published, not used to sign).
+    pub verdict_next_key_file: Option<PathBuf>,
+    /// Whether `stickyConnections: Restart` may evict pods.
+    pub sticky_restarts: bool,
 }
 
 impl Default for OperatorConfig {
@@ -45,6 +52,9 @@ impl Default for OperatorConfig {
             concurrency: DEFAULT_CONCURRENCY,
             watch_namespace: None,
             stall_after: DEFAULT_STALL_AFTER,
+            verdict_key_file: None,
+            verdict_next_key_file: None,
+            sticky_restarts: false,
         }
     }
 }

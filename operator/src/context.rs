@@ -12,6 +12,7 @@ use kube::{Client, Resource};
 use rand::Rng;
 use tracing::warn;
 
+use crate::build::OperatorInputs;
 use crate::cache::Stores;
 use crate::events::EventSink;
 use crate::leader::{Leadership, WriteLapsed};
@@ -34,18 +35,22 @@ pub struct Context {
     pub stores: Stores,
     /// Whether this replica may write; checked before every write.
     pub leadership: Leadership,
+    /// What the builders take from the operator (the verdict keys).
+    pub build_inputs: OperatorInputs,
     /// Consecutive transient failures per MicroService, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<MicroService>, u32>>,
 }
 
 impl Context {
-    /// A context over the given client, recorder, metrics, caches and leadership.
+    /// A context over the given client, recorder, metrics, caches, leadership and builder
+    /// inputs.
     pub fn new(
         client: Client,
         recorder: EventSink,
         metrics: Metrics,
         stores: Stores,
         leadership: Leadership,
+        build_inputs: OperatorInputs,
     ) -> Self {
         Self {
             client,
@@ -53,6 +58,7 @@ impl Context {
             metrics,
             stores,
             leadership,
+            build_inputs,
             failures: Mutex::new(HashMap::new()),
         }
     }

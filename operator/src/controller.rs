@@ -20,6 +20,8 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info};
 
+use crate::build::OperatorInputs;
+use crate::verdict_keys::VerdictKeys;
 use crate::cache::{Change, MicroServices, OwnWrites, Stores, Synced};
 use crate::context::Context;
 use crate::events::EventSink;
@@ -155,6 +157,8 @@ pub struct Shared {
     pub microservices: MicroServices,
     /// Whether writes are allowed.
     pub leadership: Leadership,
+    /// The keys that sign traffic verdicts; their public half goes into every pod template.
+    pub verdict_keys: Arc<VerdictKeys>,
     /// Metrics.
     pub metrics: Metrics,
     /// Set once the caches have synced.
@@ -277,6 +281,7 @@ pub async fn run(
     let Shared {
         microservices,
         leadership,
+        verdict_keys,
         metrics,
         readiness,
         health,
@@ -311,7 +316,17 @@ pub async fn run(
             instance: Some(identity),
         },
     );
-    let ctx = Arc::new(Context::new(client, recorder, metrics, stores, leadership));
+    let build_inputs = OperatorInputs {
+        verdict_keys: Some(verdict_keys.published().to_owned()),
+    };
+    let ctx = Arc::new(Context::new(
+        client,
+        recorder,
+        metrics,
+        stores,
+        leadership,
+        build_inputs,
+    ));
     controller
         .owns_stream(deployments)
         .owns_stream(services)

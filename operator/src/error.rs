@@ -238,6 +238,10 @@ pub enum RunError {
     /// The metrics/health server could not bind.
     #[error(transparent)]
     Bind(#[from] crate::http::BindError),
+
+    /// The verdict signing key could not be loaded.
+    #[error(transparent)]
+    VerdictKey(#[from] crate::verdict_keys::KeyError),
 }
 
 /// HTTP status of an API error response, if the error is one.

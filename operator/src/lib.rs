@@ -27,8 +27,10 @@ pub mod rollout;
 pub mod status;
 pub mod telemetry;
 pub mod validate;
+pub mod verdict_keys;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use futures::future::{BoxFuture, Shared};
 use futures::FutureExt;
@@ -69,11 +71,16 @@ pub async fn run(
         cache::MicroServices::watch(client.clone(), config.watch_namespace.as_deref());
     let ms_task = tokio::spawn(ms_watch);
     let (lead, leadership) = leader::Leadership::new();
-    // Health-aware traffic: probes on every replica, writes only while leading.
+    let verdict_keys = Arc::new(load_verdict_keys(&config)?);
+    // Health-aware traffic: probes on every replica, verdicts and writes only while leading.
     let failover = failover::spawn(
         client.clone(),
         metrics.registry(),
-        config.watch_namespace.clone(),
+        failover::Options {
+            watch_namespace: config.watch_namespace.clone(),
+            verdict_keys: verdict_keys.clone(),
+            sticky_restarts: config.sticky_restarts,
+        },
         microservices.clone(),
         leadership.clone(),
         health.prober(),
@@ -95,6 +102,7 @@ pub async fn run(
     let shared = controller::Shared {
         microservices,
         leadership,
+        verdict_keys,
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         health,
@@ -124,6 +132,25 @@ pub async fn run(
     result
 }
 
+/// The configured verdict key, or one made up for this process.
+fn load_verdict_keys(config: &OperatorConfig) -> Result<verdict_keys::VerdictKeys, RunError> {
+    match &config.verdict_key_file {
+        Some(path) => Ok(verdict_keys::VerdictKeys::from_files(
+            path,
+            config.verdict_next_key_file.as_deref(),
+        )?),
+        None => {
+            if config.leader_election {
+                warn!(
+                    "no verdict key file: this replica signs traffic verdicts with a key of its \
+                     own, so pods roll again when another replica leads; mount a shared key"
+                );
+            }
+            Ok(verdict_keys::VerdictKeys::ephemeral())
+        }
+    }
+}
+
 /// Waits for the lease, then runs the controller while renewing it. The controller stops as
 /// soon as renewal fails past the renew deadline; leadership has expired on its own by then.
 async fn run_elected(
@@ -143,7 +170,8 @@ async fn run_elected(
         Api::<Lease>::namespaced(client.clone(), &ns),
         identity.clone(),
         config.lease_timing.clone(),
-    );
+    )
+    .with_health(shared.health.clone());
     let (metrics, readiness) = (shared.metrics.clone(), shared.readiness.clone());
     // A standby is ready: it serves nothing but is healthy and able to take over.
     readiness.set(true);
@@ -164,7 +192,8 @@ async fn run_elected(
     lead.stop();
     metrics.leader.set(0);
     if outcome.is_ok() {
-        match elector.release().await {
+        // Refuses new writes and waits for those in flight before giving the lease up.
+        match elector.release(lead).await {
             Ok(()) => info!("lease released"),
             Err(e) => warn!(error = %e, "releasing the lease failed; it will expire"),
         }

@@ -67,7 +67,7 @@ async fn reconcile_inner(ms: &MicroService, ctx: &Context) -> Result<Action, Rec
         Err(invalid) => return fail(ctx, ms, &[], invalid.into()).await,
     };
     let missing = &validated.missing_dependencies;
-    let mut desired = build(&validated.spec);
+    let mut desired = build(&validated.spec, &ctx.build_inputs);
     let step = rollout::prepare(ctx, ms, &validated.spec, &mut desired).await?;
     let deployment = match apply_all(ctx, ms, &validated.spec, desired).await {
         Ok(d) => d,

@@ -6,7 +6,8 @@
 //!
 //! What only a running cluster decides is not shown: fields the API server defaults, a
 //! canary Deployment while a guarded rollout is under way, the failover engine's membership
-//! labels on pods, and the ports of dependencies that are not in the input (assumed 80).
+//! labels on pods, the ports of dependencies that are not in the input (assumed 80), and the
+//! running operator's public verdict keys (`FLOTILLA_VERDICT_KEYS`, added to every container).
 //! Documents of other kinds (a Secret next to its MicroService) are skipped with a warning.
 //! Errors name the document (1-based, in input order) and the field.
 
@@ -17,6 +18,7 @@ use flotilla_crds::{MicroService, API_VERSION, KIND};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::build::OperatorInputs;
 use crate::build::{build, DesiredResources};
 use crate::validate::{schema, validate};
 
@@ -186,7 +188,7 @@ pub fn render(input: &str, namespace: &str) -> Result<Rendered, RenderError> {
                         "document {index}: dependency {dep:?} is not in the input; assuming Service port 80"
                     ));
                 }
-                if let Err(e) = append_yaml(&mut out, build(&v.spec)) {
+                if let Err(e) = append_yaml(&mut out, build(&v.spec, &OperatorInputs::default())) {
                     errors.push(doc_err(*index, "-", e.to_string()));
                 }
             }

@@ -59,6 +59,7 @@ fn pods(svc: &str, fakes: &[FakePod]) -> Vec<PodInfo> {
             ip: Some(ip(f)),
             ready: true,
             serves: [(labels::serves(svc), "true".to_owned())].into(),
+            uid: Some(format!("uid-{svc}-{i}")),
         })
         .collect()
 }

@@ -145,6 +145,7 @@ fn pods(svc: &str, b: u8, n: u8, port: u16) -> Vec<PodInfo> {
             ip: Some(SocketAddr::from((Ipv4Addr::new(127, 9, b, k), port)).ip()),
             ready: true,
             serves: [(labels::serves(svc), "true".to_owned())].into(),
+            uid: Some(format!("uid-{svc}-{k}")),
         })
         .collect()
 }

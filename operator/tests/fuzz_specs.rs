@@ -243,8 +243,8 @@ proptest! {
             Err(e) => Err(vec![e.path().to_string()]),
             Ok(ms) => match validate(&ms, None, &|_: &str| Some(80)) {
                 Ok(v) => {
-                    let built = build(&v.spec);
-                    prop_assert_eq!(&built, &build(&v.spec), "building twice differs");
+                    let built = build(&v.spec, &Default::default());
+                    prop_assert_eq!(&built, &build(&v.spec, &Default::default()), "building twice differs");
                     check_built(&built)?;
                     Ok(())
                 }

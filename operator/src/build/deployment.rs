@@ -18,6 +18,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::configmap::{config_hash, config_map_name};
 use super::meta::{child_meta, common_labels, selector_labels};
+use super::OperatorInputs;
 use crate::validate::{is_env_name, ValidatedSpec};
 
 /// Name of the application container in the pod.
@@ -209,6 +210,35 @@ fn startup_probe(v: &ValidatedSpec) -> Probe {
         success_threshold: Some(1),
         ..probe(v, &h.liveness_path, true)
     }
+}
+
+/// Adds what the operator gives every container beside the spec: the verdict keys, right after
+/// the downward-API variables (so a user's own `env` still comes last and wins).
+pub fn with_operator_env(mut d: Deployment, op: &OperatorInputs) -> Deployment {
+    let Some(keys) = &op.verdict_keys else {
+        return d;
+    };
+    let containers = d
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .map(|p| p.containers.iter_mut());
+    for c in containers.into_iter().flatten() {
+        let env = c.env.get_or_insert_with(Vec::new);
+        let at = env
+            .iter()
+            .position(|e| e.name == "POD_NAMESPACE")
+            .map_or(0, |i| i + 1);
+        env.insert(
+            at,
+            EnvVar {
+                name: flotilla_crds::traffic::KEYS_ENV.into(),
+                value: Some(keys.clone()),
+                ..EnvVar::default()
+            },
+        );
+    }
+    d
 }
 
 fn field_env(name: &str, path: &str) -> EnvVar {

@@ -301,3 +301,32 @@ fn security_and_pass_through() {
         Some("identity")
     );
 }
+
+/// Every container gets the operator's verdict keys after the downward-API variables, so its
+/// pods can check verdicts; without keys nothing is added.
+#[test]
+fn verdict_keys_follow_the_downward_api_variables() {
+    let plain = build_deployment(&validated("auth", MicroServiceSpec::with_image("x")));
+    let op = crate::build::OperatorInputs {
+        verdict_keys: Some("k1:AAAA".into()),
+    };
+    let with = crate::build::with_operator_env(plain.clone(), &op);
+    let names: Vec<String> = container(&with)
+        .env
+        .unwrap_or_default()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names[..4],
+        ["POD_IP", "POD_NAME", "POD_NAMESPACE", "FLOTILLA_VERDICT_KEYS"]
+    );
+    assert_eq!(
+        env_value(&container(&with), "FLOTILLA_VERDICT_KEYS").and_then(|e| e.value),
+        Some("k1:AAAA".to_string())
+    );
+    assert_eq!(
+        crate::build::with_operator_env(plain.clone(), &Default::default()),
+        plain
+    );
+}

@@ -9,7 +9,7 @@ mod meta;
 mod service;
 
 pub use configmap::{build_config_map, config_hash, config_map_name};
-pub use deployment::{build_deployment, CONTAINER_NAME};
+pub use deployment::{build_deployment, with_operator_env, CONTAINER_NAME};
 pub use hpa::build_hpa;
 pub use meta::{common_labels, selector_labels, selector_string};
 pub use service::build_service;
@@ -35,10 +35,18 @@ pub struct DesiredResources {
     pub hpa: Option<HorizontalPodAutoscaler>,
 }
 
+/// What the builders take from the operator rather than from the MicroService.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperatorInputs {
+    /// The public keys of traffic verdicts, given to every container as
+    /// `FLOTILLA_VERDICT_KEYS` so its pods can tell the operator's verdicts from anybody's.
+    pub verdict_keys: Option<String>,
+}
+
 /// Builds every child of the MicroService.
-pub fn build(v: &ValidatedSpec) -> DesiredResources {
+pub fn build(v: &ValidatedSpec, op: &OperatorInputs) -> DesiredResources {
     DesiredResources {
-        deployment: build_deployment(v),
+        deployment: with_operator_env(build_deployment(v), op),
         service: build_service(v),
         config_map: build_config_map(v),
         hpa: build_hpa(v),
@@ -77,13 +85,19 @@ mod tests {
         let mut spec = MicroServiceSpec::with_image("flotilla/auth:0.1.0");
         spec.config = Some([("A".to_string(), "1".to_string())].into());
         let v = validated("auth", spec);
-        assert_eq!(build(&v), build(&v));
+        let op = OperatorInputs {
+            verdict_keys: Some("k:AAAA".into()),
+        };
+        assert_eq!(build(&v, &op), build(&v, &op));
     }
 
     /// Without config or autoscaling only the Deployment and the Service are wanted.
     #[test]
     fn optional_children_absent_by_default() {
-        let d = build(&validated("auth", MicroServiceSpec::with_image("x")));
+        let d = build(
+            &validated("auth", MicroServiceSpec::with_image("x")),
+            &OperatorInputs::default(),
+        );
         assert!(d.config_map.is_none());
         assert!(d.hpa.is_none());
     }

@@ -78,6 +78,8 @@ pub struct PodInfo {
     pub ready: bool,
     /// Its `serves.flotilla.rs/*` labels.
     pub serves: BTreeMap<String, String>,
+    /// `metadata.uid`: an eviction names it so it cannot hit a later pod of the same name.
+    pub uid: Option<String>,
 }
 
 /// Everything the prober, decider and writer read.
@@ -211,6 +213,7 @@ fn pod_info(pod: &Pod) -> Option<PodInfo> {
         ip,
         ready,
         serves,
+        uid: meta.uid.clone(),
     })
 }
 

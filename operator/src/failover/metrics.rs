@@ -115,8 +115,8 @@ impl Metrics {
             sticky_restarts: IntCounterVec::new(
                 Opts::new(
                     "flotilla_failover_sticky_restarts_total",
-                    "Sticky pods deleted so their connections break (stickyConnections: \
-                     Restart), by result.",
+                    "Failing sticky pods evicted so their connections break (stickyConnections: \
+                     Restart), by result (disruption_budget: a PodDisruptionBudget refused).",
                 ),
                 &["result"],
             )?,

@@ -34,12 +34,15 @@ pub mod spec;
 pub mod sticky;
 pub mod writer;
 
+use std::sync::Arc;
+
 use kube::Client;
 use prometheus::Registry;
 
 use crate::cache::MicroServices;
 use crate::health::Heartbeat;
 use crate::leader::Leadership;
+use crate::verdict_keys::VerdictKeys;
 
 /// Why the failover engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,25 +71,42 @@ impl Drop for Failover {
     }
 }
 
+/// The operator's settings the failover tasks follow.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Watch only this namespace; `None` watches all.
+    pub watch_namespace: Option<String>,
+    /// The keys that sign traffic verdicts.
+    pub verdict_keys: Arc<VerdictKeys>,
+    /// Whether `stickyConnections: Restart` may evict pods.
+    pub sticky_restarts: bool,
+}
+
 /// Starts the watches, the prober/decider engine and the writer, with metrics registered in
-/// `registry`, reading MicroServices from the replica's shared cache. The writer writes only
-/// while `leadership` says this replica leads; the prober runs on every replica so a new leader
-/// has warm verdicts.
+/// `registry`, reading MicroServices from the replica's shared cache. The writer writes and the
+/// prober sends verdicts only while `leadership` says this replica leads; the prober runs on
+/// every replica so a new leader has warm verdicts.
 pub fn spawn(
     client: Client,
     registry: &Registry,
-    watch_namespace: Option<String>,
+    options: Options,
     microservices: MicroServices,
     leadership: Leadership,
     heartbeat: Heartbeat,
 ) -> Result<Failover, StartError> {
     let metrics = metrics::register(registry)?;
-    let (inventory, source_task) = source::spawn(client.clone(), watch_namespace, microservices);
+    let (inventory, source_task) =
+        source::spawn(client.clone(), options.watch_namespace, microservices);
     let (outputs, prober) = engine::spawn(
         inventory.clone(),
         metrics.clone(),
         engine::EngineConfig {
             heartbeat,
+            verdicts: Some(engine::VerdictSigning {
+                keys: options.verdict_keys,
+                leadership: leadership.clone(),
+            }),
+            sticky_restarts: options.sticky_restarts,
             ..engine::EngineConfig::default()
         },
     )?;

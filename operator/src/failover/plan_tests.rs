@@ -25,6 +25,7 @@ fn pod(name: &str, svc: &str, serves: Option<&str>) -> PodInfo {
         ip: None,
         ready: true,
         serves: m,
+        uid: Some(format!("uid-{name}")),
     }
 }
 

@@ -1,8 +1,9 @@
 //! One probe of one pod: the readiness request (an HTTP GET, or `grpc.health.v1.Health/Check`
 //! for a gRPC service) and the optional metrics scrape, each bounded by the probe timeout, over
 //! shared clients that reuse connections. Each readiness request carries the pod's traffic
-//! verdict (`flotilla-traffic: serving|ejected`) when the engine knows it, so a pod that honours
-//! the contract closes its persistent connections while it is out of the traffic.
+//! verdict (`flotilla-traffic: serving|ejected`) with its signature when the engine sends one
+//! (only while this replica leads), so a pod that honours the contract closes its persistent
+//! connections while it is out of the traffic.
 //!
 //! No decisions here: a probe returns what it saw; the engine judges it.
 
@@ -68,15 +69,20 @@ impl HttpPaths {
         })
     }
 
-    /// The readiness request head, carrying `verdict` when known.
-    fn readiness(&self, verdict: Option<&str>) -> Vec<u8> {
-        let mut req = Vec::with_capacity(self.readiness.len() + 48);
+    /// The readiness request head, carrying the signed verdict when one is sent.
+    fn readiness(&self, signed: Option<(&str, &str)>) -> Vec<u8> {
+        let mut req = Vec::with_capacity(self.readiness.len() + 200);
         req.extend_from_slice(&self.readiness);
-        if let Some(v) = verdict {
-            req.extend_from_slice(traffic::HEADER.as_bytes());
-            req.extend_from_slice(b": ");
-            req.extend_from_slice(v.as_bytes());
-            req.extend_from_slice(b"\r\n");
+        if let Some((verdict, signature)) = signed {
+            for (name, value) in [
+                (traffic::HEADER, verdict),
+                (traffic::SIGNATURE_HEADER, signature),
+            ] {
+                req.extend_from_slice(name.as_bytes());
+                req.extend_from_slice(b": ");
+                req.extend_from_slice(value.as_bytes());
+                req.extend_from_slice(b"\r\n");
+            }
         }
         req.extend_from_slice(b"\r\n");
         req
@@ -109,8 +115,17 @@ pub struct ProbeTarget<'a> {
     pub timeout: Duration,
     /// Caps of the metrics scrape.
     pub limits: ScrapeLimits,
-    /// The traffic verdict to send (`traffic::SERVING` / `traffic::EJECTED`), if known.
+    /// The pod's traffic verdict (`traffic::SERVING` / `traffic::EJECTED`), if known.
     pub verdict: Option<&'static str>,
+    /// The verdict's signature; the verdict is sent only with one (only the leader signs).
+    pub signature: Option<&'a str>,
+}
+
+impl ProbeTarget<'_> {
+    /// The verdict and its signature, when both are there to send.
+    fn signed(&self) -> Option<(&str, &str)> {
+        self.verdict.zip(self.signature)
+    }
 }
 
 /// Sends `request` on the pod's connection, opening one if there is none or it cannot carry
@@ -152,10 +167,10 @@ impl ProbeClient {
         addr: SocketAddr,
         http: &HttpPaths,
         timeout: Duration,
-        verdict: Option<&'static str>,
+        signed: Option<(&str, &str)>,
     ) -> Observation {
         let get = async {
-            let request = http.readiness(verdict);
+            let request = http.readiness(signed);
             let head = send(conn, addr, &request).await?;
             let c = conn.as_mut().ok_or(())?;
             let mut seen = 0usize;
@@ -214,7 +229,7 @@ impl ProbeClient {
         addr: SocketAddr,
         service: &str,
         timeout: Duration,
-        verdict: Option<&'static str>,
+        signed: Option<(&str, &str)>,
     ) -> Observation {
         let Ok(channel) = self.channel(addr) else {
             return Observation::ConnectError;
@@ -222,11 +237,13 @@ impl ProbeClient {
         let mut req = tonic::Request::new(HealthCheckRequest {
             service: service.to_owned(),
         });
-        if let Some(v) = verdict {
-            req.metadata_mut().insert(
-                traffic::HEADER,
-                tonic::metadata::MetadataValue::from_static(v),
-            );
+        if let Some((verdict, signature)) = signed {
+            // Both are ASCII: a fixed word and `v1.<hex>.<digits>.<base64url>`.
+            if let (Ok(v), Ok(s)) = (verdict.parse(), signature.parse()) {
+                let md = req.metadata_mut();
+                md.insert(traffic::HEADER, v);
+                md.insert(traffic::SIGNATURE_HEADER, s);
+            }
         }
         let mut health = HealthClient::new(channel);
         let call = health.check(req);
@@ -329,11 +346,11 @@ pub async fn run(
     let observation = match (target.grpc_service, target.http) {
         (Some(service), _) => {
             client
-                .grpc_readiness(target.addr, service, target.timeout, target.verdict)
+                .grpc_readiness(target.addr, service, target.timeout, target.signed())
                 .await
         }
         (None, Some(http)) => {
-            ProbeClient::readiness(&mut conn, target.addr, http, target.timeout, target.verdict)
+            ProbeClient::readiness(&mut conn, target.addr, http, target.timeout, target.signed())
                 .await
         }
         (None, None) => Observation::ConnectError,
@@ -402,8 +419,8 @@ mod tests {
                         let v = req
                             .headers()
                             .get(traffic::HEADER)
-                            .and_then(|v| v.to_str().ok())
-                            .map(str::to_owned);
+                            .zip(req.headers().get(traffic::SIGNATURE_HEADER))
+                            .and_then(|(v, s)| Some(format!("{} {}", v.to_str().ok()?, s.to_str().ok()?)));
                         if let Ok(mut g) = seen.lock() {
                             g.push(v);
                         }
@@ -435,11 +452,11 @@ mod tests {
             &self,
             request: tonic::Request<HealthCheckRequest>,
         ) -> Result<tonic::Response<tonic_health::pb::HealthCheckResponse>, tonic::Status> {
-            let v = request
-                .metadata()
+            let md = request.metadata();
+            let v = md
                 .get(traffic::HEADER)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned);
+                .zip(md.get(traffic::SIGNATURE_HEADER))
+                .and_then(|(v, s)| Some(format!("{} {}", v.to_str().ok()?, s.to_str().ok()?)));
             if let Ok(mut g) = self.seen.lock() {
                 g.push(v);
             }
@@ -483,13 +500,15 @@ mod tests {
             timeout: Duration::from_secs(10),
             limits: ScrapeLimits::default(),
             verdict: Some(verdict),
+            signature: Some("sig"),
         }
     }
 
     #[tokio::test]
-    async fn http_probe_carries_the_traffic_verdict_on_one_kept_alive_connection() {
-        // Every readiness GET tells the pod whether it is in the traffic, and steady probing
-        // reuses the connection the report hands back.
+    async fn http_probe_carries_the_signed_verdict_on_one_kept_alive_connection() {
+        // Every readiness GET of the leader tells the pod whether it is in the traffic, with
+        // the signature that makes it count; without a signature (a standby) nothing is said;
+        // steady probing reuses the connection the report hands back.
         let seen = Seen::default();
         let (addr, accepted) = http_server(seen.clone()).await;
         let client = ProbeClient::new();
@@ -500,9 +519,21 @@ mod tests {
         assert!(conn.is_some(), "the connection comes back open");
         let rep = run(&client, &target(addr, &http, None, traffic::SERVING), conn).await;
         assert_eq!(rep.observation, Observation::Success);
+        let unsigned = ProbeTarget {
+            signature: None,
+            ..target(addr, &http, None, traffic::EJECTED)
+        };
+        let (_, conn) = rep.conn;
+        let rep = run(&client, &unsigned, conn).await;
+        assert_eq!(rep.observation, Observation::Success);
         assert_eq!(
             seen_values(&seen),
-            vec![Some("ejected".to_owned()), Some("serving".to_owned())]
+            vec![
+                Some("ejected sig".to_owned()),
+                Some("serving sig".to_owned()),
+                None
+            ],
+            "a verdict goes out only with its signature"
         );
         assert_eq!(accepted.load(Ordering::Acquire), 1);
     }
@@ -543,7 +574,7 @@ mod tests {
             run(&client, &probe("nope"), None).await.observation,
             Observation::GrpcNotServing("NotFound")
         );
-        assert_eq!(seen_values(&seen)[0].as_deref(), Some("ejected"));
+        assert_eq!(seen_values(&seen)[0].as_deref(), Some("ejected sig"));
         server.abort();
         let _ = server.await;
         client.forget_channel(addr);

@@ -118,8 +118,12 @@ pub enum Notice {
         svc: ObjKey,
         /// The pod.
         pod: ObjKey,
+        /// The pod's UID: the eviction applies to this very pod, not a namesake created since.
+        uid: String,
         /// API requests since it was ejected.
         requests: u64,
+        /// When it was decided; recorded in status before the eviction.
+        at: Time,
     },
 }
 
@@ -159,6 +163,8 @@ pub struct History {
     pub last_failover: Option<(Time, String)>,
     /// When traffic last returned to the primary.
     pub last_failback: Option<Time>,
+    /// When a sticky pod of the service was last restarted.
+    pub last_sticky_restart: Option<Time>,
 }
 
 /// Builds the status and conditions for one decision.
@@ -189,6 +195,7 @@ pub fn status_for(
         last_failover_time: history.last_failover.as_ref().map(|(t, _)| t.clone()),
         last_failover_reason: history.last_failover.as_ref().map(|(_, r)| r.clone()),
         last_failback_time: history.last_failback.clone(),
+        last_sticky_restart_time: history.last_sticky_restart.clone(),
         pods,
     };
     let prefix = if observe { "Observe mode: " } else { "" };

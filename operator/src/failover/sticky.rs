@@ -89,6 +89,14 @@ impl StickyWatch {
     }
 }
 
+/// Restarts of sticky pods across all services within [`GLOBAL_WINDOW`]: however many
+/// services misbehave at once, Flotilla breaks the connections of at most this many pods a
+/// minute, so a bug or a bad day cannot turn it into a pod killer.
+pub const GLOBAL_RESTARTS: usize = 3;
+
+/// The window of [`GLOBAL_RESTARTS`].
+pub const GLOBAL_WINDOW: Duration = Duration::from_secs(60);
+
 /// A sticky pod of one primary service, as the decider's caller sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StickyPod {
@@ -96,13 +104,17 @@ pub struct StickyPod {
     pub name: String,
     /// API requests since it was ejected.
     pub requests: u64,
+    /// Whether the pod's own probes fail: it is out of traffic for its own failure, not
+    /// because the whole service failed over. Only such a pod may be restarted.
+    pub failing: bool,
 }
 
 /// The pod to restart now, if any: the sticky pod with the most requests, provided the service
 /// opted in (`Restart`, Enforce mode), no restart of this service happened within
-/// [`RESTART_INTERVAL`], the pod is out of traffic, and the traffic's target has at least
-/// `minHealthy` healthy pods outside panic — so a restart only ever removes a pod that serves
-/// nobody by design, and never while the service is short of pods.
+/// [`RESTART_INTERVAL`], the pod is out of traffic *for its own failure* (a healthy primary pod
+/// that is out only because the service failed over is never touched), and the traffic's
+/// target has at least `minHealthy` healthy pods outside panic — so a restart only ever removes
+/// a failing pod that serves nobody by design, and never while the service is short of pods.
 pub fn pick_restart<'a>(
     policy: &FailoverPolicy,
     d: &Decision,
@@ -126,12 +138,45 @@ pub fn pick_restart<'a>(
     }
     sticky
         .iter()
-        .filter(|p| d.primary_members.get(&p.name) == Some(&Membership::Out))
+        .filter(|p| p.failing && d.primary_members.get(&p.name) == Some(&Membership::Out))
         .max_by(|a, b| {
             a.requests
                 .cmp(&b.requests)
                 .then_with(|| b.name.cmp(&a.name))
         })
+}
+
+/// Restarts allowed by the global cap at `now`, given the times of recent restarts (older ones
+/// are dropped from `recent`).
+pub fn global_room(recent: &mut std::collections::VecDeque<Instant>, now: Instant) -> bool {
+    while recent
+        .front()
+        .is_some_and(|t| now.saturating_duration_since(*t) >= GLOBAL_WINDOW)
+    {
+        recent.pop_front();
+    }
+    recent.len() < GLOBAL_RESTARTS
+}
+
+/// When the last restart of a service happened, as an instant of this process: the later of
+/// what this engine remembers and the time status records (written by whichever replica led
+/// then, before it evicted), so the rate limit holds across leader changes and restarts.
+pub fn last_restart(
+    remembered: Option<Instant>,
+    recorded: Option<jiff::Timestamp>,
+    now: Instant,
+    wall_now: jiff::Timestamp,
+) -> Option<Instant> {
+    // A time in the future (clock skew) counts as now; one before this clock's origin is long
+    // past and limits nothing.
+    let from_status = recorded.and_then(|t| {
+        let ago = wall_now
+            .duration_since(t)
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        now.checked_sub(ago)
+    });
+    remembered.max(from_status)
 }
 
 #[cfg(test)]

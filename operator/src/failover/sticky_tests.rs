@@ -82,14 +82,17 @@ fn sticky_pods() -> Vec<StickyPod> {
         StickyPod {
             name: "a".into(),
             requests: 5,
+            failing: true,
         },
         StickyPod {
             name: "b".into(),
             requests: 50,
+            failing: true,
         },
         StickyPod {
             name: "c".into(),
             requests: 500,
+            failing: true,
         },
     ]
 }
@@ -157,4 +160,49 @@ fn never_restart_while_the_target_is_short_of_pods() {
     let mut invalid = decision(Target::Primary, 2, 0);
     invalid.invalid = Some("no fallback".into());
     assert_eq!(pick_restart(&p, &invalid, &pods, None, now), None);
+}
+
+#[test]
+fn a_healthy_pod_out_of_traffic_because_of_a_failover_is_never_restarted() {
+    // During a failover every primary pod is out of traffic; one whose own probes pass is out
+    // only because of the failover, and its clients sticking is no reason to delete it.
+    let now = Instant::now();
+    let mut pods = sticky_pods();
+    for p in &mut pods {
+        p.failing = false;
+    }
+    let d = decision(Target::Fallback, 3, 2);
+    assert_eq!(pick_restart(&restart_policy(), &d, &pods, None, now), None);
+    pods[0].failing = true;
+    let picked = pick_restart(&restart_policy(), &d, &pods, None, now).map(|p| p.name.as_str());
+    assert_eq!(picked, Some("a"), "the failing one may be restarted");
+}
+
+#[test]
+fn the_global_cap_counts_restarts_of_every_service_within_its_window() {
+    // At most GLOBAL_RESTARTS restarts a GLOBAL_WINDOW, whatever the number of services.
+    let t0 = Instant::now();
+    let mut recent = std::collections::VecDeque::new();
+    for i in 0..GLOBAL_RESTARTS {
+        assert!(global_room(&mut recent, t0 + ms(i as u64)));
+        recent.push_back(t0 + ms(i as u64));
+    }
+    assert!(!global_room(&mut recent, t0 + ms(1000)));
+    assert!(global_room(&mut recent, t0 + GLOBAL_WINDOW));
+}
+
+#[test]
+fn the_recorded_restart_time_holds_the_rate_limit_across_leader_changes() {
+    // A new leader remembers no restart; the time in status (written before the eviction) is
+    // what keeps it from restarting another pod of the service within RESTART_INTERVAL.
+    let now = Instant::now();
+    let wall = jiff::Timestamp::from_second(1_800_000_000).expect("time");
+    let ten_s_ago = wall - jiff::SignedDuration::from_secs(10);
+    let last = last_restart(None, Some(ten_s_ago), now, wall);
+    let d = decision(Target::Primary, 1, 0);
+    let pods = sticky_pods();
+    assert_eq!(pick_restart(&restart_policy(), &d, &pods, last, now), None);
+    assert!(pick_restart(&restart_policy(), &d, &pods, last, now + ms(20_000)).is_some());
+    assert_eq!(last_restart(Some(now), Some(ten_s_ago), now, wall), Some(now));
+    assert_eq!(last_restart(None, None, now, wall), None);
 }

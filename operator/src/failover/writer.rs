@@ -1,8 +1,9 @@
 //! The one writer of health-aware traffic: applies the engine's desired state to the cluster while
 //! this replica is the leader — pod membership labels (JSON merge patch), `status.failover` with
 //! the `FailedOver`/`Flapping` conditions (server-side apply, field manager `flotilla-failover`),
-//! and an Event for every ejection, return, failover and failback; and the deletion of a sticky
-//! pod when the engine picks one (`stickyConnections: Restart`, rate-limited by the engine).
+//! and an Event for every ejection, return, failover and failback; and the eviction of a failing
+//! sticky pod when the engine picks one (`stickyConnections: Restart`, rate-limited by the engine;
+//! the restart's time goes into status before the eviction, which names the pod's UID).
 //!
 //! Leadership is re-checked immediately before each write (it lapses on its own at the lease's
 //! renew deadline) and bounds the write's timeout, so a replica that lost the lease to a hanging
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, EvictParams, Patch, PatchParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Reporter};
 use kube::{Api, Client};
 use serde_json::Value;
@@ -411,18 +412,38 @@ impl Writer {
                 );
                 (svc, event(EventType::Warning, "StickyConnections", note))
             }
-            Notice::Restart { svc, pod, requests } => {
-                let result = self.delete_pod(&pod).await;
-                let (reason, note) = if result == "ok" {
-                    let n = format!(
-                        "deleted pod {} ({requests} requests while out of traffic) so its \
-                         clients reconnect to serving pods",
-                        pod.name
-                    );
-                    ("StickyPodRestarted", n)
-                } else {
-                    let n = format!("deleting sticky pod {} failed ({result})", pod.name);
-                    ("StickyPodRestartFailed", n)
+            Notice::Restart {
+                svc,
+                pod,
+                uid,
+                requests,
+                at,
+            } => {
+                let result = match self.record_restart(&svc, &at).await {
+                    "ok" => self.evict_pod(&pod, &uid).await,
+                    failed => failed,
+                };
+                let (reason, note) = match result {
+                    "ok" => (
+                        "StickyPodRestarted",
+                        format!(
+                            "evicted failing pod {} ({requests} requests while out of traffic) \
+                             so its clients reconnect to serving pods",
+                            pod.name
+                        ),
+                    ),
+                    "disruption_budget" => (
+                        "StickyPodRestartFailed",
+                        format!(
+                            "not evicting sticky pod {}: its PodDisruptionBudget allows no \
+                             disruption now",
+                            pod.name
+                        ),
+                    ),
+                    other => (
+                        "StickyPodRestartFailed",
+                        format!("evicting sticky pod {} failed ({other})", pod.name),
+                    ),
                 };
                 (svc, event(EventType::Warning, reason, note))
             }
@@ -444,30 +465,72 @@ impl Writer {
             .inc();
     }
 
-    /// Deletes a sticky pod (its Deployment replaces it), if still leading; the result label.
-    async fn delete_pod(&self, pod: &ObjKey) -> &'static str {
+    /// Records the restart's time in the service's status *before* evicting, so whichever
+    /// replica leads next sees it and keeps the rate limit; the result label. A merge patch sets
+    /// that one field (the next full apply carries the same value).
+    async fn record_restart(&self, svc: &ObjKey, at: &Time) -> &'static str {
         if !self.leadership.is_leading() {
             return "not_leading";
         }
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.ns);
+        let api: Api<MicroService> = Api::namespaced(self.client.clone(), &svc.ns);
+        let body = serde_json::json!({
+            "status": { "failover": { "lastStickyRestartTime": at } }
+        });
+        let params = PatchParams {
+            field_manager: Some(FAILOVER_FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
         let r = self
             .leadership
             .write(
                 self.cfg.write_timeout,
-                api.delete(&pod.name, &DeleteParams::default()),
+                api.patch_status(&svc.name, &params, &Patch::Merge(&body)),
             )
             .await;
         let label = result_label(&r);
+        self.metrics
+            .writes
+            .with_label_values(&["status", label])
+            .inc();
+        label
+    }
+
+    /// Evicts a sticky pod through the Eviction API, so PodDisruptionBudgets apply, naming its
+    /// UID so a newer pod of the same name is never hit (its Deployment replaces it); if still
+    /// leading. The result label: `disruption_budget` when a budget refused (429).
+    async fn evict_pod(&self, pod: &ObjKey, uid: &str) -> &'static str {
+        if !self.leadership.is_leading() {
+            return "not_leading";
+        }
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.ns);
+        let params = EvictParams {
+            delete_options: Some(DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid: Some(uid.to_owned()),
+                    resource_version: None,
+                }),
+                ..DeleteParams::default()
+            }),
+            ..EvictParams::default()
+        };
+        let r = self
+            .leadership
+            .write(self.cfg.write_timeout, api.evict(&pod.name, &params))
+            .await;
+        let label = match &r {
+            Ok(Err(kube::Error::Api(e))) if e.code == 429 => "disruption_budget",
+            _ => result_label(&r),
+        };
         self.metrics
             .sticky_restarts
             .with_label_values(&[label])
             .inc();
         self.metrics
             .writes
-            .with_label_values(&["delete", label])
+            .with_label_values(&["evict", label])
             .inc();
         if label != "ok" {
-            tracing::warn!(pod = %pod, result = label, "deleting a sticky pod failed");
+            tracing::warn!(pod = %pod, result = label, "evicting a sticky pod failed");
         }
         label
     }

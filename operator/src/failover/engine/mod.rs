@@ -7,7 +7,8 @@
 //! permits are taken, a due probe is skipped until the pod's next period rather than queued.
 //! Decisions are recomputed right after a verdict or the inventory changes, every `decide_every`
 //! while a recovery or flap window runs, and once a second otherwise (to refresh evidence).
-//! Runs on every replica; only the writer is leader-gated.
+//! Runs on every replica so a new leader has warm verdicts, but only the leader's probes carry
+//! verdicts (signed, see [`crate::verdict_keys`]) and only the writer writes.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -29,6 +30,8 @@ use super::report::{Desired, History, Notice};
 use super::scrape::{Rejected, ScrapeLimits};
 use super::sticky::StickyWatch;
 use crate::health::Heartbeat;
+use crate::leader::Leadership;
+use crate::verdict_keys::VerdictKeys;
 
 mod publish;
 mod resume;
@@ -72,7 +75,27 @@ pub struct EngineConfig {
     pub fallback_drain: Duration,
     /// Beaten on every turn of the loop, so `/healthz` sees a wedged prober.
     pub heartbeat: Heartbeat,
+    /// How verdicts are signed, and the leadership that allows sending them; `None` sends none.
+    pub verdicts: Option<VerdictSigning>,
+    /// Whether `stickyConnections: Restart` may pick pods to restart (the operator's
+    /// `--sticky-restarts`); off, sticky pods are only reported.
+    pub sticky_restarts: bool,
 }
+
+/// What the engine needs to send verdicts.
+#[derive(Debug, Clone)]
+pub struct VerdictSigning {
+    /// The operator's verdict keys.
+    pub keys: Arc<VerdictKeys>,
+    /// Verdicts go out only while this says the replica leads: a standby's view may differ
+    /// from the leader's, and two voices would flip pods between `serving` and `ejected`.
+    pub leadership: Leadership,
+}
+
+/// How long one signature of an unchanged verdict is reused. Signing costs tens of
+/// microseconds, a probe period is 500 ms: reusing a signature for two seconds keeps signing
+/// under a tenth of the prober's work, well inside the pods' 30 s acceptance window.
+const RESIGN_AFTER: Duration = Duration::from_secs(2);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -87,6 +110,8 @@ impl Default for EngineConfig {
             notice_capacity: 1024,
             fallback_drain: Duration::from_secs(2),
             heartbeat: Heartbeat::default(),
+            verdicts: None,
+            sticky_restarts: false,
         }
     }
 }
@@ -102,6 +127,10 @@ pub struct EngineOutputs {
 
 /// Per-pod state, with what a probe needs copied in so probing does no map lookups by name.
 struct PodEntry {
+    /// The pod's name: verdicts are signed for it.
+    name: Arc<str>,
+    /// The last signed verdict, reused until [`RESIGN_AFTER`].
+    signed: Option<Signed>,
     svc: Arc<ServiceInfo>,
     addr: Option<SocketAddr>,
     /// The HTTP request targets for `addr`, built when the address or the paths change.
@@ -130,6 +159,30 @@ impl PodEntry {
     fn ejected(&self) -> bool {
         self.verdict == Some(flotilla_crds::traffic::EJECTED)
     }
+
+    /// The signature header for `verdict`, signed anew when the verdict changed or the last
+    /// signature is older than [`RESIGN_AFTER`].
+    fn signature(&mut self, keys: &VerdictKeys, verdict: &'static str, now: Instant) -> Arc<str> {
+        match &self.signed {
+            Some(s) if s.verdict == verdict && now < s.until => s.header.clone(),
+            _ => {
+                let header: Arc<str> = keys.sign(&self.name, verdict).into();
+                self.signed = Some(Signed {
+                    verdict,
+                    until: now + RESIGN_AFTER,
+                    header: header.clone(),
+                });
+                header
+            }
+        }
+    }
+}
+
+/// One signed verdict of a pod.
+struct Signed {
+    verdict: &'static str,
+    until: Instant,
+    header: Arc<str>,
 }
 
 struct SvcEntry {
@@ -159,6 +212,8 @@ struct Engine {
     results: ProbeResults,
     desired_tx: watch::Sender<Arc<Desired>>,
     notice_tx: mpsc::Sender<Notice>,
+    /// When sticky pods were restarted within the last `sticky::GLOBAL_WINDOW` (the global cap).
+    recent_restarts: std::collections::VecDeque<Instant>,
     cfg: EngineConfig,
 }
 
@@ -196,6 +251,7 @@ pub fn spawn(
                     metrics,
                     desired_tx,
                     notice_tx,
+                    recent_restarts: std::collections::VecDeque::new(),
                     cfg,
                 };
                 engine.run(inventory).await;
@@ -317,6 +373,8 @@ impl Engine {
             self.pods.insert(
                 id,
                 PodEntry {
+                    name: key.name.as_str().into(),
+                    signed: None,
                     svc: svc.clone(),
                     addr,
                     http: http_paths(addr, svc),
@@ -366,6 +424,13 @@ impl Engine {
     /// (the jitter of a period) before it is due.
     fn launch_due(&mut self, now: Instant, horizon: Instant) {
         let mut not_yet = Vec::new();
+        // Checked once per batch: a standby (or a leader past its renew deadline) says nothing.
+        let signing = self
+            .cfg
+            .verdicts
+            .as_ref()
+            .filter(|v| v.leadership.is_leading())
+            .map(|v| v.keys.clone());
         while let Some(Reverse((due, _))) = self.heap.peek() {
             if *due > horizon {
                 break;
@@ -435,6 +500,10 @@ impl Engine {
                 Some(_) => entry.verdict.or(Some(flotilla_crds::traffic::SERVING)),
                 None => entry.verdict,
             };
+            let signature = signing
+                .as_deref()
+                .zip(verdict)
+                .map(|(keys, v)| entry.signature(keys, v, now));
             let http = entry.http.clone();
             let conn = entry.conn.take();
             self.probes.spawn(async move {
@@ -447,6 +516,7 @@ impl Engine {
                     timeout: p.timeout,
                     limits,
                     verdict,
+                    signature: signature.as_deref(),
                 };
                 let rep = probe::run(&client, &target, conn).await;
                 drop((permit, scrape_permit));

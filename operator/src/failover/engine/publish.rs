@@ -13,7 +13,7 @@ use super::super::decide::{decide, Change, Decision, FallbackView, Membership, P
 use super::super::inventory::{ObjKey, ServiceInfo};
 use super::super::policy::StickyAction;
 use super::super::report::{self, Desired, Member, Notice, ServiceDesired};
-use super::super::sticky::{pick_restart, StickyPod};
+use super::super::sticky::{global_room, last_restart, pick_restart, StickyPod};
 use super::Engine;
 
 impl Engine {
@@ -116,7 +116,7 @@ impl Engine {
         now: Instant,
         notices: &mut Vec<Notice>,
     ) -> usize {
-        let restart = info.failover.sticky == StickyAction::Restart;
+        let restart = info.failover.sticky == StickyAction::Restart && self.cfg.sticky_restarts;
         let mut sticky = Vec::new();
         let pod_keys: Vec<ObjKey> = self.inv.pods_of(key).map(|p| p.key.clone()).collect();
         for pod in pod_keys {
@@ -138,21 +138,46 @@ impl Engine {
                 sticky.push(StickyPod {
                     name: pod.name.clone(),
                     requests,
+                    failing: !entry.health.healthy,
                 });
             }
         }
-        let Some(svc) = self.svcs.get_mut(key) else {
-            return sticky.len();
-        };
-        if let Some(p) = pick_restart(&info.failover, d, &sticky, svc.last_restart, now) {
-            svc.last_restart = Some(now);
-            notices.push(Notice::Restart {
-                svc: key.clone(),
-                pod: ObjKey::new(key.ns.clone(), p.name.clone()),
-                requests: p.requests,
-            });
+        let count = sticky.len();
+        if !restart {
+            return count;
         }
-        sticky.len()
+        let Some(svc) = self.svcs.get_mut(key) else {
+            return count;
+        };
+        let wall = jiff::Timestamp::now();
+        let recorded = info
+            .status
+            .as_ref()
+            .and_then(|s| s.last_sticky_restart_time.as_ref())
+            .map(|t| t.0);
+        let last = last_restart(svc.last_restart, recorded, now, wall);
+        let Some(p) = pick_restart(&info.failover, d, &sticky, last, now) else {
+            return count;
+        };
+        let pod = ObjKey::new(key.ns.clone(), p.name.clone());
+        // Every eviction names the pod's UID; a pod the cache shows without one is left alone.
+        let Some(uid) = self.inv.pods.get(&pod).and_then(|i| i.uid.clone()) else {
+            return count;
+        };
+        if !global_room(&mut self.recent_restarts, now) {
+            return count;
+        }
+        self.recent_restarts.push_back(now);
+        svc.last_restart = Some(now);
+        svc.history.last_sticky_restart = Some(Time(wall));
+        notices.push(Notice::Restart {
+            svc: key.clone(),
+            pod,
+            uid,
+            requests: p.requests,
+            at: Time(wall),
+        });
+        count
     }
 
     fn view(&self, svc: &ObjKey) -> Vec<PodView> {

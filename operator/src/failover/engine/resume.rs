@@ -59,6 +59,10 @@ pub(super) fn resume(svc: &ServiceInfo, inv: &Inventory) -> SvcEntry {
             .status
             .as_ref()
             .and_then(|s| s.last_failback_time.clone()),
+        last_sticky_restart: svc
+            .status
+            .as_ref()
+            .and_then(|s| s.last_sticky_restart_time.clone()),
     };
     let mut state = ServiceState::resume_with(active, primary, fallback);
     // A service whose status never showed a healthy pod is treated as still starting.
