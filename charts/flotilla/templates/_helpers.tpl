@@ -107,3 +107,11 @@ Refuse value combinations the schema cannot express clearly.
 {{- fail "replicaCount > 1 requires operator.leaderElection.enabled=true: without a leader every replica would reconcile and fight over the same objects" }}
 {{- end }}
 {{- end }}
+
+{{/*
+Name of the Secret holding the verdict signing key: the admin's, else the one this chart generates.
+*/}}
+{{- define "flotilla.verdictKeySecret" -}}
+{{- $vk := .Values.operator.verdictKey | default dict }}
+{{- $vk.existingSecret | default (printf "%s-verdict-key" (include "flotilla.fullname" .)) }}
+{{- end }}

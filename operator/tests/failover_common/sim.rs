@@ -61,8 +61,10 @@ impl FailoverSim for Harness {
     async fn start_with(test: &str, metrics_addr: Option<SocketAddr>) -> Result<Self> {
         // Fail early, naming the build command, when the pods' binary is missing.
         workspace_binary("users", "users")?;
+        // Sticky restarts on, as a cluster admin turns them on with the chart's value.
         let config = OperatorConfig {
             metrics_addr,
+            sticky_restarts: true,
             ..OperatorConfig::default()
         };
         Harness::builder(test)
