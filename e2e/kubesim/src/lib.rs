@@ -12,6 +12,7 @@ mod cluster;
 pub mod crd;
 mod defaults;
 mod discovery;
+mod disruption;
 mod error;
 mod events;
 pub mod faults;

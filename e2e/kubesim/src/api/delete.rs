@@ -13,6 +13,7 @@ use super::write::namespaces_key;
 use super::{now, Reply, Request, Shared};
 use crate::crd;
 use crate::registry::{ResKey, ResourceDef};
+use crate::request::Query;
 use crate::status::ApiError;
 use crate::store::{EventType, State};
 
@@ -20,18 +21,19 @@ const FOREGROUND: &str = "foregroundDeletion";
 const ORPHAN: &str = "orphan";
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum Policy {
+pub(super) enum Policy {
     Background,
     Foreground,
     Orphan,
 }
 
-struct Options {
-    policy: Policy,
-    grace: Option<i64>,
-    uid: Option<String>,
-    rv: Option<String>,
-    dry_run: bool,
+/// The `DeleteOptions` of a delete (or of an eviction, which carries them in its body).
+pub(super) struct Options {
+    pub policy: Policy,
+    pub grace: Option<i64>,
+    pub uid: Option<String>,
+    pub rv: Option<String>,
+    pub dry_run: bool,
 }
 
 fn options(req: &Request) -> Result<Options, ApiError> {
@@ -44,15 +46,22 @@ fn options(req: &Request) -> Result<Options, ApiError> {
         serde_json::from_slice(&req.body)
             .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
     };
+    options_from(&body, Some(&req.query))
+}
+
+/// Reads `DeleteOptions` from a body, falling back to the query parameters a DELETE may
+/// carry instead (an eviction passes `None`: its query holds create options).
+pub(super) fn options_from(body: &Value, query: Option<&Query>) -> Result<Options, ApiError> {
+    let q = |k: &str| query.and_then(|q| q.get(k));
     let policy_s = body
         .get("propagationPolicy")
         .and_then(Value::as_str)
         .map(String::from)
-        .or_else(|| req.query.get("propagationPolicy").map(String::from));
+        .or_else(|| q("propagationPolicy").map(String::from));
     let orphan = body
         .get("orphanDependents")
         .and_then(Value::as_bool)
-        .or_else(|| req.query.get("orphanDependents").map(|v| v == "true"));
+        .or_else(|| q("orphanDependents").map(|v| v == "true"));
     let policy = match (policy_s.as_deref(), orphan) {
         (Some("Foreground"), _) => Policy::Foreground,
         (Some("Orphan"), _) | (None, Some(true)) => Policy::Orphan,
@@ -66,12 +75,8 @@ fn options(req: &Request) -> Result<Options, ApiError> {
     let grace = body
         .get("gracePeriodSeconds")
         .and_then(Value::as_i64)
-        .or_else(|| {
-            req.query
-                .get("gracePeriodSeconds")
-                .and_then(|g| g.parse().ok())
-        });
-    let dry_run = req.query.dry_run()
+        .or_else(|| q("gracePeriodSeconds").and_then(|g| g.parse().ok()));
+    let dry_run = query.is_some_and(Query::dry_run)
         || body
             .get("dryRun")
             .and_then(Value::as_array)
@@ -98,6 +103,23 @@ pub fn delete(shared: &Arc<Shared>, def: &ResourceDef, req: &Request) -> Result<
     let obj = st
         .get(&def.key(), req.namespace(), name)
         .ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))?;
+    check_preconditions(def, name, &obj, &opts)?;
+    if opts.dry_run {
+        return Ok(Reply::Json(200, present(def, &req.target.version, &obj)));
+    }
+    let out = delete_object(&mut st, def, &obj, opts.policy, opts.grace);
+    collect_garbage(&mut st);
+    Ok(Reply::Json(200, present(def, &req.target.version, &out)))
+}
+
+/// The uid and resourceVersion preconditions of a delete, worded as the real server's store
+/// words them.
+pub(super) fn check_preconditions(
+    def: &ResourceDef,
+    name: &str,
+    obj: &Value,
+    opts: &Options,
+) -> Result<(), ApiError> {
     let m = |f: &str| {
         obj.pointer(&format!("/metadata/{f}"))
             .and_then(Value::as_str)
@@ -124,12 +146,7 @@ pub fn delete(shared: &Arc<Shared>, def: &ResourceDef, req: &Request) -> Result<
             )));
         }
     }
-    if opts.dry_run {
-        return Ok(Reply::Json(200, present(def, &req.target.version, &obj)));
-    }
-    let out = delete_object(&mut st, def, &obj, opts.policy, opts.grace);
-    collect_garbage(&mut st);
-    Ok(Reply::Json(200, present(def, &req.target.version, &out)))
+    Ok(())
 }
 
 pub fn delete_collection(
@@ -192,7 +209,7 @@ fn ns_name(obj: &Value) -> (String, String) {
 
 /// Deletes one object: removes it at once, or marks it with `deletionTimestamp` when
 /// finalizers (or a graceful pod shutdown) must run first. Returns the object as answered.
-fn delete_object(
+pub(super) fn delete_object(
     st: &mut State,
     def: &ResourceDef,
     obj: &Arc<Value>,
