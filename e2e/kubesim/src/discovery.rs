@@ -90,6 +90,7 @@ pub fn resources(reg: &Registry, group: &str, version: &str) -> Option<Value> {
         }
         if d.group.is_empty() && d.plural == "pods" {
             out.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]}));
+            out.push(json!({"name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}));
         }
     }
     if out.is_empty() {

@@ -3,6 +3,7 @@
 //! which are set up under the lock and then stream from a task.
 
 mod delete;
+mod eviction;
 mod logs;
 mod read;
 mod scale;
@@ -143,6 +144,14 @@ pub fn handle(shared: &Arc<Shared>, req: Request) -> Result<Reply, ApiError> {
         (Some("binding"), &Method::POST) if def.plural == "pods" && def.group.is_empty() => {
             return scale::bind(shared, &def, req)
         }
+        (Some("eviction"), m) if def.plural == "pods" && def.group.is_empty() => {
+            if m != Method::POST {
+                return Err(ApiError::method_not_allowed(format!(
+                    "the server does not allow this method on the requested resource ({m})"
+                )));
+            }
+            return eviction::evict(shared, &def, &req);
+        }
         (Some("token"), &Method::POST)
             if def.plural == "serviceaccounts" && def.group.is_empty() =>
         {
@@ -158,7 +167,6 @@ pub fn handle(shared: &Arc<Shared>, req: Request) -> Result<Reply, ApiError> {
                 | "attach"
                 | "portforward"
                 | "proxy"
-                | "eviction"
                 | "ephemeralcontainers"
                 | "resize"),
             ),

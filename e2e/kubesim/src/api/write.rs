@@ -124,7 +124,7 @@ fn check_kind(def: &ResourceDef, version: &str, obj: &mut Value) -> Result<(), A
 }
 
 /// Paths of fields present in `input` but dropped by decoding.
-fn unknown_fields(input: &Value, output: &Value, prefix: &str, out: &mut Vec<String>) {
+pub(super) fn unknown_fields(input: &Value, output: &Value, prefix: &str, out: &mut Vec<String>) {
     match (input, output) {
         (Value::Object(i), Value::Object(o)) => {
             for (k, v) in i {
