@@ -7,6 +7,9 @@
 //! - the prober: the failover engine beats on every turn of its loop, which wakes at least every
 //!   `decide_every` (200 ms) even with nothing to probe, so silence means it is wedged or gone.
 //!
+//! And one reported at once: leader election that cannot go on (the Lease is missing and this
+//! replica may not create it), which no restart fixes but which an admin must see.
+//!
 //! No I/O here: the HTTP route reads [`Health::check`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -31,6 +34,8 @@ struct Inner {
     prober_armed: AtomicBool,
     /// Milliseconds since `epoch` of the prober's last beat.
     prober_beat: AtomicU64,
+    /// Why leader election cannot go on, as the elector last reported it.
+    election: Mutex<Option<String>>,
 }
 
 /// The replica's liveness record, shared by the controller, the prober and `/healthz`.
@@ -56,7 +61,14 @@ impl Health {
             }),
             prober_armed: AtomicBool::new(false),
             prober_beat: AtomicU64::new(0),
+            election: Mutex::new(None),
         }))
+    }
+
+    /// Records why leader election cannot go on (`None`: it can); reported by
+    /// [`Health::check`] until cleared.
+    pub fn election_problem(&self, problem: Option<String>) {
+        *self.0.election.lock().unwrap_or_else(|p| p.into_inner()) = problem;
     }
 
     fn reconciles(&self) -> std::sync::MutexGuard<'_, Reconciles> {
@@ -113,6 +125,15 @@ impl Health {
                     limit.as_secs()
                 ));
             }
+        }
+        if let Some(p) = self
+            .0
+            .election
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            problems.push(p);
         }
         if problems.is_empty() {
             Ok(())
@@ -191,5 +212,18 @@ mod tests {
         beat.beat();
         assert_eq!(h.check_at(Instant::now()), Ok(()));
         Heartbeat::default().beat();
+    }
+
+    /// An election that cannot go on is reported at once, with its reason, until cleared.
+    #[test]
+    fn a_stalled_election_is_reported_until_cleared() {
+        let h = Health::new(LIMIT);
+        h.election_problem(Some("the Lease is missing".into()));
+        assert_eq!(
+            h.check_at(Instant::now()),
+            Err("the Lease is missing".to_string())
+        );
+        h.election_problem(None);
+        assert_eq!(h.check_at(Instant::now()), Ok(()));
     }
 }

@@ -10,9 +10,20 @@
 //! the renew deadline (lease duration minus one renew interval after the last renewal that
 //! succeeded). Past that deadline [`Leadership::is_leading`] turns false on its own clock, so
 //! every writer that checks it stops before a standby could consider the lease expired.
+//!
+//! One leader even when someone edits the Lease: a Lease that is missing, or that nobody holds
+//! without having released it (holder or renew time cleared by hand, or the chart's fresh Lease),
+//! is created or taken by a standby only after it has looked that way for a full lease
+//! duration, because a live leader may still be writing. The leader itself writes its claim back
+//! at once. Only a Lease its holder released (no holder, `leaseDurationSeconds: 1`, a renew
+//! time, as client-go and [`LeaderElector::release`] leave it) is taken at once.
+//!
+//! No write after the release: [`LeaderElector::release`] first refuses new writes, then waits
+//! until every write started through [`Leadership::write`] has been answered or cut at its
+//! deadline, and only then gives the Lease up.
 
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -23,9 +34,18 @@ use kube::Api;
 use tokio::sync::watch;
 
 use crate::error::status_code;
+use crate::health::Health;
 
 /// Name of the Lease used by the operator.
 pub const LEASE_NAME: &str = "flotilla-operator";
+
+/// The `leaseDurationSeconds` a released Lease carries (client-go writes the same): with no
+/// holder and a renew time, it marks a Lease given up by its holder, free at once.
+pub const RELEASED_DURATION_SECONDS: i32 = 1;
+
+/// How long past the renew deadline a release waits for writes that were cut at that deadline
+/// to be dropped by their tasks.
+const DRAIN_GRACE: Duration = Duration::from_secs(1);
 
 /// Timing of the election.
 #[derive(Debug, Clone, PartialEq)]
@@ -58,32 +78,63 @@ pub enum Decision {
     Renew,
     /// Free or expired: take it over.
     TakeOver,
-    /// Someone else holds a live lease.
+    /// Someone else holds a live lease, or a free or missing one may still have a live leader.
     Wait,
 }
 
 /// The record fields that show a holder is alive.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Record {
+    exists: bool,
     holder: Option<String>,
     renew: Option<Timestamp>,
 }
 
-/// Decides from the lease record, the time this record was first observed unchanged, and now.
+/// What this candidate knows besides the Lease's record.
+#[derive(Debug, Clone, Copy)]
+pub struct Seen {
+    /// This candidate holds the lease by its own clock (its last renewal is within the renew
+    /// deadline).
+    pub leading: bool,
+    /// When this candidate first saw the record (existence, holder, renew time) as it is now.
+    pub since: Instant,
+}
+
+/// Whether `spec` is a Lease released by its holder: no holder, a renew time, and
+/// [`RELEASED_DURATION_SECONDS`].
+fn released(spec: &LeaseSpec) -> bool {
+    spec.holder_identity.as_deref().is_none_or(str::is_empty)
+        && spec.renew_time.is_some()
+        && spec.lease_duration_seconds == Some(RELEASED_DURATION_SECONDS)
+}
+
+/// Decides from the lease record (`None`: no Lease), what this candidate has seen, and now.
+///
+/// A live leader recreates a missing Lease and writes itself back into one whose holder was
+/// cleared, at once. Anyone else waits until the record has been unchanged for `duration`,
+/// except for a Lease its holder released.
 pub fn decide(
     spec: Option<&LeaseSpec>,
     me: &str,
-    observed_since: Instant,
+    seen: Seen,
     now: Instant,
     duration: Duration,
 ) -> Decision {
+    let stale = now.saturating_duration_since(seen.since) >= duration;
     let Some(spec) = spec else {
-        return Decision::Create;
+        return if seen.leading || stale {
+            Decision::Create
+        } else {
+            Decision::Wait
+        };
     };
     match spec.holder_identity.as_deref() {
         Some(h) if h == me => Decision::Renew,
-        None | Some("") => Decision::TakeOver,
-        Some(_) if now.saturating_duration_since(observed_since) >= duration => Decision::TakeOver,
+        None | Some("") if seen.leading => Decision::Renew,
+        None | Some("") if released(spec) || stale => Decision::TakeOver,
+        None | Some("") => Decision::Wait,
+        Some(_) if seen.leading => Decision::Wait,
+        Some(_) if stale => Decision::TakeOver,
         Some(_) => Decision::Wait,
     }
 }
@@ -108,6 +159,10 @@ pub enum LeaseError {
         /// The time it was given.
         after: Duration,
     },
+    /// Writes were still in flight past their deadline, so the Lease was not released (a write
+    /// could otherwise land after a standby took over); it expires instead.
+    #[error("{0} write(s) still in flight past their deadline; not releasing the Lease")]
+    WritesInFlight(usize),
 }
 
 /// Why a write gated by [`Leadership::write`] was not completed.
@@ -131,24 +186,54 @@ enum Lead {
 
 /// Whether this replica may write now: a handle every writer checks immediately before each
 /// write. Leadership held through a lease ends by itself at the renew deadline, even if the task
-/// renewing the lease is stuck in a hanging call.
+/// renewing the lease is stuck in a hanging call. Writes made through [`Leadership::write`] are
+/// counted while in flight, so a release can wait for them.
 #[derive(Debug, Clone)]
-pub struct Leadership(watch::Receiver<Lead>);
+pub struct Leadership {
+    lead: watch::Receiver<Lead>,
+    writes: Arc<watch::Sender<usize>>,
+}
 
 /// Grants and revokes [`Leadership`]; held by whoever runs the election.
 #[derive(Debug)]
-pub struct LeadershipSetter(watch::Sender<Lead>);
+pub struct LeadershipSetter {
+    lead: watch::Sender<Lead>,
+    writes: Arc<watch::Sender<usize>>,
+}
+
+/// Counts one write as in flight until dropped.
+struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn enter(writes: &Arc<watch::Sender<usize>>) -> Self {
+        writes.send_modify(|n| *n += 1);
+        InFlight(writes.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
 
 impl Leadership {
     /// A handle that is not leading, and its setter.
     pub fn new() -> (LeadershipSetter, Leadership) {
         let (tx, rx) = watch::channel(Lead::No);
-        (LeadershipSetter(tx), Leadership(rx))
+        let writes = Arc::new(watch::Sender::new(0));
+        (
+            LeadershipSetter {
+                lead: tx,
+                writes: writes.clone(),
+            },
+            Leadership { lead: rx, writes },
+        )
     }
 
     /// Whether writes are allowed at this instant.
     pub fn is_leading(&self) -> bool {
-        match *self.0.borrow() {
+        match *self.lead.borrow() {
             Lead::No => false,
             Lead::Until(t) => Instant::now() < t,
             Lead::Unbounded => true,
@@ -159,7 +244,7 @@ impl Leadership {
     /// the time left before the renew deadline. A write bounded by it ends (on this side) before
     /// a standby could consider the lease expired, even if the API server hangs it.
     pub fn write_budget(&self, max: Duration) -> Option<Duration> {
-        match *self.0.borrow() {
+        match *self.lead.borrow() {
             Lead::No => None,
             Lead::Until(t) => {
                 let left = t.saturating_duration_since(Instant::now());
@@ -169,12 +254,16 @@ impl Leadership {
         }
     }
 
-    /// Runs the write `call` if this replica leads, bounded by [`Leadership::write_budget`].
+    /// Runs the write `call` if this replica leads, bounded by [`Leadership::write_budget`],
+    /// and counts it as in flight until it is answered or cut.
     pub async fn write<T>(
         &self,
         max: Duration,
         call: impl Future<Output = T>,
     ) -> Result<T, WriteLapsed> {
+        // Counted before leadership is checked, and [`LeadershipSetter::drain`] reads the count
+        // after leadership was revoked: a write either sees the revocation or is waited for.
+        let _in_flight = InFlight::enter(&self.writes);
         let budget = self.write_budget(max).ok_or(WriteLapsed::NotLeading)?;
         tokio::time::timeout(budget, call)
             .await
@@ -184,24 +273,41 @@ impl Leadership {
     /// Completes when leadership was granted, renewed or revoked; an error once the setter is
     /// gone. Expiry at the deadline is not announced: check [`Leadership::is_leading`].
     pub async fn changed(&mut self) -> Result<(), watch::error::RecvError> {
-        self.0.changed().await
+        self.lead.changed().await
     }
 }
 
 impl LeadershipSetter {
     /// Leading until `deadline` (extended by each renewal).
     pub fn lead_until(&self, deadline: Instant) {
-        self.0.send_replace(Lead::Until(deadline));
+        self.lead.send_replace(Lead::Until(deadline));
     }
 
     /// Leading without election (a single replica).
     pub fn lead_unbounded(&self) {
-        self.0.send_replace(Lead::Unbounded);
+        self.lead.send_replace(Lead::Unbounded);
     }
 
-    /// Not leading.
+    /// Not leading: new writes are refused from now on; those in flight go on (see
+    /// [`LeadershipSetter::drain`]).
     pub fn stop(&self) {
-        self.0.send_replace(Lead::No);
+        self.lead.send_replace(Lead::No);
+    }
+
+    /// Writes started through [`Leadership::write`] and not yet answered or cut.
+    pub fn writes_in_flight(&self) -> usize {
+        *self.writes.borrow()
+    }
+
+    /// Waits at most `within` until no write is in flight; the number still in flight after.
+    /// Call it after [`LeadershipSetter::stop`], so no new write starts meanwhile.
+    pub async fn drain(&self, within: Duration) -> usize {
+        let mut writes = self.writes.subscribe();
+        let idle = async move { writes.wait_for(|n| *n == 0).await.is_ok() };
+        match tokio::time::timeout(within, idle).await {
+            Ok(true) => 0,
+            _ => self.writes_in_flight(),
+        }
     }
 }
 
@@ -226,6 +332,9 @@ pub struct LeaderElector {
     identity: String,
     timing: LeaseTiming,
     observed: Mutex<Option<(Record, Instant)>>,
+    /// The renew deadline of this candidate's last successful claim, while it holds the lease.
+    held_until: Mutex<Option<Instant>>,
+    health: Option<Health>,
 }
 
 impl LeaderElector {
@@ -236,7 +345,30 @@ impl LeaderElector {
             identity: identity.into(),
             timing,
             observed: Mutex::new(None),
+            held_until: Mutex::new(None),
+            health: None,
         }
+    }
+
+    /// Reports in `health` (and so in `/healthz`) when the election cannot go on: the Lease is
+    /// missing and this replica may not create it.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
+    }
+
+    fn held_until(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.held_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn report(&self, problem: Option<String>) {
+        if let Some(h) = &self.health {
+            h.election_problem(problem);
+        }
+    }
+
+    fn namespace(&self) -> &str {
+        self.api.namespace().unwrap_or("default")
     }
 
     /// The timing in use.
@@ -259,6 +391,7 @@ impl LeaderElector {
 
     fn observe(&self, spec: Option<&LeaseSpec>, now: Instant) -> Instant {
         let rec = Record {
+            exists: spec.is_some(),
             holder: spec.and_then(|s| s.holder_identity.clone()),
             renew: spec.and_then(|s| s.renew_time.as_ref()).map(|t| t.0),
         };
@@ -280,10 +413,9 @@ impl LeaderElector {
             lease_duration_seconds: Some(
                 i32::try_from(self.timing.lease_duration.as_secs()).unwrap_or(15),
             ),
-            acquire_time: if takeover || previous.is_none() {
-                Some(now.clone())
-            } else {
-                previous.and_then(|p| p.acquire_time.clone())
+            acquire_time: match previous.and_then(|p| p.acquire_time.clone()) {
+                Some(t) if !takeover => Some(t),
+                _ => Some(now.clone()),
             },
             renew_time: Some(now),
             lease_transitions: Some(if takeover {
@@ -298,17 +430,24 @@ impl LeaderElector {
     /// Tries to acquire or renew the lease, giving the whole attempt at most `within`.
     /// `Ok(true)` when this candidate holds it afterwards.
     pub async fn try_acquire_or_renew(&self, within: Duration) -> Result<bool, LeaseError> {
-        let end = Instant::now() + within;
+        let started = Instant::now();
+        let end = started + within;
         let left = || end.saturating_duration_since(Instant::now());
         let current = bounded("get Lease", left(), self.api.get_opt(LEASE_NAME)).await?;
         // A Lease created without a spec (as the Helm chart creates it) is free.
         let free = LeaseSpec::default();
         let spec = current.as_ref().map(|l| l.spec.as_ref().unwrap_or(&free));
         let now = Instant::now();
-        let since = self.observe(spec, now);
-        match decide(spec, &self.identity, since, now, self.timing.lease_duration) {
+        let seen = Seen {
+            leading: self.held_until().is_some_and(|t| now < t),
+            since: self.observe(spec, now),
+        };
+        let held = match decide(spec, &self.identity, seen, now, self.timing.lease_duration) {
             Decision::Wait => Ok(false),
             Decision::Create => {
+                if seen.leading {
+                    tracing::warn!(lease = LEASE_NAME, "the Lease was deleted; recreating it");
+                }
                 let lease = Lease {
                     metadata: ObjectMeta {
                         name: Some(LEASE_NAME.into()),
@@ -323,7 +462,15 @@ impl LeaderElector {
                     Err(LeaseError::Kube { source, .. }) if status_code(&source) == Some(409) => {
                         Ok(false)
                     }
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        self.report(Some(format!(
+                            "leader election stalled: the Lease {}/{LEASE_NAME} does not exist \
+                             and this replica could not create it ({e}); create it again \
+                             (`helm upgrade` of the chart does)",
+                            self.namespace()
+                        )));
+                        return Err(e);
+                    }
                 }
             }
             d @ (Decision::Renew | Decision::TakeOver) => {
@@ -341,12 +488,41 @@ impl LeaderElector {
                     Err(e) => Err(e),
                 }
             }
+        };
+        if current.is_some() {
+            self.report(None);
         }
+        match held {
+            Ok(true) => *self.held_until() = Some(started + self.renew_deadline()),
+            Ok(false) => *self.held_until() = None,
+            Err(_) => {}
+        }
+        held
     }
 
-    /// Gives the lease up if this candidate holds it, so a standby takes over at once. Bounded
-    /// by one renew interval: a release that cannot finish leaves the lease to expire.
-    pub async fn release(&self) -> Result<(), LeaseError> {
+    /// Gives the lease up if this candidate holds it, so a standby takes over at once. First
+    /// revokes `leadership` (new writes are refused) and waits for the writes in flight: they
+    /// end by the renew deadline, when they are cut. Should one still be in flight after that,
+    /// the lease is left to expire, so no write lands after a standby took over. The release
+    /// itself is bounded by one renew interval; one that cannot finish leaves the lease to
+    /// expire.
+    pub async fn release(&self, leadership: &LeadershipSetter) -> Result<(), LeaseError> {
+        leadership.stop();
+        let deadline = self.held_until().take();
+        let wait = deadline.map_or(Duration::ZERO, |t| {
+            t.saturating_duration_since(Instant::now())
+        }) + DRAIN_GRACE;
+        let waiting = leadership.writes_in_flight();
+        if waiting > 0 {
+            tracing::info!(
+                writes = waiting,
+                "waiting for writes in flight before releasing the lease"
+            );
+        }
+        let left = leadership.drain(wait).await;
+        if left > 0 {
+            return Err(LeaseError::WritesInFlight(left));
+        }
         let within = self.timing.renew_interval;
         let Some(mut lease) = bounded("get Lease", within, self.api.get_opt(LEASE_NAME)).await?
         else {
@@ -359,9 +535,9 @@ impl LeaderElector {
             return Ok(());
         }
         spec.holder_identity = None;
-        spec.renew_time = None;
+        spec.renew_time = Some(MicroTime(Timestamp::now()));
         spec.acquire_time = None;
-        spec.lease_duration_seconds = Some(1);
+        spec.lease_duration_seconds = Some(RELEASED_DURATION_SECONDS);
         let pp = PostParams::default();
         let replace = self.api.replace(LEASE_NAME, &pp, &lease);
         bounded("release Lease", within, replace).await?;
@@ -438,7 +614,7 @@ impl LeaderElector {
 }
 
 fn leadership_deadline(s: &LeadershipSetter) -> watch::Ref<'_, Lead> {
-    s.0.borrow()
+    s.lead.borrow()
 }
 
 #[cfg(test)]
@@ -452,34 +628,91 @@ mod tests {
         }
     }
 
-    /// No lease → create; ours → renew; free → take over; someone else's → wait until it has
-    /// been unchanged for a full lease duration.
+    fn released() -> LeaseSpec {
+        LeaseSpec {
+            renew_time: Some(MicroTime(Timestamp::now())),
+            lease_duration_seconds: Some(RELEASED_DURATION_SECONDS),
+            ..LeaseSpec::default()
+        }
+    }
+
+    const D: Duration = Duration::from_secs(15);
+
+    /// A standby's view: `after` since it first saw the record.
+    fn standby(spec: Option<&LeaseSpec>, t0: Instant, after: u64) -> Decision {
+        let seen = Seen {
+            leading: false,
+            since: t0,
+        };
+        decide(spec, "a", seen, t0 + Duration::from_secs(after), D)
+    }
+
+    /// The leader's view, at once.
+    fn leader(spec: Option<&LeaseSpec>, t0: Instant) -> Decision {
+        let seen = Seen {
+            leading: true,
+            since: t0,
+        };
+        decide(spec, "a", seen, t0, D)
+    }
+
+    /// Ours → renew; someone else's → wait until it has been unchanged for a full lease
+    /// duration; released by its holder → take over at once.
     #[test]
     fn decisions() {
         let t0 = Instant::now();
-        let d = Duration::from_secs(15);
-        assert_eq!(decide(None, "a", t0, t0, d), Decision::Create);
-        assert_eq!(
-            decide(Some(&held_by(Some("a"))), "a", t0, t0, d),
-            Decision::Renew
-        );
-        assert_eq!(
-            decide(Some(&held_by(None)), "a", t0, t0, d),
-            Decision::TakeOver
-        );
-        assert_eq!(
-            decide(Some(&held_by(Some(""))), "a", t0, t0, d),
-            Decision::TakeOver
-        );
+        assert_eq!(standby(Some(&held_by(Some("a"))), t0, 0), Decision::Renew);
+        assert_eq!(leader(Some(&held_by(Some("a"))), t0), Decision::Renew);
         let b = held_by(Some("b"));
-        assert_eq!(
-            decide(Some(&b), "a", t0, t0 + Duration::from_secs(14), d),
-            Decision::Wait
-        );
-        assert_eq!(
-            decide(Some(&b), "a", t0, t0 + Duration::from_secs(15), d),
-            Decision::TakeOver
-        );
+        assert_eq!(standby(Some(&b), t0, 14), Decision::Wait);
+        assert_eq!(standby(Some(&b), t0, 15), Decision::TakeOver);
+        assert_eq!(standby(Some(&released()), t0, 0), Decision::TakeOver);
+    }
+
+    /// A reset Lease (holder cleared, renew time cleared, or no spec as the chart creates it)
+    /// may still have a live leader: a standby takes it only after a full lease duration, the
+    /// leader writes itself back at once.
+    #[test]
+    fn a_reset_lease_is_taken_only_after_a_lease_duration() {
+        let t0 = Instant::now();
+        let cleared = LeaseSpec {
+            renew_time: Some(MicroTime(Timestamp::now())),
+            lease_duration_seconds: Some(15),
+            ..LeaseSpec::default()
+        };
+        let no_renew_time = LeaseSpec {
+            renew_time: None,
+            ..released()
+        };
+        for spec in [held_by(None), held_by(Some("")), cleared, no_renew_time] {
+            assert_eq!(standby(Some(&spec), t0, 0), Decision::Wait, "{spec:?}");
+            assert_eq!(standby(Some(&spec), t0, 14), Decision::Wait, "{spec:?}");
+            assert_eq!(standby(Some(&spec), t0, 15), Decision::TakeOver, "{spec:?}");
+            assert_eq!(leader(Some(&spec), t0), Decision::Renew, "{spec:?}");
+        }
+    }
+
+    /// A missing Lease may have been deleted under a live leader: the leader recreates it at
+    /// once, a standby only once it has been missing for a full lease duration.
+    #[test]
+    fn a_missing_lease_is_recreated_by_its_leader_at_once() {
+        let t0 = Instant::now();
+        assert_eq!(leader(None, t0), Decision::Create);
+        assert_eq!(standby(None, t0, 0), Decision::Wait);
+        assert_eq!(standby(None, t0, 14), Decision::Wait);
+        assert_eq!(standby(None, t0, 15), Decision::Create);
+    }
+
+    /// A leader that finds someone else in the Lease has lost it, however long it looked at it.
+    #[test]
+    fn a_leader_that_finds_another_holder_stops() {
+        let t0 = Instant::now();
+        let seen = Seen {
+            leading: true,
+            since: t0,
+        };
+        let b = held_by(Some("b"));
+        assert_eq!(decide(Some(&b), "a", seen, t0 + D * 2, D), Decision::Wait);
     }
 
     /// A write may take at most its own timeout, and never past the renew deadline; without
@@ -504,5 +737,61 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(2));
         assert!(!lead.is_leading());
         assert_eq!(lead.write_budget(max), None);
+    }
+
+    /// A release waits for the writes in flight: a write that started before leadership was
+    /// revoked is answered before the drain returns, and none starts after.
+    #[tokio::test]
+    async fn drain_waits_for_writes_in_flight_and_refuses_new_ones() {
+        let (set, lead) = Leadership::new();
+        set.lead_until(Instant::now() + Duration::from_secs(10));
+        let (answer, answered) = tokio::sync::oneshot::channel::<()>();
+        let writer = lead.clone();
+        let write = tokio::spawn(async move {
+            writer
+                .write(Duration::from_secs(8), async {
+                    let _ = answered.await;
+                    Instant::now()
+                })
+                .await
+        });
+        while set.writes_in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        set.stop();
+        assert_eq!(
+            lead.write(Duration::from_secs(8), async {}).await,
+            Err(WriteLapsed::NotLeading)
+        );
+        assert_eq!(set.drain(Duration::from_millis(50)).await, 1);
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let _ = answer.send(());
+        });
+        assert_eq!(set.drain(Duration::from_secs(5)).await, 0);
+        let done = Instant::now();
+        let landed = write.await.ok().and_then(Result::ok);
+        assert!(landed.is_some_and(|t| t <= done), "{landed:?}");
+    }
+
+    /// A write cut at the renew deadline is no longer in flight: the drain does not wait past it.
+    #[tokio::test]
+    async fn drain_ends_with_writes_cut_at_their_deadline() {
+        let (set, lead) = Leadership::new();
+        set.lead_until(Instant::now() + Duration::from_millis(200));
+        let writer = lead.clone();
+        let write = tokio::spawn(async move {
+            writer
+                .write(Duration::from_secs(8), std::future::pending::<()>())
+                .await
+        });
+        while set.writes_in_flight() == 0 {
+            tokio::task::yield_now().await;
+        }
+        set.stop();
+        let started = Instant::now();
+        assert_eq!(set.drain(Duration::from_secs(5)).await, 0);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(matches!(write.await, Ok(Err(WriteLapsed::Timeout(_)))));
     }
 }
