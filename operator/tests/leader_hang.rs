@@ -1,6 +1,6 @@
-//! One leader even when the API server hangs: two operator replicas on kubesim, the leader's
-//! Lease renewals hang (the fault matches only its holder identity), and the test records every
-//! write each replica's client sends.
+//! One leader even when the API server hangs or is slow: operator replicas on kubesim whose
+//! clients record every write they send. The leader's Lease renewals hang (the fault matches only
+//! its holder identity), or a write is slow when the leader is asked to stop.
 
 // Each test binary uses a different part of the shared harness.
 #[allow(dead_code)]
@@ -13,9 +13,11 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use flotilla_crds::FAILOVER_FIELD_MANAGER;
 use flotilla_operator::leader::{LeaseTiming, LEASE_NAME};
 use flotilla_operator::{OperatorConfig, RunError};
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Api;
 use kubesim::faults::LatencyRule;
@@ -29,23 +31,62 @@ const TIMING: LeaseTiming = LeaseTiming {
     retry_interval: Duration::from_millis(250),
 };
 
+/// A renew deadline (9 s) well above [`SLOW_WRITE`], so the slow write is within the leader's
+/// write budget and finishes rather than being cut.
+const SLOW_WRITE_TIMING: LeaseTiming = LeaseTiming {
+    lease_duration: Duration::from_secs(10),
+    renew_interval: Duration::from_secs(1),
+    retry_interval: Duration::from_millis(250),
+};
+
+/// How long the API server holds the write in flight when the leader is asked to stop.
+const SLOW_WRITE: Duration = Duration::from_millis(1500);
+
 /// One write request as the replica's client saw it: from the call until the answer arrived
 /// or the caller gave up on it.
 #[derive(Debug, Clone)]
 struct Write {
     who: &'static str,
     what: String,
+    /// A write of the Lease itself (renewal, takeover, release).
+    lease: bool,
     start: Instant,
     end: Instant,
 }
 
+/// Finished writes, and those still waiting for their answer.
 #[derive(Debug, Clone, Default)]
-struct Writes(Arc<Mutex<Vec<Write>>>);
+struct Writes(Arc<Mutex<(Vec<Write>, Vec<(&'static str, String)>)>>);
 
 impl Writes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Write>, Vec<(&'static str, String)>)> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// `who`'s finished writes other than the Lease's.
     fn of(&self, who: &str) -> Vec<Write> {
-        let all = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        all.iter().filter(|w| w.who == who).cloned().collect()
+        let all = self.lock();
+        all.0
+            .iter()
+            .filter(|w| w.who == who && !w.lease)
+            .cloned()
+            .collect()
+    }
+
+    /// `who`'s finished writes of the Lease.
+    fn lease_writes_of(&self, who: &str) -> Vec<Write> {
+        let all = self.lock();
+        all.0
+            .iter()
+            .filter(|w| w.who == who && w.lease)
+            .cloned()
+            .collect()
+    }
+
+    /// Whether `who` is waiting for the answer to a write whose method, path and query
+    /// `matches`.
+    fn in_flight(&self, who: &str, matches: impl Fn(&str) -> bool) -> bool {
+        self.lock().1.iter().any(|(w, p)| *w == who && matches(p))
     }
 }
 
@@ -53,8 +94,22 @@ impl Writes {
 struct InFlight {
     who: &'static str,
     what: String,
+    lease: bool,
     start: Instant,
     log: Writes,
+}
+
+impl InFlight {
+    fn new(who: &'static str, what: String, lease: bool, log: Writes) -> Self {
+        log.lock().1.push((who, what.clone()));
+        InFlight {
+            who,
+            what,
+            lease,
+            start: Instant::now(),
+            log,
+        }
+    }
 }
 
 impl Drop for InFlight {
@@ -62,14 +117,23 @@ impl Drop for InFlight {
         let w = Write {
             who: self.who,
             what: std::mem::take(&mut self.what),
+            lease: self.lease,
             start: self.start,
             end: Instant::now(),
         };
-        self.log.0.lock().unwrap_or_else(|p| p.into_inner()).push(w);
+        let mut all = self.log.lock();
+        if let Some(i) = all
+            .1
+            .iter()
+            .position(|(who, what)| *who == w.who && *what == w.what)
+        {
+            all.1.remove(i);
+        }
+        all.0.push(w);
     }
 }
 
-/// A client layer logging every request that is not a read and not about the Lease.
+/// A client layer logging every request that is not a read.
 struct Recording<S> {
     inner: S,
     who: &'static str,
@@ -91,12 +155,15 @@ where
 
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let path = req.uri().path().to_owned();
-        let write = req.method() != http::Method::GET && !path.contains("/leases");
-        let guard = write.then(|| InFlight {
-            who: self.who,
-            what: format!("{} {path}", req.method()),
-            start: Instant::now(),
-            log: self.log.clone(),
+        let write = req.method() != http::Method::GET;
+        let guard = write.then(|| {
+            let query = req
+                .uri()
+                .query()
+                .map(|q| format!("?{q}"))
+                .unwrap_or_default();
+            let what = format!("{} {path}{query}", req.method());
+            InFlight::new(self.who, what, path.contains("/leases"), self.log.clone())
         });
         let call = self.inner.call(req);
         Box::pin(async move {
@@ -110,11 +177,21 @@ where
 /// A replica running in-process with its own recording client; its result and the time it
 /// returned come back through the join handle.
 struct Replica {
-    _stop: oneshot::Sender<()>,
+    /// Dropping it asks the replica to shut down.
+    stop: oneshot::Sender<()>,
     task: JoinHandle<(Result<(), RunError>, Instant)>,
 }
 
 async fn replica(env: &Harness, writes: &Writes, who: &'static str) -> Result<Replica> {
+    replica_with(env, writes, who, TIMING).await
+}
+
+async fn replica_with(
+    env: &Harness,
+    writes: &Writes,
+    who: &'static str,
+    timing: LeaseTiming,
+) -> Result<Replica> {
     let path = env.local().context("needs kubesim")?.kubeconfig_path();
     let kubeconfig = Kubeconfig::read_from(path)?;
     let config =
@@ -132,7 +209,7 @@ async fn replica(env: &Harness, writes: &Writes, who: &'static str) -> Result<Re
         leader_election: true,
         leader_election_namespace: Some(env.ns.clone()),
         identity: Some(who.to_string()),
-        lease_timing: TIMING,
+        lease_timing: timing,
         ..test_config()
     };
     let (stop, stopped) = oneshot::channel::<()>();
@@ -143,7 +220,7 @@ async fn replica(env: &Harness, writes: &Writes, who: &'static str) -> Result<Re
         let r = run.await;
         (r, Instant::now())
     });
-    Ok(Replica { _stop: stop, task })
+    Ok(Replica { stop, task })
 }
 
 async fn wait_holder(env: &Harness, who: &str) -> Result<()> {
@@ -229,6 +306,97 @@ async fn leader_with_hanging_renewals_stops_writing_before_the_standby_takes_ove
                 taken_over < TIMING.lease_duration + Duration::from_secs(2),
                 "takeover after {taken_over:?}"
             );
+            Ok(())
+        })
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_stopping_leader_releases_the_lease_only_after_its_writes_in_flight() -> Result<()> {
+    // No write lands after the release: asked to stop while a write of its failover writer
+    // (which the controller's drain does not cover) is slow on the API server, the leader
+    // releases the Lease only once that write has been answered.
+    let env = start_without_operator("leader-release").await?;
+    env.run(|env| {
+        Box::pin(async move {
+            let writes = Writes::default();
+            let a = replica_with(env, &writes, "op-a", SLOW_WRITE_TIMING).await?;
+            wait_holder(env, "op-a").await?;
+            let created = env.create("users", spec("flotilla/users:0.1.0")).await?;
+            env.wait("op-a to write the status", || async {
+                let ms = env.msvcs().get("users").await?;
+                let observed = ms.status.and_then(|s| s.observed_generation);
+                Ok((observed.is_some() && observed == created.metadata.generation).then_some(()))
+            })
+            .await?;
+
+            let faults = env.kubesim()?.faults();
+            faults.add_latency(LatencyRule {
+                verb: Some("patch".into()),
+                resource: Some("microservices/status".into()),
+                millis: u64::try_from(SLOW_WRITE.as_millis())?,
+                holder_identity: None,
+            });
+            // A failover report on a service without failover: the leader's failover writer
+            // withdraws it, with a status write that the API server now holds.
+            let report = serde_json::json!({
+                "apiVersion": "flotilla.rs/v1alpha1",
+                "kind": "MicroService",
+                "status": {"failover": {"healthyPods": 1, "totalPods": 1}},
+            });
+            env.msvcs()
+                .patch_status(
+                    "users",
+                    &PatchParams::apply(FAILOVER_FIELD_MANAGER).force(),
+                    &Patch::Apply(&report),
+                )
+                .await?;
+            let status = format!(
+                "PATCH /apis/flotilla.rs/v1alpha1/namespaces/{}/microservices/users/status?",
+                env.ns
+            );
+            let manager = format!("fieldManager={FAILOVER_FIELD_MANAGER}");
+            let withdrawal = |what: &str| what.starts_with(&status) && what.contains(&manager);
+            env.poll("op-a's withdrawal to be in flight", || async {
+                Ok(writes.in_flight("op-a", withdrawal).then_some(()))
+            })
+            .await?;
+
+            drop(a.stop);
+            let (result, _) = tokio::time::timeout(Duration::from_secs(30), a.task)
+                .await
+                .context("op-a did not stop")??;
+            result.context("op-a should stop cleanly")?;
+            faults.clear();
+
+            let answered = writes
+                .of("op-a")
+                .into_iter()
+                .filter(|w| withdrawal(&w.what))
+                .map(|w| w.end)
+                .max()
+                .context("op-a's withdrawal was never answered")?;
+            let release = writes
+                .lease_writes_of("op-a")
+                .into_iter()
+                .max_by_key(|w| w.start)
+                .context("op-a wrote no Lease")?;
+            let leases: Api<Lease> = Api::namespaced(env.client.clone(), &env.ns);
+            let holder = leases
+                .get(LEASE_NAME)
+                .await?
+                .spec
+                .and_then(|s| s.holder_identity);
+            if holder.is_some() {
+                bail!("op-a stopped without releasing the Lease (holder {holder:?})");
+            }
+            if release.start < answered {
+                bail!(
+                    "op-a released the Lease {:?} before its write in flight was answered",
+                    answered - release.start
+                );
+            }
             Ok(())
         })
     })
