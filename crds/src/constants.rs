@@ -107,6 +107,10 @@ pub mod reasons {
     /// The API server refused one of the operator's requests (403): its RBAC lacks a verb on a
     /// resource, named in the message. The operator retries with backoff until it is granted.
     pub const FORBIDDEN: &str = "Forbidden";
+    /// The operator's admission policy (`--allowed-image-prefixes`, `--allowed-service-accounts`,
+    /// `--allowed-service-types`) does not allow what the spec asks for; the message names the
+    /// field and the allowed values. Nothing is applied until the spec changes.
+    pub const POLICY_REFUSED: &str = "PolicyRefused";
     /// The operator could not apply the children (transient; it retries).
     pub const APPLY_FAILED: &str = "ApplyFailed";
     /// No problem found.

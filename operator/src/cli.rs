@@ -4,12 +4,14 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use flotilla_crds::ServiceType;
 
 use std::time::Duration;
 
 use crate::config::{OperatorConfig, DEFAULT_CONCURRENCY};
 use crate::health::DEFAULT_STALL_AFTER;
 use crate::kube_client::{ClientTimeouts, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
+use crate::policy::{parse_image_prefix, parse_service_type, AdmissionPolicy};
 use crate::telemetry::LogFormat;
 
 /// The Flotilla operator: runs MicroServices as Deployments, Services, ConfigMaps and
@@ -96,6 +98,27 @@ pub struct RunArgs {
     /// off, such services are reported as with `Report`.
     #[arg(long, env = "FLOTILLA_STICKY_RESTARTS", default_value_t = false)]
     pub sticky_restarts: bool,
+    /// Images MicroServices may run: comma-separated prefixes of `spec.image` as written, each
+    /// ending with '/', ':' or '@' (e.g. `registry.example.com/shop/,flotilla/users:`). A
+    /// MicroService with another image is not applied and reports `PolicyRefused`. Unset: any
+    /// image.
+    #[arg(long, env = "FLOTILLA_ALLOWED_IMAGE_PREFIXES", value_delimiter = ',',
+          value_name = "PREFIX", value_parser = parse_image_prefix)]
+    pub allowed_image_prefixes: Vec<String>,
+    /// ServiceAccounts MicroService pods may run as: comma-separated names, valid in every
+    /// namespace; an unset `spec.serviceAccountName` counts as `default`. Unset: any.
+    #[arg(
+        long,
+        env = "FLOTILLA_ALLOWED_SERVICE_ACCOUNTS",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub allowed_service_accounts: Vec<String>,
+    /// Service types MicroServices may ask for: comma-separated `ClusterIP`, `NodePort`,
+    /// `LoadBalancer`. Unset: any.
+    #[arg(long, env = "FLOTILLA_ALLOWED_SERVICE_TYPES", value_delimiter = ',',
+          value_name = "TYPE", value_parser = parse_service_type)]
+    pub allowed_service_types: Vec<ServiceType>,
 }
 
 impl RunArgs {
@@ -111,7 +134,22 @@ impl RunArgs {
             verdict_key_file: self.verdict_key_file.clone(),
             verdict_next_key_file: self.verdict_next_key_file.clone(),
             sticky_restarts: self.sticky_restarts,
+            policy: self.policy(),
             ..OperatorConfig::default()
+        }
+    }
+
+    /// The admission policy these flags describe (blank service account names dropped).
+    pub fn policy(&self) -> AdmissionPolicy {
+        AdmissionPolicy {
+            image_prefixes: self.allowed_image_prefixes.clone(),
+            service_accounts: self
+                .allowed_service_accounts
+                .iter()
+                .map(|a| a.trim().to_string())
+                .filter(|a| !a.is_empty())
+                .collect(),
+            service_types: self.allowed_service_types.clone(),
         }
     }
 
@@ -209,5 +247,42 @@ mod tests {
             Cli::parse_from(["flotilla-operator", "crd"]).into_command(),
             Command::Crd
         ));
+    }
+
+    /// The policy flags take comma-separated lists into the admission policy; an image prefix
+    /// that would admit more than it says, or an unknown Service type, is refused at start-up.
+    #[test]
+    fn policy_flags_parse() {
+        let cli = Cli::try_parse_from([
+            "flotilla-operator",
+            "--allowed-image-prefixes",
+            "registry.example.com/shop/,flotilla/users:",
+            "--allowed-service-accounts",
+            "default,shop-app",
+            "--allowed-service-types",
+            "ClusterIP,NodePort",
+        ]);
+        let policy = match cli.map(Cli::into_command) {
+            Ok(Command::Run(a)) => a.to_config().policy,
+            other => panic!("expected run, got {other:?}"),
+        };
+        assert_eq!(
+            policy,
+            AdmissionPolicy {
+                image_prefixes: vec![
+                    "registry.example.com/shop/".into(),
+                    "flotilla/users:".into()
+                ],
+                service_accounts: vec!["default".into(), "shop-app".into()],
+                service_types: vec![ServiceType::ClusterIP, ServiceType::NodePort],
+            }
+        );
+        for bad in [
+            ["--allowed-image-prefixes", "docker.io/library/nginx"],
+            ["--allowed-service-types", "ExternalName"],
+        ] {
+            let parsed = Cli::try_parse_from(["flotilla-operator", bad[0], bad[1]]);
+            assert!(parsed.is_err(), "{bad:?} was accepted");
+        }
     }
 }

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::health::DEFAULT_STALL_AFTER;
 use crate::leader::LeaseTiming;
+use crate::policy::AdmissionPolicy;
 
 /// Default address of the metrics/health server.
 pub const DEFAULT_METRICS_ADDR: SocketAddr =
@@ -39,6 +40,8 @@ pub struct OperatorConfig {
     pub verdict_next_key_file: Option<PathBuf>,
     /// Whether `stickyConnections: Restart` may evict pods.
     pub sticky_restarts: bool,
+    /// What MicroServices may ask for; the default restricts nothing.
+    pub policy: AdmissionPolicy,
 }
 
 impl Default for OperatorConfig {
@@ -55,6 +58,7 @@ impl Default for OperatorConfig {
             verdict_key_file: None,
             verdict_next_key_file: None,
             sticky_restarts: false,
+            policy: AdmissionPolicy::default(),
         }
     }
 }

@@ -17,6 +17,7 @@ use crate::cache::Stores;
 use crate::events::EventSink;
 use crate::leader::{Leadership, WriteLapsed};
 use crate::metrics::Metrics;
+use crate::policy::AdmissionPolicy;
 
 /// First retry delay after a transient error; doubles per consecutive failure.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -37,6 +38,8 @@ pub struct Context {
     pub leadership: Leadership,
     /// What the builders take from the operator (the verdict keys).
     pub build_inputs: OperatorInputs,
+    /// What MicroServices may ask for (`--allowed-*`); open unless set with [`Self::with_policy`].
+    pub policy: AdmissionPolicy,
     /// Consecutive transient failures per MicroService, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<MicroService>, u32>>,
 }
@@ -59,8 +62,15 @@ impl Context {
             stores,
             leadership,
             build_inputs,
+            policy: AdmissionPolicy::default(),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The same context, checking MicroServices against `policy`.
+    pub fn with_policy(mut self, policy: AdmissionPolicy) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// Counts one more consecutive failure of `key` and returns the delay before its retry.

@@ -319,14 +319,10 @@ pub async fn run(
     let build_inputs = OperatorInputs {
         verdict_keys: Some(verdict_keys.published().to_owned()),
     };
-    let ctx = Arc::new(Context::new(
-        client,
-        recorder,
-        metrics,
-        stores,
-        leadership,
-        build_inputs,
-    ));
+    let ctx = Arc::new(
+        Context::new(client, recorder, metrics, stores, leadership, build_inputs)
+            .with_policy(config.policy.clone()),
+    );
     controller
         .owns_stream(deployments)
         .owns_stream(services)

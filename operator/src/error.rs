@@ -3,6 +3,7 @@
 //! operator (leadership lost, a server that cannot bind); leader election and the HTTP server
 //! have their own error types ([`crate::leader::LeaseError`], [`crate::http::BindError`]).
 
+use crate::policy::PolicyRefusal;
 use crate::validate::InvalidSpec;
 
 /// Why a reconcile failed, from a fixed set.
@@ -10,6 +11,8 @@ use crate::validate::InvalidSpec;
 pub enum Category {
     /// The spec passed the schema but cannot be realised.
     InvalidSpec,
+    /// The operator's admission policy does not allow what the spec asks for.
+    PolicyRefused,
     /// The API server refused an object built from the spec (400 or 422).
     Rejected,
     /// A child's name is taken by an object Flotilla does not control.
@@ -43,6 +46,7 @@ impl Category {
     pub fn label(self) -> &'static str {
         match self {
             Category::InvalidSpec => "invalid_spec",
+            Category::PolicyRefused => "policy_refused",
             Category::Rejected => "rejected",
             Category::ChildConflict => "child_conflict",
             Category::MissingField => "missing_field",
@@ -63,6 +67,7 @@ impl Category {
     pub fn event_reason(self) -> &'static str {
         match self {
             Category::InvalidSpec => flotilla_crds::reasons::INVALID_SPEC,
+            Category::PolicyRefused => flotilla_crds::reasons::POLICY_REFUSED,
             Category::Rejected => "Rejected",
             Category::ChildConflict => flotilla_crds::reasons::CHILD_CONFLICT,
             Category::MissingField => "MissingField",
@@ -83,6 +88,7 @@ impl Category {
         matches!(
             self,
             Category::InvalidSpec
+                | Category::PolicyRefused
                 | Category::Rejected
                 | Category::ChildConflict
                 | Category::MissingField
@@ -96,6 +102,10 @@ pub enum ReconcileError {
     /// The spec passed the schema but cannot be realised.
     #[error("invalid spec: {0}")]
     InvalidSpec(#[from] InvalidSpec),
+
+    /// The operator's admission policy does not allow what the spec asks for.
+    #[error("refused by the operator's policy: {0}")]
+    PolicyRefused(#[from] PolicyRefusal),
 
     /// The API server refused an object built from the spec (for example an invalid quantity).
     #[error("{kind} {name} rejected by the API server: {message}")]
@@ -173,6 +183,7 @@ impl ReconcileError {
     pub fn category(&self) -> Category {
         match self {
             ReconcileError::InvalidSpec(_) => Category::InvalidSpec,
+            ReconcileError::PolicyRefused(_) => Category::PolicyRefused,
             ReconcileError::Rejected { .. } => Category::Rejected,
             ReconcileError::ChildConflict { .. } => Category::ChildConflict,
             ReconcileError::MissingField(_) => Category::MissingField,
@@ -295,6 +306,27 @@ mod tests {
             assert!(!e.is_permanent());
             assert_eq!(e.category(), cat);
         }
+    }
+
+    /// A refusal by the admission policy is permanent (the policy changes only with a restart,
+    /// which reconciles everything again) and has its own metric label and Event reason.
+    #[test]
+    fn policy_refusal_is_permanent() {
+        let e = ReconcileError::PolicyRefused(PolicyRefusal {
+            refusals: vec![crate::policy::Refusal {
+                field: "spec.image",
+                value: "\"evil/x:1\"".into(),
+                allowed: "image prefixes shop/".into(),
+            }],
+        });
+        assert_eq!(e.category(), Category::PolicyRefused);
+        assert!(e.is_permanent() && e.is_reported());
+        assert_eq!(e.category().label(), "policy_refused");
+        assert_eq!(e.category().event_reason(), "PolicyRefused");
+        assert_eq!(
+            e.message(),
+            "refused by the operator's policy: spec.image: \"evil/x:1\" is not allowed by the operator's policy (allowed image prefixes shop/)"
+        );
     }
 
     /// A refusal by RBAC is reported in status (with the server's message, which names the verb

@@ -1,4 +1,4 @@
-//! The reconciler, read top to bottom: [`validate`] → [`build`] → [`rollout::prepare`] →
+//! The reconciler, read top to bottom: [`validate`] → the admission policy → [`build`] → [`rollout::prepare`] →
 //! [`apply_all`] → [`rollout::finish`] → [`status::report`], and the error policy that separates permanent errors (report in status,
 //! wait for a change) from transient ones (requeue with backoff). No API calls of its own.
 
@@ -66,6 +66,9 @@ async fn reconcile_inner(ms: &MicroService, ctx: &Context) -> Result<Action, Rec
         Ok(v) => v,
         Err(invalid) => return fail(ctx, ms, &[], invalid.into()).await,
     };
+    if let Err(refusal) = ctx.policy.check(&validated.spec.spec) {
+        return fail(ctx, ms, &[], refusal.into()).await;
+    }
     let missing = &validated.missing_dependencies;
     let mut desired = build(&validated.spec, &ctx.build_inputs);
     let step = rollout::prepare(ctx, ms, &validated.spec, &mut desired).await?;
@@ -99,6 +102,7 @@ async fn fail(
     let reason = match err.category() {
         Category::ChildConflict => reasons::CHILD_CONFLICT,
         Category::Forbidden => reasons::FORBIDDEN,
+        Category::PolicyRefused => reasons::POLICY_REFUSED,
         _ => reasons::INVALID_SPEC,
     };
     let report = Report {

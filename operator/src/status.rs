@@ -175,6 +175,14 @@ pub fn compute(i: StatusInputs<'_>) -> MicroServiceStatus {
             )
         }
     };
+    // A MicroService the admission policy refuses is not ready whatever an earlier Deployment
+    // does: its current spec will not run until it changes.
+    let (ready_ok, ready_reason, ready_msg) = match i.problem {
+        Some(p) if p.reason == reasons::POLICY_REFUSED => {
+            (false, reasons::POLICY_REFUSED, p.message.to_string())
+        }
+        _ => (ready_ok, ready_reason, ready_msg),
+    };
     let (degraded, deg_reason, deg_msg) = if let Some(p) = i.problem {
         (true, p.reason, p.message.to_string())
     } else if r.as_ref().is_some_and(|r| r.deadline_exceeded) {

@@ -137,6 +137,34 @@ fn invalid_spec_is_degraded() {
     );
 }
 
+/// A spec the admission policy refuses is not Ready even while an earlier Deployment serves:
+/// Ready and Degraded both say PolicyRefused with the refusal's message.
+#[test]
+fn policy_refusal_is_not_ready() {
+    let t = now();
+    let d = dep(2, 1, 1, 2, 2, 2);
+    let mut i = inputs(Some(&d), &[], &t);
+    let message = "refused by the operator's policy: spec.image: \"evil/x:1\" is not allowed";
+    i.problem = Some(Problem {
+        reason: reasons::POLICY_REFUSED,
+        message,
+    });
+    let s = compute(i);
+    for type_ in ["Ready", "Degraded"] {
+        let c = cond(&s, type_);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+            (
+                if type_ == "Ready" { "False" } else { "True" },
+                "PolicyRefused",
+                message
+            ),
+            "{type_}"
+        );
+    }
+    assert_eq!(s.ready.as_deref(), Some("2/2"));
+}
+
 /// Recomputing an unchanged status keeps transition times and needs no write; the failover
 /// engine's fields do not count as a difference.
 #[test]
