@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use bytes::Bytes;
 use flotilla_kit::server::{DrainOptions, Running};
 use flotilla_kit::{Health, Kit};
@@ -14,26 +14,42 @@ use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
 use warp::Filter;
 
 const TOKEN: &str = "9f2c1e7a4b8d0c3e6f1a5b9d";
 
 async fn start(opts: DrainOptions) -> Result<Running> {
+    Ok(start_counting(opts).await?.0)
+}
+
+/// The server, and how many `/slow` requests have reached their handler: `/slow` never
+/// answers, a request that keeps its connection busy.
+async fn start_counting(opts: DrainOptions) -> Result<(Running, watch::Receiver<usize>)> {
     let kit = Kit::new(Health::builder().build(), Some(TOKEN.to_owned()))?;
-    // `/slow` never answers: a request that keeps its connection busy.
     let never = warp::path!("never").map(|| flotilla_kit::tag("/never", "x"));
-    let slow = warp::path!("slow").and_then(|| async {
-        std::future::pending::<()>().await;
-        Ok::<_, warp::Rejection>(flotilla_kit::tag("/slow", "x"))
+    let (entered, count) = watch::channel(0usize);
+    let entered = std::sync::Arc::new(entered);
+    let slow = warp::path!("slow").and_then(move || {
+        let entered = entered.clone();
+        async move {
+            entered.send_modify(|n| *n += 1);
+            std::future::pending::<()>().await;
+            Ok::<_, warp::Rejection>(flotilla_kit::tag("/slow", "x"))
+        }
     });
     let api = never.or(slow).unify();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    Ok(Running::start(
-        listener,
-        kit.filter(api),
-        kit.health.clone(),
-        opts,
-    )?)
+    let running = Running::start(listener, kit.filter(api), kit.health.clone(), opts)?;
+    Ok((running, count))
+}
+
+/// Waits until `n` `/slow` requests are in their handler: their connections are busy.
+async fn busy(count: &mut watch::Receiver<usize>, n: usize) -> Result<()> {
+    tokio::time::timeout(Duration::from_secs(10), count.wait_for(|c| *c >= n))
+        .await
+        .context("slow requests never arrived")??;
+    Ok(())
 }
 
 /// Reads until the status line is complete; returns its code. Fails after `within`.
@@ -242,7 +258,7 @@ async fn health_answers_while_every_slot_is_busy_and_traffic_gets_503() -> Resul
     // answered 503 and the connection closed (HTTP/1.1 and HTTP/2), so traffic cannot keep
     // the reserve.
     const MAX: usize = 4;
-    let srv = start(DrainOptions {
+    let (srv, mut count) = start_counting(DrainOptions {
         max_connections: MAX,
         health_connections: 2,
         // The busy requests never finish; do not wait for them at the end.
@@ -250,22 +266,11 @@ async fn health_answers_while_every_slot_is_busy_and_traffic_gets_503() -> Resul
         ..DrainOptions::default()
     })
     .await?;
-    let mut busy = Vec::new();
+    let mut slow = Vec::new();
     for _ in 0..MAX {
-        busy.push(h1_sent(srv.addr, "/slow").await?);
+        slow.push(h1_sent(srv.addr, "/slow").await?);
     }
-    // The busy requests have arrived once their connections no longer count as idle: a probe
-    // then goes to the reserve. Poll with a deadline until a traffic request is refused.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (code, _) = probe(srv.addr, "/never").await?;
-        if code == 503 {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("traffic still served over the cap: {code}");
-        }
-    }
+    busy(&mut count, MAX).await?;
     assert_health_prompt(srv.addr, &["/healthz", "/readyz", "/metrics"]).await?;
 
     let mut refused = h1_sent(srv.addr, "/never").await?;
@@ -279,7 +284,7 @@ async fn health_answers_while_every_slot_is_busy_and_traffic_gets_503() -> Resul
         .context("HTTP/2 connection kept after a refused request")??;
 
     // The busy connections are still served: nothing was taken from them.
-    for s in &mut busy {
+    for s in &mut slow {
         let mut buf = [0u8; 1];
         assert!(
             tokio::time::timeout(Duration::from_millis(10), s.read(&mut buf))
@@ -288,7 +293,7 @@ async fn health_answers_while_every_slot_is_busy_and_traffic_gets_503() -> Resul
             "a busy connection was closed"
         );
     }
-    drop(busy);
+    drop(slow);
     srv.stop().await?;
     Ok(())
 }
@@ -325,13 +330,14 @@ async fn idle_connections_close_after_the_idle_timeout() -> Result<()> {
     // answer and an HTTP/2 connection with no open stream are each closed once idle for the
     // idle timeout; a connection with a request in progress is not.
     const IDLE: Duration = Duration::from_millis(300);
-    let srv = start(DrainOptions {
+    let (srv, mut count) = start_counting(DrainOptions {
         idle_timeout: IDLE,
         drain_timeout: Duration::from_millis(100),
         ..DrainOptions::default()
     })
     .await?;
-    let mut busy = h1_sent(srv.addr, "/slow").await?;
+    let mut slow = h1_sent(srv.addr, "/slow").await?;
+    busy(&mut count, 1).await?;
     let mut silent = TcpStream::connect(srv.addr).await?;
     let took = closed(&mut silent, Duration::from_secs(5)).await?;
     println!("silent connection closed after {took:?}");
@@ -356,7 +362,7 @@ async fn idle_connections_close_after_the_idle_timeout() -> Result<()> {
     // By now the busy connection has been open for several idle timeouts.
     let mut buf = [0u8; 1];
     assert!(
-        tokio::time::timeout(Duration::from_millis(10), busy.read(&mut buf))
+        tokio::time::timeout(Duration::from_millis(10), slow.read(&mut buf))
             .await
             .is_err(),
         "a connection with a request in progress was closed"

@@ -8,6 +8,18 @@
 //! the Service. A call answered in that state also closes its connection after the answer, so
 //! a client that reconnects here before the endpoints moved leaves on its next call.
 //!
+//! Connection limits are the kit's ([`flotilla_kit::server::limits`], the same settings):
+//! `MAX_CONNECTIONS` connections for any call, where a new client takes the place of the
+//! connection idle longest; `HEALTH_CONNECTIONS` more, used only while every other one is busy,
+//! that serve `grpc.health.v1.Health/Check` and the HTTP `/healthz`, `/readyz` and `/metrics`
+//! and answer anything else `UNAVAILABLE` (gRPC) or 503 (HTTP) before closing. A connection
+//! with no call in progress for `IDLE_TIMEOUT_MS` is closed, HTTP/2 connections are pinged
+//! (`H2_KEEPALIVE_*`), HTTP/1.1 headers must arrive within `HEADER_READ_TIMEOUT_MS` and the
+//! body of an HTTP request within `BODY_READ_TIMEOUT_MS`. gRPC request bodies have no read
+//! deadline: a streaming call may legitimately send for as long as it lasts; keepalive pings
+//! still find a peer that is gone. `Health/Watch` is not served on health connections, since
+//! a watch would hold the slot for as long as it runs.
+//!
 //! Shutdown when `shutdown` resolves: readiness fails at once, open connections get `GOAWAY`,
 //! the listener keeps accepting for `shutdown_delay` (connections opened meanwhile get
 //! `GOAWAY` within [`CLOSE_INTERVAL`]), then closes; in-flight calls get `drain_timeout`.
@@ -16,12 +28,15 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
+use flotilla_kit::server::limits::{self, Claim, SlotKind, Slots, Tracked};
 use flotilla_kit::server::{DrainOptions, PeerAddr, Stopped};
 use flotilla_kit::Health;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
@@ -51,6 +66,23 @@ impl std::fmt::Debug for App {
     }
 }
 
+/// The gRPC method a health connection serves beside the kit's [`limits::HEALTH_PATHS`]: the
+/// health check the kubelet's gRPC probe and Flotilla's prober call.
+pub const GRPC_HEALTH_CHECK: &str = "/grpc.health.v1.Health/Check";
+
+/// Whether a request may be served on a health connection.
+pub fn serves_on_health_slot<B>(req: &Request<B>) -> bool {
+    let path = req.uri().path();
+    path == GRPC_HEALTH_CHECK || (!is_grpc(req) && limits::HEALTH_PATHS.contains(&path))
+}
+
+/// What every connection task shares besides the [`App`].
+struct Conns {
+    builder: auto::Builder<TokioExecutor>,
+    slots: Arc<Slots>,
+    body_read_timeout: Duration,
+}
+
 /// Whether a request is a gRPC call (by its content type).
 pub fn is_grpc<B>(req: &Request<B>) -> bool {
     req.headers()
@@ -58,57 +90,116 @@ pub fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-async fn dispatch(app: App, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn dispatch(
+    app: App,
+    req: Request<Incoming>,
+    body_read_timeout: Duration,
+) -> Result<Response<Body>, Infallible> {
     if is_grpc(&req) {
         app.grpc.oneshot(req).await
     } else {
+        let http1 = limits::is_http1(&req);
+        let (req, deadline) = limits::timed(req, body_read_timeout);
         let resp = warp::service(app.http).oneshot(req).await?;
+        let resp = if deadline.passed() {
+            limits::body_timed_out(http1)
+        } else {
+            resp
+        };
         Ok(resp.map(Body::new))
     }
 }
 
-/// Serves one accepted connection until it ends, shutting it down gracefully on a close request.
-async fn serve_connection(app: App, stream: TcpStream, peer: SocketAddr) {
+/// The answer to a call a health connection does not serve; the connection then closes.
+fn over_capacity<B>(req: &Request<B>) -> Response<Body> {
+    if is_grpc(req) {
+        tonic::Status::unavailable("every connection slot is busy").into_http()
+    } else {
+        limits::over_capacity(limits::is_http1(req)).map(Body::new)
+    }
+}
+
+/// Serves one accepted connection once it has its slot, until it ends; shuts it down
+/// gracefully on a close request, after the idle timeout or to make room for a new one.
+async fn serve_connection(
+    app: App,
+    conns: Arc<Conns>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    claim: Claim,
+) {
+    let slot = claim.slot().await;
     let _ = stream.set_nodelay(true);
     let mut close = app.traffic.subscribe();
     close.borrow_and_update();
-    // Rung after a call answered while the pod should get no traffic.
+    // Rung after a call answered while the pod should get no traffic, or refused on a health
+    // connection.
     let answered_closing = Arc::new(Notify::new());
     let ring = answered_closing.clone();
+    let on_slot = slot.clone();
+    let body_read_timeout = conns.body_read_timeout;
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let active = on_slot.request();
         req.extensions_mut().insert(PeerAddr(peer));
+        let refused = on_slot.kind() == SlotKind::Health && !serves_on_health_slot(&req);
         let (app, ring) = (app.clone(), ring.clone());
         async move {
             let traffic = app.traffic.clone();
-            let resp = dispatch(app, req).await;
+            let resp = if refused {
+                ring.notify_one();
+                over_capacity(&req)
+            } else {
+                dispatch(app, req, body_read_timeout).await?
+            };
             if traffic.closing() {
                 ring.notify_one();
             }
-            resp
+            Ok::<_, Infallible>(resp.map(|body| Tracked::new(body, active)))
         }
     });
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    let conn = builder.serve_connection(TokioIo::new(stream), svc);
+    let conn = conns.builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        result = conn.as_mut() => result,
-        _ = close.changed() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
+    let mut shut = false;
+    let mut limited = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, %peer, "connection ended with an error");
+                }
+                return;
+            }
+            _ = close.changed(), if !shut => {
+                shut = true;
+                slot.leaving();
+                conn.as_mut().graceful_shutdown();
+            }
+            () = answered_closing.notified(), if !shut => {
+                shut = true;
+                slot.leaving();
+                conn.as_mut().graceful_shutdown();
+            }
+            reason = slot.close_requested(), if !limited => {
+                tracing::debug!(?reason, %peer, "closing connection");
+                limited = true;
+                slot.leaving();
+                if !shut {
+                    shut = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+            () = slot.grace_over(), if limited => {
+                tracing::debug!(%peer, "dropping connection that did not close in time");
+                return;
+            }
         }
-        () = answered_closing.notified() => {
-            conn.as_mut().graceful_shutdown();
-            conn.await
-        }
-    };
-    if let Err(e) = result {
-        tracing::debug!(error = %e, %peer, "connection ended with an error");
     }
 }
 
 async fn accept_until<S: Future<Output = ()>>(
     listener: &TcpListener,
     app: &App,
+    conns: &Arc<Conns>,
     tasks: &mut JoinSet<()>,
     stop: S,
     close_while_accepting: bool,
@@ -123,11 +214,23 @@ async fn accept_until<S: Future<Output = ()>>(
                 continue;
             }
             Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-            accepted = listener.accept() => accepted,
+            // Accept only when the connection can get a slot (free, or held by an idle
+            // connection), so excess clients queue in the backlog.
+            accepted = async {
+                conns.slots.room().await;
+                listener.accept().await
+            } => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
-                tasks.spawn(serve_connection(app.clone(), stream, peer));
+                let claim = conns.slots.claim();
+                tasks.spawn(serve_connection(
+                    app.clone(),
+                    conns.clone(),
+                    stream,
+                    peer,
+                    claim,
+                ));
             }
             Err(e) => {
                 // Usually EMFILE or a reset before accept; back off instead of spinning.
@@ -143,14 +246,20 @@ pub async fn serve<S>(listener: TcpListener, app: App, opts: DrainOptions, shutd
 where
     S: Future<Output = ()> + Send,
 {
+    let conns = Arc::new(Conns {
+        builder: limits::builder(&opts),
+        slots: Slots::new(&opts),
+        body_read_timeout: opts.body_read_timeout,
+    });
     let mut tasks = JoinSet::new();
-    accept_until(&listener, &app, &mut tasks, shutdown, false).await;
+    accept_until(&listener, &app, &conns, &mut tasks, shutdown, false).await;
     app.health.start_draining();
     app.traffic.start_draining();
     tracing::info!(delay = ?opts.shutdown_delay, "shutdown requested: not ready, sending GOAWAY");
     accept_until(
         &listener,
         &app,
+        &conns,
         &mut tasks,
         tokio::time::sleep(opts.shutdown_delay),
         true,
