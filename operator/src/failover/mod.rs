@@ -34,6 +34,9 @@ pub mod spec;
 pub mod sticky;
 pub mod writer;
 
+#[cfg(test)]
+mod safety_tests;
+
 use std::sync::Arc;
 
 use kube::Client;

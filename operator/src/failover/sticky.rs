@@ -146,6 +146,42 @@ pub fn pick_restart<'a>(
         })
 }
 
+/// What a restart choice reads besides the decision: the service's memory of its last restart,
+/// the time status records, the pods' UIDs, the recent restarts of every service, and the clocks.
+#[derive(Debug)]
+pub struct RestartLimits<'a> {
+    /// When this engine last restarted a pod of the service.
+    pub remembered: Option<Instant>,
+    /// `status.failover.lastStickyRestartTime`, written by whichever replica led.
+    pub recorded: Option<jiff::Timestamp>,
+    /// Restarts of every service within [`GLOBAL_WINDOW`] (the global cap), oldest first.
+    pub recent: &'a mut std::collections::VecDeque<Instant>,
+    /// Now, on this process's clock.
+    pub now: Instant,
+    /// Now, on the wall clock (for `recorded`).
+    pub wall: jiff::Timestamp,
+}
+
+/// The restart to ask for now, with the pod's UID: [`pick_restart`] under the rate limit that
+/// survives leader changes ([`last_restart`]), only for a pod whose UID is known, and only while
+/// the global cap has room (the choice is then counted in `limits.recent`).
+pub fn choose_restart<'a>(
+    policy: &FailoverPolicy,
+    d: &Decision,
+    sticky: &'a [StickyPod],
+    uid_of: impl Fn(&str) -> Option<String>,
+    limits: RestartLimits<'_>,
+) -> Option<(&'a StickyPod, String)> {
+    let last = last_restart(limits.remembered, limits.recorded, limits.now, limits.wall);
+    let pod = pick_restart(policy, d, sticky, last, limits.now)?;
+    let uid = uid_of(&pod.name)?;
+    if !global_room(limits.recent, limits.now) {
+        return None;
+    }
+    limits.recent.push_back(limits.now);
+    Some((pod, uid))
+}
+
 /// Restarts allowed by the global cap at `now`, given the times of recent restarts (older ones
 /// are dropped from `recent`).
 pub fn global_room(recent: &mut std::collections::VecDeque<Instant>, now: Instant) -> bool {

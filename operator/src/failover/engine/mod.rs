@@ -92,6 +92,14 @@ pub struct VerdictSigning {
     pub leadership: Leadership,
 }
 
+impl VerdictSigning {
+    /// The keys to sign with now; `None` while this replica does not lead, so a standby (or a
+    /// leader past its renew deadline) sends no verdict at all.
+    pub fn keys_if_leading(&self) -> Option<Arc<VerdictKeys>> {
+        self.leadership.is_leading().then(|| self.keys.clone())
+    }
+}
+
 /// How long one signature of an unchanged verdict is reused. Signing costs tens of
 /// microseconds, a probe period is 500 ms: reusing a signature for two seconds keeps signing
 /// under a tenth of the prober's work, well inside the pods' 30 s acceptance window.
@@ -429,8 +437,7 @@ impl Engine {
             .cfg
             .verdicts
             .as_ref()
-            .filter(|v| v.leadership.is_leading())
-            .map(|v| v.keys.clone());
+            .and_then(VerdictSigning::keys_if_leading);
         while let Some(Reverse((due, _))) = self.heap.peek() {
             if *due > horizon {
                 break;

@@ -13,7 +13,7 @@ use super::super::decide::{decide, Change, Decision, FallbackView, Membership, P
 use super::super::inventory::{ObjKey, ServiceInfo};
 use super::super::policy::StickyAction;
 use super::super::report::{self, Desired, Member, Notice, ServiceDesired};
-use super::super::sticky::{global_room, last_restart, pick_restart, StickyPod};
+use super::super::sticky::{choose_restart, RestartLimits, StickyPod};
 use super::Engine;
 
 impl Engine {
@@ -150,29 +150,31 @@ impl Engine {
             return count;
         };
         let wall = jiff::Timestamp::now();
-        let recorded = info
-            .status
-            .as_ref()
-            .and_then(|s| s.last_sticky_restart_time.as_ref())
-            .map(|t| t.0);
-        let last = last_restart(svc.last_restart, recorded, now, wall);
-        let Some(p) = pick_restart(&info.failover, d, &sticky, last, now) else {
+        let limits = RestartLimits {
+            remembered: svc.last_restart,
+            recorded: info
+                .status
+                .as_ref()
+                .and_then(|s| s.last_sticky_restart_time.as_ref())
+                .map(|t| t.0),
+            recent: &mut self.recent_restarts,
+            now,
+            wall,
+        };
+        let inv = &self.inv;
+        let uid_of = |name: &str| {
+            inv.pods
+                .get(&ObjKey::new(key.ns.clone(), name.to_owned()))
+                .and_then(|p| p.uid.clone())
+        };
+        let Some((p, uid)) = choose_restart(&info.failover, d, &sticky, uid_of, limits) else {
             return count;
         };
-        let pod = ObjKey::new(key.ns.clone(), p.name.clone());
-        // Every eviction names the pod's UID; a pod the cache shows without one is left alone.
-        let Some(uid) = self.inv.pods.get(&pod).and_then(|i| i.uid.clone()) else {
-            return count;
-        };
-        if !global_room(&mut self.recent_restarts, now) {
-            return count;
-        }
-        self.recent_restarts.push_back(now);
         svc.last_restart = Some(now);
         svc.history.last_sticky_restart = Some(Time(wall));
         notices.push(Notice::Restart {
             svc: key.clone(),
-            pod,
+            pod: ObjKey::new(key.ns.clone(), p.name.clone()),
             uid,
             requests: p.requests,
             at: Time(wall),
