@@ -301,6 +301,55 @@ fn deployment_is_pinned_hardened_and_probed() -> Result<()> {
 }
 
 #[test]
+fn policy_values_become_operator_flags() -> Result<()> {
+    // `operator.policy` lists reach the operator as its comma-separated `--allowed-*` flags,
+    // empty lists (the default) pass no flag, and a prefix that would admit more than it says
+    // is refused by the values schema.
+    let docs = render(
+        "flotilla",
+        &[
+            "operator.policy.allowedImagePrefixes={registry.example.com/shop/,flotilla/users:}",
+            "operator.policy.allowedServiceAccounts={default,shop-app}",
+            "operator.policy.allowedServiceTypes={ClusterIP,NodePort}",
+        ],
+    )?;
+    let args = operator_args(&operator_deployment(&docs)?)?;
+    let value_of = |flag: &str| {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    for (flag, want) in [
+        (
+            "--allowed-image-prefixes",
+            "registry.example.com/shop/,flotilla/users:",
+        ),
+        ("--allowed-service-accounts", "default,shop-app"),
+        ("--allowed-service-types", "ClusterIP,NodePort"),
+    ] {
+        ensure!(
+            value_of(flag).as_deref() == Some(want),
+            "{flag} is {:?} in {args:?}",
+            value_of(flag)
+        );
+    }
+
+    let default_args = operator_args(&operator_deployment(&render("flotilla", &[])?)?)?;
+    ensure!(
+        !default_args.iter().any(|a| a.starts_with("--allowed-")),
+        "{default_args:?}"
+    );
+
+    let stderr =
+        helm_fails_with(&["operator.policy.allowedImagePrefixes={docker.io/library/nginx}"])?;
+    ensure!(stderr.contains("allowedImagePrefixes"), "{stderr}");
+    let stderr = helm_fails_with(&["operator.policy.allowedServiceTypes={ExternalName}"])?;
+    ensure!(stderr.contains("allowedServiceTypes"), "{stderr}");
+    Ok(())
+}
+
+#[test]
 fn latest_tag_is_refused_and_tag_is_honoured() -> Result<()> {
     // `latest` never reaches a cluster; an explicit tag replaces the appVersion default.
     let stderr = helm_fails_with(&["image.tag=latest"])?;
