@@ -2,11 +2,14 @@
 //! MicroServices satisfy the CRD schema, typo rejection, and the same services as
 //! `services/deploy/`. Also: both charts' README values tables list every value.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{ensure, Context, Result};
 use flotilla_e2e::chart::{self, kind_of, name_of};
 use flotilla_e2e::tools;
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::Value;
 
 const RELEASE: &str = "flotilla-samples";
@@ -186,7 +189,9 @@ fn samples_chart_mirrors_services_deploy() -> Result<()> {
 
 #[test]
 fn users_api_is_fenced_to_auth_and_the_operator() -> Result<()> {
-    // The samples chart admits only auth's pods and the operator's pods to users' port, the
+    // The samples chart admits to users' port only auth's pods of its own namespace and the
+    // operator's pods of the operator's namespace, selected by the `kubernetes.io/metadata.name`
+    // label the API server sets (not by labels a tenant can copy onto pods elsewhere); the
     // operator chart's pods carry exactly the labels that policy names, and the policy can be
     // switched off.
     let docs = render_and_validate("flotilla-samples", &[])?;
@@ -194,28 +199,95 @@ fn users_api_is_fenced_to_auth_and_the_operator() -> Result<()> {
         .iter()
         .find(|d| kind_of(d) == "NetworkPolicy" && name_of(d) == "users-api")
         .context("no users-api NetworkPolicy")?;
-    let spec = &policy["spec"];
+    let policy: NetworkPolicy = serde_json::from_value(policy.clone())?;
+    let spec = policy.spec.context("no spec")?;
     ensure!(
-        spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "users",
-        "{spec}"
+        spec.pod_selector
+            .as_ref()
+            .and_then(|s| s.match_labels.as_ref())
+            .and_then(|l| l.get("app.kubernetes.io/name"))
+            .map(String::as_str)
+            == Some("users"),
+        "{spec:?}"
     );
     ensure!(
-        spec["policyTypes"] == serde_json::json!(["Ingress"]),
-        "{spec}"
+        spec.policy_types == Some(vec!["Ingress".to_owned()]),
+        "{spec:?}"
     );
-    let from = spec["ingress"][0]["from"]
-        .as_array()
-        .context("no ingress peers")?;
-    ensure!(from.len() == 2, "{spec}");
+    let ingress = spec.ingress.unwrap_or_default();
+    ensure!(ingress.len() == 1, "{ingress:?}");
+    let rule = &ingress[0];
+    let ports: Vec<_> = rule
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| (p.protocol.clone(), p.port.clone()))
+        .collect();
     ensure!(
-        from[0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"] == "auth",
-        "{spec}"
+        ports == [(Some("TCP".to_owned()), Some(IntOrString::Int(8080)))],
+        "{ports:?}"
     );
-    let operator_labels = from[1]["podSelector"]["matchLabels"]
-        .as_object()
-        .context("no operator selector")?;
-    ensure!(spec["ingress"][0]["ports"][0]["port"] == 8080, "{spec}");
+    let from = rule.from.clone().unwrap_or_default();
+    let labels = |pairs: &[(&str, &str)]| {
+        Some(LabelSelector {
+            match_labels: Some(
+                pairs
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            match_expressions: None,
+        })
+    };
+    let auth = NetworkPolicyPeer {
+        pod_selector: labels(&[
+            ("app.kubernetes.io/name", "auth"),
+            ("app.kubernetes.io/managed-by", "flotilla"),
+        ]),
+        namespace_selector: None,
+        ip_block: None,
+    };
+    let operator = |ns: &str| NetworkPolicyPeer {
+        pod_selector: labels(&[
+            ("app.kubernetes.io/name", "flotilla"),
+            ("app.kubernetes.io/component", "operator"),
+        ]),
+        namespace_selector: labels(&[("kubernetes.io/metadata.name", ns)]),
+        ip_block: None,
+    };
+    ensure!(
+        from == [auth.clone(), operator("flotilla-system")],
+        "peers {from:?}"
+    );
 
+    let elsewhere = render(
+        "flotilla-samples",
+        &["users.networkPolicy.operatorNamespace=platform"],
+    )?;
+    let peers = elsewhere
+        .iter()
+        .find(|d| kind_of(d) == "NetworkPolicy")
+        .map(|d| serde_json::from_value::<NetworkPolicy>(d.clone()))
+        .transpose()?
+        .and_then(|p| p.spec)
+        .and_then(|s| s.ingress)
+        .and_then(|i| i.into_iter().next())
+        .and_then(|r| r.from)
+        .unwrap_or_default();
+    ensure!(peers == [auth, operator("platform")], "peers {peers:?}");
+    let bad = chart::render(
+        "flotilla-samples",
+        RELEASE,
+        NAMESPACE,
+        &["users.networkPolicy.operatorNamespace=Not_A_Namespace"],
+    );
+    ensure!(bad.is_err(), "an invalid operator namespace rendered");
+
+    let operator_labels = from[1]
+        .pod_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.clone())
+        .unwrap_or_default();
     let operator = chart::render_docs("flotilla", "flotilla", "flotilla-system", &[])?;
     let pod_labels = operator
         .iter()
@@ -224,7 +296,7 @@ fn users_api_is_fenced_to_auth_and_the_operator() -> Result<()> {
         .context("operator chart renders no Deployment with pod labels")?;
     for (key, value) in operator_labels {
         ensure!(
-            pod_labels.get(key) == Some(value),
+            pod_labels.get(&key).and_then(Value::as_str) == Some(value.as_str()),
             "operator pods lack {key}={value}: {pod_labels:?}"
         );
     }
