@@ -30,11 +30,16 @@ pub struct Kit {
 
 impl Kit {
     /// A kit with metrics on.
+    /// The traffic verdict counter is registered with the HTTP metrics.
     pub fn new(health: Health, admin_token: Option<String>) -> Result<Self, prometheus::Error> {
+        let metrics = HttpMetrics::new()?;
+        metrics
+            .registry()
+            .register(Box::new(health.traffic().verdict_check().counter()))?;
         Ok(Self {
             health,
             faults: Faults::new(),
-            metrics: Some(HttpMetrics::new()?),
+            metrics: Some(metrics),
             admin_token,
         })
     }

@@ -21,6 +21,7 @@ use warp::{Filter, Rejection};
 use crate::faults::Faults;
 use crate::reply::{self, tag};
 use crate::traffic::{Traffic, TRAFFIC_HEADER};
+use crate::verdict::{VerdictCheck, SIGNATURE_HEADER};
 
 /// Liveness fails when the heartbeat is older than this.
 pub const WEDGED_AFTER: Duration = Duration::from_secs(10);
@@ -83,6 +84,7 @@ pub struct ReadinessReport {
 #[derive(Default)]
 pub struct HealthBuilder {
     checks: Vec<(&'static str, CheckFn)>,
+    verdicts: Option<VerdictCheck>,
 }
 
 impl std::fmt::Debug for HealthBuilder {
@@ -102,13 +104,28 @@ impl HealthBuilder {
         self
     }
 
-    /// Finishes the builder.
+    /// Trusts the traffic verdicts `check` accepts, instead of the pod's environment
+    /// (`POD_NAME`, `FLOTILLA_VERDICT_KEYS`).
+    pub fn verdicts(mut self, check: VerdictCheck) -> Self {
+        self.verdicts = Some(check);
+        self
+    }
+
+    /// Finishes the builder. Without [`HealthBuilder::verdicts`], the verdict check comes from
+    /// the environment Flotilla gives its pods; keys that do not parse are logged as an error
+    /// and every verdict is then ignored (the pod keeps serving, as one without the contract).
     pub fn build(self) -> Health {
+        let check = self.verdicts.unwrap_or_else(|| {
+            VerdictCheck::from_env().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "ignoring traffic verdicts");
+                VerdictCheck::disabled()
+            })
+        });
         Health {
             inner: Arc::new(Inner {
                 checks: self.checks,
                 draining: AtomicBool::new(false),
-                traffic: Traffic::new(),
+                traffic: Traffic::with_check(check),
                 started: Instant::now(),
                 heartbeat_ms: AtomicU64::new(0),
             }),
@@ -240,8 +257,11 @@ impl Health {
             .and(warp::get())
             .and(warp::ext::optional::<crate::server::PeerAddr>())
             .and(warp::header::optional::<String>(TRAFFIC_HEADER))
+            .and(warp::header::optional::<String>(SIGNATURE_HEADER))
             .then(
-                move |peer: Option<crate::server::PeerAddr>, verdict: Option<String>| {
+                move |peer: Option<crate::server::PeerAddr>,
+                      verdict: Option<String>,
+                      signature: Option<String>| {
                     let peer = peer.map(|p| p.0);
                     let (ready, faults) = (ready.clone(), faults.clone());
                     async move {
@@ -249,7 +269,7 @@ impl Health {
                         // Own readiness first, so `serving` on a failing instance keeps closing.
                         ready.traffic().record_ready(report.failing.is_empty());
                         if let Some(v) = verdict {
-                            ready.traffic().record_verdict(&v);
+                            ready.traffic().record_verdict(&v, signature.as_deref());
                         }
                         let status = if report.failing.is_empty() {
                             StatusCode::OK

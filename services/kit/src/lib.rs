@@ -26,6 +26,7 @@ pub mod reply;
 pub mod server;
 pub mod telemetry;
 pub mod traffic;
+pub mod verdict;
 
 pub use app::Kit;
 pub use config::{ConfigError, LogFormat, ServiceArgs, ServiceConfig};

@@ -9,6 +9,10 @@
 //! closed at once, HTTP/2 `GOAWAY`. Clients reconnect through the Service and land on serving
 //! pods. `serving` (while ready) restores normal keep-alive.
 //!
+//! A verdict counts only when [`crate::verdict`] finds it signed by the operator's leading
+//! prober for this pod; others are counted and ignored, so no client that reaches `/readyz` can
+//! turn keep-alive off.
+//!
 //! This module holds the state and the change signal only; [`crate::server`] acts on it and
 //! [`crate::health`] feeds it from `/readyz`.
 
@@ -17,6 +21,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+
+use crate::verdict::{unix_ms_now, Outcome, VerdictCheck};
 
 /// Request header carrying the verdict on readiness probes (case-insensitive, as all HTTP
 /// header names). Same name as `flotilla_crds::TRAFFIC_HEADER`; the kit keeps its own copy
@@ -49,6 +55,7 @@ struct Inner {
     draining: AtomicBool,
     closing: watch::Sender<bool>,
     open: AtomicUsize,
+    check: VerdictCheck,
 }
 
 impl Default for Traffic {
@@ -58,8 +65,13 @@ impl Default for Traffic {
 }
 
 impl Traffic {
-    /// Serving, ready, not draining.
+    /// Serving, ready, not draining; acts on no verdict (see [`Traffic::with_check`]).
     pub fn new() -> Self {
+        Self::with_check(VerdictCheck::disabled())
+    }
+
+    /// Serving, ready, not draining; acts on the verdicts `check` accepts.
+    pub fn with_check(check: VerdictCheck) -> Self {
         Self {
             inner: Arc::new(Inner {
                 started: Instant::now(),
@@ -68,6 +80,7 @@ impl Traffic {
                 draining: AtomicBool::new(false),
                 closing: watch::Sender::new(false),
                 open: AtomicUsize::new(0),
+                check,
             }),
         }
     }
@@ -78,20 +91,33 @@ impl Traffic {
             .saturating_add(1)
     }
 
-    /// Records a verdict sent by the prober. Values other than `serving` and `ejected` are
-    /// ignored (a newer prober may send more).
-    pub fn record_verdict(&self, value: &str) {
-        let value = value.trim();
-        if value.eq_ignore_ascii_case(EJECTED) {
+    /// Records a verdict sent by the prober with its signature header, if the verdict check
+    /// accepts it (the outcome says). Values other than `serving` and `ejected` are ignored (a
+    /// newer prober may send more).
+    pub fn record_verdict(&self, value: &str, signature: Option<&str>) -> Outcome {
+        let value = value.trim().to_ascii_lowercase();
+        if value != EJECTED && value != SERVING {
+            return Outcome::Malformed;
+        }
+        let outcome = self.inner.check.check(&value, signature, unix_ms_now());
+        if outcome != Outcome::Accepted {
+            tracing::debug!(outcome = outcome.label(), "ignoring a traffic verdict");
+            return outcome;
+        }
+        if value == EJECTED {
             self.inner
                 .ejected_at_ms
                 .store(self.now_ms(), Ordering::Release);
-        } else if value.eq_ignore_ascii_case(SERVING) {
-            self.inner.ejected_at_ms.store(0, Ordering::Release);
         } else {
-            return;
+            self.inner.ejected_at_ms.store(0, Ordering::Release);
         }
         self.publish();
+        outcome
+    }
+
+    /// The verdict check, whose counter the service registers.
+    pub fn verdict_check(&self) -> &VerdictCheck {
+        &self.inner.check
     }
 
     /// Records the outcome of the instance's own readiness check.
@@ -161,27 +187,55 @@ impl Drop for OpenConnection {
 mod tests {
     use super::*;
 
+    use crate::verdict::testing::TestSigner;
+
     #[test]
     fn each_cause_closes_and_serving_restores() {
         // Ejection, own unreadiness and draining each make the instance close connections;
         // `serving` with readiness back restores keep-alive; unknown values change nothing.
-        let t = Traffic::new();
+        let op = TestSigner::new("k", [3; 32]);
+        let t = Traffic::with_check(
+            VerdictCheck::new(Some("p".into()), &op.keys_entry()).expect("keys parse"),
+        );
+        let send = |v: &str| {
+            let sig = op.header("p", &v.to_ascii_lowercase(), unix_ms_now());
+            t.record_verdict(v, Some(&sig))
+        };
         let rx = t.subscribe();
         assert!(!t.closing());
-        t.record_verdict("Ejected");
+        assert_eq!(send("Ejected"), Outcome::Accepted);
         assert!(t.closing() && *rx.borrow());
-        t.record_verdict("something-new");
+        send("something-new");
         assert!(t.closing());
-        t.record_verdict("serving");
+        send("serving");
         assert!(!t.closing() && !*rx.borrow());
         t.record_ready(false);
         assert!(t.closing());
-        t.record_verdict(SERVING);
+        send(SERVING);
         assert!(t.closing(), "serving does not override own unreadiness");
         t.record_ready(true);
         assert!(!t.closing());
         t.start_draining();
-        t.record_verdict(SERVING);
+        send(SERVING);
         assert!(t.closing(), "draining is final");
+    }
+
+    #[test]
+    fn unsigned_or_forged_verdicts_change_nothing() {
+        // A client that reaches `/readyz` cannot eject the pod: only the operator's signature
+        // counts (the spoofed `ejected` that turned keep-alive off for a public service).
+        let op = TestSigner::new("k", [3; 32]);
+        let t = Traffic::with_check(
+            VerdictCheck::new(Some("p".into()), &op.keys_entry()).expect("keys parse"),
+        );
+        assert_eq!(t.record_verdict(EJECTED, None), Outcome::Unsigned);
+        let forged = TestSigner::new("k", [4; 32]).header("p", EJECTED, unix_ms_now());
+        assert_eq!(t.record_verdict(EJECTED, Some(&forged)), Outcome::Forged);
+        assert!(!t.closing());
+        assert!(!Traffic::new().closing());
+        assert_eq!(
+            Traffic::new().record_verdict(EJECTED, Some(&op.header("p", EJECTED, 1))),
+            Outcome::Unconfigured
+        );
     }
 }

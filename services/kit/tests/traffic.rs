@@ -1,7 +1,8 @@
 //! The traffic verdict over real connections: after `Flotilla-Traffic: ejected` (or the pod's
 //! own readiness failing, or draining) a pooled keep-alive client and an HTTP/2 client send
-//! their next requests on NEW connections; `serving` restores keep-alive. Connections are
-//! told apart on the server side, by the client port each request arrived from.
+//! their next requests on NEW connections; `serving` restores keep-alive. Only verdicts the
+//! operator's key signed for this pod count: a client's spoofed `ejected` changes nothing.
+//! Connections are told apart on the server side, by the client port each request arrived from.
 
 use std::time::{Duration, Instant};
 
@@ -9,6 +10,8 @@ use anyhow::{bail, Context, Result};
 use bytes::Bytes;
 use flotilla_kit::server::{DrainOptions, PeerAddr, Running};
 use flotilla_kit::traffic::TRAFFIC_HEADER;
+use flotilla_kit::verdict::testing::TestSigner;
+use flotilla_kit::verdict::{unix_ms_now, VerdictCheck, SIGNATURE_HEADER};
 use flotilla_kit::{tag, FaultConfig, Health, Kit};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -17,7 +20,8 @@ use warp::Filter;
 
 /// A kit service whose `GET /peer` answers with the client port of the connection it came on.
 async fn start(shutdown_delay: Duration) -> Result<(Running, Kit)> {
-    let kit = Kit::new(Health::builder().build(), None)?;
+    let check = VerdictCheck::new(Some(POD.into()), &operator().keys_entry())?;
+    let kit = Kit::new(Health::builder().verdicts(check).build(), None)?;
     let api = warp::path!("peer")
         .and(warp::get())
         .and(warp::ext::optional::<PeerAddr>())
@@ -42,14 +46,32 @@ async fn peer(http: &reqwest::Client, srv: &Running) -> Result<(u16, bool)> {
     Ok((r.text().await?.parse()?, close))
 }
 
-/// A readiness probe as the prober sends it (fresh connection), with an optional verdict.
+/// The pod's name, as Flotilla gives it in `POD_NAME`.
+const POD: &str = "users-7d9f-abcde";
+
+/// The operator's verdict key.
+fn operator() -> TestSigner {
+    TestSigner::new("k1", [42; 32])
+}
+
+/// A readiness probe as the leading prober sends it (fresh connection), with an optional
+/// verdict signed by the operator's key.
 async fn probe(srv: &Running, verdict: Option<&str>) -> Result<u16> {
+    let signed = verdict.map(|v| (v, Some(operator().header(POD, v, unix_ms_now()))));
+    probe_as(srv, signed).await
+}
+
+/// A readiness probe with a verdict and whatever signature header the sender has.
+async fn probe_as(srv: &Running, verdict: Option<(&str, Option<String>)>) -> Result<u16> {
     let prober = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()?;
     let mut req = prober.get(format!("{}/readyz", srv.url()));
-    if let Some(v) = verdict {
+    if let Some((v, sig)) = verdict {
         req = req.header("Flotilla-Traffic", v);
+        if let Some(sig) = sig {
+            req = req.header(SIGNATURE_HEADER, sig);
+        }
     }
     Ok(req.send().await?.status().as_u16())
 }
@@ -116,6 +138,40 @@ async fn pooled_client_reconnects_after_ejected_and_keeps_alive_after_serving() 
     assert_new_connections(&http, &srv, first).await?;
     assert_eq!(probe(&srv, Some("serving")).await?, 200);
     assert_keep_alive(&http, &srv).await?;
+    srv.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_spoofed_ejected_verdict_changes_nothing_and_is_counted() -> Result<()> {
+    // Any client that reaches /readyz used to turn keep-alive off with `Flotilla-Traffic:
+    // ejected`. Unsigned, forged, stale, or signed for another pod, it is now ignored and
+    // counted by outcome in /metrics; keep-alive stays on.
+    let (srv, kit) = start(Duration::ZERO).await?;
+    let http = reqwest::Client::new();
+    let now = unix_ms_now();
+    let attacker = TestSigner::new("k1", [7; 32]);
+    let attempts = [
+        None,
+        Some(attacker.header(POD, "ejected", now)),
+        Some(operator().header("another-pod", "ejected", now)),
+        Some(operator().header(POD, "ejected", now - 60_000)),
+    ];
+    for sig in attempts {
+        assert_eq!(probe_as(&srv, Some(("ejected", sig))).await?, 200);
+        assert!(!kit.health.traffic().closing(), "a spoofed verdict was acted on");
+    }
+    assert_keep_alive(&http, &srv).await?;
+    let metrics = http
+        .get(format!("{}/metrics", srv.url()))
+        .send()
+        .await?
+        .text()
+        .await?;
+    for (outcome, n) in [("unsigned", 1), ("forged", 2), ("stale", 1)] {
+        let line = format!("flotilla_traffic_verdicts_total{{outcome=\"{outcome}\"}} {n}");
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
     srv.stop().await?;
     Ok(())
 }

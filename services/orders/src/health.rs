@@ -12,6 +12,7 @@
 use std::time::{Duration, Instant};
 
 use flotilla_kit::server::PeerAddr;
+use flotilla_kit::verdict;
 use flotilla_kit::{Faults, Health};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -90,7 +91,23 @@ impl HealthApi for GrpcHealth {
             .get(TRAFFIC_HEADER)
             .and_then(|v| v.to_str().ok())
         {
-            self.traffic.record_verdict(verdict);
+            // Only a verdict the operator's leading prober signed for this pod counts; the
+            // HTTP and gRPC health paths share one check (and its replay guard).
+            let signature = request
+                .metadata()
+                .get(verdict::SIGNATURE_HEADER)
+                .and_then(|v| v.to_str().ok());
+            let verdict = verdict.trim().to_ascii_lowercase();
+            let outcome = self.health.traffic().verdict_check().check(
+                &verdict,
+                signature,
+                verdict::unix_ms_now(),
+            );
+            if outcome == verdict::Outcome::Accepted {
+                self.traffic.record_verdict(&verdict);
+            } else {
+                tracing::debug!(outcome = outcome.label(), "ignoring a traffic verdict");
+            }
         }
         let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
         let result = self
