@@ -236,7 +236,7 @@ async fn serve_connection<Svc>(
     let body_read_timeout = shared.body_read_timeout;
     let first_request = Arc::new(FirstRequest::default());
     let seen = first_request.clone();
-    let on_slot = slot.clone();
+    let on_slot = slot.handle();
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         seen.arrived();
         let active = on_slot.request();

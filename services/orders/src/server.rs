@@ -136,7 +136,7 @@ async fn serve_connection(
     // connection.
     let answered_closing = Arc::new(Notify::new());
     let ring = answered_closing.clone();
-    let on_slot = slot.clone();
+    let on_slot = slot.handle();
     let body_read_timeout = conns.body_read_timeout;
     let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let active = on_slot.request();

@@ -262,17 +262,22 @@ async fn any_slot(slots: &Slots) -> (SlotKind, OwnedSemaphorePermit) {
 }
 
 /// The slot one connection holds, and what it is doing: requests in progress, idle since
-/// when, whether it was asked to leave. Dropping it returns the slot.
-#[derive(Debug, Clone)]
+/// when, whether it was asked to leave. The connection's task owns it; dropping it (the
+/// connection ended) returns the slot, even should a request handler still run on.
+#[derive(Debug)]
 pub struct Slot {
     inner: Arc<SlotInner>,
+    permit: Option<OwnedSemaphorePermit>,
 }
+
+/// What a connection's request handling needs of its [`Slot`]; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SlotHandle(Arc<SlotInner>);
 
 #[derive(Debug)]
 struct SlotInner {
     slots: Arc<Slots>,
     kind: SlotKind,
-    permit: Mutex<Option<OwnedSemaphorePermit>>,
     state: Mutex<Activity>,
     changed: Notify,
     evict: Arc<Notify>,
@@ -295,10 +300,10 @@ impl Slot {
             SlotKind::Health => slots.idle_timeout.min(HEALTH_IDLE_TIMEOUT),
         };
         let slot = Self {
+            permit: Some(permit),
             inner: Arc::new(SlotInner {
                 slots,
                 kind,
-                permit: Mutex::new(Some(permit)),
                 state: Mutex::new(Activity {
                     active: 0,
                     idle_since: Some(Instant::now()),
@@ -322,16 +327,9 @@ impl Slot {
         self.inner.kind
     }
 
-    /// Marks a request in progress until the returned guard is dropped (keep it with the
-    /// response body, so a streamed answer counts as work in progress).
-    pub fn request(&self) -> Active {
-        let mut state = self.inner.state();
-        state.active += 1;
-        state.idle_since = None;
-        self.inner.unregister_idle(&mut state);
-        drop(state);
-        self.inner.changed.notify_waiters();
-        Active(self.inner.clone())
+    /// For the connection's request handling.
+    pub fn handle(&self) -> SlotHandle {
+        SlotHandle(self.inner.clone())
     }
 
     /// The connection is shutting down (for any reason): it is no longer a candidate for
@@ -382,6 +380,33 @@ impl Slot {
     }
 }
 
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.leaving();
+        drop(self.permit.take());
+        self.inner.slots.changed.notify_waiters();
+    }
+}
+
+impl SlotHandle {
+    /// Which pool the connection's slot came from.
+    pub fn kind(&self) -> SlotKind {
+        self.0.kind
+    }
+
+    /// Marks a request in progress until the returned guard is dropped (keep it with the
+    /// response body, so a streamed answer counts as work in progress).
+    pub fn request(&self) -> Active {
+        let mut state = self.0.state();
+        state.active += 1;
+        state.idle_since = None;
+        self.0.unregister_idle(&mut state);
+        drop(state);
+        self.0.changed.notify_waiters();
+        Active(self.0.clone())
+    }
+}
+
 impl SlotInner {
     fn state(&self) -> MutexGuard<'_, Activity> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
@@ -407,19 +432,7 @@ impl SlotInner {
     }
 }
 
-impl Drop for SlotInner {
-    fn drop(&mut self) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(key) = state.idle_key.take() {
-            self.slots.pool(self.kind).idle().remove(&key);
-        }
-        drop(state);
-        drop(self.permit.lock().unwrap_or_else(|p| p.into_inner()).take());
-        self.slots.changed.notify_waiters();
-    }
-}
-
-/// A request in progress on a connection; see [`Slot::request`].
+/// A request in progress on a connection; see [`SlotHandle::request`].
 #[derive(Debug)]
 pub struct Active(Arc<SlotInner>);
 
@@ -583,4 +596,90 @@ pub fn is_http1<B>(req: &Request<B>) -> bool {
 fn close_after(resp: &mut Response) {
     resp.headers_mut()
         .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn slots(max_connections: usize, health_connections: usize) -> Arc<Slots> {
+        Slots::new(&DrainOptions {
+            max_connections,
+            health_connections,
+            ..DrainOptions::default()
+        })
+    }
+
+    async fn evicted(slot: &Slot) -> bool {
+        tokio::time::timeout(Duration::from_secs(5), slot.close_requested())
+            .await
+            .is_ok_and(|reason| reason == CloseReason::Evicted)
+    }
+
+    #[tokio::test]
+    async fn claims_take_a_free_slot_then_the_longest_idle_then_a_health_slot() {
+        // A new connection gets a free traffic slot, else the traffic slot of the connection
+        // idle longest (which is asked to leave), else a health slot; a busy connection is
+        // never asked.
+        let slots = slots(2, 1);
+        let first = slots.claim().slot().await;
+        let second = slots.claim().slot().await;
+        assert_eq!(
+            (first.kind(), second.kind()),
+            (SlotKind::Traffic, SlotKind::Traffic)
+        );
+        let busy = second.handle().request();
+
+        let claim = slots.claim();
+        assert!(evicted(&first).await);
+        drop(first);
+        let third = claim.slot().await;
+        assert_eq!(third.kind(), SlotKind::Traffic);
+        let _busy_too = third.handle().request();
+
+        let fourth = slots.claim().slot().await;
+        assert_eq!(fourth.kind(), SlotKind::Health);
+        // Every slot taken, the health connection idle: it makes room next.
+        assert!(slots.has_room());
+        let _claim = slots.claim();
+        assert!(evicted(&fourth).await);
+        drop(busy);
+    }
+
+    #[tokio::test]
+    async fn busy_connections_leave_no_room() {
+        // With every connection busy a new client must wait: the accept loop sees no room.
+        let slots = slots(1, 1);
+        let a = slots.claim().slot().await;
+        let b = slots.claim().slot().await;
+        let (_a, _b) = (a.handle().request(), b.handle().request());
+        assert!(!slots.has_room());
+    }
+
+    #[tokio::test]
+    async fn an_ended_connection_returns_its_slot_even_with_a_handler_running() {
+        // The slot belongs to the connection: dropping it frees the slot at once, and a
+        // handler that finishes later does not make the gone connection evictable.
+        let slots = slots(1, 1);
+        let slot = slots.claim().slot().await;
+        let active = slot.handle().request();
+        drop(slot);
+        assert_eq!(slots.traffic.permits.available_permits(), 1);
+        drop(active);
+        assert!(slots.traffic.idle().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_body_past_its_deadline_fails_and_says_so() {
+        // A body that has not arrived by the deadline reads as an error, and the deadline
+        // reports it passed, so the server can answer 408.
+        let (tx, body) =
+            futures::channel::mpsc::channel::<Result<Frame<bytes::Bytes>, BodyTimedOut>>(1);
+        let stalled = http_body_util::StreamBody::new(body);
+        let (req, deadline) = timed(Request::new(stalled), Duration::from_millis(20));
+        let read = http_body_util::BodyExt::collect(req.into_body()).await;
+        assert!(read.is_err());
+        assert!(deadline.passed());
+        drop(tx);
+    }
 }
