@@ -1,6 +1,8 @@
-//! The reconciler, read top to bottom: [`validate`] → the admission policy → [`build`] → [`rollout::prepare`] →
-//! [`apply_all`] → [`rollout::finish`] → [`status::report`], and the error policy that separates permanent errors (report in status,
-//! wait for a change) from transient ones (requeue with backoff). No API calls of its own.
+//! The reconciler, read top to bottom: [`validate`] → the admission policy
+//! ([`crate::policy`]) → [`build`] → [`rollout::prepare`] → [`apply_all`] → [`rollout::finish`]
+//! → [`status::report`], and the error policy that separates permanent errors (report in
+//! status, wait for a change) from transient ones (requeue with backoff). No API calls of its
+//! own.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
