@@ -203,7 +203,11 @@ async fn oversized_specs_are_refused_naming_the_bound() -> Result<()> {
             Ok(_) => bail!("admitted; expected {want:?}"),
             Err(kube::Error::Api(status)) => {
                 if status.code != 422 || !status.message.contains(want) {
-                    bail!("expected 422 with {want:?}, got {} {:?}", status.code, status.message);
+                    bail!(
+                        "expected 422 with {want:?}, got {} {:?}",
+                        status.code,
+                        status.message
+                    );
                 }
             }
             Err(e) => return Err(e.into()),

@@ -518,8 +518,16 @@ fn size_bounds() -> Vec<Case> {
             Invalid("spec.command[0]"),
         ),
         case("256 args", &[("args", strings(256, 1))], Valid),
-        case("257 args", &[("args", strings(257, 1))], Invalid("spec.args")),
-        case("arg of 32768 characters", &[("args", strings(1, 32768))], Valid),
+        case(
+            "257 args",
+            &[("args", strings(257, 1))],
+            Invalid("spec.args"),
+        ),
+        case(
+            "arg of 32768 characters",
+            &[("args", strings(1, 32768))],
+            Valid,
+        ),
         case(
             "arg of 32769 characters",
             &[("args", strings(1, 32769))],
