@@ -9,7 +9,14 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use flotilla_crds::{labels, ActiveTarget};
 use flotilla_operator::failover::decide::Membership;
-use flotilla_operator::failover::engine::{self, EngineConfig, EngineOutputs};
+use flotilla_kit::server::{DrainOptions, Running};
+use flotilla_kit::verdict::VerdictCheck;
+use flotilla_kit::{Health, Kit};
+use flotilla_operator::failover::engine::{self, EngineConfig, EngineOutputs, VerdictSigning};
+use flotilla_operator::leader::Leadership;
+use flotilla_operator::verdict_keys::VerdictKeys;
+use flotilla_testkit::wait::poll;
+use warp::Filter as _;
 use flotilla_operator::failover::inventory::{Inventory, ObjKey, PodInfo, ServiceInfo};
 use flotilla_operator::failover::metrics::Metrics;
 use flotilla_operator::failover::policy::{FailoverPolicy, ProbePolicy};
@@ -370,5 +377,83 @@ async fn a_high_5xx_ratio_ejects_a_pod_whose_readiness_is_fine() -> Result<()> {
     let ev = &d.services[&ObjKey::new("t", "err")].status.pods[0];
     assert_eq!(ev.error_ratio, Some(0.5));
     assert_eq!(member(&d, "err", "err-1"), Some(Membership::In));
+    Ok(())
+}
+
+#[tokio::test]
+async fn only_the_leader_sends_verdicts_and_a_kit_pod_accepts_them() -> Result<()> {
+    // A standby probes a pod but sends it no verdict (two replicas' views could differ); once
+    // it leads, its verdicts carry the operator's signature and a real kit server accepts them.
+    let keys = Arc::new(VerdictKeys::ephemeral());
+    let check = VerdictCheck::new(Some("web-0".into()), keys.published())?;
+    let kit = Kit::new(Health::builder().verdicts(check).build(), None)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let no_api = warp::any()
+        .and_then(|| async { Err::<warp::reply::Response, _>(warp::reject::not_found()) });
+    let running = Running::start(
+        listener,
+        kit.filter(no_api),
+        kit.health.clone(),
+        DrainOptions::default(),
+    )?;
+    let pod = PodInfo {
+        key: ObjKey::new("t", "web-0"),
+        service: "web".into(),
+        ip: Some(addr.ip()),
+        ready: true,
+        serves: [(labels::serves("web"), "true".to_owned())].into(),
+        uid: Some("uid-web-0".into()),
+    };
+    let inv = Inventory::from_parts([service("web", addr.port(), Some("backup"), |_| {})], [pod]);
+    let (lead, leadership) = Leadership::new();
+    let (_tx, rx) = watch::channel(Arc::new(inv));
+    let cfg = EngineConfig {
+        verdicts: Some(VerdictSigning { keys, leadership }),
+        ..EngineConfig::default()
+    };
+    let (_out, _thread) = engine::spawn(rx, Metrics::new()?, cfg)?;
+    let metrics = kit.metrics.clone().context("kit metrics")?;
+    let readiness_probes = || {
+        metrics
+            .registry()
+            .gather()
+            .iter()
+            .filter(|f| f.name() == "http_requests_total")
+            .flat_map(|f| f.get_metric().to_vec())
+            .filter(|m| m.get_label().iter().any(|l| l.value() == "/readyz"))
+            .map(|m| m.get_counter().value())
+            .sum::<f64>()
+    };
+    let verdicts = kit.health.traffic().verdict_check().counter();
+    let total = |outcome: &str| verdicts.with_label_values(&[outcome]).get();
+    poll("five probes from the standby", WAIT, || async {
+        Ok((readiness_probes() >= 5.0).then_some(()))
+    })
+    .await?;
+    let outcomes = ["accepted", "unsigned", "forged", "stale", "replayed", "unknown_key"];
+    assert!(
+        outcomes.iter().all(|o| total(o) == 0),
+        "a standby sent a verdict"
+    );
+    lead.lead_unbounded();
+    poll("three verdicts accepted from the leader", WAIT, || async {
+        Ok((total("accepted") >= 3).then_some(()))
+    })
+    .await?;
+    assert!(
+        outcomes[1..].iter().all(|o| total(o) == 0),
+        "every verdict of the leader verifies"
+    );
+    lead.stop();
+    let accepted = total("accepted");
+    let probes = readiness_probes();
+    poll("five more probes after stepping down", WAIT, || async {
+        Ok((readiness_probes() >= probes + 5.0).then_some(()))
+    })
+    .await?;
+    // A probe already in flight when leadership ended may still carry one.
+    assert!(total("accepted") <= accepted + 1, "verdicts after stepping down");
+    running.stop().await?;
     Ok(())
 }
