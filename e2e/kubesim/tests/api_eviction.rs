@@ -337,6 +337,90 @@ async fn unready_pods_follow_the_unhealthy_pod_eviction_policy() -> Result<()> {
     Ok(())
 }
 
+/// Creates `kind` (ReplicaSet or Deployment, apps/v1) `name` selecting `app=web` with
+/// `replicas`, owned by `owner` (apiVersion, kind, name, uid) when given. Returns its uid.
+async fn workload(
+    cluster: &Cluster,
+    kind: &str,
+    plural: &str,
+    name: &str,
+    replicas: i64,
+    owner: Option<Value>,
+) -> Result<String> {
+    let mut obj = json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name},
+        "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": "web"}},
+                 "template": {"metadata": {"labels": {"app": "web"}},
+                              "spec": {"containers": [{"name": "c", "image": "example/app:1"}]}}}});
+    if let Some(o) = owner {
+        obj["metadata"]["ownerReferences"] = json!([o]);
+    }
+    let (code, out) = raw(
+        cluster,
+        "POST",
+        &format!("/apis/apps/v1/namespaces/{NS}/{plural}"),
+        "application/json",
+        Some(obj.to_string()),
+    )
+    .await?;
+    anyhow::ensure!(code == 201, "creating {kind} {name}: {out}");
+    out["metadata"]["uid"]
+        .as_str()
+        .map(str::to_string)
+        .context("a created object has a uid")
+}
+
+fn controller(kind: &str, name: &str, uid: &str) -> Value {
+    json!({"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": uid, "controller": true})
+}
+
+#[tokio::test]
+async fn scaled_budgets_count_the_pods_controller_scale() -> Result<()> {
+    // maxUnavailable is taken from the scale of the pods' controller (a ReplicaSet's
+    // Deployment when it has one), not from the pods that happen to exist.
+    let cluster = start().await?;
+    let rs = workload(&cluster, "ReplicaSet", "replicasets", "web-1", 3, None).await?;
+    for p in ["a", "b", "c"] {
+        let owned = json!({"ownerReferences": [controller("ReplicaSet", "web-1", &rs)]});
+        pod_with(&cluster, p, Some(true), owned).await?;
+    }
+    budget(&cluster, "web", json!({"maxUnavailable": 1})).await?;
+    assert_eq!(evict(&cluster, "a", json!({})).await?.0, 201);
+    let (code, body) = evict(&cluster, "b", json!({})).await?;
+    assert_eq!(code, 429);
+    assert_eq!(
+        body["details"]["causes"][0]["message"],
+        "The disruption budget web needs 2 healthy pods and has 2 currently"
+    );
+
+    // The same pods under a ReplicaSet of a Deployment scaled to 4: 3 must stay healthy.
+    let deploy = workload(&cluster, "Deployment", "deployments", "web", 4, None).await?;
+    let rs2 = workload(
+        &cluster,
+        "ReplicaSet",
+        "replicasets",
+        "web-2",
+        2,
+        Some(controller("Deployment", "web", &deploy)),
+    )
+    .await?;
+    for p in ["b", "c"] {
+        pods(&cluster)
+            .patch(
+                p,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"ownerReferences": [controller("ReplicaSet", "web-2", &rs2)]}})),
+            )
+            .await?;
+    }
+    let (code, body) = evict(&cluster, "b", json!({})).await?;
+    assert_eq!(code, 429);
+    assert_eq!(
+        body["details"]["causes"][0]["message"],
+        "The disruption budget web needs 3 healthy pods and has 2 currently"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn pending_pods_ignore_budgets_and_two_budgets_are_refused() -> Result<()> {
     // A pod no kubelet runs cannot disrupt anything; a running pod under two budgets gets the
