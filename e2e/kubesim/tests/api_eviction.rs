@@ -9,12 +9,16 @@
 mod support;
 
 use anyhow::{Context, Result};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::{Eviction, PodDisruptionBudget};
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
-use kube::api::{DeleteParams, EvictParams, Patch, PatchParams, PostParams, Preconditions};
+use kube::api::{
+    DeleteParams, EvictParams, Patch, PatchParams, PostParams, Preconditions, WatchEvent,
+    WatchParams,
+};
 use kube::core::Status;
-use kube::Api;
+use kube::{Api, ResourceExt};
 use kubesim::Cluster;
 use serde_json::{json, Value};
 use support::{api_error, raw, start};
@@ -134,6 +138,39 @@ async fn eviction_without_a_budget_deletes_the_pod() -> Result<()> {
         entry.map(|e| (e["group"].clone(), e["kind"].clone(), e["verbs"].clone())),
         Some((json!("policy"), json!("Eviction"), json!(["create"])))
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn watchers_see_the_disruption_target_then_the_deletion() -> Result<()> {
+    // An eviction is seen as the real server shows it: the pod modified (its DisruptionTarget
+    // condition), then deleted; a refused eviction changes nothing.
+    let cluster = start().await?;
+    pod(&cluster, "a", Some(true)).await?;
+    pod(&cluster, "b", Some(true)).await?;
+    budget(&cluster, "web", json!({"minAvailable": 1})).await?;
+    let rv = pods(&cluster)
+        .get("b")
+        .await?
+        .metadata
+        .resource_version
+        .context("a stored pod has a resourceVersion")?;
+    assert_eq!(evict(&cluster, "a", json!({})).await?.0, 201);
+    assert_eq!(evict(&cluster, "b", json!({})).await?.0, 429);
+    let mut events = pods(&cluster)
+        .watch(&WatchParams::default().timeout(2), &rv)
+        .await?
+        .boxed();
+    let mut seen = Vec::new();
+    while let Some(e) = events.try_next().await? {
+        match e {
+            WatchEvent::Modified(p) => seen.push(format!("MODIFIED {}", p.name_any())),
+            WatchEvent::Deleted(p) => seen.push(format!("DELETED {}", p.name_any())),
+            WatchEvent::Added(p) => seen.push(format!("ADDED {}", p.name_any())),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["MODIFIED a", "DELETED a"]);
     Ok(())
 }
 

@@ -110,16 +110,16 @@ struct VerifyRequest<'a> {
 
 #[derive(Deserialize)]
 struct VerifyResponse {
-    id: i64,
+    id: String,
     #[serde(default)]
     role: Role,
 }
 
 /// A successful credential check: the account and its role.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verified {
-    /// The user id.
-    pub id: i64,
+    /// The user's stable id (a UUID), the token's subject.
+    pub id: String,
     /// The account's role, to put in the token.
     pub role: Role,
 }

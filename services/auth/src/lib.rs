@@ -1,5 +1,7 @@
 //! The auth sample service: `POST /login` checks credentials with the users service and
-//! returns a signed JWT; `GET /verify` checks a bearer token and returns its claims.
+//! returns a JWT signed with auth's Ed25519 key; `GET /verify` checks a bearer token and returns
+//! its claims; `GET /.well-known/jwks.json` publishes the public keys users and orders verify
+//! with.
 //!
 //! Calls to users go through [`client::UsersClient`] (timeout, bounded retries, circuit
 //! breaker); readiness probes users directly. [`build`] wires it all into a [`Service`];
@@ -21,7 +23,7 @@ use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
 pub use crate::client::{ClientConfig, UsersClient};
-pub use crate::jwt::{Claims, Tokens};
+pub use crate::jwt::{Claims, Signer, Verifier};
 pub use crate::routes::State;
 
 /// Default login attempts a minute per account.
@@ -38,7 +40,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
 pub struct Service {
     /// Shared kit state (health, faults, metrics).
     pub kit: Kit,
-    /// Handler state (users client, tokens).
+    /// Handler state (users client, token signer).
     pub state: State,
 }
 
@@ -67,7 +69,7 @@ pub fn build(
     users_url: reqwest::Url,
     service_token: &str,
     client: ClientConfig,
-    tokens: Tokens,
+    tokens: Signer,
     admin_token: Option<String>,
 ) -> Result<Service, BuildError> {
     let gauge = prometheus::IntGauge::new(

@@ -12,13 +12,19 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = args.resolve()?;
     init_tracing(config.service.log_format)?;
-    if config.dev && args.jwt_secret.is_none() {
-        tracing::warn!("developer mode: tokens are signed with the public development secret");
+    if config.dev && args.signing_key.is_none() {
+        tracing::warn!("developer mode: tokens are signed with the public development key");
     }
     if config.dev && args.service_token.is_none() {
         tracing::warn!("developer mode: users is called with the public development credential");
     }
-    let tokens = auth::Tokens::new(&config.jwt_secret, config.token_ttl);
+    let tokens = auth::Signer::new(
+        config.signing_key.clone(),
+        config.previous_keys.clone(),
+        config.audiences.clone(),
+        config.token_ttl,
+    );
+    tracing::info!(kid = tokens.kid(), audiences = ?tokens.audiences(), published = tokens.jwks().keys.len(), "signing key loaded");
     let mut service = auth::build(
         config.users_url.clone(),
         &config.service_token,

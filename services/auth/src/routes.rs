@@ -1,6 +1,6 @@
-//! HTTP routes of the auth service: `POST /login` and `GET /verify`. Each route matches path
-//! and method, passes the fault gate, then runs its handler, which always produces a JSON
-//! response tagged with the route template.
+//! HTTP routes of the auth service: `POST /login`, `GET /verify` and
+//! `GET /.well-known/jwks.json`. Each route matches path and method, passes the fault gate, then
+//! runs its handler, which always produces a JSON response tagged with the route template.
 
 use bytes::Bytes;
 use flotilla_kit::ratelimit::{too_many, CredentialLimits};
@@ -14,7 +14,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
 use crate::client::{UpstreamError, UsersClient};
-use crate::jwt::{TokenError, Tokens};
+use crate::jwt::{Signer, TokenError};
 
 /// Route templates, used as metric labels.
 pub mod templates {
@@ -22,6 +22,8 @@ pub mod templates {
     pub const LOGIN: &str = "/login";
     /// `GET /verify`.
     pub const VERIFY: &str = "/verify";
+    /// `GET /.well-known/jwks.json`.
+    pub const JWKS: &str = "/.well-known/jwks.json";
 }
 
 const BODY_LIMIT: u64 = 16 * 1024;
@@ -32,7 +34,7 @@ pub struct State {
     /// Client for the users service.
     pub users: UsersClient,
     /// Token signer and verifier.
-    pub tokens: Tokens,
+    pub tokens: Signer,
     /// Login attempts per account and per client address.
     pub limits: CredentialLimits,
 }
@@ -62,7 +64,7 @@ pub fn routes(
     state: State,
     faults: &Faults,
 ) -> impl Filter<Extract = (Response,), Error = Rejection> + Clone + Send + Sync + 'static {
-    use templates::{LOGIN, VERIFY};
+    use templates::{JWKS, LOGIN, VERIFY};
     let with_state = warp::any().map(move || state.clone());
 
     let login = warp::path!("login")
@@ -82,11 +84,25 @@ pub fn routes(
     let verify = warp::path!("verify")
         .and(warp::get())
         .and(faults.gate(VERIFY))
-        .and(with_state)
+        .and(with_state.clone())
         .and(warp::header::optional::<String>("authorization"))
         .map(|s: State, auth: Option<String>| tag(VERIFY, verify(&s, auth.as_deref())));
 
-    login.or(verify).unify()
+    // Public keys only; verifiers cache them (see flotilla_kit::jwks), so a minute of caching
+    // by intermediaries is harmless.
+    let jwks = warp::path!(".well-known" / "jwks.json")
+        .and(warp::get())
+        .and(faults.gate(JWKS))
+        .and(with_state)
+        .map(|s: State| {
+            let resp = reply::json(StatusCode::OK, &s.tokens.jwks());
+            tag(
+                JWKS,
+                warp::reply::with_header(resp, "cache-control", "max-age=60").into_response(),
+            )
+        });
+
+    login.or(verify).unify().or(jwks).unify()
 }
 
 async fn login(
@@ -117,9 +133,9 @@ async fn login(
         return too_many(limited);
     }
     match s.users.verify(&req.email, &req.password, request_id).await {
-        Ok(Some(user)) => match s.tokens.issue_as(user.id, user.role) {
+        Ok(Some(user)) => match s.tokens.issue_as(&user.id, user.role) {
             Ok((token, _)) => {
-                tracing::info!(user_id = user.id, role = ?user.role, "login succeeded");
+                tracing::info!(user_id = %user.id, role = ?user.role, "login succeeded");
                 reply::json(
                     StatusCode::OK,
                     &LoginResponse {
@@ -179,6 +195,9 @@ fn verify(s: &State, auth: Option<&str>) -> Response {
         Ok(claims) => reply::json(StatusCode::OK, &claims),
         Err(TokenError::Expired) => {
             reply::error(StatusCode::UNAUTHORIZED, "token_expired", "token expired")
+        }
+        Err(e @ (TokenError::UnknownKey | TokenError::WrongAudience)) => {
+            reply::error(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string())
         }
         Err(_) => reply::error(StatusCode::UNAUTHORIZED, "invalid_token", "invalid token"),
     }

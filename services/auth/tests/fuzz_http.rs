@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
+use flotilla_kit::jwt::SigningKey;
 use flotilla_kit::ratelimit::CredentialLimits;
 use flotilla_kit::reply::ErrorBody;
 use flotilla_kit::server::{DrainOptions, Running};
@@ -21,17 +22,34 @@ use warp::reply::Response;
 /// Cases per service in the test command; `FUZZ_CASES` overrides.
 const DEFAULT_CASES: u32 = 256;
 
-/// The tokens' signing secret, shared by the users and auth under test.
-const SECRET: &[u8] = b"Kf8d2LqW9zX4vB7nM1pR6tY3hJ5gC0sA";
+/// auth's signing key; users under test holds its public half.
+fn key() -> &'static SigningKey {
+    static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| SigningKey::generate().expect("key"))
+}
+
+fn signer(ttl: Duration) -> auth::Signer {
+    let audiences = ["users", "orders"].map(str::to_owned).to_vec();
+    auth::Signer::new(key().clone(), Vec::new(), audiences, ttl)
+}
+
+/// Ids of the accounts the generated tokens name.
+const IDS: [&str; 2] = [
+    "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c",
+    "5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f",
+];
 /// The credential auth presents on users' credential check.
 const SERVICE: &str = "svc-Vq7m2Xk9Lp4Wz8Rt";
 
 /// Valid `Authorization` values (an admin's and a user's token, the service credential), so
 /// generated requests also reach the handlers behind users' authentication.
 fn credentials() -> Vec<Vec<u8>> {
-    let tokens = auth::Tokens::new(SECRET, Duration::from_secs(3600));
+    let tokens = signer(Duration::from_secs(3600));
     let mut out = vec![format!("Bearer {SERVICE}").into_bytes()];
-    for (id, role) in [(1, auth::jwt::Role::Admin), (2, auth::jwt::Role::User)] {
+    for (id, role) in [
+        (IDS[0], auth::jwt::Role::Admin),
+        (IDS[1], auth::jwt::Role::User),
+    ] {
         if let Ok((token, _)) = tokens.issue_as(id, role) {
             out.push(format!("Bearer {token}").into_bytes());
         }
@@ -71,6 +89,10 @@ fn segment() -> impl Strategy<Value = String> {
         Just("%E2%98%83".to_owned()),
         Just("..".to_owned()),
         (0i64..100).prop_map(|n| n.to_string()),
+        Just(IDS[0].to_owned()),
+        Just(IDS[1].to_owned()),
+        Just(".well-known".to_owned()),
+        Just("jwks.json".to_owned()),
         "[A-Za-z0-9._~-]{0,16}",
         "(%[0-9A-F]{2}){1,6}",
     ]
@@ -212,8 +234,12 @@ async fn users_service(dir: &tempfile::TempDir) -> Result<users::Service> {
     let db = users::Db::connect(&url).await?;
     let mut svc = users::build(db, users::Passwords::low_cost()?, None, true)?;
     svc.state.limits = CredentialLimits::new(0, 0);
+    svc.state.signup_limits = users::SignupLimits::new(0, 0);
     svc.state.access = std::sync::Arc::new(users::Access {
-        tokens: Some(auth::Tokens::new(SECRET, Duration::from_secs(3600))),
+        tokens: Some(auth::Verifier::for_audience(
+            auth::jwt::AUDIENCE_USERS,
+            vec![key().public_key().clone()],
+        )),
         service_token: Some(SERVICE.into()),
         ..users::Access::default()
     });
@@ -249,7 +275,7 @@ fn auth_http_inputs_never_panic_and_errors_are_json_4xx() -> Result<()> {
             },
         )?)
     })?;
-    let tokens = auth::Tokens::new(SECRET, Duration::from_secs(600));
+    let tokens = signer(Duration::from_secs(600));
     let svc = rt.block_on(async {
         auth::build(
             reqwest::Url::parse(&users.url())?,

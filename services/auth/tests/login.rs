@@ -5,22 +5,39 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use auth::breaker::BreakerConfig;
-use auth::{ClientConfig, Tokens};
+use auth::{ClientConfig, Signer, Verifier};
+use flotilla_kit::jwt::{SigningKey, AUDIENCE_USERS};
 use flotilla_kit::ratelimit::CredentialLimits;
 use flotilla_kit::server::{DrainOptions, Running};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use warp::Filter;
 
-const SECRET: &[u8] = b"test-secret-test-secret-test-secret!";
 const ADMIN: &str = "users-admin";
 /// The credential auth presents on users' credential check.
 const SERVICE: &str = "svc-Vq7m2Xk9Lp4Wz8Rt";
+/// A user id (UUID) for tokens made outside a login.
+const UID: &str = "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c";
 
-/// users' credentials: auth's tokens, auth's service credential.
+/// auth's signing key in these tests.
+fn key() -> &'static SigningKey {
+    static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| SigningKey::generate().expect("key"))
+}
+
+/// auth's token signer: `key()`, for users and orders.
+fn signer(ttl: Duration) -> Signer {
+    let audiences = ["users", "orders"].map(str::to_owned).to_vec();
+    Signer::new(key().clone(), Vec::new(), audiences, ttl)
+}
+
+/// users' credentials: auth's public key, auth's service credential.
 fn users_access() -> users::Access {
     users::Access {
-        tokens: Some(Tokens::new(SECRET, Duration::from_secs(600))),
+        tokens: Some(Verifier::for_audience(
+            AUDIENCE_USERS,
+            vec![key().public_key().clone()],
+        )),
         service_token: Some(SERVICE.into()),
         ..users::Access::default()
     }
@@ -57,11 +74,30 @@ impl Pair {
         timeout: Duration,
         login_limits: CredentialLimits,
     ) -> Result<Self> {
+        Self::start_with_users(
+            breaker,
+            timeout,
+            login_limits,
+            users::Passwords::low_cost()?,
+            users::SignupLimits::new(0, 0),
+        )
+        .await
+    }
+
+    /// Both services, users hashing with `passwords` and limiting sign-ups to `signup_limits`.
+    async fn start_with_users(
+        breaker: BreakerConfig,
+        timeout: Duration,
+        login_limits: CredentialLimits,
+        passwords: users::Passwords,
+        signup_limits: users::SignupLimits,
+    ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let url = format!("sqlite://{}", dir.path().join("users.db").display());
         let db = users::Db::connect(&url).await?;
-        let mut svc = users::build(db, users::Passwords::low_cost()?, Some(ADMIN.into()), true)?;
+        let mut svc = users::build(db, passwords, Some(ADMIN.into()), true)?;
         svc.state.limits = CredentialLimits::new(0, 0);
+        svc.state.signup_limits = signup_limits;
         svc.state.access = std::sync::Arc::new(users_access());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let users = Running::start(listener, svc.filter(), svc.kit.health.clone(), opts())?;
@@ -72,7 +108,7 @@ impl Pair {
             backoff: Duration::from_millis(20),
             breaker,
         };
-        let tokens = Tokens::new(SECRET, Duration::from_secs(600));
+        let tokens = signer(Duration::from_secs(600));
         let mut svc = auth::build(
             reqwest::Url::parse(&users.url())?,
             SERVICE,
@@ -99,7 +135,7 @@ impl Pair {
         ))
     }
 
-    async fn register(&self, email: &str, password: &str) -> Result<i64> {
+    async fn register(&self, email: &str, password: &str) -> Result<String> {
         let r = self
             .http
             .post(self.users_url("/users")?)
@@ -108,7 +144,7 @@ impl Pair {
             .await?;
         assert_eq!(r.status(), StatusCode::CREATED);
         let body: Value = r.json().await?;
-        body["id"].as_i64().context("id")
+        Ok(body["id"].as_str().context("id")?.to_owned())
     }
 
     async fn login(&self, email: &str, password: &str) -> Result<(StatusCode, Value)> {
@@ -196,13 +232,14 @@ async fn login_round_trip_through_both_services() -> Result<()> {
 
     let (status, claims) = p.verify(&token).await?;
     assert_eq!(status, StatusCode::OK);
-    assert_eq!(claims["sub"], id.to_string());
+    assert_eq!(claims["sub"], id);
     assert_eq!(claims["iss"], "flotilla-auth");
+    assert_eq!(claims["aud"], json!(["users", "orders"]));
     assert_eq!(claims["role"], "user");
 
     // The token opens the user's own account in users, and no other.
     let other = p.register("ada@example.com", "analytical").await?;
-    for (path, expected) in [(id, StatusCode::OK), (other, StatusCode::FORBIDDEN)] {
+    for (path, expected) in [(&id, StatusCode::OK), (&other, StatusCode::FORBIDDEN)] {
         let r = p
             .http
             .get(p.users_url(&format!("/users/{path}"))?)
@@ -239,7 +276,7 @@ async fn a_wrong_service_credential_is_a_gateway_error_not_a_wrong_password() ->
         reqwest::Url::parse(&p.users_url("/")?)?,
         "svc-Vq7m2Xk9Lp4Wz8Ru",
         ClientConfig::default(),
-        Tokens::new(SECRET, Duration::from_secs(600)),
+        signer(Duration::from_secs(600)),
         None,
     )?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -257,7 +294,7 @@ async fn a_wrong_service_credential_is_a_gateway_error_not_a_wrong_password() ->
 
 #[tokio::test]
 async fn verify_refuses_tampered_foreign_and_expired_tokens() -> Result<()> {
-    // Only untouched, unexpired tokens signed with auth's secret pass /verify.
+    // Only untouched, unexpired tokens signed with auth's key pass /verify.
     let p = Pair::start(default_breaker()).await?;
     p.register("linus@example.com", "penguins!").await?;
     let (_, body) = p.login("linus@example.com", "penguins!").await?;
@@ -274,17 +311,19 @@ async fn verify_refuses_tampered_foreign_and_expired_tokens() -> Result<()> {
         (StatusCode::UNAUTHORIZED, Some("invalid_token"))
     );
 
-    let foreign = Tokens::new(
-        b"some-other-secret-some-other-secret!",
+    let foreign = Signer::new(
+        SigningKey::generate().map_err(anyhow::Error::msg)?,
+        Vec::new(),
+        vec!["users".into()],
         Duration::from_secs(600),
     );
-    let (forged, _) = foreign.issue(1).map_err(anyhow::Error::msg)?;
+    let (forged, _) = foreign.issue(UID).map_err(anyhow::Error::msg)?;
     let (status, _) = p.verify(&forged).await?;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 
-    let same_key = Tokens::new(SECRET, Duration::from_secs(60));
+    let same_key = signer(Duration::from_secs(60));
     let (expired, _) = same_key
-        .issue_at(1, auth::jwt::Role::User, jsonwebtoken_now() - 3600)
+        .issue_at(UID, auth::jwt::Role::User, jsonwebtoken_now() - 3600)
         .map_err(anyhow::Error::msg)?;
     let (status, body) = p.verify(&expired).await?;
     assert_eq!(
@@ -487,7 +526,7 @@ async fn login_forwards_the_request_id_to_users() -> Result<()> {
             if let Ok(mut ids) = record.lock() {
                 ids.push(id.unwrap_or_default());
             }
-            warp::Reply::into_response(warp::reply::json(&json!({"id": 7})))
+            warp::Reply::into_response(warp::reply::json(&json!({"id": UID})))
         });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let stand_in = Running::start(
@@ -497,7 +536,7 @@ async fn login_forwards_the_request_id_to_users() -> Result<()> {
         opts(),
     )?;
     let users_addr = stand_in.addr;
-    let tokens = Tokens::new(SECRET, Duration::from_secs(600));
+    let tokens = signer(Duration::from_secs(600));
     let svc = auth::build(
         reqwest::Url::parse(&format!("http://{users_addr}/"))?,
         SERVICE,
@@ -559,5 +598,100 @@ async fn logins_are_rate_limited_per_account_and_per_address() -> Result<()> {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, _) = p.login("third@example.com", "whatever1").await?;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    Ok(())
+}
+
+#[tokio::test]
+async fn users_verifies_with_the_keys_auth_publishes() -> Result<()> {
+    // auth publishes its signing key at /.well-known/jwks.json under the kid its tokens carry;
+    // a verifier holding nothing but what it fetched from there accepts auth's tokens.
+    let p = Pair::start(default_breaker()).await?;
+    p.register("kid@example.com", "rotate-me!").await?;
+    let (_, body) = p.login("kid@example.com", "rotate-me!").await?;
+    let token = body["token"].as_str().context("token")?.to_owned();
+
+    let url = reqwest::Url::parse(&format!("{}/.well-known/jwks.json", p.auth.url()))?;
+    let r = p.http.get(url.clone()).send().await?;
+    assert_eq!(r.status(), StatusCode::OK);
+    let jwks: flotilla_kit::jwt::Jwks = r.json().await?;
+    let kids: Vec<_> = jwks.keys.iter().filter_map(|k| k.kid.clone()).collect();
+    assert_eq!(kids, [key().public_key().kid()]);
+    assert!(jwks
+        .keys
+        .iter()
+        .all(|k| k.kty == "OKP" && k.crv == "Ed25519"));
+
+    let verifier = Verifier::for_audience(AUDIENCE_USERS, Vec::new());
+    assert_eq!(
+        verifier.verify(&token),
+        Err(auth::jwt::TokenError::UnknownKey)
+    );
+    let refresh = flotilla_kit::jwks::spawn_refresh(url, verifier.clone())?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while verifier.verify(&token).is_err() {
+        if Instant::now() > deadline {
+            bail!("the fetched keys never verified auth's token");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    refresh.abort();
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_signup_flood_does_not_fail_logins() -> Result<()> {
+    // Sign-ups hammering users (real Argon2 cost, default hashing slots and sign-up limits)
+    // neither take the credential checks' hashing slots nor open auth's breaker: every login
+    // during the flood succeeds, and the flood itself is answered 429 or 503, never hangs.
+    let p = Pair::start_with_users(
+        default_breaker(),
+        Duration::from_secs(5),
+        CredentialLimits::new(0, 0),
+        users::Passwords::new()?,
+        users::SignupLimits::default(),
+    )
+    .await?;
+    p.register("steady@example.com", "keep-going!").await?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let url = p.users_url("/users")?;
+    let flood: Vec<_> = (0..8)
+        .map(|task| {
+            let (stop, url, http) = (stop.clone(), url.clone(), p.http.clone());
+            tokio::spawn(async move {
+                let mut statuses = Vec::new();
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    let body = json!({
+                        "name": "Flood",
+                        "email": format!("flood-{task}-{n}@example.com"),
+                        "password": "flood-password",
+                    });
+                    if let Ok(r) = http.post(&url).json(&body).send().await {
+                        statuses.push(r.status());
+                    }
+                }
+                statuses
+            })
+        })
+        .collect();
+    let mut logins = Vec::new();
+    for _ in 0..10 {
+        let (status, body) = p.login("steady@example.com", "keep-going!").await?;
+        logins.push((status, body["error"].clone()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut flood_statuses = Vec::new();
+    for task in flood {
+        flood_statuses.extend(task.await?);
+    }
+    assert!(
+        logins.iter().all(|(s, _)| *s == StatusCode::OK),
+        "logins during the flood: {logins:?}"
+    );
+    assert!(
+        flood_statuses.contains(&StatusCode::TOO_MANY_REQUESTS),
+        "the flood was never limited: {flood_statuses:?}"
+    );
     Ok(())
 }

@@ -1,22 +1,65 @@
-//! Token issuing and checking: HS256 JWTs with subject, role, issuer, issue and expiry times.
-//! auth issues them; users (and orders) verify them with the same secret. Pure apart from
-//! reading the clock; the secret comes from configuration.
+//! Token issuing and checking: EdDSA (Ed25519) JWTs with subject, role, audience, issuer, issue
+//! and expiry times, and a `kid` header naming the key that signed them.
+//!
+//! auth holds the private key and signs ([`Signer`]); users and orders hold public keys only
+//! ([`Verifier`]), so a compromised verifier cannot mint tokens. Keys are named by their RFC 7638
+//! thumbprint, published as a JWKS ([`Jwks`]), and a verifier accepts exactly the keys it was
+//! given or fetched (see [`crate::jwks`]): an unknown `kid`, another algorithm (HS256 above all)
+//! or a token for another audience is refused. Pure apart from reading the clock.
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine as _;
 use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::jwk::{
+    AlgorithmParameters, EllipticCurve, Jwk, OctetKeyPairParameters, OctetKeyPairType,
+    ThumbprintHash,
+};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::config::ConfigError;
 
 /// The `iss` claim of every token.
 pub const ISSUER: &str = "flotilla-auth";
 
-/// Signing secret of developer mode (`--dev`) in auth and users. Public, so tokens signed with
-/// it prove nothing; refused as a configured `JWT_SECRET` (it reads as a placeholder).
-pub const DEV_SECRET: &str = "flotilla-dev-secret-do-not-use-in-production";
+/// The only signature algorithm issued and accepted.
+pub const ALGORITHM: Algorithm = Algorithm::EdDSA;
+
+/// Audience of the users service (`aud` claim).
+pub const AUDIENCE_USERS: &str = "users";
+
+/// Audience of the orders service.
+pub const AUDIENCE_ORDERS: &str = "orders";
+
+/// Signing key of developer mode (`--dev`), PKCS#8 PEM. Public, so tokens signed with it prove
+/// nothing; refused as a configured `JWT_SIGNING_KEY`.
+pub const DEV_SIGNING_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEIIpvKWRZ7fRIFNiGWdsTY6gzUrkNRL1tp/cNSREoXl83
+-----END PRIVATE KEY-----
+";
+
+/// The public half of [`DEV_SIGNING_KEY`], which users and orders trust in developer mode.
+pub const DEV_PUBLIC_KEY: &str = "-----BEGIN PUBLIC KEY-----
+MCowBQYDK2VwAyEAqMN6T21Ux0TX4Qr1wO021lijj3EaAp3hH5gexEspPZA=
+-----END PUBLIC KEY-----
+";
 
 /// Clock skew tolerated when checking `exp`.
 const LEEWAY_SECS: u64 = 5;
+
+/// DER prefix of an Ed25519 private key in PKCS#8 (RFC 8410), followed by the 32-byte seed.
+const PKCS8_ED25519_PREFIX: [u8; 16] = [
+    0x30, 0x2e, 0x02, 0x01, 0x00, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x04, 0x22, 0x04, 0x20,
+];
+
+/// DER prefix of an Ed25519 SubjectPublicKeyInfo, followed by the 32-byte public key. A
+/// certificate carries its subject key in this form too.
+const SPKI_ED25519_PREFIX: [u8; 12] = [
+    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+];
 
 /// What a token's holder may do in the users API beyond their own account.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -32,17 +75,34 @@ pub enum Role {
 /// Claims carried by a token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
-    /// The user id, as a string (JWT convention).
+    /// The user's stable id (a UUID), as a string.
     pub sub: String,
     /// The holder's role; tokens without one are plain users.
     #[serde(default)]
     pub role: Role,
     /// Issuer, always [`ISSUER`].
     pub iss: String,
+    /// The services the token is meant for; each refuses a token not naming it.
+    #[serde(deserialize_with = "one_or_many")]
+    pub aud: Vec<String>,
     /// Issued at, Unix seconds.
     pub iat: u64,
     /// Expires at, Unix seconds.
     pub exp: u64,
+}
+
+/// `aud` may be one string or a list (RFC 7519 §4.1.3).
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Aud {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match Aud::deserialize(d)? {
+        Aud::One(a) => vec![a],
+        Aud::Many(a) => a,
+    })
 }
 
 /// Why a token was refused.
@@ -51,6 +111,12 @@ pub enum TokenError {
     /// The token is past its `exp`.
     #[error("token expired")]
     Expired,
+    /// The token names no key, or one this service does not know.
+    #[error("token signed by an unknown key")]
+    UnknownKey,
+    /// The token is not meant for this service.
+    #[error("token not meant for this service")]
+    WrongAudience,
     /// Bad signature, wrong algorithm or issuer, or not a JWT at all.
     #[error("invalid token")]
     Invalid,
@@ -59,35 +125,345 @@ pub enum TokenError {
     Sign(String),
 }
 
-/// Issues and verifies tokens with one shared secret.
-#[derive(Clone)]
-pub struct Tokens {
-    encoding: EncodingKey,
-    decoding: DecodingKey,
-    validation: Validation,
-    ttl: Duration,
+/// A key that could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The text holds no PEM block or JWKS.
+    #[error("expected PEM ({0}) or a JWKS document")]
+    Format(&'static str),
+    /// A block or JWK is not an Ed25519 key.
+    #[error("not an Ed25519 key: {0}")]
+    NotEd25519(String),
 }
 
-impl std::fmt::Debug for Tokens {
+/// An Ed25519 public key and its `kid` (the RFC 7638 thumbprint of its JWK).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicKey {
+    kid: String,
+    x: [u8; 32],
+}
+
+impl PublicKey {
+    /// From the raw 32-byte key.
+    pub fn from_bytes(x: [u8; 32]) -> Self {
+        let x_b64 = URL_SAFE_NO_PAD.encode(x);
+        let jwk = Jwk {
+            common: Default::default(),
+            algorithm: AlgorithmParameters::OctetKeyPair(OctetKeyPairParameters {
+                key_type: OctetKeyPairType::OctetKeyPair,
+                curve: EllipticCurve::Ed25519,
+                x: x_b64.clone(),
+            }),
+        };
+        // The thumbprint cannot fail for an OKP key; the key itself is a unique name too.
+        let kid = jwk.thumbprint(ThumbprintHash::SHA256).unwrap_or(x_b64);
+        Self { kid, x }
+    }
+
+    /// The key id tokens signed with this key carry.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The key as a JWK, as auth publishes it.
+    pub fn jwk(&self) -> JwkEntry {
+        JwkEntry {
+            kty: "OKP".into(),
+            crv: "Ed25519".into(),
+            x: URL_SAFE_NO_PAD.encode(self.x),
+            kid: Some(self.kid.clone()),
+            alg: Some("EdDSA".into()),
+            key_use: Some("sig".into()),
+        }
+    }
+
+    fn decoding_key(&self) -> DecodingKey {
+        DecodingKey::from_ed_der(&self.x)
+    }
+}
+
+/// One key of a JWKS document, as auth publishes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwkEntry {
+    /// Key type: `OKP`.
+    pub kty: String,
+    /// Curve: `Ed25519`.
+    pub crv: String,
+    /// The public key, base64url.
+    pub x: String,
+    /// Key id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kid: Option<String>,
+    /// `EdDSA`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alg: Option<String>,
+    /// `sig`.
+    #[serde(default, rename = "use", skip_serializing_if = "Option::is_none")]
+    pub key_use: Option<String>,
+}
+
+/// A JWKS document: `GET /.well-known/jwks.json` on auth.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Jwks {
+    /// The published keys, the signing key first.
+    pub keys: Vec<JwkEntry>,
+}
+
+impl Jwks {
+    /// The Ed25519 keys of the document. Other key types are refused rather than skipped, so a
+    /// misconfigured set is noticed; the `kid` is recomputed from the key, never trusted.
+    pub fn public_keys(&self) -> Result<Vec<PublicKey>, KeyError> {
+        self.keys
+            .iter()
+            .map(|k| {
+                if k.kty != "OKP" || k.crv != "Ed25519" {
+                    return Err(KeyError::NotEd25519(format!("{}/{}", k.kty, k.crv)));
+                }
+                let x = URL_SAFE_NO_PAD
+                    .decode(k.x.trim_end_matches('='))
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok())
+                    .ok_or_else(|| KeyError::NotEd25519("x is not 32 bytes of base64url".into()))?;
+                Ok(PublicKey::from_bytes(x))
+            })
+            .collect()
+    }
+}
+
+/// The PEM blocks of `text`: (label, DER).
+fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, KeyError> {
+    let mut blocks = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in text.lines().map(str::trim) {
+        if let Some(label) = line
+            .strip_prefix("-----BEGIN ")
+            .and_then(|l| l.strip_suffix("-----"))
+        {
+            current = Some((label.to_owned(), String::new()));
+        } else if line.starts_with("-----END ") {
+            let (label, body) = current
+                .take()
+                .ok_or(KeyError::Format("END without BEGIN"))?;
+            let der = STANDARD
+                .decode(body)
+                .map_err(|_| KeyError::Format("bad base64 in a block"))?;
+            blocks.push((label, der));
+        } else if let Some((_, body)) = current.as_mut() {
+            body.push_str(line);
+        }
+    }
+    if current.is_some() {
+        return Err(KeyError::Format("BEGIN without END"));
+    }
+    Ok(blocks)
+}
+
+fn seed_of(der: &[u8]) -> Result<[u8; 32], KeyError> {
+    der.strip_prefix(&PKCS8_ED25519_PREFIX[..])
+        .and_then(|s| <[u8; 32]>::try_from(s).ok())
+        .ok_or_else(|| KeyError::NotEd25519("PRIVATE KEY is not a PKCS#8 Ed25519 key".into()))
+}
+
+fn spki_key(der: &[u8]) -> Option<[u8; 32]> {
+    der.windows(SPKI_ED25519_PREFIX.len() + 32)
+        .find(|w| w.starts_with(&SPKI_ED25519_PREFIX))
+        .and_then(|w| <[u8; 32]>::try_from(&w[SPKI_ED25519_PREFIX.len()..]).ok())
+}
+
+/// Reads public keys from PEM (`PUBLIC KEY`; `CERTIFICATE`, of which only the Ed25519 subject
+/// key is used — Helm can write a generated key's public half only inside a certificate;
+/// `PRIVATE KEY`, of which only the public half is kept) or from a JWKS document. At least
+/// one key.
+pub fn parse_public_keys(text: &str) -> Result<Vec<PublicKey>, KeyError> {
+    let text = text.trim();
+    let keys = if text.starts_with('{') {
+        let jwks: Jwks =
+            serde_json::from_str(text).map_err(|_| KeyError::Format("invalid JWKS JSON"))?;
+        jwks.public_keys()?
+    } else {
+        let mut keys = Vec::new();
+        for (label, der) in pem_blocks(text)? {
+            let key = match label.as_str() {
+                "PUBLIC KEY" => der
+                    .strip_prefix(&SPKI_ED25519_PREFIX[..])
+                    .and_then(|x| <[u8; 32]>::try_from(x).ok())
+                    .map(PublicKey::from_bytes)
+                    .ok_or_else(|| KeyError::NotEd25519("PUBLIC KEY".into()))?,
+                "CERTIFICATE" => spki_key(&der)
+                    .map(PublicKey::from_bytes)
+                    .ok_or_else(|| KeyError::NotEd25519("CERTIFICATE".into()))?,
+                "PRIVATE KEY" => SigningKey::from_seed(seed_of(&der)?)?.public,
+                other => return Err(KeyError::NotEd25519(other.to_owned())),
+            };
+            if !keys.contains(&key) {
+                keys.push(key);
+            }
+        }
+        keys
+    };
+    if keys.is_empty() {
+        return Err(KeyError::Format("-----BEGIN PUBLIC KEY-----"));
+    }
+    Ok(keys)
+}
+
+/// An Ed25519 private key with its public half.
+#[derive(Clone)]
+pub struct SigningKey {
+    encoding: EncodingKey,
+    public: PublicKey,
+}
+
+impl std::fmt::Debug for SigningKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokens")
-            .field("ttl", &self.ttl)
+        f.debug_struct("SigningKey")
+            .field("kid", &self.public.kid)
             .finish_non_exhaustive()
     }
 }
 
-impl Tokens {
-    /// Tokens signed with `secret`, valid for `ttl`.
-    pub fn new(secret: &[u8], ttl: Duration) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.set_issuer(&[ISSUER]);
-        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
-        validation.leeway = LEEWAY_SECS;
+impl SigningKey {
+    /// Reads a PKCS#8 PEM Ed25519 private key (`openssl genpkey -algorithm ed25519`, Helm's
+    /// `genPrivateKey "ed25519"`).
+    pub fn from_pem(text: &str) -> Result<Self, KeyError> {
+        let blocks = pem_blocks(text)?;
+        let [(label, der)] = blocks.as_slice() else {
+            return Err(KeyError::Format("one -----BEGIN PRIVATE KEY----- block"));
+        };
+        if label != "PRIVATE KEY" {
+            return Err(KeyError::Format("-----BEGIN PRIVATE KEY-----"));
+        }
+        Self::from_seed(seed_of(der)?)
+    }
+
+    /// From the 32-byte seed.
+    pub fn from_seed(seed: [u8; 32]) -> Result<Self, KeyError> {
+        let mut der = PKCS8_ED25519_PREFIX.to_vec();
+        der.extend_from_slice(&seed);
+        let encoding = EncodingKey::from_ed_der(&der);
+        let jwk = Jwk::from_encoding_key(&encoding, ALGORITHM)
+            .map_err(|e| KeyError::NotEd25519(e.to_string()))?;
+        let AlgorithmParameters::OctetKeyPair(okp) = jwk.algorithm else {
+            return Err(KeyError::NotEd25519("no public key".into()));
+        };
+        let x = URL_SAFE_NO_PAD
+            .decode(&okp.x)
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .ok_or_else(|| KeyError::NotEd25519("public key is not 32 bytes".into()))?;
+        Ok(Self {
+            encoding,
+            public: PublicKey::from_bytes(x),
+        })
+    }
+
+    /// A fresh random key (tests and key generation).
+    pub fn generate() -> Result<Self, KeyError> {
+        Self::from_seed(rand::random())
+    }
+
+    /// The public half.
+    pub fn public_key(&self) -> &PublicKey {
+        &self.public
+    }
+
+    /// The private key as PKCS#8 PEM.
+    pub fn to_pem(&self) -> String {
+        format!(
+            "-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n",
+            STANDARD.encode(self.encoding_der())
+        )
+    }
+
+    fn encoding_der(&self) -> &[u8] {
+        self.encoding.as_bytes()
+    }
+}
+
+impl PublicKey {
+    /// The key as SubjectPublicKeyInfo PEM.
+    pub fn to_pem(&self) -> String {
+        let mut der = SPKI_ED25519_PREFIX.to_vec();
+        der.extend_from_slice(&self.x);
+        format!(
+            "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+            STANDARD.encode(der)
+        )
+    }
+}
+
+/// The hint every service gives for a leftover `JWT_SECRET`.
+pub const SHARED_SECRET_REPLACED: &str = "JWT_SECRET is no longer read: auth signs tokens with an \
+     Ed25519 key (JWT_SIGNING_KEY, PKCS#8 PEM: openssl genpkey -algorithm ed25519) and publishes \
+     its public keys at /.well-known/jwks.json; users and orders verify with JWT_PUBLIC_KEYS \
+     and/or AUTH_JWKS_URL. Remove JWT_SECRET";
+
+/// Refuses a configured `JWT_SECRET` (the HS256 secret of earlier releases) with an error
+/// naming what replaced it, so an old manifest fails loudly instead of being half-applied.
+pub fn refuse_shared_secret(value: Option<&str>) -> Result<(), ConfigError> {
+    match value.filter(|v| !v.trim().is_empty()) {
+        Some(_) => Err(ConfigError::Invalid {
+            var: "JWT_SECRET",
+            value: "<redacted>".into(),
+            reason: SHARED_SECRET_REPLACED.into(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Reads the public keys in the variable `var` (PEM blocks or a JWKS document).
+pub fn public_keys_from(var: &'static str, text: &str) -> Result<Vec<PublicKey>, ConfigError> {
+    parse_public_keys(text).map_err(|e| ConfigError::Invalid {
+        var,
+        value: "<keys>".into(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads `AUTH_JWKS_URL`: plain `http://` (the build has no TLS), with a host.
+pub fn jwks_url_from(raw: &str) -> Result<reqwest::Url, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        var: "AUTH_JWKS_URL",
+        value: raw.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let url = reqwest::Url::parse(raw.trim()).map_err(|e| invalid(&e.to_string()))?;
+    if url.scheme() != "http" {
+        return Err(invalid("only http:// is supported (this build has no TLS)"));
+    }
+    if url.host_str().is_none() {
+        return Err(invalid("missing host"));
+    }
+    Ok(url)
+}
+
+/// Issues tokens with the current key; publishes it and the previous ones (whose tokens stay
+/// valid until they expire); verifies its own tokens for `/verify`.
+#[derive(Debug, Clone)]
+pub struct Signer {
+    current: SigningKey,
+    audiences: Vec<String>,
+    ttl: Duration,
+    verifier: Verifier,
+}
+
+impl Signer {
+    /// Signs with `current`, valid for `ttl`, for `audiences`; `previous` keys are published
+    /// and accepted, never used to sign.
+    pub fn new(
+        current: SigningKey,
+        previous: Vec<PublicKey>,
+        audiences: Vec<String>,
+        ttl: Duration,
+    ) -> Self {
+        let mut keys = vec![current.public.clone()];
+        keys.extend(previous.into_iter().filter(|k| *k != current.public));
+        let verifier = Verifier::new(audiences.clone(), keys);
         Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
+            current,
+            audiences,
             ttl,
+            verifier,
         }
     }
 
@@ -96,41 +472,141 @@ impl Tokens {
         self.ttl
     }
 
+    /// The audiences every token names.
+    pub fn audiences(&self) -> &[String] {
+        &self.audiences
+    }
+
+    /// The key id of the signing key.
+    pub fn kid(&self) -> &str {
+        self.current.public.kid()
+    }
+
+    /// The published keys, signing key first.
+    pub fn jwks(&self) -> Jwks {
+        Jwks {
+            keys: self.verifier.keys().iter().map(PublicKey::jwk).collect(),
+        }
+    }
+
     /// Issues a plain user's token for `user_id` now.
-    pub fn issue(&self, user_id: i64) -> Result<(String, Claims), TokenError> {
+    pub fn issue(&self, user_id: &str) -> Result<(String, Claims), TokenError> {
         self.issue_as(user_id, Role::User)
     }
 
     /// Issues a token for `user_id` with `role` now.
-    pub fn issue_as(&self, user_id: i64, role: Role) -> Result<(String, Claims), TokenError> {
+    pub fn issue_as(&self, user_id: &str, role: Role) -> Result<(String, Claims), TokenError> {
         self.issue_at(user_id, role, jsonwebtoken::get_current_timestamp())
     }
 
     /// Issues a token as if the time were `now` (Unix seconds).
     pub fn issue_at(
         &self,
-        user_id: i64,
+        user_id: &str,
         role: Role,
         now: u64,
     ) -> Result<(String, Claims), TokenError> {
         let claims = Claims {
-            sub: user_id.to_string(),
+            sub: user_id.to_owned(),
             role,
             iss: ISSUER.to_owned(),
+            aud: self.audiences.clone(),
             iat: now,
             exp: now + self.ttl.as_secs(),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let mut header = Header::new(ALGORITHM);
+        header.kid = Some(self.kid().to_owned());
+        let token = jsonwebtoken::encode(&header, &claims, &self.current.encoding)
             .map_err(|e| TokenError::Sign(e.to_string()))?;
         Ok((token, claims))
     }
 
-    /// Checks signature, algorithm, issuer and expiry; returns the claims.
+    /// Checks a token as any of the audiences would (auth's `/verify`).
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
+        self.verifier.verify(token)
+    }
+}
+
+/// Checks tokens with public keys only: the configured ones plus those last fetched from
+/// auth's JWKS. Cheap to clone; clones share the fetched keys.
+#[derive(Clone)]
+pub struct Verifier {
+    validation: Validation,
+    configured: Arc<Vec<PublicKey>>,
+    fetched: Arc<RwLock<Vec<PublicKey>>>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field(
+                "kids",
+                &self
+                    .keys()
+                    .iter()
+                    .map(|k| k.kid.clone())
+                    .collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// Accepts tokens naming any of `audiences`, signed by one of `keys`.
+    pub fn new(audiences: Vec<String>, keys: Vec<PublicKey>) -> Self {
+        let mut validation = Validation::new(ALGORITHM);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "sub", "aud"]);
+        validation.leeway = LEEWAY_SECS;
+        Self {
+            validation,
+            configured: Arc::new(keys),
+            fetched: Arc::default(),
+        }
+    }
+
+    /// A verifier for one service's audience.
+    pub fn for_audience(audience: &str, keys: Vec<PublicKey>) -> Self {
+        Self::new(vec![audience.to_owned()], keys)
+    }
+
+    /// Replaces the fetched keys (the configured ones stay).
+    pub fn set_fetched(&self, keys: Vec<PublicKey>) {
+        match self.fetched.write() {
+            Ok(mut g) => *g = keys,
+            Err(poisoned) => *poisoned.into_inner() = keys,
+        }
+    }
+
+    /// Every key accepted now: configured first, then fetched.
+    pub fn keys(&self) -> Vec<PublicKey> {
+        let fetched = match self.fetched.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let mut keys = self.configured.as_ref().clone();
+        keys.extend(fetched.into_iter().filter(|k| !self.configured.contains(k)));
+        keys
+    }
+
+    fn find(&self, kid: &str) -> Option<PublicKey> {
+        self.keys().into_iter().find(|k| k.kid == kid)
+    }
+
+    /// Checks algorithm, key, signature, issuer, audience and expiry; returns the claims.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        if header.alg != ALGORITHM {
+            return Err(TokenError::Invalid);
+        }
+        let kid = header.kid.ok_or(TokenError::UnknownKey)?;
+        let key = self.find(&kid).ok_or(TokenError::UnknownKey)?;
+        jsonwebtoken::decode::<Claims>(token, &key.decoding_key(), &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::InvalidAudience => TokenError::WrongAudience,
                 _ => TokenError::Invalid,
             })
     }
@@ -140,103 +616,229 @@ impl Tokens {
 mod tests {
     use super::*;
 
-    fn tokens() -> Tokens {
-        Tokens::new(
-            b"0123456789abcdef0123456789abcdef",
+    fn aud(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    fn signer(key: &SigningKey) -> Signer {
+        Signer::new(
+            key.clone(),
+            Vec::new(),
+            aud(&[AUDIENCE_USERS, AUDIENCE_ORDERS]),
             Duration::from_secs(600),
         )
     }
 
+    const UID: &str = "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c";
+
     #[test]
-    fn issued_tokens_verify() {
-        // A fresh token round-trips to the same claims.
-        let t = tokens();
-        let (token, claims) = t.issue(42).expect("sign");
-        assert_eq!(t.verify(&token), Ok(claims.clone()));
-        assert_eq!(claims.sub, "42");
+    fn issued_tokens_verify_with_the_public_key_only() {
+        // A fresh token round-trips to the same claims through a verifier holding only the
+        // public key, for each audience it names.
+        let key = SigningKey::generate().expect("key");
+        let s = signer(&key);
+        let (token, claims) = s.issue(UID).expect("sign");
+        let users = Verifier::for_audience(AUDIENCE_USERS, vec![key.public_key().clone()]);
+        assert_eq!(users.verify(&token), Ok(claims.clone()));
+        assert_eq!(claims.sub, UID);
+        assert_eq!(claims.aud, aud(&["users", "orders"]));
         assert_eq!(claims.exp - claims.iat, 600);
-        let (admin, _) = t.issue_as(1, Role::Admin).expect("sign");
-        assert_eq!(t.verify(&admin).map(|c| c.role), Ok(Role::Admin));
+        let header = jsonwebtoken::decode_header(&token).expect("header");
+        assert_eq!(header.alg, Algorithm::EdDSA);
+        assert_eq!(header.kid.as_deref(), Some(key.public_key().kid()));
+        let (admin, _) = s.issue_as(UID, Role::Admin).expect("sign");
+        assert_eq!(users.verify(&admin).map(|c| c.role), Ok(Role::Admin));
+        assert_eq!(s.verify(&admin).map(|c| c.role), Ok(Role::Admin));
     }
 
     #[test]
-    fn tokens_without_a_role_are_plain_users() {
-        // A token issued before roles existed (no `role` claim) grants no admin rights.
-        let t = tokens();
-        let exp = jsonwebtoken::get_current_timestamp() + 600;
-        let payload = serde_json::json!({"sub": "3", "iss": ISSUER, "iat": 0, "exp": exp});
-        let token = jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            &payload,
-            &EncodingKey::from_secret(b"0123456789abcdef0123456789abcdef"),
-        )
-        .expect("sign");
-        assert_eq!(t.verify(&token).map(|c| c.role), Ok(Role::User));
-    }
-
-    #[test]
-    fn tampered_and_foreign_tokens_fail() {
-        // Any change to payload or signature, or another secret, invalidates the token.
-        let t = tokens();
-        let (token, _) = t.issue(42).expect("sign");
-        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
-        let other = Tokens::new(
-            b"another secret another secret !!",
+    fn tokens_for_another_audience_fail() {
+        // A token auth issued for orders only does not open users.
+        let key = SigningKey::generate().expect("key");
+        let s = Signer::new(
+            key.clone(),
+            Vec::new(),
+            aud(&[AUDIENCE_ORDERS]),
             Duration::from_secs(600),
         );
-        let (foreign, _) = other.issue(42).expect("sign");
-        assert_eq!(t.verify(&foreign), Err(TokenError::Invalid));
-        let (forged, _) = other.issue_as(1, Role::Admin).expect("sign");
-        parts[1] = forged.split('.').nth(1).unwrap_or_default().to_owned();
-        assert_eq!(t.verify(&parts.join(".")), Err(TokenError::Invalid));
-        let mut sig: Vec<char> = token.chars().collect();
-        let last = sig.len() - 2;
-        sig[last] = if sig[last] == 'A' { 'B' } else { 'A' };
-        assert_eq!(
-            t.verify(&sig.into_iter().collect::<String>()),
-            Err(TokenError::Invalid)
+        let (token, _) = s.issue(UID).expect("sign");
+        let users = Verifier::for_audience(AUDIENCE_USERS, vec![key.public_key().clone()]);
+        let orders = Verifier::for_audience(AUDIENCE_ORDERS, vec![key.public_key().clone()]);
+        assert_eq!(users.verify(&token), Err(TokenError::WrongAudience));
+        assert!(orders.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_and_hs256_tokens_fail() {
+        // A token from a key the verifier does not hold, one whose kid names a trusted key but
+        // is signed by another, and an HS256 token (even one "signed" with the public key's
+        // bytes) are all refused.
+        let trusted = SigningKey::generate().expect("key");
+        let rogue = SigningKey::generate().expect("key");
+        let v = Verifier::for_audience(AUDIENCE_USERS, vec![trusted.public_key().clone()]);
+        let (foreign, _) = signer(&rogue).issue_as(UID, Role::Admin).expect("sign");
+        assert_eq!(v.verify(&foreign), Err(TokenError::UnknownKey));
+
+        let claims = signer(&trusted).issue(UID).expect("sign").1;
+        let mut header = Header::new(ALGORITHM);
+        header.kid = Some(trusted.public_key().kid().to_owned());
+        let forged = jsonwebtoken::encode(&header, &claims, &rogue.encoding).expect("sign");
+        assert_eq!(v.verify(&forged), Err(TokenError::Invalid));
+
+        let mut hs = Header::new(Algorithm::HS256);
+        hs.kid = Some(trusted.public_key().kid().to_owned());
+        for secret in [
+            &trusted.public_key().x[..],
+            b"0123456789abcdef0123456789abcdef",
+        ] {
+            let token =
+                jsonwebtoken::encode(&hs, &claims, &EncodingKey::from_secret(secret)).expect("hs");
+            assert_eq!(v.verify(&token), Err(TokenError::Invalid));
+        }
+        assert_eq!(v.verify("not.a.jwt"), Err(TokenError::Invalid));
+    }
+
+    #[test]
+    fn previous_keys_are_published_and_accepted_but_never_sign() {
+        // After a rotation the old key's tokens still verify until they expire; new tokens
+        // carry the new kid; the JWKS lists both, the signing key first.
+        let old = SigningKey::generate().expect("key");
+        let new = SigningKey::generate().expect("key");
+        let (old_token, _) = signer(&old).issue(UID).expect("sign");
+        let rotated = Signer::new(
+            new.clone(),
+            vec![old.public_key().clone()],
+            aud(&[AUDIENCE_USERS]),
+            Duration::from_secs(600),
         );
-        assert_eq!(t.verify("not.a.jwt"), Err(TokenError::Invalid));
+        let jwks = rotated.jwks();
+        let kids: Vec<_> = jwks.keys.iter().filter_map(|k| k.kid.clone()).collect();
+        assert_eq!(kids, [new.public_key().kid(), old.public_key().kid()]);
+        let v = Verifier::for_audience(AUDIENCE_USERS, jwks.public_keys().expect("keys"));
+        assert!(v.verify(&old_token).is_ok());
+        let (token, _) = rotated.issue(UID).expect("sign");
+        assert_eq!(
+            jsonwebtoken::decode_header(&token)
+                .expect("header")
+                .kid
+                .as_deref(),
+            Some(new.public_key().kid())
+        );
+        assert!(v.verify(&token).is_ok());
+    }
+
+    #[test]
+    fn fetched_keys_join_the_configured_ones() {
+        // A verifier learns a key from a fetch and forgets it at the next fetch without it.
+        let key = SigningKey::generate().expect("key");
+        let v = Verifier::for_audience(AUDIENCE_USERS, Vec::new());
+        let (token, _) = signer(&key).issue(UID).expect("sign");
+        assert_eq!(v.verify(&token), Err(TokenError::UnknownKey));
+        v.clone().set_fetched(vec![key.public_key().clone()]);
+        assert!(v.verify(&token).is_ok());
+        v.set_fetched(Vec::new());
+        assert_eq!(v.verify(&token), Err(TokenError::UnknownKey));
+    }
+
+    #[test]
+    fn keys_read_from_pem_jwks_and_certificates() {
+        // The development pair matches; a key survives PEM and JWKS round trips with the same
+        // kid; a certificate's subject key is found; garbage is refused.
+        let dev = SigningKey::from_pem(DEV_SIGNING_KEY).expect("dev key");
+        assert_eq!(
+            parse_public_keys(DEV_PUBLIC_KEY).expect("dev public"),
+            vec![dev.public_key().clone()]
+        );
+        let key = SigningKey::generate().expect("key");
+        let again = SigningKey::from_pem(&key.to_pem()).expect("pem");
+        assert_eq!(again.public_key(), key.public_key());
+        let both = format!("{}{}", key.public_key().to_pem(), DEV_PUBLIC_KEY);
+        assert_eq!(parse_public_keys(&both).expect("two").len(), 2);
+        let jwks = serde_json::to_string(&Jwks {
+            keys: vec![key.public_key().jwk()],
+        })
+        .expect("json");
+        assert_eq!(
+            parse_public_keys(&jwks).expect("jwks"),
+            vec![key.public_key().clone()]
+        );
+        // A certificate wraps the SubjectPublicKeyInfo among other fields.
+        let mut cert = vec![0x30, 0x82, 0x01, 0x00, 0xa0, 0x03];
+        cert.extend_from_slice(&SPKI_ED25519_PREFIX);
+        cert.extend_from_slice(&key.public_key().x);
+        cert.extend_from_slice(&[0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70]);
+        let pem = format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            STANDARD.encode(&cert)
+        );
+        assert_eq!(
+            parse_public_keys(&pem).expect("cert"),
+            vec![key.public_key().clone()]
+        );
+        assert!(parse_public_keys("").is_err());
+        assert!(parse_public_keys("0123456789abcdef0123456789abcdef").is_err());
+        assert!(SigningKey::from_pem(DEV_PUBLIC_KEY).is_err());
+        // An RFC 8037 test vector's thumbprint (Appendix A.3).
+        let x = URL_SAFE_NO_PAD
+            .decode("11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo")
+            .expect("b64");
+        let rfc = PublicKey::from_bytes(x.try_into().expect("32"));
+        assert_eq!(rfc.kid(), "kPrK_qmxVWaYVA9wwBF6Iuo3vVzz7TxHCTwXBygrS4k");
+    }
+
+    /// A key and certificate as the samples chart writes them (`genPrivateKey "ed25519"`,
+    /// `genSelfSignedCertWithKey`).
+    const HELM_KEY: &str = "-----BEGIN PRIVATE KEY-----
+MC4CAQAwBQYDK2VwBCIEINyTnf5g8eniQ3tcLbAFjSQEIGXl/I/LuCOTI9mJR6Xc
+-----END PRIVATE KEY-----
+";
+    const HELM_CERT: &str = "-----BEGIN CERTIFICATE-----
+MIIBQjCB9aADAgECAhAXvgeJ7ySFkGRBZ0UdNbATMAUGAytlcDAiMSAwHgYDVQQD
+ExdmbG90aWxsYS1hdXRoLXRva2VuLWtleTAgFw0yNjEyMDYyMDUyMTBaGA8yMTI2
+MTExMjIwNTIxMFowIjEgMB4GA1UEAxMXZmxvdGlsbGEtYXV0aC10b2tlbi1rZXkw
+KjAFBgMrZXADIQAn+rZdRlwK/iZIQJZDcijD6fh1eiya1gTEFcQLFNKMVaM/MD0w
+DgYDVR0PAQH/BAQDAgWgMB0GA1UdJQQWMBQGCCsGAQUFBwMBBggrBgEFBQcDAjAM
+BgNVHRMBAf8EAjAAMAUGAytlcANBAIJf6r45maso0GLCN6BzYgLlMx/6JeJ+/GV1
+dolIFntzeb9QCdqE/wdxjavCZqzo14bcvBloQkMiVenY4Xpq0Ac=
+-----END CERTIFICATE-----
+";
+
+    #[test]
+    fn a_helm_certificate_carries_the_public_half_of_the_helm_key() {
+        // users and orders, given the chart's certificate, trust exactly the key auth signs with.
+        let key = SigningKey::from_pem(HELM_KEY).expect("helm key");
+        assert_eq!(
+            parse_public_keys(HELM_CERT).expect("helm cert"),
+            vec![key.public_key().clone()]
+        );
     }
 
     #[test]
     fn expired_tokens_fail_as_expired() {
         // A token past exp (beyond the leeway) is refused as expired, not as invalid.
-        let t = tokens();
+        let key = SigningKey::generate().expect("key");
+        let s = signer(&key);
         let long_ago = jsonwebtoken::get_current_timestamp() - 3600;
-        let (token, _) = t.issue_at(7, Role::User, long_ago).expect("sign");
-        assert_eq!(t.verify(&token), Err(TokenError::Expired));
+        let (token, _) = s.issue_at(UID, Role::User, long_ago).expect("sign");
+        assert_eq!(s.verify(&token), Err(TokenError::Expired));
     }
 
     #[test]
     fn unsigned_tokens_fail() {
         // alg=none tokens are never accepted.
-        let header = r#"{"alg":"none","typ":"JWT"}"#;
+        let key = SigningKey::generate().expect("key");
+        let header = format!(
+            r#"{{"alg":"none","typ":"JWT","kid":"{}"}}"#,
+            key.public_key().kid()
+        );
         let exp = jsonwebtoken::get_current_timestamp() + 600;
-        let payload = format!(r#"{{"sub":"1","iss":"{ISSUER}","iat":0,"exp":{exp}}}"#);
+        let payload =
+            format!(r#"{{"sub":"{UID}","iss":"{ISSUER}","aud":"users","iat":0,"exp":{exp}}}"#);
         let token = format!(
             "{}.{}.",
-            base64url(header.as_bytes()),
-            base64url(payload.as_bytes())
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(payload)
         );
-        assert_eq!(tokens().verify(&token), Err(TokenError::Invalid));
-    }
-
-    fn base64url(data: &[u8]) -> String {
-        const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for chunk in data.chunks(3) {
-            let b = [
-                chunk[0],
-                *chunk.get(1).unwrap_or(&0),
-                *chunk.get(2).unwrap_or(&0),
-            ];
-            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-            let chars = chunk.len() + 1;
-            for i in 0..chars {
-                out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
-            }
-        }
-        out
+        assert_eq!(signer(&key).verify(&token), Err(TokenError::Invalid));
     }
 }

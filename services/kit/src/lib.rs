@@ -3,9 +3,9 @@
 //! Everything a service needs to behave well under Flotilla and nothing it does not:
 //! liveness and readiness endpoints ([`health`]), Prometheus metrics recorded per route
 //! template ([`metrics`]), request-scoped structured logs ([`telemetry`]), configuration from
-//! flags and the environment ([`config`]), bearer credentials ([`credentials`]) and the JWTs
-//! auth issues and users verifies ([`jwt`]), database pool setup (`db`, feature `db`), the
-//! traffic verdict that closes persistent connections of an ejected pod ([`traffic`]), fault
+//! flags and the environment ([`config`]), bearer credentials ([`credentials`]), the JWTs
+//! auth issues and users and orders verify ([`jwt`]) with auth's published keys ([`jwks`]),
+//! database pool setup (`db`, feature `db`), the traffic verdict that closes persistent connections of an ejected pod ([`traffic`]), fault
 //! injection for tests and demos ([`faults`]), and a server that drains in-flight requests on
 //! SIGTERM ([`server`]). [`app`] ties them into one
 //! warp filter around a service's own API routes.
@@ -19,6 +19,7 @@ pub mod credentials;
 pub mod db;
 pub mod faults;
 pub mod health;
+pub mod jwks;
 pub mod jwt;
 pub mod metrics;
 pub mod ratelimit;

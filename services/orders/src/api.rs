@@ -1,11 +1,14 @@
-//! The `flotilla.orders.v1.Orders` API: each call is authenticated with a JWT from the auth
-//! service (`authorization: Bearer <token>` metadata), passes the kit's fault injection, then
-//! reads or writes the caller's own orders. Every call is counted by method and status code.
+//! The `flotilla.orders.v1.Orders` API: each call is authenticated with a JWT the auth service
+//! issued for the `orders` audience (`authorization: Bearer <token>` metadata, checked with
+//! auth's public keys), passes the kit's fault injection, then reads or writes the caller's own
+//! orders, which name their owner by the user's stable id (the token's `sub`, a UUID). Every
+//! call is counted by method and status code.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use flotilla_kit::jwt::Verifier;
 use flotilla_kit::Faults;
 use tonic::{Code, Request, Response, Status};
 
@@ -29,14 +32,14 @@ pub const MAX_PAGE: u32 = 100;
 #[derive(Debug, Clone)]
 pub struct OrdersApi {
     db: Db,
-    tokens: Arc<auth::Tokens>,
+    tokens: Arc<Verifier>,
     faults: Faults,
     metrics: Option<GrpcMetrics>,
 }
 
 impl OrdersApi {
     /// Orders stored in `db`, callers checked with `tokens`.
-    pub fn new(db: Db, tokens: auth::Tokens, faults: Faults, metrics: Option<GrpcMetrics>) -> Self {
+    pub fn new(db: Db, tokens: Verifier, faults: Faults, metrics: Option<GrpcMetrics>) -> Self {
         Self {
             db,
             tokens: Arc::new(tokens),
@@ -50,7 +53,7 @@ impl OrdersApi {
         OrdersServer::new(self)
     }
 
-    /// The caller's user id, from a valid bearer token.
+    /// The caller's user id (a UUID), from a valid bearer token.
     fn caller<T>(&self, request: &Request<T>) -> Result<String, Status> {
         let header = request
             .metadata()
@@ -60,10 +63,15 @@ impl OrdersApi {
         let token = header
             .strip_prefix("Bearer ")
             .ok_or_else(|| Status::unauthenticated("authorization must be a Bearer token"))?;
-        self.tokens
+        let claims = self
+            .tokens
             .verify(token.trim())
-            .map(|claims| claims.sub)
-            .map_err(|e| Status::unauthenticated(e.to_string()))
+            .map_err(|e| Status::unauthenticated(e.to_string()))?;
+        // Row ids of earlier releases restart with a recreated database; only a UUID names a
+        // user for good.
+        uuid::Uuid::parse_str(&claims.sub)
+            .map(|id| id.to_string())
+            .map_err(|_| Status::unauthenticated("token subject is not a user id"))
     }
 
     /// Injected latency, then an injected `INTERNAL` failure at the configured rate.

@@ -1,13 +1,12 @@
 //! Configuration of the orders binary, from the environment.
 
 use flotilla_kit::config::non_empty;
+use flotilla_kit::jwks::Url;
+use flotilla_kit::jwt::{self, PublicKey};
 use flotilla_kit::{ConfigError, ServiceConfig};
 
 /// Default database: a SQLite file in the working directory, created on first start.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://orders.db";
-
-/// Shortest accepted `JWT_SECRET`, in bytes (the auth service's own limit).
-pub const MIN_SECRET_LEN: usize = auth::config::MIN_SECRET_LEN;
 
 /// Everything the orders service reads at start-up.
 #[derive(Debug, Clone)]
@@ -16,8 +15,10 @@ pub struct Config {
     pub service: ServiceConfig,
     /// `DATABASE_URL`: `sqlite://...` or `postgres://...`.
     pub database_url: String,
-    /// `JWT_SECRET`: the secret the auth service signs tokens with (required).
-    pub jwt_secret: Vec<u8>,
+    /// `JWT_PUBLIC_KEYS`: auth's public keys (PEM or JWKS); orders cannot mint tokens.
+    pub public_keys: Vec<PublicKey>,
+    /// `AUTH_JWKS_URL`: auth's JWKS, fetched and refreshed; one of the two is required.
+    pub jwks_url: Option<Url>,
     /// `TRAFFIC_VERDICT`: `honour` (default) closes persistent connections while Flotilla says
     /// the pod is ejected (or it is not ready); `ignore` keeps them, as a server that knows
     /// nothing of the verdict would (to see sticky-connection detection at work).
@@ -36,22 +37,21 @@ impl Config {
                 reason: "expected a sqlite:// or postgres:// URL".into(),
             });
         }
-        let jwt_secret = match non_empty(&lookup, "JWT_SECRET") {
-            Some(s) if s.len() < MIN_SECRET_LEN => {
-                return Err(ConfigError::Invalid {
-                    var: "JWT_SECRET",
-                    value: "<hidden>".into(),
-                    reason: format!("must be at least {MIN_SECRET_LEN} bytes"),
-                })
-            }
-            Some(s) => s.into_bytes(),
-            None => {
-                return Err(ConfigError::Missing {
-                    var: "JWT_SECRET",
-                    hint: "set it to the auth service's JWT_SECRET",
-                })
-            }
-        };
+        jwt::refuse_shared_secret(lookup("JWT_SECRET").as_deref())?;
+        let public_keys = non_empty(&lookup, "JWT_PUBLIC_KEYS")
+            .map(|text| jwt::public_keys_from("JWT_PUBLIC_KEYS", &text))
+            .transpose()?
+            .unwrap_or_default();
+        let jwks_url = non_empty(&lookup, "AUTH_JWKS_URL")
+            .map(|u| jwt::jwks_url_from(&u))
+            .transpose()?;
+        if public_keys.is_empty() && jwks_url.is_none() {
+            return Err(ConfigError::Missing {
+                var: "JWT_PUBLIC_KEYS",
+                hint: "set it to auth's public key(s) (PEM or JWKS), or set AUTH_JWKS_URL to \
+                       auth's /.well-known/jwks.json",
+            });
+        }
         let honour_traffic_verdict = match non_empty(&lookup, "TRAFFIC_VERDICT").as_deref() {
             None | Some("honour") => true,
             Some("ignore") => false,
@@ -67,7 +67,8 @@ impl Config {
             honour_traffic_verdict,
             service: ServiceConfig::from_lookup(lookup)?,
             database_url,
-            jwt_secret,
+            public_keys,
+            jwks_url,
         })
     }
 
@@ -82,23 +83,40 @@ mod tests {
     use super::*;
 
     #[test]
-    fn secret_is_required_and_checked() {
-        // Without the auth secret no token could be checked, so start-up refuses, naming it.
+    fn auth_keys_are_required_and_the_old_secret_refused() {
+        // Without auth's public keys no token could be checked, so start-up refuses, naming
+        // the variable; a leftover JWT_SECRET is refused naming its replacement, unechoed.
         let err = Config::from_lookup(|_| None).expect_err("missing");
         assert!(matches!(
             err,
             ConfigError::Missing {
-                var: "JWT_SECRET",
+                var: "JWT_PUBLIC_KEYS",
                 ..
             }
         ));
-        let err = Config::from_lookup(|k| (k == "JWT_SECRET").then(|| "short".into()))
-            .expect_err("short");
-        assert!(!err.to_string().contains("short\""));
+        let secret = "Kf8d2LqW9zX4vB7nM1pR6tY3hJ5gC0sA";
+        let err = Config::from_lookup(|k| match k {
+            "JWT_SECRET" => Some(secret.into()),
+            "JWT_PUBLIC_KEYS" => Some(jwt::DEV_PUBLIC_KEY.into()),
+            _ => None,
+        })
+        .expect_err("old secret");
+        assert!(err.to_string().contains("JWT_PUBLIC_KEYS"), "{err}");
+        assert!(!err.to_string().contains(secret), "{err}");
+        let err = Config::from_lookup(|k| (k == "JWT_PUBLIC_KEYS").then(|| "x".repeat(32)))
+            .expect_err("not a key");
+        assert!(err.to_string().contains("JWT_PUBLIC_KEYS"), "{err}");
         let cfg =
-            Config::from_lookup(|k| (k == "JWT_SECRET").then(|| "x".repeat(32))).expect("valid");
+            Config::from_lookup(|k| (k == "JWT_PUBLIC_KEYS").then(|| jwt::DEV_PUBLIC_KEY.into()))
+                .expect("valid");
+        assert_eq!(cfg.public_keys.len(), 1);
         assert_eq!(cfg.database_url, DEFAULT_DATABASE_URL);
         assert!(cfg.honour_traffic_verdict);
+        let cfg = Config::from_lookup(|k| {
+            (k == "AUTH_JWKS_URL").then(|| "http://auth:8080/.well-known/jwks.json".into())
+        })
+        .expect("valid");
+        assert!(cfg.public_keys.is_empty() && cfg.jwks_url.is_some());
     }
 
     #[test]
@@ -106,7 +124,7 @@ mod tests {
         // Anything else is refused, naming the variable.
         let with = |v: &'static str| {
             Config::from_lookup(move |k| match k {
-                "JWT_SECRET" => Some("x".repeat(32)),
+                "JWT_PUBLIC_KEYS" => Some(jwt::DEV_PUBLIC_KEY.into()),
                 "TRAFFIC_VERDICT" => Some(v.to_owned()),
                 _ => None,
             })

@@ -47,10 +47,11 @@ pub enum BuildError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Builds the whole service on an open database. `tokens` checks callers' JWTs.
+/// Builds the whole service on an open database. `tokens` checks callers' JWTs with auth's
+/// public keys, for the `orders` audience.
 pub fn build(
     db: Db,
-    tokens: auth::Tokens,
+    tokens: flotilla_kit::jwt::Verifier,
     admin_token: Option<String>,
 ) -> Result<(Kit, App), BuildError> {
     build_with(db, tokens, admin_token, Traffic::new())
@@ -59,7 +60,7 @@ pub fn build(
 /// Like [`build`], with the given traffic state (e.g. [`Traffic::ignoring`]).
 pub fn build_with(
     db: Db,
-    tokens: auth::Tokens,
+    tokens: flotilla_kit::jwt::Verifier,
     admin_token: Option<String>,
     traffic: Traffic,
 ) -> Result<(Kit, App), BuildError> {

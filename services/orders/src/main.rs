@@ -1,15 +1,10 @@
 //! `orders` binary: reads the environment, opens the database, binds, serves until SIGTERM.
 
-use std::time::Duration;
-
 use anyhow::Context;
 use flotilla_kit::server::{shutdown_signal, DrainOptions};
 use flotilla_kit::telemetry::init_tracing;
 use orders::config::Config;
 use orders::{db, Db};
-
-/// Token lifetime does not matter here: orders only verifies tokens, it never issues them.
-const VERIFY_ONLY_TTL: Duration = Duration::from_secs(0);
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -18,7 +13,16 @@ async fn main() -> anyhow::Result<()> {
     let db = Db::connect(&config.database_url)
         .await
         .with_context(|| format!("opening {}", db::redact(&config.database_url)))?;
-    let tokens = auth::Tokens::new(&config.jwt_secret, VERIFY_ONLY_TTL);
+    // Public keys only: orders verifies tokens for its audience and cannot mint any.
+    let tokens = flotilla_kit::jwt::Verifier::for_audience(
+        flotilla_kit::jwt::AUDIENCE_ORDERS,
+        config.public_keys.clone(),
+    );
+    let _jwks = config
+        .jwks_url
+        .clone()
+        .map(|url| flotilla_kit::jwks::spawn_refresh(url, tokens.clone()))
+        .transpose()?;
     let traffic = if config.honour_traffic_verdict {
         orders::Traffic::new()
     } else {

@@ -17,8 +17,27 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-const SECRET: &str = "0123456789abcdef0123456789abcdef";
+use flotilla_kit::jwt::{Signer, SigningKey};
+
 const ADMIN: &str = "orders-admin-4f9c2e7b1a8d";
+/// Two users' stable ids.
+const ADA: &str = "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c";
+const BOB: &str = "5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
+
+/// auth's signing key in these tests; orders gets only its public half.
+fn key() -> &'static SigningKey {
+    static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| SigningKey::generate().expect("key"))
+}
+
+fn signer(audiences: &[&str]) -> Signer {
+    Signer::new(
+        key().clone(),
+        Vec::new(),
+        audiences.iter().map(|a| (*a).to_owned()).collect(),
+        Duration::from_secs(600),
+    )
+}
 
 struct Orders {
     child: Child,
@@ -43,7 +62,7 @@ impl Orders {
             .current_dir(dir.path())
             .env_remove("DATABASE_URL")
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
-            .env("JWT_SECRET", SECRET)
+            .env("JWT_PUBLIC_KEYS", key().public_key().to_pem())
             .env("ADMIN_TOKEN", ADMIN)
             .env("SHUTDOWN_DELAY_MS", "200")
             .stdout(Stdio::null())
@@ -99,9 +118,12 @@ impl Orders {
     }
 }
 
-fn authed<T>(msg: T, user: i64) -> Result<Request<T>> {
-    let tokens = auth::Tokens::new(SECRET.as_bytes(), Duration::from_secs(600));
-    let (token, _) = tokens.issue(user)?;
+fn authed<T>(msg: T, user: &str) -> Result<Request<T>> {
+    authed_for(msg, user, &["users", "orders"])
+}
+
+fn authed_for<T>(msg: T, user: &str, audiences: &[&str]) -> Result<Request<T>> {
+    let (token, _) = signer(audiences).issue(user)?;
     let mut req = Request::new(msg);
     req.metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);
@@ -141,33 +163,41 @@ async fn orders_api_health_metrics_and_faults_over_grpc() -> Result<()> {
                 item: "tea".into(),
                 quantity: 3,
             },
-            7,
+            ADA,
         )?)
         .await?
         .into_inner();
-    assert_eq!((created.owner.as_str(), created.quantity), ("7", 3));
+    assert_eq!((created.owner.as_str(), created.quantity), (ADA, 3));
     let got = api
-        .get_order(authed(GetOrderRequest { id: created.id }, 7)?)
+        .get_order(authed(GetOrderRequest { id: created.id }, ADA)?)
         .await?;
     assert_eq!(got.into_inner(), created);
     let foreign = api
-        .get_order(authed(GetOrderRequest { id: created.id }, 8)?)
+        .get_order(authed(GetOrderRequest { id: created.id }, BOB)?)
         .await
         .expect_err("another user's order");
     assert_eq!(foreign.code(), Code::NotFound);
+    // A token auth issued for users only, or whose subject is an old row id, opens nothing.
+    for req in [
+        authed_for(ListOrdersRequest::default(), ADA, &["users"])?,
+        authed(ListOrdersRequest::default(), "7")?,
+    ] {
+        let refused = api.list_orders(req).await.expect_err("refused");
+        assert_eq!(refused.code(), Code::Unauthenticated);
+    }
     let invalid = api
         .create_order(authed(
             CreateOrderRequest {
                 item: "tea".into(),
                 quantity: 0,
             },
-            7,
+            ADA,
         )?)
         .await
         .expect_err("zero quantity");
     assert_eq!(invalid.code(), Code::InvalidArgument);
     let listed = api
-        .list_orders(authed(ListOrdersRequest::default(), 7)?)
+        .list_orders(authed(ListOrdersRequest::default(), ADA)?)
         .await?
         .into_inner();
     assert_eq!(listed.orders, vec![created]);
@@ -183,7 +213,7 @@ async fn orders_api_health_metrics_and_faults_over_grpc() -> Result<()> {
 
     orders.faults(r#"{"errorRate":1.0}"#).await?;
     let failed = api
-        .list_orders(authed(ListOrdersRequest::default(), 7)?)
+        .list_orders(authed(ListOrdersRequest::default(), ADA)?)
         .await
         .expect_err("injected");
     assert_eq!(failed.code(), Code::Internal);

@@ -26,17 +26,29 @@ fn env_or(var: &str, default: u64) -> Result<u64> {
     }
 }
 
-/// Secret of the tokens the clients present (users verifies one on every request).
-const SECRET: &[u8] = b"Kf8d2LqW9zX4vB7nM1pR6tY3hJ5gC0sA";
+/// Key of the tokens the clients present (users verifies one on every request).
+fn key() -> &'static flotilla_kit::jwt::SigningKey {
+    static KEY: std::sync::OnceLock<flotilla_kit::jwt::SigningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| flotilla_kit::jwt::SigningKey::generate().expect("key"))
+}
 
-fn tokens() -> flotilla_kit::jwt::Tokens {
-    flotilla_kit::jwt::Tokens::new(SECRET, Duration::from_secs(3600))
+fn tokens() -> flotilla_kit::jwt::Signer {
+    let audiences = vec![flotilla_kit::jwt::AUDIENCE_USERS.to_owned()];
+    flotilla_kit::jwt::Signer::new(
+        key().clone(),
+        Vec::new(),
+        audiences,
+        Duration::from_secs(3600),
+    )
 }
 
 async fn start(db: Db, metrics: bool) -> Result<Running> {
     let mut service = users::build(db, Passwords::low_cost()?, None, metrics)?;
     service.state.access = Arc::new(users::Access {
-        tokens: Some(tokens()),
+        tokens: Some(flotilla_kit::jwt::Verifier::for_audience(
+            flotilla_kit::jwt::AUDIENCE_USERS,
+            vec![key().public_key().clone()],
+        )),
         ..users::Access::default()
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -183,7 +195,7 @@ async fn main() -> Result<()> {
     let without = start(db.clone(), false).await?;
     let with_url = format!("{}/users/{}", with.url(), user.id);
     let without_url = format!("{}/users/{}", without.url(), user.id);
-    let (token, _) = tokens().issue(user.id)?;
+    let (token, _) = tokens().issue(&user.id)?;
     if client(&token, 1)?.get(&with_url).send().await?.status() != 200 {
         bail!("benchmark target not answering");
     }

@@ -6,18 +6,19 @@
 //!   admin address first.
 //! - `POST /users/verify` (the credential check auth calls) needs the service credential
 //!   shared with auth (`USERS_SERVICE_TOKEN`), compared in constant time.
-//! - Every other route needs a JWT issued by auth (`JWT_SECRET`): a user reads, changes and
-//!   deletes only their own account; a token with the `admin` role reaches every account and
-//!   the listing. A user cannot move their account to an admin address.
+//! - Every other route needs a JWT auth issued for the `users` audience, checked with auth's
+//!   public keys (`JWT_PUBLIC_KEYS`, `AUTH_JWKS_URL`): a user reads, changes and deletes only
+//!   their own account; a token with the `admin` role reaches every account and the listing. A
+//!   user cannot move their account to an admin address.
 //!
-//! Without `JWT_SECRET` (or `USERS_SERVICE_TOKEN`) nothing is accepted on those routes: the
+//! Without auth's keys (or `USERS_SERVICE_TOKEN`) nothing is accepted on those routes: the
 //! service stays closed rather than open.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use flotilla_kit::credentials::{bearer, bearer_matches};
-use flotilla_kit::jwt::{Role, TokenError, Tokens};
+use flotilla_kit::jwt::{Role, TokenError, Verifier};
 use flotilla_kit::reply::Unauthorized;
 use warp::{Filter, Rejection};
 
@@ -26,8 +27,8 @@ pub use flotilla_kit::credentials::DEV_SERVICE_TOKEN;
 /// The credentials users accepts. Its `Debug` output shows which are set, never their values.
 #[derive(Clone, Default)]
 pub struct Access {
-    /// Verifies auth's tokens; `None` refuses every token.
-    pub tokens: Option<Tokens>,
+    /// Verifies auth's tokens with its public keys; `None` refuses every token.
+    pub tokens: Option<Verifier>,
     /// The credential auth presents on `/users/verify`; `None` refuses every check.
     pub service_token: Option<String>,
     /// Lower-cased addresses whose accounts get the admin role.
@@ -48,17 +49,17 @@ impl std::fmt::Debug for Access {
 }
 
 /// The authenticated user behind a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
-    /// The user id from the token's subject.
-    pub id: i64,
+    /// The user id (a UUID) from the token's subject.
+    pub id: String,
     /// Whether the token carries the admin role.
     pub admin: bool,
 }
 
 impl Caller {
     /// Whether the caller may read, change or delete account `id`.
-    pub fn may_access(&self, id: i64) -> bool {
+    pub fn may_access(&self, id: &str) -> bool {
         self.admin || self.id == id
     }
 }
@@ -97,19 +98,19 @@ impl Access {
         let Some(tokens) = &self.tokens else {
             return Err((
                 "invalid_token",
-                "this service accepts no tokens (JWT_SECRET unset)",
+                "this service accepts no tokens (neither JWT_PUBLIC_KEYS nor AUTH_JWKS_URL set)",
             ));
         };
         let claims = tokens.verify(token).map_err(|e| match e {
             TokenError::Expired => ("token_expired", "token expired"),
+            TokenError::UnknownKey => ("invalid_token", "token signed by an unknown key"),
+            TokenError::WrongAudience => ("invalid_token", "token not meant for users"),
             _ => ("invalid_token", "invalid token"),
         })?;
-        let id = claims
-            .sub
-            .parse()
+        let id = uuid::Uuid::parse_str(&claims.sub)
             .map_err(|_| ("invalid_token", "token subject is not a user id"))?;
         Ok(Caller {
-            id,
+            id: id.to_string(),
             admin: claims.role == Role::Admin,
         })
     }
@@ -168,13 +169,27 @@ pub fn service(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_kit::jwt::{Signer, SigningKey, AUDIENCE_USERS};
     use std::time::Duration;
 
-    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+    const UID: &str = "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c";
+    const OTHER: &str = "5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
 
-    fn access() -> Access {
+    fn signer(key: &SigningKey, audiences: &[&str]) -> Signer {
+        Signer::new(
+            key.clone(),
+            Vec::new(),
+            audiences.iter().map(|a| (*a).to_owned()).collect(),
+            Duration::from_secs(60),
+        )
+    }
+
+    fn access(key: &SigningKey) -> Access {
         Access {
-            tokens: Some(Tokens::new(SECRET, Duration::from_secs(60))),
+            tokens: Some(Verifier::for_audience(
+                AUDIENCE_USERS,
+                vec![key.public_key().clone()],
+            )),
             service_token: Some("svc-9f2c1e7a4b8d0c3e".into()),
             admin_emails: ["root@example.com".to_owned()].into(),
             admin_token: Some("adm-1b9d7c3e5f2a4b6c".into()),
@@ -184,14 +199,15 @@ mod tests {
     #[test]
     fn callers_reach_their_own_account_and_admins_every_account() {
         // The token decides: own id for users, any id for the admin role.
-        let a = access();
-        let tokens = Tokens::new(SECRET, Duration::from_secs(60));
-        let (user, _) = tokens.issue(7).expect("sign");
-        let (admin, _) = tokens.issue_as(1, Role::Admin).expect("sign");
+        let key = SigningKey::generate().expect("key");
+        let a = access(&key);
+        let tokens = signer(&key, &["users"]);
+        let (user, _) = tokens.issue(UID).expect("sign");
+        let (admin, _) = tokens.issue_as(OTHER, Role::Admin).expect("sign");
         let user = a.caller(Some(&format!("Bearer {user}"))).expect("valid");
-        assert!(user.may_access(7) && !user.may_access(8));
+        assert!(user.may_access(UID) && !user.may_access(OTHER));
         let admin = a.caller(Some(&format!("Bearer {admin}"))).expect("valid");
-        assert!(admin.may_access(8));
+        assert!(admin.may_access(UID));
         assert_eq!(a.caller(None).map_err(|e| e.0), Err("missing_token"));
         assert_eq!(
             a.caller(Some("Bearer x.y.z")).map_err(|e| e.0),
@@ -200,11 +216,31 @@ mod tests {
     }
 
     #[test]
+    fn tokens_for_orders_or_with_row_ids_do_not_open_users() {
+        // A token meant only for orders, and one whose subject is an old numeric row id, are
+        // refused.
+        let key = SigningKey::generate().expect("key");
+        let a = access(&key);
+        let (orders_only, _) = signer(&key, &["orders"]).issue(UID).expect("sign");
+        assert_eq!(
+            a.caller(Some(&format!("Bearer {orders_only}")))
+                .map_err(|e| e.1),
+            Err("token not meant for users")
+        );
+        let (row_id, _) = signer(&key, &["users"]).issue("1").expect("sign");
+        assert_eq!(
+            a.caller(Some(&format!("Bearer {row_id}"))).map_err(|e| e.0),
+            Err("invalid_token")
+        );
+    }
+
+    #[test]
     fn an_unconfigured_service_accepts_nothing() {
-        // Without a JWT secret and service token no token and no credential passes.
+        // Without auth's keys and a service token no token and no credential passes.
         let a = Access::default();
-        let (token, _) = Tokens::new(SECRET, Duration::from_secs(60))
-            .issue_as(1, Role::Admin)
+        let key = SigningKey::generate().expect("key");
+        let (token, _) = signer(&key, &["users"])
+            .issue_as(UID, Role::Admin)
             .expect("sign");
         assert!(a.caller(Some(&format!("Bearer {token}"))).is_err());
         assert!(!a.is_service(Some("Bearer ")));
@@ -214,7 +250,7 @@ mod tests {
     #[test]
     fn admin_addresses_need_the_admin_token_to_sign_up() {
         // Anyone signs up with an ordinary address; an admin address needs ADMIN_TOKEN.
-        let a = access();
+        let a = access(&SigningKey::generate().expect("key"));
         assert!(a.may_create("ada@example.com", None));
         assert!(!a.may_create("root@example.com", None));
         assert!(!a.may_create("root@example.com", Some("Bearer svc-9f2c1e7a4b8d0c3e")));

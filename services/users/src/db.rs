@@ -62,7 +62,7 @@ pub struct Db {
 /// A stored row, password hash included; never serialised.
 #[derive(Debug, sqlx::FromRow)]
 struct Row {
-    id: i64,
+    id: String,
     name: String,
     email: String,
     created_at: i64,
@@ -179,13 +179,14 @@ impl Db {
         self.pool.close().await;
     }
 
-    /// Inserts a user; `email` must already be normalised.
+    /// Inserts a user under a fresh random UUID; `email` must already be normalised.
     pub async fn insert(&self, name: &str, email: &str, hash: &str) -> Result<User, DbError> {
         let sql = format!(
-            "INSERT INTO users (name, email, password_hash, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $4) RETURNING {COLUMNS}"
+            "INSERT INTO users (id, name, email, password_hash, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $5) RETURNING {COLUMNS}"
         );
         let row = sqlx::query(&sql)
+            .bind(uuid::Uuid::new_v4().to_string())
             .bind(name)
             .bind(email)
             .bind(hash)
@@ -196,15 +197,15 @@ impl Db {
     }
 
     /// One user by id.
-    pub async fn get(&self, id: i64) -> Result<User, DbError> {
+    pub async fn get(&self, id: &str) -> Result<User, DbError> {
         let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
         let row = sqlx::query(&sql).bind(id).fetch_one(&self.pool).await?;
         Ok(to_user(&row)?)
     }
 
-    /// A page of users ordered by id.
+    /// A page of users, oldest first.
     pub async fn list(&self, limit: i64, offset: i64) -> Result<Vec<User>, DbError> {
-        let sql = format!("SELECT {COLUMNS} FROM users ORDER BY id LIMIT $1 OFFSET $2");
+        let sql = format!("SELECT {COLUMNS} FROM users ORDER BY created_at, id LIMIT $1 OFFSET $2");
         let rows = sqlx::query(&sql)
             .bind(limit)
             .bind(offset)
@@ -216,7 +217,7 @@ impl Db {
     /// Updates the given fields; `None` keeps the stored value.
     pub async fn update(
         &self,
-        id: i64,
+        id: &str,
         name: Option<&str>,
         email: Option<&str>,
         hash: Option<&str>,
@@ -238,7 +239,7 @@ impl Db {
     }
 
     /// Deletes a user.
-    pub async fn delete(&self, id: i64) -> Result<(), DbError> {
+    pub async fn delete(&self, id: &str) -> Result<(), DbError> {
         let done = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)
             .execute(&self.pool)
@@ -250,7 +251,7 @@ impl Db {
     }
 
     /// The id and password hash for an email, if registered.
-    pub async fn credentials(&self, email: &str) -> Result<Option<(i64, String)>, DbError> {
+    pub async fn credentials(&self, email: &str) -> Result<Option<(String, String)>, DbError> {
         use sqlx::Row as _;
         let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
             .bind(email)

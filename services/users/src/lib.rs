@@ -10,6 +10,7 @@ pub mod db;
 pub mod model;
 pub mod password;
 pub mod routes;
+pub mod signup;
 
 use std::sync::Arc;
 
@@ -23,6 +24,7 @@ pub use crate::access::Access;
 pub use crate::db::{Db, DbError};
 pub use crate::password::Passwords;
 pub use crate::routes::State;
+pub use crate::signup::SignupLimits;
 
 /// Default credential checks a minute per account.
 pub const DEFAULT_LIMIT_PER_ACCOUNT: u32 = 10;
@@ -73,6 +75,7 @@ pub fn build(
             db,
             passwords: Arc::new(passwords),
             limits: CredentialLimits::new(DEFAULT_LIMIT_PER_ACCOUNT, DEFAULT_LIMIT_PER_ADDRESS),
+            signup_limits: SignupLimits::default(),
             // Closed until the caller configures credentials (see `access`).
             access: Arc::new(Access::default()),
         },

@@ -21,20 +21,33 @@ async fn main() -> anyhow::Result<()> {
     });
     let mut service = users::build(
         db,
-        Passwords::new()?.with_concurrency(config.hash_concurrency),
+        Passwords::new()?
+            .with_concurrency(config.hash_concurrency)
+            .with_change_concurrency(config.signup_hash_concurrency),
         config.service.admin_token.clone(),
         true,
     )?;
     let (per_account, per_address) = config.verify_limits;
     service.state.limits = CredentialLimits::new(per_account, per_address);
+    let (signup_per_address, signup_global) = config.signup_limits;
+    service.state.signup_limits = users::SignupLimits::new(signup_per_address, signup_global);
     if config.dev {
-        tracing::warn!("developer mode: public development JWT secret and service credential");
+        tracing::warn!(
+            "developer mode: tokens signed with the public development key are accepted, and the public service credential"
+        );
     }
     if config.access.tokens.is_none() {
         tracing::warn!(
-            "JWT_SECRET unset: every route but sign-up and the credential check answers 401"
+            "JWT_PUBLIC_KEYS and AUTH_JWKS_URL unset: every route but sign-up and the credential check answers 401"
         );
     }
+    let _jwks = match (&config.jwks_url, &config.access.tokens) {
+        (Some(url), Some(verifier)) => Some(flotilla_kit::jwks::spawn_refresh(
+            url.clone(),
+            verifier.clone(),
+        )?),
+        _ => None,
+    };
     if config.access.service_token.is_none() {
         tracing::warn!("USERS_SERVICE_TOKEN unset: every credential check answers 401");
     }

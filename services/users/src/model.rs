@@ -22,8 +22,8 @@ pub const MAX_LIMIT: i64 = 500;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct User {
-    /// Database id.
-    pub id: i64,
+    /// Stable id, a UUID: never reused, even when the database is recreated.
+    pub id: String,
     /// Display name.
     pub name: String,
     /// Lower-cased email, unique.
@@ -71,8 +71,8 @@ pub struct Credentials {
 /// `POST /users/verify` success body.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Verified {
-    /// Id of the user the credentials belong to.
-    pub id: i64,
+    /// Id (UUID) of the user the credentials belong to.
+    pub id: String,
     /// The account's role, for auth to put in the token it issues.
     #[serde(default)]
     pub role: flotilla_kit::jwt::Role,
@@ -81,7 +81,7 @@ pub struct Verified {
 /// `GET /users` body.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Page {
-    /// Users ordered by id.
+    /// Users, oldest first.
     pub items: Vec<User>,
     /// Page size used.
     pub limit: i64,

@@ -15,22 +15,31 @@ pub enum PasswordError {
     /// The blocking task was cancelled or panicked.
     #[error("password hashing task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
-    /// Every hashing slot is taken; the caller should retry shortly.
+    /// Every hashing slot of this kind of request is taken; the caller should retry shortly.
     #[error("too many password checks in progress, retry shortly")]
     Busy,
 }
 
-/// Default concurrent hashes: 2 × 19 MiB stays well inside a 128 MiB container limit.
+/// Default concurrent credential checks: 2 × 19 MiB.
 pub const DEFAULT_CONCURRENCY: usize = 2;
 
-/// Hashes and verifies passwords with fixed Argon2id parameters, at most `concurrency` at a
-/// time: each hash takes 19 MiB, so unbounded parallel logins could exhaust the pod's memory.
-/// A request that finds every slot taken fails at once with [`PasswordError::Busy`] (the API
-/// answers 503 with `Retry-After`) instead of queueing.
+/// Default concurrent hashes of new passwords (sign-up, password change): 1 × 19 MiB, so with
+/// the checks' slots 3 × 19 MiB stays well inside a 128 MiB container limit.
+pub const DEFAULT_CHANGE_CONCURRENCY: usize = 1;
+
+/// Hashes and verifies passwords with fixed Argon2id parameters: each hash takes 19 MiB, so
+/// unbounded parallel requests could exhaust the pod's memory. Credential checks (auth's
+/// logins) and new passwords (sign-up, which anyone may call, and password changes) draw on
+/// separate slots, so a sign-up flood cannot take the slots logins need. A request that finds
+/// every slot of its kind taken fails at once with [`PasswordError::Busy`] (the API answers
+/// 503 with `Retry-After`) instead of queueing.
 #[derive(Debug, Clone)]
 pub struct Passwords {
     params: Params,
+    // Credential checks ([`Passwords::verify`]).
     slots: Arc<Semaphore>,
+    // New passwords ([`Passwords::hash`]).
+    change_slots: Arc<Semaphore>,
     // A hash verified against when an email is unknown so that
     // "no such user" and "wrong password" take the same time.
     dummy: String,
@@ -56,13 +65,20 @@ impl Passwords {
         Ok(Self {
             params,
             slots: Arc::new(Semaphore::new(DEFAULT_CONCURRENCY)),
+            change_slots: Arc::new(Semaphore::new(DEFAULT_CHANGE_CONCURRENCY)),
             dummy,
         })
     }
 
-    /// The same hasher allowing `n` (at least 1) hashes at once.
+    /// The same hasher allowing `n` (at least 1) credential checks at once.
     pub fn with_concurrency(mut self, n: usize) -> Self {
         self.slots = Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)));
+        self
+    }
+
+    /// The same hasher allowing `n` (at least 1) new-password hashes at once.
+    pub fn with_change_concurrency(mut self, n: usize) -> Self {
+        self.change_slots = Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)));
         self
     }
 
@@ -73,10 +89,17 @@ impl Passwords {
             .map_err(|_| PasswordError::Busy)
     }
 
-    /// Hashes `password` to a PHC string.
+    fn change_slot(&self) -> Result<OwnedSemaphorePermit, PasswordError> {
+        self.change_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| PasswordError::Busy)
+    }
+
+    /// Hashes a new `password` to a PHC string, on the new-password slots.
     pub async fn hash(&self, password: String) -> Result<String, PasswordError> {
         let params = self.params.clone();
-        let slot = self.slot()?;
+        let slot = self.change_slot()?;
         tokio::task::spawn_blocking(move || {
             let _slot = slot;
             hash_with(&params, password.as_bytes())
@@ -84,7 +107,8 @@ impl Passwords {
         .await?
     }
 
-    /// Verifies `password` against `stored`, or against a dummy hash when `stored` is `None`.
+    /// Verifies `password` against `stored`, or against a dummy hash when `stored` is `None`,
+    /// on the credential checks' slots.
     pub async fn verify(
         &self,
         password: String,
@@ -138,19 +162,36 @@ mod tests {
 
     #[tokio::test]
     async fn hashing_is_bounded_and_busy_when_full() {
-        // With every slot taken a further hash fails at once as Busy instead of queueing,
-        // and succeeds again once a slot is free.
+        // With every slot of a kind taken a further request of that kind fails at once as
+        // Busy instead of queueing, and succeeds again once a slot is free.
         let p = Passwords::low_cost().expect("params").with_concurrency(1);
         let held = p.slot().expect("free slot");
-        assert!(matches!(
-            p.hash("correct horse".into()).await,
-            Err(PasswordError::Busy)
-        ));
         assert!(matches!(
             p.verify("x".into(), None).await,
             Err(PasswordError::Busy)
         ));
         drop(held);
+        let held = p.change_slot().expect("free slot");
+        assert!(matches!(
+            p.hash("correct horse".into()).await,
+            Err(PasswordError::Busy)
+        ));
+        drop(held);
         assert!(p.hash("correct horse".into()).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn new_passwords_never_take_the_credential_checks_slots() {
+        // Sign-ups holding every new-password slot leave credential checks their own slots.
+        let p = Passwords::low_cost().expect("params").with_concurrency(1);
+        let _signups = p.change_slot().expect("free slot");
+        assert!(matches!(
+            p.hash("correct horse".into()).await,
+            Err(PasswordError::Busy)
+        ));
+        assert!(!p
+            .verify("x".into(), None)
+            .await
+            .expect("a check's own slot"));
     }
 }

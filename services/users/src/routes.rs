@@ -20,6 +20,7 @@ use crate::access::{self, Access, Caller};
 use crate::db::{Db, DbError};
 use crate::model::{self, Credentials, NewUser, Page, UpdateUser, Verified};
 use crate::password::{PasswordError, Passwords};
+use crate::signup::SignupLimits;
 
 /// Largest accepted request body.
 const BODY_LIMIT: u64 = 16 * 1024;
@@ -43,6 +44,8 @@ pub struct State {
     pub passwords: Arc<Passwords>,
     /// Credential checks per account and per client address.
     pub limits: CredentialLimits,
+    /// Sign-ups per client address and for the whole service.
+    pub signup_limits: SignupLimits,
     /// Which credentials the routes accept.
     pub access: Arc<Access>,
 }
@@ -131,10 +134,18 @@ pub fn routes(
         .and(faults.gate(USERS))
         .and(with_state.clone())
         .and(warp::header::optional::<String>("authorization"))
+        .and(warp::ext::optional::<PeerAddr>())
         .and(body_limited(USERS, BODY_LIMIT))
-        .then(|s: State, auth: Option<String>, body: Bytes| async move {
-            respond(USERS, create(&s, auth.as_deref(), &body).await)
-        });
+        .then(
+            |s: State, auth: Option<String>, peer: Option<PeerAddr>, body: Bytes| async move {
+                let peer = peer.map(|p| p.0.ip());
+                if let Err(limited) = s.signup_limits.check(peer) {
+                    tracing::warn!(client = ?peer, "sign-up rate limited");
+                    return tag(USERS, too_many(limited));
+                }
+                respond(USERS, create(&s, auth.as_deref(), &body).await)
+            },
+        );
 
     let list = warp::path!("users")
         .and(warp::get())
@@ -146,29 +157,34 @@ pub fn routes(
             respond(USERS, list(&s, c, &q).await)
         });
 
-    let get = warp::path!("users" / i64)
+    let get = warp::path!("users" / String)
         .and(warp::get())
         .and(faults.gate(USER))
         .and(caller(USER))
         .and(with_state.clone())
-        .then(|id: i64, c: Caller, s: State| async move { respond(USER, get(&s, c, id).await) });
+        .then(
+            |id: String, c: Caller, s: State| async move { respond(USER, get(&s, c, &id).await) },
+        );
 
-    let update = warp::path!("users" / i64)
+    let update = warp::path!("users" / String)
         .and(warp::put())
         .and(faults.gate(USER))
         .and(caller(USER))
         .and(with_state.clone())
         .and(body_limited(USER, BODY_LIMIT))
-        .then(|id: i64, c: Caller, s: State, body: Bytes| async move {
-            respond(USER, update(&s, c, id, &body).await)
+        .then(|id: String, c: Caller, s: State, body: Bytes| async move {
+            respond(USER, update(&s, c, &id, &body).await)
         });
 
-    let delete = warp::path!("users" / i64)
-        .and(warp::delete())
-        .and(faults.gate(USER))
-        .and(caller(USER))
-        .and(with_state)
-        .then(|id: i64, c: Caller, s: State| async move { respond(USER, delete(&s, c, id).await) });
+    let delete =
+        warp::path!("users" / String)
+            .and(warp::delete())
+            .and(faults.gate(USER))
+            .and(caller(USER))
+            .and(with_state)
+            .then(|id: String, c: Caller, s: State| async move {
+                respond(USER, delete(&s, c, &id).await)
+            });
 
     verify
         .or(create)
@@ -183,10 +199,14 @@ pub fn routes(
         .unify()
 }
 
-/// Refuses a caller who is neither the account's owner nor an admin.
-fn own_or_admin(caller: Caller, id: i64) -> Result<(), ApiError> {
-    if caller.may_access(id) {
-        Ok(())
+/// Refuses a caller who is neither the account's owner nor an admin; an id that is not a
+/// UUID names no account (404). Returns the id in its stored (lower-case) form.
+fn own_or_admin(caller: &Caller, id: &str) -> Result<String, ApiError> {
+    let id = uuid::Uuid::parse_str(id)
+        .map_err(|_| ApiError::Db(DbError::NotFound))?
+        .to_string();
+    if caller.may_access(&id) {
+        Ok(id)
     } else {
         Err(ApiError::Forbidden(
             "a user may only reach their own account",
@@ -206,7 +226,7 @@ async fn create(s: &State, auth: Option<&str>, body: &Bytes) -> Result<Response,
     model::validate_password(&req.password).map_err(ApiError::Invalid)?;
     let hash = s.passwords.hash(req.password).await?;
     let user = s.db.insert(&name, &email, &hash).await?;
-    tracing::info!(user_id = user.id, "user created");
+    tracing::info!(user_id = %user.id, "user created");
     let location = format!("/users/{}", user.id);
     Ok(warp::reply::with_header(
         warp::reply::with_status(warp::reply::json(&user), StatusCode::CREATED),
@@ -216,16 +236,16 @@ async fn create(s: &State, auth: Option<&str>, body: &Bytes) -> Result<Response,
     .into_response())
 }
 
-async fn get(s: &State, caller: Caller, id: i64) -> Result<Response, ApiError> {
-    own_or_admin(caller, id)?;
-    let user = s.db.get(id).await?;
+async fn get(s: &State, caller: Caller, id: &str) -> Result<Response, ApiError> {
+    let id = own_or_admin(&caller, id)?;
+    let user = s.db.get(&id).await?;
     Ok(reply::json(StatusCode::OK, &user))
 }
 
-async fn delete(s: &State, caller: Caller, id: i64) -> Result<Response, ApiError> {
-    own_or_admin(caller, id)?;
-    s.db.delete(id).await?;
-    tracing::info!(user_id = id, by = caller.id, "user deleted");
+async fn delete(s: &State, caller: Caller, id: &str) -> Result<Response, ApiError> {
+    let id = own_or_admin(&caller, id)?;
+    s.db.delete(&id).await?;
+    tracing::info!(user_id = %id, by = %caller.id, "user deleted");
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -245,8 +265,8 @@ async fn list(s: &State, caller: Caller, query: &[(String, String)]) -> Result<R
     ))
 }
 
-async fn update(s: &State, caller: Caller, id: i64, body: &Bytes) -> Result<Response, ApiError> {
-    own_or_admin(caller, id)?;
+async fn update(s: &State, caller: Caller, id: &str, body: &Bytes) -> Result<Response, ApiError> {
+    let id = own_or_admin(&caller, id)?;
     let req: UpdateUser = parse(body)?;
     if req.name.is_none() && req.email.is_none() && req.password.is_none() {
         return Err(ApiError::Invalid(
@@ -282,9 +302,9 @@ async fn update(s: &State, caller: Caller, id: i64, body: &Bytes) -> Result<Resp
         None => None,
     };
     let user =
-        s.db.update(id, name.as_deref(), email.as_deref(), hash.as_deref())
+        s.db.update(&id, name.as_deref(), email.as_deref(), hash.as_deref())
             .await?;
-    tracing::info!(user_id = id, "user updated");
+    tracing::info!(user_id = %id, "user updated");
     Ok(reply::json(StatusCode::OK, &user))
 }
 

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use flotilla_kit::jwt::{Role, Tokens};
+use flotilla_kit::jwt::{Role, Signer, SigningKey, Verifier, AUDIENCE_USERS};
 use flotilla_kit::server::{DrainOptions, Running};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use users::{Access, Db, Passwords};
+use users::{Access, Db, Passwords, SignupLimits};
 
-const SECRET: &[u8] = b"Kf8d2LqW9zX4vB7nM1pR6tY3hJ5gC0sA";
 const SERVICE: &str = "svc-Vq7m2Xk9Lp4Wz8Rt";
 const ADMIN_TOKEN: &str = "adm-1b9d7c3e5f2a4b6c";
 const ROOT: &str = "root@example.com";
@@ -20,17 +19,35 @@ const ROOT: &str = "root@example.com";
 struct Api {
     srv: Running,
     http: reqwest::Client,
-    tokens: Tokens,
+    tokens: Signer,
     _dir: tempfile::TempDir,
 }
+
+/// auth's signer for users' audience, with a fresh key.
+fn signer(key: SigningKey) -> Signer {
+    Signer::new(
+        key,
+        Vec::new(),
+        vec![AUDIENCE_USERS.into()],
+        Duration::from_secs(600),
+    )
+}
+
+/// An admin id no account has.
+const ADMIN_ID: &str = "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c";
 
 impl Api {
     async fn start() -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let db = Db::connect(&format!("sqlite://{}", dir.path().join("u.db").display())).await?;
         let mut service = users::build(db, Passwords::low_cost()?, Some(ADMIN_TOKEN.into()), true)?;
+        service.state.signup_limits = SignupLimits::new(0, 0);
+        let key = SigningKey::generate()?;
         service.state.access = Arc::new(Access {
-            tokens: Some(Tokens::new(SECRET, Duration::from_secs(600))),
+            tokens: Some(Verifier::for_audience(
+                AUDIENCE_USERS,
+                vec![key.public_key().clone()],
+            )),
             service_token: Some(SERVICE.into()),
             admin_emails: [ROOT.to_owned()].into(),
             admin_token: Some(ADMIN_TOKEN.into()),
@@ -44,7 +61,7 @@ impl Api {
         Ok(Self {
             srv,
             http: reqwest::Client::new(),
-            tokens: Tokens::new(SECRET, Duration::from_secs(600)),
+            tokens: signer(key),
             _dir: dir,
         })
     }
@@ -75,7 +92,7 @@ impl Api {
         self.call(Method::POST, "/users", bearer, Some(body)).await
     }
 
-    fn token(&self, id: i64, role: Role) -> Result<String> {
+    fn token(&self, id: &str, role: Role) -> Result<String> {
         Ok(self.tokens.issue_as(id, role)?.0)
     }
 }
@@ -87,11 +104,9 @@ async fn anonymous_callers_get_401_on_every_account_route() -> Result<()> {
     let api = Api::start().await?;
     let (status, ada) = api.sign_up("ada@example.com", None).await?;
     assert_eq!(status, StatusCode::CREATED, "{ada}");
-    let id = ada["id"].as_i64().unwrap_or_default();
+    let id = ada["id"].as_str().unwrap_or_default();
     let path = format!("/users/{id}");
-    let forged = Tokens::new(b"another-secret-another-secret-!!", Duration::from_secs(60))
-        .issue_as(id, Role::Admin)?
-        .0;
+    let forged = signer(SigningKey::generate()?).issue_as(id, Role::Admin)?.0;
     let expired = api
         .tokens
         .issue_at(id, Role::User, jsonwebtoken_now() - 3600)?
@@ -124,13 +139,15 @@ async fn users_reach_only_their_own_account_and_admins_every_account() -> Result
     // Own account: 200; someone else's or the listing: 403; an admin's token: 200 everywhere.
     let api = Api::start().await?;
     let ada = api.sign_up("ada@example.com", None).await?.1["id"]
-        .as_i64()
-        .unwrap_or_default();
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     let bob = api.sign_up("bob@example.com", None).await?.1["id"]
-        .as_i64()
-        .unwrap_or_default();
-    let ada_token = api.token(ada, Role::User)?;
-    let admin = api.token(9_999, Role::Admin)?;
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let ada_token = api.token(&ada, Role::User)?;
+    let admin = api.token(ADMIN_ID, Role::Admin)?;
     let own = format!("/users/{ada}");
     let other = format!("/users/{bob}");
 
@@ -195,7 +212,8 @@ async fn the_credential_check_needs_the_service_credential() -> Result<()> {
     // POST /users/verify without or with a wrong service credential (or a user's token) is 401
     // and checks nothing; with auth's credential it answers the account and its role.
     let api = Api::start().await?;
-    let id = api.sign_up("ada@example.com", None).await?.1["id"].as_i64();
+    let created = api.sign_up("ada@example.com", None).await?.1;
+    let id = created["id"].as_str();
     let creds = || Some(json!({"email": "ada@example.com", "password": "correct horse"}));
     let user_token = api.token(id.unwrap_or_default(), Role::User)?;
     for bearer in [
@@ -216,7 +234,7 @@ async fn the_credential_check_needs_the_service_credential() -> Result<()> {
         .call(Method::POST, "/users/verify", Some(SERVICE), creds())
         .await?;
     assert_eq!(
-        (status, ok["id"].as_i64(), ok["role"].as_str()),
+        (status, ok["id"].as_str(), ok["role"].as_str()),
         (StatusCode::OK, id, Some("user"))
     );
     Ok(())
@@ -233,9 +251,10 @@ async fn admin_addresses_need_the_admin_token_and_carry_the_admin_role() -> Resu
         (StatusCode::FORBIDDEN, Some("forbidden"))
     );
     let ada = api.sign_up("ada@example.com", None).await?.1["id"]
-        .as_i64()
-        .unwrap_or_default();
-    let ada_token = api.token(ada, Role::User)?;
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let ada_token = api.token(&ada, Role::User)?;
     let (status, _) = api
         .call(
             Method::PUT,
@@ -264,7 +283,10 @@ async fn credentials_are_checked_before_the_body_is_read() -> Result<()> {
     // (chunked) bodies are still unsent: users never buffers a stranger's body.
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let api = Api::start().await?;
-    for head in ["PUT /users/1", "POST /users/verify"] {
+    for head in [
+        "PUT /users/0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c",
+        "POST /users/verify",
+    ] {
         let mut s = tokio::net::TcpStream::connect(api.srv.addr).await?;
         let request = format!(
             "{head} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\

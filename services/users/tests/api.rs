@@ -5,21 +5,28 @@
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use flotilla_kit::jwt::{Signer, SigningKey, Verifier, AUDIENCE_USERS};
 use flotilla_kit::server::{DrainOptions, Running};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use users::{Access, Db, Passwords};
+use users::{Access, Db, Passwords, SignupLimits};
 
-/// The tokens' signing secret (auth's `JWT_SECRET`).
-const SECRET: &[u8] = b"Kf8d2LqW9zX4vB7nM1pR6tY3hJ5gC0sA";
 /// The credential auth presents on the credential check.
 const SERVICE: &str = "svc-Vq7m2Xk9Lp4Wz8Rt";
+/// An id no account has.
+const NOBODY: &str = "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c";
+
+/// auth's signing key; users holds its public half.
+fn key() -> &'static SigningKey {
+    static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
+    KEY.get_or_init(|| SigningKey::generate().expect("key"))
+}
 
 fn access() -> std::sync::Arc<Access> {
     std::sync::Arc::new(Access {
-        tokens: Some(flotilla_kit::jwt::Tokens::new(
-            SECRET,
-            Duration::from_secs(600),
+        tokens: Some(Verifier::for_audience(
+            AUDIENCE_USERS,
+            vec![key().public_key().clone()],
         )),
         service_token: Some(SERVICE.into()),
         ..Access::default()
@@ -28,8 +35,13 @@ fn access() -> std::sync::Arc<Access> {
 
 /// An admin's token: these tests exercise the API itself; `access.rs` covers who may call it.
 fn admin_token() -> Result<String> {
-    let tokens = flotilla_kit::jwt::Tokens::new(SECRET, Duration::from_secs(600));
-    Ok(tokens.issue_as(1, flotilla_kit::jwt::Role::Admin)?.0)
+    let tokens = Signer::new(
+        key().clone(),
+        Vec::new(),
+        vec![AUDIENCE_USERS.into()],
+        Duration::from_secs(600),
+    );
+    Ok(tokens.issue_as(NOBODY, flotilla_kit::jwt::Role::Admin)?.0)
 }
 
 struct TestService {
@@ -53,6 +65,9 @@ impl TestService {
         let db = Db::connect(url).await?;
         let mut service = users::build(db.clone(), Passwords::low_cost()?, None, true)?;
         service.state.access = access();
+        // The tests create many accounts from one address; `signup_is_rate_limited` covers
+        // the limits.
+        service.state.signup_limits = SignupLimits::new(0, 0);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let opts = DrainOptions {
             shutdown_delay: Duration::ZERO,
@@ -129,7 +144,8 @@ async fn crud_round_trip(t: &TestService) -> Result<()> {
         )
         .await?;
     assert_eq!(status, StatusCode::CREATED, "{created}");
-    let id = created["id"].as_i64().context("id")?;
+    let id = created["id"].as_str().context("id")?.to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
     assert_eq!(created["name"], "Ada");
     assert_eq!(created["email"], email.to_lowercase());
     assert!(created.get("password").is_none() && created.get("passwordHash").is_none());
@@ -163,7 +179,7 @@ async fn crud_round_trip(t: &TestService) -> Result<()> {
         )
         .await?;
     assert_eq!(status, StatusCode::CREATED);
-    let other_id = created_other["id"].as_i64().context("other id")?;
+    let other_id = created_other["id"].as_str().context("other id")?.to_owned();
     let (status, body) = t
         .put(&format!("/users/{id}"), json!({"email": other}))
         .await?;
@@ -197,7 +213,10 @@ async fn crud_round_trip(t: &TestService) -> Result<()> {
             json!({"email": email, "password": "new password"}),
         )
         .await?;
-    assert_eq!((status, v["id"].as_i64()), (StatusCode::OK, Some(id)));
+    assert_eq!(
+        (status, v["id"].as_str()),
+        (StatusCode::OK, Some(id.as_str()))
+    );
     let (status, _) = t
         .post(
             "/users/verify",
@@ -292,7 +311,7 @@ async fn invalid_input_is_a_json_400() -> Result<()> {
         let (status, _) = t.get(q).await?;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{q}");
     }
-    let (status, _) = t.put("/users/1", json!({})).await?;
+    let (status, _) = t.put(&format!("/users/{NOBODY}"), json!({})).await?;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     let (status, page) = t.get("/users").await?;
     assert_eq!(status, StatusCode::OK);
@@ -362,7 +381,7 @@ async fn readiness_follows_the_database() -> Result<()> {
     assert_eq!(report["failing"][0]["check"], "database");
     let (status, _) = t.get("/healthz").await?;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = t.get("/users/1").await?;
+    let (status, body) = t.get(&format!("/users/{NOBODY}")).await?;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"], "database_unavailable");
     t.srv.stop().await?;
@@ -373,7 +392,7 @@ async fn readiness_follows_the_database() -> Result<()> {
 async fn metrics_use_route_templates() -> Result<()> {
     // Requests for different ids share the /users/{id} series.
     let t = TestService::sqlite().await?;
-    for id in [1, 2, 3] {
+    for id in [NOBODY, "1", "not-an-id"] {
         let (status, _) = t.get(&format!("/users/{id}")).await?;
         assert_eq!(status, StatusCode::NOT_FOUND);
     }
@@ -456,6 +475,41 @@ async fn credential_checks_are_rate_limited_per_account() -> Result<()> {
     let r = check("correct horse").await?;
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
     assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await?;
+    assert_eq!(body["error"], "rate_limited");
+    srv.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn signup_is_rate_limited_per_address_and_globally() -> Result<()> {
+    // Past the per-address limit sign-up answers 429 rate_limited with Retry-After before
+    // parsing or hashing anything, so a flood from one client costs users no Argon2.
+    let dir = tempfile::tempdir()?;
+    let url = format!("sqlite://{}", dir.path().join("users.db").display());
+    let db = Db::connect(&url).await?;
+    let mut service = users::build(db, Passwords::low_cost()?, None, true)?;
+    service.state.access = access();
+    service.state.signup_limits = SignupLimits::new(2, 100);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let srv = Running::start(
+        listener,
+        service.filter(),
+        service.kit.health.clone(),
+        DrainOptions::default(),
+    )?;
+    let http = reqwest::Client::new();
+    let signup = |n: u32| {
+        http.post(format!("{}/users", srv.url()))
+            .json(&json!({"name": "S", "email": format!("s{n}@example.com"), "password": "correct horse"}))
+            .send()
+    };
+    assert_eq!(signup(1).await?.status(), StatusCode::CREATED);
+    assert_eq!(signup(2).await?.status(), StatusCode::CREATED);
+    let r = signup(3).await?;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = r.headers()["retry-after"].to_str()?.parse()?;
+    assert!((1..=60).contains(&retry), "{retry}");
     let body: Value = r.json().await?;
     assert_eq!(body["error"], "rate_limited");
     srv.stop().await?;

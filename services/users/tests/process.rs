@@ -7,8 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
-/// `JWT_SECRET` given to the binary.
-const SECRET: &str = "Kf8d2LqW9zX4vB7nM1pR6tY3hJ5gC0sA";
+use flotilla_kit::jwt::{Signer, SigningKey};
 
 fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?
@@ -21,11 +20,13 @@ async fn binary_starts_serves_and_stops_cleanly_on_sigterm() -> Result<()> {
     // One command starts the service on a fresh directory, and SIGTERM ends it with code 0.
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
+    let key = SigningKey::generate()?;
     let mut child = Command::new(env!("CARGO_BIN_EXE_users"))
         .current_dir(dir.path())
         .env_remove("DATABASE_URL")
         .env_remove("USERS_DEV")
-        .env("JWT_SECRET", SECRET)
+        .env_remove("AUTH_JWKS_URL")
+        .env("JWT_PUBLIC_KEYS", key.public_key().to_pem())
         .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
         .env("SHUTDOWN_DELAY_MS", "0")
         .env("LOG_FORMAT", "json")
@@ -56,9 +57,17 @@ async fn binary_starts_serves_and_stops_cleanly_on_sigterm() -> Result<()> {
         dir.path().join("users.db").exists(),
         "database file not created"
     );
-    // The binary reads JWT_SECRET: an admin's token lists users, no token gets 401.
-    let (admin, _) = flotilla_kit::jwt::Tokens::new(SECRET.as_bytes(), Duration::from_secs(60))
-        .issue_as(1, flotilla_kit::jwt::Role::Admin)?;
+    // The binary reads JWT_PUBLIC_KEYS: an admin's token lists users, no token gets 401.
+    let signer = Signer::new(
+        key,
+        Vec::new(),
+        vec!["users".into()],
+        Duration::from_secs(60),
+    );
+    let (admin, _) = signer.issue_as(
+        "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c",
+        flotilla_kit::jwt::Role::Admin,
+    )?;
     let r = http
         .get(format!("{base}/users"))
         .bearer_auth(admin)
@@ -86,6 +95,24 @@ async fn binary_starts_serves_and_stops_cleanly_on_sigterm() -> Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(exit.code(), Some(0));
+    Ok(())
+}
+
+#[test]
+fn the_old_jwt_secret_is_refused_naming_its_replacement() -> Result<()> {
+    // A manifest still setting JWT_SECRET stops users at start-up with an error naming the
+    // public keys that replaced it, never echoing the secret.
+    let dir = tempfile::tempdir()?;
+    let secret = "Kf8d2LqW9zX4vB7nM1pR6tY3hJ5gC0sA";
+    let out = Command::new(env!("CARGO_BIN_EXE_users"))
+        .current_dir(dir.path())
+        .env("LISTEN_ADDR", "127.0.0.1:0")
+        .env("JWT_SECRET", secret)
+        .output()?;
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("JWT_PUBLIC_KEYS"), "stderr: {stderr}");
+    assert!(!stderr.contains(secret), "stderr: {stderr}");
     Ok(())
 }
 
