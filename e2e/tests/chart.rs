@@ -13,6 +13,7 @@ use anyhow::{bail, ensure, Context, Result};
 use flotilla_e2e::chart::{self, find_kind as find, kind_of, name_of, operator_deployment};
 use flotilla_e2e::tools;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::rbac::v1::{ClusterRole, PolicyRule, Role};
 use serde_json::Value;
 
@@ -292,11 +293,38 @@ fn deployment_is_pinned_hardened_and_probed() -> Result<()> {
         "--leader-election",
         "--leader-election-namespace",
         NAMESPACE,
+        "--verdict-key-file",
+        "/etc/flotilla/verdict-key/current.pem",
     ]
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
     ensure!(args == expected, "args {args:?}");
+    // The verdict key comes from the generated Secret, read-only and only into the operator.
+    let secret = docs
+        .iter()
+        .find(|d| kind_of(d) == "Secret" && name_of(d).ends_with("-verdict-key"))
+        .context("no verdict key Secret")?;
+    let typed: Secret = serde_json::from_value(secret.clone())?;
+    let pem = typed
+        .data
+        .as_ref()
+        .and_then(|d| d.get("current.pem"))
+        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+        .context("no current.pem")?;
+    // RFC 8410's PKCS#8 Ed25519 prefix, base64: the one key form the operator loads.
+    ensure!(
+        pem.starts_with("-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEI"),
+        "current.pem is no PKCS#8 Ed25519 key: {pem}"
+    );
+    let mounted = pod
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "verdict-key")
+        .and_then(|v| v.secret.as_ref())
+        .and_then(|s| s.secret_name.clone());
+    ensure!(mounted.as_deref() == Some(name_of(secret)), "{mounted:?}");
     Ok(())
 }
 
@@ -430,8 +458,9 @@ fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> PolicyRule {
 
 #[test]
 fn rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
-    // Least privilege: the ClusterRole holds these rules and nothing else; Lease access is
-    // limited to the operator's own Lease, which the chart creates.
+    // Least privilege: the ClusterRole holds these rules and nothing else (pods/eviction only
+    // with sticky restarts on); Lease access is limited to the operator's own Lease, which the
+    // chart creates.
     let docs = render("flotilla", &[])?;
     let role: ClusterRole = serde_json::from_value(find(&docs, "ClusterRole")?.clone())?;
     let children = [
@@ -452,15 +481,22 @@ fn rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
         rule(&["apps"], &["deployments"], &children),
         rule(&[""], &["services", "configmaps"], &children),
         rule(&["autoscaling"], &["horizontalpodautoscalers"], &children),
-        rule(
-            &[""],
-            &["pods"],
-            &["get", "list", "watch", "patch", "delete"],
-        ),
+        rule(&[""], &["pods"], &["get", "list", "watch", "patch"]),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
         rule(&[""], &["events"], &["create", "patch"]),
     ];
     ensure!(role.rules.as_ref() == Some(&expected), "{:#?}", role.rules);
+    // Sticky restarts evict pods (so PodDisruptionBudgets apply) only when the admin allows
+    // them; the operator never deletes pods itself.
+    let docs = render("flotilla", &["operator.stickyRestarts.enabled=true"])?;
+    let role: ClusterRole = serde_json::from_value(find(&docs, "ClusterRole")?.clone())?;
+    let mut with_eviction = expected.clone();
+    with_eviction.insert(7, rule(&[""], &["pods/eviction"], &["create"]));
+    ensure!(
+        role.rules.as_ref() == Some(&with_eviction),
+        "{:#?}",
+        role.rules
+    );
 
     let lease = docs
         .iter()

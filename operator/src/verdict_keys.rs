@@ -225,7 +225,11 @@ mod tests {
         let parts: Vec<&str> = a.splitn(4, '.').collect();
         assert_eq!(parts[..2], ["v1", keys.kid()]);
         let at: u64 = parts[2].parse().expect("time");
-        let tb: u64 = b.splitn(4, '.').nth(2).and_then(|t| t.parse().ok()).expect("time");
+        let tb: u64 = b
+            .split('.')
+            .nth(2)
+            .and_then(|t| t.parse().ok())
+            .expect("time");
         assert!(tb > at);
         let sig: [u8; 64] = URL_SAFE_NO_PAD
             .decode(parts[3])
@@ -241,9 +245,13 @@ mod tests {
             .expect("32 bytes");
         let vk = ed25519_dalek::VerifyingKey::from_bytes(&pubkey).expect("key");
         let text = format!("flotilla-verdict.v1\nusers-0\nejected\n{at}");
-        assert!(vk.verify(text.as_bytes(), &Signature::from_bytes(&sig)).is_ok());
+        assert!(vk
+            .verify(text.as_bytes(), &Signature::from_bytes(&sig))
+            .is_ok());
         let other = format!("flotilla-verdict.v1\nusers-1\nejected\n{at}");
-        assert!(vk.verify(other.as_bytes(), &Signature::from_bytes(&sig)).is_err());
+        assert!(vk
+            .verify(other.as_bytes(), &Signature::from_bytes(&sig))
+            .is_err());
     }
 
     #[test]
