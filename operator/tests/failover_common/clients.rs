@@ -13,9 +13,6 @@ use flotilla_operator::failover::{error_rate, promtext};
 use k8s_openapi::api::core::v1::Pod;
 use tokio::task::JoinHandle;
 
-/// Signing secret the test `orders` pods verify tokens with.
-pub const ORDERS_JWT_SECRET: &str = "failover-clients-orders-secret-0123456789";
-
 type Log = Arc<Mutex<Vec<(Instant, bool)>>>;
 
 /// Which kind of client.
@@ -77,9 +74,8 @@ impl Client {
                     .timeout(Duration::from_secs(2))
                     .connect_timeout(Duration::from_secs(2))
                     .connect_lazy();
-                let tokens =
-                    auth::Tokens::new(ORDERS_JWT_SECRET.as_bytes(), Duration::from_secs(3600));
-                let (token, _) = tokens.issue(7)?;
+                let (token, _) =
+                    crate::sim::signer()?.issue("5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f")?;
                 let bearer: tonic::metadata::MetadataValue<_> =
                     format!("Bearer {token}").parse()?;
                 let client = orders::pb::orders_client::OrdersClient::new(channel);
@@ -179,7 +175,7 @@ pub async fn create_orders(
     });
     let mut vars = vec![
         ("ADMIN_TOKEN", crate::sim::ADMIN_TOKEN),
-        ("JWT_SECRET", ORDERS_JWT_SECRET),
+        ("JWT_PUBLIC_KEYS", crate::sim::PUBLIC_KEYS),
     ];
     vars.extend_from_slice(env);
     spec.env = Some(

@@ -21,8 +21,11 @@ use tokio::task::JoinHandle;
 pub const WAIT: Duration = Duration::from_secs(90);
 /// Token for the services' `/admin/faults`.
 pub const ADMIN_TOKEN: &str = "failover-test-token";
-/// The users pods' `JWT_SECRET`: API requests carry an admin token signed with it.
-pub const JWT_SECRET: &str = "failover-test-jwt-secret-6c1d9e4b2a7f";
+/// The key the test tokens are signed with: the public development key, whose public half
+/// ([`auth::jwt::DEV_PUBLIC_KEY`]) the users and orders pods verify with.
+pub const SIGNING_KEY: &str = auth::jwt::DEV_SIGNING_KEY;
+/// The test pods' `JWT_PUBLIC_KEYS`.
+pub const PUBLIC_KEYS: &str = auth::jwt::DEV_PUBLIC_KEY;
 /// Port of every test Service (and container).
 pub const PORT: i32 = 8080;
 
@@ -97,7 +100,7 @@ impl FailoverSim for Harness {
         };
         spec.env = Some(vec![
             var("ADMIN_TOKEN", ADMIN_TOKEN),
-            var("JWT_SECRET", JWT_SECRET),
+            var("JWT_PUBLIC_KEYS", PUBLIC_KEYS),
         ]);
         tweak(&mut spec);
         self.msvcs()
@@ -174,12 +177,34 @@ pub fn pod_ip(p: &Pod) -> String {
         .unwrap_or_default()
 }
 
-/// An admin's token for the users API (signed with [`JWT_SECRET`]), made once.
+/// A signer of test tokens for users and orders (with [`SIGNING_KEY`]).
+pub fn signer() -> Result<auth::Signer> {
+    let key = auth::jwt::SigningKey::from_pem(SIGNING_KEY)?;
+    let audiences = vec![
+        auth::jwt::AUDIENCE_USERS.to_owned(),
+        auth::jwt::AUDIENCE_ORDERS.to_owned(),
+    ];
+    Ok(auth::Signer::new(
+        key,
+        Vec::new(),
+        audiences,
+        Duration::from_secs(24 * 3600),
+    ))
+}
+
+/// An admin's token for the users API (signed with [`SIGNING_KEY`]), made once.
 pub fn api_token() -> &'static str {
     static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     TOKEN.get_or_init(|| {
-        auth::jwt::Tokens::new(JWT_SECRET.as_bytes(), Duration::from_secs(24 * 3600))
-            .issue_as(1, auth::jwt::Role::Admin)
+        signer()
+            .ok()
+            .and_then(|s| {
+                s.issue_as(
+                    "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c",
+                    auth::jwt::Role::Admin,
+                )
+                .ok()
+            })
             .map(|(token, _)| token)
             .unwrap_or_default()
     })
