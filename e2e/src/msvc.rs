@@ -166,7 +166,7 @@ mod tests {
         let users = sample("users")?;
         let auth = sample("auth")?;
         let names = |s: &Sample| s.secrets.iter().map(|x| x.name_any()).collect::<Vec<_>>();
-        assert_eq!(names(&users), ["users-secrets", "auth-secrets"]);
+        assert_eq!(names(&users), ["users-secrets", "auth-public-keys"]);
         assert_eq!(names(&auth), ["auth-secrets", "users-secrets"]);
         let value = |s: &Sample, name: &str, key: &str| {
             s.secrets
@@ -174,9 +174,12 @@ mod tests {
                 .find(|x| x.name_any() == name)
                 .and_then(|x| x.string_data.as_ref()?.get(key).cloned())
         };
-        let jwt = value(&users, "auth-secrets", "jwt-secret");
-        assert!(jwt.as_ref().is_some_and(|v| v.len() >= 32), "{jwt:?}");
-        assert_eq!(jwt, value(&auth, "auth-secrets", "jwt-secret"));
+        // auth signs with the private key; users verifies with its public half only.
+        let signing = value(&auth, "auth-secrets", "signing-key").unwrap_or_default();
+        let public = value(&users, "auth-public-keys", "public-keys").unwrap_or_default();
+        assert!(signing.contains("BEGIN PRIVATE KEY"), "{signing}");
+        assert!(public.contains("BEGIN PUBLIC KEY"), "{public}");
+        assert!(value(&users, "auth-secrets", "signing-key").is_none());
         assert_ne!(
             value(&users, "users-secrets", "admin-token"),
             value(&users, "users-secrets", "service-token")

@@ -92,7 +92,6 @@ fn samples_render_valid_microservices() -> Result<()> {
     // defaults and with every option on.
     let all = [
         "auth.autoscaling.enabled=true",
-        "auth.jwtSecret=fixed-for-test-0123456789abcdef0123",
         "auth.adminToken=admin",
         "users.adminToken=admin",
         "auth.config.LOG_LEVEL=debug",
@@ -303,5 +302,89 @@ fn users_api_is_fenced_to_auth_and_the_operator() -> Result<()> {
 
     let off = render("flotilla-samples", &["users.networkPolicy.enabled=false"])?;
     ensure!(!off.iter().any(|d| kind_of(d) == "NetworkPolicy"));
+    Ok(())
+}
+
+/// The public key (SubjectPublicKeyInfo PEM) of a PEM private key or certificate, by openssl.
+fn openssl_public_key(args: &[&str], pem: &[u8]) -> Result<String> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("openssl")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running openssl")?;
+    child
+        .stdin
+        .take()
+        .context("openssl stdin")?
+        .write_all(pem)?;
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "openssl {args:?} failed");
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+#[test]
+fn users_and_orders_get_only_the_public_half_of_auths_signing_key() -> Result<()> {
+    // auth alone reads the generated Ed25519 key; users and orders read a Secret holding its
+    // public half (a certificate, the only form Helm writes it in) and auth's JWKS URL; no
+    // service is given the old shared JWT_SECRET.
+    let docs = render_and_validate("flotilla-samples", &["orders.enabled=true"])?;
+    let secret = |name: &str, key: &str| -> Result<Vec<u8>> {
+        let doc = docs
+            .iter()
+            .find(|d| kind_of(d) == "Secret" && name_of(d) == name)
+            .with_context(|| format!("no Secret {name}"))?;
+        let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(doc.clone())?;
+        let value = secret.data.and_then(|mut d| d.remove(key));
+        Ok(value.with_context(|| format!("{name} has no {key}"))?.0)
+    };
+    let signing = secret("auth-secrets", "signing-key")?;
+    ensure!(String::from_utf8_lossy(&signing).contains("BEGIN PRIVATE KEY"));
+    let from_key = openssl_public_key(&["pkey", "-pubout"], &signing)?;
+    let from_cert = openssl_public_key(
+        &["x509", "-pubkey", "-noout"],
+        &secret("auth-public-keys", "public-keys")?,
+    )?;
+    ensure!(from_key.contains("BEGIN PUBLIC KEY") && from_key == from_cert);
+
+    for doc in docs.iter().filter(|d| kind_of(d) == "MicroService") {
+        let ms: flotilla_crds::MicroService = serde_json::from_value(doc.clone())?;
+        let name = name_of(doc);
+        let env = ms.spec.env.clone().unwrap_or_default();
+        let secret_of = |var: &str| {
+            env.iter()
+                .find(|e| e.name == var)
+                .and_then(|e| e.value_from.as_ref()?.secret_key_ref.as_ref())
+                .map(|r| (r.name.clone(), r.key.clone()))
+        };
+        ensure!(
+            !env.iter().any(|e| e.name == "JWT_SECRET"),
+            "{name} still gets JWT_SECRET"
+        );
+        match name {
+            "auth" => ensure!(
+                secret_of("JWT_SIGNING_KEY") == Some(("auth-secrets".into(), "signing-key".into()))
+            ),
+            "users" | "orders" => {
+                ensure!(
+                    secret_of("JWT_PUBLIC_KEYS")
+                        == Some(("auth-public-keys".into(), "public-keys".into())),
+                    "{name}: {env:?}"
+                );
+                ensure!(
+                    !env.iter()
+                        .any(|e| secret_of(&e.name).is_some_and(|(s, _)| s == "auth-secrets")),
+                    "{name} reads auth's private Secret"
+                );
+                let jwks = ms.spec.config.as_ref().and_then(|c| c.get("AUTH_JWKS_URL"));
+                ensure!(
+                    jwks.map(String::as_str) == Some("http://auth:8080/.well-known/jwks.json"),
+                    "{name}: {jwks:?}"
+                );
+            }
+            other => anyhow::bail!("unexpected MicroService {other}"),
+        }
+    }
     Ok(())
 }

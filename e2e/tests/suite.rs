@@ -504,7 +504,8 @@ async fn login_round_trip_through_the_auth_service() -> Result<()> {
                     verified.body
                 );
                 // The token opens the user's own account in users (which requires one).
-                let id = created.json()?.get("id").and_then(|v| v.as_i64());
+                let created = created.json()?;
+                let id = created.get("id").and_then(|v| v.as_str());
                 let path = format!("/users/{}", id.context("created user has no id")?);
                 let own = http::service_request(
                     h,

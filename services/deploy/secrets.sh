@@ -5,26 +5,44 @@
 #   services/deploy/secrets.sh | kubectl create -f -
 #
 # `create` refuses Secrets that already exist, so running it again changes nothing.
-#   users-secrets: admin-token (users' /admin/faults), service-token (auth's credential for
-#                  users' credential check; users and auth both read it)
-#   auth-secrets:  jwt-secret (signs tokens; auth, users and orders read it), admin-token
-#   orders-secrets: admin-token
+#   users-secrets:    admin-token (users' /admin/faults), service-token (auth's credential for
+#                     users' credential check; users and auth both read it)
+#   auth-secrets:     signing-key (the Ed25519 key auth signs tokens with; only auth reads it),
+#                     admin-token
+#   auth-public-keys: public-keys (the signing key's public half; users and orders verify
+#                     tokens with it and cannot mint any)
+#   orders-secrets:   admin-token
 set -euo pipefail
 
 random() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
 
+header() {
+    printf -- '---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: %s\n' "$1"
+    printf '  labels:\n    app.kubernetes.io/name: %s\n    app.kubernetes.io/part-of: flotilla-samples\n' "$2"
+    printf 'type: Opaque\nstringData:\n'
+}
+
 secret() {
     local name=$1 app=$2
     shift 2
-    printf -- '---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: %s\n' "$name"
-    printf '  labels:\n    app.kubernetes.io/name: %s\n    app.kubernetes.io/part-of: flotilla-samples\n' "$app"
-    printf 'type: Opaque\nstringData:\n'
+    header "$name" "$app"
     local key
     for key in "$@"; do
         printf '  %s: "%s"\n' "$key" "$(random 32)"
     done
 }
 
+# A multi-line value (a PEM block) as a YAML literal block.
+block() {
+    printf '  %s: |\n' "$1"
+    sed 's/^/    /'
+}
+
+signing_key="$(openssl genpkey -algorithm ed25519)"
+
 secret users-secrets users admin-token service-token
-secret auth-secrets auth jwt-secret admin-token
+secret auth-secrets auth admin-token
+printf '%s\n' "$signing_key" | block signing-key
+header auth-public-keys auth
+printf '%s\n' "$signing_key" | openssl pkey -pubout | block public-keys
 secret orders-secrets orders admin-token

@@ -11,7 +11,9 @@ app.kubernetes.io/part-of: flotilla-samples
 
 {{/*
 A secret value: the one given in values, else the one already in the cluster (so upgrades keep
-it), else a new random one. Arguments: a dict with root (.), secret (Secret name), key and given.
+it), else a new random one: 48 random characters, or with generate "ed25519" a new Ed25519
+private key (PKCS#8 PEM). Arguments: a dict with root (.), secret (Secret name), key, given and
+optionally generate.
 */}}
 {{- define "samples.secretValue" -}}
 {{- $existing := lookup "v1" "Secret" .root.Release.Namespace .secret }}
@@ -19,6 +21,8 @@ it), else a new random one. Arguments: a dict with root (.), secret (Secret name
 {{- .given }}
 {{- else if and $existing $existing.data (hasKey $existing.data .key) }}
 {{- index $existing.data .key | b64dec }}
+{{- else if eq (.generate | default "") "ed25519" }}
+{{- genPrivateKey "ed25519" }}
 {{- else }}
 {{- randAlphaNum 48 }}
 {{- end }}
