@@ -40,6 +40,11 @@ async fn start_counting(opts: DrainOptions) -> Result<(Running, watch::Receiver<
     });
     let api = never.or(slow).unify();
     let listener = TcpListener::bind("127.0.0.1:0").await?;
+    // No test here is about the shutdown delay; do not wait for it at the end.
+    let opts = DrainOptions {
+        shutdown_delay: Duration::ZERO,
+        ..opts
+    };
     let running = Running::start(listener, kit.filter(api), kit.health.clone(), opts)?;
     Ok((running, count))
 }
