@@ -84,7 +84,13 @@ pub fn spawn_refresh(
                     REFRESH
                 }
                 Err(e) => {
-                    tracing::warn!(%url, error = %e, "JWKS fetch failed; keeping the keys held");
+                    // Once per outage: a verifier that starts before auth (or beside an
+                    // unreachable one) would otherwise warn every few seconds.
+                    if failing {
+                        tracing::debug!(%url, error = %e, "JWKS fetch failed again");
+                    } else {
+                        tracing::warn!(%url, error = %e, "JWKS fetch failed; keeping the keys held, retrying every 5 s");
+                    }
                     failing = true;
                     RETRY
                 }
@@ -92,4 +98,22 @@ pub fn spawn_refresh(
             tokio::time::sleep(wait).await;
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::jwt::SigningKey;
+
+    #[tokio::test]
+    async fn a_failed_fetch_keeps_the_keys_held() {
+        // With auth unreachable the fetch fails and the verifier keeps the keys it had.
+        let key = SigningKey::generate().expect("key");
+        let verifier = Verifier::for_audience("users", Vec::new());
+        verifier.set_fetched(vec![key.public_key().clone()]);
+        let url = Url::parse("http://127.0.0.1:9/.well-known/jwks.json").expect("url");
+        let fetched = fetch_once(&reqwest::Client::new(), &url, &verifier).await;
+        assert!(fetched.is_err());
+        assert_eq!(verifier.keys(), vec![key.public_key().clone()]);
+    }
 }
