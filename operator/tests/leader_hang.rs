@@ -54,19 +54,25 @@ struct Write {
     end: Instant,
 }
 
-/// Finished writes, and those still waiting for their answer.
+/// Finished writes, and those still waiting for their answer (who, what).
+#[derive(Debug, Default)]
+struct Log {
+    done: Vec<Write>,
+    open: Vec<(&'static str, String)>,
+}
+
 #[derive(Debug, Clone, Default)]
-struct Writes(Arc<Mutex<(Vec<Write>, Vec<(&'static str, String)>)>>);
+struct Writes(Arc<Mutex<Log>>);
 
 impl Writes {
-    fn lock(&self) -> std::sync::MutexGuard<'_, (Vec<Write>, Vec<(&'static str, String)>)> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Log> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// `who`'s finished writes other than the Lease's.
     fn of(&self, who: &str) -> Vec<Write> {
         let all = self.lock();
-        all.0
+        all.done
             .iter()
             .filter(|w| w.who == who && !w.lease)
             .cloned()
@@ -76,7 +82,7 @@ impl Writes {
     /// `who`'s finished writes of the Lease.
     fn lease_writes_of(&self, who: &str) -> Vec<Write> {
         let all = self.lock();
-        all.0
+        all.done
             .iter()
             .filter(|w| w.who == who && w.lease)
             .cloned()
@@ -86,7 +92,10 @@ impl Writes {
     /// Whether `who` is waiting for the answer to a write whose method, path and query
     /// `matches`.
     fn in_flight(&self, who: &str, matches: impl Fn(&str) -> bool) -> bool {
-        self.lock().1.iter().any(|(w, p)| *w == who && matches(p))
+        self.lock()
+            .open
+            .iter()
+            .any(|(w, p)| *w == who && matches(p))
     }
 }
 
@@ -101,7 +110,7 @@ struct InFlight {
 
 impl InFlight {
     fn new(who: &'static str, what: String, lease: bool, log: Writes) -> Self {
-        log.lock().1.push((who, what.clone()));
+        log.lock().open.push((who, what.clone()));
         InFlight {
             who,
             what,
@@ -123,13 +132,13 @@ impl Drop for InFlight {
         };
         let mut all = self.log.lock();
         if let Some(i) = all
-            .1
+            .open
             .iter()
             .position(|(who, what)| *who == w.who && *what == w.what)
         {
-            all.1.remove(i);
+            all.open.remove(i);
         }
-        all.0.push(w);
+        all.done.push(w);
     }
 }
 
