@@ -48,6 +48,11 @@ pub fn build(mut config: Config, timeouts: ClientTimeouts) -> Result<Client, Cli
     config.connect_timeout = Some(timeouts.connect);
     // A socket-level read timeout would also cut idle watches; the layer below skips them.
     config.read_timeout = None;
+    // No retries inside the client: kube's default retries 429/503/504 for minutes, which would
+    // turn a PodDisruptionBudget's refusal of an eviction (429) into a timeout and hold the
+    // writer. Every caller already retries on its own schedule: the reconciler with backoff,
+    // the failover writer on its next pass, each within a leadership-bounded deadline.
+    config.default_retry = false;
     let builder = ClientBuilder::try_from(config)?;
     Ok(builder
         .with_layer(&RequestTimeoutLayer(timeouts.request))

@@ -16,6 +16,8 @@ use std::time::Duration;
 use anyhow::Result;
 use flotilla_crds::StickyConnections;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::api::PostParams;
 
 use clients::{api_requests_of, create_orders, Client, Kind};
 use sim::*;
@@ -144,13 +146,14 @@ async fn a_grpc_client_moves_to_the_fallback_and_back() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn a_pod_that_keeps_its_connections_is_reported_and_restarted() -> Result<()> {
-    // A primary that ignores the traffic verdict keeps the gRPC client's connection after a
-    // failover: Flotilla sees its request counter rising while it is out of traffic, reports it
-    // (status evidence, Event) and, as asked, deletes it once; the client then reaches the
-    // fallback.
-    let sim = Sim::start("failover-sticky").await?;
+/// A failed-over `orders` whose primary pods ignore the traffic verdict, with a gRPC client
+/// pinned to one of them: the sim, its primary and fallback pods, the client and the pod
+/// reported sticky. `before_fault` runs once the pods are ready, before they fail.
+async fn failed_over_with_a_sticky_pod(
+    test: &str,
+    before_fault: impl AsyncFnOnce(&Sim) -> Result<()>,
+) -> Result<(Sim, Vec<Pod>, Vec<Pod>, Client, flotilla_crds::PodHealth)> {
+    let sim = Sim::start(test).await?;
     create_orders(&sim, "orders-backup", 2, &[], |_| {}).await?;
     create_orders(&sim, "orders", 2, &[("TRAFFIC_VERDICT", "ignore")], |s| {
         s.failover.enabled = true;
@@ -161,6 +164,7 @@ async fn a_pod_that_keeps_its_connections_is_reported_and_restarted() -> Result<
     .await?;
     let primary = sim.ready_pods("orders", 2).await?;
     let fallback = sim.ready_pods("orders-backup", 2).await?;
+    before_fault(&sim).await?;
     let client = Client::start(Kind::Grpc, sim.vip("orders").await?, EVERY).await?;
     sim.poll("steady traffic", || async {
         Ok(client.last_ok(20).then_some(()))
@@ -184,7 +188,28 @@ async fn a_pod_that_keeps_its_connections_is_reported_and_restarted() -> Result<
             }))
         })
         .await?;
-    sim.wait("the sticky pod deleted", || async {
+    Ok((sim, primary, fallback, client, sticky))
+}
+
+/// The `lastStickyRestartTime` of the MicroService's status.
+async fn last_sticky_restart(sim: &Sim, svc: &str) -> Result<Option<String>> {
+    let ms = sim.msvcs().get(svc).await?;
+    Ok(ms
+        .status
+        .and_then(|s| s.failover)
+        .and_then(|f| f.last_sticky_restart_time)
+        .map(|t| t.0.to_string()))
+}
+
+#[tokio::test]
+async fn a_pod_that_keeps_its_connections_is_reported_and_restarted() -> Result<()> {
+    // A primary that ignores the traffic verdict keeps the gRPC client's connection after a
+    // failover: Flotilla sees its request counter rising while it is out of traffic, reports it
+    // (status evidence, Event) and, as asked, evicts it once (the time recorded in status); the
+    // client then reaches the fallback.
+    let (sim, primary, fallback, client, sticky) =
+        failed_over_with_a_sticky_pod("failover-sticky", async |_| Ok(())).await?;
+    sim.wait("the sticky pod evicted", || async {
         let names: Vec<String> = sim
             .pods_of("orders")
             .await?
@@ -206,6 +231,10 @@ async fn a_pod_that_keeps_its_connections_is_reported_and_restarted() -> Result<
         restarts, 1,
         "one restart within the rate limit: {reasons:?}"
     );
+    assert!(
+        last_sticky_restart(&sim, "orders").await?.is_some(),
+        "the restart's time is in status"
+    );
     let others: Vec<Pod> = primary
         .iter()
         .filter(|p| p.metadata.name.as_deref() != Some(sticky.name.as_str()))
@@ -220,6 +249,53 @@ async fn a_pod_that_keeps_its_connections_is_reported_and_restarted() -> Result<
     )
     .await?;
     assert!(client.last_ok(10), "the client succeeds on the fallback");
+    sim.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_disruption_budget_without_room_keeps_the_sticky_pod() -> Result<()> {
+    // Restarts go through the Eviction API, so a PodDisruptionBudget that allows no disruption
+    // keeps the sticky pod: the refusal is a Warning Event, the pod stays, and the attempt's
+    // time is in status (it counts for the rate limit like a restart).
+    let budget = async |sim: &Sim| -> Result<()> {
+        let pdb: PodDisruptionBudget = serde_json::from_value(serde_json::json!({
+            "metadata": { "name": "orders" },
+            "spec": {
+                "minAvailable": 2,
+                "selector": { "matchLabels": { "app.kubernetes.io/instance": "orders" } }
+            }
+        }))?;
+        sim.api::<PodDisruptionBudget>()
+            .create(&PostParams::default(), &pdb)
+            .await?;
+        Ok(())
+    };
+    let (sim, _primary, _fallback, _client, sticky) =
+        failed_over_with_a_sticky_pod("failover-sticky-budget", budget).await?;
+    let note = sim
+        .wait("the eviction refused", || async {
+            let events = sim.events_of("orders").await?;
+            Ok(events
+                .into_iter()
+                .find(|(reason, _)| reason == "StickyPodRestartFailed"))
+        })
+        .await?
+        .1;
+    assert!(note.contains("PodDisruptionBudget"), "{note}");
+    let names: Vec<String> = sim
+        .pods_of("orders")
+        .await?
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert!(names.contains(&sticky.name), "the budget kept {}: {names:?}", sticky.name);
+    let reasons = sim.event_reasons("orders").await?;
+    assert!(
+        !reasons.iter().any(|r| r == "StickyPodRestarted"),
+        "{reasons:?}"
+    );
+    assert!(last_sticky_restart(&sim, "orders").await?.is_some());
     sim.shutdown().await;
     Ok(())
 }

@@ -179,11 +179,20 @@ impl LocalCluster {
 
 /// A client for the cluster in the kubeconfig file `path` (its current context).
 pub async fn client_from_kubeconfig(path: &Path) -> Result<Client> {
+    client_from_kubeconfig_with(path, |_| {}).await
+}
+
+/// Like [`client_from_kubeconfig`], with the configuration adjusted by `tweak` first.
+pub async fn client_from_kubeconfig_with(
+    path: &Path,
+    tweak: impl FnOnce(&mut Config),
+) -> Result<Client> {
     let kubeconfig = Kubeconfig::read_from(path)
         .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .with_context(|| format!("loading kubeconfig {}", path.display()))?;
+    tweak(&mut config);
     Client::try_from(config).context("building the cluster client")
 }
 

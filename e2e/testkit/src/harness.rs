@@ -304,6 +304,16 @@ impl Harness {
 
     /// Reasons of the (events.k8s.io) Events about the object `name`, oldest first.
     pub async fn event_reasons(&self, name: &str) -> Result<Vec<String>> {
+        Ok(self
+            .events_of(name)
+            .await?
+            .into_iter()
+            .map(|(reason, _)| reason)
+            .collect())
+    }
+
+    /// Reasons and notes of the (events.k8s.io) Events about the object `name`, oldest first.
+    pub async fn events_of(&self, name: &str) -> Result<Vec<(String, String)>> {
         let mut events = self
             .api::<Event>()
             .list(&ListParams::default())
@@ -313,7 +323,7 @@ impl Harness {
         Ok(events
             .into_iter()
             .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
-            .filter_map(|e| e.reason)
+            .filter_map(|e| Some((e.reason?, e.note.unwrap_or_default())))
             .collect())
     }
 

@@ -93,9 +93,19 @@ impl InProcess {
         let run = Arc::new(run);
         Arc::new(move |target: Target<'_>| {
             let run = run.clone();
-            let operator: Box<dyn RunningOperator> =
-                Box::new(InProcess::spawn(target.client, move |c, s| run(c, s)));
-            async move { Ok(operator) }.boxed()
+            async move {
+                // The operator's own client, built as the binary builds it: without kube's
+                // client-side retries, so an API answer such as a PodDisruptionBudget's 429
+                // reaches the operator as it does in a cluster.
+                let client = crate::cluster::client_from_kubeconfig_with(target.kubeconfig, |c| {
+                    c.default_retry = false;
+                })
+                .await?;
+                let operator: Box<dyn RunningOperator> =
+                    Box::new(InProcess::spawn(client, move |c, s| run(c, s)));
+                Ok(operator)
+            }
+            .boxed()
         })
     }
 

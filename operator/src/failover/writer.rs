@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{DeleteParams, EvictParams, Patch, PatchParams, Preconditions};
+use k8s_openapi::api::policy::v1::Eviction;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta, Preconditions};
+use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Reporter};
 use kube::{Api, Client};
 use serde_json::Value;
@@ -498,25 +500,50 @@ impl Writer {
     /// Evicts a sticky pod through the Eviction API, so PodDisruptionBudgets apply, naming its
     /// UID so a newer pod of the same name is never hit (its Deployment replaces it); if still
     /// leading. The result label: `disruption_budget` when a budget refused (429).
+    ///
+    /// The Eviction is posted as the typed `policy/v1` object: kube's `Api::evict` sends its
+    /// delete options under a key the API server ignores, which would drop the UID precondition.
     async fn evict_pod(&self, pod: &ObjKey, uid: &str) -> &'static str {
         if !self.leadership.is_leading() {
             return "not_leading";
         }
         let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.ns);
-        let params = EvictParams {
-            delete_options: Some(DeleteParams {
+        let eviction = Eviction {
+            metadata: ObjectMeta {
+                name: Some(pod.name.clone()),
+                namespace: Some(pod.ns.clone()),
+                ..ObjectMeta::default()
+            },
+            delete_options: Some(DeleteOptions {
                 preconditions: Some(Preconditions {
                     uid: Some(uid.to_owned()),
                     resource_version: None,
                 }),
-                ..DeleteParams::default()
+                ..DeleteOptions::default()
             }),
-            ..EvictParams::default()
         };
         let r = self
             .leadership
-            .write(self.cfg.write_timeout, api.evict(&pod.name, &params))
+            .write(
+                self.cfg.write_timeout,
+                api.create_subresource::<_, kube::core::Status>(
+                    "eviction",
+                    &pod.name,
+                    &PostParams::default(),
+                    &eviction,
+                ),
+            )
             .await;
+        // A refusal can also come as a 201 carrying a Failure status (a pod with two budgets).
+        let r = r.map(|inner| {
+            inner.and_then(|status| {
+                if status.is_failure() {
+                    Err(kube::Error::Api(Box::new(status)))
+                } else {
+                    Ok(status)
+                }
+            })
+        });
         let label = match &r {
             Ok(Err(kube::Error::Api(e))) if e.code == 429 => "disruption_budget",
             _ => result_label(&r),
