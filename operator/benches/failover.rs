@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use flotilla_crds::labels;
-use flotilla_operator::failover::engine::{self, EngineConfig};
+use flotilla_operator::failover::engine::{self, EngineConfig, VerdictSigning};
+use flotilla_operator::leader::Leadership;
+use flotilla_operator::verdict_keys::VerdictKeys;
 use flotilla_operator::failover::inventory::{Inventory, ObjKey, PodInfo, ServiceInfo};
 use flotilla_operator::failover::metrics::Metrics;
 use flotilla_operator::failover::policy::{FailoverPolicy, ProbePolicy};
@@ -68,6 +70,10 @@ struct Args {
     /// Skip the CPU measurement.
     #[arg(long)]
     skip_cpu: bool,
+    /// Measure the prober CPU as a standby's (no verdicts signed or sent) instead of the
+    /// leader's, for comparison.
+    #[arg(long)]
+    standby: bool,
     /// Skip the failover runs.
     #[arg(long)]
     skip_failover: bool,
@@ -199,7 +205,18 @@ async fn cpu(args: &Args) -> Result<()> {
     }
     let (_tx, rx) = tokio::sync::watch::channel(Arc::new(Inventory::from_parts(services, pods)));
     let metrics = Metrics::new()?;
-    let mut cfg = EngineConfig::default();
+    // The leader's engine, as shipped: verdicts signed with the operator's key and sent.
+    let (lead, leadership) = Leadership::new();
+    if !args.standby {
+        lead.lead_unbounded();
+    }
+    let mut cfg = EngineConfig {
+        verdicts: Some(VerdictSigning {
+            keys: Arc::new(VerdictKeys::ephemeral()),
+            leadership,
+        }),
+        ..EngineConfig::default()
+    };
     if let Some(ms) = args.batch_window_ms {
         cfg.batch_window = Duration::from_millis(ms);
     }

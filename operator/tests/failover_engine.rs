@@ -412,7 +412,7 @@ async fn only_the_leader_sends_verdicts_and_a_kit_pod_accepts_them() -> Result<(
         verdicts: Some(VerdictSigning { keys, leadership }),
         ..EngineConfig::default()
     };
-    let (_out, _thread) = engine::spawn(rx, Metrics::new()?, cfg)?;
+    let (mut out, _thread) = engine::spawn(rx, Metrics::new()?, cfg)?;
     let metrics = kit.metrics.clone().context("kit metrics")?;
     let readiness_probes = || {
         metrics
@@ -427,8 +427,14 @@ async fn only_the_leader_sends_verdicts_and_a_kit_pod_accepts_them() -> Result<(
     };
     let verdicts = kit.health.traffic().verdict_check().counter();
     let total = |outcome: &str| verdicts.with_label_values(&[outcome]).get();
-    poll("five probes from the standby", WAIT, || async {
-        Ok((readiness_probes() >= 5.0).then_some(()))
+    // Once decided, the pod has a verdict (`serving`) the leader would send.
+    wait_for(&mut out.desired, "the pod decided healthy", |d| {
+        member(d, "web", "web-0") == Some(Membership::In)
+    })
+    .await?;
+    let decided = readiness_probes();
+    poll("five probes from the standby after the decision", WAIT, || async {
+        Ok((readiness_probes() >= decided + 5.0).then_some(()))
     })
     .await?;
     let outcomes = ["accepted", "unsigned", "forged", "stale", "replayed", "unknown_key"];
