@@ -21,7 +21,6 @@ use serde::de::DeserializeOwned;
 use tracing::{debug, info};
 
 use crate::build::OperatorInputs;
-use crate::verdict_keys::VerdictKeys;
 use crate::cache::{Change, MicroServices, OwnWrites, Stores, Synced};
 use crate::context::Context;
 use crate::events::EventSink;
@@ -30,6 +29,7 @@ use crate::http::Readiness;
 use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::reconcile::{error_policy, reconcile};
+use crate::verdict_keys::VerdictKeys;
 use crate::OperatorConfig;
 
 /// Name the operator reports Events under.

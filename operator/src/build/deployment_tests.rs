@@ -319,7 +319,12 @@ fn verdict_keys_follow_the_downward_api_variables() {
         .collect();
     assert_eq!(
         names[..4],
-        ["POD_IP", "POD_NAME", "POD_NAMESPACE", "FLOTILLA_VERDICT_KEYS"]
+        [
+            "POD_IP",
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "FLOTILLA_VERDICT_KEYS"
+        ]
     );
     assert_eq!(
         env_value(&container(&with), "FLOTILLA_VERDICT_KEYS").and_then(|e| e.value),

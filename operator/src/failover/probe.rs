@@ -350,8 +350,14 @@ pub async fn run(
                 .await
         }
         (None, Some(http)) => {
-            ProbeClient::readiness(&mut conn, target.addr, http, target.timeout, target.signed())
-                .await
+            ProbeClient::readiness(
+                &mut conn,
+                target.addr,
+                http,
+                target.timeout,
+                target.signed(),
+            )
+            .await
         }
         (None, None) => Observation::ConnectError,
     };
@@ -420,7 +426,9 @@ mod tests {
                             .headers()
                             .get(traffic::HEADER)
                             .zip(req.headers().get(traffic::SIGNATURE_HEADER))
-                            .and_then(|(v, s)| Some(format!("{} {}", v.to_str().ok()?, s.to_str().ok()?)));
+                            .and_then(|(v, s)| {
+                                Some(format!("{} {}", v.to_str().ok()?, s.to_str().ok()?))
+                            });
                         if let Ok(mut g) = seen.lock() {
                             g.push(v);
                         }

@@ -203,6 +203,9 @@ fn the_recorded_restart_time_holds_the_rate_limit_across_leader_changes() {
     let pods = sticky_pods();
     assert_eq!(pick_restart(&restart_policy(), &d, &pods, last, now), None);
     assert!(pick_restart(&restart_policy(), &d, &pods, last, now + ms(20_000)).is_some());
-    assert_eq!(last_restart(Some(now), Some(ten_s_ago), now, wall), Some(now));
+    assert_eq!(
+        last_restart(Some(now), Some(ten_s_ago), now, wall),
+        Some(now)
+    );
     assert_eq!(last_restart(None, None, now, wall), None);
 }
