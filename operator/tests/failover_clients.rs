@@ -191,6 +191,16 @@ async fn failed_over_with_a_sticky_pod(
     Ok((sim, primary, fallback, client, sticky))
 }
 
+/// The names of a MicroService's pods.
+async fn pod_names(sim: &Sim, svc: &str) -> Result<Vec<String>> {
+    Ok(sim
+        .pods_of(svc)
+        .await?
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect())
+}
+
 /// The `lastStickyRestartTime` of the MicroService's status.
 async fn last_sticky_restart(sim: &Sim, svc: &str) -> Result<Option<String>> {
     let ms = sim.msvcs().get(svc).await?;
@@ -210,12 +220,7 @@ async fn a_pod_that_keeps_its_connections_is_reported_and_restarted() -> Result<
     let (sim, primary, fallback, client, sticky) =
         failed_over_with_a_sticky_pod("failover-sticky", async |_| Ok(())).await?;
     sim.wait("the sticky pod evicted", || async {
-        let names: Vec<String> = sim
-            .pods_of("orders")
-            .await?
-            .into_iter()
-            .filter_map(|p| p.metadata.name)
-            .collect();
+        let names = pod_names(&sim, "orders").await?;
         Ok((!names.contains(&sticky.name)).then_some(()))
     })
     .await?;
@@ -283,13 +288,12 @@ async fn a_disruption_budget_without_room_keeps_the_sticky_pod() -> Result<()> {
         .await?
         .1;
     assert!(note.contains("PodDisruptionBudget"), "{note}");
-    let names: Vec<String> = sim
-        .pods_of("orders")
-        .await?
-        .into_iter()
-        .filter_map(|p| p.metadata.name)
-        .collect();
-    assert!(names.contains(&sticky.name), "the budget kept {}: {names:?}", sticky.name);
+    let names = pod_names(&sim, "orders").await?;
+    assert!(
+        names.contains(&sticky.name),
+        "the budget kept {}: {names:?}",
+        sticky.name
+    );
     let reasons = sim.event_reasons("orders").await?;
     assert!(
         !reasons.iter().any(|r| r == "StickyPodRestarted"),
