@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the Flotilla e2e suite on a real Kubernetes cluster in Docker (kind):
 #   1. create the kind cluster (kept if it already exists),
-#   2. build the operator and sample-service images and load them into the cluster,
+#   2. build the operator and sample-service images with images/build.sh (the one place images
+#      are built) and load them into the cluster,
 #   3. install the chart with those images, wait for the operator and run `helm test`,
 #   4. scale the operator to two replicas and fail the leader over by deleting its pod (the other
 #      replica must take the Lease within the lease duration), then back to one,
@@ -14,7 +15,6 @@ set -euo pipefail
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cluster="${KIND_CLUSTER_NAME:-flotilla}"
-tag="0.1.0"
 namespace="flotilla-system"
 kubeconfig="$repo/target/kind-$cluster.kubeconfig"
 
@@ -38,16 +38,12 @@ kind get kubeconfig --name "$cluster" >"$kubeconfig"
 export KUBECONFIG="$kubeconfig"
 
 echo "==> images"
-images=(
-    "flotilla/operator:$tag=operator/Dockerfile"
-    "flotilla/users:$tag=services/users/Dockerfile"
-    "flotilla/auth:$tag=services/auth/Dockerfile"
-    "flotilla/orders:$tag=services/orders/Dockerfile"
-)
-for entry in "${images[@]}"; do
-    image="${entry%%=*}"
-    dockerfile="${entry#*=}"
-    DOCKER_BUILDKIT=1 docker build --file "$repo/$dockerfile" --tag "$image" "$repo"
+# No registry: the images get the charts' default names (flotilla/operator:<appVersion>, ...), so
+# both charts install them with their default values.
+"$repo/images/build.sh" --engine docker
+image_list="$("$repo/images/build.sh" --list)"
+mapfile -t images <<<"$image_list"
+for image in "${images[@]}"; do
     kind load docker-image --name "$cluster" "$image"
 done
 
@@ -55,8 +51,6 @@ echo "==> operator chart"
 # The images were loaded into the node, so they must never be pulled.
 helm upgrade --install flotilla "$repo/charts/flotilla" \
     --namespace "$namespace" --create-namespace \
-    --set image.repository=flotilla/operator \
-    --set image.tag="$tag" \
     --set image.pullPolicy=Never \
     --wait --timeout 5m
 helm test flotilla --namespace "$namespace" --timeout 5m

@@ -1,11 +1,12 @@
 //! Checks of the shell scripts and the kind path, which cannot run here (no Docker): they parse
-//! (`bash -n`), pass `shellcheck`, and name files that exist.
+//! (`bash -n`), pass `shellcheck`, and name files that exist. What the image build script prints
+//! and refuses is checked in `images.rs`.
 
 use anyhow::{ensure, Context, Result};
 use flotilla_e2e::{chart, tools};
 
 /// The scripts this crate ships.
-const SCRIPTS: &[&str] = &["e2e/install-tools.sh", "e2e/kind/run.sh"];
+const SCRIPTS: &[&str] = &["e2e/install-tools.sh", "e2e/kind/run.sh", "images/build.sh"];
 
 #[test]
 fn scripts_parse_and_pass_shellcheck() -> Result<()> {
@@ -26,23 +27,38 @@ fn scripts_parse_and_pass_shellcheck() -> Result<()> {
 
 #[test]
 fn kind_script_names_files_that_exist() -> Result<()> {
-    // Every Dockerfile, chart and config the kind script uses is in the repository.
+    // Every Dockerfile, chart and config the kind script uses (the Dockerfiles through the image
+    // build script) is in the repository.
     let root = tools::repo_root();
-    let script = std::fs::read_to_string(root.join("e2e/kind/run.sh"))?;
-    for path in [
-        "operator/Dockerfile",
-        "services/users/Dockerfile",
-        "services/auth/Dockerfile",
-        "services/orders/Dockerfile",
-        "charts/flotilla",
-        "charts/flotilla-samples",
-        "e2e/kind/kind-config.yaml",
-    ] {
-        ensure!(script.contains(path), "run.sh does not use {path}");
-        ensure!(
-            root.join(path).exists(),
-            "{path} (used by run.sh) is missing"
-        );
+    let uses = [
+        (
+            "images/build.sh",
+            &[
+                "operator/Dockerfile",
+                "services/users/Dockerfile",
+                "services/auth/Dockerfile",
+                "services/orders/Dockerfile",
+            ][..],
+        ),
+        (
+            "e2e/kind/run.sh",
+            &[
+                "images/build.sh",
+                "charts/flotilla",
+                "charts/flotilla-samples",
+                "e2e/kind/kind-config.yaml",
+            ][..],
+        ),
+    ];
+    for (user, paths) in uses {
+        let script = std::fs::read_to_string(root.join(user))?;
+        for path in paths {
+            ensure!(script.contains(path), "{user} does not use {path}");
+            ensure!(
+                root.join(path).exists(),
+                "{path} (used by {user}) is missing"
+            );
+        }
     }
     Ok(())
 }
