@@ -80,6 +80,14 @@ Name of the operator's ServiceAccount.
 {{- end }}
 
 {{/*
+"<image.registry>/" when a registry is set, else nothing: the one place the Flotilla images'
+registry is chosen (a release upgraded with --reuse-values from a chart without the key has none).
+*/}}
+{{- define "flotilla.registryPrefix" -}}
+{{- with (.Values.image.registry | default "" | trimSuffix "/") }}{{ . }}/{{ end }}
+{{- end }}
+
+{{/*
 Operator image reference. The tag defaults to the chart's appVersion; `latest` is refused so that
 an install is reproducible and a rollback really rolls back.
 */}}
@@ -88,7 +96,14 @@ an install is reproducible and a rollback really rolls back.
 {{- if eq $tag "latest" }}
 {{- fail "image.tag must not be \"latest\": pin a version (it defaults to the chart's appVersion)" }}
 {{- end }}
-{{- printf "%s:%s" .Values.image.repository $tag }}
+{{- printf "%s%s:%s" (include "flotilla.registryPrefix" .) .Values.image.repository $tag }}
+{{- end }}
+
+{{/*
+Image of the `helm test` MicroService, from the same registry as the operator.
+*/}}
+{{- define "flotilla.testMicroserviceImage" -}}
+{{- printf "%s%s" (include "flotilla.registryPrefix" .) .Values.test.microserviceImage }}
 {{- end }}
 
 {{/*
