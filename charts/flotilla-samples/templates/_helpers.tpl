@@ -27,3 +27,11 @@ optionally generate.
 {{- randAlphaNum 48 }}
 {{- end }}
 {{- end }}
+
+{{/*
+A sample image under imageRegistry (when set): the one place the samples' registry is chosen.
+Arguments: a dict with root (.) and image (the image as written in values).
+*/}}
+{{- define "samples.image" -}}
+{{- with (.root.Values.imageRegistry | default "" | trimSuffix "/") }}{{ . }}/{{ end }}{{ .image }}
+{{- end }}
