@@ -2,8 +2,9 @@
 //! `images/build.sh --dry-run` prints exactly one build per image (and one push each with
 //! `--push`) under the registry given, refuses bad input before printing anything, and needs no
 //! engine to do so; both charts point every Flotilla image at the registry from one value each
-//! (`image.registry`, `imageRegistry`), naming exactly the images the script builds; and
-//! `e2e/kind/run.sh` builds its images with the script.
+//! (`image.registry`, `imageRegistry`), naming exactly the images the script builds; the
+//! README's real-cluster walkthrough does the same with its own lines; and `e2e/kind/run.sh`
+//! builds its images with the script.
 //!
 //! The chart checks need `helm` (`e2e/install-tools.sh`).
 
@@ -406,6 +407,103 @@ fn dry_run_lines_parse_only_as_builds_and_pushes() -> Result<()> {
                 engine: "podman".into(),
                 image: "r/x:1".into()
             }
+    );
+    Ok(())
+}
+
+/// The `$ ` lines of the README's "On a real cluster" section.
+fn readme_real_cluster_lines() -> Result<Vec<String>> {
+    let readme = std::fs::read_to_string(tools::repo_root().join("README.md"))?;
+    let section = readme
+        .split("\n### On a real cluster")
+        .nth(1)
+        .and_then(|rest| rest.split("\n## ").next())
+        .context("README.md has no \"On a real cluster\" section")?;
+    Ok(section
+        .lines()
+        .filter_map(|line| line.strip_prefix("$ "))
+        .map(str::to_owned)
+        .collect())
+}
+
+#[test]
+fn readme_real_cluster_walkthrough_uses_one_registry_for_every_image() -> Result<()> {
+    // The README's dry run, run as written, prints the builds and pushes under $REGISTRY, and its
+    // two `helm install` lines, rendered with their `--set` values, run only images from there.
+    let lines = readme_real_cluster_lines()?;
+    let registry_line = lines
+        .iter()
+        .find_map(|l| l.strip_prefix("REGISTRY="))
+        .context("the README sets no REGISTRY")?;
+    let registry = registry_line.trim();
+
+    let dry_run_line = lines
+        .iter()
+        .find(|l| l.starts_with("images/build.sh ") && l.contains("--dry-run"))
+        .context("the README has no images/build.sh dry run")?;
+    let bash = tools::find("bash")?;
+    let out = Command::new(bash)
+        .args(["-c", dry_run_line])
+        .env("REGISTRY", registry)
+        .current_dir(tools::repo_root())
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "{dry_run_line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let steps: Vec<Step> = String::from_utf8(out.stdout)?
+        .lines()
+        .map(parse_step)
+        .collect::<Result<_>>()?;
+    let builds = steps
+        .iter()
+        .filter(|s| matches!(s, Step::Build { .. }))
+        .count();
+    let pushes: BTreeSet<String> = steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::Push { image, .. } => Some(image.clone()),
+            Step::Build { .. } => None,
+        })
+        .collect();
+    ensure!(
+        builds == IMAGES.len() && pushes.len() == IMAGES.len(),
+        "{dry_run_line} printed {steps:#?}"
+    );
+
+    let mut images = BTreeSet::new();
+    let mut charts = Vec::new();
+    for line in lines.iter().filter(|l| l.starts_with("helm install ")) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let chart_name = words
+            .get(3)
+            .and_then(|c| c.strip_prefix("charts/"))
+            .with_context(|| format!("no chart in {line:?}"))?;
+        let sets: Vec<String> = words
+            .windows(2)
+            .filter(|w| w[0] == "--set")
+            .map(|w| w[1].replace("$REGISTRY", registry))
+            .collect();
+        let sets: Vec<&str> = sets.iter().map(String::as_str).collect();
+        let mut all_sets = sets.clone();
+        if chart_name == "flotilla-samples" {
+            all_sets.push("orders.enabled=true");
+        }
+        images_in(
+            &chart::render_docs(chart_name, words[2], "shop", &all_sets)?,
+            &mut images,
+        );
+        charts.push(chart_name.to_owned());
+    }
+    ensure!(
+        charts == ["flotilla", "flotilla-samples"],
+        "the README installs {charts:?}"
+    );
+    ensure!(images.remove(&kubectl_test_image()?), "no helm test image");
+    ensure!(
+        images == pushes,
+        "the README's installs run {images:?}, its build pushes {pushes:?}"
     );
     Ok(())
 }
