@@ -153,7 +153,14 @@ if [[ "$engine" == docker ]]; then
     build=(env DOCKER_BUILDKIT=1 docker build)
 fi
 for i in "${!references[@]}"; do
-    run "${build[@]}" --file "${dockerfiles[$i]}" --tag "${references[$i]}" .
+    dockerfile="${dockerfiles[$i]}"
+    # BuildKit reads <Dockerfile>.dockerignore by itself; Podman is given it, so that neither
+    # sends target/ into a build.
+    ignore=()
+    if [[ "$engine" == podman && -f "$dockerfile.dockerignore" ]]; then
+        ignore=(--ignorefile "$dockerfile.dockerignore")
+    fi
+    run "${build[@]}" --file "$dockerfile" "${ignore[@]}" --tag "${references[$i]}" .
 done
 if ((push)); then
     for reference in "${references[@]}"; do

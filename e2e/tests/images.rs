@@ -33,11 +33,13 @@ const IMAGES: &[(&str, &str)] = &[
 /// One command of the script's dry run.
 #[derive(Debug, PartialEq)]
 enum Step {
-    /// `[env DOCKER_BUILDKIT=1] <engine> build --file <dockerfile> --tag <tag> <context>`.
+    /// `[env DOCKER_BUILDKIT=1] <engine> build --file <dockerfile> [--ignorefile <file>] --tag
+    /// <tag> <context>`.
     Build {
         engine: String,
         buildkit: bool,
         dockerfile: String,
+        ignorefile: Option<String>,
         tag: String,
         context: String,
     },
@@ -57,9 +59,20 @@ fn parse_step(line: &str) -> Result<Step> {
             engine: (*engine).to_owned(),
             buildkit,
             dockerfile: (*dockerfile).to_owned(),
+            ignorefile: None,
             tag: (*tag).to_owned(),
             context: (*context).to_owned(),
         }),
+        [engine, "build", "--file", dockerfile, "--ignorefile", ignorefile, "--tag", tag, context] => {
+            Ok(Step::Build {
+                engine: (*engine).to_owned(),
+                buildkit,
+                dockerfile: (*dockerfile).to_owned(),
+                ignorefile: Some((*ignorefile).to_owned()),
+                tag: (*tag).to_owned(),
+                context: (*context).to_owned(),
+            })
+        }
         [engine, "push", image] if !buildkit => Ok(Step::Push {
             engine: (*engine).to_owned(),
             image: (*image).to_owned(),
@@ -112,16 +125,23 @@ fn dry_run(args: &[&str], path: Option<&Path>) -> Result<Vec<Step>> {
         .collect()
 }
 
-/// The builds the script must print for `engine`, tagged under `prefix` ("" or "<registry>/").
+/// The builds the script must print for `engine`, tagged under `prefix` ("" or "<registry>/"):
+/// Podman is handed each `<Dockerfile>.dockerignore` that exists (BuildKit finds it itself).
 fn expected_builds(engine: &str, prefix: &str, version: &str) -> Vec<Step> {
     IMAGES
         .iter()
-        .map(|(name, dockerfile)| Step::Build {
-            engine: engine.to_owned(),
-            buildkit: engine == "docker",
-            dockerfile: (*dockerfile).to_owned(),
-            tag: format!("{prefix}{name}:{version}"),
-            context: ".".to_owned(),
+        .map(|(name, dockerfile)| {
+            let ignore = format!("{dockerfile}.dockerignore");
+            let ignorefile = (engine == "podman" && tools::repo_root().join(&ignore).is_file())
+                .then_some(ignore);
+            Step::Build {
+                engine: engine.to_owned(),
+                buildkit: engine == "docker",
+                dockerfile: (*dockerfile).to_owned(),
+                ignorefile,
+                tag: format!("{prefix}{name}:{version}"),
+                context: ".".to_owned(),
+            }
         })
         .collect()
 }
