@@ -7,6 +7,7 @@ use anyhow::{ensure, Context, Result};
 use flotilla_e2e::chart::{self, kind_of, name_of, operator_deployment};
 use flotilla_e2e::tools;
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Secret;
 
 const RELEASE: &str = "flotilla";
 const NAMESPACE: &str = "flotilla-system";
@@ -44,11 +45,55 @@ fn local_operator_command(deployment: &Deployment, metrics_addr: &str) -> Result
     Ok((args, envs))
 }
 
+/// What a kubelet does for the operator's Secret volumes (the verdict key): writes each rendered
+/// Secret's data as files under `dir`, and points arguments under a volume's mount path there.
+fn mount_secret_volumes(
+    deployment: &Deployment,
+    docs: &[serde_json::Value],
+    dir: &std::path::Path,
+    args: &mut [String],
+) -> Result<()> {
+    let pod = deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .context("Deployment has no pod spec")?;
+    let container = pod.containers.first().context("Deployment has no container")?;
+    for mount in container.volume_mounts.iter().flatten() {
+        let Some(secret_name) = pod
+            .volumes
+            .iter()
+            .flatten()
+            .find(|v| v.name == mount.name)
+            .and_then(|v| v.secret.as_ref())
+            .and_then(|s| s.secret_name.clone())
+        else {
+            continue;
+        };
+        let doc = docs
+            .iter()
+            .find(|d| kind_of(d) == "Secret" && name_of(d) == secret_name)
+            .with_context(|| format!("Secret {secret_name} is not rendered"))?;
+        let secret: Secret = serde_json::from_value(doc.clone())?;
+        let target = dir.join(&mount.name);
+        std::fs::create_dir_all(&target)?;
+        for (key, value) in secret.data.iter().flatten() {
+            std::fs::write(target.join(key), &value.0)?;
+        }
+        for arg in args.iter_mut() {
+            if let Some(rest) = arg.strip_prefix(mount.mount_path.as_str()) {
+                *arg = format!("{}{rest}", target.display());
+            }
+        }
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rendered_chart_applies_to_kubesim_and_operator_reconciles() -> Result<()> {
     // The rendered chart (CRD included) is accepted by `kubectl apply --server-side`, and the
-    // operator started with the chart's own container arguments reconciles a MicroService to
-    // Ready on that cluster.
+    // operator started with the chart's own container arguments (and its verdict key, as the
+    // kubelet would mount it) reconciles a MicroService to Ready on that cluster.
     use flotilla_e2e::msvc;
     use flotilla_testkit::cluster::LocalCluster;
     use flotilla_testkit::operator::{free_port, OperatorProcess};
@@ -112,7 +157,8 @@ async fn rendered_chart_applies_to_kubesim_and_operator_reconciles() -> Result<(
 
     let deployment = operator_deployment(&docs)?;
     let metrics_addr = format!("127.0.0.1:{}", free_port()?);
-    let (op_args, op_env) = local_operator_command(&deployment, &metrics_addr)?;
+    let (mut op_args, op_env) = local_operator_command(&deployment, &metrics_addr)?;
+    mount_secret_volumes(&deployment, &docs, &cluster.state_dir().join("volumes"), &mut op_args)?;
     let log = cluster.state_dir().join("chart-operator.log");
     let operator = OperatorProcess::start(
         cluster.kubeconfig_path(),
