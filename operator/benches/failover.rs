@@ -37,12 +37,12 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use flotilla_crds::labels;
 use flotilla_operator::failover::engine::{self, EngineConfig, VerdictSigning};
-use flotilla_operator::leader::Leadership;
-use flotilla_operator::verdict_keys::VerdictKeys;
 use flotilla_operator::failover::inventory::{Inventory, ObjKey, PodInfo, ServiceInfo};
 use flotilla_operator::failover::metrics::Metrics;
 use flotilla_operator::failover::policy::{FailoverPolicy, ProbePolicy};
 use flotilla_operator::failover::promtext;
+use flotilla_operator::leader::Leadership;
+use flotilla_operator::verdict_keys::VerdictKeys;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use sim::*;

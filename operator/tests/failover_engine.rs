@@ -8,20 +8,20 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use flotilla_crds::{labels, ActiveTarget};
-use flotilla_operator::failover::decide::Membership;
 use flotilla_kit::server::{DrainOptions, Running};
 use flotilla_kit::verdict::VerdictCheck;
 use flotilla_kit::{Health, Kit};
+use flotilla_operator::failover::decide::Membership;
 use flotilla_operator::failover::engine::{self, EngineConfig, EngineOutputs, VerdictSigning};
-use flotilla_operator::leader::Leadership;
-use flotilla_operator::verdict_keys::VerdictKeys;
-use flotilla_testkit::wait::poll;
-use warp::Filter as _;
 use flotilla_operator::failover::inventory::{Inventory, ObjKey, PodInfo, ServiceInfo};
 use flotilla_operator::failover::metrics::Metrics;
 use flotilla_operator::failover::policy::{FailoverPolicy, ProbePolicy};
 use flotilla_operator::failover::report::{Desired, Notice};
+use flotilla_operator::leader::Leadership;
+use flotilla_operator::verdict_keys::VerdictKeys;
+use flotilla_testkit::wait::poll;
 use tokio::sync::watch;
+use warp::Filter as _;
 
 use failover_common::{ip, start_group, FakePod};
 
@@ -433,11 +433,20 @@ async fn only_the_leader_sends_verdicts_and_a_kit_pod_accepts_them() -> Result<(
     })
     .await?;
     let decided = readiness_probes();
-    poll("five probes from the standby after the decision", WAIT, || async {
-        Ok((readiness_probes() >= decided + 5.0).then_some(()))
-    })
+    poll(
+        "five probes from the standby after the decision",
+        WAIT,
+        || async { Ok((readiness_probes() >= decided + 5.0).then_some(())) },
+    )
     .await?;
-    let outcomes = ["accepted", "unsigned", "forged", "stale", "replayed", "unknown_key"];
+    let outcomes = [
+        "accepted",
+        "unsigned",
+        "forged",
+        "stale",
+        "replayed",
+        "unknown_key",
+    ];
     assert!(
         outcomes.iter().all(|o| total(o) == 0),
         "a standby sent a verdict"
@@ -459,7 +468,10 @@ async fn only_the_leader_sends_verdicts_and_a_kit_pod_accepts_them() -> Result<(
     })
     .await?;
     // A probe already in flight when leadership ended may still carry one.
-    assert!(total("accepted") <= accepted + 1, "verdicts after stepping down");
+    assert!(
+        total("accepted") <= accepted + 1,
+        "verdicts after stepping down"
+    );
     running.stop().await?;
     Ok(())
 }

@@ -18,6 +18,8 @@ use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use flotilla_kit::jwt::{Signer, SigningKey};
+use flotilla_kit::verdict::testing::TestSigner;
+use flotilla_kit::verdict::unix_ms_now;
 
 const ADMIN: &str = "orders-admin-4f9c2e7b1a8d";
 /// Two users' stable ids.
@@ -64,6 +66,8 @@ impl Orders {
             .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("JWT_PUBLIC_KEYS", key().public_key().to_pem())
             .env("ADMIN_TOKEN", ADMIN)
+            .env("POD_NAME", POD)
+            .env("FLOTILLA_VERDICT_KEYS", operator().keys_entry())
             .env("SHUTDOWN_DELAY_MS", "200")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -130,10 +134,32 @@ fn authed_for<T>(msg: T, user: &str, audiences: &[&str]) -> Result<Request<T>> {
     Ok(req)
 }
 
+/// The pod's name, as Flotilla gives it in `POD_NAME`.
+const POD: &str = "orders-5c8d-xyz12";
+
+/// The operator's verdict key.
+fn operator() -> TestSigner {
+    TestSigner::new("k1", [42; 32])
+}
+
+/// A health check as the leading prober sends it, the verdict signed by the operator's key.
 async fn check(channel: Channel, verdict: Option<&str>) -> Result<ServingStatus> {
+    let signed = verdict.map(|v| (v, Some(operator().header(POD, v, unix_ms_now()))));
+    check_as(channel, signed).await
+}
+
+/// A health check with a verdict and whatever signature the sender has.
+async fn check_as(
+    channel: Channel,
+    verdict: Option<(&str, Option<String>)>,
+) -> Result<ServingStatus> {
     let mut req = Request::new(HealthCheckRequest::default());
-    if let Some(v) = verdict {
+    if let Some((v, sig)) = verdict {
         req.metadata_mut().insert("flotilla-traffic", v.parse()?);
+        if let Some(sig) = sig {
+            req.metadata_mut()
+                .insert("flotilla-verdict-signature", sig.parse()?);
+        }
     }
     Ok(HealthClient::new(channel)
         .check(req)
@@ -298,6 +324,22 @@ async fn ejected_verdict_sends_goaway_and_sigterm_exits_cleanly() -> Result<()> 
         200,
         "serving must keep connections"
     );
+
+    // A verdict nobody signed, or someone else signed, changes nothing.
+    let forged = TestSigner::new("k1", [9; 32]).header(POD, "ejected", unix_ms_now());
+    for sig in [None, Some(forged)] {
+        assert_eq!(
+            check_as(orders.channel().await?, Some(("ejected", sig))).await?,
+            ServingStatus::Serving
+        );
+        let probe =
+            http::Request::get(format!("{}/healthz", orders.url())).body(Empty::<Bytes>::new())?;
+        assert_eq!(sender.send_request(probe).await?.status(), 200);
+        assert!(
+            !conn.is_finished(),
+            "a spoofed verdict closed the connection"
+        );
+    }
 
     // An ejected pod is still healthy: it says SERVING and closes its connections.
     assert_eq!(
