@@ -20,6 +20,8 @@
 //! - [`http`]: the one HTTP client.
 //! - [`dump`]: what a failed test prints about its namespace.
 //! - [`namespace`]: one labelled namespace per test.
+//! - [`process`]: a service binary as a child process: started, waited on until ready, stopped
+//!   with SIGTERM, its log printed when a test fails.
 //! - [`paths`]: the workspace's binaries seen from a test binary.
 //! - [`memory`]: a process's resident memory, for tests and benchmarks that bound it.
 
@@ -31,6 +33,7 @@ pub mod memory;
 pub mod namespace;
 pub mod operator;
 pub mod paths;
+pub mod process;
 pub mod wait;
 
 pub use harness::{is_ready, Harness};
