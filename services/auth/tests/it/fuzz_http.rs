@@ -4,7 +4,7 @@
 //! `{"error": code, "message": text}`.
 //!
 //! The test command runs 256 cases per service. For a longer run:
-//! `FUZZ_CASES=20000 cargo nextest run -p auth --test fuzz_http`.
+//! `FUZZ_CASES=20000 cargo nextest run -p auth --test it fuzz_http`.
 
 use std::time::Duration;
 

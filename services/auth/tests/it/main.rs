@@ -1,0 +1,9 @@
+//! The auth service's integration tests, one binary.
+//!
+//! - [`fuzz_http`]: property tests of the users and auth HTTP inputs.
+//! - [`login`]: auth and users together over real HTTP on loopback.
+//! - [`process`]: the `auth` binary as a process.
+
+mod fuzz_http;
+mod login;
+mod process;

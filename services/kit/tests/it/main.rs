@@ -1,0 +1,10 @@
+//! The kit's integration tests, one binary: the server over real HTTP on loopback.
+//!
+//! - [`http`]: metrics after known traffic, fault injection and its token guard, request ids,
+//!   graceful shutdown.
+//! - [`limits`]: the server's resource limits over raw TCP and HTTP/2.
+//! - [`traffic`]: the traffic verdict over real connections.
+
+mod http;
+mod limits;
+mod traffic;

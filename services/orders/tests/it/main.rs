@@ -1,0 +1,7 @@
+//! The orders service's integration tests, one binary.
+//!
+//! - [`limits`]: the server's connection limits, in process.
+//! - [`process`]: the `orders` binary as a process, driven by real tonic clients.
+
+mod limits;
+mod process;
