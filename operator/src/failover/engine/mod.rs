@@ -20,23 +20,23 @@ use rand::Rng;
 use tokio::sync::{mpsc, watch, Semaphore};
 use tokio::task::JoinSet;
 
-use super::decide::{ServiceState, Target};
+use super::decide::Target;
 use super::error_rate::ErrorWindow;
 use super::inventory::{Inventory, ObjKey, ServiceInfo};
 use super::metrics::{Metrics, ProbeResults};
 use super::pod_health::{Observation, PodHealth, Thresholds};
 use super::probe::{self, HttpPaths, PodConn, ProbeClient, ProbeReport, ProbeTarget};
-use super::report::{Desired, History, Notice};
+use super::report::{Desired, Notice};
 use super::scrape::{Rejected, ScrapeLimits};
 use super::sticky::StickyWatch;
 use crate::health::Heartbeat;
-use crate::leader::Leadership;
+use crate::write::Leadership;
 use crate::verdict_keys::VerdictKeys;
 
 mod publish;
 mod resume;
 
-use resume::resume;
+use resume::{resume, SvcEntry};
 
 /// Tunables of the engine task.
 #[derive(Debug, Clone)]
@@ -101,9 +101,11 @@ impl VerdictSigning {
 }
 
 /// How long one signature of an unchanged verdict is reused. Signing costs tens of
-/// microseconds, a probe period is 500 ms: reusing a signature for two seconds keeps signing
-/// under a tenth of the prober's work, well inside the pods' 30 s acceptance window.
-const RESIGN_AFTER: Duration = Duration::from_secs(2);
+/// microseconds and a probe period is 500 ms, so signatures are the bulk of what verdicts add
+/// to the prober (see the failover benchmark's (d) with and without `--standby`); reused for
+/// five seconds, well inside the pods' 30 s acceptance window, they are signed at a tenth of the
+/// probe rate. A changed verdict is always signed at once.
+const RESIGN_AFTER: Duration = Duration::from_secs(5);
 
 impl Default for EngineConfig {
     fn default() -> Self {
@@ -191,16 +193,6 @@ struct Signed {
     verdict: &'static str,
     until: Instant,
     header: Arc<str>,
-}
-
-struct SvcEntry {
-    state: ServiceState,
-    history: History,
-    held_announced: bool,
-    /// When a sticky pod of this service was last restarted (the rate limit).
-    last_restart: Option<Instant>,
-    /// When a first failure last pulled the service's other probes forward (the rate limit).
-    last_suspicion: Option<Instant>,
 }
 
 struct Engine {
