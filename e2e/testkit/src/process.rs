@@ -8,6 +8,7 @@
 //! gRPC health check for a gRPC service), so this crate depends on no service crate.
 
 use std::ffi::OsStr;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
@@ -29,12 +30,21 @@ pub const PROCESS_TIMEOUT: Duration = Duration::from_secs(60);
 /// the deadline passes.
 pub type Check = Arc<dyn Fn(SocketAddr) -> BoxFuture<'static, Result<bool>> + Send + Sync>;
 
+/// A [`Check`] from an async closure, e.g. a gRPC health check.
+pub fn check<F, Fut>(probe: F) -> Check
+where
+    F: Fn(SocketAddr) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<bool>> + Send + 'static,
+{
+    Arc::new(move |addr| probe(addr).boxed())
+}
+
 /// The check "`GET path` answers 200", as a kubelet's HTTP probe.
 pub fn http_ok(path: &str) -> Check {
     let path = path.to_owned();
-    Arc::new(move |addr| {
+    check(move |addr| {
         let url = format!("http://{addr}{path}");
-        async move { Ok(http::get(&url).await?.status == 200) }.boxed()
+        async move { Ok(http::get(&url).await?.status == 200) }
     })
 }
 
@@ -287,7 +297,7 @@ mod tests {
     async fn a_ready_process_is_stopped_by_sigterm_and_its_log_kept() -> Result<()> {
         // The check decides readiness, SIGTERM ends the process (here by the signal: `sh` sets
         // no handler), and what it wrote is in the log.
-        let ready: Check = Arc::new(|_| async { Ok(true) }.boxed());
+        let ready = check(|_| async { Ok(true) });
         let process = Builder::new("sh", "sh")
             .args(["-c", "echo started; exec sleep 600"])
             .ready(ready)
@@ -307,7 +317,7 @@ mod tests {
     async fn a_process_exiting_before_ready_fails_the_wait_with_its_log() -> Result<()> {
         // An early exit is reported at once with the status and what the process said, not
         // after the deadline.
-        let never: Check = Arc::new(|_| async { Ok(false) }.boxed());
+        let never = check(|_| async { Ok(false) });
         let err = Builder::new("sh", "sh")
             .args(["-c", "echo bad config >&2; exit 3"])
             .ready(never)

@@ -2,8 +2,8 @@
 //! authenticated calls, per-code metrics, fault injection, the traffic verdict (an ejected pod
 //! sends HTTP/2 GOAWAY on open connections) and a clean exit on SIGTERM.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -20,6 +20,7 @@ use tonic_health::pb::HealthCheckRequest;
 use flotilla_kit::jwt::{Signer, SigningKey};
 use flotilla_kit::verdict::testing::TestSigner;
 use flotilla_kit::verdict::unix_ms_now;
+use flotilla_testkit::process::{Builder, Check, Process};
 
 const ADMIN: &str = "orders-admin-4f9c2e7b1a8d";
 /// Two users' stable ids.
@@ -42,60 +43,40 @@ fn signer(audiences: &[&str]) -> Signer {
 }
 
 struct Orders {
-    child: Child,
-    port: u16,
+    process: Process,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Orders {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// orders is ready when its gRPC health service says SERVING, as the leading prober sees it.
+fn grpc_serving() -> Check {
+    flotilla_testkit::process::check(|addr: SocketAddr| async move {
+        let channel = Channel::from_shared(format!("http://{addr}"))?
+            .connect()
+            .await?;
+        Ok(check(channel, None).await? == ServingStatus::Serving)
+    })
 }
 
 impl Orders {
     async fn start() -> Result<Self> {
         let dir = tempfile::tempdir()?;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let child = Command::new(env!("CARGO_BIN_EXE_orders"))
+        let process = Builder::new("orders", env!("CARGO_BIN_EXE_orders"))
             .current_dir(dir.path())
             .env_remove("DATABASE_URL")
-            .env("LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .listen_env("LISTEN_ADDR")
             .env("JWT_PUBLIC_KEYS", key().public_key().to_pem())
             .env("ADMIN_TOKEN", ADMIN)
             .env("POD_NAME", POD)
             .env("FLOTILLA_VERDICT_KEYS", operator().keys_entry())
             .env("SHUTDOWN_DELAY_MS", "200")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let mut orders = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Ok(channel) = orders.channel().await {
-                if check(channel, None).await.ok() == Some(ServingStatus::Serving) {
-                    return Ok(orders);
-                }
-            }
-            if let Some(status) = orders.child.try_wait()? {
-                bail!("orders exited early with {status}");
-            }
-            if Instant::now() > deadline {
-                bail!("orders never became ready");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            .ready(grpc_serving())
+            .start()
+            .await?;
+        Ok(Self { process, _dir: dir })
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.process.url()
     }
 
     async fn channel(&self) -> Result<Channel> {
@@ -304,7 +285,7 @@ async fn ejected_verdict_sends_goaway_and_sigterm_exits_cleanly() -> Result<()> 
     // A client's long-lived HTTP/2 connection is closed by the server once a probe says the
     // pod is ejected, so the client reconnects through the Service; SIGTERM exits 0.
     let orders = Orders::start().await?;
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", orders.port)).await?;
+    let stream = tokio::net::TcpStream::connect(orders.process.addr()).await?;
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
     let conn = tokio::spawn(conn);
@@ -350,21 +331,7 @@ async fn ejected_verdict_sends_goaway_and_sigterm_exits_cleanly() -> Result<()> 
         .await
         .context("connection still open 20 s after the ejected verdict")???;
 
-    let status = Command::new("kill")
-        .args(["-TERM", &orders.child.id().to_string()])
-        .status()?;
-    assert!(status.success());
-    let mut orders = orders;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let exit = loop {
-        if let Some(s) = orders.child.try_wait()? {
-            break s;
-        }
-        if Instant::now() > deadline {
-            bail!("orders did not exit after SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(exit.code(), Some(0));
+    let exit = orders.process.terminate().await?;
+    assert_eq!(exit.code(), Some(0), "{exit}");
     Ok(())
 }
