@@ -41,7 +41,7 @@ use flotilla_operator::failover::inventory::{Inventory, ObjKey, PodInfo, Service
 use flotilla_operator::failover::metrics::Metrics;
 use flotilla_operator::failover::policy::{FailoverPolicy, ProbePolicy};
 use flotilla_operator::failover::promtext;
-use flotilla_operator::leader::Leadership;
+use flotilla_operator::write::Leadership;
 use flotilla_operator::verdict_keys::VerdictKeys;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 

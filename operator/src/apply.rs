@@ -9,14 +9,12 @@
 //!
 //! Flotilla never takes over an object it did not create: before the first apply of a child
 //! whose name is already taken, the object must carry Flotilla's controller reference for this
-//! MicroService, or the apply stops with [`ReconcileError::ChildConflict`]. Every write has a
-//! timeout ([`WRITE_TIMEOUT`]), is made only while this replica leads, and is counted in
-//! `flotilla_child_writes_total`; the changes of one reconcile are announced in one Event per
+//! MicroService, or the apply stops with [`ReconcileError::ChildConflict`]. Every write goes
+//! through [`crate::write`] (a timeout, only while this replica leads, counted in
+//! `flotilla_child_writes_total`); the changes of one reconcile are announced in one Event per
 //! outcome (created, updated, deleted), naming the children.
 
 use std::fmt::Debug;
-use std::future::Future;
-use std::time::Duration;
 
 use flotilla_crds::{annotations, MicroService, FIELD_MANAGER};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -35,44 +33,17 @@ use tracing::info;
 use crate::build::{config_map_name, DesiredResources};
 use crate::context::Context;
 use crate::error::{status_code, ReconcileError as Error};
-use crate::leader::{Leadership, WriteLapsed};
+use crate::rollout::{canary_name, CanaryChange, RolloutPlan};
 use crate::validate::ValidatedSpec;
+use crate::write::{
+    call_api, count_child_write, ensure_leading, map_api_error, within_lease, Leadership, Outcome,
+};
 
 /// Field manager that keeps a Deployment's replica count while Flotilla hands it over to an HPA.
 pub const HANDOVER_FIELD_MANAGER: &str = "flotilla-replicas-handover";
 
-/// Longest one API write (or the lookup before a create) may take. Each call is also cut at the
-/// renew deadline ([`Leadership::write`]), so a hanging API server cannot hold a write past the
-/// point where this replica stops leading.
-pub const WRITE_TIMEOUT: Duration = Duration::from_secs(8);
-
-/// What an apply or delete did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The object did not exist and was created.
-    Created,
-    /// The object existed and was changed.
-    Updated,
-    /// Nothing was written (or the server found nothing to change).
-    Unchanged,
-    /// The object was deleted.
-    Deleted,
-}
-
-impl Outcome {
-    /// Fixed label for metrics and Event reasons.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Created => "created",
-            Outcome::Updated => "updated",
-            Outcome::Unchanged => "unchanged",
-            Outcome::Deleted => "deleted",
-        }
-    }
-}
-
 /// Puts the hash of `obj` (without the hash annotation) into its annotations.
-pub fn stamp<K: Resource + Serialize>(obj: &mut K) -> Result<(), Error> {
+pub fn stamp_applied_hash<K: Resource + Serialize>(obj: &mut K) -> Result<(), Error> {
     obj.annotations_mut().remove(annotations::APPLIED_HASH);
     let bytes = serde_json::to_vec(obj)?;
     let hash = hex::encode(&Sha256::digest(&bytes)[..8]);
@@ -113,53 +84,11 @@ fn kind_of<K: Resource<DynamicType = ()>>() -> &'static str {
     }
 }
 
-/// Runs one API call while leading, within [`WRITE_TIMEOUT`] and the renew deadline.
-pub async fn gated<T>(
-    lead: &Leadership,
-    action: impl FnOnce() -> String,
-    call: impl Future<Output = Result<T, kube::Error>>,
-) -> Result<Result<T, kube::Error>, Error> {
-    match lead.write(WRITE_TIMEOUT, call).await {
-        Ok(r) => Ok(r),
-        Err(WriteLapsed::NotLeading) => Err(Error::NotLeading),
-        Err(WriteLapsed::Timeout(after)) => Err(Error::Timeout {
-            action: action(),
-            after,
-        }),
-    }
-}
-
-/// [`gated`], mapping the call's error like [`api_error`].
-async fn timed<T>(
-    lead: &Leadership,
-    action: &str,
-    kind: &'static str,
-    name: &str,
-    call: impl Future<Output = Result<T, kube::Error>>,
-) -> Result<T, Error> {
-    gated(lead, || format!("{action} {kind} {name}"), call)
-        .await?
-        .map_err(|e| api_error(action, kind, name, e))
-}
-
 /// Whether `obj` carries a controller reference to the owner with uid `owner_uid`.
 pub fn is_controlled_by<K: Resource>(obj: &K, owner_uid: Option<&str>) -> bool {
     obj.owner_references()
         .iter()
         .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == owner_uid)
-}
-
-/// The 400/422 answers are the server refusing the object itself: permanent. Everything else is
-/// classified by [`Error::category`].
-fn api_error(action: &str, kind: &'static str, name: &str, e: kube::Error) -> Error {
-    match (&e, status_code(&e)) {
-        (kube::Error::Api(s), Some(400 | 422)) => Error::Rejected {
-            kind,
-            name: name.to_string(),
-            message: s.message.clone(),
-        },
-        _ => Error::kube(format!("{action} {kind} {name}"), e),
-    }
 }
 
 /// The child `name` from the API server when the cache has no `live` copy of it (`None` when
@@ -176,7 +105,7 @@ where
 {
     match live {
         Some(_) => Ok(None),
-        None => timed(lead, "get", kind_of::<K>(), name, api.get_opt(name)).await,
+        None => call_api(lead, "get", kind_of::<K>(), name, api.get_opt(name)).await,
     }
 }
 
@@ -196,7 +125,7 @@ pub async fn apply_child<K>(
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
-    stamp(&mut desired)?;
+    stamp_applied_hash(&mut desired)?;
     let name = desired.name_any();
     let kind = kind_of::<K>();
     let fetched = fetch_uncached(lead, api, &name, live).await?;
@@ -211,7 +140,7 @@ where
     }
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let body = Patch::Apply(&desired);
-    let out = timed(lead, "apply", kind, &name, api.patch(&name, &pp, &body)).await?;
+    let out = call_api(lead, "apply", kind, &name, api.patch(&name, &pp, &body)).await?;
     let outcome = match live {
         None => Outcome::Created,
         Some(l) if l.resource_version() == out.resource_version() => Outcome::Unchanged,
@@ -241,10 +170,10 @@ where
     let kind = kind_of::<K>();
     let dp = DeleteParams::background();
     let delete = api.delete(&name, &dp);
-    match gated(lead, || format!("delete {kind} {name}"), delete).await? {
+    match within_lease(lead, || format!("delete {kind} {name}"), delete).await? {
         Ok(_) => Ok(Outcome::Deleted),
         Err(e) if status_code(&e) == Some(404) => Ok(Outcome::Unchanged),
-        Err(e) => Err(api_error("delete", kind, &name, e)),
+        Err(e) => Err(map_api_error("delete", kind, &name, e)),
     }
 }
 
@@ -285,22 +214,19 @@ pub async fn hand_over_replicas(
     let pp = PatchParams::apply(HANDOVER_FIELD_MANAGER).force();
     let body = Patch::Apply(&patch);
     let call = api.patch(&name, &pp, &body);
-    timed(lead, "hand over replicas of", "Deployment", &name, call).await?;
+    call_api(lead, "hand over replicas of", "Deployment", &name, call).await?;
     Ok(true)
 }
 
-/// Counts a child write and announces a change with a Normal Event.
-pub async fn record(
+/// Counts one child write and announces a change with a Normal Event of its own.
+async fn announce_child_write(
     ctx: &Context,
     ms: &MicroService,
     kind: &'static str,
     name: &str,
     outcome: Outcome,
 ) {
-    ctx.metrics
-        .child_writes
-        .with_label_values(&[kind, outcome.as_str()])
-        .inc();
+    count_child_write(&ctx.metrics, kind, outcome);
     let (reason, action) = match outcome {
         Outcome::Unchanged => return,
         Outcome::Created => ("Created", "Apply"),
@@ -318,20 +244,11 @@ pub async fn record(
         .await;
 }
 
-fn cached<K>(store: &Store<K>, name: &str, ns: &str) -> Option<std::sync::Arc<K>>
+fn cached_child<K>(store: &Store<K>, name: &str, ns: &str) -> Option<std::sync::Arc<K>>
 where
     K: Resource<DynamicType = ()> + Clone,
 {
     store.get(&ObjectRef::new(name).within(ns))
-}
-
-/// Stops a write when this replica no longer leads (the lease could not be renewed in time).
-pub fn ensure_leading(ctx: &Context) -> Result<(), Error> {
-    if ctx.leadership.is_leading() {
-        Ok(())
-    } else {
-        Err(Error::NotLeading)
-    }
 }
 
 /// What one reconcile wrote to the children, announced afterwards in one Event per outcome
@@ -341,11 +258,8 @@ pub struct Changes(Vec<(&'static str, String, Outcome)>);
 
 impl Changes {
     /// Counts the write of one child and keeps it for the summary.
-    fn record(&mut self, ctx: &Context, kind: &'static str, name: &str, outcome: Outcome) {
-        ctx.metrics
-            .child_writes
-            .with_label_values(&[kind, outcome.as_str()])
-            .inc();
+    fn count(&mut self, ctx: &Context, kind: &'static str, name: &str, outcome: Outcome) {
+        count_child_write(&ctx.metrics, kind, outcome);
         if outcome != Outcome::Unchanged {
             info!(
                 kind,
@@ -390,16 +304,18 @@ impl Changes {
 }
 
 /// Applies every desired child and deletes the unwanted ones, ConfigMap first (the pods
-/// reference it); returns the Deployment as applied. What was written is announced in one
-/// Event per outcome, also when a later child fails.
+/// reference it); the stable Deployment runs the template `rollout` says. Returns the Deployment
+/// as applied. What was written is announced in one Event per outcome, also when a later child
+/// fails.
 pub async fn apply_all(
     ctx: &Context,
     ms: &MicroService,
     v: &ValidatedSpec,
     desired: DesiredResources,
+    rollout: &RolloutPlan,
 ) -> Result<Deployment, Error> {
     let mut changes = Changes::default();
-    let result = apply_children(ctx, v, desired, &mut changes).await;
+    let result = apply_children(ctx, v, desired, rollout, &mut changes).await;
     changes.announce(ctx, ms).await;
     result
 }
@@ -427,6 +343,7 @@ async fn apply_children(
     ctx: &Context,
     v: &ValidatedSpec,
     desired: DesiredResources,
+    rollout: &RolloutPlan,
     changes: &mut Changes,
 ) -> Result<Deployment, Error> {
     let DesiredResources {
@@ -443,8 +360,8 @@ async fn apply_children(
 
     let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let cm_name = config_map_name(&v.name);
-    let live_cm = cached(&stores.config_maps, &cm_name, ns);
-    ensure_leading(ctx)?;
+    let live_cm = cached_child(&stores.config_maps, &cm_name, ns);
+    ensure_leading(lead)?;
     let outcome = match config_map {
         Some(cm) => {
             apply_own(ctx, &cm_api, cm, live_cm.as_deref(), owner)
@@ -453,34 +370,35 @@ async fn apply_children(
         }
         None => delete_child(lead, &cm_api, live_cm.as_deref(), owner).await?,
     };
-    changes.record(ctx, "ConfigMap", &cm_name, outcome);
+    changes.count(ctx, "ConfigMap", &cm_name, outcome);
 
+    let deployment = rollout.stable_deployment(deployment);
     let dep_api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let live_dep = cached(&stores.deployments, &v.name, ns);
+    let live_dep = cached_child(&stores.deployments, &v.name, ns);
     let autoscaled = deployment
         .spec
         .as_ref()
         .is_some_and(|s| s.replicas.is_none());
     if let (true, Some(live)) = (autoscaled, live_dep.as_deref()) {
-        ensure_leading(ctx)?;
+        ensure_leading(lead)?;
         if is_controlled_by(live, owner) && hand_over_replicas(lead, &dep_api, live).await? {
             info!("replica count handed over to the autoscaler");
         }
     }
-    ensure_leading(ctx)?;
+    ensure_leading(lead)?;
     let (applied_dep, outcome) =
         apply_own(ctx, &dep_api, deployment, live_dep.as_deref(), owner).await?;
-    changes.record(ctx, "Deployment", &v.name, outcome);
+    changes.count(ctx, "Deployment", &v.name, outcome);
 
     let svc_api: Api<Service> = Api::namespaced(client.clone(), ns);
-    let live_svc = cached(&stores.services, &v.name, ns);
-    ensure_leading(ctx)?;
+    let live_svc = cached_child(&stores.services, &v.name, ns);
+    ensure_leading(lead)?;
     let (_, outcome) = apply_own(ctx, &svc_api, service, live_svc.as_deref(), owner).await?;
-    changes.record(ctx, "Service", &v.name, outcome);
+    changes.count(ctx, "Service", &v.name, outcome);
 
     let hpa_api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
-    let live_hpa = cached(&stores.hpas, &v.name, ns);
-    ensure_leading(ctx)?;
+    let live_hpa = cached_child(&stores.hpas, &v.name, ns);
+    ensure_leading(lead)?;
     let outcome = match hpa {
         Some(h) => {
             apply_own(ctx, &hpa_api, h, live_hpa.as_deref(), owner)
@@ -489,8 +407,52 @@ async fn apply_children(
         }
         None => delete_child(lead, &hpa_api, live_hpa.as_deref(), owner).await?,
     };
-    changes.record(ctx, "HorizontalPodAutoscaler", &v.name, outcome);
+    changes.count(ctx, "HorizontalPodAutoscaler", &v.name, outcome);
     Ok(applied_dep)
+}
+
+/// Carries out the canary part of `rollout` (apply `<name>-canary` or delete it), announces the
+/// write on its own, and publishes the rollout's Event when the decision has one.
+pub async fn apply_canary(
+    ctx: &Context,
+    ms: &MicroService,
+    v: &ValidatedSpec,
+    rollout: &RolloutPlan,
+) -> Result<(), Error> {
+    let ns = v.namespace.as_str();
+    let name = canary_name(&v.name);
+    let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
+    let live = cached_child(&ctx.stores.deployments, &name, ns);
+    let owner = v.owner.as_ref().map(|o| o.uid.as_str());
+    let lead = &ctx.leadership;
+    ensure_leading(lead)?;
+    let outcome = match &rollout.canary {
+        CanaryChange::Apply(canary) => {
+            apply_child(lead, &api, canary.clone(), live.as_deref(), owner)
+                .await?
+                .1
+        }
+        CanaryChange::Delete { look_up } => {
+            let fetched = if *look_up {
+                fetch_uncached(lead, &api, &name, live.as_deref()).await?
+            } else {
+                None
+            };
+            let live = live.as_deref().or(fetched.as_ref());
+            delete_child(lead, &api, live, owner).await?
+        }
+    };
+    announce_child_write(ctx, ms, "Deployment", &name, outcome).await;
+    if let Some(e) = &rollout.decision.event {
+        let type_ = if e.warning {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        };
+        ctx.publish(ms, type_, e.reason, "Rollout", e.note.clone())
+            .await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

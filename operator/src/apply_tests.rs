@@ -25,7 +25,7 @@ fn stamped() -> Deployment {
         &Default::default(),
     )
     .deployment;
-    stamp(&mut d).unwrap_or_else(|e| panic!("{e}"));
+    stamp_applied_hash(&mut d).unwrap_or_else(|e| panic!("{e}"));
     d
 }
 
@@ -55,7 +55,7 @@ fn removed_field_needs_apply() {
     let mut spec = MicroServiceSpec::with_image("x");
     spec.pod_annotations = Some([("team".to_string(), "a".to_string())].into());
     let mut before = build(&validated("auth", spec), &Default::default()).deployment;
-    stamp(&mut before).unwrap_or_else(|e| panic!("{e}"));
+    stamp_applied_hash(&mut before).unwrap_or_else(|e| panic!("{e}"));
     let live = live_from(&before, |_| {});
     let after = stamped();
     assert!(needs_apply(&after, &live).unwrap_or(false));
@@ -66,7 +66,7 @@ fn removed_field_needs_apply() {
 fn stamp_is_stable() {
     let a = stamped();
     let mut b = a.clone();
-    stamp(&mut b).unwrap_or_else(|e| panic!("{e}"));
+    stamp_applied_hash(&mut b).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(a, b);
     assert!(a.annotations().contains_key(annotations::APPLIED_HASH));
 }

@@ -10,14 +10,13 @@ use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource};
 use rand::Rng;
-use tracing::warn;
 
 use crate::build::OperatorInputs;
 use crate::cache::Stores;
 use crate::events::EventSink;
-use crate::leader::{Leadership, WriteLapsed};
 use crate::metrics::Metrics;
 use crate::policy::AdmissionPolicy;
+use crate::write::{publish_event, Leadership};
 
 /// First retry delay after a transient error; doubles per consecutive failure.
 const BACKOFF_BASE: Duration = Duration::from_millis(500);
@@ -115,16 +114,7 @@ impl Context {
             secondary: None,
         };
         let oref = ms.object_ref(&());
-        let publish = self.recorder.publish(&ev, &oref);
-        match self
-            .leadership
-            .write(crate::apply::WRITE_TIMEOUT, publish)
-            .await
-        {
-            Ok(Ok(())) | Err(WriteLapsed::NotLeading) => {}
-            Ok(Err(e)) => warn!(error = %e, "publishing event failed"),
-            Err(e) => warn!(error = %e, "publishing event failed"),
-        }
+        publish_event(&self.leadership, &self.recorder, &ev, &oref).await;
     }
 }
 

@@ -26,10 +26,10 @@ use crate::context::Context;
 use crate::events::EventSink;
 use crate::health::Health;
 use crate::http::Readiness;
-use crate::leader::Leadership;
 use crate::metrics::Metrics;
 use crate::reconcile::{error_policy, reconcile};
 use crate::verdict_keys::VerdictKeys;
+use crate::write::Leadership;
 use crate::OperatorConfig;
 
 /// Name the operator reports Events under.

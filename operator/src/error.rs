@@ -1,7 +1,8 @@
-//! Errors by concern. A [`ReconcileError`] belongs to one MicroService: its [`Category`] decides
-//! the metric label, the Event reason and whether retrying can help. A [`RunError`] ends the
-//! operator (leadership lost, a server that cannot bind); leader election and the HTTP server
-//! have their own error types ([`crate::leader::LeaseError`], [`crate::http::BindError`]).
+//! Errors of one reconcile. A [`ReconcileError`] belongs to one MicroService: its [`Category`]
+//! decides the metric label, the Event reason and whether retrying can help. What ends the
+//! operator is [`crate::RunError`], next to [`crate::run`]; leader election and the HTTP server
+//! have their own error types ([`crate::leader::LeaseError`], [`crate::http::BindError`]). Nothing
+//! here knows a pipeline stage's machinery: the stages' errors convert into this one.
 
 use crate::policy::PolicyRefusal;
 use crate::validate::InvalidSpec;
@@ -228,31 +229,6 @@ impl ReconcileError {
             other => other.category().is_permanent(),
         }
     }
-}
-
-/// Why the operator stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The leader lease was lost (another replica holds it, or it could not be renewed before
-    /// the renew deadline). Every write had stopped before this is returned.
-    #[error("leadership lost: {0}")]
-    LeadershipLost(String),
-
-    /// The metrics registry rejected a metric (registered twice).
-    #[error("registering metrics: {0}")]
-    Metrics(#[from] prometheus::Error),
-
-    /// The failover engine could not start.
-    #[error(transparent)]
-    Failover(#[from] crate::failover::StartError),
-
-    /// The metrics/health server could not bind.
-    #[error(transparent)]
-    Bind(#[from] crate::http::BindError),
-
-    /// The verdict signing key could not be loaded.
-    #[error(transparent)]
-    VerdictKey(#[from] crate::verdict_keys::KeyError),
 }
 
 /// HTTP status of an API error response, if the error is one.

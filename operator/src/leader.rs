@@ -8,7 +8,7 @@
 //!
 //! One leader even when the API server hangs: every lease call is bounded by the time left before
 //! the renew deadline (lease duration minus one renew interval after the last renewal that
-//! succeeded). Past that deadline [`Leadership::is_leading`] turns false on its own clock, so
+//! succeeded). Past that deadline [`crate::write::Leadership::is_leading`] turns false on its own clock, so
 //! every writer that checks it stops before a standby could consider the lease expired.
 //!
 //! One leader even when someone edits the Lease: a Lease that is missing, or that nobody holds
@@ -19,7 +19,7 @@
 //! time, as client-go and [`LeaderElector::release`] leave it) is taken at once.
 //!
 //! No write after the release: [`LeaderElector::release`] first refuses new writes, then waits
-//! until every write started through [`Leadership::write`] has been answered or cut at its
+//! until every write started through [`crate::write::Leadership::write`] has been answered or cut at its
 //! deadline, and only then gives the Lease up.
 
 use std::future::Future;
@@ -34,10 +34,7 @@ use kube::Api;
 
 use crate::error::status_code;
 use crate::health::Health;
-
-mod leadership;
-
-pub use leadership::{Leadership, LeadershipSetter, WriteLapsed};
+use crate::write::LeadershipSetter;
 
 /// Name of the Lease used by the operator.
 pub const LEASE_NAME: &str = "flotilla-operator";

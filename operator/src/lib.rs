@@ -29,6 +29,7 @@ pub mod status;
 pub mod telemetry;
 pub mod validate;
 pub mod verdict_keys;
+pub mod write;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,9 +42,34 @@ use rand::Rng;
 use tracing::{info, warn};
 
 pub use config::OperatorConfig;
-pub use error::{ReconcileError, RunError};
+pub use error::ReconcileError;
 /// What [`run`] returns on failure.
 pub type Error = RunError;
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The leader lease was lost (another replica holds it, or it could not be renewed before
+    /// the renew deadline). Every write had stopped before this is returned.
+    #[error("leadership lost: {0}")]
+    LeadershipLost(String),
+
+    /// The metrics registry rejected a metric (registered twice).
+    #[error("registering metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+
+    /// The failover engine could not start.
+    #[error(transparent)]
+    Failover(#[from] crate::failover::StartError),
+
+    /// The metrics/health server could not bind.
+    #[error(transparent)]
+    Bind(#[from] crate::http::BindError),
+
+    /// The verdict signing key could not be loaded.
+    #[error(transparent)]
+    VerdictKey(#[from] crate::verdict_keys::KeyError),
+}
 
 /// The identity this replica uses in the Lease and in Events.
 pub fn default_identity() -> String {
@@ -71,7 +97,7 @@ pub async fn run(
     let (microservices, ms_watch) =
         cache::MicroServices::watch(client.clone(), config.watch_namespace.as_deref());
     let ms_task = tokio::spawn(ms_watch);
-    let (lead, leadership) = leader::Leadership::new();
+    let (lead, leadership) = write::Leadership::new();
     let verdict_keys = Arc::new(load_verdict_keys(&config)?);
     // Health-aware traffic: probes on every replica, verdicts and writes only while leading.
     let failover = failover::spawn(
@@ -158,7 +184,7 @@ async fn run_elected(
     client: Client,
     config: &OperatorConfig,
     shared: controller::Shared,
-    lead: &leader::LeadershipSetter,
+    lead: &write::LeadershipSetter,
     shutdown: Shared<BoxFuture<'static, ()>>,
 ) -> Result<(), RunError> {
     let identity = config.identity.clone().unwrap_or_else(default_identity);

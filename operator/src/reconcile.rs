@@ -1,6 +1,6 @@
 //! The reconciler, read top to bottom: [`validate`] → the admission policy
-//! ([`crate::policy`]) → [`build`] → [`rollout::prepare`] → [`apply_all`] → [`rollout::finish`]
-//! → [`status::report`], and the error policy that separates permanent errors (report in
+//! ([`crate::policy`]) → [`build`] → [`rollout::plan`] → [`apply_all`] and [`apply_canary`] →
+//! [`status::update`], and the error policy that separates permanent errors (report in
 //! status, wait for a change) from transient ones (requeue with backoff). No API calls of its
 //! own.
 
@@ -14,12 +14,12 @@ use kube::runtime::reflector::ObjectRef;
 use kube::ResourceExt;
 use tracing::{instrument, warn};
 
-use crate::apply::apply_all;
+use crate::apply::{apply_all, apply_canary};
 use crate::build::build;
 use crate::context::Context;
 use crate::error::{Category, ReconcileError};
-use crate::rollout::step as rollout;
-use crate::status::{self, Problem, Report};
+use crate::rollout;
+use crate::status::{self, Findings, Problem};
 use crate::validate::validate;
 
 /// How often a converged MicroService is looked at again even without events, to catch
@@ -72,23 +72,23 @@ async fn reconcile_inner(ms: &MicroService, ctx: &Context) -> Result<Action, Rec
         return fail(ctx, ms, &[], refusal.into()).await;
     }
     let missing = &validated.missing_dependencies;
-    let mut desired = build(&validated.spec, &ctx.build_inputs);
-    let step = rollout::prepare(ctx, ms, &validated.spec, &mut desired).await?;
-    let deployment = match apply_all(ctx, ms, &validated.spec, desired).await {
+    let desired = build(&validated.spec, &ctx.build_inputs);
+    let plan = rollout::plan(ctx, ms, &validated.spec, &desired).await?;
+    let deployment = match apply_all(ctx, ms, &validated.spec, desired, &plan).await {
         Ok(d) => d,
         Err(e) if e.is_reported() => return fail(ctx, ms, missing, e).await,
         Err(e) => return Err(e),
     };
-    rollout::finish(ctx, ms, &validated.spec, &step).await?;
-    let report = Report {
+    apply_canary(ctx, ms, &validated.spec, &plan).await?;
+    let found = Findings {
         spec: Some(&validated.spec),
-        rollout: Some(&step),
+        rollout: Some(&plan),
         applied: Some(&deployment),
         missing,
         problem: None,
     };
-    status::report(ctx, ms, report).await?;
-    let requeue = step.requeue_after().map_or(RESYNC, |r| r.min(RESYNC));
+    status::update(ctx, ms, found).await?;
+    let requeue = plan.requeue_after().map_or(RESYNC, |r| r.min(RESYNC));
     Ok(Action::requeue(requeue))
 }
 
@@ -107,7 +107,7 @@ async fn fail(
         Category::PolicyRefused => reasons::POLICY_REFUSED,
         _ => reasons::INVALID_SPEC,
     };
-    let report = Report {
+    let found = Findings {
         spec: None,
         rollout: None,
         applied: None,
@@ -117,7 +117,7 @@ async fn fail(
             message: &message,
         }),
     };
-    match status::report(ctx, ms, report).await {
+    match status::update(ctx, ms, found).await {
         Ok(()) => Err(err),
         Err(status_error) => Err(ReconcileError::NotReported {
             reported: Box::new(err),

@@ -6,7 +6,7 @@
 //! [`condition`] is the one condition builder, used by the failover status plan too. A Warning
 //! Event goes out when `Degraded` turns true or changes reason.
 
-use flotilla_crds::{conditions as ct, reasons, MicroService, MicroServiceStatus};
+use flotilla_crds::{conditions as ct, reasons, MicroService, MicroServiceStatus, RolloutStatus};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -18,8 +18,9 @@ use kube::{Api, ResourceExt};
 use crate::build::selector_string;
 use crate::context::Context;
 use crate::error::ReconcileError;
-use crate::rollout::step::{self as rollout, RolloutStep};
+use crate::rollout::{degraded, RolloutPlan};
 use crate::validate::ValidatedSpec;
+use crate::write::{within_lease, Leadership};
 
 /// Condition types the reconciler owns.
 pub const OWN_CONDITIONS: [&str; 3] = [ct::READY, ct::PROGRESSING, ct::DEGRADED];
@@ -244,7 +245,7 @@ pub fn needs_write(computed: &MicroServiceStatus, stored: Option<&MicroServiceSt
 /// Applies the reconciler's part of the status (field manager `flotilla`), only while leading;
 /// returns the MicroService as written.
 pub async fn write(
-    lead: &crate::leader::Leadership,
+    lead: &Leadership,
     api: &Api<MicroService>,
     ms: &MicroService,
     status: &MicroServiceStatus,
@@ -259,18 +260,18 @@ pub async fn write(
     let action = || format!("apply status of MicroService {name}");
     let patch = Patch::Apply(&body);
     let call = api.patch_status(&name, &pp, &patch);
-    crate::apply::gated(lead, action, call)
+    within_lease(lead, action, call)
         .await?
         .map_err(|e| ReconcileError::kube(action(), e))
 }
 
 /// What one reconcile found, to report in the status.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Report<'a> {
+pub struct Findings<'a> {
     /// The validated spec, when validation passed.
     pub spec: Option<&'a ValidatedSpec>,
-    /// The rollout step taken, when one was decided.
-    pub rollout: Option<&'a RolloutStep>,
+    /// The rollout planned, when one was.
+    pub rollout: Option<&'a RolloutPlan>,
     /// The Deployment as the apply returned it (fresher than the cache).
     pub applied: Option<&'a Deployment>,
     /// Dependencies that do not exist.
@@ -279,12 +280,12 @@ pub struct Report<'a> {
     pub problem: Option<Problem<'a>>,
 }
 
-/// Computes the status from `report`, writes it when the reconciler's part changed, and emits a
+/// Computes the status from `found`, writes it when the reconciler's part changed, and emits a
 /// Warning Event when `Degraded` turns true or changes reason.
-pub async fn report(
+pub async fn update(
     ctx: &Context,
     ms: &MicroService,
-    report: Report<'_>,
+    found: Findings<'_>,
 ) -> Result<(), ReconcileError> {
     let name = ms.name_any();
     let ns = ms.namespace().unwrap_or_default();
@@ -292,13 +293,13 @@ pub async fn report(
         .stores
         .deployments
         .get(&ObjectRef::new(&name).within(&ns));
-    let deployment = report.applied.or(cached.as_deref());
+    let deployment = found.applied.or(cached.as_deref());
     let t = Time(Timestamp::now());
     // A reconcile that starts before the cache shows the previous one's status write compares
     // with what was written, so it does not write the same status again.
     let unseen = ctx.stores.own_writes.unseen_status(ms);
     let previous = unseen.as_ref().or(ms.status.as_ref());
-    let spec_replicas = match report.spec {
+    let spec_replicas = match found.spec {
         Some(v) if v.spec.autoscaling.is_some() => None,
         Some(v) => Some(v.spec.replicas),
         None if ms.spec.autoscaling.is_some() => None,
@@ -309,12 +310,13 @@ pub async fn report(
         name: &name,
         spec_replicas,
         deployment,
-        missing_dependencies: report.missing,
-        problem: report.problem,
+        missing_dependencies: found.missing,
+        problem: found.problem,
         previous,
         now: &t,
     });
-    rollout::annotate_status(&mut computed, report.rollout, previous, &t);
+    let rollout = found.rollout.map(RolloutPlan::status);
+    add_rollout(&mut computed, rollout, previous, &t);
     if !needs_write(&computed, previous) {
         return Ok(());
     }
@@ -330,6 +332,44 @@ pub async fn report(
             .await;
     }
     Ok(())
+}
+
+/// Puts the rollout into the computed status: `status.rollout` as planned (or the stored one when
+/// no plan was made, e.g. for an invalid spec), and `Degraded` with reason `RolloutFailed` while
+/// the failed template is still asked for and nothing else is wrong.
+pub fn add_rollout(
+    computed: &mut MicroServiceStatus,
+    planned: Option<&RolloutStatus>,
+    previous: Option<&MicroServiceStatus>,
+    now: &Time,
+) {
+    computed.rollout = match planned {
+        Some(s) => Some(s.clone()),
+        None => previous.and_then(|p| p.rollout.clone()),
+    };
+    let Some((reason, message)) = degraded(computed.rollout.as_ref()) else {
+        return;
+    };
+    let generation = computed.observed_generation;
+    let Some(c) = computed
+        .conditions
+        .iter_mut()
+        .find(|c| c.type_ == ct::DEGRADED && c.status == ct::FALSE)
+    else {
+        return;
+    };
+    let since = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == ct::DEGRADED))
+        .filter(|c| c.status == ct::TRUE)
+        .map_or_else(|| now.clone(), |c| c.last_transition_time.clone());
+    *c = Condition {
+        type_: ct::DEGRADED.into(),
+        status: ct::TRUE.into(),
+        reason: reason.into(),
+        message,
+        observed_generation: generation,
+        last_transition_time: since,
+    };
 }
 
 /// The `Degraded` condition of `computed` if it is true and was not true with the same reason.

@@ -17,7 +17,7 @@ use flotilla_operator::failover::inventory::{Inventory, ObjKey, PodInfo, Service
 use flotilla_operator::failover::metrics::Metrics;
 use flotilla_operator::failover::policy::{FailoverPolicy, ProbePolicy};
 use flotilla_operator::failover::report::{Desired, Notice};
-use flotilla_operator::leader::Leadership;
+use flotilla_operator::write::Leadership;
 use flotilla_operator::verdict_keys::VerdictKeys;
 use flotilla_testkit::wait::poll;
 use tokio::sync::watch;

@@ -18,7 +18,6 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::configmap::{config_hash, config_map_name};
 use super::meta::{child_meta, common_labels, selector_labels};
-use super::OperatorInputs;
 use crate::validate::{is_env_name, ValidatedSpec};
 
 /// Name of the application container in the pod.
@@ -210,6 +209,14 @@ fn startup_probe(v: &ValidatedSpec) -> Probe {
         success_threshold: Some(1),
         ..probe(v, &h.liveness_path, true)
     }
+}
+
+/// What the builders take from the operator rather than from the MicroService.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OperatorInputs {
+    /// The public keys of traffic verdicts, given to every container as
+    /// `FLOTILLA_VERDICT_KEYS` so its pods can tell the operator's verdicts from anybody's.
+    pub verdict_keys: Option<String>,
 }
 
 /// Adds what the operator gives every container beside the spec: the verdict keys, right after

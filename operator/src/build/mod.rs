@@ -9,7 +9,7 @@ mod meta;
 mod service;
 
 pub use configmap::{build_config_map, config_hash, config_map_name};
-pub use deployment::{build_deployment, with_operator_env, CONTAINER_NAME};
+pub use deployment::{build_deployment, with_operator_env, OperatorInputs, CONTAINER_NAME};
 pub use hpa::build_hpa;
 pub use meta::{common_labels, selector_labels, selector_string};
 pub use service::build_service;
@@ -33,14 +33,6 @@ pub struct DesiredResources {
     pub config_map: Option<ConfigMap>,
     /// The autoscaler, when `autoscaling` is set.
     pub hpa: Option<HorizontalPodAutoscaler>,
-}
-
-/// What the builders take from the operator rather than from the MicroService.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct OperatorInputs {
-    /// The public keys of traffic verdicts, given to every container as
-    /// `FLOTILLA_VERDICT_KEYS` so its pods can tell the operator's verdicts from anybody's.
-    pub verdict_keys: Option<String>,
 }
 
 /// Builds every child of the MicroService.

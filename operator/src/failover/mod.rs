@@ -44,8 +44,8 @@ use prometheus::Registry;
 
 use crate::cache::MicroServices;
 use crate::health::Heartbeat;
-use crate::leader::Leadership;
 use crate::verdict_keys::VerdictKeys;
+use crate::write::Leadership;
 
 /// Why the failover engine could not start.
 #[derive(Debug, thiserror::Error)]

@@ -19,8 +19,8 @@ use super::decide::{decide, Membership, PodView, ServiceState, Target};
 use super::engine::VerdictSigning;
 use super::policy::{FailoverPolicy, StickyAction};
 use super::sticky::{choose_restart, RestartLimits, StickyPod, RESTART_INTERVAL};
-use crate::leader::{Leadership, LeadershipSetter};
 use crate::verdict_keys::VerdictKeys;
+use crate::write::{Leadership, LeadershipSetter};
 
 /// One step of a history.
 #[derive(Debug, Clone)]

@@ -36,7 +36,7 @@ use super::plan::{self, LabelPatch, StatusPlan};
 use super::policy::Mode;
 use super::report::{Desired, Notice};
 use crate::events::EventSink;
-use crate::leader::{Leadership, WriteLapsed};
+use crate::write::{Leadership, WriteLapsed};
 
 /// Tunables of the writer.
 #[derive(Debug, Clone)]

@@ -3,7 +3,7 @@
 //! Inputs: `spec.rollout`, the revision of the template the spec asks for, the stored
 //! `status.rollout` (the machine's only memory, so a restarted operator resumes an analysis), the
 //! retry annotation, the canary evidence, whether traffic failed over, and `now`. Output: a
-//! [`RolloutPlan`] value. No client, no clock, no I/O.
+//! [`RolloutDecision`] value. No client, no clock, no I/O.
 //!
 //! Phases: `Stable`/`Promoted` (every pod on the stable revision) → `Analyzing` (a canary runs the
 //! new revision) → `Promoted` (the stable Deployment takes the new template) or `RolledBack` (the
@@ -106,7 +106,7 @@ pub struct RolloutEvent {
 
 /// The state machine's decision.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RolloutPlan {
+pub struct RolloutDecision {
     /// Template of the stable Deployment.
     pub stable: StableTemplate,
     /// The canary Deployment.
@@ -131,7 +131,7 @@ pub fn degraded(status: Option<&RolloutStatus>) -> Option<(&'static str, String)
 }
 
 /// The next step of the rollout.
-pub fn decide(i: &RolloutInputs<'_>) -> RolloutPlan {
+pub fn next_step(i: &RolloutInputs<'_>) -> RolloutDecision {
     let prev = i.status.cloned().unwrap_or_default();
     let desired = i.desired_revision;
     if i.spec.strategy == RolloutStrategy::RollingUpdate {
@@ -150,7 +150,7 @@ pub fn decide(i: &RolloutInputs<'_>) -> RolloutPlan {
         let mut status = prev.clone();
         status.phase = RolloutPhase::RolledBack;
         status.canary_revision = None;
-        return RolloutPlan {
+        return RolloutDecision {
             stable: StableTemplate::Keep,
             canary: halted_or_absent(i.spec),
             status,
@@ -186,7 +186,7 @@ fn settled(
     desired: &str,
     i: &RolloutInputs<'_>,
     promoted: Option<RolloutEvent>,
-) -> RolloutPlan {
+) -> RolloutDecision {
     let mut status = RolloutStatus {
         phase: match (&promoted, prev.phase) {
             (Some(_), _) => RolloutPhase::Promoted,
@@ -212,7 +212,7 @@ fn settled(
         status.evidence.clear();
         status.failed_revision = None;
     }
-    RolloutPlan {
+    RolloutDecision {
         stable: StableTemplate::Desired,
         canary: CanaryAction::Absent,
         status,
@@ -222,7 +222,7 @@ fn settled(
 }
 
 /// A new revision: create its canary and start the clock.
-fn start(prev: &RolloutStatus, desired: &str, i: &RolloutInputs<'_>) -> RolloutPlan {
+fn start(prev: &RolloutStatus, desired: &str, i: &RolloutInputs<'_>) -> RolloutDecision {
     let status = RolloutStatus {
         phase: RolloutPhase::Analyzing,
         stable_revision: prev.stable_revision.clone(),
@@ -247,7 +247,7 @@ fn start(prev: &RolloutStatus, desired: &str, i: &RolloutInputs<'_>) -> RolloutP
             .or(prev.retry_token.clone()),
         evidence: Vec::new(),
     };
-    RolloutPlan {
+    RolloutDecision {
         stable: StableTemplate::Keep,
         canary: CanaryAction::Run {
             replicas: i.canary_replicas,
@@ -263,7 +263,7 @@ fn start(prev: &RolloutStatus, desired: &str, i: &RolloutInputs<'_>) -> RolloutP
 }
 
 /// The analysis of `desired` is under way: fail, wait or promote.
-fn analyse(prev: &RolloutStatus, desired: &str, i: &RolloutInputs<'_>) -> RolloutPlan {
+fn analyse(prev: &RolloutStatus, desired: &str, i: &RolloutInputs<'_>) -> RolloutDecision {
     let pods: Vec<&CanaryPod> = i
         .canary
         .pods
@@ -304,8 +304,8 @@ fn analyse(prev: &RolloutStatus, desired: &str, i: &RolloutInputs<'_>) -> Rollou
 }
 
 /// Keep analysing: the canary runs, the stable pods stay, look again when a timer may expire.
-fn hold(status: RolloutStatus, replicas: i32, left: Duration) -> RolloutPlan {
-    RolloutPlan {
+fn hold(status: RolloutStatus, replicas: i32, left: Duration) -> RolloutDecision {
+    RolloutDecision {
         stable: StableTemplate::Keep,
         canary: CanaryAction::Run { replicas },
         status,
@@ -408,7 +408,7 @@ fn roll_back(
     i: &RolloutInputs<'_>,
     why: &'static str,
     evidence: Vec<RolloutEvidence>,
-) -> RolloutPlan {
+) -> RolloutDecision {
     let first = evidence
         .first()
         .map(|e| match e.pod.as_str() {
@@ -438,7 +438,7 @@ fn roll_back(
         retry_token: prev.retry_token.clone(),
         evidence,
     };
-    RolloutPlan {
+    RolloutDecision {
         stable: StableTemplate::Keep,
         canary: halted_or_absent(i.spec),
         status,
@@ -456,5 +456,5 @@ fn roll_back(
 }
 
 #[cfg(test)]
-#[path = "decide_tests.rs"]
+#[path = "machine_tests.rs"]
 mod tests;

@@ -51,8 +51,8 @@ fn run(
     status: Option<&RolloutStatus>,
     canary: &CanaryEvidence,
     now: Timestamp,
-) -> RolloutPlan {
-    decide(&RolloutInputs {
+) -> RolloutDecision {
+    next_step(&RolloutInputs {
         spec,
         desired_revision: NEW,
         canary_replicas: 1,
@@ -264,7 +264,7 @@ fn restarts_fail() {
 #[test]
 fn failover_aborts() {
     let ev = evidence(vec![pod("c", NEW, true)]);
-    let plan = decide(&RolloutInputs {
+    let plan = next_step(&RolloutInputs {
         spec: &guarded(),
         desired_revision: NEW,
         canary_replicas: 1,
@@ -298,7 +298,7 @@ fn failed_template_is_retried_only_when_asked() {
     assert_eq!(hold.status, failed);
 
     let retry = |status: &RolloutStatus, token: &str| {
-        decide(&RolloutInputs {
+        next_step(&RolloutInputs {
             spec: &guarded(),
             desired_revision: NEW,
             canary_replicas: 1,
@@ -329,7 +329,7 @@ fn failed_template_is_retried_only_when_asked() {
 #[test]
 fn reverting_the_spec_settles() {
     let failed = rolled_back();
-    let plan = decide(&RolloutInputs {
+    let plan = next_step(&RolloutInputs {
         spec: &guarded(),
         desired_revision: OLD,
         canary_replicas: 1,
@@ -350,7 +350,7 @@ fn reverting_the_spec_settles() {
 #[test]
 fn newer_template_restarts_the_analysis() {
     let status = analysing();
-    let plan = decide(&RolloutInputs {
+    let plan = next_step(&RolloutInputs {
         spec: &guarded(),
         desired_revision: "rev-newer",
         canary_replicas: 1,

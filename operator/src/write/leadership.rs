@@ -1,5 +1,5 @@
 //! The leadership handle: whether this replica may write at this instant, and which writes
-//! are still in flight. The election ([`super::LeaderElector`]) grants and revokes it; every
+//! are still in flight. The election ([`crate::leader::LeaderElector`]) grants and revokes it; every
 //! writer checks it immediately before each write. No I/O here.
 
 use std::future::Future;

@@ -30,8 +30,8 @@ use super::report::{Desired, Notice};
 use super::scrape::{Rejected, ScrapeLimits};
 use super::sticky::StickyWatch;
 use crate::health::Heartbeat;
-use crate::write::Leadership;
 use crate::verdict_keys::VerdictKeys;
+use crate::write::Leadership;
 
 mod publish;
 mod resume;

@@ -2,13 +2,25 @@
 //! already has, read from its status and its pods' labels, so a restart announces nothing and
 //! keeps the current target. Pure: inventory in, decider state out.
 
+use std::time::Instant;
+
 use flotilla_crds::{labels, ActiveTarget};
 
 use super::super::decide::{Membership, ServiceState, Target};
 use super::super::inventory::{Inventory, ObjKey, ServiceInfo};
 use super::super::policy::Mode;
 use super::super::report::History;
-use super::SvcEntry;
+
+/// The engine's memory of one service.
+pub(super) struct SvcEntry {
+    pub(super) state: ServiceState,
+    pub(super) history: History,
+    pub(super) held_announced: bool,
+    /// When a sticky pod of this service was last restarted (the rate limit).
+    pub(super) last_restart: Option<Instant>,
+    /// When a first failure last pulled the service's other probes forward (the rate limit).
+    pub(super) last_suspicion: Option<Instant>,
+}
 
 /// Decider state for a service seen for the first time: the target and membership it already
 /// has (from status and labels), so a restart keeps the current target and announces nothing.
