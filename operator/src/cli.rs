@@ -8,10 +8,10 @@ use flotilla_crds::ServiceType;
 
 use std::time::Duration;
 
+use crate::admission::{parse_image_prefix, parse_service_type, AdmissionPolicy};
 use crate::config::{OperatorConfig, DEFAULT_CONCURRENCY};
 use crate::health::DEFAULT_STALL_AFTER;
 use crate::kube_client::{ClientTimeouts, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
-use crate::policy::{parse_image_prefix, parse_service_type, AdmissionPolicy};
 use crate::telemetry::LogFormat;
 
 /// The Flotilla operator: runs MicroServices as Deployments, Services, ConfigMaps and

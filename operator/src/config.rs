@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use std::time::Duration;
 
+use crate::admission::AdmissionPolicy;
 use crate::health::DEFAULT_STALL_AFTER;
 use crate::leader::LeaseTiming;
-use crate::policy::AdmissionPolicy;
 
 /// Default address of the metrics/health server.
 pub const DEFAULT_METRICS_ADDR: SocketAddr =

@@ -11,11 +11,11 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Client, Resource};
 use rand::Rng;
 
+use crate::admission::AdmissionPolicy;
 use crate::build::OperatorInputs;
 use crate::cache::Stores;
 use crate::events::EventSink;
 use crate::metrics::Metrics;
-use crate::policy::AdmissionPolicy;
 use crate::write::{publish_event, Leadership};
 
 /// First retry delay after a transient error; doubles per consecutive failure.

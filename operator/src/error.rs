@@ -4,7 +4,7 @@
 //! have their own error types ([`crate::leader::LeaseError`], [`crate::http::BindError`]). Nothing
 //! here knows a pipeline stage's machinery: the stages' errors convert into this one.
 
-use crate::policy::PolicyRefusal;
+use crate::admission::PolicyRefusal;
 use crate::validate::InvalidSpec;
 
 /// Why a reconcile failed, from a fixed set.
@@ -289,7 +289,7 @@ mod tests {
     #[test]
     fn policy_refusal_is_permanent() {
         let e = ReconcileError::PolicyRefused(PolicyRefusal {
-            refusals: vec![crate::policy::Refusal {
+            refusals: vec![crate::admission::Refusal {
                 field: "spec.image",
                 value: "\"evil/x:1\"".into(),
                 allowed: "image prefixes shop/".into(),

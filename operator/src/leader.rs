@@ -71,7 +71,7 @@ impl Default for LeaseTiming {
 
 /// What to do with the lease, given its current record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub enum LeaseAction {
     /// No lease object: create it, holding it.
     Create,
     /// We hold it: renew.
@@ -113,29 +113,29 @@ fn released(spec: &LeaseSpec) -> bool {
 /// A live leader recreates a missing Lease and writes itself back into one whose holder was
 /// cleared, at once. Anyone else waits until the record has been unchanged for `duration`,
 /// except for a Lease its holder released.
-pub fn decide(
+pub fn lease_action(
     spec: Option<&LeaseSpec>,
     me: &str,
     seen: Seen,
     now: Instant,
     duration: Duration,
-) -> Decision {
+) -> LeaseAction {
     let stale = now.saturating_duration_since(seen.since) >= duration;
     let Some(spec) = spec else {
         return if seen.leading || stale {
-            Decision::Create
+            LeaseAction::Create
         } else {
-            Decision::Wait
+            LeaseAction::Wait
         };
     };
     match spec.holder_identity.as_deref() {
-        Some(h) if h == me => Decision::Renew,
-        None | Some("") if seen.leading => Decision::Renew,
-        None | Some("") if released(spec) || stale => Decision::TakeOver,
-        None | Some("") => Decision::Wait,
-        Some(_) if seen.leading => Decision::Wait,
-        Some(_) if stale => Decision::TakeOver,
-        Some(_) => Decision::Wait,
+        Some(h) if h == me => LeaseAction::Renew,
+        None | Some("") if seen.leading => LeaseAction::Renew,
+        None | Some("") if released(spec) || stale => LeaseAction::TakeOver,
+        None | Some("") => LeaseAction::Wait,
+        Some(_) if seen.leading => LeaseAction::Wait,
+        Some(_) if stale => LeaseAction::TakeOver,
+        Some(_) => LeaseAction::Wait,
     }
 }
 
@@ -296,9 +296,9 @@ impl LeaderElector {
             leading: self.held_until().is_some_and(|t| now < t),
             since: self.observe(spec, now),
         };
-        let held = match decide(spec, &self.identity, seen, now, self.timing.lease_duration) {
-            Decision::Wait => Ok(false),
-            Decision::Create => {
+        let held = match lease_action(spec, &self.identity, seen, now, self.timing.lease_duration) {
+            LeaseAction::Wait => Ok(false),
+            LeaseAction::Create => {
                 if seen.leading {
                     tracing::warn!(lease = LEASE_NAME, "the Lease was deleted; recreating it");
                 }
@@ -327,11 +327,11 @@ impl LeaderElector {
                     }
                 }
             }
-            d @ (Decision::Renew | Decision::TakeOver) => {
+            d @ (LeaseAction::Renew | LeaseAction::TakeOver) => {
                 let Some(mut lease) = current.clone() else {
                     return Ok(false);
                 };
-                lease.spec = Some(self.held_spec(spec, d == Decision::TakeOver));
+                lease.spec = Some(self.held_spec(spec, d == LeaseAction::TakeOver));
                 let pp = PostParams::default();
                 let replace = self.api.replace(LEASE_NAME, &pp, &lease);
                 match bounded("update Lease", left(), replace).await {
@@ -488,21 +488,21 @@ mod tests {
     const D: Duration = Duration::from_secs(15);
 
     /// A standby's view: `after` since it first saw the record.
-    fn standby(spec: Option<&LeaseSpec>, t0: Instant, after: u64) -> Decision {
+    fn standby(spec: Option<&LeaseSpec>, t0: Instant, after: u64) -> LeaseAction {
         let seen = Seen {
             leading: false,
             since: t0,
         };
-        decide(spec, "a", seen, t0 + Duration::from_secs(after), D)
+        lease_action(spec, "a", seen, t0 + Duration::from_secs(after), D)
     }
 
     /// The leader's view, at once.
-    fn leader(spec: Option<&LeaseSpec>, t0: Instant) -> Decision {
+    fn leader(spec: Option<&LeaseSpec>, t0: Instant) -> LeaseAction {
         let seen = Seen {
             leading: true,
             since: t0,
         };
-        decide(spec, "a", seen, t0, D)
+        lease_action(spec, "a", seen, t0, D)
     }
 
     /// Ours → renew; someone else's → wait until it has been unchanged for a full lease
@@ -510,12 +510,15 @@ mod tests {
     #[test]
     fn decisions() {
         let t0 = Instant::now();
-        assert_eq!(standby(Some(&held_by(Some("a"))), t0, 0), Decision::Renew);
-        assert_eq!(leader(Some(&held_by(Some("a"))), t0), Decision::Renew);
+        assert_eq!(
+            standby(Some(&held_by(Some("a"))), t0, 0),
+            LeaseAction::Renew
+        );
+        assert_eq!(leader(Some(&held_by(Some("a"))), t0), LeaseAction::Renew);
         let b = held_by(Some("b"));
-        assert_eq!(standby(Some(&b), t0, 14), Decision::Wait);
-        assert_eq!(standby(Some(&b), t0, 15), Decision::TakeOver);
-        assert_eq!(standby(Some(&released()), t0, 0), Decision::TakeOver);
+        assert_eq!(standby(Some(&b), t0, 14), LeaseAction::Wait);
+        assert_eq!(standby(Some(&b), t0, 15), LeaseAction::TakeOver);
+        assert_eq!(standby(Some(&released()), t0, 0), LeaseAction::TakeOver);
     }
 
     /// A reset Lease (holder cleared, renew time cleared, or no spec as the chart creates it)
@@ -534,10 +537,14 @@ mod tests {
             ..released()
         };
         for spec in [held_by(None), held_by(Some("")), cleared, no_renew_time] {
-            assert_eq!(standby(Some(&spec), t0, 0), Decision::Wait, "{spec:?}");
-            assert_eq!(standby(Some(&spec), t0, 14), Decision::Wait, "{spec:?}");
-            assert_eq!(standby(Some(&spec), t0, 15), Decision::TakeOver, "{spec:?}");
-            assert_eq!(leader(Some(&spec), t0), Decision::Renew, "{spec:?}");
+            assert_eq!(standby(Some(&spec), t0, 0), LeaseAction::Wait, "{spec:?}");
+            assert_eq!(standby(Some(&spec), t0, 14), LeaseAction::Wait, "{spec:?}");
+            assert_eq!(
+                standby(Some(&spec), t0, 15),
+                LeaseAction::TakeOver,
+                "{spec:?}"
+            );
+            assert_eq!(leader(Some(&spec), t0), LeaseAction::Renew, "{spec:?}");
         }
     }
 
@@ -546,10 +553,10 @@ mod tests {
     #[test]
     fn a_missing_lease_is_recreated_by_its_leader_at_once() {
         let t0 = Instant::now();
-        assert_eq!(leader(None, t0), Decision::Create);
-        assert_eq!(standby(None, t0, 0), Decision::Wait);
-        assert_eq!(standby(None, t0, 14), Decision::Wait);
-        assert_eq!(standby(None, t0, 15), Decision::Create);
+        assert_eq!(leader(None, t0), LeaseAction::Create);
+        assert_eq!(standby(None, t0, 0), LeaseAction::Wait);
+        assert_eq!(standby(None, t0, 14), LeaseAction::Wait);
+        assert_eq!(standby(None, t0, 15), LeaseAction::Create);
     }
 
     /// A leader that finds someone else in the Lease has lost it, however long it looked at it.
@@ -561,6 +568,9 @@ mod tests {
             since: t0,
         };
         let b = held_by(Some("b"));
-        assert_eq!(decide(Some(&b), "a", seen, t0 + D * 2, D), Decision::Wait);
+        assert_eq!(
+            lease_action(Some(&b), "a", seen, t0 + D * 2, D),
+            LeaseAction::Wait
+        );
     }
 }

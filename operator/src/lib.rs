@@ -6,6 +6,7 @@
 //! endpoints; the `flotilla-operator` binary is a thin CLI over this library, and tests call
 //! [`run`] in-process.
 
+pub mod admission;
 pub mod apply;
 pub mod build;
 pub mod cache;
@@ -21,7 +22,6 @@ pub mod http;
 pub mod kube_client;
 pub mod leader;
 pub mod metrics;
-pub mod policy;
 pub mod reconcile;
 pub mod render;
 pub mod rollout;

@@ -1,5 +1,5 @@
 //! The reconciler, read top to bottom: [`validate`] → the admission policy
-//! ([`crate::policy`]) → [`build`] → [`rollout::plan`] → [`apply_all`] and [`apply_canary`] →
+//! ([`crate::admission`]) → [`build`] → [`rollout::plan`] → [`apply_all`] and [`apply_canary`] →
 //! [`status::update`], and the error policy that separates permanent errors (report in
 //! status, wait for a change) from transient ones (requeue with backoff). No API calls of its
 //! own.

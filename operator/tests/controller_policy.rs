@@ -9,7 +9,7 @@ mod support;
 
 use anyhow::{ensure, Result};
 use flotilla_crds::{conditions, reasons, MicroService};
-use flotilla_operator::policy::AdmissionPolicy;
+use flotilla_operator::admission::AdmissionPolicy;
 use flotilla_operator::OperatorConfig;
 use support::*;
 

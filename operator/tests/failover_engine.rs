@@ -16,7 +16,7 @@ use flotilla_operator::failover::engine::{self, EngineConfig, EngineOutputs, Ver
 use flotilla_operator::failover::inventory::{Inventory, ObjKey, PodInfo, ServiceInfo};
 use flotilla_operator::failover::metrics::Metrics;
 use flotilla_operator::failover::policy::{FailoverPolicy, ProbePolicy};
-use flotilla_operator::failover::report::{Desired, Notice};
+use flotilla_operator::failover::outputs::{Desired, Notice};
 use flotilla_operator::write::Leadership;
 use flotilla_operator::verdict_keys::VerdictKeys;
 use flotilla_testkit::wait::poll;

@@ -17,20 +17,20 @@
 //! `serves.flotilla.rs/<name>: "true"`, which the pod template sets, so Kubernetes keeps adding
 //! and dropping pods on its own when Flotilla is down; Flotilla only flips the label.
 
+mod adapters;
 pub mod decide;
 pub mod engine;
 pub mod error_rate;
 pub mod inventory;
 pub mod metrics;
+pub mod outputs;
 pub mod plan;
 pub mod pod_health;
 pub mod policy;
 pub mod probe;
 pub mod promtext;
-pub mod report;
 pub mod scrape;
 pub mod source;
-pub mod spec;
 pub mod sticky;
 pub mod writer;
 

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use super::decide::Membership;
 use super::inventory::{Inventory, ObjKey, ServiceInfo};
-use super::report::{CondSpec, ServiceDesired};
+use super::outputs::{CondSpec, ServiceDesired};
 
 /// One label change on one pod.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,8 +7,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::*;
 use crate::failover::inventory::PodInfo;
+use crate::failover::outputs::Member;
 use crate::failover::policy::{FailoverPolicy, Mode, ProbePolicy};
-use crate::failover::report::Member;
 
 fn key(n: &str) -> ObjKey {
     ObjKey::new("ns", n)

@@ -1,7 +1,7 @@
 //! The failover engine's own configuration values.
 //!
 //! The engine reads these plain structs rather than the MicroService spec, so the spec can evolve
-//! without touching the decision code; adapters from the API types live in `spec.rs`. No I/O here.
+//! without touching the decision code; adapters from the API types live in `adapters.rs`. No I/O here.
 
 use std::time::Duration;
 

@@ -32,9 +32,9 @@ use super::decide::{Change, Membership};
 use super::engine::EngineOutputs;
 use super::inventory::{Inventory, ObjKey};
 use super::metrics::Metrics;
+use super::outputs::{Desired, Notice};
 use super::plan::{self, LabelPatch, StatusPlan};
 use super::policy::Mode;
-use super::report::{Desired, Notice};
 use crate::events::EventSink;
 use crate::write::{Leadership, WriteLapsed};
 

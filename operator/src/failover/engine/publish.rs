@@ -11,8 +11,8 @@ use flotilla_crds::labels;
 
 use super::super::decide::{decide, Change, Decision, FallbackView, Membership, PodView};
 use super::super::inventory::{ObjKey, ServiceInfo};
+use super::super::outputs::{self, Desired, Member, Notice, ServiceDesired};
 use super::super::policy::StickyAction;
-use super::super::report::{self, Desired, Member, Notice, ServiceDesired};
 use super::super::sticky::{choose_restart, RestartLimits, StickyPod};
 use super::Engine;
 
@@ -263,7 +263,7 @@ impl Engine {
             let pod = ObjKey::new(key.ns.clone(), c.pod.clone());
             let evidence = self
                 .entry(&pod)
-                .map(|e| report::describe(e.health.last.as_ref()))
+                .map(|e| outputs::describe(e.health.last.as_ref()))
                 .unwrap_or_default();
             notices.push(Notice::Pod {
                 svc: key.clone(),
@@ -290,7 +290,7 @@ impl Engine {
                     .sticky
                     .requests()
                     .map(|n| (e.sticky.sticky(Instant::now()), n));
-                Some(report::evidence(&p.key.name, &e.health, sticky))
+                Some(outputs::evidence(&p.key.name, &e.health, sticky))
             })
             .collect();
         let (history, flaps) = self
@@ -298,7 +298,7 @@ impl Engine {
             .get(&key)
             .map(|e| (e.history.clone(), e.state.flips.len()))
             .unwrap_or_default();
-        let (mut status, mut conditions) = report::status_for(
+        let (mut status, mut conditions) = outputs::status_for(
             d,
             mode,
             info.failover.fallback.as_deref(),

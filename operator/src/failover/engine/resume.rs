@@ -8,8 +8,8 @@ use flotilla_crds::{labels, ActiveTarget};
 
 use super::super::decide::{Membership, ServiceState, Target};
 use super::super::inventory::{Inventory, ObjKey, ServiceInfo};
+use super::super::outputs::History;
 use super::super::policy::Mode;
-use super::super::report::History;
 
 /// The engine's memory of one service.
 pub(super) struct SvcEntry {
