@@ -1,18 +1,14 @@
 //! CustomResourceDefinitions: serving, schema validation, defaults, pruning, structural
 //! checks, status conditions, scale and printer-column tables for custom resources.
 
-// Each test file uses a different part of the shared helpers.
-#[allow(dead_code)]
-#[path = "api_support/mod.rs"]
-mod support;
-
 use anyhow::Result;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::Api;
 use kubesim::Cluster;
 use serde_json::{json, Value};
-use support::{api_error, fixture, raw, raw_text, start};
+
+use crate::support::{api_error, fixture, raw, raw_text, start};
 
 async fn with_widgets() -> Result<(Cluster, Api<DynamicObject>)> {
     let cluster = start().await?;

@@ -1,11 +1,6 @@
 //! Create, get, list, update and delete through kube-rs over real HTTP, with the error
 //! bodies the real API server sends.
 
-// Each test file uses a different part of the shared helpers.
-#[allow(dead_code)]
-#[path = "api_support/mod.rs"]
-mod support;
-
 use std::collections::BTreeMap;
 
 use anyhow::Result;
@@ -14,7 +9,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Service};
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::Api;
 use serde_json::json;
-use support::{api_error, raw, start};
+
+use crate::support::{api_error, raw, start};
 
 fn cm(name: &str, labels: &[(&str, &str)]) -> ConfigMap {
     serde_json::from_value(json!({

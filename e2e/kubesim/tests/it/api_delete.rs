@@ -1,17 +1,13 @@
 //! Deletion: finalizers, garbage collection of owner references (background, foreground,
 //! orphan), namespace deletion and deletecollection.
 
-// Each test file uses a different part of the shared helpers.
-#[allow(dead_code)]
-#[path = "api_support/mod.rs"]
-mod support;
-
 use anyhow::Result;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams, PropagationPolicy};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use support::{api_error, start};
+
+use crate::support::{api_error, start};
 
 fn cm(name: &str, owner: Option<&ConfigMap>) -> ConfigMap {
     let refs: Vec<serde_json::Value> = owner

@@ -1,18 +1,17 @@
 //! Events written through `events.k8s.io/v1` (kube-rs `Recorder`) are visible as core Events,
 //! which `kubectl get events` and `kubectl describe` read.
 
-// Each test file uses a different part of the shared helpers.
-#[allow(dead_code)]
-#[path = "api_support/mod.rs"]
-mod support;
+use std::time::Duration;
 
 use anyhow::Result;
+use flotilla_testkit::wait::poll;
 use k8s_openapi::api::core::v1::{ConfigMap, Event as CoreEvent};
 use kube::api::{ListParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Resource};
 use serde_json::json;
-use support::{raw_text, start, wait_for};
+
+use crate::support::{raw_text, start};
 
 #[tokio::test]
 async fn recorder_events_show_as_core_events() -> Result<()> {
@@ -38,15 +37,11 @@ async fn recorder_events_show_as_core_events() -> Result<()> {
     recorder.publish(&ev, &cm.object_ref(&())).await?;
     recorder.publish(&ev, &cm.object_ref(&())).await?;
     let core: Api<CoreEvent> = Api::namespaced(cluster.client(), "default");
-    let found = wait_for(30, "the core Event", || {
-        let core = core.clone();
-        async move {
-            let list = core
-                .list(&ListParams::default().fields("involvedObject.name=subject"))
-                .await
-                .ok()?;
-            list.items.into_iter().find(|e| e.count.unwrap_or(0) >= 2)
-        }
+    let found = poll("the core Event", Duration::from_secs(30), || async {
+        let list = core
+            .list(&ListParams::default().fields("involvedObject.name=subject"))
+            .await?;
+        Ok(list.items.into_iter().find(|e| e.count.unwrap_or(0) >= 2))
     })
     .await?;
     assert_eq!(found.message.as_deref(), Some("all good"));

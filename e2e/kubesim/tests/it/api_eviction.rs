@@ -3,11 +3,6 @@
 //! the two-budget refusal), the `IfHealthyBudget`/`AlwaysAllow` rules for unready pods, RBAC on
 //! `pods/eviction`, and what kube-rs clients send.
 
-// Each test file uses a different part of the shared helpers.
-#[allow(dead_code)]
-#[path = "api_support/mod.rs"]
-mod support;
-
 use anyhow::{Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
@@ -21,7 +16,8 @@ use kube::core::Status;
 use kube::{Api, ResourceExt};
 use kubesim::Cluster;
 use serde_json::{json, Value};
-use support::{api_error, raw, start};
+
+use crate::support::{api_error, raw, start};
 
 const NS: &str = "default";
 

@@ -1,19 +1,16 @@
 //! Fault injection through the library handle and the admin HTTP API.
 
-// Each test file uses a different part of the shared helpers.
-#[allow(dead_code)]
-#[path = "api_support/mod.rs"]
-mod support;
-
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use flotilla_testkit::wait::poll;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::PostParams;
 use kube::Api;
 use kubesim::LatencyRule;
 use serde_json::json;
-use support::{api_error, raw, raw_text, start};
+
+use crate::support::{api_error, raw, raw_text, start};
 
 fn cm(name: &str) -> ConfigMap {
     serde_json::from_value(json!({"metadata": {"name": name}})).expect("valid")
@@ -127,14 +124,14 @@ async fn admin_api_injects_and_clears_faults() -> Result<()> {
         async move { reqwest::get(format!("{base}{url}")).await?.text().await }
     });
     // Drop repeatedly until the watch (which may not have started yet) has ended.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !watch.is_finished() && Instant::now() < deadline {
-        raw_text(&cluster, "POST", "/kubesim/drop-watches", "", None, None).await?;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(
-        watch.is_finished(),
-        "watch still open after dropping watches"
-    );
+    poll(
+        "the watch to end after dropping watches",
+        Duration::from_secs(30),
+        || async {
+            raw_text(&cluster, "POST", "/kubesim/drop-watches", "", None, None).await?;
+            Ok(watch.is_finished().then_some(()))
+        },
+    )
+    .await?;
     Ok(())
 }

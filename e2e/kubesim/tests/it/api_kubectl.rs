@@ -3,23 +3,20 @@
 //! annotate, patch, delete with garbage collection, and the Flotilla CRD with a sample
 //! MicroService.
 
-// Each test file uses a different part of the shared helpers.
-#[allow(dead_code)]
-#[path = "api_support/mod.rs"]
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use flotilla_testkit::wait::for_deletion;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::{Api, ResourceExt};
 use kubesim::Cluster;
 use serde_json::json;
-use support::{start, wait_for};
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::start;
 
 struct Kubectl {
     kubeconfig: PathBuf,
@@ -401,16 +398,7 @@ async fn kubectl_delete_collects_children() -> Result<()> {
         out.contains("widget.example.com \"sample\" deleted"),
         "{out}"
     );
-    wait_for(30, "the owned configmap to be collected", || {
-        let cms = cms.clone();
-        async move {
-            cms.get_opt("sample-config")
-                .await
-                .ok()
-                .and_then(|c| c.is_none().then_some(()))
-        }
-    })
-    .await?;
+    for_deletion(&cms, "sample-config", Duration::from_secs(30)).await?;
     let err = k.fail(&["get", "widget", "sample"]).await?;
     assert!(
         err.contains("NotFound") || err.contains("not found"),

@@ -1,10 +1,5 @@
 //! `pods/<name>/log` served from the node's log files, including `tailLines` and `follow`.
 
-// Each test file uses a different part of the shared helpers.
-#[allow(dead_code)]
-#[path = "api_support/mod.rs"]
-mod support;
-
 use std::io::Write;
 use std::time::Duration;
 
@@ -13,14 +8,16 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{LogParams, PostParams};
 use kube::Api;
 use kubesim::node::logs::container_log_path;
-use kubesim::{Cluster, ClusterConfig};
+use kubesim::ClusterConfig;
 use serde_json::json;
+
+use crate::support::{start, start_with};
 
 #[tokio::test]
 async fn pod_logs_are_read_from_the_node_directory() -> Result<()> {
     // A container's log file is what the log endpoint returns; follow streams appended lines.
     let dir = tempfile::tempdir()?;
-    let cluster = Cluster::start(ClusterConfig {
+    let cluster = start_with(ClusterConfig {
         node_state_dir: Some(dir.path().to_path_buf()),
         ..Default::default()
     })
@@ -86,7 +83,7 @@ async fn pod_logs_are_read_from_the_node_directory() -> Result<()> {
 #[tokio::test]
 async fn logs_without_a_node_are_not_found() -> Result<()> {
     // With no node directory the log endpoint answers 404 rather than an empty log.
-    let cluster = Cluster::start(ClusterConfig::default()).await?;
+    let cluster = start().await?;
     let pods: Api<Pod> = Api::namespaced(cluster.client(), "default");
     let pod: Pod = serde_json::from_value(
         json!({"metadata": {"name": "p"}, "spec": {"containers": [{"name": "app", "image": "i"}]}}),

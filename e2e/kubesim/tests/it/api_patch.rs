@@ -1,17 +1,13 @@
 //! Merge, JSON and strategic merge patches, and server-side apply with field managers.
 
-// Each test file uses a different part of the shared helpers.
-#[allow(dead_code)]
-#[path = "api_support/mod.rs"]
-mod support;
-
 use anyhow::Result;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::{json, Value};
-use support::{api_error, start};
+
+use crate::support::{api_error, start};
 
 fn deployment(replicas: i32, containers: Value) -> Value {
     json!({

@@ -3,12 +3,8 @@
 //! that die with their pod or ServiceAccount, and `kubectl auth can-i` (with `--as`) answering
 //! through SelfSubjectAccessReview — checked with kube-rs and the real kubectl.
 
-// Each test file uses a different part of the shared helpers.
-#[allow(dead_code)]
-#[path = "api_support/mod.rs"]
-mod support;
-
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
@@ -21,11 +17,11 @@ use kubesim::{Cluster, ClusterConfig};
 use serde_json::json;
 
 async fn secure() -> Result<Cluster> {
-    Ok(Cluster::start(ClusterConfig {
+    crate::support::start_with(ClusterConfig {
         secure: true,
         ..ClusterConfig::default()
     })
-    .await?)
+    .await
 }
 
 /// A client for `cluster` that trusts its CA and sends `token` (or no credential at all).
@@ -49,7 +45,7 @@ async fn client_with(cluster: &Cluster, token: Option<&str>) -> Result<kube::Cli
 }
 
 fn status_of<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> Result<(u16, String)> {
-    let status = support::api_error(r)?;
+    let status = crate::support::api_error(r)?;
     Ok((status.code, status.message))
 }
 
@@ -194,11 +190,7 @@ async fn service_account_tokens_die_with_their_pod_and_their_service_account() -
 
     pods.delete("app", &DeleteParams::default().grace_period(0))
         .await?;
-    support::wait_for(30, "pod app to be gone", || {
-        let pods = pods.clone();
-        async move { matches!(pods.get_opt("app").await, Ok(None)).then_some(()) }
-    })
-    .await?;
+    flotilla_testkit::wait::for_deletion(&pods, "app", Duration::from_secs(30)).await?;
     let r = Api::<Pod>::namespaced(as_pod, "default")
         .list(&ListParams::default())
         .await;

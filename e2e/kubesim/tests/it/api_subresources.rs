@@ -1,16 +1,12 @@
 //! The status and scale subresources.
 
-// Each test file uses a different part of the shared helpers.
-#[allow(dead_code)]
-#[path = "api_support/mod.rs"]
-mod support;
-
 use anyhow::Result;
 use k8s_openapi::api::apps::v1::Deployment;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::{Api, ResourceExt};
 use serde_json::json;
-use support::start;
+
+use crate::support::start;
 
 fn deployment() -> Deployment {
     serde_json::from_value(json!({

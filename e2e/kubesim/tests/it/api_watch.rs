@@ -1,25 +1,22 @@
 //! Watches: initial events, resume from a resourceVersion, bookmarks, timeouts, 410 Gone,
 //! selector transitions, and kube-rs `watcher` and `Controller` running against kubesim.
 
-// Each test file uses a different part of the shared helpers.
-#[allow(dead_code)]
-#[path = "api_support/mod.rs"]
-mod support;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use flotilla_testkit::wait::{for_deletion, for_object, poll};
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Resource, ResourceExt};
-use kubesim::{Cluster, ClusterConfig};
+use kubesim::ClusterConfig;
 use serde_json::json;
-use support::{raw_text, start, wait_for};
+
+use crate::support::{raw_text, start, start_with};
 
 fn cm(name: &str, labels: serde_json::Value) -> ConfigMap {
     serde_json::from_value(
@@ -97,7 +94,7 @@ async fn watch_without_version_starts_with_initial_adds_and_bookmarks() -> Resul
 #[tokio::test]
 async fn too_old_version_is_gone() -> Result<()> {
     // A resume point older than the kept history gets an ERROR event with 410 Expired.
-    let cluster = Cluster::start(ClusterConfig {
+    let cluster = start_with(ClusterConfig {
         watch_history: 3,
         ..Default::default()
     })
@@ -188,10 +185,14 @@ async fn kube_watcher_follows_changes_across_dropped_watches() -> Result<()> {
             cluster.faults().drop_watches();
         }
     }
-    wait_for(30, "the reflector to see 5 objects", || {
-        let n = reader.state().len();
-        async move { (n == 5).then_some(()) }
-    })
+    poll(
+        "the reflector to see 5 objects",
+        Duration::from_secs(30),
+        || {
+            let n = reader.state().len();
+            async move { Ok((n == 5).then_some(())) }
+        },
+    )
     .await?;
     task.abort();
     Ok(())
@@ -251,34 +252,19 @@ async fn controller_reconciles_owned_objects() -> Result<()> {
 
     cms.create(&PostParams::default(), &cm("src", json!({})))
         .await?;
-    let secret = wait_for(30, "the owned secret", || {
-        let secrets = secrets.clone();
-        async move { secrets.get_opt("src").await.ok().flatten() }
-    })
-    .await?;
+    let secret = for_object(&secrets, "src", Duration::from_secs(30), |_| true).await?;
     assert_eq!(secret.owner_references().len(), 1);
 
     secrets.delete("src", &Default::default()).await?;
-    wait_for(30, "the secret to be recreated", || {
-        let secrets = secrets.clone();
-        async move { secrets.get_opt("src").await.ok().flatten() }
+    for_object(&secrets, "src", Duration::from_secs(30), |s| {
+        s.uid() != secret.uid()
     })
     .await?;
     assert!(runs.load(Ordering::SeqCst) >= 2);
 
     // Deleting the owner garbage-collects the secret.
     cms.delete("src", &Default::default()).await?;
-    wait_for(30, "the secret to be collected", || {
-        let secrets = secrets.clone();
-        async move {
-            secrets
-                .get_opt("src")
-                .await
-                .ok()
-                .and_then(|s| s.is_none().then_some(()))
-        }
-    })
-    .await?;
+    for_deletion(&secrets, "src", Duration::from_secs(30)).await?;
     task.abort();
     Ok(())
 }

@@ -1,18 +1,18 @@
 //! The `kubesim up` binary: its kubeconfig works, its pods serve through cluster IPs, and SIGTERM
 //! stops it together with every pod process.
 
-pub mod node_support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::Context;
+use flotilla_testkit::wait::poll;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, ListParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use node_support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::node::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -70,7 +70,7 @@ async fn kubesim_up_runs_pods_and_stops_them_on_sigterm() -> anyhow::Result<()> 
     deployments
         .create(&PostParams::default(), &deployment("cli", 2, IMAGE))
         .await?;
-    let ready = wait_for(WAIT, "2 ready pods", || async {
+    let ready = poll("2 ready pods", WAIT, || async {
         let list = pods
             .list(&ListParams::default().labels("app=cli"))
             .await?
@@ -78,7 +78,7 @@ async fn kubesim_up_runs_pods_and_stops_them_on_sigterm() -> anyhow::Result<()> 
         Ok((list.len() == 2 && list.iter().all(is_ready)).then_some(list))
     })
     .await?;
-    let ip = wait_for(WAIT, "cluster IP", || async {
+    let ip = poll("cluster IP", WAIT, || async {
         Ok(services
             .get("cli")
             .await?
@@ -92,7 +92,7 @@ async fn kubesim_up_runs_pods_and_stops_them_on_sigterm() -> anyhow::Result<()> 
         "cluster IP {ip} from --service-cidr"
     );
     let vip = format!("{ip}:8080").parse()?;
-    wait_for(WAIT, "traffic through the cluster IP", || async {
+    poll("traffic through the cluster IP", WAIT, || async {
         Ok(
             matches!(http_get(vip, "/").await, Ok((200, body)) if body.starts_with("pod=cli-"))
                 .then_some(()),

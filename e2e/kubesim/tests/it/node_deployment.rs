@@ -1,11 +1,11 @@
 //! Deployments come alive: pods run as real processes, scale, roll and stop.
 
-pub mod node_support;
-
 use std::time::Duration;
 
+use flotilla_testkit::wait::poll;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use node_support::*;
+
+use crate::support::node::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -17,7 +17,7 @@ async fn deployment_scales_to_three_ready_pods_that_serve_http() -> anyhow::Resu
     sim.deployments()
         .create(&PostParams::default(), &deployment("web", 3, IMAGE))
         .await?;
-    let pods = wait_for(WAIT, "3 ready pods", || async {
+    let pods = poll("3 ready pods", WAIT, || async {
         let pods = live_pods(&sim, "web").await?;
         Ok((pods.len() == 3 && pods.iter().all(is_ready)).then_some(pods))
     })
@@ -30,7 +30,7 @@ async fn deployment_scales_to_three_ready_pods_that_serve_http() -> anyhow::Resu
             format!("pod={}", pod.metadata.name.as_deref().unwrap_or_default())
         );
     }
-    let status = wait_for(WAIT, "deployment status", || async {
+    let status = poll("deployment status", WAIT, || async {
         let d = sim.deployments().get("web").await?;
         let s = d.status.unwrap_or_default();
         Ok((s.available_replicas == Some(3) && s.updated_replicas == Some(3)).then_some(s))
@@ -48,14 +48,14 @@ async fn deployment_scales_to_three_ready_pods_that_serve_http() -> anyhow::Resu
     sim.deployments()
         .patch("web", &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
-    wait_for(WAIT, "1 pod left", || async {
+    poll("1 pod left", WAIT, || async {
         let pods = live_pods(&sim, "web").await?;
         let gone = pods.len() == 1;
         Ok(gone.then_some(()))
     })
     .await?;
     // Exactly one of the original processes is left running.
-    wait_for(WAIT, "processes of removed pods to exit", || async {
+    poll("processes of removed pods to exit", WAIT, || async {
         let n: usize = pods
             .iter()
             .map(|p| processes_of(p.metadata.name.as_deref().unwrap_or_default()).len())
@@ -76,7 +76,7 @@ async fn rolling_update_replaces_pods_and_scales_the_old_replica_set_to_zero() -
     sim.deployments()
         .create(&PostParams::default(), &deployment("roll", 2, IMAGE))
         .await?;
-    let before = wait_for(WAIT, "2 ready pods", || async {
+    let before = poll("2 ready pods", WAIT, || async {
         let pods = live_pods(&sim, "roll").await?;
         Ok((pods.len() == 2 && pods.iter().all(is_ready)).then_some(pods))
     })
@@ -87,7 +87,7 @@ async fn rolling_update_replaces_pods_and_scales_the_old_replica_set_to_zero() -
         .await?;
     let rs_api: kube::Api<k8s_openapi::api::apps::v1::ReplicaSet> =
         kube::Api::namespaced(sim.client.clone(), "default");
-    wait_for(WAIT, "rollout to complete", || async {
+    poll("rollout to complete", WAIT, || async {
         let d = sim.deployments().get("roll").await?;
         let s = d.status.clone().unwrap_or_default();
         let progressing = s
@@ -151,7 +151,7 @@ async fn deleting_a_deployment_stops_its_processes() -> anyhow::Result<()> {
     sim.deployments()
         .create(&PostParams::default(), &deployment("gone", 2, IMAGE))
         .await?;
-    let pods = wait_for(WAIT, "2 ready pods", || async {
+    let pods = poll("2 ready pods", WAIT, || async {
         let pods = live_pods(&sim, "gone").await?;
         Ok((pods.len() == 2 && pods.iter().all(is_ready)).then_some(pods))
     })
@@ -167,7 +167,7 @@ async fn deleting_a_deployment_stops_its_processes() -> anyhow::Result<()> {
     sim.deployments()
         .delete("gone", &DeleteParams::background())
         .await?;
-    wait_for(WAIT, "processes to stop and pods to go", || async {
+    poll("processes to stop and pods to go", WAIT, || async {
         let running: usize = names.iter().map(|n| processes_of(n).len()).sum();
         let left = sim.pods().list(&Default::default()).await?.items.len();
         Ok((running == 0 && left == 0).then_some(()))

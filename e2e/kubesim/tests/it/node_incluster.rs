@@ -5,84 +5,44 @@
 //! pod with exactly the RBAC its ServiceAccount has. Volumes appear at their spec paths (as
 //! root, through a private mount namespace per container).
 
-use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
+use flotilla_testkit::wait::poll;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, PostParams};
-use kubesim::node::{self, ImageTable, Ipv4Range, Node, NodeConfig};
-use kubesim::{Cluster, ClusterConfig};
+use kubesim::node::ImageTable;
 use serde_json::json;
 
-struct InCluster {
-    cluster: Cluster,
-    node: Option<Node>,
-    state: tempfile::TempDir,
-}
+use crate::support::node::Sim;
 
-async fn start() -> Result<InCluster> {
-    let state = tempfile::tempdir()?;
-    // A /24 of its own per test process, away from the other node tests' ranges.
-    let pid = std::process::id();
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 4;
-    let (a, b) = (230 + (pid % 20) as u8, ((pid / 20) % 60 * 4 + n) as u8);
-    let service_range = Ipv4Range::new(Ipv4Addr::new(127, a, b, 128), 25);
-    let cluster = Cluster::start(ClusterConfig {
-        node_state_dir: Some(state.path().to_path_buf()),
-        secure: true,
-        kubernetes_service_ip: Some(Ipv4Addr::new(127, a, b, 129)),
-        ..ClusterConfig::default()
-    })
-    .await?;
+/// A secure cluster whose node runs the machine's kubectl as `registry.k8s.io/kubectl` and
+/// `/bin/sh` as `kubesim/sh`.
+async fn start() -> Result<Sim> {
     let mut images = ImageTable::default();
     images.prepend("registry.k8s.io/kubectl:*", "kubectl");
     images.prepend("kubesim/sh:*", "/bin/sh");
-    let mut config = NodeConfig::new(state.path(), images);
-    config.pod_range = Ipv4Range::new(Ipv4Addr::new(127, a, b, 0), 25);
-    config.service_range = service_range;
-    config.resync = Duration::from_millis(500);
-    config.shutdown_grace = Duration::from_secs(2);
-    let node = node::start(cluster.client(), config).await?;
-    Ok(InCluster {
-        cluster,
-        node: Some(node),
-        state,
-    })
+    Sim::start_with(true, images).await
 }
 
-impl InCluster {
-    async fn run_pod(&self, pod: serde_json::Value) -> Result<(String, String)> {
-        let pods: Api<Pod> = Api::namespaced(self.cluster.client(), "default");
-        let pod: Pod = serde_json::from_value(pod)?;
-        let name = pod.metadata.name.clone().context("pod name")?;
-        pods.create(&PostParams::default(), &pod).await?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
-            let p = pods.get(&name).await?;
-            let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
-            if phase == "Succeeded" || phase == "Failed" {
-                let opts = kubesim::node::LogOptions::default();
-                let log = kubesim::node::read_pod_log(self.state.path(), "default", &name, &opts)
-                    .map(|b| String::from_utf8_lossy(&b).into_owned())
-                    .unwrap_or_default();
-                return Ok((phase, log));
-            }
-            if tokio::time::Instant::now() > deadline {
-                bail!("pod {name} did not finish in 60s (phase {phase:?})");
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn shutdown(mut self) {
-        if let Some(node) = self.node.take() {
-            node.shutdown().await;
-        }
-        self.cluster.shutdown().await;
-    }
+/// Runs `pod` to completion; returns its phase (`Succeeded` or `Failed`) and its log.
+async fn run_pod(sim: &Sim, pod: serde_json::Value) -> Result<(String, String)> {
+    let pod: Pod = serde_json::from_value(pod)?;
+    let name = pod.metadata.name.clone().context("pod name")?;
+    sim.pods().create(&PostParams::default(), &pod).await?;
+    let what = format!("pod {name} to finish");
+    let phase = poll(&what, Duration::from_secs(60), || async {
+        let p = sim.pods().get(&name).await?;
+        let phase = p.status.and_then(|s| s.phase).unwrap_or_default();
+        Ok((phase == "Succeeded" || phase == "Failed").then_some(phase))
+    })
+    .await?;
+    let opts = kubesim::node::LogOptions::default();
+    let log = kubesim::node::read_pod_log(sim.state.path(), "default", &name, &opts)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    Ok((phase, log))
 }
 
 fn kubectl_pod(name: &str, automount: Option<bool>) -> serde_json::Value {
@@ -102,7 +62,7 @@ fn kubectl_pod(name: &str, automount: Option<bool>) -> serde_json::Value {
 async fn kubectl_in_a_pod_reaches_the_api_server_with_its_service_account() -> Result<()> {
     let sim = start().await?;
     // Without a binding the default ServiceAccount is authenticated but may not list.
-    let (phase, log) = sim.run_pod(kubectl_pod("denied", None)).await?;
+    let (phase, log) = run_pod(&sim, kubectl_pod("denied", None)).await?;
     assert_eq!(phase, "Failed", "{log}");
     assert!(
         log.contains(r#"User "system:serviceaccount:default:default" cannot list resource "serviceaccounts" in API group "" in the namespace "default""#),
@@ -116,11 +76,11 @@ async fn kubectl_in_a_pod_reaches_the_api_server_with_its_service_account() -> R
     Api::<RoleBinding>::namespaced(sim.cluster.client(), "default")
         .create(&PostParams::default(), &binding)
         .await?;
-    let (phase, log) = sim.run_pod(kubectl_pod("allowed", None)).await?;
+    let (phase, log) = run_pod(&sim, kubectl_pod("allowed", None)).await?;
     assert_eq!(phase, "Succeeded", "{log}");
     assert!(log.contains("serviceaccount/default"), "{log}");
     // automountServiceAccountToken: false leaves kubectl without in-cluster credentials.
-    let (phase, log) = sim.run_pod(kubectl_pod("no-token", Some(false))).await?;
+    let (phase, log) = run_pod(&sim, kubectl_pod("no-token", Some(false))).await?;
     assert_eq!(phase, "Failed", "{log}");
     sim.shutdown().await;
     Ok(())
@@ -148,8 +108,9 @@ async fn volumes_and_the_service_account_appear_at_their_spec_paths() -> Result<
         cat /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; \
         head -c 20 /var/run/secrets/kubernetes.io/serviceaccount/ca.crt; echo; \
         echo host=$KUBERNETES_SERVICE_HOST port=$KUBERNETES_SERVICE_PORT";
-    let (phase, log) = sim
-        .run_pod(json!({
+    let (phase, log) = run_pod(
+        &sim,
+        json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "mounts", "namespace": "default"},
             "spec": {

@@ -1,10 +1,9 @@
 //! The process kubelet: restarts, image pull failures, environment and logs.
 
-pub mod node_support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use flotilla_testkit::wait::poll;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapKeySelector, EnvVar, EnvVarSource, Event, ObjectFieldSelector, Pod, Secret,
     SecretKeySelector,
@@ -12,7 +11,8 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::ByteString;
 use kube::api::{Api, ListParams, ObjectMeta, PostParams};
 use kubesim::node::{read_pod_log, LogOptions};
-use node_support::*;
+
+use crate::support::node::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -46,7 +46,7 @@ async fn a_killed_process_is_restarted_and_counted() -> anyhow::Result<()> {
             &pod_of(&deployment("crash", 1, IMAGE), "crash"),
         )
         .await?;
-    wait_for(WAIT, "pod ready", || async {
+    poll("pod ready", WAIT, || async {
         Ok(is_ready(&sim.pods().get("crash").await?).then_some(()))
     })
     .await?;
@@ -56,7 +56,7 @@ async fn a_killed_process_is_restarted_and_counted() -> anyhow::Result<()> {
         .arg("-KILL")
         .arg(pids[0].to_string())
         .status()?;
-    let pod = wait_for(WAIT, "restart", || async {
+    let pod = poll("restart", WAIT, || async {
         let pod = sim.pods().get("crash").await?;
         Ok((restart_count(&pod) == 1 && is_ready(&pod)).then_some(pod))
     })
@@ -90,7 +90,7 @@ async fn an_unmapped_image_stays_pending_with_err_image_pull() -> anyhow::Result
             &pod_of(&deployment("nope", 1, "example.com/unknown:1"), "nope"),
         )
         .await?;
-    let reason = wait_for(WAIT, "image pull failure", || async {
+    let reason = poll("image pull failure", WAIT, || async {
         let pod = sim.pods().get("nope").await?;
         let status = pod.status.unwrap_or_default();
         let waiting = status
@@ -105,7 +105,7 @@ async fn an_unmapped_image_stays_pending_with_err_image_pull() -> anyhow::Result
     .await?;
     assert_eq!(reason.0.as_deref(), Some("Pending"));
     let events: Api<Event> = Api::namespaced(sim.client.clone(), "default");
-    wait_for(WAIT, "a Failed event", || async {
+    poll("a Failed event", WAIT, || async {
         let list = events.list(&ListParams::default()).await?.items;
         Ok(list
             .iter()
@@ -155,7 +155,7 @@ async fn env_references_resolve_and_output_reaches_the_pod_log() -> anyhow::Resu
     services
         .create(&PostParams::default(), &service("users"))
         .await?;
-    let ip = wait_for(WAIT, "cluster IP", || async {
+    let ip = poll("cluster IP", WAIT, || async {
         let svc = services.get("users").await?;
         Ok(svc
             .spec
@@ -212,7 +212,7 @@ async fn env_references_resolve_and_output_reaches_the_pod_log() -> anyhow::Resu
         ]);
     }
     sim.pods().create(&PostParams::default(), &pod).await?;
-    let pod = wait_for(WAIT, "pod ready", || async {
+    let pod = poll("pod ready", WAIT, || async {
         let p = sim.pods().get("envy").await?;
         Ok(is_ready(&p).then_some(p))
     })
@@ -229,7 +229,7 @@ async fn env_references_resolve_and_output_reaches_the_pod_log() -> anyhow::Resu
     assert_eq!(env("LISTEN_ADDR").await?, addr.to_string());
     assert_eq!(env("USERS_URL").await?, format!("http://{ip}:8080"));
 
-    let log = wait_for(WAIT, "log line", || async {
+    let log = poll("log line", WAIT, || async {
         let opts = LogOptions::default();
         let text = read_pod_log(sim.state.path(), "default", "envy", &opts)
             .map(|b| String::from_utf8_lossy(&b).into_owned());
@@ -258,14 +258,14 @@ async fn a_failing_liveness_probe_restarts_the_container() -> anyhow::Result<()>
             &pod_of(&deployment("sick", 1, IMAGE), "sick"),
         )
         .await?;
-    let pod = wait_for(WAIT, "pod ready", || async {
+    let pod = poll("pod ready", WAIT, || async {
         let p = sim.pods().get("sick").await?;
         Ok(is_ready(&p).then_some(p))
     })
     .await?;
     let before = processes_of("sick");
     assert_eq!(http(pod_addr(&pod)?, "POST", "/sick").await?.0, 200);
-    wait_for(WAIT, "restart after liveness failure", || async {
+    poll("restart after liveness failure", WAIT, || async {
         let p = sim.pods().get("sick").await?;
         Ok((restart_count(&p) == 1 && is_ready(&p)).then_some(()))
     })
@@ -309,7 +309,7 @@ async fn deletion_waits_the_grace_period_then_kills_and_the_endpoint_terminates(
         }]);
     }
     sim.pods().create(&PostParams::default(), &pod).await?;
-    wait_for(WAIT, "pod ready", || async {
+    poll("pod ready", WAIT, || async {
         Ok(is_ready(&sim.pods().get("stubborn").await?).then_some(()))
     })
     .await?;
@@ -324,7 +324,7 @@ async fn deletion_waits_the_grace_period_then_kills_and_the_endpoint_terminates(
                 .collect::<Vec<_>>(),
         )
     };
-    wait_for(WAIT, "ready endpoint", || async {
+    poll("ready endpoint", WAIT, || async {
         Ok(conditions()
             .await?
             .iter()
@@ -337,7 +337,7 @@ async fn deletion_waits_the_grace_period_then_kills_and_the_endpoint_terminates(
     sim.pods()
         .delete("stubborn", &DeleteParams::default())
         .await?;
-    wait_for(WAIT, "terminating endpoint", || async {
+    poll("terminating endpoint", WAIT, || async {
         let c = conditions().await?;
         Ok(c.iter()
             .any(|c| c.terminating == Some(true) && c.ready == Some(false))
@@ -349,7 +349,7 @@ async fn deletion_waits_the_grace_period_then_kills_and_the_endpoint_terminates(
         1,
         "still running during the grace period"
     );
-    wait_for(WAIT, "pod and process gone", || async {
+    poll("pod and process gone", WAIT, || async {
         let gone = sim.pods().get_opt("stubborn").await?.is_none();
         Ok((gone && processes_of("stubborn").is_empty()).then_some(()))
     })
@@ -358,7 +358,7 @@ async fn deletion_waits_the_grace_period_then_kills_and_the_endpoint_terminates(
         started.elapsed() >= Duration::from_secs(3),
         "the grace period was honoured"
     );
-    wait_for(WAIT, "endpoint removed", || async {
+    poll("endpoint removed", WAIT, || async {
         Ok(conditions().await?.is_empty().then_some(()))
     })
     .await?;
@@ -376,13 +376,13 @@ async fn dropping_the_node_kills_its_processes() -> anyhow::Result<()> {
             &pod_of(&deployment("dropped", 1, IMAGE), "dropped"),
         )
         .await?;
-    wait_for(WAIT, "pod ready", || async {
+    poll("pod ready", WAIT, || async {
         Ok(is_ready(&sim.pods().get("dropped").await?).then_some(()))
     })
     .await?;
     assert_eq!(processes_of("dropped").len(), 1);
     drop(sim.node.take());
-    wait_for(WAIT, "process killed", || async {
+    poll("process killed", WAIT, || async {
         Ok(processes_of("dropped").is_empty().then_some(()))
     })
     .await?;

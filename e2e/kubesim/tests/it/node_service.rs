@@ -1,15 +1,15 @@
 //! Services: cluster IPs, EndpointSlices from ready pods, and the proxy on the cluster IP.
 
-pub mod node_support;
-
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use flotilla_testkit::wait::poll;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, ListParams, PostParams};
-use node_support::*;
+
+use crate::support::node::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -48,7 +48,7 @@ async fn a_pod_failing_readiness_leaves_the_endpoints_and_stops_getting_traffic(
     sim.deployments()
         .create(&PostParams::default(), &deployment("shop", 2, IMAGE))
         .await?;
-    let ip = wait_for(WAIT, "cluster IP", || async {
+    let ip = poll("cluster IP", WAIT, || async {
         Ok(services
             .get("shop")
             .await?
@@ -58,7 +58,7 @@ async fn a_pod_failing_readiness_leaves_the_endpoints_and_stops_getting_traffic(
     })
     .await?;
     let vip: SocketAddr = format!("{ip}:8080").parse()?;
-    let pods = wait_for(WAIT, "2 ready pods", || async {
+    let pods = poll("2 ready pods", WAIT, || async {
         let pods = live_pods(&sim, "shop").await?;
         Ok((pods.len() == 2 && pods.iter().all(is_ready)).then_some(pods))
     })
@@ -69,7 +69,7 @@ async fn a_pod_failing_readiness_leaves_the_endpoints_and_stops_getting_traffic(
         .filter_map(|p| p.status.as_ref()?.pod_ip.clone())
         .collect();
     let want: BTreeSet<(String, bool)> = ips.iter().map(|ip| (ip.clone(), true)).collect();
-    wait_for(WAIT, "both endpoints ready", || async {
+    poll("both endpoints ready", WAIT, || async {
         Ok((endpoints(&slices, "shop").await? == want).then_some(()))
     })
     .await?;
@@ -78,7 +78,7 @@ async fn a_pod_failing_readiness_leaves_the_endpoints_and_stops_getting_traffic(
         .iter()
         .filter_map(|p| p.metadata.name.clone())
         .collect();
-    let served = wait_for(WAIT, "traffic to both pods", || async {
+    let served = poll("traffic to both pods", WAIT, || async {
         let mut seen = BTreeSet::new();
         for _ in 0..6 {
             if let Ok((200, body)) = http_get(vip, "/").await {
@@ -104,12 +104,12 @@ async fn a_pod_failing_readiness_leaves_the_endpoints_and_stops_getting_traffic(
         .and_then(|s| s.pod_ip.clone())
         .unwrap_or_default();
     let want: BTreeSet<(String, bool)> = [(bad_ip, false), (good_ip, true)].into_iter().collect();
-    wait_for(WAIT, "failing pod marked not ready", || async {
+    poll("failing pod marked not ready", WAIT, || async {
         Ok((endpoints(&slices, "shop").await? == want).then_some(()))
     })
     .await?;
     let good_name = good.metadata.name.clone().unwrap_or_default();
-    wait_for(WAIT, "traffic only to the ready pod", || async {
+    poll("traffic only to the ready pod", WAIT, || async {
         let mut all_good = true;
         for _ in 0..10 {
             let (code, body) = http_get(vip, "/").await?;
@@ -121,7 +121,7 @@ async fn a_pod_failing_readiness_leaves_the_endpoints_and_stops_getting_traffic(
 
     // No ready endpoints: the cluster IP refuses.
     assert_eq!(http(pod_addr(good)?, "POST", "/fail").await?.0, 200);
-    wait_for(WAIT, "connections refused", || async {
+    poll("connections refused", WAIT, || async {
         Ok(http_get(vip, "/").await.is_err().then_some(()))
     })
     .await?;
@@ -141,7 +141,7 @@ async fn slices_written_by_others_drive_the_proxy_for_selectorless_services() ->
     sim.deployments()
         .create(&PostParams::default(), &deployment("pool", 2, IMAGE))
         .await?;
-    let pods = wait_for(WAIT, "2 ready pods", || async {
+    let pods = poll("2 ready pods", WAIT, || async {
         let pods = live_pods(&sim, "pool").await?;
         Ok((pods.len() == 2 && pods.iter().all(is_ready)).then_some(pods))
     })
@@ -152,7 +152,7 @@ async fn slices_written_by_others_drive_the_proxy_for_selectorless_services() ->
         spec.selector = None;
     }
     services.create(&PostParams::default(), &svc).await?;
-    let ip = wait_for(WAIT, "cluster IP", || async {
+    let ip = poll("cluster IP", WAIT, || async {
         Ok(services
             .get("front")
             .await?
@@ -218,7 +218,7 @@ async fn slices_written_by_others_drive_the_proxy_for_selectorless_services() ->
                 .await?;
         }
         let want = name(pod);
-        wait_for(WAIT, "traffic to the listed pod only", || async {
+        poll("traffic to the listed pod only", WAIT, || async {
             let mut hits = 0;
             for _ in 0..5 {
                 if let Ok((200, body)) = http_get(vip, "/").await {

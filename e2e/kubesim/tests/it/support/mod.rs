@@ -1,16 +1,22 @@
-//! Helpers shared by the kubesim API tests (each test file includes this module; not every
-//! file uses every helper).
+//! The one way kubesim's integration tests start a cluster and reach it: [`start`] and
+//! [`start_with`] for an API server alone, [`node::Sim`] for one whose node runs pods, raw HTTP
+//! for requests kube-rs does not send, and the fixtures. Waits are not here: every test waits
+//! through `flotilla_testkit::wait`.
 
-use std::future::Future;
-use std::time::Duration;
+pub mod node;
 
 use anyhow::{bail, Context, Result};
 use kubesim::{Cluster, ClusterConfig};
 use serde_json::Value;
 
-/// Starts a cluster on a free loopback port.
+/// Starts a plain-HTTP cluster on a free loopback port.
 pub async fn start() -> Result<Cluster> {
-    Ok(Cluster::start(ClusterConfig::default()).await?)
+    start_with(ClusterConfig::default()).await
+}
+
+/// Starts a cluster configured by `config` (HTTPS and RBAC, a node directory for logs, ...).
+pub async fn start_with(config: ClusterConfig) -> Result<Cluster> {
+    Cluster::start(config).await.context("starting kubesim")
 }
 
 /// A raw HTTP request against the cluster; returns the status code and the JSON body
@@ -26,6 +32,7 @@ pub async fn raw(
     Ok((code, serde_json::from_str(&text).unwrap_or(Value::Null)))
 }
 
+/// A raw HTTP request against the cluster; returns the status code and the body as text.
 pub async fn raw_text(
     cluster: &Cluster,
     method: &str,
@@ -56,24 +63,6 @@ pub fn api_error<T: std::fmt::Debug>(r: Result<T, kube::Error>) -> Result<Box<ku
     match r {
         Err(kube::Error::Api(s)) => Ok(s),
         other => bail!("expected an API error, got {other:?}"),
-    }
-}
-
-/// Polls `check` until it returns `Some`, for up to `secs` seconds.
-pub async fn wait_for<T, F, Fut>(secs: u64, what: &str, mut check: F) -> Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = check().await {
-            return Ok(v);
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("timed out after {secs}s waiting for {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

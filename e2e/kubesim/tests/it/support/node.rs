@@ -1,14 +1,17 @@
-//! Shared set-up for the node tests: a kubesim API server plus a node whose image table maps
-//! `kubesim/testpod:*` to the `kubesim-testpod` binary, and helpers that wait on conditions.
+//! A kubesim API server with a node that runs pods as local processes, for the `node_*` tests:
+//! its image table maps `kubesim/testpod:*` to the `kubesim-testpod` binary, and helpers read
+//! pods, their addresses and their processes.
 //!
-//! Each Sim gets its own loopback /24 (derived from the PID and a counter) so tests running in
-//! parallel never compete for pod or cluster IPs.
+//! Each Sim holds one of the machine's local-cluster address slots (the same slots the
+//! Flotilla harness uses) for its pod and cluster IPs, so clusters running in parallel, in this
+//! binary or any other test process, never compete for an IP.
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::Context;
+use flotilla_testkit::cluster::AddressSlot;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Container, ContainerPort, HTTPGetAction, Pod, PodSpec, PodTemplateSpec, Probe, Service,
@@ -17,7 +20,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, ObjectMeta};
-use kubesim::node::{self, ImageTable, Ipv4Range, Node, NodeConfig};
+use kubesim::node::{self, ImageTable, Node, NodeConfig};
 use kubesim::{Cluster, ClusterConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -29,27 +32,42 @@ pub struct Sim {
     pub node: Option<Node>,
     pub client: kube::Client,
     pub state: tempfile::TempDir,
+    /// Held until the cluster and its node are gone.
+    _slot: AddressSlot,
 }
 
 impl Sim {
+    /// A plain-HTTP cluster whose node runs the test pod.
     pub async fn start() -> anyhow::Result<Sim> {
-        let state = tempfile::tempdir()?;
-        let config = ClusterConfig {
-            node_state_dir: Some(state.path().to_path_buf()),
-            ..Default::default()
-        };
-        let cluster = Cluster::start(config).await?;
-        let client = cluster.client();
         let mut images = ImageTable::default();
         images.prepend("kubesim/testpod:*", env!("CARGO_BIN_EXE_kubesim-testpod"));
-        // A /24 per Sim: unique across test processes (PID) and across Sims in one process.
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 8;
-        let pid = std::process::id();
-        let (a, b) = (10 + (pid % 200) as u8, (((pid / 200) % 32) * 8 + n) as u8);
+        Self::start_with(false, images).await
+    }
+
+    /// A cluster whose node runs `images`. `secure`: HTTPS, authentication and RBAC, and the
+    /// `kubernetes` Service on the slot's first service IP (which the node never hands out), so
+    /// pods reach the API server as in-cluster clients do.
+    pub async fn start_with(secure: bool, images: ImageTable) -> anyhow::Result<Sim> {
+        let slot = AddressSlot::acquire()?;
+        let state = tempfile::tempdir()?;
+        let service_range = slot.service_range();
+        let kubernetes_service_ip = secure.then(|| {
+            let [a, b, c, _] = service_range.base.octets();
+            Ipv4Addr::new(a, b, c, 1)
+        });
+        let cluster = super::start_with(ClusterConfig {
+            node_state_dir: Some(state.path().to_path_buf()),
+            secure,
+            kubernetes_service_ip,
+            ..ClusterConfig::default()
+        })
+        .await?;
+        let client = cluster.client();
         let mut config = NodeConfig::new(state.path(), images);
-        config.pod_range = Ipv4Range::new(Ipv4Addr::new(127, a, b, 0), 25);
-        config.service_range = Ipv4Range::new(Ipv4Addr::new(127, a, b, 128), 25);
+        config.pod_range = slot.pod_range();
+        config.service_range = service_range;
+        // Short restart backoff and probe resync so restarts and readiness changes show within
+        // a few seconds; a short grace so stopping pods does not dominate a test's time.
         config.backoff.base = Duration::from_millis(500);
         config.resync = Duration::from_millis(500);
         config.shutdown_grace = Duration::from_secs(2);
@@ -59,6 +77,7 @@ impl Sim {
             node: Some(node),
             client,
             state,
+            _slot: slot,
         })
     }
 
@@ -154,27 +173,6 @@ pub fn service(name: &str) -> Service {
             ..Default::default()
         }),
         status: None,
-    }
-}
-
-/// Polls `check` every 200ms until it returns `Some`, failing after `timeout` with `what`.
-pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let start = Instant::now();
-    let mut last_err = None;
-    loop {
-        match check().await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if start.elapsed() > timeout {
-            bail!("timed out after {timeout:?} waiting for {what} (last error: {last_err:?})");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
