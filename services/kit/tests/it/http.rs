@@ -3,9 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use flotilla_kit::server::{DrainOptions, Running, Stopped};
 use flotilla_kit::{tag, Health, Kit};
+use flotilla_testkit::wait::poll;
+use reqwest::Method;
 use tokio::net::TcpListener;
 use warp::Filter;
 
@@ -125,44 +127,228 @@ async fn request_id_is_echoed_or_generated() -> Result<()> {
     Ok(())
 }
 
-#[tokio::test]
-async fn admin_routes_need_the_token() -> Result<()> {
-    // Without ADMIN_TOKEN the admin routes do not exist; with it, a bearer is required.
-    let http = reqwest::Client::new();
-    let (off, _kit) = start(false, Duration::ZERO).await?;
-    let r = http
-        .get(format!("{}/admin/faults", off.url()))
-        .send()
-        .await?;
-    assert_eq!(r.status(), 404);
-    off.stop().await?;
+/// One request of a [`Case`] and what it must get.
+struct Step {
+    method: Method,
+    path: &'static str,
+    /// The bearer token sent, if any.
+    token: Option<&'static str>,
+    /// The JSON body sent, if any.
+    body: Option<&'static str>,
+    status: u16,
+    /// A check of the reply's body beyond its status.
+    expect: Expect,
+}
 
-    let (on, _kit) = start(true, Duration::ZERO).await?;
-    let url = format!("{}/admin/faults", on.url());
-    assert_eq!(http.get(&url).send().await?.status(), 401);
-    let r = http
-        .post(&url)
-        .bearer_auth("wrong")
-        .json(&serde_json::json!({"errorRate": 1.0}))
-        .send()
-        .await?;
-    assert_eq!(r.status(), 401);
-    // The refused POST changed nothing.
-    assert_eq!(
-        http.get(format!("{}/echo/1", on.url()))
-            .send()
-            .await?
-            .status(),
-        200
-    );
-    let r = http.get(&url).bearer_auth(TOKEN).send().await?;
-    assert_eq!(r.status(), 200);
-    let body: serde_json::Value = r.json().await?;
-    assert_eq!(
+enum Expect {
+    Nothing,
+    /// The JSON value at this pointer (`""`: the whole body) equals the given JSON.
+    Json(&'static str, &'static str),
+    /// This Prometheus sample (name, labels) has this value.
+    Sample(&'static str, &'static [(&'static str, &'static str)], f64),
+}
+
+/// A request as a plain caller sends it.
+fn get(path: &'static str, status: u16) -> Step {
+    Step {
+        method: Method::GET,
+        path,
+        token: None,
+        body: None,
+        status,
+        expect: Expect::Nothing,
+    }
+}
+
+/// A request to the admin address with the admin token.
+fn admin(method: Method, body: Option<&'static str>, status: u16) -> Step {
+    Step {
+        method,
+        path: "/admin/faults",
+        token: Some(TOKEN),
         body,
-        serde_json::json!({"unhealthy": false, "flakyReadiness": false, "errorRate": 0.0, "latencyMs": 0})
-    );
-    on.stop().await?;
+        status,
+        expect: Expect::Nothing,
+    }
+}
+
+impl Step {
+    fn token(self, token: Option<&'static str>) -> Self {
+        Self { token, ..self }
+    }
+    fn expect(self, expect: Expect) -> Self {
+        Self { expect, ..self }
+    }
+}
+
+/// A named scenario: a fresh kit service (with or without `ADMIN_TOKEN`), the faults set on it
+/// through the admin address, then requests and what each must get.
+struct Case {
+    name: &'static str,
+    admin: bool,
+    faults: Option<&'static str>,
+    steps: Vec<Step>,
+}
+
+/// Faults that fail the API and readiness at once.
+const BROKEN: &str = r#"{"errorRate": 1.0, "unhealthy": true}"#;
+
+fn admin_and_fault_cases() -> Vec<Case> {
+    let case = |name, admin, faults, steps| Case {
+        name,
+        admin,
+        faults,
+        steps,
+    };
+    vec![
+        // Without ADMIN_TOKEN the admin routes do not exist; with it, a bearer is required.
+        case(
+            "without ADMIN_TOKEN there is no admin address",
+            false,
+            None,
+            vec![get("/admin/faults", 404)],
+        ),
+        case(
+            "reading the faults needs the token",
+            true,
+            None,
+            vec![get("/admin/faults", 401)],
+        ),
+        case(
+            "a wrong token is refused and changes nothing",
+            true,
+            None,
+            vec![
+                admin(Method::POST, Some(r#"{"errorRate": 1.0}"#), 401).token(Some("wrong")),
+                get("/echo/1", 200),
+            ],
+        ),
+        case(
+            "the token reads the faults, none set",
+            true,
+            None,
+            vec![admin(Method::GET, None, 200).expect(Expect::Json(
+                "",
+                r#"{"unhealthy": false, "flakyReadiness": false, "errorRate": 0.0, "latencyMs": 0}"#,
+            ))],
+        ),
+        // Invalid bodies are refused.
+        case(
+            "an error rate above 1 is refused",
+            true,
+            None,
+            vec![admin(Method::POST, Some(r#"{"errorRate": 2.0}"#), 400)],
+        ),
+        case(
+            "an unknown field is refused",
+            true,
+            None,
+            vec![admin(Method::POST, Some(r#"{"bogus": true}"#), 400)],
+        ),
+        // errorRate fails API calls but not health/metrics; unhealthy fails readiness only.
+        case(
+            "errorRate fails API calls",
+            true,
+            Some(BROKEN),
+            vec![get("/echo/5", 500)],
+        ),
+        case(
+            "errorRate spares /healthz",
+            true,
+            Some(BROKEN),
+            vec![get("/healthz", 200)],
+        ),
+        case(
+            "errorRate spares /metrics",
+            true,
+            Some(BROKEN),
+            vec![get("/metrics", 200)],
+        ),
+        case(
+            "unhealthy fails readiness, naming the faults check",
+            true,
+            Some(BROKEN),
+            vec![get("/readyz", 503).expect(Expect::Json("/failing/0/check", r#""faults""#))],
+        ),
+        case(
+            "injected 500s are counted under the route they hit",
+            true,
+            Some(BROKEN),
+            vec![
+                get("/echo/5", 500),
+                get("/metrics", 200).expect(Expect::Sample(
+                    "http_requests_total",
+                    &[
+                        ("method", "GET"),
+                        ("route", "/echo/{id}"),
+                        ("status", "500"),
+                    ],
+                    1.0,
+                )),
+            ],
+        ),
+        // DELETE restores normal service.
+        case(
+            "DELETE restores the API",
+            true,
+            Some(BROKEN),
+            vec![admin(Method::DELETE, None, 200), get("/echo/5", 200)],
+        ),
+        case(
+            "DELETE restores readiness",
+            true,
+            Some(BROKEN),
+            vec![admin(Method::DELETE, None, 200), get("/readyz", 200)],
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn admin_address_and_faults_table() -> Result<()> {
+    // Each row holds on a fresh service: the admin address exists only with ADMIN_TOKEN and
+    // needs it as a bearer; invalid fault bodies are refused; errorRate fails API routes only,
+    // unhealthy fails readiness only, and DELETE restores both.
+    let http = reqwest::Client::new();
+    for case in admin_and_fault_cases() {
+        let name = case.name;
+        let (srv, _kit) = start(case.admin, Duration::ZERO).await?;
+        if let Some(faults) = case.faults {
+            let r = http
+                .post(format!("{}/admin/faults", srv.url()))
+                .bearer_auth(TOKEN)
+                .header("content-type", "application/json")
+                .body(faults)
+                .send()
+                .await?;
+            assert_eq!(r.status(), 200, "{name}: setting {faults}");
+        }
+        for (i, step) in case.steps.iter().enumerate() {
+            let what = format!("{name}, step {i}: {} {}", step.method, step.path);
+            let mut req = http.request(step.method.clone(), format!("{}{}", srv.url(), step.path));
+            if let Some(token) = step.token {
+                req = req.bearer_auth(token);
+            }
+            if let Some(body) = step.body {
+                req = req.header("content-type", "application/json").body(body);
+            }
+            let r = req.send().await.with_context(|| what.clone())?;
+            assert_eq!(r.status(), step.status, "{what}");
+            let text = r.text().await?;
+            match &step.expect {
+                Expect::Nothing => {}
+                Expect::Json(pointer, want) => {
+                    let got: serde_json::Value =
+                        serde_json::from_str(&text).with_context(|| what.clone())?;
+                    let want: serde_json::Value = serde_json::from_str(want)?;
+                    assert_eq!(got.pointer(pointer), Some(&want), "{what}: {text}");
+                }
+                Expect::Sample(metric, labels, value) => {
+                    assert_eq!(sample(&text, metric, labels), Some(*value), "{what}");
+                }
+            }
+        }
+        srv.stop().await.with_context(|| name)?;
+    }
     Ok(())
 }
 
@@ -200,97 +386,18 @@ async fn flaky_readiness_alternates_on_each_connection() -> Result<()> {
 }
 
 #[tokio::test]
-async fn faults_apply_to_api_routes_only() -> Result<()> {
-    // errorRate fails API calls but not health/metrics; unhealthy fails readiness only;
-    // DELETE restores normal service; invalid bodies are refused.
+async fn injected_latency_comes_before_the_handler() -> Result<()> {
+    // Latency is added before the handler runs. The elapsed time is the behaviour under test;
+    // it is checked as a lower bound, so load cannot break it.
     let (srv, _kit) = start(true, Duration::ZERO).await?;
     let http = reqwest::Client::new();
-    let admin = format!("{}/admin/faults", srv.url());
-    let set = |body: serde_json::Value| {
-        let (http, admin) = (http.clone(), admin.clone());
-        async move {
-            http.post(&admin)
-                .bearer_auth(TOKEN)
-                .json(&body)
-                .send()
-                .await
-        }
-    };
-    assert_eq!(
-        set(serde_json::json!({"errorRate": 2.0})).await?.status(),
-        400
-    );
-    assert_eq!(set(serde_json::json!({"bogus": true})).await?.status(), 400);
-
-    assert_eq!(
-        set(serde_json::json!({"errorRate": 1.0, "unhealthy": true}))
-            .await?
-            .status(),
-        200
-    );
-    let api = http.get(format!("{}/echo/5", srv.url())).send().await?;
-    assert_eq!(api.status(), 500);
-    assert_eq!(
-        http.get(format!("{}/healthz", srv.url()))
-            .send()
-            .await?
-            .status(),
-        200
-    );
-    assert_eq!(
-        http.get(format!("{}/metrics", srv.url()))
-            .send()
-            .await?
-            .status(),
-        200
-    );
-    let ready = http.get(format!("{}/readyz", srv.url())).send().await?;
-    assert_eq!(ready.status(), 503);
-    let report: serde_json::Value = ready.json().await?;
-    assert_eq!(report["failing"][0]["check"], "faults");
-
-    // Injected 500s are counted under the route they hit.
-    let text = http
-        .get(format!("{}/metrics", srv.url()))
+    let r = http
+        .post(format!("{}/admin/faults", srv.url()))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"latencyMs": 300}))
         .send()
-        .await?
-        .text()
         .await?;
-    assert_eq!(
-        sample(
-            &text,
-            "http_requests_total",
-            &[
-                ("method", "GET"),
-                ("route", "/echo/{id}"),
-                ("status", "500")
-            ]
-        ),
-        Some(1.0)
-    );
-
-    let r = http.delete(&admin).bearer_auth(TOKEN).send().await?;
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        http.get(format!("{}/echo/5", srv.url()))
-            .send()
-            .await?
-            .status(),
-        200
-    );
-    assert_eq!(
-        http.get(format!("{}/readyz", srv.url()))
-            .send()
-            .await?
-            .status(),
-        200
-    );
-
-    // Latency is added before the handler runs (a lower bound, so load cannot break it).
-    assert_eq!(
-        set(serde_json::json!({"latencyMs": 300})).await?.status(),
-        200
-    );
     let t = Instant::now();
     assert_eq!(
         http.get(format!("{}/echo/5", srv.url()))
@@ -320,26 +427,41 @@ async fn shutdown_fails_readiness_then_drains_in_flight() -> Result<()> {
         .await?;
     assert_eq!(r.status(), 200);
 
+    let before = kit.health.traffic().open_connections();
     let slow_url = format!("{}/echo/9", srv.url());
-    let slow = tokio::spawn({
-        let http = http.clone();
-        async move { http.get(slow_url).send().await?.text().await }
+    // A client of its own, so the slow request opens a connection rather than reusing the
+    // admin request's.
+    let slow = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(slow_url)
+            .send()
+            .await?
+            .text()
+            .await
     });
-    // Let the slow request get sent. Not an assertion: the server keeps accepting for the
-    // shutdown delay anyway, so the request is served whichever comes first.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the slow request's connection is open. Not an assertion: the server keeps
+    // accepting for the shutdown delay anyway, so the request is served whichever comes first.
+    let traffic = kit.health.traffic();
+    poll(
+        "the slow request's connection",
+        Duration::from_secs(20),
+        || {
+            let open = traffic.open_connections() > before;
+            async move { Ok(open.then_some(())) }
+        },
+    )
+    .await?;
     srv.trigger_stop();
 
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        if kit.health.is_draining() {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("readiness never turned to draining");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    poll(
+        "readiness to turn to draining",
+        Duration::from_secs(20),
+        || {
+            let draining = kit.health.is_draining();
+            async move { Ok(draining.then_some(())) }
+        },
+    )
+    .await?;
     let r = http.get(format!("{}/readyz", srv.url())).send().await?;
     assert_eq!(r.status(), 503);
 

@@ -405,7 +405,8 @@ async fn stalled_or_trickled_body_gets_408_within_the_bound() -> Result<()> {
     let start = Instant::now();
     write.write_all(head.as_bytes()).await?;
     let feeder = tokio::spawn(async move {
-        // One byte every 50 ms: each arrives well within any per-read timeout.
+        // One byte every 50 ms: each arrives well within any per-read timeout. The pace is
+        // the behaviour under test (a trickled body), so this is a sleep, not a wait.
         while write.write_all(b" ").await.is_ok() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

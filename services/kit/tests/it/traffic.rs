@@ -4,7 +4,7 @@
 //! operator's key signed for this pod count: a client's spoofed `ejected` changes nothing.
 //! Connections are told apart on the server side, by the client port each request arrived from.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
@@ -13,6 +13,7 @@ use flotilla_kit::traffic::TRAFFIC_HEADER;
 use flotilla_kit::verdict::testing::TestSigner;
 use flotilla_kit::verdict::{unix_ms_now, VerdictCheck, SIGNATURE_HEADER};
 use flotilla_kit::{tag, FaultConfig, Health, Kit};
+use flotilla_testkit::wait::poll;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::{TcpListener, TcpStream};
@@ -79,18 +80,22 @@ async fn probe_as(srv: &Running, verdict: Option<(&str, Option<String>)>) -> Res
 /// Waits until the server holds no connection open: the pooled client's idle connection was
 /// closed by the server (the probes use connections of their own that close too). Without
 /// this wait the client could send on the connection in the instant the server closes it.
-async fn wait_all_closed(kit: &Kit) -> Result<Duration> {
-    let start = Instant::now();
-    while kit.health.traffic().open_connections() > 0 {
-        if start.elapsed() > Duration::from_secs(10) {
-            bail!(
-                "{} connections still open",
-                kit.health.traffic().open_connections()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    Ok(start.elapsed())
+async fn wait_all_closed(kit: &Kit) -> Result<()> {
+    let traffic = kit.health.traffic();
+    poll(
+        "the server to close every connection",
+        Duration::from_secs(10),
+        || {
+            let open = traffic.open_connections();
+            async move {
+                match open {
+                    0 => Ok(Some(())),
+                    n => bail!("{n} connections still open"),
+                }
+            }
+        },
+    )
+    .await
 }
 
 /// Three requests on a pooled client: each on its own new connection, none on `old`.
@@ -159,7 +164,10 @@ async fn a_spoofed_ejected_verdict_changes_nothing_and_is_counted() -> Result<()
     ];
     for sig in attempts {
         assert_eq!(probe_as(&srv, Some(("ejected", sig))).await?, 200);
-        assert!(!kit.health.traffic().closing(), "a spoofed verdict was acted on");
+        assert!(
+            !kit.health.traffic().closing(),
+            "a spoofed verdict was acted on"
+        );
     }
     assert_keep_alive(&http, &srv).await?;
     let metrics = http
@@ -207,13 +215,15 @@ async fn draining_closes_idle_connections_at_once() -> Result<()> {
     let http = reqwest::Client::new();
     let first = assert_keep_alive(&http, &srv).await?;
     srv.trigger_stop();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !kit.health.is_draining() {
-        if Instant::now() > deadline {
-            bail!("never started draining");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    poll(
+        "the server to start draining",
+        Duration::from_secs(20),
+        || {
+            let draining = kit.health.is_draining();
+            async move { Ok(draining.then_some(())) }
+        },
+    )
+    .await?;
     wait_all_closed(&kit).await?;
     assert_new_connections(&http, &srv, first).await?;
     Ok(())
