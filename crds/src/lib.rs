@@ -4,21 +4,27 @@
 //!
 //! This crate holds data and schema only: no client, no reconciliation logic.
 
+mod autoscaling;
 mod constants;
+mod failover;
+mod health;
 mod manifest;
 mod rollout;
+mod service;
 mod spec;
 mod status;
 
+pub use autoscaling::AutoscalingSpec;
 pub use constants::*;
+pub use failover::{FailoverMode, FailoverSpec, StickyConnections};
+pub use health::{GrpcHealthSpec, HealthSpec};
 pub use manifest::{api_reference_markdown, crd, crd_yaml, REFERENCE_BEGIN, REFERENCE_END};
 pub use rollout::{
     FailOn, RolloutEvidence, RolloutPhase, RolloutSpec, RolloutStatus, RolloutStrategy,
 };
+pub use service::{ServiceSpec, ServiceType};
 pub use spec::{
-    AutoscalingSpec, FailoverMode, FailoverSpec, GrpcHealthSpec, HealthSpec, MicroService,
-    MicroServiceSpec, ServiceSpec, ServiceType, StickyConnections, CONFIG_KEY_PATTERN,
-    DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, IMAGE_PATTERN, LABEL_VALUE_PATTERN,
-    PORT_NAME_PATTERN,
+    MicroService, MicroServiceSpec, CONFIG_KEY_PATTERN, DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN,
+    IMAGE_PATTERN, LABEL_VALUE_PATTERN, PORT_NAME_PATTERN,
 };
 pub use status::{ActiveTarget, FailoverStatus, MicroServiceStatus, PodHealth};

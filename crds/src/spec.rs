@@ -1,4 +1,6 @@
-//! The desired state of a MicroService, as an admin writes it.
+//! The desired state of a MicroService, as an admin writes it: the top level of the spec and
+//! the patterns its fields share. Each section with its own type lives in its own module
+//! (`autoscaling`, `health`, `service`, `failover`, `rollout`).
 //!
 //! The doc comments on these types become the CRD's OpenAPI descriptions, which is what
 //! `kubectl explain microservice.spec...` prints; they are written for a cluster admin.
@@ -12,7 +14,11 @@ use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::autoscaling::AutoscalingSpec;
+use crate::failover::FailoverSpec;
+use crate::health::HealthSpec;
 use crate::rollout::RolloutSpec;
+use crate::service::ServiceSpec;
 use crate::status::MicroServiceStatus;
 
 /// Pattern of a DNS-1035 label (Service names, dependency names).
@@ -219,174 +225,6 @@ pub struct MicroServiceSpec {
     pub pod_annotations: Option<BTreeMap<String, String>>,
 }
 
-/// Autoscaling bounds and targets, realised as an autoscaling/v2 HorizontalPodAutoscaler.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!has(self.minReplicas) || self.minReplicas <= self.maxReplicas", "message": "minReplicas must be less than or equal to maxReplicas", "messageExpression": "'minReplicas (' + string(self.minReplicas) + ') must be less than or equal to maxReplicas (' + string(self.maxReplicas) + ')'"},
-    {"rule": "has(self.targetCPUUtilizationPercentage) || has(self.targetMemoryUtilizationPercentage)", "message": "set targetCPUUtilizationPercentage and/or targetMemoryUtilizationPercentage"}
-]))]
-pub struct AutoscalingSpec {
-    /// Lower bound of the replica count.
-    #[serde(default = "default_min_replicas")]
-    #[schemars(range(min = 1, max = 10000))]
-    pub min_replicas: i32,
-
-    /// Upper bound of the replica count.
-    #[schemars(range(min = 1, max = 10000))]
-    pub max_replicas: i32,
-
-    /// Target average CPU utilisation across pods, in percent of the CPU request.
-    #[serde(
-        default,
-        rename = "targetCPUUtilizationPercentage",
-        skip_serializing_if = "Option::is_none"
-    )]
-    #[schemars(range(min = 1, max = 1000))]
-    pub target_cpu_utilization_percentage: Option<i32>,
-
-    /// Target average memory utilisation across pods, in percent of the memory request.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1, max = 1000))]
-    pub target_memory_utilization_percentage: Option<i32>,
-
-    /// How long the autoscaler waits, in seconds, before acting on a lower recommendation
-    /// (the Kubernetes default of 300 applies when unset).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0, max = 3600))]
-    pub scale_down_stabilization_seconds: Option<i32>,
-}
-
-/// Health endpoints and probe timing.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct HealthSpec {
-    /// HTTP path of the liveness endpoint; the kubelet restarts the container when it fails.
-    #[serde(default = "default_liveness_path")]
-    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/"))]
-    pub liveness_path: String,
-
-    /// HTTP path of the readiness endpoint; it decides whether a pod receives traffic.
-    #[serde(default = "default_readiness_path")]
-    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/"))]
-    pub readiness_path: String,
-
-    /// HTTP path of the Prometheus metrics endpoint (scraped by the failover engine when
-    /// `failover.scrapeMetrics` is on).
-    #[serde(default = "default_metrics_path")]
-    #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/"))]
-    pub metrics_path: String,
-
-    /// Probe period in milliseconds. The failover engine probes at this period; the kubelet
-    /// probes use it rounded up to whole seconds.
-    #[serde(default = "default_period_millis")]
-    #[schemars(range(min = 100, max = 300000))]
-    pub period_millis: i32,
-
-    /// Probe timeout in milliseconds (kubelet probes: rounded up to whole seconds).
-    #[serde(default = "default_timeout_millis")]
-    #[schemars(range(min = 50, max = 60000))]
-    pub timeout_millis: i32,
-
-    /// Consecutive failed probes after which a pod counts as unhealthy.
-    #[serde(default = "default_failure_threshold")]
-    #[schemars(range(min = 1, max = 100))]
-    pub failure_threshold: i32,
-
-    /// Consecutive successful probes after which an unhealthy pod counts as healthy again
-    /// (the kubelet's readiness probe uses it; its liveness probe always uses 1).
-    #[serde(default = "default_success_threshold")]
-    #[schemars(range(min = 1, max = 100))]
-    pub success_threshold: i32,
-
-    /// Seconds after container start before the first probe.
-    #[serde(default)]
-    #[schemars(range(min = 0, max = 3600))]
-    pub initial_delay_seconds: i32,
-
-    /// Set when the service speaks gRPC. The kubelet then probes it with native `grpc` probes
-    /// (`grpc.health.v1.Health/Check`) instead of GETs of the liveness and readiness paths, the
-    /// Service port gets `appProtocol: grpc`, Flotilla's prober calls the same health method,
-    /// and the error-rate check counts failing gRPC status codes (Unavailable, Internal,
-    /// Unknown, DeadlineExceeded, ...) instead of HTTP 5xx. `metricsPath` is still scraped over
-    /// HTTP on the same port.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub grpc: Option<GrpcHealthSpec>,
-}
-
-/// How a gRPC service is health-checked.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct GrpcHealthSpec {
-    /// The service name sent in each health check (`HealthCheckRequest.service`); empty asks
-    /// about the server as a whole.
-    #[serde(default)]
-    #[schemars(length(max = 253))]
-    pub service: String,
-}
-
-impl Default for HealthSpec {
-    fn default() -> Self {
-        Self {
-            liveness_path: default_liveness_path(),
-            readiness_path: default_readiness_path(),
-            metrics_path: default_metrics_path(),
-            period_millis: default_period_millis(),
-            timeout_millis: default_timeout_millis(),
-            failure_threshold: default_failure_threshold(),
-            success_threshold: default_success_threshold(),
-            initial_delay_seconds: 0,
-            grpc: None,
-        }
-    }
-}
-
-/// How the Service exposes the MicroService.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct ServiceSpec {
-    /// Service type: `ClusterIP` (inside the cluster only), `NodePort` or `LoadBalancer`.
-    #[serde(default, rename = "type")]
-    pub type_: ServiceType,
-
-    /// Port the Service listens on; traffic is forwarded to the container port.
-    #[serde(default = "default_service_port")]
-    #[schemars(range(min = 1, max = 65535))]
-    pub port: i32,
-}
-
-impl Default for ServiceSpec {
-    fn default() -> Self {
-        Self {
-            type_: ServiceType::default(),
-            port: default_service_port(),
-        }
-    }
-}
-
-/// Kubernetes Service type.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum ServiceType {
-    /// Reachable inside the cluster only.
-    #[default]
-    ClusterIP,
-    /// Also reachable on a port of every node.
-    NodePort,
-    /// Also reachable through a cloud load balancer.
-    LoadBalancer,
-}
-
-impl ServiceType {
-    /// The Service `spec.type` string.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ServiceType::ClusterIP => "ClusterIP",
-            ServiceType::NodePort => "NodePort",
-            ServiceType::LoadBalancer => "LoadBalancer",
-        }
-    }
-}
-
 /// Longest literal value of an `env` entry, in characters.
 const MAX_ENV_VALUE_LENGTH: u64 = 32768;
 /// Longest value of a `config` entry, in characters.
@@ -413,201 +251,16 @@ fn bound_config_values(schema: &mut schemars::Schema) {
     }
 }
 
-/// The schema of `failover.fallback`: a DNS-1035 label, and (unlike other optional fields) not
-/// nullable.
-fn fallback_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    schemars::json_schema!({
-        "type": "string",
-        "minLength": 1,
-        "maxLength": 63,
-        "pattern": DNS_LABEL_PATTERN,
-    })
-}
-
-/// Health-aware traffic settings used by the failover engine.
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "!self.enabled || has(self.fallback)", "message": "failover.fallback is required when failover.enabled is true"},
-    {"rule": "!has(self.maxErrorRate) || self.scrapeMetrics", "message": "failover.maxErrorRate needs failover.scrapeMetrics: true"}
-]))]
-pub struct FailoverSpec {
-    /// Turn health-aware traffic on. The Service then selects pods by the label
-    /// `serves.flotilla.rs/<name>: "true"`, which Flotilla flips off for failing pods.
-    #[serde(default)]
-    pub enabled: bool,
-
-    /// Name of another MicroService in the same namespace that takes this one's traffic when
-    /// fewer than `minHealthy` pods are healthy. It must use the same `portName`.
-    // Not nullable: the API server prunes a null it may not keep, so `fallback: null` counts as
-    // absent and the rule that an enabled failover names a fallback refuses it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(schema_with = "fallback_schema")]
-    pub fallback: Option<String>,
-
-    /// `Enforce` changes traffic; `Observe` only reports what it would do (status, Events,
-    /// metrics), to tune thresholds safely.
-    #[serde(default)]
-    pub mode: FailoverMode,
-
-    /// Fail over when fewer than this many pods are healthy.
-    #[serde(default = "default_min_healthy")]
-    #[schemars(range(min = 1, max = 10000))]
-    pub min_healthy: i32,
-
-    /// A pod whose ratio of HTTP 5xx responses over `errorRateWindowSeconds` exceeds this value
-    /// (0 to 1) counts as failing. Needs `scrapeMetrics`. No traffic is never a failure.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0.0, max = 1.0))]
-    pub max_error_rate: Option<f64>,
-
-    /// Length of the sliding window for the error rate, in seconds.
-    #[serde(default = "default_error_rate_window_seconds")]
-    #[schemars(range(min = 1, max = 3600))]
-    pub error_rate_window_seconds: i32,
-
-    /// After a failover, the primary must be healthy this long (seconds) before traffic returns.
-    #[serde(default = "default_recover_after_seconds")]
-    #[schemars(range(min = 0, max = 86400))]
-    pub recover_after_seconds: i32,
-
-    /// After this many traffic flips within `flapWindowSeconds`, Flotilla holds the current target
-    /// and sets the `Flapping` condition instead of flipping again.
-    #[serde(default = "default_max_flaps")]
-    #[schemars(range(min = 1, max = 1000))]
-    pub max_flaps: i32,
-
-    /// Window in seconds over which flips are counted.
-    #[serde(default = "default_flap_window_seconds")]
-    #[schemars(range(min = 1, max = 86400))]
-    pub flap_window_seconds: i32,
-
-    /// Scrape each pod's metrics endpoint (`health.metricsPath`) for `http_requests_total` to
-    /// compute the error rate.
-    #[serde(default)]
-    pub scrape_metrics: bool,
-
-    /// Never take more than this percentage of the pods out of traffic at once (rounded down, but
-    /// one pod may always be ejected). Failing pods beyond the cap keep serving; a failover to
-    /// the fallback is still decided on the real number of healthy pods. 100 (the default) means
-    /// no cap; Envoy's outlier detection uses 10.
-    #[serde(default = "default_max_ejection_percent")]
-    #[schemars(range(min = 0, max = 100))]
-    pub max_ejection_percent: i32,
-
-    /// When fewer than this percentage of the pods pass Flotilla's probes and no healthy fallback
-    /// exists, Flotilla stops ejecting and every pod Kubernetes considers ready serves (a "panic",
-    /// as in Envoy, whose default is 50). 0 (the default) panics only when no pod passes.
-    #[serde(default)]
-    #[schemars(range(min = 0, max = 100))]
-    pub panic_threshold_percent: i32,
-
-    /// What to do about an ejected pod that keeps receiving requests over connections clients
-    /// opened before it was ejected (pooled keep-alive, HTTP/2 and gRPC clients stay on their
-    /// connection). Flotilla scrapes the metrics endpoint of ejected pods when `scrapeMetrics`
-    /// is on or this is `Restart`, and counts API requests (probe and metrics paths excluded).
-    /// `Report` (the default) shows such a pod in `status.failover.pods` (`stickyConnections`,
-    /// `requestsWhileEjected`), with a `StickyConnections` Event and a metric. `Restart` also
-    /// deletes it so its connections break and its Deployment replaces it: at most one pod per
-    /// MicroService every 30 seconds, only while the traffic's target has `minHealthy` healthy
-    /// pods, never in panic and never in `Observe` mode.
-    #[serde(default)]
-    pub sticky_connections: StickyConnections,
-}
-
-impl Default for FailoverSpec {
-    fn default() -> Self {
-        Self {
-            enabled: false,
-            fallback: None,
-            mode: FailoverMode::default(),
-            min_healthy: default_min_healthy(),
-            max_error_rate: None,
-            error_rate_window_seconds: default_error_rate_window_seconds(),
-            recover_after_seconds: default_recover_after_seconds(),
-            max_flaps: default_max_flaps(),
-            flap_window_seconds: default_flap_window_seconds(),
-            scrape_metrics: false,
-            max_ejection_percent: default_max_ejection_percent(),
-            panic_threshold_percent: 0,
-            sticky_connections: StickyConnections::default(),
-        }
-    }
-}
-
-/// What the failover engine does about an ejected pod that still receives requests.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum StickyConnections {
-    /// Report the pod (status, Event, metric) and leave it running.
-    #[default]
-    Report,
-    /// Report it and delete it, rate-limited, so its clients reconnect to serving pods.
-    Restart,
-}
-
-/// Whether the failover engine acts on its decisions.
-#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
-pub enum FailoverMode {
-    /// Change traffic (eject pods, fail over, fail back).
-    #[default]
-    Enforce,
-    /// Decide and report only; traffic is never changed.
-    Observe,
-}
-
 fn default_replicas() -> i32 {
     1
 }
+
 fn default_port() -> i32 {
     8080
 }
+
 fn default_port_name() -> String {
     "http".to_string()
-}
-fn default_min_replicas() -> i32 {
-    1
-}
-fn default_liveness_path() -> String {
-    "/healthz".to_string()
-}
-fn default_readiness_path() -> String {
-    "/readyz".to_string()
-}
-fn default_metrics_path() -> String {
-    "/metrics".to_string()
-}
-fn default_period_millis() -> i32 {
-    500
-}
-fn default_timeout_millis() -> i32 {
-    300
-}
-fn default_failure_threshold() -> i32 {
-    2
-}
-fn default_success_threshold() -> i32 {
-    2
-}
-fn default_service_port() -> i32 {
-    80
-}
-fn default_min_healthy() -> i32 {
-    1
-}
-fn default_error_rate_window_seconds() -> i32 {
-    30
-}
-fn default_recover_after_seconds() -> i32 {
-    10
-}
-fn default_max_flaps() -> i32 {
-    3
-}
-fn default_flap_window_seconds() -> i32 {
-    300
-}
-fn default_max_ejection_percent() -> i32 {
-    100
 }
 
 impl MicroServiceSpec {
@@ -644,6 +297,8 @@ impl MicroServiceSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::failover::FailoverMode;
+    use crate::service::ServiceType;
 
     /// Deserialising a manifest that sets only `image` yields the documented defaults, the same
     /// values the API server fills in from the schema.
