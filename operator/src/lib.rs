@@ -1,8 +1,8 @@
 //! The Flotilla operator: reconciles MicroServices into Deployments, Services, ConfigMaps and
 //! HorizontalPodAutoscalers, and keeps them converged.
 //!
-//! Pipeline per MicroService: [`validate`] → [`build`] → [`apply`] → [`status`]; only the ends
-//! talk to the API server. [`run`] wires the controller, leader election, metrics and health
+//! Pipeline per MicroService: [`validate`] → [`admission`] → [`build`] → [`rollout`] → [`apply`]
+//! → [`status`]; only the ends talk to the API server, and every write goes through [`write`]. [`run`] wires the controller, leader election, metrics and health
 //! endpoints; the `flotilla-operator` binary is a thin CLI over this library, and tests call
 //! [`run`] in-process.
 
