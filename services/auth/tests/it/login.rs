@@ -1,7 +1,7 @@
 //! auth and users together over real HTTP on loopback: login round trip, token checks,
 //! readiness following users, and the circuit breaker opening and closing.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use auth::breaker::BreakerConfig;
@@ -9,6 +9,7 @@ use auth::{ClientConfig, Signer, Verifier};
 use flotilla_kit::jwt::{SigningKey, AUDIENCE_USERS};
 use flotilla_kit::ratelimit::CredentialLimits;
 use flotilla_kit::server::{DrainOptions, Running};
+use flotilla_testkit::wait::poll;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use warp::Filter;
@@ -426,17 +427,13 @@ async fn circuit_breaker_opens_and_closes() -> Result<()> {
     }
 
     p.set_users_faults(None).await?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, _) = p.login("ken@example.com", "unix-forever").await?;
-        if status == StatusCode::OK {
-            break;
+    poll("the breaker to close", Duration::from_secs(30), || async {
+        match p.login("ken@example.com", "unix-forever").await? {
+            (StatusCode::OK, _) => Ok(Some(())),
+            (status, _) => bail!("last status {status}"),
         }
-        if Instant::now() > deadline {
-            bail!("breaker never closed; last status {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await?;
     assert_eq!(p.client.breaker_state(), "closed");
     Ok(())
 }
@@ -627,13 +624,15 @@ async fn users_verifies_with_the_keys_auth_publishes() -> Result<()> {
         Err(auth::jwt::TokenError::UnknownKey)
     );
     let refresh = flotilla_kit::jwks::spawn_refresh(url, verifier.clone())?;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while verifier.verify(&token).is_err() {
-        if Instant::now() > deadline {
-            bail!("the fetched keys never verified auth's token");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll(
+        "the fetched keys to verify auth's token",
+        Duration::from_secs(10),
+        || {
+            let verified = verifier.verify(&token);
+            async move { Ok(verified.ok().map(|_| ())) }
+        },
+    )
+    .await?;
     refresh.abort();
     Ok(())
 }

@@ -2,19 +2,23 @@
 //! auth's credential checks keep arriving: the checks must keep succeeding (otherwise every
 //! login fails and auth's circuit breaker opens).
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use flotilla_kit::ratelimit::CredentialLimits;
 use flotilla_kit::server::{DrainOptions, Running};
+use flotilla_testkit::wait::poll;
 use reqwest::StatusCode;
 use serde_json::json;
 use users::{Access, Db, Passwords};
 
 /// The credential auth presents on the credential check.
 const SERVICE: &str = "svc-Vq7m2Xk9Lp4Wz8Rt";
+
+/// Clients signing up at once.
+const CLIENTS: usize = 8;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credential_checks_succeed_during_a_signup_flood() -> Result<()> {
@@ -45,9 +49,11 @@ async fn credential_checks_succeed_during_a_signup_flood() -> Result<()> {
     assert_eq!(r.status(), StatusCode::CREATED);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let flood: Vec<_> = (0..8)
+    let answered = Arc::new(AtomicUsize::new(0));
+    let flood: Vec<_> = (0..CLIENTS)
         .map(|client| {
             let (stop, url, http) = (stop.clone(), signups.clone(), http.clone());
+            let answered = answered.clone();
             tokio::spawn(async move {
                 let mut sent = 0u32;
                 while !stop.load(Ordering::Relaxed) {
@@ -57,14 +63,24 @@ async fn credential_checks_succeed_during_a_signup_flood() -> Result<()> {
                         "email": format!("flood-{client}-{sent}@example.com"),
                         "password": "flood-password",
                     });
-                    let _ = http.post(&url).json(&body).send().await;
+                    if http.post(&url).json(&body).send().await.is_ok() {
+                        answered.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
                 sent
             })
         })
         .collect();
-    // Let the flood take hold before checking.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Let the flood take hold before checking: as many sign-ups answered as there are clients.
+    poll(
+        "the flood's first sign-ups to be answered",
+        Duration::from_secs(30),
+        || {
+            let answered = answered.load(Ordering::Relaxed);
+            async move { Ok((answered >= CLIENTS).then_some(())) }
+        },
+    )
+    .await?;
     let mut statuses = Vec::new();
     for _ in 0..20 {
         let r = http
