@@ -428,7 +428,7 @@ pub async fn apply_canary(
     ensure_leading(lead)?;
     let outcome = match &rollout.canary {
         CanaryChange::Apply(canary) => {
-            apply_child(lead, &api, canary.clone(), live.as_deref(), owner)
+            apply_child(lead, &api, (**canary).clone(), live.as_deref(), owner)
                 .await?
                 .1
         }

@@ -2,9 +2,9 @@
 //! HorizontalPodAutoscalers, and keeps them converged.
 //!
 //! Pipeline per MicroService: [`validate`] → [`admission`] → [`build`] → [`rollout`] → [`apply`]
-//! → [`status`]; only the ends talk to the API server, and every write goes through [`write`]. [`run`] wires the controller, leader election, metrics and health
-//! endpoints; the `flotilla-operator` binary is a thin CLI over this library, and tests call
-//! [`run`] in-process.
+//! → [`status`]; only the ends talk to the API server, and every write goes through [`write`].
+//! [`run`] wires the controller, leader election, metrics and health endpoints; the
+//! `flotilla-operator` binary is a thin CLI over this library, and tests call [`run`] in-process.
 
 pub mod admission;
 pub mod apply;

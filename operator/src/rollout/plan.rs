@@ -46,7 +46,7 @@ pub struct RolloutPlan {
 pub enum CanaryChange {
     /// Apply this Deployment: the canary running the new template, or halted with no pods and
     /// kept for inspection.
-    Apply(Deployment),
+    Apply(Box<Deployment>),
     /// Delete it if it exists. `look_up`: a canary ran, so one created moments ago may be
     /// missing from the cache (its watch event is the echo of this operator's own write, which
     /// wakes no reconcile); ask the API server rather than miss it.
@@ -137,9 +137,9 @@ pub async fn plan(
     let built = &desired.deployment;
     let canary = match decision.canary {
         CanaryAction::Run { replicas } => {
-            CanaryChange::Apply(build_canary(built, &revision, replicas))
+            CanaryChange::Apply(Box::new(build_canary(built, &revision, replicas)))
         }
-        CanaryAction::Halted => CanaryChange::Apply(build_canary(built, &revision, 0)),
+        CanaryAction::Halted => CanaryChange::Apply(Box::new(build_canary(built, &revision, 0))),
         CanaryAction::Absent => CanaryChange::Delete {
             look_up: previous.is_some_and(|r| r.canary_revision.is_some()),
         },
