@@ -94,4 +94,5 @@ kubectl --namespace flotilla-samples wait microservices --all --for=condition=Re
 
 echo "==> e2e suite"
 cd "$repo"
-FLOTILLA_E2E_KUBECONFIG="$kubeconfig" cargo nextest run -p flotilla-e2e --test suite --test failover
+FLOTILLA_E2E_KUBECONFIG="$kubeconfig" cargo nextest run -p flotilla-e2e --test it \
+    -E 'test(/^suite::/) | test(/^failover::/)'

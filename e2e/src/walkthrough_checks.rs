@@ -1,5 +1,5 @@
 //! Checks run on a cluster where the README's Helm walkthrough installed the operator in-cluster
-//! (see `tests/chart_helm.rs`): two replicas with one leader and a failover, and a verb missing
+//! (see `tests/it/chart_helm.rs`): two replicas with one leader and a failover, and a verb missing
 //! from the chart's ClusterRole reported on the MicroService. Each talks to the cluster as its
 //! user would: helm and kubectl for installing, the API for reading, and each operator pod's own
 //! `/metrics` for what it wrote.

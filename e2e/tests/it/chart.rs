@@ -1,8 +1,8 @@
 //! Checks of the operator chart: `helm lint --strict`, rendered manifests validated against the
 //! Kubernetes OpenAPI schemas (and MicroServices against the CRD schema), `values.schema.json`
 //! rejecting typos, the chart's CRD kept identical to the generated one, and the chart's behaviour
-//! per value. The samples chart is checked in `chart_samples.rs`, the rendered chart on a
-//! cluster in `chart_kubesim.rs`.
+//! per value. The samples chart is checked in `chart_samples`, the rendered chart on a
+//! cluster in `chart_kubesim`.
 //!
 //! Each check needs `helm` and the validation venv; when they are missing the check fails and
 //! says to run `e2e/install-tools.sh`.

@@ -19,6 +19,7 @@ use flotilla_e2e::walkthrough_checks::{
     missing_verb_is_reported, two_replicas_one_leader_and_failover,
 };
 use flotilla_testkit::cluster::client_from_kubeconfig;
+use flotilla_testkit::wait::poll;
 
 const UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Each helm/kubectl step on a loaded 2-core machine.
@@ -132,44 +133,46 @@ async fn uninstall(sh: &Shell) -> Result<()> {
     sh.helm(&["uninstall", "flotilla", "--namespace", "flotilla-system"])
         .await?;
     // Deletion finishes asynchronously (pods terminate with their grace period).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let left = sh
-            .kubectl(&[
-                "get",
-                "deploy,rs,pods,svc,secret,role,rolebinding,lease,msvc",
-                "-A",
-                "-o",
-                "name",
-                "-l",
-                "app.kubernetes.io/managed-by=Helm",
-            ])
-            .await?
-            + &sh
-                .kubectl(&["get", "pods,secrets,msvc", "-n", "shop", "-o", "name"])
-                .await?
-            + &sh
+    poll(
+        "helm uninstall to leave nothing behind",
+        Duration::from_secs(90),
+        || async {
+            let left = sh
                 .kubectl(&[
                     "get",
-                    "deploy,pods,secrets,leases",
-                    "-n",
-                    "flotilla-system",
+                    "deploy,rs,pods,svc,secret,role,rolebinding,lease,msvc",
+                    "-A",
                     "-o",
                     "name",
+                    "-l",
+                    "app.kubernetes.io/managed-by=Helm",
                 ])
+                .await?
+                + &sh
+                    .kubectl(&["get", "pods,secrets,msvc", "-n", "shop", "-o", "name"])
+                    .await?
+                + &sh
+                    .kubectl(&[
+                        "get",
+                        "deploy,pods,secrets,leases",
+                        "-n",
+                        "flotilla-system",
+                        "-o",
+                        "name",
+                    ])
+                    .await?;
+            let cluster = sh
+                .kubectl(&["get", "clusterrole,clusterrolebinding", "-o", "name"])
                 .await?;
-        let cluster = sh
-            .kubectl(&["get", "clusterrole,clusterrolebinding", "-o", "name"])
-            .await?;
-        let cluster_left: Vec<&str> = cluster.lines().filter(|l| l.contains("flotilla")).collect();
-        if left.trim().is_empty() && cluster_left.is_empty() {
-            break;
-        }
-        if tokio::time::Instant::now() > deadline {
-            bail!("helm uninstall left objects behind:\n{left}\n{cluster_left:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+            let cluster_left: Vec<&str> =
+                cluster.lines().filter(|l| l.contains("flotilla")).collect();
+            if left.trim().is_empty() && cluster_left.is_empty() {
+                return Ok(Some(()));
+            }
+            bail!("left behind:\n{left}\n{cluster_left:?}")
+        },
+    )
+    .await?;
     sh.kubectl(&["get", "crd", "microservices.flotilla.rs"])
         .await?;
     Ok(())

@@ -58,7 +58,10 @@ fn mount_secret_volumes(
         .as_ref()
         .and_then(|s| s.template.spec.as_ref())
         .context("Deployment has no pod spec")?;
-    let container = pod.containers.first().context("Deployment has no container")?;
+    let container = pod
+        .containers
+        .first()
+        .context("Deployment has no container")?;
     for mount in container.volume_mounts.iter().flatten() {
         let Some(secret_name) = pod
             .volumes
@@ -158,7 +161,12 @@ async fn rendered_chart_applies_to_kubesim_and_operator_reconciles() -> Result<(
     let deployment = operator_deployment(&docs)?;
     let metrics_addr = format!("127.0.0.1:{}", free_port()?);
     let (mut op_args, op_env) = local_operator_command(&deployment, &metrics_addr)?;
-    mount_secret_volumes(&deployment, &docs, &cluster.state_dir().join("volumes"), &mut op_args)?;
+    mount_secret_volumes(
+        &deployment,
+        &docs,
+        &cluster.state_dir().join("volumes"),
+        &mut op_args,
+    )?;
     let log = cluster.state_dir().join("chart-operator.log");
     let operator = OperatorProcess::start(
         cluster.kubeconfig_path(),

@@ -1,5 +1,5 @@
 //! `helm upgrade` from the previous release of the charts to these ones, on live objects, on
-//! kubesim with the operator in-cluster (as `chart_helm.rs` runs it): the previous release's CRD,
+//! kubesim with the operator in-cluster (as `chart_helm` runs it): the previous release's CRD,
 //! operator chart and samples chart (`e2e/fixtures/previous-charts/`, see its README) are
 //! installed and converge; then the CRD is applied and both releases are upgraded to `charts/`
 //! as `charts/flotilla/README.md` says. Every Secret the previous releases generated is still

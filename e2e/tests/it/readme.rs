@@ -239,7 +239,7 @@ async fn guarded_rollouts(kubeconfig: &Path) -> Result<()> {
 /// Runs a `$ ` line of the README's console blocks exactly as written (with bash, against
 /// `kubeconfig`); its stdout. Fails when the README has no such line, so the two cannot drift.
 async fn as_written(kubeconfig: &Path, line: &str) -> Result<String> {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../../README.md");
     if !readme.lines().any(|l| l.strip_prefix("$ ") == Some(line)) {
         bail!("README.md has no console line `$ {line}`");
     }

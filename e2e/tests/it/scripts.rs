@@ -1,6 +1,6 @@
 //! Checks of the shell scripts and the kind path, which cannot run here (no Docker): they parse
 //! (`bash -n`), pass `shellcheck`, and name files that exist. What the image build script prints
-//! and refuses is checked in `images.rs`.
+//! and refuses is checked in `images`.
 
 use anyhow::{ensure, Context, Result};
 use flotilla_e2e::{chart, tools};
@@ -63,17 +63,21 @@ fn kind_script_names_files_that_exist() -> Result<()> {
     Ok(())
 }
 
-/// The import that marks a target built on `run_test` (split so this file does not match).
+/// The import that marks a test module built on `run_test` (split so this file does not match).
 const USES_RUN_TEST: &str = concat!("use flotilla_e2e::", "env::run_test;");
 
 #[test]
-fn kind_script_runs_every_e2e_target_that_can_use_a_real_cluster() -> Result<()> {
-    // Every test target built on `run_test` (which honours FLOTILLA_E2E_KUBECONFIG) runs on
-    // kind too, so a new end-to-end target cannot be left out of the real-cluster run.
+fn kind_script_runs_every_e2e_module_that_can_use_a_real_cluster() -> Result<()> {
+    // Every test module built on `run_test` (which honours FLOTILLA_E2E_KUBECONFIG) runs on
+    // kind too, so a new end-to-end module cannot be left out of the real-cluster run.
     let root = tools::repo_root();
     let script = std::fs::read_to_string(root.join("e2e/kind/run.sh"))?;
+    ensure!(
+        script.contains("--test it"),
+        "run.sh does not run the e2e test binary `it`"
+    );
     let mut targets = Vec::new();
-    for entry in std::fs::read_dir(root.join("e2e/tests"))? {
+    for entry in std::fs::read_dir(root.join("e2e/tests/it"))? {
         let path = entry?.path();
         let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
             continue;
@@ -84,11 +88,11 @@ fn kind_script_runs_every_e2e_target_that_can_use_a_real_cluster() -> Result<()>
             targets.push(name.to_owned());
         }
     }
-    ensure!(!targets.is_empty(), "no test target uses run_test");
+    ensure!(!targets.is_empty(), "no test module uses run_test");
     for target in &targets {
         ensure!(
-            script.contains(&format!("--test {target}")),
-            "run.sh does not run the e2e target {target}"
+            script.contains(&format!("test(/^{target}::/)")),
+            "run.sh does not run the e2e test module {target}"
         );
     }
     Ok(())

@@ -7,7 +7,7 @@
 //! conditions with deadlines, and prints the namespace's objects and Events when it fails.
 //!
 //! Failover scenarios (fault injection, ejection, failover and failback) go in
-//! `tests/failover.rs` with the same harness: `run_test` for the namespace and the failure report,
+//! `tests/it/failover.rs` with the same harness: `run_test` for the namespace and the failure report,
 //! `msvc::sample`/`apply_sample` for the services, `http::service_request` for traffic through a
 //! Service, and `Harness::stop_operator`/`start_operator` on the local cluster.
 

@@ -1,0 +1,17 @@
+//! Flotilla's end-to-end checks, one binary. Chart checks (`chart*`, `images`, `render`,
+//! `scripts`) need helm and the validation venv (`e2e/install-tools.sh`); the cluster tests
+//! (`suite`, `failover`) run on a local kubesim or, with `FLOTILLA_E2E_KUBECONFIG`, on a real
+//! cluster; `readme`, `chart_helm` and `chart_upgrade` run the README's walkthroughs and the
+//! chart upgrade as written on `kubesim up`. nextest runs every test in its own process.
+
+mod chart;
+mod chart_helm;
+mod chart_kubesim;
+mod chart_samples;
+mod chart_upgrade;
+mod failover;
+mod images;
+mod readme;
+mod render;
+mod scripts;
+mod suite;
