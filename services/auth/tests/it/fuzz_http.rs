@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use anyhow::Result;
 use bytes::Bytes;
-use flotilla_kit::jwt::SigningKey;
 use flotilla_kit::ratelimit::CredentialLimits;
 use flotilla_kit::reply::ErrorBody;
 use flotilla_kit::server::{DrainOptions, Running};
@@ -19,27 +18,16 @@ use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+use crate::support::{key, signer, SERVICE};
+
 /// Cases per service in the test command; `FUZZ_CASES` overrides.
 const DEFAULT_CASES: u32 = 256;
-
-/// auth's signing key; users under test holds its public half.
-fn key() -> &'static SigningKey {
-    static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
-    KEY.get_or_init(|| SigningKey::generate().expect("key"))
-}
-
-fn signer(ttl: Duration) -> auth::Signer {
-    let audiences = ["users", "orders"].map(str::to_owned).to_vec();
-    auth::Signer::new(key().clone(), Vec::new(), audiences, ttl)
-}
 
 /// Ids of the accounts the generated tokens name.
 const IDS: [&str; 2] = [
     "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c",
     "5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f",
 ];
-/// The credential auth presents on users' credential check.
-const SERVICE: &str = "svc-Vq7m2Xk9Lp4Wz8Rt";
 
 /// Valid `Authorization` values (an admin's and a user's token, the service credential), so
 /// generated requests also reach the handlers behind users' authentication.

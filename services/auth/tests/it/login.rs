@@ -14,23 +14,11 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use warp::Filter;
 
+use crate::support::{key, signer, SERVICE};
+
 const ADMIN: &str = "users-admin";
-/// The credential auth presents on users' credential check.
-const SERVICE: &str = "svc-Vq7m2Xk9Lp4Wz8Rt";
 /// A user id (UUID) for tokens made outside a login.
 const UID: &str = "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c";
-
-/// auth's signing key in these tests.
-fn key() -> &'static SigningKey {
-    static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
-    KEY.get_or_init(|| SigningKey::generate().expect("key"))
-}
-
-/// auth's token signer: `key()`, for users and orders.
-fn signer(ttl: Duration) -> Signer {
-    let audiences = ["users", "orders"].map(str::to_owned).to_vec();
-    Signer::new(key().clone(), Vec::new(), audiences, ttl)
-}
 
 /// users' credentials: auth's public key, auth's service credential.
 fn users_access() -> users::Access {

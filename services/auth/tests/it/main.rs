@@ -3,7 +3,9 @@
 //! - [`fuzz_http`]: property tests of the users and auth HTTP inputs.
 //! - [`login`]: auth and users together over real HTTP on loopback.
 //! - [`process`]: the `auth` binary as a process.
+//! - [`support`]: what the modules share.
 
 mod fuzz_http;
 mod login;
 mod process;
+mod support;

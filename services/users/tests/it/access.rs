@@ -12,7 +12,8 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use users::{Access, Db, Passwords, SignupLimits};
 
-const SERVICE: &str = "svc-Vq7m2Xk9Lp4Wz8Rt";
+use crate::support::SERVICE;
+
 const ADMIN_TOKEN: &str = "adm-1b9d7c3e5f2a4b6c";
 const ROOT: &str = "root@example.com";
 

@@ -11,8 +11,8 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use users::{Access, Db, Passwords, SignupLimits};
 
-/// The credential auth presents on the credential check.
-const SERVICE: &str = "svc-Vq7m2Xk9Lp4Wz8Rt";
+use crate::support::SERVICE;
+
 /// An id no account has.
 const NOBODY: &str = "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c";
 

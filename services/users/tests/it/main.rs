@@ -5,9 +5,11 @@
 //! - [`process`]: the `users` binary as a process.
 //! - [`signup_flood`]: credential checks keep succeeding during a sign-up flood.
 //! - [`stable_ids`]: user ids survive the database.
+//! - [`support`]: what the modules share.
 
 mod access;
 mod api;
 mod process;
 mod signup_flood;
 mod stable_ids;
+mod support;

@@ -14,8 +14,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 use users::{Access, Db, Passwords};
 
-/// The credential auth presents on the credential check.
-const SERVICE: &str = "svc-Vq7m2Xk9Lp4Wz8Rt";
+use crate::support::SERVICE;
 
 /// Clients signing up at once.
 const CLIENTS: usize = 8;

@@ -12,8 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use users::{Access, Db, Passwords, SignupLimits};
 
-/// The credential auth presents on the credential check.
-const SERVICE: &str = "svc-Vq7m2Xk9Lp4Wz8Rt";
+use crate::support::SERVICE;
 
 /// users on the SQLite file `url`, trusting `key`'s tokens.
 async fn start(url: &str, key: &SigningKey) -> Result<Running> {
