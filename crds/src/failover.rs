@@ -7,7 +7,7 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::spec::DNS_LABEL_PATTERN;
+use crate::patterns::DNS_LABEL_PATTERN;
 
 /// The schema of `failover.fallback`: a DNS-1035 label, and (unlike other optional fields) not
 /// nullable.

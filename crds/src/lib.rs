@@ -9,6 +9,7 @@ mod constants;
 mod failover;
 mod health;
 mod manifest;
+mod patterns;
 mod rollout;
 mod service;
 mod spec;
@@ -19,12 +20,13 @@ pub use constants::*;
 pub use failover::{FailoverMode, FailoverSpec, StickyConnections};
 pub use health::{GrpcHealthSpec, HealthSpec};
 pub use manifest::{api_reference_markdown, crd, crd_yaml, REFERENCE_BEGIN, REFERENCE_END};
+pub use patterns::{
+    CONFIG_KEY_PATTERN, DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, IMAGE_PATTERN,
+    LABEL_VALUE_PATTERN, PORT_NAME_PATTERN,
+};
 pub use rollout::{
     FailOn, RolloutEvidence, RolloutPhase, RolloutSpec, RolloutStatus, RolloutStrategy,
 };
 pub use service::{ServiceSpec, ServiceType};
-pub use spec::{
-    MicroService, MicroServiceSpec, CONFIG_KEY_PATTERN, DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN,
-    IMAGE_PATTERN, LABEL_VALUE_PATTERN, PORT_NAME_PATTERN,
-};
+pub use spec::{MicroService, MicroServiceSpec};
 pub use status::{ActiveTarget, FailoverStatus, MicroServiceStatus, PodHealth};

@@ -1,6 +1,6 @@
-//! The desired state of a MicroService, as an admin writes it: the top level of the spec and
-//! the patterns its fields share. Each section with its own type lives in its own module
-//! (`autoscaling`, `health`, `service`, `failover`, `rollout`).
+//! The desired state of a MicroService, as an admin writes it: the top level of the spec. Each
+//! section with its own type lives in its own module (`autoscaling`, `health`, `service`,
+//! `failover`, `rollout`), and the string patterns in `patterns`.
 //!
 //! The doc comments on these types become the CRD's OpenAPI descriptions, which is what
 //! `kubectl explain microservice.spec...` prints; they are written for a cluster admin.
@@ -17,24 +17,13 @@ use serde::{Deserialize, Serialize};
 use crate::autoscaling::AutoscalingSpec;
 use crate::failover::FailoverSpec;
 use crate::health::HealthSpec;
+use crate::patterns::{
+    CONFIG_KEY_PATTERN, DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, IMAGE_PATTERN,
+    LABEL_VALUE_PATTERN, PORT_NAME_PATTERN,
+};
 use crate::rollout::RolloutSpec;
 use crate::service::ServiceSpec;
 use crate::status::MicroServiceStatus;
-
-/// Pattern of a DNS-1035 label (Service names, dependency names).
-pub const DNS_LABEL_PATTERN: &str = r"^[a-z]([-a-z0-9]*[a-z0-9])?$";
-/// Pattern of a DNS-1123 subdomain (ServiceAccount names).
-pub const DNS_SUBDOMAIN_PATTERN: &str =
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
-/// Pattern of an IANA service name (container port names); a letter is also required.
-pub const PORT_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";
-/// Pattern of a non-empty Kubernetes label value.
-pub const LABEL_VALUE_PATTERN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$";
-/// Pattern of a container image reference: no whitespace anywhere.
-pub const IMAGE_PATTERN: &str = r"^\S+$";
-/// Pattern of a ConfigMap key (the `config` keys; checked by the operator, since CEL over
-/// map keys would exceed the API server's cost budget).
-pub const CONFIG_KEY_PATTERN: &str = r"^[-._a-zA-Z0-9]+$";
 
 /// Desired state of a MicroService: the container to run, how many replicas, its config, how it
 /// is exposed, what it depends on and how its traffic fails over. Flotilla turns it into a
