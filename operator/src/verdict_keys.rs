@@ -15,6 +15,7 @@
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
@@ -91,10 +92,14 @@ impl VerdictKeys {
         }
     }
 
-    /// A key made up at start-up. Enough for one replica; with several, every replica would
-    /// sign with its own key, so the chart always mounts a shared one.
+    /// A key made up once per process. Enough for one replica; with several, every replica
+    /// would sign with its own key, so the chart always mounts a shared one. Made once, not per
+    /// call, so an operator restarted inside the same process (the library's callers do) keeps
+    /// its key and does not roll every pod.
     pub fn ephemeral() -> Self {
-        Self::new(SigningKey::from_bytes(&rand::random::<[u8; 32]>()), None)
+        static SEED: OnceLock<[u8; 32]> = OnceLock::new();
+        let seed = SEED.get_or_init(rand::random::<[u8; 32]>);
+        Self::new(SigningKey::from_bytes(seed), None)
     }
 
     /// Loads the current key and, during a rotation, the next one, from PEM files.
