@@ -18,8 +18,7 @@ use crate::autoscaling::AutoscalingSpec;
 use crate::failover::FailoverSpec;
 use crate::health::HealthSpec;
 use crate::patterns::{
-    CONFIG_KEY_PATTERN, DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, IMAGE_PATTERN,
-    LABEL_VALUE_PATTERN, PORT_NAME_PATTERN,
+    DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, IMAGE_PATTERN, LABEL_VALUE_PATTERN, PORT_NAME_PATTERN,
 };
 use crate::rollout::RolloutSpec;
 use crate::service::ServiceSpec;

@@ -41,8 +41,8 @@ use flotilla_operator::failover::inventory::{Inventory, ObjKey, PodInfo, Service
 use flotilla_operator::failover::metrics::Metrics;
 use flotilla_operator::failover::policy::{FailoverPolicy, ProbePolicy};
 use flotilla_operator::failover::promtext;
-use flotilla_operator::write::Leadership;
 use flotilla_operator::verdict_keys::VerdictKeys;
+use flotilla_operator::write::Leadership;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 use sim::*;
