@@ -40,7 +40,9 @@
 //!    close as above;
 //! 2. the server keeps accepting for `shutdown_delay`, so endpoint controllers and load
 //!    balancers stop sending traffic before the port closes;
-//! 3. the listener closes; in-flight requests run to completion for at most `drain_timeout`;
+//! 3. the listener closes and every connection is shut down gracefully, including those that
+//!    have not carried a request yet: idle ones close at once, in-flight requests run to
+//!    completion for at most `drain_timeout`;
 //! 4. [`serve`] returns and the binary exits 0.
 
 use std::convert::Infallible;
@@ -125,6 +127,8 @@ struct Shared<Svc> {
     traffic: Traffic,
     slots: Arc<Slots>,
     body_read_timeout: Duration,
+    /// Turns true when the listener has closed: every connection shuts down now.
+    listener_closed: tokio::sync::watch::Sender<bool>,
 }
 
 /// Serves `filter` on `listener` until `shutdown` resolves, then runs the shutdown sequence.
@@ -145,6 +149,7 @@ where
         traffic: health.traffic().clone(),
         slots: Slots::new(&opts),
         body_read_timeout: opts.body_read_timeout,
+        listener_closed: tokio::sync::watch::Sender::new(false),
     });
 
     accept_until(&listener, &shared, shutdown).await;
@@ -155,6 +160,7 @@ where
     );
     accept_until(&listener, &shared, tokio::time::sleep(opts.shutdown_delay)).await;
     drop(listener);
+    shared.listener_closed.send_replace(true);
     tracing::info!(timeout = ?opts.drain_timeout, "listener closed, draining in-flight requests");
     // Every connection holds one slot until it ends: all slots back = all connections done.
     let drained = tokio::time::timeout(opts.drain_timeout, shared.slots.all_returned()).await;
@@ -213,7 +219,7 @@ where
 
 /// Serves one connection once it has its slot; closes it gracefully (idle HTTP/1.1 at once,
 /// HTTP/2 `GOAWAY`) as soon as the instance starts closing persistent connections, when it
-/// has been idle too long, or when a new connection needs its slot.
+/// has been idle too long, when a new connection needs its slot, or when the listener closes.
 async fn serve_connection<Svc>(
     shared: Arc<Shared<Svc>>,
     stream: TcpStream,
@@ -230,6 +236,7 @@ async fn serve_connection<Svc>(
         + 'static,
     Svc::Future: Send + 'static,
 {
+    let mut listener_closed = shared.listener_closed.subscribe();
     let slot = claim.slot().await;
     let _open = shared.traffic.connection_opened();
     let (service, traffic) = (shared.service.clone(), shared.traffic.clone());
@@ -275,12 +282,25 @@ async fn serve_connection<Svc>(
     // Two ways to close: a change to "closing" while this connection is open, and any request
     // answered while closing (so a connection opened while closing — a client reconnecting
     // before the endpoints moved — is closed after its first answer; HTTP/1.1 responses then
-    // also carry `Connection: close`). A connection that has not carried a request yet is
-    // closed only once its first request arrives and is answered: a graceful shutdown before
-    // then would drop a request whose bytes may already be on the way.
+    // also carry `Connection: close`). While the listener is open, a connection that has not
+    // carried a request yet is closed only once its first request arrives and is answered: its
+    // client connected to send one, and closing before then could drop it on the way.
     // The limits close too: after the idle timeout or to make room for a new connection. The
     // connection was idle then, so it is shut down at once and dropped after a grace period if
     // its peer does not let go.
+    // Once the listener has closed, nothing waits for a first request any more: the server
+    // waits for every connection, so one that never sends (a client pool's spare connection,
+    // or one opened while the instance was already closing, which sees no change when draining
+    // starts) would hold the shutdown for the whole drain timeout. Every connection is shut
+    // down gracefully then, and hyper keeps the rule for those without a request: HTTP/1.1
+    // closes at once only when no byte of a request has been read (otherwise the request is
+    // read, answered with `Connection: close` and the connection closed); HTTP/2 sends
+    // `GOAWAY` and a ping and serves the streams the peer opened before it saw them; a
+    // connection whose protocol is not known yet (hyper-util still reading the HTTP/2
+    // preface) closes, which can only cut a client that sent a part of its first 24 bytes and
+    // stalled. Bytes still on the wire are the race every server closing idle connections
+    // has; `biased` below drives the connection first, so what has reached the socket is
+    // read before the shutdown.
     let mut closing = shared.traffic.subscribe();
     closing.mark_unchanged();
     let conn = shared.builder.serve_connection(TokioIo::new(stream), svc);
@@ -291,6 +311,7 @@ async fn serve_connection<Svc>(
     let mut limited = false;
     loop {
         let close_now = tokio::select! {
+            biased;
             result = conn.as_mut() => {
                 if let Err(e) = result {
                     tracing::debug!(error = %e, "connection ended with an error");
@@ -325,6 +346,12 @@ async fn serve_connection<Svc>(
             () = slot.grace_over(), if limited => {
                 tracing::debug!(%peer, "dropping connection that did not close in time");
                 return;
+            }
+            _ = listener_closed.wait_for(|closed| *closed), if !shut => {
+                shut = true;
+                slot.leaving();
+                conn.as_mut().graceful_shutdown();
+                false
             }
         };
         // A connection that has not carried a request yet waits for its first one.
