@@ -317,6 +317,13 @@ pub async fn apply_all(
     let mut changes = Changes::default();
     let result = apply_children(ctx, v, desired, rollout, &mut changes).await;
     changes.announce(ctx, ms).await;
+    if result.is_err() && !changes.0.is_empty() {
+        // A reconcile that wrote a child before failing got further than the last one: the
+        // retry backoff starts over. The watch events of those writes are its own echoes and
+        // wake no reconcile, so without this children that fail one after another would wait
+        // for the sum of every delay.
+        ctx.reset_backoff(&ObjectRef::from_obj(ms));
+    }
     result
 }
 
