@@ -40,15 +40,14 @@ async fn injected_errors_are_retried_until_converged() -> Result<()> {
     let events: Api<Event> = Api::namespaced(env.client.clone(), &env.ns);
     env.wait("failure events", || async {
         let list = events.list(&ListParams::default()).await?;
-        let note = |reason: &str| {
-            list.items
-                .iter()
-                .find(|e| e.reason.as_deref() == Some(reason))
-                .and_then(|e| e.note.clone())
-                .unwrap_or_default()
+        let saw = |reason: &str, kind: &str| {
+            list.items.iter().any(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.note.as_deref().is_some_and(|n| n.contains(kind))
+            })
         };
-        let saw_500 = note("APIServerError").contains("Deployment");
-        let saw_409 = note("Conflict").contains("Service");
+        let saw_500 = saw("APIServerError", "Deployment");
+        let saw_409 = saw("Conflict", "Service");
         Ok((saw_500 && saw_409).then_some(()))
     })
     .await?;
