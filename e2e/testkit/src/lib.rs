@@ -34,6 +34,7 @@ pub mod namespace;
 pub mod operator;
 pub mod paths;
 pub mod process;
+pub mod raw_http;
 pub mod wait;
 
 pub use harness::{is_ready, Harness};

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use flotilla_kit::server::{DrainOptions, Running};
 use flotilla_kit::{Health, Kit};
+use flotilla_testkit::raw_http::{closed, get_sent, probe, status};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,28 +56,6 @@ async fn busy(count: &mut watch::Receiver<usize>, n: usize) -> Result<()> {
         .await
         .context("slow requests never arrived")??;
     Ok(())
-}
-
-/// Reads until the status line is complete; returns its code. Fails after `within`.
-async fn status(stream: &mut TcpStream, within: Duration) -> Result<u16> {
-    let mut buf = Vec::new();
-    tokio::time::timeout(within, async {
-        let mut chunk = [0u8; 1024];
-        while !buf.windows(2).any(|w| w == b"\r\n") {
-            let n = stream.read(&mut chunk).await?;
-            anyhow::ensure!(n > 0, "connection closed without a response");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        Ok(())
-    })
-    .await
-    .context("no response in time")??;
-    let line = String::from_utf8_lossy(&buf);
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("no status code")?
-        .parse()?)
 }
 
 fn chunk(data: &[u8]) -> Vec<u8> {
@@ -149,19 +128,6 @@ async fn slow_headers_are_cut_off() -> Result<()> {
 /// Health answers promptly while the server is saturated.
 const PROMPT: Duration = Duration::from_millis(100);
 
-/// A GET on a fresh connection, as the kubelet probes: its status and how long it took,
-/// connecting included. Gives up after 5 s.
-async fn probe(addr: SocketAddr, path: &str) -> Result<(u16, Duration)> {
-    let start = Instant::now();
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let code = status(&mut s, Duration::from_secs(5))
-        .await
-        .with_context(|| format!("GET {path}"))?;
-    Ok((code, start.elapsed()))
-}
-
 /// Asserts that each health path answers 200 within [`PROMPT`], measured per request.
 async fn assert_health_prompt(addr: SocketAddr, paths: &[&str]) -> Result<()> {
     for path in paths {
@@ -171,23 +137,6 @@ async fn assert_health_prompt(addr: SocketAddr, paths: &[&str]) -> Result<()> {
         assert!(took < PROMPT, "{path} took {took:?}");
     }
     Ok(())
-}
-
-/// Waits until the server closes `stream` (end of file or reset), discarding what it sends;
-/// fails after `within`. Returns how long it took.
-async fn closed(stream: &mut TcpStream, within: Duration) -> Result<Duration> {
-    let start = Instant::now();
-    tokio::time::timeout(within, async {
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = stream.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await
-    .context("connection still open")?;
-    Ok(start.elapsed())
 }
 
 type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
@@ -213,14 +162,6 @@ async fn h2_used(
     Ok((sender, task, code))
 }
 
-/// An HTTP/1.1 connection with one `GET path` sent; `answered` waits for its status line.
-async fn h1_sent(addr: SocketAddr, path: &str) -> Result<TcpStream> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    Ok(s)
-}
-
 #[tokio::test]
 async fn health_answers_while_idle_connections_hold_every_slot() -> Result<()> {
     // Twice MAX_CONNECTIONS idle HTTP/1.1 connections (half silent since connecting, half
@@ -237,7 +178,7 @@ async fn health_answers_while_idle_connections_hold_every_slot() -> Result<()> {
         if i % 2 == 0 {
             idle.push(TcpStream::connect(srv.addr).await?);
         } else {
-            let mut s = h1_sent(srv.addr, "/healthz").await?;
+            let mut s = get_sent(srv.addr, "/healthz").await?;
             assert_eq!(status(&mut s, Duration::from_secs(5)).await?, 200);
             idle.push(s);
         }
@@ -273,12 +214,12 @@ async fn health_answers_while_every_slot_is_busy_and_traffic_gets_503() -> Resul
     .await?;
     let mut slow = Vec::new();
     for _ in 0..MAX {
-        slow.push(h1_sent(srv.addr, "/slow").await?);
+        slow.push(get_sent(srv.addr, "/slow").await?);
     }
     busy(&mut count, MAX).await?;
     assert_health_prompt(srv.addr, &["/healthz", "/readyz", "/metrics"]).await?;
 
-    let mut refused = h1_sent(srv.addr, "/never").await?;
+    let mut refused = get_sent(srv.addr, "/never").await?;
     assert_eq!(status(&mut refused, Duration::from_secs(5)).await?, 503);
     closed(&mut refused, Duration::from_secs(5)).await?;
 
@@ -313,11 +254,11 @@ async fn a_new_connection_takes_the_slot_of_the_longest_idle_one() -> Result<()>
         ..DrainOptions::default()
     })
     .await?;
-    let mut first = h1_sent(srv.addr, "/never").await?;
+    let mut first = get_sent(srv.addr, "/never").await?;
     assert_eq!(status(&mut first, Duration::from_secs(5)).await?, 200);
-    let mut second = h1_sent(srv.addr, "/never").await?;
+    let mut second = get_sent(srv.addr, "/never").await?;
     assert_eq!(status(&mut second, Duration::from_secs(5)).await?, 200);
-    let mut third = h1_sent(srv.addr, "/never").await?;
+    let mut third = get_sent(srv.addr, "/never").await?;
     assert_eq!(status(&mut third, Duration::from_secs(5)).await?, 200);
     closed(&mut first, Duration::from_secs(5)).await?;
     second
@@ -341,14 +282,14 @@ async fn idle_connections_close_after_the_idle_timeout() -> Result<()> {
         ..DrainOptions::default()
     })
     .await?;
-    let mut slow = h1_sent(srv.addr, "/slow").await?;
+    let mut slow = get_sent(srv.addr, "/slow").await?;
     busy(&mut count, 1).await?;
     let mut silent = TcpStream::connect(srv.addr).await?;
     let took = closed(&mut silent, Duration::from_secs(5)).await?;
     println!("silent connection closed after {took:?}");
     assert!(took >= IDLE - Duration::from_millis(50), "{took:?}");
 
-    let mut kept = h1_sent(srv.addr, "/healthz").await?;
+    let mut kept = get_sent(srv.addr, "/healthz").await?;
     assert_eq!(status(&mut kept, Duration::from_secs(5)).await?, 200);
     let took = closed(&mut kept, Duration::from_secs(5)).await?;
     println!("HTTP/1.1 keep-alive connection closed after {took:?}");

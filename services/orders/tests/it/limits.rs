@@ -11,10 +11,11 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use flotilla_kit::server::{DrainOptions, Stopped};
 use flotilla_kit::{Health, Kit};
+use flotilla_testkit::raw_http::{closed, get_sent, probe, status};
 use http_body_util::Empty;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use orders::{App, GrpcHealth, Traffic};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tonic::transport::Channel;
 use tonic::Code;
@@ -97,65 +98,6 @@ impl Server {
     }
 }
 
-/// Reads until the status line is complete; returns its code. Fails after `within`.
-async fn status(stream: &mut TcpStream, within: Duration) -> Result<u16> {
-    let mut buf = Vec::new();
-    tokio::time::timeout(within, async {
-        let mut chunk = [0u8; 1024];
-        while !buf.windows(2).any(|w| w == b"\r\n") {
-            let n = stream.read(&mut chunk).await?;
-            anyhow::ensure!(n > 0, "connection closed without a response");
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        Ok(())
-    })
-    .await
-    .context("no response in time")??;
-    let line = String::from_utf8_lossy(&buf);
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("no status code")?
-        .parse()?)
-}
-
-/// Waits until the server closes `stream`; fails after `within`. Returns how long it took.
-async fn closed(stream: &mut TcpStream, within: Duration) -> Result<Duration> {
-    let start = Instant::now();
-    tokio::time::timeout(within, async {
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = stream.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-        }
-    })
-    .await
-    .context("connection still open")?;
-    Ok(start.elapsed())
-}
-
-/// An HTTP/1.1 connection with one `GET path` sent.
-async fn h1_sent(addr: SocketAddr, path: &str) -> Result<TcpStream> {
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    Ok(s)
-}
-
-/// A GET on a fresh connection, as the kubelet probes: status and time taken, connecting
-/// included.
-async fn probe(addr: SocketAddr, path: &str) -> Result<(u16, Duration)> {
-    let start = Instant::now();
-    let mut s = TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
-        .await?;
-    let code = status(&mut s, Duration::from_secs(5))
-        .await
-        .with_context(|| format!("GET {path}"))?;
-    Ok((code, start.elapsed()))
-}
-
 /// A gRPC health check on a fresh connection, as the kubelet's gRPC probe: status and time
 /// taken, connecting included.
 async fn grpc_check(srv: &Server) -> Result<(ServingStatus, Duration)> {
@@ -222,7 +164,7 @@ async fn health_answers_while_idle_connections_hold_every_slot() -> Result<()> {
         if i % 2 == 0 {
             idle.push(TcpStream::connect(srv.addr).await?);
         } else {
-            let mut s = h1_sent(srv.addr, "/healthz").await?;
+            let mut s = get_sent(srv.addr, "/healthz").await?;
             assert_eq!(status(&mut s, Duration::from_secs(5)).await?, 200);
             idle.push(s);
         }
@@ -263,7 +205,7 @@ async fn health_check_answers_while_every_slot_is_busy_and_other_calls_are_refus
         assert_eq!(first.status(), ServingStatus::Serving);
         watches.push((client, stream));
     }
-    let busy = h1_sent(srv.addr, "/slow").await?;
+    let busy = get_sent(srv.addr, "/slow").await?;
     // Once the hanging request is in its handler, every traffic connection is busy.
     let mut entered = srv.slow_entered.clone();
     tokio::time::timeout(Duration::from_secs(10), entered.wait_for(|n| *n >= 1))
@@ -278,7 +220,7 @@ async fn health_check_answers_while_every_slot_is_busy_and_other_calls_are_refus
         .expect_err("a watch on a health connection");
     assert_eq!(refused.code(), Code::Unavailable, "{refused}");
 
-    let mut http = h1_sent(srv.addr, "/slow").await?;
+    let mut http = get_sent(srv.addr, "/slow").await?;
     assert_eq!(status(&mut http, Duration::from_secs(5)).await?, 503);
     closed(&mut http, Duration::from_secs(5)).await?;
 
