@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, ensure, Context, Result};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Container;
 use serde_json::Value;
 
 use crate::tools;
@@ -226,6 +227,16 @@ pub fn find_kind<'a>(docs: &'a [Value], kind: &str) -> Result<&'a Value> {
 pub fn operator_deployment(docs: &[Value]) -> Result<Deployment> {
     serde_json::from_value(find_kind(docs, "Deployment")?.clone())
         .context("Deployment does not parse")
+}
+
+/// The first container of a rendered Deployment (the operator's, in the operator chart).
+pub fn first_container(deployment: &Deployment) -> Result<&Container> {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .context("Deployment has no container")
 }
 
 /// Renders `chart` and checks every object: built-in kinds against the Kubernetes schemas of

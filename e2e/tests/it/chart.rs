@@ -57,13 +57,10 @@ fn kinds(docs: &[Value]) -> BTreeSet<String> {
 }
 
 fn operator_args(deployment: &Deployment) -> Result<Vec<String>> {
-    let container = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|s| s.containers.first())
-        .context("Deployment has no container")?;
-    Ok(container.args.clone().unwrap_or_default())
+    Ok(chart::first_container(deployment)?
+        .args
+        .clone()
+        .unwrap_or_default())
 }
 
 fn helm_fails_with(sets: &[&str]) -> Result<String> {

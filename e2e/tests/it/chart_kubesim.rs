@@ -19,12 +19,7 @@ type OperatorCommand = (Vec<String>, Vec<(String, String)>);
 /// address moved to `metrics_addr` (a loopback port of this machine instead of the pod's
 /// `0.0.0.0:8080`).
 fn local_operator_command(deployment: &Deployment, metrics_addr: &str) -> Result<OperatorCommand> {
-    let container = deployment
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .and_then(|s| s.containers.first())
-        .context("Deployment has no container")?;
+    let container = chart::first_container(deployment)?;
     let mut args = container.args.clone().unwrap_or_default();
     let at = args
         .iter()
