@@ -22,11 +22,13 @@
 //! Run: `cargo bench -p flotilla-operator --bench failover -- --runs 20`
 //! (`cargo build -p users` first; or set `FLOTILLA_USERS_BIN`).
 
+#[path = "common/measure.rs"]
+mod measure;
 #[allow(dead_code)]
-#[path = "../tests/failover_common/mod.rs"]
+#[path = "../tests/it/failover_common/pods.rs"]
 mod pods;
 #[allow(dead_code)]
-#[path = "../tests/failover_common/sim.rs"]
+#[path = "../tests/it/failover_common/sim.rs"]
 mod sim;
 
 use std::net::SocketAddr;
@@ -45,6 +47,7 @@ use flotilla_operator::verdict_keys::VerdictKeys;
 use flotilla_operator::write::Leadership;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
+use measure::{failures_since, random_phase};
 use sim::*;
 
 #[path = "failover/readiness.rs"]

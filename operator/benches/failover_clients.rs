@@ -16,10 +16,12 @@
 
 // Shared with the failover tests; this bench uses only part of it.
 #[allow(dead_code)]
-#[path = "../tests/failover_common/clients.rs"]
+#[path = "../tests/it/failover_common/clients.rs"]
 mod clients;
+#[path = "common/measure.rs"]
+mod measure;
 #[allow(dead_code)]
-#[path = "../tests/failover_common/sim.rs"]
+#[path = "../tests/it/failover_common/sim.rs"]
 mod sim;
 
 use std::collections::BTreeSet;
@@ -28,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use clap::Parser;
 use clients::{api_requests_of, create_orders, Client, Kind};
+use measure::{failures_since, random_phase};
 use sim::*;
 
 /// Longest wait for a switch or a recovery.

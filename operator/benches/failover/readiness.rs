@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 
+use crate::measure::{failures_since, random_phase};
 use crate::pct;
 use crate::sim::*;
 

@@ -148,7 +148,7 @@ async fn bad_releases(sim: &Sim, runs: usize, failover: bool) -> Result<(Vec<f64
             after_first,
             failed_after_first,
             late,
-        } = tally(traffic.outcomes_by_send_time(), t_fault, t_out)?;
+        } = tally(traffic.outcomes_at(|sent, _| sent), t_fault, t_out)?;
         let w = t_out.saturating_duration_since(first_fail).as_secs_f64();
         println!(
             "rollout run {run}: first failed request {:.3}s after the fault, out of traffic {w:.3}s \

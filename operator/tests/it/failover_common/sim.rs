@@ -240,15 +240,6 @@ pub async fn http_text(
     Ok((reply.status, reply.body))
 }
 
-/// Waits a random part of `period` (the probe period that will notice the fault next), so a
-/// fault injected next falls at a random point of the probe schedule, as a real one does.
-/// Without it, a benchmark that injects a fault a fixed time after the previous run recovered
-/// lands at the same point of the schedule every run and measures that point instead of the
-/// distribution.
-pub async fn random_phase(period: Duration) {
-    tokio::time::sleep(period.mul_f64(rand::random_range(0.0..1.0))).await;
-}
-
 /// Injects faults into one pod through its `/admin/faults`.
 pub async fn set_fault(p: &Pod, json: &str) -> Result<()> {
     let code = http(pod_addr(p)?, "POST", "/admin/faults", Some(json)).await?;
@@ -265,21 +256,6 @@ pub async fn clear_fault(p: &Pod) -> Result<()> {
         bail!("clearing faults answered {code}");
     }
     Ok(())
-}
-
-/// The failed requests among `outcomes` since `from`, and the client error window: from the
-/// first to the last of them, in seconds (0 when none failed).
-pub fn failures_since(outcomes: Vec<(Instant, bool)>, from: Instant) -> (Vec<Instant>, f64) {
-    let errors: Vec<Instant> = outcomes
-        .into_iter()
-        .filter(|(t, ok)| *t >= from && !ok)
-        .map(|(t, _)| t)
-        .collect();
-    let window = match (errors.first(), errors.last()) {
-        (Some(a), Some(b)) => (*b - *a).as_secs_f64(),
-        _ => 0.0,
-    };
-    (errors, window)
 }
 
 /// A client sending steady traffic to an address, recording each request's outcome.
@@ -320,13 +296,8 @@ impl Traffic {
         self.outcomes_at(|_, ended| ended)
     }
 
-    /// Outcomes so far, each at the time its request was sent.
-    pub fn outcomes_by_send_time(&self) -> Vec<(Instant, bool)> {
-        self.outcomes_at(|sent, _| sent)
-    }
-
     /// Outcomes so far, each at the time `at(sent, ended)` picks.
-    fn outcomes_at(&self, at: impl Fn(Instant, Instant) -> Instant) -> Vec<(Instant, bool)> {
+    pub fn outcomes_at(&self, at: impl Fn(Instant, Instant) -> Instant) -> Vec<(Instant, bool)> {
         self.log
             .lock()
             .map(|l| {

@@ -3,15 +3,11 @@
 //! its status; an allowed one converges; a later refused change leaves the running Deployment
 //! alone.
 
-// Each test binary uses a different part of the shared harness.
-#[allow(dead_code)]
-mod support;
-
+use crate::support::*;
 use anyhow::{ensure, Result};
 use flotilla_crds::{conditions, reasons, MicroService};
 use flotilla_operator::admission::AdmissionPolicy;
 use flotilla_operator::OperatorConfig;
-use support::*;
 
 const ALLOWED: &str = "registry.example.com/shop/";
 

@@ -2,11 +2,6 @@
 //! operator runs in-process, faults are injected through each pod's `/admin/faults`, and
 //! traffic goes through the Service's cluster IP. Each test has its own cluster.
 
-// The failover tests' cluster harness; the error-window helper is for the benchmarks.
-#[allow(dead_code)]
-#[path = "failover_common/sim.rs"]
-mod sim;
-
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
@@ -14,7 +9,7 @@ use anyhow::{bail, Result};
 use flotilla_crds::{conditions, FailoverMode};
 use kube::api::{Patch, PatchParams};
 
-use sim::*;
+use crate::failover_common::sim::*;
 
 const PRIMARY: &str = "users";
 const FALLBACK: &str = "users-backup";

@@ -1,13 +1,9 @@
 //! Autoscaling on and off: the HPA is created and deleted, and the Deployment's replica count
 //! is handed to the HPA without resetting it, then taken back.
 
-// Each test binary uses a different part of the shared harness.
-#[allow(dead_code)]
-mod support;
-
+use crate::support::*;
 use anyhow::Result;
 use flotilla_operator::apply::applies_replicas;
-use support::*;
 
 #[tokio::test]
 async fn autoscaling_on_and_off() -> Result<()> {

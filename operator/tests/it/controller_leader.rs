@@ -2,13 +2,10 @@
 //! shuts down and releases the lease; a Lease deleted or reset under a live leader never gives
 //! a standby the lead beside it, and a Lease that cannot be recreated shows in `/healthz`.
 
-// Each test binary uses a different part of the shared harness.
-#[allow(dead_code)]
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use anyhow::{bail, Context, Result};
 use flotilla_operator::leader::{LeaseTiming, LEASE_NAME};
 use flotilla_operator::OperatorConfig;
@@ -21,7 +18,6 @@ use kube::api::{DeleteParams, ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::watcher;
 use kube::Api;
-use support::*;
 
 fn config(ns: &str, identity: &str) -> OperatorConfig {
     config_with(

@@ -1,8 +1,6 @@
 //! Prober + decider over real HTTP: test pods on loopback addresses, an inventory fed by hand,
 //! decisions read from the engine's outputs. No cluster involved.
 
-mod failover_common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,7 +21,7 @@ use flotilla_testkit::wait::poll;
 use tokio::sync::watch;
 use warp::Filter as _;
 
-use failover_common::{ip, start_group, FakePod};
+use crate::failover_common::pods::{ip, start_group, FakePod};
 
 const WAIT: Duration = Duration::from_secs(30);
 

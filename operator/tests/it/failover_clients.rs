@@ -4,13 +4,6 @@
 //! they recover, counted per target from the pods' own request counters; and a pod that ignores
 //! the traffic verdict is reported as sticky and, with `stickyConnections: Restart`, restarted.
 
-#[path = "failover_common/clients.rs"]
-mod clients;
-// Shared with the other failover tests; this one uses only part of it.
-#[allow(dead_code)]
-#[path = "failover_common/sim.rs"]
-mod sim;
-
 use std::time::Duration;
 
 use anyhow::Result;
@@ -19,8 +12,8 @@ use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::PostParams;
 
-use clients::{api_requests_of, create_orders, Client, Kind};
-use sim::*;
+use crate::failover_common::clients::{api_requests_of, create_orders, Client, Kind};
+use crate::failover_common::sim::*;
 
 /// Requests every 20 ms: enough to see a pinned connection within a second.
 const EVERY: Duration = Duration::from_millis(20);

@@ -1,17 +1,13 @@
 //! A converged MicroService costs no writes: after an operator restart, every child is found
 //! unchanged and no resourceVersion moves. Also checks the operator's HTTP endpoints.
 
-// Each test binary uses a different part of the shared harness.
-#[allow(dead_code)]
-mod support;
-
 use std::net::SocketAddr;
 
+use crate::support::*;
 use anyhow::{Context, Result};
 use flotilla_operator::OperatorConfig;
 use flotilla_testkit::http;
 use kube::ResourceExt;
-use support::*;
 
 /// A loopback address with a port that was free a moment ago.
 fn free_addr() -> Result<SocketAddr> {

@@ -4,11 +4,7 @@
 //! the typed MicroService) and through `render`, and all three must give the case's verdict
 //! with its field path in every rejection.
 
-mod admission_cases;
-#[allow(dead_code)]
-mod support;
-
-use admission_cases::{table, Case, Verdict, NAME};
+use crate::admission_cases::{table, Case, Verdict, NAME};
 use anyhow::{bail, Context, Result};
 use flotilla_crds::MicroService;
 use flotilla_operator::render::render;
@@ -128,7 +124,7 @@ fn judge(case: &Case, who: &str, answer: &Answer, admits_operator_only: bool) ->
 /// `render`, and every rejection names the field.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_validate_and_render_agree() -> Result<()> {
-    let env = support::start_in_namespace(NS).await?;
+    let env = crate::support::start_in_namespace(NS).await?;
     let cases = table();
     let mut disagreements = Vec::new();
     let mut counts = [0usize; 3];
@@ -173,7 +169,7 @@ async fn server_validate_and_render_agree() -> Result<()> {
 /// field, the size sent and the bound, as a tenant sees it from `kubectl apply`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_specs_are_refused_naming_the_bound() -> Result<()> {
-    let env = support::start_in_namespace("admission-size").await?;
+    let env = crate::support::start_in_namespace("admission-size").await?;
     let keys: serde_json::Map<String, Value> =
         (0..257).map(|i| (format!("K{i}"), json!("v"))).collect();
     let cases = [
@@ -219,7 +215,7 @@ async fn oversized_specs_are_refused_naming_the_bound() -> Result<()> {
 /// A CRD whose rule does not compile is refused by the API server, naming the rule.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crd_with_a_broken_rule_is_refused() -> Result<()> {
-    let env = support::start_in_namespace("admission-crd").await?;
+    let env = crate::support::start_in_namespace("admission-crd").await?;
     let mut crd = serde_json::to_value(flotilla_crds::crd())?;
     crd["metadata"]["name"] = json!("brokens.flotilla.rs");
     crd["spec"]["names"] = json!({"kind": "Broken", "plural": "brokens"});

@@ -1,13 +1,9 @@
 //! Changing a MicroService: children follow the spec, observedGeneration follows the
 //! generation, a config change rolls the pods, and removed config deletes the ConfigMap.
 
-// Each test binary uses a different part of the shared harness.
-#[allow(dead_code)]
-mod support;
-
+use crate::support::*;
 use anyhow::Result;
 use flotilla_crds::annotations::CONFIG_HASH;
-use support::*;
 
 #[tokio::test]
 async fn spec_and_config_changes_reach_the_children() -> Result<()> {

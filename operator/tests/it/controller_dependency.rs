@@ -1,12 +1,8 @@
 //! Dependencies and permanent errors are reported in status rather than retried in a loop.
 
-// Each test binary uses a different part of the shared harness.
-#[allow(dead_code)]
-mod support;
-
+use crate::support::*;
 use anyhow::Result;
 use flotilla_crds::{conditions, reasons};
-use support::*;
 
 #[tokio::test]
 async fn missing_dependency_is_degraded_until_it_appears() -> Result<()> {

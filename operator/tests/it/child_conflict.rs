@@ -1,12 +1,9 @@
 //! Flotilla never takes over an object it did not create: a MicroService whose Deployment,
 //! Service, ConfigMap or HPA name is taken by a stranger reports it and leaves it alone.
 
-// Each test binary uses a different part of the shared harness.
-#[allow(dead_code)]
-mod support;
-
 use std::collections::BTreeMap;
 
+use crate::support::*;
 use anyhow::{ensure, Context, Result};
 use flotilla_crds::conditions::DEGRADED;
 use flotilla_crds::{labels, reasons, AutoscalingSpec, MicroService};
@@ -15,7 +12,6 @@ use kube::{Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::json;
-use support::*;
 
 /// A stranger object: the apply must not touch it, so its resourceVersion must not move.
 struct Stranger {

@@ -59,7 +59,7 @@ impl Client {
                     async move {
                         match http
                             .get(&url)
-                            .bearer_auth(crate::sim::api_token())
+                            .bearer_auth(super::sim::api_token())
                             .send()
                             .await
                         {
@@ -75,7 +75,7 @@ impl Client {
                     .connect_timeout(Duration::from_secs(2))
                     .connect_lazy();
                 let (token, _) =
-                    crate::sim::signer()?.issue("5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f")?;
+                    super::sim::signer()?.issue("5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f")?;
                 let bearer: tonic::metadata::MetadataValue<_> =
                     format!("Bearer {token}").parse()?;
                 let client = orders::pb::orders_client::OrdersClient::new(channel);
@@ -168,14 +168,14 @@ pub async fn create_orders(
     use k8s_openapi::api::core::v1::EnvVar;
     let mut spec = flotilla_crds::MicroServiceSpec::with_image("flotilla/orders:0.1.0");
     spec.replicas = replicas;
-    spec.port = crate::sim::PORT;
-    spec.service.port = crate::sim::PORT;
+    spec.port = super::sim::PORT;
+    spec.service.port = super::sim::PORT;
     spec.health.grpc = Some(flotilla_crds::GrpcHealthSpec {
         service: "flotilla.orders.v1.Orders".into(),
     });
     let mut vars = vec![
-        ("ADMIN_TOKEN", crate::sim::ADMIN_TOKEN),
-        ("JWT_PUBLIC_KEYS", crate::sim::PUBLIC_KEYS),
+        ("ADMIN_TOKEN", super::sim::ADMIN_TOKEN),
+        ("JWT_PUBLIC_KEYS", super::sim::PUBLIC_KEYS),
     ];
     vars.extend_from_slice(env);
     spec.env = Some(

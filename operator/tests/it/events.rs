@@ -1,17 +1,13 @@
 //! Events as `kubectl get events` shows them: a repeat of the same Event is counted on the first
 //! one, and an Event with a new message is a new Event carrying that message.
 
-// Each test binary uses a different part of the shared harness.
-#[allow(dead_code)]
-mod support;
-
+use crate::support::*;
 use anyhow::{bail, Result};
 use flotilla_operator::events::EventSink;
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use kube::api::ListParams;
 use kube::runtime::events::{Event, EventType, Reporter};
 use kube::Resource;
-use support::*;
 
 fn rollout_started(note: &str) -> Event {
     Event {

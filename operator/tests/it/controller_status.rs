@@ -1,14 +1,10 @@
 //! Status mirrors the Deployment: Ready after a complete rollout, Progressing during one,
 //! Degraded on ProgressDeadlineExceeded; the scale subresource drives the replica count.
 
-// Each test binary uses a different part of the shared harness.
-#[allow(dead_code)]
-mod support;
-
+use crate::support::*;
 use anyhow::Result;
 use flotilla_crds::conditions::{DEGRADED, PROGRESSING, READY};
 use kube::api::{Patch, PatchParams};
-use support::*;
 
 #[tokio::test]
 async fn status_follows_the_deployment_rollout() -> Result<()> {

@@ -1,14 +1,10 @@
 //! Injected API failures (500, 409, 503) are retried and the MicroService converges.
 
-// Each test binary uses a different part of the shared harness.
-#[allow(dead_code)]
-mod support;
-
+use crate::support::*;
 use anyhow::Result;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::ListParams;
 use kube::Api;
-use support::*;
 
 #[tokio::test]
 async fn injected_errors_are_retried_until_converged() -> Result<()> {

@@ -1,20 +1,16 @@
 //! A hanging API server does not wedge the controller silently: calls other than watches time
 //! out, and a controller that stops making progress shows in `/healthz`.
 
-// Each test binary uses a different part of the shared harness.
-#[allow(dead_code)]
-mod support;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::support::*;
 use anyhow::{Context, Result};
 use flotilla_operator::kube_client::{self, ClientTimeouts};
 use flotilla_operator::OperatorConfig;
 use flotilla_testkit::operator::free_port;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kubesim::faults::LatencyRule;
-use support::*;
 
 /// The operator's own client (with its timeouts) for the harness's cluster.
 async fn operator_client(env: &Harness, request: Duration) -> Result<kube::Client> {

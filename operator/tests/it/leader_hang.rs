@@ -2,16 +2,13 @@
 //! clients record every write they send. The leader's Lease renewals hang (the fault matches only
 //! its holder identity), or a write is slow when the leader is asked to stop.
 
-// Each test binary uses a different part of the shared harness.
-#[allow(dead_code)]
-mod support;
-
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
+use crate::support::*;
 use anyhow::{bail, Context, Result};
 use flotilla_crds::FAILOVER_FIELD_MANAGER;
 use flotilla_operator::leader::{LeaseTiming, LEASE_NAME};
@@ -21,7 +18,6 @@ use kube::api::{Patch, PatchParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::Api;
 use kubesim::faults::LatencyRule;
-use support::*;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

@@ -1,15 +1,11 @@
 //! Creating a MicroService: children are applied with owner references, status follows, Events
 //! are published, and a deleted child comes back.
 
-// Each test binary uses a different part of the shared harness.
-#[allow(dead_code)]
-mod support;
-
+use crate::support::*;
 use anyhow::Result;
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{DeleteParams, ListParams};
 use kube::{Api, ResourceExt};
-use support::*;
 
 #[tokio::test]
 async fn create_applies_children_with_owner_refs_and_recreates_deleted_ones() -> Result<()> {

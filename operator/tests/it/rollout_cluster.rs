@@ -3,11 +3,6 @@
 //! failed requests. A healthy release is promoted; one whose image cannot be pulled and one whose
 //! pods fail readiness are rolled back with the stable pods untouched.
 
-// The failover tests' cluster harness; this binary uses only part of it.
-#[allow(dead_code)]
-#[path = "failover_common/sim.rs"]
-mod sim;
-
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
@@ -20,7 +15,7 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Patch, PatchParams};
 use kube::Api;
 
-use sim::*;
+use crate::failover_common::sim::*;
 
 const NAME: &str = "users";
 const CANARY: &str = "users-canary";

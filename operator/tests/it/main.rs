@@ -1,0 +1,39 @@
+//! The operator's integration tests, one binary. Controller and failover tests run against
+//! kubesim, a real HTTP API server, each in its own namespace; the harness is `flotilla-testkit`.
+//!
+//! - [`support`]: the controller tests' operator configuration and field readers.
+//! - [`failover_common`]: test pods, a cluster with real service processes, keep-alive clients.
+//! - [`admission_cases`]: the agreement table the admission tests read.
+//!
+//! Tests:
+//! - [`admission`], [`fuzz_specs`]: the API server, `validate` and `render` agree on every spec.
+//! - [`cli`]: the binary's `crd` and `render` commands.
+//! - `controller_*`, [`child_conflict`], [`events`]: the reconciler on kubesim.
+//! - [`controller_leader`], [`leader_hang`], [`health_stall`]: leadership and a hanging API server.
+//! - `failover_*`, [`rollout_cluster`]: health-aware traffic and guarded rollouts.
+
+mod admission_cases;
+mod failover_common;
+mod support;
+
+mod admission;
+mod child_conflict;
+mod cli;
+mod controller_autoscaling;
+mod controller_create;
+mod controller_dependency;
+mod controller_faults;
+mod controller_leader;
+mod controller_noop;
+mod controller_policy;
+mod controller_status;
+mod controller_update;
+mod events;
+mod failover_clients;
+mod failover_cluster;
+mod failover_engine;
+mod failover_scrape;
+mod fuzz_specs;
+mod health_stall;
+mod leader_hang;
+mod rollout_cluster;
