@@ -32,6 +32,7 @@ async fn traffic_moves_to(
             api_requests_of(pods, PORT).await?,
             api_requests_of(others, PORT).await?,
         );
+        // Elapsed time is the measure: the requests each group served in one second.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let (a1, b1) = (
             api_requests_of(pods, PORT).await?,

@@ -311,27 +311,25 @@ async fn an_operator_restart_during_failover_keeps_the_current_target() -> Resul
     sim.start_operator().await?;
     let t0 = Instant::now();
     let primary_ips = ips(&primary);
-    loop {
-        let active = sim.active(PRIMARY).await?;
-        if active.as_deref() == Some("primary") {
-            break;
-        }
-        if t0.elapsed() < recover {
-            // Until the window has passed, no primary pod may get traffic back.
-            let eps = sim.ready_endpoints(PRIMARY).await?;
-            if !eps.is_disjoint(&primary_ips) {
-                sim.print_report().await;
-                bail!(
-                    "endpoints changed {:?} after the restart: {eps:?}",
-                    t0.elapsed()
-                );
+    // Ends with the failback, or early with the primary endpoints seen back inside the window.
+    let early = sim
+        .poll("failback after the restart", || async {
+            if sim.active(PRIMARY).await?.as_deref() == Some("primary") {
+                return Ok(Some(None));
             }
-        }
-        if t0.elapsed() > WAIT {
-            sim.print_report().await;
-            bail!("no failback after the restart");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+            if t0.elapsed() < recover {
+                // Until the window has passed, no primary pod may get traffic back.
+                let eps = sim.ready_endpoints(PRIMARY).await?;
+                if !eps.is_disjoint(&primary_ips) {
+                    return Ok(Some(Some((t0.elapsed(), eps))));
+                }
+            }
+            Ok(None)
+        })
+        .await?;
+    if let Some((after, eps)) = early {
+        sim.print_report().await;
+        bail!("endpoints changed {after:?} after the restart: {eps:?}");
     }
     let waited = t0.elapsed();
     assert!(
@@ -402,24 +400,23 @@ async fn a_noisy_pod_does_not_flap_traffic() -> Result<()> {
     // Watch for as long as it takes the prober to see at least eight failures (about 16
     // probes at the 500 ms default), checking every 100 ms that nothing moved.
     let start = Instant::now();
-    loop {
-        let p = sim.pods().get(&name).await?;
-        assert_eq!(
-            serves(&p, PRIMARY).as_deref(),
-            Some("true"),
-            "the noisy pod was ejected after {:?}",
-            start.elapsed()
-        );
-        assert_eq!(sim.active(PRIMARY).await?.as_deref(), Some("primary"));
-        let (_, metrics) = http_text(addr, "GET", "/metrics", None).await?;
-        if readyz_failures(&metrics) >= 8.0 {
-            break;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!("the noisy pod answered fewer than 8 failing readiness checks in 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    sim.poll_within(
+        "8 failing readiness checks answered by the noisy pod",
+        Duration::from_secs(60),
+        || async {
+            let p = sim.pods().get(&name).await?;
+            assert_eq!(
+                serves(&p, PRIMARY).as_deref(),
+                Some("true"),
+                "the noisy pod was ejected after {:?}",
+                start.elapsed()
+            );
+            assert_eq!(sim.active(PRIMARY).await?.as_deref(), Some("primary"));
+            let (_, metrics) = http_text(addr, "GET", "/metrics", None).await?;
+            Ok((readyz_failures(&metrics) >= 8.0).then_some(()))
+        },
+    )
+    .await?;
     let reasons = sim.event_reasons(PRIMARY).await?;
     assert!(
         !reasons

@@ -208,16 +208,14 @@ async fn a_hanging_pod_times_out_and_probes_stay_bounded() -> Result<()> {
     assert_eq!(ev.last_probe.as_deref(), Some("timeout"));
     assert!(metrics.probes.with_label_values(&["timeout"]).get() >= 2);
     // Let the healthy pod be probed many times, then check connection reuse.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while fakes[1].readiness_requests() < 15 {
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "api-1 was probed only {} times",
-                fakes[1].readiness_requests()
-            );
+    poll("api-1 probed 15 times", WAIT, || async {
+        let n = fakes[1].readiness_requests();
+        if n < 15 {
+            bail!("api-1 was probed only {n} times");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        Ok(Some(()))
+    })
+    .await?;
     assert!(
         fakes[1].connections() <= 2,
         "{} probes used {} connections",
@@ -294,6 +292,8 @@ async fn a_first_failure_has_the_whole_service_probed_at_once() -> Result<()> {
             .filter(|p| p.readiness_requests() > 0)
             .count()
     };
+    // Elapsed time is what this test checks (every pod within 1 s of the first probe), so both
+    // loops look every 5 ms: `poll`'s 100 ms would move the start of the window by as much.
     let deadline = tokio::time::Instant::now() + WAIT;
     while probed() == 0 {
         if tokio::time::Instant::now() > deadline {
@@ -334,15 +334,13 @@ async fn a_noisy_pod_never_leaves() -> Result<()> {
     );
     let (_tx, mut out, metrics) = start(inv);
     fakes[0].set_noisy(true);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while metrics.probes.with_label_values(&["bad_status"]).get() < 10 {
-        if tokio::time::Instant::now() > deadline {
-            bail!("too few probes");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+    poll("10 failed probes", WAIT, || {
         let d = out.desired.borrow_and_update().clone();
         assert_ne!(member(&d, "noisy", "noisy-0"), Some(Membership::Out));
-    }
+        let failed = metrics.probes.with_label_values(&["bad_status"]).get();
+        std::future::ready(Ok((failed >= 10).then_some(())))
+    })
+    .await?;
     let ejected =
         std::iter::from_fn(|| out.notices.try_recv().ok()).any(|n| matches!(n, Notice::Pod { .. }));
     assert!(!ejected);
@@ -364,6 +362,8 @@ async fn a_high_5xx_ratio_ejects_a_pod_whose_readiness_is_fine() -> Result<()> {
         "http_requests_total{status=\"200\"} 100\nhttp_requests_total{status=\"500\"} 0\n",
     );
     fakes[1].set_metrics("# no traffic yet\n");
+    // Elapsed time is the point: the engine must scrape these counters (every 200 ms probe) before
+    // they move, so the error rate it judges is the ratio of the change, not of the totals.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     fakes[0].set_metrics(
         "http_requests_total{status=\"200\"} 150\nhttp_requests_total{status=\"500\"} 50\n",

@@ -19,6 +19,7 @@ use flotilla_operator::failover::metrics::Metrics;
 use flotilla_operator::failover::policy::{FailoverPolicy, ProbePolicy};
 use flotilla_operator::failover::scrape::ScrapeLimits;
 use flotilla_testkit::memory::resident_mib;
+use flotilla_testkit::wait::poll;
 use http_body_util::{Either, Full, StreamBody};
 use hyper::body::{Bytes, Frame};
 use hyper::{Request, Response};
@@ -176,21 +177,25 @@ async fn huge_metrics_bodies_are_rejected_within_a_memory_bound_and_never_eject(
     };
     let (mut out, _thread) = engine::spawn(rx, metrics.clone(), cfg)?;
     let rejected = |r: &str| metrics.scrape_rejected.with_label_values(&[r]).get();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while rejected("too_many_series") < 2 * u64::from(SERIES_PODS)
-        || rejected("body_too_large") < 2 * u64::from(BYTES_PODS)
-    {
-        if tokio::time::Instant::now() > deadline {
-            bail!(
-                "scrapes not rejected in time: too_many_series {}, body_too_large {}, timeout {}, transport {}",
-                rejected("too_many_series"),
-                rejected("body_too_large"),
-                rejected("timeout"),
-                rejected("transport")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll(
+        "two rejected scrapes of every pod",
+        Duration::from_secs(60),
+        || async {
+            if rejected("too_many_series") < 2 * u64::from(SERIES_PODS)
+                || rejected("body_too_large") < 2 * u64::from(BYTES_PODS)
+            {
+                bail!(
+                    "too_many_series {}, body_too_large {}, timeout {}, transport {}",
+                    rejected("too_many_series"),
+                    rejected("body_too_large"),
+                    rejected("timeout"),
+                    rejected("transport")
+                );
+            }
+            Ok(Some(()))
+        },
+    )
+    .await?;
     let (_, peak) = resident_mib("self")?;
     let growth = peak - base;
     println!(

@@ -79,6 +79,7 @@ async fn handle(
             let n = knobs.readiness_requests.fetch_add(1, Ordering::SeqCst);
             let delay = knobs.delay_ms.load(Ordering::SeqCst);
             if delay > 0 {
+                // The latency the test asked for is the behaviour under test.
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
             let status = if knobs.noisy.load(Ordering::SeqCst) {
