@@ -34,7 +34,6 @@ use kube::api::{ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
 use kubesim::{Cluster, ClusterConfig};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[path = "scale/rss.rs"]
 mod rss;
@@ -42,13 +41,13 @@ mod rss;
 const NS: &str = "scale";
 const TIMEOUT: Duration = Duration::from_secs(600);
 
+/// The operator's `/metrics` text, through the tests' one HTTP client.
 async fn metrics(addr: SocketAddr) -> Result<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: bench\r\n\r\n")
-        .await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    Ok(buf)
+    let reply = flotilla_testkit::http::get(&format!("http://{addr}/metrics")).await?;
+    if reply.status != 200 {
+        bail!("GET /metrics answered {}", reply.status);
+    }
+    Ok(reply.body)
 }
 
 fn sum(text: &str, prefix: &str) -> f64 {
