@@ -1,13 +1,20 @@
-//! HTTP/1.1 spoken by hand over a TCP stream, for tests of a server's connection handling
-//! (limits, timeouts, closes), where a real client's pooling and retries would hide what the
-//! server did to the connection.
+//! HTTP/1.1 spoken by hand over a TCP stream, and bare prior-knowledge HTTP/2 connections, for
+//! tests of a server's connection handling (limits, timeouts, closes), where a real client's
+//! pooling and retries would hide what the server did to the connection.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+
+/// The sending half of an HTTP/2 connection opened by [`h2_connect`].
+pub type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
 
 /// Reads until the status line is complete; returns its code. Fails after `within`.
 pub async fn status(stream: &mut TcpStream, within: Duration) -> Result<u16> {
@@ -67,4 +74,52 @@ pub async fn probe(addr: SocketAddr, path: &str) -> Result<(u16, Duration)> {
         .await
         .with_context(|| format!("GET {path}"))?;
     Ok((code, start.elapsed()))
+}
+
+/// `n` idle HTTP/1.1 connections to `addr`: every other one silent since connecting, the others
+/// kept alive after a `GET path` answered 200.
+pub async fn idle_http1(addr: SocketAddr, n: usize, path: &str) -> Result<Vec<TcpStream>> {
+    let mut idle = Vec::with_capacity(n);
+    for i in 0..n {
+        if i % 2 == 0 {
+            idle.push(TcpStream::connect(addr).await?);
+        } else {
+            let mut s = get_sent(addr, path).await?;
+            anyhow::ensure!(
+                status(&mut s, Duration::from_secs(5)).await? == 200,
+                "GET {path} did not answer 200"
+            );
+            idle.push(s);
+        }
+    }
+    Ok(idle)
+}
+
+/// An HTTP/2 (prior knowledge) connection to `addr`: the sender and the task driving the
+/// connection, which ends when the server closes it.
+pub async fn h2_connect(addr: SocketAddr) -> Result<(H2Sender, JoinHandle<()>)> {
+    let stream = TcpStream::connect(addr).await?;
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
+    let task = tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok((sender, task))
+}
+
+/// `GET path` on an HTTP/2 connection to `addr`; its status. Gives up after 5 s.
+pub async fn h2_get(sender: &mut H2Sender, addr: SocketAddr, path: &str) -> Result<u16> {
+    let req = http::Request::get(format!("http://{addr}{path}")).body(Empty::<Bytes>::new())?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
+        .await
+        .context("no HTTP/2 answer")??;
+    Ok(resp.status().as_u16())
+}
+
+/// An HTTP/2 connection to `addr` that has answered one `GET path`: the sender, the task driving
+/// the connection, and the status.
+pub async fn h2_used(addr: SocketAddr, path: &str) -> Result<(H2Sender, JoinHandle<()>, u16)> {
+    let (mut sender, task) = h2_connect(addr).await?;
+    let code = h2_get(&mut sender, addr, path).await?;
+    Ok((sender, task, code))
 }

@@ -7,12 +7,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
 use flotilla_kit::server::{DrainOptions, Running};
 use flotilla_kit::{Health, Kit};
-use flotilla_testkit::raw_http::{closed, get_sent, probe, status};
-use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use flotilla_testkit::raw_http::{closed, get_sent, h2_used, idle_http1, probe, status};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -139,29 +136,6 @@ async fn assert_health_prompt(addr: SocketAddr, paths: &[&str]) -> Result<()> {
     Ok(())
 }
 
-type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
-
-/// An HTTP/2 (prior knowledge) connection that has answered one `GET path`; the sender and the
-/// task driving the connection, which ends when the server closes it.
-async fn h2_used(
-    addr: SocketAddr,
-    path: &str,
-) -> Result<(H2Sender, tokio::task::JoinHandle<()>, u16)> {
-    let stream = TcpStream::connect(addr).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let req = http::Request::get(format!("http://{addr}{path}")).body(Empty::<Bytes>::new())?;
-    let code = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
-        .await
-        .context("no HTTP/2 answer")??
-        .status()
-        .as_u16();
-    Ok((sender, task, code))
-}
-
 #[tokio::test]
 async fn health_answers_while_idle_connections_hold_every_slot() -> Result<()> {
     // Twice MAX_CONNECTIONS idle HTTP/1.1 connections (half silent since connecting, half
@@ -173,16 +147,7 @@ async fn health_answers_while_idle_connections_hold_every_slot() -> Result<()> {
         ..DrainOptions::default()
     })
     .await?;
-    let mut idle = Vec::new();
-    for i in 0..2 * MAX {
-        if i % 2 == 0 {
-            idle.push(TcpStream::connect(srv.addr).await?);
-        } else {
-            let mut s = get_sent(srv.addr, "/healthz").await?;
-            assert_eq!(status(&mut s, Duration::from_secs(5)).await?, 200);
-            idle.push(s);
-        }
-    }
+    let idle = idle_http1(srv.addr, 2 * MAX, "/healthz").await?;
     let mut h2 = Vec::new();
     for _ in 0..2 * MAX {
         let (sender, task, code) = h2_used(srv.addr, "/healthz").await?;

@@ -6,12 +6,10 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
 use flotilla_kit::server::{DrainOptions, PeerAddr, Running, Stopped};
 use flotilla_kit::{tag, FaultConfig, Health, Kit};
+use flotilla_testkit::raw_http::{h2_connect, h2_get, H2Sender};
 use flotilla_testkit::wait::poll;
-use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use warp::Filter;
@@ -73,21 +71,12 @@ async fn pooled(srv: &Running) -> Result<reqwest::Client> {
     Ok(http)
 }
 
-type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
-
 /// An HTTP/2 (prior knowledge) connection past its handshake, with `requests` requests
 /// answered on it; the sender and the task driving the connection.
 async fn h2(srv: &Running, requests: usize) -> Result<(H2Sender, tokio::task::JoinHandle<()>)> {
-    let stream = TcpStream::connect(srv.addr).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
+    let (mut sender, task) = h2_connect(srv.addr).await?;
     for _ in 0..requests {
-        let req = http::Request::get(format!("{}/peer", srv.url())).body(Empty::new())?;
-        let resp = sender.send_request(req).await?;
-        assert_eq!(resp.status(), 200);
+        assert_eq!(h2_get(&mut sender, srv.addr, "/peer").await?, 200);
     }
     Ok((sender, task))
 }

@@ -13,10 +13,10 @@ use flotilla_kit::traffic::TRAFFIC_HEADER;
 use flotilla_kit::verdict::testing::TestSigner;
 use flotilla_kit::verdict::{unix_ms_now, VerdictCheck, SIGNATURE_HEADER};
 use flotilla_kit::{tag, FaultConfig, Health, Kit};
+use flotilla_testkit::raw_http::{h2_connect, H2Sender};
 use flotilla_testkit::wait::poll;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use warp::Filter;
 
 /// A kit service whose `GET /peer` answers with the client port of the connection it came on.
@@ -229,19 +229,6 @@ async fn draining_closes_idle_connections_at_once() -> Result<()> {
     Ok(())
 }
 
-type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
-
-/// Opens an HTTP/2 (prior knowledge) connection; returns the sender and the connection task.
-async fn h2_connect(srv: &Running) -> Result<(H2Sender, tokio::task::JoinHandle<()>)> {
-    let stream = TcpStream::connect(srv.addr).await?;
-    let (sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    Ok((sender, task))
-}
-
 async fn h2_peer(sender: &mut H2Sender, srv: &Running) -> Result<u16> {
     let req = http::Request::get(format!("{}/peer", srv.url())).body(Empty::<Bytes>::new())?;
     let resp = sender.send_request(req).await?;
@@ -256,7 +243,7 @@ async fn http2_connection_gets_goaway_after_ejected() -> Result<()> {
     // An HTTP/2 client's connection is ended by the server (GOAWAY) after `ejected`; its next
     // connection is a new one and is served.
     let (srv, _kit) = start(Duration::ZERO).await?;
-    let (mut sender, conn) = h2_connect(&srv).await?;
+    let (mut sender, conn) = h2_connect(srv.addr).await?;
     let a = h2_peer(&mut sender, &srv).await?;
     assert_eq!(
         h2_peer(&mut sender, &srv).await?,
@@ -268,7 +255,7 @@ async fn http2_connection_gets_goaway_after_ejected() -> Result<()> {
         .await
         .context("the server never closed the HTTP/2 connection")??;
     assert!(sender.is_closed() || sender.ready().await.is_err());
-    let (mut again, _conn) = h2_connect(&srv).await?;
+    let (mut again, _conn) = h2_connect(srv.addr).await?;
     let b = h2_peer(&mut again, &srv).await?;
     assert_ne!(a, b);
     srv.stop().await?;

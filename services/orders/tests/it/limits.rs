@@ -8,12 +8,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use bytes::Bytes;
 use flotilla_kit::server::{DrainOptions, Stopped};
 use flotilla_kit::{Health, Kit};
-use flotilla_testkit::raw_http::{closed, get_sent, probe, status};
-use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use flotilla_testkit::raw_http::{closed, get_sent, h2_used, idle_http1, probe, status};
 use orders::{App, GrpcHealth, Traffic};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -129,25 +126,6 @@ async fn assert_health_prompt(srv: &Server) -> Result<()> {
     Ok(())
 }
 
-type H2Sender = hyper::client::conn::http2::SendRequest<Empty<Bytes>>;
-
-/// An HTTP/2 connection that has answered one `GET /healthz`; the sender and the task driving
-/// the connection, which ends when the server closes it.
-async fn h2_used(addr: SocketAddr) -> Result<(H2Sender, tokio::task::JoinHandle<()>)> {
-    let stream = TcpStream::connect(addr).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await?;
-    let task = tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let req = http::Request::get(format!("http://{addr}/healthz")).body(Empty::<Bytes>::new())?;
-    let resp = tokio::time::timeout(Duration::from_secs(5), sender.send_request(req))
-        .await
-        .context("no HTTP/2 answer")??;
-    assert_eq!(resp.status(), 200);
-    Ok((sender, task))
-}
-
 #[tokio::test]
 async fn health_answers_while_idle_connections_hold_every_slot() -> Result<()> {
     // Twice MAX_CONNECTIONS idle HTTP/1.1 connections and as many idle HTTP/2 connections
@@ -159,19 +137,12 @@ async fn health_answers_while_idle_connections_hold_every_slot() -> Result<()> {
         ..DrainOptions::default()
     })
     .await?;
-    let mut idle = Vec::new();
-    for i in 0..2 * MAX {
-        if i % 2 == 0 {
-            idle.push(TcpStream::connect(srv.addr).await?);
-        } else {
-            let mut s = get_sent(srv.addr, "/healthz").await?;
-            assert_eq!(status(&mut s, Duration::from_secs(5)).await?, 200);
-            idle.push(s);
-        }
-    }
+    let idle = idle_http1(srv.addr, 2 * MAX, "/healthz").await?;
     let mut h2 = Vec::new();
     for _ in 0..2 * MAX {
-        h2.push(h2_used(srv.addr).await?);
+        let (sender, task, code) = h2_used(srv.addr, "/healthz").await?;
+        assert_eq!(code, 200);
+        h2.push((sender, task));
     }
     for _ in 0..3 {
         assert_health_prompt(&srv).await?;
@@ -249,7 +220,8 @@ async fn idle_connections_and_slow_headers_are_cut_off() -> Result<()> {
         ..DrainOptions::default()
     })
     .await?;
-    let (_sender, task) = h2_used(srv.addr).await?;
+    let (_sender, task, code) = h2_used(srv.addr, "/healthz").await?;
+    assert_eq!(code, 200);
     let start = Instant::now();
     tokio::time::timeout(Duration::from_secs(5), task)
         .await
