@@ -130,3 +130,60 @@ pub async fn stop_kubesim(child: &mut Child, grace: Duration) {
     let _ = child.start_kill();
     let _ = child.wait().await;
 }
+
+/// A bare `kubesim up` on a private state directory (as root: its pods run the operator
+/// in-cluster) and a [`Shell`] with a private `HOME` against it, for the Helm walkthroughs.
+pub struct HelmKubesim {
+    /// The shell the walkthrough's commands run in.
+    pub sh: Shell,
+    kubesim: Child,
+    state: tempfile::TempDir,
+    _home: tempfile::TempDir,
+}
+
+impl HelmKubesim {
+    /// Starts it with pod and service ranges from `first_octet` (see [`kubesim_up`]); `None`,
+    /// saying why, when not root.
+    pub async fn up(
+        first_octet: u32,
+        up_timeout: Duration,
+        step_timeout: Duration,
+    ) -> Result<Option<Self>> {
+        if !is_root() {
+            eprintln!("not run: the in-cluster operator needs kubesim to run as root (see README)");
+            return Ok(None);
+        }
+        let state = tempfile::tempdir()?;
+        let home = tempfile::tempdir()?;
+        let (kubesim, kubeconfig) = kubesim_up(&[], state.path(), first_octet, up_timeout).await?;
+        let sh = Shell {
+            kubeconfig,
+            home: home.path().to_path_buf(),
+            helm: crate::tools::find("helm")?,
+            step_timeout,
+        };
+        Ok(Some(Self {
+            sh,
+            kubesim,
+            state,
+            _home: home,
+        }))
+    }
+
+    /// Stops kubesim; when the walkthrough `failed`, first prints the logs of the operator pods
+    /// in `operator_ns`.
+    pub async fn stop(mut self, operator_ns: &str, failed: bool) {
+        stop_kubesim(&mut self.kubesim, Duration::from_secs(60)).await;
+        if failed {
+            let log = std::fs::read_dir(self.state.path().join("logs").join(operator_ns))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|d| d.path().join("operator.log"))
+                .filter_map(|p| std::fs::read_to_string(p).ok())
+                .collect::<Vec<_>>()
+                .join("\n");
+            eprintln!("operator log:\n{log}");
+        }
+    }
+}

@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Result};
-use flotilla_e2e::walkthrough::{is_root, kubesim_up, stop_kubesim, Shell};
+use flotilla_e2e::walkthrough::{HelmKubesim, Shell};
 use flotilla_e2e::walkthrough_checks::{
     missing_verb_is_reported, two_replicas_one_leader_and_failover,
 };
@@ -27,39 +27,19 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(180);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_helm_walkthrough_works_on_kubesim() -> Result<()> {
-    if !is_root() {
-        eprintln!("not run: the in-cluster operator needs kubesim to run as root (see README)");
+    let Some(cluster) = HelmKubesim::up(245, UP_TIMEOUT, STEP_TIMEOUT).await? else {
         return Ok(());
-    }
-    let state = tempfile::tempdir()?;
-    let home = tempfile::tempdir()?;
-    let (mut kubesim, kubeconfig) = kubesim_up(&[], state.path(), 245, UP_TIMEOUT).await?;
-    let sh = Shell {
-        kubeconfig,
-        home: home.path().to_path_buf(),
-        helm: flotilla_e2e::tools::find("helm")?,
-        step_timeout: STEP_TIMEOUT,
     };
+    let sh = &cluster.sh;
     let result = async {
-        install(&sh).await?;
+        install(sh).await?;
         let client = client_from_kubeconfig(&sh.kubeconfig).await?;
-        two_replicas_one_leader_and_failover(&sh, &client).await?;
-        missing_verb_is_reported(&sh, &client).await?;
-        uninstall(&sh).await
+        two_replicas_one_leader_and_failover(sh, &client).await?;
+        missing_verb_is_reported(sh, &client).await?;
+        uninstall(sh).await
     }
     .await;
-    stop_kubesim(&mut kubesim, Duration::from_secs(60)).await;
-    if result.is_err() {
-        let log = std::fs::read_dir(state.path().join("logs/flotilla-system"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|d| d.path().join("operator.log"))
-            .filter_map(|p| std::fs::read_to_string(p).ok())
-            .collect::<Vec<_>>()
-            .join("\n");
-        eprintln!("operator log:\n{log}");
-    }
+    cluster.stop("flotilla-system", result.is_err()).await;
     result
 }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use flotilla_crds::{conditions, MicroService};
-use flotilla_e2e::walkthrough::{is_root, kubesim_up, stop_kubesim, Shell};
+use flotilla_e2e::walkthrough::{HelmKubesim, Shell};
 use flotilla_testkit::cluster::client_from_kubeconfig;
 use flotilla_testkit::wait;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -65,22 +65,13 @@ const RELEASES: [(&str, &str, &str); 2] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn helm_upgrade_from_the_previous_release_keeps_secrets_lease_and_convergence() -> Result<()>
 {
-    if !is_root() {
-        eprintln!("not run: the in-cluster operator needs kubesim to run as root (see README)");
+    let Some(cluster) = HelmKubesim::up(240, UP_TIMEOUT, STEP_TIMEOUT).await? else {
         return Ok(());
-    }
-    let state = tempfile::tempdir()?;
-    let home = tempfile::tempdir()?;
-    let (mut kubesim, kubeconfig) = kubesim_up(&[], state.path(), 240, UP_TIMEOUT).await?;
-    let sh = Shell {
-        kubeconfig,
-        home: home.path().to_path_buf(),
-        helm: flotilla_e2e::tools::find("helm")?,
-        step_timeout: STEP_TIMEOUT,
     };
+    let sh = &cluster.sh;
     let result = async {
         let client = client_from_kubeconfig(&sh.kubeconfig).await?;
-        install_previous(&sh, &client).await?;
+        install_previous(sh, &client).await?;
         let secrets = release_secrets(&client).await?;
         ensure!(
             !secrets.is_empty(),
@@ -91,7 +82,7 @@ async fn helm_upgrade_from_the_previous_release_keeps_secrets_lease_and_converge
             secrets.keys().collect::<Vec<_>>()
         );
         let lease = held_lease(&client).await?;
-        upgrade(&sh).await?;
+        upgrade(sh).await?;
 
         let after = release_secrets(&client).await?;
         kept(&secrets, &after)?;
@@ -115,18 +106,7 @@ async fn helm_upgrade_from_the_previous_release_keeps_secrets_lease_and_converge
             }
         }
     }
-    stop_kubesim(&mut kubesim, Duration::from_secs(60)).await;
-    if result.is_err() {
-        let log = std::fs::read_dir(state.path().join("logs").join(OPERATOR_NS))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|d| d.path().join("operator.log"))
-            .filter_map(|p| std::fs::read_to_string(p).ok())
-            .collect::<Vec<_>>()
-            .join("\n");
-        eprintln!("operator log:\n{log}");
-    }
+    cluster.stop(OPERATOR_NS, result.is_err()).await;
     result
 }
 
