@@ -34,8 +34,8 @@ const MIN_LIVENESS_PERIOD_SECONDS: i32 = 5;
 /// up to this many one-second probes, so a slow start is not a crash loop.
 const STARTUP_PROBE_FAILURES: i32 = 120;
 
-/// The Deployment for the MicroService.
-pub fn build_deployment(v: &ValidatedSpec) -> Deployment {
+/// The Deployment for the MicroService, with what the operator gives every container (`op`).
+pub fn build_deployment(v: &ValidatedSpec, op: &OperatorInputs) -> Deployment {
     let s = &v.spec;
     let mut pod_labels = common_labels(v);
     if s.failover.enabled {
@@ -48,7 +48,7 @@ pub fn build_deployment(v: &ValidatedSpec) -> Deployment {
     }
     let has_config = s.config.as_ref().is_some_and(|c| !c.is_empty());
     let mount = s.config_mount_path.as_ref().filter(|_| has_config);
-    let container = container(v, mount);
+    let container = container(v, mount, op);
     let volumes = mount.map(|_| {
         vec![Volume {
             name: CONFIG_VOLUME.into(),
@@ -104,7 +104,7 @@ pub fn build_deployment(v: &ValidatedSpec) -> Deployment {
 
 /// The service's one container: image, port, env, probes, a locked-down security context and
 /// the config mount when there is one.
-fn container(v: &ValidatedSpec, mount: Option<&String>) -> Container {
+fn container(v: &ValidatedSpec, mount: Option<&String>, op: &OperatorInputs) -> Container {
     let s = &v.spec;
     Container {
         name: CONTAINER_NAME.into(),
@@ -117,7 +117,7 @@ fn container(v: &ValidatedSpec, mount: Option<&String>) -> Container {
             protocol: Some("TCP".into()),
             ..ContainerPort::default()
         }]),
-        env: Some(env(v)),
+        env: Some(env(v, op)),
         resources: s.resources.clone(),
         startup_probe: Some(startup_probe(v)),
         liveness_probe: Some(probe(v, &s.health.liveness_path, true)),
@@ -219,35 +219,6 @@ pub struct OperatorInputs {
     pub verdict_keys: Option<String>,
 }
 
-/// Adds what the operator gives every container beside the spec: the verdict keys, right after
-/// the downward-API variables (so a user's own `env` still comes last and wins).
-pub fn with_operator_env(mut d: Deployment, op: &OperatorInputs) -> Deployment {
-    let Some(keys) = &op.verdict_keys else {
-        return d;
-    };
-    let containers = d
-        .spec
-        .as_mut()
-        .and_then(|s| s.template.spec.as_mut())
-        .map(|p| p.containers.iter_mut());
-    for c in containers.into_iter().flatten() {
-        let env = c.env.get_or_insert_with(Vec::new);
-        let at = env
-            .iter()
-            .position(|e| e.name == "POD_NAMESPACE")
-            .map_or(0, |i| i + 1);
-        env.insert(
-            at,
-            EnvVar {
-                name: flotilla_crds::traffic::KEYS_ENV.into(),
-                value: Some(keys.clone()),
-                ..EnvVar::default()
-            },
-        );
-    }
-    d
-}
-
 fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
@@ -262,14 +233,21 @@ fn field_env(name: &str, path: &str) -> EnvVar {
     }
 }
 
-/// Container environment, in order: downward API, dependency URLs, config keys, then the
-/// user's `env`.
-fn env(v: &ValidatedSpec) -> Vec<EnvVar> {
+/// Container environment, in order: downward API, the operator's verdict keys, dependency
+/// URLs, config keys, then the user's `env` (last, so it wins).
+fn env(v: &ValidatedSpec, op: &OperatorInputs) -> Vec<EnvVar> {
     let mut out = vec![
         field_env("POD_IP", "status.podIP"),
         field_env("POD_NAME", "metadata.name"),
         field_env("POD_NAMESPACE", "metadata.namespace"),
     ];
+    if let Some(keys) = &op.verdict_keys {
+        out.push(EnvVar {
+            name: flotilla_crds::traffic::KEYS_ENV.into(),
+            value: Some(keys.clone()),
+            ..EnvVar::default()
+        });
+    }
     for d in &v.dependencies {
         out.push(EnvVar {
             name: d.env_name.clone(),

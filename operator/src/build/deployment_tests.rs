@@ -49,7 +49,7 @@ fn deployment_basics() {
     spec.replicas = 3;
     spec.port = 9000;
     spec.port_name = "web".into();
-    let d = build_deployment(&validated("users", spec));
+    let d = build_deployment(&validated("users", spec), &OperatorInputs::default());
     let labels = d.metadata.labels.clone().unwrap_or_default();
     assert_eq!(
         labels.get("app.kubernetes.io/name").map(String::as_str),
@@ -92,7 +92,10 @@ fn probes_follow_health() {
     spec.health.period_millis = 1500;
     spec.health.timeout_millis = 300;
     spec.health.initial_delay_seconds = 4;
-    let c = container(&build_deployment(&validated("users", spec)));
+    let c = container(&build_deployment(
+        &validated("users", spec),
+        &OperatorInputs::default(),
+    ));
     let r = c.readiness_probe.unwrap_or_default();
     let get = r.http_get.clone().unwrap_or_default();
     assert_eq!(get.path.as_deref(), Some("/readyz"));
@@ -126,7 +129,10 @@ fn grpc_health_uses_native_grpc_readiness() {
     spec.health.grpc = Some(flotilla_crds::GrpcHealthSpec {
         service: "flotilla.orders.v1.Orders".into(),
     });
-    let c = container(&build_deployment(&validated("orders", spec)));
+    let c = container(&build_deployment(
+        &validated("orders", spec),
+        &OperatorInputs::default(),
+    ));
     let r = c.readiness_probe.unwrap_or_default();
     assert_eq!(r.http_get, None);
     let grpc = r.grpc.unwrap_or_default();
@@ -162,7 +168,10 @@ fn env_is_injected_and_user_wins() {
         value: Some("debug".into()),
         ..EnvVar::default()
     }]);
-    let c = container(&build_deployment(&validated("auth", spec)));
+    let c = container(&build_deployment(
+        &validated("auth", spec),
+        &OperatorInputs::default(),
+    ));
     let pod_ip = env_value(&c, "POD_IP")
         .and_then(|e| e.value_from)
         .and_then(|f| f.field_ref);
@@ -208,11 +217,11 @@ fn env_is_injected_and_user_wins() {
 fn config_hash_and_mount() {
     let mut spec = MicroServiceSpec::with_image("x");
     spec.config = Some([("A".to_string(), "1".to_string())].into());
-    let a = build_deployment(&validated("auth", spec.clone()));
+    let a = build_deployment(&validated("auth", spec.clone()), &OperatorInputs::default());
     assert!(pod(&a).volumes.is_none());
     spec.config = Some([("A".to_string(), "2".to_string())].into());
     spec.config_mount_path = Some("/etc/auth".into());
-    let b = build_deployment(&validated("auth", spec));
+    let b = build_deployment(&validated("auth", spec), &OperatorInputs::default());
     let ha = template_annotations(&a)
         .get(annotations::CONFIG_HASH)
         .cloned();
@@ -241,7 +250,7 @@ fn autoscaling_releases_replicas() {
         target_memory_utilization_percentage: None,
         scale_down_stabilization_seconds: None,
     });
-    let d = build_deployment(&validated("auth", spec));
+    let d = build_deployment(&validated("auth", spec), &OperatorInputs::default());
     assert_eq!(d.spec.and_then(|s| s.replicas), None);
 }
 
@@ -251,7 +260,7 @@ fn failover_membership_label_only_on_template() {
     let mut spec = MicroServiceSpec::with_image("x");
     spec.failover.enabled = true;
     spec.failover.fallback = Some("auth-standby".into());
-    let d = build_deployment(&validated("auth", spec));
+    let d = build_deployment(&validated("auth", spec), &OperatorInputs::default());
     assert_eq!(
         template_labels(&d)
             .get("serves.flotilla.rs/auth")
@@ -264,7 +273,10 @@ fn failover_membership_label_only_on_template() {
         .and_then(|s| s.selector.match_labels.clone())
         .unwrap_or_default();
     assert_eq!(sel, selector_labels("auth"));
-    let plain = build_deployment(&validated("auth", MicroServiceSpec::with_image("x")));
+    let plain = build_deployment(
+        &validated("auth", MicroServiceSpec::with_image("x")),
+        &OperatorInputs::default(),
+    );
     assert!(!template_labels(&plain).contains_key("serves.flotilla.rs/auth"));
 }
 
@@ -276,7 +288,7 @@ fn security_and_pass_through() {
     spec.service_account_name = Some("auth-sa".into());
     spec.node_selector = Some([("disk".to_string(), "ssd".to_string())].into());
     spec.pod_annotations = Some([("team".to_string(), "identity".to_string())].into());
-    let d = build_deployment(&validated("auth", spec));
+    let d = build_deployment(&validated("auth", spec), &OperatorInputs::default());
     let p = pod(&d);
     assert_eq!(p.service_account_name.as_deref(), Some("auth-sa"));
     assert_eq!(
@@ -306,11 +318,12 @@ fn security_and_pass_through() {
 /// pods can check verdicts; without keys nothing is added.
 #[test]
 fn verdict_keys_follow_the_downward_api_variables() {
-    let plain = build_deployment(&validated("auth", MicroServiceSpec::with_image("x")));
-    let op = crate::build::OperatorInputs {
+    let v = validated("auth", MicroServiceSpec::with_image("x"));
+    let plain = build_deployment(&v, &OperatorInputs::default());
+    let op = OperatorInputs {
         verdict_keys: Some("k1:AAAA".into()),
     };
-    let with = crate::build::with_operator_env(plain.clone(), &op);
+    let with = build_deployment(&v, &op);
     let names: Vec<String> = container(&with)
         .env
         .unwrap_or_default()
@@ -330,8 +343,17 @@ fn verdict_keys_follow_the_downward_api_variables() {
         env_value(&container(&with), "FLOTILLA_VERDICT_KEYS").and_then(|e| e.value),
         Some("k1:AAAA".to_string())
     );
-    assert_eq!(
-        crate::build::with_operator_env(plain.clone(), &Default::default()),
-        plain
-    );
+    // Without keys nothing is added: the two differ by that one variable only.
+    let mut without = with.clone();
+    if let Some(c) = without
+        .spec
+        .as_mut()
+        .and_then(|s| s.template.spec.as_mut())
+        .and_then(|p| p.containers.first_mut())
+    {
+        c.env
+            .get_or_insert_with(Vec::new)
+            .retain(|e| e.name != "FLOTILLA_VERDICT_KEYS");
+    }
+    assert_eq!(without, plain);
 }

@@ -9,7 +9,7 @@ mod meta;
 mod service;
 
 pub use configmap::{build_config_map, config_hash, config_map_name};
-pub use deployment::{build_deployment, with_operator_env, OperatorInputs, CONTAINER_NAME};
+pub use deployment::{build_deployment, OperatorInputs, CONTAINER_NAME};
 pub use hpa::build_hpa;
 pub use meta::{common_labels, selector_labels, selector_string};
 pub use service::build_service;
@@ -38,7 +38,7 @@ pub struct DesiredResources {
 /// Builds every child of the MicroService.
 pub fn build(v: &ValidatedSpec, op: &OperatorInputs) -> DesiredResources {
     DesiredResources {
-        deployment: with_operator_env(build_deployment(v), op),
+        deployment: build_deployment(v, op),
         service: build_service(v),
         config_map: build_config_map(v),
         hpa: build_hpa(v),

@@ -105,7 +105,7 @@ mod tests {
     use flotilla_crds::MicroServiceSpec;
 
     use super::*;
-    use crate::build::{build_deployment, testutil::validated};
+    use crate::build::{build_deployment, testutil::validated, OperatorInputs};
 
     fn desired(image: &str, failover: bool) -> Deployment {
         let mut spec = MicroServiceSpec::with_image(image);
@@ -114,7 +114,7 @@ mod tests {
             spec.failover.enabled = true;
             spec.failover.fallback = Some("backup".into());
         }
-        build_deployment(&validated("users", spec))
+        build_deployment(&validated("users", spec), &OperatorInputs::default())
     }
 
     fn pod_labels(d: &Deployment) -> BTreeMap<String, String> {
