@@ -98,6 +98,10 @@ pub struct RunArgs {
     /// off, such services are reported as with `Report`.
     #[arg(long, env = "FLOTILLA_STICKY_RESTARTS", default_value_t = false)]
     pub sticky_restarts: bool,
+    /// Keep a readiness watch open on each pod that supports one, so a pod's own readiness
+    /// change or its death moves traffic at once; `false` probes every pod each period only.
+    #[arg(long, env = "FLOTILLA_READINESS_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub readiness_watch: bool,
     /// Images MicroServices may run: comma-separated prefixes of `spec.image` as written, each
     /// ending with '/', ':' or '@' (e.g. `registry.example.com/shop/,flotilla/users:`). A
     /// MicroService with another image is not applied and reports `PolicyRefused`. Unset: any
@@ -134,6 +138,7 @@ impl RunArgs {
             verdict_key_file: self.verdict_key_file.clone(),
             verdict_next_key_file: self.verdict_next_key_file.clone(),
             sticky_restarts: self.sticky_restarts,
+            readiness_watch: self.readiness_watch,
             policy: self.policy(),
             ..OperatorConfig::default()
         }

@@ -40,6 +40,9 @@ pub struct OperatorConfig {
     pub verdict_next_key_file: Option<PathBuf>,
     /// Whether `stickyConnections: Restart` may evict pods.
     pub sticky_restarts: bool,
+    /// Whether the prober keeps a readiness watch open on pods that support one (changes
+    /// reported as they happen, see `failover::watch`); off, every pod is probed each period.
+    pub readiness_watch: bool,
     /// What MicroServices may ask for; the default restricts nothing.
     pub policy: AdmissionPolicy,
 }
@@ -58,6 +61,7 @@ impl Default for OperatorConfig {
             verdict_key_file: None,
             verdict_next_key_file: None,
             sticky_restarts: false,
+            readiness_watch: true,
             policy: AdmissionPolicy::default(),
         }
     }

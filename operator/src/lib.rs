@@ -107,6 +107,7 @@ pub async fn run(
             watch_namespace: config.watch_namespace.clone(),
             verdict_keys: verdict_keys.clone(),
             sticky_restarts: config.sticky_restarts,
+            readiness_watch: config.readiness_watch,
         },
         microservices.clone(),
         leadership.clone(),

@@ -83,6 +83,8 @@ pub struct Options {
     pub verdict_keys: Arc<VerdictKeys>,
     /// Whether `stickyConnections: Restart` may evict pods.
     pub sticky_restarts: bool,
+    /// Whether readiness watches are kept open on pods that support them.
+    pub readiness_watch: bool,
 }
 
 /// Starts the watches, the prober/decider engine and the writer, with metrics registered in
@@ -110,6 +112,7 @@ pub fn spawn(
                 leadership: leadership.clone(),
             }),
             sticky_restarts: options.sticky_restarts,
+            watch: options.readiness_watch,
             ..engine::EngineConfig::default()
         },
     )?;

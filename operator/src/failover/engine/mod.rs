@@ -80,6 +80,9 @@ pub struct EngineConfig {
     /// Whether `stickyConnections: Restart` may pick pods to restart (the operator's
     /// `--sticky-restarts`); off, sticky pods are only reported.
     pub sticky_restarts: bool,
+    /// Keep a readiness watch open on each pod that supports one instead of probing it every
+    /// period (see the `watch` module).
+    pub watch: bool,
 }
 
 /// What the engine needs to send verdicts.
@@ -122,6 +125,7 @@ impl Default for EngineConfig {
             heartbeat: Heartbeat::default(),
             verdicts: None,
             sticky_restarts: false,
+            watch: true,
         }
     }
 }
