@@ -91,6 +91,8 @@ pub struct Faults {
     active: Arc<AtomicBool>,
     // flakyReadiness: whether the next answer on each connection fails.
     flaky: Arc<Mutex<HashMap<SocketAddr, bool>>>,
+    // Bumped on every change, so a readiness watch re-evaluates at once.
+    changes: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 impl Faults {
@@ -116,7 +118,13 @@ impl Faults {
             Err(poisoned) => *poisoned.into_inner() = cfg,
         }
         self.active.store(active, Ordering::Release);
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
         Ok(())
+    }
+
+    /// A receiver that sees every change of the configuration.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Clears every fault.

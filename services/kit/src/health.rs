@@ -19,6 +19,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::faults::Faults;
+use crate::readiness_watch::{self, Evaluator, WatchRequest, WATCH_HEADER};
 use crate::reply::{self, tag};
 use crate::traffic::{Traffic, TRAFFIC_HEADER};
 use crate::verdict::{VerdictCheck, SIGNATURE_HEADER};
@@ -48,6 +49,8 @@ struct Inner {
     started: Instant,
     // Milliseconds since `started` at the last heartbeat; 0 = heartbeat not running.
     heartbeat_ms: AtomicU64,
+    // Readiness for watchers (see `readiness_watch`).
+    evaluator: Evaluator,
 }
 
 impl std::fmt::Debug for Health {
@@ -128,6 +131,7 @@ impl HealthBuilder {
                 traffic: Traffic::with_check(check),
                 started: Instant::now(),
                 heartbeat_ms: AtomicU64::new(0),
+                evaluator: Evaluator::default(),
             }),
         }
     }
@@ -143,6 +147,11 @@ impl Health {
     pub fn start_draining(&self) {
         self.inner.draining.store(true, Ordering::Release);
         self.inner.traffic.start_draining();
+        self.inner.evaluator.poke();
+    }
+
+    pub(crate) fn evaluator(&self) -> &Evaluator {
+        &self.inner.evaluator
     }
 
     /// The traffic verdict state the server closes persistent connections by.
@@ -234,6 +243,50 @@ impl Health {
         }
     }
 
+    /// One ordinary `/readyz` answer: 200 or 503 with the report.
+    async fn probe_response(
+        &self,
+        faults: &Faults,
+        peer: Option<std::net::SocketAddr>,
+    ) -> Response {
+        let report = self.readiness_for(faults, peer).await;
+        self.traffic().record_ready(report.failing.is_empty());
+        let status = if report.failing.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        reply::json(status, &report)
+    }
+
+    /// A watch answer (see [`crate::readiness_watch`]), its status from the first report.
+    async fn watch_response(&self, faults: &Faults, req: WatchRequest) -> Response {
+        let mut rx = self.watch_readiness(faults);
+        let first = match rx.wait_for(Option::is_some).await {
+            Ok(r) => r.clone(),
+            Err(_) => None,
+        };
+        let Some(first) = first else {
+            return self.probe_response(faults, None).await;
+        };
+        let status = if first.failing.is_empty() {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        let body = readiness_watch::body(self.clone(), rx, req);
+        let reply = warp::reply::with_header(
+            warp::reply::with_header(
+                warp::reply::with_status(warp::reply::stream(body), status),
+                WATCH_HEADER,
+                req.header_value(),
+            ),
+            "content-type",
+            "text/plain; charset=utf-8",
+        );
+        warp::reply::Reply::into_response(reply)
+    }
+
     /// `GET /healthz` and `GET /readyz`.
     pub fn routes(
         &self,
@@ -258,25 +311,40 @@ impl Health {
             .and(warp::ext::optional::<crate::server::PeerAddr>())
             .and(warp::header::optional::<String>(TRAFFIC_HEADER))
             .and(warp::header::optional::<String>(SIGNATURE_HEADER))
+            .and(warp::header::optional::<String>(WATCH_HEADER))
             .then(
                 move |peer: Option<crate::server::PeerAddr>,
                       verdict: Option<String>,
-                      signature: Option<String>| {
+                      signature: Option<String>,
+                      watch: Option<String>| {
                     let peer = peer.map(|p| p.0);
                     let (ready, faults) = (ready.clone(), faults.clone());
                     async move {
-                        let report = ready.readiness_for(&faults, peer).await;
-                        // Own readiness first, so `serving` on a failing instance keeps closing.
-                        ready.traffic().record_ready(report.failing.is_empty());
-                        if let Some(v) = verdict {
-                            ready.traffic().record_verdict(&v, signature.as_deref());
-                        }
-                        let status = if report.failing.is_empty() {
-                            StatusCode::OK
-                        } else {
-                            StatusCode::SERVICE_UNAVAILABLE
+                        let record_verdict = || {
+                            if let Some(v) = &verdict {
+                                ready.traffic().record_verdict(v, signature.as_deref());
+                            }
                         };
-                        tag("/readyz", reply::json(status, &report))
+                        // `flakyReadiness` is a per-answer fault: its pods answer every
+                        // request as an ordinary probe, so each prober sees the alternation.
+                        let watch = watch
+                            .as_deref()
+                            .and_then(WatchRequest::parse)
+                            .filter(|_| !faults.get().flaky_readiness);
+                        let resp = match watch {
+                            Some(req) => {
+                                record_verdict();
+                                ready.watch_response(&faults, req).await
+                            }
+                            None => {
+                                // Own readiness first, so `serving` on a failing instance
+                                // keeps closing.
+                                let resp = ready.probe_response(&faults, peer).await;
+                                record_verdict();
+                                resp
+                            }
+                        };
+                        tag("/readyz", resp)
                     }
                 },
             );

@@ -23,6 +23,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod metrics;
 pub mod ratelimit;
+pub mod readiness_watch;
 pub mod reply;
 pub mod server;
 pub mod telemetry;

@@ -5,8 +5,10 @@
 //! - [`limits`]: the server's resource limits over raw TCP and HTTP/2.
 //! - [`shutdown`]: shutdown with idle, early and half-sent connections open.
 //! - [`traffic`]: the traffic verdict over real connections.
+//! - [`watch`]: the readiness watch over a real connection.
 
 mod http;
 mod limits;
 mod shutdown;
 mod traffic;
+mod watch;

@@ -1,0 +1,136 @@
+//! The readiness watch over a real connection: each change is on the wire as it happens, with
+//! heartbeats when asked, and the stream ends when the instance drains.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use flotilla_kit::readiness_watch::WATCH_HEADER;
+use flotilla_kit::server::{DrainOptions, Running};
+use flotilla_kit::{FaultConfig, Health, Kit};
+use tokio::net::TcpListener;
+use warp::Filter;
+
+/// Bound on each wait for a line: far under the watch's 30 s lifetime, so a line that comes
+/// only because the response ended (and not because of the change) fails the test.
+const LINE_WITHIN: Duration = Duration::from_secs(10);
+
+async fn start() -> Result<(Running, Kit)> {
+    let kit = Kit::new(Health::builder().build(), None)?;
+    let filter = kit.filter(warp::path!("api").map(|| flotilla_kit::tag("/api", "ok")));
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let opts = DrainOptions {
+        shutdown_delay: Duration::ZERO,
+        drain_timeout: Duration::from_secs(30),
+        ..DrainOptions::default()
+    };
+    let running = Running::start(listener, filter, kit.health.clone(), opts)?;
+    Ok((running, kit))
+}
+
+/// The lines of one watch response, read as they arrive.
+struct Lines {
+    resp: reqwest::Response,
+    pending: String,
+}
+
+impl Lines {
+    async fn open(url: &str, header: &str) -> Result<(u16, Option<String>, Lines)> {
+        let resp = reqwest::Client::new()
+            .get(format!("{url}/readyz"))
+            .header(WATCH_HEADER, header)
+            .send()
+            .await?;
+        let echoed = resp
+            .headers()
+            .get(WATCH_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        Ok((
+            resp.status().as_u16(),
+            echoed,
+            Lines {
+                resp,
+                pending: String::new(),
+            },
+        ))
+    }
+
+    /// The next line, `None` once the response ended.
+    async fn next(&mut self) -> Result<Option<String>> {
+        loop {
+            if let Some(i) = self.pending.find('\n') {
+                let line = self.pending[..i].to_owned();
+                self.pending.drain(..=i);
+                return Ok(Some(line));
+            }
+            let chunk = tokio::time::timeout(LINE_WITHIN, self.resp.chunk())
+                .await
+                .context("no line within the bound")??;
+            match chunk {
+                Some(c) => self.pending.push_str(std::str::from_utf8(&c)?),
+                None if self.pending.is_empty() => return Ok(None),
+                None => bail!("the response ended inside a line: {:?}", self.pending),
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_watch_reports_each_readiness_change_as_it_happens() -> Result<()> {
+    // The pod knows it is failing (here a fault; a dependency check works the same way) and
+    // says so on the open request, without a new probe; recovery too. Draining for shutdown
+    // is reported and ends the response, so it cannot hold the shutdown up.
+    let (srv, kit) = start().await?;
+    let (status, echoed, mut lines) = Lines::open(&srv.url(), "heartbeat=0").await?;
+    assert_eq!(status, 200);
+    assert_eq!(echoed.as_deref(), Some("heartbeat=0"));
+    assert_eq!(lines.next().await?.as_deref(), Some("ready"));
+    kit.faults
+        .set(FaultConfig {
+            unhealthy: true,
+            ..FaultConfig::default()
+        })
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(lines.next().await?.as_deref(), Some("not_ready faults"));
+    kit.faults.clear();
+    assert_eq!(lines.next().await?.as_deref(), Some("ready"));
+    let stopping = tokio::spawn(srv.stop());
+    assert_eq!(lines.next().await?.as_deref(), Some("not_ready shutdown"));
+    assert_eq!(lines.next().await?, None, "draining ends the response");
+    stopping.await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn heartbeats_repeat_the_state_and_other_requests_get_ordinary_probes() -> Result<()> {
+    // Asked for heartbeats, the pod repeats its line, which lets a prober tell a silent
+    // (hung) pod from a steady one. Without the header, with a malformed one, or with the
+    // per-answer `flakyReadiness` fault, `/readyz` answers as an ordinary probe.
+    let (srv, kit) = start().await?;
+    let (status, echoed, mut lines) = Lines::open(&srv.url(), "heartbeat=20").await?;
+    assert_eq!((status, echoed.as_deref()), (200, Some("heartbeat=50")));
+    for _ in 0..3 {
+        assert_eq!(lines.next().await?.as_deref(), Some("ready"));
+    }
+    drop(lines);
+    let http = reqwest::Client::new();
+    let plain = http.get(format!("{}/readyz", srv.url())).send().await?;
+    assert!(plain.headers().get(WATCH_HEADER).is_none());
+    assert_eq!(plain.json::<serde_json::Value>().await?["status"], "ready");
+    let malformed = http
+        .get(format!("{}/readyz", srv.url()))
+        .header(WATCH_HEADER, "every=1")
+        .send()
+        .await?;
+    assert!(malformed.headers().get(WATCH_HEADER).is_none());
+    kit.faults
+        .set(FaultConfig {
+            flaky_readiness: true,
+            ..FaultConfig::default()
+        })
+        .map_err(anyhow::Error::msg)?;
+    let (_, echoed, _) = Lines::open(&srv.url(), "heartbeat=0").await?;
+    assert_eq!(echoed, None, "a flaky pod answers each request on its own");
+    srv.stop().await?;
+    Ok(())
+}
