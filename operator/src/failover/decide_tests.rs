@@ -1,36 +1,35 @@
-//! Engine tests for the decider: verdicts in, decisions out.
+//! Engine tests for the decider: verdicts in, decisions out. Each row is one scenario: a
+//! starting state and a policy, then decisions at given seconds, each with the checks its
+//! decision must pass. A failing check names its row, its decision and the check.
 
 use std::time::{Duration, Instant};
 
 use super::*;
 
-fn pod(name: &str, ready: bool, healthy: bool) -> PodView {
-    PodView {
-        name: name.to_owned(),
-        kubelet_ready: ready,
+/// A pod as a row writes it.
+#[derive(Debug, Clone, Copy)]
+struct Pod {
+    name: &'static str,
+    ready: bool,
+    healthy: bool,
+    /// For a failing pod: the second (after the row's start) its failure run began.
+    failing_since: Option<u64>,
+}
+
+const fn pod(name: &'static str, ready: bool, healthy: bool) -> Pod {
+    Pod {
+        name,
+        ready,
         healthy,
-        detected_from: None,
+        failing_since: None,
     }
 }
 
-fn failing(name: &str, since: Instant) -> PodView {
-    PodView {
-        detected_from: Some(since),
+/// A kubelet-Ready pod that fails probing since second `since`.
+const fn failing(name: &'static str, since: u64) -> Pod {
+    Pod {
+        failing_since: Some(since),
         ..pod(name, true, false)
-    }
-}
-
-fn fb(pods: &[PodView]) -> Option<FallbackView<'_>> {
-    Some(FallbackView {
-        pods,
-        port_name_matches: true,
-    })
-}
-
-fn policy() -> FailoverPolicy {
-    FailoverPolicy {
-        fallback: Some("auth-backup".to_owned()),
-        ..FailoverPolicy::default()
     }
 }
 
@@ -38,411 +37,542 @@ fn s(secs: u64, t0: Instant) -> Instant {
     t0 + Duration::from_secs(secs)
 }
 
-#[test]
-fn healthy_service_keeps_everything_and_repeats_no_changes() {
-    // With all pods healthy nothing moves, and deciding again reports no change (no write).
-    let t0 = Instant::now();
-    let mut st = ServiceState::resume(Target::Primary);
-    let primary = [pod("a", true, true), pod("b", true, true)];
-    let d = decide(&mut st, &policy(), &primary, None, t0);
-    assert_eq!(d.active, Target::Primary);
-    assert!(!d.panic && !d.flapping && d.change.is_none());
-    assert!(d.primary_members.values().all(|m| *m == Membership::In));
-    assert!(d.pod_changes.is_empty());
-    let again = decide(&mut st, &policy(), &primary, None, s(1, t0));
-    assert_eq!(again.primary_members, d.primary_members);
-    assert!(again.pod_changes.is_empty());
-}
-
-#[test]
-fn failing_ready_pod_is_ejected_and_returned() {
-    // A Ready pod that fails probing leaves; once healthy again it returns.
-    let t0 = Instant::now();
-    let mut st = ServiceState::resume(Target::Primary);
-    let d = decide(
-        &mut st,
-        &policy(),
-        &[pod("a", true, true), failing("b", t0)],
-        None,
-        s(1, t0),
-    );
-    assert_eq!(d.primary_members["b"], Membership::Out);
-    assert_eq!(d.primary_members["a"], Membership::In);
-    assert_eq!(d.healthy_pods, 1);
-    assert_eq!(
-        d.pod_changes,
-        vec![PodChange {
-            pod: "b".into(),
-            fallback: false,
-            to: Membership::Out,
-            detected_from: Some(t0)
-        }]
-    );
-    let d = decide(
-        &mut st,
-        &policy(),
-        &[pod("a", true, true), pod("b", true, true)],
-        None,
-        s(2, t0),
-    );
-    assert_eq!(d.primary_members["b"], Membership::In);
-    assert_eq!(d.pod_changes.len(), 1);
-    assert_eq!(d.pod_changes[0].to, Membership::In);
-}
-
-#[test]
-fn pods_the_kubelet_does_not_consider_ready_keep_the_default() {
-    // Flotilla never takes over from the kubelet: an unready pod keeps its label "true".
-    let t0 = Instant::now();
-    let mut st = ServiceState::resume(Target::Primary);
-    let d = decide(
-        &mut st,
-        &policy(),
-        &[pod("a", true, true), pod("b", false, false)],
-        None,
-        t0,
-    );
-    assert_eq!(d.primary_members["b"], Membership::In);
-    assert!(d.pod_changes.is_empty());
-}
-
-#[test]
-fn all_failing_without_fallback_panics_and_keeps_ready_pods() {
-    // Probing that fails every pod does not black-hole a service that has no usable fallback.
-    let t0 = Instant::now();
-    let mut st = ServiceState::resume(Target::Primary);
-    let primary = [failing("a", t0), failing("b", t0), pod("c", false, false)];
-    let d = decide(&mut st, &policy(), &primary, None, s(1, t0));
-    assert!(d.panic);
-    assert_eq!(d.active, Target::Primary);
-    assert!(d.primary_members.values().all(|m| *m == Membership::In));
-    assert!(d.message.contains("panic"));
-}
-
-#[test]
-fn all_failing_with_healthy_fallback_fails_over_to_its_healthy_pods() {
-    // Failover moves traffic to the fallback's healthy Ready pods only.
-    let t0 = Instant::now();
-    let mut st = ServiceState::resume(Target::Primary);
-    let primary = [failing("a", t0), failing("b", s(1, t0))];
-    let fallback = [
-        pod("x", true, true),
-        pod("y", true, false),
-        pod("z", false, true),
-    ];
-    let d = decide(&mut st, &policy(), &primary, fb(&fallback), s(2, t0));
-    assert_eq!(d.active, Target::Fallback);
-    assert!(!d.panic);
-    match &d.change {
-        Some(Change::FailedOver { detected_from, .. }) => {
-            assert_eq!(*detected_from, Some(s(1, t0)))
+impl Pod {
+    fn view(self, t0: Instant) -> PodView {
+        PodView {
+            name: self.name.to_owned(),
+            kubelet_ready: self.ready,
+            healthy: self.healthy,
+            detected_from: self.failing_since.map(|secs| s(secs, t0)),
         }
-        other => panic!("expected failover, got {other:?}"),
     }
-    assert!(d.primary_members.values().all(|m| *m == Membership::Out));
-    assert_eq!(d.fallback_members["x"], Membership::In);
-    assert_eq!(d.fallback_members["y"], Membership::Out);
-    assert_eq!(d.fallback_members["z"], Membership::Out);
-    let added: Vec<_> = d.pod_changes.iter().filter(|c| c.fallback).collect();
-    assert_eq!(added.len(), 1);
-    assert_eq!(added[0].pod, "x");
 }
 
-#[test]
-fn a_service_that_was_never_healthy_does_not_fail_over() {
-    // A primary that is still starting keeps its traffic; a rollout is not a flip.
-    let t0 = Instant::now();
-    let mut st = ServiceState {
-        ever_ok: false,
-        ..ServiceState::default()
-    };
-    let fallback = [pod("x", true, true)];
-    let starting = [pod("a", false, false)];
-    let d = decide(&mut st, &policy(), &starting, fb(&fallback), t0);
-    assert_eq!(d.active, Target::Primary);
-    decide(
-        &mut st,
-        &policy(),
-        &[pod("a", true, true)],
-        fb(&fallback),
-        s(1, t0),
-    );
-    let d = decide(
-        &mut st,
-        &policy(),
-        &[failing("a", t0)],
-        fb(&fallback),
-        s(2, t0),
-    );
-    assert_eq!(d.active, Target::Fallback);
+/// A primary pod's expected entry in `pod_changes`.
+#[derive(Debug)]
+struct Moved {
+    pod: &'static str,
+    to: Membership,
+    failing_since: Option<u64>,
 }
 
-#[test]
-fn never_fails_over_into_an_unhealthy_fallback() {
-    // A fallback without minHealthy healthy pods is not used; the primary panics instead.
-    let t0 = Instant::now();
-    let mut st = ServiceState::resume(Target::Primary);
-    let fallback = [pod("x", true, false)];
-    let d = decide(
-        &mut st,
-        &policy(),
-        &[failing("a", t0)],
-        fb(&fallback),
-        s(1, t0),
-    );
-    assert_eq!(d.active, Target::Primary);
-    assert!(d.panic);
-    assert!(d.change.is_none());
+fn moved(pod: &'static str, to: Membership, failing_since: Option<u64>) -> Moved {
+    Moved {
+        pod,
+        to,
+        failing_since,
+    }
 }
 
-#[test]
-fn min_healthy_above_one_fails_over_with_some_pods_left() {
-    // The threshold is minHealthy, not "all pods down".
-    let t0 = Instant::now();
-    let mut st = ServiceState::resume(Target::Primary);
-    let pol = FailoverPolicy {
-        min_healthy: 2,
-        ..policy()
-    };
-    let fallback = [pod("x", true, true), pod("y", true, true)];
-    let d = decide(
-        &mut st,
-        &pol,
-        &[pod("a", true, true), failing("b", t0)],
-        fb(&fallback),
-        t0,
-    );
-    assert_eq!(d.active, Target::Fallback);
+/// What one decision must show.
+#[derive(Debug)]
+enum Check {
+    /// Traffic goes to this target.
+    Active(Target),
+    Panic(bool),
+    Flapping(bool),
+    Held(bool),
+    /// No service-level change.
+    NoChange,
+    /// Failed over, reporting the failure run that began at this second.
+    FailedOver(Option<u64>),
+    FailedBack,
+    /// This primary pod has this membership.
+    PrimaryPod(&'static str, Membership),
+    /// This fallback pod has this membership.
+    FallbackPod(&'static str, Membership),
+    /// Every primary pod has this membership.
+    AllPrimary(Membership),
+    /// Exactly these primary pods are out of traffic, by name.
+    Ejected(&'static [&'static str]),
+    /// This many primary pods are out of traffic.
+    EjectedCount(usize),
+    HealthyPods(u32),
+    /// The pod changes are exactly these primary pods' (none: no pod write).
+    PodChanges(Vec<Moved>),
+    /// The fallback pods among the pod changes are exactly these, by name.
+    FallbackChanged(&'static [&'static str]),
+    /// The primary membership equals the previous decision's.
+    SameMembers,
+    /// The configuration problem reported, if any.
+    Invalid(Option<&'static str>),
+    /// Some configuration problem is reported.
+    InvalidReported,
+    /// The status message contains this.
+    MessageContains(&'static str),
 }
 
-#[test]
-fn failback_waits_for_the_recovery_window() {
-    // Traffic returns to the primary only after it has been healthy for recoverAfter.
-    let t0 = Instant::now();
-    let mut st = ServiceState::resume(Target::Primary);
-    let fallback = [pod("x", true, true)];
-    decide(&mut st, &policy(), &[failing("a", t0)], fb(&fallback), t0);
-    assert_eq!(st.active, Target::Fallback);
-    let ok = [pod("a", true, true)];
-    let d = decide(&mut st, &policy(), &ok, fb(&fallback), s(5, t0));
-    assert_eq!(d.active, Target::Fallback);
-    let d = decide(&mut st, &policy(), &ok, fb(&fallback), s(14, t0));
-    assert_eq!(d.active, Target::Fallback, "9 s healthy is not enough");
-    // A relapse restarts the window.
-    decide(
-        &mut st,
-        &policy(),
-        &[failing("a", s(14, t0))],
-        fb(&fallback),
-        s(15, t0),
-    );
-    let d = decide(&mut st, &policy(), &ok, fb(&fallback), s(16, t0));
-    assert_eq!(d.active, Target::Fallback);
-    let d = decide(&mut st, &policy(), &ok, fb(&fallback), s(25, t0));
-    assert_eq!(d.active, Target::Fallback);
-    let d = decide(&mut st, &policy(), &ok, fb(&fallback), s(26, t0));
-    assert_eq!(d.active, Target::Primary);
-    assert!(matches!(d.change, Some(Change::FailedBack { .. })));
-    assert_eq!(d.primary_members["a"], Membership::In);
-    assert_eq!(d.fallback_members["x"], Membership::Out);
+impl Check {
+    fn assert(&self, d: &Decision, before: Option<&Decision>, t0: Instant, what: &str) {
+        let what = format!("{what}: {self:?}");
+        let ejected = || -> Vec<&str> {
+            d.primary_members
+                .iter()
+                .filter(|(_, m)| **m == Membership::Out)
+                .map(|(n, _)| n.as_str())
+                .collect()
+        };
+        match self {
+            Check::Active(t) => assert_eq!(d.active, *t, "{what}"),
+            Check::Panic(p) => assert_eq!(d.panic, *p, "{what}"),
+            Check::Flapping(f) => assert_eq!(d.flapping, *f, "{what}"),
+            Check::Held(h) => assert_eq!(d.held, *h, "{what}"),
+            Check::NoChange => assert_eq!(d.change, None, "{what}"),
+            Check::FailedOver(since) => match &d.change {
+                Some(Change::FailedOver { detected_from, .. }) => {
+                    assert_eq!(*detected_from, since.map(|x| s(x, t0)), "{what}")
+                }
+                other => panic!("{what}: expected a failover, got {other:?}"),
+            },
+            Check::FailedBack => assert!(
+                matches!(d.change, Some(Change::FailedBack { .. })),
+                "{what}: got {:?}",
+                d.change
+            ),
+            Check::PrimaryPod(name, m) => {
+                assert_eq!(d.primary_members.get(*name), Some(m), "{what}")
+            }
+            Check::FallbackPod(name, m) => {
+                assert_eq!(d.fallback_members.get(*name), Some(m), "{what}")
+            }
+            Check::AllPrimary(m) => assert!(
+                d.primary_members.values().all(|x| x == m),
+                "{what}: got {:?}",
+                d.primary_members
+            ),
+            Check::Ejected(names) => assert_eq!(ejected(), *names, "{what}"),
+            Check::EjectedCount(n) => assert_eq!(ejected().len(), *n, "{what}"),
+            Check::HealthyPods(n) => assert_eq!(d.healthy_pods, *n, "{what}"),
+            Check::PodChanges(want) => {
+                let want: Vec<PodChange> = want
+                    .iter()
+                    .map(|m| PodChange {
+                        pod: m.pod.into(),
+                        fallback: false,
+                        to: m.to,
+                        detected_from: m.failing_since.map(|x| s(x, t0)),
+                    })
+                    .collect();
+                assert_eq!(d.pod_changes, want, "{what}");
+            }
+            Check::FallbackChanged(names) => {
+                let got: Vec<&str> = d
+                    .pod_changes
+                    .iter()
+                    .filter(|c| c.fallback)
+                    .map(|c| c.pod.as_str())
+                    .collect();
+                assert_eq!(got, *names, "{what}");
+            }
+            Check::SameMembers => assert_eq!(
+                Some(&d.primary_members),
+                before.map(|b| &b.primary_members),
+                "{what}"
+            ),
+            Check::Invalid(want) => assert_eq!(d.invalid.as_deref(), *want, "{what}"),
+            Check::InvalidReported => assert!(d.invalid.is_some(), "{what}"),
+            Check::MessageContains(part) => {
+                assert!(d.message.contains(part), "{what}: got {:?}", d.message)
+            }
+        }
+    }
 }
 
-#[test]
-fn flapping_holds_the_target_until_the_window_passes() {
-    // After maxFlaps flips in the window the target is held and Flapping is raised.
-    let t0 = Instant::now();
-    let mut st = ServiceState::resume(Target::Primary);
-    let pol = FailoverPolicy {
-        recover_after: Duration::from_secs(1),
-        max_flaps: 3,
-        flap_window: Duration::from_secs(60),
-        ..policy()
-    };
-    let fallback = [pod("x", true, true)];
-    let down = [failing("a", t0)];
-    let up = [pod("a", true, true)];
-    decide(&mut st, &pol, &down, fb(&fallback), s(0, t0)); // flip 1
-    decide(&mut st, &pol, &up, fb(&fallback), s(1, t0));
-    decide(&mut st, &pol, &up, fb(&fallback), s(2, t0)); // flip 2
-    let d = decide(&mut st, &pol, &down, fb(&fallback), s(3, t0)); // flip 3
-    assert_eq!(d.active, Target::Fallback);
-    assert!(d.flapping);
-    decide(&mut st, &pol, &up, fb(&fallback), s(4, t0));
-    let d = decide(&mut st, &pol, &up, fb(&fallback), s(6, t0));
-    assert_eq!(d.active, Target::Fallback, "held");
-    assert!(d.held && d.flapping);
-    // Once the first flips leave the window, failback proceeds.
-    let d = decide(&mut st, &pol, &up, fb(&fallback), s(61, t0));
-    assert_eq!(d.active, Target::Primary);
+/// One decision of a [`Case`]: the pods seen at second `at` and what the decision must show.
+struct Step {
+    at: u64,
+    primary: Vec<Pod>,
+    /// The fallback's pods and whether its port name matches the primary's; `None`: the
+    /// fallback was not found.
+    fallback: Option<(Vec<Pod>, bool)>,
+    checks: Vec<Check>,
 }
 
-#[test]
-fn a_held_fallback_that_dies_is_left_anyway() {
-    // Holding never keeps traffic on a fallback that has nothing healthy left.
-    let t0 = Instant::now();
-    let mut st = ServiceState::resume(Target::Primary);
-    let pol = FailoverPolicy {
-        max_flaps: 1,
-        ..policy()
-    };
-    let fallback = [pod("x", true, true)];
-    decide(&mut st, &pol, &[failing("a", t0)], fb(&fallback), t0);
-    assert_eq!(st.active, Target::Fallback);
-    let dead = [pod("x", true, false)];
-    let d = decide(&mut st, &pol, &[failing("a", t0)], fb(&dead), s(1, t0));
-    assert_eq!(d.active, Target::Primary);
-    assert!(d.panic);
+/// A decision at second `secs` with these primary pods and no fallback found.
+fn at(secs: u64, primary: &[Pod]) -> Step {
+    Step {
+        at: secs,
+        primary: primary.to_vec(),
+        fallback: None,
+        checks: Vec::new(),
+    }
 }
 
-#[test]
-fn port_name_mismatch_is_reported_and_blocks_failover() {
-    // A fallback whose port name differs cannot receive the primary Service's traffic.
-    let t0 = Instant::now();
-    let mut st = ServiceState::resume(Target::Primary);
-    let fallback = [pod("x", true, true)];
-    let view = Some(FallbackView {
-        pods: &fallback,
-        port_name_matches: false,
-    });
-    let d = decide(&mut st, &policy(), &[failing("a", t0)], view, t0);
-    assert_eq!(d.active, Target::Primary);
-    assert!(d.invalid.is_some());
+impl Step {
+    fn fallback(self, pods: &[Pod]) -> Self {
+        Self {
+            fallback: Some((pods.to_vec(), true)),
+            ..self
+        }
+    }
+    /// A fallback whose container port name differs from the primary's.
+    fn fallback_on_another_port(self, pods: &[Pod]) -> Self {
+        Self {
+            fallback: Some((pods.to_vec(), false)),
+            ..self
+        }
+    }
+    fn expect(self, checks: impl IntoIterator<Item = Check>) -> Self {
+        Self {
+            checks: checks.into_iter().collect(),
+            ..self
+        }
+    }
 }
 
-#[test]
-fn resumed_state_keeps_fallback_for_a_full_window() {
-    // After a restart during failover the target stays until the primary proves itself again.
-    let t0 = Instant::now();
-    let mut st = ServiceState::resume(Target::Fallback);
-    let fallback = [pod("x", true, true)];
-    let ok = [pod("a", true, true)];
-    let d = decide(&mut st, &policy(), &ok, fb(&fallback), t0);
-    assert_eq!(d.active, Target::Fallback);
-    assert!(d.change.is_none());
-    let d = decide(&mut st, &policy(), &ok, fb(&fallback), s(10, t0));
-    assert_eq!(d.active, Target::Primary);
+/// A named scenario: the state the decider starts from, the policy, and its decisions in order.
+struct Case {
+    name: &'static str,
+    start: ServiceState,
+    policy: FailoverPolicy,
+    steps: Vec<Step>,
 }
 
-#[test]
-fn a_declared_fallback_that_does_not_exist_is_reported_and_never_used() {
-    // A fallback named in the policy but absent from the cluster is a configuration problem, and
-    // the primary keeps its traffic (with panic protection) rather than going nowhere.
-    let t0 = Instant::now();
-    let mut st = ServiceState::resume(Target::Primary);
-    let d = decide(&mut st, &policy(), &[failing("a", t0)], None, t0);
-    assert_eq!(d.active, Target::Primary);
-    assert_eq!(
-        d.invalid.as_deref(),
-        Some("the fallback MicroService does not exist")
-    );
-    // Without a declared fallback there is nothing to report.
-    let mut st = ServiceState::resume(Target::Primary);
-    let none = FailoverPolicy::default();
-    let d = decide(&mut st, &none, &[failing("a", t0)], None, t0);
-    assert_eq!(d.invalid, None);
+/// A scenario resumed on the primary with [`policy`].
+fn case(name: &'static str, steps: Vec<Step>) -> Case {
+    Case {
+        name,
+        start: ServiceState::resume(Target::Primary),
+        policy: policy(),
+        steps,
+    }
 }
 
-#[test]
-fn max_ejection_percent_caps_ejections() {
-    // With a 25 % cap on 8 pods only 2 failing pods leave traffic, the earliest detected first;
-    // the default (100) ejects every failing pod as before.
-    let t0 = Instant::now();
-    let mut primary: Vec<PodView> = (0..5).map(|i| pod(&format!("ok{i}"), true, true)).collect();
-    primary.push(failing("late", s(3, t0)));
-    primary.push(failing("early", s(1, t0)));
-    primary.push(failing("mid", s(2, t0)));
-    let pol = FailoverPolicy {
-        max_ejection_percent: 25,
-        ..policy()
-    };
-    let d = decide(
-        &mut ServiceState::resume(Target::Primary),
-        &pol,
-        &primary,
-        None,
-        s(4, t0),
-    );
-    let out: Vec<&str> = d
-        .primary_members
-        .iter()
-        .filter(|(_, m)| **m == Membership::Out)
-        .map(|(n, _)| n.as_str())
-        .collect();
-    assert_eq!(out, vec!["early", "mid"]);
-    let d = decide(
-        &mut ServiceState::resume(Target::Primary),
-        &policy(),
-        &primary,
-        None,
-        s(4, t0),
-    );
-    let out = d
-        .primary_members
-        .values()
-        .filter(|m| **m == Membership::Out)
-        .count();
-    assert_eq!(out, 3);
-    // A cap that rounds down to zero still lets one pod go.
-    let tiny = FailoverPolicy {
-        max_ejection_percent: 0,
-        ..policy()
-    };
-    let d = decide(
-        &mut ServiceState::resume(Target::Primary),
-        &tiny,
-        &primary,
-        None,
-        s(4, t0),
-    );
-    let out = d
-        .primary_members
-        .values()
-        .filter(|m| **m == Membership::Out)
-        .count();
-    assert_eq!(out, 1);
+impl Case {
+    fn policy(self, policy: FailoverPolicy) -> Self {
+        Self { policy, ..self }
+    }
+    fn start(self, start: ServiceState) -> Self {
+        Self { start, ..self }
+    }
 }
 
-#[test]
-fn panic_threshold_keeps_ready_pods_serving() {
-    // With a 50 % panic threshold, 1 healthy pod of 4 panics (all Ready pods serve); the default
-    // threshold (0) panics only when no pod passes, so the 3 failing pods leave.
-    let t0 = Instant::now();
-    let primary = [
-        pod("a", true, true),
-        failing("b", t0),
-        failing("c", t0),
-        failing("d", t0),
+/// A policy with a declared fallback and defaults otherwise.
+fn policy() -> FailoverPolicy {
+    FailoverPolicy {
+        fallback: Some("auth-backup".to_owned()),
+        ..FailoverPolicy::default()
+    }
+}
+
+fn run(cases: Vec<Case>) {
+    for case in cases {
+        let t0 = Instant::now();
+        let mut st = case.start;
+        let mut before: Option<Decision> = None;
+        for (i, step) in case.steps.iter().enumerate() {
+            let what = format!("{}, decision {i} at {}s", case.name, step.at);
+            let primary: Vec<PodView> = step.primary.iter().map(|p| p.view(t0)).collect();
+            let fallback_pods: Vec<PodView> = step
+                .fallback
+                .iter()
+                .flat_map(|(pods, _)| pods.iter().map(|p| p.view(t0)))
+                .collect();
+            let fallback = step.fallback.as_ref().map(|(_, matches)| FallbackView {
+                pods: &fallback_pods,
+                port_name_matches: *matches,
+            });
+            let d = decide(&mut st, &case.policy, &primary, fallback, s(step.at, t0));
+            for check in &step.checks {
+                check.assert(&d, before.as_ref(), t0, &what);
+            }
+            before = Some(d);
+        }
+    }
+}
+
+fn one_decision_cases() -> Vec<Case> {
+    use Check::*;
+    use Membership::{In, Out};
+    use Target::{Fallback, Primary};
+    let eight = [
+        pod("ok0", true, true),
+        pod("ok1", true, true),
+        pod("ok2", true, true),
+        pod("ok3", true, true),
+        pod("ok4", true, true),
+        failing("late", 3),
+        failing("early", 1),
+        failing("mid", 2),
     ];
-    let pol = FailoverPolicy {
-        fallback: None,
-        panic_threshold_percent: 50,
-        ..FailoverPolicy::default()
-    };
-    let d = decide(
-        &mut ServiceState::resume(Target::Primary),
-        &pol,
-        &primary,
-        None,
-        s(1, t0),
-    );
-    assert!(d.panic);
-    assert!(d.primary_members.values().all(|m| *m == Membership::In));
-    let plain = FailoverPolicy {
-        fallback: None,
-        ..FailoverPolicy::default()
-    };
-    let d = decide(
-        &mut ServiceState::resume(Target::Primary),
-        &plain,
-        &primary,
-        None,
-        s(1, t0),
-    );
-    assert!(!d.panic);
-    let out = d
-        .primary_members
-        .values()
-        .filter(|m| **m == Membership::Out)
-        .count();
-    assert_eq!(out, 3);
+    let one_of_four = [
+        pod("a", true, true),
+        failing("b", 0),
+        failing("c", 0),
+        failing("d", 0),
+    ];
+    vec![
+        // Flotilla never takes over from the kubelet: an unready pod keeps its label "true".
+        case(
+            "pods the kubelet does not consider ready keep the default",
+            vec![at(0, &[pod("a", true, true), pod("b", false, false)])
+                .expect([PrimaryPod("b", In), PodChanges(vec![])])],
+        ),
+        // Probing that fails every pod does not black-hole a service that has no usable
+        // fallback.
+        case(
+            "all failing without fallback panics and keeps ready pods",
+            vec![at(
+                1,
+                &[failing("a", 0), failing("b", 0), pod("c", false, false)],
+            )
+            .expect([
+                Panic(true),
+                Active(Primary),
+                AllPrimary(In),
+                MessageContains("panic"),
+            ])],
+        ),
+        // Failover moves traffic to the fallback's healthy Ready pods only.
+        case(
+            "all failing with healthy fallback fails over to its healthy pods",
+            vec![at(2, &[failing("a", 0), failing("b", 1)])
+                .fallback(&[
+                    pod("x", true, true),
+                    pod("y", true, false),
+                    pod("z", false, true),
+                ])
+                .expect([
+                    Active(Fallback),
+                    Panic(false),
+                    FailedOver(Some(1)),
+                    AllPrimary(Out),
+                    FallbackPod("x", In),
+                    FallbackPod("y", Out),
+                    FallbackPod("z", Out),
+                    FallbackChanged(&["x"]),
+                ])],
+        ),
+        // A fallback without minHealthy healthy pods is not used; the primary panics instead.
+        case(
+            "never fails over into an unhealthy fallback",
+            vec![at(1, &[failing("a", 0)])
+                .fallback(&[pod("x", true, false)])
+                .expect([Active(Primary), Panic(true), NoChange])],
+        ),
+        // The threshold is minHealthy, not "all pods down".
+        case(
+            "minHealthy above one fails over with some pods left",
+            vec![at(0, &[pod("a", true, true), failing("b", 0)])
+                .fallback(&[pod("x", true, true), pod("y", true, true)])
+                .expect([Active(Fallback)])],
+        )
+        .policy(FailoverPolicy {
+            min_healthy: 2,
+            ..policy()
+        }),
+        // A fallback whose port name differs cannot receive the primary Service's traffic.
+        case(
+            "port name mismatch is reported and blocks failover",
+            vec![at(0, &[failing("a", 0)])
+                .fallback_on_another_port(&[pod("x", true, true)])
+                .expect([Active(Primary), InvalidReported])],
+        ),
+        // A fallback named in the policy but absent from the cluster is a configuration
+        // problem, and the primary keeps its traffic (with panic protection) rather than going
+        // nowhere.
+        case(
+            "a declared fallback that does not exist is reported and never used",
+            vec![at(0, &[failing("a", 0)]).expect([
+                Active(Primary),
+                Invalid(Some("the fallback MicroService does not exist")),
+            ])],
+        ),
+        // Without a declared fallback there is nothing to report.
+        case(
+            "no declared fallback reports nothing",
+            vec![at(0, &[failing("a", 0)]).expect([Invalid(None)])],
+        )
+        .policy(FailoverPolicy::default()),
+        // With a 25 % cap on 8 pods only 2 failing pods leave traffic, the earliest detected
+        // first.
+        case(
+            "max ejection percent caps ejections, earliest detected first",
+            vec![at(4, &eight).expect([Ejected(&["early", "mid"])])],
+        )
+        .policy(FailoverPolicy {
+            max_ejection_percent: 25,
+            ..policy()
+        }),
+        // The default (100) ejects every failing pod as before.
+        case(
+            "the default max ejection percent ejects every failing pod",
+            vec![at(4, &eight).expect([EjectedCount(3)])],
+        ),
+        // A cap that rounds down to zero still lets one pod go.
+        case(
+            "a max ejection percent that rounds to zero ejects one pod",
+            vec![at(4, &eight).expect([EjectedCount(1)])],
+        )
+        .policy(FailoverPolicy {
+            max_ejection_percent: 0,
+            ..policy()
+        }),
+        // With a 50 % panic threshold, 1 healthy pod of 4 panics (all Ready pods serve).
+        case(
+            "panic threshold keeps ready pods serving",
+            vec![at(1, &one_of_four).expect([Panic(true), AllPrimary(In)])],
+        )
+        .policy(FailoverPolicy {
+            fallback: None,
+            panic_threshold_percent: 50,
+            ..FailoverPolicy::default()
+        }),
+        // The default threshold (0) panics only when no pod passes, so the 3 failing pods
+        // leave.
+        case(
+            "the default panic threshold ejects failing pods while one passes",
+            vec![at(1, &one_of_four).expect([Panic(false), EjectedCount(3)])],
+        )
+        .policy(FailoverPolicy {
+            fallback: None,
+            ..FailoverPolicy::default()
+        }),
+    ]
+}
+
+#[test]
+fn one_decision_from_a_fresh_state() {
+    // Each row decides once: Ready pods are never taken from the kubelet, failover needs a
+    // usable fallback, a missing or mismatched fallback is reported, ejection is capped and
+    // panic keeps Ready pods serving.
+    run(one_decision_cases());
+}
+
+fn sequence_cases() -> Vec<Case> {
+    use Check::*;
+    use Membership::{In, Out};
+    use Target::{Fallback, Primary};
+    let backup = [pod("x", true, true)];
+    let up = [pod("a", true, true)];
+    let down = [failing("a", 0)];
+    let both_up = [pod("a", true, true), pod("b", true, true)];
+    vec![
+        // With all pods healthy nothing moves, and deciding again reports no change (no write).
+        case(
+            "healthy service keeps everything and repeats no changes",
+            vec![
+                at(0, &both_up).expect([
+                    Active(Primary),
+                    Panic(false),
+                    Flapping(false),
+                    NoChange,
+                    AllPrimary(In),
+                    PodChanges(vec![]),
+                ]),
+                at(1, &both_up).expect([SameMembers, PodChanges(vec![])]),
+            ],
+        ),
+        // A Ready pod that fails probing leaves; once healthy again it returns.
+        case(
+            "failing ready pod is ejected and returned",
+            vec![
+                at(1, &[pod("a", true, true), failing("b", 0)]).expect([
+                    PrimaryPod("b", Out),
+                    PrimaryPod("a", In),
+                    HealthyPods(1),
+                    PodChanges(vec![moved("b", Out, Some(0))]),
+                ]),
+                at(2, &both_up)
+                    .expect([PrimaryPod("b", In), PodChanges(vec![moved("b", In, None)])]),
+            ],
+        ),
+        // A primary that is still starting keeps its traffic; a rollout is not a flip.
+        case(
+            "a service that was never healthy does not fail over",
+            vec![
+                at(0, &[pod("a", false, false)])
+                    .fallback(&backup)
+                    .expect([Active(Primary)]),
+                at(1, &up).fallback(&backup),
+                at(2, &down).fallback(&backup).expect([Active(Fallback)]),
+            ],
+        )
+        .start(ServiceState {
+            ever_ok: false,
+            ..ServiceState::default()
+        }),
+        // Traffic returns to the primary only after it has been healthy for recoverAfter.
+        case(
+            "failback waits for the recovery window",
+            vec![
+                at(0, &down).fallback(&backup).expect([Active(Fallback)]),
+                at(5, &up).fallback(&backup).expect([Active(Fallback)]),
+                // 9 s healthy is not enough.
+                at(14, &up).fallback(&backup).expect([Active(Fallback)]),
+                // A relapse restarts the window.
+                at(15, &[failing("a", 14)]).fallback(&backup),
+                at(16, &up).fallback(&backup).expect([Active(Fallback)]),
+                at(25, &up).fallback(&backup).expect([Active(Fallback)]),
+                at(26, &up).fallback(&backup).expect([
+                    Active(Primary),
+                    FailedBack,
+                    PrimaryPod("a", In),
+                    FallbackPod("x", Out),
+                ]),
+            ],
+        ),
+        // After maxFlaps flips in the window the target is held and Flapping is raised.
+        case(
+            "flapping holds the target until the window passes",
+            vec![
+                // Flip 1.
+                at(0, &down).fallback(&backup),
+                at(1, &up).fallback(&backup),
+                // Flip 2.
+                at(2, &up).fallback(&backup),
+                // Flip 3.
+                at(3, &down)
+                    .fallback(&backup)
+                    .expect([Active(Fallback), Flapping(true)]),
+                at(4, &up).fallback(&backup),
+                // Held.
+                at(6, &up)
+                    .fallback(&backup)
+                    .expect([Active(Fallback), Held(true), Flapping(true)]),
+                // Once the first flips leave the window, failback proceeds.
+                at(61, &up).fallback(&backup).expect([Active(Primary)]),
+            ],
+        )
+        .policy(FailoverPolicy {
+            recover_after: Duration::from_secs(1),
+            max_flaps: 3,
+            flap_window: Duration::from_secs(60),
+            ..policy()
+        }),
+        // Holding never keeps traffic on a fallback that has nothing healthy left.
+        case(
+            "a held fallback that dies is left anyway",
+            vec![
+                at(0, &down).fallback(&backup).expect([Active(Fallback)]),
+                at(1, &down)
+                    .fallback(&[pod("x", true, false)])
+                    .expect([Active(Primary), Panic(true)]),
+            ],
+        )
+        .policy(FailoverPolicy {
+            max_flaps: 1,
+            ..policy()
+        }),
+        // After a restart during failover the target stays until the primary proves itself
+        // again.
+        case(
+            "resumed state keeps fallback for a full window",
+            vec![
+                at(0, &up)
+                    .fallback(&backup)
+                    .expect([Active(Fallback), NoChange]),
+                at(10, &up).fallback(&backup).expect([Active(Primary)]),
+            ],
+        )
+        .start(ServiceState::resume(Target::Fallback)),
+    ]
+}
+
+#[test]
+fn decisions_over_time() {
+    // Each row decides in sequence on one state: ejected pods return, failover waits for a
+    // service that was once healthy, failback waits a full recovery window (also after a
+    // restart), and flapping holds the target unless it has nothing left to serve with.
+    run(sequence_cases());
 }
