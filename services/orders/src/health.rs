@@ -9,7 +9,7 @@
 //! Known service names: `""` (the whole server) and [`ORDERS_SERVICE`]; any other is
 //! `NOT_FOUND`, as the health protocol specifies.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use flotilla_kit::server::PeerAddr;
 use flotilla_kit::verdict;
@@ -22,9 +22,6 @@ use tonic_health::pb::{HealthCheckRequest, HealthCheckResponse};
 
 use crate::grpc_metrics::{GrpcMetrics, HEALTH_SERVICE, ORDERS_SERVICE};
 use crate::traffic::{Traffic, TRAFFIC_HEADER};
-
-/// How often a `Watch` stream re-evaluates readiness.
-const WATCH_PERIOD: Duration = Duration::from_secs(1);
 
 /// The health service of one orders instance.
 #[derive(Debug, Clone)]
@@ -54,6 +51,29 @@ impl GrpcHealth {
     /// The tonic server for this service.
     pub fn server(self) -> HealthServer<Self> {
         HealthServer::new(self)
+    }
+
+    /// Records the traffic verdict in `metadata`, if there is one the operator's leading
+    /// prober signed for this pod; the HTTP and gRPC health paths share one check (and its
+    /// replay guard).
+    fn take_verdict(&self, metadata: &tonic::metadata::MetadataMap) {
+        let Some(verdict) = metadata.get(TRAFFIC_HEADER).and_then(|v| v.to_str().ok()) else {
+            return;
+        };
+        let signature = metadata
+            .get(verdict::SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        let verdict = verdict.trim().to_ascii_lowercase();
+        let outcome = self.health.traffic().verdict_check().check(
+            &verdict,
+            signature,
+            verdict::unix_ms_now(),
+        );
+        if outcome == verdict::Outcome::Accepted {
+            self.traffic.record_verdict(&verdict);
+        } else {
+            tracing::debug!(outcome = outcome.label(), "ignoring a traffic verdict");
+        }
     }
 
     /// The serving status of `service`, closing connections when this pod should get none.
@@ -86,29 +106,7 @@ impl HealthApi for GrpcHealth {
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<HealthCheckResponse>, Status> {
         let start = Instant::now();
-        if let Some(verdict) = request
-            .metadata()
-            .get(TRAFFIC_HEADER)
-            .and_then(|v| v.to_str().ok())
-        {
-            // Only a verdict the operator's leading prober signed for this pod counts; the
-            // HTTP and gRPC health paths share one check (and its replay guard).
-            let signature = request
-                .metadata()
-                .get(verdict::SIGNATURE_HEADER)
-                .and_then(|v| v.to_str().ok());
-            let verdict = verdict.trim().to_ascii_lowercase();
-            let outcome = self.health.traffic().verdict_check().check(
-                &verdict,
-                signature,
-                verdict::unix_ms_now(),
-            );
-            if outcome == verdict::Outcome::Accepted {
-                self.traffic.record_verdict(&verdict);
-            } else {
-                tracing::debug!(outcome = outcome.label(), "ignoring a traffic verdict");
-            }
-        }
+        self.take_verdict(request.metadata());
         let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
         let result = self
             .status(&request.get_ref().service, peer)
@@ -133,20 +131,30 @@ impl HealthApi for GrpcHealth {
         &self,
         request: Request<HealthCheckRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        self.take_verdict(request.metadata());
         let service = request.into_inner().service;
-        // Sends the status now and whenever it changes; an unknown name is SERVICE_UNKNOWN
-        // (the stream stays open, as the protocol asks).
+        // Sends the status now and each change the moment the instance knows it (the kit's
+        // readiness evaluator, shared with `/readyz` watches); an unknown name is
+        // SERVICE_UNKNOWN, and the stream stays open, as the protocol asks.
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
+        let known = service.is_empty() || service == ORDERS_SERVICE;
+        let mut readiness = self.health.watch_readiness(&self.faults);
         tokio::spawn(async move {
             let mut last = None;
             loop {
-                let status = this
-                    .status(&service, None)
-                    .await
-                    .unwrap_or(ServingStatus::ServiceUnknown);
-                if last != Some(status) {
+                let report = readiness.borrow_and_update().clone();
+                let status = match (known, report) {
+                    (false, _) => Some(ServingStatus::ServiceUnknown),
+                    (true, Some(r)) if r.failing.is_empty() => Some(ServingStatus::Serving),
+                    (true, Some(_)) => Some(ServingStatus::NotServing),
+                    (true, None) => None,
+                };
+                if let Some(status) = status.filter(|s| last != Some(*s)) {
                     last = Some(status);
+                    if status == ServingStatus::NotServing || this.traffic.ejected() {
+                        this.traffic.close_connections();
+                    }
                     let msg = HealthCheckResponse {
                         status: status.into(),
                     };
@@ -155,7 +163,7 @@ impl HealthApi for GrpcHealth {
                     }
                 }
                 tokio::select! {
-                    () = tokio::time::sleep(WATCH_PERIOD) => {}
+                    r = readiness.changed() => if r.is_err() { return },
                     () = tx.closed() => return,
                 }
             }

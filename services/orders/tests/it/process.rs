@@ -246,6 +246,46 @@ async fn orders_api_health_metrics_and_faults_over_grpc() -> Result<()> {
     Ok(())
 }
 
+/// The next status on a health watch, within a bound far under any lifetime.
+async fn next_status(
+    stream: &mut tonic::Streaming<tonic_health::pb::HealthCheckResponse>,
+) -> Result<ServingStatus> {
+    let msg = tokio::time::timeout(Duration::from_secs(10), stream.message())
+        .await
+        .context("no message")??
+        .context("the watch ended")?;
+    Ok(msg.status())
+}
+
+#[tokio::test]
+async fn health_watch_streams_each_readiness_change() -> Result<()> {
+    // `grpc.health.v1.Health/Watch` says SERVING, then NOT_SERVING the moment the instance
+    // turns unready (here a fault through `/admin/faults`), then SERVING again, on one open
+    // stream: what Flotilla's prober listens to instead of waiting for its next Check. An
+    // unknown service name gets SERVICE_UNKNOWN on a stream that stays open.
+    let orders = Orders::start().await?;
+    let mut health = HealthClient::new(orders.channel().await?);
+    let mut stream = health
+        .watch(HealthCheckRequest::default())
+        .await?
+        .into_inner();
+    assert_eq!(next_status(&mut stream).await?, ServingStatus::Serving);
+    orders.faults(r#"{"unhealthy":true}"#).await?;
+    assert_eq!(next_status(&mut stream).await?, ServingStatus::NotServing);
+    orders.faults("{}").await?;
+    assert_eq!(next_status(&mut stream).await?, ServingStatus::Serving);
+    // A new connection: the unready instance sent GOAWAY on the first (open streams finish).
+    let mut unknown = HealthClient::new(orders.channel().await?)
+        .watch(HealthCheckRequest {
+            service: "nope".into(),
+        })
+        .await?
+        .into_inner();
+    let first = unknown.message().await?.context("the watch ended")?;
+    assert_eq!(first.status(), ServingStatus::ServiceUnknown);
+    Ok(())
+}
+
 #[tokio::test]
 async fn reflection_lists_the_services() -> Result<()> {
     // grpcurl-style discovery works: reflection names the orders and health services.
