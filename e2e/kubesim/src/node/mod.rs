@@ -58,6 +58,13 @@ pub struct NodeConfig {
     pub resync: Duration,
     /// Upper bound on the termination grace period used when the node itself shuts down.
     pub shutdown_grace: Duration,
+    /// How often the kubelet relists containers to notice that one exited on its own (a real
+    /// kubelet's pod lifecycle event generator relists every 1 s, the default). A crashed
+    /// container is reported terminated, made not ready and restarted only at the next relist,
+    /// 0 to one period after it died, so it stays in its Service's endpoints that long unless
+    /// its readiness probe fails first. Zero notices exits at once. Exits the kubelet causes
+    /// (liveness kills, pod deletion) are noticed at once either way.
+    pub relist_period: Duration,
 }
 
 impl NodeConfig {
@@ -73,6 +80,7 @@ impl NodeConfig {
             backoff: Backoff::default(),
             resync: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(5),
+            relist_period: Duration::from_secs(1),
         }
     }
 }

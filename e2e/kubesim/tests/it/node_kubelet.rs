@@ -1,9 +1,9 @@
 //! The process kubelet: restarts, image pull failures, environment and logs.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use flotilla_testkit::wait::poll;
+use flotilla_testkit::wait::{self, poll};
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapKeySelector, EnvVar, EnvVarSource, Event, ObjectFieldSelector, Pod, Secret,
     SecretKeySelector,
@@ -75,6 +75,75 @@ async fn a_killed_process_is_restarted_and_counted() -> anyhow::Result<()> {
     let new_pids = processes_of("crash");
     assert_eq!(new_pids.len(), 1);
     assert_ne!(new_pids[0], pids[0]);
+    sim.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_killed_container_is_noticed_at_the_next_relist() -> anyhow::Result<()> {
+    // As a real kubelet, kubesim acts on an exit only when it relists: a container killed just
+    // after one relist is noticed at the next, nearly a period later, and none waits much more
+    // than a period. Pod A's noticed kill marks a relist; pod B is killed right after it.
+    const PERIOD: Duration = Duration::from_secs(3);
+    let sim = Sim::start_configured(false, testpod_images(), |node| {
+        node.relist_period = PERIOD;
+    })
+    .await?;
+    let template = deployment("relist", 1, IMAGE);
+    for name in ["relist-a", "relist-b"] {
+        sim.pods()
+            .create(&PostParams::default(), &pod_of(&template, name))
+            .await?;
+    }
+    let mut pods = Vec::new();
+    for name in ["relist-a", "relist-b"] {
+        pods.push(wait::for_object(&sim.pods(), name, WAIT, is_ready).await?);
+    }
+    // The container's process is the one its containerID names.
+    let pid_a = container_pid(&pods[0])?;
+    assert_eq!(processes_of("relist-a"), vec![pid_a]);
+    let restarted = |p: &Pod| restart_count(p) >= 1;
+    let kill = |pid: u32| {
+        std::process::Command::new("kill")
+            .arg("-KILL")
+            .arg(pid.to_string())
+            .status()
+    };
+    let killed_a = Instant::now();
+    kill(pid_a)?;
+    wait::for_object(&sim.pods(), "relist-a", WAIT, restarted).await?;
+    let noticed_a = killed_a.elapsed();
+    kill(container_pid(&pods[1])?)?;
+    let killed_b = Instant::now();
+    wait::for_object(&sim.pods(), "relist-b", WAIT, restarted).await?;
+    let noticed_b = killed_b.elapsed();
+    // Slack for a loaded machine: the status write and the watch between a relist and this test.
+    let slack = Duration::from_secs(2);
+    assert!(
+        noticed_a <= PERIOD + slack,
+        "A noticed {noticed_a:?} after its kill"
+    );
+    assert!(
+        noticed_b >= PERIOD - slack && noticed_b <= PERIOD + slack,
+        "B, killed just after a relist, noticed {noticed_b:?} after its kill (period {PERIOD:?})"
+    );
+    // The terminated run keeps its containerID in lastState; the new run has its own.
+    let a = wait::for_object(&sim.pods(), "relist-a", WAIT, |p| {
+        restarted(p) && is_ready(p)
+    })
+    .await?;
+    assert_ne!(container_pid(&a)?, pid_a);
+    let status = a
+        .status
+        .and_then(|s| s.container_statuses)
+        .unwrap_or_default()
+        .remove(0);
+    let old_id = format!("kubesim://{pid_a}");
+    let last_id = status
+        .last_state
+        .and_then(|s| s.terminated)
+        .and_then(|t| t.container_id);
+    assert_eq!(last_id.as_deref(), Some(old_id.as_str()));
     sim.shutdown().await;
     Ok(())
 }

@@ -86,7 +86,15 @@ pub(super) async fn run_init(
             shared.env.pids.add(pid);
         }
         let status = tokio::select! {
-            s = child.wait() => s.ok(),
+            s = child.wait() => {
+                // Its completion is noticed at the next relist, like any exit.
+                let noticed = shared.env.relist.noticed_at(Instant::now());
+                tokio::select! {
+                    () = token.cancelled() => {},
+                    () = tokio::time::sleep_until(noticed.into()) => {},
+                }
+                s.ok()
+            }
             () = token.cancelled() => terminate(&mut child, shared.grace()).await,
         };
         if let Some(pid) = pid {
@@ -140,10 +148,14 @@ fn probe_tasks(
     (has, unsupported)
 }
 
+/// How a run ended: the exit status and when the process ended (`finishedAt`, which a runtime
+/// reports as the exit's own time, however late the kubelet notices it).
+type Ended = (Option<ExitStatus>, Time);
+
 enum Outcome {
-    Exited(Option<ExitStatus>),
-    Killed(Option<ExitStatus>),
-    Stopped(Option<ExitStatus>),
+    Exited(Ended),
+    Killed(Ended),
+    Stopped(Ended),
 }
 
 /// What one container runner carries across restarts.
@@ -233,6 +245,7 @@ impl Runner {
                         reason: "StartError".into(),
                         started_at: None,
                         finished_at: t,
+                        container_id: None,
                     });
                     s.restart_count += 1;
                 });
@@ -260,8 +273,15 @@ impl Runner {
         }
     }
 
-    /// Step 4: run the probes and wait for the process to exit, fail liveness or be stopped.
-    async fn supervise(&self, child: &mut Child, started_at: &Time) -> Outcome {
+    /// Step 4: run the probes and wait for the process to exit, fail liveness or be stopped. An
+    /// exit is acted on at the next relist (see `relist`); until then the container keeps its
+    /// state and its readiness probe keeps running, as on a real node.
+    async fn supervise(
+        &self,
+        child: &mut Child,
+        started_at: &Time,
+        container_id: Option<String>,
+    ) -> Outcome {
         let (shared, index, c) = (&self.shared, self.index, &self.c);
         let probe_token = self.token.child_token();
         let (flip_tx, mut flips) = mpsc::channel(8);
@@ -281,12 +301,28 @@ impl Runner {
             s.state = RunState::Running {
                 started_at: started_at.clone(),
             };
+            s.container_id = container_id;
             s.started = !has_startup;
             s.ready = !has_startup && !has_readiness;
         });
+        let relist = shared.env.relist;
+        // The exit seen but not yet noticed, and when the relist notices it.
+        let mut exit: Option<Ended> = None;
+        let mut noticed = tokio::time::Instant::now();
         let outcome = loop {
             tokio::select! {
-                s = child.wait() => break Outcome::Exited(s.ok()),
+                s = child.wait(), if exit.is_none() => {
+                    if relist.is_instant() {
+                        break Outcome::Exited((s.ok(), now()));
+                    }
+                    noticed = relist.noticed_at(Instant::now()).into();
+                    exit = Some((s.ok(), now()));
+                }
+                () = tokio::time::sleep_until(noticed), if exit.is_some() => {
+                    if let Some(ended) = exit.take() {
+                        break Outcome::Exited(ended);
+                    }
+                }
                 Some((kind, verdict, message)) = flips.recv() => match (kind, verdict) {
                     (ProbeKind::Startup, true) => {
                         let _ = started_tx.send(true);
@@ -298,18 +334,25 @@ impl Runner {
                             shared.event(Severity::Warning, "Unhealthy", format!("Readiness probe failed: {message}")).await;
                         }
                     }
+                    // The process is gone: the relist restarts it, not the failing probe.
+                    (_, _) if exit.is_some() => {}
                     (kind, _) => {
                         let which = if kind == ProbeKind::Startup { "Startup" } else { "Liveness" };
                         shared.event(Severity::Warning, "Unhealthy", format!("{which} probe failed: {message}")).await;
                         let text = format!("Container {} failed {} probe, will be restarted", c.name, which.to_lowercase());
                         shared.event(Severity::Normal, "Killing", text).await;
                         shared.update_container(index, |s| s.ready = false);
-                        break Outcome::Killed(terminate(child, self.spec_grace).await);
+                        let status = terminate(child, self.spec_grace).await;
+                        break Outcome::Killed((status, now()));
                     }
                 },
                 () = self.token.cancelled() => {
                     shared.update_container(index, |s| s.ready = false);
-                    break Outcome::Stopped(terminate(child, shared.grace()).await);
+                    let ended = match exit.take() {
+                        Some(ended) => ended,
+                        None => (terminate(child, shared.grace()).await, now()),
+                    };
+                    break Outcome::Stopped(ended);
                 }
             }
         };
@@ -318,11 +361,17 @@ impl Runner {
     }
 
     /// Step 5: record the end of the run; true if the container is to be started again.
-    async fn finish(&mut self, outcome: Outcome, started_at: Time, start: Instant) -> bool {
-        let (status, stopped, killed) = match outcome {
-            Outcome::Exited(s) => (s, false, false),
-            Outcome::Killed(s) => (s, false, true),
-            Outcome::Stopped(s) => (s, true, false),
+    async fn finish(
+        &mut self,
+        outcome: Outcome,
+        started_at: Time,
+        start: Instant,
+        container_id: Option<String>,
+    ) -> bool {
+        let ((status, finished_at), stopped, killed) = match outcome {
+            Outcome::Exited(e) => (e, false, false),
+            Outcome::Killed(e) => (e, false, true),
+            Outcome::Stopped(e) => (e, true, false),
         };
         let (exit_code, signal) = exit_of(status);
         let reason = if exit_code == 0 { "Completed" } else { "Error" };
@@ -331,7 +380,8 @@ impl Runner {
             signal,
             reason: reason.into(),
             started_at: Some(started_at),
-            finished_at: now(),
+            finished_at,
+            container_id,
         };
         let shared = &self.shared;
         if stopped {
@@ -418,12 +468,19 @@ pub(super) async fn run(
         if let Some(pid) = pid {
             runner.shared.env.pids.add(pid);
         }
+        // The process is the container (an `unshare` wrapper execs into it): its PID names it.
+        let container_id = pid.map(|p| format!("kubesim://{p}"));
         runner.announce().await;
-        let outcome = runner.supervise(&mut child, &started_at).await;
+        let outcome = runner
+            .supervise(&mut child, &started_at, container_id.clone())
+            .await;
         if let Some(pid) = pid {
             runner.shared.env.pids.remove(pid);
         }
-        if !runner.finish(outcome, started_at, start).await {
+        if !runner
+            .finish(outcome, started_at, start, container_id)
+            .await
+        {
             return;
         }
     }

@@ -11,6 +11,7 @@ pub mod env;
 mod pod;
 pub mod probe;
 mod probe_run;
+mod relist;
 mod sa;
 mod spawn;
 pub mod status;
@@ -67,16 +68,19 @@ pub(crate) struct Kubelet {
     workers: Mutex<HashMap<String, Worker>>,
     pids: Arc<Pids>,
     ips: Arc<Mutex<IpPool>>,
+    relist: relist::Relist,
 }
 
 impl Kubelet {
     pub fn new(ctx: Arc<NodeCtx>) -> Self {
         let ips = Arc::new(Mutex::new(IpPool::new(ctx.config.pod_range)));
+        let relist = relist::Relist::new(ctx.config.relist_period);
         Self {
             ctx,
             workers: Mutex::new(HashMap::new()),
             pids: Arc::default(),
             ips,
+            relist,
         }
     }
 
@@ -142,6 +146,7 @@ impl Kubelet {
                         ctx: self.ctx.clone(),
                         pids: self.pids.clone(),
                         ips: self.ips.clone(),
+                        relist: self.relist,
                     };
                     let handle = tokio::spawn(pod::run(env, pod, rx, shutdown.clone()));
                     workers.insert(

@@ -28,6 +28,8 @@ pub(crate) struct WorkerEnv {
     pub ctx: Arc<NodeCtx>,
     pub pids: Arc<Pids>,
     pub ips: Arc<Mutex<IpPool>>,
+    /// When exits of containers are noticed.
+    pub relist: super::relist::Relist,
 }
 
 /// State shared by a pod's worker, container runners and status writer.

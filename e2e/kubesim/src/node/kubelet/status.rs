@@ -23,6 +23,8 @@ pub enum RunState {
         reason: String,
         started_at: Option<Time>,
         finished_at: Time,
+        /// The ID of the container run that ended (none when it never started).
+        container_id: Option<String>,
     },
 }
 
@@ -48,6 +50,7 @@ impl RunState {
                 reason,
                 started_at,
                 finished_at,
+                container_id,
             } => ContainerState {
                 terminated: Some(ContainerStateTerminated {
                     exit_code,
@@ -55,7 +58,7 @@ impl RunState {
                     reason: Some(reason),
                     started_at,
                     finished_at: Some(finished_at),
-                    container_id: None,
+                    container_id,
                     message: None,
                 }),
                 ..Default::default()
@@ -69,6 +72,9 @@ impl RunState {
 pub struct ContainerInfo {
     pub name: String,
     pub image: String,
+    /// `kubesim://<pid>` of the current (or last) process, as a runtime reports
+    /// `containerd://<id>`: tools find the container's process from it.
+    pub container_id: Option<String>,
     pub state: RunState,
     pub last_state: Option<RunState>,
     pub restart_count: i32,
@@ -83,6 +89,7 @@ impl ContainerInfo {
         Self {
             name: name.into(),
             image: image.into(),
+            container_id: None,
             state: RunState::Waiting {
                 reason: reason.into(),
                 message: None,
@@ -100,7 +107,7 @@ impl ContainerInfo {
             name: self.name.clone(),
             image: self.image.clone(),
             image_id: String::new(),
-            container_id: None,
+            container_id: self.container_id.clone(),
             state: Some(self.state.to_api()),
             last_state: Some(
                 self.last_state
@@ -249,6 +256,7 @@ mod tests {
                 reason: "Completed".into(),
                 started_at: None,
                 finished_at: t(3),
+                container_id: None,
             },
             will_restart: false,
             ..ContainerInfo::waiting("c", "i", "")

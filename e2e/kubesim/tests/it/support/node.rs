@@ -39,15 +39,22 @@ pub struct Sim {
 impl Sim {
     /// A plain-HTTP cluster whose node runs the test pod.
     pub async fn start() -> anyhow::Result<Sim> {
-        let mut images = ImageTable::default();
-        images.prepend("kubesim/testpod:*", env!("CARGO_BIN_EXE_kubesim-testpod"));
-        Self::start_with(false, images).await
+        Self::start_with(false, testpod_images()).await
     }
 
     /// A cluster whose node runs `images`. `secure`: HTTPS, authentication and RBAC, and the
     /// `kubernetes` Service on the slot's first service IP (which the node never hands out), so
     /// pods reach the API server as in-cluster clients do.
     pub async fn start_with(secure: bool, images: ImageTable) -> anyhow::Result<Sim> {
+        Self::start_configured(secure, images, |_| {}).await
+    }
+
+    /// Like [`Sim::start_with`], with `setup` adjusting the node's configuration last.
+    pub async fn start_configured(
+        secure: bool,
+        images: ImageTable,
+        setup: impl FnOnce(&mut NodeConfig),
+    ) -> anyhow::Result<Sim> {
         let slot = AddressSlot::acquire()?;
         let state = tempfile::tempdir()?;
         let service_range = slot.service_range();
@@ -71,6 +78,7 @@ impl Sim {
         config.backoff.base = Duration::from_millis(500);
         config.resync = Duration::from_millis(500);
         config.shutdown_grace = Duration::from_secs(2);
+        setup(&mut config);
         let node = node::start(client.clone(), config).await?;
         Ok(Sim {
             cluster,
@@ -95,6 +103,28 @@ impl Sim {
         }
         self.cluster.shutdown().await;
     }
+}
+
+/// The image table that maps `kubesim/testpod:*` to the test pod binary.
+pub fn testpod_images() -> ImageTable {
+    let mut images = ImageTable::default();
+    images.prepend("kubesim/testpod:*", env!("CARGO_BIN_EXE_kubesim-testpod"));
+    images
+}
+
+/// The PID in the first container's `containerID` (`kubesim://<pid>`).
+pub fn container_pid(pod: &Pod) -> anyhow::Result<u32> {
+    let id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.container_id.as_deref())
+        .context("no containerID")?;
+    let pid = id
+        .strip_prefix("kubesim://")
+        .with_context(|| format!("containerID {id} is not kubesim://<pid>"))?;
+    Ok(pid.parse()?)
 }
 
 fn http_probe(path: &str) -> Probe {
