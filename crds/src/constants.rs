@@ -142,4 +142,8 @@ pub mod traffic {
     /// Environment variable of every managed container with the operator's public verdict
     /// keys: comma-separated `<kid>:<base64url of the 32-byte public key>`.
     pub const KEYS_ENV: &str = "FLOTILLA_VERDICT_KEYS";
+    /// Request header asking `GET <readiness path>` to stay open and report each readiness
+    /// change as it happens (`heartbeat=<ms>`, `0` for changes only); a pod that supports it
+    /// echoes the header and streams one line per report, `ready` or `not_ready <checks>`.
+    pub const WATCH_HEADER: &str = "flotilla-watch";
 }

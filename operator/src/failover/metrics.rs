@@ -44,6 +44,11 @@ pub struct Metrics {
     /// Deletions of sticky pods (`stickyConnections: Restart`) by result (`ok`, `error`,
     /// `timeout`, `not_leading`).
     pub sticky_restarts: IntCounterVec,
+    /// Readiness watches open on pods that accepted one.
+    pub readiness_watches: IntGauge,
+    /// What readiness watches reported, by report (`ready`, `not_ready`, `connection_lost`,
+    /// `reconnect_failed`, `unsupported`).
+    pub watch_reports: IntCounterVec,
 }
 
 impl Metrics {
@@ -81,7 +86,10 @@ impl Metrics {
                     "flotilla_failover_detection_seconds",
                     "From the first failed probe of the decisive run to the traffic change written.",
                 )
-                .buckets(vec![0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0]),
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0,
+                    10.0, 30.0,
+                ]),
                 &["change"],
             )?,
             writes: IntCounterVec::new(
@@ -120,6 +128,19 @@ impl Metrics {
                 ),
                 &["result"],
             )?,
+            readiness_watches: IntGauge::new(
+                "flotilla_readiness_watches",
+                "Pods with a readiness watch open, reporting their readiness changes as they \
+                 happen.",
+            )?,
+            watch_reports: IntCounterVec::new(
+                Opts::new(
+                    "flotilla_readiness_watch_reports_total",
+                    "Reports of readiness watches: a pod's own ready/not_ready, a watch \
+                     connection lost, its immediate reconnect failed, or a pod without support.",
+                ),
+                &["report"],
+            )?,
         })
     }
 
@@ -136,6 +157,8 @@ impl Metrics {
         registry.register(Box::new(self.last_failover.clone()))?;
         registry.register(Box::new(self.sticky_pods.clone()))?;
         registry.register(Box::new(self.sticky_restarts.clone()))?;
+        registry.register(Box::new(self.readiness_watches.clone()))?;
+        registry.register(Box::new(self.watch_reports.clone()))?;
         Ok(())
     }
 }

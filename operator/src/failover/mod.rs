@@ -7,6 +7,8 @@
 //! - `engine`: keeps one `pod_health` state machine per pod and schedules `probe`s (readiness over
 //!   HTTP or gRPC, plus bounded metrics `scrape`s feeding `error_rate`). Runs on every replica so
 //!   a new leader has warm verdicts.
+//!   Pods that support it also keep a `readiness_watch` open, on which they report their own
+//!   readiness changes at once and whose connection tells when they die.
 //! - `decide`: pure; verdicts + policy + clock → desired membership and active target.
 //! - `sticky`: pure; ejected pods whose scraped request counters keep rising (clients pinned to
 //!   them by old connections), and which one to restart when the service opts in.
@@ -29,6 +31,7 @@ pub mod pod_health;
 pub mod policy;
 pub mod probe;
 pub mod promtext;
+pub mod readiness_watch;
 pub mod scrape;
 pub mod source;
 pub mod sticky;

@@ -69,6 +69,15 @@ impl HttpPaths {
         })
     }
 
+    /// The readiness watch request: the readiness GET asking to stay open and report changes
+    /// only (the periodic probes are the heartbeat).
+    pub fn watch(&self) -> Vec<u8> {
+        let mut req = self.readiness.clone();
+        req.extend_from_slice(traffic::WATCH_HEADER.as_bytes());
+        req.extend_from_slice(b": heartbeat=0\r\n\r\n");
+        req
+    }
+
     /// The readiness request head, carrying the signed verdict when one is sent.
     fn readiness(&self, signed: Option<(&str, &str)>) -> Vec<u8> {
         let mut req = Vec::with_capacity(self.readiness.len() + 200);
@@ -196,7 +205,7 @@ impl ProbeClient {
             Ok(Ok(status)) => Observation::BadStatus(status),
         }
     }
-    fn channel(&self, addr: SocketAddr) -> Result<Channel, ()> {
+    pub(super) fn channel(&self, addr: SocketAddr) -> Result<Channel, ()> {
         let mut cache = match self.grpc.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
@@ -216,7 +225,7 @@ impl ProbeClient {
         Ok(channel)
     }
 
-    fn forget_channel(&self, addr: SocketAddr) {
+    pub(super) fn forget_channel(&self, addr: SocketAddr) {
         match self.grpc.lock() {
             Ok(mut g) => g.remove(&addr),
             Err(poisoned) => poisoned.into_inner().remove(&addr),

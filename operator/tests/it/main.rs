@@ -10,7 +10,8 @@
 //! - [`cli`]: the binary's `crd` and `render` commands.
 //! - `controller_*`, [`child_conflict`], [`events`]: the reconciler on kubesim.
 //! - [`controller_leader`], [`leader_hang`], [`health_stall`]: leadership and a hanging API server.
-//! - `failover_*`, [`rollout_cluster`]: health-aware traffic and guarded rollouts.
+//! - `failover_*`, [`rollout_cluster`]: health-aware traffic and guarded rollouts;
+//!   [`failover_watch`]: the readiness watch on real service processes.
 
 mod admission_cases;
 mod failover_common;
@@ -33,6 +34,7 @@ mod failover_clients;
 mod failover_cluster;
 mod failover_engine;
 mod failover_scrape;
+mod failover_watch;
 mod fuzz_specs;
 mod health_stall;
 mod leader_hang;

@@ -27,6 +27,7 @@ use super::metrics::{Metrics, ProbeResults};
 use super::outputs::{Desired, Notice};
 use super::pod_health::{Observation, PodHealth, Thresholds};
 use super::probe::{self, HttpPaths, PodConn, ProbeClient, ProbeReport, ProbeTarget};
+use super::readiness_watch::{self, Reporter, WatchEvent, WatchTarget};
 use super::scrape::{Rejected, ScrapeLimits};
 use super::sticky::StickyWatch;
 use crate::health::Heartbeat;
@@ -167,6 +168,38 @@ struct PodEntry {
     /// Until when probes say `ejected` whatever `verdict` says: a fallback pod that just left a
     /// primary's traffic (failback) closes the connections the primary's clients opened to it.
     drain_until: Option<Instant>,
+    /// The pod's readiness watch.
+    watch: WatchSlot,
+}
+
+/// Where a pod's readiness watch stands.
+#[derive(Debug, Default)]
+enum WatchSlot {
+    /// None open; one is opened after the pod's next successful probe.
+    #[default]
+    Idle,
+    /// Open; aborted when dropped (the pod went away, changed address or stopped answering).
+    Open(WatchTask),
+    /// The pod does not support it (until its address changes).
+    Unsupported,
+}
+
+/// A running watch task, aborted on drop.
+#[derive(Debug)]
+struct WatchTask {
+    generation: u64,
+    handle: tokio::task::AbortHandle,
+    /// The open-watches gauge, counting this one once the pod accepted it.
+    counted: Option<prometheus::IntGauge>,
+}
+
+impl Drop for WatchTask {
+    fn drop(&mut self) {
+        self.handle.abort();
+        if let Some(g) = &self.counted {
+            g.dec();
+        }
+    }
 }
 
 impl PodEntry {
@@ -218,6 +251,9 @@ struct Engine {
     notice_tx: mpsc::Sender<Notice>,
     /// When sticky pods were restarted within the last `sticky::GLOBAL_WINDOW` (the global cap).
     recent_restarts: std::collections::VecDeque<Instant>,
+    /// Where readiness watches report, and the generation of the next one.
+    watch_tx: mpsc::UnboundedSender<(u64, u64, WatchEvent)>,
+    next_watch: u64,
     cfg: EngineConfig,
 }
 
@@ -239,6 +275,7 @@ pub fn spawn(
         .name("flotilla-prober".to_owned())
         .spawn(move || {
             runtime.block_on(async move {
+                let (watch_tx, watch_rx) = mpsc::unbounded_channel();
                 let engine = Engine {
                     inv: Arc::new(Inventory::default()),
                     ids: HashMap::new(),
@@ -256,9 +293,11 @@ pub fn spawn(
                     desired_tx,
                     notice_tx,
                     recent_restarts: std::collections::VecDeque::new(),
+                    watch_tx,
+                    next_watch: 0,
                     cfg,
                 };
-                engine.run(inventory).await;
+                engine.run(inventory, watch_rx).await;
             });
         })?;
     Ok((EngineOutputs { desired, notices }, handle))
@@ -274,7 +313,11 @@ fn jittered(period: Duration) -> Duration {
 }
 
 impl Engine {
-    async fn run(mut self, mut inventory: watch::Receiver<Arc<Inventory>>) {
+    async fn run(
+        mut self,
+        mut inventory: watch::Receiver<Arc<Inventory>>,
+        mut watches: mpsc::UnboundedReceiver<(u64, u64, WatchEvent)>,
+    ) {
         let first = inventory.borrow_and_update().clone();
         self.apply_inventory(first);
         let mut tick = tokio::time::interval(self.cfg.decide_every);
@@ -307,6 +350,12 @@ impl Engine {
                         if let Ok((id, rep)) = joined {
                             decide_now |= self.on_report(id, rep);
                         }
+                    }
+                }
+                Some((id, generation, event)) = watches.recv() => {
+                    decide_now |= self.on_watch(id, generation, event);
+                    while let Ok((id, generation, event)) = watches.try_recv() {
+                        decide_now |= self.on_watch(id, generation, event);
                     }
                 }
                 () = &mut timer => {
@@ -352,6 +401,9 @@ impl Engine {
             }
             keep
         });
+        // Pods to open a readiness watch on: new ones and moved ones the kubelet calls Ready
+        // (others get one after their first successful probe).
+        let mut to_watch = Vec::new();
         for (key, p) in &inv.pods {
             let Some(svc) = services.get(&ObjKey::new(key.ns.clone(), p.service.clone())) else {
                 continue;
@@ -365,6 +417,10 @@ impl Engine {
                 if entry.addr != addr || entry.svc.probe != svc.probe {
                     entry.http = http_paths(addr, svc);
                     entry.conn = None;
+                    entry.watch = WatchSlot::Idle;
+                    if p.ready {
+                        to_watch.push(*self.ids.get(key).unwrap_or(&u64::MAX));
+                    }
                 }
                 entry.svc = svc.clone();
                 entry.addr = addr;
@@ -393,9 +449,16 @@ impl Engine {
                     sticky: StickyWatch::default(),
                     sticky_announced: false,
                     drain_until: None,
+                    watch: WatchSlot::Idle,
                 },
             );
             self.heap.push(Reverse((first, id)));
+            if p.ready {
+                to_watch.push(id);
+            }
+        }
+        for id in to_watch {
+            self.open_watch(id);
         }
         self.members.clear();
         for (key, id) in &self.ids {
@@ -570,17 +633,39 @@ impl Engine {
             (Observation::Success, Some(max), Some(r)) if r > max => Observation::ErrorRate(r),
             (obs, _, _) => obs,
         };
-        self.results.get(obs.label()).inc();
         self.metrics
             .probe_duration
             .observe(rep.latency.as_secs_f64());
+        // A probe that times out or cannot connect also closes the pod's watch, which may be
+        // stuck on a pod that hangs; a successful probe opens one.
+        match obs {
+            Observation::Timeout | Observation::ConnectError => entry.watch = WatchSlot::Idle,
+            Observation::Success => self.open_watch(id),
+            _ => {}
+        }
+        let changed = self.observe(id, obs, rep.at, false);
+        changed || analysed_ratio_moved
+    }
+
+    /// Feeds one readiness observation into the pod's state machine (a probe's, or a watch's,
+    /// `decisive` when the pod itself says it is not ready); `true` when its verdict changed.
+    fn observe(&mut self, id: u64, obs: Observation, at: Instant, decisive: bool) -> bool {
+        let Some(entry) = self.pods.get_mut(&id) else {
+            return false;
+        };
+        let svc = entry.svc.clone();
+        self.results.get(obs.label()).inc();
         let th = Thresholds {
-            failure: svc.probe.failure_threshold,
+            failure: if decisive {
+                1
+            } else {
+                svc.probe.failure_threshold
+            },
             success: svc.probe.success_threshold,
         };
         let was_healthy = entry.health.healthy;
         let failed = !obs.is_success();
-        let changed = entry.health.observe(obs, rep.at, th);
+        let changed = entry.health.observe(obs, at, th);
         let first_failure = was_healthy && failed && entry.health.consecutive_failures == 1;
         // A result that goes against the verdict is confirmed soon rather than a period later,
         // so a threshold is reached in a fraction of a period. Only contested pods are probed
@@ -589,16 +674,91 @@ impl Engine {
         let contested = (h.healthy && h.consecutive_failures > 0)
             || (!h.healthy && h.consecutive_successes > 0 && entry.kubelet_ready);
         if contested {
-            let confirm = rep.at + self.cfg.confirm_after.min(svc.probe.period);
+            let confirm = at + self.cfg.confirm_after.min(svc.probe.period);
             if confirm < entry.next_due {
                 entry.next_due = confirm;
                 self.heap.push(Reverse((confirm, id)));
             }
         }
         if first_failure {
-            self.suspect_service(&svc, id, rep.at);
+            self.suspect_service(&svc, id, at);
         }
-        changed || analysed_ratio_moved
+        changed
+    }
+
+    /// Opens the pod's readiness watch if watches are on and none is open or refused.
+    fn open_watch(&mut self, id: u64) {
+        if !self.cfg.watch {
+            return;
+        }
+        let Some(entry) = self.pods.get_mut(&id) else {
+            return;
+        };
+        let (WatchSlot::Idle, Some(addr)) = (&entry.watch, entry.addr) else {
+            return;
+        };
+        let p = &entry.svc.probe;
+        let target = WatchTarget {
+            addr,
+            http: entry.http.clone(),
+            grpc_service: p.grpc.clone(),
+            timeout: p.timeout,
+        };
+        let generation = self.next_watch;
+        self.next_watch += 1;
+        let reporter = Reporter {
+            tx: self.watch_tx.clone(),
+            id,
+            generation,
+        };
+        let handle = tokio::spawn(readiness_watch::run(self.client.clone(), target, reporter))
+            .abort_handle();
+        entry.watch = WatchSlot::Open(WatchTask {
+            generation,
+            handle,
+            counted: None,
+        });
+    }
+
+    /// Takes one event of a pod's watch; `true` when the pod's verdict changed.
+    fn on_watch(&mut self, id: u64, generation: u64, event: WatchEvent) -> bool {
+        let Some(entry) = self.pods.get_mut(&id) else {
+            return false;
+        };
+        // Events of a watch the engine already closed or replaced say nothing about now.
+        if !matches!(&entry.watch, WatchSlot::Open(t) if t.generation == generation) {
+            return false;
+        }
+        let reports = &self.metrics.watch_reports;
+        match event {
+            WatchEvent::Opened => {
+                if let WatchSlot::Open(t) = &mut entry.watch {
+                    if t.counted.is_none() {
+                        self.metrics.readiness_watches.inc();
+                        t.counted = Some(self.metrics.readiness_watches.clone());
+                    }
+                }
+                false
+            }
+            WatchEvent::Unsupported => {
+                reports.with_label_values(&["unsupported"]).inc();
+                entry.watch = WatchSlot::Unsupported;
+                false
+            }
+            WatchEvent::Ended => {
+                entry.watch = WatchSlot::Idle;
+                false
+            }
+            WatchEvent::Report {
+                observation,
+                at,
+                decisive,
+                report,
+            } => {
+                reports.with_label_values(&[report]).inc();
+                self.observe(id, observation, at, decisive)
+            }
+        }
     }
 
     /// A healthy pod of `svc` just failed a probe: the service's other healthy pods are probed

@@ -48,6 +48,8 @@ enum Framing {
 pub struct Head {
     /// The status code.
     pub status: u16,
+    /// Whether the response carries the readiness watch header (a pod that watches).
+    pub watch: bool,
     framing: Framing,
     close: bool,
 }
@@ -233,7 +235,14 @@ fn head_of(resp: &httparse::Response<'_, '_>) -> Result<Head, Error> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut close = resp.version == Some(0);
+    let mut watch = false;
     for h in resp.headers.iter() {
+        if h.name
+            .eq_ignore_ascii_case(flotilla_crds::traffic::WATCH_HEADER)
+        {
+            watch = true;
+            continue;
+        }
         let value = std::str::from_utf8(h.value).map_err(|_| Error::Malformed)?;
         if h.name.eq_ignore_ascii_case("content-length") {
             let n: u64 = value.trim().parse().map_err(|_| Error::Malformed)?;
@@ -273,6 +282,7 @@ fn head_of(resp: &httparse::Response<'_, '_>) -> Result<Head, Error> {
     };
     Ok(Head {
         status,
+        watch,
         framing,
         close,
     })

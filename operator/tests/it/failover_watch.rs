@@ -1,0 +1,200 @@
+//! The readiness watch on real service processes (`users` over HTTP, `orders` over gRPC), with
+//! the engine fed by hand: a pod that turns itself unready, and a pod whose process is killed,
+//! leave the traffic with no probe due. Each service probes every minute here, so only the
+//! watch can move the traffic within the test's bound; the failover benchmark times it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use flotilla_crds::{labels, ActiveTarget};
+use flotilla_operator::failover::engine::{self, EngineConfig, EngineOutputs};
+use flotilla_operator::failover::inventory::{Inventory, ObjKey, PodInfo, ServiceInfo};
+use flotilla_operator::failover::metrics::Metrics;
+use flotilla_operator::failover::outputs::Desired;
+use flotilla_operator::failover::policy::{FailoverPolicy, ProbePolicy};
+use flotilla_testkit::paths::workspace_binary;
+use flotilla_testkit::process::{http_ok, Builder, Process};
+use flotilla_testkit::wait::poll;
+use tokio::sync::watch;
+
+use crate::failover_common::pods::{ip, start_group, FakePod};
+use crate::failover_common::sim::{ADMIN_TOKEN, PUBLIC_KEYS};
+
+/// Far under the services' one-minute probe period.
+const WAIT: Duration = Duration::from_secs(20);
+const PERIOD: Duration = Duration::from_secs(60);
+
+/// Which sample service runs the primary pod.
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Http,
+    Grpc,
+}
+
+/// What happens to the primary pod.
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Its own readiness fails (`/admin/faults`).
+    Unready,
+    /// Its process is SIGKILLed.
+    Killed,
+}
+
+async fn start_pod(kind: Kind, dir: &std::path::Path) -> Result<Process> {
+    let (name, package) = match kind {
+        Kind::Http => ("users", "users"),
+        Kind::Grpc => ("orders", "orders"),
+    };
+    Builder::new(name, workspace_binary(name, package)?)
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .listen_env("LISTEN_ADDR")
+        .env("ADMIN_TOKEN", ADMIN_TOKEN)
+        .env("JWT_PUBLIC_KEYS", PUBLIC_KEYS)
+        .ready(http_ok("/readyz"))
+        .start()
+        .await
+}
+
+fn service(name: &str, port: u16, grpc: bool, fallback: Option<&str>) -> ServiceInfo {
+    ServiceInfo {
+        key: ObjKey::new("t", name),
+        uid: None,
+        generation: Some(1),
+        failover_enabled: fallback.is_some(),
+        analysing: false,
+        probe: ProbePolicy {
+            period: PERIOD,
+            port,
+            grpc: grpc.then(String::new),
+            ..ProbePolicy::default()
+        },
+        failover: FailoverPolicy {
+            fallback: fallback.map(str::to_owned),
+            ..FailoverPolicy::default()
+        },
+        port_name: "http".into(),
+        status: None,
+        conditions: vec![],
+    }
+}
+
+fn pod(svc: &str, i: usize, ip: std::net::IpAddr) -> PodInfo {
+    PodInfo {
+        key: ObjKey::new("t", format!("{svc}-{i}")),
+        service: svc.to_owned(),
+        ip: Some(ip),
+        ready: true,
+        serves: [(labels::serves(svc), "true".to_owned())].into(),
+        uid: Some(format!("uid-{svc}-{i}")),
+    }
+}
+
+/// `web` (one pod at `addr`, failover to `backup`) and `backup` (the fake pods).
+fn inventory(kind: Kind, addr: SocketAddr, backup: &[FakePod]) -> Inventory {
+    let mut fallback = service("backup", backup[0].addr.port(), false, None);
+    fallback.failover_enabled = false;
+    Inventory::from_parts(
+        [
+            service(
+                "web",
+                addr.port(),
+                matches!(kind, Kind::Grpc),
+                Some("backup"),
+            ),
+            fallback,
+        ],
+        std::iter::once(pod("web", 0, addr.ip())).chain(
+            backup
+                .iter()
+                .enumerate()
+                .map(|(i, f)| pod("backup", i, ip(f))),
+        ),
+    )
+}
+
+fn active(d: &Desired) -> Option<ActiveTarget> {
+    d.services.get(&ObjKey::new("t", "web"))?.status.active
+}
+
+async fn wait_for(
+    out: &mut EngineOutputs,
+    what: &str,
+    pred: impl Fn(&Desired) -> bool,
+) -> Result<()> {
+    let rx: &mut watch::Receiver<Arc<Desired>> = &mut out.desired;
+    tokio::time::timeout(WAIT, rx.wait_for(|d| pred(d)))
+        .await
+        .with_context(|| format!("{what} within {WAIT:?} (only the watch can be that quick)"))??;
+    Ok(())
+}
+
+async fn fault_moves_traffic(kind: Kind, fault: Fault, octet: u8) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let process = start_pod(kind, dir.path()).await?;
+    let backup = start_group(3, octet, 2).await?;
+    let (_tx, rx) = watch::channel(Arc::new(inventory(kind, process.addr(), &backup)));
+    let metrics = Metrics::new()?;
+    let (mut out, _thread) = engine::spawn(rx, metrics.clone(), EngineConfig::default())?;
+    wait_for(&mut out, "the primary decided active", |d| {
+        active(d) == Some(ActiveTarget::Primary)
+    })
+    .await?;
+    // The watch opens when the engine first sees the pod (Ready): wait until the pod took it.
+    poll("the pod's readiness watch open", WAIT, || async {
+        Ok((metrics.readiness_watches.get() == 1).then_some(()))
+    })
+    .await?;
+    match fault {
+        Fault::Unready => {
+            let status = crate::failover_common::sim::http(
+                process.addr(),
+                "POST",
+                "/admin/faults",
+                Some(r#"{"unhealthy": true}"#),
+            )
+            .await?;
+            anyhow::ensure!(status == 200, "faults: {status}");
+        }
+        Fault::Killed => {
+            let pid = process.id().context("the pod's process id")?;
+            let killed = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()?;
+            anyhow::ensure!(killed.success(), "kill failed");
+        }
+    }
+    wait_for(&mut out, "failover to the fallback", |d| {
+        active(d) == Some(ActiveTarget::Fallback)
+    })
+    .await
+    .with_context(|| format!("pod log:\n{}", process.log()))?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_http_pod_that_turns_unready_is_out_without_a_probe() -> Result<()> {
+    // `users` says `not_ready` on its open `/readyz` watch the moment a fault marks it so.
+    fault_moves_traffic(Kind::Http, Fault::Unready, 40).await
+}
+
+#[tokio::test]
+async fn an_http_pod_whose_process_dies_is_out_without_a_probe() -> Result<()> {
+    // The kernel closes the killed process's sockets: the watch connection ends mid-response,
+    // the reconnect is refused, two failures at once.
+    fault_moves_traffic(Kind::Http, Fault::Killed, 41).await
+}
+
+#[tokio::test]
+async fn a_grpc_pod_that_turns_unready_is_out_without_a_probe() -> Result<()> {
+    // `orders` sends NOT_SERVING on its `Health/Watch` stream.
+    fault_moves_traffic(Kind::Grpc, Fault::Unready, 42).await
+}
+
+#[tokio::test]
+async fn a_grpc_pod_whose_process_dies_is_out_without_a_probe() -> Result<()> {
+    // The HTTP/2 connection carrying the Watch stream breaks; the reconnect is refused.
+    fault_moves_traffic(Kind::Grpc, Fault::Killed, 43).await
+}
