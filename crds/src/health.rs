@@ -37,7 +37,9 @@ pub struct HealthSpec {
     #[schemars(range(min = 50, max = 60000))]
     pub timeout_millis: i32,
 
-    /// Consecutive failed probes after which a pod counts as unhealthy.
+    /// Consecutive failed probes after which a pod counts as unhealthy. A pod that reports
+    /// its own readiness on Flotilla's readiness watch is believed at once: its "not ready" takes
+    /// it out of the traffic without more probes.
     #[serde(default = "default_failure_threshold")]
     #[schemars(range(min = 1, max = 100))]
     pub failure_threshold: i32,
