@@ -46,8 +46,8 @@ pub struct Metrics {
     pub sticky_restarts: IntCounterVec,
     /// Readiness watches open on pods that accepted one.
     pub readiness_watches: IntGauge,
-    /// What readiness watches reported, by report (`ready`, `not_ready`, `connection_lost`,
-    /// `reconnect_failed`, `unsupported`).
+    /// What readiness watches reported, by report (`ready`, `not_ready`, `silent`,
+    /// `connection_lost`, `reconnect_failed`, `open_failed`, `unsupported`).
     pub watch_reports: IntCounterVec,
 }
 
@@ -136,8 +136,9 @@ impl Metrics {
             watch_reports: IntCounterVec::new(
                 Opts::new(
                     "flotilla_readiness_watch_reports_total",
-                    "Reports of readiness watches: a pod's own ready/not_ready, a watch \
-                     connection lost, its immediate reconnect failed, or a pod without support.",
+                    "Reports of readiness watches: a pod's own ready/not_ready, a silent pod \
+                     (missed heartbeats), a watch connection lost, its immediate reconnect \
+                     failed, a watch that could not open, or a pod without support.",
                 ),
                 &["report"],
             )?,

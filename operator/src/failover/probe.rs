@@ -69,12 +69,18 @@ impl HttpPaths {
         })
     }
 
-    /// The readiness watch request: the readiness GET asking to stay open and report changes
-    /// only (the periodic probes are the heartbeat).
-    pub fn watch(&self) -> Vec<u8> {
+    /// The readiness watch request: the readiness GET asking to stay open, report each change
+    /// and repeat the current state every `heartbeat`.
+    pub fn watch(&self, heartbeat: Duration) -> Vec<u8> {
         let mut req = self.readiness.clone();
-        req.extend_from_slice(traffic::WATCH_HEADER.as_bytes());
-        req.extend_from_slice(b": heartbeat=0\r\n\r\n");
+        req.extend_from_slice(
+            format!(
+                "{}: heartbeat={}\r\n\r\n",
+                traffic::WATCH_HEADER,
+                heartbeat.as_millis()
+            )
+            .as_bytes(),
+        );
         req
     }
 

@@ -1,11 +1,11 @@
 //! The readiness watch: one open request per pod on which the pod reports its readiness
 //! changes as they happen, and whose connection tells at once when the pod dies.
 //!
-//! - HTTP pods: `GET <readiness path>` with `Flotilla-Watch: heartbeat=0`; a pod that supports
-//!   it answers with the same header and streams one line per change (`ready`,
-//!   `not_ready <checks>`), ending the response now and then, when the watch asks again on the
-//!   same connection. A pod without support answers the ordinary probe: the watch says so and
-//!   ends, and the pod is probed every period only.
+//! - HTTP pods: `GET <readiness path>` with `Flotilla-Watch: heartbeat=<ms>`; a pod that
+//!   supports it answers with the same header and streams one line per change (`ready`,
+//!   `not_ready <checks>`) and the current line again every heartbeat, ending the response now
+//!   and then, when the watch asks again on the same connection. A pod without support answers
+//!   the ordinary probe: the watch says so and ends, and the pod is probed every period only.
 //! - gRPC pods: `grpc.health.v1.Health/Watch`, the standard streaming check (`UNIMPLEMENTED`:
 //!   no support).
 //!
@@ -14,17 +14,22 @@
 //!   confirmed by more probes (a failure threshold guards against a noisy network, not against
 //!   the pod's own word);
 //! - `ready` again after it;
+//! - silence on an HTTP watch with heartbeats (a pod that hangs: a stopped process accepts
+//!   connections into its backlog, answers nothing and closes nothing): a heartbeat more than
+//!   the probe timeout late is a failed probe (`Timeout`), and so is each next one missed;
+//!   after the failure threshold's worth the watch ends and the periodic probes carry on;
 //! - death on the wire: the connection closed or reset by the pod's side in the middle of the
 //!   watch is a failed probe at once, confirmed by one immediate reconnect (refused, reset or
 //!   no answer within the probe timeout: a second failure, which reaches the default
 //!   threshold of two); a reconnect that works resumes the watch.
 //!
 //! The periodic probes go on beside the watch: they carry the traffic verdicts and the scrapes,
-//! and they find what a watch cannot, a pod that hangs (it closes nothing and says nothing).
-//! The watch ends after a failed reconnect; the engine opens it again after the pod's next
+//! and for a gRPC watch (which has no heartbeat) they find a pod that hangs. The watch ends
+//! after a failed reconnect or a silence; the engine opens it again after the pod's next
 //! successful probe.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,8 +47,12 @@ const MAX_LINE: usize = 1024;
 /// What one watch tells the engine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum WatchEvent {
-    /// The pod accepted the watch (sent once per watch).
-    Opened,
+    /// The pod accepted the watch (sent once per watch request), with whether it sends
+    /// heartbeats (then silence is noticed, and the engine probes the pod less often).
+    Opened {
+        /// The pod repeats its state at least every heartbeat the watch asked for.
+        heartbeats: bool,
+    },
     /// The pod does not support watching; it is probed every period only.
     Unsupported,
     /// A readiness observation: the pod's own word, or a broken watch connection
@@ -55,8 +64,8 @@ pub enum WatchEvent {
         at: Instant,
         /// The pod's own word that it is not ready: counts as reaching the failure threshold.
         decisive: bool,
-        /// What it was, for the watch metrics: `ready`, `not_ready`, `connection_lost`,
-        /// `reconnect_failed`.
+        /// What it was, for the watch metrics: `ready`, `not_ready`, `silent`,
+        /// `connection_lost`, `reconnect_failed`, `open_failed`.
         report: &'static str,
     },
     /// The watch stopped (its reconnect failed); the engine may open it again.
@@ -81,8 +90,8 @@ impl Reporter {
     }
 
     /// Says the pod accepted the watch (the engine counts it once per watch).
-    fn opened(&self) {
-        self.send(WatchEvent::Opened);
+    fn opened(&self, heartbeats: bool) {
+        self.send(WatchEvent::Opened { heartbeats });
     }
 
     fn report(&self, observation: Observation, decisive: bool, report: &'static str) {
@@ -104,8 +113,13 @@ pub struct WatchTarget {
     pub http: Option<Arc<HttpPaths>>,
     /// `Some(service name)` for a gRPC pod.
     pub grpc_service: Option<String>,
-    /// Bound of connecting and of each response head.
+    /// Bound of connecting and of each response head, and the silence that counts as a failed
+    /// probe on a watch with heartbeats.
     pub timeout: Duration,
+    /// The heartbeat asked of HTTP pods.
+    pub heartbeat: Duration,
+    /// Silent heartbeats (after the first `timeout`) that end the watch: the failure threshold.
+    pub failure_threshold: u32,
 }
 
 /// Runs one pod's watch until it ends (see the module documentation); the engine aborts it
@@ -125,8 +139,10 @@ enum Ended {
     Complete,
     /// The pod does not watch.
     Unsupported,
-    /// Cut: closed, reset, malformed or not opened in time.
-    Broken,
+    /// Cut (closed, reset, malformed: `ConnectError`) or not opened in time (`Timeout`).
+    Broken(Observation),
+    /// No line for as long as the failure threshold allows: the pod hangs.
+    Silent,
 }
 
 /// Readiness line state, to report changes only.
@@ -137,29 +153,75 @@ enum Said {
 }
 
 async fn http(target: &WatchTarget, paths: &HttpPaths, reporter: &Reporter) {
-    let request = paths.watch();
+    let request = paths.watch(target.heartbeat);
     let mut conn: Option<PodConn> = None;
     let mut last: Option<Said> = None;
-    let mut reconnected = false;
+    let mut state = Retry::default();
     loop {
-        match http_once(target, &request, &mut conn, &mut last, reporter).await {
-            Ended::Complete => reconnected = false,
+        let mut opened = false;
+        let ended = http_once(
+            target,
+            &request,
+            &mut conn,
+            &mut last,
+            reporter,
+            &mut opened,
+        )
+        .await;
+        if !state.after(ended, opened, &mut last, reporter) {
+            return;
+        }
+    }
+}
+
+/// What a watch does after one request ended: the rule of death on the wire.
+#[derive(Debug, Default)]
+struct Retry {
+    /// The pod accepted a watch at least once.
+    ever_opened: bool,
+    /// The last request was the immediate reconnect after a lost connection.
+    reconnecting: bool,
+}
+
+impl Retry {
+    /// Reports what `ended` means and says whether to ask again.
+    fn after(
+        &mut self,
+        ended: Ended,
+        opened: bool,
+        last: &mut Option<Said>,
+        reporter: &Reporter,
+    ) -> bool {
+        if opened {
+            self.ever_opened = true;
+            self.reconnecting = false;
+        }
+        match ended {
+            Ended::Complete => true,
+            Ended::Silent => false,
             Ended::Unsupported => {
                 reporter.send(WatchEvent::Unsupported);
-                return;
+                false
             }
-            Ended::Broken if reconnected => {
+            Ended::Broken(obs) if !self.ever_opened => {
+                // Never opened: one failed probe; the engine opens it again after a success.
+                reporter.report(obs, false, "open_failed");
+                false
+            }
+            Ended::Broken(obs) if self.reconnecting => {
                 // The immediate reconnect failed too: the second failure.
-                reporter.report(Observation::ConnectError, false, "reconnect_failed");
-                return;
+                reporter.report(obs, false, "reconnect_failed");
+                false
             }
-            Ended::Broken => {
-                // Death on the wire, to be confirmed by reconnecting at once.
-                if last != Some(Said::NotReady) {
+            Ended::Broken(_) => {
+                // Death on the wire, to be confirmed by reconnecting at once (a pod that just
+                // said it is not ready and then closed is already out).
+                if *last != Some(Said::NotReady) {
                     reporter.report(Observation::ConnectError, false, "connection_lost");
                 }
-                last = None;
-                reconnected = true;
+                *last = None;
+                self.reconnecting = true;
+                true
             }
         }
     }
@@ -172,6 +234,7 @@ async fn http_once(
     conn: &mut Option<PodConn>,
     last: &mut Option<Said>,
     reporter: &Reporter,
+    opened_watch: &mut bool,
 ) -> Ended {
     let open = async {
         let mut c = match conn.take().filter(PodConn::is_reusable) {
@@ -181,48 +244,94 @@ async fn http_once(
         let head = c.send(request).await.map_err(|_| ())?;
         Ok::<_, ()>((c, head))
     };
-    let Ok(Ok((mut c, head))) = tokio::time::timeout(target.timeout, open).await else {
-        return Ended::Broken;
+    let (mut c, head) = match tokio::time::timeout(target.timeout, open).await {
+        Ok(Ok(opened)) => opened,
+        Ok(Err(())) => return Ended::Broken(Observation::ConnectError),
+        Err(_) => return Ended::Broken(Observation::Timeout),
     };
-    if !head.watch {
+    let Some(heartbeat) = head.watch else {
         return Ended::Unsupported;
-    }
-    reporter.opened();
+    };
+    *opened_watch = true;
+    let heartbeats = heartbeat > 0;
+    reporter.opened(heartbeats);
+    // When the last line came (as time since `opened`; atomics only because the task must be
+    // `Send`: the body reader and the silence timer run in one task).
+    let opened = Instant::now();
+    let heard = AtomicU64::new(0);
+    let last_line = || opened + Duration::from_nanos(heard.load(Ordering::Relaxed));
+    // Set by a silence failure, so the next line is reported whatever it says.
+    let spoke_after_silence = AtomicBool::new(false);
     let mut line = Vec::new();
-    let read = c
-        .body(&head, |data| {
-            for &b in data {
-                if b != b'\n' {
-                    if line.len() >= MAX_LINE {
-                        return Err(());
-                    }
-                    line.push(b);
-                    continue;
+    let read = c.body(&head, |data| {
+        for &b in data {
+            if b != b'\n' {
+                if line.len() >= MAX_LINE {
+                    return Err(());
                 }
-                let said = if line.starts_with(b"ready") {
-                    Said::Ready
-                } else if line.starts_with(b"not_ready") {
-                    Said::NotReady
-                } else {
-                    line.clear();
-                    continue;
-                };
+                line.push(b);
+                continue;
+            }
+            let since = u64::try_from(opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            heard.store(since, Ordering::Relaxed);
+            let said = if line.starts_with(b"ready") {
+                Said::Ready
+            } else if line.starts_with(b"not_ready") {
+                Said::NotReady
+            } else {
                 line.clear();
-                if *last != Some(said) {
-                    *last = Some(said);
-                    match said {
-                        Said::Ready => reporter.report(Observation::Success, false, "ready"),
-                        Said::NotReady => {
-                            reporter.report(Observation::BadStatus(503), true, "not_ready")
-                        }
+                continue;
+            };
+            line.clear();
+            if *last != Some(said) || spoke_after_silence.swap(false, Ordering::Relaxed) {
+                *last = Some(said);
+                match said {
+                    Said::Ready => reporter.report(Observation::Success, false, "ready"),
+                    Said::NotReady => {
+                        reporter.report(Observation::BadStatus(503), true, "not_ready");
                     }
                 }
             }
-            Ok(())
-        })
-        .await;
+        }
+        Ok(())
+    });
+    // With heartbeats, a line is due every heartbeat; one later than the probe timeout is a
+    // failed probe, and so is each next one missed, until the failure threshold's worth ends
+    // the watch: failure k comes k heartbeats and one timeout after the last line.
+    let beat = Duration::from_millis(heartbeat);
+    let silence = async {
+        let mut silent = 0u32;
+        let mut since = last_line();
+        loop {
+            let heard = last_line();
+            if heard != since {
+                // A line came: the pod speaks again.
+                since = heard;
+                silent = 0;
+            }
+            let deadline = since + beat * (silent + 1) + target.timeout;
+            if Instant::now() < deadline {
+                tokio::time::sleep_until(deadline.into()).await;
+                continue;
+            }
+            silent += 1;
+            spoke_after_silence.store(true, Ordering::Relaxed);
+            reporter.report(Observation::Timeout, false, "silent");
+            if silent >= target.failure_threshold.max(1) {
+                return;
+            }
+        }
+    };
+    let read = if heartbeats {
+        tokio::select! {
+            r = read => r,
+            () = silence => return Ended::Silent,
+        }
+    } else {
+        read.await
+    };
     if read.is_err() {
-        return Ended::Broken;
+        return Ended::Broken(Observation::ConnectError);
     }
     if c.completed() {
         *conn = Some(c);
@@ -232,27 +341,17 @@ async fn http_once(
 
 async fn grpc(client: &ProbeClient, target: &WatchTarget, service: &str, reporter: &Reporter) {
     let mut last: Option<Said> = None;
-    let mut reconnected = false;
+    let mut state = Retry::default();
     loop {
-        match grpc_once(client, target, service, &mut last, reporter).await {
-            Ended::Complete => reconnected = false,
-            Ended::Unsupported => {
-                reporter.send(WatchEvent::Unsupported);
-                return;
-            }
-            Ended::Broken if reconnected => {
-                reporter.report(Observation::ConnectError, false, "reconnect_failed");
-                return;
-            }
-            Ended::Broken => {
-                if last != Some(Said::NotReady) {
-                    reporter.report(Observation::ConnectError, false, "connection_lost");
-                }
-                // The next attempt starts from a new connection.
-                client.forget_channel(target.addr);
-                last = None;
-                reconnected = true;
-            }
+        let mut opened = false;
+        let ended = grpc_once(client, target, service, &mut last, reporter, &mut opened).await;
+        let lost = matches!(ended, Ended::Broken(_));
+        if !state.after(ended, opened, &mut last, reporter) {
+            return;
+        }
+        if lost {
+            // The next attempt starts from a new connection.
+            client.forget_channel(target.addr);
         }
     }
 }
@@ -263,9 +362,10 @@ async fn grpc_once(
     service: &str,
     last: &mut Option<Said>,
     reporter: &Reporter,
+    opened_watch: &mut bool,
 ) -> Ended {
     let Ok(channel) = client.channel(target.addr) else {
-        return Ended::Broken;
+        return Ended::Broken(Observation::ConnectError);
     };
     let mut health = HealthClient::new(channel);
     let request = HealthCheckRequest {
@@ -273,13 +373,15 @@ async fn grpc_once(
     };
     let mut stream = match tokio::time::timeout(target.timeout, health.watch(request)).await {
         Ok(Ok(resp)) => {
-            reporter.opened();
+            *opened_watch = true;
+            reporter.opened(false);
             resp.into_inner()
         }
         Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
             return Ended::Unsupported
         }
-        _ => return Ended::Broken,
+        Ok(Err(_)) => return Ended::Broken(Observation::ConnectError),
+        Err(_) => return Ended::Broken(Observation::Timeout),
     };
     loop {
         match stream.message().await {
@@ -319,7 +421,7 @@ async fn grpc_once(
                 }
             }
             // The server ended a stream the protocol keeps open: it is going away.
-            Ok(None) | Err(_) => return Ended::Broken,
+            Ok(None) | Err(_) => return Ended::Broken(Observation::ConnectError),
         }
     }
 }

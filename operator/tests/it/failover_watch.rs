@@ -1,6 +1,6 @@
 //! The readiness watch on real service processes (`users` over HTTP, `orders` over gRPC), with
-//! the engine fed by hand: a pod that turns itself unready, and a pod whose process is killed,
-//! leave the traffic with no probe due. Each service probes every minute here, so only the
+//! the engine fed by hand: a pod that turns itself unready, a pod whose process is killed and an
+//! HTTP pod whose process hangs leave the traffic with no probe due. Each service probes every minute here, so only the
 //! watch can move the traffic within the test's bound; the failover benchmark times it.
 
 use std::net::SocketAddr;
@@ -40,6 +40,8 @@ enum Fault {
     Unready,
     /// Its process is SIGKILLed.
     Killed,
+    /// Its process is SIGSTOPped: it hangs, closing nothing and saying nothing.
+    Stopped,
 }
 
 async fn start_pod(kind: Kind, dir: &std::path::Path) -> Result<Process> {
@@ -137,7 +139,12 @@ async fn fault_moves_traffic(kind: Kind, fault: Fault, octet: u8) -> Result<()> 
     let backup = start_group(3, octet, 2).await?;
     let (_tx, rx) = watch::channel(Arc::new(inventory(kind, process.addr(), &backup)));
     let metrics = Metrics::new()?;
-    let (mut out, _thread) = engine::spawn(rx, metrics.clone(), EngineConfig::default())?;
+    // Heartbeats as at the default period (the period here is a minute, to keep probes away).
+    let cfg = EngineConfig {
+        watch_heartbeat: Some(Duration::from_millis(100)),
+        ..EngineConfig::default()
+    };
+    let (mut out, _thread) = engine::spawn(rx, metrics.clone(), cfg)?;
     wait_for(&mut out, "the primary decided active", |d| {
         active(d) == Some(ActiveTarget::Primary)
     })
@@ -158,12 +165,17 @@ async fn fault_moves_traffic(kind: Kind, fault: Fault, octet: u8) -> Result<()> 
             .await?;
             anyhow::ensure!(status == 200, "faults: {status}");
         }
-        Fault::Killed => {
+        Fault::Killed | Fault::Stopped => {
             let pid = process.id().context("the pod's process id")?;
-            let killed = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
+            let signal = if matches!(fault, Fault::Killed) {
+                "-KILL"
+            } else {
+                "-STOP"
+            };
+            let sent = std::process::Command::new("kill")
+                .args([signal, &pid.to_string()])
                 .status()?;
-            anyhow::ensure!(killed.success(), "kill failed");
+            anyhow::ensure!(sent.success(), "kill {signal} failed");
         }
     }
     wait_for(&mut out, "failover to the fallback", |d| {
@@ -171,6 +183,14 @@ async fn fault_moves_traffic(kind: Kind, fault: Fault, octet: u8) -> Result<()> 
     })
     .await
     .with_context(|| format!("pod log:\n{}", process.log()))?;
+    if matches!(fault, Fault::Stopped) {
+        // Let it run again so it can be stopped the usual way.
+        if let Some(pid) = process.id() {
+            std::process::Command::new("kill")
+                .args(["-CONT", &pid.to_string()])
+                .status()?;
+        }
+    }
     Ok(())
 }
 
@@ -185,6 +205,13 @@ async fn an_http_pod_whose_process_dies_is_out_without_a_probe() -> Result<()> {
     // The kernel closes the killed process's sockets: the watch connection ends mid-response,
     // the reconnect is refused, two failures at once.
     fault_moves_traffic(Kind::Http, Fault::Killed, 41).await
+}
+
+#[tokio::test]
+async fn an_http_pod_that_hangs_is_out_without_a_probe() -> Result<()> {
+    // A stopped process still accepts connections into its backlog but sends nothing: its
+    // watch misses the heartbeats it asked for, one silent timeout and one silent heartbeat.
+    fault_moves_traffic(Kind::Http, Fault::Stopped, 44).await
 }
 
 #[tokio::test]

@@ -81,9 +81,11 @@ pub struct EngineConfig {
     /// Whether `stickyConnections: Restart` may pick pods to restart (the operator's
     /// `--sticky-restarts`); off, sticky pods are only reported.
     pub sticky_restarts: bool,
-    /// Keep a readiness watch open on each pod that supports one instead of probing it every
-    /// period (see the `watch` module).
+    /// Keep a readiness watch open on each pod that supports one (see the `readiness_watch`
+    /// module).
     pub watch: bool,
+    /// The heartbeat watched HTTP pods are asked for; `None`: a fifth of the probe period.
+    pub watch_heartbeat: Option<Duration>,
 }
 
 /// What the engine needs to send verdicts.
@@ -127,6 +129,7 @@ impl Default for EngineConfig {
             verdicts: None,
             sticky_restarts: false,
             watch: true,
+            watch_heartbeat: None,
         }
     }
 }
@@ -170,6 +173,8 @@ struct PodEntry {
     drain_until: Option<Instant>,
     /// The pod's readiness watch.
     watch: WatchSlot,
+    /// The verdict (and whether it was signed) the last probe carried, and when it went out.
+    probed: Option<((Option<&'static str>, bool), Instant)>,
 }
 
 /// Where a pod's readiness watch stands.
@@ -191,6 +196,9 @@ struct WatchTask {
     handle: tokio::task::AbortHandle,
     /// The open-watches gauge, counting this one once the pod accepted it.
     counted: Option<prometheus::IntGauge>,
+    /// The pod accepted it with heartbeats: its silence is noticed by the watch, so periodic
+    /// probes are needed only for verdicts and scrapes.
+    heartbeats: bool,
 }
 
 impl Drop for WatchTask {
@@ -306,6 +314,17 @@ pub fn spawn(
 fn http_paths(addr: Option<SocketAddr>, svc: &ServiceInfo) -> Option<Arc<HttpPaths>> {
     let p = &svc.probe;
     HttpPaths::new(addr?, &p.readiness_path, &p.metrics_path).map(Arc::new)
+}
+
+/// How often a steady pod whose watch has heartbeats is probed anyway, to repeat its verdict.
+const WATCHED_PROBE_EVERY: Duration = Duration::from_secs(2);
+
+/// The heartbeat asked of a watched HTTP pod: a fifth of the probe period (100 ms at the
+/// default 500 ms), at least 50 ms. A pod that hangs misses its next heartbeat by the timeout
+/// at most 400 ms after its last line with the default timeout of 300 ms, and the one after
+/// 100 ms later: the default threshold of 2 is reached within 500 ms of the hang.
+fn default_heartbeat(period: Duration) -> Duration {
+    (period / 5).max(Duration::from_millis(50))
 }
 
 fn jittered(period: Duration) -> Duration {
@@ -450,6 +469,7 @@ impl Engine {
                     sticky_announced: false,
                     drain_until: None,
                     watch: WatchSlot::Idle,
+                    probed: None,
                 },
             );
             self.heap.push(Reverse((first, id)));
@@ -525,10 +545,6 @@ impl Engine {
             if entry.in_flight {
                 continue;
             }
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                self.results.get("skipped").inc();
-                continue;
-            };
             // Ejected pods are also scraped when the service restarts sticky pods, to see
             // whether clients still reach them.
             let restart_sticky = svc.failover.sticky == super::policy::StickyAction::Restart;
@@ -543,6 +559,34 @@ impl Engine {
                 && entry
                     .last_scrape
                     .is_none_or(|t| now.saturating_duration_since(t) >= every);
+            // A drained fallback pod is told `ejected` while it drains and `serving` after: a pod
+            // keeps the last verdict it heard, so one never told `serving` again would keep
+            // closing its clients' connections (HTTP/2 clients then never settle on it).
+            let verdict = match entry.drain_until {
+                Some(t) if now < t => Some(flotilla_crds::traffic::EJECTED),
+                Some(_) => entry.verdict.or(Some(flotilla_crds::traffic::SERVING)),
+                None => entry.verdict,
+            };
+            // A steady pod whose watch has heartbeats is judged by the watch: its periodic probe
+            // goes out only to carry a new verdict, a due scrape, or the verdict again every
+            // `WATCHED_PROBE_EVERY` (a pod lets an unrepeated `ejected` lapse after 10 s).
+            let said = (verdict, signing.is_some());
+            let watched = matches!(&entry.watch, WatchSlot::Open(t) if t.heartbeats);
+            let steady = entry.health.healthy && entry.health.consecutive_failures == 0;
+            if watched
+                && steady
+                && !scrape_due
+                && entry.probed.is_some_and(|(s, t)| {
+                    s == said && now.saturating_duration_since(t) < WATCHED_PROBE_EVERY
+                })
+            {
+                continue;
+            }
+            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+                self.results.get("skipped").inc();
+                continue;
+            };
+            entry.probed = Some((said, now));
             let scrape_permit = if scrape_due {
                 let p = self.scrape_permits.clone().try_acquire_owned().ok();
                 if p.is_none() {
@@ -558,14 +602,6 @@ impl Engine {
             entry.in_flight = true;
             let client = self.client.clone();
             let limits = self.cfg.scrape_limits;
-            // A drained fallback pod is told `ejected` while it drains and `serving` after: a pod
-            // keeps the last verdict it heard, so one never told `serving` again would keep
-            // closing its clients' connections (HTTP/2 clients then never settle on it).
-            let verdict = match entry.drain_until {
-                Some(t) if now < t => Some(flotilla_crds::traffic::EJECTED),
-                Some(_) => entry.verdict.or(Some(flotilla_crds::traffic::SERVING)),
-                None => entry.verdict,
-            };
             let signature = signing
                 .as_deref()
                 .zip(verdict)
@@ -703,6 +739,11 @@ impl Engine {
             http: entry.http.clone(),
             grpc_service: p.grpc.clone(),
             timeout: p.timeout,
+            heartbeat: self
+                .cfg
+                .watch_heartbeat
+                .unwrap_or_else(|| default_heartbeat(p.period)),
+            failure_threshold: p.failure_threshold,
         };
         let generation = self.next_watch;
         self.next_watch += 1;
@@ -717,6 +758,7 @@ impl Engine {
             generation,
             handle,
             counted: None,
+            heartbeats: false,
         });
     }
 
@@ -731,8 +773,9 @@ impl Engine {
         }
         let reports = &self.metrics.watch_reports;
         match event {
-            WatchEvent::Opened => {
+            WatchEvent::Opened { heartbeats } => {
                 if let WatchSlot::Open(t) = &mut entry.watch {
+                    t.heartbeats = heartbeats;
                     if t.counted.is_none() {
                         self.metrics.readiness_watches.inc();
                         t.counted = Some(self.metrics.readiness_watches.clone());

@@ -48,8 +48,9 @@ enum Framing {
 pub struct Head {
     /// The status code.
     pub status: u16,
-    /// Whether the response carries the readiness watch header (a pod that watches).
-    pub watch: bool,
+    /// The readiness watch header's heartbeat, in milliseconds, when the response carries the
+    /// header (a pod that watches; `Some(0)`: it sends changes only).
+    pub watch: Option<u64>,
     framing: Framing,
     close: bool,
 }
@@ -235,12 +236,16 @@ fn head_of(resp: &httparse::Response<'_, '_>) -> Result<Head, Error> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut close = resp.version == Some(0);
-    let mut watch = false;
+    let mut watch = None;
     for h in resp.headers.iter() {
         if h.name
             .eq_ignore_ascii_case(flotilla_crds::traffic::WATCH_HEADER)
         {
-            watch = true;
+            let beat = std::str::from_utf8(h.value)
+                .ok()
+                .and_then(|v| v.trim().strip_prefix("heartbeat="))
+                .and_then(|ms| ms.trim().parse().ok());
+            watch = Some(beat.unwrap_or(0));
             continue;
         }
         let value = std::str::from_utf8(h.value).map_err(|_| Error::Malformed)?;
