@@ -77,6 +77,11 @@ struct Args {
     /// leader's, for comparison.
     #[arg(long)]
     standby: bool,
+    /// Measure the prober CPU with readiness watches off (every pod probed each period), for
+    /// comparison; by default the test pods serve watches with heartbeats and the prober
+    /// keeps one open per pod.
+    #[arg(long)]
+    no_watch: bool,
     /// Skip the failover runs.
     #[arg(long)]
     skip_failover: bool,
@@ -127,6 +132,9 @@ async fn serve(n: usize) -> Result<()> {
     for g in 0..n.div_ceil(250) {
         let size = u8::try_from((n - g * 250).min(250))?;
         let group = pods::start_group(4, u8::try_from(g)?, size).await?;
+        for p in &group {
+            p.set_watch(true);
+        }
         ports.push(group[0].addr.port().to_string());
         all.push(group);
     }
@@ -139,6 +147,20 @@ async fn serve(n: usize) -> Result<()> {
     .await;
     drop(all);
     Ok(())
+}
+
+/// This process's resident set size in KiB.
+fn rss_kib() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("VmRSS")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("VmRSS value")?
+        .parse()?)
 }
 
 /// (utime + stime) of this process in seconds (Linux clock ticks of 1/100 s).
@@ -223,7 +245,9 @@ async fn cpu(args: &Args) -> Result<()> {
     if let Some(ms) = args.batch_window_ms {
         cfg.batch_window = Duration::from_millis(ms);
     }
+    cfg.watch = !args.no_watch;
     let window = cfg.batch_window;
+    let rss_before = rss_kib()?;
     let (mut out, _thread) = engine::spawn(rx, metrics.clone(), cfg)?;
     // Drain outputs as a writer would.
     tokio::spawn(async move { while out.notices.recv().await.is_some() {} });
@@ -248,14 +272,24 @@ async fn cpu(args: &Args) -> Result<()> {
     let per_1000 = cores * 1000.0 / args.pods as f64;
     let failed = metrics.probes.with_label_values(&["timeout"]).get()
         + metrics.probes.with_label_values(&["connect_error"]).get();
+    let rss_after = rss_kib()?;
     println!(
         "(d) prober CPU: {cores:.4} cores for {} pods at 500 ms = {per_1000:.4} cores per 1,000 pods \
-         ({:.0} probes/s, {} failed probes, {} skipped; {p1} probes since the start; batch window {} ms)",
+         ({:.0} probe results/s, {} failed, {} skipped; {p1} since the start; batch window {} ms; \
+         readiness watches {} open{})",
         args.pods,
         (p1 - p0) as f64 / wall,
         failed,
         metrics.probes.with_label_values(&["skipped"]).get(),
-        window.as_millis()
+        window.as_millis(),
+        metrics.readiness_watches.get(),
+        if args.no_watch { ", off" } else { "" },
+    );
+    println!(
+        "(d) prober memory: RSS {rss_before} KiB before the engine, {rss_after} KiB after \
+         {} s of probing: {:.1} KiB per pod",
+        args.cpu_seconds + 3,
+        (rss_after.saturating_sub(rss_before)) as f64 / args.pods as f64
     );
     drop(child.stdin.take());
     let _ = child.kill().await;

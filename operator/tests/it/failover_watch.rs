@@ -225,3 +225,54 @@ async fn a_grpc_pod_whose_process_dies_is_out_without_a_probe() -> Result<()> {
     // The HTTP/2 connection carrying the Watch stream breaks; the reconnect is refused.
     fault_moves_traffic(Kind::Grpc, Fault::Killed, 43).await
 }
+
+#[tokio::test]
+async fn a_steady_watched_pod_is_probed_only_for_its_verdict() -> Result<()> {
+    // Two pods that serve watches with heartbeats, on a 200 ms period: while steady they are
+    // judged by their watches and probed only every 2 s (to repeat the verdict), not every
+    // period; a pod that turns 503 is seen on its watch and ejected. Elapsed time is the
+    // behaviour under test here: the probe count over a few seconds.
+    let fakes = start_group(3, 45, 2).await?;
+    for f in &fakes {
+        f.set_watch(true);
+    }
+    let mut svc = service("api", fakes[0].addr.port(), false, Some("backup"));
+    svc.probe.period = Duration::from_millis(200);
+    let pods: Vec<PodInfo> = fakes
+        .iter()
+        .enumerate()
+        .map(|(i, f)| pod("api", i, ip(f)))
+        .collect();
+    let (_tx, rx) = watch::channel(Arc::new(Inventory::from_parts([svc], pods)));
+    let metrics = Metrics::new()?;
+    let (mut out, _thread) = engine::spawn(rx, metrics.clone(), EngineConfig::default())?;
+    poll("both watches open", WAIT, || async {
+        Ok((metrics.readiness_watches.get() == 2).then_some(()))
+    })
+    .await?;
+    let before = fakes[1].readiness_requests();
+    let watching = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let periods = watching.elapsed().as_millis() / 200;
+    let probed = fakes[1].readiness_requests() - before;
+    assert!(
+        probed <= 4,
+        "{probed} readiness requests in {periods} periods: steady watched pods are probed every 2 s"
+    );
+    fakes[0].set_status(503);
+    let key = ObjKey::new("t", "api");
+    tokio::time::timeout(
+        WAIT,
+        out.desired.wait_for(|d| {
+            d.services.get(&key).is_some_and(|s| {
+                s.members.iter().any(|m| {
+                    m.pod.name == "api-0"
+                        && m.to == flotilla_operator::failover::decide::Membership::Out
+                })
+            })
+        }),
+    )
+    .await
+    .context("api-0 ejected")??;
+    Ok(())
+}

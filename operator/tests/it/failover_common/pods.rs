@@ -7,8 +7,10 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Bytes;
+use hyper::body::Frame;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
@@ -22,6 +24,8 @@ pub struct Knobs {
     pub readiness_requests: AtomicU64,
     pub connections: AtomicU64,
     pub metrics: Mutex<String>,
+    /// Answer readiness watches (`Flotilla-Watch`) by streaming the status every heartbeat.
+    pub watch: AtomicBool,
 }
 
 /// One HTTP server standing in for a pod.
@@ -56,6 +60,10 @@ impl FakePod {
             *m = text.to_owned();
         }
     }
+    /// Serves readiness watches from now on.
+    pub fn set_watch(&self, on: bool) {
+        self.knobs.watch.store(on, Ordering::SeqCst);
+    }
     pub fn readiness_requests(&self) -> u64 {
         self.knobs.readiness_requests.load(Ordering::SeqCst)
     }
@@ -64,17 +72,66 @@ impl FakePod {
     }
 }
 
+type Body = BoxBody<Bytes, Infallible>;
+
+/// How long one watch response lasts, as the kit's.
+const WATCH_LIFETIME: Duration = Duration::from_secs(30);
+
+/// A readiness watch answer: the status line now and every `heartbeat` (changes show at the
+/// next heartbeat), for [`WATCH_LIFETIME`].
+fn watch_reply(knobs: Arc<Knobs>, heartbeat: Duration) -> Response<Body> {
+    let line = |k: &Knobs| {
+        if (200..400).contains(&k.status.load(Ordering::SeqCst)) {
+            Bytes::from_static(b"ready\n")
+        } else {
+            Bytes::from_static(b"not_ready fake\n")
+        }
+    };
+    let lines = (WATCH_LIFETIME.as_millis() / heartbeat.as_millis().max(1)) as u64;
+    // An interval's first tick is at once: the first line goes out with the head.
+    let mut tick = tokio::time::interval(heartbeat);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stream = futures::stream::unfold((knobs, 0u64, tick), move |(k, i, mut tick)| async move {
+        if i >= lines {
+            return None;
+        }
+        tick.tick().await;
+        let frame = Frame::data(line(&k));
+        Some((Ok::<_, Infallible>(frame), (k, i + 1, tick)))
+    });
+    let body = StreamBody::new(stream);
+    let mut r = Response::new(BodyExt::boxed(body));
+    r.headers_mut().insert(
+        flotilla_crds::traffic::WATCH_HEADER,
+        hyper::header::HeaderValue::from_str(&format!("heartbeat={}", heartbeat.as_millis()))
+            .unwrap_or(hyper::header::HeaderValue::from_static("heartbeat=0")),
+    );
+    r
+}
+
 async fn handle(
     knobs: Arc<Knobs>,
     req: Request<hyper::body::Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<Body>, Infallible> {
     let path = req.uri().path().to_owned();
     let reply = |status: u16, body: String| {
-        let mut r = Response::new(Full::new(Bytes::from(body)));
+        let mut r = Response::new(BodyExt::boxed(Full::new(Bytes::from(body))));
         *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap_or(hyper::StatusCode::OK);
         Ok(r)
     };
+    let heartbeat = req
+        .headers()
+        .get(flotilla_crds::traffic::WATCH_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("heartbeat="))
+        .and_then(|ms| ms.parse::<u64>().ok())
+        .filter(|ms| *ms > 0);
     match path.as_str() {
+        "/readyz" if knobs.watch.load(Ordering::SeqCst) && heartbeat.is_some() => {
+            knobs.readiness_requests.fetch_add(1, Ordering::SeqCst);
+            let beat = Duration::from_millis(heartbeat.unwrap_or(100));
+            Ok(watch_reply(knobs, beat))
+        }
         "/readyz" => {
             let n = knobs.readiness_requests.fetch_add(1, Ordering::SeqCst);
             let delay = knobs.delay_ms.load(Ordering::SeqCst);
