@@ -20,6 +20,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::credentials::bearer_matches;
+pub use crate::reply::InjectedFault;
 use crate::reply::{self, tag};
 
 /// Connections remembered by `flakyReadiness`; the table is reset when it grows past this.
@@ -72,16 +73,6 @@ impl FaultConfig {
         self.error_rate > 0.0 || self.latency_ms > 0
     }
 }
-
-/// Rejection raised when a request is failed on purpose; carries the route template so the
-/// 500 is still counted under the right route.
-#[derive(Debug)]
-pub struct InjectedFault {
-    /// Route template of the request that was failed.
-    pub route: &'static str,
-}
-
-impl warp::reject::Reject for InjectedFault {}
 
 /// Shared, runtime-changeable fault state of one service instance.
 #[derive(Debug, Clone, Default)]

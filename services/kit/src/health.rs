@@ -50,7 +50,7 @@ struct Inner {
     // Milliseconds since `started` at the last heartbeat; 0 = heartbeat not running.
     heartbeat_ms: AtomicU64,
     // Readiness for watchers (see `readiness_watch`).
-    evaluator: Evaluator,
+    evaluator: Evaluator<ReadinessReport>,
 }
 
 impl std::fmt::Debug for Health {
@@ -82,6 +82,19 @@ pub struct ReadinessReport {
     /// Failing checks; empty when ready.
     pub failing: Vec<Failing>,
 }
+
+impl readiness_watch::Report for ReadinessReport {
+    fn line(&self) -> bytes::Bytes {
+        readiness_watch::line(self.failing.iter().map(|f| f.check.as_str()))
+    }
+
+    fn is_last(&self) -> bool {
+        self.failing.iter().any(|f| f.check == SHUTDOWN_CHECK)
+    }
+}
+
+/// The check that fails while the instance drains for shutdown.
+const SHUTDOWN_CHECK: &str = "shutdown";
 
 /// Builder for [`Health`].
 #[derive(Default)]
@@ -147,11 +160,46 @@ impl Health {
     pub fn start_draining(&self) {
         self.inner.draining.store(true, Ordering::Release);
         self.inner.traffic.start_draining();
-        self.inner.evaluator.poke();
+        self.inner.evaluator.poke.notify_one();
     }
 
-    pub(crate) fn evaluator(&self) -> &Evaluator {
-        &self.inner.evaluator
+    /// Subscribes to this instance's readiness, starting the evaluator if nobody watched
+    /// (see [`crate::readiness_watch`]). The value is `None` until the first evaluation.
+    pub fn watch_readiness(
+        &self,
+        faults: &Faults,
+    ) -> tokio::sync::watch::Receiver<Option<Arc<ReadinessReport>>> {
+        let rx = self.inner.evaluator.state.subscribe();
+        if self.inner.evaluator.claim() {
+            tokio::spawn(self.clone().evaluate(faults.clone()));
+        }
+        rx
+    }
+
+    /// The evaluator task: the checks at once when faults change or draining starts, else
+    /// every [`readiness_watch::RECHECK`], while anyone watches.
+    async fn evaluate(self, faults: Faults) {
+        let ev = &self.inner.evaluator;
+        let mut changes = faults.subscribe();
+        loop {
+            let report = self.readiness(&faults).await;
+            self.traffic().record_ready(report.failing.is_empty());
+            ev.state.send_if_modified(|cur| {
+                let changed = cur.as_deref() != Some(&report);
+                if changed {
+                    *cur = Some(Arc::new(report));
+                }
+                changed
+            });
+            tokio::select! {
+                () = tokio::time::sleep(readiness_watch::RECHECK) => {}
+                () = ev.poke.notified() => {}
+                r = changes.changed() => { let _ = r; }
+            }
+            if !ev.keep_running() {
+                return;
+            }
+        }
     }
 
     /// The traffic verdict state the server closes persistent connections by.
@@ -205,7 +253,7 @@ impl Health {
         let mut failing = Vec::new();
         if self.is_draining() {
             failing.push(Failing {
-                check: "shutdown".into(),
+                check: SHUTDOWN_CHECK.into(),
                 reason: "draining for shutdown".into(),
             });
         }
@@ -274,7 +322,7 @@ impl Health {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        let body = readiness_watch::body(self.clone(), rx, req);
+        let body = readiness_watch::body(rx, req);
         let reply = warp::reply::with_header(
             warp::reply::with_header(
                 warp::reply::with_status(warp::reply::stream(body), status),
@@ -308,12 +356,12 @@ impl Health {
         let ready = self.clone();
         let readyz = warp::path!("readyz")
             .and(warp::get())
-            .and(warp::ext::optional::<crate::server::PeerAddr>())
+            .and(warp::ext::optional::<crate::reply::PeerAddr>())
             .and(warp::header::optional::<String>(TRAFFIC_HEADER))
             .and(warp::header::optional::<String>(SIGNATURE_HEADER))
             .and(warp::header::optional::<String>(WATCH_HEADER))
             .then(
-                move |peer: Option<crate::server::PeerAddr>,
+                move |peer: Option<crate::reply::PeerAddr>,
                       verdict: Option<String>,
                       signature: Option<String>,
                       watch: Option<String>| {

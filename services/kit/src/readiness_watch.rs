@@ -22,9 +22,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 
-use crate::faults::Faults;
-use crate::health::{Health, ReadinessReport};
-
 /// The request and response header of the watch (header names are case-insensitive).
 pub const WATCH_HEADER: &str = "flotilla-watch";
 
@@ -67,15 +64,20 @@ impl WatchRequest {
     }
 }
 
-/// The shared evaluator of one instance.
+/// The shared state of one instance's watchers: the latest report (`None` until the first
+/// evaluation), whether an evaluator task runs, and its wake-up for changes that cannot wait
+/// for [`RECHECK`]. The instance's health module runs the evaluator.
 #[derive(Debug)]
-pub(crate) struct Evaluator {
-    state: watch::Sender<Option<Arc<ReadinessReport>>>,
-    running: AtomicBool,
-    poke: Notify,
+pub struct Evaluator<R> {
+    /// The latest report.
+    pub state: watch::Sender<Option<Arc<R>>>,
+    /// Whether the evaluator task runs.
+    pub running: AtomicBool,
+    /// Wakes the evaluator now (draining started).
+    pub poke: Notify,
 }
 
-impl Default for Evaluator {
+impl<R> Default for Evaluator<R> {
     fn default() -> Self {
         Self {
             state: watch::Sender::new(None),
@@ -85,88 +87,53 @@ impl Default for Evaluator {
     }
 }
 
-impl Evaluator {
-    /// Asks a running evaluator to re-run the checks now (draining started).
-    pub(crate) fn poke(&self) {
-        self.poke.notify_one();
-    }
-}
-
-impl Health {
-    /// Subscribes to this instance's readiness, starting the evaluator if nobody watched.
-    /// The receiver's value is `None` until the first evaluation.
-    pub fn watch_readiness(
-        &self,
-        faults: &Faults,
-    ) -> watch::Receiver<Option<Arc<ReadinessReport>>> {
-        let rx = self.evaluator().state.subscribe();
-        self.ensure_evaluating(faults);
-        rx
-    }
-
-    fn ensure_evaluating(&self, faults: &Faults) {
-        let ev = self.evaluator();
-        if ev
-            .running
+impl<R> Evaluator<R> {
+    /// Claims the evaluator's slot: `true` when the caller must start the task.
+    pub fn claim(&self) -> bool {
+        self.running
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return;
+            .is_ok()
+    }
+
+    /// Called by the task after each round: `false` when nobody watches any more and the task
+    /// must end (a watcher that subscribed in between is served by taking the slot back).
+    pub fn keep_running(&self) -> bool {
+        if self.state.receiver_count() > 0 {
+            return true;
         }
-        let health = self.clone();
-        let faults = faults.clone();
-        tokio::spawn(async move {
-            let mut changes = faults.subscribe();
-            loop {
-                let report = health.readiness(&faults).await;
-                health.traffic().record_ready(report.failing.is_empty());
-                health.evaluator().state.send_if_modified(|cur| {
-                    let changed = cur.as_deref() != Some(&report);
-                    if changed {
-                        *cur = Some(Arc::new(report));
-                    }
-                    changed
-                });
-                tokio::select! {
-                    () = tokio::time::sleep(RECHECK) => {}
-                    () = health.evaluator().poke.notified() => {}
-                    r = changes.changed() => { let _ = r; }
-                }
-                let ev = health.evaluator();
-                if ev.state.receiver_count() == 0 {
-                    // The next watcher starts from a fresh evaluation, not this one.
-                    ev.state.send_replace(None);
-                    ev.running.store(false, Ordering::Release);
-                    // A watcher that subscribed after the count was read and saw `running`
-                    // still set is served by taking the evaluator back.
-                    if ev.state.receiver_count() == 0
-                        || ev
-                            .running
-                            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
-                            .is_err()
-                    {
-                        return;
-                    }
-                }
-            }
-        });
+        // The next watcher starts from a fresh evaluation, not this one.
+        self.state.send_replace(None);
+        self.running.store(false, Ordering::Release);
+        self.state.receiver_count() > 0 && self.claim()
     }
 }
 
-/// One report line, with its newline.
-pub fn line(report: &ReadinessReport) -> Bytes {
-    if report.failing.is_empty() {
+/// What a watch body needs of a report.
+pub trait Report: Send + Sync + 'static {
+    /// The report's line, with its newline: `ready` or `not_ready <check>,<check>`.
+    fn line(&self) -> Bytes;
+    /// Whether the response ends after this report (the instance is draining).
+    fn is_last(&self) -> bool;
+}
+
+/// The `not_ready` line naming `checks`, or `ready` when there are none.
+pub fn line<'a>(mut checks: impl Iterator<Item = &'a str>) -> Bytes {
+    let Some(first) = checks.next() else {
         return Bytes::from_static(b"ready\n");
+    };
+    let mut l = format!("not_ready {first}");
+    for c in checks {
+        l.push(',');
+        l.push_str(c);
     }
-    let checks: Vec<&str> = report.failing.iter().map(|f| f.check.as_str()).collect();
-    Bytes::from(format!("not_ready {}\n", checks.join(",")))
+    l.push('\n');
+    Bytes::from(l)
 }
 
 /// The body of one watch response: the lines described in the module documentation, from
-/// `rx` (already holding a first report), ending after [`LIFETIME`] or once draining.
-pub fn body(
-    health: Health,
-    mut rx: watch::Receiver<Option<Arc<ReadinessReport>>>,
+/// `rx` (already holding a first report), ending after [`LIFETIME`] or after a last report.
+pub fn body<R: Report>(
+    mut rx: watch::Receiver<Option<Arc<R>>>,
     req: WatchRequest,
 ) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + Sync + 'static {
     let (tx, out) = tokio::sync::mpsc::channel::<Bytes>(4);
@@ -178,7 +145,7 @@ pub fn body(
         loop {
             let current = rx.borrow_and_update().clone();
             if let Some(report) = current {
-                let l = line(&report);
+                let l = report.line();
                 let send = last.as_ref() != Some(&l);
                 if send {
                     if tx.send(l.clone()).await.is_err() {
@@ -186,7 +153,7 @@ pub fn body(
                     }
                     last = Some(l);
                 }
-                if health.is_draining() && !report.failing.is_empty() {
+                if report.is_last() {
                     return;
                 }
             }

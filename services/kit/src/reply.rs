@@ -12,8 +12,6 @@ use warp::http::StatusCode;
 use warp::reply::Response;
 use warp::{Filter, Rejection, Reply};
 
-use crate::faults::InjectedFault;
-
 /// The route template a response was produced by; stored in the response extensions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RouteTemplate(pub &'static str);
@@ -219,6 +217,21 @@ fn rejection_response(rej: &Rejection) -> Response {
         "unhandled request error",
     )
 }
+
+/// Rejection raised when a request is failed on purpose (fault injection); carries the route
+/// template so the 500 is still counted under the right route.
+#[derive(Debug)]
+pub struct InjectedFault {
+    /// Route template of the request that was failed.
+    pub route: &'static str,
+}
+
+impl warp::reject::Reject for InjectedFault {}
+
+/// The client address of the connection a request came in on, in the request's extensions
+/// (`warp::ext::optional::<PeerAddr>()` reads it); the server puts it there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
 
 #[cfg(test)]
 mod tests {

@@ -61,6 +61,7 @@ use warp::{Filter, Rejection};
 
 use crate::config::ServiceConfig;
 use crate::health::Health;
+pub use crate::reply::PeerAddr;
 use crate::telemetry::REQUEST_ID_HEADER;
 use crate::traffic::Traffic;
 
@@ -425,11 +426,6 @@ where
     }
     Ok(resp)
 }
-
-/// The client address of the connection a request came in on, in the request's extensions
-/// (`warp::ext::optional::<PeerAddr>()` reads it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerAddr(pub std::net::SocketAddr);
 
 /// Keeps a usable incoming request id or replaces it with a fresh UUID; returns the id.
 pub fn ensure_request_id(headers: &mut http::HeaderMap) -> HeaderValue {
