@@ -29,4 +29,4 @@ pub use rollout::{
 };
 pub use service::{ServiceSpec, ServiceType};
 pub use spec::{MicroService, MicroServiceSpec};
-pub use status::{ActiveTarget, FailoverStatus, MicroServiceStatus, PodHealth};
+pub use status::{condition, ActiveTarget, FailoverStatus, MicroServiceStatus, PodHealth};

@@ -174,3 +174,36 @@ pub struct PodHealth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_while_ejected: Option<i64>,
 }
+
+/// A condition of `type_` (API conventions: `observedGeneration`, a transition time), keeping the transition time of the same condition in `previous`
+/// while its status does not change.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: &Time,
+) -> Condition {
+    let status = if status {
+        crate::conditions::TRUE
+    } else {
+        crate::conditions::FALSE
+    }
+    .to_string();
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_)
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or_else(|| now.clone());
+    Condition {
+        type_: type_.to_string(),
+        status,
+        reason: reason.to_string(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}

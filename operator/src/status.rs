@@ -6,7 +6,9 @@
 //! [`condition`] is the one condition builder, used by the failover status plan too. A Warning
 //! Event goes out when `Degraded` turns true or changes reason.
 
-use flotilla_crds::{conditions as ct, reasons, MicroService, MicroServiceStatus, RolloutStatus};
+use flotilla_crds::{
+    condition, conditions as ct, reasons, MicroService, MicroServiceStatus, RolloutStatus,
+};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
@@ -97,34 +99,6 @@ fn rollout(d: &Deployment, spec_replicas: Option<i32>) -> Rollout {
             && total == updated
             && available >= desired,
         deadline_exceeded,
-    }
-}
-
-/// A condition of `type_`, keeping the transition time of the same condition in `previous`
-/// while its status does not change.
-pub fn condition(
-    previous: &[Condition],
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: String,
-    generation: Option<i64>,
-    now: &Time,
-) -> Condition {
-    let status = if status { ct::TRUE } else { ct::FALSE }.to_string();
-    let last_transition_time = previous
-        .iter()
-        .find(|c| c.type_ == type_)
-        .filter(|c| c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
-    Condition {
-        type_: type_.to_string(),
-        status,
-        reason: reason.to_string(),
-        message,
-        observed_generation: generation,
-        last_transition_time,
     }
 }
 

@@ -81,7 +81,7 @@ fn condition(
     now: &Time,
 ) -> Condition {
     let message = spec.message.clone();
-    crate::status::condition(
+    flotilla_crds::condition(
         current,
         spec.type_,
         spec.status,

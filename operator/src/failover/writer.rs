@@ -36,7 +36,7 @@ use super::outputs::{Desired, Notice};
 use super::plan::{self, LabelPatch, StatusPlan};
 use super::policy::Mode;
 use crate::events::EventSink;
-use crate::write::{Leadership, WriteLapsed};
+use crate::write::{count_write, result_label, Leadership};
 
 /// Tunables of the writer.
 #[derive(Debug, Clone)]
@@ -122,15 +122,6 @@ fn microservice_ref(svc: &ObjKey, inv: &Inventory) -> ObjectReference {
         namespace: Some(svc.ns.clone()),
         uid: inv.services.get(svc).and_then(|s| s.uid.clone()),
         ..ObjectReference::default()
-    }
-}
-
-fn result_label<T, E>(r: &Result<Result<T, E>, WriteLapsed>) -> &'static str {
-    match r {
-        Ok(Ok(_)) => "ok",
-        Ok(Err(_)) => "error",
-        Err(WriteLapsed::Timeout(_)) => "timeout",
-        Err(WriteLapsed::NotLeading) => "not_leading",
     }
 }
 
@@ -228,10 +219,7 @@ impl Writer {
             )
             .await;
         let label = result_label(&r);
-        self.metrics
-            .writes
-            .with_label_values(&["label", label])
-            .inc();
+        count_write(&self.metrics.writes, "label", label);
         if label != "ok" {
             tracing::warn!(pod = %p.pod, key = %p.key, result = label, "membership label write failed; retrying");
         }
@@ -342,10 +330,7 @@ impl Writer {
             .await;
         let gone = gone_is_ok && matches!(&r, Ok(Err(kube::Error::Api(e))) if e.code == 404);
         let label = if gone { "ok" } else { result_label(&r) };
-        self.metrics
-            .writes
-            .with_label_values(&["status", label])
-            .inc();
+        count_write(&self.metrics.writes, "status", label);
         label
     }
 
@@ -461,10 +446,7 @@ impl Writer {
                 self.recorder.publish(&event, &reference),
             )
             .await;
-        self.metrics
-            .writes
-            .with_label_values(&["event", result_label(&r)])
-            .inc();
+        count_write(&self.metrics.writes, "event", result_label(&r));
     }
 
     /// Records the restart's time in the service's status *before* evicting, so whichever
@@ -490,10 +472,7 @@ impl Writer {
             )
             .await;
         let label = result_label(&r);
-        self.metrics
-            .writes
-            .with_label_values(&["status", label])
-            .inc();
+        count_write(&self.metrics.writes, "status", label);
         label
     }
 
@@ -552,10 +531,7 @@ impl Writer {
             .sticky_restarts
             .with_label_values(&[label])
             .inc();
-        self.metrics
-            .writes
-            .with_label_values(&["evict", label])
-            .inc();
+        count_write(&self.metrics.writes, "evict", label);
         if label != "ok" {
             tracing::warn!(pod = %pod, result = label, "evicting a sticky pod failed");
         }

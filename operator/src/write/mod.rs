@@ -5,7 +5,10 @@
 //!   leads, and is cut at the renew deadline;
 //! - the timeout of one write ([`WRITE_TIMEOUT`]);
 //! - the mapping of API answers to [`ReconcileError`] ([`map_api_error`]);
-//! - the child-write metric ([`count_child_write`]) and Event publishing ([`publish_event`]).
+//! - the write metrics: the child-write counter ([`count_child_write`]), and for writers with a
+//!   counter of their own (the failover writer's `flotilla_failover_writes_total`) the result
+//!   label of a gated write ([`result_label`]) and its count ([`count_write`]);
+//! - Event publishing ([`publish_event`]).
 //!
 //! It sits at the bottom of the operator: it knows no pipeline stage, no context and no cache,
 //! and takes the leadership, metrics and recorder it needs as arguments.
@@ -115,6 +118,22 @@ pub fn count_child_write(metrics: &Metrics, kind: &'static str, outcome: Outcome
         .child_writes
         .with_label_values(&[kind, outcome.as_str()])
         .inc();
+}
+
+/// The result label of a write made through [`Leadership::write`]: `ok`, `error` (the API
+/// server refused or failed), `timeout`, `not_leading`.
+pub fn result_label<T, E>(r: &Result<Result<T, E>, WriteLapsed>) -> &'static str {
+    match r {
+        Ok(Ok(_)) => "ok",
+        Ok(Err(_)) => "error",
+        Err(WriteLapsed::Timeout(_)) => "timeout",
+        Err(WriteLapsed::NotLeading) => "not_leading",
+    }
+}
+
+/// Counts one write of `kind` with its `result` label in a writer's `{kind, result}` counter.
+pub fn count_write(counter: &prometheus::IntCounterVec, kind: &'static str, result: &'static str) {
+    counter.with_label_values(&[kind, result]).inc();
 }
 
 /// Publishes `event` about `regarding` while leading, within [`WRITE_TIMEOUT`]; a failure to
