@@ -40,7 +40,18 @@ pub trait FailoverSim: Sized {
     }
 
     /// Like [`FailoverSim::start`], with the operator serving `/metrics` on `metrics_addr`.
-    async fn start_with(test: &str, metrics_addr: Option<SocketAddr>) -> Result<Self>;
+    async fn start_with(test: &str, metrics_addr: Option<SocketAddr>) -> Result<Self> {
+        Self::start_tuned(test, metrics_addr, |_| {}, |_| {}).await
+    }
+
+    /// Like [`FailoverSim::start_with`], with `operator` adjusting the operator's configuration
+    /// on every (re)start (so a bench can change it between restarts) and `node` the node's.
+    async fn start_tuned(
+        test: &str,
+        metrics_addr: Option<SocketAddr>,
+        operator: impl Fn(&mut OperatorConfig) + Send + Sync + 'static,
+        node: impl FnOnce(&mut kubesim::node::NodeConfig) + Send + 'static,
+    ) -> Result<Self>;
 
     /// Creates a MicroService running the `users` service with `/admin/faults` enabled.
     async fn create_users(
@@ -61,7 +72,12 @@ pub trait FailoverSim: Sized {
 }
 
 impl FailoverSim for Harness {
-    async fn start_with(test: &str, metrics_addr: Option<SocketAddr>) -> Result<Self> {
+    async fn start_tuned(
+        test: &str,
+        metrics_addr: Option<SocketAddr>,
+        operator: impl Fn(&mut OperatorConfig) + Send + Sync + 'static,
+        node: impl FnOnce(&mut kubesim::node::NodeConfig) + Send + 'static,
+    ) -> Result<Self> {
         // Fail early, naming the build command, when the pods' binary is missing.
         workspace_binary("users", "users")?;
         // Sticky restarts on, as a cluster admin turns them on with the chart's value.
@@ -72,12 +88,15 @@ impl FailoverSim for Harness {
         };
         Harness::builder(test)
             .timeout(WAIT)
-            .node(|node| {
-                node.resync = Duration::from_millis(500);
-                node.shutdown_grace = Duration::from_secs(2);
+            .node(|n| {
+                n.resync = Duration::from_millis(500);
+                n.shutdown_grace = Duration::from_secs(2);
+                node(n);
             })
             .operator(InProcess::launcher(move |client, shutdown| {
-                flotilla_operator::run(client, config.clone(), shutdown)
+                let mut config = config.clone();
+                operator(&mut config);
+                flotilla_operator::run(client, config, shutdown)
             }))
             .start()
             .await
