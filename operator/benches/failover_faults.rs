@@ -23,7 +23,10 @@
 //! on the same cluster and pods), alternating which goes first from run to run and shuffling
 //! the faults within each, so both modes see the same machine. Between runs everything
 //! recovers: faults undone, the primary active and in its Service's endpoints, every client
-//! succeeding and none left on a fallback pod.
+//! succeeding and none left on a fallback pod. A run is measured until every client succeeds
+//! again, or until the operator fails back with the fault still on (ejected pods get no traffic,
+//! so their error rate is unknown and bad answers are forgiven after a window): such runs are
+//! counted, their errors up to the failback.
 //!
 //! Prints a line per run, then per fault kind: each client's error window (first to last failed
 //! request after the fault) p50/p99 with the watch on and off and their ratio off/on, failed
@@ -373,20 +376,28 @@ impl Bench {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        let recovered = || async { Ok(clients.ok_since(t_fault, 30).then_some(())) };
-        // A hang ends at the latest `hang` after the fault, whether or not the clients recovered.
-        let mut ended = false;
-        if fault == Fault::Hang {
-            let left = self.hang.saturating_sub(t_fault.elapsed());
-            if flotilla_testkit::wait::poll("clients succeed during the hang", left, recovered)
-                .await
-                .is_err()
-            {
+        // Until every client succeeds again: a hang ends `hang` after the fault at the latest,
+        // and a failback while the fault is still on (the error rate of pods that no longer
+        // get traffic is unknown, so bad answers are forgiven after a window) ends the
+        // measurement: later errors belong to the next failover.
+        let (mut ended, mut failed_back) = (false, None);
+        while !clients.ok_since(t_fault, 30) {
+            if failed_back.is_none() {
+                for p in &self.pairs {
+                    if self.sim.ready_endpoints(p.primary).await? != p.fallback_ips {
+                        failed_back = Some(Instant::now());
+                    }
+                }
+            }
+            if fault == Fault::Hang && !ended && t_fault.elapsed() >= self.hang {
                 faults::recover(fault, &pods, &pids).await?;
                 ended = true;
             }
+            if t_fault.elapsed() > WAIT {
+                bail!("{fault}: the clients did not succeed again within {WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        self.sim.poll("clients succeed again", recovered).await?;
         let clients_ok = t_fault.elapsed().as_secs_f64();
         let after = Scrape::read(self.metrics).await?;
         let mut run = Run {
@@ -397,24 +408,30 @@ impl Bench {
             last_failure: [0.0; 4],
             steps: [f64::NAN; 5],
             detection: f64::NAN,
-            failback_early: after.failbacks() > before.failbacks(),
+            failed_back: failed_back.is_some(),
             hang_ended_first: ended,
         };
+        let until = failed_back.unwrap_or_else(Instant::now);
         for i in 0..report::CLIENTS.len() {
-            let (errors, window) = failures_since(clients.outcomes(i), t_fault);
+            let mut outcomes = clients.outcomes(i);
+            outcomes.retain(|(t, _)| *t < until);
+            let (errors, window) = failures_since(outcomes, t_fault);
             run.window[i] = window;
             run.failed[i] = errors.len();
             run.last_failure[i] = errors.last().map_or(0.0, |t| (*t - t_fault).as_secs_f64());
         }
-        let [first, decided, written] = after.last_failover();
-        if written > wall_fault {
-            run.steps[..3].copy_from_slice(&[first, decided, written].map(|t| t - wall_fault));
-        }
         run.steps[3] = switched[0].max(switched[1]);
-        run.steps[4] = clients_ok;
-        let ((s0, n0), (s1, n1)) = (before.detection(), after.detection());
-        if n1 > n0 {
-            run.detection = (s1 - s0) / (n1 - n0);
+        // After a failback the operator's records are of a later failover.
+        if failed_back.is_none() {
+            let [first, decided, written] = after.last_failover();
+            if written > wall_fault {
+                run.steps[..3].copy_from_slice(&[first, decided, written].map(|t| t - wall_fault));
+            }
+            run.steps[4] = clients_ok;
+            let ((s0, n0), (s1, n1)) = (before.detection(), after.detection());
+            if n1 > n0 {
+                run.detection = (s1 - s0) / (n1 - n0);
+            }
         }
         if !ended {
             faults::recover(fault, &pods, &pids).await?;

@@ -1,6 +1,6 @@
 //! What the bench reads from the operator's `/metrics`: the engine's published state (to know a
-//! restarted operator has judged every pod), the detection histogram, the failback counter and
-//! the steps of the last failover. Reads only; no judgement here.
+//! restarted operator has judged every pod), the detection histogram and the steps of the last
+//! failover. Reads only; no judgement here.
 
 use std::net::SocketAddr;
 
@@ -47,11 +47,6 @@ impl Scrape {
             pick("flotilla_failover_detection_seconds_sum"),
             pick("flotilla_failover_detection_seconds_count"),
         )
-    }
-
-    /// `flotilla_failbacks_total`.
-    pub fn failbacks(&self) -> f64 {
-        self.value("flotilla_failbacks_total", None).unwrap_or(0.0)
     }
 
     /// The last failover's steps as unix seconds: first failed probe of the decisive run,

@@ -34,9 +34,10 @@ pub struct Run {
     pub steps: [f64; 5],
     /// Mean of the run's `flotilla_failover_detection_seconds` observations.
     pub detection: f64,
-    /// Whether the operator failed back before every client recovered (its errors would then
-    /// count in this run).
-    pub failback_early: bool,
+    /// Whether the operator failed back while the fault was still on, before every client
+    /// succeeded again: the clients' errors are counted up to the failback, and the steps
+    /// after the endpoints change are unknown.
+    pub failed_back: bool,
     /// Whether a hang ended (SIGCONT) before every client succeeded again: clients were stuck
     /// on the hung pods, and their windows end with the hang.
     pub hang_ended_first: bool,
@@ -90,8 +91,8 @@ pub fn run_line(index: usize, r: &Run) -> String {
         secs(r.steps[3]),
         secs(r.steps[4]),
     );
-    if r.failback_early {
-        s.push_str(" (failed back before the clients recovered)");
+    if r.failed_back {
+        s.push_str(" (failed back with the fault still on: measured up to the failback)");
     }
     if r.hang_ended_first {
         s.push_str(" (clients still failing when the hang ended)");
@@ -163,14 +164,15 @@ pub fn summary(fault: Fault, runs: &[Run], note: &str) -> String {
     row(&mut s, "detection (first failure → written)", &|r| {
         r.detection
     });
-    let early = runs
+    let back = runs
         .iter()
-        .filter(|r| r.fault == fault && r.failback_early)
+        .filter(|r| r.fault == fault && r.failed_back)
         .count();
-    if early > 0 {
+    if back > 0 {
         let _ = writeln!(
             s,
-            "  ({early} runs failed back before every client recovered; their windows include the failback)"
+            "  ({back} runs failed back with the fault still on: errors counted up to the \
+             failback, later steps unknown)"
         );
     }
     let stuck = runs
