@@ -24,9 +24,10 @@
 //! the faults within each, so both modes see the same machine. Between runs everything
 //! recovers: faults undone, the primary active and in its Service's endpoints, every client
 //! succeeding and none left on a fallback pod. A run is measured until every client succeeds
-//! again, or until the operator fails back with the fault still on (ejected pods get no traffic,
-//! so their error rate is unknown and bad answers are forgiven after a window): such runs are
-//! counted, their errors up to the failback.
+//! again, or until the operator fails back, whichever is first: with bad answers a failback
+//! comes with the fault still on (ejected pods get no traffic, so their error rate is unknown
+//! and they count as healthy again a window later), after a crash once the kubelet restarted
+//! the pods. Such runs are counted, their errors up to the failback.
 //!
 //! Prints a line per run, then per fault kind: each client's error window (first to last failed
 //! request after the fault) p50/p99 with the watch on and off and their ratio off/on, failed
@@ -377,9 +378,8 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Until every client succeeds again: a hang ends `hang` after the fault at the latest,
-        // and a failback while the fault is still on (the error rate of pods that no longer
-        // get traffic is unknown, so bad answers are forgiven after a window) ends the
-        // measurement: later errors belong to the next failover.
+        // and a failback ends the measurement (with bad answers the next errors belong to the
+        // next failover).
         let (mut ended, mut failed_back) = (false, None);
         while !clients.ok_since(t_fault, 30) {
             if failed_back.is_none() {

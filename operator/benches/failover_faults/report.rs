@@ -34,9 +34,9 @@ pub struct Run {
     pub steps: [f64; 5],
     /// Mean of the run's `flotilla_failover_detection_seconds` observations.
     pub detection: f64,
-    /// Whether the operator failed back while the fault was still on, before every client
-    /// succeeded again: the clients' errors are counted up to the failback, and the steps
-    /// after the endpoints change are unknown.
+    /// Whether the operator failed back before every client succeeded again (bad answers: with
+    /// the fault still on; a crash: once the kubelet restarted the pods): the clients' errors
+    /// are counted up to the failback, and the steps after the endpoints change are unknown.
     pub failed_back: bool,
     /// Whether a hang ended (SIGCONT) before every client succeeded again: clients were stuck
     /// on the hung pods, and their windows end with the hang.
@@ -92,7 +92,7 @@ pub fn run_line(index: usize, r: &Run) -> String {
         secs(r.steps[4]),
     );
     if r.failed_back {
-        s.push_str(" (failed back with the fault still on: measured up to the failback)");
+        s.push_str(" (failed back before every client succeeded: measured up to the failback)");
     }
     if r.hang_ended_first {
         s.push_str(" (clients still failing when the hang ended)");
@@ -171,8 +171,8 @@ pub fn summary(fault: Fault, runs: &[Run], note: &str) -> String {
     if back > 0 {
         let _ = writeln!(
             s,
-            "  ({back} runs failed back with the fault still on: errors counted up to the \
-             failback, later steps unknown)"
+            "  ({back} runs failed back before every client succeeded again: errors counted up \
+             to the failback, later steps unknown)"
         );
     }
     let stuck = runs
