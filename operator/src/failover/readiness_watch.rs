@@ -239,7 +239,9 @@ async fn http_once(
     let open = async {
         let mut c = match conn.take().filter(PodConn::is_reusable) {
             Some(c) => c,
-            None => PodConn::connect(target.addr).await.map_err(|_| ())?,
+            None => PodConn::connect_for_watch(target.addr)
+                .await
+                .map_err(|_| ())?,
         };
         let head = c.send(request).await.map_err(|_| ())?;
         Ok::<_, ()>((c, head))

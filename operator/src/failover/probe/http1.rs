@@ -21,6 +21,9 @@ const MAX_LINE: usize = 4 << 10;
 const MAX_HEADERS: usize = 64;
 /// Bytes asked of the socket per read.
 const READ_SIZE: usize = 4 << 10;
+/// Bytes asked per read on a readiness watch, whose lines are a few bytes each: the buffer is
+/// the bulk of what a watch costs in memory, and it lives as long as the watch.
+const WATCH_READ_SIZE: usize = 256;
 
 /// Why an exchange failed; the connection is not reused after any of them.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,9 +66,18 @@ pub struct Conn {
     buf: Vec<u8>,
     // Whether the connection may carry another request.
     reusable: bool,
+    // Bytes asked of the socket per read.
+    read_size: usize,
 }
 
 impl Conn {
+    /// Opens a connection for a readiness watch: small reads, a small buffer.
+    pub async fn connect_for_watch(addr: SocketAddr) -> Result<Conn, Error> {
+        let mut c = Self::connect(addr).await?;
+        c.read_size = WATCH_READ_SIZE;
+        Ok(c)
+    }
+
     /// Opens a connection.
     pub async fn connect(addr: SocketAddr) -> Result<Conn, Error> {
         let stream = TcpStream::connect(addr).await.map_err(|_| Error::Io)?;
@@ -74,6 +86,7 @@ impl Conn {
             stream,
             buf: Vec::new(),
             reusable: true,
+            read_size: READ_SIZE,
         })
     }
 
@@ -140,7 +153,7 @@ impl Conn {
 
     /// Reads more bytes into the buffer; 0 at end of stream.
     async fn fill(&mut self) -> Result<usize, Error> {
-        self.buf.reserve(READ_SIZE);
+        self.buf.reserve(self.read_size);
         self.stream
             .read_buf(&mut self.buf)
             .await
