@@ -4,7 +4,7 @@
 
 use std::fmt;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Result};
 use k8s_openapi::api::core::v1::Pod;
 
 use crate::sim::{clear_fault, set_fault};
@@ -49,20 +49,10 @@ impl fmt::Display for Fault {
 /// The PID of the pod's (only) container, from its `containerID`; checked against the process
 /// table so a signal never goes to another process.
 pub fn pid_of(pod: &Pod) -> Result<u32> {
-    let id = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first())
-        .and_then(|c| c.container_id.as_deref())
-        .context("the pod has no containerID")?;
-    let pid: u32 = id
-        .strip_prefix("kubesim://")
-        .ok_or_else(|| anyhow!("containerID {id} is not kubesim://<pid>"))?
-        .parse()?;
+    let pid = kubesim::node::pod_pid(pod).map_err(anyhow::Error::msg)?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
     if !matches!(comm.trim(), "users" | "orders") {
-        bail!("containerID {id} names {comm:?}, not a users or orders process");
+        bail!("pid {pid} is {comm:?}, not a users or orders process");
     }
     Ok(pid)
 }

@@ -30,6 +30,29 @@ pub use ipam::Ipv4Range;
 pub use kubelet::backoff::Backoff;
 pub use logs::{read_pod_log, LogError, LogOptions};
 
+/// The `containerID` of a container whose process has `pid`: kubesim's containers are local
+/// processes, so the PID names them (a real runtime reports `containerd://<id>`).
+pub fn container_id(pid: u32) -> String {
+    format!("kubesim://{pid}")
+}
+
+/// The process a [`container_id`] names; `None` for any other form.
+pub fn container_pid(container_id: &str) -> Option<u32> {
+    container_id.strip_prefix("kubesim://")?.parse().ok()
+}
+
+/// The PID in a pod's first container's `containerID`; the error names what is missing.
+pub fn pod_pid(pod: &k8s_openapi::api::core::v1::Pod) -> Result<u32, String> {
+    let id = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c.first())
+        .and_then(|c| c.container_id.as_deref())
+        .ok_or("the pod has no containerID")?;
+    container_pid(id).ok_or_else(|| format!("containerID {id} is not kubesim://<pid>"))
+}
+
 /// Name of the one simulated node.
 pub const DEFAULT_NODE_NAME: &str = "kubesim-node";
 

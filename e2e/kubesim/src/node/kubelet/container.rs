@@ -469,7 +469,7 @@ pub(super) async fn run(
             runner.shared.env.pids.add(pid);
         }
         // The process is the container (an `unshare` wrapper execs into it): its PID names it.
-        let container_id = pid.map(|p| format!("kubesim://{p}"));
+        let container_id = pid.map(crate::node::container_id);
         runner.announce().await;
         let outcome = runner
             .supervise(&mut child, &started_at, container_id.clone())

@@ -114,17 +114,7 @@ pub fn testpod_images() -> ImageTable {
 
 /// The PID in the first container's `containerID` (`kubesim://<pid>`).
 pub fn container_pid(pod: &Pod) -> anyhow::Result<u32> {
-    let id = pod
-        .status
-        .as_ref()
-        .and_then(|s| s.container_statuses.as_ref())
-        .and_then(|c| c.first())
-        .and_then(|c| c.container_id.as_deref())
-        .context("no containerID")?;
-    let pid = id
-        .strip_prefix("kubesim://")
-        .with_context(|| format!("containerID {id} is not kubesim://<pid>"))?;
-    Ok(pid.parse()?)
+    node::pod_pid(pod).map_err(anyhow::Error::msg)
 }
 
 fn http_probe(path: &str) -> Probe {
