@@ -270,12 +270,7 @@ impl ProbeClient {
             Ok(Err(status)) => {
                 Observation::GrpcNotServing(error_rate::grpc_code_name(status.code()))
             }
-            Ok(Ok(resp)) => match resp.get_ref().status() {
-                ServingStatus::Serving => Observation::Success,
-                ServingStatus::NotServing => Observation::GrpcNotServing("NOT_SERVING"),
-                ServingStatus::ServiceUnknown => Observation::GrpcNotServing("SERVICE_UNKNOWN"),
-                ServingStatus::Unknown => Observation::GrpcNotServing("UNKNOWN"),
-            },
+            Ok(Ok(resp)) => serving_observation(resp.get_ref().status()),
         };
         if matches!(obs, Observation::Timeout | Observation::ConnectError) {
             self.forget_channel(addr);
@@ -331,6 +326,16 @@ impl ProbeClient {
             *conn = None;
         }
         result
+    }
+}
+
+/// What a gRPC health answer says: only `SERVING` is success.
+pub fn serving_observation(status: ServingStatus) -> Observation {
+    match status {
+        ServingStatus::Serving => Observation::Success,
+        ServingStatus::NotServing => Observation::GrpcNotServing("NOT_SERVING"),
+        ServingStatus::ServiceUnknown => Observation::GrpcNotServing("SERVICE_UNKNOWN"),
+        ServingStatus::Unknown => Observation::GrpcNotServing("UNKNOWN"),
     }
 }
 

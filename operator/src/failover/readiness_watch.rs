@@ -34,12 +34,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
 use super::pod_health::Observation;
-use super::probe::{HttpPaths, PodConn, ProbeClient};
+use super::probe::{serving_observation, HttpPaths, PodConn, ProbeClient};
 
 /// Longest report line read; longer lines end the watch as malformed.
 const MAX_LINE: usize = 1024;
@@ -143,6 +142,24 @@ enum Ended {
     Broken(Observation),
     /// No line for as long as the failure threshold allows: the pod hangs.
     Silent,
+}
+
+/// Reports what the pod said when it differs from what it said `last` (or when `force`d): its
+/// own "not ready" is decisive.
+fn tell(last: &mut Option<Said>, observation: Observation, force: bool, reporter: &Reporter) {
+    let said = if observation.is_success() {
+        Said::Ready
+    } else {
+        Said::NotReady
+    };
+    if *last == Some(said) && !force {
+        return;
+    }
+    *last = Some(said);
+    match said {
+        Said::Ready => reporter.report(observation, false, "ready"),
+        Said::NotReady => reporter.report(observation, true, "not_ready"),
+    }
 }
 
 /// Readiness line state, to report changes only.
@@ -276,24 +293,17 @@ async fn http_once(
             }
             let since = u64::try_from(opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
             heard.store(since, Ordering::Relaxed);
-            let said = if line.starts_with(b"ready") {
-                Said::Ready
+            let observation = if line.starts_with(b"ready") {
+                Observation::Success
             } else if line.starts_with(b"not_ready") {
-                Said::NotReady
+                Observation::BadStatus(503)
             } else {
                 line.clear();
                 continue;
             };
             line.clear();
-            if *last != Some(said) || spoke_after_silence.swap(false, Ordering::Relaxed) {
-                *last = Some(said);
-                match said {
-                    Said::Ready => reporter.report(Observation::Success, false, "ready"),
-                    Said::NotReady => {
-                        reporter.report(Observation::BadStatus(503), true, "not_ready");
-                    }
-                }
-            }
+            let force = spoke_after_silence.swap(false, Ordering::Relaxed);
+            tell(last, observation, force, reporter);
         }
         Ok(())
     });
@@ -387,41 +397,7 @@ async fn grpc_once(
     };
     loop {
         match stream.message().await {
-            Ok(Some(msg)) => {
-                let said = match msg.status() {
-                    ServingStatus::Serving => Said::Ready,
-                    _ => Said::NotReady,
-                };
-                if *last != Some(said) {
-                    *last = Some(said);
-                    match msg.status() {
-                        ServingStatus::Serving => {
-                            reporter.report(Observation::Success, false, "ready")
-                        }
-                        ServingStatus::NotServing => {
-                            reporter.report(
-                                Observation::GrpcNotServing("NOT_SERVING"),
-                                true,
-                                "not_ready",
-                            );
-                        }
-                        ServingStatus::ServiceUnknown => {
-                            reporter.report(
-                                Observation::GrpcNotServing("SERVICE_UNKNOWN"),
-                                true,
-                                "not_ready",
-                            );
-                        }
-                        ServingStatus::Unknown => {
-                            reporter.report(
-                                Observation::GrpcNotServing("UNKNOWN"),
-                                true,
-                                "not_ready",
-                            );
-                        }
-                    }
-                }
-            }
+            Ok(Some(msg)) => tell(last, serving_observation(msg.status()), false, reporter),
             // The server ended a stream the protocol keeps open: it is going away.
             Ok(None) | Err(_) => return Ended::Broken(Observation::ConnectError),
         }

@@ -429,7 +429,8 @@ impl Engine {
                 continue;
             };
             let addr = p.ip.map(|ip| SocketAddr::new(ip, svc.probe.port));
-            if let Some(entry) = self.ids.get(key).and_then(|id| self.pods.get_mut(id)) {
+            let known = self.ids.get(key).copied();
+            if let Some((id, entry)) = known.and_then(|id| Some((id, self.pods.get_mut(&id)?))) {
                 if p.ready && !entry.kubelet_ready {
                     entry.health.kubelet_became_ready();
                 }
@@ -439,7 +440,7 @@ impl Engine {
                     entry.conn = None;
                     entry.watch = WatchSlot::Idle;
                     if p.ready {
-                        to_watch.push(*self.ids.get(key).unwrap_or(&u64::MAX));
+                        to_watch.push(id);
                     }
                 }
                 entry.svc = svc.clone();
