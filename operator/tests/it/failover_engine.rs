@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use flotilla_crds::{labels, ActiveTarget};
+use flotilla_crds::ActiveTarget;
 use flotilla_kit::server::{DrainOptions, Running};
 use flotilla_kit::verdict::VerdictCheck;
 use flotilla_kit::{Health, Kit};
@@ -14,13 +14,14 @@ use flotilla_operator::failover::engine::{self, EngineConfig, EngineOutputs, Ver
 use flotilla_operator::failover::inventory::{Inventory, ObjKey, PodInfo, ServiceInfo};
 use flotilla_operator::failover::metrics::Metrics;
 use flotilla_operator::failover::outputs::{Desired, Notice};
-use flotilla_operator::failover::policy::{FailoverPolicy, ProbePolicy};
+use flotilla_operator::failover::policy::FailoverPolicy;
 use flotilla_operator::verdict_keys::VerdictKeys;
 use flotilla_operator::write::Leadership;
 use flotilla_testkit::wait::poll;
 use tokio::sync::watch;
 use warp::Filter as _;
 
+use crate::failover_common::inventory;
 use crate::failover_common::pods::{ip, start_group, FakePod};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -31,41 +32,17 @@ fn service(
     fallback: Option<&str>,
     tweak: impl FnOnce(&mut FailoverPolicy),
 ) -> ServiceInfo {
-    let mut failover = FailoverPolicy {
-        fallback: fallback.map(str::to_owned),
-        ..FailoverPolicy::default()
-    };
-    tweak(&mut failover);
-    ServiceInfo {
-        key: ObjKey::new("t", name),
-        uid: None,
-        generation: Some(1),
-        failover_enabled: fallback.is_some(),
-        analysing: false,
-        probe: ProbePolicy {
-            period: Duration::from_millis(200),
-            port,
-            ..ProbePolicy::default()
-        },
-        failover,
-        port_name: "http".into(),
-        status: None,
-        conditions: vec![],
-    }
+    let mut svc = inventory::service(name, port, fallback);
+    svc.probe.period = Duration::from_millis(200);
+    tweak(&mut svc.failover);
+    svc
 }
 
 fn pods(svc: &str, fakes: &[FakePod]) -> Vec<PodInfo> {
     fakes
         .iter()
         .enumerate()
-        .map(|(i, f)| PodInfo {
-            key: ObjKey::new("t", format!("{svc}-{i}")),
-            service: svc.to_owned(),
-            ip: Some(ip(f)),
-            ready: true,
-            serves: [(labels::serves(svc), "true".to_owned())].into(),
-            uid: Some(format!("uid-{svc}-{i}")),
-        })
+        .map(|(i, f)| inventory::pod(svc, i, ip(f)))
         .collect()
 }
 
@@ -395,14 +372,7 @@ async fn only_the_leader_sends_verdicts_and_a_kit_pod_accepts_them() -> Result<(
         kit.health.clone(),
         DrainOptions::default(),
     )?;
-    let pod = PodInfo {
-        key: ObjKey::new("t", "web-0"),
-        service: "web".into(),
-        ip: Some(addr.ip()),
-        ready: true,
-        serves: [(labels::serves("web"), "true".to_owned())].into(),
-        uid: Some("uid-web-0".into()),
-    };
+    let pod = inventory::pod("web", 0, addr.ip());
     let inv = Inventory::from_parts([service("web", addr.port(), Some("backup"), |_| {})], [pod]);
     let (lead, leadership) = Leadership::new();
     let (_tx, rx) = watch::channel(Arc::new(inv));

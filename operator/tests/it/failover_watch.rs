@@ -8,17 +8,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use flotilla_crds::{labels, ActiveTarget};
+use flotilla_crds::ActiveTarget;
 use flotilla_operator::failover::engine::{self, EngineConfig, EngineOutputs};
 use flotilla_operator::failover::inventory::{Inventory, ObjKey, PodInfo, ServiceInfo};
 use flotilla_operator::failover::metrics::Metrics;
 use flotilla_operator::failover::outputs::Desired;
-use flotilla_operator::failover::policy::{FailoverPolicy, ProbePolicy};
 use flotilla_testkit::paths::workspace_binary;
 use flotilla_testkit::process::{http_ok, Builder, Process};
 use flotilla_testkit::wait::poll;
 use tokio::sync::watch;
 
+use crate::failover_common::inventory::{self, pod};
 use crate::failover_common::pods::{ip, start_group, FakePod};
 use crate::failover_common::sim::{ADMIN_TOKEN, PUBLIC_KEYS};
 
@@ -60,38 +60,12 @@ async fn start_pod(kind: Kind, dir: &std::path::Path) -> Result<Process> {
         .await
 }
 
+/// A service probed every [`PERIOD`], over gRPC when `grpc`.
 fn service(name: &str, port: u16, grpc: bool, fallback: Option<&str>) -> ServiceInfo {
-    ServiceInfo {
-        key: ObjKey::new("t", name),
-        uid: None,
-        generation: Some(1),
-        failover_enabled: fallback.is_some(),
-        analysing: false,
-        probe: ProbePolicy {
-            period: PERIOD,
-            port,
-            grpc: grpc.then(String::new),
-            ..ProbePolicy::default()
-        },
-        failover: FailoverPolicy {
-            fallback: fallback.map(str::to_owned),
-            ..FailoverPolicy::default()
-        },
-        port_name: "http".into(),
-        status: None,
-        conditions: vec![],
-    }
-}
-
-fn pod(svc: &str, i: usize, ip: std::net::IpAddr) -> PodInfo {
-    PodInfo {
-        key: ObjKey::new("t", format!("{svc}-{i}")),
-        service: svc.to_owned(),
-        ip: Some(ip),
-        ready: true,
-        serves: [(labels::serves(svc), "true".to_owned())].into(),
-        uid: Some(format!("uid-{svc}-{i}")),
-    }
+    let mut svc = inventory::service(name, port, fallback);
+    svc.probe.period = PERIOD;
+    svc.probe.grpc = grpc.then(String::new);
+    svc
 }
 
 /// `web` (one pod at `addr`, failover to `backup`) and `backup` (the fake pods).
