@@ -76,6 +76,14 @@ impl GrpcHealth {
         }
     }
 
+    /// Asks open connections to close while this pod should get no traffic: not ready, or
+    /// ejected.
+    fn close_if_out(&self, ready: bool) {
+        if !ready || self.traffic.ejected() {
+            self.traffic.close_connections();
+        }
+    }
+
     /// The serving status of `service`, closing connections when this pod should get none.
     async fn status(
         &self,
@@ -88,9 +96,7 @@ impl GrpcHealth {
         let report = self.health.readiness_for(&self.faults, peer).await;
         let ready = report.failing.is_empty();
         self.traffic.record_ready(ready);
-        if !ready || self.traffic.ejected() {
-            self.traffic.close_connections();
-        }
+        self.close_if_out(ready);
         Ok(if ready {
             ServingStatus::Serving
         } else {
@@ -152,9 +158,7 @@ impl HealthApi for GrpcHealth {
                 };
                 if let Some(status) = status.filter(|s| last != Some(*s)) {
                     last = Some(status);
-                    if status == ServingStatus::NotServing || this.traffic.ejected() {
-                        this.traffic.close_connections();
-                    }
+                    this.close_if_out(status != ServingStatus::NotServing);
                     let msg = HealthCheckResponse {
                         status: status.into(),
                     };
