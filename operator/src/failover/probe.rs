@@ -231,6 +231,26 @@ impl ProbeClient {
         Ok(channel)
     }
 
+    /// A channel of its own for one readiness watch, outside the probes' cache: its
+    /// connection carries the `Health/Watch` stream only, and HTTP/2 PINGs every `heartbeat`
+    /// of quiet (also while no call is open), each to be answered within `timeout`, give it
+    /// the liveness bound an HTTP watch gets from its heartbeat lines. A pod that hangs leaves
+    /// a PING unanswered and the connection is closed under the stream.
+    pub(super) fn watch_channel(
+        addr: SocketAddr,
+        heartbeat: Duration,
+        timeout: Duration,
+    ) -> Result<Channel, ()> {
+        Ok(Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|_| ())?
+            .connect_timeout(timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(heartbeat)
+            .keep_alive_timeout(timeout)
+            .keep_alive_while_idle(true)
+            .connect_lazy())
+    }
+
     pub(super) fn forget_channel(&self, addr: SocketAddr) {
         match self.grpc.lock() {
             Ok(mut g) => g.remove(&addr),

@@ -7,7 +7,9 @@
 //!   and then, when the watch asks again on the same connection. A pod without support answers
 //!   the ordinary probe: the watch says so and ends, and the pod is probed every period only.
 //! - gRPC pods: `grpc.health.v1.Health/Watch`, the standard streaming check (`UNIMPLEMENTED`:
-//!   no support).
+//!   no support), on a connection of its own that sends an HTTP/2 PING after each heartbeat of
+//!   quiet and closes when one goes unanswered for the probe timeout: the protocol's own
+//!   heartbeat, which every HTTP/2 server answers, so the pod needs nothing more.
 //!
 //! What the watch reports to the engine:
 //! - a pod's own `not_ready` (or `NOT_SERVING`) at once, *decisive*: the pod knows, so it is not
@@ -21,12 +23,15 @@
 //! - death on the wire: the connection closed or reset by the pod's side in the middle of the
 //!   watch is a failed probe at once, confirmed by one immediate reconnect (refused, reset or
 //!   no answer within the probe timeout: a second failure, which reaches the default
-//!   threshold of two); a reconnect that works resumes the watch.
+//!   threshold of two); a reconnect that works resumes the watch. On a gRPC watch a pod that
+//!   hangs ends here too: its unanswered PING closes the connection at most a heartbeat and a
+//!   timeout after the pod last answered (hyper reports it as the same broken pipe as a
+//!   closed connection, so it is told as `connection_lost`), and the reconnect, which a stopped
+//!   process accepts into its backlog and never answers, fails a timeout later (as `Timeout`).
 //!
-//! The periodic probes go on beside the watch: they carry the traffic verdicts and the scrapes,
-//! and for a gRPC watch (which has no heartbeat) they find a pod that hangs. The watch ends
-//! after a failed reconnect or a silence; the engine opens it again after the pod's next
-//! successful probe.
+//! The periodic probes go on beside the watch: they carry the traffic verdicts and the scrapes.
+//! The watch ends after a failed reconnect or a silence; the engine opens it again after the
+//! pod's next successful probe.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -115,7 +120,7 @@ pub struct WatchTarget {
     /// Bound of connecting and of each response head, and the silence that counts as a failed
     /// probe on a watch with heartbeats.
     pub timeout: Duration,
-    /// The heartbeat asked of HTTP pods.
+    /// The heartbeat asked of HTTP pods; on a gRPC watch, the quiet after which a PING is sent.
     pub heartbeat: Duration,
     /// Silent heartbeats (after the first `timeout`) that end the watch: the failure threshold.
     pub failure_threshold: u32,
@@ -123,9 +128,9 @@ pub struct WatchTarget {
 
 /// Runs one pod's watch until it ends (see the module documentation); the engine aborts it
 /// when the pod goes away or changes address.
-pub async fn run(client: ProbeClient, target: WatchTarget, reporter: Reporter) {
+pub async fn run(target: WatchTarget, reporter: Reporter) {
     match (&target.grpc_service, &target.http) {
-        (Some(service), _) => grpc(&client, &target, service, &reporter).await,
+        (Some(service), _) => grpc(&target, service, &reporter).await,
         (None, Some(http)) => self::http(&target, http, &reporter).await,
         (None, None) => {}
     }
@@ -351,32 +356,29 @@ async fn http_once(
     Ended::Complete
 }
 
-async fn grpc(client: &ProbeClient, target: &WatchTarget, service: &str, reporter: &Reporter) {
+async fn grpc(target: &WatchTarget, service: &str, reporter: &Reporter) {
     let mut last: Option<Said> = None;
     let mut state = Retry::default();
     loop {
         let mut opened = false;
-        let ended = grpc_once(client, target, service, &mut last, reporter, &mut opened).await;
-        let lost = matches!(ended, Ended::Broken(_));
+        let ended = grpc_once(target, service, &mut last, reporter, &mut opened).await;
         if !state.after(ended, opened, &mut last, reporter) {
             return;
-        }
-        if lost {
-            // The next attempt starts from a new connection.
-            client.forget_channel(target.addr);
         }
     }
 }
 
+/// One `Health/Watch` call on a connection of its own (see [`ProbeClient::watch_channel`]),
+/// read to its end; each call starts from a new connection.
 async fn grpc_once(
-    client: &ProbeClient,
     target: &WatchTarget,
     service: &str,
     last: &mut Option<Said>,
     reporter: &Reporter,
     opened_watch: &mut bool,
 ) -> Ended {
-    let Ok(channel) = client.channel(target.addr) else {
+    let Ok(channel) = ProbeClient::watch_channel(target.addr, target.heartbeat, target.timeout)
+    else {
         return Ended::Broken(Observation::ConnectError);
     };
     let mut health = HealthClient::new(channel);
@@ -398,7 +400,9 @@ async fn grpc_once(
     loop {
         match stream.message().await {
             Ok(Some(msg)) => tell(last, serving_observation(msg.status()), false, reporter),
-            // The server ended a stream the protocol keeps open: it is going away.
+            // The server ended a stream the protocol keeps open (it is going away), or the
+            // connection broke: closed or reset by the pod, or closed under the stream because
+            // a PING went unanswered (the pod hangs; hyper reports both as a broken pipe).
             Ok(None) | Err(_) => return Ended::Broken(Observation::ConnectError),
         }
     }

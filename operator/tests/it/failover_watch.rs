@@ -1,7 +1,8 @@
 //! The readiness watch on real service processes (`users` over HTTP, `orders` over gRPC), with
-//! the engine fed by hand: a pod that turns itself unready, a pod whose process is killed and an
-//! HTTP pod whose process hangs leave the traffic with no probe due. Each service probes every minute here, so only the
-//! watch can move the traffic within the test's bound; the failover benchmark times it.
+//! the engine fed by hand: a pod that turns itself unready, a pod whose process is killed and a
+//! pod whose process hangs leave the traffic with no probe due. Each service probes every
+//! minute here, so only the watch can move the traffic within the test's bound; the failover
+//! benchmark times it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -186,6 +187,13 @@ async fn an_http_pod_that_hangs_is_out_without_a_probe() -> Result<()> {
     // A stopped process still accepts connections into its backlog but sends nothing: its
     // watch misses the heartbeats it asked for, one silent timeout and one silent heartbeat.
     fault_moves_traffic(Kind::Http, Fault::Stopped, 44).await
+}
+
+#[tokio::test]
+async fn a_grpc_pod_that_hangs_is_out_without_a_probe() -> Result<()> {
+    // A stopped process leaves the HTTP/2 PINGs on its `Health/Watch` connection unanswered:
+    // one silent timeout, then a reconnect unanswered for a heartbeat.
+    fault_moves_traffic(Kind::Grpc, Fault::Stopped, 46).await
 }
 
 #[tokio::test]

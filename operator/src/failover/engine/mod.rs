@@ -84,7 +84,8 @@ pub struct EngineConfig {
     /// Keep a readiness watch open on each pod that supports one (see the `readiness_watch`
     /// module).
     pub watch: bool,
-    /// The heartbeat watched HTTP pods are asked for; `None`: half the probe period.
+    /// The heartbeat watched HTTP pods are asked for, and the quiet after which a gRPC watch's
+    /// connection sends a PING; `None`: half the probe period.
     pub watch_heartbeat: Option<Duration>,
 }
 
@@ -319,11 +320,13 @@ fn http_paths(addr: Option<SocketAddr>, svc: &ServiceInfo) -> Option<Arc<HttpPat
 /// How often a steady pod whose watch has heartbeats is probed anyway, to repeat its verdict.
 const WATCHED_PROBE_EVERY: Duration = Duration::from_secs(2);
 
-/// The heartbeat asked of a watched HTTP pod: half the probe period (250 ms at the default
-/// 500 ms), at least 50 ms. A pod that hangs misses its next heartbeat by the timeout at most
-/// 550 ms after its last line with the default timeout of 300 ms, and the one after 250 ms
-/// later. Each heartbeat costs the prober a wake-up and a read: at half the period, heartbeats
-/// and the thinned periodic probes together cost less than probing every period.
+/// The heartbeat asked of a watched HTTP pod (and a gRPC watch's PING interval): half the
+/// probe period (250 ms at the default 500 ms), at least 50 ms. An HTTP pod that hangs misses
+/// its next heartbeat by the timeout at most 550 ms after its last line with the default
+/// timeout of 300 ms, and the one after 250 ms later; a gRPC pod leaves a PING unanswered
+/// within the same 550 ms, and its reconnect a timeout later. Each heartbeat costs the prober a
+/// wake-up and a read: at half the period, heartbeats and the thinned periodic probes together
+/// cost less than probing every period.
 fn default_heartbeat(period: Duration) -> Duration {
     (period / 2).max(Duration::from_millis(50))
 }
@@ -754,8 +757,7 @@ impl Engine {
             id,
             generation,
         };
-        let handle = tokio::spawn(readiness_watch::run(self.client.clone(), target, reporter))
-            .abort_handle();
+        let handle = tokio::spawn(readiness_watch::run(target, reporter)).abort_handle();
         entry.watch = WatchSlot::Open(WatchTask {
             generation,
             handle,
