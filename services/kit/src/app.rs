@@ -1,6 +1,6 @@
 //! Assembles one service's warp filter: its API routes plus `/healthz`, `/readyz`, `/metrics`
 //! and (with `ADMIN_TOKEN`) `/admin/faults`, with rejection handling, the metrics wrapper,
-//! an access log line and the per-request span. Pure composition: binds and spawns nothing.
+//! the API request counts of the readiness watch, an access log line and the per-request span. Pure composition: binds and spawns nothing.
 
 use std::time::Instant;
 
@@ -9,9 +9,9 @@ use warp::http::Method;
 use warp::reply::Response;
 use warp::{Filter, Rejection};
 
-use crate::faults::Faults;
+use crate::faults::{Faults, ADMIN_ROUTE};
 use crate::health::Health;
-use crate::metrics::{instrument, HttpMetrics};
+use crate::metrics::{instrument, HttpMetrics, METRICS_ROUTE};
 use crate::reply::{self, route_of};
 use crate::telemetry::request_span;
 
@@ -60,7 +60,19 @@ impl Kit {
                 .unify()
                 .boxed();
         }
-        let handled = routes.or(api).unify().recover(reply::recover).unify();
+        let health = self.health.clone();
+        let handled =
+            routes
+                .or(api)
+                .unify()
+                .recover(reply::recover)
+                .unify()
+                .map(move |resp: Response| {
+                    if !OWN_ROUTES.contains(&route_of(&resp)) {
+                        health.request_counts().record(resp.status().as_u16());
+                    }
+                    resp
+                });
         let measured: BoxedFilter<(Response,)> = match &self.metrics {
             Some(m) => instrument(m.clone(), handled).boxed(),
             None => handled.boxed(),
@@ -71,6 +83,10 @@ impl Kit {
             .boxed()
     }
 }
+
+/// The kit's own routes: the prober's, the kubelet's and the operator's requests, which the
+/// readiness watch's API request counts leave out.
+const OWN_ROUTES: [&str; 4] = ["/healthz", "/readyz", METRICS_ROUTE, ADMIN_ROUTE];
 
 /// Logs one line per request (status, route template, duration) inside the request span.
 fn access_log<F>(

@@ -19,7 +19,7 @@ use warp::reply::Response;
 use warp::{Filter, Rejection};
 
 use crate::faults::Faults;
-use crate::readiness_watch::{self, Evaluator, WatchRequest, WATCH_HEADER};
+use crate::readiness_watch::{self, Evaluator, RequestCounts, WatchRequest, WATCH_HEADER};
 use crate::reply::{self, tag};
 use crate::traffic::{Traffic, TRAFFIC_HEADER};
 use crate::verdict::{VerdictCheck, SIGNATURE_HEADER};
@@ -51,6 +51,8 @@ struct Inner {
     heartbeat_ms: AtomicU64,
     // Readiness for watchers (see `readiness_watch`).
     evaluator: Evaluator<ReadinessReport>,
+    // API request counts for watchers.
+    requests: Arc<RequestCounts>,
 }
 
 impl std::fmt::Debug for Health {
@@ -145,6 +147,7 @@ impl HealthBuilder {
                 started: Instant::now(),
                 heartbeat_ms: AtomicU64::new(0),
                 evaluator: Evaluator::default(),
+                requests: Arc::default(),
             }),
         }
     }
@@ -200,6 +203,12 @@ impl Health {
                 return;
             }
         }
+    }
+
+    /// The instance's API request counts, which its readiness watch lines carry; the kit's
+    /// filter records every API answer (see [`crate::Kit::filter`]).
+    pub fn request_counts(&self) -> &RequestCounts {
+        &self.inner.requests
     }
 
     /// The traffic verdict state the server closes persistent connections by.
@@ -322,7 +331,7 @@ impl Health {
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         };
-        let body = readiness_watch::body(rx, req);
+        let body = readiness_watch::body(rx, req, self.inner.requests.clone());
         let reply = warp::reply::with_header(
             warp::reply::with_header(
                 warp::reply::with_status(warp::reply::stream(body), status),

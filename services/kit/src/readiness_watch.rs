@@ -4,9 +4,11 @@
 //! Protocol (see `services/README.md`): a `GET /readyz` with the request header
 //! `Flotilla-Watch: heartbeat=<ms>` is answered at once with the usual status (200 or 503),
 //! the same header (the heartbeat the instance uses, `0` for none) and a chunked
-//! `text/plain` body of lines, one per report: `ready` or `not_ready <check>,<check>`. The
-//! first line is the readiness now; then a line on every change, and the current line again
-//! every heartbeat when one was asked for. The response ends after [`LIFETIME`], or right
+//! `text/plain` body of lines, one per report: `ready` or `not_ready <check>,<check>`, then
+//! the instance's cumulative request counts, ` requests=<n> errors=<m>` (its API requests, and
+//! those answered 5xx). The first line is the readiness now; then a line on every change, and
+//! the current line again, with the counts as they are then, every heartbeat when one was
+//! asked for. The response ends after [`LIFETIME`], or right
 //! after a `not_ready shutdown` line when the instance starts draining, and the prober asks
 //! again. A server that does not know the header answers the ordinary probe, which tells the
 //! prober to probe it every period instead.
@@ -15,7 +17,7 @@
 //! faults change or draining starts, and every [`RECHECK`] for dependency checks (database,
 //! upstream services). Watchers share its result.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -116,6 +118,44 @@ pub trait Report: Send + Sync + 'static {
     fn is_last(&self) -> bool;
 }
 
+/// Cumulative counts of the instance's API requests and of those answered with a 5xx status,
+/// carried on every watch line: with one line per heartbeat the prober sees the error ratio at
+/// the heartbeat's resolution instead of at its metrics scrapes'. Health, metrics and admin
+/// requests are not counted (they are the prober's and the operator's own).
+#[derive(Debug, Default)]
+pub struct RequestCounts {
+    requests: AtomicU64,
+    errors: AtomicU64,
+}
+
+impl RequestCounts {
+    /// Counts one answered API request.
+    pub fn record(&self, status: u16) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if (500..600).contains(&status) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The counts so far: (requests, 5xx answers).
+    pub fn get(&self) -> (u64, u64) {
+        // Errors first: a request counted between the two loads can only make `errors` lag,
+        // never exceed `requests`.
+        let errors = self.errors.load(Ordering::Relaxed);
+        let requests = self.requests.load(Ordering::Relaxed);
+        (requests.max(errors), errors)
+    }
+}
+
+/// `line` (a report's line, with its newline) with the counts appended.
+pub fn with_counts(line: &[u8], (requests, errors): (u64, u64)) -> Bytes {
+    let text = line.strip_suffix(b"\n").unwrap_or(line);
+    let mut out = Vec::with_capacity(text.len() + 40);
+    out.extend_from_slice(text);
+    out.extend_from_slice(format!(" requests={requests} errors={errors}\n").as_bytes());
+    Bytes::from(out)
+}
+
 /// The `not_ready` line naming `checks`, or `ready` when there are none.
 pub fn line<'a>(mut checks: impl Iterator<Item = &'a str>) -> Bytes {
     let Some(first) = checks.next() else {
@@ -131,10 +171,12 @@ pub fn line<'a>(mut checks: impl Iterator<Item = &'a str>) -> Bytes {
 }
 
 /// The body of one watch response: the lines described in the module documentation, from
-/// `rx` (already holding a first report), ending after [`LIFETIME`] or after a last report.
+/// `rx` (already holding a first report) with `counts` read as each line goes out, ending
+/// after [`LIFETIME`] or after a last report.
 pub fn body<R: Report>(
     mut rx: watch::Receiver<Option<Arc<R>>>,
     req: WatchRequest,
+    counts: Arc<RequestCounts>,
 ) -> impl futures::Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + Sync + 'static {
     let (tx, out) = tokio::sync::mpsc::channel::<Bytes>(4);
     tokio::spawn(async move {
@@ -148,7 +190,7 @@ pub fn body<R: Report>(
                 let l = report.line();
                 let send = last.as_ref() != Some(&l);
                 if send {
-                    if tx.send(l.clone()).await.is_err() {
+                    if tx.send(with_counts(&l, counts.get())).await.is_err() {
                         return;
                     }
                     last = Some(l);
@@ -168,7 +210,7 @@ pub fn body<R: Report>(
                 }
                 () = beat => {
                     if let Some(l) = &last {
-                        if tx.send(l.clone()).await.is_err() {
+                        if tx.send(with_counts(l, counts.get())).await.is_err() {
                             return;
                         }
                     }

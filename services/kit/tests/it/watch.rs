@@ -1,5 +1,6 @@
 //! The readiness watch over a real connection: each change is on the wire as it happens, with
-//! heartbeats when asked, and the stream ends when the instance drains.
+//! heartbeats when asked, each line carrying the API request counts, and the stream ends when
+//! the instance drains.
 
 use std::time::Duration;
 
@@ -10,13 +11,21 @@ use flotilla_kit::{FaultConfig, Health, Kit};
 use tokio::net::TcpListener;
 use warp::Filter;
 
+/// A line as the watch sends it before any API request.
+const READY: &str = "ready requests=0 errors=0";
+
 /// Bound on each wait for a line: far under the watch's 30 s lifetime, so a line that comes
 /// only because the response ended (and not because of the change) fails the test.
 const LINE_WITHIN: Duration = Duration::from_secs(10);
 
 async fn start() -> Result<(Running, Kit)> {
     let kit = Kit::new(Health::builder().build(), None)?;
-    let filter = kit.filter(warp::path!("api").map(|| flotilla_kit::tag("/api", "ok")));
+    let api = warp::path!("api").map(|| flotilla_kit::tag("/api", "ok"));
+    let fail = warp::path!("fail").map(|| {
+        let status = warp::http::StatusCode::INTERNAL_SERVER_ERROR;
+        flotilla_kit::tag("/fail", warp::reply::with_status("failed", status))
+    });
+    let filter = kit.filter(api.or(fail).unify());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let opts = DrainOptions {
         shutdown_delay: Duration::ZERO,
@@ -84,18 +93,24 @@ async fn a_watch_reports_each_readiness_change_as_it_happens() -> Result<()> {
     let (status, echoed, mut lines) = Lines::open(&srv.url(), "heartbeat=0").await?;
     assert_eq!(status, 200);
     assert_eq!(echoed.as_deref(), Some("heartbeat=0"));
-    assert_eq!(lines.next().await?.as_deref(), Some("ready"));
+    assert_eq!(lines.next().await?.as_deref(), Some(READY));
     kit.faults
         .set(FaultConfig {
             unhealthy: true,
             ..FaultConfig::default()
         })
         .map_err(anyhow::Error::msg)?;
-    assert_eq!(lines.next().await?.as_deref(), Some("not_ready faults"));
+    assert_eq!(
+        lines.next().await?.as_deref(),
+        Some("not_ready faults requests=0 errors=0")
+    );
     kit.faults.clear();
-    assert_eq!(lines.next().await?.as_deref(), Some("ready"));
+    assert_eq!(lines.next().await?.as_deref(), Some(READY));
     let stopping = tokio::spawn(srv.stop());
-    assert_eq!(lines.next().await?.as_deref(), Some("not_ready shutdown"));
+    assert_eq!(
+        lines.next().await?.as_deref(),
+        Some("not_ready shutdown requests=0 errors=0")
+    );
     assert_eq!(lines.next().await?, None, "draining ends the response");
     stopping.await??;
     Ok(())
@@ -110,7 +125,7 @@ async fn heartbeats_repeat_the_state_and_other_requests_get_ordinary_probes() ->
     let (status, echoed, mut lines) = Lines::open(&srv.url(), "heartbeat=20").await?;
     assert_eq!((status, echoed.as_deref()), (200, Some("heartbeat=50")));
     for _ in 0..3 {
-        assert_eq!(lines.next().await?.as_deref(), Some("ready"));
+        assert_eq!(lines.next().await?.as_deref(), Some(READY));
     }
     drop(lines);
     let http = reqwest::Client::new();
@@ -131,6 +146,43 @@ async fn heartbeats_repeat_the_state_and_other_requests_get_ordinary_probes() ->
         .map_err(anyhow::Error::msg)?;
     let (_, echoed, _) = Lines::open(&srv.url(), "heartbeat=0").await?;
     assert_eq!(echoed, None, "a flaky pod answers each request on its own");
+    srv.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn heartbeat_lines_carry_the_api_request_and_5xx_counts() -> Result<()> {
+    // Each line says how many API requests the instance answered so far and how many of them
+    // were 5xx, so the prober judges the error ratio at every heartbeat. The watch's own and
+    // the other health, metrics and admin requests are not counted.
+    let (srv, _kit) = start().await?;
+    let (_, _, mut lines) = Lines::open(&srv.url(), "heartbeat=50").await?;
+    assert_eq!(lines.next().await?.as_deref(), Some(READY));
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{}{path}", srv.url())).send();
+    for _ in 0..3 {
+        assert_eq!(get("/api").await?.status(), 200);
+    }
+    get("/metrics").await?;
+    get("/readyz").await?;
+    get("/healthz").await?;
+    for _ in 0..2 {
+        assert_eq!(get("/fail").await?.status(), 500);
+    }
+    // The next heartbeat after the last request carries all of them.
+    loop {
+        let line = lines.next().await?.context("the watch ended")?;
+        if line == "ready requests=5 errors=2" {
+            break;
+        }
+        let counted = line.strip_prefix("ready requests=").context(line.clone())?;
+        anyhow::ensure!(
+            ["0 ", "1 ", "2 ", "3 ", "4 "]
+                .iter()
+                .any(|n| counted.starts_with(n)),
+            "only API requests count: {line}"
+        );
+    }
     srv.stop().await?;
     Ok(())
 }
