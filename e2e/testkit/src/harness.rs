@@ -160,6 +160,15 @@ impl Harness {
         self.local().is_some()
     }
 
+    /// The kubeconfig of the test's cluster, for tools that the test runs as a user would
+    /// (kubectl, its plugins).
+    pub fn kubeconfig_path(&self) -> Option<&std::path::Path> {
+        match &self.local {
+            Some(local) => Some(local.kubeconfig_path()),
+            None => self.kubeconfig.as_deref(),
+        }
+    }
+
     /// The kubesim API server of the local cluster (for fault injection).
     pub fn kubesim(&self) -> Result<&kubesim::Cluster> {
         self.local()

@@ -105,6 +105,19 @@ where
     }
 }
 
+/// Runs `work` (reading a process's output until it shows something, say) to its end, or fails
+/// after `timeout` naming `what`: for waits that follow a stream rather than poll.
+pub async fn within<T>(
+    what: &str,
+    timeout: Duration,
+    work: impl Future<Output = Result<T>>,
+) -> Result<T> {
+    match tokio::time::timeout(timeout, work).await {
+        Ok(done) => done,
+        Err(_) => Err(timed_out(what, timeout, None)),
+    }
+}
+
 /// Calls `probe` every 100 ms until it returns `Some`, or fails after `timeout` naming `what` and
 /// the last error `probe` returned. Only for state the API server does not hold; API state is
 /// waited on with a watch.

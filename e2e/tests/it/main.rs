@@ -11,6 +11,7 @@ mod chart_samples;
 mod chart_upgrade;
 mod failover;
 mod images;
+mod plugin;
 mod readme;
 mod render;
 mod scripts;

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use flotilla_e2e::walkthrough::kubesim_up;
 use flotilla_testkit::cluster::client_from_kubeconfig;
-use flotilla_testkit::paths::tail;
+use flotilla_testkit::paths::{tail, workspace_binary};
 use flotilla_testkit::wait::poll;
 use flotilla_testkit::{dump, http};
 use tokio::process::Command;
@@ -29,12 +29,7 @@ async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String> {
 /// Runs `program` with `args` against the kubeconfig; its stdout on success, an error with
 /// stderr otherwise.
 async fn run(kubeconfig: &Path, program: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(program)
-        .args(args)
-        .env("KUBECONFIG", kubeconfig)
-        .output()
-        .await
-        .with_context(|| format!("running {program} (is it on PATH?)"))?;
+    let out = output(kubeconfig, program, args).await?;
     if !out.status.success() {
         bail!(
             "{program} {} failed: {}",
@@ -43,6 +38,26 @@ async fn run(kubeconfig: &Path, program: &str, args: &[&str]) -> Result<String> 
         );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Runs `program` with `args` against the kubeconfig, with the workspace's `kubectl-flotilla`
+/// first on the PATH (where `cargo install --path kubectl-flotilla` would put the same build).
+async fn output(kubeconfig: &Path, program: &str, args: &[&str]) -> Result<std::process::Output> {
+    let plugin = workspace_binary("kubectl-flotilla", "kubectl-flotilla")?;
+    let mut path = vec![plugin
+        .parent()
+        .context("the plugin binary has no directory")?
+        .to_path_buf()];
+    path.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    Command::new(program)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("PATH", std::env::join_paths(path)?)
+        .output()
+        .await
+        .with_context(|| format!("running {program} (is it on PATH?)"))
 }
 
 async fn wait_ready(kubeconfig: &Path, name: &str) -> Result<()> {
@@ -233,15 +248,61 @@ async fn guarded_rollouts(kubeconfig: &Path) -> Result<()> {
         started == 2 && events.contains("Promoted") && events.contains("RolledBack"),
         "{events}"
     );
+    the_plugin(kubeconfig).await
+}
+
+/// The README's plugin lines, right after the rolled-back release: `status` exits 1 naming the
+/// rollback, `get` draws the tree (at least the three stable pods: a pod of the promotion's
+/// rolling update may still be starting).
+async fn the_plugin(kubeconfig: &Path) -> Result<()> {
+    let out = as_written_output(kubeconfig, "kubectl flotilla status users --timeout 2m").await?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.code() == Some(1)
+            && stderr.starts_with("error: users: revision ")
+            && stderr.contains(" was rolled back: CanaryNotReady (")
+            && stderr.lines().count() == 1,
+        "{out:?}"
+    );
+    let tree = as_written(kubeconfig, "kubectl flotilla get users").await?;
+    let lines: Vec<&str> = tree.lines().collect();
+    assert!(
+        lines.first() == Some(&"MicroService default/users")
+            && lines
+                .iter()
+                .any(|l| l.starts_with("  rollout: RolledBack · stable revision "))
+            && lines
+                .iter()
+                .any(|l| l.starts_with("├── Deployment users (stable, revision "))
+            && lines
+                .iter()
+                .filter(|l| l.starts_with("│   ") && l.contains("── Pod users-"))
+                .count()
+                >= 3,
+        "{tree}"
+    );
     Ok(())
 }
 
 /// Runs a `$ ` line of the README's console blocks exactly as written (with bash, against
 /// `kubeconfig`); its stdout. Fails when the README has no such line, so the two cannot drift.
 async fn as_written(kubeconfig: &Path, line: &str) -> Result<String> {
+    in_readme(line)?;
+    run(kubeconfig, "bash", &["-c", line]).await
+}
+
+/// Fails when the README's console blocks have no line `$ {line}`.
+fn in_readme(line: &str) -> Result<()> {
     let readme = include_str!("../../../README.md");
     if !readme.lines().any(|l| l.strip_prefix("$ ") == Some(line)) {
         bail!("README.md has no console line `$ {line}`");
     }
-    run(kubeconfig, "bash", &["-c", line]).await
+    Ok(())
+}
+
+/// Like [`as_written`], for a line whose exit status is part of what the README shows: the
+/// whole output, whatever the status.
+async fn as_written_output(kubeconfig: &Path, line: &str) -> Result<std::process::Output> {
+    in_readme(line)?;
+    output(kubeconfig, "bash", &["-c", line]).await
 }

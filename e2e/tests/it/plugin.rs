@@ -1,0 +1,300 @@
+//! `kubectl flotilla` as a user runs it: kubectl finds the `kubectl-flotilla` executable on the
+//! PATH and runs it with the test cluster's kubeconfig. A guarded `users` is shown as a tree and
+//! in the fleet list, a bad release is waited on (`status` fails) and explained (`why`), retried
+//! (`retry` is acknowledged), and a good one is waited on until it is released; `get --watch`
+//! redraws when the service scales. Bad input (an unknown name, a retry with nothing to retry, a
+//! malformed timeout, a user without RBAC) gets one line and a non-zero exit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use flotilla_crds::{RolloutPhase, RolloutStrategy};
+use flotilla_e2e::env::run_test;
+use flotilla_e2e::msvc;
+use flotilla_testkit::paths::workspace_binary;
+use flotilla_testkit::{wait, Harness};
+use kube::api::{Patch, PatchParams};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+const NAME: &str = "users";
+/// A release analysed and then rolled back or promoted, on a loaded machine.
+const RELEASE_TIMEOUT: &str = "150s";
+
+/// `kubectl flotilla <args>` against the test's cluster, in the test's namespace.
+struct Plugin {
+    kubeconfig: PathBuf,
+    path: std::ffi::OsString,
+    namespace: String,
+}
+
+impl Plugin {
+    fn new(h: &Harness) -> Result<Plugin> {
+        let binary = workspace_binary("kubectl-flotilla", "kubectl-flotilla")?;
+        let dir = binary
+            .parent()
+            .context("the plugin binary has no directory")?;
+        let mut dirs = vec![dir.to_path_buf()];
+        dirs.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        Ok(Plugin {
+            kubeconfig: h
+                .kubeconfig_path()
+                .context("the test cluster has no kubeconfig")?
+                .to_path_buf(),
+            path: std::env::join_paths(dirs)?,
+            namespace: h.ns.clone(),
+        })
+    }
+
+    fn command(&self, kubeconfig: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg("flotilla")
+            .args(["-n", &self.namespace])
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .env("PATH", &self.path)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        c
+    }
+
+    /// Runs to the end and returns what it printed and its exit code.
+    async fn run_as(&self, kubeconfig: &Path, args: &[&str]) -> Result<Run> {
+        let out: Output = self
+            .command(kubeconfig, args)
+            .output()
+            .await
+            .context("running kubectl (is it on PATH?)")?;
+        Ok(Run {
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        })
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<Run> {
+        self.run_as(&self.kubeconfig, args).await
+    }
+
+    /// Runs and expects exit 0; its stdout.
+    async fn ok(&self, args: &[&str]) -> Result<String> {
+        let run = self.run(args).await?;
+        ensure!(run.code == Some(0), "kubectl flotilla {args:?}: {run:?}");
+        Ok(run.stdout)
+    }
+}
+
+#[derive(Debug)]
+struct Run {
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Run {
+    /// The run failed with `code` and said why in exactly one line containing `needle`.
+    fn refused(&self, code: i32, needle: &str) -> Result<()> {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        ensure!(
+            self.code == Some(code) && lines.len() == 1 && lines[0].contains(needle),
+            "expected exit {code} and one line with {needle:?}, got {self:?}"
+        );
+        Ok(())
+    }
+}
+
+async fn set_release(h: &Harness, image: &str, value: &str) -> Result<()> {
+    let body = serde_json::json!({"spec": {"image": image, "podAnnotations": {"release": value}}});
+    h.msvcs()
+        .patch(NAME, &PatchParams::default(), &Patch::Merge(&body))
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_plugin_shows_waits_on_explains_and_retries_releases() -> Result<()> {
+    run_test("plugin", |h| {
+        Box::pin(async move {
+            let plugin = Plugin::new(h)?;
+            let mut sample = msvc::sample(NAME)?;
+            sample.msvc.spec.rollout.strategy = RolloutStrategy::Guarded;
+            sample.msvc.spec.rollout.analysis_seconds = 5;
+            sample.msvc.spec.rollout.ready_timeout_seconds = 30;
+            msvc::apply_sample(h, &sample).await?;
+            plugin
+                .ok(&["status", NAME, "--timeout", RELEASE_TIMEOUT])
+                .await?;
+
+            // The tree: the MicroService, its stable Deployment with both pods.
+            let tree = plugin.ok(&["get", NAME]).await?;
+            let lines: Vec<&str> = tree.lines().collect();
+            ensure!(
+                lines.first() == Some(&format!("MicroService {}/{NAME}", h.ns).as_str()),
+                "{tree}"
+            );
+            ensure!(
+                tree.contains("rollout: Stable · stable revision "),
+                "{tree}"
+            );
+            ensure!(
+                tree.contains(&format!("├── Deployment {NAME} (stable, revision ")),
+                "{tree}"
+            );
+            let pods = lines.iter().filter(|l| l.contains("── Pod users-")).count();
+            ensure!(pods == 2, "two pods expected in the tree:\n{tree}");
+
+            // The fleet.
+            let list = plugin.ok(&["list"]).await?;
+            let rows: Vec<&str> = list.lines().collect();
+            ensure!(rows.len() == 2 && rows[0].starts_with("NAME"), "{list}");
+            ensure!(
+                rows[1].starts_with(NAME) && rows[1].contains("Stable"),
+                "{list}"
+            );
+
+            // A release whose image cannot be pulled: `status` waits and fails with the reason.
+            set_release(h, "flotilla/userz:0.3.0", "bad").await?;
+            let run = plugin
+                .run(&["status", NAME, "--timeout", RELEASE_TIMEOUT])
+                .await?;
+            run.refused(1, "was rolled back")?;
+            ensure!(run.stdout.contains("in progress"), "{run:?}");
+
+            // `why` tells the rollback and its evidence.
+            let why = plugin.ok(&["why", NAME]).await?;
+            ensure!(why.contains("RolledBack ("), "{why}");
+            ensure!(why.contains("evidence:"), "{why}");
+            ensure!(
+                why.contains("Warning RolledBack"),
+                "the Events list the rollback:\n{why}"
+            );
+
+            // `retry` is acknowledged by the operator through status.
+            let retry = plugin.ok(&["retry", NAME, "--timeout", "60s"]).await?;
+            ensure!(
+                retry.contains("retry of revision")
+                    && retry.contains("the operator started the analysis again"),
+                "{retry}"
+            );
+            let token = h
+                .msvcs()
+                .get(NAME)
+                .await?
+                .status
+                .and_then(|s| s.rollout)
+                .and_then(|r| r.retry_token);
+            ensure!(token.is_some(), "status.rollout.retryToken is not set");
+
+            // A good release: `status` waits until it is promoted.
+            set_release(h, "flotilla/users:0.1.0", "good").await?;
+            let released = plugin
+                .ok(&["status", NAME, "--timeout", RELEASE_TIMEOUT])
+                .await?;
+            ensure!(
+                released.contains(&format!("{NAME}: released:")),
+                "{released}"
+            );
+            let phase = h
+                .msvcs()
+                .get(NAME)
+                .await?
+                .status
+                .and_then(|s| s.rollout)
+                .map(|r| r.phase);
+            ensure!(phase == Some(RolloutPhase::Promoted), "phase {phase:?}");
+
+            watch_redraws_on_scale(h, &plugin).await?;
+            bad_input(h, &plugin).await
+        })
+    })
+    .await
+}
+
+/// `get --watch` draws once, then again when a third pod appears.
+async fn watch_redraws_on_scale(h: &Harness, plugin: &Plugin) -> Result<()> {
+    let mut child = plugin
+        .command(&plugin.kubeconfig, &["get", NAME, "--watch"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().context("no stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seen = String::new();
+    // The first drawing, complete once its Events heading is there.
+    wait::within("the first drawing", Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.starts_with("└── Events") {
+                return Ok(());
+            }
+        }
+        anyhow::bail!("the plugin ended: {seen}")
+    })
+    .await?;
+    let body = serde_json::json!({"spec": {"replicas": 3}});
+    h.msvcs()
+        .patch(NAME, &PatchParams::default(), &Patch::Merge(&body))
+        .await?;
+    let mut drawing = Vec::new();
+    wait::within(
+        "a drawing with three pods",
+        Duration::from_secs(90),
+        async {
+            while let Some(line) = lines.next_line().await? {
+                if line.starts_with("MicroService ") {
+                    drawing.clear();
+                }
+                drawing.push(line.clone());
+                let pods = drawing
+                    .iter()
+                    .filter(|l| l.contains("── Pod users-"))
+                    .count();
+                if pods == 3 {
+                    return Ok(());
+                }
+            }
+            anyhow::bail!("the plugin ended")
+        },
+    )
+    .await?;
+    child.kill().await?;
+    Ok(())
+}
+
+/// One line and a non-zero exit for each mistake; nothing changed.
+async fn bad_input(h: &Harness, plugin: &Plugin) -> Result<()> {
+    plugin.run(&["get", "nosuch"]).await?.refused(
+        1,
+        &format!(
+            "MicroService \"nosuch\" not found in namespace \"{}\"",
+            h.ns
+        ),
+    )?;
+    plugin
+        .run(&["retry", NAME])
+        .await?
+        .refused(1, "nothing to retry: the last release was not rolled back")?;
+    let run = plugin.run(&["status", NAME, "--timeout", "5x"]).await?;
+    ensure!(
+        run.code == Some(2) && run.stderr.contains("unknown unit"),
+        "{run:?}"
+    );
+    // A user the cluster grants nothing.
+    let dir = tempfile::tempdir()?;
+    let nobody = dir.path().join("nobody.yaml");
+    flotilla_e2e::chart_rbac::impersonating_kubeconfig(&plugin.kubeconfig, &nobody, "nobody")?;
+    plugin
+        .run_as(&nobody, &["get", NAME])
+        .await?
+        .refused(1, "forbidden:")?;
+    let annotations = h.msvcs().get(NAME).await?.metadata.annotations;
+    let retry = annotations
+        .as_ref()
+        .and_then(|a| a.get(flotilla_crds::annotations::ROLLOUT_RETRY));
+    ensure!(retry.is_some(), "the earlier retry's annotation is kept");
+    Ok(())
+}

@@ -1,0 +1,144 @@
+//! The command line: global flags as kubectl spells them (`-n`, `--context`, `--kubeconfig`),
+//! one subcommand each, and the client they share.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+
+use crate::commands::{self, Target};
+use crate::error::Error;
+
+/// Flotilla's MicroServices from the command line.
+#[derive(Debug, Parser)]
+#[command(name = "kubectl flotilla", version)]
+pub struct Cli {
+    /// The namespace (default: the kubeconfig context's, else `default`).
+    #[arg(short = 'n', long, global = true)]
+    pub namespace: Option<String>,
+
+    /// The kubeconfig context to use (default: the current one).
+    #[arg(long, global = true)]
+    pub context: Option<String>,
+
+    /// The kubeconfig file (default: `$KUBECONFIG`, else `~/.kube/config`, else in-cluster).
+    #[arg(long, global = true)]
+    pub kubeconfig: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The service as a tree: MicroService, stable and canary Deployments, pods with their
+    /// verdicts, traffic target, rollout phase and revisions, the last Events.
+    Get {
+        name: String,
+        /// Draw again on every change of the MicroService or its pods.
+        #[arg(short, long)]
+        watch: bool,
+    },
+    /// The MicroServices of the namespace: readiness, traffic target, rollout phase.
+    List {
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
+    /// When traffic last moved and how the last release ended, with their evidence and Events.
+    Why { name: String },
+    /// Waits for the current release to finish: exit 0 when it did, 1 when it was rolled back or
+    /// is degraded, 2 when the timeout runs out first.
+    Status {
+        name: String,
+        /// How long to wait, e.g. `90s`, `5m`.
+        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+    /// Analyses a rolled-back release again (sets the `flotilla.rs/rollout-retry` annotation).
+    Retry {
+        name: String,
+        /// How long to wait for the operator to acknowledge the request.
+        #[arg(long, default_value = "10s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
+}
+
+/// Runs the parsed command line, printing to stdout.
+pub async fn run(cli: Cli) -> Result<(), Error> {
+    let target = connect(&cli).await?;
+    let mut out = std::io::stdout().lock();
+    match cli.command {
+        Command::Get { name, watch } => commands::get(&target, &name, watch, &mut out).await,
+        Command::List { all_namespaces } => commands::list(&target, all_namespaces, &mut out).await,
+        Command::Why { name } => commands::why(&target, &name, &mut out).await,
+        Command::Status { name, timeout } => {
+            commands::status(&target, &name, timeout, &mut out).await
+        }
+        Command::Retry { name, timeout } => {
+            commands::retry(&target, &name, timeout, &mut out).await
+        }
+    }
+}
+
+/// The client and namespace from the flags and the kubeconfig, as kubectl picks them.
+async fn connect(cli: &Cli) -> Result<Target, Error> {
+    let options = KubeConfigOptions {
+        context: cli.context.clone(),
+        ..KubeConfigOptions::default()
+    };
+    let config = match &cli.kubeconfig {
+        Some(path) => {
+            let file = Kubeconfig::read_from(path)
+                .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            Config::from_custom_kubeconfig(file, &options)
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?
+        }
+        None => match Config::from_kubeconfig(&options).await {
+            Ok(config) => config,
+            Err(kubeconfig) => Config::incluster()
+                .map_err(|_| Error::Config(format!("no usable kubeconfig: {kubeconfig}")))?,
+        },
+    };
+    let namespace = cli
+        .namespace
+        .clone()
+        .unwrap_or_else(|| config.default_namespace.clone());
+    let client = Client::try_from(config).map_err(|e| Error::Config(e.to_string()))?;
+    Ok(Target { client, namespace })
+}
+
+/// `30s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (number, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 90s, 5m or 1h"))?;
+    let seconds = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (use s, m or h)")),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Durations read as kubectl's `--timeout` does for whole units; anything else is refused
+    /// with the value named.
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert!(parse_duration("5x").is_err_and(|e| e.contains("\"5x\"")));
+        assert!(parse_duration("m").is_err());
+    }
+}
