@@ -52,7 +52,11 @@ pub struct FailoverSpec {
     pub min_healthy: i32,
 
     /// A pod whose ratio of HTTP 5xx responses over `errorRateWindowSeconds` exceeds this value
-    /// (0 to 1) counts as failing. Needs `scrapeMetrics`. No traffic is never a failure.
+    /// (0 to 1) counts as failing. Needs `scrapeMetrics`. No traffic is never a failure. A pod
+    /// whose readiness watch lines carry its request counts (the Flotilla kit's do) is also
+    /// judged at each heartbeat: it fails when each of its last `failureThreshold` spans of at
+    /// least 10 API requests, the oldest ended within `errorRateWindowSeconds`, is above this
+    /// value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub max_error_rate: Option<f64>,

@@ -47,7 +47,8 @@ pub struct Metrics {
     /// Readiness watches open on pods that accepted one.
     pub readiness_watches: IntGauge,
     /// What readiness watches reported, by report (`ready`, `not_ready`, `silent`,
-    /// `connection_lost`, `reconnect_failed`, `open_failed`, `unsupported`).
+    /// `connection_lost`, `reconnect_failed`, `open_failed`, `unsupported`, and `error_rate`:
+    /// the request counts on a pod's lines failed it).
     pub watch_reports: IntCounterVec,
 }
 
@@ -138,7 +139,8 @@ impl Metrics {
                     "flotilla_readiness_watch_reports_total",
                     "Reports of readiness watches: a pod's own ready/not_ready, a silent pod \
                      (missed heartbeats), a watch connection lost, its immediate reconnect \
-                     failed, a watch that could not open, or a pod without support.",
+                     failed, a watch that could not open, a pod without support, or a pod \
+                     failed by the error rate of the request counts on its lines.",
                 ),
                 &["report"],
             )?,

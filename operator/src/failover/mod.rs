@@ -23,6 +23,7 @@ mod adapters;
 pub mod decide;
 pub mod engine;
 pub mod error_rate;
+pub mod error_spans;
 pub mod inventory;
 pub mod metrics;
 pub mod outputs;

@@ -16,6 +16,8 @@
 //!   confirmed by more probes (a failure threshold guards against a noisy network, not against
 //!   the pod's own word);
 //! - `ready` again after it;
+//! - the API request and 5xx counts a line carries (` requests=<n> errors=<m>` after the
+//!   readiness; see the `error_spans` module), whenever they moved since the last line;
 //! - silence on an HTTP watch with heartbeats (a pod that hangs: a stopped process accepts
 //!   connections into its backlog, answers nothing and closes nothing): a heartbeat more than
 //!   the probe timeout late is a failed probe (`Timeout`), and so is each next one missed;
@@ -42,6 +44,7 @@ use tokio::sync::mpsc;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
+use super::error_rate::Counts;
 use super::pod_health::Observation;
 use super::probe::{serving_observation, HttpPaths, PodConn, ProbeClient};
 
@@ -71,6 +74,14 @@ pub enum WatchEvent {
         /// What it was, for the watch metrics: `ready`, `not_ready`, `silent`,
         /// `connection_lost`, `reconnect_failed`, `open_failed`.
         report: &'static str,
+    },
+    /// The pod's cumulative API request and 5xx counts, from an HTTP watch line that carries
+    /// them (sent when they moved since the last line).
+    Counts {
+        /// The counts (`probes` is always 0: the pod leaves its own probe routes out).
+        counts: Counts,
+        /// When the line came.
+        at: Instant,
     },
     /// The watch stopped (its reconnect failed); the engine may open it again.
     Ended,
@@ -287,6 +298,7 @@ async fn http_once(
     // Set by a silence failure, so the next line is reported whatever it says.
     let spoke_after_silence = AtomicBool::new(false);
     let mut line = Vec::new();
+    let mut counted: Option<Counts> = None;
     let read = c.body(&head, |data| {
         for &b in data {
             if b != b'\n' {
@@ -306,9 +318,19 @@ async fn http_once(
                 line.clear();
                 continue;
             };
+            let counts = line_counts(&line);
             line.clear();
             let force = spoke_after_silence.swap(false, Ordering::Relaxed);
             tell(last, observation, force, reporter);
+            if counts.is_some() && counts != counted {
+                counted = counts;
+                if let Some(counts) = counts {
+                    reporter.send(WatchEvent::Counts {
+                        counts,
+                        at: Instant::now(),
+                    });
+                }
+            }
         }
         Ok(())
     });
@@ -354,6 +376,26 @@ async fn http_once(
         *conn = Some(c);
     }
     Ended::Complete
+}
+
+/// The counts a report line carries after its readiness (`requests=<n> errors=<m>`), if both
+/// are there and make sense (no more errors than requests).
+fn line_counts(line: &[u8]) -> Option<Counts> {
+    let text = std::str::from_utf8(line).ok()?;
+    let (mut requests, mut errors) = (None, None);
+    for word in text.split(' ').skip(1) {
+        if let Some(n) = word.strip_prefix("requests=") {
+            requests = n.parse::<u64>().ok();
+        } else if let Some(n) = word.strip_prefix("errors=") {
+            errors = n.parse::<u64>().ok();
+        }
+    }
+    let (requests, errors) = (requests?, errors?);
+    (errors <= requests).then_some(Counts {
+        total: requests as f64,
+        errors: errors as f64,
+        probes: 0.0,
+    })
 }
 
 async fn grpc(target: &WatchTarget, service: &str, reporter: &Reporter) {
@@ -405,5 +447,32 @@ async fn grpc_once(
             // a PING went unanswered (the pod hangs; hyper reports both as a broken pipe).
             Ok(None) | Err(_) => return Ended::Broken(Observation::ConnectError),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lines_carry_counts_after_the_readiness() {
+        // Counts follow the readiness word (and a `not_ready` line's checks); a line without
+        // them, or with more errors than requests, carries none.
+        let c = |total, errors| {
+            Some(Counts {
+                total,
+                errors,
+                probes: 0.0,
+            })
+        };
+        assert_eq!(line_counts(b"ready requests=40 errors=3"), c(40.0, 3.0));
+        assert_eq!(
+            line_counts(b"not_ready faults,database requests=7 errors=0"),
+            c(7.0, 0.0)
+        );
+        assert_eq!(line_counts(b"ready"), None);
+        assert_eq!(line_counts(b"ready requests=4"), None);
+        assert_eq!(line_counts(b"ready requests=1 errors=2"), None);
+        assert_eq!(line_counts(b"ready requests=-1 errors=0"), None);
     }
 }

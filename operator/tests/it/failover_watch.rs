@@ -1,6 +1,6 @@
 //! The readiness watch on real service processes (`users` over HTTP, `orders` over gRPC), with
-//! the engine fed by hand: a pod that turns itself unready, a pod whose process is killed and a
-//! pod whose process hangs leave the traffic with no probe due. Each service probes every
+//! the engine fed by hand: a pod that turns itself unready, a pod whose process is killed, a
+//! pod whose process hangs and an HTTP pod answering 500s leave the traffic with no probe due. Each service probes every
 //! minute here, so only the watch can move the traffic within the test's bound; the failover
 //! benchmark times it.
 
@@ -43,6 +43,8 @@ enum Fault {
     Killed,
     /// Its process is SIGSTOPped: it hangs, closing nothing and saying nothing.
     Stopped,
+    /// Its readiness stays fine while every API request is answered 500 (`errorRate` 1.0).
+    BadAnswers,
 }
 
 async fn start_pod(kind: Kind, dir: &std::path::Path) -> Result<Process> {
@@ -66,6 +68,8 @@ fn service(name: &str, port: u16, grpc: bool, fallback: Option<&str>) -> Service
     let mut svc = inventory::service(name, port, fallback);
     svc.probe.period = PERIOD;
     svc.probe.grpc = grpc.then(String::new);
+    svc.failover.scrape_metrics = true;
+    svc.failover.max_error_rate = Some(0.5);
     svc
 }
 
@@ -129,13 +133,20 @@ async fn fault_moves_traffic(kind: Kind, fault: Fault, octet: u8) -> Result<()> 
         Ok((metrics.readiness_watches.get() == 1).then_some(()))
     })
     .await?;
+    // API traffic, one request at a time: answered 401 (no token) until a fault makes it 500.
+    let traffic = tokio::spawn(api_traffic(process.addr()));
     match fault {
-        Fault::Unready => {
+        Fault::Unready | Fault::BadAnswers => {
+            let json = if matches!(fault, Fault::Unready) {
+                r#"{"unhealthy": true}"#
+            } else {
+                r#"{"errorRate": 1.0}"#
+            };
             let status = crate::failover_common::sim::http(
                 process.addr(),
                 "POST",
                 "/admin/faults",
-                Some(r#"{"unhealthy": true}"#),
+                Some(json),
             )
             .await?;
             anyhow::ensure!(status == 200, "faults: {status}");
@@ -158,6 +169,14 @@ async fn fault_moves_traffic(kind: Kind, fault: Fault, octet: u8) -> Result<()> 
     })
     .await
     .with_context(|| format!("pod log:\n{}", process.log()))?;
+    traffic.abort();
+    if matches!(fault, Fault::BadAnswers) {
+        let judged = metrics
+            .watch_reports
+            .with_label_values(&["error_rate"])
+            .get();
+        anyhow::ensure!(judged >= 1, "judged by the watch's counts, not a scrape");
+    }
     if matches!(fault, Fault::Stopped) {
         // Let it run again so it can be stopped the usual way.
         if let Some(pid) = process.id() {
@@ -167,6 +186,24 @@ async fn fault_moves_traffic(kind: Kind, fault: Fault, octet: u8) -> Result<()> 
         }
     }
     Ok(())
+}
+
+/// Sends `GET /users/<id>` to `addr` without a token, one request at a time, until aborted.
+async fn api_traffic(addr: SocketAddr) {
+    let client = reqwest::Client::new();
+    let url = format!("http://{addr}/users/u-1");
+    loop {
+        if client.get(&url).send().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_http_pod_answering_500s_is_out_without_a_scrape() -> Result<()> {
+    // `users` counts its API answers on every heartbeat line of its watch; two heartbeats of
+    // 500s, each over the floor of requests, eject it without a scrape or a probe.
+    fault_moves_traffic(Kind::Http, Fault::BadAnswers, 47).await
 }
 
 #[tokio::test]

@@ -22,12 +22,13 @@ use tokio::task::JoinSet;
 
 use super::decide::Target;
 use super::error_rate::ErrorWindow;
+use super::error_spans::ErrorSpans;
 use super::inventory::{Inventory, ObjKey, ServiceInfo};
 use super::metrics::{Metrics, ProbeResults};
 use super::outputs::{Desired, Notice};
 use super::pod_health::{Observation, PodHealth, Thresholds};
 use super::probe::{self, HttpPaths, PodConn, ProbeClient, ProbeReport, ProbeTarget};
-use super::readiness_watch::{self, Reporter, WatchEvent, WatchTarget};
+use super::readiness_watch::WatchEvent;
 use super::scrape::{Rejected, ScrapeLimits};
 use super::sticky::StickyWatch;
 use crate::health::Heartbeat;
@@ -36,6 +37,7 @@ use crate::write::Leadership;
 
 mod publish;
 mod resume;
+mod watches;
 
 use resume::{resume, SvcEntry};
 
@@ -159,6 +161,8 @@ struct PodEntry {
     health: PodHealth,
     kubelet_ready: bool,
     window: ErrorWindow,
+    /// The error ratio at the watch's heartbeats, for pods whose lines carry counts.
+    spans: ErrorSpans,
     in_flight: bool,
     next_due: Instant,
     last_scrape: Option<Instant>,
@@ -466,6 +470,7 @@ impl Engine {
                     health: PodHealth::new(p.ready),
                     kubelet_ready: p.ready,
                     window: ErrorWindow::new(svc.failover.error_rate_window),
+                    spans: ErrorSpans::default(),
                     in_flight: false,
                     next_due: first,
                     last_scrape: None,
@@ -666,13 +671,21 @@ impl Engine {
         }
         let ejected = entry.ejected();
         entry.sticky.record(rep.at, ejected, api_requests);
+        // Failing on error rate: by the scraped window, or by the heartbeat spans while they
+        // still say so (an ejected pod gets no traffic, so they fall silent a window later).
+        let spans = svc.failover.max_error_rate.and_then(|max| {
+            let (n, window) = (svc.probe.failure_threshold, svc.failover.error_rate_window);
+            entry.spans.failing(n, max, rep.at, window)
+        });
         let obs = match (
             rep.observation,
             svc.failover.max_error_rate,
             entry.health.error_ratio,
+            spans,
         ) {
-            (Observation::Success, Some(max), Some(r)) if r > max => Observation::ErrorRate(r),
-            (obs, _, _) => obs,
+            (Observation::Success, _, _, Some(r)) => Observation::ErrorRate(r),
+            (Observation::Success, Some(max), Some(r), _) if r > max => Observation::ErrorRate(r),
+            (obs, ..) => obs,
         };
         self.metrics
             .probe_duration
@@ -725,87 +738,6 @@ impl Engine {
             self.suspect_service(&svc, id, at);
         }
         changed
-    }
-
-    /// Opens the pod's readiness watch if watches are on and none is open or refused.
-    fn open_watch(&mut self, id: u64) {
-        if !self.cfg.watch {
-            return;
-        }
-        let Some(entry) = self.pods.get_mut(&id) else {
-            return;
-        };
-        let (WatchSlot::Idle, Some(addr)) = (&entry.watch, entry.addr) else {
-            return;
-        };
-        let p = &entry.svc.probe;
-        let target = WatchTarget {
-            addr,
-            http: entry.http.clone(),
-            grpc_service: p.grpc.clone(),
-            timeout: p.timeout,
-            heartbeat: self
-                .cfg
-                .watch_heartbeat
-                .unwrap_or_else(|| default_heartbeat(p.period)),
-            failure_threshold: p.failure_threshold,
-        };
-        let generation = self.next_watch;
-        self.next_watch += 1;
-        let reporter = Reporter {
-            tx: self.watch_tx.clone(),
-            id,
-            generation,
-        };
-        let handle = tokio::spawn(readiness_watch::run(target, reporter)).abort_handle();
-        entry.watch = WatchSlot::Open(WatchTask {
-            generation,
-            handle,
-            counted: None,
-            heartbeats: false,
-        });
-    }
-
-    /// Takes one event of a pod's watch; `true` when the pod's verdict changed.
-    fn on_watch(&mut self, id: u64, generation: u64, event: WatchEvent) -> bool {
-        let Some(entry) = self.pods.get_mut(&id) else {
-            return false;
-        };
-        // Events of a watch the engine already closed or replaced say nothing about now.
-        if !matches!(&entry.watch, WatchSlot::Open(t) if t.generation == generation) {
-            return false;
-        }
-        let reports = &self.metrics.watch_reports;
-        match event {
-            WatchEvent::Opened { heartbeats } => {
-                if let WatchSlot::Open(t) = &mut entry.watch {
-                    t.heartbeats = heartbeats;
-                    if t.counted.is_none() {
-                        self.metrics.readiness_watches.inc();
-                        t.counted = Some(self.metrics.readiness_watches.clone());
-                    }
-                }
-                false
-            }
-            WatchEvent::Unsupported => {
-                reports.with_label_values(&["unsupported"]).inc();
-                entry.watch = WatchSlot::Unsupported;
-                false
-            }
-            WatchEvent::Ended => {
-                entry.watch = WatchSlot::Idle;
-                false
-            }
-            WatchEvent::Report {
-                observation,
-                at,
-                decisive,
-                report,
-            } => {
-                reports.with_label_values(&[report]).inc();
-                self.observe(id, observation, at, decisive)
-            }
-        }
     }
 
     /// A healthy pod of `svc` just failed a probe: the service's other healthy pods are probed

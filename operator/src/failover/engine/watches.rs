@@ -1,0 +1,112 @@
+//! The engine's side of the readiness watches: opening one per pod, and taking what each
+//! reports (readiness, lost connections, and the API request counts judged in
+//! `error_spans`). The watch tasks themselves are in `readiness_watch`; no decisions here but
+//! the pod's health.
+
+use super::super::pod_health::Observation;
+use super::super::readiness_watch::{self, Reporter, WatchEvent, WatchTarget};
+use super::{default_heartbeat, Engine, WatchSlot, WatchTask};
+
+impl Engine {
+    /// Opens the pod's readiness watch if watches are on and none is open or refused.
+    pub(super) fn open_watch(&mut self, id: u64) {
+        if !self.cfg.watch {
+            return;
+        }
+        let Some(entry) = self.pods.get_mut(&id) else {
+            return;
+        };
+        let (WatchSlot::Idle, Some(addr)) = (&entry.watch, entry.addr) else {
+            return;
+        };
+        let p = &entry.svc.probe;
+        let target = WatchTarget {
+            addr,
+            http: entry.http.clone(),
+            grpc_service: p.grpc.clone(),
+            timeout: p.timeout,
+            heartbeat: self
+                .cfg
+                .watch_heartbeat
+                .unwrap_or_else(|| default_heartbeat(p.period)),
+            failure_threshold: p.failure_threshold,
+        };
+        let generation = self.next_watch;
+        self.next_watch += 1;
+        let reporter = Reporter {
+            tx: self.watch_tx.clone(),
+            id,
+            generation,
+        };
+        let handle = tokio::spawn(readiness_watch::run(target, reporter)).abort_handle();
+        entry.watch = WatchSlot::Open(WatchTask {
+            generation,
+            handle,
+            counted: None,
+            heartbeats: false,
+        });
+    }
+
+    /// Takes one event of a pod's watch; `true` when the pod's verdict changed.
+    pub(super) fn on_watch(&mut self, id: u64, generation: u64, event: WatchEvent) -> bool {
+        let Some(entry) = self.pods.get_mut(&id) else {
+            return false;
+        };
+        // Events of a watch the engine already closed or replaced say nothing about now.
+        if !matches!(&entry.watch, WatchSlot::Open(t) if t.generation == generation) {
+            return false;
+        }
+        let reports = &self.metrics.watch_reports;
+        match event {
+            WatchEvent::Opened { heartbeats } => {
+                // Spans are judged on this watch's lines only.
+                entry.spans.reset();
+                if let WatchSlot::Open(t) = &mut entry.watch {
+                    t.heartbeats = heartbeats;
+                    if t.counted.is_none() {
+                        self.metrics.readiness_watches.inc();
+                        t.counted = Some(self.metrics.readiness_watches.clone());
+                    }
+                }
+                false
+            }
+            WatchEvent::Unsupported => {
+                reports.with_label_values(&["unsupported"]).inc();
+                entry.watch = WatchSlot::Unsupported;
+                false
+            }
+            WatchEvent::Counts { counts, at } => {
+                let svc = &entry.svc;
+                let window = svc.failover.error_rate_window;
+                let Some(max) = svc.failover.max_error_rate else {
+                    return false;
+                };
+                if !entry.spans.record(at, counts, window) {
+                    return false;
+                }
+                let Some(ratio) = entry
+                    .spans
+                    .failing(svc.probe.failure_threshold, max, at, window)
+                else {
+                    return false;
+                };
+                // The threshold's worth of spans is the confirmation: decisive.
+                reports.with_label_values(&["error_rate"]).inc();
+                self.observe(id, Observation::ErrorRate(ratio), at, true)
+            }
+            WatchEvent::Ended => {
+                entry.watch = WatchSlot::Idle;
+                false
+            }
+            WatchEvent::Report {
+                observation,
+                at,
+                decisive,
+                report,
+            } => {
+                reports.with_label_values(&[report]).inc();
+                self.observe(id, observation, at, decisive)
+            }
+        }
+    }
+}
