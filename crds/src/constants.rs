@@ -63,6 +63,12 @@ pub mod annotations {
     /// MicroService annotation asking a guarded rollout to try a failed template again: set it to
     /// a new value (for example a timestamp) to start another analysis of the same template.
     pub const ROLLOUT_RETRY: &str = "flotilla.rs/rollout-retry";
+    /// MicroService annotation asking a guarded rollout to promote the revision under analysis
+    /// now: set it to a new value; `status.rollout.promoteToken` acknowledges it.
+    pub const ROLLOUT_PROMOTE: &str = "flotilla.rs/rollout-promote";
+    /// MicroService annotation asking a guarded rollout to roll the revision under analysis back
+    /// now: set it to a new value; `status.rollout.abortToken` acknowledges it.
+    pub const ROLLOUT_ABORT: &str = "flotilla.rs/rollout-abort";
     /// Annotation on the Deployments and canary pods holding the pod-template revision.
     pub const REVISION: &str = "flotilla.rs/revision";
 }

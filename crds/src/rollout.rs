@@ -74,6 +74,17 @@ pub struct RolloutSpec {
     /// (`false`). Either way the Service's traffic goes to the last good template only.
     #[serde(default = "default_auto_rollback")]
     pub auto_rollback: bool,
+
+    /// Hold every analysis before promotion (`Guarded` only). A new template still starts its
+    /// canary and a failing canary is still rolled back, but a canary that passes its analysis
+    /// waits until `paused` is false again, or until a promotion is requested with the
+    /// `flotilla.rs/rollout-promote` annotation.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub paused: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Default for RolloutSpec {
@@ -87,6 +98,7 @@ impl Default for RolloutSpec {
             max_error_rate: default_max_error_rate(),
             fail_on: default_fail_on(),
             auto_rollback: default_auto_rollback(),
+            paused: false,
         }
     }
 }
@@ -208,6 +220,18 @@ pub struct RolloutStatus {
     /// The value of the `flotilla.rs/rollout-retry` annotation last acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_token: Option<String>,
+
+    /// The value of the `flotilla.rs/rollout-promote` annotation last seen. A new value promotes
+    /// the revision under analysis at once; with no analysis under way it is acknowledged here
+    /// and changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub promote_token: Option<String>,
+
+    /// The value of the `flotilla.rs/rollout-abort` annotation last seen. A new value rolls the
+    /// revision under analysis back at once (reason `Aborted`); with no analysis under way it is
+    /// acknowledged here and changes nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort_token: Option<String>,
 
     /// What the canary pods showed when the analysis failed (at most 10 entries).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
-use crate::commands::{self, Target};
+use crate::commands::{self, Request, Target};
 use crate::error::Error;
 
 /// Flotilla's MicroServices from the command line.
@@ -57,13 +57,25 @@ pub enum Command {
         #[arg(long, default_value = "5m", value_parser = parse_duration)]
         timeout: Duration,
     },
-    /// Analyses a rolled-back release again (sets the `flotilla.rs/rollout-retry` annotation).
-    Retry {
-        name: String,
-        /// How long to wait for the operator to acknowledge the request.
-        #[arg(long, default_value = "10s", value_parser = parse_duration)]
-        timeout: Duration,
-    },
+    /// Analyses a rolled-back release again (the `flotilla.rs/rollout-retry` annotation).
+    Retry(RequestArgs),
+    /// Promotes the release under analysis now (the `flotilla.rs/rollout-promote` annotation).
+    Promote(RequestArgs),
+    /// Rolls the release under analysis back now (the `flotilla.rs/rollout-abort` annotation).
+    Abort(RequestArgs),
+    /// Holds promotion: a release that passes its analysis waits (`spec.rollout.paused: true`).
+    Pause { name: String },
+    /// Lets a release that passed its analysis be promoted (`spec.rollout.paused: false`).
+    Resume { name: String },
+}
+
+/// The arguments of a one-shot request.
+#[derive(Debug, clap::Args)]
+pub struct RequestArgs {
+    pub name: String,
+    /// How long to wait for the operator to acknowledge the request.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    pub timeout: Duration,
 }
 
 /// Runs the parsed command line, printing to stdout.
@@ -77,10 +89,21 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Status { name, timeout } => {
             commands::status(&target, &name, timeout, &mut out).await
         }
-        Command::Retry { name, timeout } => {
-            commands::retry(&target, &name, timeout, &mut out).await
-        }
+        Command::Retry(a) => request(&target, a, Request::Retry, &mut out).await,
+        Command::Promote(a) => request(&target, a, Request::Promote, &mut out).await,
+        Command::Abort(a) => request(&target, a, Request::Abort, &mut out).await,
+        Command::Pause { name } => commands::set_paused(&target, &name, true, &mut out).await,
+        Command::Resume { name } => commands::set_paused(&target, &name, false, &mut out).await,
     }
+}
+
+async fn request(
+    target: &Target,
+    a: RequestArgs,
+    request: Request,
+    out: &mut impl std::io::Write,
+) -> Result<(), Error> {
+    commands::request(target, &a.name, request, a.timeout, out).await
 }
 
 /// The client and namespace from the flags and the kubeconfig, as kubectl picks them.

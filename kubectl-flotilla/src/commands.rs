@@ -4,7 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use flotilla_crds::{annotations, MicroService, RolloutPhase};
+use flotilla_crds::{annotations, MicroService, RolloutPhase, RolloutStatus, RolloutStrategy};
 use futures::{stream, StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Pod;
@@ -156,12 +156,64 @@ pub async fn status(
     }
 }
 
-/// `retry NAME`: asks a guarded rollout to analyse its rolled-back revision again, through the
-/// `flotilla.rs/rollout-retry` annotation, then waits up to `ack` for the operator to
-/// acknowledge it in `status.rollout.retryToken`.
-pub async fn retry(
+/// A one-shot request to the rollout, made with an annotation and acknowledged by the operator
+/// in `status.rollout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Analyse a rolled-back revision again (`flotilla.rs/rollout-retry`).
+    Retry,
+    /// Promote the revision under analysis now (`flotilla.rs/rollout-promote`).
+    Promote,
+    /// Roll the revision under analysis back now (`flotilla.rs/rollout-abort`).
+    Abort,
+}
+
+impl Request {
+    fn annotation(self) -> &'static str {
+        match self {
+            Request::Retry => annotations::ROLLOUT_RETRY,
+            Request::Promote => annotations::ROLLOUT_PROMOTE,
+            Request::Abort => annotations::ROLLOUT_ABORT,
+        }
+    }
+
+    /// The phase in which the request makes sense.
+    fn applies_in(self) -> RolloutPhase {
+        match self {
+            Request::Retry => RolloutPhase::RolledBack,
+            Request::Promote | Request::Abort => RolloutPhase::Analyzing,
+        }
+    }
+
+    fn acknowledged(self, r: &RolloutStatus) -> Option<&str> {
+        match self {
+            Request::Retry => r.retry_token.as_deref(),
+            Request::Promote => r.promote_token.as_deref(),
+            Request::Abort => r.abort_token.as_deref(),
+        }
+    }
+
+    fn refusal(self, name: &str, phase: &str) -> String {
+        match self {
+            Request::Retry => format!(
+                "{name}: nothing to retry: the last release was not rolled back (rollout phase {phase})"
+            ),
+            Request::Promote => format!(
+                "{name}: nothing to promote: no release is being analysed (rollout phase {phase})"
+            ),
+            Request::Abort => format!(
+                "{name}: nothing to abort: no release is being analysed (rollout phase {phase})"
+            ),
+        }
+    }
+}
+
+/// Sends `request` to the rollout of `name` when its phase allows it, then waits up to `ack`
+/// for the operator to acknowledge it and says what came of it.
+pub async fn request(
     t: &Target,
     name: &str,
+    request: Request,
     ack: Duration,
     out: &mut impl Write,
 ) -> Result<(), Error> {
@@ -171,36 +223,44 @@ pub async fn retry(
         .await
         .map_err(|e| Error::on(&t.namespace, name, e))?;
     let rollout = m.status.as_ref().and_then(|s| s.rollout.as_ref());
-    if rollout.map(|r| r.phase) != Some(RolloutPhase::RolledBack) {
-        return Err(Error::Refused(format!(
-            "{name}: nothing to retry: the last release was not rolled back (rollout phase {})",
-            rollout.map(|r| r.phase.as_str()).unwrap_or("none")
-        )));
+    if rollout.map(|r| r.phase) != Some(request.applies_in()) {
+        let phase = rollout.map(|r| r.phase.as_str()).unwrap_or("none");
+        return Err(Error::Refused(request.refusal(name, phase)));
     }
+    let revision = match request {
+        Request::Retry => rollout.and_then(|r| r.failed_revision.as_deref()),
+        Request::Promote | Request::Abort => rollout.and_then(|r| r.canary_revision.as_deref()),
+    }
+    .unwrap_or("?")
+    .to_owned();
     let token = Timestamp::now().to_string();
-    let patch =
-        serde_json::json!({"metadata": {"annotations": {annotations::ROLLOUT_RETRY: token}}});
+    let key = request.annotation();
+    let patch = serde_json::json!({"metadata": {"annotations": {key: token}}});
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(|e| Error::on(&t.namespace, name, e))?;
+    let verb = format!("{request:?}").to_lowercase();
     write_out(
         out,
-        &format!(
-            "{name}: retry of revision {} requested ({}={token})\n",
-            rollout
-                .and_then(|r| r.failed_revision.as_deref())
-                .unwrap_or("?"),
-            annotations::ROLLOUT_RETRY
-        ),
+        &format!("{name}: {verb} of revision {revision} requested ({key}={token})\n"),
     )?;
+    let wanted = token.clone();
     let acked = kube::runtime::wait::await_condition(api, name, move |m: Option<&MicroService>| {
         m.and_then(|m| m.status.as_ref())
             .and_then(|s| s.rollout.as_ref())
-            .and_then(|r| r.retry_token.as_deref())
-            == Some(token.as_str())
+            .and_then(|r| request.acknowledged(r))
+            == Some(wanted.as_str())
     });
     match tokio::time::timeout(ack, acked).await {
-        Ok(Ok(_)) => write_out(out, &format!("{name}: the operator started the analysis again\n")),
+        Ok(Ok(m)) => {
+            let r = m.and_then(|m| m.status).and_then(|s| s.rollout);
+            let phase = r.as_ref().map(|r| r.phase.as_str()).unwrap_or("none");
+            let why = r
+                .and_then(|r| r.message)
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            write_out(out, &format!("{name}: done, rollout phase {phase}{why}\n"))
+        }
         Ok(Err(e)) => Err(Error::Refused(format!("watch failed: {e}"))),
         Err(_) => write_out(
             out,
@@ -210,6 +270,45 @@ pub async fn retry(
             ),
         ),
     }
+}
+
+/// `pause NAME` / `resume NAME`: sets `spec.rollout.paused`, the intent that holds promotion.
+pub async fn set_paused(
+    t: &Target,
+    name: &str,
+    paused: bool,
+    out: &mut impl Write,
+) -> Result<(), Error> {
+    let api = t.msvcs();
+    let m = api
+        .get(name)
+        .await
+        .map_err(|e| Error::on(&t.namespace, name, e))?;
+    if m.spec.rollout.strategy != RolloutStrategy::Guarded {
+        return Err(Error::Refused(format!(
+            "{name}: rollouts are not guarded (spec.rollout.strategy is {:?}): there is no \
+             analysis to pause or resume",
+            m.spec.rollout.strategy
+        )));
+    }
+    if m.spec.rollout.paused == paused {
+        let state = if paused {
+            "already paused"
+        } else {
+            "not paused"
+        };
+        return Err(Error::Refused(format!("{name}: {state}")));
+    }
+    let patch = serde_json::json!({"spec": {"rollout": {"paused": paused}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::on(&t.namespace, name, e))?;
+    let text = if paused {
+        format!("{name}: paused: a release that passes its analysis waits for resume or promote; a failing one is still rolled back\n")
+    } else {
+        format!("{name}: resumed: a release that passed its analysis is promoted\n")
+    };
+    write_out(out, &text)
 }
 
 fn write_out(out: &mut impl Write, text: &str) -> Result<(), Error> {

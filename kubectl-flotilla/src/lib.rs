@@ -1,7 +1,8 @@
 //! `kubectl flotilla`: a kubectl plugin for Flotilla's MicroServices. It reads the API with the
 //! user's kubeconfig and RBAC, like kubectl itself: the service as a tree with each pod's verdict
 //! (`get`), the fleet (`list`), why traffic moved or a release was rolled back (`why`), waiting
-//! on a release in a pipeline (`status`), and trying a rolled-back release again (`retry`).
+//! on a release in a pipeline (`status`), and steering a guarded release: `promote`, `abort`,
+//! `pause`, `resume`, `retry`.
 
 pub mod cli;
 pub mod commands;

@@ -1,8 +1,9 @@
 //! `kubectl flotilla` as a user runs it: kubectl finds the `kubectl-flotilla` executable on the
 //! PATH and runs it with the test cluster's kubeconfig. A guarded `users` is shown as a tree and
 //! in the fleet list, a bad release is waited on (`status` fails) and explained (`why`), retried
-//! (`retry` is acknowledged), and a good one is waited on until it is released; `get --watch`
-//! redraws when the service scales. Bad input (an unknown name, a retry with nothing to retry, a
+//! (`retry` is acknowledged); with rollouts paused a release that passed its analysis waits
+//! until `promote`, and another is ended by `abort`; once resumed, a release is waited on until
+//! it is released; `get --watch` redraws when the service scales. Bad input (an unknown name, a retry with nothing to retry, a
 //! malformed timeout, a user without RBAC) gets one line and a non-zero exit.
 
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use flotilla_crds::{RolloutPhase, RolloutStrategy};
+use flotilla_crds::{RolloutPhase, RolloutStatus, RolloutStrategy};
 use flotilla_e2e::env::run_test;
 use flotilla_e2e::msvc;
 use flotilla_testkit::paths::workspace_binary;
@@ -107,6 +108,10 @@ impl Run {
     }
 }
 
+async fn rollout(h: &Harness) -> Result<Option<RolloutStatus>> {
+    Ok(h.msvcs().get(NAME).await?.status.and_then(|s| s.rollout))
+}
+
 async fn set_release(h: &Harness, image: &str, value: &str) -> Result<()> {
     let body = serde_json::json!({"spec": {"image": image, "podAnnotations": {"release": value}}});
     h.msvcs()
@@ -116,7 +121,7 @@ async fn set_release(h: &Harness, image: &str, value: &str) -> Result<()> {
 }
 
 #[tokio::test]
-async fn the_plugin_shows_waits_on_explains_and_retries_releases() -> Result<()> {
+async fn the_plugin_shows_steers_and_waits_on_releases() -> Result<()> {
     run_test("plugin", |h| {
         Box::pin(async move {
             let plugin = Plugin::new(h)?;
@@ -174,23 +179,48 @@ async fn the_plugin_shows_waits_on_explains_and_retries_releases() -> Result<()>
             );
 
             // `retry` is acknowledged by the operator through status.
-            let retry = plugin.ok(&["retry", NAME, "--timeout", "60s"]).await?;
+            let retry = plugin.ok(&["retry", NAME]).await?;
             ensure!(
-                retry.contains("retry of revision")
-                    && retry.contains("the operator started the analysis again"),
+                retry.contains("retry of revision") && retry.contains(": done, rollout phase "),
                 "{retry}"
             );
-            let token = h
-                .msvcs()
-                .get(NAME)
-                .await?
-                .status
-                .and_then(|s| s.rollout)
-                .and_then(|r| r.retry_token);
+            let token = rollout(h).await?.and_then(|r| r.retry_token);
             ensure!(token.is_some(), "status.rollout.retryToken is not set");
 
-            // A good release: `status` waits until it is promoted.
+            // Paused: a good release passes its analysis and waits; `promote` ends the wait.
+            plugin.ok(&["pause", NAME]).await?;
             set_release(h, "flotilla/users:0.1.0", "good").await?;
+            h.wait("the analysis to pass and wait, paused", || async {
+                Ok(rollout(h).await?.filter(|r| {
+                    r.phase == RolloutPhase::Analyzing && r.reason.as_deref() == Some("Paused")
+                }))
+            })
+            .await?;
+            let promoted = plugin.ok(&["promote", NAME]).await?;
+            ensure!(
+                promoted.contains(": done, rollout phase Promoted"),
+                "{promoted}"
+            );
+
+            // Still paused: the next release is aborted mid-analysis.
+            set_release(h, "flotilla/users:0.1.0", "third").await?;
+            h.wait("the third release's analysis", || async {
+                Ok(rollout(h)
+                    .await?
+                    .filter(|r| r.phase == RolloutPhase::Analyzing))
+            })
+            .await?;
+            let aborted = plugin.ok(&["abort", NAME]).await?;
+            ensure!(
+                aborted.contains(": done, rollout phase RolledBack"),
+                "{aborted}"
+            );
+            let reason = rollout(h).await?.and_then(|r| r.reason);
+            ensure!(reason.as_deref() == Some("Aborted"), "reason {reason:?}");
+
+            // Resumed: a release is promoted on its own, and `status` waits for it.
+            plugin.ok(&["resume", NAME]).await?;
+            set_release(h, "flotilla/users:0.1.0", "fourth").await?;
             let released = plugin
                 .ok(&["status", NAME, "--timeout", RELEASE_TIMEOUT])
                 .await?;
@@ -198,13 +228,7 @@ async fn the_plugin_shows_waits_on_explains_and_retries_releases() -> Result<()>
                 released.contains(&format!("{NAME}: released:")),
                 "{released}"
             );
-            let phase = h
-                .msvcs()
-                .get(NAME)
-                .await?
-                .status
-                .and_then(|s| s.rollout)
-                .map(|r| r.phase);
+            let phase = rollout(h).await?.map(|r| r.phase);
             ensure!(phase == Some(RolloutPhase::Promoted), "phase {phase:?}");
 
             watch_redraws_on_scale(h, &plugin).await?;
@@ -278,6 +302,18 @@ async fn bad_input(h: &Harness, plugin: &Plugin) -> Result<()> {
         .run(&["retry", NAME])
         .await?
         .refused(1, "nothing to retry: the last release was not rolled back")?;
+    plugin
+        .run(&["promote", NAME])
+        .await?
+        .refused(1, "nothing to promote: no release is being analysed")?;
+    plugin
+        .run(&["abort", NAME])
+        .await?
+        .refused(1, "nothing to abort: no release is being analysed")?;
+    plugin
+        .run(&["resume", NAME])
+        .await?
+        .refused(1, "not paused")?;
     let run = plugin.run(&["status", NAME, "--timeout", "5x"]).await?;
     ensure!(
         run.code == Some(2) && run.stderr.contains("unknown unit"),

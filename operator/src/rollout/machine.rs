@@ -46,6 +46,10 @@ pub mod reason {
     pub const ROLLED_BACK: &str = "RolledBack";
     /// Event reason of a failed analysis whose canary is kept (`autoRollback: false`).
     pub const HALTED: &str = "RolloutHalted";
+    /// A person asked for the analysis to end in a rollback (`flotilla.rs/rollout-abort`).
+    pub const ABORTED: &str = "Aborted";
+    /// The analysis passed while `spec.rollout.paused` holds promotion.
+    pub const PAUSED: &str = "Paused";
 }
 
 /// What the state machine reads.
@@ -61,6 +65,10 @@ pub struct RolloutInputs<'a> {
     pub status: Option<&'a RolloutStatus>,
     /// The `flotilla.rs/rollout-retry` annotation.
     pub retry_token: Option<&'a str>,
+    /// The `flotilla.rs/rollout-promote` annotation.
+    pub promote_token: Option<&'a str>,
+    /// The `flotilla.rs/rollout-abort` annotation.
+    pub abort_token: Option<&'a str>,
     /// What the canary pods show.
     pub canary: &'a CanaryEvidence,
     /// Whether the Service's traffic is on the fallback.
@@ -130,9 +138,33 @@ pub fn degraded(status: Option<&RolloutStatus>) -> Option<(&'static str, String)
     ))
 }
 
-/// The next step of the rollout.
+/// What a person asked for through the one-shot annotations, not yet acknowledged.
+#[derive(Debug, Clone, Copy, Default)]
+struct Requests {
+    promote: bool,
+    abort: bool,
+}
+
+/// The next step of the rollout. A promote or abort request is acknowledged in the status
+/// whatever the step (so an old request never acts on a later analysis) and acts only on an
+/// analysis under way; abort wins over promote.
 pub fn next_step(i: &RolloutInputs<'_>) -> RolloutDecision {
     let prev = i.status.cloned().unwrap_or_default();
+    let fresh = |token: Option<&str>, seen: &Option<String>| {
+        token.is_some_and(|t| Some(t) != seen.as_deref())
+    };
+    let requests = Requests {
+        promote: fresh(i.promote_token, &prev.promote_token),
+        abort: fresh(i.abort_token, &prev.abort_token),
+    };
+    let mut decision = step(&prev, i, requests);
+    decision.status.promote_token = i.promote_token.map(str::to_string).or(prev.promote_token);
+    decision.status.abort_token = i.abort_token.map(str::to_string).or(prev.abort_token);
+    decision
+}
+
+fn step(prev: &RolloutStatus, i: &RolloutInputs<'_>, requests: Requests) -> RolloutDecision {
+    let prev = prev.clone();
     let desired = i.desired_revision;
     if i.spec.strategy == RolloutStrategy::RollingUpdate {
         return settled(&prev, desired, i, None);
@@ -162,6 +194,26 @@ pub fn next_step(i: &RolloutInputs<'_>) -> RolloutDecision {
         prev.phase == RolloutPhase::Analyzing && prev.canary_revision.as_deref() == Some(desired);
     if !analysing {
         return start(&prev, desired, i);
+    }
+    if requests.abort {
+        let e = RolloutEvidence {
+            pod: String::new(),
+            observation: "aborted by request (flotilla.rs/rollout-abort)".into(),
+        };
+        return roll_back(&prev, desired, i, reason::ABORTED, vec![e]);
+    }
+    if requests.promote {
+        let event = RolloutEvent {
+            reason: reason::PROMOTED,
+            note: format!(
+                "revision {desired} promoted by request (flotilla.rs/rollout-promote) before \
+                 its analysis ended"
+            ),
+            warning: false,
+        };
+        let mut plan = settled(&prev, desired, i, Some(event));
+        plan.status.retry_token = prev.retry_token.clone();
+        return plan;
     }
     analyse(&prev, desired, i)
 }
@@ -245,6 +297,8 @@ fn start(prev: &RolloutStatus, desired: &str, i: &RolloutInputs<'_>) -> RolloutD
             .retry_token
             .map(str::to_string)
             .or(prev.retry_token.clone()),
+        promote_token: prev.promote_token.clone(),
+        abort_token: prev.abort_token.clone(),
         evidence: Vec::new(),
     };
     RolloutDecision {
@@ -286,6 +340,16 @@ fn analyse(prev: &RolloutStatus, desired: &str, i: &RolloutInputs<'_>) -> Rollou
     status.canary_ready_time = Some(time(since));
     let needed = secs(i.spec.analysis_seconds);
     let passed = elapsed(since, i.now);
+    if passed >= needed && i.spec.paused {
+        // Evidence is still checked on every look: a paused canary that turns bad is rolled
+        // back all the same.
+        status.reason = Some(reason::PAUSED.into());
+        status.message = Some(format!(
+            "revision {desired} passed its analysis; promotion paused (spec.rollout.paused) \
+             until resumed or promoted"
+        ));
+        return hold(status, i.canary_replicas, ANALYSIS_POLL);
+    }
     if passed >= needed {
         let event = RolloutEvent {
             reason: reason::PROMOTED,
@@ -436,6 +500,8 @@ fn roll_back(
         message: Some(message.clone()),
         last_transition_time: Some(time(i.now)),
         retry_token: prev.retry_token.clone(),
+        promote_token: prev.promote_token.clone(),
+        abort_token: prev.abort_token.clone(),
         evidence,
     };
     RolloutDecision {

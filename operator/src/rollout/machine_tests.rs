@@ -58,6 +58,8 @@ fn run(
         canary_replicas: 1,
         status,
         retry_token: None,
+        promote_token: None,
+        abort_token: None,
         canary,
         failed_over: false,
         now,
@@ -270,6 +272,8 @@ fn failover_aborts() {
         canary_replicas: 1,
         status: Some(&analysing()),
         retry_token: None,
+        promote_token: None,
+        abort_token: None,
         canary: &ev,
         failed_over: true,
         now: t(1),
@@ -304,6 +308,8 @@ fn failed_template_is_retried_only_when_asked() {
             canary_replicas: 1,
             status: Some(status),
             retry_token: Some(token),
+            promote_token: None,
+            abort_token: None,
             canary: &evidence(vec![]),
             failed_over: false,
             now: t(61),
@@ -335,6 +341,8 @@ fn reverting_the_spec_settles() {
         canary_replicas: 1,
         status: Some(&failed),
         retry_token: None,
+        promote_token: None,
+        abort_token: None,
         canary: &evidence(vec![]),
         failed_over: false,
         now: t(60),
@@ -356,6 +364,8 @@ fn newer_template_restarts_the_analysis() {
         canary_replicas: 1,
         status: Some(&status),
         retry_token: None,
+        promote_token: None,
+        abort_token: None,
         canary: &evidence(vec![pod("c", NEW, true)]),
         failed_over: false,
         now: t(5),
@@ -389,4 +399,101 @@ fn switching_strategy_ends_the_analysis() {
     assert_eq!(plan.stable, StableTemplate::Desired);
     assert_eq!(plan.canary, CanaryAction::Absent);
     assert_eq!(plan.status.phase, RolloutPhase::Stable);
+}
+
+/// [`run`] with the promote and abort annotations set to `promote` and `abort`.
+fn run_with_requests(
+    status: &RolloutStatus,
+    canary: &CanaryEvidence,
+    now: Timestamp,
+    promote: Option<&str>,
+    abort: Option<&str>,
+) -> RolloutDecision {
+    next_step(&RolloutInputs {
+        spec: &guarded(),
+        desired_revision: NEW,
+        canary_replicas: 1,
+        status: Some(status),
+        retry_token: None,
+        promote_token: promote,
+        abort_token: abort,
+        canary,
+        failed_over: false,
+        now,
+    })
+}
+
+/// A paused rollout holds a canary that passed its analysis (Analyzing, reason `Paused`), still
+/// rolls back a canary that fails, and promotes once resumed.
+#[test]
+fn paused_holds_promotion_but_not_rollback() {
+    let mut paused = guarded();
+    paused.paused = true;
+    let ready = evidence(vec![pod("c", NEW, true)]);
+    let first = run(&paused, Some(&analysing()), &ready, t(1));
+    let held = run(&paused, Some(&first.status), &ready, t(20));
+    assert_eq!(held.status.phase, RolloutPhase::Analyzing);
+    assert_eq!(held.status.reason.as_deref(), Some(reason::PAUSED));
+    assert_eq!(held.stable, StableTemplate::Keep);
+    assert_eq!(held.canary, CanaryAction::Run { replicas: 1 });
+    assert_eq!(held.event, None);
+    let mut bad = ready.clone();
+    bad.pods[0].restarts = 1;
+    let failed = run(&paused, Some(&held.status), &bad, t(21));
+    assert_eq!(failed.status.phase, RolloutPhase::RolledBack);
+    let resumed = run(&guarded(), Some(&held.status), &ready, t(21));
+    assert_eq!(resumed.status.phase, RolloutPhase::Promoted);
+    assert_eq!(resumed.stable, StableTemplate::Desired);
+}
+
+/// A new promote request ends the analysis at once with the new template everywhere; the token
+/// is acknowledged and the same token does nothing to the next analysis.
+#[test]
+fn promote_request_promotes_now_once() {
+    let plan = run_with_requests(&analysing(), &evidence(vec![]), t(1), Some("p1"), None);
+    assert_eq!(plan.status.phase, RolloutPhase::Promoted);
+    assert_eq!(plan.stable, StableTemplate::Desired);
+    assert_eq!(plan.canary, CanaryAction::Absent);
+    assert_eq!(plan.status.promote_token.as_deref(), Some("p1"));
+    let event = plan.event.unwrap_or_else(|| panic!("a Promoted event"));
+    assert_eq!(event.reason, reason::PROMOTED);
+    assert!(event.note.contains("by request"), "{}", event.note);
+    // The next release starts its analysis; the acknowledged token does not promote it.
+    let mut next = analysing();
+    next.promote_token = Some("p1".into());
+    let plan = run_with_requests(&next, &evidence(vec![]), t(1), Some("p1"), None);
+    assert_eq!(plan.status.phase, RolloutPhase::Analyzing);
+}
+
+/// A new abort request rolls the analysed revision back with reason `Aborted` (and wins over a
+/// promote request sent with it); the revision counts as failed.
+#[test]
+fn abort_request_rolls_back_now() {
+    let plan = run_with_requests(&analysing(), &evidence(vec![]), t(1), Some("p"), Some("a"));
+    assert_eq!(plan.status.phase, RolloutPhase::RolledBack);
+    assert_eq!(plan.status.reason.as_deref(), Some(reason::ABORTED));
+    assert_eq!(plan.status.failed_revision.as_deref(), Some(NEW));
+    assert_eq!(plan.status.abort_token.as_deref(), Some("a"));
+    assert_eq!(plan.status.promote_token.as_deref(), Some("p"));
+    assert_eq!(plan.stable, StableTemplate::Keep);
+    assert_eq!(plan.canary, CanaryAction::Absent);
+    assert_eq!(plan.event.map(|e| e.reason), Some(reason::ROLLED_BACK));
+}
+
+/// With no analysis under way a request is acknowledged and changes nothing, so it cannot act
+/// on a later release.
+#[test]
+fn requests_without_an_analysis_are_only_acknowledged() {
+    let settled = run(&guarded(), Some(&stable(NEW)), &evidence(vec![]), t(0));
+    let plan = run_with_requests(
+        &settled.status,
+        &evidence(vec![]),
+        t(1),
+        Some("p"),
+        Some("a"),
+    );
+    assert_eq!(plan.status.phase, settled.status.phase);
+    assert_eq!(plan.event, None);
+    assert_eq!(plan.status.promote_token.as_deref(), Some("p"));
+    assert_eq!(plan.status.abort_token.as_deref(), Some("a"));
 }

@@ -121,6 +121,14 @@ pub async fn plan(
             .annotations()
             .get(annotations::ROLLOUT_RETRY)
             .map(String::as_str),
+        promote_token: ms
+            .annotations()
+            .get(annotations::ROLLOUT_PROMOTE)
+            .map(String::as_str),
+        abort_token: ms
+            .annotations()
+            .get(annotations::ROLLOUT_ABORT)
+            .map(String::as_str),
         canary: &evidence,
         failed_over,
         now: Timestamp::now(),
