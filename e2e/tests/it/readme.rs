@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use flotilla_e2e::walkthrough::kubesim_up;
 use flotilla_testkit::cluster::client_from_kubeconfig;
 use flotilla_testkit::paths::{tail, workspace_binary};
@@ -257,7 +257,7 @@ async fn guarded_rollouts(kubeconfig: &Path) -> Result<()> {
 async fn the_plugin(kubeconfig: &Path) -> Result<()> {
     let out = as_written_output(kubeconfig, "kubectl flotilla status users --timeout 2m").await?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
+    ensure!(
         out.status.code() == Some(1)
             && stderr.starts_with("error: users: revision ")
             && stderr.contains(" was rolled back: CanaryNotReady (")
@@ -266,7 +266,7 @@ async fn the_plugin(kubeconfig: &Path) -> Result<()> {
     );
     let tree = as_written(kubeconfig, "kubectl flotilla get users").await?;
     let lines: Vec<&str> = tree.lines().collect();
-    assert!(
+    ensure!(
         lines.first() == Some(&"MicroService default/users")
             && lines
                 .iter()
