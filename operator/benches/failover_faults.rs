@@ -5,7 +5,10 @@
 //! request at a time every 10 ms: `new-connection` (HTTP/1.1, a fresh connection per request,
 //! 5 s timeout), `pooled` (reqwest keep-alive pool) and `http2` (reqwest, HTTP/2 prior knowledge)
 //! against `users`' cluster IP (2 s timeout), and `grpc` (one tonic channel, `ListOrders`, 2 s
-//! timeout) against `orders`'. Each run injects one fault, at a random point of the probe
+//! timeout) against `orders`'. A fifth, `new-conn sent`, sends a request on a fresh connection
+//! to `users` every 10 ms without waiting for the earlier ones (5 s timeout) and is reported by
+//! send time: its error window is how long new connections kept going to failing pods, which
+//! a hang's waiting clients cannot show (each is held by one request until its timeout). Each run injects one fault, at a random point of the probe
 //! schedule, into both primary pods of both services at once:
 //!
 //! - `self-detected`: the pod's own readiness fails (`/admin/faults` `{"unhealthy": true}`);
@@ -31,12 +34,13 @@
 //!
 //! Prints a line per run, then per fault kind: each client's error window (first to last failed
 //! request after the fault) p50/p99 with the watch on and off and their ratio off/on, failed
-//! requests, and the time from the fault to the end of the last failed request; then where
-//! the time went, from the fault: the first failing observation, the decision and the label
-//! writes acknowledged (the operator's `flotilla_failover_last_failover_timestamp_seconds`,
-//! which keeps the last failover only, so of the two services' failovers the later), both
-//! Services' endpoints changed, every client succeeding again, and the detection histogram's
-//! mean for the run's failovers.
+//! requests, and the time from the fault to the end of the last failed request (for
+//! `new-conn sent`: to the sending of the last failed one); then where the time went, from the
+//! fault: the first failing observation, the decision and the label writes acknowledged (the
+//! operator's `flotilla_failover_last_failover_timestamp_seconds`, which keeps the last
+//! failover only, so of the two services' failovers the later), both Services' endpoints
+//! changed (and each one's), every client succeeding again, and the detection histogram's mean
+//! for the run's failovers.
 //!
 //! `cargo build -p users -p orders -p flotilla-operator` first, then
 //! `cargo bench -p flotilla-operator --bench failover_faults -- --runs 20`
@@ -50,6 +54,8 @@ mod clients;
 mod faults;
 #[path = "common/measure.rs"]
 mod measure;
+#[path = "failover_faults/open_loop.rs"]
+mod open_loop;
 #[path = "failover_faults/operator_metrics.rs"]
 mod operator_metrics;
 #[path = "failover_faults/report.rs"]
@@ -70,6 +76,7 @@ use clients::{api_requests_of, create_orders, Client, Kind};
 use faults::Fault;
 use k8s_openapi::api::core::v1::Pod;
 use measure::{failures_since, random_phase};
+use open_loop::OpenLoop;
 use operator_metrics::{unix_now, Scrape};
 use rand::seq::SliceRandom;
 use report::Run;
@@ -139,10 +146,11 @@ struct Pair {
     fallback_ips: BTreeSet<String>,
 }
 
-/// The four clients, all running at once, in [`report::CLIENTS`] order.
+/// The five clients, all running at once, in [`report::CLIENTS`] order.
 struct Clients {
     new_connection: Traffic,
     kept: [Client; 3],
+    open_loop: OpenLoop,
 }
 
 impl Clients {
@@ -154,12 +162,15 @@ impl Clients {
                 Client::start(Kind::Http2, users, EVERY).await?,
                 Client::start(Kind::Grpc, orders, EVERY).await?,
             ],
+            open_loop: OpenLoop::start(users, "/users", EVERY),
         })
     }
 
+    /// Outcomes at the end of each request; the open-loop client's at its sending.
     fn outcomes(&self, i: usize) -> Vec<(Instant, bool)> {
         match i {
             0 => self.new_connection.outcomes(),
+            4 => self.open_loop.by_send_time(),
             _ => self.kept[i - 1].outcomes(),
         }
     }
@@ -399,19 +410,33 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let clients_ok = t_fault.elapsed().as_secs_f64();
+        let hang_ended_first = ended;
+        let until = failed_back.unwrap_or_else(Instant::now);
+        // Open-loop requests sent to a hung pod end with their timeout (or the hang): their
+        // failures belong to the run.
+        while !clients.open_loop.settled_before(until) {
+            if fault == Fault::Hang && !ended && t_fault.elapsed() >= self.hang {
+                faults::recover(fault, &pods, &pids).await?;
+                ended = true;
+            }
+            if t_fault.elapsed() > WAIT {
+                bail!("{fault}: open-loop requests still unanswered after {WAIT:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         let after = Scrape::read(self.metrics).await?;
         let mut run = Run {
             fault,
             watch: watch == Watch::On,
-            window: [0.0; 4],
-            failed: [0; 4],
-            last_failure: [0.0; 4],
+            window: [0.0; 5],
+            failed: [0; 5],
+            last_failure: [0.0; 5],
+            endpoints: switched,
             steps: [f64::NAN; 5],
             detection: f64::NAN,
             failed_back: failed_back.is_some(),
-            hang_ended_first: ended,
+            hang_ended_first,
         };
-        let until = failed_back.unwrap_or_else(Instant::now);
         for i in 0..report::CLIENTS.len() {
             let mut outcomes = clients.outcomes(i);
             outcomes.retain(|(t, _)| *t < until);

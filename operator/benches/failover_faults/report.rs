@@ -7,7 +7,10 @@ use std::fmt::Write as _;
 use crate::faults::Fault;
 
 /// The client kinds, in the order their outcomes are recorded.
-pub const CLIENTS: [&str; 4] = ["new-connection", "pooled", "http2", "grpc"];
+pub const CLIENTS: [&str; 5] = ["new-connection", "pooled", "http2", "grpc", "new-conn sent"];
+
+/// The two primaries, in the order their endpoint changes are recorded.
+pub const SERVICES: [&str; 2] = ["users", "orders"];
 
 /// Steps of a failover after the fault, in seconds.
 pub const STEPS: [&str; 5] = [
@@ -25,11 +28,13 @@ pub struct Run {
     /// Whether the operator ran with its readiness watch.
     pub watch: bool,
     /// Per client: error window (first to last failed request), in seconds.
-    pub window: [f64; 4],
+    pub window: [f64; 5],
     /// Per client: failed requests.
-    pub failed: [usize; 4],
+    pub failed: [usize; 5],
     /// Per client: from the fault to the end of the last failed request (0 when none failed).
-    pub last_failure: [f64; 4],
+    pub last_failure: [f64; 5],
+    /// Per [`SERVICES`] entry: from the fault to its endpoints changed, in seconds.
+    pub endpoints: [f64; 2],
     /// [`STEPS`] from the fault, in seconds (NaN when unknown).
     pub steps: [f64; 5],
     /// Mean of the run's `flotilla_failover_detection_seconds` observations.
@@ -160,6 +165,13 @@ pub fn summary(fault: Fault, runs: &[Run], note: &str) -> String {
     };
     for (i, name) in STEPS.iter().enumerate() {
         row(&mut s, name, &|r| r.steps[i]);
+        if i == 3 {
+            for (j, svc) in SERVICES.iter().enumerate() {
+                row(&mut s, &format!("  endpoints changed: {svc}"), &|r| {
+                    r.endpoints[j]
+                });
+            }
+        }
     }
     row(&mut s, "detection (first failure → written)", &|r| {
         r.detection
