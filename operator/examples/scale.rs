@@ -13,9 +13,10 @@
 //! - `--rss`: runs the release operator binary as a child process against the same API server
 //!   and prints its resident memory idle (no MicroServices), with N MicroServices and their
 //!   3·N children converged, and with 1,000 failover-enabled pods being probed on top (see
-//!   `scale/rss.rs`).
+//!   `scale/rss.rs`). With `--cold` as well, the MicroServices are created before the binary
+//!   starts, and the time from its start to all converged is printed instead of the idle figure.
 //!
-//! `cargo run -p flotilla-operator --release --example scale -- [N] [--cold | --rss]`
+//! `cargo run -p flotilla-operator --release --example scale -- [N] [--cold] [--rss]`
 //! (default N = 500; `--rss` needs `cargo build --release -p flotilla-operator` first).
 
 use std::collections::{BTreeMap, HashSet};
@@ -254,10 +255,11 @@ async fn main() -> Result<()> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(500);
-    let mode = if args.iter().any(|a| a == "--cold") {
-        Mode::Cold
-    } else if args.iter().any(|a| a == "--rss") {
+    let created_first = args.iter().any(|a| a == "--cold");
+    let mode = if args.iter().any(|a| a == "--rss") {
         Mode::Rss
+    } else if created_first {
+        Mode::Cold
     } else {
         Mode::Warm
     };
@@ -266,7 +268,7 @@ async fn main() -> Result<()> {
     match mode {
         Mode::Warm => warm(&cluster, &api, n).await?,
         Mode::Cold => cold(&cluster, &api, n).await?,
-        Mode::Rss => rss::rss(&cluster, &api, n).await?,
+        Mode::Rss => rss::rss(&cluster, &api, n, created_first).await?,
     }
     cluster.shutdown().await;
     Ok(())

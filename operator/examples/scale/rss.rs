@@ -3,8 +3,10 @@
 //!
 //! The probed pods have no kubelet behind them: the benchmark creates them through the API with
 //! the labels the operator's pod template sets, a loopback pod IP (`127.4.g.k`) and the Ready
-//! condition, and answers their probes (`/readyz`) and scrapes (`/metrics`) itself on one port
-//! bound on every local address, so every pod IP reaches it.
+//! condition, and answers their probes (`/readyz`), readiness watches (`/readyz` with
+//! `Flotilla-Watch`: the header echoed, then a chunked `ready` line at once and every heartbeat
+//! for the kit's 30 s, as the services do) and scrapes (`/metrics`) itself on one port bound on
+//! every local address, so every pod IP reaches it.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,10 +42,65 @@ fn rss_of(pid: u32) -> Result<(f64, f64)> {
 struct Served {
     readyz: AtomicU64,
     metrics: AtomicU64,
+    /// Watch responses started, and their lines written.
+    watches: AtomicU64,
+    watch_lines: AtomicU64,
 }
 
-/// One keep-alive HTTP/1.1 connection: `/readyz` answers 200, `/metrics` a small Prometheus
-/// text, anything else 404. Request bodies are not expected (the prober sends GETs).
+/// How long one watch response lasts, and the heartbeat range, as in the services' kit.
+const WATCH_LIFETIME: Duration = Duration::from_secs(30);
+const HEARTBEAT_RANGE: (u64, u64) = (50, 10_000);
+
+/// The heartbeat of a `Flotilla-Watch: heartbeat=<ms>` request header value, clamped as the kit
+/// does; `None` for a malformed value (answered as an ordinary probe) and `Some(0)` for none.
+fn watch_heartbeat(value: &str) -> Option<u64> {
+    let value = value.trim();
+    if value.is_empty() {
+        return Some(0);
+    }
+    let ms: u64 = value.strip_prefix("heartbeat=")?.trim().parse().ok()?;
+    Some(if ms == 0 {
+        0
+    } else {
+        ms.clamp(HEARTBEAT_RANGE.0, HEARTBEAT_RANGE.1)
+    })
+}
+
+/// One watch response: the header echoed, a `ready` line at once and then every heartbeat
+/// (changes only, so nothing more, when none was asked for), ended after [`WATCH_LIFETIME`].
+async fn serve_watch(
+    write: &mut tokio::net::tcp::OwnedWriteHalf,
+    heartbeat: u64,
+    served: &Served,
+) -> Result<()> {
+    served.watches.fetch_add(1, Ordering::Relaxed);
+    let head = format!(
+        "HTTP/1.1 200 OK\r\nflotilla-watch: heartbeat={heartbeat}\r\n\
+         content-type: text/plain; charset=utf-8\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    write.write_all(head.as_bytes()).await?;
+    const LINE: &[u8] = b"6\r\nready\n\r\n";
+    let end = tokio::time::Instant::now() + WATCH_LIFETIME;
+    loop {
+        write.write_all(LINE).await?;
+        served.watch_lines.fetch_add(1, Ordering::Relaxed);
+        let next = if heartbeat == 0 {
+            end
+        } else {
+            (tokio::time::Instant::now() + Duration::from_millis(heartbeat)).min(end)
+        };
+        tokio::time::sleep_until(next).await;
+        if next >= end {
+            break;
+        }
+    }
+    write.write_all(b"0\r\n\r\n").await?;
+    Ok(())
+}
+
+/// One keep-alive HTTP/1.1 connection: `/readyz` answers 200 (or a watch, with the watch
+/// header), `/metrics` a small Prometheus text, anything else 404. Request bodies are not
+/// expected (the prober sends GETs).
 async fn serve_conn(stream: tokio::net::TcpStream, served: Arc<Served>) -> Result<()> {
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
@@ -55,6 +112,7 @@ async fn serve_conn(stream: tokio::net::TcpStream, served: Arc<Served>) -> Resul
         }
         let path = line.split(' ').nth(1).unwrap_or("").to_owned();
         let mut close = false;
+        let mut watch = None;
         loop {
             line.clear();
             if read.read_line(&mut line).await? == 0 {
@@ -65,6 +123,18 @@ async fn serve_conn(stream: tokio::net::TcpStream, served: Arc<Served>) -> Resul
                 break;
             }
             close |= header.eq_ignore_ascii_case("connection: close");
+            if let Some((name, value)) = header.split_once(':') {
+                if name.trim().eq_ignore_ascii_case("flotilla-watch") {
+                    watch = watch_heartbeat(value);
+                }
+            }
+        }
+        if let (Some(heartbeat), "/readyz") = (watch, path.as_str()) {
+            serve_watch(&mut write, heartbeat, &served).await?;
+            if close {
+                return Ok(());
+            }
+            continue;
         }
         let response = match path.as_str() {
             "/readyz" => {
@@ -164,10 +234,26 @@ async fn probes_made(addr: SocketAddr) -> Result<f64> {
     Ok(all - skipped)
 }
 
-/// The probed phase: failover-enabled MicroServices and their pods, probed until steady. Returns
-/// the probe rate (per second, from the operator's metrics) and the rates of readiness
-/// requests and scrapes the pods answered.
-async fn probed(cluster: &Cluster, addr: SocketAddr) -> Result<(f64, f64, f64)> {
+/// Readiness watches the operator holds open, from its `flotilla_readiness_watches` gauge.
+async fn watches_open(addr: SocketAddr) -> Result<f64> {
+    Ok(sum(&metrics(addr).await?, "flotilla_readiness_watches "))
+}
+
+/// What the probed phase measured, per second over its window.
+struct Probed {
+    /// Probes, by the operator's metrics.
+    probes: f64,
+    /// Readiness requests, scrapes and watch lines the pods answered.
+    readyz: f64,
+    scrapes: f64,
+    watch_lines: f64,
+    /// Readiness watches open at the end, by the operator's gauge.
+    watches: f64,
+}
+
+/// The probed phase: failover-enabled MicroServices and their pods, probed and watched until
+/// steady.
+async fn probed(cluster: &Cluster, addr: SocketAddr) -> Result<Probed> {
     let served = Arc::new(Served::default());
     let port = start_pod_server(served.clone()).await?;
     let own = kube::Client::try_from(kube::Config::new(cluster.url().parse()?))?;
@@ -197,35 +283,50 @@ async fn probed(cluster: &Cluster, addr: SocketAddr) -> Result<(f64, f64, f64)> 
     }
     let total = (PROBED_SERVICES * PODS_PER_SERVICE) as f64;
     let deadline = Instant::now() + Duration::from_secs(120);
-    // Probing is steady once every pod has been probed a few times.
-    while probes_made(addr).await? < 4.0 * total {
+    // Steady once every pod has been probed a few times and is watched.
+    while probes_made(addr).await? < 4.0 * total || watches_open(addr).await? < total {
         if Instant::now() > deadline {
-            bail!("the operator did not probe the {total} pods within 120 s");
+            bail!(
+                "within 120 s the operator did not probe and watch the {total} pods ({} watches open)",
+                watches_open(addr).await?
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     tokio::time::sleep(SETTLE).await;
-    let (p0, r0, m0, t0) = (
+    let read = |s: &AtomicU64| s.load(Ordering::Relaxed);
+    let (p0, r0, m0, w0, t0) = (
         probes_made(addr).await?,
-        served.readyz.load(Ordering::Relaxed),
-        served.metrics.load(Ordering::Relaxed),
+        read(&served.readyz),
+        read(&served.metrics),
+        read(&served.watch_lines),
         Instant::now(),
     );
     tokio::time::sleep(RATE_WINDOW).await;
-    let (p1, r1, m1) = (
+    let (p1, r1, m1, w1) = (
         probes_made(addr).await?,
-        served.readyz.load(Ordering::Relaxed),
-        served.metrics.load(Ordering::Relaxed),
+        read(&served.readyz),
+        read(&served.metrics),
+        read(&served.watch_lines),
     );
     let secs = t0.elapsed().as_secs_f64();
-    Ok((
-        (p1 - p0) / secs,
-        (r1 - r0) as f64 / secs,
-        (m1 - m0) as f64 / secs,
-    ))
+    let watches = watches_open(addr).await?;
+    if watches < total {
+        bail!("only {watches} of the {total} pods are watched at the end of the window");
+    }
+    Ok(Probed {
+        probes: (p1 - p0) / secs,
+        readyz: (r1 - r0) as f64 / secs,
+        scrapes: (m1 - m0) as f64 / secs,
+        watch_lines: (w1 - w0) as f64 / secs,
+        watches,
+    })
 }
 
-pub async fn rss(cluster: &Cluster, api: &Api<MicroService>, n: usize) -> Result<()> {
+/// `--rss`: the figures described in the module documentation. With `cold`, the N
+/// MicroServices are created before the operator starts, and the time from its start to all
+/// converged is printed instead of the idle figure.
+pub async fn rss(cluster: &Cluster, api: &Api<MicroService>, n: usize, cold: bool) -> Result<()> {
     let exe = std::env::current_exe()?;
     let bin = exe
         .parent()
@@ -238,7 +339,11 @@ pub async fn rss(cluster: &Cluster, api: &Api<MicroService>, n: usize) -> Result
             bin.display()
         );
     }
+    if cold {
+        create_all(api, n).await?;
+    }
     let addr: SocketAddr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+    let t0 = Instant::now();
     let mut child = tokio::process::Command::new(&bin)
         .args(["run", "--metrics-addr", &addr.to_string()])
         .env("KUBECONFIG", cluster.kubeconfig_path())
@@ -246,35 +351,63 @@ pub async fn rss(cluster: &Cluster, api: &Api<MicroService>, n: usize) -> Result
         .kill_on_drop(true)
         .spawn()?;
     let pid = child.id().context("operator pid")?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while metrics(addr).await.is_err() {
-        if Instant::now() > deadline {
-            bail!("the operator binary never served metrics");
+    let idle = if cold {
+        None
+    } else {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while metrics(addr).await.is_err() {
+            if Instant::now() > deadline {
+                bail!("the operator binary never served metrics");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let (idle, _) = rss_of(pid)?;
-    println!("operator binary RSS idle:    {idle:.1} MiB");
-    let t0 = Instant::now();
-    create_all(api, n).await?;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (idle, _) = rss_of(pid)?;
+        println!("operator binary RSS idle:    {idle:.1} MiB");
+        Some(idle)
+    };
+    let t0 = if cold {
+        t0
+    } else {
+        let t = Instant::now();
+        create_all(api, n).await?;
+        t
+    };
     let converge = wait_converged(api, n, t0).await?;
+    let reconciles = sum(&metrics(addr).await?, "flotilla_reconcile_total");
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (loaded, peak) = rss_of(pid)?;
     println!(
-        "operator binary RSS with {n} MicroServices and {} children: {loaded:.1} MiB (peak {peak:.1} MiB; converged in {:.2} s)",
+        "operator binary RSS with {n} MicroServices and {} children: {loaded:.1} MiB (peak {peak:.1} MiB; converged in {:.2} s{}; {:.2} reconcile runs per MicroService)",
         3 * n,
-        converge.as_secs_f64()
+        converge.as_secs_f64(),
+        if cold { " from the operator's start" } else { "" },
+        reconciles / n as f64
     );
-    let (rate, readyz, scrapes) = probed(cluster, addr).await?;
+    match idle {
+        Some(idle) => println!(
+            "memory per MicroService (with its 3 children) over idle: {:.1} KiB",
+            (loaded - idle) * 1024.0 / n as f64
+        ),
+        None => println!(
+            "memory per MicroService (with its 3 children), all of RSS: {:.1} KiB",
+            loaded * 1024.0 / n as f64
+        ),
+    }
+    let p = probed(cluster, addr).await?;
     let (with_probes, peak) = rss_of(pid)?;
     let _ = child.kill().await;
     println!(
-        "operator binary RSS with {} failover-enabled pods being probed (and the above): {with_probes:.1} MiB (peak {peak:.1} MiB)",
+        "operator binary RSS with {} failover-enabled pods probed and watched (and the above): {with_probes:.1} MiB (peak {peak:.1} MiB)",
         PROBED_SERVICES * PODS_PER_SERVICE
     );
     println!(
-        "probe rate: {rate:.0} probes/s by the operator's metrics; the pods answered {readyz:.0} readiness requests/s and {scrapes:.0} scrapes/s"
+        "probe rate: {:.0} probes/s by the operator's metrics; the pods answered {:.0} readiness requests/s and {:.0} scrapes/s",
+        p.probes, p.readyz, p.scrapes
+    );
+    println!(
+        "readiness watches open (operator's gauge): {:.0}; watch lines sent: {:.0}/s",
+        p.watches, p.watch_lines
     );
     Ok(())
 }
