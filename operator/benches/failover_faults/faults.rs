@@ -76,8 +76,21 @@ pub async fn inject(fault: Fault, pods: &[Pod], pids: &[u32]) -> Result<()> {
         Fault::SelfDetected => r#"{"unhealthy": true}"#,
         Fault::BadAnswers => r#"{"errorRate": 1.0}"#,
     };
-    futures::future::try_join_all(pods.iter().map(|p| set_fault(p, json))).await?;
+    futures::future::try_join_all(pods.iter().map(|p| twice(|| set_fault(p, json)))).await?;
     Ok(())
+}
+
+/// Runs an idempotent admin request again once if it failed: a pod told `ejected` closes its
+/// idle keep-alive connections, which can race a request on one.
+async fn twice<F, Fut>(f: F) -> Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    match f().await {
+        Ok(()) => Ok(()),
+        Err(_) => f().await,
+    }
 }
 
 /// Undoes `fault`. A crashed process needs nothing (the kubelet restarted it); a hung one may
@@ -89,7 +102,7 @@ pub async fn recover(fault: Fault, pods: &[Pod], pids: &[u32]) -> Result<()> {
             signal("CONT", pids).await?;
         }
         Fault::SelfDetected | Fault::BadAnswers => {
-            futures::future::try_join_all(pods.iter().map(clear_fault)).await?;
+            futures::future::try_join_all(pods.iter().map(|p| twice(|| clear_fault(p)))).await?;
         }
     }
     Ok(())

@@ -89,11 +89,15 @@ pub fn run_line(index: usize, r: &Run) -> String {
     }
     let _ = write!(
         s,
-        "; known {} decided {} written {} endpoints {} clients ok {}",
+        "; known {} decided {} written {} endpoints {} ({} {}, {} {}) clients ok {}",
         secs(r.steps[0]),
         secs(r.steps[1]),
         secs(r.steps[2]),
         secs(r.steps[3]),
+        SERVICES[0],
+        secs(r.endpoints[0]),
+        SERVICES[1],
+        secs(r.endpoints[1]),
         secs(r.steps[4]),
     );
     if r.failed_back {
