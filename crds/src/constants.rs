@@ -69,6 +69,10 @@ pub mod annotations {
     /// MicroService annotation asking a guarded rollout to roll the revision under analysis back
     /// now: set it to a new value; `status.rollout.abortToken` acknowledges it.
     pub const ROLLOUT_ABORT: &str = "flotilla.rs/rollout-abort";
+    /// MicroService annotation naming a revision (a hash from the revision history) that the
+    /// spec is being taken back to: when the spec's template is that revision and the history
+    /// records it as good, a guarded rollout makes it stable at once, without an analysis.
+    pub const ROLLOUT_UNDO: &str = "flotilla.rs/rollout-undo";
     /// Annotation on the Deployments and canary pods holding the pod-template revision.
     pub const REVISION: &str = "flotilla.rs/revision";
 }
@@ -127,6 +131,44 @@ pub mod reasons {
     pub const SCALED_TO_ZERO: &str = "ScaledToZero";
     /// A guarded rollout's analysis failed; the pods stay on the last good template.
     pub const ROLLOUT_FAILED: &str = "RolloutFailed";
+}
+
+/// The revision history: one ControllerRevision per pod template a MicroService ran or tried,
+/// named `<name>-<revision>`, owned by the MicroService, its `revision` counting up, its `data`
+/// the spec's template fields (`{"spec": {...}}` without [`UNTRACKED_SPEC_FIELDS`]).
+pub mod history {
+    /// How the template ended: one of the `OUTCOME_*` values.
+    pub const OUTCOME: &str = "flotilla.rs/outcome";
+    /// The template became stable without an analysis (the first one, or a rolling update).
+    pub const OUTCOME_STABLE: &str = "Stable";
+    /// The template passed its analysis (or was promoted by request).
+    pub const OUTCOME_PROMOTED: &str = "Promoted";
+    /// The template was taken back from history without an analysis (`undo`).
+    pub const OUTCOME_UNDONE: &str = "Undone";
+    /// The template failed its analysis or was aborted; see [`REASON`].
+    pub const OUTCOME_ROLLED_BACK: &str = "RolledBack";
+    /// Why a rolled-back template failed (the rollout's reason, e.g. `CanaryNotReady`).
+    pub const REASON: &str = "flotilla.rs/reason";
+    /// The field manager that last changed the MicroService's spec when the entry was recorded
+    /// (e.g. `kubectl-patch`, `helm`, `kubectl-flotilla`).
+    pub const CHANGED_BY: &str = "flotilla.rs/changed-by";
+    /// When the entry was last recorded (RFC 3339).
+    pub const RECORDED_AT: &str = "flotilla.rs/recorded-at";
+    /// Spec fields that are not part of a revision: how many pods, how they roll, fail over and
+    /// are reached. `undo` leaves them as they are.
+    pub const UNTRACKED_SPEC_FIELDS: [&str; 6] = [
+        "replicas",
+        "autoscaling",
+        "rollout",
+        "failover",
+        "service",
+        "dependencies",
+    ];
+
+    /// Whether a template that ended with `outcome` may be gone back to.
+    pub fn is_good(outcome: &str) -> bool {
+        matches!(outcome, OUTCOME_STABLE | OUTCOME_PROMOTED | OUTCOME_UNDONE)
+    }
 }
 
 /// The traffic-verdict contract: on every readiness probe of a failover-enabled pod, Flotilla's

@@ -81,6 +81,17 @@ pub struct RolloutSpec {
     /// `flotilla.rs/rollout-promote` annotation.
     #[serde(default, skip_serializing_if = "is_false")]
     pub paused: bool,
+
+    /// How many entries of the revision history to keep (ControllerRevisions named
+    /// `<name>-<revision>`, oldest removed first): every template that became stable or was
+    /// rolled back, so a person can go back to a previous good one without a new analysis.
+    #[serde(default = "default_revision_history_limit")]
+    #[schemars(range(min = 1, max = 100))]
+    pub revision_history_limit: i32,
+}
+
+fn default_revision_history_limit() -> i32 {
+    10
 }
 
 fn is_false(b: &bool) -> bool {
@@ -99,6 +110,7 @@ impl Default for RolloutSpec {
             fail_on: default_fail_on(),
             auto_rollback: default_auto_rollback(),
             paused: false,
+            revision_history_limit: default_revision_history_limit(),
         }
     }
 }

@@ -67,6 +67,20 @@ pub enum Command {
     Pause { name: String },
     /// Lets a release that passed its analysis be promoted (`spec.rollout.paused: false`).
     Resume { name: String },
+    /// The revision history: every template that became stable or was rolled back, with its
+    /// image, outcome, time and who changed the spec.
+    History { name: String },
+    /// Goes back to a previous good template at once, without an analysis.
+    Undo {
+        name: String,
+        /// The history's revision number to go back to (default: the newest good one before
+        /// the stable template).
+        #[arg(long)]
+        to_revision: Option<i64>,
+        /// How long to wait for the template to be stable again.
+        #[arg(long, default_value = "60s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
 }
 
 /// The arguments of a one-shot request.
@@ -94,6 +108,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Abort(a) => request(&target, a, Request::Abort, &mut out).await,
         Command::Pause { name } => commands::set_paused(&target, &name, true, &mut out).await,
         Command::Resume { name } => commands::set_paused(&target, &name, false, &mut out).await,
+        Command::History { name } => commands::history(&target, &name, &mut out).await,
+        Command::Undo {
+            name,
+            to_revision,
+            timeout,
+        } => commands::undo(&target, &name, to_revision, timeout, &mut out).await,
     }
 }
 

@@ -4,15 +4,19 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use flotilla_crds::{annotations, MicroService, RolloutPhase, RolloutStatus, RolloutStrategy};
+use flotilla_crds::{
+    annotations, labels, MicroService, RolloutPhase, RolloutStatus, RolloutStrategy,
+};
 use futures::{stream, StreamExt, TryStreamExt};
 use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client};
 
 use crate::error::Error;
+use crate::history;
 use crate::release::{release, Release};
 use crate::render;
 use crate::snapshot::Snapshot;
@@ -236,7 +240,7 @@ pub async fn request(
     let token = Timestamp::now().to_string();
     let key = request.annotation();
     let patch = serde_json::json!({"metadata": {"annotations": {key: token}}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+    api.patch(name, &patch_params(), &Patch::Merge(&patch))
         .await
         .map_err(|e| Error::on(&t.namespace, name, e))?;
     let verb = format!("{request:?}").to_lowercase();
@@ -300,7 +304,7 @@ pub async fn set_paused(
         return Err(Error::Refused(format!("{name}: {state}")));
     }
     let patch = serde_json::json!({"spec": {"rollout": {"paused": paused}}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+    api.patch(name, &patch_params(), &Patch::Merge(&patch))
         .await
         .map_err(|e| Error::on(&t.namespace, name, e))?;
     let text = if paused {
@@ -310,6 +314,122 @@ pub async fn set_paused(
     };
     write_out(out, &text)
 }
+
+/// The MicroService `name` and its revision history.
+async fn history_of(t: &Target, name: &str) -> Result<(MicroService, Vec<history::Entry>), Error> {
+    let m = t
+        .msvcs()
+        .get(name)
+        .await
+        .map_err(|e| Error::on(&t.namespace, name, e))?;
+    let api: Api<ControllerRevision> = Api::namespaced(t.client.clone(), &t.namespace);
+    let selector = format!(
+        "{}={name},{}={}",
+        labels::INSTANCE,
+        labels::MANAGED_BY,
+        labels::MANAGED_BY_VALUE
+    );
+    let revisions = api.list(&ListParams::default().labels(&selector)).await?;
+    let entries = history::entries(&m, &revisions.items);
+    Ok((m, entries))
+}
+
+fn stable_revision(m: &MicroService) -> Option<String> {
+    m.status
+        .as_ref()
+        .and_then(|s| s.rollout.as_ref())
+        .and_then(|r| r.stable_revision.clone())
+}
+
+/// `history NAME`: the templates the service ran or tried, oldest first.
+pub async fn history(t: &Target, name: &str, out: &mut impl Write) -> Result<(), Error> {
+    let (m, entries) = history_of(t, name).await?;
+    if entries.is_empty() {
+        return write_out(
+            out,
+            &format!("{name}: no revision history yet (it starts with the next template change)\n"),
+        );
+    }
+    let stable = stable_revision(&m);
+    write_out(
+        out,
+        &history::render(&entries, stable.as_deref(), Timestamp::now()),
+    )
+}
+
+/// `undo NAME [--to-revision N]`: puts the template fields of a good entry of the history back
+/// into the spec, with the `flotilla.rs/rollout-undo` annotation naming it, so it becomes stable
+/// without an analysis; waits up to `wait` for the operator to make it stable.
+pub async fn undo(
+    t: &Target,
+    name: &str,
+    to: Option<i64>,
+    wait: Duration,
+    out: &mut impl Write,
+) -> Result<(), Error> {
+    let (m, entries) = history_of(t, name).await?;
+    let stable = stable_revision(&m);
+    let target = history::undo_target(&entries, stable.as_deref(), to)
+        .map_err(|why| Error::Refused(format!("{name}: {why}")))?;
+    let mut patch = serde_json::json!({
+        "metadata": {"annotations": {annotations::ROLLOUT_UNDO: target.revision}},
+    });
+    patch["spec"] = history::merge_patch(&history::tracked_spec(&m), &target.spec);
+    t.msvcs()
+        .patch(name, &patch_params(), &Patch::Merge(&patch))
+        .await
+        .map_err(|e| Error::on(&t.namespace, name, e))?;
+    write_out(
+        out,
+        &format!(
+            "{name}: going back to revision {} ({}, {})\n",
+            target.number, target.revision, target.image
+        ),
+    )?;
+    let wanted = target.revision.clone();
+    let stable_again =
+        kube::runtime::wait::await_condition(t.msvcs(), name, move |m: Option<&MicroService>| {
+            m.and_then(|m| m.status.as_ref())
+                .and_then(|s| s.rollout.as_ref())
+                .is_some_and(|r| {
+                    r.stable_revision.as_deref() == Some(wanted.as_str())
+                        && r.phase != RolloutPhase::Analyzing
+                })
+        });
+    match tokio::time::timeout(wait, stable_again).await {
+        Ok(Ok(m)) => {
+            let how = m
+                .and_then(|m| m.status)
+                .and_then(|s| s.rollout)
+                .and_then(|r| r.reason)
+                .unwrap_or_default();
+            write_out(
+                out,
+                &format!("{name}: revision {} is stable ({how})\n", target.revision),
+            )
+        }
+        Ok(Err(e)) => Err(Error::Refused(format!("watch failed: {e}"))),
+        Err(_) => Err(Error::TimedOut {
+            after: wait,
+            what: format!(
+                "{name}: revision {} is not stable yet; `kubectl flotilla get {name}` shows where it stands",
+                target.revision
+            ),
+        }),
+    }
+}
+
+/// Every change the plugin makes is recorded under its own field manager, so the revision
+/// history and `managedFields` say who changed what.
+fn patch_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    }
+}
+
+/// The plugin's field manager.
+pub const FIELD_MANAGER: &str = "kubectl-flotilla";
 
 fn write_out(out: &mut impl Write, text: &str) -> Result<(), Error> {
     out.write_all(text.as_bytes()).map_err(io)?;

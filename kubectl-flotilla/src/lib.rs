@@ -2,11 +2,12 @@
 //! user's kubeconfig and RBAC, like kubectl itself: the service as a tree with each pod's verdict
 //! (`get`), the fleet (`list`), why traffic moved or a release was rolled back (`why`), waiting
 //! on a release in a pipeline (`status`), and steering a guarded release: `promote`, `abort`,
-//! `pause`, `resume`, `retry`.
+//! `pause`, `resume`, `retry`, and going back through the revision history (`history`, `undo`).
 
 pub mod cli;
 pub mod commands;
 pub mod error;
+pub mod history;
 pub mod release;
 pub mod render;
 pub mod snapshot;

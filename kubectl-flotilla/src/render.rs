@@ -408,7 +408,7 @@ pub fn age(t: Timestamp, now: Timestamp) -> String {
 }
 
 /// Left-aligned columns separated by three spaces, as `kubectl get` prints them.
-fn table(rows: &[Vec<String>]) -> String {
+pub(crate) fn table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let widths: Vec<usize> = (0..cols)
         .map(|c| {

@@ -18,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod failover;
 pub mod health;
+pub mod history;
 pub mod http;
 pub mod kube_client;
 pub mod leader;

@@ -1,6 +1,6 @@
 //! The reconciler, read top to bottom: [`validate`] → the admission policy
 //! ([`crate::admission`]) → [`build`] → [`rollout::plan`] → [`apply_all`] and [`apply_canary`] →
-//! [`status::update`], and the error policy that separates permanent errors (report in
+//! [`history::record`] → [`status::update`], and the error policy that separates permanent errors (report in
 //! status, wait for a change) from transient ones (requeue with backoff). No API calls of its
 //! own.
 
@@ -18,6 +18,7 @@ use crate::apply::{apply_all, apply_canary};
 use crate::build::build;
 use crate::context::Context;
 use crate::error::{Category, ReconcileError};
+use crate::history;
 use crate::rollout;
 use crate::status::{self, Findings, Problem};
 use crate::validate::validate;
@@ -80,6 +81,11 @@ async fn reconcile_inner(ms: &MicroService, ctx: &Context) -> Result<Action, Rec
         Err(e) => return Err(e),
     };
     apply_canary(ctx, ms, &validated.spec, &plan).await?;
+    // The history serves people going back; a failure to record it (an installation whose
+    // RBAC predates it, an API hiccup) must not stop the service from converging.
+    if let Err(e) = history::record(ctx, ms, &validated.spec, &plan).await {
+        warn!(error = %e, "revision history not recorded");
+    }
     let found = Findings {
         spec: Some(&validated.spec),
         rollout: Some(&plan),

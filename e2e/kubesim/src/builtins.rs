@@ -200,6 +200,15 @@ pub fn all() -> Vec<ResourceDef> {
             true,
             true,
         ),
+        spec(
+            "apps",
+            "v1",
+            "ControllerRevision",
+            "controllerrevisions",
+            true,
+            &[],
+            typed::<apps::v1::ControllerRevision>(),
+        ),
         with(
             spec(
                 "autoscaling",

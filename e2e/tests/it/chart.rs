@@ -477,6 +477,11 @@ fn rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
         rule(&["flotilla.rs"], &["microservices/finalizers"], &["update"]),
         rule(&["apps"], &["deployments"], &children),
         rule(&[""], &["services", "configmaps"], &children),
+        rule(
+            &["apps"],
+            &["controllerrevisions"],
+            &["get", "list", "create", "patch", "delete"],
+        ),
         rule(&["autoscaling"], &["horizontalpodautoscalers"], &children),
         rule(&[""], &["pods"], &["get", "list", "watch", "patch"]),
         rule(&["events.k8s.io"], &["events"], &["create", "patch"]),
@@ -488,7 +493,7 @@ fn rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
     let docs = render("flotilla", &["operator.stickyRestarts.enabled=true"])?;
     let role: ClusterRole = serde_json::from_value(find(&docs, "ClusterRole")?.clone())?;
     let mut with_eviction = expected.clone();
-    with_eviction.insert(7, rule(&[""], &["pods/eviction"], &["create"]));
+    with_eviction.insert(8, rule(&[""], &["pods/eviction"], &["create"]));
     ensure!(
         role.rules.as_ref() == Some(&with_eviction),
         "{:#?}",

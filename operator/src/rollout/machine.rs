@@ -50,6 +50,8 @@ pub mod reason {
     pub const ABORTED: &str = "Aborted";
     /// The analysis passed while `spec.rollout.paused` holds promotion.
     pub const PAUSED: &str = "Paused";
+    /// A template from the revision history became stable again without an analysis.
+    pub const UNDONE: &str = "Undone";
 }
 
 /// What the state machine reads.
@@ -69,6 +71,9 @@ pub struct RolloutInputs<'a> {
     pub promote_token: Option<&'a str>,
     /// The `flotilla.rs/rollout-abort` annotation.
     pub abort_token: Option<&'a str>,
+    /// Whether the desired revision is the one the `flotilla.rs/rollout-undo` annotation names
+    /// and the revision history records it as good: it becomes stable without an analysis.
+    pub undo_to_good: bool,
     /// What the canary pods show.
     pub canary: &'a CanaryEvidence,
     /// Whether the Service's traffic is on the fallback.
@@ -175,6 +180,23 @@ fn step(prev: &RolloutStatus, i: &RolloutInputs<'_>, requests: Requests) -> Roll
     };
     if stable == desired {
         return settled(&prev, desired, i, None);
+    }
+    if i.undo_to_good {
+        let note = format!(
+            "back to revision {desired} from the revision history, without an analysis, as \
+             requested (flotilla.rs/rollout-undo); it replaces revision {stable}"
+        );
+        let event = RolloutEvent {
+            reason: reason::UNDONE,
+            note: note.clone(),
+            warning: false,
+        };
+        let mut plan = settled(&prev, desired, i, Some(event));
+        plan.status.phase = RolloutPhase::Stable;
+        plan.status.reason = Some(reason::UNDONE.into());
+        plan.status.message = Some(note);
+        plan.status.retry_token = prev.retry_token.clone();
+        return plan;
     }
     let retry = i.retry_token.is_some() && i.retry_token != prev.retry_token.as_deref();
     if prev.failed_revision.as_deref() == Some(desired) && !retry {

@@ -60,6 +60,7 @@ fn run(
         retry_token: None,
         promote_token: None,
         abort_token: None,
+        undo_to_good: false,
         canary,
         failed_over: false,
         now,
@@ -274,6 +275,7 @@ fn failover_aborts() {
         retry_token: None,
         promote_token: None,
         abort_token: None,
+        undo_to_good: false,
         canary: &ev,
         failed_over: true,
         now: t(1),
@@ -310,6 +312,7 @@ fn failed_template_is_retried_only_when_asked() {
             retry_token: Some(token),
             promote_token: None,
             abort_token: None,
+            undo_to_good: false,
             canary: &evidence(vec![]),
             failed_over: false,
             now: t(61),
@@ -343,6 +346,7 @@ fn reverting_the_spec_settles() {
         retry_token: None,
         promote_token: None,
         abort_token: None,
+        undo_to_good: false,
         canary: &evidence(vec![]),
         failed_over: false,
         now: t(60),
@@ -366,6 +370,7 @@ fn newer_template_restarts_the_analysis() {
         retry_token: None,
         promote_token: None,
         abort_token: None,
+        undo_to_good: false,
         canary: &evidence(vec![pod("c", NEW, true)]),
         failed_over: false,
         now: t(5),
@@ -417,6 +422,7 @@ fn run_with_requests(
         retry_token: None,
         promote_token: promote,
         abort_token: abort,
+        undo_to_good: false,
         canary,
         failed_over: false,
         now,
@@ -496,4 +502,35 @@ fn requests_without_an_analysis_are_only_acknowledged() {
     assert_eq!(plan.event, None);
     assert_eq!(plan.status.promote_token.as_deref(), Some("p"));
     assert_eq!(plan.status.abort_token.as_deref(), Some("a"));
+}
+
+/// A template taken back from the revision history (the undo annotation names it, history says
+/// it was good) becomes stable at once: no canary, reason `Undone`, an Event; without both, the
+/// same template is analysed like any new one.
+#[test]
+fn undo_to_a_good_revision_skips_the_analysis() {
+    let undo = |good: bool| {
+        next_step(&RolloutInputs {
+            spec: &guarded(),
+            desired_revision: NEW,
+            canary_replicas: 1,
+            status: Some(&stable(OLD)),
+            retry_token: None,
+            promote_token: None,
+            abort_token: None,
+            undo_to_good: good,
+            canary: &evidence(vec![]),
+            failed_over: false,
+            now: t(0),
+        })
+    };
+    let plan = undo(true);
+    assert_eq!(plan.stable, StableTemplate::Desired);
+    assert_eq!(plan.canary, CanaryAction::Absent);
+    assert_eq!(plan.status.phase, RolloutPhase::Stable);
+    assert_eq!(plan.status.stable_revision.as_deref(), Some(NEW));
+    assert_eq!(plan.status.reason.as_deref(), Some(reason::UNDONE));
+    assert_eq!(plan.event.map(|e| e.reason), Some(reason::UNDONE));
+    assert_eq!(plan.requeue_after, None);
+    assert_eq!(undo(false).status.phase, RolloutPhase::Analyzing);
 }

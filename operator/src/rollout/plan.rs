@@ -112,6 +112,21 @@ pub async fn plan(
         .and_then(|s| s.failover.as_ref())
         .and_then(|f| f.active)
         == Some(ActiveTarget::Fallback);
+    // An undo names the revision it goes back to; the history says whether that one was good.
+    let undo = ms.annotations().get(annotations::ROLLOUT_UNDO);
+    let stable = previous.and_then(|r| r.stable_revision.as_deref());
+    let undo_to_good = match undo {
+        Some(to) if *to == revision && stable != Some(revision.as_str()) => {
+            // Not readable: the template is analysed like any new one.
+            crate::history::recorded_good(ctx, ns, &v.name, &revision)
+                .await
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "revision history not readable; analysing the undo");
+                    false
+                })
+        }
+        _ => false,
+    };
     let decision = next_step(&RolloutInputs {
         spec: &v.spec.rollout,
         desired_revision: &revision,
@@ -129,6 +144,7 @@ pub async fn plan(
             .annotations()
             .get(annotations::ROLLOUT_ABORT)
             .map(String::as_str),
+        undo_to_good,
         canary: &evidence,
         failed_over,
         now: Timestamp::now(),
