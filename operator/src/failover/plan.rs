@@ -112,6 +112,18 @@ pub fn status_body(key: &ObjKey, status: Value) -> Value {
     })
 }
 
+/// The server-side-apply body that withdraws the engine's report: no `status` at all, so the
+/// failover field manager owns nothing afterwards. An applied `status: {}` would claim the
+/// whole status as one empty value, and the engine's next report (which no longer carries that
+/// empty value) would then remove the status as a whole, the reconciler's part included.
+pub fn withdrawal_body(key: &ObjKey) -> Value {
+    json!({
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "metadata": { "name": key.name, "namespace": key.ns },
+    })
+}
+
 /// The server-side-apply body for `status.failover` and the engine's two conditions, and whether
 /// it must be written now.
 pub fn status_plan(svc: &ServiceDesired, info: &ServiceInfo, now: &Time) -> StatusPlan {

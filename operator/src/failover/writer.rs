@@ -299,14 +299,14 @@ impl Writer {
         }
     }
 
-    /// Applies an empty status as the failover field manager, which removes `status.failover`
-    /// and the engine's conditions from a service it no longer decides. `true` when done (or
-    /// the MicroService is gone).
+    /// Applies nothing as the failover field manager, which removes `status.failover` and the
+    /// engine's conditions from a service it no longer decides. `true` when done (or the
+    /// MicroService is gone).
     async fn withdraw_status(&self, key: &ObjKey) -> bool {
         if !self.leadership.is_leading() {
             return false;
         }
-        let body = plan::status_body(key, serde_json::json!({}));
+        let body = plan::withdrawal_body(key);
         self.apply_status_body(key, &body, true).await == "ok"
     }
 

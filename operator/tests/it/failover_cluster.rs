@@ -5,9 +5,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
-use flotilla_crds::{conditions, FailoverMode};
+use anyhow::{bail, ensure, Result};
+use flotilla_crds::{conditions, FailoverMode, MicroServiceSpec};
 use kube::api::{Patch, PatchParams};
+use kube::ResourceExt;
 
 use crate::failover_common::sim::*;
 
@@ -460,5 +461,55 @@ async fn a_report_left_while_the_operator_was_down_is_withdrawn() -> Result<()> 
     )
     .await?;
     sim.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_withdrawn_report_leaves_the_reconcilers_status_when_the_next_report_comes() -> Result<()>
+{
+    // The engine's report is withdrawn when an analysis ends and comes back with the next one.
+    // The withdrawal must leave the failover field manager owning nothing, or the next report
+    // removes the whole status, the reconciler's rollout state included (the second release
+    // then went through without an analysis). The bodies are the engine's own, on kubesim.
+    use flotilla_operator::failover::inventory::ObjKey;
+    use flotilla_operator::failover::plan::{status_body, withdrawal_body};
+    let h = crate::support::start_without_operator("failover-withdrawal").await?;
+    let ms = h
+        .create(
+            "users",
+            MicroServiceSpec::with_image("flotilla/users:0.1.0"),
+        )
+        .await?;
+    let key = ObjKey {
+        ns: h.ns.clone(),
+        name: ms.name_any(),
+    };
+    let api = h.msvcs();
+    let apply = |manager: &'static str, body: serde_json::Value| {
+        let api = api.clone();
+        let name = key.name.clone();
+        async move {
+            let params = PatchParams::apply(manager).force();
+            api.patch_status(&name, &params, &Patch::Apply(&body)).await
+        }
+    };
+    let reconciler = status_body(
+        &key,
+        serde_json::json!({"observedGeneration": 1, "rollout": {"phase": "Analyzing", "stableRevision": "a"}}),
+    );
+    let report = status_body(&key, serde_json::json!({"failover": {"observeOnly": true}}));
+    apply(flotilla_crds::FIELD_MANAGER, reconciler).await?;
+    apply(flotilla_crds::FAILOVER_FIELD_MANAGER, report.clone()).await?;
+    apply(flotilla_crds::FAILOVER_FIELD_MANAGER, withdrawal_body(&key)).await?;
+    let withdrawn = api.get(&key.name).await?.status.unwrap_or_default();
+    ensure!(withdrawn.failover.is_none(), "not withdrawn: {withdrawn:?}");
+    apply(flotilla_crds::FAILOVER_FIELD_MANAGER, report).await?;
+    let status = api.get(&key.name).await?.status.unwrap_or_default();
+    ensure!(
+        status.rollout.as_ref().map(|r| r.phase) == Some(flotilla_crds::RolloutPhase::Analyzing)
+            && status.failover.is_some(),
+        "after the next report: {status:?}"
+    );
+    h.shutdown().await;
     Ok(())
 }
