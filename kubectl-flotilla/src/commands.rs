@@ -32,6 +32,14 @@ impl Target {
     fn msvcs(&self) -> Api<MicroService> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
+
+    /// The MicroService `name`; a missing one or missing RBAC in the user's words.
+    async fn get(&self, name: &str) -> Result<MicroService, Error> {
+        self.msvcs()
+            .get(name)
+            .await
+            .map_err(|e| Error::on(&self.namespace, name, e))
+    }
 }
 
 /// `get NAME`: the tree once, or (`watch`) again on every change of the MicroService or its pods.
@@ -111,10 +119,7 @@ pub async fn status(
 ) -> Result<(), Error> {
     let api = t.msvcs();
     // Fail fast on a missing name or missing RBAC, before watching.
-    let first = api
-        .get(name)
-        .await
-        .map_err(|e| Error::on(&t.namespace, name, e))?;
+    let first = t.get(name).await?;
     let mut last = String::new();
     let mut report = |m: &MicroService, out: &mut dyn Write| -> Result<Option<Release>, Error> {
         let r = release(m);
@@ -222,10 +227,7 @@ pub async fn request(
     out: &mut impl Write,
 ) -> Result<(), Error> {
     let api = t.msvcs();
-    let m = api
-        .get(name)
-        .await
-        .map_err(|e| Error::on(&t.namespace, name, e))?;
+    let m = t.get(name).await?;
     let rollout = m.status.as_ref().and_then(|s| s.rollout.as_ref());
     if rollout.map(|r| r.phase) != Some(request.applies_in()) {
         let phase = rollout.map(|r| r.phase.as_str()).unwrap_or("none");
@@ -284,10 +286,7 @@ pub async fn set_paused(
     out: &mut impl Write,
 ) -> Result<(), Error> {
     let api = t.msvcs();
-    let m = api
-        .get(name)
-        .await
-        .map_err(|e| Error::on(&t.namespace, name, e))?;
+    let m = t.get(name).await?;
     if m.spec.rollout.strategy != RolloutStrategy::Guarded {
         return Err(Error::Refused(format!(
             "{name}: rollouts are not guarded (spec.rollout.strategy is {:?}): there is no \
@@ -317,11 +316,7 @@ pub async fn set_paused(
 
 /// The MicroService `name` and its revision history.
 async fn history_of(t: &Target, name: &str) -> Result<(MicroService, Vec<history::Entry>), Error> {
-    let m = t
-        .msvcs()
-        .get(name)
-        .await
-        .map_err(|e| Error::on(&t.namespace, name, e))?;
+    let m = t.get(name).await?;
     let api: Api<ControllerRevision> = Api::namespaced(t.client.clone(), &t.namespace);
     let selector = format!(
         "{}={name},{}={}",
