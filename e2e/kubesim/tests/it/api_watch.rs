@@ -201,7 +201,7 @@ async fn kube_watcher_follows_changes_across_dropped_watches() -> Result<()> {
 #[tokio::test]
 async fn controller_reconciles_owned_objects() -> Result<()> {
     // A kube-rs Controller reconciles each ConfigMap into a Secret it owns, and is re-triggered
-    // when the owned Secret is deleted.
+    // when the owned Secret changes or is deleted.
     let cluster = start().await?;
     let client = cluster.client();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
@@ -254,6 +254,21 @@ async fn controller_reconciles_owned_objects() -> Result<()> {
         .await?;
     let secret = for_object(&secrets, "src", Duration::from_secs(30), |_| true).await?;
     assert_eq!(secret.owner_references().len(), 1);
+
+    // A change to the owned Secret re-triggers the owner: the controller's watch of Secrets is
+    // live, so the deletion below is seen (on a loaded machine that watch may start after the
+    // first reconcile, and a deletion before it started would be seen by nobody).
+    let before = runs.load(Ordering::SeqCst);
+    let touch = json!({"metadata": {"labels": {"touched": "yes"}}});
+    secrets
+        .patch("src", &PatchParams::default(), &Patch::Merge(&touch))
+        .await?;
+    poll(
+        "a reconcile triggered by the owned Secret's change",
+        Duration::from_secs(30),
+        || async { Ok((runs.load(Ordering::SeqCst) > before).then_some(())) },
+    )
+    .await?;
 
     secrets.delete("src", &Default::default()).await?;
     for_object(&secrets, "src", Duration::from_secs(30), |s| {
