@@ -165,6 +165,33 @@ pub mod history {
         "dependencies",
     ];
 
+    /// The label selector of the MicroService `name`'s entries.
+    pub fn selector(name: &str) -> String {
+        format!(
+            "{}={name},{}={}",
+            super::labels::INSTANCE,
+            super::labels::MANAGED_BY,
+            super::labels::MANAGED_BY_VALUE
+        )
+    }
+
+    /// The spec's template fields as an entry records them (its `data.spec`): the spec without
+    /// [`UNTRACKED_SPEC_FIELDS`].
+    ///
+    /// # Errors
+    /// When the spec does not serialize.
+    pub fn tracked_spec(
+        spec: &crate::MicroServiceSpec,
+    ) -> Result<serde_json::Value, serde_json::Error> {
+        let mut value = serde_json::to_value(spec)?;
+        if let Some(fields) = value.as_object_mut() {
+            for untracked in UNTRACKED_SPEC_FIELDS {
+                fields.remove(untracked);
+            }
+        }
+        Ok(value)
+    }
+
     /// Whether a template that ended with `outcome` may be gone back to.
     pub fn is_good(outcome: &str) -> bool {
         matches!(outcome, OUTCOME_STABLE | OUTCOME_PROMOTED | OUTCOME_UNDONE)

@@ -4,9 +4,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
 
-use flotilla_crds::{
-    annotations, labels, MicroService, RolloutPhase, RolloutStatus, RolloutStrategy,
-};
+use flotilla_crds::{annotations, MicroService, RolloutPhase, RolloutStatus, RolloutStrategy};
 use futures::{stream, StreamExt, TryStreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::ControllerRevision;
@@ -318,12 +316,7 @@ pub async fn set_paused(
 async fn history_of(t: &Target, name: &str) -> Result<(MicroService, Vec<history::Entry>), Error> {
     let m = t.get(name).await?;
     let api: Api<ControllerRevision> = Api::namespaced(t.client.clone(), &t.namespace);
-    let selector = format!(
-        "{}={name},{}={}",
-        labels::INSTANCE,
-        labels::MANAGED_BY,
-        labels::MANAGED_BY_VALUE
-    );
+    let selector = flotilla_crds::history::selector(name);
     let revisions = api.list(&ListParams::default().labels(&selector)).await?;
     let entries = history::entries(&m, &revisions.items);
     Ok((m, entries))

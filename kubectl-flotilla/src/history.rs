@@ -152,13 +152,7 @@ pub fn undo_target<'a>(
 
 /// The spec's template fields as they are now, in the recorded form.
 pub fn tracked_spec(msvc: &MicroService) -> Value {
-    let mut spec = serde_json::to_value(&msvc.spec).unwrap_or(Value::Null);
-    if let Some(fields) = spec.as_object_mut() {
-        for untracked in history::UNTRACKED_SPEC_FIELDS {
-            fields.remove(untracked);
-        }
-    }
-    spec
+    history::tracked_spec(&msvc.spec).unwrap_or(Value::Null)
 }
 
 /// A JSON merge patch (RFC 7386) that turns `from` into `to`: changed values, new keys, and

@@ -9,7 +9,7 @@
 //! costs no request here. [`entry`] and [`to_prune`] are pure; the writes go through
 //! [`crate::write`].
 
-use flotilla_crds::{history, labels, MicroService, RolloutStatus, FAILOVER_FIELD_MANAGER};
+use flotilla_crds::{history, MicroService, RolloutStatus, FAILOVER_FIELD_MANAGER};
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
@@ -94,13 +94,7 @@ pub fn to_prune(entries: &[ControllerRevision], limit: usize, keep: &str) -> Vec
 
 /// The spec's template fields, as recorded: the spec without what is not part of a revision.
 pub fn recorded_spec(ms: &MicroService) -> Result<Value, Error> {
-    let mut spec = serde_json::to_value(&ms.spec)?;
-    if let Some(fields) = spec.as_object_mut() {
-        for untracked in history::UNTRACKED_SPEC_FIELDS {
-            fields.remove(untracked);
-        }
-    }
-    Ok(serde_json::json!({ "spec": spec }))
+    Ok(serde_json::json!({ "spec": history::tracked_spec(&ms.spec)? }))
 }
 
 /// The field manager that last changed the spec, from the MicroService's managed fields; the
@@ -157,13 +151,7 @@ pub async fn record(
     let ns = v.namespace.as_str();
     let owner = v.owner.as_ref().map(|o| o.uid.as_str());
     let api: Api<ControllerRevision> = Api::namespaced(ctx.client.clone(), ns);
-    let selector = format!(
-        "{}={},{}={}",
-        labels::INSTANCE,
-        v.name,
-        labels::MANAGED_BY,
-        labels::MANAGED_BY_VALUE
-    );
+    let selector = history::selector(&v.name);
     let listed = call_api(
         lead,
         "list",
