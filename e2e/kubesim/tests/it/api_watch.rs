@@ -277,9 +277,13 @@ async fn controller_reconciles_owned_objects() -> Result<()> {
     .await?;
     assert!(runs.load(Ordering::SeqCst) >= 2);
 
-    // Deleting the owner garbage-collects the secret.
+    // Deleting the owner garbage-collects the secret. The controller is stopped first: a
+    // reconcile still running from a cache that has not seen the deletion yet would create the
+    // Secret again after its owner is gone, and that is the controller's race, not kubesim's
+    // garbage collection (this wait timed out on a loaded machine).
+    task.abort();
+    let _ = task.await;
     cms.delete("src", &Default::default()).await?;
     for_deletion(&secrets, "src", Duration::from_secs(30)).await?;
-    task.abort();
     Ok(())
 }
