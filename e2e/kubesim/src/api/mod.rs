@@ -107,6 +107,16 @@ impl Request {
             .is_some_and(|first| first.contains("as=Table"))
     }
 
+    /// Whether the client asked for `meta.k8s.io` PartialObjectMetadata: objects reduced to
+    /// their metadata, as kube's `metadata_watcher` and client-go's metadata informers ask for
+    /// (`as=PartialObjectMetadata` on get and watch, `as=PartialObjectMetadataList` on list).
+    pub fn wants_metadata(&self) -> bool {
+        self.accept
+            .split(',')
+            .next()
+            .is_some_and(|first| first.contains("as=PartialObjectMetadata"))
+    }
+
     pub fn namespace(&self) -> &str {
         self.target.namespace.as_deref().unwrap_or("")
     }

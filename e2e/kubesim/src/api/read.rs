@@ -1,4 +1,5 @@
-//! get and list, with label/field selectors, limit/continue and Table output.
+//! get and list, with label/field selectors, limit/continue, Table output and metadata-only
+//! (PartialObjectMetadata) output.
 
 use std::sync::Arc;
 
@@ -18,6 +19,15 @@ pub fn present(def: &ResourceDef, version: &str, obj: &Arc<Value>) -> Value {
         v["apiVersion"] = Value::String(want);
     }
     v
+}
+
+/// The object reduced to its metadata, as a `meta.k8s.io/v1` PartialObjectMetadata.
+pub fn metadata_only(obj: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
 }
 
 pub fn get(shared: &Arc<Shared>, def: &ResourceDef, req: &Request) -> Result<Reply, ApiError> {
@@ -43,6 +53,9 @@ pub fn get(shared: &Arc<Shared>, def: &ResourceDef, req: &Request) -> Result<Rep
                 req.query.get("includeObject"),
             ),
         ));
+    }
+    if req.wants_metadata() {
+        return Ok(Reply::Json(200, metadata_only(&obj)));
     }
     Ok(Reply::Json(200, present(def, &req.target.version, &obj)))
 }
@@ -160,6 +173,18 @@ pub fn list(shared: &Arc<Shared>, def: &ResourceDef, req: &Request) -> Result<Re
     if let Some(c) = cont {
         meta["continue"] = json!(c);
         meta["remainingItemCount"] = json!(remaining);
+    }
+    if req.wants_metadata() {
+        let items: Vec<Value> = items.iter().map(|o| metadata_only(o)).collect();
+        return Ok(Reply::Json(
+            200,
+            json!({
+                "kind": "PartialObjectMetadataList",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": meta,
+                "items": items,
+            }),
+        ));
     }
     let items: Vec<Value> = items
         .iter()

@@ -1,6 +1,7 @@
 //! watch: initial events or a replay from a resourceVersion, then live changes, with
 //! bookmarks, `timeoutSeconds`, `410 Gone` for versions older than the kept history, and
-//! selector transitions reported as ADDED/DELETED like the real watch cache does.
+//! selector transitions reported as ADDED/DELETED like the real watch cache does, and objects
+//! reduced to their metadata when the client asks for PartialObjectMetadata.
 //!
 //! The starting point is fixed under the store lock (subscribe + snapshot together), then a
 //! task streams newline-delimited JSON events into the response body. A watcher that falls
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc};
 
-use super::read::{present, Selectors};
+use super::read::{metadata_only, present, Selectors};
 use super::{Reply, Request, Shared};
 use crate::registry::{ResKey, ResourceDef};
 use crate::status::ApiError;
@@ -36,6 +37,8 @@ struct Watch {
     sel: Selectors,
     table: bool,
     include_object: Option<String>,
+    /// Objects reduced to their metadata (PartialObjectMetadata).
+    metadata: bool,
     /// Whether stored objects can be sent as stored (no apiVersion rewrite, no Table).
     raw: bool,
 }
@@ -57,7 +60,9 @@ impl Watch {
                 return Bytes::from(out);
             }
         }
-        let object = if self.table {
+        let object = if self.metadata {
+            metadata_only(obj)
+        } else if self.table {
             let rv = obj
                 .pointer("/metadata/resourceVersion")
                 .and_then(Value::as_str)
@@ -100,7 +105,11 @@ impl Watch {
         if initial_end {
             meta["annotations"] = json!({"k8s.io/initial-events-end": "true"});
         }
-        let object = json!({"kind": self.def.kind, "apiVersion": self.def.api_version(&self.version), "metadata": meta});
+        let object = if self.metadata {
+            json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": meta})
+        } else {
+            json!({"kind": self.def.kind, "apiVersion": self.def.api_version(&self.version), "metadata": meta})
+        };
         let mut s = json!({"type": "BOOKMARK", "object": object}).to_string();
         s.push('\n');
         Bytes::from(s)
@@ -126,8 +135,9 @@ pub fn start(shared: &Arc<Shared>, def: &ResourceDef, req: &Request) -> Result<R
     let send_initial = req.query.get("sendInitialEvents") == Some("true");
     let rv_param = req.query.get("resourceVersion").filter(|r| !r.is_empty());
     let table = req.wants_table();
+    let metadata = req.wants_metadata();
     let version = req.target.version.clone();
-    let raw = !table && def.preferred_version() == version;
+    let raw = !table && !metadata && def.preferred_version() == version;
     let w = Watch {
         def: Arc::new(def.clone()),
         key: def.key(),
@@ -136,6 +146,7 @@ pub fn start(shared: &Arc<Shared>, def: &ResourceDef, req: &Request) -> Result<R
         sel,
         table,
         include_object: req.query.get("includeObject").map(String::from),
+        metadata,
         raw,
     };
     let from: Option<u64> = match rv_param {

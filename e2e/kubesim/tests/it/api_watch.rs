@@ -287,3 +287,67 @@ async fn controller_reconciles_owned_objects() -> Result<()> {
     for_deletion(&secrets, "src", Duration::from_secs(30)).await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn metadata_only_requests_carry_no_data() -> Result<()> {
+    // Asked for PartialObjectMetadata, get, list and watch answer with metadata alone (no Secret
+    // data crosses the wire), and kube's `metadata_watcher` follows changes through them.
+    let cluster = start().await?;
+    let api: Api<Secret> = Api::namespaced(cluster.client(), "default");
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "creds", "labels": {"app": "a"}},
+        "stringData": {"token": "s3cret"}
+    }))?;
+    api.create(&PostParams::default(), &secret).await?;
+    let list_accept = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1";
+    let accept = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+    let base = "/api/v1/namespaces/default/secrets";
+    // The value, base64-encoded as stored, and the `data` field itself (managedFields name it
+    // as `f:data`, which metadata keeps).
+    let carries_data = |text: &str| text.contains("czNjcmV0") || text.contains("\"data\"");
+    let (code, text) = raw_text(&cluster, "GET", base, "", None, Some(list_accept)).await?;
+    assert_eq!(code, 200, "{text}");
+    let list: serde_json::Value = serde_json::from_str(&text)?;
+    assert_eq!(list["kind"], "PartialObjectMetadataList");
+    assert_eq!(list["items"][0]["kind"], "PartialObjectMetadata");
+    assert_eq!(list["items"][0]["metadata"]["name"], "creds");
+    assert_eq!(list["items"][0]["metadata"]["labels"]["app"], "a");
+    assert!(!carries_data(&text), "a metadata list carries data: {text}");
+    let path = format!("{base}/creds");
+    let (code, text) = raw_text(&cluster, "GET", &path, "", None, Some(accept)).await?;
+    assert_eq!(code, 200, "{text}");
+    assert!(!carries_data(&text), "a metadata get carries data: {text}");
+    let watch = format!("{base}?watch=true&timeoutSeconds=1");
+    let (code, text) = raw_text(&cluster, "GET", &watch, "", None, Some(accept)).await?;
+    assert_eq!(code, 200, "{text}");
+    let first: serde_json::Value = serde_json::from_str(text.lines().next().unwrap_or(""))?;
+    assert_eq!(first["type"], "ADDED");
+    assert_eq!(first["object"]["kind"], "PartialObjectMetadata");
+    assert!(
+        !carries_data(&text),
+        "a metadata watch carries data: {text}"
+    );
+
+    let mut changes = kube::runtime::metadata_watcher(api.clone(), watcher::Config::default())
+        .touched_objects()
+        .boxed();
+    let patched = api
+        .patch(
+            "creds",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"stringData": {"token": "rotated"}})),
+        )
+        .await?
+        .resource_version();
+    let seen = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(meta) = changes.try_next().await? {
+            if meta.resource_version() == patched {
+                return Ok::<_, anyhow::Error>(meta);
+            }
+        }
+        anyhow::bail!("the metadata watch ended")
+    })
+    .await??;
+    assert_eq!(seen.name_any(), "creds");
+    Ok(())
+}
