@@ -12,6 +12,7 @@ use crate::admission::{parse_image_prefix, parse_service_type, AdmissionPolicy};
 use crate::config::{OperatorConfig, DEFAULT_CONCURRENCY};
 use crate::health::DEFAULT_STALL_AFTER;
 use crate::kube_client::{ClientTimeouts, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
+use crate::notify::{Format, UrlSource, WebhookConfig, DEFAULT_RETRIES, DEFAULT_TIMEOUT};
 use crate::telemetry::LogFormat;
 
 /// The Flotilla operator: runs MicroServices as Deployments, Services, ConfigMaps and
@@ -123,6 +124,39 @@ pub struct RunArgs {
     #[arg(long, env = "FLOTILLA_ALLOWED_SERVICE_TYPES", value_delimiter = ',',
           value_name = "TYPE", value_parser = parse_service_type)]
     pub allowed_service_types: Vec<ServiceType>,
+    /// URL the operator POSTs significant Events to (failovers, failbacks, flapping, rollouts
+    /// promoted or rolled back). Unset: no notifications. A Slack webhook URL is a credential:
+    /// set it through the variable from a Secret, or use --notify-webhook-url-file, rather than
+    /// a flag anyone who can list processes sees.
+    #[arg(
+        long,
+        env = "FLOTILLA_NOTIFY_WEBHOOK_URL",
+        hide_env_values = true,
+        value_name = "URL",
+        conflicts_with = "notify_webhook_url_file"
+    )]
+    pub notify_webhook_url: Option<String>,
+    /// File holding the webhook URL (a mounted Secret key), read at start-up.
+    #[arg(long, env = "FLOTILLA_NOTIFY_WEBHOOK_URL_FILE", value_name = "FILE")]
+    pub notify_webhook_url_file: Option<PathBuf>,
+    /// Body of a notification: `json` (reason, type, message, object, timestamp, reporting
+    /// controller) or `slack` (`{"text": ...}`, one line).
+    #[arg(long, env = "FLOTILLA_NOTIFY_WEBHOOK_FORMAT", value_enum, default_value_t = Format::Json)]
+    pub notify_webhook_format: Format,
+    /// Seconds one attempt may wait for the receiver's answer. Delivery runs on its own task:
+    /// a slow receiver never slows reconciling.
+    #[arg(long, env = "FLOTILLA_NOTIFY_WEBHOOK_TIMEOUT_SECONDS", default_value_t = DEFAULT_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub notify_webhook_timeout_seconds: u64,
+    /// Attempts after a failed one (no answer, 5xx, 408, 429), 1 s apart and doubling.
+    #[arg(long, env = "FLOTILLA_NOTIFY_WEBHOOK_RETRIES", default_value_t = DEFAULT_RETRIES,
+          value_parser = clap::value_parser!(u32).range(0..=10))]
+    pub notify_webhook_retries: u32,
+    /// Event reasons notified, comma-separated. Unset: FailedOver, FailedBack, Flapping,
+    /// Promoted, RolledBack.
+    #[arg(long, env = "FLOTILLA_NOTIFY_REASONS", value_delimiter = ',', value_name = "REASON",
+          value_parser = parse_reason)]
+    pub notify_reasons: Vec<String>,
 }
 
 impl RunArgs {
@@ -140,8 +174,26 @@ impl RunArgs {
             sticky_restarts: self.sticky_restarts,
             readiness_watch: self.readiness_watch,
             policy: self.policy(),
+            notifications: self.notifications(),
             ..OperatorConfig::default()
         }
+    }
+
+    /// The notification webhook these flags describe; `None` without a URL.
+    pub fn notifications(&self) -> Option<WebhookConfig> {
+        let url = match (&self.notify_webhook_url, &self.notify_webhook_url_file) {
+            (Some(url), _) => UrlSource::Value(url.clone()),
+            (None, Some(file)) => UrlSource::File(file.clone()),
+            (None, None) => return None,
+        };
+        let mut webhook = WebhookConfig::new(url);
+        webhook.format = self.notify_webhook_format;
+        webhook.timeout = Duration::from_secs(self.notify_webhook_timeout_seconds);
+        webhook.retries = self.notify_webhook_retries;
+        if !self.notify_reasons.is_empty() {
+            webhook.reasons = self.notify_reasons.clone();
+        }
+        Some(webhook)
     }
 
     /// The admission policy these flags describe (blank service account names dropped).
@@ -164,6 +216,18 @@ impl RunArgs {
             connect: Duration::from_secs(self.api_connect_timeout_seconds),
             request: Duration::from_secs(self.api_request_timeout_seconds),
         }
+    }
+}
+
+/// An Event reason for `--notify-reasons`: a CamelCase word, as Event reasons are.
+fn parse_reason(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric()) {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not an Event reason (letters and digits, e.g. FailedOver)"
+        ))
     }
 }
 
@@ -252,6 +316,49 @@ mod tests {
             Cli::parse_from(["flotilla-operator", "crd"]).into_command(),
             Command::Crd
         ));
+    }
+
+    /// The notification flags make the webhook configuration (none without a URL); the URL comes
+    /// from one place only, and a reason that is no Event reason is refused at start-up.
+    #[test]
+    fn notification_flags_parse() {
+        let parsed = Cli::try_parse_from([
+            "flotilla-operator",
+            "--notify-webhook-url-file",
+            "webhook-url",
+            "--notify-webhook-format",
+            "slack",
+            "--notify-webhook-timeout-seconds",
+            "2",
+            "--notify-webhook-retries",
+            "0",
+            "--notify-reasons",
+            "FailedOver,RolloutHalted",
+        ]);
+        let webhook = match parsed.map(Cli::into_command) {
+            Ok(Command::Run(a)) => a.to_config().notifications,
+            other => panic!("expected run, got {other:?}"),
+        };
+        let mut want = WebhookConfig::new(UrlSource::File(PathBuf::from("webhook-url")));
+        want.format = Format::Slack;
+        want.timeout = Duration::from_secs(2);
+        want.retries = 0;
+        want.reasons = vec!["FailedOver".into(), "RolloutHalted".into()];
+        assert_eq!(webhook, Some(want));
+        for bad in [
+            &[
+                "--notify-webhook-url",
+                "https://a.example/",
+                "--notify-webhook-url-file",
+                "f",
+            ][..],
+            &["--notify-reasons", "Failed Over"],
+            &["--notify-webhook-timeout-seconds", "0"],
+            &["--notify-webhook-format", "xml"],
+        ] {
+            let parsed = Cli::try_parse_from(["flotilla-operator"].iter().chain(bad));
+            assert!(parsed.is_err(), "{bad:?} was accepted");
+        }
     }
 
     /// The policy flags take comma-separated lists into the admission policy; an image prefix

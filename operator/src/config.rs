@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::admission::AdmissionPolicy;
 use crate::health::DEFAULT_STALL_AFTER;
 use crate::leader::LeaseTiming;
+use crate::notify::WebhookConfig;
 
 /// Default address of the metrics/health server.
 pub const DEFAULT_METRICS_ADDR: SocketAddr =
@@ -45,6 +46,8 @@ pub struct OperatorConfig {
     pub readiness_watch: bool,
     /// What MicroServices may ask for; the default restricts nothing.
     pub policy: AdmissionPolicy,
+    /// The webhook significant Events are notified to (see [`crate::notify`]); `None` sends none.
+    pub notifications: Option<WebhookConfig>,
 }
 
 impl Default for OperatorConfig {
@@ -63,6 +66,7 @@ impl Default for OperatorConfig {
             sticky_restarts: false,
             readiness_watch: true,
             policy: AdmissionPolicy::default(),
+            notifications: None,
         }
     }
 }

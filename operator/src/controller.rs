@@ -27,6 +27,7 @@ use crate::events::EventSink;
 use crate::health::Health;
 use crate::http::Readiness;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::reconcile::{error_policy, reconcile};
 use crate::verdict_keys::VerdictKeys;
 use crate::write::Leadership;
@@ -165,6 +166,8 @@ pub struct Shared {
     pub readiness: Readiness,
     /// Liveness: every reconcile is tracked, so one that never finishes shows in `/healthz`.
     pub health: Health,
+    /// Where the reconciler's Events (a rollout promoted or rolled back) are also notified.
+    pub notifier: Notifier,
 }
 
 /// Trims managed fields to what [`crate::apply::applies_replicas`] reads: the entries that own
@@ -285,6 +288,7 @@ pub async fn run(
         metrics,
         readiness,
         health,
+        notifier,
     } = shared;
     let ns = config.watch_namespace.as_deref();
     // Each cache's stream sets its `Synced` flag on InitDone, after the reflector applied it.
@@ -315,7 +319,8 @@ pub async fn run(
             controller: CONTROLLER_NAME.into(),
             instance: Some(identity),
         },
-    );
+    )
+    .with_notifier(notifier);
     let build_inputs = OperatorInputs {
         verdict_keys: Some(verdict_keys.published().to_owned()),
     };

@@ -6,6 +6,9 @@
 //! kube-runtime's `Recorder` leaves the note out of that key, so a later Event with the same
 //! reason but a different message (a second release's `RolloutStarted`, a second pod `Ejected`)
 //! only bumps the count of the first one, which keeps showing the first message.
+//!
+//! An Event created anew (not a repeat counted on an earlier one) is also handed to the
+//! [`Notifier`], which only queues it: a webhook never slows publishing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -18,6 +21,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Reporter};
 use kube::Client;
+
+use crate::notify::Notifier;
 
 /// How long a published Event takes repeats into its series (client-go and kube-runtime: 6 min).
 pub const SERIES_WINDOW: Duration = Duration::from_secs(6 * 60);
@@ -56,6 +61,7 @@ pub struct EventSink {
     client: Client,
     reporter: Reporter,
     cache: Arc<Mutex<Cache>>,
+    notifier: Notifier,
 }
 
 impl EventSink {
@@ -69,7 +75,14 @@ impl EventSink {
                 entries: HashMap::new(),
                 pruned: Instant::now(),
             })),
+            notifier: Notifier::disabled(),
         }
+    }
+
+    /// The same sink, also notifying `notifier` of every Event it creates.
+    pub fn with_notifier(mut self, notifier: Notifier) -> Self {
+        self.notifier = notifier;
+        self
     }
 
     /// Publishes `ev` about `regarding`: a new Event, or one more repeat of the same one.
@@ -103,6 +116,9 @@ impl EventSink {
         let namespace = event.metadata.namespace.clone().unwrap_or_default();
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
         let created = api.create(&PostParams::default(), &event).await;
+        if created.is_ok() {
+            self.notifier.notify(&event);
+        }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         match created {
             Ok(created) => {

@@ -23,6 +23,7 @@ pub mod http;
 pub mod kube_client;
 pub mod leader;
 pub mod metrics;
+pub mod notify;
 pub mod reconcile;
 pub mod render;
 pub mod rollout;
@@ -70,7 +71,15 @@ pub enum RunError {
     /// The verdict signing key could not be loaded.
     #[error(transparent)]
     VerdictKey(#[from] crate::verdict_keys::KeyError),
+
+    /// The notification webhook is misconfigured (its URL unreadable or invalid).
+    #[error(transparent)]
+    Notify(#[from] crate::notify::NotifyError),
 }
+
+/// How long queued notifications may still be delivered at shutdown; well within the chart's
+/// 30 s termination grace period, after the controller has drained.
+const NOTIFY_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The identity this replica uses in the Lease and in Events.
 pub fn default_identity() -> String {
@@ -100,6 +109,16 @@ pub async fn run(
     let ms_task = tokio::spawn(ms_watch);
     let (lead, leadership) = write::Leadership::new();
     let verdict_keys = Arc::new(load_verdict_keys(&config)?);
+    // Notifications: Events are queued by whichever sink publishes them (only a leader does),
+    // and one task delivers them; `notify` explains the queue.
+    let (notifier, delivery) = match &config.notifications {
+        Some(webhook) => {
+            let (n, d) = notify::Notifier::start(webhook, metrics.notifications.clone())?;
+            info!(format = ?webhook.format, reasons = ?webhook.reasons, "notifying Events to a webhook");
+            (n, Some(d))
+        }
+        None => (notify::Notifier::disabled(), None),
+    };
     // Health-aware traffic: probes on every replica, verdicts and writes only while leading.
     let failover = failover::spawn(
         client.clone(),
@@ -109,6 +128,7 @@ pub async fn run(
             verdict_keys: verdict_keys.clone(),
             sticky_restarts: config.sticky_restarts,
             readiness_watch: config.readiness_watch,
+            notifier: notifier.clone(),
         },
         microservices.clone(),
         leadership.clone(),
@@ -135,6 +155,7 @@ pub async fn run(
         metrics: metrics.clone(),
         readiness: readiness.clone(),
         health,
+        notifier,
     };
     let result = if config.leader_election {
         run_elected(client, &config, shared, &lead, shutdown).await
@@ -149,6 +170,9 @@ pub async fn run(
     metrics.leader.set(0);
     drop(failover);
     ms_task.abort();
+    if let Some(delivery) = delivery {
+        delivery.finish(NOTIFY_DRAIN).await;
+    }
     if let Some(server) = server {
         if result.is_ok() {
             if let Err(e) = server.await {

@@ -23,6 +23,8 @@ pub struct Metrics {
     pub managed_objects: IntGaugeVec,
     /// 1 while this replica holds the leader lease (or runs without leader election).
     pub leader: IntGauge,
+    /// Webhook notifications by result (`sent`, `failed`, `dropped`), see [`crate::notify`].
+    pub notifications: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -78,7 +80,15 @@ impl Metrics {
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(child_writes.clone()))?;
         registry.register(Box::new(managed_objects.clone()))?;
+        let notifications = IntCounterVec::new(
+            Opts::new(
+                "flotilla_notifications_total",
+                "Webhook notifications of Events by result: sent, failed (after retries), dropped (queue full)",
+            ),
+            &["result"],
+        )?;
         registry.register(Box::new(leader.clone()))?;
+        registry.register(Box::new(notifications.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -91,6 +101,7 @@ impl Metrics {
             child_writes,
             managed_objects,
             leader,
+            notifications,
         })
     }
 
@@ -128,6 +139,7 @@ mod tests {
             .set(3);
         m.reconcile_duration.observe(0.01);
         m.leader.set(1);
+        m.notifications.with_label_values(&["dropped"]).inc();
         let text = m.render();
         for name in [
             "flotilla_reconcile_total{result=\"success\"} 1",
@@ -136,6 +148,7 @@ mod tests {
             "flotilla_managed_objects{kind=\"MicroService\"} 3",
             "flotilla_reconcile_duration_seconds_count 1",
             "flotilla_leader 1",
+            "flotilla_notifications_total{result=\"dropped\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }

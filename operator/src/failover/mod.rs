@@ -48,6 +48,7 @@ use prometheus::Registry;
 
 use crate::cache::MicroServices;
 use crate::health::Heartbeat;
+use crate::notify::Notifier;
 use crate::verdict_keys::VerdictKeys;
 use crate::write::Leadership;
 
@@ -89,6 +90,8 @@ pub struct Options {
     pub sticky_restarts: bool,
     /// Whether readiness watches are kept open on pods that support them.
     pub readiness_watch: bool,
+    /// Where the writer's failover, failback and flapping Events are also notified.
+    pub notifier: Notifier,
 }
 
 /// Starts the watches, the prober/decider engine and the writer, with metrics registered in
@@ -127,6 +130,7 @@ pub fn spawn(
         leadership,
         metrics,
         writer::WriterConfig::default(),
+        options.notifier,
     );
     Ok(Failover {
         tasks: vec![source_task, writer_task],

@@ -36,7 +36,18 @@ use super::outputs::{Desired, Notice};
 use super::plan::{self, LabelPatch, StatusPlan};
 use super::policy::Mode;
 use crate::events::EventSink;
+use crate::notify::Notifier;
 use crate::write::{count_write, result_label, Leadership};
+
+/// Reasons of the writer's service-level Events (the notifier picks its defaults from these).
+pub mod reason {
+    /// Traffic of the primary Service went to the fallback's pods.
+    pub const FAILED_OVER: &str = "FailedOver";
+    /// Traffic returned to the primary's own pods.
+    pub const FAILED_BACK: &str = "FailedBack";
+    /// Traffic flipped too often; the engine holds its target.
+    pub const FLAPPING: &str = "Flapping";
+}
 
 /// Tunables of the writer.
 #[derive(Debug, Clone)]
@@ -85,7 +96,7 @@ struct Writer {
     withdrawn: HashMap<ObjKey, Instant>,
 }
 
-/// Starts the writer. It stops when the engine's outputs close.
+/// Starts the writer; its Events also go to `notifier`. It stops when the engine's outputs close.
 pub fn spawn(
     client: Client,
     inventory: watch::Receiver<Arc<Inventory>>,
@@ -93,13 +104,14 @@ pub fn spawn(
     leader: Leadership,
     metrics: Metrics,
     cfg: WriterConfig,
+    notifier: Notifier,
 ) -> tokio::task::JoinHandle<()> {
     let reporter = Reporter {
         controller: FAILOVER_FIELD_MANAGER.to_owned(),
         instance: std::env::var("POD_NAME").ok(),
     };
     let w = Writer {
-        recorder: EventSink::new(client.clone(), reporter),
+        recorder: EventSink::new(client.clone(), reporter).with_notifier(notifier),
         client,
         metrics,
         cfg,
@@ -358,7 +370,7 @@ impl Writer {
                     "traffic flipped too often; holding {} (see the Flapping condition)",
                     target.as_str()
                 );
-                (svc, event(EventType::Warning, "Flapping", note))
+                (svc, event(EventType::Warning, reason::FLAPPING, note))
             }
             Notice::Pod {
                 svc,
@@ -543,7 +555,7 @@ impl Writer {
         let observe = mode == Mode::Observe;
         match change {
             Change::FailedOver {
-                reason,
+                reason: why,
                 detected_from,
             } => {
                 self.metrics.failovers.inc();
@@ -556,18 +568,18 @@ impl Writer {
                 let r = if observe {
                     "WouldFailOver"
                 } else {
-                    "FailedOver"
+                    reason::FAILED_OVER
                 };
-                event(EventType::Warning, r, reason)
+                event(EventType::Warning, r, why)
             }
-            Change::FailedBack { reason } => {
+            Change::FailedBack { reason: why } => {
                 self.metrics.failbacks.inc();
                 let r = if observe {
                     "WouldFailBack"
                 } else {
-                    "FailedBack"
+                    reason::FAILED_BACK
                 };
-                event(EventType::Normal, r, reason)
+                event(EventType::Normal, r, why)
             }
         }
     }
