@@ -57,6 +57,11 @@ pub mod labels {
 pub mod annotations {
     /// Pod-template annotation holding the hash of the rendered config; a config change rolls pods.
     pub const CONFIG_HASH: &str = "flotilla.rs/config-hash";
+    /// Pod-template annotation listing a digest per Secret and ConfigMap the container's `env`
+    /// references (`Secret/<name>:<digest>,ConfigMap/<name>:<digest>`), over the referenced keys
+    /// only; a change of a referenced value rolls the pods. Set only when the operator runs with
+    /// `--rollout-on-config-change`.
+    pub const CONFIG_DIGEST: &str = "flotilla.rs/config-digest";
     /// Annotation on every child holding the hash of the object Flotilla last applied; with it
     /// the operator can tell "nothing changed" without a write.
     pub const APPLIED_HASH: &str = "flotilla.rs/applied-hash";
@@ -131,6 +136,13 @@ pub mod reasons {
     pub const SCALED_TO_ZERO: &str = "ScaledToZero";
     /// A guarded rollout's analysis failed; the pods stay on the last good template.
     pub const ROLLOUT_FAILED: &str = "RolloutFailed";
+    /// Event: a Secret or ConfigMap value the pods read through `env` changed, so the pod
+    /// template changed and the pods roll (`--rollout-on-config-change`).
+    pub const CONFIG_CHANGED: &str = "ConfigChanged";
+    /// A Secret or ConfigMap (or a key of one) that `env` references without `optional: true`
+    /// does not exist. Pods that start now would fail; the template keeps the digest it had, so
+    /// nothing rolls until the object is back.
+    pub const CONFIG_MISSING: &str = "ConfigMissing";
 }
 
 /// The revision history: one ControllerRevision per pod template a MicroService ran or tried,

@@ -25,7 +25,8 @@ fn fallback_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
     {"rule": "!self.enabled || has(self.fallback)", "message": "failover.fallback is required when failover.enabled is true"},
-    {"rule": "!has(self.maxErrorRate) || self.scrapeMetrics", "message": "failover.maxErrorRate needs failover.scrapeMetrics: true"}
+    {"rule": "!has(self.maxErrorRate) || self.scrapeMetrics", "message": "failover.maxErrorRate needs failover.scrapeMetrics: true"},
+    {"rule": "!self.holdOnFallback || self.enabled", "message": "failover.holdOnFallback needs failover.enabled: true and a fallback"}
 ]))]
 pub struct FailoverSpec {
     /// Turn health-aware traffic on. The Service then selects pods by the label
@@ -113,6 +114,16 @@ pub struct FailoverSpec {
     /// pods, never in panic and never in `Observe` mode.
     #[serde(default)]
     pub sticky_connections: StickyConnections,
+
+    /// Hold the traffic on the fallback (maintenance) until this is false again, whatever the
+    /// primary's health; `kubectl flotilla failover` sets it and `failback` clears it. Traffic
+    /// moves as soon as the fallback has `minHealthy` healthy pods (it stays on the primary,
+    /// with the reason in status, while the fallback has too few), and the move counts neither
+    /// toward `maxFlaps` nor is it held by flapping. When the hold is cleared, traffic returns
+    /// once the primary has been healthy for `recoverAfterSeconds`. `status.failover.held`
+    /// and the HELD column show a hold in force.
+    #[serde(default)]
+    pub hold_on_fallback: bool,
 }
 
 impl Default for FailoverSpec {
@@ -131,6 +142,7 @@ impl Default for FailoverSpec {
             max_ejection_percent: default_max_ejection_percent(),
             panic_threshold_percent: 0,
             sticky_connections: StickyConnections::default(),
+            hold_on_fallback: false,
         }
     }
 }

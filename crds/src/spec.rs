@@ -56,6 +56,12 @@ use crate::status::MicroServiceStatus;
         description = "Where the Service's traffic goes: primary or fallback"
     ),
     printcolumn(
+        name = "Held",
+        type_ = "boolean",
+        json_path = ".status.failover.held",
+        description = "True while traffic is held on the fallback for maintenance (spec.failover.holdOnFallback)"
+    ),
+    printcolumn(
         name = "Rollout",
         type_ = "string",
         json_path = ".status.rollout.phase",

@@ -89,6 +89,11 @@ pub struct FailoverStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
 
+    /// True while the traffic is held on the fallback because `spec.failover.holdOnFallback`
+    /// asks for it (maintenance); absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<bool>,
+
     /// Pods that pass Flotilla's probes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy_pods: Option<i32>,

@@ -62,6 +62,7 @@ impl From<&MicroServiceSpec> for FailoverPolicy {
                 StickyConnections::Report => StickyAction::Report,
                 StickyConnections::Restart => StickyAction::Restart,
             },
+            hold_on_fallback: f.hold_on_fallback,
         }
     }
 }
@@ -89,6 +90,7 @@ mod tests {
         spec.failover.max_error_rate = Some(0.2);
         spec.failover.recover_after_seconds = 3;
         spec.failover.sticky_connections = StickyConnections::Restart;
+        spec.failover.hold_on_fallback = true;
         let p = ProbePolicy::from(&spec);
         assert_eq!((p.port, p.period), (9000, Duration::from_millis(200)));
         let f = FailoverPolicy::from(&spec);
@@ -97,5 +99,6 @@ mod tests {
         assert_eq!(f.max_error_rate, Some(0.2));
         assert_eq!(f.recover_after, Duration::from_secs(3));
         assert_eq!(f.sticky, StickyAction::Restart);
+        assert!(f.hold_on_fallback);
     }
 }

@@ -14,6 +14,10 @@
 //! - Failover goes only to a fallback with at least `minHealthy` healthy pods; failback waits until
 //!   the primary has been healthy for `recoverAfter`; after `maxFlaps` flips within `flapWindow`
 //!   the current target is held unless it has nothing left to serve with.
+//! - A hold (`holdOnFallback`, maintenance) moves traffic to a fallback with `minHealthy` healthy
+//!   pods whatever the primary's health, and keeps it there until released; a person's move is
+//!   not a flap, so it is neither counted nor held by the flap limit. After the release,
+//!   traffic returns once the primary has been healthy for `recoverAfter`, as after a failover.
 //!
 //! Pure and synchronous: the caller owns the clock and the state between calls.
 
@@ -124,6 +128,9 @@ pub struct ServiceState {
     /// Whether the primary has had `minHealthy` healthy pods at least once. A service that is
     /// still starting (never healthy) does not fail over, so rollouts do not count as flips.
     pub ever_ok: bool,
+    /// Whether traffic is on the fallback because a hold moved it there; the return after the
+    /// release is then a person's move too.
+    pub moved_by_hold: bool,
     primary_members: BTreeMap<String, Membership>,
     fallback_members: BTreeMap<String, Membership>,
 }
@@ -167,6 +174,10 @@ pub struct Decision {
     pub flapping: bool,
     /// A flip was wanted but held because of flapping.
     pub held: bool,
+    /// Traffic is on the fallback because `holdOnFallback` asks for it.
+    pub held_on_fallback: bool,
+    /// A hold is asked for but the fallback has too few healthy pods to take the traffic.
+    pub hold_waiting: bool,
     /// Primary pods that are kubelet-Ready and pass probing.
     pub healthy_pods: u32,
     /// Primary pods known.
@@ -203,11 +214,13 @@ struct Assessment<'a> {
     invalid: Option<String>,
 }
 
-/// The target a decision wants, why, and whether staying would black-hole the service.
+/// The target a decision wants, why, whether staying would black-hole the service, and whether
+/// a person asked for it (a hold or its release).
 struct Want {
     target: Target,
     reason: String,
     urgent: bool,
+    manual: bool,
 }
 
 /// Decides traffic for one primary service and updates `state`.
@@ -248,12 +261,29 @@ pub fn decide(
     state.primary_members.clone_from(&primary_members);
     state.fallback_members.clone_from(&fallback_members);
 
-    let message = explain(state.active, panic, held, &a, primary);
+    let held_on_fallback = policy.hold_on_fallback && state.active == Target::Fallback;
+    let hold_waiting = policy.hold_on_fallback && state.active == Target::Primary;
+    let message = if held_on_fallback {
+        format!(
+            "held on fallback for maintenance ({} healthy pods); primary has {} of {} healthy",
+            a.fallback_healthy, a.healthy, a.total
+        )
+    } else if hold_waiting {
+        format!(
+            "hold on fallback asked, but the fallback has {} healthy pods (minHealthy {}); \
+             traffic stays on primary",
+            a.fallback_healthy, a.min_healthy
+        )
+    } else {
+        explain(state.active, panic, held, &a, primary)
+    };
     Decision {
         active: state.active,
         panic,
         flapping,
         held,
+        held_on_fallback,
+        hold_waiting,
         healthy_pods: a.healthy,
         total_pods: a.total,
         fallback_healthy_pods: a.fallback_healthy,
@@ -334,8 +364,18 @@ fn choose_target(
         target,
         reason: String::new(),
         urgent: false,
+        manual: false,
     };
     match state.active {
+        Target::Primary if policy.hold_on_fallback && a.fallback_ok => Want {
+            target: Target::Fallback,
+            reason: format!(
+                "held on fallback for maintenance (spec.failover.holdOnFallback); fallback has \
+                 {fallback_healthy} healthy"
+            ),
+            urgent: false,
+            manual: true,
+        },
         Target::Primary if !a.primary_ok && a.fallback_ok && state.ever_ok => Want {
             target: Target::Fallback,
             reason: format!(
@@ -343,6 +383,7 @@ fn choose_target(
                  fallback has {fallback_healthy} healthy"
             ),
             urgent: !primary.iter().any(|p| p.kubelet_ready),
+            manual: false,
         },
         Target::Fallback if !a.fallback_ok => Want {
             target: Target::Primary,
@@ -350,7 +391,9 @@ fn choose_target(
                 "fallback is no longer usable ({fallback_healthy} healthy pods); returning to primary"
             ),
             urgent: true,
+            manual: false,
         },
+        Target::Fallback if policy.hold_on_fallback => stay(Target::Fallback),
         Target::Fallback => match state.primary_ok_since {
             Some(since) if now.saturating_duration_since(since) >= policy.recover_after => Want {
                 target: Target::Primary,
@@ -359,6 +402,7 @@ fn choose_target(
                     policy.recover_after.as_secs()
                 ),
                 urgent: false,
+                manual: state.moved_by_hold,
             },
             _ => stay(Target::Fallback),
         },
@@ -379,10 +423,13 @@ fn flip(
         return (None, false);
     }
     let limit_reached = policy.max_flaps > 0 && state.flips.len() >= policy.max_flaps as usize;
-    if limit_reached && !want.urgent {
+    if limit_reached && !want.urgent && !want.manual {
         return (None, true);
     }
-    state.flips.push_back(now);
+    if !want.manual {
+        state.flips.push_back(now);
+    }
+    state.moved_by_hold = want.manual && want.target == Target::Fallback;
     state.active = want.target;
     state.last_change = Some((now, want.reason.clone()));
     let change = match want.target {

@@ -72,6 +72,10 @@ enum Check {
     Panic(bool),
     Flapping(bool),
     Held(bool),
+    /// Traffic is on the fallback because a hold asks for it.
+    HeldOnFallback(bool),
+    /// A hold is asked for but waits for a usable fallback.
+    HoldWaiting(bool),
     /// No service-level change.
     NoChange,
     /// Failed over, reporting the failure run that began at this second.
@@ -117,6 +121,8 @@ impl Check {
             Check::Panic(p) => assert_eq!(d.panic, *p, "{what}"),
             Check::Flapping(f) => assert_eq!(d.flapping, *f, "{what}"),
             Check::Held(h) => assert_eq!(d.held, *h, "{what}"),
+            Check::HeldOnFallback(h) => assert_eq!(d.held_on_fallback, *h, "{what}"),
+            Check::HoldWaiting(h) => assert_eq!(d.hold_waiting, *h, "{what}"),
             Check::NoChange => assert_eq!(d.change, None, "{what}"),
             Check::FailedOver(since) => match &d.change {
                 Some(Change::FailedOver { detected_from, .. }) => {
@@ -185,6 +191,8 @@ struct Step {
     /// The fallback's pods and whether its port name matches the primary's; `None`: the
     /// fallback was not found.
     fallback: Option<(Vec<Pod>, bool)>,
+    /// `holdOnFallback` for this decision, when it differs from the case's policy.
+    hold: Option<bool>,
     checks: Vec<Check>,
 }
 
@@ -194,6 +202,7 @@ fn at(secs: u64, primary: &[Pod]) -> Step {
         at: secs,
         primary: primary.to_vec(),
         fallback: None,
+        hold: None,
         checks: Vec::new(),
     }
 }
@@ -209,6 +218,13 @@ impl Step {
     fn fallback_on_another_port(self, pods: &[Pod]) -> Self {
         Self {
             fallback: Some((pods.to_vec(), false)),
+            ..self
+        }
+    }
+    /// The decision is made with `holdOnFallback` set to `on`.
+    fn hold(self, on: bool) -> Self {
+        Self {
+            hold: Some(on),
             ..self
         }
     }
@@ -272,7 +288,9 @@ fn run(cases: Vec<Case>) {
                 pods: &fallback_pods,
                 port_name_matches: *matches,
             });
-            let d = decide(&mut st, &case.policy, &primary, fallback, s(step.at, t0));
+            let mut policy = case.policy.clone();
+            policy.hold_on_fallback = step.hold.unwrap_or(policy.hold_on_fallback);
+            let d = decide(&mut st, &policy, &primary, fallback, s(step.at, t0));
             for check in &step.checks {
                 check.assert(&d, before.as_ref(), t0, &what);
             }
@@ -566,6 +584,102 @@ fn sequence_cases() -> Vec<Case> {
             ],
         )
         .start(ServiceState::resume(Target::Fallback)),
+        // A hold (maintenance) moves a healthy service to the fallback and keeps it there; the
+        // move is a person's, so it is not a flap even with maxFlaps 1.
+        case(
+            "a hold moves a healthy primary's traffic and keeps it",
+            vec![
+                at(0, &up).fallback(&backup).hold(true).expect([
+                    Active(Fallback),
+                    FailedOver(None),
+                    HeldOnFallback(true),
+                    Flapping(false),
+                    AllPrimary(Out),
+                    FallbackPod("x", In),
+                    MessageContains("maintenance"),
+                ]),
+                at(100, &up).fallback(&backup).hold(true).expect([
+                    Active(Fallback),
+                    NoChange,
+                    HeldOnFallback(true),
+                ]),
+            ],
+        )
+        .policy(FailoverPolicy {
+            max_flaps: 1,
+            ..policy()
+        }),
+        // Released, the hold gives traffic back once the primary has been healthy for
+        // recoverAfter, and that return is not a flap either.
+        case(
+            "a released hold fails back after the recovery window",
+            vec![
+                at(0, &up)
+                    .fallback(&backup)
+                    .hold(true)
+                    .expect([Active(Fallback)]),
+                at(1, &up).fallback(&backup).expect([
+                    Active(Fallback),
+                    HeldOnFallback(false),
+                    NoChange,
+                ]),
+                at(10, &up).fallback(&backup).expect([
+                    Active(Primary),
+                    FailedBack,
+                    Flapping(false),
+                ]),
+            ],
+        )
+        .policy(FailoverPolicy {
+            max_flaps: 1,
+            recover_after: Duration::from_secs(10),
+            ..policy()
+        }),
+        // A hold never sends traffic to a fallback that cannot take it: it waits, and says so.
+        case(
+            "a hold waits for a usable fallback",
+            vec![
+                at(0, &up)
+                    .fallback(&[pod("x", true, false)])
+                    .hold(true)
+                    .expect([
+                        Active(Primary),
+                        HoldWaiting(true),
+                        HeldOnFallback(false),
+                        MessageContains("traffic stays on primary"),
+                    ]),
+                at(1, &up).fallback(&backup).hold(true).expect([
+                    Active(Fallback),
+                    HoldWaiting(false),
+                    HeldOnFallback(true),
+                ]),
+                // A held fallback that dies is left, as any fallback.
+                at(2, &up)
+                    .fallback(&[pod("x", true, false)])
+                    .hold(true)
+                    .expect([Active(Primary), HoldWaiting(true)]),
+            ],
+        ),
+        // The flap limit holds automatic flips, never a person's hold.
+        case(
+            "a hold moves traffic while flapping holds automatic flips",
+            vec![
+                at(0, &down).fallback(&backup).expect([Active(Fallback)]),
+                // The fallback dies: an urgent return, the second flip (limit 1).
+                at(1, &up)
+                    .fallback(&[pod("x", true, false)])
+                    .expect([Active(Primary), Flapping(true)]),
+                at(2, &up).fallback(&backup).hold(true).expect([
+                    Active(Fallback),
+                    Held(false),
+                    HeldOnFallback(true),
+                ]),
+            ],
+        )
+        .policy(FailoverPolicy {
+            max_flaps: 1,
+            ..policy()
+        }),
     ]
 }
 
@@ -573,6 +687,7 @@ fn sequence_cases() -> Vec<Case> {
 fn decisions_over_time() {
     // Each row decides in sequence on one state: ejected pods return, failover waits for a
     // service that was once healthy, failback waits a full recovery window (also after a
-    // restart), and flapping holds the target unless it has nothing left to serve with.
+    // restart), flapping holds the target unless it has nothing left to serve with, and a
+    // maintenance hold moves traffic to a usable fallback regardless of health and flaps.
     run(sequence_cases());
 }

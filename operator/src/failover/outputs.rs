@@ -187,6 +187,7 @@ pub fn status_for(
         fallback: (active == Target::Fallback)
             .then(|| fallback.map(str::to_owned))
             .flatten(),
+        held: (d.held_on_fallback && !observe).then_some(true),
         healthy_pods: Some(i32::try_from(d.healthy_pods).unwrap_or(i32::MAX)),
         total_pods: Some(i32::try_from(d.total_pods).unwrap_or(i32::MAX)),
         panic: Some(d.panic),
@@ -208,6 +209,7 @@ pub fn status_for(
         }
     } else {
         let (status, reason) = match (d.active, observe, d.panic) {
+            (Target::Fallback, false, _) if d.held_on_fallback => (true, "HeldForMaintenance"),
             (Target::Fallback, false, _) => (true, "FailedOver"),
             (Target::Fallback, true, _) => (false, "WouldFailOver"),
             (Target::Primary, _, true) => (false, "Panic"),

@@ -82,6 +82,8 @@ pub struct FailoverPolicy {
     pub panic_threshold_percent: u32,
     /// Whether an ejected pod that still receives requests is only reported or also restarted.
     pub sticky: StickyAction,
+    /// A person holds the traffic on the fallback (maintenance), whatever the primary's health.
+    pub hold_on_fallback: bool,
 }
 
 /// What to do about an ejected pod that keeps receiving requests (from
@@ -110,6 +112,7 @@ impl Default for FailoverPolicy {
             max_ejection_percent: 100,
             panic_threshold_percent: 0,
             sticky: StickyAction::Report,
+            hold_on_fallback: false,
         }
     }
 }

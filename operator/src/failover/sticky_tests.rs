@@ -65,6 +65,8 @@ fn decision(active: Target, healthy: u32, fallback_healthy: u32) -> Decision {
         panic: false,
         flapping: false,
         held: false,
+        held_on_fallback: false,
+        hold_waiting: false,
         healthy_pods: healthy,
         total_pods: 3,
         fallback_healthy_pods: fallback_healthy,

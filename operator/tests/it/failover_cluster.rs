@@ -513,3 +513,77 @@ async fn a_withdrawn_report_leaves_the_reconcilers_status_when_the_next_report_c
     h.shutdown().await;
     Ok(())
 }
+
+/// Sets `spec.failover.holdOnFallback` of the primary, as `kubectl flotilla failover` does.
+async fn hold(sim: &Sim, on: bool) -> Result<()> {
+    let patch = serde_json::json!({"spec": {"failover": {"holdOnFallback": on}}});
+    sim.msvcs()
+        .patch(PRIMARY, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// The primary's `status.failover.held`.
+async fn held(sim: &Sim) -> Result<bool> {
+    let ms = sim.msvcs().get(PRIMARY).await?;
+    Ok(ms
+        .status
+        .and_then(|s| s.failover)
+        .and_then(|f| f.held)
+        .unwrap_or(false))
+}
+
+#[tokio::test]
+async fn a_maintenance_hold_moves_a_healthy_service_survives_a_restart_and_is_released(
+) -> Result<()> {
+    // A hold moves every request of a healthy primary to the fallback, shows in status, keeps
+    // the traffic there across an operator restart, and gives it back once cleared.
+    let sim = Sim::start("failover-hold").await?;
+    let (primary, fallback) = two_services(&sim, 2, |s| {
+        s.failover.recover_after_seconds = 1;
+    })
+    .await?;
+    let (primary_ips, fallback_ips) = (ips(&primary), ips(&fallback));
+    hold(&sim, true).await?;
+    sim.wait("the hold in status and endpoints", || async {
+        let on_fallback = sim.active(PRIMARY).await?.as_deref() == Some("fallback");
+        let eps = sim.ready_endpoints(PRIMARY).await?;
+        Ok((on_fallback && held(&sim).await? && eps == fallback_ips).then_some(()))
+    })
+    .await?;
+    assert_eq!(
+        condition(&sim, conditions::FAILED_OVER).await?,
+        Some(("True".to_owned(), "HeldForMaintenance".to_owned()))
+    );
+
+    sim.stop_operator().await?;
+    sim.start_operator().await?;
+    // A status write only follows a change: one primary pod failing is the marker that the
+    // restarted operator has decided at least once.
+    set_fault(&primary[0], r#"{"unhealthy": true}"#).await?;
+    sim.wait("a report from the restarted operator", || async {
+        let ms = sim.msvcs().get(PRIMARY).await?;
+        let f = ms.status.and_then(|s| s.failover);
+        Ok(f.filter(|f| f.healthy_pods == Some(1)).map(|_| ()))
+    })
+    .await?;
+    ensure!(
+        sim.active(PRIMARY).await?.as_deref() == Some("fallback") && held(&sim).await?,
+        "the restarted operator dropped the hold"
+    );
+    ensure!(
+        sim.ready_endpoints(PRIMARY).await? == fallback_ips,
+        "the restarted operator gave traffic back while held"
+    );
+    clear_fault(&primary[0]).await?;
+
+    hold(&sim, false).await?;
+    sim.wait("traffic back on the primary", || async {
+        let on_primary = sim.active(PRIMARY).await?.as_deref() == Some("primary");
+        let eps = sim.ready_endpoints(PRIMARY).await?;
+        Ok((on_primary && !held(&sim).await? && eps == primary_ips).then_some(()))
+    })
+    .await?;
+    sim.shutdown().await;
+    Ok(())
+}
