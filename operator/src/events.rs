@@ -116,8 +116,9 @@ impl EventSink {
         let namespace = event.metadata.namespace.clone().unwrap_or_default();
         let api: Api<K8sEvent> = Api::namespaced(self.client.clone(), &namespace);
         let created = api.create(&PostParams::default(), &event).await;
-        if created.is_ok() {
-            self.notifier.notify(&event);
+        if let Ok(created) = &created {
+            // As stored: the time in microseconds, as `kubectl get events` shows it.
+            self.notifier.notify(created);
         }
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         match created {

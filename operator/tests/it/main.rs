@@ -4,6 +4,7 @@
 //! - [`support`]: the controller tests' operator configuration and field readers.
 //! - [`failover_common`]: test pods, a cluster with real service processes, keep-alive clients.
 //! - [`admission_cases`]: the agreement table the admission tests read.
+//! - [`notify_receiver`]: a webhook receiver that records requests and answers as scripted.
 //!
 //! Tests:
 //! - [`admission`], [`fuzz_specs`]: the API server, `validate` and `render` agree on every spec.
@@ -12,9 +13,11 @@
 //! - [`controller_leader`], [`leader_hang`], [`health_stall`]: leadership and a hanging API server.
 //! - `failover_*`, [`rollout_cluster`]: health-aware traffic and guarded rollouts;
 //!   [`failover_watch`]: the readiness watch on real service processes.
+//! - [`notifications`]: Events notified to a webhook receiver, and a failover's notification.
 
 mod admission_cases;
 mod failover_common;
+mod notify_receiver;
 mod support;
 
 mod admission;
@@ -38,4 +41,5 @@ mod failover_watch;
 mod fuzz_specs;
 mod health_stall;
 mod leader_hang;
+mod notifications;
 mod rollout_cluster;
