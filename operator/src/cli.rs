@@ -103,6 +103,15 @@ pub struct RunArgs {
     /// change or its death moves traffic at once; `false` probes every pod each period only.
     #[arg(long, env = "FLOTILLA_READINESS_WATCH", default_value_t = true, action = clap::ArgAction::Set)]
     pub readiness_watch: bool,
+    /// Roll a MicroService's pods when a Secret or ConfigMap value its `env` references changes
+    /// (a digest of the referenced values in the pod template). Needs get, list and watch on
+    /// Secrets; off, templates carry no digest and Secrets are not watched.
+    #[arg(
+        long,
+        env = "FLOTILLA_ROLLOUT_ON_CONFIG_CHANGE",
+        default_value_t = false
+    )]
+    pub rollout_on_config_change: bool,
     /// Images MicroServices may run: comma-separated prefixes of `spec.image` as written, each
     /// ending with '/', ':' or '@' (e.g. `registry.example.com/shop/,flotilla/users:`). A
     /// MicroService with another image is not applied and reports `PolicyRefused`. Unset: any
@@ -173,6 +182,7 @@ impl RunArgs {
             verdict_next_key_file: self.verdict_next_key_file.clone(),
             sticky_restarts: self.sticky_restarts,
             readiness_watch: self.readiness_watch,
+            rollout_on_config_change: self.rollout_on_config_change,
             policy: self.policy(),
             notifications: self.notifications(),
             ..OperatorConfig::default()
@@ -299,6 +309,7 @@ mod tests {
             "5",
             "--stall-after-seconds",
             "30",
+            "--rollout-on-config-change",
         ]);
         match cli.into_command() {
             Command::Run(a) => {
@@ -309,6 +320,7 @@ mod tests {
                 assert_eq!(a.log_format, LogFormat::Json);
                 assert_eq!(a.client_timeouts().request, Duration::from_secs(5));
                 assert_eq!(c.stall_after, Duration::from_secs(30));
+                assert!(c.rollout_on_config_change);
             }
             other => panic!("expected run, got {other:?}"),
         }

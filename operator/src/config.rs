@@ -44,6 +44,10 @@ pub struct OperatorConfig {
     /// Whether the prober keeps a readiness watch open on pods that support one (changes
     /// reported as they happen, see `failover::watch`); off, every pod is probed each period.
     pub readiness_watch: bool,
+    /// Roll a MicroService's pods when a Secret or ConfigMap its `env` references changes
+    /// (watches Secrets and ConfigMaps, reads the referenced ones; needs get/list/watch on
+    /// Secrets). Off: no config digest in pod templates and no such watch.
+    pub rollout_on_config_change: bool,
     /// What MicroServices may ask for; the default restricts nothing.
     pub policy: AdmissionPolicy,
     /// The webhook significant Events are notified to (see [`crate::notify`]); `None` sends none.
@@ -65,6 +69,7 @@ impl Default for OperatorConfig {
             verdict_next_key_file: None,
             sticky_restarts: false,
             readiness_watch: true,
+            rollout_on_config_change: false,
             policy: AdmissionPolicy::default(),
             notifications: None,
         }

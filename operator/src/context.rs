@@ -39,6 +39,9 @@ pub struct Context {
     pub build_inputs: OperatorInputs,
     /// What MicroServices may ask for (`--allowed-*`); open unless set with [`Self::with_policy`].
     pub policy: AdmissionPolicy,
+    /// Whether pod templates carry the digest of the Secrets and ConfigMaps their `env` reads
+    /// (`--rollout-on-config-change`); off unless set with [`Self::with_config_rollouts`].
+    pub config_rollouts: bool,
     /// Consecutive transient failures per MicroService, for the retry backoff.
     failures: Mutex<HashMap<ObjectRef<MicroService>, u32>>,
 }
@@ -62,6 +65,7 @@ impl Context {
             leadership,
             build_inputs,
             policy: AdmissionPolicy::default(),
+            config_rollouts: false,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -69,6 +73,12 @@ impl Context {
     /// The same context, checking MicroServices against `policy`.
     pub fn with_policy(mut self, policy: AdmissionPolicy) -> Self {
         self.policy = policy;
+        self
+    }
+
+    /// The same context, rolling pods when a Secret or ConfigMap their `env` reads changes.
+    pub fn with_config_rollouts(mut self, on: bool) -> Self {
+        self.config_rollouts = on;
         self
     }
 

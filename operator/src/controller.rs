@@ -1,7 +1,9 @@
 //! Wires the kube-runtime Controller: the replica's shared MicroService cache (see
 //! [`crate::cache`]) drives it and also wakes the dependents of a service that appears or
 //! disappears; label-filtered watches on the children Flotilla manages feed the caches the
-//! reconciler compares against. Runs only while this replica leads.
+//! reconciler compares against; with `--rollout-on-config-change`, metadata-only watches on
+//! Secrets and ConfigMaps wake the MicroServices that read a changed one (see
+//! [`crate::config_refs::trigger`]). Runs only while this replica leads.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -22,6 +24,7 @@ use tracing::{debug, info};
 
 use crate::build::OperatorInputs;
 use crate::cache::{Change, MicroServices, OwnWrites, Stores, Synced};
+use crate::config_refs;
 use crate::context::Context;
 use crate::events::EventSink;
 use crate::health::Health;
@@ -303,6 +306,12 @@ pub async fn run(
     let ms_store = microservices.store();
     let objects = microservices.objects(own.clone());
     let controller = Controller::for_shared_stream(objects, ms_store.clone());
+    // A changed Secret or ConfigMap wakes the MicroServices that read it; off, neither is watched.
+    let controller = if config.rollout_on_config_change {
+        controller.reconcile_on(config_refs::trigger::changes(&client, ns, &microservices))
+    } else {
+        controller
+    };
     let stores = Stores {
         microservices: ms_store,
         deployments: dep_store,
@@ -326,7 +335,8 @@ pub async fn run(
     };
     let ctx = Arc::new(
         Context::new(client, recorder, metrics, stores, leadership, build_inputs)
-            .with_policy(config.policy.clone()),
+            .with_policy(config.policy.clone())
+            .with_config_rollouts(config.rollout_on_config_change),
     );
     controller
         .owns_stream(deployments)

@@ -1,8 +1,9 @@
 //! The Flotilla operator: reconciles MicroServices into Deployments, Services, ConfigMaps and
 //! HorizontalPodAutoscalers, and keeps them converged.
 //!
-//! Pipeline per MicroService: [`validate`] → [`admission`] → [`build`] → [`rollout`] → [`apply`]
-//! → [`status`]; only the ends talk to the API server, and every write goes through [`write`].
+//! Pipeline per MicroService: [`validate`] → [`admission`] → [`config_refs`] → [`build`] →
+//! [`rollout`] → [`apply`] → [`status`]; nothing before [`apply`] writes (the config and rollout
+//! stages only read), and every write goes through [`write`].
 //! [`run`] wires the controller, leader election, metrics and health endpoints; the
 //! `flotilla-operator` binary is a thin CLI over this library, and tests call [`run`] in-process.
 
@@ -12,6 +13,7 @@ pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod config_refs;
 pub mod context;
 pub mod controller;
 pub mod error;

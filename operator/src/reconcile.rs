@@ -1,5 +1,6 @@
 //! The reconciler, read top to bottom: [`validate`] → the admission policy
-//! ([`crate::admission`]) → [`build`] → [`rollout::plan`] → [`apply_all`] and [`apply_canary`] →
+//! ([`crate::admission`]) → the referenced configuration ([`config_refs::observe`]) → [`build`]
+//! and its config digest → [`rollout::plan`] → [`apply_all`] and [`apply_canary`] →
 //! [`history::record`] → [`status::update`], and the error policy that separates permanent errors (report in
 //! status, wait for a change) from transient ones (requeue with backoff). No API calls of its
 //! own.
@@ -16,6 +17,7 @@ use tracing::{instrument, warn};
 
 use crate::apply::{apply_all, apply_canary};
 use crate::build::build;
+use crate::config_refs;
 use crate::context::Context;
 use crate::error::{Category, ReconcileError};
 use crate::history;
@@ -73,7 +75,12 @@ async fn reconcile_inner(ms: &MicroService, ctx: &Context) -> Result<Action, Rec
         return fail(ctx, ms, &[], refusal.into()).await;
     }
     let missing = &validated.missing_dependencies;
-    let desired = build(&validated.spec, &ctx.build_inputs);
+    let config = config_refs::observe(ctx, &validated.spec).await?;
+    let mut desired = build(&validated.spec, &ctx.build_inputs);
+    if let Some(c) = &config {
+        config_refs::digest::stamp(&mut desired.deployment, &c.outcome.digest);
+    }
+    let revision = rollout::template_revision(&desired.deployment);
     let plan = rollout::plan(ctx, ms, &validated.spec, &desired).await?;
     let deployment = match apply_all(ctx, ms, &validated.spec, desired, &plan).await {
         Ok(d) => d,
@@ -81,21 +88,44 @@ async fn reconcile_inner(ms: &MicroService, ctx: &Context) -> Result<Action, Rec
         Err(e) => return Err(e),
     };
     apply_canary(ctx, ms, &validated.spec, &plan).await?;
+    if let Some(note) = config
+        .as_ref()
+        .and_then(|c| c.announcement(already_failed(ms, &revision)))
+    {
+        let reason = reasons::CONFIG_CHANGED;
+        ctx.publish(ms, EventType::Normal, reason, "Rollout", note)
+            .await;
+    }
     // The history serves people going back; a failure to record it (an installation whose
     // RBAC predates it, an API hiccup) must not stop the service from converging.
     if let Err(e) = history::record(ctx, ms, &validated.spec, &plan).await {
         warn!(error = %e, "revision history not recorded");
     }
+    let sources = config.as_ref().and_then(|c| c.outcome.problem.as_ref());
     let found = Findings {
         spec: Some(&validated.spec),
         rollout: Some(&plan),
         applied: Some(&deployment),
         missing,
+        sources: sources.map(|p| Problem {
+            reason: p.reason,
+            message: &p.message,
+        }),
         problem: None,
     };
     status::update(ctx, ms, found).await?;
     let requeue = plan.requeue_after().map_or(RESYNC, |r| r.min(RESYNC));
     Ok(Action::requeue(requeue))
+}
+
+/// Whether the template of `revision` already failed its guarded analysis: its configuration
+/// change was announced when it was tried.
+fn already_failed(ms: &MicroService, revision: &str) -> bool {
+    ms.status
+        .as_ref()
+        .and_then(|s| s.rollout.as_ref())
+        .and_then(|r| r.failed_revision.as_deref())
+        == Some(revision)
 }
 
 /// Reports `err` (permanent, or a refusal by RBAC) as `Degraded` and returns it. A failing status write does
@@ -118,6 +148,7 @@ async fn fail(
         rollout: None,
         applied: None,
         missing,
+        sources: None,
         problem: Some(Problem {
             reason,
             message: &message,

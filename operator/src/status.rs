@@ -40,6 +40,9 @@ pub struct StatusInputs<'a> {
     pub deployment: Option<&'a Deployment>,
     /// Dependencies that do not exist.
     pub missing_dependencies: &'a [String],
+    /// A referenced Secret or ConfigMap that is missing or unreadable (see
+    /// [`crate::config_refs`]).
+    pub sources: Option<Problem<'a>>,
     /// Why the spec cannot be realised, if it cannot.
     pub problem: Option<Problem<'a>>,
     /// The current status, for condition transition times.
@@ -166,6 +169,8 @@ pub fn compute(i: StatusInputs<'_>) -> MicroServiceStatus {
             reasons::PROGRESS_DEADLINE_EXCEEDED,
             "the Deployment exceeded its progress deadline".to_string(),
         )
+    } else if let Some(p) = i.sources {
+        (true, p.reason, p.message.to_string())
     } else if !i.missing_dependencies.is_empty() {
         (
             true,
@@ -250,6 +255,8 @@ pub struct Findings<'a> {
     pub applied: Option<&'a Deployment>,
     /// Dependencies that do not exist.
     pub missing: &'a [String],
+    /// A referenced Secret or ConfigMap that is missing or unreadable.
+    pub sources: Option<Problem<'a>>,
     /// A permanent problem, if there is one.
     pub problem: Option<Problem<'a>>,
 }
@@ -285,6 +292,7 @@ pub async fn update(
         spec_replicas,
         deployment,
         missing_dependencies: found.missing,
+        sources: found.sources,
         problem: found.problem,
         previous,
         now: &t,

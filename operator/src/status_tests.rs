@@ -41,6 +41,7 @@ fn inputs<'a>(d: Option<&'a Deployment>, missing: &'a [String], t: &'a Time) -> 
         spec_replicas: Some(2),
         deployment: d,
         missing_dependencies: missing,
+        sources: None,
         problem: None,
         previous: None,
         now: t,
@@ -118,6 +119,31 @@ fn missing_dependency_is_degraded() {
         ("True", "DependencyMissing")
     );
     assert!(c.message.contains("users"));
+}
+
+/// A missing referenced Secret is Degraded with its own reason and message, ahead of a missing
+/// dependency, while the pods that run stay Ready.
+#[test]
+fn missing_source_is_degraded() {
+    let t = now();
+    let d = dep(2, 5, 5, 2, 2, 2);
+    let missing = vec!["users".to_string()];
+    let mut i = inputs(Some(&d), &missing, &t);
+    i.sources = Some(Problem {
+        reason: "ConfigMissing",
+        message: "env references Secret auth-secrets",
+    });
+    let s = compute(i);
+    let c = cond(&s, "Degraded");
+    assert_eq!(
+        (c.status.as_str(), c.reason.as_str(), c.message.as_str()),
+        (
+            "True",
+            "ConfigMissing",
+            "env references Secret auth-secrets"
+        )
+    );
+    assert_eq!(cond(&s, "Ready").status, "True");
 }
 
 /// An invalid spec is Degraded with reason InvalidSpec and the field message.

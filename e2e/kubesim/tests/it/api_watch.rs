@@ -291,7 +291,7 @@ async fn controller_reconciles_owned_objects() -> Result<()> {
 #[tokio::test]
 async fn metadata_only_requests_carry_no_data() -> Result<()> {
     // Asked for PartialObjectMetadata, get, list and watch answer with metadata alone (no Secret
-    // data crosses the wire), and kube's `metadata_watcher` follows changes through them.
+    // data crosses the wire), and kube's watcher of PartialObjectMeta follows changes through them.
     let cluster = start().await?;
     let api: Api<Secret> = Api::namespaced(cluster.client(), "default");
     let secret: Secret = serde_json::from_value(json!({
@@ -328,7 +328,9 @@ async fn metadata_only_requests_carry_no_data() -> Result<()> {
         "a metadata watch carries data: {text}"
     );
 
-    let mut changes = kube::runtime::metadata_watcher(api.clone(), watcher::Config::default())
+    let metadata: Api<kube::core::PartialObjectMeta<Secret>> =
+        Api::namespaced(cluster.client(), "default");
+    let mut changes = watcher(metadata, watcher::Config::default())
         .touched_objects()
         .boxed();
     let patched = api
