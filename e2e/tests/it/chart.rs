@@ -42,6 +42,8 @@ const ALL_FEATURES: &[&str] = &[
     "tolerations[0].operator=Exists",
     "tolerations[0].effect=NoSchedule",
     "priorityClassName=system-cluster-critical",
+    "notifications.webhook.existingSecret=flotilla-webhook",
+    "notifications.webhook.reasons={FailedOver,RolledBack}",
 ];
 
 fn render(chart_name: &str, sets: &[&str]) -> Result<Vec<Value>> {

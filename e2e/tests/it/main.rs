@@ -7,6 +7,7 @@
 mod chart;
 mod chart_helm;
 mod chart_kubesim;
+mod chart_notifications;
 mod chart_samples;
 mod chart_upgrade;
 mod failover;
