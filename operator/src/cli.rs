@@ -35,15 +35,17 @@ pub struct Cli {
 impl Cli {
     /// The command to execute, `run` when none was given.
     pub fn into_command(self) -> Command {
-        self.command.unwrap_or(Command::Run(self.run))
+        self.command
+            .unwrap_or_else(|| Command::Run(Box::new(self.run)))
     }
 }
 
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the controller against the cluster from KUBECONFIG or the in-cluster config.
-    Run(RunArgs),
+    /// Run the controller against the cluster from KUBECONFIG or the in-cluster config (boxed:
+    /// its flags outweigh the other commands many times).
+    Run(Box<RunArgs>),
     /// Print the MicroService CustomResourceDefinition as YAML.
     Crd,
     /// Print the objects the operator would apply for MicroService manifests, without a cluster.

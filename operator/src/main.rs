@@ -12,7 +12,7 @@ async fn main() -> ExitCode {
     let result = match Cli::parse().into_command() {
         Command::Crd => crd(),
         Command::Render(args) => render(&args),
-        Command::Run(args) => run(args).await,
+        Command::Run(args) => run(*args).await,
     };
     match result {
         Ok(code) => code,
