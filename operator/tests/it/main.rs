@@ -10,6 +10,7 @@
 //! - [`admission`], [`fuzz_specs`]: the API server, `validate` and `render` agree on every spec.
 //! - [`cli`]: the binary's `crd` and `render` commands.
 //! - `controller_*`, [`child_conflict`], [`events`]: the reconciler on kubesim.
+//! - [`config_rollout`]: rollouts when a referenced Secret or ConfigMap changes.
 //! - [`controller_leader`], [`leader_hang`], [`health_stall`]: leadership and a hanging API server.
 //! - `failover_*`, [`rollout_cluster`]: health-aware traffic and guarded rollouts;
 //!   [`failover_watch`]: the readiness watch on real service processes.
@@ -23,6 +24,7 @@ mod support;
 mod admission;
 mod child_conflict;
 mod cli;
+mod config_rollout;
 mod controller_autoscaling;
 mod controller_create;
 mod controller_dependency;

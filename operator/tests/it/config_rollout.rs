@@ -1,0 +1,327 @@
+//! Rollouts when referenced configuration changes (`--rollout-on-config-change`), on kubesim:
+//! a referenced Secret or ConfigMap value changing changes the pod template's
+//! `flotilla.rs/config-digest` and is announced as `ConfigChanged`; an unreferenced key of the
+//! same Secret does not; a missing required Secret is held and reported; with the flag off
+//! templates carry no digest; a guarded service analyses the new template like any release.
+
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Result};
+use flotilla_crds::annotations::CONFIG_DIGEST;
+use flotilla_crds::{conditions, RolloutPhase, RolloutStrategy};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{
+    ConfigMap, ConfigMapKeySelector, EnvVar, EnvVarSource, Secret, SecretKeySelector,
+};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::Api;
+
+use crate::failover_common::sim::{FailoverSim, Sim};
+use crate::support::*;
+
+/// A harness whose operator rolls pods on configuration changes.
+async fn start_rolling(test: &str) -> Result<Harness> {
+    let config = flotilla_operator::OperatorConfig {
+        rollout_on_config_change: true,
+        ..test_config()
+    };
+    Harness::builder(test)
+        .timeout(WAIT)
+        .operator(InProcess::launcher(move |client, shutdown| {
+            flotilla_operator::run(client, config.clone(), shutdown)
+        }))
+        .start()
+        .await
+}
+
+fn secret_env(var: &str, name: &str, key: &str, optional: bool) -> EnvVar {
+    EnvVar {
+        name: var.into(),
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: name.into(),
+                key: key.into(),
+                optional: optional.then_some(true),
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn config_map_env(var: &str, name: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: var.into(),
+        value_from: Some(EnvVarSource {
+            config_map_key_ref: Some(ConfigMapKeySelector {
+                name: name.into(),
+                key: key.into(),
+                optional: None,
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+async fn create_secret(api: &Api<Secret>, name: &str, data: &[(&str, &str)]) -> Result<()> {
+    let string_data: BTreeMap<String, String> = data
+        .iter()
+        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+        .collect();
+    let mut secret = Secret::default();
+    secret.metadata.name = Some(name.into());
+    secret.string_data = Some(string_data);
+    api.create(&PostParams::default(), &secret).await?;
+    Ok(())
+}
+
+async fn set_secret_key(api: &Api<Secret>, name: &str, key: &str, value: &str) -> Result<()> {
+    let patch = serde_json::json!({"stringData": {key: value}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// The digest annotation of a Deployment's template as `Kind/name` → digest.
+fn digest_entries(d: &Deployment) -> BTreeMap<String, String> {
+    template_annotation(d, CONFIG_DIGEST)
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|e| e.split_once(':'))
+        .map(|(object, hex)| (object.to_string(), hex.to_string()))
+        .collect()
+}
+
+/// Waits until the Deployment `name`'s digest entry for `object` differs from `before`.
+async fn entry_changed(
+    env: &Harness,
+    name: &str,
+    object: &str,
+    before: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>> {
+    env.wait(&format!("a new digest of {object}"), || async {
+        let entries = digest_entries(&env.deployments().get(name).await?);
+        let changed = entries.get(object).is_some() && entries.get(object) != before.get(object);
+        Ok(changed.then_some(entries))
+    })
+    .await
+}
+
+/// Notes of the `ConfigChanged` Events about `name`.
+async fn config_changed_notes(env: &Harness, name: &str) -> Result<Vec<String>> {
+    Ok(env
+        .events_of(name)
+        .await?
+        .into_iter()
+        .filter(|(reason, _)| reason == "ConfigChanged")
+        .map(|(_, note)| note)
+        .collect())
+}
+
+/// Waits for a `ConfigChanged` Event naming `object` (e.g. `Secret app-tls`).
+async fn announced(env: &Harness, name: &str, object: &str) -> Result<()> {
+    let object = format!("{object} changed");
+    env.wait(
+        &format!("a ConfigChanged Event naming {object}"),
+        || async {
+            let notes = config_changed_notes(env, name).await?;
+            Ok(notes.iter().any(|n| n.starts_with(&object)).then_some(()))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+async fn referenced_values_roll_the_template() -> Result<()> {
+    // Each referenced value that changes changes its own digest entry and is announced; a key
+    // the env does not read and a Secret nobody references change nothing; a missing required
+    // Secret keeps the template and says so, and its return with the same data rolls nothing.
+    let env = start_rolling("config-roll").await?;
+    let secrets: Api<Secret> = env.api();
+    create_secret(
+        &secrets,
+        "app-secrets",
+        &[("token", "one"), ("unused", "x")],
+    )
+    .await?;
+    create_secret(&secrets, "app-tls", &[("cert", "c1")]).await?;
+    create_secret(&secrets, "unrelated", &[("k", "v")]).await?;
+    let settings: ConfigMap = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "app-settings"}, "data": {"mode": "fast"}
+    }))?;
+    env.config_maps()
+        .create(&PostParams::default(), &settings)
+        .await?;
+    let mut s = spec("flotilla/users:0.1.0");
+    s.env = Some(vec![
+        secret_env("TOKEN", "app-secrets", "token", false),
+        secret_env("CERT", "app-tls", "cert", false),
+        config_map_env("MODE", "app-settings", "mode"),
+        secret_env("EXTRA", "extra", "k", true),
+    ]);
+    env.create("app", s).await?;
+    let first = env
+        .wait("the Deployment with a config digest", || async {
+            let d = env.deployments().get_opt("app").await?;
+            Ok(d.map(|d| digest_entries(&d)).filter(|e| e.len() == 4))
+        })
+        .await?;
+    let objects: Vec<&str> = first.keys().map(String::as_str).collect();
+    assert_eq!(
+        objects,
+        [
+            "ConfigMap/app-settings",
+            "Secret/app-secrets",
+            "Secret/app-tls",
+            "Secret/extra"
+        ]
+    );
+
+    // An unreferenced key of a referenced Secret and an unreferenced Secret change, then a
+    // referenced one: the Secret watch delivers them in order, so once the last one shows,
+    // the first two have been looked at.
+    set_secret_key(&secrets, "app-secrets", "unused", "y").await?;
+    set_secret_key(&secrets, "unrelated", "k", "w").await?;
+    set_secret_key(&secrets, "app-tls", "cert", "c2").await?;
+    let second = entry_changed(&env, "app", "Secret/app-tls", &first).await?;
+    for unchanged in [
+        "Secret/app-secrets",
+        "ConfigMap/app-settings",
+        "Secret/extra",
+    ] {
+        assert_eq!(second.get(unchanged), first.get(unchanged), "{unchanged}");
+    }
+    announced(&env, "app", "Secret app-tls").await?;
+    let notes = config_changed_notes(&env, "app").await?;
+    if notes
+        .iter()
+        .any(|n| n.contains("app-secrets") || n.contains("unrelated"))
+    {
+        bail!("an unreferenced change was announced: {notes:?}");
+    }
+
+    // A referenced key of the shared Secret, the ConfigMap, and the optional Secret appearing.
+    set_secret_key(&secrets, "app-secrets", "token", "two").await?;
+    let third = entry_changed(&env, "app", "Secret/app-secrets", &second).await?;
+    announced(&env, "app", "Secret app-secrets").await?;
+    env.config_maps()
+        .patch(
+            "app-settings",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"data": {"mode": "slow"}})),
+        )
+        .await?;
+    let fourth = entry_changed(&env, "app", "ConfigMap/app-settings", &third).await?;
+    create_secret(&secrets, "extra", &[("k", "on")]).await?;
+    let fifth = entry_changed(&env, "app", "Secret/extra", &fourth).await?;
+
+    // A required Secret deleted: Degraded says so, the template keeps its digest.
+    secrets.delete("app-tls", &DeleteParams::default()).await?;
+    env.wait("Degraded ConfigMissing naming app-tls", || async {
+        let ms = env.msvcs().get("app").await?;
+        let c = ms.status.and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == conditions::DEGRADED)
+        });
+        Ok(c.filter(|c| c.reason == "ConfigMissing" && c.message.contains("Secret app-tls")))
+    })
+    .await?;
+    assert_eq!(digest_entries(&env.deployments().get("app").await?), fifth);
+    // Back with the same data: the problem clears, nothing rolls.
+    create_secret(&secrets, "app-tls", &[("cert", "c2")]).await?;
+    env.wait("Degraded to clear", || async {
+        let ms = env.msvcs().get("app").await?;
+        Ok(
+            (condition(&ms, conditions::DEGRADED).map(|c| c.0) == Some(conditions::FALSE.into()))
+                .then_some(()),
+        )
+    })
+    .await?;
+    assert_eq!(digest_entries(&env.deployments().get("app").await?), fifth);
+    env.stop_operator().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn without_the_flag_templates_carry_no_digest() -> Result<()> {
+    // Off (the default), a MicroService reading a Secret gets a template without the annotation,
+    // so upgrading to an operator with the feature off rolls nothing.
+    let env = start("config-off").await?;
+    create_secret(&env.api(), "app-secrets", &[("token", "one")]).await?;
+    let mut s = spec("flotilla/users:0.1.0");
+    s.env = Some(vec![secret_env("TOKEN", "app-secrets", "token", false)]);
+    env.create("app", s).await?;
+    let d = env
+        .wait("the Deployment", || async {
+            Ok(env.deployments().get_opt("app").await?)
+        })
+        .await?;
+    assert_eq!(template_annotation(&d, CONFIG_DIGEST), None);
+    env.stop_operator().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn guarded_service_analyses_a_rotated_secret() -> Result<()> {
+    // A guarded `users` reads RELEASE from a Secret; rotating it starts an analysis with the
+    // stable pods kept on the old digest, and the promotion moves them to the new one.
+    let sim = Sim::start_tuned(
+        "config-guarded",
+        None,
+        |c| c.rollout_on_config_change = true,
+        |_| {},
+    )
+    .await?;
+    let secrets: Api<Secret> = sim.api();
+    create_secret(&secrets, "users-release", &[("value", "1")]).await?;
+    sim.create_users("users", 2, |s| {
+        s.rollout.strategy = RolloutStrategy::Guarded;
+        s.rollout.analysis_seconds = 3;
+        s.rollout.ready_timeout_seconds = 20;
+        if let Some(env) = s.env.as_mut() {
+            env.push(secret_env("RELEASE", "users-release", "value", false));
+        }
+    })
+    .await?;
+    sim.ready_pods("users", 2).await?;
+    let rollout = || async {
+        let ms = sim.msvcs().get("users").await?;
+        Ok::<_, anyhow::Error>(ms.status.and_then(|s| s.rollout))
+    };
+    sim.wait("the first template to be stable", || async {
+        Ok(rollout().await?.filter(|r| r.phase == RolloutPhase::Stable))
+    })
+    .await?;
+    let before = digest_entries(&sim.deployments().get("users").await?);
+    set_secret_key(&secrets, "users-release", "value", "2").await?;
+    sim.wait("an analysis with the stable template kept", || async {
+        let analysing = rollout()
+            .await?
+            .is_some_and(|r| r.phase == RolloutPhase::Analyzing);
+        let stable = digest_entries(&sim.deployments().get("users").await?);
+        let canary = sim.deployments().get_opt("users-canary").await?;
+        if analysing && stable != before {
+            bail!("the stable Deployment took the new digest before the analysis ended");
+        }
+        let canary_new = canary.is_some_and(|c| digest_entries(&c) != before);
+        Ok((analysing && canary_new).then_some(()))
+    })
+    .await?;
+    sim.wait("the promotion", || async {
+        Ok(rollout()
+            .await?
+            .filter(|r| r.phase == RolloutPhase::Promoted))
+    })
+    .await?;
+    entry_changed(&sim, "users", "Secret/users-release", &before).await?;
+    let reasons = sim.event_reasons("users").await?;
+    for want in ["ConfigChanged", "RolloutStarted", "Promoted"] {
+        if !reasons.iter().any(|r| r == want) {
+            bail!("no {want} Event: {reasons:?}");
+        }
+    }
+    sim.shutdown().await;
+    Ok(())
+}
