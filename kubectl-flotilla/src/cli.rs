@@ -70,6 +70,12 @@ pub enum Command {
     /// The revision history: every template that became stable or was rolled back, with its
     /// image, outcome, time and who changed the spec.
     History { name: String },
+    /// Holds the traffic on the fallback for maintenance, whatever the primary's health, until
+    /// `failback` (`spec.failover.holdOnFallback: true`).
+    Failover(HoldArgs),
+    /// Releases the hold: traffic returns once the primary has been healthy for
+    /// `recoverAfterSeconds` (`spec.failover.holdOnFallback: false`).
+    Failback(HoldArgs),
     /// Goes back to a previous good template at once, without an analysis.
     Undo {
         name: String,
@@ -92,6 +98,15 @@ pub struct RequestArgs {
     pub timeout: Duration,
 }
 
+/// The arguments of `failover` and `failback`.
+#[derive(Debug, clap::Args)]
+pub struct HoldArgs {
+    pub name: String,
+    /// How long to wait for the traffic to follow.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
 /// Runs the parsed command line, printing to stdout.
 pub async fn run(cli: Cli) -> Result<(), Error> {
     let target = connect(&cli).await?;
@@ -108,6 +123,12 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
         Command::Abort(a) => request(&target, a, Request::Abort, &mut out).await,
         Command::Pause { name } => commands::set_paused(&target, &name, true, &mut out).await,
         Command::Resume { name } => commands::set_paused(&target, &name, false, &mut out).await,
+        Command::Failover(a) => {
+            crate::traffic::set_hold(&target, &a.name, true, a.timeout, &mut out).await
+        }
+        Command::Failback(a) => {
+            crate::traffic::set_hold(&target, &a.name, false, a.timeout, &mut out).await
+        }
         Command::History { name } => commands::history(&target, &name, &mut out).await,
         Command::Undo {
             name,

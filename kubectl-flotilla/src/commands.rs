@@ -27,12 +27,12 @@ pub struct Target {
 }
 
 impl Target {
-    fn msvcs(&self) -> Api<MicroService> {
+    pub(crate) fn msvcs(&self) -> Api<MicroService> {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
     /// The MicroService `name`; a missing one or missing RBAC in the user's words.
-    async fn get(&self, name: &str) -> Result<MicroService, Error> {
+    pub(crate) async fn get(&self, name: &str) -> Result<MicroService, Error> {
         self.msvcs()
             .get(name)
             .await
@@ -409,7 +409,7 @@ pub async fn undo(
 
 /// Every change the plugin makes is recorded under its own field manager, so the revision
 /// history and `managedFields` say who changed what.
-fn patch_params() -> PatchParams {
+pub(crate) fn patch_params() -> PatchParams {
     PatchParams {
         field_manager: Some(FIELD_MANAGER.to_owned()),
         ..PatchParams::default()
@@ -419,7 +419,7 @@ fn patch_params() -> PatchParams {
 /// The plugin's field manager.
 pub const FIELD_MANAGER: &str = "kubectl-flotilla";
 
-fn write_out(out: &mut impl Write, text: &str) -> Result<(), Error> {
+pub(crate) fn write_out(out: &mut impl Write, text: &str) -> Result<(), Error> {
     out.write_all(text.as_bytes()).map_err(io)?;
     out.flush().map_err(io)
 }

@@ -2,7 +2,8 @@
 //! user's kubeconfig and RBAC, like kubectl itself: the service as a tree with each pod's verdict
 //! (`get`), the fleet (`list`), why traffic moved or a release was rolled back (`why`), waiting
 //! on a release in a pipeline (`status`), and steering a guarded release: `promote`, `abort`,
-//! `pause`, `resume`, `retry`, and going back through the revision history (`history`, `undo`).
+//! `pause`, `resume`, `retry`, and going back through the revision history (`history`, `undo`);
+//! holding traffic on the fallback for maintenance (`failover`, `failback`).
 
 pub mod cli;
 pub mod commands;
@@ -11,3 +12,4 @@ pub mod history;
 pub mod release;
 pub mod render;
 pub mod snapshot;
+pub mod traffic;

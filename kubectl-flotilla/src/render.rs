@@ -228,12 +228,18 @@ fn summary(m: &MicroService) -> String {
     line
 }
 
-/// Where traffic goes: `primary`, `fallback (users-backup)`, or `-` without failover.
+/// Where traffic goes: `primary`, `fallback (users-backup)`, `fallback (users-backup, held)`
+/// during a maintenance hold, or `-` without failover.
 fn traffic(m: &MicroService) -> String {
     let f = m.status.as_ref().and_then(|s| s.failover.as_ref());
+    let held = if f.and_then(|f| f.held) == Some(true) {
+        ", held"
+    } else {
+        ""
+    };
     match f.and_then(|f| f.active) {
         Some(flotilla_crds::ActiveTarget::Fallback) => format!(
-            "fallback ({})",
+            "fallback ({}{held})",
             f.and_then(|f| f.fallback.as_deref()).unwrap_or("?")
         ),
         Some(t) => t.as_str().to_owned(),
@@ -252,6 +258,9 @@ fn failover_line(m: &MicroService) -> Option<String> {
     }
     if f.observe_only == Some(true) && f.active.is_some() {
         line.push_str(" · observe only");
+    }
+    if m.spec.failover.hold_on_fallback && f.held != Some(true) {
+        line.push_str(" · hold on fallback asked, not in force yet");
     }
     if f.panic == Some(true) {
         line.push_str(

@@ -233,6 +233,35 @@ fn observe_only_and_no_revision() {
     assert_eq!(lines[3], "├── Deployment users (stable) 2/2 ready");
 }
 
+/// A maintenance hold shows on the traffic line, in the tree and in `list`; a hold asked for but
+/// not yet in force says so.
+#[test]
+fn a_hold_shows_on_the_traffic_line() {
+    let mut s = snapshot();
+    s.msvc.spec.failover.hold_on_fallback = true;
+    let waiting = tree(&s, at(0));
+    assert_eq!(
+        waiting.lines().nth(2),
+        Some("  traffic: fallback (users-backup) · 1/3 pods healthy · hold on fallback asked, not in force yet")
+    );
+    if let Some(f) = s.msvc.status.as_mut().and_then(|st| st.failover.as_mut()) {
+        f.held = Some(true);
+    }
+    let held = tree(&s, at(0));
+    assert_eq!(
+        held.lines().nth(2),
+        Some("  traffic: fallback (users-backup, held) · 1/3 pods healthy")
+    );
+    let table = list(&[s.msvc], false, at(0));
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("fallback (users-backup, held)")),
+        "{table}"
+    );
+}
+
 /// `list` is a kubectl-style table; `-A` adds the namespace column first.
 #[test]
 fn list_is_a_table() {

@@ -442,3 +442,95 @@ async fn bad_input(h: &Harness, plugin: &Plugin) -> Result<()> {
     ensure!(retry.is_some(), "the earlier retry's annotation is kept");
     Ok(())
 }
+
+/// Seconds the traffic has to move on a loaded machine.
+const HOLD_TIMEOUT: &str = "90s";
+
+#[tokio::test]
+async fn the_plugin_holds_traffic_on_the_fallback_for_maintenance() -> Result<()> {
+    // `failover` holds a healthy service's traffic on its fallback: status, the HELD column and
+    // the tree show it; `failback` gives it back. A hold without a fallback, a second hold and
+    // a release with no hold are refused with one line.
+    run_test("plugin_hold", |h| {
+        Box::pin(async move {
+            let plugin = Plugin::new(h)?;
+            let sample = msvc::sample(NAME)?;
+            msvc::apply_secrets(h, &sample).await?;
+            let mut standby = sample.msvc.clone();
+            standby.metadata.name = Some("users-standby".into());
+            standby.spec.replicas = 1;
+            standby.spec.failover.enabled = false;
+            h.apply(&standby).await?;
+            let mut users = sample.msvc.clone();
+            users.spec.failover.enabled = true;
+            users.spec.failover.fallback = Some("users-standby".into());
+            users.spec.failover.recover_after_seconds = 2;
+            h.apply(&users).await?;
+            msvc::wait_ready(h, "users-standby").await?;
+            msvc::wait_ready(h, NAME).await?;
+
+            plugin
+                .run(&["failover", "users-standby"])
+                .await?
+                .refused(1, "has no fallback to hold traffic on")?;
+            plugin
+                .run(&["failback", NAME])
+                .await?
+                .refused(1, "not held on the fallback")?;
+
+            let held = plugin
+                .ok(&["failover", NAME, "--timeout", HOLD_TIMEOUT])
+                .await?;
+            ensure!(
+                held.contains("users: traffic held on fallback users-standby: held on fallback for maintenance"),
+                "{held}"
+            );
+            let table = kubectl(h, &["get", "msvc", NAME]).await?;
+            let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
+            let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+            let column = |name: &str| header.iter().position(|c| *c == name).and_then(|i| row.get(i).copied());
+            ensure!(
+                column("ACTIVE") == Some("fallback") && column("HELD") == Some("true"),
+                "kubectl get msvc:\n{table}"
+            );
+            let tree = plugin.ok(&["get", NAME]).await?;
+            ensure!(
+                tree.contains("traffic: fallback (users-standby, held)"),
+                "{tree}"
+            );
+            plugin
+                .run(&["failover", NAME])
+                .await?
+                .refused(1, "already held on the fallback users-standby")?;
+
+            let back = plugin
+                .ok(&["failback", NAME, "--timeout", HOLD_TIMEOUT])
+                .await?;
+            ensure!(back.contains("users: traffic back on the primary"), "{back}");
+            let f = h.msvcs().get(NAME).await?.status.and_then(|s| s.failover);
+            ensure!(
+                f.as_ref().is_some_and(|f| f.held.is_none()
+                    && f.active == Some(flotilla_crds::ActiveTarget::Primary)),
+                "status.failover after the failback: {f:?}"
+            );
+            Ok(())
+        })
+    })
+    .await
+}
+
+/// Plain `kubectl` against the test's cluster and namespace; its stdout.
+async fn kubectl(h: &Harness, args: &[&str]) -> Result<String> {
+    let kubeconfig = h
+        .kubeconfig_path()
+        .context("the test cluster has no kubeconfig")?;
+    let out = Command::new("kubectl")
+        .args(["-n", &h.ns])
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .output()
+        .await
+        .context("running kubectl")?;
+    ensure!(out.status.success(), "kubectl {args:?}: {out:?}");
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
