@@ -42,6 +42,7 @@ const ALL_FEATURES: &[&str] = &[
     "tolerations[0].operator=Exists",
     "tolerations[0].effect=NoSchedule",
     "priorityClassName=system-cluster-critical",
+    "operator.configRollouts.enabled=true",
     "notifications.webhook.existingSecret=flotilla-webhook",
     "notifications.webhook.reasons={FailedOver,RolledBack}",
 ];
@@ -525,6 +526,30 @@ fn rbac_grants_exactly_what_the_operator_uses() -> Result<()> {
         name_of(created) == "flotilla-operator" && created.get("spec").is_none(),
         "{created:#}"
     );
+    Ok(())
+}
+
+#[test]
+fn config_rollouts_grant_secrets_with_the_flag() -> Result<()> {
+    // Reading Secrets is granted only with operator.configRollouts.enabled, together with the
+    // flag that uses it; by default the ClusterRole names no secrets and the flag is absent.
+    let secrets = rule(&[""], &["secrets"], &["get", "list", "watch"]);
+    for (sets, on) in [
+        (&[][..], false),
+        (&["operator.configRollouts.enabled=true"][..], true),
+    ] {
+        let docs = render_and_validate("flotilla", sets)?;
+        let role: ClusterRole = serde_json::from_value(find(&docs, "ClusterRole")?.clone())?;
+        let rules = role.rules.unwrap_or_default();
+        let names_secrets = rules
+            .iter()
+            .any(|r| r.resources.iter().flatten().any(|res| res == "secrets"));
+        ensure!(names_secrets == on, "{sets:?}: {rules:#?}");
+        ensure!(rules.contains(&secrets) == on, "{sets:?}: {rules:#?}");
+        let args = operator_args(&operator_deployment(&docs)?)?;
+        let flag = args.iter().any(|a| a == "--rollout-on-config-change");
+        ensure!(flag == on, "{sets:?}: {args:?}");
+    }
     Ok(())
 }
 
