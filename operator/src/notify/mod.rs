@@ -242,13 +242,15 @@ impl Notifier {
         if !inner.reasons.iter().any(|r| r == reason) {
             return;
         }
-        if inner.tx.try_send(Notification::from_event(event)).is_err() {
-            count(&inner.counter, Outcome::Dropped);
-            warn!(
-                reason,
-                "notification dropped: the delivery queue is full (the webhook is slow or failing)"
-            );
-        }
+        let why = match inner.tx.try_send(Notification::from_event(event)) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                "the delivery queue is full (the webhook is slow or failing)"
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => "delivery has stopped (shutting down)",
+        };
+        count(&inner.counter, Outcome::Dropped);
+        warn!(reason, "notification dropped: {why}");
     }
 }
 
