@@ -21,7 +21,10 @@ pub struct Knobs {
     pub status: AtomicU16,
     pub delay_ms: AtomicU64,
     pub noisy: AtomicBool,
+    /// Plain readiness requests (probes), watches not included.
     pub readiness_requests: AtomicU64,
+    /// Readiness watches opened.
+    pub watch_requests: AtomicU64,
     pub connections: AtomicU64,
     pub metrics: Mutex<String>,
     /// Answer readiness watches (`Flotilla-Watch`) by streaming the status every heartbeat.
@@ -64,8 +67,13 @@ impl FakePod {
     pub fn set_watch(&self, on: bool) {
         self.knobs.watch.store(on, Ordering::SeqCst);
     }
+    /// Plain readiness requests (probes) answered so far, watches not included.
     pub fn readiness_requests(&self) -> u64 {
         self.knobs.readiness_requests.load(Ordering::SeqCst)
+    }
+    /// Readiness watches opened so far.
+    pub fn watch_requests(&self) -> u64 {
+        self.knobs.watch_requests.load(Ordering::SeqCst)
     }
     pub fn connections(&self) -> u64 {
         self.knobs.connections.load(Ordering::SeqCst)
@@ -128,7 +136,7 @@ async fn handle(
         .filter(|ms| *ms > 0);
     match path.as_str() {
         "/readyz" if knobs.watch.load(Ordering::SeqCst) && heartbeat.is_some() => {
-            knobs.readiness_requests.fetch_add(1, Ordering::SeqCst);
+            knobs.watch_requests.fetch_add(1, Ordering::SeqCst);
             let beat = Duration::from_millis(heartbeat.unwrap_or(100));
             Ok(watch_reply(knobs, beat))
         }
