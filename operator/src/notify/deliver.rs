@@ -185,6 +185,40 @@ mod tests {
         }
     }
 
+    /// An `https` webhook is spoken to in TLS (the client's TLS setup is wired in and does not
+    /// depend on a process-wide crypto provider): the first bytes on the wire are a TLS
+    /// handshake record.
+    #[tokio::test]
+    async fn https_webhooks_get_a_tls_handshake() -> Result<(), Box<dyn std::error::Error>> {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = reqwest::Url::parse(&format!("https://{}/hook", listener.local_addr()?))?;
+        let first_bytes = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await?;
+            let mut head = [0u8; 2];
+            stream.read_exact(&mut head).await?;
+            Ok::<_, std::io::Error>(head)
+        });
+        let target = Target {
+            client: client()?,
+            url,
+            format: Format::Json,
+            timeout: Duration::from_secs(30),
+            retries: 0,
+            backoff: Duration::ZERO,
+        };
+        // The listener never answers the handshake: the attempt fails once it is dropped.
+        let attempt = tokio::spawn(async move { target.attempt(&serde_json::json!({})).await });
+        let head = first_bytes.await??;
+        assert_eq!(
+            head,
+            [0x16, 0x03],
+            "a TLS handshake record (type 22, version 3.x)"
+        );
+        assert!(attempt.await?.is_err());
+        Ok(())
+    }
+
     /// The wait doubles from the base and stops at the cap, however many retries are asked.
     #[test]
     fn backoff_doubles_up_to_the_cap() {
