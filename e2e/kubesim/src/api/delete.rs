@@ -283,6 +283,40 @@ fn owner_uids(obj: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether any owner `obj` names still exists with the uid it names. An owner is looked up by its
+/// apiVersion, kind and name (in `obj`'s namespace when the owner's kind is namespaced), as the
+/// garbage collector verifies a dangling reference; an unknown kind counts as present, so only
+/// a provably missing owner makes a dependent garbage.
+fn has_live_owner(st: &State, obj: &Value) -> bool {
+    let Some(refs) = obj
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .filter(|a| !a.is_empty())
+    else {
+        return true;
+    };
+    let (ns, _) = ns_name(obj);
+    refs.iter().any(|r| {
+        let field = |k: &str| r.get(k).and_then(Value::as_str).unwrap_or_default();
+        let Some(def) = st.registry.by_kind(field("apiVersion"), field("kind")) else {
+            return true;
+        };
+        let owner_ns = if def.namespaced { ns.as_str() } else { "" };
+        st.get(&def.key(), owner_ns, field("name"))
+            .is_some_and(|o| uid(&o) == field("uid"))
+    })
+}
+
+/// The garbage collector's answer to a dependent created after its owners are gone: it is
+/// deleted (in the background) at once, as the real collector deletes one whose owners it
+/// cannot find.
+pub(super) fn collect_orphan(st: &mut State, def: &ResourceDef, obj: &Arc<Value>) {
+    if !has_live_owner(st, obj) {
+        delete_object(st, def, obj, Policy::Background, None);
+        collect_garbage(st);
+    }
+}
+
 fn uid(obj: &Value) -> String {
     obj.pointer("/metadata/uid")
         .and_then(Value::as_str)

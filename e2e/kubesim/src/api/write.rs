@@ -349,6 +349,7 @@ pub fn commit_create(
     if crd::is_crd(def) {
         crd::register(st, &stored);
     }
+    super::delete::collect_orphan(st, def, &stored);
     Ok((*stored).clone())
 }
 

@@ -69,6 +69,33 @@ async fn background_deletion_collects_dependents() -> Result<()> {
 }
 
 #[tokio::test]
+async fn a_dependent_created_after_its_owner_is_gone_is_collected() -> Result<()> {
+    // A dependent whose owner no longer exists (deleted, or recreated under a new uid) is
+    // garbage as soon as it is created, as the real collector finds it; one with a live owner
+    // stays.
+    let cluster = start().await?;
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client(), "default");
+    let owner = api
+        .create(&PostParams::default(), &cm("owner", None))
+        .await?;
+    api.delete("owner", &DeleteParams::background()).await?;
+    api.create(&PostParams::default(), &cm("late", Some(&owner)))
+        .await?;
+    assert_eq!(api_error(api.get("late").await)?.code, 404);
+
+    let again = api
+        .create(&PostParams::default(), &cm("owner", None))
+        .await?;
+    api.create(&PostParams::default(), &cm("stale-uid", Some(&owner)))
+        .await?;
+    assert_eq!(api_error(api.get("stale-uid").await)?.code, 404);
+    api.create(&PostParams::default(), &cm("kept", Some(&again)))
+        .await?;
+    assert!(api.get("kept").await.is_ok());
+    Ok(())
+}
+
+#[tokio::test]
 async fn foreground_deletion_waits_for_dependents() -> Result<()> {
     // With foreground propagation the owner stays (foregroundDeletion finalizer) until its
     // dependents are gone, including one held by its own finalizer.
