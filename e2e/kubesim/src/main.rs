@@ -3,7 +3,7 @@
 //!
 //! `kubesim up` (the default) starts the API server and the node, writes a kubeconfig and runs
 //! until SIGINT/SIGTERM, then stops every pod process. `--operator` installs the Flotilla CRD and
-//! runs the operator against it; `--demo` builds the sample services and applies their manifests.
+//! runs the operator against it (with `--rollout-on-config-change`); `--demo` builds the sample services and applies their manifests.
 //! `kubesim serve` runs the API server alone.
 
 use std::path::{Path, PathBuf};
@@ -70,7 +70,8 @@ struct UpArgs {
     /// Image → executable table [default: <workspace>/e2e/kubesim/images.yaml].
     #[arg(long, env = "KUBESIM_IMAGES")]
     images: Option<PathBuf>,
-    /// Install the Flotilla CRD and run the operator (built with cargo if missing).
+    /// Install the Flotilla CRD and run the operator (built with cargo if missing), rolling
+    /// MicroServices when a Secret or ConfigMap their env reads changes.
     #[arg(long)]
     operator: bool,
     /// Build the sample services and apply their MicroService manifests.
@@ -253,10 +254,13 @@ async fn start_operator(
     let log_path = state_dir.join("operator.log");
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("creating {}", log_path.display()))?;
+    // Rolling on configuration changes is on, so a rotated Secret (the demo's auth-secrets)
+    // rolls the MicroServices that read it; kubesim's admin kubeconfig may read Secrets.
     let child = Command::new(&bin)
         .arg("run")
         .arg("--metrics-addr")
         .arg(metrics)
+        .arg("--rollout-on-config-change")
         .env("KUBECONFIG", kubeconfig)
         .stdin(Stdio::null())
         .stdout(Stdio::from(log.try_clone()?))
