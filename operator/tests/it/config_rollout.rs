@@ -102,7 +102,7 @@ async fn entry_changed(
 ) -> Result<BTreeMap<String, String>> {
     env.wait(&format!("a new digest of {object}"), || async {
         let entries = digest_entries(&env.deployments().get(name).await?);
-        let changed = entries.get(object).is_some() && entries.get(object) != before.get(object);
+        let changed = entries.contains_key(object) && entries.get(object) != before.get(object);
         Ok(changed.then_some(entries))
     })
     .await
