@@ -1,7 +1,8 @@
 //! Rollouts when referenced configuration changes (`--rollout-on-config-change`), on kubesim:
 //! a referenced Secret or ConfigMap value changing changes the pod template's
 //! `flotilla.rs/config-digest` and is announced as `ConfigChanged`; an unreferenced key of the
-//! same Secret does not; a missing required Secret is held and reported; with the flag off
+//! same Secret does not; a missing required Secret is held and reported; a restart with nothing
+//! changed writes nothing; with the flag off
 //! templates carry no digest; a guarded service analyses the new template like any release.
 
 use std::collections::BTreeMap;
@@ -14,7 +15,7 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapKeySelector, EnvVar, EnvVarSource, Secret, SecretKeySelector,
 };
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::Api;
+use kube::{Api, ResourceExt};
 
 use crate::failover_common::sim::{FailoverSim, Sim};
 use crate::support::*;
@@ -240,7 +241,46 @@ async fn referenced_values_roll_the_template() -> Result<()> {
     })
     .await?;
     assert_eq!(digest_entries(&env.deployments().get("app").await?), fifth);
+
+    // Nothing changed → no write: a restarted operator reads the same values, finds the same
+    // digest and writes no child.
     env.stop_operator().await?;
+    let version = env.deployments().get("app").await?.resource_version();
+    let addr: std::net::SocketAddr =
+        format!("127.0.0.1:{}", flotilla_testkit::operator::free_port()?).parse()?;
+    let config = flotilla_operator::OperatorConfig {
+        rollout_on_config_change: true,
+        metrics_addr: Some(addr),
+        ..test_config()
+    };
+    let operator = spawn_operator(&env, config);
+    let series = |kind: &str, outcome: &str| {
+        format!("flotilla_child_writes_total{{kind=\"{kind}\",outcome=\"{outcome}\"}}")
+    };
+    let metric = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    };
+    let text = env
+        .poll("a reconcile after the restart", || async {
+            let url = format!("http://{addr}/metrics");
+            let Ok(reply) = flotilla_testkit::http::get(&url).await else {
+                return Ok(None);
+            };
+            let seen = metric(&reply.body, &series("Deployment", "unchanged")) >= 1.0;
+            Ok(seen.then_some(reply.body))
+        })
+        .await?;
+    for outcome in ["created", "updated"] {
+        let s = series("Deployment", outcome);
+        assert_eq!(metric(&text, &s), 0.0, "{s} in\n{text}");
+    }
+    assert_eq!(
+        env.deployments().get("app").await?.resource_version(),
+        version
+    );
+    operator.stop().await?;
     Ok(())
 }
 
