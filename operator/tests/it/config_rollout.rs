@@ -2,19 +2,22 @@
 //! a referenced Secret or ConfigMap value changing changes the pod template's
 //! `flotilla.rs/config-digest` and is announced as `ConfigChanged`; an unreferenced key of the
 //! same Secret does not; a missing required Secret is held and reported; a restart with nothing
-//! changed writes nothing; with the flag off
-//! templates carry no digest; a guarded service analyses the new template like any release.
+//! changed writes nothing; a Secret the operator may not read is reported until it is granted;
+//! with the flag off templates carry no digest; a guarded service analyses the new template like
+//! any release.
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use flotilla_crds::annotations::CONFIG_DIGEST;
 use flotilla_crds::{conditions, RolloutPhase, RolloutStrategy};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     ConfigMap, ConfigMapKeySelector, EnvVar, EnvVarSource, Secret, SecretKeySelector,
 };
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::config::Kubeconfig;
 use kube::{Api, ResourceExt};
 
 use crate::failover_common::sim::{FailoverSim, Sim};
@@ -280,6 +283,105 @@ async fn referenced_values_roll_the_template() -> Result<()> {
         env.deployments().get("app").await?.resource_version(),
         version
     );
+    operator.stop().await?;
+    Ok(())
+}
+
+/// Grants `user` `rules` cluster-wide, in a ClusterRole and binding named `name`.
+async fn grant(env: &Harness, name: &str, user: &str, rules: serde_json::Value) -> Result<()> {
+    let role: ClusterRole = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name}, "rules": rules,
+    }))?;
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": name},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+        "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}],
+    }))?;
+    let pp = PostParams::default();
+    Api::<ClusterRole>::all(env.client.clone())
+        .create(&pp, &role)
+        .await?;
+    Api::<ClusterRoleBinding>::all(env.client.clone())
+        .create(&pp, &binding)
+        .await?;
+    Ok(())
+}
+
+/// A client for the harness's cluster acting as `user`.
+async fn client_as(env: &Harness, user: &str) -> Result<kube::Client> {
+    let path = env.local().context("needs kubesim")?.kubeconfig_path();
+    let mut config =
+        kube::Config::from_custom_kubeconfig(Kubeconfig::read_from(path)?, &Default::default())
+            .await?;
+    config.auth_info.impersonate = Some(user.to_string());
+    Ok(kube::Client::try_from(config)?)
+}
+
+#[tokio::test]
+async fn a_forbidden_secret_is_reported_until_granted() -> Result<()> {
+    // An operator whose RBAC lacks Secrets still converges the MicroService, without a digest
+    // entry for the Secret it may not read, and says why in Degraded (Forbidden); once the grant
+    // arrives, its refused Secret watch lists again and the entry appears without a restart.
+    let env = start_without_operator("config-forbidden").await?;
+    let user = format!("config-test-{}", env.ns);
+    grant(
+        &env,
+        &format!("{user}-all-but-secrets"),
+        &user,
+        serde_json::json!([
+            {"apiGroups": ["apps", "autoscaling", "flotilla.rs", "events.k8s.io"],
+             "resources": ["*"], "verbs": ["*"]},
+            {"apiGroups": [""], "resources": ["configmaps", "services", "pods", "events"],
+             "verbs": ["*"]},
+        ]),
+    )
+    .await?;
+    create_secret(&env.api(), "app-secrets", &[("token", "one")]).await?;
+    let config = flotilla_operator::OperatorConfig {
+        rollout_on_config_change: true,
+        ..test_config()
+    };
+    let client = client_as(&env, &user).await?;
+    let operator = InProcess::spawn(client, move |c, s| flotilla_operator::run(c, config, s));
+    let mut s = spec("flotilla/users:0.1.0");
+    s.env = Some(vec![secret_env("TOKEN", "app-secrets", "token", false)]);
+    env.create("app", s).await?;
+    env.wait("Degraded Forbidden naming the Secret", || async {
+        let ms = env.msvcs().get("app").await?;
+        let c = ms.status.and_then(|s| {
+            s.conditions
+                .into_iter()
+                .find(|c| c.type_ == conditions::DEGRADED)
+        });
+        Ok(c.filter(|c| c.reason == "Forbidden" && c.message.contains("Secret app-secrets")))
+    })
+    .await?;
+    let d = env.deployments().get("app").await?;
+    assert_eq!(template_annotation(&d, CONFIG_DIGEST), None);
+
+    grant(
+        &env,
+        &format!("{user}-secrets"),
+        &user,
+        serde_json::json!([{"apiGroups": [""], "resources": ["secrets"],
+                            "verbs": ["get", "list", "watch"]}]),
+    )
+    .await?;
+    env.wait("the Secret's digest entry after the grant", || async {
+        let d = env.deployments().get("app").await?;
+        Ok(digest_entries(&d)
+            .contains_key("Secret/app-secrets")
+            .then_some(()))
+    })
+    .await?;
+    env.wait("Degraded to clear", || async {
+        let ms = env.msvcs().get("app").await?;
+        Ok(
+            (condition(&ms, conditions::DEGRADED).map(|c| c.0) == Some(conditions::FALSE.into()))
+                .then_some(()),
+        )
+    })
+    .await?;
     operator.stop().await?;
     Ok(())
 }
