@@ -8,8 +8,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper::header::{CONTENT_TYPE, USER_AGENT};
+use hyper::{Request, StatusCode, Uri};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use prometheus::IntCounterVec;
-use reqwest::StatusCode;
 use rustls_platform_verifier::BuilderVerifierExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
@@ -19,10 +26,13 @@ use super::{count, Format, Notification, NotifyError, Outcome};
 /// Longest wait between two attempts, however many retries are configured.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
+/// The webhook's HTTP client.
+pub(super) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 /// Where and how notifications are sent.
 pub(super) struct Target {
-    pub client: reqwest::Client,
-    pub url: reqwest::Url,
+    pub client: HttpClient,
+    pub url: Uri,
     pub format: Format,
     pub timeout: Duration,
     pub retries: u32,
@@ -30,21 +40,22 @@ pub(super) struct Target {
 }
 
 /// The HTTP client: TLS with the ring provider (the one the operator's Kubernetes client uses)
-/// and the system's root certificates; no redirects (a webhook answers where it is asked, and a
-/// redirect would carry the body elsewhere). Each attempt's timeout is set where it is sent.
-pub(super) fn client() -> Result<reqwest::Client, NotifyError> {
+/// and the system's root certificates; plain http allowed for in-cluster receivers; HTTP/1.1; no
+/// redirects followed (a webhook answers where it is asked, and a redirect would carry the body
+/// elsewhere). Each attempt's timeout is set where it is sent.
+pub(super) fn client() -> Result<HttpClient, NotifyError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .and_then(|b| b.with_platform_verifier())
         .map_err(|e| NotifyError::Client(e.to_string()))?
         .with_no_client_auth();
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("flotilla-operator/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| NotifyError::Client(e.to_string()))
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .build();
+    Ok(Client::builder(TokioExecutor::new()).build(https))
 }
 
 /// Delivers until every [`super::Notifier`] is gone, or `stop` fires; then delivers what is
@@ -112,7 +123,18 @@ impl Target {
     }
 
     async fn attempt(&self, body: &serde_json::Value) -> Result<(), Failure> {
-        let send = self.client.post(self.url.clone()).json(body).send();
+        let request = Request::post(self.url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(
+                USER_AGENT,
+                concat!("flotilla-operator/", env!("CARGO_PKG_VERSION")),
+            )
+            .body(Full::new(Bytes::from(body.to_string())))
+            .map_err(|e| Failure {
+                retry: false,
+                why: format!("cannot build the request: {e}"),
+            })?;
+        let send = self.client.request(request);
         match tokio::time::timeout(self.timeout, send).await {
             Err(_) => Err(Failure {
                 retry: true,
@@ -120,7 +142,7 @@ impl Target {
             }),
             Ok(Err(e)) => Err(Failure {
                 retry: true,
-                why: error_chain(e.without_url()),
+                why: error_chain(&e),
             }),
             Ok(Ok(answer)) => judge(answer.status()),
         }
@@ -149,10 +171,11 @@ pub(super) fn backoff(base: Duration, attempt: u32) -> Duration {
         .min(MAX_BACKOFF)
 }
 
-/// An error and its sources on one line (reqwest's own message alone is "error sending request").
-fn error_chain(e: reqwest::Error) -> String {
+/// An error and its sources on one line (the client's own message alone is "client error
+/// (Connect)"). hyper's errors do not carry the URL.
+fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
+    let mut source = e.source();
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());
@@ -192,7 +215,7 @@ mod tests {
     async fn https_webhooks_get_a_tls_handshake() -> Result<(), Box<dyn std::error::Error>> {
         use tokio::io::AsyncReadExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = reqwest::Url::parse(&format!("https://{}/hook", listener.local_addr()?))?;
+        let url: Uri = format!("https://{}/hook", listener.local_addr()?).parse()?;
         let first_bytes = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await?;
             let mut head = [0u8; 2];

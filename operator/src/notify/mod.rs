@@ -280,7 +280,7 @@ impl Delivery {
 }
 
 /// The URL from its source, checked to be an absolute http(s) URL.
-fn resolve_url(source: &UrlSource) -> Result<reqwest::Url, NotifyError> {
+fn resolve_url(source: &UrlSource) -> Result<hyper::Uri, NotifyError> {
     let text = match source {
         UrlSource::Value(v) => v.clone(),
         UrlSource::File(path) => {
@@ -291,10 +291,16 @@ fn resolve_url(source: &UrlSource) -> Result<reqwest::Url, NotifyError> {
         }
     };
     // A Secret written with `echo` ends with a newline.
-    let url = reqwest::Url::parse(text.trim()).map_err(|e| NotifyError::Url(e.to_string()))?;
-    match url.scheme() {
-        "http" | "https" if url.has_host() => Ok(url),
-        other => Err(NotifyError::Url(format!("scheme {other:?} without a host"))),
+    let url: hyper::Uri = text
+        .trim()
+        .parse()
+        .map_err(|e: hyper::http::uri::InvalidUri| NotifyError::Url(e.to_string()))?;
+    match url.scheme_str() {
+        Some("http" | "https") if url.host().is_some() => Ok(url),
+        other => Err(NotifyError::Url(format!(
+            "scheme {:?} without a host",
+            other.unwrap_or_default()
+        ))),
     }
 }
 
@@ -311,7 +317,7 @@ mod tests {
         let file = dir.path().join("url");
         std::fs::write(&file, format!("{secret}\n"))?;
         let url = resolve_url(&UrlSource::File(file))?;
-        assert_eq!(url.as_str(), secret);
+        assert_eq!(url.to_string(), secret);
         for bad in [
             "s3cr3t-not-a-url",
             "ftp://s3cr3t.example.com/",
