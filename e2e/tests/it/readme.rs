@@ -1,7 +1,8 @@
 //! The README's "Run it" session, as a newcomer types it: `kubesim up --operator --demo`, then
 //! the kubectl and curl commands the README lists, against the kubeconfig kubesim printed; then
 //! the "Guarded rollouts" session on the same cluster, each line run with bash exactly as the
-//! README writes it.
+//! README writes it; then the plugin's "A release and an incident, step by step" on the same
+//! cluster (`readme/day_two.rs`).
 //!
 //! The only additions to the README's command are a private state directory and address ranges,
 //! so this test does not collide with other clusters running in parallel.
@@ -17,18 +18,20 @@ use flotilla_testkit::wait::poll;
 use flotilla_testkit::{dump, http};
 use tokio::process::Command;
 
+mod day_two;
+
 /// Building nothing, installing the CRD and starting two services and the operator on a loaded
 /// 2-core machine.
 const UP_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// Runs kubectl with the kubeconfig; its stdout on success, an error with stderr otherwise.
-async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String> {
+pub(crate) async fn kubectl(kubeconfig: &Path, args: &[&str]) -> Result<String> {
     run(kubeconfig, "kubectl", args).await
 }
 
 /// Runs `program` with `args` against the kubeconfig; its stdout on success, an error with
 /// stderr otherwise.
-async fn run(kubeconfig: &Path, program: &str, args: &[&str]) -> Result<String> {
+pub(crate) async fn run(kubeconfig: &Path, program: &str, args: &[&str]) -> Result<String> {
     let out = output(kubeconfig, program, args).await?;
     if !out.status.success() {
         bail!(
@@ -42,7 +45,20 @@ async fn run(kubeconfig: &Path, program: &str, args: &[&str]) -> Result<String> 
 
 /// Runs `program` with `args` against the kubeconfig, with the workspace's `kubectl-flotilla`
 /// first on the PATH (where `cargo install --path kubectl-flotilla` would put the same build).
-async fn output(kubeconfig: &Path, program: &str, args: &[&str]) -> Result<std::process::Output> {
+pub(crate) async fn output(
+    kubeconfig: &Path,
+    program: &str,
+    args: &[&str],
+) -> Result<std::process::Output> {
+    command(kubeconfig, program, args)?
+        .output()
+        .await
+        .with_context(|| format!("running {program} (is it on PATH?)"))
+}
+
+/// `program` with `args` as the README's commands run: against the kubeconfig, from the
+/// repository's root, with the workspace's `kubectl-flotilla` first on the PATH.
+pub(crate) fn command(kubeconfig: &Path, program: &str, args: &[&str]) -> Result<Command> {
     let plugin = workspace_binary("kubectl-flotilla", "kubectl-flotilla")?;
     let mut path = vec![plugin
         .parent()
@@ -51,13 +67,12 @@ async fn output(kubeconfig: &Path, program: &str, args: &[&str]) -> Result<std::
     path.extend(std::env::split_paths(
         &std::env::var_os("PATH").unwrap_or_default(),
     ));
-    Command::new(program)
-        .args(args)
+    let mut c = Command::new(program);
+    c.args(args)
         .env("KUBECONFIG", kubeconfig)
         .env("PATH", std::env::join_paths(path)?)
-        .output()
-        .await
-        .with_context(|| format!("running {program} (is it on PATH?)"))
+        .current_dir(flotilla_testkit::paths::repo_root());
+    Ok(c)
 }
 
 async fn wait_ready(kubeconfig: &Path, name: &str) -> Result<()> {
@@ -281,18 +296,18 @@ async fn the_plugin(kubeconfig: &Path) -> Result<()> {
                 >= 3,
         "{tree}"
     );
-    Ok(())
+    day_two::steps(kubeconfig).await
 }
 
 /// Runs a `$ ` line of the README's console blocks exactly as written (with bash, against
 /// `kubeconfig`); its stdout. Fails when the README has no such line, so the two cannot drift.
-async fn as_written(kubeconfig: &Path, line: &str) -> Result<String> {
+pub(crate) async fn as_written(kubeconfig: &Path, line: &str) -> Result<String> {
     in_readme(line)?;
     run(kubeconfig, "bash", &["-c", line]).await
 }
 
 /// Fails when the README's console blocks have no line `$ {line}`.
-fn in_readme(line: &str) -> Result<()> {
+pub(crate) fn in_readme(line: &str) -> Result<()> {
     let readme = include_str!("../../../README.md");
     if !readme.lines().any(|l| l.strip_prefix("$ ") == Some(line)) {
         bail!("README.md has no console line `$ {line}`");
@@ -302,7 +317,10 @@ fn in_readme(line: &str) -> Result<()> {
 
 /// Like [`as_written`], for a line whose exit status is part of what the README shows: the
 /// whole output, whatever the status.
-async fn as_written_output(kubeconfig: &Path, line: &str) -> Result<std::process::Output> {
+pub(crate) async fn as_written_output(
+    kubeconfig: &Path,
+    line: &str,
+) -> Result<std::process::Output> {
     in_readme(line)?;
     output(kubeconfig, "bash", &["-c", line]).await
 }
