@@ -60,7 +60,14 @@ pub enum Command {
     /// Analyses a rolled-back release again (the `flotilla.rs/rollout-retry` annotation).
     Retry(RequestArgs),
     /// Promotes the release under analysis now (the `flotilla.rs/rollout-promote` annotation).
-    Promote(RequestArgs),
+    Promote {
+        #[command(flatten)]
+        request: RequestArgs,
+        /// Promote to every pod at once. Flotilla's canary has one step, so every promotion is
+        /// full; the flag is accepted for scripts written for Argo Rollouts.
+        #[arg(long)]
+        full: bool,
+    },
     /// Rolls the release under analysis back now (the `flotilla.rs/rollout-abort` annotation).
     Abort(RequestArgs),
     /// Holds promotion: a release that passes its analysis waits (`spec.rollout.paused: true`).
@@ -119,7 +126,9 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             commands::status(&target, &name, timeout, &mut out).await
         }
         Command::Retry(a) => request(&target, a, Request::Retry, &mut out).await,
-        Command::Promote(a) => request(&target, a, Request::Promote, &mut out).await,
+        Command::Promote { request: a, .. } => {
+            request(&target, a, Request::Promote, &mut out).await
+        }
         Command::Abort(a) => request(&target, a, Request::Abort, &mut out).await,
         Command::Pause { name } => commands::set_paused(&target, &name, true, &mut out).await,
         Command::Resume { name } => commands::set_paused(&target, &name, false, &mut out).await,
@@ -204,5 +213,15 @@ mod tests {
         assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
         assert!(parse_duration("5x").is_err_and(|e| e.contains("\"5x\"")));
         assert!(parse_duration("m").is_err());
+    }
+
+    /// `promote --full` parses (scripts written for Argo Rollouts pass it); it asks for the same
+    /// promotion as `promote`.
+    #[test]
+    fn promote_accepts_full() {
+        let cli = Cli::try_parse_from(["kubectl-flotilla", "promote", "users", "--full"]);
+        assert!(
+            matches!(cli.map(|c| c.command), Ok(Command::Promote { full: true, ref request } ) if request.name == "users"),
+        );
     }
 }
