@@ -103,6 +103,21 @@ pub mod conditions {
     pub const UNKNOWN: &str = "Unknown";
 }
 
+/// The reasons of the Events that matter beyond the cluster: a notification webhook sends them
+/// by default, and alerts and dashboards key on them.
+pub mod event_reasons {
+    /// Traffic of the primary Service went to the fallback's pods.
+    pub const FAILED_OVER: &str = "FailedOver";
+    /// Traffic returned to the primary's own pods.
+    pub const FAILED_BACK: &str = "FailedBack";
+    /// Traffic flipped too often; the failover engine holds its target.
+    pub const FLAPPING: &str = "Flapping";
+    /// A guarded rollout's canary passed its analysis (or was promoted by request).
+    pub const PROMOTED: &str = "Promoted";
+    /// A guarded rollout's canary failed its analysis (or was aborted) and was rolled back.
+    pub const ROLLED_BACK: &str = "RolledBack";
+}
+
 /// Condition reasons written by the reconciler (CamelCase, API conventions).
 pub mod reasons {
     /// Rollout complete, all replicas ready.

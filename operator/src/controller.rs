@@ -5,7 +5,6 @@
 //! Secrets and ConfigMaps wake the MicroServices that read a changed one (see
 //! [`crate::config_refs::trigger`]). Runs only while this replica leads.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use flotilla_crds::{labels, MicroService};
@@ -32,6 +31,7 @@ use crate::http::Readiness;
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::reconcile::{error_policy, reconcile};
+use crate::reverse_index::ReverseIndex;
 use crate::verdict_keys::VerdictKeys;
 use crate::write::Leadership;
 use crate::OperatorConfig;
@@ -66,92 +66,29 @@ fn on_init_done<K>(flags: &mut Vec<Synced>) -> impl FnMut(&watcher::Event<K>) {
 
 type MsRef = ObjectRef<MicroService>;
 
-/// Which MicroServices list which others as dependencies, kept from the MicroService changes so
-/// that finding the dependents of a changed service costs a map lookup, not a scan of the cache.
-#[derive(Default)]
-struct DependencyIndex {
-    /// Per MicroService: the generation last indexed and the services it depends on.
-    indexed: HashMap<MsRef, (Option<i64>, Vec<MsRef>)>,
-    /// Per service: the MicroServices that depend on it.
-    dependents: HashMap<MsRef, HashSet<MsRef>>,
+/// The services `ms` lists as dependencies, in its namespace.
+fn dependencies(ms: &MicroService) -> Vec<MsRef> {
+    let ns = ms.metadata.namespace.as_deref().unwrap_or_default();
+    let deps = ms.spec.dependencies.iter().flatten();
+    deps.map(|d| ObjectRef::new(d).within(ns)).collect()
 }
 
-impl DependencyIndex {
-    fn dependencies(ms: &MicroService) -> Vec<MsRef> {
-        let ns = ms.metadata.namespace.as_deref().unwrap_or_default();
-        let deps = ms.spec.dependencies.iter().flatten();
-        deps.map(|d| ObjectRef::new(d).within(ns)).collect()
-    }
+/// Which MicroServices list which others as dependencies.
+type DependencyIndex = ReverseIndex<MsRef>;
 
-    fn remove(&mut self, r: &MsRef) {
-        for dep in self.indexed.remove(r).map(|(_, d)| d).unwrap_or_default() {
-            if let Some(set) = self.dependents.get_mut(&dep) {
-                set.remove(r);
-                if set.is_empty() {
-                    self.dependents.remove(&dep);
-                }
-            }
-        }
-    }
-
-    /// Indexes `ms` (again when its spec changed).
-    fn insert(&mut self, ms: &MicroService) {
-        let r = ObjectRef::from_obj(ms);
-        let generation = ms.metadata.generation;
-        if self.indexed.get(&r).is_some_and(|(g, _)| *g == generation) {
-            return;
-        }
-        self.remove(&r);
-        let deps = Self::dependencies(ms);
-        for dep in &deps {
-            self.dependents
-                .entry(dep.clone())
-                .or_default()
-                .insert(r.clone());
-        }
-        self.indexed.insert(r, (generation, deps));
-    }
-
-    fn rebuild(&mut self, store: &Store<MicroService>) {
-        *self = Self::default();
-        for ms in store.state() {
-            self.insert(&ms);
-        }
-    }
-
-    /// The MicroServices that list `r` as a dependency.
-    fn dependents_of(&self, r: &MsRef) -> Vec<MsRef> {
-        self.dependents
-            .get(r)
-            .map(|s| s.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    /// The MicroServices to reconcile after `change`. Any change of a service wakes its
-    /// dependents, its status included: a guarded rollout and the failover of a MicroService
-    /// follow the status of the fallback it depends on.
-    fn on_change(&mut self, change: Change, store: &Store<MicroService>) -> Vec<MsRef> {
-        match change {
-            Change::Applied(r) => match store.get(&r) {
-                Some(ms) => {
-                    self.insert(&ms);
-                    self.dependents_of(&r)
-                }
-                None => {
-                    self.remove(&r);
-                    self.dependents_of(&r)
-                }
-            },
-            Change::Deleted(r) => {
-                self.remove(&r);
-                self.dependents_of(&r)
-            }
-            // The controller's own stream reconciles everything after a resync.
-            Change::Resynced => {
-                self.rebuild(store);
-                Vec::new()
-            }
-        }
+/// The MicroServices to reconcile after `change`. Any change of a service wakes its dependents,
+/// its status included: a guarded rollout and the failover of a MicroService follow the status
+/// of the fallback it depends on. After a resync the controller's own stream reconciles
+/// everything.
+fn dependents_to_wake(
+    index: &mut DependencyIndex,
+    change: &Change,
+    store: &Store<MicroService>,
+) -> Vec<MsRef> {
+    index.apply(change, store);
+    match change {
+        Change::Applied(r) | Change::Deleted(r) => index.referrers(r),
+        Change::Resynced => Vec::new(),
     }
 }
 
@@ -258,11 +195,11 @@ fn dependency_changes(
     microservices: &MicroServices,
 ) -> impl futures::Stream<Item = MsRef> + Send + 'static {
     let store = microservices.store();
-    let mut index = DependencyIndex::default();
+    let mut index = DependencyIndex::new(dependencies);
     index.rebuild(&store);
     microservices
         .changes()
-        .flat_map(move |c| futures::stream::iter(index.on_change(c, &store)))
+        .flat_map(move |c| futures::stream::iter(dependents_to_wake(&mut index, &c, &store)))
 }
 
 /// Sets `readiness` once every cache has synced.
@@ -441,33 +378,45 @@ mod tests {
     fn dependents_are_woken_through_the_index() {
         let mut writer: Writer<MicroService> = Writer::default();
         let store = writer.as_reader();
-        let mut index = DependencyIndex::default();
+        let mut index = DependencyIndex::new(dependencies);
         for m in [ms("web", 1, &["users"]), ms("admin", 1, &["users", "auth"])] {
             writer.apply_watcher_event(&Event::Apply(m));
         }
-        assert!(index.on_change(Change::Resynced, &store).is_empty());
+        assert!(dependents_to_wake(&mut index, &Change::Resynced, &store).is_empty());
         let users = ms("users", 1, &[]);
         writer.apply_watcher_event(&Event::Apply(users.clone()));
         let r = ObjectRef::from_obj(&users);
-        let woken = index.on_change(Change::Applied(r.clone()), &store);
+        let woken = dependents_to_wake(&mut index, &Change::Applied(r.clone()), &store);
         assert_eq!(names(woken), ["admin", "web"]);
         assert_eq!(
-            names(index.on_change(Change::Applied(r.clone()), &store)),
+            names(dependents_to_wake(
+                &mut index,
+                &Change::Applied(r.clone()),
+                &store
+            )),
             ["admin", "web"],
             "a status change of the dependency wakes its dependents too"
         );
         writer.apply_watcher_event(&Event::Apply(ms("users", 2, &[])));
         assert_eq!(
-            names(index.on_change(Change::Applied(r.clone()), &store)),
+            names(dependents_to_wake(
+                &mut index,
+                &Change::Applied(r.clone()),
+                &store
+            )),
             ["admin", "web"]
         );
         // `web` stops depending on `users`.
         let web = ms("web", 2, &[]);
         writer.apply_watcher_event(&Event::Apply(web.clone()));
-        index.on_change(Change::Applied(ObjectRef::from_obj(&web)), &store);
+        dependents_to_wake(
+            &mut index,
+            &Change::Applied(ObjectRef::from_obj(&web)),
+            &store,
+        );
         writer.apply_watcher_event(&Event::Delete(ms("users", 2, &[])));
         assert_eq!(
-            names(index.on_change(Change::Deleted(r), &store)),
+            names(dependents_to_wake(&mut index, &Change::Deleted(r), &store)),
             ["admin"]
         );
     }

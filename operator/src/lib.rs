@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod notify;
 pub mod reconcile;
 pub mod render;
+pub mod reverse_index;
 pub mod rollout;
 pub mod status;
 pub mod telemetry;

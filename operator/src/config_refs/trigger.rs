@@ -10,7 +10,6 @@
 //! about 30 s between attempts); when the watch lists again, every referenced object wakes its
 //! readers, so a grant made later takes effect without a restart.
 
-use std::collections::{HashMap, HashSet};
 use std::future::ready;
 
 use flotilla_crds::MicroService;
@@ -25,6 +24,7 @@ use tracing::warn;
 
 use super::{sources, SourceKind};
 use crate::cache::{Change, MicroServices};
+use crate::reverse_index::ReverseIndex;
 
 type MsRef = ObjectRef<MicroService>;
 
@@ -47,54 +47,27 @@ pub enum Input {
     },
 }
 
+/// The objects `ms`'s env reads, across namespaces.
+fn referenced(ms: &MicroService) -> Vec<ObjectKey> {
+    let ns = ms.namespace().unwrap_or_default();
+    sources(&ms.name_any(), &ms.spec)
+        .into_iter()
+        .map(|s| (ns.clone(), s.kind, s.name))
+        .collect()
+}
+
 /// Which MicroServices read which objects.
-#[derive(Debug, Default)]
-pub struct SourceIndex {
-    /// Per MicroService: the generation last indexed and the objects it reads.
-    indexed: HashMap<MsRef, (Option<i64>, Vec<ObjectKey>)>,
-    /// Per object: the MicroServices that read it.
-    readers: HashMap<ObjectKey, HashSet<MsRef>>,
+pub struct SourceIndex(ReverseIndex<ObjectKey>);
+
+impl Default for SourceIndex {
+    fn default() -> Self {
+        Self(ReverseIndex::new(referenced))
+    }
 }
 
 impl SourceIndex {
-    fn remove(&mut self, r: &MsRef) {
-        for key in self.indexed.remove(r).map(|(_, k)| k).unwrap_or_default() {
-            if let Some(set) = self.readers.get_mut(&key) {
-                set.remove(r);
-                if set.is_empty() {
-                    self.readers.remove(&key);
-                }
-            }
-        }
-    }
-
-    /// Indexes `ms` (again when its spec changed).
-    fn insert(&mut self, ms: &MicroService) {
-        let r = ObjectRef::from_obj(ms);
-        let generation = ms.metadata.generation;
-        if self.indexed.get(&r).is_some_and(|(g, _)| *g == generation) {
-            return;
-        }
-        self.remove(&r);
-        let ns = ms.namespace().unwrap_or_default();
-        let keys: Vec<ObjectKey> = sources(&ms.name_any(), &ms.spec)
-            .into_iter()
-            .map(|s| (ns.clone(), s.kind, s.name))
-            .collect();
-        for key in &keys {
-            self.readers
-                .entry(key.clone())
-                .or_default()
-                .insert(r.clone());
-        }
-        self.indexed.insert(r, (generation, keys));
-    }
-
     fn rebuild(&mut self, store: &Store<MicroService>) {
-        *self = Self::default();
-        for ms in store.state() {
-            self.insert(&ms);
-        }
+        self.0.rebuild(store);
     }
 
     /// The MicroServices to reconcile after `input`: the readers of a changed object; none for
@@ -102,41 +75,26 @@ impl SourceIndex {
     /// MicroService itself).
     pub fn on_input(&mut self, input: Input, store: &Store<MicroService>) -> Vec<MsRef> {
         match input {
-            Input::MicroService(Change::Applied(r)) => {
-                match store.get(&r) {
-                    Some(ms) => self.insert(&ms),
-                    None => self.remove(&r),
-                }
-                Vec::new()
-            }
-            Input::MicroService(Change::Deleted(r)) => {
-                self.remove(&r);
-                Vec::new()
-            }
-            Input::MicroService(Change::Resynced) => {
-                self.rebuild(store);
+            Input::MicroService(change) => {
+                self.0.apply(&change, store);
                 Vec::new()
             }
             Input::Object {
                 namespace,
                 kind,
                 name,
-            } => self
-                .readers
-                .get(&(namespace, kind, name))
-                .map(|s| s.iter().cloned().collect())
-                .unwrap_or_default(),
+            } => self.0.referrers(&(namespace, kind, name)),
         }
     }
 
     /// How many objects are referenced.
     pub fn len(&self) -> usize {
-        self.readers.len()
+        self.0.len()
     }
 
     /// Whether no object is referenced.
     pub fn is_empty(&self) -> bool {
-        self.readers.is_empty()
+        self.0.is_empty()
     }
 }
 

@@ -41,12 +41,7 @@ use crate::write::{count_write, result_label, Leadership};
 
 /// Reasons of the writer's service-level Events (the notifier picks its defaults from these).
 pub mod reason {
-    /// Traffic of the primary Service went to the fallback's pods.
-    pub const FAILED_OVER: &str = "FailedOver";
-    /// Traffic returned to the primary's own pods.
-    pub const FAILED_BACK: &str = "FailedBack";
-    /// Traffic flipped too often; the engine holds its target.
-    pub const FLAPPING: &str = "Flapping";
+    pub use flotilla_crds::event_reasons::{FAILED_BACK, FAILED_OVER, FLAPPING};
 }
 
 /// Tunables of the writer.

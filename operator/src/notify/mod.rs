@@ -31,17 +31,16 @@ use tracing::warn;
 
 pub use body::{Notification, Regarding};
 
-use crate::failover::writer::reason as failover_reason;
-use crate::rollout::machine::reason as rollout_reason;
+use flotilla_crds::event_reasons;
 
 /// The Event reasons notified unless others are configured: traffic moved to the fallback and
 /// back, traffic held because it flipped too often, and a guarded rollout's end either way.
 pub const DEFAULT_REASONS: [&str; 5] = [
-    failover_reason::FAILED_OVER,
-    failover_reason::FAILED_BACK,
-    failover_reason::FLAPPING,
-    rollout_reason::PROMOTED,
-    rollout_reason::ROLLED_BACK,
+    event_reasons::FAILED_OVER,
+    event_reasons::FAILED_BACK,
+    event_reasons::FLAPPING,
+    event_reasons::PROMOTED,
+    event_reasons::ROLLED_BACK,
 ];
 /// Longest wait for the receiver's answer to one attempt (connecting included).
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -356,7 +355,7 @@ mod tests {
         };
         notifier.notify(&event("PodEjected"));
         notifier.notify(&event("RolloutStarted"));
-        notifier.notify(&event(failover_reason::FAILED_OVER));
+        notifier.notify(&event(event_reasons::FAILED_OVER));
         delivery.finish(Duration::from_secs(30)).await;
         let get = |o: Outcome| counter.with_label_values(&[o.as_str()]).get();
         assert_eq!(

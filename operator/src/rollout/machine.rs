@@ -31,7 +31,7 @@ pub mod reason {
     /// A new revision's canary pods were created.
     pub const STARTED: &str = "RolloutStarted";
     /// The canary passed its analysis; every pod moves to its template.
-    pub const PROMOTED: &str = "Promoted";
+    pub use flotilla_crds::event_reasons::PROMOTED;
     /// A canary pod never became ready (or cannot: image pull error, crash loop).
     pub const NOT_READY: &str = "CanaryNotReady";
     /// Flotilla's probes judged a canary pod unhealthy, or it turned unready.
@@ -43,7 +43,7 @@ pub mod reason {
     /// Traffic failed over to the fallback during the analysis.
     pub const FAILED_OVER: &str = "FailedOver";
     /// Event reason of a rollback.
-    pub const ROLLED_BACK: &str = "RolledBack";
+    pub use flotilla_crds::event_reasons::ROLLED_BACK;
     /// Event reason of a failed analysis whose canary is kept (`autoRollback: false`).
     pub const HALTED: &str = "RolloutHalted";
     /// A person asked for the analysis to end in a rollback (`flotilla.rs/rollout-abort`).
