@@ -21,7 +21,8 @@ pub struct HealthSpec {
     pub readiness_path: String,
 
     /// HTTP path of the Prometheus metrics endpoint (scraped by the failover engine when
-    /// `failover.scrapeMetrics` is on).
+    /// `failover.scrapeMetrics` is on, during a guarded rollout's analysis, and for the request
+    /// figures of `reportTraffic`).
     #[serde(default = "default_metrics_path")]
     #[schemars(length(min = 1, max = 1024), regex(pattern = r"^/"))]
     pub metrics_path: String,
@@ -63,6 +64,17 @@ pub struct HealthSpec {
     /// HTTP on the same port.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc: Option<GrpcHealthSpec>,
+
+    /// Report request figures (requests per second, error ratio, p99 latency) in
+    /// `status.traffic` and the RPS, ERRORS and P99-MS columns of `kubectl get msvc`, read from
+    /// `metricsPath`. Unset, they are reported where Flotilla reads the pods' metrics anyway:
+    /// with `failover.enabled` and `failover.scrapeMetrics`, or with `rollout.strategy: Guarded`
+    /// (whose analysis compares the canary's latency with the stable pods'). `true` reports
+    /// them for any MicroService; pods that Flotilla does not probe are then only scraped, every
+    /// 5 seconds. `false` turns them off (a guarded rollout's analysis then has no latency to
+    /// compare).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report_traffic: Option<bool>,
 }
 
 /// How a gRPC service is health-checked.
@@ -88,6 +100,7 @@ impl Default for HealthSpec {
             success_threshold: default_success_threshold(),
             initial_delay_seconds: 0,
             grpc: None,
+            report_traffic: None,
         }
     }
 }

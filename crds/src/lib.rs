@@ -14,6 +14,7 @@ mod rollout;
 mod service;
 mod spec;
 mod status;
+mod traffic_status;
 
 pub use autoscaling::AutoscalingSpec;
 pub use constants::*;
@@ -30,3 +31,4 @@ pub use rollout::{
 pub use service::{ServiceSpec, ServiceType};
 pub use spec::{MicroService, MicroServiceSpec};
 pub use status::{condition, ActiveTarget, FailoverStatus, MicroServiceStatus, PodHealth};
+pub use traffic_status::{TrafficFigures, TrafficStatus};

@@ -269,7 +269,11 @@ mod tests {
             vec![
                 ("Ready", ".status.ready"),
                 ("Active", ".status.failover.active"),
+                ("Held", ".status.failover.held"),
                 ("Rollout", ".status.rollout.phase"),
+                ("RPS", ".status.traffic.requestsPerSecond"),
+                ("Errors", ".status.traffic.errorRatio"),
+                ("P99-ms", ".status.traffic.p99LatencyMillis"),
                 ("Image", ".spec.image"),
                 ("Age", ".metadata.creationTimestamp")
             ]

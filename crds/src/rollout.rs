@@ -60,12 +60,28 @@ pub struct RolloutSpec {
     #[schemars(range(min = 0.0, max = 1.0))]
     pub max_error_rate: f64,
 
+    /// Largest tolerated ratio of the canary pods' p99 latency to the stable pods' (1 to 100):
+    /// with 2 the analysis fails when the canary's p99 is more than twice the stable pods' and
+    /// more than `latencyToleranceMillis` above it (`failOn` `Latency`). Both come from
+    /// `status.traffic` (the pods' duration histograms over the last 30 seconds); while either
+    /// has no figure (no histogram, fewer than 100 requests) latency fails nothing.
+    #[serde(default = "default_max_latency_ratio")]
+    #[schemars(range(min = 1.0, max = 100.0))]
+    pub max_latency_ratio: f64,
+
+    /// A canary p99 latency at most this many milliseconds above the stable pods' never fails
+    /// the analysis, whatever `maxLatencyRatio` says: a histogram resolves latency only to its
+    /// bucket bounds, and a service answering in 2 ms that now takes 5 is rarely a regression.
+    #[serde(default = "default_latency_tolerance_millis")]
+    #[schemars(range(min = 0, max = 60000))]
+    pub latency_tolerance_millis: i32,
+
     /// Which evidence fails the analysis besides readiness: `ProbeFailure` (Flotilla's probes
     /// judge a canary pod unhealthy, or a ready canary pod turns unready), `ErrorRate` (see
-    /// `maxErrorRate`), `Restart` (a canary container restarts). A canary that never becomes ready
-    /// always fails.
+    /// `maxErrorRate`), `Restart` (a canary container restarts), `Latency` (see
+    /// `maxLatencyRatio`). A canary that never becomes ready always fails.
     #[serde(default = "default_fail_on")]
-    #[schemars(length(max = 3))]
+    #[schemars(length(max = 4))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub fail_on: Vec<FailOn>,
 
@@ -107,6 +123,8 @@ impl Default for RolloutSpec {
             analysis_seconds: default_analysis_seconds(),
             ready_timeout_seconds: default_ready_timeout_seconds(),
             max_error_rate: default_max_error_rate(),
+            max_latency_ratio: default_max_latency_ratio(),
+            latency_tolerance_millis: default_latency_tolerance_millis(),
             fail_on: default_fail_on(),
             auto_rollback: default_auto_rollback(),
             paused: false,
@@ -136,6 +154,9 @@ pub enum FailOn {
     ErrorRate,
     /// A canary container restarts.
     Restart,
+    /// The canary pods' p99 latency exceeds the stable pods' by more than `maxLatencyRatio`
+    /// (and `latencyToleranceMillis`).
+    Latency,
 }
 
 fn default_analysis_seconds() -> i32 {
@@ -147,8 +168,19 @@ fn default_ready_timeout_seconds() -> i32 {
 fn default_max_error_rate() -> f64 {
     0.05
 }
+fn default_max_latency_ratio() -> f64 {
+    2.0
+}
+fn default_latency_tolerance_millis() -> i32 {
+    20
+}
 fn default_fail_on() -> Vec<FailOn> {
-    vec![FailOn::ProbeFailure, FailOn::ErrorRate, FailOn::Restart]
+    vec![
+        FailOn::ProbeFailure,
+        FailOn::ErrorRate,
+        FailOn::Restart,
+        FailOn::Latency,
+    ]
 }
 fn default_auto_rollback() -> bool {
     true
@@ -217,7 +249,7 @@ pub struct RolloutStatus {
     pub failed_revision: Option<String>,
 
     /// Why the last analysis ended, e.g. `Promoted`, `CanaryNotReady`, `CanaryProbeFailed`,
-    /// `CanaryErrorRate`, `CanaryRestarted`, `FailedOver`.
+    /// `CanaryErrorRate`, `CanaryLatency`, `CanaryRestarted`, `FailedOver`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 
@@ -255,10 +287,12 @@ pub struct RolloutStatus {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutEvidence {
-    /// Canary pod name.
+    /// Canary pod name; empty when the observation is about the canary pods together (their
+    /// latency) or the whole service (a failover, a request).
     pub pod: String,
     /// What was seen, e.g. `ImagePullBackOff`, `not ready after 120s`, `probe: http 503 (3 in a
-    /// row)`, `5xx ratio 0.50 vs stable 0.00`, `2 restarts`.
+    /// row)`, `5xx ratio 0.50 vs stable 0.00`, `p99 latency 248 ms vs stable 4.95 ms`,
+    /// `2 restarts`.
     pub observation: String,
 }
 
@@ -279,8 +313,14 @@ mod tests {
         assert!(r.auto_rollback);
         assert_eq!(
             r.fail_on,
-            vec![FailOn::ProbeFailure, FailOn::ErrorRate, FailOn::Restart]
+            vec![
+                FailOn::ProbeFailure,
+                FailOn::ErrorRate,
+                FailOn::Restart,
+                FailOn::Latency
+            ]
         );
+        assert_eq!((r.max_latency_ratio, r.latency_tolerance_millis), (2.0, 20));
     }
 
     /// The YAML names are the documented camelCase ones.

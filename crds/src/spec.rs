@@ -68,6 +68,24 @@ use crate::status::MicroServiceStatus;
         description = "Where the last pod template change stands: Stable, Analyzing, Promoted or RolledBack"
     ),
     printcolumn(
+        name = "RPS",
+        type_ = "number",
+        json_path = ".status.traffic.requestsPerSecond",
+        description = "API requests per second over the last window (status.traffic; spec.health.reportTraffic)"
+    ),
+    printcolumn(
+        name = "Errors",
+        type_ = "number",
+        json_path = ".status.traffic.errorRatio",
+        description = "Share of API requests that failed (HTTP 5xx, failing gRPC codes) over the last window"
+    ),
+    printcolumn(
+        name = "P99-ms",
+        type_ = "number",
+        json_path = ".status.traffic.p99LatencyMillis",
+        description = "99th percentile of API request latency in milliseconds over the last window"
+    ),
+    printcolumn(
         name = "Image",
         type_ = "string",
         json_path = ".spec.image",

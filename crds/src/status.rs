@@ -1,8 +1,8 @@
 //! The observed state of a MicroService.
 //!
 //! Two writers share the status, each with its own server-side-apply field manager:
-//! the reconciler (`flotilla`) owns everything except `failover`, and the failover engine
-//! (`flotilla-failover`) owns `failover` and the `FailedOver`/`Flapping` conditions. Every field is
+//! the reconciler (`flotilla`) owns everything except `failover` and `traffic`, and the failover
+//! engine (`flotilla-failover`) owns those two and the `FailedOver`/`Flapping` conditions. Every field is
 //! optional and skipped when unset, so an apply by one writer never claims the other's fields,
 //! and `conditions` is a map-list keyed by `type` so each writer owns its own entries.
 
@@ -11,6 +11,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::rollout::RolloutStatus;
+use crate::traffic_status::TrafficStatus;
 
 /// Observed state of a MicroService, written by the operator.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -53,6 +54,12 @@ pub struct MicroServiceStatus {
     /// Where the last pod template change stands (`spec.rollout`), written by the reconciler.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+
+    /// Request figures over a recent window (requests per second, error ratio, p99 latency),
+    /// written by the failover engine for services that report traffic
+    /// (`spec.health.reportTraffic`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traffic: Option<TrafficStatus>,
 }
 
 /// Where the Service's traffic currently goes.

@@ -1,7 +1,7 @@
 //! Last stage of the pipeline: the MicroService status, computed purely from the Deployment and
 //! what validation found, and written only when the reconciler's part of it changed.
 //!
-//! The reconciler owns every status field except `failover` and the failover engine's
+//! The reconciler owns every status field except `failover`, `traffic` and the failover engine's
 //! conditions; it applies its part with field manager `flotilla` and never sends the rest.
 //! [`condition`] is the one condition builder, used by the failover status plan too. A Warning
 //! Event goes out when `Degraded` turns true or changes reason.
@@ -202,6 +202,7 @@ pub fn compute(i: StatusInputs<'_>) -> MicroServiceStatus {
         selector: Some(selector_string(i.name)),
         failover: None,
         rollout: None,
+        traffic: None,
     }
 }
 
@@ -209,6 +210,7 @@ pub fn compute(i: StatusInputs<'_>) -> MicroServiceStatus {
 pub fn own_part(s: &MicroServiceStatus) -> MicroServiceStatus {
     let mut own = s.clone();
     own.failover = None;
+    own.traffic = None;
     own.conditions
         .retain(|c| OWN_CONDITIONS.contains(&c.type_.as_str()));
     own.conditions

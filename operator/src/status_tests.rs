@@ -200,6 +200,10 @@ fn unchanged_status_needs_no_write() {
     let first = compute(inputs(Some(&d), &[], &t));
     let mut stored = first.clone();
     stored.failover = Some(flotilla_crds::FailoverStatus::default());
+    stored.traffic = Some(flotilla_crds::TrafficStatus {
+        requests_per_second: Some(3.0),
+        ..Default::default()
+    });
     stored.conditions.insert(
         0,
         Condition {
