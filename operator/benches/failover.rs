@@ -6,7 +6,9 @@
 //! (c) client error window: first to last failed request of a client sending steady traffic to
 //!     the primary Service's cluster IP;
 //! (d) prober CPU per 1,000 pods at the default period, measured from /proc/self/stat while the
-//!     engine probes pods served by a separate process;
+//!     engine probes pods served by a separate process; with `--scrape`, every pod's metrics
+//!     (a kit service's exposition, counters growing) are also scraped once a second, as with
+//!     `failover.scrapeMetrics`;
 //! (e) per failover run, where the time went: fault → first failing probe → decision →
 //!     membership writes acknowledged (from the operator's
 //!     `flotilla_failover_last_failover_timestamp_seconds`) → the Service's endpoints changed →
@@ -50,6 +52,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use measure::{failures_since, random_phase};
 use sim::*;
 
+#[path = "failover/exposition.rs"]
+mod exposition;
 #[path = "failover/readiness.rs"]
 mod readiness;
 #[path = "failover/rollout.rs"]
@@ -82,6 +86,10 @@ struct Args {
     /// keeps one open per pod.
     #[arg(long)]
     no_watch: bool,
+    /// Scrape every pod's metrics during the CPU measurement (`failover.scrapeMetrics`); the
+    /// pods serve a kit service's exposition whose counters grow by 10 requests a second.
+    #[arg(long)]
+    scrape: bool,
     /// Skip the failover runs.
     #[arg(long)]
     skip_failover: bool,
@@ -95,6 +103,9 @@ struct Args {
     /// Internal: serve this many test pods and print their ports.
     #[arg(long, hide = true)]
     serve: Option<usize>,
+    /// Internal: the served pods' metrics grow as a service's would.
+    #[arg(long, hide = true)]
+    serve_metrics: bool,
     /// Passed by `cargo bench`; ignored.
     #[arg(long, hide = true)]
     bench: bool,
@@ -107,7 +118,7 @@ fn main() -> Result<()> {
         .build()?;
     rt.block_on(async move {
         if let Some(n) = args.serve {
-            return serve(n).await;
+            return serve(n, args.serve_metrics).await;
         }
         if !args.skip_cpu {
             cpu(&args).await?;
@@ -125,8 +136,9 @@ fn main() -> Result<()> {
     })
 }
 
-/// Child process: `n` test pods in groups of 250 (one port per group); prints the ports.
-async fn serve(n: usize) -> Result<()> {
+/// Child process: `n` test pods in groups of 250 (one port per group); prints the ports. With
+/// `metrics`, their `/metrics` answer a kit service's exposition, updated every second.
+async fn serve(n: usize, metrics: bool) -> Result<()> {
     let mut all = Vec::new();
     let mut ports = Vec::new();
     for g in 0..n.div_ceil(250) {
@@ -139,6 +151,21 @@ async fn serve(n: usize) -> Result<()> {
         all.push(group);
     }
     println!("ports {}", ports.join(" "));
+    let all = Arc::new(all);
+    if metrics {
+        let pods = all.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let text = exposition::text(start.elapsed().as_secs(), 10.0);
+                for p in pods.iter().flatten() {
+                    p.set_metrics(&text);
+                }
+            }
+        });
+    }
     // Serve until the parent closes stdin.
     let _ = tokio::task::spawn_blocking(|| {
         let mut buf = [0u8; 1];
@@ -176,8 +203,13 @@ fn cpu_seconds() -> Result<f64> {
 
 async fn cpu(args: &Args) -> Result<()> {
     let exe = std::env::current_exe()?;
+    let pods_arg = args.pods.to_string();
+    let mut child_args = vec!["--serve", pods_arg.as_str()];
+    if args.scrape {
+        child_args.push("--serve-metrics");
+    }
     let mut child = tokio::process::Command::new(exe)
-        .args(["--serve", &args.pods.to_string()])
+        .args(child_args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -206,7 +238,10 @@ async fn cpu(args: &Args) -> Result<()> {
                 port: *port,
                 ..ProbePolicy::default()
             },
-            failover: FailoverPolicy::default(),
+            failover: FailoverPolicy {
+                scrape_metrics: args.scrape,
+                ..FailoverPolicy::default()
+            },
             port_name: "http".into(),
             status: None,
             conditions: vec![],
@@ -276,7 +311,7 @@ async fn cpu(args: &Args) -> Result<()> {
     println!(
         "(d) prober CPU: {cores:.4} cores for {} pods at 500 ms = {per_1000:.4} cores per 1,000 pods \
          ({:.0} probe results/s, {} failed, {} skipped; {p1} since the start; batch window {} ms; \
-         readiness watches {} open{})",
+         readiness watches {} open{}{})",
         args.pods,
         (p1 - p0) as f64 / wall,
         failed,
@@ -284,6 +319,17 @@ async fn cpu(args: &Args) -> Result<()> {
         window.as_millis(),
         metrics.readiness_watches.get(),
         if args.no_watch { ", off" } else { "" },
+        if args.scrape {
+            format!(
+                "; metrics scraped every second, {} scrapes rejected",
+                flotilla_operator::failover::scrape::Rejected::ALL
+                    .iter()
+                    .map(|r| metrics.scrape_rejected.with_label_values(&[r.label()]).get())
+                    .sum::<u64>()
+            )
+        } else {
+            String::new()
+        },
     );
     println!(
         "(d) prober memory: RSS {rss_before} KiB before the engine, {rss_after} KiB after \
