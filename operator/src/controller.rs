@@ -266,7 +266,8 @@ pub async fn run(
             instance: Some(identity),
         },
     )
-    .with_notifier(notifier);
+    .with_notifier(notifier)
+    .counting(metrics.events.clone());
     let build_inputs = OperatorInputs {
         verdict_keys: Some(verdict_keys.published().to_owned()),
     };

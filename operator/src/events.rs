@@ -8,7 +8,10 @@
 //! only bumps the count of the first one, which keeps showing the first message.
 //!
 //! An Event created anew (not a repeat counted on an earlier one) is also handed to the
-//! [`Notifier`], which only queues it: a webhook never slows publishing.
+//! [`Notifier`], which only queues it: a webhook never slows publishing. Every Event the sink is
+//! asked to publish, repeats included, is counted in `flotilla_events_total{reason}` (see
+//! [`crate::metrics::event_reason_label`]), which alerts on failovers, flapping and rollbacks
+//! read.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,7 +24,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Reporter};
 use kube::Client;
+use prometheus::IntCounterVec;
 
+use crate::metrics::event_reason_label;
 use crate::notify::Notifier;
 
 /// How long a published Event takes repeats into its series (client-go and kube-runtime: 6 min).
@@ -62,6 +67,7 @@ pub struct EventSink {
     reporter: Reporter,
     cache: Arc<Mutex<Cache>>,
     notifier: Notifier,
+    counter: Option<IntCounterVec>,
 }
 
 impl EventSink {
@@ -76,6 +82,7 @@ impl EventSink {
                 pruned: Instant::now(),
             })),
             notifier: Notifier::disabled(),
+            counter: None,
         }
     }
 
@@ -85,11 +92,26 @@ impl EventSink {
         self
     }
 
+    /// The same sink, also counting every Event it publishes in `counter` (the operator's
+    /// `flotilla_events_total{reason}`).
+    pub fn counting(mut self, counter: IntCounterVec) -> Self {
+        self.counter = Some(counter);
+        self
+    }
+
     /// Publishes `ev` about `regarding`: a new Event, or one more repeat of the same one.
+    ///
+    /// The Event is counted before the API server answers: what happened is counted even when
+    /// the Event cannot be stored.
     ///
     /// # Errors
     /// The API server's error when it refuses the Event.
     pub async fn publish(&self, ev: &Event, regarding: &ObjectReference) -> kube::Result<()> {
+        if let Some(counter) = &self.counter {
+            counter
+                .with_label_values(&[event_reason_label(&ev.reason)])
+                .inc();
+        }
         let key = key_of(ev, regarding);
         let now = Instant::now();
         let repeat = self.repeat_of(&key, now);

@@ -132,6 +132,7 @@ pub async fn run(
             sticky_restarts: config.sticky_restarts,
             readiness_watch: config.readiness_watch,
             notifier: notifier.clone(),
+            events: metrics.events.clone(),
         },
         microservices.clone(),
         leadership.clone(),

@@ -25,7 +25,34 @@ pub struct Metrics {
     pub leader: IntGauge,
     /// Webhook notifications by result (`sent`, `failed`, `dropped`), see [`crate::notify`].
     pub notifications: IntCounterVec,
+    /// Events published by reason: the five of `event_reasons` (what alerts key on), all others
+    /// as `other`; see [`event_reason_label`].
+    pub events: IntCounterVec,
 }
+
+/// The `reason` label of `flotilla_events_total`: a reason of
+/// [`flotilla_crds::event_reasons`], or `other`, so the label set stays fixed.
+pub fn event_reason_label(reason: &str) -> &'static str {
+    use flotilla_crds::event_reasons::{FAILED_BACK, FAILED_OVER, FLAPPING, PROMOTED, ROLLED_BACK};
+    match reason {
+        FAILED_OVER => FAILED_OVER,
+        FAILED_BACK => FAILED_BACK,
+        FLAPPING => FLAPPING,
+        PROMOTED => PROMOTED,
+        ROLLED_BACK => ROLLED_BACK,
+        _ => "other",
+    }
+}
+
+/// Every value of `flotilla_events_total{reason}`.
+const EVENT_REASON_LABELS: [&str; 6] = [
+    flotilla_crds::event_reasons::FAILED_OVER,
+    flotilla_crds::event_reasons::FAILED_BACK,
+    flotilla_crds::event_reasons::FLAPPING,
+    flotilla_crds::event_reasons::PROMOTED,
+    flotilla_crds::event_reasons::ROLLED_BACK,
+    "other",
+];
 
 impl std::fmt::Debug for Metrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -87,8 +114,24 @@ impl Metrics {
             ),
             &["result"],
         )?;
+        let events = IntCounterVec::new(
+            Opts::new(
+                "flotilla_events_total",
+                "Events published, by reason (FailedOver, FailedBack, Flapping, Promoted, RolledBack, other)",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(leader.clone()))?;
         registry.register(Box::new(notifications.clone()))?;
+        registry.register(Box::new(events.clone()))?;
+        // Series that alerts compute `increase` on exist from the start at 0: a series first
+        // scraped at 1 shows no increase, so the first failure or failover would go unseen.
+        for result in ["success", "error"] {
+            reconciles.with_label_values(&[result]);
+        }
+        for reason in EVENT_REASON_LABELS {
+            events.with_label_values(&[reason]);
+        }
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -102,6 +145,7 @@ impl Metrics {
             managed_objects,
             leader,
             notifications,
+            events,
         })
     }
 
@@ -140,6 +184,9 @@ mod tests {
         m.reconcile_duration.observe(0.01);
         m.leader.set(1);
         m.notifications.with_label_values(&["dropped"]).inc();
+        m.events
+            .with_label_values(&[event_reason_label("FailedOver")])
+            .inc();
         let text = m.render();
         for name in [
             "flotilla_reconcile_total{result=\"success\"} 1",
@@ -149,9 +196,41 @@ mod tests {
             "flotilla_reconcile_duration_seconds_count 1",
             "flotilla_leader 1",
             "flotilla_notifications_total{result=\"dropped\"} 1",
+            "flotilla_events_total{reason=\"FailedOver\"} 1",
         ] {
             assert!(text.contains(name), "missing {name} in\n{text}");
         }
         Ok(())
+    }
+
+    /// The series alerts take `increase` of are exported at 0 before anything happened, so the
+    /// first error or Event of a reason counts as an increase.
+    #[test]
+    fn alerted_series_start_at_zero() -> Result<(), prometheus::Error> {
+        let text = Metrics::new()?.render();
+        for line in [
+            "flotilla_reconcile_total{result=\"error\"} 0",
+            "flotilla_reconcile_total{result=\"success\"} 0",
+            "flotilla_events_total{reason=\"FailedOver\"} 0",
+            "flotilla_events_total{reason=\"Flapping\"} 0",
+            "flotilla_events_total{reason=\"RolledBack\"} 0",
+            "flotilla_events_total{reason=\"other\"} 0",
+        ] {
+            assert!(text.contains(line), "missing {line} in\n{text}");
+        }
+        Ok(())
+    }
+
+    /// Only the reasons alerts key on get their own label value; any other reason is `other`.
+    #[test]
+    fn event_reasons_map_to_a_fixed_set() {
+        assert_eq!(event_reason_label("RolledBack"), "RolledBack");
+        assert_eq!(event_reason_label("Flapping"), "Flapping");
+        assert_eq!(event_reason_label("PodEjected"), "other");
+        assert_eq!(event_reason_label("rolledback"), "other");
+        for label in EVENT_REASON_LABELS {
+            let mapped = if label == "other" { "x" } else { label };
+            assert_eq!(event_reason_label(mapped), label);
+        }
     }
 }

@@ -44,9 +44,10 @@ mod safety_tests;
 use std::sync::Arc;
 
 use kube::Client;
-use prometheus::Registry;
+use prometheus::{IntCounterVec, Registry};
 
 use crate::cache::MicroServices;
+use crate::events::EventSink;
 use crate::health::Heartbeat;
 use crate::notify::Notifier;
 use crate::verdict_keys::VerdictKeys;
@@ -92,6 +93,8 @@ pub struct Options {
     pub readiness_watch: bool,
     /// Where the writer's failover, failback and flapping Events are also notified.
     pub notifier: Notifier,
+    /// Counts the writer's Events by reason (`flotilla_events_total`).
+    pub events: IntCounterVec,
 }
 
 /// Starts the watches, the prober/decider engine and the writer, with metrics registered in
@@ -123,6 +126,9 @@ pub fn spawn(
             ..engine::EngineConfig::default()
         },
     )?;
+    let recorder = EventSink::new(client.clone(), writer::reporter())
+        .with_notifier(options.notifier)
+        .counting(options.events);
     let writer_task = writer::spawn(
         client,
         inventory,
@@ -130,7 +136,7 @@ pub fn spawn(
         leadership,
         metrics,
         writer::WriterConfig::default(),
-        options.notifier,
+        recorder,
     );
     Ok(Failover {
         tasks: vec![source_task, writer_task],

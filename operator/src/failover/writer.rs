@@ -36,7 +36,6 @@ use super::outputs::{Desired, Notice};
 use super::plan::{self, LabelPatch, StatusPlan};
 use super::policy::Mode;
 use crate::events::EventSink;
-use crate::notify::Notifier;
 use crate::write::{count_write, result_label, Leadership};
 
 /// Reasons of the writer's service-level Events (the notifier picks its defaults from these).
@@ -91,7 +90,16 @@ struct Writer {
     withdrawn: HashMap<ObjKey, Instant>,
 }
 
-/// Starts the writer; its Events also go to `notifier`. It stops when the engine's outputs close.
+/// The reporting controller of the writer's Events: the failover field manager, and the pod.
+pub fn reporter() -> Reporter {
+    Reporter {
+        controller: FAILOVER_FIELD_MANAGER.to_owned(),
+        instance: std::env::var("POD_NAME").ok(),
+    }
+}
+
+/// Starts the writer, publishing its Events through `recorder` (made with [`reporter`]). It
+/// stops when the engine's outputs close.
 pub fn spawn(
     client: Client,
     inventory: watch::Receiver<Arc<Inventory>>,
@@ -99,14 +107,10 @@ pub fn spawn(
     leader: Leadership,
     metrics: Metrics,
     cfg: WriterConfig,
-    notifier: Notifier,
+    recorder: EventSink,
 ) -> tokio::task::JoinHandle<()> {
-    let reporter = Reporter {
-        controller: FAILOVER_FIELD_MANAGER.to_owned(),
-        instance: std::env::var("POD_NAME").ok(),
-    };
     let w = Writer {
-        recorder: EventSink::new(client.clone(), reporter).with_notifier(notifier),
+        recorder,
         client,
         metrics,
         cfg,

@@ -1,5 +1,6 @@
 //! Events as `kubectl get events` shows them: a repeat of the same Event is counted on the first
-//! one, and an Event with a new message is a new Event carrying that message.
+//! one, and an Event with a new message is a new Event carrying that message. Every publish,
+//! repeats included, is counted in `flotilla_events_total` under its reason's fixed label.
 
 use crate::support::*;
 use anyhow::{bail, Result};
@@ -24,13 +25,15 @@ async fn repeats_are_counted_and_new_messages_are_new_events() -> Result<()> {
     let env = start_without_operator("events").await?;
     let ms = env.create("users", spec("flotilla/users:0.1.0")).await?;
     let regarding = ms.object_ref(&());
+    let metrics = flotilla_operator::metrics::Metrics::new()?;
     let sink = EventSink::new(
         env.client.clone(),
         Reporter {
             controller: "flotilla".into(),
             instance: Some("test".into()),
         },
-    );
+    )
+    .counting(metrics.events.clone());
     sink.publish(&rollout_started("analysing revision a"), &regarding)
         .await?;
     sink.publish(&rollout_started("analysing revision a"), &regarding)
@@ -57,6 +60,18 @@ async fn repeats_are_counted_and_new_messages_are_new_events() -> Result<()> {
     ];
     if seen != want {
         bail!("Events (note, count): {seen:?}, expected {want:?}");
+    }
+    let mut rolled_back = rollout_started("revision b failed its analysis");
+    rolled_back.reason = "RolledBack".into();
+    sink.publish(&rolled_back, &regarding).await?;
+    let count = |reason: &str| metrics.events.with_label_values(&[reason]).get();
+    if (count("other"), count("RolledBack"), count("FailedOver")) != (3, 1, 0) {
+        bail!(
+            "flotilla_events_total: other {}, RolledBack {}, FailedOver {}; expected 3, 1, 0",
+            count("other"),
+            count("RolledBack"),
+            count("FailedOver")
+        );
     }
     env.shutdown().await;
     Ok(())
