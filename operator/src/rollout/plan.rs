@@ -2,7 +2,7 @@
 //! spec and what is observed.
 //!
 //! [`plan`] reads the evidence (canary pods, the failover engine's verdicts in
-//! `status.failover`), asks the state machine, and says in one value which template the stable
+//! `status.failover` and its request figures in `status.traffic`), asks the state machine, and says in one value which template the stable
 //! Deployment runs (the one just built, or the live one while a new template is not yet
 //! trusted), what becomes of `<name>-canary` (applied as built here, or deleted), the Event to
 //! announce and the `status.rollout` to report. It reads, it never writes: the apply stage carries
@@ -11,7 +11,8 @@
 use std::time::Duration;
 
 use flotilla_crds::{
-    annotations, labels, ActiveTarget, MicroService, RolloutPhase, RolloutStatus, RolloutStrategy,
+    annotations, labels, ActiveTarget, MicroService, MicroServiceStatus, RolloutPhase,
+    RolloutStatus, RolloutStrategy,
 };
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
@@ -88,11 +89,12 @@ pub async fn plan(
     desired: &DesiredResources,
 ) -> Result<RolloutPlan, Error> {
     let revision = template_revision(&desired.deployment);
-    let previous = ms.status.as_ref().and_then(|s| s.rollout.as_ref());
     let guarded = v.spec.rollout.strategy == RolloutStrategy::Guarded;
+    let status = current_status(ctx, ms, v, guarded).await?;
+    let previous = status.as_ref().and_then(|s| s.rollout.as_ref());
     let analysing = previous.is_some_and(|r| r.phase == RolloutPhase::Analyzing);
     let evidence = if guarded && analysing {
-        gather(ctx, ms, v).await?
+        gather(ctx, status.as_ref(), v).await?
     } else {
         CanaryEvidence::default()
     };
@@ -106,8 +108,7 @@ pub async fn plan(
             .and_then(|d| d.spec.as_ref()?.replicas)
             .unwrap_or(0),
     );
-    let failed_over = ms
-        .status
+    let failed_over = status
         .as_ref()
         .and_then(|s| s.failover.as_ref())
         .and_then(|f| f.active)
@@ -175,10 +176,38 @@ pub async fn plan(
     })
 }
 
-/// The canary pods (and stable pods' verdicts) of the MicroService.
-async fn gather(
+/// The status the rollout is decided on. The cache can lag behind a status this reconciler
+/// wrote a moment ago (a promotion or a rollback whose watch event has not arrived yet), and a
+/// reconcile woken by the canary's deletion would then judge a promoted release's terminating
+/// canary as failing and roll it back. So while the cache says an analysis is under way, the
+/// status is read from the API server: one GET per reconcile during an analysis.
+async fn current_status(
     ctx: &Context,
     ms: &MicroService,
+    v: &ValidatedSpec,
+    guarded: bool,
+) -> Result<Option<MicroServiceStatus>, Error> {
+    let cached_analysing = ms
+        .status
+        .as_ref()
+        .and_then(|s| s.rollout.as_ref())
+        .is_some_and(|r| r.phase == RolloutPhase::Analyzing);
+    if !(guarded && cached_analysing) {
+        return Ok(ms.status.clone());
+    }
+    let api: Api<MicroService> = Api::namespaced(ctx.client.clone(), &v.namespace);
+    let fresh = api
+        .get_opt(&v.name)
+        .await
+        .map_err(|e| Error::kube(format!("get MicroService {}", v.name), e))?;
+    Ok(fresh.and_then(|m| m.status))
+}
+
+/// The canary pods (and stable pods' verdicts) of the MicroService, with the canary and
+/// stable pods' latencies from its request figures.
+async fn gather(
+    ctx: &Context,
+    status: Option<&MicroServiceStatus>,
     v: &ValidatedSpec,
 ) -> Result<CanaryEvidence, Error> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &v.namespace);
@@ -187,11 +216,10 @@ async fn gather(
         .list(&lp)
         .await
         .map_err(|e| Error::kube(format!("list pods of {}", v.name), e))?;
-    let verdicts = ms
-        .status
-        .as_ref()
+    let verdicts = status
         .and_then(|s| s.failover.as_ref())
         .map(|f| f.pods.as_slice())
         .unwrap_or_default();
-    Ok(CanaryEvidence::from_pods(&pods.items, verdicts))
+    let traffic = ms.status.as_ref().and_then(|s| s.traffic.as_ref());
+    Ok(CanaryEvidence::from_pods(&pods.items, verdicts).with_traffic(traffic))
 }
