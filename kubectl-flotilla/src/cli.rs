@@ -83,6 +83,18 @@ pub enum Command {
     /// Releases the hold: traffic returns once the primary has been healthy for
     /// `recoverAfterSeconds` (`spec.failover.holdOnFallback: false`).
     Failback(HoldArgs),
+    /// Serves the fleet in a browser on this machine, with your kubeconfig: every service's
+    /// readiness, traffic and rollout, one service's pods with their verdicts, and a timeline of
+    /// failovers, ejections and rollouts, kept current by watches. Read-only.
+    Dashboard {
+        /// Where to listen. Anyone who can reach the address reads what your kubeconfig may
+        /// read: keep it on loopback.
+        #[arg(long, default_value = crate::dashboard::DEFAULT_ADDRESS)]
+        address: std::net::SocketAddr,
+        /// Every namespace.
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+    },
     /// Goes back to a previous good template at once, without an analysis.
     Undo {
         name: String,
@@ -139,6 +151,16 @@ pub async fn run(cli: Cli) -> Result<(), Error> {
             crate::traffic::set_hold(&target, &a.name, false, a.timeout, &mut out).await
         }
         Command::History { name } => commands::history(&target, &name, &mut out).await,
+        Command::Dashboard {
+            address,
+            all_namespaces,
+        } => {
+            let options = crate::dashboard::Options {
+                address,
+                all_namespaces,
+            };
+            crate::dashboard::run(&target, options, &mut out).await
+        }
         Command::Undo {
             name,
             to_revision,

@@ -31,6 +31,13 @@ pub enum Error {
     #[error("timed out after {}: {what}", humantime(*.after))]
     TimedOut { after: Duration, what: String },
 
+    /// `dashboard` cannot listen on its address (in use, not this machine's, a privileged port).
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+
     /// Any other answer from the API server, or a broken connection.
     #[error("{0}")]
     Api(kube::Error),
