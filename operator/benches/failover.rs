@@ -243,7 +243,11 @@ async fn cpu(args: &Args) -> Result<()> {
                 ..FailoverPolicy::default()
             },
             port_name: "http".into(),
+            // The request figures, as a service scraping its metrics reports them by default.
+            report_traffic: args.scrape,
+            scrape_only: false,
             status: None,
+            traffic: None,
             conditions: vec![],
         });
         let size = (args.pods - g * 250).min(250);
@@ -260,6 +264,7 @@ async fn cpu(args: &Args) -> Result<()> {
                 ready: true,
                 serves: [(labels::serves(&name), "true".to_owned())].into(),
                 uid: Some(format!("uid-{name}-{k}")),
+                canary: false,
             });
         }
     }

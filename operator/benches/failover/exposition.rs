@@ -30,7 +30,9 @@ const SHARES: [f64; 11] = [
 pub fn text(seconds: u64, rps: f64) -> String {
     let mut out = String::with_capacity(16 << 10);
     let total = rps * seconds as f64;
-    out.push_str("# HELP http_requests_total HTTP requests answered, by route template and status.\n");
+    out.push_str(
+        "# HELP http_requests_total HTTP requests answered, by route template and status.\n",
+    );
     out.push_str("# TYPE http_requests_total counter\n");
     for (method, route, share) in API {
         let n = (total * share).floor();

@@ -7,7 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use flotilla_crds::{
-    conditions, labels, FailoverStatus, MicroService, RolloutPhase, RolloutStrategy,
+    conditions, labels, FailoverStatus, MicroService, MicroServiceSpec, RolloutPhase,
+    RolloutStrategy, TrafficStatus,
 };
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
@@ -59,8 +60,16 @@ pub struct ServiceInfo {
     pub failover: FailoverPolicy,
     /// The container port name (a fallback must use the same one).
     pub port_name: String,
+    /// Whether its request figures are reported in `status.traffic` (scraping its pods'
+    /// metrics for them).
+    pub report_traffic: bool,
+    /// Its pods are only scraped, for the request figures: the engine neither decides it nor
+    /// probes it as anyone's fallback.
+    pub scrape_only: bool,
     /// The current `status.failover`, as last written.
     pub status: Option<FailoverStatus>,
+    /// The current `status.traffic`, as last written.
+    pub traffic: Option<TrafficStatus>,
     /// The current `FailedOver` and `Flapping` conditions.
     pub conditions: Vec<Condition>,
 }
@@ -80,13 +89,15 @@ pub struct PodInfo {
     pub serves: BTreeMap<String, String>,
     /// `metadata.uid`: an eviction names it so it cannot hit a later pod of the same name.
     pub uid: Option<String>,
+    /// A canary pod of a guarded rollout (label `rollout.flotilla.rs/track: canary`).
+    pub canary: bool,
 }
 
 /// Everything the prober, decider and writer read.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Inventory {
     /// Services whose pods are probed: failover-enabled ones, their fallbacks, and those whose
-    /// guarded rollout is under analysis.
+    /// guarded rollout is under analysis; and those only scraped for their request figures.
     pub services: BTreeMap<ObjKey, ServiceInfo>,
     /// Pods of those services that are not terminating.
     pub pods: BTreeMap<ObjKey, PodInfo>,
@@ -144,12 +155,26 @@ fn analysing(ms: &MicroService) -> bool {
             .is_some_and(|r| r.phase == RolloutPhase::Analyzing)
 }
 
-/// Whether `status.failover` of `ms` holds anything.
+/// Whether the request figures of a MicroService are reported (`health.reportTraffic`; by
+/// default where its metrics are read anyway: failover scraping them, or a guarded rollout whose
+/// analysis compares latencies).
+pub fn reports_traffic(spec: &MicroServiceSpec) -> bool {
+    spec.health.report_traffic.unwrap_or(
+        (spec.failover.enabled && spec.failover.scrape_metrics)
+            || spec.rollout.strategy == RolloutStrategy::Guarded,
+    )
+}
+
+/// Whether `status.failover` or `status.traffic` of `ms` holds anything.
 fn has_report(ms: &MicroService) -> bool {
-    ms.status
-        .as_ref()
-        .and_then(|s| s.failover.as_ref())
-        .is_some_and(|f| *f != FailoverStatus::default())
+    ms.status.as_ref().is_some_and(|s| {
+        s.failover
+            .as_ref()
+            .is_some_and(|f| *f != FailoverStatus::default())
+            || s.traffic
+                .as_ref()
+                .is_some_and(|t| *t != TrafficStatus::default())
+    })
 }
 
 /// The namespace and name of `ms`, if it has both.
@@ -173,7 +198,10 @@ fn service_info(ms: &MicroService) -> Option<ServiceInfo> {
         probe: ProbePolicy::from(&ms.spec),
         failover: effective_policy(ms, analysing),
         port_name: ms.spec.port_name.clone(),
+        report_traffic: reports_traffic(&ms.spec),
+        scrape_only: false,
         status: status.and_then(|s| s.failover.clone()),
+        traffic: status.and_then(|s| s.traffic.clone()),
         conditions: status
             .map(|s| {
                 s.conditions
@@ -209,6 +237,7 @@ fn pod_info(pod: &Pod) -> Option<PodInfo> {
         .collect();
     Some(PodInfo {
         key: ObjKey::new(meta.namespace.clone()?, meta.name.clone()?),
+        canary: pod_labels.get(labels::TRACK).map(String::as_str) == Some(labels::TRACK_CANARY),
         service,
         ip,
         ready,
@@ -224,14 +253,15 @@ impl Inventory {
         services: impl IntoIterator<Item = &'a MicroService>,
         pods: impl IntoIterator<Item = &'a Pod>,
     ) -> Self {
-        // Only the decided services and their fallbacks are described: most MicroServices of a
-        // large cluster are neither, and the inventory is rebuilt while any of them changes.
-        // A service nobody decides whose status still holds a report goes to `stale_reports`.
+        // Only the decided services, their fallbacks and those reporting traffic are described:
+        // most MicroServices of a large cluster are none of these, and the inventory is rebuilt
+        // while any of them changes. A service left out whose status still holds a report goes
+        // to `stale_reports`.
         let services: Vec<&MicroService> = services.into_iter().collect();
         let mut wanted: BTreeMap<ObjKey, ServiceInfo> = BTreeMap::new();
         let mut stale_reports = BTreeSet::new();
         for ms in &services {
-            if ms.spec.failover.enabled || analysing(ms) {
+            if ms.spec.failover.enabled || analysing(ms) || reports_traffic(&ms.spec) {
                 if let Some(s) = service_info(ms) {
                     wanted.insert(s.key.clone(), s);
                 }
@@ -241,20 +271,23 @@ impl Inventory {
         }
         let fallbacks: BTreeSet<ObjKey> = wanted
             .values()
+            .filter(|s| s.decided())
             .filter_map(|s| {
                 let fb = s.failover.fallback.as_ref()?;
                 Some(ObjKey::new(s.key.ns.clone(), fb.clone()))
             })
-            .filter(|k| !wanted.contains_key(k))
             .collect();
-        if !fallbacks.is_empty() {
-            let fallback_infos = services
-                .iter()
-                .filter(|ms| key_of(ms).is_some_and(|k| fallbacks.contains(&k)))
-                .filter_map(|ms| service_info(ms));
-            for s in fallback_infos {
-                wanted.insert(s.key.clone(), s);
-            }
+        let missing: Vec<&&MicroService> = services
+            .iter()
+            .filter(|ms| {
+                key_of(ms).is_some_and(|k| fallbacks.contains(&k) && !wanted.contains_key(&k))
+            })
+            .collect();
+        for s in missing.into_iter().filter_map(|ms| service_info(ms)) {
+            wanted.insert(s.key.clone(), s);
+        }
+        for s in wanted.values_mut() {
+            s.scrape_only = s.report_traffic && !s.decided() && !fallbacks.contains(&s.key);
         }
         Self {
             stale_reports,
@@ -381,9 +414,11 @@ mod tests {
     fn an_analysed_rollout_is_probed_only_to_observe_without_failover() {
         // A guarded rollout under analysis has its pods probed and scraped even with failover
         // off, in Observe mode with no fallback; once the analysis is over it leaves.
+        let mut b = guarded("b", false, RolloutPhase::Promoted);
+        b.spec.health.report_traffic = Some(false);
         let services = [
             guarded("a", false, RolloutPhase::Analyzing),
-            guarded("b", false, RolloutPhase::Promoted),
+            b,
             guarded("c", true, RolloutPhase::Analyzing),
         ];
         let inv = Inventory::build(&services, &[]);
@@ -413,9 +448,20 @@ mod tests {
             });
             m
         };
+        let mut promoted = guarded("promoted", false, RolloutPhase::Promoted);
+        promoted.spec.health.report_traffic = Some(false);
+        let mut figures = ms("figures", false, None);
+        figures.status = Some(flotilla_crds::MicroServiceStatus {
+            traffic: Some(TrafficStatus {
+                requests_per_second: Some(1.0),
+                ..TrafficStatus::default()
+            }),
+            ..Default::default()
+        });
         let services = [
             report(ms("off", false, None), true),
-            report(guarded("promoted", false, RolloutPhase::Promoted), true),
+            report(promoted, true),
+            figures,
             report(ms("emptied", false, None), false),
             report(ms("on", true, None), true),
             report(guarded("analysing", false, RolloutPhase::Analyzing), true),
@@ -423,6 +469,54 @@ mod tests {
         ];
         let inv = Inventory::build(&services, &[]);
         let stale: Vec<_> = inv.stale_reports.iter().map(|k| k.name.as_str()).collect();
-        assert_eq!(stale, ["off", "promoted"]);
+        assert_eq!(stale, ["figures", "off", "promoted"]);
+    }
+
+    #[test]
+    fn traffic_is_reported_where_metrics_are_read_anyway_or_when_asked() {
+        // By default, figures come with failover scraping metrics and with guarded rollouts;
+        // `reportTraffic` turns them on or off anywhere. A service reporting figures that the
+        // engine neither decides nor probes as a fallback is only scraped.
+        let plain = ms("plain", false, None);
+        assert!(!reports_traffic(&plain.spec));
+        let mut probed = ms("probed", true, Some("backup"));
+        assert!(!reports_traffic(&probed.spec), "failover without scraping");
+        probed.spec.failover.scrape_metrics = true;
+        assert!(reports_traffic(&probed.spec));
+        let guarded = guarded("guarded", false, RolloutPhase::Stable);
+        assert!(reports_traffic(&guarded.spec));
+        let mut asked = ms("asked", false, None);
+        asked.spec.health.report_traffic = Some(true);
+        let mut backup = ms("backup", false, None);
+        backup.spec.health.report_traffic = Some(true);
+        let mut refused = guarded.clone();
+        refused.metadata.name = Some("refused".into());
+        refused.spec.health.report_traffic = Some(false);
+        let mut canary = pod("guarded-c", "guarded", "127.2.0.9", true);
+        if let Some(l) = canary.metadata.labels.as_mut() {
+            l.insert(labels::TRACK.into(), labels::TRACK_CANARY.into());
+        }
+        let pods = [pod("guarded-1", "guarded", "127.2.0.8", true), canary];
+        let inv = Inventory::build(&[plain, probed, guarded, asked, backup, refused], &pods);
+        let shown: Vec<_> = inv
+            .services
+            .values()
+            .map(|s| (s.key.name.as_str(), s.report_traffic, s.scrape_only))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                ("asked", true, true),
+                ("backup", true, false),
+                ("guarded", true, true),
+                ("probed", true, false),
+            ]
+        );
+        let canaries: Vec<_> = inv
+            .pods
+            .values()
+            .map(|p| (p.key.name.as_str(), p.canary))
+            .collect();
+        assert_eq!(canaries, [("guarded-1", false), ("guarded-c", true)]);
     }
 }

@@ -12,6 +12,10 @@
 //! - `decide`: pure; verdicts + policy + clock → desired membership and active target.
 //! - `sticky`: pure; ejected pods whose scraped request counters keep rising (clients pinned to
 //!   them by old connections), and which one to restart when the service opts in.
+//! - `traffic` (with `histogram`): pure; each pod's scrapes over a window, the request figures of
+//!   a service (requests per second, error ratio, p99 latency) for `status.traffic`, and when
+//!   they are worth a write. Services that report traffic without being probed have their pods
+//!   only scraped.
 //! - `writer`: the one task that applies decisions (pod membership labels, status, Events), only
 //!   while leader and only when something differs.
 //!
@@ -24,6 +28,7 @@ pub mod decide;
 pub mod engine;
 pub mod error_rate;
 pub mod error_spans;
+pub mod histogram;
 pub mod inventory;
 pub mod metrics;
 pub mod outputs;
@@ -36,6 +41,7 @@ pub mod readiness_watch;
 pub mod scrape;
 pub mod source;
 pub mod sticky;
+pub mod traffic;
 pub mod writer;
 
 #[cfg(test)]

@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use flotilla_crds::{conditions, ActiveTarget, FailoverStatus, PodHealth as PodEvidence};
+use flotilla_crds::{
+    conditions, ActiveTarget, FailoverStatus, PodHealth as PodEvidence, TrafficStatus,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::decide::{Change, Decision, Membership, Target};
@@ -36,7 +38,8 @@ pub struct CondSpec {
     pub message: String,
 }
 
-/// Everything the writer should make true for one failover-enabled service.
+/// Everything the writer should make true for one service the engine decides or reports the
+/// traffic of.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServiceDesired {
     /// The primary MicroService.
@@ -47,8 +50,13 @@ pub struct ServiceDesired {
     pub label_key: String,
     /// Desired membership of primary and fallback pods.
     pub members: Vec<Member>,
-    /// The `status.failover` to show.
+    /// Whether the engine decides the service: `status.failover` and the conditions are its
+    /// report. A service whose request figures alone are reported has neither.
+    pub reports_failover: bool,
+    /// The `status.failover` to show (when `reports_failover`).
     pub status: FailoverStatus,
+    /// The `status.traffic` to show: the request figures last published (see `traffic.rs`).
+    pub traffic: Option<TrafficStatus>,
     /// The `FailedOver` and `Flapping` conditions (none for a service probed only for a
     /// rollout analysis).
     pub conditions: Vec<CondSpec>,
@@ -56,7 +64,24 @@ pub struct ServiceDesired {
     pub serving: i64,
 }
 
-/// The desired state of every failover-enabled service.
+impl ServiceDesired {
+    /// A service whose request figures alone are reported: no members, no failover report.
+    pub fn traffic_only(key: ObjKey, label_key: String, traffic: Option<TrafficStatus>) -> Self {
+        Self {
+            key,
+            mode: Mode::Observe,
+            label_key,
+            members: Vec::new(),
+            reports_failover: false,
+            status: FailoverStatus::default(),
+            traffic,
+            conditions: Vec::new(),
+            serving: 0,
+        }
+    }
+}
+
+/// The desired state of every service the engine decides or reports the traffic of.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Desired {
     /// By primary service.

@@ -1,8 +1,8 @@
 //! What the writer must change to make the cluster match a desired state: pod label patches and
-//! the status apply body. Pure: desired values and observed objects in, writes out; an empty
-//! plan means no write.
+//! the status apply body (`status.failover`, the engine's conditions, `status.traffic`). Pure:
+//! desired values and observed objects in, writes out; an empty plan means no write.
 
-use flotilla_crds::{labels, FailoverStatus, API_VERSION, KIND};
+use flotilla_crds::{labels, FailoverStatus, TrafficStatus, API_VERSION, KIND};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{json, Value};
 
@@ -57,7 +57,8 @@ pub fn label_patches(svc: &ServiceDesired, inv: &Inventory) -> Vec<LabelPatch> {
 pub enum StatusPlan {
     /// Status already matches.
     Unchanged,
-    /// Verdicts, target or conditions changed: write now.
+    /// Verdicts, target, conditions or the request figures changed: write now. (The engine
+    /// publishes new figures at most once per interval, see `traffic.rs`.)
     Now(Value),
     /// Only evidence (failure counts, error ratios) changed: write when the throttle allows.
     Evidence(Value),
@@ -124,8 +125,10 @@ pub fn withdrawal_body(key: &ObjKey) -> Value {
     })
 }
 
-/// The server-side-apply body for `status.failover` and the engine's two conditions, and whether
-/// it must be written now.
+/// The server-side-apply body for `status.failover`, the engine's two conditions and
+/// `status.traffic`, and whether it must be written now. A service whose request figures alone
+/// are reported gets neither `failover` nor conditions, so applying the body withdraws any it
+/// had; with no figures either, the body is the withdrawal body.
 pub fn status_plan(svc: &ServiceDesired, info: &ServiceInfo, now: &Time) -> StatusPlan {
     let conds: Vec<Condition> = svc
         .conditions
@@ -133,18 +136,41 @@ pub fn status_plan(svc: &ServiceDesired, info: &ServiceInfo, now: &Time) -> Stat
         .map(|c| condition(c, &info.conditions, info.generation, now))
         .collect();
     let conds_same = conds.iter().all(|c| same_condition(c, &info.conditions));
-    let current = info.status.clone().unwrap_or_default();
+    // A withdrawn report may leave an empty object behind: that is no report.
+    let current = info
+        .status
+        .clone()
+        .filter(|f| *f != FailoverStatus::default());
+    let current_traffic = info
+        .traffic
+        .as_ref()
+        .filter(|t| **t != TrafficStatus::default());
+    let wanted = svc.reports_failover.then_some(&svc.status);
     // No `conditions` key when there are none (a service probed only for a rollout analysis):
     // an applied empty list would claim the whole list, and withdrawing that claim later would
     // take the reconciler's conditions with it.
-    let mut status = json!({ "failover": svc.status });
-    if !conds.is_empty() {
-        status["conditions"] = json!(conds);
+    let mut status = serde_json::Map::new();
+    if let Some(f) = wanted {
+        status.insert("failover".into(), json!(f));
     }
-    let body = status_body(&svc.key, status);
-    if !conds_same || strip_evidence(&current) != strip_evidence(&svc.status) {
+    if !conds.is_empty() {
+        status.insert("conditions".into(), json!(conds));
+    }
+    if let Some(t) = &svc.traffic {
+        status.insert("traffic".into(), json!(t));
+    }
+    let body = if status.is_empty() {
+        withdrawal_body(&svc.key)
+    } else {
+        status_body(&svc.key, Value::Object(status))
+    };
+    let stripped = |f: Option<&FailoverStatus>| f.map(strip_evidence);
+    if !conds_same
+        || stripped(current.as_ref()) != stripped(wanted)
+        || current_traffic != svc.traffic.as_ref()
+    {
         StatusPlan::Now(body)
-    } else if current != svc.status {
+    } else if current.as_ref() != wanted {
         StatusPlan::Evidence(body)
     } else {
         StatusPlan::Unchanged

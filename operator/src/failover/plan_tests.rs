@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use flotilla_crds::{conditions, labels, ActiveTarget, FailoverStatus, PodHealth};
+use flotilla_crds::{conditions, labels, ActiveTarget, FailoverStatus, PodHealth, TrafficStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use super::*;
@@ -26,6 +26,7 @@ fn pod(name: &str, svc: &str, serves: Option<&str>) -> PodInfo {
         ready: true,
         serves: m,
         uid: Some(format!("uid-{name}")),
+        canary: false,
     }
 }
 
@@ -51,7 +52,9 @@ fn desired(members: Vec<Member>, status: FailoverStatus) -> ServiceDesired {
         mode: Mode::Enforce,
         label_key: labels::serves("a"),
         members,
+        reports_failover: true,
         status,
+        traffic: None,
         conditions: vec![
             cond(conditions::FAILED_OVER, false, "PrimaryServing"),
             cond(conditions::FLAPPING, false, "Stable"),
@@ -78,7 +81,10 @@ fn info(status: Option<FailoverStatus>, conds: Vec<Condition>) -> ServiceInfo {
         probe: ProbePolicy::default(),
         failover: FailoverPolicy::default(),
         port_name: "http".into(),
+        report_traffic: true,
+        scrape_only: false,
         status,
+        traffic: None,
         conditions: conds,
     }
 }
@@ -223,4 +229,58 @@ fn a_report_without_conditions_claims_no_condition_list() {
     };
     assert!(body["status"].get("conditions").is_none(), "{body}");
     assert!(body["status"].get("failover").is_some());
+}
+
+fn figures(rps: f64) -> TrafficStatus {
+    TrafficStatus {
+        requests_per_second: Some(rps),
+        window_seconds: Some(30),
+        observed_at: Some(t(900)),
+        ..TrafficStatus::default()
+    }
+}
+
+#[test]
+fn new_figures_are_written_at_once_and_the_same_ones_never() {
+    // The engine publishes figures at most once an interval, so a change is written now; the
+    // figures the status shows are no reason to write.
+    let mut d = desired(vec![], status(1, 0));
+    d.traffic = Some(figures(12.0));
+    let StatusPlan::Now(body) = status_plan(&d, &info(None, vec![]), &t(1000)) else {
+        panic!("first write expected");
+    };
+    assert_eq!(body["status"]["traffic"]["requestsPerSecond"], 12.0);
+    let conds: Vec<Condition> =
+        serde_json::from_value(body["status"]["conditions"].clone()).expect("conditions");
+    let mut current = info(Some(status(1, 0)), conds);
+    current.traffic = Some(figures(12.0));
+    assert_eq!(status_plan(&d, &current, &t(2000)), StatusPlan::Unchanged);
+    d.traffic = Some(figures(30.0));
+    assert!(matches!(
+        status_plan(&d, &current, &t(2000)),
+        StatusPlan::Now(_)
+    ));
+}
+
+#[test]
+fn a_service_reporting_traffic_only_gets_no_failover_report() {
+    // Figures alone: the body carries `traffic` and neither `failover` nor conditions, so an
+    // earlier failover report is withdrawn by the same apply; with no figures either, nothing
+    // to show is the withdrawal body, and nothing shown needs no write.
+    let only = ServiceDesired::traffic_only(key("a"), labels::serves("a"), Some(figures(3.0)));
+    let mut shown = info(Some(status(1, 0)), vec![]);
+    let StatusPlan::Now(body) = status_plan(&only, &shown, &t(1000)) else {
+        panic!("write expected");
+    };
+    assert_eq!(
+        body["status"],
+        serde_json::json!({"traffic": serde_json::to_value(figures(3.0)).unwrap_or_default()})
+    );
+    let none = ServiceDesired::traffic_only(key("a"), labels::serves("a"), None);
+    assert_eq!(
+        status_plan(&none, &shown, &t(1000)),
+        StatusPlan::Now(withdrawal_body(&key("a")))
+    );
+    shown.status = Some(FailoverStatus::default());
+    assert_eq!(status_plan(&none, &shown, &t(1000)), StatusPlan::Unchanged);
 }

@@ -20,9 +20,9 @@ use tonic_health::pb::HealthCheckRequest;
 
 use hyper::Uri;
 
-use super::error_rate::{self, Counts};
+use super::error_rate;
 use super::pod_health::Observation;
-use super::scrape::{Rejected, Scanner, ScrapeLimits};
+use super::scrape::{Rejected, Scanner, ScrapeLimits, Scraped};
 
 /// Largest readiness body read so the connection can be reused.
 const MAX_READINESS_BYTES: usize = 64 << 10;
@@ -123,9 +123,14 @@ pub struct ProbeTarget<'a> {
     pub http: Option<&'a HttpPaths>,
     /// `Some(service name)` for a gRPC health check instead of the HTTP GET.
     pub grpc_service: Option<&'a str>,
+    /// Check readiness; `false` for a pod that is only scraped (a service probed only for its
+    /// traffic figures): the report's observation is then `Success` without a request.
+    pub readiness: bool,
     /// Scrape the metrics path after a successful readiness check (after any check when the
     /// verdict is `ejected`).
     pub scrape: bool,
+    /// Also read the API traffic and its latency histogram in the scrape.
+    pub traffic: bool,
     /// Bound of each request.
     pub timeout: Duration,
     /// Caps of the metrics scrape.
@@ -308,8 +313,8 @@ impl ProbeClient {
         http: &HttpPaths,
         timeout: Duration,
         limits: ScrapeLimits,
-        grpc: bool,
-    ) -> Result<Option<Counts>, Rejected> {
+        (grpc, traffic): (bool, bool),
+    ) -> Result<Scraped, Rejected> {
         let scan = async {
             let head = send(conn, addr, &http.metrics)
                 .await
@@ -323,6 +328,9 @@ impl ProbeClient {
             } else {
                 Scanner::new(limits)
             };
+            if traffic {
+                scanner = scanner.with_traffic();
+            }
             // The scanner's verdict is kept aside: the body callback can only refuse.
             let mut rejected = None;
             let read = c
@@ -368,9 +376,9 @@ pub struct ProbeReport {
     pub latency: Duration,
     /// When it finished.
     pub at: Instant,
-    /// The scrape, if one was asked for: `Ok(None)` means scraped but the counter is absent,
-    /// `Err` that the scrape gave no data and why.
-    pub scrape: Option<Result<Option<Counts>, Rejected>>,
+    /// The scrape, if one was asked for: `Ok` with what it read (counts `None`: the counter is
+    /// absent), `Err` that the scrape gave no data and why.
+    pub scrape: Option<Result<Scraped, Rejected>>,
     /// The address probed and its connection, still open, for the next probe.
     pub conn: (SocketAddr, Option<PodConn>),
 }
@@ -384,6 +392,7 @@ pub async fn run(
 ) -> ProbeReport {
     let start = Instant::now();
     let observation = match (target.grpc_service, target.http) {
+        _ if !target.readiness => Observation::Success,
         (Some(service), _) => {
             client
                 .grpc_readiness(target.addr, service, target.timeout, target.signed())
@@ -413,7 +422,7 @@ pub async fn run(
                 http,
                 target.timeout,
                 target.limits,
-                target.grpc_service.is_some(),
+                (target.grpc_service.is_some(), target.traffic),
             )
             .await,
         ),
@@ -544,7 +553,9 @@ mod tests {
             addr,
             http: Some(http),
             grpc_service: grpc,
+            readiness: true,
             scrape: false,
+            traffic: false,
             timeout: Duration::from_secs(10),
             limits: ScrapeLimits::default(),
             verdict: Some(verdict),

@@ -1,15 +1,39 @@
 //! Bounded reading of a pod's Prometheus metrics: the body is parsed as it streams in, only the
-//! request counter the error-rate check reads is kept (summed as it goes), and every scrape is
+//! request counter the error-rate check reads is kept (summed as it goes), with, when traffic
+//! figures are asked for, the API requests' latency histogram (`_bucket` samples summed by
+//! bound, probe and metrics routes excluded), and every scrape is
 //! capped in bytes, in series and in line length, like Prometheus's own `body_size_limit` and
 //! `sample_limit`. A scrape over a cap gives no data for that round (counted by reason), never a
 //! failure verdict: a pod is judged by its readiness, not by how verbose its metrics are.
 //!
-//! Memory per scrape is one partial line (at most `max_line_bytes`) plus the HTTP read buffer,
-//! whatever the body size. Pure: bytes in, counts or a rejection out; the HTTP side is in
-//! `probe.rs`.
+//! Memory per scrape is one partial line (at most `max_line_bytes`) plus the HTTP read buffer
+//! and a dozen histogram buckets, whatever the body size. Pure: bytes in, counts or a rejection
+//! out; the HTTP side is in `probe.rs`.
 
-use super::error_rate::{Counts, GRPC_REQUESTS_METRIC, REQUESTS_METRIC};
+use super::error_rate::{self, Counts, GRPC_REQUESTS_METRIC, REQUESTS_METRIC};
+use super::histogram::Histogram;
 use super::promtext::{self, Line, Sample};
+use super::traffic::TrafficSample;
+
+/// The latency histogram read for HTTP services (its `_bucket` samples).
+pub const DURATION_BUCKETS: &str = "http_request_duration_seconds_bucket";
+/// The latency histogram read for gRPC services (the Prometheus gRPC middlewares' name).
+pub const GRPC_DURATION_BUCKETS: &str = "grpc_server_handling_seconds_bucket";
+
+/// Most distinct bucket bounds kept from one scrape: client libraries default to a dozen, and
+/// a histogram with more is not read (its scrape still gives the counts), so an exposition
+/// cannot grow the scanner past a few KiB.
+pub const MAX_BUCKETS: usize = 64;
+
+/// What one scrape read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Scraped {
+    /// The request counts the error-rate check reads; `None` when the counter is absent.
+    pub counts: Option<Counts>,
+    /// The API traffic for the traffic figures, when asked for; `None` when the counter is
+    /// absent.
+    pub traffic: Option<TrafficSample>,
+}
 
 /// Caps of one scrape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,6 +118,11 @@ pub struct Scanner {
     found: bool,
     // Read `grpc_server_handled_total` (gRPC codes) instead of `http_requests_total`.
     grpc: bool,
+    // Also read the API traffic and its latency histogram.
+    traffic: Option<TrafficSample>,
+    latency: Histogram,
+    // More distinct bounds than `MAX_BUCKETS`: no latency from this scrape.
+    too_many_buckets: bool,
 }
 
 impl Scanner {
@@ -107,6 +136,18 @@ impl Scanner {
             counts: Counts::default(),
             found: false,
             grpc: false,
+            traffic: None,
+            latency: Histogram::default(),
+            too_many_buckets: false,
+        }
+    }
+
+    /// Also reads the API traffic for the traffic figures: requests and failures outside the
+    /// probe series, and the latency histogram of those requests.
+    pub fn with_traffic(self) -> Self {
+        Self {
+            traffic: Some(TrafficSample::default()),
+            ..self
         }
     }
 
@@ -142,14 +183,22 @@ impl Scanner {
         self.extend_partial(chunk)
     }
 
-    /// Ends the body: reads a last line without a newline and returns the request counts, or
-    /// `None` when the exposition has no `http_requests_total`.
-    pub fn finish(mut self) -> Result<Option<Counts>, Rejected> {
+    /// Ends the body: reads a last line without a newline and returns what was read; the
+    /// counts are `None` when the exposition has no request counter.
+    pub fn finish(mut self) -> Result<Scraped, Rejected> {
         if !self.partial.is_empty() {
             let line = std::mem::take(&mut self.partial);
             self.line(&line)?;
         }
-        Ok(self.found.then_some(self.counts))
+        let latency =
+            (!self.latency.buckets().is_empty() && !self.too_many_buckets).then_some(self.latency);
+        Ok(Scraped {
+            counts: self.found.then_some(self.counts),
+            traffic: self
+                .traffic
+                .filter(|_| self.found)
+                .map(|t| TrafficSample { latency, ..t }),
+        })
     }
 
     fn extend_partial(&mut self, bytes: &[u8]) -> Result<(), Rejected> {
@@ -165,12 +214,13 @@ impl Scanner {
             return Err(Rejected::LineTooLong);
         }
         let text = std::str::from_utf8(raw).map_err(|_| Rejected::Malformed)?;
-        let metric = if self.grpc {
-            GRPC_REQUESTS_METRIC
+        let (metric, buckets) = if self.grpc {
+            (GRPC_REQUESTS_METRIC, GRPC_DURATION_BUCKETS)
         } else {
-            REQUESTS_METRIC
+            (REQUESTS_METRIC, DURATION_BUCKETS)
         };
-        match promtext::read_line(text, |name| name == metric) {
+        let latency = self.traffic.is_some();
+        match promtext::read_line(text, |name| name == metric || (latency && name == buckets)) {
             Err(_) => Err(Rejected::Malformed),
             Ok(Line::Blank) => Ok(()),
             Ok(Line::Skipped) => self.count_series(),
@@ -191,17 +241,42 @@ impl Scanner {
     }
 
     fn add(&mut self, s: &Sample) {
+        if s.name.ends_with("_bucket") {
+            if !error_rate::is_probe_series(s) {
+                if let Some(le) = s.label("le").and_then(bucket_bound) {
+                    let known = self.latency.buckets().iter().any(|(b, _)| *b == le);
+                    if known || self.latency.buckets().len() < MAX_BUCKETS {
+                        self.latency.add(le, s.value);
+                    } else {
+                        self.too_many_buckets = true;
+                    }
+                }
+            }
+            return;
+        }
         let counts = if self.grpc {
-            super::error_rate::grpc_sample_counts(s)
+            error_rate::grpc_sample_counts(s)
         } else {
-            super::error_rate::sample_counts(s)
+            error_rate::sample_counts(s)
         };
         if let Some(c) = counts {
             self.found = true;
             self.counts.total += c.total;
             self.counts.errors += c.errors;
             self.counts.probes += c.probes;
+            if let Some(t) = self.traffic.as_mut().filter(|_| c.probes == 0.0) {
+                t.requests += c.total;
+                t.errors += c.errors;
+            }
         }
+    }
+}
+
+/// A bucket's upper bound from its `le` label (`+Inf` included).
+fn bucket_bound(le: &str) -> Option<f64> {
+    match le {
+        "+Inf" | "Inf" | "+inf" | "inf" => Some(f64::INFINITY),
+        v => v.parse::<f64>().ok().filter(|b| !b.is_nan()),
     }
 }
 

@@ -17,7 +17,7 @@ fn scan(chunks: &[&[u8]], limits: ScrapeLimits) -> Result<Option<Counts>, Reject
     for c in chunks {
         s.feed(c)?;
     }
-    s.finish()
+    s.finish().map(|s| s.counts)
 }
 
 fn tiny_lines(n: usize, name: &str) -> String {
@@ -112,7 +112,7 @@ fn megabytes_of_tiny_lines_keep_only_one_partial_line_in_memory() {
         assert!(s.partial.capacity() <= 256, "{}", s.partial.capacity());
     }
     assert_eq!(
-        s.finish(),
+        s.finish().map(|s| s.counts),
         Ok(Some(Counts {
             total: 3.0,
             errors: 3.0,
@@ -148,4 +148,96 @@ fn every_reason_has_a_distinct_fixed_label() {
     // The metric's reason label is a small fixed set.
     let labels: std::collections::BTreeSet<_> = Rejected::ALL.iter().map(|r| r.label()).collect();
     assert_eq!(labels.len(), Rejected::ALL.len());
+}
+
+/// A kit service's exposition: API and probe routes, with their latency histogram.
+const KIT: &str = "# TYPE http_requests_total counter\n\
+    http_requests_total{method=\"GET\",route=\"/users\",status=\"200\"} 180\n\
+    http_requests_total{method=\"GET\",route=\"/users\",status=\"500\"} 20\n\
+    http_requests_total{method=\"GET\",route=\"/readyz\",status=\"200\"} 1000\n\
+    http_requests_total{method=\"GET\",route=\"/readyz\",status=\"503\"} 7\n\
+    # TYPE http_request_duration_seconds histogram\n\
+    http_request_duration_seconds_bucket{method=\"GET\",route=\"/users\",le=\"0.005\"} 190\n\
+    http_request_duration_seconds_bucket{method=\"GET\",route=\"/users\",le=\"0.1\"} 200\n\
+    http_request_duration_seconds_bucket{method=\"GET\",route=\"/users\",le=\"+Inf\"} 200\n\
+    http_request_duration_seconds_sum{method=\"GET\",route=\"/users\"} 0.9\n\
+    http_request_duration_seconds_count{method=\"GET\",route=\"/users\"} 200\n\
+    http_request_duration_seconds_bucket{method=\"GET\",route=\"/readyz\",le=\"0.005\"} 1007\n\
+    http_request_duration_seconds_bucket{method=\"GET\",route=\"/readyz\",le=\"0.1\"} 1007\n\
+    http_request_duration_seconds_bucket{method=\"GET\",route=\"/readyz\",le=\"+Inf\"} 1007\n";
+
+#[test]
+fn traffic_reads_api_requests_and_their_latency_without_the_probes() {
+    // The traffic figures count API requests only: the readiness route's requests, failures
+    // and latencies are the prober's own. The error-rate counts are read as before.
+    let mut s = Scanner::new(ScrapeLimits::default()).with_traffic();
+    s.feed(KIT.as_bytes()).expect("within the caps");
+    let got = s.finish().expect("valid");
+    assert_eq!(
+        got.counts,
+        Some(Counts {
+            total: 1207.0,
+            errors: 27.0,
+            probes: 1007.0,
+        })
+    );
+    let t = got.traffic.expect("counter present");
+    assert_eq!((t.requests, t.errors), (200.0, 20.0));
+    let h = t.latency.expect("histogram present");
+    assert_eq!(
+        h.buckets(),
+        &[(0.005, 190.0), (0.1, 200.0), (f64::INFINITY, 200.0)]
+    );
+    // Without traffic asked for, the histogram is not kept.
+    let mut plain = Scanner::new(ScrapeLimits::default());
+    plain.feed(KIT.as_bytes()).expect("within the caps");
+    assert_eq!(plain.finish().map(|s| s.traffic), Ok(None));
+}
+
+#[test]
+fn grpc_traffic_reads_the_handling_histogram_without_health_checks() {
+    // For a gRPC service (the orders sample): `grpc_server_handled_total` by code and the
+    // `grpc_server_handling_seconds` histogram; the health service's calls are probes.
+    let text = "grpc_server_handled_total{grpc_service=\"flotilla.orders.v1.Orders\",grpc_method=\"ListOrders\",grpc_code=\"OK\"} 90\n\
+        grpc_server_handled_total{grpc_service=\"flotilla.orders.v1.Orders\",grpc_method=\"ListOrders\",grpc_code=\"Unavailable\"} 10\n\
+        grpc_server_handled_total{grpc_service=\"grpc.health.v1.Health\",grpc_method=\"Check\",grpc_code=\"OK\"} 500\n\
+        grpc_server_handling_seconds_bucket{grpc_service=\"flotilla.orders.v1.Orders\",grpc_method=\"ListOrders\",le=\"0.01\"} 100\n\
+        grpc_server_handling_seconds_bucket{grpc_service=\"flotilla.orders.v1.Orders\",grpc_method=\"ListOrders\",le=\"+Inf\"} 100\n\
+        grpc_server_handling_seconds_bucket{grpc_service=\"grpc.health.v1.Health\",grpc_method=\"Check\",le=\"0.01\"} 500\n\
+        grpc_server_handling_seconds_bucket{grpc_service=\"grpc.health.v1.Health\",grpc_method=\"Check\",le=\"+Inf\"} 500\n\
+        http_request_duration_seconds_bucket{route=\"/metrics\",le=\"+Inf\"} 3\n";
+    let mut s = Scanner::grpc(ScrapeLimits::default()).with_traffic();
+    s.feed(text.as_bytes()).expect("within the caps");
+    let t = s.finish().expect("valid").traffic.expect("counter present");
+    assert_eq!((t.requests, t.errors), (100.0, 10.0));
+    assert_eq!(
+        t.latency.map(|h| h.buckets().to_vec()),
+        Some(vec![(0.01, 100.0), (f64::INFINITY, 100.0)])
+    );
+}
+
+#[test]
+fn traffic_without_a_counter_is_no_data() {
+    // A histogram alone is not traffic: no request counter, no figures.
+    let mut s = Scanner::new(ScrapeLimits::default()).with_traffic();
+    s.feed(b"http_request_duration_seconds_bucket{le=\"+Inf\"} 3\n")
+        .expect("within the caps");
+    assert_eq!(s.finish(), Ok(Scraped::default()));
+}
+
+#[test]
+fn a_histogram_with_too_many_bounds_gives_no_latency_but_keeps_the_counts() {
+    // An exposition cannot grow the scanner with bucket bounds: past the cap the latency is
+    // dropped for that scrape, and the request counts still count.
+    let mut body = String::from("http_requests_total{status=\"200\"} 10\n");
+    for i in 0..=MAX_BUCKETS {
+        body.push_str(&format!(
+            "http_request_duration_seconds_bucket{{le=\"{}\"}} 1\n",
+            i + 1
+        ));
+    }
+    let mut s = Scanner::new(ScrapeLimits::default()).with_traffic();
+    s.feed(body.as_bytes()).expect("within the caps");
+    let t = s.finish().expect("valid").traffic.expect("counter present");
+    assert_eq!((t.requests, t.latency), (10.0, None));
 }

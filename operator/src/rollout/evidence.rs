@@ -1,10 +1,12 @@
 //! What the canary pods show: the evidence the rollout state machine judges.
 //!
-//! Built from watched Pods (readiness, waiting reasons, restarts) and, when the failover engine
-//! probes them, its per-pod verdicts (`status.failover.pods`). Pure: objects in, values out.
+//! Built from watched Pods (readiness, waiting reasons, restarts), when the failover engine
+//! probes them its per-pod verdicts (`status.failover.pods`), and the canary and stable pods'
+//! latencies from the request figures (`status.traffic`). Pure: objects in, values out.
 
-use flotilla_crds::{annotations, labels, PodHealth};
+use flotilla_crds::{annotations, labels, PodHealth, TrafficStatus};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
 
 /// Waiting reasons that mean a container will not become ready without a new template, so the
 /// analysis need not wait for `readyTimeoutSeconds`.
@@ -43,6 +45,30 @@ pub struct CanaryEvidence {
     pub pods: Vec<CanaryPod>,
     /// Mean 5xx ratio of the stable pods, when known.
     pub stable_error_ratio: Option<f64>,
+    /// The p99 latencies of the canary and the stable pods, when both are known.
+    pub latency: Option<Latency>,
+}
+
+/// The canary and stable pods' p99 latencies over the request figures' window.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latency {
+    /// The canary pods' p99 latency, in milliseconds.
+    pub canary_millis: f64,
+    /// The stable pods' p99 latency, in milliseconds.
+    pub stable_millis: f64,
+    /// When the figures were computed (their window ends here).
+    pub observed_at: Timestamp,
+}
+
+impl Latency {
+    /// The latencies in `status.traffic`, when it has both groups' p99 and a time.
+    pub fn from_traffic(t: &TrafficStatus) -> Option<Self> {
+        Some(Self {
+            canary_millis: t.canary.as_ref()?.p99_latency_millis?,
+            stable_millis: t.stable.as_ref()?.p99_latency_millis?,
+            observed_at: t.observed_at.as_ref()?.0,
+        })
+    }
 }
 
 impl CanaryEvidence {
@@ -71,6 +97,15 @@ impl CanaryEvidence {
         Self {
             pods: canary,
             stable_error_ratio,
+            latency: None,
+        }
+    }
+
+    /// The same evidence with the latencies of the request figures `traffic`.
+    pub fn with_traffic(self, traffic: Option<&TrafficStatus>) -> Self {
+        Self {
+            latency: traffic.and_then(Latency::from_traffic),
+            ..self
         }
     }
 }
@@ -112,6 +147,9 @@ fn canary_pod(pod: &Pod, name: String, verdict: Option<&PodHealth>) -> CanaryPod
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
+
+    use flotilla_crds::TrafficFigures;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use k8s_openapi::api::core::v1::{
         ContainerState, ContainerStateWaiting, ContainerStatus, PodCondition, PodStatus,
@@ -217,5 +255,54 @@ mod tests {
         }];
         let e = CanaryEvidence::from_pods(&[pod("c-1", true, false, None, 0)], &starting);
         assert_eq!(e.pods[0].probe_failure, None);
+    }
+
+    /// The latencies come from the canary and stable figures of `status.traffic`, and only
+    /// when both groups have a p99: no figure, no comparison.
+    #[test]
+    fn latencies_come_from_both_groups_figures() {
+        let p99 = |ms: Option<f64>| {
+            Some(TrafficFigures {
+                p99_latency_millis: ms,
+                ..TrafficFigures::default()
+            })
+        };
+        let at = Timestamp::UNIX_EPOCH;
+        let t = TrafficStatus {
+            p99_latency_millis: Some(9.0),
+            observed_at: Some(Time(at)),
+            canary: p99(Some(248.0)),
+            stable: p99(Some(4.95)),
+            ..TrafficStatus::default()
+        };
+        let e = CanaryEvidence::default().with_traffic(Some(&t));
+        assert_eq!(
+            e.latency,
+            Some(Latency {
+                canary_millis: 248.0,
+                stable_millis: 4.95,
+                observed_at: at,
+            })
+        );
+        let few = TrafficStatus {
+            canary: p99(None),
+            ..t.clone()
+        };
+        assert_eq!(
+            CanaryEvidence::default().with_traffic(Some(&few)).latency,
+            None
+        );
+        let no_canary = TrafficStatus {
+            canary: None,
+            stable: None,
+            ..t
+        };
+        assert_eq!(
+            CanaryEvidence::default()
+                .with_traffic(Some(&no_canary))
+                .latency,
+            None
+        );
+        assert_eq!(CanaryEvidence::default().with_traffic(None).latency, None);
     }
 }

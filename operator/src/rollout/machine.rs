@@ -38,6 +38,9 @@ pub mod reason {
     pub const PROBE_FAILED: &str = "CanaryProbeFailed";
     /// The canary's 5xx ratio exceeded the stable pods' by more than `maxErrorRate`.
     pub const ERROR_RATE: &str = "CanaryErrorRate";
+    /// The canary's p99 latency exceeded the stable pods' by more than `maxLatencyRatio` (and
+    /// `latencyToleranceMillis`).
+    pub const LATENCY: &str = "CanaryLatency";
     /// A canary container restarted.
     pub const RESTARTED: &str = "CanaryRestarted";
     /// Traffic failed over to the fallback during the analysis.
@@ -466,6 +469,15 @@ fn failure(
             return Some((why, evidence));
         }
     }
+    if on(FailOn::Latency) {
+        if let Some(observation) = slower(i, started) {
+            let e = RolloutEvidence {
+                pod: String::new(),
+                observation,
+            };
+            return Some((reason::LATENCY, vec![e]));
+        }
+    }
     let timeout = secs(i.spec.ready_timeout_seconds);
     if ready_since.is_none() && elapsed(started, i.now) >= timeout {
         let mut evidence = seen(&|p| {
@@ -485,6 +497,27 @@ fn failure(
         return Some((reason::NOT_READY, evidence));
     }
     None
+}
+
+/// What shows the canary pods too slow, if they are: their p99 latency above the stable
+/// pods' times `maxLatencyRatio` and more than `latencyToleranceMillis` above it, in figures
+/// observed since the analysis started (older ones may be a previous canary's).
+fn slower(i: &RolloutInputs<'_>, started: Timestamp) -> Option<String> {
+    let l = i
+        .canary
+        .latency
+        .as_ref()
+        .filter(|l| l.observed_at >= started)?;
+    let ratio = i.spec.max_latency_ratio;
+    let tolerance = f64::from(i.spec.latency_tolerance_millis.max(0));
+    let slow =
+        l.canary_millis > l.stable_millis * ratio && l.canary_millis - l.stable_millis > tolerance;
+    slow.then(|| {
+        format!(
+            "p99 latency {} ms vs stable {} ms (limit: {ratio}x and {tolerance} ms more)",
+            l.canary_millis, l.stable_millis
+        )
+    })
 }
 
 /// The analysis failed: back to the last good template, remember the revision as failed.

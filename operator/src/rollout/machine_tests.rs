@@ -4,6 +4,7 @@ use flotilla_crds::{FailOn, RolloutPhase, RolloutSpec, RolloutStatus, RolloutStr
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
 
 use super::*;
+use crate::rollout::Latency;
 
 const OLD: &str = "rev-old";
 const NEW: &str = "rev-new";
@@ -42,6 +43,7 @@ fn evidence(pods: Vec<CanaryPod>) -> CanaryEvidence {
     CanaryEvidence {
         pods,
         stable_error_ratio: None,
+        latency: None,
     }
 }
 
@@ -252,6 +254,68 @@ fn error_rate_is_relative_to_stable() {
         bad.status.evidence[0].observation,
         "5xx ratio 0.50 vs stable 0.00"
     );
+}
+
+fn latency(canary_millis: f64, stable_millis: f64, at: Timestamp) -> Option<Latency> {
+    Some(Latency {
+        canary_millis,
+        stable_millis,
+        observed_at: at,
+    })
+}
+
+/// A canary that answers correctly but much slower fails on latency: its p99 above the stable
+/// pods' times `maxLatencyRatio` and by more than `latencyToleranceMillis`; within either
+/// bound it passes.
+#[test]
+fn latency_fails_a_slower_canary() {
+    let mut ev = evidence(vec![pod("c", NEW, true)]);
+    ev.latency = latency(248.0, 4.95, t(2));
+    let bad = run(&guarded(), Some(&analysing()), &ev, t(2));
+    assert_eq!(bad.status.phase, RolloutPhase::RolledBack);
+    assert_eq!(bad.status.reason.as_deref(), Some(reason::LATENCY));
+    assert_eq!(bad.status.evidence[0].pod, "");
+    assert_eq!(
+        bad.status.evidence[0].observation,
+        "p99 latency 248 ms vs stable 4.95 ms (limit: 2x and 20 ms more)"
+    );
+    assert_eq!(bad.event.map(|e| e.reason), Some(reason::ROLLED_BACK));
+    // Twice as slow, but only 15 ms more: within the tolerance.
+    ev.latency = latency(30.0, 15.0, t(2));
+    let ok = run(&guarded(), Some(&analysing()), &ev, t(2));
+    assert_eq!(ok.status.phase, RolloutPhase::Analyzing);
+    // 90 ms more, but under twice the stable pods' 100 ms.
+    ev.latency = latency(190.0, 100.0, t(2));
+    let ok = run(&guarded(), Some(&analysing()), &ev, t(2));
+    assert_eq!(ok.status.phase, RolloutPhase::Analyzing);
+    // The bounds come from the spec.
+    let mut strict = guarded();
+    strict.max_latency_ratio = 1.5;
+    let bad = run(&strict, Some(&analysing()), &ev, t(2));
+    assert_eq!(bad.status.reason.as_deref(), Some(reason::LATENCY));
+}
+
+/// Latency is judged only when asked (`failOn`), on figures observed during this analysis;
+/// without figures (no histogram, too few requests) the canary is promoted.
+#[test]
+fn latency_needs_fail_on_and_fresh_figures() {
+    let mut ev = evidence(vec![pod("c", NEW, true)]);
+    ev.latency = latency(248.0, 4.95, t(-1));
+    let stale = run(&guarded(), Some(&analysing()), &ev, t(2));
+    assert_eq!(
+        stale.status.phase,
+        RolloutPhase::Analyzing,
+        "figures from before the start"
+    );
+    ev.latency = latency(248.0, 4.95, t(2));
+    let mut lenient = guarded();
+    lenient.fail_on = vec![FailOn::ErrorRate, FailOn::ProbeFailure, FailOn::Restart];
+    let ok = run(&lenient, Some(&analysing()), &ev, t(2));
+    assert_eq!(ok.status.phase, RolloutPhase::Analyzing);
+    ev.latency = None;
+    let ready = run(&guarded(), Some(&analysing()), &ev, t(2));
+    let done = run(&guarded(), Some(&ready.status), &ev, t(13));
+    assert_eq!(done.status.phase, RolloutPhase::Promoted);
 }
 
 /// A restarting canary container fails the analysis.

@@ -15,7 +15,7 @@ pub mod machine;
 pub mod plan;
 
 pub use canary::{build_canary, canary_name, canary_replicas, template_revision};
-pub use evidence::{CanaryEvidence, CanaryPod};
+pub use evidence::{CanaryEvidence, CanaryPod, Latency};
 pub use machine::{
     degraded, next_step, CanaryAction, RolloutDecision, RolloutEvent, RolloutInputs, StableTemplate,
 };

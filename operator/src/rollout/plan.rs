@@ -220,6 +220,6 @@ async fn gather(
         .and_then(|s| s.failover.as_ref())
         .map(|f| f.pods.as_slice())
         .unwrap_or_default();
-    let traffic = ms.status.as_ref().and_then(|s| s.traffic.as_ref());
+    let traffic = status.and_then(|s| s.traffic.as_ref());
     Ok(CanaryEvidence::from_pods(&pods.items, verdicts).with_traffic(traffic))
 }

@@ -133,7 +133,10 @@ fn service(name: &str, port: u16) -> ServiceInfo {
             ..FailoverPolicy::default()
         },
         port_name: "http".into(),
+        report_traffic: true,
+        scrape_only: false,
         status: None,
+        traffic: None,
         conditions: vec![],
     }
 }
@@ -147,6 +150,7 @@ fn pods(svc: &str, b: u8, n: u8, port: u16) -> Vec<PodInfo> {
             ready: true,
             serves: [(labels::serves(svc), "true".to_owned())].into(),
             uid: Some(format!("uid-{svc}-{k}")),
+            canary: false,
         })
         .collect()
 }

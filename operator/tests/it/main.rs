@@ -13,6 +13,7 @@
 //! - [`config_rollout`]: rollouts when a referenced Secret or ConfigMap changes.
 //! - [`controller_leader`], [`leader_hang`], [`health_stall`]: leadership and a hanging API server.
 //! - `failover_*`, [`rollout_cluster`]: health-aware traffic and guarded rollouts;
+//!   [`failover_traffic`]: the engine's request figures from test pods' metrics;
 //!   [`failover_watch`]: the readiness watch on real service processes.
 //! - [`notifications`]: Events notified to a webhook receiver, and a failover's notification.
 
@@ -39,6 +40,7 @@ mod failover_clients;
 mod failover_cluster;
 mod failover_engine;
 mod failover_scrape;
+mod failover_traffic;
 mod failover_watch;
 mod fuzz_specs;
 mod health_stall;

@@ -27,16 +27,19 @@ use super::inventory::{Inventory, ObjKey, ServiceInfo};
 use super::metrics::{Metrics, ProbeResults};
 use super::outputs::{Desired, Notice};
 use super::pod_health::{Observation, PodHealth, Thresholds};
-use super::probe::{self, HttpPaths, PodConn, ProbeClient, ProbeReport, ProbeTarget};
+use super::probe::{HttpPaths, PodConn, ProbeClient, ProbeReport};
 use super::readiness_watch::WatchEvent;
-use super::scrape::{Rejected, ScrapeLimits};
+use super::scrape::ScrapeLimits;
 use super::sticky::StickyWatch;
+use super::traffic::{PublishPolicy, Publisher, TrafficWindow};
 use crate::health::Heartbeat;
 use crate::verdict_keys::VerdictKeys;
 use crate::write::Leadership;
 
+mod launch;
 mod publish;
 mod resume;
+mod traffic;
 mod watches;
 
 use resume::{resume, SvcEntry};
@@ -89,6 +92,15 @@ pub struct EngineConfig {
     /// The heartbeat watched HTTP pods are asked for, and the quiet after which a gRPC watch's
     /// connection sends a PING; `None`: half the probe period.
     pub watch_heartbeat: Option<Duration>,
+    /// The window of the request figures (`status.traffic.windowSeconds`). Thirty seconds
+    /// hold a few hundred requests of a modest service, enough for a p99, and let a canary's
+    /// figures settle well within a default analysis.
+    pub traffic_window: Duration,
+    /// Least time between two scrapes of a pod for the request figures, and the cadence of
+    /// pods that are only scraped: six scrapes a window.
+    pub traffic_scrape_every: Duration,
+    /// When new request figures are published for the writer.
+    pub traffic_publish: PublishPolicy,
 }
 
 /// What the engine needs to send verdicts.
@@ -133,6 +145,9 @@ impl Default for EngineConfig {
             sticky_restarts: false,
             watch: true,
             watch_heartbeat: None,
+            traffic_window: Duration::from_secs(30),
+            traffic_scrape_every: Duration::from_secs(5),
+            traffic_publish: PublishPolicy::default(),
         }
     }
 }
@@ -161,6 +176,8 @@ struct PodEntry {
     health: PodHealth,
     kubelet_ready: bool,
     window: ErrorWindow,
+    /// Scrapes for the request figures.
+    traffic: TrafficWindow,
     /// The error ratio at the watch's heartbeats, for pods whose lines carry counts.
     spans: ErrorSpans,
     in_flight: bool,
@@ -267,6 +284,10 @@ struct Engine {
     /// Where readiness watches report, and the generation of the next one.
     watch_tx: mpsc::UnboundedSender<(u64, u64, WatchEvent)>,
     next_watch: u64,
+    /// The request figures published per service reporting traffic, and when they were last
+    /// computed (at most once a second, however often services are decided).
+    traffic: HashMap<ObjKey, Publisher>,
+    traffic_computed: Option<Instant>,
     cfg: EngineConfig,
 }
 
@@ -308,6 +329,8 @@ pub fn spawn(
                     recent_restarts: std::collections::VecDeque::new(),
                     watch_tx,
                     next_watch: 0,
+                    traffic: HashMap::new(),
+                    traffic_computed: None,
                     cfg,
                 };
                 engine.run(inventory, watch_rx).await;
@@ -442,6 +465,21 @@ impl Engine {
                     entry.health.kubelet_became_ready();
                 }
                 entry.kubelet_ready = p.ready;
+                if entry.svc.scrape_only != svc.scrape_only {
+                    // Probed from now on, or only scraped: the next visit keeps to the new
+                    // cadence, and only probed pods keep a readiness watch.
+                    let next = now
+                        + launch::cadence(svc, &self.cfg)
+                            .mul_f64(rand::rng().random_range(0.0..1.0));
+                    if next < entry.next_due {
+                        entry.next_due = next;
+                        self.heap.push(Reverse((next, id)));
+                    }
+                    entry.watch = WatchSlot::Idle;
+                    if p.ready && !svc.scrape_only {
+                        to_watch.push(id);
+                    }
+                }
                 if entry.addr != addr || entry.svc.probe != svc.probe {
                     entry.http = http_paths(addr, svc);
                     entry.conn = None;
@@ -454,7 +492,8 @@ impl Engine {
                 entry.addr = addr;
                 continue;
             }
-            let first = now + svc.probe.period.mul_f64(rand::rng().random_range(0.0..1.0));
+            let first =
+                now + launch::cadence(svc, &self.cfg).mul_f64(rand::rng().random_range(0.0..1.0));
             let id = self.next_id;
             self.next_id += 1;
             self.ids.insert(key.clone(), id);
@@ -470,6 +509,7 @@ impl Engine {
                     health: PodHealth::new(p.ready),
                     kubelet_ready: p.ready,
                     window: ErrorWindow::new(svc.failover.error_rate_window),
+                    traffic: TrafficWindow::new(self.cfg.traffic_window),
                     spans: ErrorSpans::default(),
                     in_flight: false,
                     next_due: first,
@@ -483,7 +523,7 @@ impl Engine {
                 },
             );
             self.heap.push(Reverse((first, id)));
-            if p.ready {
+            if p.ready && !svc.scrape_only {
                 to_watch.push(id);
             }
         }
@@ -514,128 +554,14 @@ impl Engine {
                 .entry(svc.key.clone())
                 .or_insert_with(|| resume(svc, &inv));
         }
-        self.inv = inv;
-    }
-
-    /// Launches every probe due by `horizon`, none earlier than a tenth of its pod's period
-    /// (the jitter of a period) before it is due.
-    fn launch_due(&mut self, now: Instant, horizon: Instant) {
-        let mut not_yet = Vec::new();
-        // Checked once per batch: a standby (or a leader past its renew deadline) says nothing.
-        let signing = self
-            .cfg
-            .verdicts
-            .as_ref()
-            .and_then(VerdictSigning::keys_if_leading);
-        while let Some(Reverse((due, _))) = self.heap.peek() {
-            if *due > horizon {
-                break;
-            }
-            let Some(Reverse((due, id))) = self.heap.pop() else {
-                break;
-            };
-            let Some(entry) = self.pods.get_mut(&id) else {
-                continue;
-            };
-            if entry.next_due != due {
-                continue;
-            }
-            if due.saturating_duration_since(now) > entry.svc.probe.period / 10 {
-                not_yet.push(Reverse((due, id)));
-                continue;
-            }
-            let svc = entry.svc.clone();
-            // A probe launched early keeps its cadence: the next period counts from when it was due.
-            let next = due.max(now) + jittered(svc.probe.period);
-            entry.next_due = next;
-            self.heap.push(Reverse((next, id)));
-            let Some(addr) = entry.addr else {
-                continue;
-            };
-            if entry.in_flight {
-                continue;
-            }
-            // Ejected pods are also scraped when the service restarts sticky pods, to see
-            // whether clients still reach them.
-            let restart_sticky = svc.failover.sticky == super::policy::StickyAction::Restart;
-            // A rollout analysis judges the canary by its 5xx ratio: its pods are scraped at
-            // every probe, not once per `scrape_every`.
-            let every = if svc.analysing {
-                Duration::ZERO
-            } else {
-                self.cfg.scrape_every
-            };
-            let scrape_due = (svc.failover.scrape_metrics || (restart_sticky && entry.ejected()))
-                && entry
-                    .last_scrape
-                    .is_none_or(|t| now.saturating_duration_since(t) >= every);
-            // A drained fallback pod is told `ejected` while it drains and `serving` after: a pod
-            // keeps the last verdict it heard, so one never told `serving` again would keep
-            // closing its clients' connections (HTTP/2 clients then never settle on it).
-            let verdict = match entry.drain_until {
-                Some(t) if now < t => Some(flotilla_crds::traffic::EJECTED),
-                Some(_) => entry.verdict.or(Some(flotilla_crds::traffic::SERVING)),
-                None => entry.verdict,
-            };
-            // A steady pod whose watch has heartbeats is judged by the watch: its periodic probe
-            // goes out only to carry a new verdict, a due scrape, or the verdict again every
-            // `WATCHED_PROBE_EVERY` (a pod lets an unrepeated `ejected` lapse after 10 s).
-            let said = (verdict, signing.is_some());
-            let watched = matches!(&entry.watch, WatchSlot::Open(t) if t.heartbeats);
-            let steady = entry.health.healthy && entry.health.consecutive_failures == 0;
-            if watched
-                && steady
-                && !scrape_due
-                && entry.probed.is_some_and(|(s, t)| {
-                    s == said && now.saturating_duration_since(t) < WATCHED_PROBE_EVERY
-                })
-            {
-                continue;
-            }
-            let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-                self.results.get("skipped").inc();
-                continue;
-            };
-            entry.probed = Some((said, now));
-            let scrape_permit = if scrape_due {
-                let p = self.scrape_permits.clone().try_acquire_owned().ok();
-                if p.is_none() {
-                    self.metrics
-                        .scrape_rejected
-                        .with_label_values(&[Rejected::Busy.label()])
-                        .inc();
-                }
-                p
-            } else {
-                None
-            };
-            entry.in_flight = true;
-            let client = self.client.clone();
-            let limits = self.cfg.scrape_limits;
-            let signature = signing
-                .as_deref()
-                .zip(verdict)
-                .map(|(keys, v)| entry.signature(keys, v, now));
-            let http = entry.http.clone();
-            let conn = entry.conn.take();
-            self.probes.spawn(async move {
-                let p = &svc.probe;
-                let target = ProbeTarget {
-                    addr,
-                    http: http.as_deref(),
-                    grpc_service: p.grpc.as_deref(),
-                    scrape: scrape_permit.is_some(),
-                    timeout: p.timeout,
-                    limits,
-                    verdict,
-                    signature: signature.as_deref(),
-                };
-                let rep = probe::run(&client, &target, conn).await;
-                drop((permit, scrape_permit));
-                (id, rep)
-            });
+        self.traffic
+            .retain(|k, _| inv.services.get(k).is_some_and(|s| s.report_traffic));
+        for svc in inv.services.values().filter(|s| s.report_traffic) {
+            self.traffic
+                .entry(svc.key.clone())
+                .or_insert_with(|| Publisher::resume(svc.traffic.clone(), now));
         }
-        self.heap.extend(not_yet);
+        self.inv = inv;
     }
 
     /// Feeds a probe report into the pod's state machine; `true` when its verdict changed.
@@ -656,18 +582,31 @@ impl Engine {
         // reported now, not at the once-a-second refresh.
         let mut analysed_ratio_moved = false;
         if let Some(scraped) = rep.scrape {
-            let counts = scraped.unwrap_or_else(|r| {
-                self.metrics
-                    .scrape_rejected
-                    .with_label_values(&[r.label()])
-                    .inc();
-                None
-            });
-            api_requests = counts.map(|c| c.total - c.probes);
-            let ratio = entry.window.record(rep.at, counts);
-            analysed_ratio_moved = svc.analysing && ratio != entry.health.error_ratio;
-            entry.health.set_error_ratio(ratio);
+            let scraped = scraped
+                .map_err(|r| {
+                    self.metrics
+                        .scrape_rejected
+                        .with_label_values(&[r.label()])
+                        .inc();
+                })
+                .ok();
             entry.last_scrape = Some(rep.at);
+            // A scrape that failed says nothing about the traffic: the figures keep their window.
+            let (counts, traffic) = scraped.map_or((None, None), |s| (s.counts, Some(s.traffic)));
+            if let Some(sample) = traffic.filter(|_| svc.report_traffic) {
+                entry.traffic.record(rep.at, sample);
+            }
+            api_requests = counts.map(|c| c.total - c.probes);
+            // The pod's error ratio is failover evidence: of pods whose metrics failover reads.
+            if svc.failover.scrape_metrics || entry.ejected() {
+                let ratio = entry.window.record(rep.at, counts);
+                analysed_ratio_moved = svc.analysing && ratio != entry.health.error_ratio;
+                entry.health.set_error_ratio(ratio);
+            }
+        }
+        if svc.scrape_only {
+            // Not probed: there is no verdict to judge.
+            return false;
         }
         let ejected = entry.ejected();
         entry.sticky.record(rep.at, ejected, api_requests);

@@ -17,7 +17,8 @@ use super::super::sticky::{choose_restart, RestartLimits, StickyPod};
 use super::Engine;
 
 impl Engine {
-    /// Decides every service, queues notices and publishes the desired state when it differs.
+    /// Decides every service, adds the request figures, queues notices and publishes the desired
+    /// state when it differs.
     pub(super) fn decide_all(&mut self, now: Instant) {
         let mut desired = Desired::default();
         let mut notices = Vec::new();
@@ -43,6 +44,7 @@ impl Engine {
         self.metrics
             .sticky_pods
             .set(i64::try_from(sticky_pods).unwrap_or(i64::MAX));
+        self.publish_traffic(&mut desired, now);
         self.desired_tx.send_if_modified(|cur| {
             if **cur == desired {
                 false
@@ -349,7 +351,9 @@ impl Engine {
             key,
             mode,
             members,
+            reports_failover: true,
             status,
+            traffic: None,
             conditions,
             serving,
         }

@@ -8,7 +8,8 @@ use super::super::readiness_watch::{self, Reporter, WatchEvent, WatchTarget};
 use super::{default_heartbeat, Engine, WatchSlot, WatchTask};
 
 impl Engine {
-    /// Opens the pod's readiness watch if watches are on and none is open or refused.
+    /// Opens the pod's readiness watch if watches are on, none is open or refused, and the pod
+    /// is probed (not only scraped).
     pub(super) fn open_watch(&mut self, id: u64) {
         if !self.cfg.watch {
             return;
@@ -16,7 +17,9 @@ impl Engine {
         let Some(entry) = self.pods.get_mut(&id) else {
             return;
         };
-        let (WatchSlot::Idle, Some(addr)) = (&entry.watch, entry.addr) else {
+        let (WatchSlot::Idle, Some(addr), false) =
+            (&entry.watch, entry.addr, entry.svc.scrape_only)
+        else {
             return;
         };
         let p = &entry.svc.probe;

@@ -25,7 +25,10 @@ pub fn service(name: &str, port: u16, fallback: Option<&str>) -> ServiceInfo {
             ..FailoverPolicy::default()
         },
         port_name: "http".into(),
+        report_traffic: false,
+        scrape_only: false,
         status: None,
+        traffic: None,
         conditions: vec![],
     }
 }
@@ -39,5 +42,6 @@ pub fn pod(svc: &str, i: usize, ip: IpAddr) -> PodInfo {
         ready: true,
         serves: [(labels::serves(svc), "true".to_owned())].into(),
         uid: Some(format!("uid-{svc}-{i}")),
+        canary: false,
     }
 }
