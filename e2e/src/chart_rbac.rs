@@ -144,14 +144,31 @@ async fn check_identity(kubeconfig: &Path) -> Result<()> {
 /// Starts the operator binary for all namespaces, without leader election (as the testkit's own
 /// launcher), as the chart's ServiceAccount after installing the chart's RBAC.
 pub fn launcher() -> Launcher {
-    Arc::new(|target: Target<'_>| {
+    launch(None)
+}
+
+/// [`launcher`], with the operator's metrics on `metrics_addr` at every start (for a Prometheus
+/// scraping it).
+pub fn launcher_at(metrics_addr: &str) -> Launcher {
+    launch(Some(metrics_addr.to_owned()))
+}
+
+/// The launcher: the metrics on `metrics_addr`, or on a fresh port at each start.
+fn launch(metrics_addr: Option<String>) -> Launcher {
+    Arc::new(move |target: Target<'_>| {
+        let metrics_addr = metrics_addr.clone();
         Box::pin(async move {
             install(&target.client).await?;
             let kubeconfig = target.state_dir.join("operator-kubeconfig.yaml");
             impersonating_kubeconfig(target.kubeconfig, &kubeconfig, USER)?;
             check_identity(&kubeconfig).await?;
             let log = target.state_dir.join(LOG);
-            let operator = OperatorProcess::start_for_all_namespaces(&kubeconfig, log).await?;
+            let operator = match metrics_addr {
+                Some(addr) => {
+                    OperatorProcess::start_for_all_namespaces_at(&kubeconfig, log, &addr).await?
+                }
+                None => OperatorProcess::start_for_all_namespaces(&kubeconfig, log).await?,
+            };
             Ok(Box::new(operator) as Box<dyn RunningOperator>)
         })
     })

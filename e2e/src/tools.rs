@@ -41,7 +41,7 @@ pub fn find(name: &str) -> Result<PathBuf> {
             format!(
                 "`{name}` not found in $FLOTILLA_TOOLS_DIR, <repo>/.tools or on PATH: \
                  run e2e/install-tools.sh (it installs helm, the Python venv with \
-                 kubernetes-validate and jsonschema, and promtool)"
+                 kubernetes-validate and jsonschema, promtool and prometheus)"
             )
         })
 }

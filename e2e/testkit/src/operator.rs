@@ -184,10 +184,20 @@ impl OperatorProcess {
     /// on a fresh loopback metrics port, logging to `log`.
     pub async fn start_for_all_namespaces(kubeconfig: &Path, log: PathBuf) -> Result<Self> {
         let metrics_addr = format!("127.0.0.1:{}", free_port()?);
+        Self::start_for_all_namespaces_at(kubeconfig, log, &metrics_addr).await
+    }
+
+    /// [`OperatorProcess::start_for_all_namespaces`] with the metrics server on `metrics_addr`,
+    /// for a scraper that must find the operator at the same address after a restart.
+    pub async fn start_for_all_namespaces_at(
+        kubeconfig: &Path,
+        log: PathBuf,
+        metrics_addr: &str,
+    ) -> Result<Self> {
         let args: Vec<String> = [
             "run",
             "--metrics-addr",
-            &metrics_addr,
+            metrics_addr,
             "--log-format",
             "text",
         ]
@@ -195,7 +205,7 @@ impl OperatorProcess {
         .map(|s| (*s).to_owned())
         .collect();
         let envs = [("POD_NAMESPACE".to_owned(), "default".to_owned())];
-        Self::start(kubeconfig, &args, &envs, &metrics_addr, log).await
+        Self::start(kubeconfig, &args, &envs, metrics_addr, log).await
     }
 
     /// A launcher that starts the operator for all namespaces, without leader election, on a
