@@ -115,7 +115,12 @@ async fn json_api() {
     let timeline = json(&body);
     assert_eq!(timeline["entries"], Value::Array(vec![]));
     assert_eq!(timeline["series"][0]["service"], "users");
-    assert_eq!(get(&f, "/api/timeline?namespace=a&namespace=b", BOUND).await.0, 400);
+    assert_eq!(
+        get(&f, "/api/timeline?namespace=a&namespace=b", BOUND)
+            .await
+            .0,
+        400
+    );
 }
 
 /// On loopback the server answers only requests addressed to a loopback name (a foreign page

@@ -16,10 +16,14 @@ use crate::snapshot::event_time;
 /// Samples kept per service: at one change every five seconds, an hour.
 pub const HISTORY_LIMIT: usize = 720;
 
-/// The figures "before" an Event are the last ones seen at least this long before it: the
-/// operator writes status a moment before it publishes the Event that announces the change, and
-/// the cluster's clock and this machine's may differ a little.
-const BEFORE_MARGIN: SignedDuration = SignedDuration::from_secs(2);
+/// How far from an Event the samples that show its change are looked for: the operator writes
+/// status a moment before it publishes the Event, this machine sees the write a moment later,
+/// and the cluster's clock and this machine's may differ by a few seconds.
+const SKEW: SignedDuration = SignedDuration::from_secs(5);
+
+/// Without a sample that shows an Event's change, the figures "before" it are the last ones seen
+/// at least this long before it.
+const BEFORE_MARGIN: SignedDuration = SignedDuration::from_secs(1);
 
 /// The figures "after" an Event are the last ones seen within this long after it: long enough
 /// for the status writes that follow a switch (pod counts, membership) to settle.
@@ -216,7 +220,7 @@ pub fn timeline(events: &[Event], history: &History, only: Option<(&str, &str)>)
             }
             let time = event_time(e)?;
             let samples = history.samples(&namespace, &service);
-            let (before, after) = around(samples, time);
+            let (before, after) = around(samples, time, kind);
             Some(Entry {
                 time,
                 namespace,
@@ -252,13 +256,36 @@ pub fn timeline(events: &[Event], history: &History, only: Option<(&str, &str)>)
     Timeline { entries, series }
 }
 
-/// The samples just before and settled after `time` (see [`BEFORE_MARGIN`], [`SETTLE`]).
-fn around(samples: Option<&VecDeque<Sample>>, time: Timestamp) -> (Option<Sample>, Option<Sample>) {
+/// The figures just before an Event of `kind` at `time` and those it left once settled. For a
+/// failover, a failback, an ejection or a return they are found by what changed: the samples on
+/// either side of the first one within [`SKEW`] of the Event that shows the change (the traffic on
+/// the other side, fewer or more healthy pods), so that clock differences do not matter. For the
+/// other Events, and when no sample shows the change, by time alone (see [`BEFORE_MARGIN`]).
+fn around(
+    samples: Option<&VecDeque<Sample>>,
+    time: Timestamp,
+    kind: Kind,
+) -> (Option<Sample>, Option<Sample>) {
     let Some(samples) = samples else {
         return (None, None);
     };
-    let before_end = time - BEFORE_MARGIN;
     let after_end = time + SETTLE;
+    let settled = |from: Timestamp| {
+        samples
+            .iter()
+            .rev()
+            .find(|s| s.time >= from && s.time <= after_end)
+            .cloned()
+    };
+    let switch = samples
+        .iter()
+        .zip(samples.iter().skip(1))
+        .filter(|(_, s)| s.time >= time - SKEW && s.time <= time + SKEW)
+        .find(|(before, after)| shows(kind, before, after));
+    if let Some((before, after)) = switch {
+        return (Some(before.clone()), settled(after.time));
+    }
+    let before_end = time - BEFORE_MARGIN;
     let before = samples.iter().rev().find(|s| s.time <= before_end).cloned();
     let after = samples
         .iter()
@@ -266,6 +293,17 @@ fn around(samples: Option<&VecDeque<Sample>>, time: Timestamp) -> (Option<Sample
         .find(|s| s.time > before_end && s.time <= after_end)
         .cloned();
     (before, after)
+}
+
+/// Whether going from `before` to `after` is the change an Event of `kind` announces.
+fn shows(kind: Kind, before: &Sample, after: &Sample) -> bool {
+    match kind {
+        Kind::Failover => before.active != Some("fallback") && after.active == Some("fallback"),
+        Kind::Failback => before.active != Some("primary") && after.active == Some("primary"),
+        Kind::Ejection => after.healthy_pods < before.healthy_pods,
+        Kind::Return => after.healthy_pods > before.healthy_pods,
+        Kind::Flapping | Kind::Rollout => false,
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,10 @@ fn at(seconds: i64) -> Timestamp {
     Timestamp::from_second(1_800_000_000 + seconds).unwrap_or(Timestamp::UNIX_EPOCH)
 }
 
+fn at_ms(millis: i64) -> Timestamp {
+    at(0) + SignedDuration::from_millis(millis)
+}
+
 fn event(service: &str, reason: &str, kind: &str, seconds: i64) -> Event {
     Event {
         metadata: ObjectMeta {
@@ -124,8 +128,10 @@ fn history_records_changes_only_and_is_bounded() {
 fn entries_with_figures_around_them() {
     let mut h = History::default();
     h.record(&users(ActiveTarget::Primary, 2), at(0));
-    // The status write that comes with the failover is seen a moment before its Event's time.
-    h.record(&users(ActiveTarget::Fallback, 0), at(99));
+    // Half a second before the failover one pod is judged unhealthy; the status write that
+    // comes with the failover is seen a moment before its Event's time.
+    h.record(&users(ActiveTarget::Primary, 1), at_ms(99_500));
+    h.record(&users(ActiveTarget::Fallback, 0), at_ms(99_900));
     h.record(&users(ActiveTarget::Fallback, 1), at(103));
     h.record(&users(ActiveTarget::Primary, 2), at(200));
     let mut repeated = event("users", "PodEjected", "MicroService", 90);
@@ -139,6 +145,7 @@ fn entries_with_figures_around_them() {
         event("users-abc", "Killing", "Pod", 60),
         event("auth", "RolloutStarted", "MicroService", 10),
         repeated,
+        event("users", "FailedBack", "MicroService", 197),
     ];
     let t = timeline(&events, &h, None);
     let order: Vec<(&str, &str, Timestamp)> = t
@@ -152,20 +159,25 @@ fn entries_with_figures_around_them() {
             ("auth", "RolloutStarted", at(10)),
             ("users", "PodEjected", at(95)),
             ("users", "FailedOver", at(100)),
+            ("users", "FailedBack", at(197)),
         ]
     );
     let failover = &t.entries[2];
     assert_eq!(failover.kind, Kind::Failover);
     assert!(failover.warning);
     assert_eq!(failover.note, "FailedOver note");
+    let before = failover.before.as_ref();
+    assert_eq!(before.and_then(|s| s.active), Some("primary"));
     assert_eq!(
-        failover.before.as_ref().and_then(|s| s.active),
-        Some("primary")
+        before.and_then(|s| s.healthy_pods),
+        Some(1),
+        "the figures right before the switch, though seen less than a second before it"
     );
-    assert_eq!(
-        failover.before.as_ref().and_then(|s| s.healthy_pods),
-        Some(2)
-    );
+    let errors = |s: Option<&Sample>| {
+        s.and_then(|s| s.requests.as_ref())
+            .and_then(|r| r.error_ratio)
+    };
+    assert_eq!(errors(before), Some(0.0));
     let after = failover.after.as_ref();
     assert_eq!(after.and_then(|s| s.active), Some("fallback"));
     assert_eq!(after.map(|s| s.held), Some(true));
@@ -174,10 +186,40 @@ fn entries_with_figures_around_them() {
         Some(1),
         "the last figures within the settling time"
     );
-    assert_eq!(t.entries[1].count, 3);
+    // The failback's switch is seen 3 s after its Event (clocks differ): still found.
+    let failback = &t.entries[3];
+    assert_eq!(
+        failback.before.as_ref().and_then(|s| s.active),
+        Some("fallback")
+    );
+    assert_eq!(
+        failback.after.as_ref().and_then(|s| s.active),
+        Some("primary")
+    );
+    // The ejection (last seen at 95 s) is the pod judged unhealthy at 99.5 s.
+    let ejection = &t.entries[1];
+    assert_eq!(ejection.count, 3);
+    assert_eq!(
+        ejection.before.as_ref().and_then(|s| s.healthy_pods),
+        Some(2)
+    );
+    assert_eq!(ejection.after.as_ref().map(|s| s.time), Some(at(103)));
+    // An Event no sample shows: the figures by time alone.
+    let rollout = timeline(
+        &[event("users", "RolloutStarted", "MicroService", 150)],
+        &h,
+        None,
+    );
+    let figures = |s: &Option<Sample>| s.as_ref().map(|s| s.time);
+    assert_eq!(figures(&rollout.entries[0].before), Some(at(103)));
+    assert_eq!(
+        figures(&rollout.entries[0].after),
+        None,
+        "nothing seen from 149 s to 165 s"
+    );
     assert_eq!(t.entries[0].before, None, "auth was never sampled");
     assert_eq!(t.series.len(), 1);
-    assert_eq!(t.series[0].samples.len(), 4);
+    assert_eq!(t.series[0].samples.len(), 5);
 
     let only = timeline(&events, &h, Some(("default", "auth")));
     assert_eq!(only.entries.len(), 1);

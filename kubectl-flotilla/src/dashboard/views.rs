@@ -103,6 +103,7 @@ pub struct PodView {
     /// The MicroService the pod belongs to.
     pub owner: String,
     pub track: Track,
+    /// The pod's phase, or `Terminating` while it is being deleted.
     pub phase: String,
     /// Kubernetes' `Ready` condition.
     pub ready: bool,
@@ -233,9 +234,14 @@ fn pod_view(
         name: p.name_any(),
         owner,
         track,
-        phase: status
-            .and_then(|s| s.phase.clone())
-            .unwrap_or_else(|| "Pending".into()),
+        // As kubectl shows it: a pod being deleted is `Terminating`, whatever its phase.
+        phase: match (
+            &p.metadata.deletion_timestamp,
+            status.and_then(|s| s.phase.clone()),
+        ) {
+            (Some(_), _) => "Terminating".into(),
+            (None, phase) => phase.unwrap_or_else(|| "Pending".into()),
+        },
         ready: status
             .and_then(|s| s.conditions.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.type_ == "Ready"))

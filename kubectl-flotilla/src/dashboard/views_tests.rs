@@ -243,10 +243,12 @@ fn service_pods_with_verdicts_and_fallback_pods() {
     canary.push((labels::TRACK.to_owned(), labels::TRACK_CANARY.to_owned()));
     let mut fallback_pod = own("true", "users-standby");
     fallback_pod.push((labels::serves("users"), "true".to_owned()));
+    let mut leaving = labelled("users-b", &own("true", "users"), true);
+    leaving.metadata.deletion_timestamp = Some(Time(at(5)));
     let mut elsewhere = labelled("users-z", &own("true", "users"), true);
     elsewhere.metadata.namespace = Some("other".into());
     let pods = [
-        labelled("users-b", &own("true", "users"), true),
+        leaving,
         labelled("users-a", &own("false", "users"), false),
         labelled("users-canary-c", &canary, true),
         labelled("users-standby-x", &fallback_pod, true),
@@ -294,6 +296,10 @@ fn service_pods_with_verdicts_and_fallback_pods() {
     let a = &view.pods[0];
     assert!(!a.ready);
     assert_eq!(a.phase, "Running");
+    assert_eq!(
+        view.pods[1].phase, "Terminating",
+        "a pod being deleted says so"
+    );
     assert_eq!(a.ip.as_deref(), Some("127.2.0.7"));
     assert_eq!(
         a.verdict.as_ref().and_then(|v| v.last_probe.as_deref()),

@@ -212,7 +212,7 @@ function renderTimeline() {
 // The plot: one lane per service, a band for each stretch between two samples (red while the
 // traffic is on the fallback, amber while some pods are unhealthy, green otherwise) and a dot
 // for each Event, coloured by kind. Times run from a little before the oldest thing shown (at
-// least two minutes, at most an hour back) to now.
+// least half a minute, at most an hour back) to now.
 function drawPlot() {
   const tl = state.timeline;
   const svg = $("plot");
@@ -228,7 +228,7 @@ function drawPlot() {
   ];
   const latest = Math.max(Date.now(), ...times);
   const first = Math.min(latest, ...times);
-  const span = Math.min(Math.max(latest - first, 2 * 60e3) * 1.05, 60 * 60e3);
+  const span = Math.min(Math.max(latest - first, 30e3) * 1.05, 60 * 60e3);
   const earliest = latest - span;
   const x = (t) => left + ((Math.max(t, earliest) - earliest) / (latest - earliest)) * (width - left - right);
   const nodes = [];
