@@ -7,6 +7,8 @@
 #   promtool, prometheus  Debian package `prometheus`: the alert checks and the Prometheus server
 #                     the observability test runs (skipped when both are already on PATH)
 #   the shell linter  Debian package `shellcheck` (skipped when already on PATH)
+#   chromium, chromedriver  Debian packages `chromium` and `chromium-driver`, for the dashboard's
+#                     headless-browser test (skipped when both are already on PATH)
 #
 # Idempotent and non-interactive; each step checks its result and stops the script loudly.
 # Run it, then put the tools on PATH with the line it prints last, or source it:
@@ -143,6 +145,18 @@ install_shellcheck() {
     log "installed shellcheck $(shellcheck --version | sed -n 's/^version: //p')"
 }
 
+install_chromium() {
+    if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then
+        log "chromium and chromedriver already on PATH: $(version_of chromedriver --version)"
+        return
+    fi
+    log "installing chromium and chromedriver (Debian packages chromium, chromium-driver)"
+    apt_install chromium chromium-driver
+    command -v chromium >/dev/null || die "chromium still not on PATH after installing it"
+    command -v chromedriver >/dev/null || die "chromedriver still not on PATH after installing chromium-driver"
+    log "installed $(version_of chromedriver --version)"
+}
+
 main() {
     local start=$SECONDS
     mkdir -p "$tools_dir"
@@ -150,6 +164,7 @@ main() {
     install_venv
     install_promtool
     install_shellcheck
+    install_chromium
     log "done in $((SECONDS - start))s"
     # $PATH stays literal on purpose: the line is meant to be eval'd by the caller.
     # shellcheck disable=SC2016

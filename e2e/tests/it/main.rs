@@ -14,6 +14,7 @@ mod chart_monitoring;
 mod chart_notifications;
 mod chart_samples;
 mod chart_upgrade;
+mod dashboard;
 mod failover;
 mod images;
 mod observability;
