@@ -125,7 +125,11 @@ async fn the_dashboard_shows_the_fleet_and_a_failover_in_a_browser() -> Result<(
         Browser::start(&chromedriver, &chromium, WINDOW.0, WINDOW.1),
     );
     let (mut kubesim, kubeconfig) = up?;
-    let result = match browser {
+    // `kubesim up` prints its kubeconfig before it installs the CRD, starts the operator and
+    // applies the demo, and it stops its children on a signal only once that is done: wait for
+    // it before anything can fail and stop it.
+    let applied = demo_applied(&kubeconfig).await;
+    let result = match applied.and(browser) {
         Ok(browser) => {
             let result = session(&kubeconfig, &browser, state.path()).await;
             if result.is_err() {
@@ -157,11 +161,19 @@ async fn the_dashboard_shows_the_fleet_and_a_failover_in_a_browser() -> Result<(
     result
 }
 
+/// Waits until `kubesim up` has applied the demo's MicroServices.
+async fn demo_applied(kubeconfig: &Path) -> Result<()> {
+    let client = client_from_kubeconfig(kubeconfig).await?;
+    let msvcs: Api<MicroService> = Api::namespaced(client, NS);
+    for name in ["users", "auth"] {
+        for_object(&msvcs, name, UP_TIMEOUT, |_| true).await?;
+    }
+    Ok(())
+}
+
 async fn session(kubeconfig: &Path, browser: &Browser, dir: &Path) -> Result<()> {
     let client = client_from_kubeconfig(kubeconfig).await?;
     let msvcs: Api<MicroService> = Api::namespaced(client.clone(), NS);
-    // `kubesim up` prints its kubeconfig before it installs the CRD and applies the demo.
-    for_object(&msvcs, "users", UP_TIMEOUT, |_| true).await?;
     // A standby running the users template, and users failing over to it.
     let mut standby = msvc::sample("users")?.msvc;
     standby.metadata.name = Some(STANDBY.into());
