@@ -77,7 +77,13 @@ impl CanaryEvidence {
     pub fn from_pods(pods: &[Pod], verdicts: &[PodHealth]) -> Self {
         let mut canary = Vec::new();
         let mut stable_ratios = Vec::new();
-        for pod in pods {
+        // A terminating pod is no evidence: it is one of an earlier canary (deleted on its
+        // promotion or rollback, perhaps of this very template) or a stable pod on its way out,
+        // and it turns unready as it stops.
+        for pod in pods
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none())
+        {
             let name = pod.metadata.name.clone().unwrap_or_default();
             let verdict = verdicts.iter().find(|v| v.name == name);
             let is_canary = pod
@@ -195,6 +201,27 @@ mod tests {
             }),
             ..Pod::default()
         }
+    }
+
+    /// A terminating pod (an earlier canary of the same template being deleted, a stable pod on
+    /// its way out) is neither canary nor baseline evidence.
+    #[test]
+    fn terminating_pods_are_no_evidence() {
+        let mut old_canary = pod("c-old", true, false, None, 0);
+        old_canary.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        let mut leaving = pod("s-old", false, true, None, 0);
+        leaving.metadata.deletion_timestamp = Some(Time(k8s_openapi::jiff::Timestamp::now()));
+        let verdicts = [PodHealth {
+            name: "s-old".into(),
+            healthy: true,
+            error_ratio: Some(0.9),
+            ..PodHealth::default()
+        }];
+        let pods = [old_canary, leaving, pod("c-new", true, true, None, 0)];
+        let e = CanaryEvidence::from_pods(&pods, &verdicts);
+        let names: Vec<&str> = e.pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["c-new"]);
+        assert_eq!(e.stable_error_ratio, None);
     }
 
     /// Canary pods are told apart by their track label, and each carries readiness, fatal waiting
