@@ -12,8 +12,10 @@
 //! - `controller_*`, [`child_conflict`], [`events`]: the reconciler on kubesim.
 //! - [`config_rollout`]: rollouts when a referenced Secret or ConfigMap changes.
 //! - [`controller_leader`], [`leader_hang`], [`health_stall`]: leadership and a hanging API server.
-//! - `failover_*`, [`rollout_cluster`]: health-aware traffic and guarded rollouts;
-//!   [`failover_traffic`]: the engine's request figures from test pods' metrics;
+//! - `failover_*`, [`rollout_cluster`], [`rollout_latency`]: health-aware traffic and guarded
+//!   rollouts;
+//!   [`failover_traffic`], [`traffic_cluster`]: the request figures, from test pods' metrics and
+//!   on a cluster of real service pods;
 //!   [`failover_watch`]: the readiness watch on real service processes.
 //! - [`notifications`]: Events notified to a webhook receiver, and a failover's notification.
 
@@ -47,3 +49,5 @@ mod health_stall;
 mod leader_hang;
 mod notifications;
 mod rollout_cluster;
+mod rollout_latency;
+mod traffic_cluster;
