@@ -142,8 +142,7 @@ pub async fn record(
     v: &ValidatedSpec,
     plan: &RolloutPlan,
 ) -> Result<(), Error> {
-    let prev = ms.status.as_ref().and_then(|s| s.rollout.as_ref());
-    let Some(entry) = entry(prev, &plan.decision) else {
+    let Some(entry) = entry(plan.previous.as_ref(), &plan.decision) else {
         return Ok(());
     };
     let lead = &ctx.leadership;

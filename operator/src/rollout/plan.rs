@@ -33,6 +33,9 @@ use crate::validate::ValidatedSpec;
 /// built resources.
 #[derive(Debug, Clone)]
 pub struct RolloutPlan {
+    /// The `status.rollout` the decision was made from (read from the API server during an
+    /// analysis, else the cache's); the revision history compares the decision with it.
+    pub previous: Option<RolloutStatus>,
     /// The state machine's decision (next `status.rollout`, Event, timer).
     pub decision: RolloutDecision,
     /// The template the stable Deployment keeps while the new one is under analysis or has
@@ -170,6 +173,7 @@ pub async fn plan(
         },
     };
     Ok(RolloutPlan {
+        previous: previous.cloned(),
         decision,
         kept_template,
         canary,
