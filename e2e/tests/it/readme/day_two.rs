@@ -2,7 +2,7 @@
 //! written, on the session the guarded-rollout walkthrough left (`users` guarded, 3 replicas, its
 //! last release rolled back): pause, a release watched with `get --watch` until it waits, promote,
 //! undo and history, a release aborted, resume, a maintenance failover and failback, and a Secret
-//! rotation that rolls `auth`.
+//! rotation that rolls `auth`; then "Watching the fleet": the table and the dashboard.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -31,7 +31,8 @@ pub async fn steps(kubeconfig: &Path) -> Result<()> {
     undo_and_history(kubeconfig).await?;
     release_aborted(kubeconfig).await?;
     maintenance(kubeconfig).await?;
-    secret_rotation(kubeconfig).await
+    secret_rotation(kubeconfig).await?;
+    watching(kubeconfig).await
 }
 
 async fn release_paused_and_promoted(kubeconfig: &Path) -> Result<()> {
@@ -280,4 +281,59 @@ async fn secret_rotation(kubeconfig: &Path) -> Result<()> {
     )
     .await?;
     Ok(())
+}
+
+/// "Watching the fleet": `kubectl get msvc` has the request-figure columns, and the dashboard
+/// serves the fleet on the address the README opens.
+async fn watching(kubeconfig: &Path) -> Result<()> {
+    let table = as_written(kubeconfig, "kubectl get msvc").await?;
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    ensure!(
+        ["RPS", "ERRORS", "P99-MS"]
+            .iter()
+            .all(|c| header.contains(c)),
+        "{table}"
+    );
+    for name in ["auth", "users", "users-standby"] {
+        ensure!(
+            table
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name)),
+            "{name} missing:\n{table}"
+        );
+    }
+    let line = "kubectl flotilla dashboard";
+    in_readme(line)?;
+    let mut child = command(kubeconfig, "bash", &["-c", line])?
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting the dashboard")?;
+    let stdout = child.stdout.take().context("the dashboard's stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let serving =
+        "Serving the Flotilla dashboard of namespace \"default\" on http://127.0.0.1:8001/";
+    let first = tokio::time::timeout(STEP_TIMEOUT, lines.next_line()).await;
+    let result = match first {
+        Ok(Ok(Some(l))) if l.starts_with(serving) => {
+            let reply = flotilla_testkit::http::get("http://127.0.0.1:8001/api/fleet").await?;
+            ensure!(reply.status == 200, "the fleet answered {}", reply.status);
+            for name in ["\"auth\"", "\"users\"", "\"users-standby\""] {
+                ensure!(
+                    reply.body.contains(name),
+                    "{name} missing from the fleet: {}",
+                    reply.body
+                );
+            }
+            Ok(())
+        }
+        other => Err(anyhow::anyhow!("the dashboard printed {other:?}")),
+    };
+    child.kill().await?;
+    result
 }
