@@ -34,13 +34,71 @@ pub const PROBE_PATHS: [&str; 6] = [
 /// Whether a sample counts the prober's, the kubelet's or a scraper's own requests: an HTTP
 /// series labelled with a [`PROBE_PATHS`] path, or a gRPC series of the standard health service.
 pub fn is_probe_series(s: &Sample) -> bool {
-    if s.label("grpc_service") == Some("grpc.health.v1.Health") {
-        return true;
+    SeriesLabels::of(s).probe
+}
+
+/// What a series' labels say about its requests, read one label at a time (as
+/// `promtext::visit_line` hands them over, values as written: the values compared here have
+/// no character that would be escaped).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SeriesLabels<'a> {
+    status: Option<&'a str>,
+    code: Option<&'a str>,
+    grpc_code: Option<&'a str>,
+    /// The series counts probes and scrapes (see [`is_probe_series`]).
+    pub probe: bool,
+    /// The `le` label of a histogram bucket.
+    pub le: Option<&'a str>,
+}
+
+impl<'a> SeriesLabels<'a> {
+    /// Takes one label.
+    pub fn see(&mut self, key: &'a str, value: &'a str) {
+        match key {
+            "status" => self.status = self.status.or(Some(value)),
+            "code" => self.code = self.code.or(Some(value)),
+            "grpc_code" => self.grpc_code = self.grpc_code.or(Some(value)),
+            "grpc_service" => self.probe |= value == "grpc.health.v1.Health",
+            "route" | "path" | "handler" | "endpoint" => self.probe |= PROBE_PATHS.contains(&value),
+            "le" => self.le = self.le.or(Some(value)),
+            _ => {}
+        }
     }
-    ["route", "path", "handler", "endpoint"]
-        .iter()
-        .filter_map(|l| s.label(l))
-        .any(|v| PROBE_PATHS.contains(&v))
+
+    /// The labels of a parsed sample.
+    pub fn of(s: &'a Sample) -> Self {
+        let mut l = Self::default();
+        for (k, v) in &s.labels {
+            l.see(k, v);
+        }
+        l
+    }
+
+    /// What a sample of `http_requests_total` with these labels and `value` adds to the
+    /// counts: an error when its `status` (or `code`) is a 5xx. `None` for values that cannot
+    /// be counter values (negative, NaN, infinite).
+    pub fn http_counts(&self, value: f64) -> Option<Counts> {
+        let status = self.status.or(self.code).unwrap_or("");
+        let error = status.len() == 3 && status.starts_with('5');
+        self.counts(value, error)
+    }
+
+    /// What a sample of `grpc_server_handled_total` with these labels and `value` adds: an
+    /// error when its `grpc_code` is a failing code ([`is_failing_grpc_code`]).
+    pub fn grpc_counts(&self, value: f64) -> Option<Counts> {
+        self.counts(value, is_failing_grpc_code(self.grpc_code.unwrap_or("")))
+    }
+
+    fn counts(&self, value: f64, error: bool) -> Option<Counts> {
+        if !value.is_finite() || value < 0.0 {
+            return None;
+        }
+        Some(Counts {
+            total: value,
+            errors: if error { value } else { 0.0 },
+            probes: if self.probe { value } else { 0.0 },
+        })
+    }
 }
 
 /// Sums `http_requests_total` over all series; a series is an error when its `status` (or `code`)
@@ -60,16 +118,10 @@ pub fn counts(samples: &[Sample]) -> Option<Counts> {
 /// What one sample adds to the counts: `None` for other metrics and for values that cannot be
 /// counter values (negative, NaN, infinite).
 pub fn sample_counts(s: &Sample) -> Option<Counts> {
-    if s.name != REQUESTS_METRIC || !s.value.is_finite() || s.value < 0.0 {
+    if s.name != REQUESTS_METRIC {
         return None;
     }
-    let status = s.label("status").or_else(|| s.label("code")).unwrap_or("");
-    let error = status.len() == 3 && status.starts_with('5');
-    Some(Counts {
-        total: s.value,
-        errors: if error { s.value } else { 0.0 },
-        probes: if is_probe_series(s) { s.value } else { 0.0 },
-    })
+    SeriesLabels::of(s).http_counts(s.value)
 }
 
 /// The gRPC server counter that is read for gRPC services (the Prometheus gRPC middlewares'
@@ -131,15 +183,10 @@ pub fn is_failing_grpc_code(code: &str) -> bool {
 /// `grpc_code` is a failing code ([`is_failing_grpc_code`]). `None` for other metrics and for
 /// values that cannot be counter values.
 pub fn grpc_sample_counts(s: &Sample) -> Option<Counts> {
-    if s.name != GRPC_REQUESTS_METRIC || !s.value.is_finite() || s.value < 0.0 {
+    if s.name != GRPC_REQUESTS_METRIC {
         return None;
     }
-    let error = is_failing_grpc_code(s.label("grpc_code").unwrap_or(""));
-    Some(Counts {
-        total: s.value,
-        errors: if error { s.value } else { 0.0 },
-        probes: if is_probe_series(s) { s.value } else { 0.0 },
-    })
+    SeriesLabels::of(s).grpc_counts(s.value)
 }
 
 /// Scrape history of one pod.

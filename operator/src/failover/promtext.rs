@@ -3,7 +3,8 @@
 //!
 //! It follows the format as Prometheus reads it: `#` lines are comments (HELP/TYPE included),
 //! label values carry `\\`, `\"` and `\n` escapes, values may be `NaN`/`+Inf`/`-Inf`, and a sample
-//! may end with an integer timestamp. Pure: text in, samples out.
+//! may end with an integer timestamp. Pure: text in, samples out. [`visit_line`] reads a line
+//! without allocating, for the scrapes that run once a second per pod.
 
 use thiserror::Error;
 
@@ -136,17 +137,47 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// Where the labels of a sample line go.
+enum Sink<'s, 'a> {
+    /// Nowhere: the line is only checked.
+    Check,
+    /// Decoded into owned pairs.
+    Own(&'s mut Vec<(String, String)>),
+    /// Handed over as written (name, value between the quotes, escapes not decoded).
+    Visit(&'s mut dyn FnMut(&'a str, &'a str)),
+}
+
 /// Parses one sample line; returns `None` (after checking the whole line) when `keep` refuses
 /// its metric name.
 fn parse_sample(line: &str, keep: impl Fn(&str) -> bool) -> Result<Option<Sample>, &'static str> {
+    let mut labels = Vec::new();
+    let kept = scan_sample(line, &keep, &mut Sink::Own(&mut labels))?;
+    Ok(kept.map(|(name, value, timestamp_ms)| Sample {
+        name: name.to_owned(),
+        labels,
+        value,
+        timestamp_ms,
+    }))
+}
+
+/// A kept sample's name, value and timestamp.
+type Head<'a> = (&'a str, f64, Option<i64>);
+
+/// Checks a whole sample line; for a metric `keep` accepts, its labels go to `sink` and its
+/// name, value and timestamp are returned.
+fn scan_sample<'a>(
+    line: &'a str,
+    keep: &impl Fn(&str) -> bool,
+    sink: &mut Sink<'_, 'a>,
+) -> Result<Option<Head<'a>>, &'static str> {
     let mut cur = Cursor { s: line, pos: 0 };
     let name = cur.name(is_name_start).ok_or("invalid metric name")?;
     let kept = keep(name);
     cur.skip_ws();
-    let mut labels = Vec::new();
     if cur.peek() == Some('{') {
         cur.bump();
-        parse_labels(&mut cur, kept.then_some(&mut labels))?;
+        let mut check = Sink::Check;
+        parse_labels(&mut cur, if kept { sink } else { &mut check })?;
     }
     cur.skip_ws();
     let value = parse_value(cur.token())?;
@@ -161,19 +192,48 @@ fn parse_sample(line: &str, keep: impl Fn(&str) -> bool) -> Result<Option<Sample
     if cur.peek().is_some() {
         return Err("unexpected text after timestamp");
     }
-    Ok(kept.then(|| Sample {
-        name: name.to_owned(),
-        labels,
-        value,
-        timestamp_ms,
-    }))
+    Ok(kept.then_some((name, value, timestamp_ms)))
 }
 
-/// Reads a label set after its `{`, into `sink` when one is given (otherwise only checks it).
-fn parse_labels(
-    cur: &mut Cursor<'_>,
-    mut sink: Option<&mut Vec<(String, String)>>,
-) -> Result<(), &'static str> {
+/// What [`visit_line`] read.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Visited<'a> {
+    /// Empty, or a comment.
+    Blank,
+    /// A valid sample of a metric the caller did not ask for.
+    Skipped,
+    /// A sample of a metric the caller asked for; its labels went to the visitor.
+    Kept {
+        /// Metric name.
+        name: &'a str,
+        /// The sample value.
+        value: f64,
+    },
+}
+
+/// Reads one line as [`read_line`] does, without allocating: the labels of a kept sample are
+/// handed to `label` as written, `(name, value)` with the value's escapes (`\\`, `\"`, `\n`)
+/// not decoded. Comparing such a value with text that has no backslash, quote or newline (a
+/// status code, a route, a bucket bound) gives what comparing the decoded value would.
+pub fn visit_line<'a>(
+    raw: &'a str,
+    keep: impl Fn(&str) -> bool,
+    mut label: impl FnMut(&'a str, &'a str),
+) -> Result<Visited<'a>, &'static str> {
+    let line = raw.trim_matches(|c| c == ' ' || c == '\t' || c == '\r');
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(Visited::Blank);
+    }
+    Ok(
+        match scan_sample(line, &keep, &mut Sink::Visit(&mut label))? {
+            Some((name, value, _)) => Visited::Kept { name, value },
+            None => Visited::Skipped,
+        },
+    )
+}
+
+/// Reads a label set after its `{` into `sink`.
+fn parse_labels<'a>(cur: &mut Cursor<'a>, sink: &mut Sink<'_, 'a>) -> Result<(), &'static str> {
     loop {
         cur.skip_ws();
         if cur.peek() == Some('}') {
@@ -191,7 +251,8 @@ fn parse_labels(
         if cur.bump() != Some('"') {
             return Err("expected '\"' to open label value");
         }
-        let mut value = sink.as_ref().map(|_| String::new());
+        let start = cur.pos;
+        let mut value = matches!(sink, Sink::Own(_)).then(String::new);
         loop {
             let c = match cur.bump() {
                 None => return Err("unterminated label value"),
@@ -208,8 +269,11 @@ fn parse_labels(
                 v.push(c);
             }
         }
-        if let (Some(labels), Some(value)) = (sink.as_deref_mut(), value) {
-            labels.push((key.to_owned(), value));
+        match sink {
+            Sink::Check => {}
+            Sink::Own(labels) => labels.push((key.to_owned(), value.unwrap_or_default())),
+            // The closing quote is one byte.
+            Sink::Visit(f) => f(key, &cur.s[start..cur.pos - 1]),
         }
         cur.skip_ws();
         match cur.bump() {
@@ -288,5 +352,32 @@ mod tests {
         assert!(parse("m 1 notatime").is_err());
         assert!(parse("m{a=\"\\q\"} 1").is_err());
         assert!(parse("m 1 2 3").is_err());
+    }
+
+    #[test]
+    fn visiting_reads_what_parsing_reads_without_decoding() {
+        // The visitor sees every label of a kept line as written, and the same name and value
+        // the parser gives; other lines are only checked.
+        let line = "m{a=\"x\\\"y\",le=\"0.5\"} 7";
+        let mut seen = Vec::new();
+        let got = visit_line(line, |n| n == "m", |k, v| seen.push((k, v)));
+        assert_eq!(
+            got,
+            Ok(Visited::Kept {
+                name: "m",
+                value: 7.0
+            })
+        );
+        assert_eq!(seen, [("a", "x\\\"y"), ("le", "0.5")]);
+        let parsed = parse(line).expect("valid");
+        assert_eq!(parsed[0].label("le"), Some("0.5"));
+        let mut none = 0;
+        assert_eq!(
+            visit_line(line, |_| false, |_, _| none += 1),
+            Ok(Visited::Skipped)
+        );
+        assert_eq!(none, 0);
+        assert_eq!(visit_line("# c", |_| true, |_, _| {}), Ok(Visited::Blank));
+        assert!(visit_line("m{a=\"\\q\"} 1", |_| false, |_, _| {}).is_err());
     }
 }

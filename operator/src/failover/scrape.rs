@@ -10,9 +10,9 @@
 //! and a dozen histogram buckets, whatever the body size. Pure: bytes in, counts or a rejection
 //! out; the HTTP side is in `probe.rs`.
 
-use super::error_rate::{self, Counts, GRPC_REQUESTS_METRIC, REQUESTS_METRIC};
+use super::error_rate::{Counts, SeriesLabels, GRPC_REQUESTS_METRIC, REQUESTS_METRIC};
 use super::histogram::Histogram;
-use super::promtext::{self, Line, Sample};
+use super::promtext::{self, Visited};
 use super::traffic::TrafficSample;
 
 /// The latency histogram read for HTTP services (its `_bucket` samples).
@@ -220,13 +220,20 @@ impl Scanner {
             (REQUESTS_METRIC, DURATION_BUCKETS)
         };
         let latency = self.traffic.is_some();
-        match promtext::read_line(text, |name| name == metric || (latency && name == buckets)) {
+        // Kept lines are read without allocating: their labels are classified as they come.
+        let mut labels = SeriesLabels::default();
+        let keep = |name: &str| name == metric || (latency && name == buckets);
+        match promtext::visit_line(text, keep, |k, v| labels.see(k, v)) {
             Err(_) => Err(Rejected::Malformed),
-            Ok(Line::Blank) => Ok(()),
-            Ok(Line::Skipped) => self.count_series(),
-            Ok(Line::Kept(s)) => {
+            Ok(Visited::Blank) => Ok(()),
+            Ok(Visited::Skipped) => self.count_series(),
+            Ok(Visited::Kept { name, value }) => {
                 self.count_series()?;
-                self.add(&s);
+                if name == buckets {
+                    self.add_bucket(&labels, value);
+                } else {
+                    self.add(&labels, value);
+                }
                 Ok(())
             }
         }
@@ -240,31 +247,33 @@ impl Scanner {
         Ok(())
     }
 
-    fn add(&mut self, s: &Sample) {
-        if s.name.ends_with("_bucket") {
-            if !error_rate::is_probe_series(s) {
-                if let Some(le) = s.label("le").and_then(bucket_bound) {
-                    let known = self.latency.buckets().iter().any(|(b, _)| *b == le);
-                    if known || self.latency.buckets().len() < MAX_BUCKETS {
-                        self.latency.add(le, s.value);
-                    } else {
-                        self.too_many_buckets = true;
-                    }
-                }
-            }
+    fn add_bucket(&mut self, labels: &SeriesLabels<'_>, value: f64) {
+        if labels.probe {
             return;
         }
-        let counts = if self.grpc {
-            error_rate::grpc_sample_counts(s)
+        let Some(le) = labels.le.and_then(bucket_bound) else {
+            return;
+        };
+        let known = self.latency.buckets().iter().any(|(b, _)| *b == le);
+        if known || self.latency.buckets().len() < MAX_BUCKETS {
+            self.latency.add(le, value);
         } else {
-            error_rate::sample_counts(s)
+            self.too_many_buckets = true;
+        }
+    }
+
+    fn add(&mut self, labels: &SeriesLabels<'_>, value: f64) {
+        let counts = if self.grpc {
+            labels.grpc_counts(value)
+        } else {
+            labels.http_counts(value)
         };
         if let Some(c) = counts {
             self.found = true;
             self.counts.total += c.total;
             self.counts.errors += c.errors;
             self.counts.probes += c.probes;
-            if let Some(t) = self.traffic.as_mut().filter(|_| c.probes == 0.0) {
+            if let Some(t) = self.traffic.as_mut().filter(|_| !labels.probe) {
                 t.requests += c.total;
                 t.errors += c.errors;
             }
