@@ -47,6 +47,17 @@ impl Histogram {
             .map(|(_, c)| *c)
     }
 
+    /// Whether this scrape can follow `earlier`: the same bounds, and no count lower (else the
+    /// process restarted and its counters began again). [`Histogram::since`] without the copy.
+    pub fn follows(&self, earlier: &Histogram) -> bool {
+        self.buckets.len() == earlier.buckets.len()
+            && self
+                .buckets
+                .iter()
+                .zip(&earlier.buckets)
+                .all(|(&(le, now), &(le0, then))| le == le0 && now >= then)
+    }
+
     /// The observations since `earlier`, a previous scrape of the same series: `None` when the
     /// bounds differ or a count went down (the process restarted; its counters began again).
     pub fn since(&self, earlier: &Histogram) -> Option<Histogram> {
@@ -197,6 +208,7 @@ mod tests {
         // The 99th of 100 is the 9th of the 10 in (5 ms, 100 ms]: 5 + 95 · 9 / 10 ms.
         assert!(close(d.quantile(0.99), 0.005 + 0.095 * 0.9));
         assert_eq!(t0.since(&t1), None, "counts went down: a restart");
+        assert!(t1.follows(&t0) && !t0.follows(&t1));
         assert_eq!(h(&[(0.01, 1.0), (INF, 1.0)]).since(&t0), None);
     }
 

@@ -73,7 +73,7 @@ impl TrafficWindow {
             let reset = now.requests < last.requests
                 || now.errors < last.errors
                 || match (&now.latency, &last.latency) {
-                    (Some(a), Some(b)) => a.since(b).is_none(),
+                    (Some(a), Some(b)) => !a.follows(b),
                     _ => false,
                 };
             if reset {
