@@ -116,6 +116,16 @@ pub mod event_reasons {
     pub const PROMOTED: &str = "Promoted";
     /// A guarded rollout's canary failed its analysis (or was aborted) and was rolled back.
     pub const ROLLED_BACK: &str = "RolledBack";
+    /// A pod failed Flotilla's checks and was taken out of the Service.
+    pub const POD_EJECTED: &str = "PodEjected";
+    /// An ejected pod passed its checks again and is back in the Service.
+    pub const POD_RETURNED: &str = "PodReturned";
+    /// A guarded rollout's canary pods were created.
+    pub const ROLLOUT_STARTED: &str = "RolloutStarted";
+    /// A failed analysis whose canary is kept for inspection (`autoRollback: false`).
+    pub const ROLLOUT_HALTED: &str = "RolloutHalted";
+    /// A template from the revision history became stable again without an analysis.
+    pub const UNDONE: &str = "Undone";
 }
 
 /// Condition reasons written by the reconciler (CamelCase, API conventions).

@@ -29,21 +29,6 @@ const BEFORE_MARGIN: SignedDuration = SignedDuration::from_secs(1);
 /// for the status writes that follow a switch (pod counts, membership) to settle.
 const SETTLE: SignedDuration = SignedDuration::from_secs(15);
 
-/// Event reasons of the operator that the timeline shows, besides those of
-/// [`flotilla_crds::event_reasons`]; spelled as the operator spells them.
-pub mod operator_reasons {
-    /// A pod failed its checks and was taken out of the Service.
-    pub const POD_EJECTED: &str = "PodEjected";
-    /// An ejected pod passed its checks again and is back in the Service.
-    pub const POD_RETURNED: &str = "PodReturned";
-    /// A guarded rollout's canary pods were created.
-    pub const ROLLOUT_STARTED: &str = "RolloutStarted";
-    /// A failed analysis whose canary is kept for inspection.
-    pub const ROLLOUT_HALTED: &str = "RolloutHalted";
-    /// A template from the revision history became stable again.
-    pub const UNDONE: &str = "Undone";
-}
-
 /// What kind of moment an Event marks; the page gives each its colour.
 #[derive(Serialize, Debug, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -58,16 +43,15 @@ pub enum Kind {
 
 /// The kind of an Event with `reason`, or `None` when the timeline leaves it out.
 pub fn kind_of(reason: &str) -> Option<Kind> {
-    use operator_reasons::*;
     Some(match reason {
         event_reasons::FAILED_OVER => Kind::Failover,
         event_reasons::FAILED_BACK => Kind::Failback,
         event_reasons::FLAPPING => Kind::Flapping,
-        POD_EJECTED => Kind::Ejection,
-        POD_RETURNED => Kind::Return,
-        ROLLOUT_STARTED
-        | ROLLOUT_HALTED
-        | UNDONE
+        event_reasons::POD_EJECTED => Kind::Ejection,
+        event_reasons::POD_RETURNED => Kind::Return,
+        event_reasons::ROLLOUT_STARTED
+        | event_reasons::ROLLOUT_HALTED
+        | event_reasons::UNDONE
         | event_reasons::PROMOTED
         | event_reasons::ROLLED_BACK
         | reasons::CONFIG_CHANGED => Kind::Rollout,

@@ -40,7 +40,9 @@ use crate::write::{count_write, result_label, Leadership};
 
 /// Reasons of the writer's service-level Events (the notifier picks its defaults from these).
 pub mod reason {
-    pub use flotilla_crds::event_reasons::{FAILED_BACK, FAILED_OVER, FLAPPING};
+    pub use flotilla_crds::event_reasons::{
+        FAILED_BACK, FAILED_OVER, FLAPPING, POD_EJECTED, POD_RETURNED,
+    };
 }
 
 /// Tunables of the writer.
@@ -587,8 +589,8 @@ impl Writer {
 /// The Event of one pod's membership change; only an ejection from the primary is a warning.
 fn pod_event(observe: bool, fallback: bool, to: Membership, note: String) -> Event {
     let reason = match (observe, fallback, to) {
-        (false, false, Membership::Out) => "PodEjected",
-        (false, false, Membership::In) => "PodReturned",
+        (false, false, Membership::Out) => reason::POD_EJECTED,
+        (false, false, Membership::In) => reason::POD_RETURNED,
         (false, true, Membership::In) => "FallbackPodAdded",
         (false, true, Membership::Out) => "FallbackPodRemoved",
         (true, false, Membership::Out) => "WouldEjectPod",

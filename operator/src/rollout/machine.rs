@@ -28,10 +28,10 @@ const ANALYSIS_POLL: Duration = Duration::from_secs(2);
 
 /// Event and status reasons.
 pub mod reason {
-    /// A new revision's canary pods were created.
-    pub const STARTED: &str = "RolloutStarted";
     /// The canary passed its analysis; every pod moves to its template.
     pub use flotilla_crds::event_reasons::PROMOTED;
+    /// A new revision's canary pods were created.
+    pub use flotilla_crds::event_reasons::ROLLOUT_STARTED as STARTED;
     /// A canary pod never became ready (or cannot: image pull error, crash loop).
     pub const NOT_READY: &str = "CanaryNotReady";
     /// Flotilla's probes judged a canary pod unhealthy, or it turned unready.
@@ -48,13 +48,13 @@ pub mod reason {
     /// Event reason of a rollback.
     pub use flotilla_crds::event_reasons::ROLLED_BACK;
     /// Event reason of a failed analysis whose canary is kept (`autoRollback: false`).
-    pub const HALTED: &str = "RolloutHalted";
+    pub use flotilla_crds::event_reasons::ROLLOUT_HALTED as HALTED;
     /// A person asked for the analysis to end in a rollback (`flotilla.rs/rollout-abort`).
     pub const ABORTED: &str = "Aborted";
     /// The analysis passed while `spec.rollout.paused` holds promotion.
     pub const PAUSED: &str = "Paused";
     /// A template from the revision history became stable again without an analysis.
-    pub const UNDONE: &str = "Undone";
+    pub use flotilla_crds::event_reasons::UNDONE;
 }
 
 /// What the state machine reads.
