@@ -283,13 +283,31 @@ async fn start_operator(
     Ok(child)
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {},
+/// SIGINT (Ctrl-C) and SIGTERM, listened for from the start: one that arrives while kubesim is
+/// still setting up (building, starting the operator, applying the demo) is kept and stops it
+/// as soon as the setup is done, in the same order as later (operator, pods, API server),
+/// instead of killing kubesim at once and leaving its operator and pods running.
+struct StopSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn listen() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+        })
     }
-    Ok(())
+
+    /// Waits for the first of them (at once when one came during the setup).
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {},
+            _ = self.terminate.recv() => {},
+        }
+    }
 }
 
 fn print_usage(cluster: &Cluster) {
@@ -302,6 +320,7 @@ fn print_usage(cluster: &Cluster) {
 }
 
 async fn up(args: UpArgs) -> anyhow::Result<()> {
+    let mut stop = StopSignals::listen()?;
     let root = workspace_root()?;
     // Check every file the flags need before starting anything.
     let crd = if args.operator {
@@ -402,7 +421,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     println!("pod logs: {}", state_dir.join("logs").display());
     println!("Ctrl-C stops kubesim and every pod process.");
-    wait_for_signal().await?;
+    stop.wait().await;
     println!("stopping ...");
     if let Some(mut child) = operator {
         if let Some(pid) = child.id() {
@@ -425,11 +444,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 }
 
 async fn serve(common: CommonArgs) -> anyhow::Result<()> {
+    let mut stop = StopSignals::listen()?;
     let root = workspace_root()?;
     let (cluster, _) = start_cluster(&common, &root, None).await?;
     print_usage(&cluster);
     println!("API server only: pods stay Pending (use `kubesim up` to run them).");
-    wait_for_signal().await?;
+    stop.wait().await;
     cluster.shutdown().await;
     Ok(())
 }

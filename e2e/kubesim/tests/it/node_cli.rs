@@ -1,5 +1,5 @@
 //! The `kubesim up` binary: its kubeconfig works, its pods serve through cluster IPs, and SIGTERM
-//! stops it together with every pod process.
+//! stops it together with every pod process, even one that arrives while it is still setting up.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -114,5 +114,65 @@ async fn kubesim_up_runs_pods_and_stops_them_on_sigterm() -> anyhow::Result<()> 
     assert!(status.success(), "kubesim exited with {status}");
     let left: usize = names.iter().map(|n| processes_of(n).len()).sum();
     assert_eq!(left, 0, "no pod process outlives kubesim");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_during_the_setup_stops_the_operator_too() -> anyhow::Result<()> {
+    // A SIGTERM that arrives after `kubesim up --operator --demo` started the operator but
+    // before the demo is applied stops kubesim in order once the setup is done: it exits
+    // cleanly and no operator outlives it.
+    let dir = tempfile::tempdir()?;
+    let pid = std::process::id();
+    let (a, b) = (210 + pid % 40, (pid / 40 + 128) % 256);
+    let mut kubesim = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubesim"))
+        .arg("up")
+        .args(["--operator", "--demo"])
+        .arg("--operator-metrics-addr")
+        .arg("127.0.0.1:0")
+        .arg("--state-dir")
+        .arg(dir.path())
+        .arg("--pod-cidr")
+        .arg(format!("127.{a}.{b}.0/25"))
+        .arg("--service-cidr")
+        .arg(format!("127.{a}.{b}.128/25"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = kubesim.stdout.take().context("stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let kubeconfig = tokio::time::timeout(Duration::from_secs(180), async {
+        let mut kubeconfig = None;
+        while let Some(line) = lines.next_line().await? {
+            if let Some(path) = line.strip_prefix("export KUBECONFIG=") {
+                kubeconfig = Some(path.to_string());
+            }
+            if line.starts_with("operator running") {
+                return kubeconfig.context("no export line before the operator started");
+            }
+        }
+        anyhow::bail!("kubesim exited before starting the operator")
+    })
+    .await
+    .context("waiting for the operator to start")??;
+    let operator_env = format!("KUBECONFIG={kubeconfig}");
+    assert_eq!(
+        processes_with_env(&operator_env).len(),
+        1,
+        "one operator runs"
+    );
+    let kubesim_pid = kubesim.id().context("kubesim pid")?;
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(kubesim_pid.to_string())
+        .status()?;
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let status = tokio::time::timeout(WAIT, kubesim.wait()).await??;
+    assert!(status.success(), "kubesim exited with {status}");
+    assert_eq!(
+        processes_with_env(&operator_env),
+        Vec::<u32>::new(),
+        "no operator outlives kubesim"
+    );
     Ok(())
 }

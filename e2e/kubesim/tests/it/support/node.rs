@@ -257,7 +257,11 @@ pub fn pod_addr(pod: &Pod) -> anyhow::Result<SocketAddr> {
 
 /// PIDs of live processes started for `pod` (found through their `KUBESIM_POD_NAME`).
 pub fn processes_of(pod: &str) -> Vec<u32> {
-    let needle = format!("KUBESIM_POD_NAME={pod}");
+    processes_with_env(&format!("KUBESIM_POD_NAME={pod}"))
+}
+
+/// The live processes whose environment holds `needle` (`NAME=value`).
+pub fn processes_with_env(needle: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
