@@ -8,7 +8,8 @@
 //! (d) prober CPU per 1,000 pods at the default period, measured from /proc/self/stat while the
 //!     engine probes pods served by a separate process; with `--scrape`, every pod's metrics
 //!     (a kit service's exposition, counters growing) are also scraped once a second, as with
-//!     `failover.scrapeMetrics`;
+//!     `failover.scrapeMetrics`; with `--scrape-only`, the pods are only scraped for their
+//!     request figures, as for a service with `health.reportTraffic` and no failover;
 //! (e) per failover run, where the time went: fault → first failing probe → decision →
 //!     membership writes acknowledged (from the operator's
 //!     `flotilla_failover_last_failover_timestamp_seconds`) → the Service's endpoints changed →
@@ -90,6 +91,10 @@ struct Args {
     /// pods serve a kit service's exposition whose counters grow by 10 requests a second.
     #[arg(long)]
     scrape: bool,
+    /// Measure pods that are only scraped for their request figures (a MicroService with
+    /// `health.reportTraffic: true` and no failover), every 5 s, instead of probed.
+    #[arg(long)]
+    scrape_only: bool,
     /// Skip the failover runs.
     #[arg(long)]
     skip_failover: bool,
@@ -205,7 +210,7 @@ async fn cpu(args: &Args) -> Result<()> {
     let exe = std::env::current_exe()?;
     let pods_arg = args.pods.to_string();
     let mut child_args = vec!["--serve", pods_arg.as_str()];
-    if args.scrape {
+    if args.scrape || args.scrape_only {
         child_args.push("--serve-metrics");
     }
     let mut child = tokio::process::Command::new(exe)
@@ -232,7 +237,7 @@ async fn cpu(args: &Args) -> Result<()> {
             key: ObjKey::new("bench", &name),
             uid: None,
             generation: Some(1),
-            failover_enabled: true,
+            failover_enabled: !args.scrape_only,
             analysing: false,
             probe: ProbePolicy {
                 port: *port,
@@ -244,8 +249,8 @@ async fn cpu(args: &Args) -> Result<()> {
             },
             port_name: "http".into(),
             // The request figures, as a service scraping its metrics reports them by default.
-            report_traffic: args.scrape,
-            scrape_only: false,
+            report_traffic: args.scrape || args.scrape_only,
+            scrape_only: args.scrape_only,
             status: None,
             traffic: None,
             conditions: vec![],
@@ -324,13 +329,18 @@ async fn cpu(args: &Args) -> Result<()> {
         window.as_millis(),
         metrics.readiness_watches.get(),
         if args.no_watch { ", off" } else { "" },
-        if args.scrape {
+        if args.scrape_only {
+            "; pods only scraped, every 5 s".to_owned()
+        } else if args.scrape {
+            let rejected: Vec<String> = flotilla_operator::failover::scrape::Rejected::ALL
+                .iter()
+                .map(|r| (r.label(), metrics.scrape_rejected.with_label_values(&[r.label()]).get()))
+                .filter(|(_, n)| *n > 0)
+                .map(|(r, n)| format!("{n} {r}"))
+                .collect();
             format!(
-                "; metrics scraped every second, {} scrapes rejected",
-                flotilla_operator::failover::scrape::Rejected::ALL
-                    .iter()
-                    .map(|r| metrics.scrape_rejected.with_label_values(&[r.label()]).get())
-                    .sum::<u64>()
+                "; metrics scraped every second, scrapes rejected: [{}]",
+                rejected.join(", ")
             )
         } else {
             String::new()
