@@ -1,7 +1,8 @@
 //! The one writer of health-aware traffic: applies the engine's desired state to the cluster while
 //! this replica is the leader — pod membership labels (JSON merge patch), `status.failover` with
-//! the `FailedOver`/`Flapping` conditions (server-side apply, field manager `flotilla-failover`),
-//! and an Event for every ejection, return, failover and failback; and the eviction of a failing
+//! the `FailedOver`/`Flapping` conditions and the request figures of `status.traffic` (one
+//! server-side apply, field manager `flotilla-failover`; the engine publishes new figures at most
+//! once an interval, see `traffic.rs`), and an Event for every ejection, return, failover and failback; and the eviction of a failing
 //! sticky pod when the engine picks one (`stickyConnections: Restart`, rate-limited by the engine;
 //! the restart's time goes into status before the eviction, which names the pod's UID).
 //!
