@@ -23,6 +23,7 @@
 //! - [`process`]: a service binary as a child process: started, waited on until ready, stopped
 //!   with SIGTERM, its log printed when a test fails.
 //! - [`paths`]: the workspace's binaries seen from a test binary.
+//! - [`otlp`]: a real OTLP trace receiver (HTTP and gRPC) recording the spans it is sent.
 //! - [`memory`]: a process's resident memory, for tests and benchmarks that bound it.
 
 pub mod cluster;
@@ -32,6 +33,7 @@ pub mod http;
 pub mod memory;
 pub mod namespace;
 pub mod operator;
+pub mod otlp;
 pub mod paths;
 pub mod process;
 pub mod raw_http;

@@ -8,7 +8,8 @@
 //! draw on a budget: each call earns a fifth of a retry (up to 10 saved), each retry spends
 //! one, so an overloaded users service sees at most about 20 % extra load from retries, not
 //! triple. The breaker counts whole calls (after retries), so one login never opens it on its
-//! own. The caller's `x-request-id` goes along so one login is traceable in both services.
+//! own. The caller's `x-request-id` and trace context go along so one login is traceable in both
+//! services.
 //! Every check carries the service credential users requires on this route; a 401 that is not
 //! `bad_credentials` means users refused that credential, which is a configuration fault (502),
 //! never a wrong password.
@@ -295,6 +296,11 @@ impl UsersClient {
         if let Some(id) = request_id {
             req = req.header(flotilla_kit::telemetry::REQUEST_ID_HEADER, id);
         }
+        // The login's span goes along as `traceparent` (with trace export on), so users'
+        // request span joins the same trace.
+        let mut trace = http::HeaderMap::new();
+        flotilla_kit::telemetry::otlp::inject_current(&mut trace);
+        req = req.headers(trace);
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) if e.is_timeout() => return Attempt::TimedOut(e.to_string()),

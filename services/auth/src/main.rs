@@ -11,7 +11,7 @@ use flotilla_kit::telemetry::init_tracing;
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let config = args.resolve()?;
-    init_tracing(config.service.log_format)?;
+    let _telemetry = init_tracing(config.service.log_format, "auth")?;
     if config.dev && args.signing_key.is_none() {
         tracing::warn!("developer mode: tokens are signed with the public development key");
     }

@@ -9,7 +9,7 @@ use orders::{db, Db};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::from_env()?;
-    init_tracing(config.service.log_format)?;
+    let _telemetry = init_tracing(config.service.log_format, "orders")?;
     let db = Db::connect(&config.database_url)
         .await
         .with_context(|| format!("opening {}", db::redact(&config.database_url)))?;

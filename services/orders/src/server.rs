@@ -43,6 +43,7 @@ use tokio::task::JoinSet;
 use tonic::body::Body;
 use tonic::service::Routes;
 use tower::ServiceExt as _;
+use tracing::Instrument as _;
 use warp::filters::BoxedFilter;
 
 use crate::traffic::{Traffic, CLOSE_INTERVAL};
@@ -96,7 +97,10 @@ async fn dispatch(
     body_read_timeout: Duration,
 ) -> Result<Response<Body>, Infallible> {
     if is_grpc(&req) {
-        app.grpc.oneshot(req).await
+        // One span per call, continuing the caller's trace from its `traceparent` metadata.
+        let span = tracing::info_span!("grpc", method = %req.uri().path());
+        flotilla_kit::telemetry::otlp::set_parent_from_headers(&span, req.headers());
+        app.grpc.oneshot(req).instrument(span).await
     } else {
         let http1 = limits::is_http1(&req);
         let (req, deadline) = limits::timed(req, body_read_timeout);

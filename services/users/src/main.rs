@@ -11,7 +11,7 @@ use users::{db, Db, Passwords};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Args::parse().resolve()?;
-    init_tracing(config.service.log_format)?;
+    let _telemetry = init_tracing(config.service.log_format, "users")?;
     // The database may be down at start: serve (not ready) and migrate once it answers.
     let db = Db::open(&config.database_url)
         .with_context(|| format!("opening {}", db::redact(&config.database_url)))?;

@@ -24,11 +24,11 @@ use flotilla_testkit::process::{Builder, Check, Process};
 
 const ADMIN: &str = "orders-admin-4f9c2e7b1a8d";
 /// Two users' stable ids.
-const ADA: &str = "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c";
+pub(crate) const ADA: &str = "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c";
 const BOB: &str = "5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
 
 /// auth's signing key in these tests; orders gets only its public half.
-fn key() -> &'static SigningKey {
+pub(crate) fn key() -> &'static SigningKey {
     static KEY: std::sync::OnceLock<SigningKey> = std::sync::OnceLock::new();
     KEY.get_or_init(|| SigningKey::generate().expect("key"))
 }
@@ -48,7 +48,7 @@ struct Orders {
 }
 
 /// orders is ready when its gRPC health service says SERVING, as the leading prober sees it.
-fn grpc_serving() -> Check {
+pub(crate) fn grpc_serving() -> Check {
     flotilla_testkit::process::check(|addr: SocketAddr| async move {
         let channel = Channel::from_shared(format!("http://{addr}"))?
             .connect()
@@ -103,7 +103,7 @@ impl Orders {
     }
 }
 
-fn authed<T>(msg: T, user: &str) -> Result<Request<T>> {
+pub(crate) fn authed<T>(msg: T, user: &str) -> Result<Request<T>> {
     authed_for(msg, user, &["users", "orders"])
 }
 
