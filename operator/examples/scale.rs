@@ -247,7 +247,8 @@ async fn wait_converged(api: &Api<MicroService>, n: usize, t0: Instant) -> Resul
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    flotilla_operator::telemetry::init(flotilla_operator::telemetry::LogFormat::Text);
+    let _telemetry =
+        flotilla_operator::telemetry::init(flotilla_operator::telemetry::LogFormat::Text);
     let args: Vec<String> = std::env::args().skip(1).collect();
     let n: usize = args
         .iter()

@@ -79,7 +79,7 @@ async fn shutdown_signal() {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    flotilla_operator::telemetry::init(args.log_format);
+    let _telemetry = flotilla_operator::telemetry::init(args.log_format);
     let config = kube::Config::infer()
         .await
         .context("loading the Kubernetes client configuration (KUBECONFIG or in-cluster)")?;

@@ -18,6 +18,7 @@
 //!   on a cluster of real service pods;
 //!   [`failover_watch`]: the readiness watch on real service processes.
 //! - [`notifications`]: Events notified to a webhook receiver, and a failover's notification.
+//! - [`traces`]: the binary's spans exported over OTLP to a real receiver.
 
 mod admission_cases;
 mod failover_common;
@@ -50,4 +51,5 @@ mod leader_hang;
 mod notifications;
 mod rollout_cluster;
 mod rollout_latency;
+mod traces;
 mod traffic_cluster;
