@@ -21,6 +21,7 @@ pub mod http;
 pub mod monitoring;
 pub mod msvc;
 pub mod prometheus;
+pub mod table;
 pub mod tools;
 pub mod walkthrough;
 pub mod walkthrough_checks;

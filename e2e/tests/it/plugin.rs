@@ -14,6 +14,7 @@ use anyhow::{ensure, Context, Result};
 use flotilla_crds::{FailOn, RolloutPhase, RolloutStatus, RolloutStrategy};
 use flotilla_e2e::env::run_test;
 use flotilla_e2e::msvc;
+use flotilla_e2e::table::cell;
 use flotilla_testkit::paths::workspace_binary;
 use flotilla_testkit::{wait, Harness};
 use kube::api::{Patch, PatchParams};
@@ -486,11 +487,9 @@ async fn the_plugin_holds_traffic_on_the_fallback_for_maintenance() -> Result<()
                 "{held}"
             );
             let table = kubectl(h, &["get", "msvc", NAME]).await?;
-            let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
-            let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
-            let column = |name: &str| header.iter().position(|c| *c == name).and_then(|i| row.get(i).copied());
             ensure!(
-                column("ACTIVE") == Some("fallback") && column("HELD") == Some("true"),
+                cell(&table, NAME, "ACTIVE") == Some("fallback")
+                    && cell(&table, NAME, "HELD") == Some("true"),
                 "kubectl get msvc:\n{table}"
             );
             let tree = plugin.ok(&["get", NAME]).await?;

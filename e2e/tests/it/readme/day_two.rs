@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use flotilla_e2e::table::{cell, columns};
 use flotilla_testkit::wait::poll;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -200,26 +201,9 @@ async fn maintenance(kubeconfig: &Path) -> Result<()> {
     )
     .await?;
     let table = as_written(kubeconfig, "kubectl get msvc users").await?;
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let row: Vec<&str> = table
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
-    let column = |name: &str| {
-        header
-            .iter()
-            .position(|c| *c == name)
-            .and_then(|i| row.get(i).copied())
-    };
     ensure!(
-        column("ACTIVE") == Some("fallback") && column("HELD") == Some("true"),
+        cell(&table, "users", "ACTIVE") == Some("fallback")
+            && cell(&table, "users", "HELD") == Some("true"),
         "{table}"
     );
     expect(
@@ -287,12 +271,7 @@ async fn secret_rotation(kubeconfig: &Path) -> Result<()> {
 /// serves the fleet on the address the README opens.
 async fn watching(kubeconfig: &Path) -> Result<()> {
     let table = as_written(kubeconfig, "kubectl get msvc").await?;
-    let header: Vec<&str> = table
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let header = columns(&table);
     ensure!(
         ["RPS", "ERRORS", "P99-MS"]
             .iter()
@@ -301,9 +280,7 @@ async fn watching(kubeconfig: &Path) -> Result<()> {
     );
     for name in ["auth", "users", "users-standby"] {
         ensure!(
-            table
-                .lines()
-                .any(|l| l.split_whitespace().next() == Some(name)),
+            cell(&table, name, "NAME") == Some(name),
             "{name} missing:\n{table}"
         );
     }
