@@ -21,7 +21,7 @@ use flotilla_testkit::wait::poll;
 use tokio::sync::watch;
 use warp::Filter as _;
 
-use crate::failover_common::inventory;
+use crate::failover_common::inventory::{self, wait_for};
 use crate::failover_common::pods::{ip, start_group, FakePod};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -63,26 +63,6 @@ fn with_fallback(
             .into_iter()
             .chain(pods(fallback, fallback_pods)),
     )
-}
-
-async fn wait_for(
-    rx: &mut watch::Receiver<Arc<Desired>>,
-    what: &str,
-    mut pred: impl FnMut(&Desired) -> bool,
-) -> Result<Arc<Desired>> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let cur = rx.borrow_and_update().clone();
-        if pred(&cur) {
-            return Ok(cur);
-        }
-        if tokio::time::timeout_at(deadline, rx.changed())
-            .await
-            .is_err()
-        {
-            bail!("timed out waiting for {what}; last desired state: {cur:#?}");
-        }
-    }
 }
 
 fn member(d: &Desired, svc: &str, pod: &str) -> Option<Membership> {

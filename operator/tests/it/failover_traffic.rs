@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::Result;
 use flotilla_crds::TrafficStatus;
 use flotilla_operator::failover::engine::{self, EngineConfig};
 use flotilla_operator::failover::inventory::{Inventory, ObjKey};
@@ -15,10 +15,8 @@ use flotilla_operator::failover::policy::Mode;
 use flotilla_operator::failover::traffic::PublishPolicy;
 use tokio::sync::watch;
 
-use crate::failover_common::inventory;
+use crate::failover_common::inventory::{self, wait_for};
 use crate::failover_common::pods::{ip, start_group, FakePod};
-
-const WAIT: Duration = Duration::from_secs(30);
 
 /// A pod's exposition after `s` seconds of `rps` API requests a second, a quarter of them
 /// failing, `slow` of every hundred taking between 5 and 100 ms and the others under 5 ms;
@@ -54,26 +52,6 @@ fn serve_metrics(pods: Vec<(Arc<FakePod>, u64, u64)>) -> tokio::task::JoinHandle
             }
         }
     })
-}
-
-async fn wait_for(
-    rx: &mut watch::Receiver<Arc<Desired>>,
-    what: &str,
-    mut pred: impl FnMut(&Desired) -> bool,
-) -> Result<Arc<Desired>> {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let cur = rx.borrow_and_update().clone();
-        if pred(&cur) {
-            return Ok(cur);
-        }
-        if tokio::time::timeout_at(deadline, rx.changed())
-            .await
-            .is_err()
-        {
-            bail!("timed out waiting for {what}; last desired state: {cur:#?}");
-        }
-    }
 }
 
 /// The desired state once the figures' window has filled: a window and a publishing interval

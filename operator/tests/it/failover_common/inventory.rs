@@ -2,6 +2,12 @@
 //! services and pods in namespace `t`.
 
 use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use flotilla_operator::failover::outputs::Desired;
+use tokio::sync::watch;
 
 use flotilla_crds::labels;
 use flotilla_operator::failover::inventory::{ObjKey, PodInfo, ServiceInfo};
@@ -43,5 +49,30 @@ pub fn pod(svc: &str, i: usize, ip: IpAddr) -> PodInfo {
         serves: [(labels::serves(svc), "true".to_owned())].into(),
         uid: Some(format!("uid-{svc}-{i}")),
         canary: false,
+    }
+}
+
+/// How long [`wait_for`] waits for the engine on a loaded machine.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// The engine's desired state once `pred` holds, or an error naming `what` with the last state
+/// seen.
+pub async fn wait_for(
+    rx: &mut watch::Receiver<Arc<Desired>>,
+    what: &str,
+    mut pred: impl FnMut(&Desired) -> bool,
+) -> Result<Arc<Desired>> {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let cur = rx.borrow_and_update().clone();
+        if pred(&cur) {
+            return Ok(cur);
+        }
+        if tokio::time::timeout_at(deadline, rx.changed())
+            .await
+            .is_err()
+        {
+            bail!("timed out waiting for {what}; last desired state: {cur:#?}");
+        }
     }
 }
