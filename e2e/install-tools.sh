@@ -9,6 +9,8 @@
 #   the shell linter  Debian package `shellcheck` (skipped when already on PATH)
 #   chromium, chromedriver  Debian packages `chromium` and `chromium-driver`, for the dashboard's
 #                     headless-browser test (skipped when both are already on PATH)
+#   rabbitmq-server  Debian package `rabbitmq-server`: the real broker the messaging tests start
+#                     on their own ports (each test its own node; the package's service is not used)
 #
 # Idempotent and non-interactive; each step checks its result and stops the script loudly.
 # Run it, then put the tools on PATH with the line it prints last, or source it:
@@ -157,6 +159,18 @@ install_chromium() {
     log "installed $(version_of chromedriver --version)"
 }
 
+install_rabbitmq() {
+    if [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || command -v rabbitmq-server >/dev/null; then
+        log "rabbitmq-server already installed"
+        return
+    fi
+    log "installing rabbitmq-server (Debian package rabbitmq-server)"
+    apt_install rabbitmq-server
+    [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || command -v rabbitmq-server >/dev/null ||
+        die "rabbitmq-server still not found after installing it"
+    log "installed rabbitmq-server $(dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null)"
+}
+
 main() {
     local start=$SECONDS
     mkdir -p "$tools_dir"
@@ -165,6 +179,7 @@ main() {
     install_promtool
     install_shellcheck
     install_chromium
+    install_rabbitmq
     log "done in $((SECONDS - start))s"
     # $PATH stays literal on purpose: the line is meant to be eval'd by the caller.
     # shellcheck disable=SC2016

@@ -92,6 +92,17 @@ impl Builder {
         self
     }
 
+    /// Sets environment variables.
+    pub fn envs<I, K, V>(mut self, vars: I) -> Self
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
+        self.command.envs(vars);
+        self
+    }
+
     /// Removes an environment variable the test process may have, so the service starts from
     /// its defaults.
     pub fn env_remove(mut self, key: impl AsRef<OsStr>) -> Self {
@@ -266,6 +277,14 @@ impl Process {
             bail!("kill -TERM {pid} failed ({kill})");
         }
         self.wait_exit().await
+    }
+
+    /// Kills the process with SIGKILL, as a crash or an OOM kill ends it, and reaps it.
+    pub async fn kill(mut self) -> Result<()> {
+        self.child
+            .kill()
+            .await
+            .with_context(|| format!("killing {}", self.name))
     }
 
     /// Waits for the process to exit by itself.

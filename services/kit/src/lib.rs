@@ -5,13 +5,16 @@
 //! template ([`metrics`]), request-scoped structured logs ([`telemetry`]), configuration from
 //! flags and the environment ([`config`]), bearer credentials ([`credentials`]), the JWTs
 //! auth issues and users and orders verify ([`jwt`]) with auth's published keys ([`jwks`]),
-//! database pool setup (`db`, feature `db`), the traffic verdict that closes persistent connections of an ejected pod ([`traffic`]), fault
+//! database pool setup (`db`, feature `db`), the event contract over AMQP (`amqp`, feature
+//! `amqp`), the traffic verdict that closes persistent connections of an ejected pod ([`traffic`]), fault
 //! injection for tests and demos ([`faults`]), and a server that drains in-flight requests on
 //! SIGTERM ([`server`]). [`app`] ties them into one
 //! warp filter around a service's own API routes.
 //!
 //! This crate holds no business logic and never exits the process; binaries decide that.
 
+#[cfg(feature = "amqp")]
+pub mod amqp;
 pub mod app;
 pub mod config;
 pub mod credentials;
