@@ -141,6 +141,10 @@ impl Broker {
             ("RABBITMQ_CONFIG_FILE", path("rabbitmq")),
             ("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins")),
             ("RABBITMQ_PID_FILE", path("rabbitmq.pid")),
+            // Run the Erlang VM in place of the script (as under systemd): the child is the
+            // broker itself, so SIGTERM stops it gracefully and SIGKILL really kills it, instead
+            // of orphaning a VM behind a killed wrapper.
+            ("RUNNING_UNDER_SYSTEMD", "true".to_owned()),
             // The Erlang cookie lives in $HOME.
             ("HOME", dir.display().to_string()),
         ]

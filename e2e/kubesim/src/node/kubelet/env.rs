@@ -202,7 +202,7 @@ static SVC_FQDN: LazyLock<Option<Regex>> = LazyLock::new(|| {
 });
 static URL_HOST: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(
-        r"://([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)(?:\.([a-z0-9](?:[-a-z0-9]*[a-z0-9])?))?([:/?]|$)",
+        r"://([^@/?#\s]*@)?([a-z0-9](?:[-a-z0-9]*[a-z0-9])?)(?:\.([a-z0-9](?:[-a-z0-9]*[a-z0-9])?))?([:/?]|$)",
     )
     .ok()
 });
@@ -231,9 +231,11 @@ pub fn rewrite_service_names(value: &str, pod_ns: &str, services: &[Service]) ->
     if let Some(re) = URL_HOST.as_ref() {
         out = re
             .replace_all(&out, |c: &regex::Captures| {
-                let ns = c.get(2).map_or(pod_ns, |m| m.as_str());
-                match cluster_ip(services, ns, &c[1]) {
-                    Some(ip) => format!("://{ip}{}", &c[3]),
+                // Credentials before the host (`amqp://user:pass@host`) are kept as they are.
+                let userinfo = c.get(1).map_or("", |m| m.as_str());
+                let ns = c.get(3).map_or(pod_ns, |m| m.as_str());
+                match cluster_ip(services, ns, &c[2]) {
+                    Some(ip) => format!("://{userinfo}{ip}{}", &c[4]),
                     None => c[0].to_string(),
                 }
             })
@@ -627,6 +629,12 @@ mod tests {
             "short names resolve in the pod's namespace only"
         );
         assert_eq!(r("http://example.com/"), "http://example.com/");
+        assert_eq!(
+            r("amqp://app:s3cret@users:5672/%2f"),
+            "amqp://app:s3cret@127.1.0.3:5672/%2f",
+            "credentials before the host are kept"
+        );
+        assert_eq!(r("amqp://users@auth.other"), "amqp://users@127.1.0.4");
         assert_eq!(r("nosuch.shop.svc"), "nosuch.shop.svc");
     }
 
