@@ -12,6 +12,9 @@
 #   auth-public-keys: public-keys (the signing key's public half; users and orders verify
 #                     tokens with it and cannot mint any)
 #   orders-secrets:   admin-token
+#   shipping-secrets: admin-token
+#   rabbitmq-credentials: username, password (the broker's user, rabbitmq.yaml) and url (the
+#                     AMQP URL with them, for orders and shipping)
 set -euo pipefail
 
 random() { od -An -tx1 -N"$1" /dev/urandom | tr -d ' \n'; }
@@ -46,3 +49,8 @@ printf '%s\n' "$signing_key" | block signing-key
 header auth-public-keys auth
 printf '%s\n' "$signing_key" | openssl pkey -pubout | block public-keys
 secret orders-secrets orders admin-token
+secret shipping-secrets shipping admin-token
+broker_password="$(random 24)"
+header rabbitmq-credentials rabbitmq
+printf '  username: "flotilla"\n  password: "%s"\n' "$broker_password"
+printf '  url: "amqp://flotilla:%s@rabbitmq:5672/%%2f"\n' "$broker_password"
