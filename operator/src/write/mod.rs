@@ -8,7 +8,9 @@
 //! - the write metrics: the child-write counter ([`count_child_write`]), and for writers with a
 //!   counter of their own (the failover writer's `flotilla_failover_writes_total`) the result
 //!   label of a gated write ([`result_label`]) and its count ([`count_write`]);
-//! - Event publishing ([`publish_event`]).
+//! - Event publishing ([`publish_event`]);
+//! - a span per API call (`api call`, with the call in `action`): inside a reconcile it is a
+//!   child of the reconcile's span, so one exported trace shows a reconcile and its writes.
 //!
 //! It sits at the bottom of the operator: it knows no pipeline stage, no context and no cache,
 //! and takes the leadership, metrics and recorder it needs as arguments.
@@ -18,7 +20,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::Event;
-use tracing::warn;
+use tracing::{warn, Instrument};
 
 use crate::error::{status_code, ReconcileError as Error};
 use crate::events::EventSink;
@@ -75,11 +77,13 @@ pub async fn within_lease<T>(
     action: impl FnOnce() -> String,
     call: impl Future<Output = Result<T, kube::Error>>,
 ) -> Result<Result<T, kube::Error>, Error> {
-    match lead.write(WRITE_TIMEOUT, call).await {
+    let action = action();
+    let span = tracing::info_span!("api call", action = %action);
+    match lead.write(WRITE_TIMEOUT, call).instrument(span).await {
         Ok(r) => Ok(r),
         Err(WriteLapsed::NotLeading) => Err(Error::NotLeading),
         Err(WriteLapsed::Timeout(after)) => Err(Error::Timeout {
-            action: action(),
+            action,
             after,
         }),
     }

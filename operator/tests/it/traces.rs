@@ -1,10 +1,11 @@
 //! The operator binary exports its reconcile spans over OTLP/gRPC to a real receiver when
-//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, named `flotilla-operator`.
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set, named `flotilla-operator`: a reconcile is one trace
+//! with its API calls below it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
 use flotilla_testkit::operator::{free_port, Launcher, OperatorProcess, RunningOperator, Target};
 use flotilla_testkit::otlp::Receiver;
 use flotilla_testkit::wait::poll;
@@ -69,5 +70,34 @@ async fn operator_exports_reconcile_spans_over_otlp_grpc() -> Result<()> {
     .await?;
     assert_eq!(reconcile.protocol, "grpc");
     assert_eq!(reconcile.trace_id.len(), 32, "{reconcile:?}");
+
+    // The reconcile's writes are spans of the same trace, below the reconcile's own span.
+    let write = poll(
+        "the span of the reconcile's apply of the Deployment",
+        Duration::from_secs(60),
+        || async {
+            Ok(receiver.spans().into_iter().find(|s| {
+                s.name == "api call"
+                    && s.attribute("action") == "apply Deployment users"
+                    && s.trace_id == reconcile.trace_id
+            }))
+        },
+    )
+    .await?;
+    let spans = receiver.spans();
+    let mut parent = write.parent_span_id.clone();
+    let mut chain = vec![write.name.clone()];
+    while !parent.is_empty() && parent != reconcile.span_id {
+        let up = spans
+            .iter()
+            .find(|s| s.span_id == parent)
+            .with_context(|| format!("parent {parent} of {chain:?} not received"))?;
+        chain.push(up.name.clone());
+        parent = up.parent_span_id.clone();
+    }
+    assert_eq!(
+        parent, reconcile.span_id,
+        "the write's span descends from the reconcile's: {chain:?}"
+    );
     Ok(())
 }
