@@ -82,10 +82,7 @@ pub async fn within_lease<T>(
     match lead.write(WRITE_TIMEOUT, call).instrument(span).await {
         Ok(r) => Ok(r),
         Err(WriteLapsed::NotLeading) => Err(Error::NotLeading),
-        Err(WriteLapsed::Timeout(after)) => Err(Error::Timeout {
-            action,
-            after,
-        }),
+        Err(WriteLapsed::Timeout(after)) => Err(Error::Timeout { action, after }),
     }
 }
 
