@@ -3,6 +3,10 @@
 //! auth's public keys), passes the kit's fault injection, then reads or writes the caller's own
 //! orders, which name their owner by the user's stable id (the token's `sub`, a UUID). Every
 //! call is counted by method and status code.
+//!
+//! With events on, `CreateOrder` stores the order's `OrderPlaced` event in the outbox in the
+//! same transaction, with the call's trace context, and wakes the relay; it never waits for the
+//! broker (see [`crate::events`]).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -13,6 +17,8 @@ use flotilla_kit::Faults;
 use tonic::{Code, Request, Response, Status};
 
 use crate::db::{Db, DbError, OrderRow};
+use crate::events::message::{self, TraceContext};
+use crate::events::Outbox;
 use crate::grpc_metrics::{GrpcMetrics, ORDERS_SERVICE};
 use crate::pb::orders_server::{Orders, OrdersServer};
 use crate::pb::{
@@ -35,6 +41,8 @@ pub struct OrdersApi {
     tokens: Arc<Verifier>,
     faults: Faults,
     metrics: Option<GrpcMetrics>,
+    /// Present when events are on.
+    outbox: Option<Outbox>,
 }
 
 impl OrdersApi {
@@ -45,7 +53,32 @@ impl OrdersApi {
             tokens: Arc::new(tokens),
             faults,
             metrics,
+            outbox: None,
         }
+    }
+
+    /// Writes an `OrderPlaced` event with every order created, for the relay behind `outbox`.
+    pub fn with_events(mut self, outbox: Outbox) -> Self {
+        self.outbox = Some(outbox);
+        self
+    }
+
+    /// Stores a new order, with its event when events are on.
+    async fn place(&self, owner: &str, item: &str, quantity: i64) -> Result<OrderRow, DbError> {
+        let Some(outbox) = &self.outbox else {
+            return self.db.insert(owner, item, quantity).await;
+        };
+        // The call's span is current here: its context goes with the event, so the consumer's
+        // span joins this call's trace.
+        let trace = TraceContext::current();
+        let row = self
+            .db
+            .insert_with_event(owner, item, quantity, |order| {
+                message::order_placed(order, uuid::Uuid::new_v4(), trace)
+            })
+            .await?;
+        outbox.committed();
+        Ok(row)
     }
 
     /// The tonic server for this API.
@@ -162,8 +195,7 @@ impl Orders for OrdersApi {
         self.call("CreateOrder", request, |owner, req| async move {
             validate(&req)?;
             let row = self
-                .db
-                .insert(&owner, req.item.trim(), i64::from(req.quantity))
+                .place(&owner, req.item.trim(), i64::from(req.quantity))
                 .await
                 .map_err(to_status)?;
             Ok(to_order(row))

@@ -23,6 +23,10 @@ pub struct Config {
     /// the pod is ejected (or it is not ready); `ignore` keeps them, as a server that knows
     /// nothing of the verdict would (to see sticky-connection detection at work).
     pub honour_traffic_verdict: bool,
+    /// `AMQP_URL`: the RabbitMQ broker `OrderPlaced` events are published to
+    /// (`amqp://user:password@host:5672/%2f`). Unset, events are off: no outbox rows are
+    /// written and nothing is published.
+    pub amqp_url: Option<String>,
 }
 
 impl Config {
@@ -63,8 +67,12 @@ impl Config {
                 })
             }
         };
+        let amqp_url = non_empty(&lookup, "AMQP_URL")
+            .map(|url| amqp_url(&url))
+            .transpose()?;
         Ok(Self {
             honour_traffic_verdict,
+            amqp_url,
             service: ServiceConfig::from_lookup(lookup)?,
             database_url,
             public_keys,
@@ -76,6 +84,21 @@ impl Config {
     pub fn from_env() -> Result<Self, ConfigError> {
         Self::from_lookup(|k| std::env::var(k).ok())
     }
+}
+
+/// Checks an `AMQP_URL`: plain `amqp://` (services speak no TLS) that the client can parse.
+/// Errors show the URL with its password hidden.
+fn amqp_url(url: &str) -> Result<String, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        var: "AMQP_URL",
+        value: crate::db::redact(url),
+        reason,
+    };
+    if !url.starts_with("amqp://") {
+        return Err(invalid("expected an amqp:// URL".into()));
+    }
+    url.parse::<lapin::uri::AMQPUri>().map_err(invalid)?;
+    Ok(url.to_owned())
 }
 
 #[cfg(test)]
@@ -112,6 +135,7 @@ mod tests {
         assert_eq!(cfg.public_keys.len(), 1);
         assert_eq!(cfg.database_url, DEFAULT_DATABASE_URL);
         assert!(cfg.honour_traffic_verdict);
+        assert_eq!(cfg.amqp_url, None);
         let cfg = Config::from_lookup(|k| {
             (k == "AUTH_JWKS_URL").then(|| "http://auth:8080/.well-known/jwks.json".into())
         })
@@ -133,5 +157,26 @@ mod tests {
         assert!(with("honour").expect("valid").honour_traffic_verdict);
         let err = with("sometimes").expect_err("invalid");
         assert!(err.to_string().contains("TRAFFIC_VERDICT"), "{err}");
+    }
+
+    #[test]
+    fn amqp_url_is_optional_plain_amqp_and_never_echoed() {
+        // Unset means events off; a URL that is not amqp:// is refused naming the variable,
+        // without showing its password.
+        let with = |v: &'static str| {
+            Config::from_lookup(move |k| match k {
+                "JWT_PUBLIC_KEYS" => Some(jwt::DEV_PUBLIC_KEY.into()),
+                "AMQP_URL" => Some(v.to_owned()),
+                _ => None,
+            })
+        };
+        assert_eq!(with("  ").expect("blank is unset").amqp_url, None);
+        let url = "amqp://orders:s3cret@rabbitmq:5672/%2f";
+        assert_eq!(with(url).expect("valid").amqp_url.as_deref(), Some(url));
+        for bad in ["amqps://orders:s3cret@rabbitmq/%2f", "http://orders:s3cret@rabbitmq/"] {
+            let err = with(bad).expect_err("refused");
+            assert!(err.to_string().contains("AMQP_URL"), "{err}");
+            assert!(!err.to_string().contains("s3cret"), "{err}");
+        }
     }
 }

@@ -1,6 +1,11 @@
-//! Storage: one `orders` table behind sqlx's `Any` driver, so the same queries run on the
-//! embedded SQLite default and on PostgreSQL (the users service follows the same rules: `$N`
-//! placeholders, `RETURNING`, integers and text only). Only this module speaks SQL.
+//! Storage: the `orders` table and the `outbox` of events, behind sqlx's `Any` driver, so the
+//! same queries run on the embedded SQLite default and on PostgreSQL (the users service follows
+//! the same rules: `$N` placeholders, `RETURNING`, integers and text only). Only this module
+//! speaks SQL; what an event says is decided in [`crate::events`].
+//!
+//! An order and its event are written in one transaction ([`Db::insert_with_event`]): both or
+//! neither. The relay reads unsent events in `seq` order and marks each sent once the broker
+//! confirmed it.
 
 use flotilla_kit::db::Backend;
 use sqlx::any::AnyRow;
@@ -20,6 +25,9 @@ pub enum DbError {
     /// The `DATABASE_URL` scheme is neither SQLite nor PostgreSQL.
     #[error("unsupported DATABASE_URL scheme in {0:?}: use sqlite:// or postgres://")]
     UnsupportedUrl(String),
+    /// An event could not be encoded; the order was not stored either.
+    #[error("encoding the event: {0}")]
+    Encode(#[from] serde_json::Error),
     /// Migrating the schema failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -56,6 +64,52 @@ pub struct OrderRow {
 }
 
 const COLUMNS: &str = "id, owner, item, quantity, created_at";
+
+/// An event to store in the outbox, in the transaction of the change it announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewEvent {
+    /// The event id (a UUID), also the message id consumers deduplicate by.
+    pub event_id: String,
+    /// The event type, e.g. `OrderPlaced`.
+    pub event_type: String,
+    /// The routing key it is published with.
+    pub routing_key: String,
+    /// The JSON envelope, as it is sent.
+    pub body: String,
+    /// W3C `traceparent` of the request that wrote it; `None` with tracing off.
+    pub traceparent: Option<String>,
+    /// W3C `tracestate` that came with it.
+    pub tracestate: Option<String>,
+    /// Unix milliseconds: when the change was made (the start of the publish delay).
+    pub created_at: i64,
+}
+
+/// One stored event the broker has not confirmed yet.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct OutboxRow {
+    /// Position in the outbox: events are published in this order.
+    pub seq: i64,
+    /// See [`NewEvent`].
+    pub event_id: String,
+    /// See [`NewEvent`].
+    pub event_type: String,
+    /// See [`NewEvent`].
+    pub routing_key: String,
+    /// See [`NewEvent`].
+    pub body: String,
+    /// See [`NewEvent`].
+    pub traceparent: Option<String>,
+    /// See [`NewEvent`].
+    pub tracestate: Option<String>,
+    /// See [`NewEvent`].
+    pub created_at: i64,
+}
+
+const OUTBOX_COLUMNS: &str =
+    "seq, event_id, event_type, routing_key, body, traceparent, tracestate, created_at";
+
+const INSERT_ORDER: &str = "INSERT INTO orders (owner, item, quantity, created_at) \
+     VALUES ($1, $2, $3, $4) RETURNING id, owner, item, quantity, created_at";
 
 fn to_order(row: &AnyRow) -> Result<OrderRow, sqlx::Error> {
     use sqlx::FromRow;
@@ -107,11 +161,7 @@ impl Db {
         item: &str,
         quantity: i64,
     ) -> Result<OrderRow, DbError> {
-        let sql = format!(
-            "INSERT INTO orders (owner, item, quantity, created_at) VALUES ($1, $2, $3, $4) \
-             RETURNING {COLUMNS}"
-        );
-        let row = sqlx::query(&sql)
+        let row = sqlx::query(INSERT_ORDER)
             .bind(owner)
             .bind(item)
             .bind(quantity)
@@ -119,6 +169,78 @@ impl Db {
             .fetch_one(&self.pool)
             .await?;
         Ok(to_order(&row)?)
+    }
+
+    /// Stores a new order for `owner` and the event `event` makes of it, in one transaction:
+    /// if either write (or `event`) fails, neither is stored.
+    pub async fn insert_with_event(
+        &self,
+        owner: &str,
+        item: &str,
+        quantity: i64,
+        event: impl FnOnce(&OrderRow) -> Result<NewEvent, serde_json::Error>,
+    ) -> Result<OrderRow, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(INSERT_ORDER)
+            .bind(owner)
+            .bind(item)
+            .bind(quantity)
+            .bind(jiff::Timestamp::now().as_millisecond())
+            .fetch_one(&mut *tx)
+            .await?;
+        let order = to_order(&row)?;
+        let e = event(&order)?;
+        sqlx::query(
+            "INSERT INTO outbox (event_id, event_type, routing_key, body, traceparent, \
+             tracestate, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(e.event_id)
+        .bind(e.event_type)
+        .bind(e.routing_key)
+        .bind(e.body)
+        .bind(e.traceparent)
+        .bind(e.tracestate)
+        .bind(e.created_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(order)
+    }
+
+    /// Up to `limit` unsent events, oldest first.
+    pub async fn unsent(&self, limit: i64) -> Result<Vec<OutboxRow>, DbError> {
+        let sql = format!(
+            "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1"
+        );
+        let rows = sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                use sqlx::FromRow;
+                OutboxRow::from_row(r)
+            })
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Marks the event at `seq` sent at `sent_at` (Unix milliseconds).
+    pub async fn mark_sent(&self, seq: i64, sent_at: i64) -> Result<(), DbError> {
+        sqlx::query("UPDATE outbox SET sent_at = $1 WHERE seq = $2 AND sent_at IS NULL")
+            .bind(sent_at)
+            .bind(seq)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// How many events are waiting: `(unsent, all)`.
+    pub async fn outbox_counts(&self) -> Result<(i64, i64), DbError> {
+        let row = sqlx::query(
+            "SELECT COUNT(*) - COUNT(sent_at) AS unsent, COUNT(*) AS total FROM outbox",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        use sqlx::Row;
+        Ok((row.try_get("unsent")?, row.try_get("total")?))
     }
 
     /// One of `owner`'s orders; another owner's order is [`DbError::NotFound`] too.
@@ -171,6 +293,110 @@ mod tests {
         assert_eq!(page, vec![a1.clone()]);
         let rest = db.list("1", a1.id, 10).await.expect("list");
         assert_eq!(rest, vec![a2]);
+    }
+
+    fn event(order: &OrderRow, id: &str) -> NewEvent {
+        NewEvent {
+            event_id: id.into(),
+            event_type: "OrderPlaced".into(),
+            routing_key: "orders.placed".into(),
+            body: format!("{{\"order\":{}}}", order.id),
+            traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into()),
+            tracestate: None,
+            created_at: order.created_at,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_order_and_its_event_are_stored_together_or_not_at_all() {
+        // The event is in the outbox with the order, unsent, in commit order; an event that
+        // cannot be written (here: a duplicate event id) takes its order down with it.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("o.db").display());
+        let db = Db::connect(&url).await.expect("connect");
+        let first = db
+            .insert_with_event("1", "apples", 3, |o| Ok(event(o, "e1")))
+            .await
+            .expect("insert");
+        let second = db
+            .insert_with_event("1", "pears", 1, |o| Ok(event(o, "e2")))
+            .await
+            .expect("insert");
+        let unsent = db.unsent(10).await.expect("unsent");
+        assert_eq!(
+            unsent.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(),
+            ["e1", "e2"]
+        );
+        assert_eq!(unsent[0].body, format!("{{\"order\":{}}}", first.id));
+        assert_eq!(unsent[0].traceparent, event(&first, "e1").traceparent);
+        assert_eq!(unsent[0].tracestate, None);
+        assert_eq!(unsent[1].created_at, second.created_at);
+
+        let duplicate = db
+            .insert_with_event("1", "plums", 2, |o| Ok(event(o, "e1")))
+            .await;
+        assert!(duplicate.is_err(), "{duplicate:?}");
+        let unencodable = db
+            .insert_with_event("1", "plums", 2, |_| {
+                Err(<serde_json::Error as serde::ser::Error>::custom("no"))
+            })
+            .await;
+        assert!(matches!(unencodable, Err(DbError::Encode(_))), "{unencodable:?}");
+        let orders = db.list("1", 0, 10).await.expect("list");
+        assert_eq!(orders, vec![first, second]);
+        assert_eq!(db.outbox_counts().await.expect("counts"), (2, 2));
+    }
+
+    #[tokio::test]
+    async fn a_sent_event_is_no_longer_offered() {
+        // Marking sent removes a row from the unsent ones and the pending count, keeps the
+        // rest in order, and marking it again changes nothing.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}", dir.path().join("o.db").display());
+        let db = Db::connect(&url).await.expect("connect");
+        for id in ["e1", "e2", "e3"] {
+            db.insert_with_event("1", "tea", 1, |o| Ok(event(o, id)))
+                .await
+                .expect("insert");
+        }
+        let unsent = db.unsent(10).await.expect("unsent");
+        db.mark_sent(unsent[0].seq, 1).await.expect("mark");
+        db.mark_sent(unsent[0].seq, 2).await.expect("mark again");
+        let rest = db.unsent(1).await.expect("unsent");
+        assert_eq!(rest, vec![unsent[1].clone()]);
+        assert_eq!(db.outbox_counts().await.expect("counts"), (2, 3));
+        // A plain insert (events off) writes no event.
+        db.insert("1", "tea", 1).await.expect("insert");
+        assert_eq!(db.outbox_counts().await.expect("counts"), (2, 3));
+    }
+
+    #[tokio::test]
+    async fn the_outbox_works_on_postgres_too() {
+        // The same transaction and queries on PostgreSQL, when TEST_POSTGRES_URL names one.
+        let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
+            return;
+        };
+        let db = Db::connect(&url).await.expect("connect");
+        let id = uuid::Uuid::new_v4().to_string();
+        let order = db
+            .insert_with_event("pg", "tea", 1, |o| Ok(event(o, &id)))
+            .await
+            .expect("insert");
+        let row = db
+            .unsent(i64::MAX)
+            .await
+            .expect("unsent")
+            .into_iter()
+            .find(|r| r.event_id == id)
+            .expect("the event is unsent");
+        assert_eq!(row.created_at, order.created_at);
+        db.mark_sent(row.seq, 1).await.expect("mark");
+        assert!(!db
+            .unsent(i64::MAX)
+            .await
+            .expect("unsent")
+            .iter()
+            .any(|r| r.event_id == id));
     }
 
     #[test]

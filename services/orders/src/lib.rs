@@ -5,12 +5,16 @@
 //! Beside the API it serves the standard `grpc.health.v1` health service (answered from the
 //! kit's readiness checks), server reflection, and on the same port the kit's HTTP routes:
 //! `/healthz`, `/readyz`, `/metrics` (HTTP and per-method gRPC counters) and `/admin/faults`.
-//! It honours Flotilla's traffic verdict (see [`traffic`]). [`build`] wires it all into an
-//! [`server::App`]; the binary only reads the environment, binds and waits for a signal.
+//! It honours Flotilla's traffic verdict (see [`traffic`]). With `AMQP_URL` set it announces
+//! every order as an `OrderPlaced` event on RabbitMQ, through a transactional outbox and a
+//! relay task (see [`events`]); readiness does not depend on the broker. [`build`] wires it all
+//! into an [`server::App`]; the binary only reads the environment, binds, runs the relay and
+//! waits for a signal.
 
 pub mod api;
 pub mod config;
 pub mod db;
+pub mod events;
 pub mod grpc_metrics;
 pub mod health;
 pub mod server;
@@ -31,6 +35,7 @@ use warp::Filter as _;
 
 pub use crate::api::OrdersApi;
 pub use crate::db::{Db, DbError};
+pub use crate::events::{Outbox, Relay};
 pub use crate::grpc_metrics::GrpcMetrics;
 pub use crate::health::GrpcHealth;
 pub use crate::server::App;
@@ -47,23 +52,27 @@ pub enum BuildError {
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-/// Builds the whole service on an open database. `tokens` checks callers' JWTs with auth's
-/// public keys, for the `orders` audience.
+/// Builds the whole service on an open database, events off. `tokens` checks callers' JWTs
+/// with auth's public keys, for the `orders` audience.
 pub fn build(
     db: Db,
     tokens: flotilla_kit::jwt::Verifier,
     admin_token: Option<String>,
 ) -> Result<(Kit, App), BuildError> {
-    build_with(db, tokens, admin_token, Traffic::new())
+    let (kit, app, _) = build_with(db, tokens, admin_token, Traffic::new(), None)?;
+    Ok((kit, app))
 }
 
-/// Like [`build`], with the given traffic state (e.g. [`Traffic::ignoring`]).
+/// Like [`build`], with the given traffic state (e.g. [`Traffic::ignoring`]) and, with an
+/// `amqp_url`, events on: orders write their events to the outbox, and the returned
+/// [`Relay`] (for the caller to run) publishes them. Its metrics join the service's.
 pub fn build_with(
     db: Db,
     tokens: flotilla_kit::jwt::Verifier,
     admin_token: Option<String>,
     traffic: Traffic,
-) -> Result<(Kit, App), BuildError> {
+    amqp_url: Option<String>,
+) -> Result<(Kit, App, Option<Relay>), BuildError> {
     let probe = db.clone();
     let health = Health::builder()
         .check("database", move || {
@@ -81,9 +90,21 @@ pub fn build_with(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
-    let grpc = tonic::service::Routes::new(
-        OrdersApi::new(db, tokens, kit.faults.clone(), grpc_metrics.clone()).server(),
-    )
+    let relay = amqp_url
+        .map(|url| {
+            // Without the kit's registry (benchmarks only) the series go to one nobody reads.
+            let registry = kit
+                .metrics
+                .as_ref()
+                .map_or_else(prometheus::Registry::new, |m| m.registry().clone());
+            events::EventMetrics::register(&registry).map(|m| Relay::new(db.clone(), url, m))
+        })
+        .transpose()?;
+    let mut api = OrdersApi::new(db, tokens, kit.faults.clone(), grpc_metrics.clone());
+    if let Some(relay) = &relay {
+        api = api.with_events(relay.outbox());
+    }
+    let grpc = tonic::service::Routes::new(api.server())
     .add_service(
         GrpcHealth::new(
             kit.health.clone(),
@@ -104,5 +125,5 @@ pub fn build_with(
         health: kit.health.clone(),
         traffic,
     };
-    Ok((kit, app))
+    Ok((kit, app, relay))
 }

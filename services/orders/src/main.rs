@@ -1,4 +1,6 @@
 //! `orders` binary: reads the environment, opens the database, binds, serves until SIGTERM.
+//! With `AMQP_URL` set it also runs the event relay, stopped once the server has drained (so
+//! events of calls finished during the drain still go out).
 
 use anyhow::Context;
 use flotilla_kit::server::{shutdown_signal, DrainOptions};
@@ -28,12 +30,22 @@ async fn main() -> anyhow::Result<()> {
     } else {
         orders::Traffic::ignoring()
     };
-    let (kit, app) = orders::build_with(
+    let (kit, app, relay) = orders::build_with(
         db.clone(),
         tokens,
         config.service.admin_token.clone(),
         traffic,
+        config.amqp_url.clone(),
     )?;
+    if relay.is_none() {
+        tracing::info!("events off: AMQP_URL is unset, so orders write no events and publish none");
+    }
+    let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = relay.map(|relay| {
+        tokio::spawn(relay.run(async move {
+            let _ = relay_stopped.await;
+        }))
+    });
     let listener = tokio::net::TcpListener::bind(config.service.listen_addr)
         .await
         .with_context(|| format!("binding LISTEN_ADDR {}", config.service.listen_addr))?;
@@ -51,6 +63,12 @@ async fn main() -> anyhow::Result<()> {
         shutdown_signal(),
     )
     .await;
+    let _ = stop_relay.send(());
+    if let Some(relay) = relay {
+        if let Err(e) = relay.await {
+            tracing::error!(error = %e, "the event relay panicked");
+        }
+    }
     db.close().await;
     tracing::info!(?stopped, "orders stopped");
     Ok(())
