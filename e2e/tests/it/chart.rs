@@ -599,3 +599,43 @@ fn crd_schema_check_rejects_a_bad_microservice() -> Result<()> {
     ensure!(text.contains("Mesh"), "{text}");
     Ok(())
 }
+
+#[test]
+fn tracing_points_the_operator_at_a_collector() -> Result<()> {
+    // operator.tracing.otlpEndpoint sets the standard OTEL_* variables on the operator; unset,
+    // none is there (no exporter runs); a protocol the operator does not speak is refused.
+    let otel_env = |sets: &[&str]| -> Result<Vec<(String, String)>> {
+        let docs = render_and_validate("flotilla", sets)?;
+        let deployment = operator_deployment(&docs)?;
+        Ok(chart::first_container(&deployment)?
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e.name.starts_with("OTEL_"))
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .collect())
+    };
+    ensure!(otel_env(&[])?.is_empty(), "{:?}", otel_env(&[])?);
+    let set = otel_env(&[
+        "operator.tracing.otlpEndpoint=http://otel-collector.observability:4317",
+        "operator.tracing.protocol=grpc",
+        "operator.tracing.serviceName=flotilla-prod",
+    ])?;
+    let want = [
+        (
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://otel-collector.observability:4317",
+        ),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+        ("OTEL_SERVICE_NAME", "flotilla-prod"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    ensure!(set == want, "{set:?}");
+    let err = helm_fails_with(&[
+        "operator.tracing.otlpEndpoint=http://c:4317",
+        "operator.tracing.protocol=thrift",
+    ])?;
+    ensure!(err.contains("protocol"), "{err}");
+    Ok(())
+}
