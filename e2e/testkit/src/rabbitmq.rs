@@ -132,7 +132,10 @@ impl Broker {
         let dir = self.dir.path();
         let path = |name: &str| dir.join(name).display().to_string();
         [
-            ("RABBITMQ_NODENAME", format!("flotilla-{}@localhost", self.port)),
+            (
+                "RABBITMQ_NODENAME",
+                format!("flotilla-{}@localhost", self.port),
+            ),
             ("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1".to_owned()),
             ("RABBITMQ_NODE_PORT", self.port.to_string()),
             ("RABBITMQ_DIST_PORT", self.dist_port.to_string()),
