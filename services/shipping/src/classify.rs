@@ -278,7 +278,10 @@ mod tests {
             (run(Some(ID), b"{not json"), Reason::Malformed),
             (run(Some(ID), b"[]"), Reason::Malformed),
             (
-                run(Some(ID), &body(ORDER_PLACED, serde_json::json!({"orderId": 1}))),
+                run(
+                    Some(ID),
+                    &body(ORDER_PLACED, serde_json::json!({"orderId": 1})),
+                ),
                 Reason::Malformed,
             ),
             (

@@ -177,7 +177,10 @@ mod tests {
         assert_eq!(cfg.retry.base, Duration::from_secs(1));
         assert_eq!(cfg.service.listen_addr.to_string(), "0.0.0.0:8080");
         let err = parse(&["--amqp-url", "amqp://h", "--prefetch", "0"]).expect_err("zero");
-        assert!(err.contains("SHIPPING_PREFETCH") || err.contains("prefetch"), "{err}");
+        assert!(
+            err.contains("SHIPPING_PREFETCH") || err.contains("prefetch"),
+            "{err}"
+        );
         let err = parse(&["--amqp-url", "amqp://h", "--database-url", "mysql://x"])
             .expect_err("unsupported");
         assert!(err.contains("DATABASE_URL"), "{err}");

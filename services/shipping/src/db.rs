@@ -51,9 +51,7 @@ impl DbError {
 /// failure (class 08).
 fn transient_code(code: &str) -> bool {
     if code.len() <= 4 {
-        return code
-            .parse::<u32>()
-            .is_ok_and(|n| matches!(n & 0xff, 5 | 6));
+        return code.parse::<u32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6));
     }
     matches!(
         code,
@@ -295,14 +293,20 @@ mod tests {
         // The second recording of an event id is a duplicate and changes nothing.
         let db = Db::connect("sqlite::memory:").await.expect("db");
         let e = event(1, "o1");
-        assert_eq!(db.record(&e, "OrderPlaced").await.ok(), Some(Recorded::Stored));
+        assert_eq!(
+            db.record(&e, "OrderPlaced").await.ok(),
+            Some(Recorded::Stored)
+        );
         assert_eq!(
             db.record(&e, "OrderPlaced").await.ok(),
             Some(Recorded::Duplicate)
         );
         assert_eq!(db.events_recorded().await.ok(), Some(1));
         let s = db.get("o1").await.expect("stored");
-        assert_eq!((s.event_id.as_str(), s.quantity), (e.id.to_string().as_str(), 2));
+        assert_eq!(
+            (s.event_id.as_str(), s.quantity),
+            (e.id.to_string().as_str(), 2)
+        );
         assert_eq!(db.list(10).await.map(|l| l.len()).ok(), Some(1));
         assert!(matches!(db.get("o2").await, Err(DbError::NotFound)));
     }
@@ -312,9 +316,21 @@ mod tests {
         // A database that went away is retried, not dead-lettered.
         let db = Db::connect("sqlite::memory:").await.expect("db");
         db.close().await;
-        let err = db.record(&event(2, "o2"), "OrderPlaced").await.expect_err("closed");
+        let err = db
+            .record(&event(2, "o2"), "OrderPlaced")
+            .await
+            .expect_err("closed");
         assert!(err.is_transient(), "{err}");
-        for (code, transient) in [("5", true), ("517", true), ("6", true), ("19", false), ("2067", false), ("40001", true), ("08006", true), ("23505", false)] {
+        for (code, transient) in [
+            ("5", true),
+            ("517", true),
+            ("6", true),
+            ("19", false),
+            ("2067", false),
+            ("40001", true),
+            ("08006", true),
+            ("23505", false),
+        ] {
             assert_eq!(transient_code(code), transient, "{code}");
         }
     }

@@ -352,7 +352,9 @@ async fn publish(
     if confirmation.is_ack() {
         Ok(())
     } else {
-        Err(format!("the broker refused the copy for {exchange:?}/{routing_key}"))
+        Err(format!(
+            "the broker refused the copy for {exchange:?}/{routing_key}"
+        ))
     }
 }
 
@@ -416,7 +418,13 @@ mod tests {
             "{d2:?}"
         );
         assert!(
-            matches!(d3, Disposition::DeadLetter { reason: Reason::RetriesExhausted, .. }),
+            matches!(
+                d3,
+                Disposition::DeadLetter {
+                    reason: Reason::RetriesExhausted,
+                    ..
+                }
+            ),
             "{d3:?}"
         );
     }
@@ -442,7 +450,10 @@ mod tests {
         let permanent = Failure::Db(DbError::Permanent(sqlx::Error::Protocol("bad".into())));
         assert!(matches!(
             decide(&event(), Some(Err(&permanent)), 0, &POLICY),
-            Disposition::DeadLetter { reason: Reason::HandlingFailed, .. }
+            Disposition::DeadLetter {
+                reason: Reason::HandlingFailed,
+                ..
+            }
         ));
     }
 
@@ -458,8 +469,14 @@ mod tests {
             .with_expiration("500".into())
             .with_headers(headers);
         let copy = republished(&original, &[(ATTEMPTS_HEADER, int(2))]);
-        assert_eq!(copy.message_id().as_ref().map(ShortString::as_str), Some("m1"));
-        assert_eq!(copy.kind().as_ref().map(ShortString::as_str), Some("OrderPlaced"));
+        assert_eq!(
+            copy.message_id().as_ref().map(ShortString::as_str),
+            Some("m1")
+        );
+        assert_eq!(
+            copy.kind().as_ref().map(ShortString::as_str),
+            Some("OrderPlaced")
+        );
         assert_eq!(*copy.delivery_mode(), Some(2));
         assert_eq!(*copy.expiration(), None);
         let h = copy.headers().clone().unwrap_or_default();

@@ -2,9 +2,7 @@
 //! serves both. Every label value comes from a fixed set ([`crate::classify::TYPE_LABELS`],
 //! [`Reason::label`]), and every series exists from the start at zero.
 
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::classify::{Reason, TYPE_LABELS};
 

@@ -101,10 +101,22 @@ mod tests {
         assert_eq!(
             decisions,
             vec![
-                AfterFailure::Retry { delay: secs(1), attempts: 1 },
-                AfterFailure::Retry { delay: secs(2), attempts: 2 },
-                AfterFailure::Retry { delay: secs(4), attempts: 3 },
-                AfterFailure::Retry { delay: secs(5), attempts: 4 },
+                AfterFailure::Retry {
+                    delay: secs(1),
+                    attempts: 1
+                },
+                AfterFailure::Retry {
+                    delay: secs(2),
+                    attempts: 2
+                },
+                AfterFailure::Retry {
+                    delay: secs(4),
+                    attempts: 3
+                },
+                AfterFailure::Retry {
+                    delay: secs(5),
+                    attempts: 4
+                },
                 AfterFailure::GiveUp,
             ]
         );
@@ -115,12 +127,21 @@ mod tests {
     fn one_attempt_means_no_retry_and_huge_counts_do_not_overflow() {
         // max_attempts 1 dead-letters on the first failure; a far-off attempt number still
         // waits only the cap.
-        let once = RetryPolicy { max_attempts: 1, ..POLICY };
+        let once = RetryPolicy {
+            max_attempts: 1,
+            ..POLICY
+        };
         assert_eq!(once.after_failure(1), AfterFailure::GiveUp);
-        let many = RetryPolicy { max_attempts: u32::MAX, ..POLICY };
+        let many = RetryPolicy {
+            max_attempts: u32::MAX,
+            ..POLICY
+        };
         assert_eq!(
             many.after_failure(200),
-            AfterFailure::Retry { delay: POLICY.max, attempts: 200 }
+            AfterFailure::Retry {
+                delay: POLICY.max,
+                attempts: 200
+            }
         );
     }
 

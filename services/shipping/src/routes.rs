@@ -35,7 +35,11 @@ pub struct Page {
 
 fn db_error(e: &DbError) -> Response {
     match e {
-        DbError::NotFound => reply::error(StatusCode::NOT_FOUND, "not_found", "no shipment for that order"),
+        DbError::NotFound => reply::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "no shipment for that order",
+        ),
         e if e.is_transient() => reply::error(
             StatusCode::SERVICE_UNAVAILABLE,
             "database_unavailable",
@@ -43,7 +47,11 @@ fn db_error(e: &DbError) -> Response {
         ),
         e => {
             tracing::error!(error = %e, "reading shipments failed");
-            reply::error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "internal error")
+            reply::error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "internal error",
+            )
         }
     }
 }
@@ -110,7 +118,10 @@ mod tests {
     fn limit_is_bounded_and_unknown_parameters_refused() {
         // The listing cannot be asked for an unbounded page, and a typo is an error, not ignored.
         let q = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
-            pairs.iter().map(|(k, v)| ((*k).into(), (*v).into())).collect()
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect()
         };
         assert_eq!(parse_limit(&q(&[])), Ok(DEFAULT_LIMIT));
         assert_eq!(parse_limit(&q(&[("limit", "7")])), Ok(7));
@@ -136,17 +147,29 @@ mod tests {
         };
         db.record(&event, "OrderPlaced").await.expect("record");
         let filter = routes(db, &Faults::new());
-        let r = warp::test::request().path("/shipments/o9").reply(&filter).await;
+        let r = warp::test::request()
+            .path("/shipments/o9")
+            .reply(&filter)
+            .await;
         assert_eq!(r.status(), StatusCode::OK);
         let body: serde_json::Value = serde_json::from_slice(r.body()).expect("json");
         assert_eq!(body["item"], "lamp");
         assert_eq!(body["status"], "scheduled");
-        let r = warp::test::request().path("/shipments/nope").reply(&filter).await;
+        let r = warp::test::request()
+            .path("/shipments/nope")
+            .reply(&filter)
+            .await;
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
-        let r = warp::test::request().path("/shipments?limit=5").reply(&filter).await;
+        let r = warp::test::request()
+            .path("/shipments?limit=5")
+            .reply(&filter)
+            .await;
         let body: serde_json::Value = serde_json::from_slice(r.body()).expect("json");
         assert_eq!(body["items"].as_array().map(Vec::len), Some(1));
-        let r = warp::test::request().path("/shipments?limit=0").reply(&filter).await;
+        let r = warp::test::request()
+            .path("/shipments?limit=0")
+            .reply(&filter)
+            .await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     }
 }

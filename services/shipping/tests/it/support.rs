@@ -1,0 +1,272 @@
+//! What the shipping tests share: the `shipping` binary as a process on a real broker, a
+//! publisher speaking the event contract with publisher confirms, the signed traffic verdict
+//! as Flotilla's prober sends it, and readers of the service's metrics, API and queues.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use flotilla_kit::amqp::{
+    Envelope, OrderPlaced, CONTENT_TYPE, EXCHANGE, ORDER_PLACED, ORDER_PLACED_KEY,
+};
+use flotilla_kit::verdict::testing::TestSigner;
+use flotilla_kit::verdict::{unix_ms_now, SIGNATURE_HEADER};
+use flotilla_testkit::process::{Builder, Process};
+use flotilla_testkit::rabbitmq::Broker;
+use flotilla_testkit::wait;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+/// `/admin/faults` bearer of the test processes.
+pub const ADMIN: &str = "shipping-admin-7f3c9e2b4d1a";
+
+/// Deadline of the waits: a loaded 2-core machine, a broker that restarts.
+pub const WAIT: Duration = Duration::from_secs(60);
+
+/// The operator's verdict key, as the prober signs with it.
+pub fn operator() -> TestSigner {
+    TestSigner::new("k1", [42; 32])
+}
+
+/// The `shipping` binary on `broker`, named `pod` (its `POD_NAME`), its SQLite file in `dir`,
+/// with fast retries and reconnects.
+pub fn shipping(broker: &Broker, pod: &str, dir: &Path) -> Builder {
+    Builder::new(pod, env!("CARGO_BIN_EXE_shipping"))
+        .current_dir(dir)
+        .env_remove("DATABASE_URL")
+        .env_remove("SHIPPING_DEV")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .listen_env("LISTEN_ADDR")
+        .env("AMQP_URL", broker.url())
+        .env("ADMIN_TOKEN", ADMIN)
+        .env("POD_NAME", pod)
+        .env("FLOTILLA_VERDICT_KEYS", operator().keys_entry())
+        .env("SHUTDOWN_DELAY_MS", "0")
+        .env("SHIPPING_RETRY_BASE_MS", "100")
+        .env("SHIPPING_RETRY_MAX_MS", "400")
+        .env("SHIPPING_MAX_ATTEMPTS", "3")
+        .env("AMQP_RECONNECT_MAX_MS", "1000")
+        .env("RUST_LOG", "info,shipping=debug")
+}
+
+/// One HTTP client for the tests.
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_default()
+}
+
+/// A running shipping process and what the tests ask it.
+pub struct Shipping {
+    /// The process.
+    pub process: Process,
+    /// Its `POD_NAME`.
+    pub pod: String,
+}
+
+impl Shipping {
+    /// Starts `builder` and waits until it is ready (database and broker).
+    pub async fn start(builder: Builder, pod: &str) -> Result<Self> {
+        Ok(Self {
+            process: builder.start().await?,
+            pod: pod.to_owned(),
+        })
+    }
+
+    /// The base URL.
+    pub fn url(&self) -> String {
+        self.process.url()
+    }
+
+    /// The value of one series of `/metrics` (`name` or `name{labels}` as printed), 0 when
+    /// absent.
+    pub async fn metric(&self, series: &str) -> Result<f64> {
+        let text = http()
+            .get(format!("{}/metrics", self.url()))
+            .send()
+            .await?
+            .text()
+            .await?;
+        Ok(metric_value(&text, series))
+    }
+
+    /// Sets faults through `/admin/faults`.
+    pub async fn faults(&self, body: serde_json::Value) -> Result<()> {
+        let r = http()
+            .post(format!("{}/admin/faults", self.url()))
+            .bearer_auth(ADMIN)
+            .json(&body)
+            .send()
+            .await?;
+        ensure!(r.status() == 200, "faults: {}", r.status());
+        Ok(())
+    }
+
+    /// A readiness probe carrying `verdict`, signed by the operator for this pod; the status
+    /// and body.
+    pub async fn probe(&self, verdict: Option<&str>) -> Result<(u16, serde_json::Value)> {
+        let mut req = http().get(format!("{}/readyz", self.url()));
+        if let Some(v) = verdict {
+            req = req.header("Flotilla-Traffic", v).header(
+                SIGNATURE_HEADER,
+                operator().header(&self.pod, v, unix_ms_now()),
+            );
+        }
+        let r = req.send().await?;
+        let status = r.status().as_u16();
+        Ok((status, r.json().await.unwrap_or_default()))
+    }
+
+    /// The shipment of `order`, if the API has one.
+    pub async fn shipment(&self, order: &str) -> Result<Option<serde_json::Value>> {
+        let r = http()
+            .get(format!("{}/shipments/{order}", self.url()))
+            .send()
+            .await?;
+        match r.status().as_u16() {
+            200 => Ok(Some(r.json().await?)),
+            404 => Ok(None),
+            other => anyhow::bail!("GET /shipments/{order}: {other}"),
+        }
+    }
+
+    /// Every shipment (up to 500).
+    pub async fn shipments(&self) -> Result<Vec<serde_json::Value>> {
+        let page: serde_json::Value = http()
+            .get(format!("{}/shipments?limit=500", self.url()))
+            .send()
+            .await?
+            .json()
+            .await?;
+        Ok(page["items"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Waits until `series` reaches `at_least`.
+    pub async fn wait_metric(&self, series: &str, at_least: f64) -> Result<f64> {
+        wait::poll(
+            &format!("{} to reach {series} >= {at_least}", self.pod),
+            WAIT,
+            || async move {
+                let v = self.metric(series).await?;
+                Ok((v >= at_least).then_some(v))
+            },
+        )
+        .await
+    }
+}
+
+/// The value of `series` in Prometheus text, 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// A publisher of the event contract, with publisher confirms.
+pub struct Publisher {
+    _conn: Connection,
+    channel: Channel,
+}
+
+impl Publisher {
+    /// Connects and declares the events exchange as the contract says.
+    pub async fn connect(broker: &Broker) -> Result<Self> {
+        let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        channel
+            .exchange_declare(
+                EXCHANGE.into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            _conn: conn,
+            channel,
+        })
+    }
+
+    /// Publishes an `OrderPlaced` for `order` with event id `id`; waits for the confirm.
+    pub async fn order_placed(&self, id: uuid::Uuid, order: &str) -> Result<()> {
+        self.raw(Some(&id.to_string()), &order_placed_body(id, order))
+            .await
+    }
+
+    /// Publishes `body` with `message_id` (and the contract's other properties) to
+    /// `orders.placed`; waits for the confirm.
+    pub async fn raw(&self, message_id: Option<&str>, body: &[u8]) -> Result<()> {
+        let mut props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(CONTENT_TYPE.into())
+            .with_type(ORDER_PLACED.into());
+        if let Some(id) = message_id {
+            props = props.with_message_id(id.into());
+        }
+        let confirm = self
+            .channel
+            .basic_publish(
+                EXCHANGE.into(),
+                ORDER_PLACED_KEY.into(),
+                BasicPublishOptions::default(),
+                body,
+                props,
+            )
+            .await?
+            .await?;
+        ensure!(confirm.is_ack(), "the broker did not confirm");
+        Ok(())
+    }
+}
+
+/// The JSON body of an `OrderPlaced` event, its `occurredAt` now.
+pub fn order_placed_body(id: uuid::Uuid, order: &str) -> Vec<u8> {
+    let envelope = Envelope {
+        id,
+        kind: ORDER_PLACED.to_owned(),
+        occurred_at: jiff::Timestamp::now().to_string(),
+        source: "orders".to_owned(),
+        data: serde_json::to_value(OrderPlaced {
+            order_id: order.to_owned(),
+            user_id: "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c".to_owned(),
+            item: "book".to_owned(),
+            quantity: 1,
+        })
+        .unwrap_or_default(),
+    };
+    serde_json::to_vec(&envelope).unwrap_or_default()
+}
+
+/// Messages in `queue` (ready and unacknowledged), as `rabbitmqctl list_queues` tells.
+pub async fn queue_len(broker: &Broker, queue: &str) -> Result<u64> {
+    let listed = broker.ctl(&["list_queues", "name", "messages"]).await?;
+    listed
+        .lines()
+        .find_map(|l| {
+            let (name, n) = l.split_once('\t')?;
+            (name == queue).then(|| n.trim().parse().ok())?
+        })
+        .with_context(|| format!("no queue {queue} in {listed}"))
+}
+
+/// Waits until `queue` holds exactly `n` messages.
+pub async fn wait_queue_len(broker: &Broker, queue: &str, n: u64) -> Result<()> {
+    wait::poll(
+        &format!("{queue} to hold {n} messages"),
+        WAIT,
+        || async move { Ok((queue_len(broker, queue).await? == n).then_some(())) },
+    )
+    .await
+}
