@@ -88,8 +88,8 @@ pub fn init_tracing(format: LogFormat, service: &str) -> Result<Telemetry, Telem
     Ok(telemetry)
 }
 
-/// The span every request runs in: method, raw path (logs only, never a metric label) and the
-/// request id.
+/// The span every request runs in: method, raw path (logs only, never a metric label), the
+/// request id and, with tracing on, the trace id (so each log line names its trace).
 pub fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
     let request_id = info
         .request_headers()
@@ -101,7 +101,9 @@ pub fn request_span(info: warp::trace::Info<'_>) -> tracing::Span {
         method = %info.method(),
         path = %info.path(),
         request_id = %request_id,
+        trace_id = tracing::field::Empty,
     );
     otlp::set_parent_from_headers(&span, info.request_headers());
+    otlp::record_trace_id(&span);
     span
 }

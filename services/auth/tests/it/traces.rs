@@ -1,6 +1,6 @@
 //! One trace across auth and users, as real processes exporting to a real OTLP receiver: a
 //! login's span in auth is the parent of users' credential-check span, over both OTLP
-//! protocols; spans still buffered are flushed on SIGTERM; with no endpoint set no exporter
+//! protocols; each service's request log line names the trace id; spans still buffered are flushed on SIGTERM; with no endpoint set no exporter
 //! thread runs.
 
 use std::time::Duration;
@@ -142,6 +142,25 @@ async fn login_is_one_trace(users_protocol: &str, auth_protocol: &str) -> Result
     .await?;
     assert!(exporter_thread(&pair.auth)? && exporter_thread(&pair.users)?);
     pair.login().await?;
+    // Each service's request log line names the trace id it exported.
+    let logged = |process: &Process, path: &str| {
+        process
+            .log()
+            .lines()
+            .filter(|l| l.contains(path))
+            .find_map(|l| l.split("trace_id=").nth(1))
+            .map(|rest| {
+                rest.chars()
+                    .take_while(char::is_ascii_hexdigit)
+                    .collect::<String>()
+            })
+    };
+    let (auth_logged, users_logged) =
+        poll("trace ids in the logs", Duration::from_secs(10), || {
+            let found = logged(&pair.auth, "/login").zip(logged(&pair.users, "/users/verify"));
+            async move { Ok(found) }
+        })
+        .await?;
     pair.stop().await?;
 
     let (login, check) = poll("both services' spans", Duration::from_secs(10), || async {
@@ -153,6 +172,11 @@ async fn login_is_one_trace(users_protocol: &str, auth_protocol: &str) -> Result
     .await?;
     assert_eq!(login.parent_span_id, "", "the login starts the trace");
     assert_eq!(check.trace_id, login.trace_id, "one trace across the hop");
+    assert_eq!(auth_logged, login.trace_id, "auth's log names its trace");
+    assert_eq!(
+        users_logged, check.trace_id,
+        "users' log names the same trace"
+    );
     assert_eq!(
         check.parent_span_id, login.span_id,
         "users' span is the login's child"

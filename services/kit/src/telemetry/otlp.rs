@@ -100,6 +100,21 @@ pub fn set_parent_from_headers(span: &tracing::Span, headers: &http::HeaderMap) 
     let _ = span.set_parent(cx);
 }
 
+/// Records the trace id of `span` in its `trace_id` field (declared empty when the span was
+/// made), so every log line written inside it names the trace it belongs to. Nothing happens
+/// with tracing off.
+pub fn record_trace_id(span: &tracing::Span) {
+    use opentelemetry::trace::TraceContextExt as _;
+    if !ENABLED.load(Ordering::Acquire) {
+        return;
+    }
+    let cx = span.context();
+    let trace = cx.span().span_context().clone();
+    if trace.is_valid() {
+        span.record("trace_id", tracing::field::display(trace.trace_id()));
+    }
+}
+
 /// Adds `traceparent` (and `tracestate`) naming the current span to an outgoing request's
 /// headers. Nothing happens with tracing off.
 pub fn inject_current(headers: &mut http::HeaderMap) {
