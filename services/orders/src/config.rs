@@ -173,7 +173,10 @@ mod tests {
         assert_eq!(with("  ").expect("blank is unset").amqp_url, None);
         let url = "amqp://orders:s3cret@rabbitmq:5672/%2f";
         assert_eq!(with(url).expect("valid").amqp_url.as_deref(), Some(url));
-        for bad in ["amqps://orders:s3cret@rabbitmq/%2f", "http://orders:s3cret@rabbitmq/"] {
+        for bad in [
+            "amqps://orders:s3cret@rabbitmq/%2f",
+            "http://orders:s3cret@rabbitmq/",
+        ] {
             let err = with(bad).expect_err("refused");
             assert!(err.to_string().contains("AMQP_URL"), "{err}");
             assert!(!err.to_string().contains("s3cret"), "{err}");

@@ -324,7 +324,10 @@ mod tests {
             .expect("insert");
         let unsent = db.unsent(10).await.expect("unsent");
         assert_eq!(
-            unsent.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(),
+            unsent
+                .iter()
+                .map(|r| r.event_id.as_str())
+                .collect::<Vec<_>>(),
             ["e1", "e2"]
         );
         assert_eq!(unsent[0].body, format!("{{\"order\":{}}}", first.id));
@@ -341,7 +344,10 @@ mod tests {
                 Err(<serde_json::Error as serde::ser::Error>::custom("no"))
             })
             .await;
-        assert!(matches!(unencodable, Err(DbError::Encode(_))), "{unencodable:?}");
+        assert!(
+            matches!(unencodable, Err(DbError::Encode(_))),
+            "{unencodable:?}"
+        );
         let orders = db.list("1", 0, 10).await.expect("list");
         assert_eq!(orders, vec![first, second]);
         assert_eq!(db.outbox_counts().await.expect("counts"), (2, 2));

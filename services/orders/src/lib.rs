@@ -105,17 +105,17 @@ pub fn build_with(
         api = api.with_events(relay.outbox());
     }
     let grpc = tonic::service::Routes::new(api.server())
-    .add_service(
-        GrpcHealth::new(
-            kit.health.clone(),
-            kit.faults.clone(),
-            traffic.clone(),
-            grpc_metrics,
+        .add_service(
+            GrpcHealth::new(
+                kit.health.clone(),
+                kit.faults.clone(),
+                traffic.clone(),
+                grpc_metrics,
+            )
+            .server(),
         )
-        .server(),
-    )
-    .add_service(reflection)
-    .prepare();
+        .add_service(reflection)
+        .prepare();
     // The kit wants API routes; all of this service's API is gRPC, so none match over HTTP.
     let no_api = warp::any()
         .and_then(|| async { Err::<warp::reply::Response, _>(warp::reject::not_found()) });

@@ -60,8 +60,7 @@ pub fn order_placed(
     event_id: uuid::Uuid,
     trace: TraceContext,
 ) -> Result<NewEvent, serde_json::Error> {
-    let quantity =
-        u32::try_from(order.quantity).map_err(|_| invalid("quantity out of range"))?;
+    let quantity = u32::try_from(order.quantity).map_err(|_| invalid("quantity out of range"))?;
     let occurred_at = jiff::Timestamp::from_millisecond(order.created_at)
         .map_err(|_| invalid("creation time out of range"))?;
     let envelope = Envelope {
@@ -215,8 +214,14 @@ mod tests {
         assert_eq!(message.routing_key, amqp::ORDER_PLACED_KEY);
         assert_eq!(message.body, row.body.as_bytes());
         let p = &message.properties;
-        assert_eq!(p.message_id().as_ref().map(|s| s.as_str()), Some(id.to_string().as_str()));
-        assert_eq!(p.kind().as_ref().map(|s| s.as_str()), Some(amqp::ORDER_PLACED));
+        assert_eq!(
+            p.message_id().as_ref().map(|s| s.as_str()),
+            Some(id.to_string().as_str())
+        );
+        assert_eq!(
+            p.kind().as_ref().map(|s| s.as_str()),
+            Some(amqp::ORDER_PLACED)
+        );
         assert_eq!(
             p.content_type().as_ref().map(|s| s.as_str()),
             Some(amqp::CONTENT_TYPE)
