@@ -100,15 +100,15 @@ fn active(d: &Desired) -> Option<ActiveTarget> {
     d.services.get(&ObjKey::new("t", "web"))?.status.active
 }
 
+/// The engine's desired state once `pred` holds, within [`WAIT`]: far under the probe period,
+/// so only the readiness watch can have brought it.
 async fn wait_for(
     out: &mut EngineOutputs,
     what: &str,
     pred: impl Fn(&Desired) -> bool,
 ) -> Result<()> {
-    let rx: &mut watch::Receiver<Arc<Desired>> = &mut out.desired;
-    tokio::time::timeout(WAIT, rx.wait_for(|d| pred(d)))
-        .await
-        .with_context(|| format!("{what} within {WAIT:?} (only the watch can be that quick)"))??;
+    let what = format!("{what} (only the watch can be that quick)");
+    inventory::wait_for_within(&mut out.desired, &what, WAIT, pred).await?;
     Ok(())
 }
 

@@ -60,9 +60,20 @@ const WAIT: Duration = Duration::from_secs(30);
 pub async fn wait_for(
     rx: &mut watch::Receiver<Arc<Desired>>,
     what: &str,
+    pred: impl FnMut(&Desired) -> bool,
+) -> Result<Arc<Desired>> {
+    wait_for_within(rx, what, WAIT, pred).await
+}
+
+/// [`wait_for`] with a deadline of `within`, for tests whose point is that the state comes
+/// sooner than anything but the behaviour under test could bring it.
+pub async fn wait_for_within(
+    rx: &mut watch::Receiver<Arc<Desired>>,
+    what: &str,
+    within: Duration,
     mut pred: impl FnMut(&Desired) -> bool,
 ) -> Result<Arc<Desired>> {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    let deadline = tokio::time::Instant::now() + within;
     loop {
         let cur = rx.borrow_and_update().clone();
         if pred(&cur) {
@@ -72,7 +83,7 @@ pub async fn wait_for(
             .await
             .is_err()
         {
-            bail!("timed out waiting for {what}; last desired state: {cur:#?}");
+            bail!("timed out after {within:?} waiting for {what}; last desired state: {cur:#?}");
         }
     }
 }
