@@ -6,6 +6,7 @@
 
 mod autoscaling;
 mod constants;
+mod env;
 mod failover;
 mod health;
 mod manifest;
@@ -18,6 +19,7 @@ mod traffic_status;
 
 pub use autoscaling::AutoscalingSpec;
 pub use constants::*;
+pub use env::{env_from_config_map, env_from_secret};
 pub use failover::{FailoverMode, FailoverSpec, StickyConnections};
 pub use health::{GrpcHealthSpec, HealthSpec};
 pub use manifest::{api_reference_markdown, crd, crd_yaml, REFERENCE_BEGIN, REFERENCE_END};

@@ -7,8 +7,8 @@ use super::*;
 use crate::build::testutil::validated;
 use crate::build::{build, OperatorInputs};
 use crate::config_refs::sources;
-use crate::config_refs::tests::{config_map_env, secret_env};
 use crate::rollout::template_revision;
+use flotilla_crds::{env_from_config_map, env_from_secret};
 
 fn spec_with(env: Vec<EnvVar>) -> MicroServiceSpec {
     let mut spec = MicroServiceSpec::with_image("flotilla/auth:0.1.0");
@@ -19,9 +19,9 @@ fn spec_with(env: Vec<EnvVar>) -> MicroServiceSpec {
 /// auth's references: two keys of `auth-secrets`, one key of ConfigMap `settings`.
 fn auth_env() -> Vec<EnvVar> {
     vec![
-        secret_env("JWT_SIGNING_KEY", "auth-secrets", "signing-key", None),
-        secret_env("ADMIN_TOKEN", "auth-secrets", "admin-token", None),
-        config_map_env("MODE", "settings", "mode"),
+        env_from_secret("JWT_SIGNING_KEY", "auth-secrets", "signing-key", None),
+        env_from_secret("ADMIN_TOKEN", "auth-secrets", "admin-token", None),
+        env_from_config_map("MODE", "settings", "mode"),
     ]
 }
 
@@ -122,7 +122,7 @@ fn only_referenced_keys_count() {
 /// three different states, each with its own digest, and none is a problem.
 #[test]
 fn absent_optional_sources_count_distinctly() {
-    let env = vec![secret_env("EXTRA", "extra", "k", Some(true))];
+    let env = vec![env_from_secret("EXTRA", "extra", "k", Some(true))];
     let digest = |o: Observed| {
         let out = digest_of(env.clone(), &BTreeMap::from([(secret("extra"), o)]));
         assert_eq!(out.problem, None);

@@ -129,41 +129,10 @@ pub fn sources(name: &str, spec: &MicroServiceSpec) -> Vec<Source> {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::api::core::v1::{
-        ConfigMapKeySelector, EnvVar, EnvVarSource, ObjectFieldSelector, SecretKeySelector,
-    };
+    use flotilla_crds::{env_from_config_map, env_from_secret};
+    use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector};
 
     use super::*;
-
-    pub(crate) fn secret_env(var: &str, name: &str, key: &str, optional: Option<bool>) -> EnvVar {
-        EnvVar {
-            name: var.into(),
-            value_from: Some(EnvVarSource {
-                secret_key_ref: Some(SecretKeySelector {
-                    name: name.into(),
-                    key: key.into(),
-                    optional,
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }
-    }
-
-    pub(crate) fn config_map_env(var: &str, name: &str, key: &str) -> EnvVar {
-        EnvVar {
-            name: var.into(),
-            value_from: Some(EnvVarSource {
-                config_map_key_ref: Some(ConfigMapKeySelector {
-                    name: name.into(),
-                    key: key.into(),
-                    optional: None,
-                }),
-                ..EnvVarSource::default()
-            }),
-            ..EnvVar::default()
-        }
-    }
 
     /// Every `secretKeyRef` and `configMapKeyRef` is a source, grouped by object in kind and
     /// name order; literal values, field references and the service's own config ConfigMap are
@@ -172,12 +141,12 @@ mod tests {
     fn sources_are_the_referenced_objects_and_keys() {
         let mut spec = MicroServiceSpec::with_image("x");
         spec.env = Some(vec![
-            secret_env("B", "zeta", "b", None),
-            secret_env("A", "alpha", "a", Some(true)),
-            secret_env("A2", "alpha", "a", Some(false)),
-            secret_env("C", "alpha", "c", Some(true)),
-            config_map_env("M", "settings", "mode"),
-            config_map_env("OWN", "auth-config", "LOG_LEVEL"),
+            env_from_secret("B", "zeta", "b", None),
+            env_from_secret("A", "alpha", "a", Some(true)),
+            env_from_secret("A2", "alpha", "a", Some(false)),
+            env_from_secret("C", "alpha", "c", Some(true)),
+            env_from_config_map("M", "settings", "mode"),
+            env_from_config_map("OWN", "auth-config", "LOG_LEVEL"),
             EnvVar {
                 name: "LITERAL".into(),
                 value: Some("1".into()),

@@ -165,7 +165,7 @@ mod tests {
     use kube::runtime::watcher::Event;
 
     use super::*;
-    use crate::config_refs::tests::{config_map_env, secret_env};
+    use flotilla_crds::{env_from_config_map, env_from_secret};
 
     fn ms(
         name: &str,
@@ -209,22 +209,27 @@ mod tests {
             "shop",
             1,
             vec![
-                secret_env("KEY", "auth-secrets", "signing-key", None),
-                config_map_env("MODE", "settings", "mode"),
-                config_map_env("LEVEL", "auth-config", "LOG_LEVEL"),
+                env_from_secret("KEY", "auth-secrets", "signing-key", None),
+                env_from_config_map("MODE", "settings", "mode"),
+                env_from_config_map("LEVEL", "auth-config", "LOG_LEVEL"),
             ],
         );
         let users = ms(
             "users",
             "shop",
             1,
-            vec![secret_env("TOKEN", "auth-secrets", "admin-token", None)],
+            vec![env_from_secret(
+                "TOKEN",
+                "auth-secrets",
+                "admin-token",
+                None,
+            )],
         );
         let other_ns = ms(
             "auth",
             "lab",
             1,
-            vec![secret_env("KEY", "lab-secrets", "k", None)],
+            vec![env_from_secret("KEY", "lab-secrets", "k", None)],
         );
         for m in [&auth, &users, &other_ns] {
             writer.apply_watcher_event(&Event::Apply(m.clone()));
@@ -275,12 +280,22 @@ mod tests {
         let mut writer: Writer<MicroService> = Writer::default();
         let store = writer.as_reader();
         let mut index = SourceIndex::default();
-        let first = ms("auth", "shop", 1, vec![secret_env("K", "a", "k", None)]);
+        let first = ms(
+            "auth",
+            "shop",
+            1,
+            vec![env_from_secret("K", "a", "k", None)],
+        );
         writer.apply_watcher_event(&Event::Apply(first.clone()));
         let r = ObjectRef::from_obj(&first);
         index.on_input(Input::MicroService(Change::Applied(r.clone())), &store);
         // A store that still shows generation 1 but a different spec is not looked at again.
-        let same_generation = ms("auth", "shop", 1, vec![secret_env("K", "b", "k", None)]);
+        let same_generation = ms(
+            "auth",
+            "shop",
+            1,
+            vec![env_from_secret("K", "b", "k", None)],
+        );
         writer.apply_watcher_event(&Event::Apply(same_generation));
         index.on_input(Input::MicroService(Change::Applied(r.clone())), &store);
         let wake = |index: &mut SourceIndex, name: &str| {
@@ -291,7 +306,7 @@ mod tests {
             "auth",
             "shop",
             2,
-            vec![secret_env("K", "b", "k", None)],
+            vec![env_from_secret("K", "b", "k", None)],
         )));
         index.on_input(Input::MicroService(Change::Applied(r)), &store);
         assert!(wake(&mut index, "a").is_empty());

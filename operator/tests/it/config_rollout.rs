@@ -10,11 +10,11 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context, Result};
 use flotilla_crds::annotations::CONFIG_DIGEST;
-use flotilla_crds::{conditions, RolloutPhase, RolloutStrategy};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    ConfigMap, ConfigMapKeySelector, EnvVar, EnvVarSource, Secret, SecretKeySelector,
+use flotilla_crds::{
+    conditions, env_from_config_map, env_from_secret, RolloutPhase, RolloutStrategy,
 };
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::config::Kubeconfig;
@@ -36,36 +36,6 @@ async fn start_rolling(test: &str) -> Result<Harness> {
         }))
         .start()
         .await
-}
-
-fn secret_env(var: &str, name: &str, key: &str, optional: bool) -> EnvVar {
-    EnvVar {
-        name: var.into(),
-        value_from: Some(EnvVarSource {
-            secret_key_ref: Some(SecretKeySelector {
-                name: name.into(),
-                key: key.into(),
-                optional: optional.then_some(true),
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    }
-}
-
-fn config_map_env(var: &str, name: &str, key: &str) -> EnvVar {
-    EnvVar {
-        name: var.into(),
-        value_from: Some(EnvVarSource {
-            config_map_key_ref: Some(ConfigMapKeySelector {
-                name: name.into(),
-                key: key.into(),
-                optional: None,
-            }),
-            ..EnvVarSource::default()
-        }),
-        ..EnvVar::default()
-    }
 }
 
 async fn create_secret(api: &Api<Secret>, name: &str, data: &[(&str, &str)]) -> Result<()> {
@@ -159,10 +129,10 @@ async fn referenced_values_roll_the_template() -> Result<()> {
         .await?;
     let mut s = spec("flotilla/users:0.1.0");
     s.env = Some(vec![
-        secret_env("TOKEN", "app-secrets", "token", false),
-        secret_env("CERT", "app-tls", "cert", false),
-        config_map_env("MODE", "app-settings", "mode"),
-        secret_env("EXTRA", "extra", "k", true),
+        env_from_secret("TOKEN", "app-secrets", "token", None),
+        env_from_secret("CERT", "app-tls", "cert", None),
+        env_from_config_map("MODE", "app-settings", "mode"),
+        env_from_secret("EXTRA", "extra", "k", Some(true)),
     ]);
     env.create("app", s).await?;
     let first = env
@@ -344,7 +314,7 @@ async fn a_forbidden_secret_is_reported_until_granted() -> Result<()> {
     let client = client_as(&env, &user).await?;
     let operator = InProcess::spawn(client, move |c, s| flotilla_operator::run(c, config, s));
     let mut s = spec("flotilla/users:0.1.0");
-    s.env = Some(vec![secret_env("TOKEN", "app-secrets", "token", false)]);
+    s.env = Some(vec![env_from_secret("TOKEN", "app-secrets", "token", None)]);
     env.create("app", s).await?;
     env.wait("Degraded Forbidden naming the Secret", || async {
         let ms = env.msvcs().get("app").await?;
@@ -393,7 +363,7 @@ async fn without_the_flag_templates_carry_no_digest() -> Result<()> {
     let env = start("config-off").await?;
     create_secret(&env.api(), "app-secrets", &[("token", "one")]).await?;
     let mut s = spec("flotilla/users:0.1.0");
-    s.env = Some(vec![secret_env("TOKEN", "app-secrets", "token", false)]);
+    s.env = Some(vec![env_from_secret("TOKEN", "app-secrets", "token", None)]);
     env.create("app", s).await?;
     let d = env
         .wait("the Deployment", || async {
@@ -423,7 +393,7 @@ async fn guarded_service_analyses_a_rotated_secret() -> Result<()> {
         s.rollout.analysis_seconds = 3;
         s.rollout.ready_timeout_seconds = 20;
         if let Some(env) = s.env.as_mut() {
-            env.push(secret_env("RELEASE", "users-release", "value", false));
+            env.push(env_from_secret("RELEASE", "users-release", "value", None));
         }
     })
     .await?;
