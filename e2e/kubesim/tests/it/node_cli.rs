@@ -1,6 +1,8 @@
 //! The `kubesim up` binary: its kubeconfig works, its pods serve through cluster IPs, and SIGTERM
 //! stops it together with every pod process, even one that arrives while it is still setting up.
 
+use std::ffi::OsStr;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -16,6 +18,34 @@ use crate::support::node::*;
 
 const WAIT: Duration = Duration::from_secs(60);
 
+/// The first three octets of a /24 for this test process only (other suites use 127.1/127.2 and
+/// 127.10-209); `offset` (0 or 128) keeps two tests of one process apart.
+fn address_block(offset: u32) -> String {
+    let pid = std::process::id();
+    format!("127.{}.{}", 210 + pid % 40, (pid / 40 + offset) % 256)
+}
+
+/// Starts `kubesim up` with its state in `dir`, its pods and Services in `block` (from
+/// [`address_block`]) and `extra` arguments, stdout piped.
+fn kubesim_up<I, S>(dir: &Path, block: &str, extra: I) -> std::io::Result<tokio::process::Child>
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_kubesim"))
+        .arg("up")
+        .args(extra)
+        .arg("--state-dir")
+        .arg(dir)
+        .arg("--pod-cidr")
+        .arg(format!("{block}.0/25"))
+        .arg("--service-cidr")
+        .arg(format!("{block}.128/25"))
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+}
+
 #[tokio::test]
 async fn kubesim_up_runs_pods_and_stops_them_on_sigterm() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
@@ -25,22 +55,12 @@ async fn kubesim_up_runs_pods_and_stops_them_on_sigterm() -> anyhow::Result<()> 
         env!("CARGO_BIN_EXE_kubesim-testpod")
     );
     std::fs::write(&images, table)?;
-    // Address ranges of this test process only (other suites use 127.1/127.2 and 127.10-209).
-    let pid = std::process::id();
-    let (a, b) = (210 + pid % 40, (pid / 40) % 256);
-    let mut kubesim = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubesim"))
-        .arg("up")
-        .arg("--state-dir")
-        .arg(dir.path())
-        .arg("--images")
-        .arg(&images)
-        .arg("--pod-cidr")
-        .arg(format!("127.{a}.{b}.0/25"))
-        .arg("--service-cidr")
-        .arg(format!("127.{a}.{b}.128/25"))
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
+    let block = address_block(0);
+    let mut kubesim = kubesim_up(
+        dir.path(),
+        &block,
+        [OsStr::new("--images"), images.as_os_str()],
+    )?;
     let stdout = kubesim.stdout.take().context("stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let kubeconfig = tokio::time::timeout(WAIT, async {
@@ -88,7 +108,7 @@ async fn kubesim_up_runs_pods_and_stops_them_on_sigterm() -> anyhow::Result<()> 
     })
     .await?;
     assert!(
-        ip.starts_with(&format!("127.{a}.{b}.")),
+        ip.starts_with(&format!("{block}.")),
         "cluster IP {ip} from --service-cidr"
     );
     let vip = format!("{ip}:8080").parse()?;
@@ -123,22 +143,16 @@ async fn sigterm_during_the_setup_stops_the_operator_too() -> anyhow::Result<()>
     // before the demo is applied stops kubesim in order once the setup is done: it exits
     // cleanly and no operator outlives it.
     let dir = tempfile::tempdir()?;
-    let pid = std::process::id();
-    let (a, b) = (210 + pid % 40, (pid / 40 + 128) % 256);
-    let mut kubesim = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubesim"))
-        .arg("up")
-        .args(["--operator", "--demo"])
-        .arg("--operator-metrics-addr")
-        .arg("127.0.0.1:0")
-        .arg("--state-dir")
-        .arg(dir.path())
-        .arg("--pod-cidr")
-        .arg(format!("127.{a}.{b}.0/25"))
-        .arg("--service-cidr")
-        .arg(format!("127.{a}.{b}.128/25"))
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut kubesim = kubesim_up(
+        dir.path(),
+        &address_block(128),
+        [
+            "--operator",
+            "--demo",
+            "--operator-metrics-addr",
+            "127.0.0.1:0",
+        ],
+    )?;
     let stdout = kubesim.stdout.take().context("stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let kubeconfig = tokio::time::timeout(Duration::from_secs(180), async {
