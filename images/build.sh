@@ -37,6 +37,7 @@ images=(
     "flotilla/users services/users/Dockerfile"
     "flotilla/auth services/auth/Dockerfile"
     "flotilla/orders services/orders/Dockerfile"
+    "flotilla/shipping services/shipping/Dockerfile"
 )
 
 fail() {

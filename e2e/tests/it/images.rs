@@ -28,6 +28,7 @@ const IMAGES: &[(&str, &str)] = &[
     ("flotilla/users", "services/users/Dockerfile"),
     ("flotilla/auth", "services/auth/Dockerfile"),
     ("flotilla/orders", "services/orders/Dockerfile"),
+    ("flotilla/shipping", "services/shipping/Dockerfile"),
 ];
 
 /// One command of the script's dry run.
@@ -291,7 +292,7 @@ fn chart_images(operator_sets: &[&str], samples_sets: &[&str]) -> Result<BTreeSe
     let mut images = BTreeSet::new();
     let operator = chart::render_docs("flotilla", "flotilla", "flotilla-system", operator_sets)?;
     images_in(&operator, &mut images);
-    let mut sets = vec!["orders.enabled=true"];
+    let mut sets = vec!["orders.enabled=true", "shipping.enabled=true"];
     sets.extend_from_slice(samples_sets);
     let samples = chart::render_docs("flotilla-samples", "samples", "shop", &sets)?;
     images_in(&samples, &mut images);
@@ -509,6 +510,7 @@ fn readme_real_cluster_walkthrough_uses_one_registry_for_every_image() -> Result
         let mut all_sets = sets.clone();
         if chart_name == "flotilla-samples" {
             all_sets.push("orders.enabled=true");
+            all_sets.push("shipping.enabled=true");
         }
         images_in(
             &chart::render_docs(chart_name, words[2], "shop", &all_sets)?,
