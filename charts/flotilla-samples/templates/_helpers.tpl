@@ -35,3 +35,15 @@ Arguments: a dict with root (.) and image (the image as written in values).
 {{- define "samples.image" -}}
 {{- with (.root.Values.imageRegistry | default "" | trimSuffix "/") }}{{ . }}/{{ end }}{{ .image }}
 {{- end }}
+
+{{/*
+The AMQP URL orders and shipping get: broker.url when set, else the broker this chart deploys
+(broker.deploy), else empty.
+*/}}
+{{- define "samples.amqpUrl" -}}
+{{- if .Values.broker.url }}
+{{- .Values.broker.url }}
+{{- else if .Values.broker.deploy }}
+{{- "amqp://guest:guest@rabbitmq:5672/%2f" }}
+{{- end }}
+{{- end }}
