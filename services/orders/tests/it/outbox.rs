@@ -28,15 +28,15 @@ use flotilla_testkit::wait::poll;
 use crate::process::{authed, grpc_serving, key, ADA};
 
 /// Long enough for a broker restart and the relay's longest pause on a loaded machine.
-const EVENTS_TIMEOUT: Duration = Duration::from_secs(90);
+pub(crate) const EVENTS_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The durable queue the tests read events from.
 const QUEUE: &str = "orders-test-events";
 
 /// One event as a consumer receives it.
 #[derive(Debug)]
-struct Received {
-    message_id: Option<String>,
+pub(crate) struct Received {
+    pub(crate) message_id: Option<String>,
     kind: Option<String>,
     content_type: Option<String>,
     app_id: Option<String>,
@@ -46,13 +46,13 @@ struct Received {
 }
 
 impl Received {
-    fn placed(&self) -> Result<OrderPlaced> {
+    pub(crate) fn placed(&self) -> Result<OrderPlaced> {
         Ok(serde_json::from_value(self.envelope.data.clone())?)
     }
 }
 
 /// A consumer's view of the exchange: a durable queue bound to `orders.placed`.
-struct Events {
+pub(crate) struct Events {
     channel: Channel,
     _conn: Connection,
 }
@@ -60,7 +60,7 @@ struct Events {
 impl Events {
     /// Declares the exchange (as orders does), the queue and the binding; idempotent, so it
     /// also reconnects after a broker restart.
-    async fn bind(broker: &Broker) -> Result<Self> {
+    pub(crate) async fn bind(broker: &Broker) -> Result<Self> {
         let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await?;
         let channel = conn.create_channel().await?;
         channel
@@ -128,6 +128,19 @@ impl Events {
         let mut got = got.lock().expect("lock");
         Ok(std::mem::take(&mut *got))
     }
+
+    /// Takes every message on the queue now, each copy of an event apart.
+    pub(crate) async fn take_all(&self) -> Result<Vec<Received>> {
+        let mut all = Vec::new();
+        while let Some(message) = self
+            .channel
+            .basic_get(QUEUE.into(), BasicGetOptions { no_ack: true })
+            .await?
+        {
+            all.push(received(&message.delivery)?);
+        }
+        Ok(all)
+    }
 }
 
 fn received(delivery: &lapin::message::Delivery) -> Result<Received> {
@@ -149,7 +162,7 @@ fn received(delivery: &lapin::message::Delivery) -> Result<Received> {
 
 /// orders in `dir` (its SQLite file `orders.db` there), publishing to `amqp_url` if given,
 /// exporting traces to `traces` if given.
-async fn start_orders(
+pub(crate) async fn start_orders(
     dir: &Path,
     amqp_url: Option<&str>,
     traces: Option<&Receiver>,
@@ -181,7 +194,7 @@ async fn start_orders(
     builder.start().await
 }
 
-async fn place(orders: &Process, item: &str) -> Result<Order> {
+pub(crate) async fn place(orders: &Process, item: &str) -> Result<Order> {
     let channel = GrpcChannel::from_shared(orders.url())?.connect().await?;
     let req = authed(
         CreateOrderRequest {
@@ -196,9 +209,10 @@ async fn place(orders: &Process, item: &str) -> Result<Order> {
         .into_inner())
 }
 
-/// The value of an unlabelled series on orders' `/metrics`, if it is there.
-async fn metric(orders: &Process, name: &str) -> Result<Option<f64>> {
-    let text = reqwest::get(format!("{}/metrics", orders.url()))
+/// The value of a series (`name` or `name{labels}` as printed) on a service's `/metrics`, if it
+/// is there.
+pub(crate) async fn metric(service: &Process, name: &str) -> Result<Option<f64>> {
+    let text = reqwest::get(format!("{}/metrics", service.url()))
         .await?
         .text()
         .await?;
@@ -209,7 +223,7 @@ async fn metric(orders: &Process, name: &str) -> Result<Option<f64>> {
 }
 
 /// Waits until orders reports `n` unsent events.
-async fn wait_pending(orders: &Process, n: f64) -> Result<()> {
+pub(crate) async fn wait_pending(orders: &Process, n: f64) -> Result<()> {
     poll(
         &format!("orders_outbox_pending {n}"),
         EVENTS_TIMEOUT,
