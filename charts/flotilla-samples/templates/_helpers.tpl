@@ -37,13 +37,9 @@ Arguments: a dict with root (.) and image (the image as written in values).
 {{- end }}
 
 {{/*
-The AMQP URL orders and shipping get: broker.url when set, else the broker this chart deploys
-(broker.deploy), else empty.
+Whether the chart provides the broker's credentials (Secret `rabbitmq-credentials`): it deploys
+a broker (`broker.deploy`) or was given one (`broker.url`). "true" or empty.
 */}}
-{{- define "samples.amqpUrl" -}}
-{{- if .Values.broker.url }}
-{{- .Values.broker.url }}
-{{- else if .Values.broker.deploy }}
-{{- "amqp://guest:guest@rabbitmq:5672/%2f" }}
-{{- end }}
+{{- define "samples.brokerProvided" -}}
+{{- if or .Values.broker.url .Values.broker.deploy }}true{{ end }}
 {{- end }}

@@ -154,7 +154,10 @@ fn samples_chart_mirrors_services_deploy() -> Result<()> {
     // The samples chart installs the same MicroServices as services/deploy/ (apart from the
     // replica count, resources and autoscaling, which are chart values), and the same Secret names
     // and keys.
-    let docs = render("flotilla-samples", &["shipping.enabled=true"])?;
+    let docs = render(
+        "flotilla-samples",
+        &["shipping.enabled=true", "broker.deploy=true"],
+    )?;
     for name in ["users", "auth", "shipping"] {
         let sample = flotilla_e2e::msvc::sample(name)?;
         let rendered = docs
@@ -167,11 +170,6 @@ fn samples_chart_mirrors_services_deploy() -> Result<()> {
             spec.replicas = 0;
             spec.resources = None;
             spec.autoscaling = None;
-            // The chart gives shipping an /admin/faults token of its own Secret;
-            // services/deploy/secrets.sh makes none for it.
-            if name == "shipping" {
-                spec.env = None;
-            }
             spec
         };
         ensure!(
@@ -409,39 +407,94 @@ fn users_and_orders_get_only_the_public_half_of_auths_signing_key() -> Result<()
     Ok(())
 }
 
-/// The `AMQP_URL` config of the MicroService `name` in `docs`, if it has one.
-fn amqp_url(docs: &[Value], name: &str) -> Result<Option<String>> {
+/// Where the MicroService `name` in `docs` takes `AMQP_URL` from: `Some((secret, key))` for a
+/// `secretKeyRef`, `None` without the variable. A literal value (in `env` or `config`) is an
+/// error: the URL carries the broker's password.
+fn amqp_url_source(docs: &[Value], name: &str) -> Result<Option<(String, String)>> {
     let doc = docs
         .iter()
         .find(|d| kind_of(d) == "MicroService" && name_of(d) == name)
         .with_context(|| format!("no {name} MicroService"))?;
     let ms: flotilla_crds::MicroService = serde_json::from_value(doc.clone())?;
-    Ok(ms.spec.config.and_then(|c| c.get("AMQP_URL").cloned()))
+    ensure!(
+        !ms.spec
+            .config
+            .iter()
+            .flatten()
+            .any(|(k, _)| k == "AMQP_URL"),
+        "{name}: AMQP_URL in plain config"
+    );
+    let Some(var) = ms.spec.env.iter().flatten().find(|e| e.name == "AMQP_URL") else {
+        return Ok(None);
+    };
+    let secret = var
+        .value_from
+        .as_ref()
+        .and_then(|v| v.secret_key_ref.as_ref())
+        .with_context(|| format!("{name}: AMQP_URL is not from a Secret: {var:?}"))?;
+    Ok(Some((secret.name.clone(), secret.key.clone())))
+}
+
+/// The decoded `data` of the Secret `name` in `docs`.
+fn secret_data(docs: &[Value], name: &str) -> Result<BTreeMap<String, String>> {
+    let doc = docs
+        .iter()
+        .find(|d| kind_of(d) == "Secret" && name_of(d) == name)
+        .with_context(|| format!("no Secret {name}"))?;
+    let secret: k8s_openapi::api::core::v1::Secret = serde_json::from_value(doc.clone())?;
+    Ok(secret
+        .data
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+        .collect())
 }
 
 #[test]
 fn orders_and_shipping_get_the_broker_the_values_name() -> Result<()> {
-    // broker.deploy renders a RabbitMQ (Deployment and Service `rabbitmq`) and hands its URL to
-    // orders and shipping; broker.url hands over an existing broker's URL and deploys none;
-    // with neither, orders publishes nothing and shipping looks for a `rabbitmq` Service; a URL
-    // that is not AMQP is refused.
+    // broker.deploy renders a RabbitMQ (Deployment and Service `rabbitmq`) whose user and URL
+    // are in Secret rabbitmq-credentials, which orders and shipping read; broker.url puts an
+    // existing broker's URL in that Secret and deploys none; with neither, no Secret is
+    // rendered, orders publishes nothing and shipping still reads the Secret (one the user
+    // makes); the URL is never a literal; a URL that is not AMQP is refused.
     let on = ["orders.enabled=true", "shipping.enabled=true"];
+    let from_secret = Some(("rabbitmq-credentials".to_owned(), "url".to_owned()));
     let deployed = render_and_validate("flotilla-samples", &[on[0], on[1], "broker.deploy=true"])?;
-    let local = "amqp://guest:guest@rabbitmq:5672/%2f";
     for name in ["orders", "shipping"] {
-        ensure!(
-            amqp_url(&deployed, name)?.as_deref() == Some(local),
-            "{name}"
-        );
+        ensure!(amqp_url_source(&deployed, name)? == from_secret, "{name}");
     }
+    let credentials = secret_data(&deployed, "rabbitmq-credentials")?;
+    let password = credentials.get("password").cloned().unwrap_or_default();
+    ensure!(
+        password.len() >= 32,
+        "a generated password: {credentials:?}"
+    );
+    ensure!(
+        credentials.get("username").map(String::as_str) == Some("flotilla")
+            && credentials.get("url")
+                == Some(&format!("amqp://flotilla:{password}@rabbitmq:5672/%2f")),
+        "{credentials:?}"
+    );
     let broker = deployed
         .iter()
         .find(|d| kind_of(d) == "Deployment" && name_of(d) == "rabbitmq")
         .context("no rabbitmq Deployment")?;
-    ensure!(
-        broker["spec"]["template"]["spec"]["containers"][0]["image"] == "rabbitmq:3",
-        "{broker}"
-    );
+    let container = &broker["spec"]["template"]["spec"]["containers"][0];
+    ensure!(container["image"] == "rabbitmq:3", "{broker}");
+    for (var, key) in [
+        ("RABBITMQ_DEFAULT_USER", "username"),
+        ("RABBITMQ_DEFAULT_PASS", "password"),
+    ] {
+        let env = container["env"]
+            .as_array()
+            .and_then(|env| env.iter().find(|e| e["name"] == var))
+            .with_context(|| format!("broker without {var}"))?;
+        let from = &env["valueFrom"]["secretKeyRef"];
+        ensure!(
+            from["name"] == "rabbitmq-credentials" && from["key"] == key,
+            "{var}: {env}"
+        );
+    }
     let service = deployed
         .iter()
         .find(|d| kind_of(d) == "Service" && name_of(d) == "rabbitmq")
@@ -455,20 +508,26 @@ fn orders_and_shipping_get_the_broker_the_values_name() -> Result<()> {
         &[on[0], on[1], "broker.deploy=true", &url_set],
     )?;
     for name in ["orders", "shipping"] {
-        ensure!(
-            amqp_url(&external, name)?.as_deref() == Some(existing),
-            "{name}"
-        );
+        ensure!(amqp_url_source(&external, name)? == from_secret, "{name}");
     }
+    let credentials = secret_data(&external, "rabbitmq-credentials")?;
     ensure!(
-        !external.iter().any(|d| name_of(d) == "rabbitmq"),
+        credentials == BTreeMap::from([("url".to_owned(), existing.to_owned())]),
+        "{credentials:?}"
+    );
+    ensure!(
+        !external
+            .iter()
+            .any(|d| kind_of(d) != "Secret" && name_of(d) == "rabbitmq"),
         "a broker deployed beside broker.url"
     );
 
     let neither = render_and_validate("flotilla-samples", &on)?;
-    ensure!(amqp_url(&neither, "orders")?.is_none());
-    ensure!(amqp_url(&neither, "shipping")?.as_deref() == Some(local));
-    ensure!(!neither.iter().any(|d| name_of(d) == "rabbitmq"));
+    ensure!(amqp_url_source(&neither, "orders")?.is_none());
+    ensure!(amqp_url_source(&neither, "shipping")? == from_secret);
+    ensure!(!neither
+        .iter()
+        .any(|d| name_of(d) == "rabbitmq" || name_of(d) == "rabbitmq-credentials"));
 
     let bad = chart::render(
         "flotilla-samples",
