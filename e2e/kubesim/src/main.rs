@@ -3,7 +3,8 @@
 //!
 //! `kubesim up` (the default) starts the API server and the node, writes a kubeconfig and runs
 //! until SIGINT/SIGTERM, then stops every pod process. `--operator` installs the Flotilla CRD and
-//! runs the operator against it (with `--rollout-on-config-change`); `--demo` builds the sample services and applies their manifests.
+//! runs the operator against it (with `--rollout-on-config-change`); `--demo` builds the sample services and applies their manifests
+//! (users, auth, a RabbitMQ broker, orders and shipping).
 //! `kubesim serve` runs the API server alone.
 
 use std::path::{Path, PathBuf};
@@ -23,7 +24,16 @@ use tokio::process::{Child, Command};
 const FIELD_MANAGER: &str = "kubesim";
 const CRD_FILE: &str = "crds/microservices.flotilla.rs.yaml";
 const DEMO_DIR: &str = "services/deploy";
-const DEMO_FILES: &[&str] = &["users.yaml", "auth.yaml"];
+/// The demo fleet, in order: users and auth (HTTP), the broker, orders (gRPC, publishing an event
+/// per order) and shipping (consuming them).
+const DEMO_FILES: &[&str] = &[
+    "users.yaml",
+    "auth.yaml",
+    "rabbitmq.yaml",
+    "orders.yaml",
+    "shipping.yaml",
+];
+
 /// Prints the samples' Secrets with fresh random values (the repository ships none).
 const DEMO_SECRETS: &str = "secrets.sh";
 const OPERATOR_BIN: &str = "target/debug/flotilla-operator";
@@ -206,16 +216,19 @@ async fn apply_file(client: &kube::Client, path: &Path) -> anyhow::Result<Vec<St
     Ok(applied)
 }
 
-async fn cargo_build(root: &Path, packages: &[&str]) -> anyhow::Result<()> {
+/// Builds the workspace as the test command does (`--workspace --all-targets`): the sample
+/// services the demo's images map to, and everything else. A build of only the samples' packages
+/// would resolve their dependencies' features differently (features of test-only dependencies
+/// are unified only when tests are built), so it would compile a second copy of half the
+/// dependency tree after every test-command build; this one finds it all fresh.
+async fn cargo_build(root: &Path) -> anyhow::Result<()> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.arg("build").current_dir(root);
-    for p in packages {
-        cmd.arg("-p").arg(p);
-    }
-    println!("building {} with cargo ...", packages.join(", "));
+    cmd.args(["build", "--workspace", "--all-targets"])
+        .current_dir(root);
+    println!("building the workspace with cargo (the sample services and the rest) ...");
     let status = cmd.status().await.context("running cargo")?;
     if !status.success() {
-        bail!("cargo build -p {} failed", packages.join(" -p "));
+        bail!("cargo build --workspace --all-targets failed");
     }
     Ok(())
 }
@@ -249,7 +262,7 @@ async fn start_operator(
         None => root.join(OPERATOR_BIN),
     };
     if !bin.is_file() {
-        cargo_build(root, &["flotilla-operator"]).await?;
+        cargo_build(root).await?;
     }
     let log_path = state_dir.join("operator.log");
     let log = std::fs::File::create(&log_path)
@@ -355,7 +368,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         images = images.with_target_dir(&target);
     }
     if args.demo {
-        cargo_build(&root, &["users", "auth"]).await?;
+        cargo_build(&root).await?;
     }
     // The first address of the Service range is the `kubernetes` Service's, as on a real
     // cluster; the node's allocator skips it because the Service already holds it.

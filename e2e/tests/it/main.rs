@@ -15,6 +15,7 @@ mod chart_notifications;
 mod chart_samples;
 mod chart_upgrade;
 mod dashboard;
+mod events;
 mod failover;
 mod images;
 mod observability;
