@@ -1,5 +1,5 @@
 //! `kubectl flotilla dashboard` in a real browser. `kubesim up --operator --demo` starts the
-//! demo fleet (users and auth); a standby MicroService for users is added and users may fail
+//! demo fleet (users, auth, orders, shipping and their broker); a standby MicroService for users is added and users may fail
 //! over to it. The dashboard runs as a user runs it (`kubectl flotilla dashboard`) and headless
 //! Chromium, driven through chromedriver over WebDriver, reads the page's DOM: the fleet with
 //! each service's readiness, then a maintenance failover of users
@@ -161,11 +161,14 @@ async fn the_dashboard_shows_the_fleet_and_a_failover_in_a_browser() -> Result<(
     result
 }
 
+/// The demo fleet's MicroServices (`kubesim up --demo`).
+const DEMO: [&str; 4] = ["users", "auth", "orders", "shipping"];
+
 /// Waits until `kubesim up` has applied the demo's MicroServices.
 async fn demo_applied(kubeconfig: &Path) -> Result<()> {
     let client = client_from_kubeconfig(kubeconfig).await?;
     let msvcs: Api<MicroService> = Api::namespaced(client, NS);
-    for name in ["users", "auth"] {
+    for name in DEMO {
         for_object(&msvcs, name, UP_TIMEOUT, |_| true).await?;
     }
     Ok(())
@@ -197,7 +200,7 @@ async fn session(kubeconfig: &Path, browser: &Browser, dir: &Path) -> Result<()>
         .until("the fleet to settle", UP_TIMEOUT, || async {
             let all = msvcs.list(&Default::default()).await?.items;
             let running = pods.list(&Default::default()).await?.items;
-            let settled = ["auth", "users", STANDBY].iter().all(|name| {
+            let settled = DEMO.iter().chain([&STANDBY]).all(|name| {
                 all.iter()
                     .find(|m| m.metadata.name.as_deref() == Some(name))
                     .is_some_and(|m| settled(m, &running))
@@ -223,7 +226,10 @@ async fn session(kubeconfig: &Path, browser: &Browser, dir: &Path) -> Result<()>
         .into_iter()
         .filter_map(|m| Some((m.metadata.name?, m.status?.ready?)))
         .collect();
-    ensure!(expected.len() == 3, "three MicroServices: {expected:?}");
+    ensure!(
+        expected.len() == DEMO.len() + 1,
+        "the demo's MicroServices and the standby: {expected:?}"
+    );
 
     browser
         .open(&format!("{}#{NS}/users", dashboard.url))
