@@ -121,9 +121,21 @@ impl LabelSelector {
         self.0.is_empty()
     }
 
+    /// A `key=value` requirement of the selector, if it has one: the objects it selects all
+    /// carry that label (see `State::list_labelled`).
+    pub fn equality(&self) -> Option<(&str, &str)> {
+        self.0.iter().find_map(|r| match r {
+            Req::Eq(k, v) => Some((k.as_str(), v.as_str())),
+            _ => None,
+        })
+    }
+
     /// Whether an object's `metadata.labels` satisfy every requirement.
     pub fn matches(&self, obj: &Value) -> bool {
-        let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
+        let labels = obj
+            .get("metadata")
+            .and_then(|m| m.get("labels"))
+            .and_then(Value::as_object);
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         self.0.iter().all(|r| match r {
             Req::Exists(k) => get(k).is_some(),

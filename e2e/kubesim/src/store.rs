@@ -5,7 +5,7 @@
 //! (never across an `.await`). Changes are published on a broadcast channel after they are
 //! recorded, so a watch that subscribes under the lock sees every change exactly once.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use bytes::Bytes;
@@ -74,6 +74,10 @@ pub struct State {
     rv: u64,
     pub registry: Registry,
     objects: HashMap<ResKey, BTreeMap<ObjKey, Arc<Value>>>,
+    /// Per resource, the objects carrying each label (key and value), so a list selecting on a
+    /// label reads the objects that have it instead of every object of the resource: the real
+    /// server's list is fast enough that a client may list per object it reconciles.
+    labelled: HashMap<ResKey, HashMap<(String, String), BTreeSet<ObjKey>>>,
     history: VecDeque<Arc<Change>>,
     history_cap: usize,
     /// The resourceVersion of the oldest change a watch may still resume after.
@@ -93,6 +97,7 @@ impl Store {
                 rv: 1,
                 registry: Registry::with_builtins(),
                 objects: HashMap::new(),
+                labelled: HashMap::new(),
                 history: VecDeque::new(),
                 history_cap: history_cap.max(1),
                 compacted: 1,
@@ -146,6 +151,66 @@ impl State {
         }
     }
 
+    /// Objects of a resource carrying the label `key=value`, optionally in one namespace, in
+    /// (namespace, name) order: what [`State::list`] returns, less those without the label.
+    pub fn list_labelled(
+        &self,
+        res: &ResKey,
+        ns: Option<&str>,
+        (key, value): (&str, &str),
+    ) -> Vec<Arc<Value>> {
+        let (Some(objects), Some(keys)) = (
+            self.objects.get(res),
+            self.labelled
+                .get(res)
+                .and_then(|l| l.get(&(key.to_string(), value.to_string()))),
+        ) else {
+            return Vec::new();
+        };
+        keys.iter()
+            .filter(|k| ns.is_none_or(|ns| k.ns == ns))
+            .filter_map(|k| objects.get(k).cloned())
+            .collect()
+    }
+
+    /// Follows a stored object's labels in the label index: `old` replaced by `new` (either
+    /// absent for a create or a removal).
+    fn index_labels(
+        &mut self,
+        res: &ResKey,
+        key: &ObjKey,
+        old: Option<&Value>,
+        new: Option<&Value>,
+    ) {
+        let labels = |v: Option<&Value>| -> Vec<(String, String)> {
+            v.and_then(|v| v.get("metadata"))
+                .and_then(|m| m.get("labels"))
+                .and_then(Value::as_object)
+                .map(|l| {
+                    l.iter()
+                        .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let (old, new) = (labels(old), labels(new));
+        if old == new {
+            return;
+        }
+        let index = self.labelled.entry(res.clone()).or_default();
+        for label in old.iter().filter(|l| !new.contains(l)) {
+            if let Some(set) = index.get_mut(label) {
+                set.remove(key);
+                if set.is_empty() {
+                    index.remove(label);
+                }
+            }
+        }
+        for label in new.into_iter().filter(|l| !old.contains(l)) {
+            index.entry(label).or_default().insert(key.clone());
+        }
+    }
+
     /// Every stored object of every resource (for garbage collection and namespace cleanup).
     pub fn all_objects(&self) -> Vec<(ResKey, Arc<Value>)> {
         let mut out = Vec::new();
@@ -178,13 +243,16 @@ impl State {
         let rv = self.rv;
         set_rv(&mut object, rv);
         let object = Arc::new(object);
-        let prev = self.objects.entry(res.clone()).or_default().insert(
-            ObjKey {
-                ns: ns.to_string(),
-                name: name.to_string(),
-            },
-            object.clone(),
-        );
+        let key = ObjKey {
+            ns: ns.to_string(),
+            name: name.to_string(),
+        };
+        let prev = self
+            .objects
+            .entry(res.clone())
+            .or_default()
+            .insert(key.clone(), object.clone());
+        self.index_labels(res, &key, prev.as_deref(), Some(&object));
         self.record(res, ns, type_, object.clone(), prev);
         if crate::events::is_events_v1(res) {
             let core = crate::events::core_key();
@@ -202,10 +270,12 @@ impl State {
 
     /// Removes an object; the DELETED event carries a new resourceVersion, as on a real server.
     pub fn remove(&mut self, res: &ResKey, ns: &str, name: &str) -> Option<Arc<Value>> {
-        let removed = self.objects.get_mut(res)?.remove(&ObjKey {
+        let key = ObjKey {
             ns: ns.to_string(),
             name: name.to_string(),
-        })?;
+        };
+        let removed = self.objects.get_mut(res)?.remove(&key)?;
+        self.index_labels(res, &key, Some(&removed), None);
         self.rv += 1;
         let mut object = (*removed).clone();
         set_rv(&mut object, self.rv);
@@ -344,6 +414,43 @@ mod tests {
         assert!(s.changes_since(&key(), 2).is_none());
         let recent = s.changes_since(&key(), s.current_rv() - 1);
         assert_eq!(recent.map(|v| v.len()), Some(1));
+    }
+
+    #[test]
+    fn labelled_lists_follow_label_changes() {
+        // The label index lists what a label selector would pick from a full list, in the same
+        // order, and follows objects whose labels change or that are removed.
+        let store = Store::new(10);
+        let mut s = store.lock();
+        let labelled = |name: &str, app: &str| json!({"metadata": {"name": name, "labels": {"app": app, "tier": "web"}}});
+        s.put(&key(), "b", "x", labelled("x", "shop"), EventType::Added);
+        s.put(&key(), "a", "y", labelled("y", "shop"), EventType::Added);
+        s.put(&key(), "a", "x", labelled("x", "shop"), EventType::Added);
+        s.put(&key(), "a", "z", labelled("z", "blog"), EventType::Added);
+        let names = |objs: Vec<Arc<Value>>| -> Vec<String> {
+            objs.iter()
+                .map(|o| o["metadata"]["name"].as_str().unwrap_or("").to_string())
+                .collect()
+        };
+        assert_eq!(
+            names(s.list_labelled(&key(), Some("a"), ("app", "shop"))),
+            ["x", "y"]
+        );
+        assert_eq!(
+            names(s.list_labelled(&key(), None, ("app", "shop"))),
+            ["x", "y", "x"]
+        );
+        s.put(&key(), "a", "y", labelled("y", "blog"), EventType::Modified);
+        s.remove(&key(), "a", "x");
+        assert!(s
+            .list_labelled(&key(), Some("a"), ("app", "shop"))
+            .is_empty());
+        assert_eq!(
+            names(s.list_labelled(&key(), Some("a"), ("app", "blog"))),
+            ["y", "z"]
+        );
+        assert_eq!(s.list_labelled(&key(), None, ("tier", "web")).len(), 3);
+        assert!(s.list_labelled(&key(), None, ("app", "none")).is_empty());
     }
 
     #[test]

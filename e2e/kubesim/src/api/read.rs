@@ -126,10 +126,12 @@ pub fn list(shared: &Arc<Shared>, def: &ResourceDef, req: &Request) -> Result<Re
     };
     let (objects, rv) = {
         let st = shared.store.lock();
-        (
-            st.list(&def.key(), req.target.namespace.as_deref()),
-            st.current_rv(),
-        )
+        let ns = req.target.namespace.as_deref();
+        let objects = match sel.labels.equality() {
+            Some(label) => st.list_labelled(&def.key(), ns, label),
+            None => st.list(&def.key(), ns),
+        };
+        (objects, st.current_rv())
     };
     // kubesim keeps no snapshots: an exact past version cannot be served, so it is reported
     // as expired (clients re-list at the latest version, as after etcd compaction).
