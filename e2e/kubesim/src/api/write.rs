@@ -1,6 +1,8 @@
 //! create, update and patch (merge, JSON, strategic, server-side apply), sharing one commit
 //! pipeline: preconditions → subresource scoping → decode/validate/default → managedFields →
-//! generation → no-op check → store.
+//! generation → no-op check → store. Creates and applies prepare the object before taking the
+//! store's lock and only store it under the lock (an apply is computed again when its object
+//! changed meanwhile), so concurrent writes are not serialised on the expensive part.
 
 use std::sync::Arc;
 
@@ -242,9 +244,10 @@ fn spec_changed(a: &Value, b: &Value) -> bool {
             .any(|(k, v)| b.get(k) != Some(v))
 }
 
-/// Stores a new object. `obj` has passed `check_kind`.
-pub fn commit_create(
-    st: &mut State,
+/// The part of creating an object (`obj` has passed `check_kind`) that needs no store: the new object's metadata, decoding, defaulting
+/// and validation, and its managedFields. Done before the store is locked, so writes to
+/// different objects are prepared in parallel; [`finish_create`] stores the result.
+pub fn prepare_create(
     w: &WriteCtx,
     ns: &str,
     mut obj: Value,
@@ -301,7 +304,6 @@ pub fn commit_create(
     }
     let mut obj = normalize(w, obj, None)?;
     obj["apiVersion"] = json!(def.api_version(def.preferred_version()));
-    let name = meta_str(&obj, "name").unwrap_or("").to_string();
     let ts = now();
     {
         let meta = meta_mut(&mut obj)?;
@@ -320,6 +322,19 @@ pub fn commit_create(
             &ts,
         );
     }
+    Ok(obj)
+}
+
+/// Stores an object [`prepare_create`] made, unless its namespace is missing or terminating or
+/// the name is taken.
+pub fn finish_create(
+    st: &mut State,
+    w: &WriteCtx,
+    ns: &str,
+    mut obj: Value,
+) -> Result<Value, ApiError> {
+    let def = w.def;
+    let name = meta_str(&obj, "name").unwrap_or("").to_string();
     if def.namespaced {
         match st.get(&namespaces_key(), "", ns) {
             None => return Err(ApiError::not_found("", "namespaces", ns)),
@@ -368,9 +383,22 @@ pub fn commit_update(
     new: Value,
     managed_by: Managed,
 ) -> Result<Value, ApiError> {
+    let new = prepare_update(w, old, new, managed_by)?;
+    finish_update(st, w, old, new)
+}
+
+/// The part of an update that reads only the stored object `old`: preconditions, subresource
+/// scoping, decoding, defaulting, validation, managedFields and generation. Done before the
+/// store is locked; [`finish_update`] stores the result, which is valid only while `old` is
+/// still the stored object.
+pub fn prepare_update(
+    w: &WriteCtx,
+    old: &Arc<Value>,
+    new: Value,
+    managed_by: Managed,
+) -> Result<Value, ApiError> {
     let def = w.def;
     let name = meta_str(old, "name").unwrap_or("").to_string();
-    let ns = meta_str(old, "namespace").unwrap_or("").to_string();
     check_preconditions(def, old, &new, &name)?;
     let mut new = scope_to_subresource(w, old, new, &managed_by);
     carry_system_metadata(def, old, &mut new, &managed_by, &name)?;
@@ -389,6 +417,19 @@ pub fn commit_update(
         );
     }
     new["metadata"]["generation"] = json!(next_generation(old, &new));
+    Ok(new)
+}
+
+/// Stores what [`prepare_update`] made of `old`, unless nothing changed.
+pub fn finish_update(
+    st: &mut State,
+    w: &WriteCtx,
+    old: &Arc<Value>,
+    mut new: Value,
+) -> Result<Value, ApiError> {
+    let def = w.def;
+    let name = meta_str(old, "name").unwrap_or("").to_string();
+    let ns = meta_str(old, "namespace").unwrap_or("").to_string();
     if crd::is_crd(def) {
         crd::admit(st, &mut new, Some(old))?;
     }
@@ -606,14 +647,9 @@ pub fn create(shared: &Arc<Shared>, def: &ResourceDef, req: &Request) -> Result<
     let w = WriteCtx::new(def, req);
     let mut obj = parse_body(req, def)?;
     check_kind(def, w.version, &mut obj)?;
+    let obj = prepare_create(&w, req.namespace(), obj, Managed::Update(req.manager()))?;
     let mut st = shared.store.lock();
-    let out = commit_create(
-        &mut st,
-        &w,
-        req.namespace(),
-        obj,
-        Managed::Update(req.manager()),
-    )?;
+    let out = finish_create(&mut st, &w, req.namespace(), obj)?;
     Ok(Reply::Json(201, out))
 }
 
@@ -693,8 +729,13 @@ fn apply_patch(
     req: &Request,
     w: &WriteCtx,
 ) -> Result<Reply, ApiError> {
-    let mut body: Value = serde_norway::from_slice(&req.body)
-        .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
+    // Apply configurations are YAML, and most clients (kube-rs, client-go) send JSON, which is
+    // YAML too: read as JSON first, which is several times faster, else as YAML.
+    let mut body: Value = match serde_json::from_slice(&req.body) {
+        Ok(v) => v,
+        Err(_) => serde_norway::from_slice(&req.body)
+            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?,
+    };
     let Some(manager) = req.query.get("fieldManager").filter(|m| !m.is_empty()) else {
         return Err(ApiError::bad_request(
             "PATCH, fieldManager must be set for apply requests",
@@ -717,47 +758,69 @@ fn apply_patch(
         None => body["metadata"]["name"] = json!(name),
     }
     let force = req.query.flag("force");
-    let mut st = shared.store.lock();
-    let old = load(&st, def, req);
-    if let (Some(old), Some(rv)) = (&old, meta_str(&body, "resourceVersion")) {
-        if Some(rv) != meta_str(old, "resourceVersion") {
-            return Err(ApiError::stale(&def.group, &def.plural, name));
+    // The apply is computed from a snapshot of the stored object without holding the store,
+    // and stored only if that object is still the stored one; otherwise it is computed again
+    // (the real server's optimistic update loop). Writes to different objects then use every
+    // core, not one at a time under the store's lock.
+    loop {
+        let old = load(&shared.store.lock(), def, req);
+        if let (Some(old), Some(rv)) = (&old, meta_str(&body, "resourceVersion")) {
+            if Some(rv) != meta_str(old, "resourceVersion") {
+                return Err(ApiError::stale(&def.group, &def.plural, name));
+            }
         }
-    }
-    let api_version = def.api_version(w.version);
-    let ts = now();
-    let applier = apply::Applier {
-        manager,
-        force,
-        api_version: &api_version,
-        scope: w.scope(),
-        oracle: w.oracle(),
-        now: &ts,
-    };
-    let merged = apply::apply(old.as_deref(), &body, &applier).map_err(|conflicts| {
-        let mut e = ApiError::conflict(&def.group, &def.plural, name, "");
-        e.message = apply::conflict_message(&conflicts);
-        e.details.causes = conflicts
-            .iter()
-            .map(|c| {
-                Cause::new(
-                    "FieldManagerConflict",
-                    format!("conflict with {:?} using {}", c.manager, c.api_version),
-                    c.field.clone(),
-                )
-            })
-            .collect();
-        e
-    })?;
-    match old {
-        None if w.subresource.is_some() => Err(ApiError::not_found(&def.group, &def.plural, name)),
-        None => {
-            let out = commit_create(&mut st, w, req.namespace(), merged, Managed::Keep)?;
-            Ok(Reply::Json(201, out))
-        }
-        Some(old) => {
-            let out = commit_update(&mut st, w, &old, merged, Managed::Keep)?;
-            Ok(Reply::Json(200, present(def, w.version, &Arc::new(out))))
+        let api_version = def.api_version(w.version);
+        let ts = now();
+        let applier = apply::Applier {
+            manager,
+            force,
+            api_version: &api_version,
+            scope: w.scope(),
+            oracle: w.oracle(),
+            now: &ts,
+        };
+        let merged = apply::apply(old.as_deref(), &body, &applier).map_err(|conflicts| {
+            let mut e = ApiError::conflict(&def.group, &def.plural, name, "");
+            e.message = apply::conflict_message(&conflicts);
+            e.details.causes = conflicts
+                .iter()
+                .map(|c| {
+                    Cause::new(
+                        "FieldManagerConflict",
+                        format!("conflict with {:?} using {}", c.manager, c.api_version),
+                        c.field.clone(),
+                    )
+                })
+                .collect();
+            e
+        })?;
+        let still = |st: &State| match (load(st, def, req), &old) {
+            (None, None) => true,
+            (Some(now), Some(then)) => Arc::ptr_eq(&now, then),
+            _ => false,
+        };
+        match old {
+            None if w.subresource.is_some() => {
+                return Err(ApiError::not_found(&def.group, &def.plural, name))
+            }
+            None => {
+                let new = prepare_create(w, req.namespace(), merged, Managed::Keep)?;
+                let mut st = shared.store.lock();
+                if !still(&st) {
+                    continue;
+                }
+                let out = finish_create(&mut st, w, req.namespace(), new)?;
+                return Ok(Reply::Json(201, out));
+            }
+            Some(ref then) => {
+                let new = prepare_update(w, then, merged, Managed::Keep)?;
+                let mut st = shared.store.lock();
+                if !still(&st) {
+                    continue;
+                }
+                let out = finish_update(&mut st, w, then, new)?;
+                return Ok(Reply::Json(200, present(def, w.version, &Arc::new(out))));
+            }
         }
     }
 }
