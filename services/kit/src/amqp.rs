@@ -116,12 +116,12 @@ mod tests {
             source: "orders".to_owned(),
             data: serde_json::json!({"orderId": "o1", "userId": "u1", "item": "book", "quantity": 2}),
         };
-        let json = serde_json::to_value(&envelope).unwrap();
+        let json = serde_json::to_value(&envelope).expect("an envelope serializes");
         assert_eq!(json["type"], "OrderPlaced");
         assert_eq!(json["occurredAt"], "2026-12-07T08:00:00Z");
-        let back: Envelope = serde_json::from_value(json).unwrap();
+        let back: Envelope = serde_json::from_value(json).expect("its JSON reads back");
         assert_eq!(back, envelope);
-        let placed: OrderPlaced = serde_json::from_value(back.data).unwrap();
+        let placed: OrderPlaced = serde_json::from_value(back.data).expect("OrderPlaced data");
         assert_eq!(placed.quantity, 2);
     }
 
@@ -130,7 +130,7 @@ mod tests {
         let err = serde_json::from_str::<Envelope>(
             r#"{"id":"00000000-0000-0000-0000-000000000000","type":"X","occurredAt":"t","source":"s","data":{},"extra":1}"#,
         )
-        .unwrap_err();
+        .expect_err("an unknown field");
         assert!(err.to_string().contains("extra"), "{err}");
     }
 

@@ -86,6 +86,31 @@ pub fn pool(url: &str) -> Result<AnyPool, sqlx::Error> {
     options.connect_lazy(&sqlite_create_mode(url))
 }
 
+/// Runs `migrate` until it succeeds, 0.5 s doubling to 5 s between tries, each failure logged:
+/// a database that comes up after the service (a managed instance still booting) is waited
+/// for, while readiness says the database is not there yet.
+pub async fn migrate_until_ready<F, Fut, E>(mut migrate: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match migrate().await {
+            Ok(()) => {
+                tracing::info!("database ready");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "database not ready");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

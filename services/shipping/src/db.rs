@@ -7,7 +7,6 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::AnyPool;
@@ -160,20 +159,7 @@ impl Db {
 
     /// Retries [`Self::migrate`] with backoff (0.5 s doubling to 5 s) until it succeeds.
     pub async fn migrate_until_ready(&self) {
-        let mut delay = Duration::from_millis(500);
-        loop {
-            match self.migrate().await {
-                Ok(()) => {
-                    tracing::info!("database ready");
-                    return;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, retry_in = ?delay, "database not ready");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        flotilla_kit::db::migrate_until_ready(|| self.migrate()).await;
     }
 
     /// The backend in use.
