@@ -75,3 +75,47 @@ pub async fn service_request(
         })
     }
 }
+
+/// Signs `email` up through the users Service `users`, trying again until it answers 201 within
+/// `timeout` (its pods may still be starting); returns the created user as users answered it.
+pub async fn sign_up(
+    h: &Harness,
+    users: &str,
+    email: &str,
+    password: &str,
+    timeout: std::time::Duration,
+) -> Result<Value> {
+    let body = serde_json::json!({"name": "E2E", "email": email, "password": password});
+    let created = h
+        .poll_within(
+            "creating a user through the users Service",
+            timeout,
+            || async {
+                let reply =
+                    service_request(h, users, http::Method::POST, "/users", Some(&body), None)
+                        .await?;
+                Ok((reply.status == 201).then_some(reply))
+            },
+        )
+        .await?
+        .json()?;
+    if created.get("email").and_then(Value::as_str) != Some(email) {
+        bail!("users created another account: {created}");
+    }
+    Ok(created)
+}
+
+/// Logs `email` in through the auth Service `auth`; returns the token it issued.
+pub async fn log_in(h: &Harness, auth: &str, email: &str, password: &str) -> Result<String> {
+    let body = serde_json::json!({"email": email, "password": password});
+    let reply = service_request(h, auth, http::Method::POST, "/login", Some(&body), None).await?;
+    if reply.status != 200 {
+        bail!("login: {} {}", reply.status, reply.body);
+    }
+    reply
+        .json()?
+        .get("token")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .context("login returned no token")
+}

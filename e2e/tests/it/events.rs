@@ -22,7 +22,7 @@ use kube::api::{Patch, PatchParams};
 use kube::ResourceExt;
 use orders::pb::orders_client::OrdersClient;
 use orders::pb::CreateOrderRequest;
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// A sample Deployment to pull, processes to start and a broker to boot on a loaded machine.
 const READY: Duration = Duration::from_secs(180);
@@ -52,50 +52,6 @@ async fn apply_broker(h: &Harness) -> Result<()> {
     Ok(())
 }
 
-/// Signs up a user through users and logs in through auth; returns the token.
-async fn login(h: &Harness) -> Result<String> {
-    // A fresh users database per test namespace: the address is free.
-    let email = "buyer@example.com";
-    let password = "correct horse battery staple";
-    h.poll_within("signing up through the users Service", READY, || {
-        let body = json!({"name": "Buyer", "email": email, "password": password});
-        async move {
-            let reply = http::service_request(
-                h,
-                "users",
-                ::http::Method::POST,
-                "/users",
-                Some(&body),
-                None,
-            )
-            .await?;
-            Ok((reply.status == 201).then_some(()))
-        }
-    })
-    .await?;
-    let reply = http::service_request(
-        h,
-        "auth",
-        ::http::Method::POST,
-        "/login",
-        Some(&json!({"email": email, "password": password})),
-        None,
-    )
-    .await?;
-    ensure!(
-        reply.status == 200,
-        "login: {} {}",
-        reply.status,
-        reply.body
-    );
-    reply
-        .json()?
-        .get("token")
-        .and_then(Value::as_str)
-        .map(str::to_owned)
-        .context("login returned no token")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_reaches_shipping_through_the_broker_pod() -> Result<()> {
     run_test("an_order_reaches_shipping_through_the_broker_pod", |h| {
@@ -121,7 +77,10 @@ async fn an_order_reaches_shipping_through_the_broker_pod() -> Result<()> {
             for name in ["users", "auth", "orders", "shipping"] {
                 h.wait_ready(name, READY).await?;
             }
-            let token = login(h).await?;
+            // A fresh users database per test namespace: the address is free.
+            let (email, password) = ("buyer@example.com", "correct horse battery staple");
+            http::sign_up(h, "users", email, password, READY).await?;
+            let token = http::log_in(h, "auth", email, password).await?;
 
             let svc = h.api::<Service>().get("orders").await?;
             let ip = svc

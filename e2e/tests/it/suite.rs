@@ -420,55 +420,9 @@ async fn login_round_trip_through_the_auth_service() -> Result<()> {
             let (users, auth) = deploy_samples(h).await?;
             let email = format!("e2e-{}@example.com", &h.ns);
             let password = "correct horse battery staple";
-            let created = h
-                .poll_within(
-                    "creating a user through the users Service",
-                    CONVERGE_TIMEOUT,
-                    || {
-                        let body = json!({"name": "E2E", "email": email, "password": password});
-                        let users = users.name_any();
-                        async move {
-                            let reply = http::service_request(
-                                h,
-                                &users,
-                                ::http::Method::POST,
-                                "/users",
-                                Some(&body),
-                                None,
-                            )
-                            .await?;
-                            Ok((reply.status == 201).then_some(reply))
-                        }
-                    },
-                )
-                .await?;
-            ensure!(
-                created.json()?.get("email") == Some(&json!(email)),
-                "{}",
-                created.body
-            );
-
-            let login = http::service_request(
-                h,
-                &auth.name_any(),
-                ::http::Method::POST,
-                "/login",
-                Some(&json!({"email": email, "password": password})),
-                None,
-            )
-            .await?;
-            ensure!(
-                login.status == 200,
-                "login: {} {}",
-                login.status,
-                login.body
-            );
-            let token = login
-                .json()?
-                .get("token")
-                .and_then(|t| t.as_str())
-                .map(str::to_owned)
-                .context("login returned no token")?;
+            let created =
+                http::sign_up(h, &users.name_any(), &email, password, CONVERGE_TIMEOUT).await?;
+            let token = http::log_in(h, &auth.name_any(), &email, password).await?;
 
             let wrong = http::service_request(
                 h,
@@ -504,7 +458,6 @@ async fn login_round_trip_through_the_auth_service() -> Result<()> {
                     verified.body
                 );
                 // The token opens the user's own account in users (which requires one).
-                let created = created.json()?;
                 let id = created.get("id").and_then(|v| v.as_str());
                 let path = format!("/users/{}", id.context("created user has no id")?);
                 let own = http::service_request(
