@@ -13,7 +13,9 @@
 
 use std::collections::BTreeMap;
 
+use lapin::options::ExchangeDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, ExchangeKind};
 use serde::{Deserialize, Serialize};
 
 /// The durable topic exchange every event is published to.
@@ -60,6 +62,22 @@ pub struct OrderPlaced {
     pub item: String,
     /// How many.
     pub quantity: u32,
+}
+
+/// Declares [`EXCHANGE`] as every publisher and consumer must: a durable topic exchange.
+/// Idempotent; a broker holding it with other settings closes the channel.
+pub async fn declare_exchange(channel: &Channel) -> Result<(), lapin::Error> {
+    channel
+        .exchange_declare(
+            EXCHANGE.into(),
+            ExchangeKind::Topic,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
 }
 
 /// The message headers carrying the current span's `traceparent` (and `tracestate`), or none

@@ -58,14 +58,7 @@ fn durable_exchange() -> ExchangeDeclareOptions {
 
 /// Declares the exchanges, queues and bindings above.
 pub async fn declare(channel: &Channel) -> Result<(), lapin::Error> {
-    channel
-        .exchange_declare(
-            EXCHANGE.into(),
-            ExchangeKind::Topic,
-            durable_exchange(),
-            FieldTable::default(),
-        )
-        .await?;
+    flotilla_kit::amqp::declare_exchange(channel).await?;
     channel
         .exchange_declare(
             DEAD_LETTER.into(),

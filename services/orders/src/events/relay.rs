@@ -24,9 +24,8 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use flotilla_kit::amqp;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{Channel, Confirmation, Connection, ConnectionProperties};
 use tokio::time::Instant;
 use tokio_stream::{Stream, StreamExt as _};
 
@@ -128,17 +127,7 @@ impl Link {
                 channel
                     .confirm_select(ConfirmSelectOptions::default())
                     .await?;
-                channel
-                    .exchange_declare(
-                        amqp::EXCHANGE.into(),
-                        ExchangeKind::Topic,
-                        ExchangeDeclareOptions {
-                            durable: true,
-                            ..ExchangeDeclareOptions::default()
-                        },
-                        FieldTable::default(),
-                    )
-                    .await?;
+                amqp::declare_exchange(&channel).await?;
                 Ok::<_, lapin::Error>(channel)
             }
             .await;

@@ -10,11 +10,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use flotilla_kit::amqp::{self, Envelope, OrderPlaced};
-use lapin::options::{
-    BasicGetOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
-};
+use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::{Channel, Connection, ConnectionProperties};
 use orders::events::relay;
 use orders::pb::orders_client::OrdersClient;
 use orders::pb::{CreateOrderRequest, Order};
@@ -63,17 +61,7 @@ impl Events {
     pub(crate) async fn bind(broker: &Broker) -> Result<Self> {
         let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await?;
         let channel = conn.create_channel().await?;
-        channel
-            .exchange_declare(
-                amqp::EXCHANGE.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        amqp::declare_exchange(&channel).await?;
         channel
             .queue_declare(
                 QUEUE.into(),

@@ -14,9 +14,8 @@ use flotilla_kit::verdict::{unix_ms_now, SIGNATURE_HEADER};
 use flotilla_testkit::process::{Builder, Process};
 use flotilla_testkit::rabbitmq::Broker;
 use flotilla_testkit::wait;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 /// `/admin/faults` bearer of the test processes.
 pub const ADMIN: &str = "shipping-admin-7f3c9e2b4d1a";
@@ -179,17 +178,7 @@ impl Publisher {
     pub async fn connect(broker: &Broker) -> Result<Self> {
         let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await?;
         let channel = conn.create_channel().await?;
-        channel
-            .exchange_declare(
-                EXCHANGE.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        flotilla_kit::amqp::declare_exchange(&channel).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
