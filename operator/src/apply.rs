@@ -31,6 +31,7 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use crate::build::{config_map_name, DesiredResources};
+use crate::cache::OwnWrites;
 use crate::context::Context;
 use crate::error::{status_code, ReconcileError as Error};
 use crate::rollout::{canary_name, CanaryChange, RolloutPlan};
@@ -115,12 +116,16 @@ where
 /// The object must be Flotilla's: a cached `live` object, or one found by name when the cache
 /// has none, that lacks the controller reference to `owner_uid` is a
 /// [`Error::ChildConflict`], and nothing is written.
+///
+/// With `own`, the write is announced to the reconciler's own writes just before it is sent and
+/// recorded with its answer, so its watch event (its echo) wakes no reconcile of the owner.
 pub async fn apply_child<K>(
     lead: &Leadership,
     api: &Api<K>,
     mut desired: K,
     live: Option<&K>,
     owner_uid: Option<&str>,
+    own: Option<(&OwnWrites, ObjectRef<MicroService>)>,
 ) -> Result<(K, Outcome), Error>
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
@@ -140,12 +145,19 @@ where
     }
     let pp = PatchParams::apply(FIELD_MANAGER).force();
     let body = Patch::Apply(&desired);
+    let flight = own.map(|(own, owner)| {
+        let ns = desired.namespace().unwrap_or_default();
+        own.sending::<K>(&ns, &name, owner)
+    });
     let out = call_api(lead, "apply", kind, &name, api.patch(&name, &pp, &body)).await?;
     let outcome = match live {
         None => Outcome::Created,
         Some(l) if l.resource_version() == out.resource_version() => Outcome::Unchanged,
         Some(_) => Outcome::Updated,
     };
+    if let (Some(flight), true) = (flight, outcome != Outcome::Unchanged) {
+        flight.child(&out);
+    }
     Ok((out, outcome))
 }
 
@@ -331,6 +343,7 @@ pub async fn apply_all(
 /// reconcile the owner again.
 async fn apply_own<K>(
     ctx: &Context,
+    owner_name: &str,
     api: &Api<K>,
     desired: K,
     live: Option<&K>,
@@ -339,11 +352,10 @@ async fn apply_own<K>(
 where
     K: Resource<DynamicType = ()> + Clone + Serialize + DeserializeOwned + Debug,
 {
-    let (out, outcome) = apply_child(&ctx.leadership, api, desired, live, owner_uid).await?;
-    if outcome != Outcome::Unchanged {
-        ctx.stores.own_writes.child(&out);
-    }
-    Ok((out, outcome))
+    let ns = desired.namespace().unwrap_or_default();
+    let owner = ObjectRef::new(owner_name).within(&ns);
+    let own = Some((&ctx.stores.own_writes, owner));
+    apply_child(&ctx.leadership, api, desired, live, owner_uid, own).await
 }
 
 async fn apply_children(
@@ -371,7 +383,7 @@ async fn apply_children(
     ensure_leading(lead)?;
     let outcome = match config_map {
         Some(cm) => {
-            apply_own(ctx, &cm_api, cm, live_cm.as_deref(), owner)
+            apply_own(ctx, &v.name, &cm_api, cm, live_cm.as_deref(), owner)
                 .await?
                 .1
         }
@@ -393,14 +405,22 @@ async fn apply_children(
         }
     }
     ensure_leading(lead)?;
-    let (applied_dep, outcome) =
-        apply_own(ctx, &dep_api, deployment, live_dep.as_deref(), owner).await?;
+    let (applied_dep, outcome) = apply_own(
+        ctx,
+        &v.name,
+        &dep_api,
+        deployment,
+        live_dep.as_deref(),
+        owner,
+    )
+    .await?;
     changes.count(ctx, "Deployment", &v.name, outcome);
 
     let svc_api: Api<Service> = Api::namespaced(client.clone(), ns);
     let live_svc = cached_child(&stores.services, &v.name, ns);
     ensure_leading(lead)?;
-    let (_, outcome) = apply_own(ctx, &svc_api, service, live_svc.as_deref(), owner).await?;
+    let (_, outcome) =
+        apply_own(ctx, &v.name, &svc_api, service, live_svc.as_deref(), owner).await?;
     changes.count(ctx, "Service", &v.name, outcome);
 
     let hpa_api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
@@ -408,7 +428,7 @@ async fn apply_children(
     ensure_leading(lead)?;
     let outcome = match hpa {
         Some(h) => {
-            apply_own(ctx, &hpa_api, h, live_hpa.as_deref(), owner)
+            apply_own(ctx, &v.name, &hpa_api, h, live_hpa.as_deref(), owner)
                 .await?
                 .1
         }
@@ -435,7 +455,7 @@ pub async fn apply_canary(
     ensure_leading(lead)?;
     let outcome = match &rollout.canary {
         CanaryChange::Apply(canary) => {
-            apply_child(lead, &api, (**canary).clone(), live.as_deref(), owner)
+            apply_child(lead, &api, (**canary).clone(), live.as_deref(), owner, None)
                 .await?
                 .1
         }

@@ -22,7 +22,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::BroadcastStream;
 
 use crate::metrics::Metrics;
@@ -125,6 +125,26 @@ struct OwnWrite {
     status: Option<(Option<String>, Box<MicroServiceStatus>)>,
 }
 
+/// Writes sent and not answered yet to one object: the resourceVersions its watch events showed
+/// meanwhile, and the MicroService to wake should one of them not be the write's echo.
+#[derive(Debug)]
+struct InFlight {
+    writes: u32,
+    seen: Vec<String>,
+    owner: ObjectRef<MicroService>,
+}
+
+#[derive(Debug, Default)]
+struct Writes {
+    /// Answered writes whose echo has not been seen yet.
+    answered: HashMap<WriteKey, OwnWrite>,
+    /// Writes sent and not answered yet.
+    in_flight: HashMap<WriteKey, InFlight>,
+    /// Where a MicroService is sent to be reconciled again (the controller's `reconcile_on`);
+    /// `None`, or a receiver that is gone, wakes nobody.
+    wake: Option<mpsc::UnboundedSender<ObjectRef<MicroService>>>,
+}
+
 /// The reconciler's own writes, so that their watch events (echoes) do not trigger another
 /// reconcile, and a reconcile that starts before the cache shows its predecessor's status write
 /// does not write the same status again.
@@ -134,8 +154,14 @@ struct OwnWrite {
 /// since. Any other writer's change (a new generation, an annotation, `status.failover`) gives
 /// another resourceVersion and triggers a reconcile as before. One entry per object at most,
 /// replaced by the next write and dropped when its echo arrives or the object is deleted.
+///
+/// The echo often arrives before the write's answer. A write is therefore announced before it is
+/// sent ([`OwnWrites::sending`]); the watch events of its object that arrive until the answer are
+/// held, and the answer sorts them: the one with the resourceVersion the write returned was its
+/// echo, any other (someone else's change meanwhile, or every one of them when the write failed)
+/// wakes the owning MicroService, as its event would have.
 #[derive(Clone, Debug, Default)]
-pub struct OwnWrites(Arc<Mutex<HashMap<WriteKey, OwnWrite>>>);
+pub struct OwnWrites(Arc<Mutex<Writes>>);
 
 fn write_key<K: Resource<DynamicType = ()>>(obj: &K) -> WriteKey {
     (
@@ -153,15 +179,123 @@ fn static_kind(kind: std::borrow::Cow<'static, str>) -> &'static str {
     }
 }
 
+/// A write of the reconciler between sending and its answer; see [`OwnWrites::sending`]. Dropped
+/// without an answer (the write failed, or made no change), every event held meanwhile wakes the
+/// owner.
+#[must_use = "a write in flight holds its object's watch events until it is answered"]
+pub struct Flight {
+    own: OwnWrites,
+    key: WriteKey,
+    finished: bool,
+}
+
+impl Flight {
+    /// The write's answer is `written`: records it as [`OwnWrites::child`] does, unless its
+    /// echo already came while it was in flight.
+    pub fn child<K: Resource<DynamicType = ()>>(mut self, written: &K) {
+        self.finished = true;
+        let after = written.resource_version();
+        if !self.own.land(&self.key, after.as_deref()) {
+            self.own.child(written);
+        }
+    }
+
+    /// The status write's answer is `written`: records it as [`OwnWrites::status`] does,
+    /// unless its echo already came (the cache shows it then, and nothing stands in for it).
+    pub fn status(
+        mut self,
+        before: &MicroService,
+        written: &MicroService,
+        status: &MicroServiceStatus,
+    ) {
+        self.finished = true;
+        let after = written.resource_version();
+        if !self.own.land(&self.key, after.as_deref()) {
+            self.own.status(before, written, status);
+        }
+    }
+}
+
+impl Drop for Flight {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.own.land(&self.key, None);
+        }
+    }
+}
+
 impl OwnWrites {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<WriteKey, OwnWrite>> {
+    /// Writes whose foreign events wake their owner through the returned receiver (feed it to
+    /// the controller).
+    pub fn with_wakes() -> (OwnWrites, mpsc::UnboundedReceiver<ObjectRef<MicroService>>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let own = OwnWrites(Arc::new(Mutex::new(Writes {
+            wake: Some(tx),
+            ..Writes::default()
+        })));
+        (own, rx)
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, Writes> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Announces a write of `K` `ns/name` on behalf of `owner`, about to be sent; its watch
+    /// events are held until the returned [`Flight`] gets the answer or is dropped.
+    pub fn sending<K: Resource<DynamicType = ()>>(
+        &self,
+        ns: &str,
+        name: &str,
+        owner: ObjectRef<MicroService>,
+    ) -> Flight {
+        let key = (static_kind(K::kind(&())), ns.to_string(), name.to_string());
+        self.map()
+            .in_flight
+            .entry(key.clone())
+            .or_insert_with(|| InFlight {
+                writes: 0,
+                seen: Vec::new(),
+                owner,
+            })
+            .writes += 1;
+        Flight {
+            own: self.clone(),
+            key,
+            finished: false,
+        }
+    }
+
+    /// One write to `key` was answered with resourceVersion `after` (`None`: no change made);
+    /// sorts the events held meanwhile. Whether the write's echo was among them.
+    fn land(&self, key: &WriteKey, after: Option<&str>) -> bool {
+        let mut writes = self.map();
+        let Some(flight) = writes.in_flight.get_mut(key) else {
+            return false;
+        };
+        flight.writes = flight.writes.saturating_sub(1);
+        let echo = after.and_then(|a| flight.seen.iter().position(|rv| rv == a));
+        if let Some(i) = echo {
+            flight.seen.remove(i);
+        }
+        if flight.writes > 0 {
+            // Other writes to the object are still out; they sort the rest.
+            return echo.is_some();
+        }
+        let foreign = !flight.seen.is_empty();
+        let owner = flight.owner.clone();
+        writes.in_flight.remove(key);
+        if foreign {
+            if let Some(wake) = &writes.wake {
+                let _ = wake.send(owner);
+            }
+        }
+        echo.is_some()
     }
 
     /// Records a child write whose response is `written`.
     pub fn child<K: Resource<DynamicType = ()>>(&self, written: &K) {
         if let Some(after) = written.resource_version() {
-            self.map().insert(
+            self.map().answered.insert(
                 write_key(written),
                 OwnWrite {
                     after,
@@ -182,21 +316,28 @@ impl OwnWrites {
         if let Some(after) = written.resource_version() {
             let status = Some((before.resource_version(), Box::new(status.clone())));
             self.map()
+                .answered
                 .insert(write_key(written), OwnWrite { after, status });
         }
     }
 
     /// Whether `obj` is exactly in the state one of our writes left it (its watch event is
-    /// that write's echo); the write is forgotten once its echo is seen.
+    /// that write's echo); the write is forgotten once its echo is seen. While a write to the
+    /// object is in flight, its events are held (counted as echoes here) until the answer
+    /// sorts them.
     pub fn is_echo<K: Resource<DynamicType = ()>>(&self, obj: &K) -> bool {
         let Some(rv) = obj.meta().resource_version.as_deref() else {
             return false;
         };
         let key = write_key(obj);
-        let mut map = self.map();
-        let echo = map.get(&key).is_some_and(|w| w.after == rv);
+        let mut writes = self.map();
+        if let Some(flight) = writes.in_flight.get_mut(&key) {
+            flight.seen.push(rv.to_string());
+            return true;
+        }
+        let echo = writes.answered.get(&key).is_some_and(|w| w.after == rv);
         if echo {
-            map.remove(&key);
+            writes.answered.remove(&key);
         }
         echo
     }
@@ -205,8 +346,8 @@ impl OwnWrites {
     /// status was computed from, i.e. the cache has not caught up with the write yet.
     pub fn unseen_status(&self, ms: &MicroService) -> Option<MicroServiceStatus> {
         let rv = ms.meta().resource_version.as_deref()?;
-        let map = self.map();
-        let (before, status) = map.get(&write_key(ms))?.status.as_ref()?;
+        let writes = self.map();
+        let (before, status) = writes.answered.get(&write_key(ms))?.status.as_ref()?;
         (before.as_deref() == Some(rv)).then(|| status.as_ref().clone())
     }
 
@@ -217,12 +358,12 @@ impl OwnWrites {
             obj.namespace.clone().unwrap_or_default(),
             obj.name.clone(),
         );
-        self.map().remove(&key);
+        self.map().answered.remove(&key);
     }
 
-    /// How many writes are remembered.
+    /// How many answered writes await their echo.
     pub fn len(&self) -> usize {
-        self.map().len()
+        self.map().answered.len()
     }
 
     /// Whether no write is remembered.
@@ -381,6 +522,72 @@ mod tests {
         own.child(&svc);
         own.forget(&ObjectRef::from_obj(&svc));
         assert!(own.is_empty());
+    }
+
+    fn svc(rv: &str) -> Service {
+        let mut svc = Service::default();
+        svc.metadata.name = Some("users".into());
+        svc.metadata.namespace = Some("shop".into());
+        svc.metadata.resource_version = Some(rv.into());
+        svc
+    }
+
+    fn owner() -> ObjectRef<MicroService> {
+        ObjectRef::new("users").within("shop")
+    }
+
+    /// The echo of a write that arrives before the write's answer is held, then recognised by
+    /// the answer: it wakes nobody, and nothing is left waiting for it.
+    #[test]
+    fn an_echo_ahead_of_its_answer_wakes_nobody() {
+        let (own, mut wakes) = OwnWrites::with_wakes();
+        let flight = own.sending::<Service>("shop", "users", owner());
+        assert!(own.is_echo(&svc("7")), "held while the write is in flight");
+        flight.child(&svc("7"));
+        assert!(wakes.try_recv().is_err());
+        assert!(own.is_empty(), "the echo was already seen");
+        assert!(!own.is_echo(&svc("8")), "later changes are someone else's");
+    }
+
+    /// Someone else's change that arrives while our write is in flight wakes the owner once the
+    /// answer shows it was not our echo; our echo arriving later is still recognised.
+    #[test]
+    fn a_foreign_change_in_flight_wakes_the_owner() {
+        let (own, mut wakes) = OwnWrites::with_wakes();
+        let flight = own.sending::<Service>("shop", "users", owner());
+        assert!(own.is_echo(&svc("6")));
+        flight.child(&svc("7"));
+        assert_eq!(wakes.try_recv().ok(), Some(owner()));
+        assert!(own.is_echo(&svc("7")));
+    }
+
+    /// A write that fails (or changes nothing) has no echo: every event held meanwhile wakes
+    /// the owner.
+    #[test]
+    fn events_held_by_a_failed_write_wake_the_owner() {
+        let (own, mut wakes) = OwnWrites::with_wakes();
+        let flight = own.sending::<Service>("shop", "users", owner());
+        assert!(own.is_echo(&svc("6")));
+        drop(flight);
+        assert_eq!(wakes.try_recv().ok(), Some(owner()));
+        assert!(!own.is_echo(&svc("7")), "nothing in flight any more");
+        let quiet = own.sending::<Service>("shop", "users", owner());
+        drop(quiet);
+        assert!(wakes.try_recv().is_err(), "nothing held, nobody woken");
+    }
+
+    /// A status write whose echo came before its answer leaves no status standing in: the
+    /// cache already shows it.
+    #[test]
+    fn a_status_echo_ahead_of_its_answer_leaves_nothing_to_stand_in() {
+        let (own, mut wakes) = OwnWrites::with_wakes();
+        let status = MicroServiceStatus::default();
+        let (before, after) = (ms("10"), ms("11"));
+        let flight = own.sending::<MicroService>("shop", "users", ObjectRef::from_obj(&before));
+        assert!(own.is_echo(&after));
+        flight.status(&before, &after, &status);
+        assert!(wakes.try_recv().is_err());
+        assert_eq!(own.unseen_status(&before), None);
     }
 
     /// A MicroService the cache still shows as it was before our status write yields the

@@ -233,7 +233,9 @@ pub async fn run(
     let ns = config.watch_namespace.as_deref();
     // Each cache's stream sets its `Synced` flag on InitDone, after the reflector applied it.
     let mut synced = Vec::new();
-    let own = OwnWrites::default();
+    // A watch event held while our write to its object was in flight, and found not to be that
+    // write's echo, wakes the owner through `wakes`.
+    let (own, wakes) = OwnWrites::with_wakes();
     let (dep_store, deployments) = child_cache::<Deployment>(&client, ns, &mut synced, true, &own);
     let (svc_store, services) = child_cache::<Service>(&client, ns, &mut synced, false, &own);
     let (cm_store, config_maps) = child_cache::<ConfigMap>(&client, ns, &mut synced, false, &own);
@@ -282,6 +284,7 @@ pub async fn run(
         .owns_stream(config_maps)
         .owns_stream(hpas)
         .reconcile_on(dependency_changes(&microservices))
+        .reconcile_on(tokio_stream::wrappers::UnboundedReceiverStream::new(wakes))
         .with_config(ControllerConfig::default().concurrency(config.concurrency))
         .graceful_shutdown_on(shutdown)
         .run(

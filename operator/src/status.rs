@@ -305,8 +305,12 @@ pub async fn update(
         return Ok(());
     }
     let api: Api<MicroService> = Api::namespaced(ctx.client.clone(), &ns);
+    let flight = ctx
+        .stores
+        .own_writes
+        .sending::<MicroService>(&ns, &name, ObjectRef::from_obj(ms));
     let written = write(&ctx.leadership, &api, ms, &computed).await?;
-    ctx.stores.own_writes.status(ms, &written, &computed);
+    flight.status(ms, &written, &computed);
     // A failed rollout has its own `RolledBack` Event with the same message.
     if let Some(c) =
         newly_degraded(&computed, previous).filter(|c| c.reason != reasons::ROLLOUT_FAILED)

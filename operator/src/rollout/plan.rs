@@ -185,6 +185,24 @@ pub async fn plan(
 /// reconcile woken by the canary's deletion would then judge a promoted release's terminating
 /// canary as failing and roll it back. So while the cache says an analysis is under way, the
 /// status is read from the API server: one GET per reconcile during an analysis.
+/// The cached status with `status.rollout` as our last status write left it, when the cache
+/// has not caught up with that write yet (`unseen`): a reconcile that starts between the write
+/// and its watch event decides from where the rollout stands, so it does not record the same
+/// step in the history again. The rest (the failover engine's part) stays the cache's.
+fn with_unseen_rollout(
+    cached: Option<MicroServiceStatus>,
+    unseen: Option<MicroServiceStatus>,
+) -> Option<MicroServiceStatus> {
+    match unseen {
+        Some(written) => {
+            let mut status = cached.unwrap_or_default();
+            status.rollout = written.rollout;
+            Some(status)
+        }
+        None => cached,
+    }
+}
+
 async fn current_status(
     ctx: &Context,
     ms: &MicroService,
@@ -197,7 +215,10 @@ async fn current_status(
         .and_then(|s| s.rollout.as_ref())
         .is_some_and(|r| r.phase == RolloutPhase::Analyzing);
     if !(guarded && cached_analysing) {
-        return Ok(ms.status.clone());
+        return Ok(with_unseen_rollout(
+            ms.status.clone(),
+            ctx.stores.own_writes.unseen_status(ms),
+        ));
     }
     let api: Api<MicroService> = Api::namespaced(ctx.client.clone(), &v.namespace);
     let fresh = api
@@ -226,4 +247,46 @@ async fn gather(
         .unwrap_or_default();
     let traffic = status.and_then(|s| s.traffic.as_ref());
     Ok(CanaryEvidence::from_pods(&pods.items, verdicts).with_traffic(traffic))
+}
+
+#[cfg(test)]
+mod tests {
+    use flotilla_crds::{FailoverStatus, MicroServiceStatus, RolloutStatus};
+
+    use super::with_unseen_rollout;
+
+    fn rollout(stable: &str) -> RolloutStatus {
+        RolloutStatus {
+            stable_revision: Some(stable.into()),
+            ..RolloutStatus::default()
+        }
+    }
+
+    /// A reconcile that starts before the cache shows our status write decides from the
+    /// rollout that write left, and keeps the cache's failover part; with nothing unseen, the
+    /// cache's status is used as it is.
+    #[test]
+    fn the_unseen_rollout_replaces_the_cached_one() {
+        let cached = MicroServiceStatus {
+            rollout: None,
+            failover: Some(FailoverStatus::default()),
+            ..MicroServiceStatus::default()
+        };
+        let written = MicroServiceStatus {
+            rollout: Some(rollout("abc")),
+            ..MicroServiceStatus::default()
+        };
+        let seen = with_unseen_rollout(Some(cached.clone()), Some(written.clone()));
+        let seen = seen.expect("a status");
+        assert_eq!(seen.rollout, Some(rollout("abc")));
+        assert_eq!(seen.failover, cached.failover);
+        assert_eq!(
+            with_unseen_rollout(Some(cached.clone()), None),
+            Some(cached)
+        );
+        assert_eq!(
+            with_unseen_rollout(None, Some(written)).and_then(|s| s.rollout),
+            Some(rollout("abc"))
+        );
+    }
 }
