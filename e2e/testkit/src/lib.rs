@@ -24,6 +24,7 @@
 //!   with SIGTERM, its log printed when a test fails.
 //! - [`paths`]: the workspace's binaries seen from a test binary.
 //! - [`otlp`]: a real OTLP trace receiver (HTTP and gRPC) recording the spans it is sent.
+//! - [`postgres`]: an empty database per test on the test command's PostgreSQL server.
 //! - [`rabbitmq`]: a real RabbitMQ broker (the machine's `rabbitmq-server`) on free ports,
 //!   stopped, killed and started again by the test.
 //! - [`memory`]: a process's resident memory, for tests and benchmarks that bound it.
@@ -37,6 +38,7 @@ pub mod namespace;
 pub mod operator;
 pub mod otlp;
 pub mod paths;
+pub mod postgres;
 pub mod process;
 pub mod rabbitmq;
 pub mod raw_http;

@@ -382,6 +382,10 @@ mod tests {
         let Ok(url) = std::env::var("TEST_POSTGRES_URL") else {
             return;
         };
+        // A database of its own: other services migrate theirs on the same server.
+        let url = flotilla_testkit::postgres::fresh_database(&url)
+            .await
+            .expect("a fresh database");
         let db = Db::connect(&url).await.expect("connect");
         let id = uuid::Uuid::new_v4().to_string();
         let order = db

@@ -271,6 +271,8 @@ async fn crud_on_postgres_when_configured() -> Result<()> {
         eprintln!("TEST_POSTGRES_URL not set: PostgreSQL round trip skipped");
         return Ok(());
     };
+    // A database of its own: other services migrate theirs on the same server.
+    let url = flotilla_testkit::postgres::fresh_database(&url).await?;
     let t = TestService::on(&url).await?;
     crud_round_trip(&t).await?;
     t.srv.stop().await?;
