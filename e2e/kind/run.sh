@@ -7,7 +7,9 @@
 #   4. scale the operator to two replicas and fail the leader over by deleting its pod (the other
 #      replica must take the Lease within the lease duration), then back to one,
 #   5. install the sample MicroServices,
-#   6. run the whole e2e suite (the `suite`, `failover` and `plugin` targets) against the cluster.
+#   6. run the whole e2e suite (the `suite`, `failover`, `plugin` and `events` targets) against
+#      the cluster (`events` says it checks nothing there: it places its order over gRPC on a
+#      cluster IP, which only kubesim exposes to the test runner).
 #
 # Needs docker, kind, kubectl, helm (v4) and cargo-nextest. Usage, from anywhere:
 #   e2e/kind/run.sh            # set KEEP_CLUSTER=0 to delete the cluster afterwards
@@ -97,4 +99,4 @@ cd "$repo"
 # The plugin test runs `kubectl flotilla`, the workspace's build of the plugin.
 cargo build -p kubectl-flotilla
 FLOTILLA_E2E_KUBECONFIG="$kubeconfig" cargo nextest run -p flotilla-e2e --test it \
-    -E 'test(/^suite::/) | test(/^failover::/) | test(/^plugin::/)'
+    -E 'test(/^suite::/) | test(/^failover::/) | test(/^plugin::/) | test(/^events::/)'
