@@ -225,12 +225,36 @@ async fn cargo_build(root: &Path) -> anyhow::Result<()> {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.args(["build", "--workspace", "--all-targets"])
         .current_dir(root);
+    // The variables Cargo sets for the program it runs (`cargo run`, a test) describe that
+    // program, not this build. Build scripts that watch them (ring's watches
+    // CARGO_MANIFEST_DIR) would see them change and rebuild, and everything above them with it.
+    for (name, _) in std::env::vars_os() {
+        if name.to_str().is_some_and(crate_env) {
+            cmd.env_remove(name);
+        }
+    }
     println!("building the workspace with cargo (the sample services and the rest) ...");
     let status = cmd.status().await.context("running cargo")?;
     if !status.success() {
         bail!("cargo build --workspace --all-targets failed");
     }
     Ok(())
+}
+
+/// Whether `name` is one of the variables Cargo sets for the crate it compiles or runs.
+fn crate_env(name: &str) -> bool {
+    const PREFIXES: [&str; 4] = [
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_CRATE_",
+        "CARGO_BIN_",
+    ];
+    const NAMES: [&str; 3] = [
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+    ];
+    PREFIXES.iter().any(|p| name.starts_with(p)) || NAMES.contains(&name)
 }
 
 /// Waits until a CRD is Established (or 30s have passed).
@@ -487,6 +511,33 @@ async fn main() -> std::process::ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crate_env;
+
+    #[test]
+    fn only_the_variables_describing_a_crate_are_left_out_of_the_demo_build() {
+        for name in [
+            "CARGO_MANIFEST_DIR",
+            "CARGO_PKG_NAME",
+            "CARGO_CRATE_NAME",
+            "CARGO_BIN_EXE_kubesim",
+            "CARGO_PRIMARY_PACKAGE",
+        ] {
+            assert!(crate_env(name), "{name}");
+        }
+        // What configures Cargo itself stays.
+        for name in [
+            "CARGO_HOME",
+            "CARGO_INCREMENTAL",
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_JOBS",
+        ] {
+            assert!(!crate_env(name), "{name}");
         }
     }
 }
