@@ -264,6 +264,19 @@ impl Process {
     /// Sends SIGTERM, as the kubelet does when a pod stops, and waits for the process to exit;
     /// returns how it exited. Still running after [`PROCESS_TIMEOUT`] is an error.
     pub async fn terminate(mut self) -> Result<ExitStatus> {
+        self.sigterm_and_wait().await
+    }
+
+    /// [`Process::terminate`], and everything the process wrote up to its exit.
+    pub async fn terminate_with_log(mut self) -> Result<Exited> {
+        let status = self.sigterm_and_wait().await?;
+        Ok(Exited {
+            status,
+            log: self.log(),
+        })
+    }
+
+    async fn sigterm_and_wait(&mut self) -> Result<ExitStatus> {
         let pid = self
             .child
             .id()

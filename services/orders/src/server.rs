@@ -98,8 +98,14 @@ async fn dispatch(
 ) -> Result<Response<Body>, Infallible> {
     if is_grpc(&req) {
         // One span per call, continuing the caller's trace from its `traceparent` metadata.
-        let span = tracing::info_span!("grpc", method = %req.uri().path());
+        let span = tracing::info_span!(
+            "grpc",
+            method = %req.uri().path(),
+            trace_id = tracing::field::Empty,
+        );
         flotilla_kit::telemetry::otlp::set_parent_from_headers(&span, req.headers());
+        // The call's log lines name its trace.
+        flotilla_kit::telemetry::otlp::record_trace_id(&span);
         app.grpc.oneshot(req).instrument(span).await
     } else {
         let http1 = limits::is_http1(&req);

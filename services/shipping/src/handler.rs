@@ -152,8 +152,11 @@ impl Handler {
             redelivered = delivery.redelivered,
             attempts = tracing::field::Empty,
             outcome = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
         );
         set_parent_from_headers(&span, props.headers().as_ref());
+        // The handling's log lines name the trace the order started.
+        flotilla_kit::telemetry::otlp::record_trace_id(&span);
         self.handle_in_span(&delivery, publisher)
             .instrument(span)
             .await;

@@ -326,9 +326,12 @@ async fn an_order_is_one_trace_from_the_grpc_call_to_its_shipment() -> Result<()
 
     let order = place(&orders, "tea").await?;
     let shipment = wait_shipment(&shipping, &order.id.to_string()).await?;
+    let mut logs = Vec::new();
     for process in [orders, shipping] {
-        let exit = process.terminate().await?;
-        assert!(exit.success(), "{exit}");
+        // Read at the exit: the log lines of the call and of the handling are all written.
+        let exited = process.terminate_with_log().await?;
+        assert!(exited.status.success(), "{}", exited.status);
+        logs.push(exited.log);
     }
 
     let (call, handled) = poll(
@@ -350,6 +353,13 @@ async fn an_order_is_one_trace_from_the_grpc_call_to_its_shipment() -> Result<()
     assert_eq!((call.protocol, handled.protocol), ("http", "grpc"));
     assert_eq!(handled.name, "shipping.event");
     assert_eq!(handled.trace_id, call.trace_id, "shipping started a trace");
+    // orders' log lines of the call carry its trace id (the `grpc` span's `trace_id`).
+    assert!(
+        logs[0].contains(&call.trace_id),
+        "orders' log does not name trace {}:\n{}",
+        call.trace_id,
+        logs[0]
+    );
     let spans = receiver.spans();
     let line = ancestry(&spans, &handled);
     assert!(
