@@ -8,13 +8,13 @@
 //!   idempotence key), `type` the event type, `content_type` `application/json`, and delivery
 //!   mode 2 (persistent).
 //! - The W3C `traceparent` (and `tracestate`) of the publishing span travel in the message
-//!   headers, so the consumer's span joins the publisher's trace ([`trace_headers`],
-//!   [`set_parent_from_headers`]).
+//!   headers, so the consumer's span joins the publisher's trace
+//!   ([`set_parent_from_headers`]).
 
 use std::collections::BTreeMap;
 
 use lapin::options::ExchangeDeclareOptions;
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, ExchangeKind};
 use serde::{Deserialize, Serialize};
 
@@ -80,23 +80,6 @@ pub async fn declare_exchange(channel: &Channel) -> Result<(), lapin::Error> {
         .await
 }
 
-/// The message headers carrying the current span's `traceparent` (and `tracestate`), or none
-/// with tracing off.
-pub fn trace_headers() -> FieldTable {
-    let mut http = http::HeaderMap::new();
-    crate::telemetry::otlp::inject_current(&mut http);
-    let mut table = FieldTable::default();
-    for (name, value) in &http {
-        if let Ok(value) = value.to_str() {
-            table.insert(
-                ShortString::from(name.as_str()),
-                AMQPValue::LongString(LongString::from(value)),
-            );
-        }
-    }
-    table
-}
-
 /// Makes `span` a child of the publisher's span named by a message's `traceparent` header.
 /// Nothing happens with tracing off or without the header.
 pub fn set_parent_from_headers(span: &tracing::Span, headers: Option<&FieldTable>) {
@@ -123,6 +106,8 @@ pub fn header_str(headers: &BTreeMap<ShortString, AMQPValue>, key: &str) -> Opti
 
 #[cfg(test)]
 mod tests {
+    use lapin::types::LongString;
+
     use super::*;
 
     #[test]
