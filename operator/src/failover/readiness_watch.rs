@@ -22,6 +22,9 @@
 //!   connections into its backlog, answers nothing and closes nothing): a heartbeat more than
 //!   the probe timeout late is a failed probe (`Timeout`), and so is each next one missed;
 //!   after the failure threshold's worth the watch ends and the periodic probes carry on;
+//! - a heartbeat a fifth of a heartbeat late (`Late`): the engine sends a probe at once, so a
+//!   pod that hangs fails that probe's timeout close behind the watch's own silence failure,
+//!   the two independent failures that reach the default threshold;
 //! - death on the wire: the connection closed or reset by the pod's side in the middle of the
 //!   watch is a failed probe at once, confirmed by one immediate reconnect (refused, reset or
 //!   no answer within the probe timeout: a second failure, which reaches the default
@@ -83,6 +86,10 @@ pub enum WatchEvent {
         /// When the line came.
         at: Instant,
     },
+    /// A heartbeat is late (a fifth of a heartbeat past due, long before it counts as a
+    /// failure): the engine probes the pod at once, so that a pod that hangs meets two
+    /// independent timeouts, the watch's and the probe's, that end close together.
+    Late,
     /// The watch stopped (its reconnect failed); the engine may open it again.
     Ended,
 }
@@ -341,12 +348,23 @@ async fn http_once(
     let silence = async {
         let mut silent = 0u32;
         let mut since = last_line();
+        let mut told_late = false;
         loop {
             let heard = last_line();
             if heard != since {
                 // A line came: the pod speaks again.
                 since = heard;
                 silent = 0;
+                told_late = false;
+            }
+            if !told_late {
+                let late = since + beat + beat / 5;
+                if Instant::now() < late {
+                    tokio::time::sleep_until(late.into()).await;
+                    continue;
+                }
+                told_late = true;
+                reporter.send(WatchEvent::Late);
             }
             let deadline = since + beat * (silent + 1) + target.timeout;
             if Instant::now() < deadline {

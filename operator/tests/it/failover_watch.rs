@@ -10,10 +10,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use flotilla_crds::ActiveTarget;
-use flotilla_operator::failover::engine::{self, EngineConfig, EngineOutputs};
+use flotilla_operator::failover::engine::{self, EngineConfig, EngineOutputs, VerdictSigning};
 use flotilla_operator::failover::inventory::{Inventory, ObjKey, PodInfo, ServiceInfo};
 use flotilla_operator::failover::metrics::Metrics;
 use flotilla_operator::failover::outputs::Desired;
+use flotilla_operator::verdict_keys::VerdictKeys;
+use flotilla_operator::write::Leadership;
 use flotilla_testkit::paths::workspace_binary;
 use flotilla_testkit::process::{http_ok, Builder, Process};
 use flotilla_testkit::wait::poll;
@@ -177,6 +179,13 @@ async fn fault_moves_traffic(kind: Kind, fault: Fault, octet: u8) -> Result<()> 
             .get();
         anyhow::ensure!(judged >= 1, "judged by the watch's counts, not a scrape");
     }
+    if matches!((kind, fault), (Kind::Http, Fault::Stopped)) {
+        let late = metrics.watch_reports.with_label_values(&["late"]).get();
+        anyhow::ensure!(
+            late >= 1,
+            "the late heartbeat had the pod probed at once (the second failure)"
+        );
+    }
     if matches!(fault, Fault::Stopped) {
         // Let it run again so it can be stopped the usual way.
         if let Some(pid) = process.id() {
@@ -294,6 +303,7 @@ async fn a_steady_watched_pod_is_probed_only_for_its_verdict() -> Result<()> {
             .sum::<u64>()
     };
     let failed_before = failed();
+    let late_before = metrics.watch_reports.with_label_values(&["late"]).get();
     let before = fakes[1].readiness_requests();
     let watches_before = fakes[1].watch_requests();
     let watching = std::time::Instant::now();
@@ -302,10 +312,12 @@ async fn a_steady_watched_pod_is_probed_only_for_its_verdict() -> Result<()> {
     let probed = fakes[1].readiness_requests() - before;
     let reopened = fakes[1].watch_requests() - watches_before;
     let failures = failed() - failed_before;
+    // A heartbeat late on a loaded machine has the pod probed at once: one more probe each.
+    let late = metrics.watch_reports.with_label_values(&["late"]).get() - late_before;
     assert!(
-        probed <= 4 + 2 * failures,
-        "{probed} readiness probes in {periods} periods ({failures} probes failed, {reopened} \
-         watches reopened): steady watched pods are probed every 2 s"
+        probed <= 4 + 2 * failures + late,
+        "{probed} readiness probes in {periods} periods ({failures} probes failed, {late} \
+         heartbeats late, {reopened} watches reopened): steady watched pods are probed every 2 s"
     );
     // A watch lives 30 s; one reopened early (a heartbeat late on a loaded machine) is allowed,
     // a watch reopened every period is not.
@@ -327,5 +339,81 @@ async fn a_steady_watched_pod_is_probed_only_for_its_verdict() -> Result<()> {
     )
     .await
     .context("api-0 ejected")??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_ejected_pod_hears_its_verdict_at_once() -> Result<()> {
+    // Pods on a ten-minute period, so no periodic probe comes within the test: the primary
+    // pod that says `not_ready` on its watch is ejected, and the engine sends it a probe
+    // carrying `ejected` at once (a pod closes its clients' kept connections only when it
+    // hears it), while its healthy sibling, still serving, hears nothing new.
+    let fakes = start_group(3, 48, 2).await?;
+    for f in &fakes {
+        f.set_watch(true);
+    }
+    let backup = start_group(3, 49, 2).await?;
+    let mut svc = service("api", fakes[0].addr.port(), false, Some("backup"));
+    svc.probe.period = Duration::from_secs(600);
+    let mut back = service("backup", backup[0].addr.port(), false, None);
+    back.probe.period = Duration::from_secs(600);
+    let pods = fakes
+        .iter()
+        .enumerate()
+        .map(|(i, f)| pod("api", i, ip(f)))
+        .chain(
+            backup
+                .iter()
+                .enumerate()
+                .map(|(i, f)| pod("backup", i, ip(f))),
+        );
+    let (_tx, rx) = watch::channel(Arc::new(Inventory::from_parts([svc, back], pods)));
+    let metrics = Metrics::new()?;
+    // Heartbeats as at the default period (the fakes show a change at their next one).
+    // Verdicts go out signed, by a leader only.
+    let (lead, leadership) = Leadership::new();
+    lead.lead_unbounded();
+    let keys = Arc::new(VerdictKeys::ephemeral());
+    let cfg = EngineConfig {
+        watch_heartbeat: Some(Duration::from_millis(100)),
+        verdicts: Some(VerdictSigning { keys, leadership }),
+        ..EngineConfig::default()
+    };
+    let (mut out, _thread) = engine::spawn(rx, metrics.clone(), cfg)?;
+    poll("the primary pods' watches open", WAIT, || async {
+        Ok((metrics.readiness_watches.get() >= 2).then_some(()))
+    })
+    .await?;
+    wait_for(&mut out, "the primary decided active", |d| {
+        d.services
+            .get(&ObjKey::new("t", "api"))
+            .and_then(|s| s.status.active)
+            == Some(ActiveTarget::Primary)
+    })
+    .await?;
+    fakes[0].set_status(503);
+    let key = ObjKey::new("t", "api");
+    tokio::time::timeout(
+        WAIT,
+        out.desired.wait_for(|d| {
+            d.services.get(&key).is_some_and(|s| {
+                s.members.iter().any(|m| {
+                    m.pod.name == "api-0"
+                        && m.to == flotilla_operator::failover::decide::Membership::Out
+                })
+            })
+        }),
+    )
+    .await
+    .context("api-0 ejected")??;
+    poll("the failing pod told `ejected`", WAIT, || async {
+        Ok((fakes[0].verdict().as_deref() == Some(flotilla_crds::traffic::EJECTED)).then_some(()))
+    })
+    .await?;
+    assert_ne!(
+        fakes[1].verdict().as_deref(),
+        Some(flotilla_crds::traffic::EJECTED),
+        "the healthy sibling is not ejected"
+    );
     Ok(())
 }

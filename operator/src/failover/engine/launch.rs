@@ -81,22 +81,18 @@ impl Engine {
             let scrape_due = ((svc.failover.scrape_metrics || (restart_sticky && entry.ejected()))
                 && since_scrape(every))
                 || (svc.report_traffic && since_scrape(self.cfg.traffic_scrape_every));
-            // A drained fallback pod is told `ejected` while it drains and `serving` after: a pod
-            // keeps the last verdict it heard, so one never told `serving` again would keep
-            // closing its clients' connections (HTTP/2 clients then never settle on it).
-            let verdict = match entry.drain_until {
-                Some(t) if now < t => Some(flotilla_crds::traffic::EJECTED),
-                Some(_) => entry.verdict.or(Some(flotilla_crds::traffic::SERVING)),
-                None => entry.verdict,
-            };
+            let verdict = entry.verdict_at(now);
             // A steady pod whose watch has heartbeats is judged by the watch: its periodic probe
-            // goes out only to carry a new verdict, a due scrape, or the verdict again every
-            // `WATCHED_PROBE_EVERY` (a pod lets an unrepeated `ejected` lapse after 10 s).
+            // goes out only to carry a new verdict, a due scrape, when the watch's heartbeat is
+            // late, or the verdict again every `WATCHED_PROBE_EVERY` (a pod lets an unrepeated
+            // `ejected` lapse after 10 s).
             let said = (verdict, signing.is_some());
             let watched = matches!(&entry.watch, WatchSlot::Open(t) if t.heartbeats);
             let steady = entry.health.healthy && entry.health.consecutive_failures == 0;
+            let forced = std::mem::take(&mut entry.forced);
             if watched
                 && steady
+                && !forced
                 && !scrape_due
                 && entry.probed.is_some_and(|(s, t)| {
                     s == said && now.saturating_duration_since(t) < WATCHED_PROBE_EVERY

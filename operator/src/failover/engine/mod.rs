@@ -90,7 +90,7 @@ pub struct EngineConfig {
     /// module).
     pub watch: bool,
     /// The heartbeat watched HTTP pods are asked for, and the quiet after which a gRPC watch's
-    /// connection sends a PING; `None`: half the probe period.
+    /// connection sends a PING; `None`: a quarter of the probe period.
     pub watch_heartbeat: Option<Duration>,
     /// The window of the request figures (`status.traffic.windowSeconds`). Thirty seconds
     /// hold a few hundred requests of a modest service, enough for a p99, and let a canary's
@@ -197,6 +197,9 @@ struct PodEntry {
     watch: WatchSlot,
     /// The verdict (and whether it was signed) the last probe carried, and when it went out.
     probed: Option<((Option<&'static str>, bool), Instant)>,
+    /// The next probe goes out even if the watch would make it unnecessary: the watch's
+    /// heartbeat is late, so the probe is the second, independent look at a pod that may hang.
+    forced: bool,
 }
 
 /// Where a pod's readiness watch stands.
@@ -235,6 +238,27 @@ impl Drop for WatchTask {
 impl PodEntry {
     fn ejected(&self) -> bool {
         self.verdict == Some(flotilla_crds::traffic::EJECTED)
+    }
+
+    /// The verdict a probe sent at `now` carries. A drained fallback pod is told `ejected`
+    /// while it drains and `serving` after: a pod keeps the last verdict it heard, so one never
+    /// told `serving` again would keep closing its clients' connections (HTTP/2 clients then
+    /// never settle on it).
+    fn verdict_at(&self, now: Instant) -> Option<&'static str> {
+        match self.drain_until {
+            Some(t) if now < t => Some(flotilla_crds::traffic::EJECTED),
+            Some(_) => self.verdict.or(Some(flotilla_crds::traffic::SERVING)),
+            None => self.verdict,
+        }
+    }
+
+    /// Whether the last probe told the pod otherwise than it should hear now: `ejected` where
+    /// it is not any more, or not where it is (a pod never probed: whether it is ejected).
+    fn untold(&self, now: Instant) -> bool {
+        let ejected = |v: Option<&'static str>| v == Some(flotilla_crds::traffic::EJECTED);
+        let want = ejected(self.verdict_at(now));
+        self.probed
+            .map_or(want, |((said, _), _)| ejected(said) != want)
     }
 
     /// The signature header for `verdict`, signed anew when the verdict changed or the last
@@ -347,15 +371,17 @@ fn http_paths(addr: Option<SocketAddr>, svc: &ServiceInfo) -> Option<Arc<HttpPat
 /// How often a steady pod whose watch has heartbeats is probed anyway, to repeat its verdict.
 const WATCHED_PROBE_EVERY: Duration = Duration::from_secs(2);
 
-/// The heartbeat asked of a watched HTTP pod (and a gRPC watch's PING interval): half the
-/// probe period (250 ms at the default 500 ms), at least 50 ms. An HTTP pod that hangs misses
-/// its next heartbeat by the timeout at most 550 ms after its last line with the default
-/// timeout of 300 ms, and the one after 250 ms later; a gRPC pod leaves a PING unanswered
-/// within the same 550 ms, and its reconnect a timeout later. Each heartbeat costs the prober a
-/// wake-up and a read: at half the period, heartbeats and the thinned periodic probes together
-/// cost less than probing every period.
+/// The heartbeat asked of a watched HTTP pod (and a gRPC watch's PING interval): a quarter of
+/// the probe period (125 ms at the default 500 ms), at least 50 ms. A heartbeat a fifth of a
+/// heartbeat late has the pod probed at once; a pod that hangs then fails the watch's silence
+/// (the heartbeat later than the timeout: 425 ms after its last line with the default timeout
+/// of 300 ms) and that probe's timeout (450 ms after its last line): two failures, the default
+/// threshold. A gRPC pod leaves a PING unanswered within a heartbeat and a timeout, and its
+/// reconnect a timeout later. Each heartbeat costs the prober a wake-up and a read of a line,
+/// far less than a probe, and a steady watched pod is probed only every
+/// `WATCHED_PROBE_EVERY`.
 fn default_heartbeat(period: Duration) -> Duration {
-    (period / 2).max(Duration::from_millis(50))
+    (period / 4).max(Duration::from_millis(50))
 }
 
 fn jittered(period: Duration) -> Duration {
@@ -520,6 +546,7 @@ impl Engine {
                     drain_until: None,
                     watch: WatchSlot::Idle,
                     probed: None,
+                    forced: false,
                 },
             );
             self.heap.push(Reverse((first, id)));
@@ -636,6 +663,13 @@ impl Engine {
             Observation::Success => self.open_watch(id),
             _ => {}
         }
+        // A verdict decided while this probe was out (it carried the one before) is told now,
+        // not at the pod's next turn: a pod closes its clients' kept connections when it hears
+        // `ejected`, so every turn waited is time they keep reaching it.
+        let now = Instant::now();
+        if self.pods.get(&id).is_some_and(|e| e.untold(now)) {
+            self.probe_now(id, now, false);
+        }
         let changed = self.observe(id, obs, rep.at, false);
         changed || analysed_ratio_moved
     }
@@ -677,6 +711,23 @@ impl Engine {
             self.suspect_service(&svc, id, at);
         }
         changed
+    }
+
+    /// Probes the pod now instead of at its turn (its period restarts from this probe);
+    /// `forced` even if its watch would make the probe unnecessary. A pod with a probe in
+    /// flight is left alone: that probe's answer comes first.
+    pub(super) fn probe_now(&mut self, id: u64, now: Instant, forced: bool) {
+        let Some(e) = self.pods.get_mut(&id) else {
+            return;
+        };
+        if e.in_flight || e.svc.scrape_only {
+            return;
+        }
+        e.forced |= forced;
+        if e.next_due > now {
+            e.next_due = now;
+            self.heap.push(Reverse((now, id)));
+        }
     }
 
     /// A healthy pod of `svc` just failed a probe: the service's other healthy pods are probed

@@ -105,6 +105,19 @@ impl Engine {
                 traffic::SERVING
             });
         }
+        // A new verdict is told at once rather than at each pod's next turn (up to a period,
+        // or `WATCHED_PROBE_EVERY` for a steady watched pod): a pod closes its clients' kept
+        // connections only when it hears `ejected`.
+        let members = d.primary_members.iter().chain(&d.fallback_members);
+        let untold: Vec<u64> = members
+            .filter_map(|(name, _)| {
+                let id = *self.ids.get(&ObjKey::new(key.ns.clone(), name.clone()))?;
+                self.pods.get(&id)?.untold(now).then_some(id)
+            })
+            .collect();
+        for id in untold {
+            self.probe_now(id, now, false);
+        }
     }
 
     /// Announces pods that newly show sticky connections and, when the service opts in and the

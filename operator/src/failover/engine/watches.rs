@@ -97,6 +97,11 @@ impl Engine {
                 reports.with_label_values(&["error_rate"]).inc();
                 self.observe(id, Observation::ErrorRate(ratio), at, true)
             }
+            WatchEvent::Late => {
+                reports.with_label_values(&["late"]).inc();
+                self.probe_now(id, std::time::Instant::now(), true);
+                false
+            }
             WatchEvent::Ended => {
                 entry.watch = WatchSlot::Idle;
                 false

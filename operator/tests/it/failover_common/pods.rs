@@ -29,6 +29,8 @@ pub struct Knobs {
     pub metrics: Mutex<String>,
     /// Answer readiness watches (`Flotilla-Watch`) by streaming the status every heartbeat.
     pub watch: AtomicBool,
+    /// The traffic verdict (`flotilla-traffic`) the last probe carried.
+    pub verdict: Mutex<Option<String>>,
 }
 
 /// One HTTP server standing in for a pod.
@@ -74,6 +76,10 @@ impl FakePod {
     /// Readiness watches opened so far.
     pub fn watch_requests(&self) -> u64 {
         self.knobs.watch_requests.load(Ordering::SeqCst)
+    }
+    /// The traffic verdict the last probe carried, if any.
+    pub fn verdict(&self) -> Option<String> {
+        self.knobs.verdict.lock().ok()?.clone()
     }
     pub fn connections(&self) -> u64 {
         self.knobs.connections.load(Ordering::SeqCst)
@@ -142,6 +148,13 @@ async fn handle(
         }
         "/readyz" => {
             let n = knobs.readiness_requests.fetch_add(1, Ordering::SeqCst);
+            let verdict = req
+                .headers()
+                .get(flotilla_crds::traffic::HEADER)
+                .and_then(|v| v.to_str().ok());
+            if let (Some(v), Ok(mut last)) = (verdict, knobs.verdict.lock()) {
+                *last = Some(v.to_owned());
+            }
             let delay = knobs.delay_ms.load(Ordering::SeqCst);
             if delay > 0 {
                 // The latency the test asked for is the behaviour under test.
