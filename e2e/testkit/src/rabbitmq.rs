@@ -1,31 +1,35 @@
 //! A real RabbitMQ broker for one test: the machine's `rabbitmq-server` (Debian's package,
-//! installed by `e2e/install-tools.sh`) run as a child process on free loopback ports, with its
+//! installed by `e2e/install-tools.sh`) run as a child process on a free loopback port, with its
 //! own node name, data and log directories, so tests run side by side and leave nothing behind.
 //!
-//! The broker can be stopped (SIGTERM, as a pod is stopped) and started again on the same port
-//! and data directory, so durable queues and persistent messages survive as they do across a
-//! real broker restart; or killed (SIGKILL).
+//! The broker is started by kubesim's entrypoint of the `rabbitmq:3` image
+//! (`e2e/kubesim/images/rabbitmq.sh`), the one place that spells its environment, in the
+//! broker's own directory. It can be stopped (SIGTERM, as a pod is stopped) and started again on
+//! the same port and directory, so durable queues and persistent messages survive as they do
+//! across a real broker restart; or killed (SIGKILL).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
 use crate::operator::free_port;
+use crate::paths::repo_root;
 use crate::process::{self, Builder, Process};
+use crate::wait;
 
-/// Environment variable naming the `rabbitmq-server` to run instead of the machine's.
+/// Environment variable naming the `rabbitmq-server` to run instead of the machine's (the
+/// entrypoint reads it).
 pub const SERVER_ENV: &str = "FLOTILLA_RABBITMQ_SERVER";
 
-/// Where Debian's package puts the server script that runs as the calling user (the one in
-/// `/usr/sbin` switches to the `rabbitmq` user, which cannot write a test's directories).
-const DEBIAN_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+/// The entrypoint that runs the broker, relative to the repository root.
+const ENTRYPOINT: &str = "e2e/kubesim/images/rabbitmq.sh";
 
 /// A running (or stopped) broker owned by one test. Dropping it kills the broker.
 pub struct Broker {
     port: u16,
-    dist_port: u16,
     dir: tempfile::TempDir,
     process: Option<Process>,
 }
@@ -34,20 +38,16 @@ impl Broker {
     /// Starts a broker with an empty data directory and waits until it accepts AMQP
     /// connections.
     pub async fn start() -> Result<Self> {
-        let dir = tempfile::tempdir().context("creating the broker's directory")?;
-        std::fs::write(dir.path().join("enabled_plugins"), "[].\n")?;
-        std::fs::write(dir.path().join("rabbitmq.conf"), "log.console = true\n")?;
         let mut broker = Self {
             port: free_port()?,
-            dist_port: free_port()?,
-            dir,
+            dir: tempfile::tempdir().context("creating the broker's directory")?,
             process: None,
         };
         broker.start_again().await?;
         Ok(broker)
     }
 
-    /// The AMQP URL of the default virtual host (user `guest`, allowed from loopback).
+    /// The AMQP URL of the default virtual host (user `guest`, the entrypoint's default).
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
     }
@@ -69,16 +69,18 @@ impl Broker {
         if self.process.is_some() {
             bail!("the broker is already running");
         }
-        let dir = self.dir.path();
         let port = self.port;
         let ready = process::check(move |_| async move {
             Ok(tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .is_ok())
         });
-        let process = Builder::new("rabbitmq", server_program()?)
-            .current_dir(dir)
-            .envs(self.env())
+        let process = Builder::new("rabbitmq", entrypoint())
+            .current_dir(self.dir.path())
+            .env("LISTEN_ADDR", self.addr().to_string())
+            // The user is the entrypoint's default, the one `url` names.
+            .env_remove("RABBITMQ_DEFAULT_USER")
+            .env_remove("RABBITMQ_DEFAULT_PASS")
             .ready(ready)
             .start()
             .await?;
@@ -102,19 +104,14 @@ impl Broker {
     /// Runs `rabbitmqctl` against this broker (e.g. `list_queues name messages`) and returns
     /// its output; fails with its output when it fails.
     pub async fn ctl(&self, args: &[&str]) -> Result<String> {
-        let program = server_program()?
-            .parent()
-            .map(|dir| dir.join("rabbitmqctl"))
-            .filter(|p| p.exists())
-            .unwrap_or_else(|| PathBuf::from("rabbitmqctl"));
-        let output = tokio::process::Command::new(&program)
-            .args(["--quiet"])
+        let output = tokio::process::Command::new(entrypoint())
+            .args(["ctl", "--quiet"])
             .args(args)
-            .envs(self.env())
+            .env("LISTEN_ADDR", self.addr().to_string())
             .current_dir(self.dir.path())
             .output()
             .await
-            .with_context(|| format!("running {}", program.display()))?;
+            .with_context(|| format!("running {ENTRYPOINT} ctl"))?;
         let text = String::from_utf8_lossy(&output.stdout).into_owned();
         if !output.status.success() {
             bail!(
@@ -127,61 +124,37 @@ impl Broker {
         Ok(text)
     }
 
-    /// The broker's environment: its own node name, ports and directories.
-    fn env(&self) -> Vec<(String, String)> {
-        let dir = self.dir.path();
-        let path = |name: &str| dir.join(name).display().to_string();
-        [
-            (
-                "RABBITMQ_NODENAME",
-                format!("flotilla-{}@localhost", self.port),
-            ),
-            ("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1".to_owned()),
-            ("RABBITMQ_NODE_PORT", self.port.to_string()),
-            ("RABBITMQ_DIST_PORT", self.dist_port.to_string()),
-            ("RABBITMQ_MNESIA_BASE", path("mnesia")),
-            ("RABBITMQ_LOG_BASE", path("log")),
-            ("RABBITMQ_CONFIG_FILE", path("rabbitmq")),
-            ("RABBITMQ_ENABLED_PLUGINS_FILE", path("enabled_plugins")),
-            ("RABBITMQ_PID_FILE", path("rabbitmq.pid")),
-            // Run the Erlang VM in place of the script (as under systemd): the child is the
-            // broker itself, so SIGTERM stops it gracefully and SIGKILL really kills it, instead
-            // of orphaning a VM behind a killed wrapper.
-            ("RUNNING_UNDER_SYSTEMD", "true".to_owned()),
-            // The Erlang cookie lives in $HOME.
-            ("HOME", dir.display().to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+    /// Messages in `queue` (ready and unacknowledged), as `rabbitmqctl list_queues` tells.
+    pub async fn queue_len(&self, queue: &str) -> Result<u64> {
+        let listed = self.ctl(&["list_queues", "name", "messages"]).await?;
+        listed
+            .lines()
+            .find_map(|l| {
+                let (name, n) = l.split_once('\t')?;
+                (name == queue).then(|| n.trim().parse().ok())?
+            })
+            .with_context(|| format!("no queue {queue} in {listed}"))
     }
 
-    /// The broker's directory (data, logs, configuration).
+    /// Waits up to `timeout` until `queue` holds exactly `n` messages.
+    pub async fn wait_queue_len(&self, queue: &str, n: u64, timeout: Duration) -> Result<()> {
+        wait::poll(
+            &format!("{queue} to hold {n} messages"),
+            timeout,
+            || async move { Ok((self.queue_len(queue).await? == n).then_some(())) },
+        )
+        .await
+    }
+
+    /// The broker's directory (its data, logs and configuration are in `rabbitmq/` there).
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
 }
 
-/// The `rabbitmq-server` to run: [`SERVER_ENV`], else Debian's, else the one on `PATH`.
-fn server_program() -> Result<PathBuf> {
-    if let Some(program) = std::env::var_os(SERVER_ENV) {
-        return Ok(PathBuf::from(program));
-    }
-    if Path::new(DEBIAN_SERVER).exists() {
-        return Ok(PathBuf::from(DEBIAN_SERVER));
-    }
-    which("rabbitmq-server").context(
-        "rabbitmq-server not found: install it with e2e/install-tools.sh (Debian package \
-         rabbitmq-server), or name it in FLOTILLA_RABBITMQ_SERVER",
-    )
-}
-
-fn which(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|p| p.is_file())
-    })
+/// The entrypoint script in this checkout.
+fn entrypoint() -> PathBuf {
+    repo_root().join(ENTRYPOINT)
 }
 
 #[cfg(test)]
@@ -192,13 +165,20 @@ mod tests {
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
     };
     use lapin::types::FieldTable;
-    use lapin::{BasicProperties, Connection, ConnectionProperties};
+    use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
+
+    async fn connect(broker: &Broker) -> Result<(Connection, Channel)> {
+        let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await?;
+        let channel = conn.create_channel().await?;
+        Ok((conn, channel))
+    }
 
     #[tokio::test]
     async fn a_persistent_message_survives_a_broker_restart() -> Result<()> {
+        // A durable queue and a persistent message are back after SIGTERM and a start in the
+        // same directory, and rabbitmqctl reaches the broker's node.
         let mut broker = Broker::start().await?;
-        let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await?;
-        let channel = conn.create_channel().await?;
+        let (_conn, channel) = connect(&broker).await?;
         channel
             .queue_declare(
                 "kept".into(),
@@ -220,15 +200,13 @@ mod tests {
             )
             .await?
             .await?;
-        let listed = broker.ctl(&["list_queues", "name", "messages"]).await?;
-        assert!(listed.contains("kept\t1"), "{listed}");
+        assert_eq!(broker.queue_len("kept").await?, 1);
 
         broker.stop().await?;
         assert!(tokio::net::TcpStream::connect(broker.addr()).await.is_err());
         broker.start_again().await?;
 
-        let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await?;
-        let channel = conn.create_channel().await?;
+        let (_conn, channel) = connect(&broker).await?;
         let mut consumer = channel
             .basic_consume(
                 "kept".into(),
@@ -237,7 +215,7 @@ mod tests {
                 FieldTable::default(),
             )
             .await?;
-        let delivery = tokio::time::timeout(std::time::Duration::from_secs(30), consumer.next())
+        let delivery = tokio::time::timeout(Duration::from_secs(30), consumer.next())
             .await?
             .context("consumer ended")??;
         assert_eq!(delivery.data, b"hello");
