@@ -27,8 +27,11 @@
 //! - [`postgres`]: an empty database per test on the test command's PostgreSQL server.
 //! - [`rabbitmq`]: a real RabbitMQ broker (the machine's `rabbitmq-server`) on free ports,
 //!   stopped, killed and started again by the test.
+//! - [`amqp`]: the fleet's events on that broker: a publisher with confirms, and a tap a test
+//!   reads the published events from.
 //! - [`memory`]: a process's resident memory, for tests and benchmarks that bound it.
 
+pub mod amqp;
 pub mod cluster;
 pub mod dump;
 pub mod harness;

@@ -160,18 +160,13 @@ fn entrypoint() -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::amqp::connect;
     use futures::StreamExt;
     use lapin::options::{
         BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, QueueDeclareOptions,
     };
     use lapin::types::FieldTable;
-    use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
-
-    async fn connect(broker: &Broker) -> Result<(Connection, Channel)> {
-        let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await?;
-        let channel = conn.create_channel().await?;
-        Ok((conn, channel))
-    }
+    use lapin::BasicProperties;
 
     #[tokio::test]
     async fn a_persistent_message_survives_a_broker_restart() -> Result<()> {
