@@ -132,9 +132,8 @@ async fn run(o: Options) -> Result<()> {
                  orders (shipping alone)",
                 o.direct
             );
-            let url = fleet.broker.url();
             let direct = measure(&fleet, &mut acked, async {
-                let (order_ids, elapsed) = direct::publish(&url, run, o.direct).await?;
+                let (order_ids, elapsed) = direct::publish(&fleet.broker, run, o.direct).await?;
                 Ok(Load {
                     order_ids,
                     elapsed,

@@ -3,11 +3,12 @@
 //! published before and after the outage is handled exactly once.
 
 use anyhow::Result;
+use flotilla_testkit::amqp::Publisher;
 use flotilla_testkit::rabbitmq::Broker;
 use flotilla_testkit::wait;
 use serde_json::json;
 
-use crate::support::{shipping, wait_queue_len, Publisher, Shipping, WAIT};
+use crate::support::{shipping, Shipping, WAIT};
 
 #[tokio::test]
 async fn readiness_names_the_broker_while_it_is_down_and_nothing_is_lost() -> Result<()> {
@@ -76,11 +77,7 @@ async fn readiness_names_the_broker_while_it_is_down_and_nothing_is_lost() -> Re
     let stored = s.metric("shipping_events_acked_total").await?
         - s.metric("shipping_events_duplicate_total").await?;
     assert_eq!(stored, orders.len() as f64, "each event stored once");
-    wait_queue_len(&broker, "shipping.orders", 0).await?;
-    assert_eq!(queue_dead(&broker).await?, 0);
+    broker.wait_queue_len("shipping.orders", 0, WAIT).await?;
+    assert_eq!(broker.queue_len("shipping.dead-letter").await?, 0);
     Ok(())
-}
-
-async fn queue_dead(broker: &Broker) -> Result<u64> {
-    crate::support::queue_len(broker, "shipping.dead-letter").await
 }

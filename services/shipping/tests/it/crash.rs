@@ -3,10 +3,11 @@
 //! it once.
 
 use anyhow::Result;
+use flotilla_testkit::amqp::Publisher;
 use flotilla_testkit::rabbitmq::Broker;
 use serde_json::json;
 
-use crate::support::{shipping, wait_queue_len, Publisher, Shipping};
+use crate::support::{shipping, Shipping, WAIT};
 
 #[tokio::test]
 async fn a_message_in_flight_at_a_crash_is_redelivered_and_handled_once() -> Result<()> {
@@ -33,6 +34,6 @@ async fn a_message_in_flight_at_a_crash_is_redelivered_and_handled_once() -> Res
     let shipment = second.shipment("order-crash").await?.unwrap_or_default();
     assert_eq!(shipment["eventId"], id.to_string());
     assert_eq!(second.shipments().await?.len(), 1);
-    wait_queue_len(&broker, "shipping.orders", 0).await?;
+    broker.wait_queue_len("shipping.orders", 0, WAIT).await?;
     Ok(())
 }

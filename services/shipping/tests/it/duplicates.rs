@@ -3,9 +3,10 @@
 //! counted as a duplicate.
 
 use anyhow::Result;
+use flotilla_testkit::amqp::Publisher;
 use flotilla_testkit::rabbitmq::Broker;
 
-use crate::support::{shipping, wait_queue_len, Publisher, Shipping};
+use crate::support::{shipping, Shipping, WAIT};
 
 #[tokio::test]
 async fn an_event_published_twice_is_handled_once() -> Result<()> {
@@ -32,6 +33,6 @@ async fn an_event_published_twice_is_handled_once() -> Result<()> {
     assert_eq!(shipments.len(), 2, "{shipments:?}");
     let shipment = s.shipment("order-twice").await?.unwrap_or_default();
     assert_eq!(shipment["eventId"], twice.to_string());
-    wait_queue_len(&broker, "shipping.orders", 0).await?;
+    broker.wait_queue_len("shipping.orders", 0, WAIT).await?;
     Ok(())
 }

@@ -3,10 +3,11 @@
 //! told `serving` again it resumes. Unsigned verdicts change nothing.
 
 use anyhow::Result;
+use flotilla_testkit::amqp::Publisher;
 use flotilla_testkit::rabbitmq::Broker;
 use flotilla_testkit::wait;
 
-use crate::support::{shipping, wait_queue_len, Publisher, Shipping, WAIT};
+use crate::support::{shipping, Shipping, WAIT};
 
 /// Sends `verdict` to `pod` on every poll (as the prober repeats it each period) until its
 /// `shipping_consuming` gauge reads `consuming`.
@@ -80,6 +81,6 @@ async fn an_ejected_consumer_takes_nothing_new_and_resumes_when_serving() -> Res
     })
     .await?;
     assert_eq!(b.metric("shipping_events_acked_total").await?, 10.0);
-    wait_queue_len(&broker, "shipping.orders", 0).await?;
+    broker.wait_queue_len("shipping.orders", 0, WAIT).await?;
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The shipping service's integration tests, one binary: the `shipping` binary as a process
-//! on a real RabbitMQ (`flotilla_testkit::rabbitmq`), fed by a publisher of the event contract.
+//! on a real RabbitMQ (`flotilla_testkit::rabbitmq`), fed by a publisher of the event contract
+//! (`flotilla_testkit::amqp`).
 //!
 //! - [`process`]: start-up errors, readiness, SIGTERM.
 //! - [`duplicates`]: an event delivered twice is handled once.

@@ -5,12 +5,12 @@
 
 use anyhow::{Context, Result};
 use flotilla_kit::amqp::{header_str, MAX_BODY_BYTES};
+use flotilla_testkit::amqp::{connect, order_placed_body, Publisher};
 use flotilla_testkit::rabbitmq::Broker;
 use lapin::options::BasicGetOptions;
-use lapin::{Connection, ConnectionProperties};
 use serde_json::json;
 
-use crate::support::{order_placed_body, shipping, wait_queue_len, Publisher, Shipping};
+use crate::support::{shipping, Shipping, WAIT};
 
 #[tokio::test]
 async fn poison_and_exhausted_retries_end_in_the_dead_letter_queue() -> Result<()> {
@@ -33,7 +33,9 @@ async fn poison_and_exhausted_retries_end_in_the_dead_letter_queue() -> Result<(
     publisher
         .raw(Some(&id), &vec![b'x'; MAX_BODY_BYTES + 1])
         .await?;
-    wait_queue_len(&broker, "shipping.dead-letter", 4).await?;
+    broker
+        .wait_queue_len("shipping.dead-letter", 4, WAIT)
+        .await?;
     for reason in ["malformed", "unknown_type", "missing_id", "oversized"] {
         let series = format!("shipping_events_dead_lettered_total{{reason=\"{reason}\"}}");
         assert_eq!(s.metric(&series).await?, 1.0, "{series}");
@@ -55,12 +57,13 @@ async fn poison_and_exhausted_retries_end_in_the_dead_letter_queue() -> Result<(
     )
     .await?;
     assert_eq!(s.metric("shipping_events_retried_total").await?, 2.0);
-    wait_queue_len(&broker, "shipping.dead-letter", 5).await?;
-    wait_queue_len(&broker, "shipping.retry", 0).await?;
+    broker
+        .wait_queue_len("shipping.dead-letter", 5, WAIT)
+        .await?;
+    broker.wait_queue_len("shipping.retry", 0, WAIT).await?;
 
     // The dead-lettered copies say why; the last one is the failing event.
-    let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await?;
-    let channel = conn.create_channel().await?;
+    let (_conn, channel) = connect(&broker).await?;
     let mut reasons = Vec::new();
     while let Some(msg) = channel
         .basic_get(

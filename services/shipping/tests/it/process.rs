@@ -3,12 +3,13 @@
 //! consuming and exits 0.
 
 use anyhow::Result;
+use flotilla_testkit::amqp::Publisher;
 use flotilla_testkit::process::Builder;
 use flotilla_testkit::rabbitmq::Broker;
 
 use serde_json::json;
 
-use crate::support::{shipping, wait_queue_len, Publisher, Shipping};
+use crate::support::{shipping, Shipping, WAIT};
 
 #[tokio::test]
 async fn a_missing_amqp_url_stops_start_up_naming_it() -> Result<()> {
@@ -61,7 +62,7 @@ async fn starts_ready_and_stops_cleanly_on_sigterm() -> Result<()> {
         .await?;
     let exit = s.process.terminate().await?;
     assert_eq!(exit.code(), Some(0), "{exit}");
-    wait_queue_len(&broker, "shipping.orders", 0).await?;
+    broker.wait_queue_len("shipping.orders", 0, WAIT).await?;
     let url = format!("sqlite://{}", dir.path().join("shipping.db").display());
     let db = shipping::Db::connect(&url).await?;
     assert!(

@@ -1,21 +1,17 @@
-//! What the shipping tests share: the `shipping` binary as a process on a real broker, a
-//! publisher speaking the event contract with publisher confirms, the signed traffic verdict
-//! as Flotilla's prober sends it, and readers of the service's metrics, API and queues.
+//! What the shipping tests share: the `shipping` binary as a process on a real broker, the
+//! signed traffic verdict as Flotilla's prober sends it, and readers of the service's metrics
+//! and API. Events are published with `flotilla_testkit::amqp`'s publisher; the broker tells
+//! its queues' lengths.
 
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{ensure, Context, Result};
-use flotilla_kit::amqp::{
-    Envelope, OrderPlaced, CONTENT_TYPE, EXCHANGE, ORDER_PLACED, ORDER_PLACED_KEY,
-};
+use anyhow::{ensure, Result};
 use flotilla_kit::verdict::testing::TestSigner;
 use flotilla_kit::verdict::{unix_ms_now, SIGNATURE_HEADER};
 use flotilla_testkit::process::{Builder, Process};
 use flotilla_testkit::rabbitmq::Broker;
 use flotilla_testkit::wait;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
-use lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 
 /// `/admin/faults` bearer of the test processes.
 pub const ADMIN: &str = "shipping-admin-7f3c9e2b4d1a";
@@ -165,97 +161,4 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
             (name == series).then(|| value.parse().ok())?
         })
         .unwrap_or(0.0)
-}
-
-/// A publisher of the event contract, with publisher confirms.
-pub struct Publisher {
-    _conn: Connection,
-    channel: Channel,
-}
-
-impl Publisher {
-    /// Connects and declares the events exchange as the contract says.
-    pub async fn connect(broker: &Broker) -> Result<Self> {
-        let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await?;
-        let channel = conn.create_channel().await?;
-        flotilla_kit::amqp::declare_exchange(&channel).await?;
-        channel
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        Ok(Self {
-            _conn: conn,
-            channel,
-        })
-    }
-
-    /// Publishes an `OrderPlaced` for `order` with event id `id`; waits for the confirm.
-    pub async fn order_placed(&self, id: uuid::Uuid, order: &str) -> Result<()> {
-        self.raw(Some(&id.to_string()), &order_placed_body(id, order))
-            .await
-    }
-
-    /// Publishes `body` with `message_id` (and the contract's other properties) to
-    /// `orders.placed`; waits for the confirm.
-    pub async fn raw(&self, message_id: Option<&str>, body: &[u8]) -> Result<()> {
-        let mut props = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type(CONTENT_TYPE.into())
-            .with_type(ORDER_PLACED.into());
-        if let Some(id) = message_id {
-            props = props.with_message_id(id.into());
-        }
-        let confirm = self
-            .channel
-            .basic_publish(
-                EXCHANGE.into(),
-                ORDER_PLACED_KEY.into(),
-                BasicPublishOptions::default(),
-                body,
-                props,
-            )
-            .await?
-            .await?;
-        ensure!(confirm.is_ack(), "the broker did not confirm");
-        Ok(())
-    }
-}
-
-/// The JSON body of an `OrderPlaced` event, its `occurredAt` now.
-pub fn order_placed_body(id: uuid::Uuid, order: &str) -> Vec<u8> {
-    let envelope = Envelope {
-        id,
-        kind: ORDER_PLACED.to_owned(),
-        occurred_at: jiff::Timestamp::now().to_string(),
-        source: "orders".to_owned(),
-        data: serde_json::to_value(OrderPlaced {
-            order_id: order.to_owned(),
-            user_id: "0b7e4c1a-2f3d-4e5a-9b6c-7d8e9f0a1b2c".to_owned(),
-            item: "book".to_owned(),
-            quantity: 1,
-        })
-        .unwrap_or_default(),
-    };
-    serde_json::to_vec(&envelope).unwrap_or_default()
-}
-
-/// Messages in `queue` (ready and unacknowledged), as `rabbitmqctl list_queues` tells.
-pub async fn queue_len(broker: &Broker, queue: &str) -> Result<u64> {
-    let listed = broker.ctl(&["list_queues", "name", "messages"]).await?;
-    listed
-        .lines()
-        .find_map(|l| {
-            let (name, n) = l.split_once('\t')?;
-            (name == queue).then(|| n.trim().parse().ok())?
-        })
-        .with_context(|| format!("no queue {queue} in {listed}"))
-}
-
-/// Waits until `queue` holds exactly `n` messages.
-pub async fn wait_queue_len(broker: &Broker, queue: &str, n: u64) -> Result<()> {
-    wait::poll(
-        &format!("{queue} to hold {n} messages"),
-        WAIT,
-        || async move { Ok((queue_len(broker, queue).await? == n).then_some(())) },
-    )
-    .await
 }
