@@ -12,13 +12,14 @@ use anyhow::{ensure, Context as _, Result};
 use serde::Deserialize;
 use sqlx::{Connection as _, SqliteConnection};
 
+use flotilla_testkit::amqp::Tap;
 use flotilla_testkit::otlp::{ReceivedSpan, Receiver};
 use flotilla_testkit::paths::workspace_binary;
 use flotilla_testkit::process::{http_ok, Builder, Process};
 use flotilla_testkit::rabbitmq::Broker;
 use flotilla_testkit::wait::poll;
 
-use crate::outbox::{metric, place, start_orders, wait_pending, Events, EVENTS_TIMEOUT};
+use crate::outbox::{metric, place, start_orders, wait_pending, EVENTS_TIMEOUT};
 use crate::process::ADA;
 
 /// Messages shipping received with a known event type.
@@ -180,7 +181,7 @@ async fn each_order_becomes_one_shipment_even_when_its_event_is_published_again(
     // those, as a duplicate.
     let mut broker = Broker::start().await?;
     // Every copy the relay publishes also lands in this queue, as in shipping's.
-    let tap = Events::bind(&broker).await?;
+    let tap = Tap::bind(&broker).await?;
     let (orders_dir, shipping_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let shipping = start_shipping(&broker, shipping_dir.path(), None).await?;
     let orders = start_orders(orders_dir.path(), Some(&broker.url()), None).await?;
@@ -221,7 +222,7 @@ async fn each_order_becomes_one_shipment_even_when_its_event_is_published_again(
     wait_pending(&orders, 0.0).await?;
 
     // Every copy published, confirmed by the broker, is in the tap now.
-    let copies = Events::bind(&broker).await?.take_all().await?;
+    let copies = Tap::bind(&broker).await?.take_all().await?;
     let mut events = BTreeMap::<String, (String, usize)>::new();
     for copy in &copies {
         let id = copy

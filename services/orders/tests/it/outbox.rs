@@ -1,23 +1,20 @@
 //! OrderPlaced events from the `orders` process to a real RabbitMQ (the testkit's broker): what
 //! a consumer receives, and that nothing is lost while the broker is down or after orders is
-//! killed with events not yet sent. Events are read from a durable queue this test binds to the
-//! exchange, as a consumer would.
+//! killed with events not yet sent. Events are read from the testkit's tap, a durable queue bound
+//! to the exchange, as a consumer would.
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
-use flotilla_kit::amqp::{self, Envelope, OrderPlaced};
-use lapin::options::{BasicGetOptions, QueueBindOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
-use lapin::{Channel, Connection, ConnectionProperties};
+use flotilla_kit::amqp::{self, OrderPlaced};
 use orders::events::relay;
 use orders::pb::orders_client::OrdersClient;
 use orders::pb::{CreateOrderRequest, Order};
 use tonic::transport::Channel as GrpcChannel;
 
+use flotilla_testkit::amqp::{Received, Tap};
 use flotilla_testkit::otlp::Receiver;
 use flotilla_testkit::process::{Builder, Process};
 use flotilla_testkit::rabbitmq::Broker;
@@ -27,126 +24,6 @@ use crate::process::{authed, grpc_serving, key, ADA};
 
 /// Long enough for a broker restart and the relay's longest pause on a loaded machine.
 pub(crate) const EVENTS_TIMEOUT: Duration = Duration::from_secs(90);
-
-/// The durable queue the tests read events from.
-const QUEUE: &str = "orders-test-events";
-
-/// One event as a consumer receives it.
-#[derive(Debug)]
-pub(crate) struct Received {
-    pub(crate) message_id: Option<String>,
-    kind: Option<String>,
-    content_type: Option<String>,
-    app_id: Option<String>,
-    delivery_mode: Option<u8>,
-    traceparent: Option<String>,
-    envelope: Envelope,
-}
-
-impl Received {
-    pub(crate) fn placed(&self) -> Result<OrderPlaced> {
-        Ok(serde_json::from_value(self.envelope.data.clone())?)
-    }
-}
-
-/// A consumer's view of the exchange: a durable queue bound to `orders.placed`.
-pub(crate) struct Events {
-    channel: Channel,
-    _conn: Connection,
-}
-
-impl Events {
-    /// Declares the exchange (as orders does), the queue and the binding; idempotent, so it
-    /// also reconnects after a broker restart.
-    pub(crate) async fn bind(broker: &Broker) -> Result<Self> {
-        let conn = Connection::connect(&broker.url(), ConnectionProperties::default()).await?;
-        let channel = conn.create_channel().await?;
-        amqp::declare_exchange(&channel).await?;
-        channel
-            .queue_declare(
-                QUEUE.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel
-            .queue_bind(
-                QUEUE.into(),
-                amqp::EXCHANGE.into(),
-                amqp::ORDER_PLACED_KEY.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(Self {
-            channel,
-            _conn: conn,
-        })
-    }
-
-    /// Takes events off the queue until `n` distinct event ids arrived (a consumer deduplicates
-    /// by message id); returns them one per id.
-    async fn take(&self, n: usize) -> Result<Vec<Received>> {
-        self.take_within(n, EVENTS_TIMEOUT).await
-    }
-
-    /// [`Events::take`], within `timeout`.
-    async fn take_within(&self, n: usize, timeout: Duration) -> Result<Vec<Received>> {
-        let got = Arc::new(Mutex::new(Vec::<Received>::new()));
-        poll(&format!("{n} events on {QUEUE}"), timeout, || {
-            let (channel, got) = (self.channel.clone(), got.clone());
-            async move {
-                let message = channel
-                    .basic_get(QUEUE.into(), BasicGetOptions { no_ack: true })
-                    .await?;
-                let mut got = got.lock().expect("lock");
-                if let Some(message) = message {
-                    let received = received(&message.delivery)?;
-                    if !got.iter().any(|r| r.message_id == received.message_id) {
-                        got.push(received);
-                    }
-                }
-                Ok((got.len() >= n).then_some(()))
-            }
-        })
-        .await?;
-        let mut got = got.lock().expect("lock");
-        Ok(std::mem::take(&mut *got))
-    }
-
-    /// Takes every message on the queue now, each copy of an event apart.
-    pub(crate) async fn take_all(&self) -> Result<Vec<Received>> {
-        let mut all = Vec::new();
-        while let Some(message) = self
-            .channel
-            .basic_get(QUEUE.into(), BasicGetOptions { no_ack: true })
-            .await?
-        {
-            all.push(received(&message.delivery)?);
-        }
-        Ok(all)
-    }
-}
-
-fn received(delivery: &lapin::message::Delivery) -> Result<Received> {
-    let p = &delivery.properties;
-    let text = |s: &Option<lapin::types::ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
-    Ok(Received {
-        message_id: text(p.message_id()),
-        kind: text(p.kind()),
-        content_type: text(p.content_type()),
-        app_id: text(p.app_id()),
-        delivery_mode: *p.delivery_mode(),
-        traceparent: p
-            .headers()
-            .as_ref()
-            .and_then(|h| amqp::header_str(h.inner(), "traceparent")),
-        envelope: serde_json::from_slice(&delivery.data).context("the body is no envelope")?,
-    })
-}
 
 /// orders in `dir` (its SQLite file `orders.db` there), publishing to `amqp_url` if given,
 /// exporting traces to `traces` if given.
@@ -233,13 +110,13 @@ async fn a_placed_order_arrives_as_an_event_in_the_calls_trace() -> Result<()> {
     // the CreateOrder call, whose span the OTLP receiver shows in the same trace. A commit
     // wakes the relay at once.
     let broker = Broker::start().await?;
-    let events = Events::bind(&broker).await?;
+    let events = Tap::bind(&broker).await?;
     let receiver = Receiver::start().await?;
     let dir = tempfile::tempdir()?;
     let orders = start_orders(dir.path(), Some(&broker.url()), Some(&receiver)).await?;
 
     let order = place(&orders, "tea").await?;
-    let got = events.take(1).await?;
+    let got = events.take(1, EVENTS_TIMEOUT).await?;
     let event = &got[0];
     assert_eq!(
         event.placed()?,
@@ -271,7 +148,7 @@ async fn a_placed_order_arrives_as_an_event_in_the_calls_trace() -> Result<()> {
     // before the relay's own sweep would find it.
     let second = place(&orders, "coffee").await?;
     let woken = events
-        .take_within(1, relay::SWEEP_INTERVAL / 3)
+        .take(1, relay::SWEEP_INTERVAL / 3)
         .await
         .with_context(|| format!("orders log:\n{}", orders.log()))?;
     assert_eq!(woken[0].placed()?.order_id, second.id.to_string());
@@ -309,12 +186,12 @@ async fn orders_placed_while_the_broker_is_down_are_published_when_it_is_back() 
     // ready, their events wait in the outbox (the gauge counts them), and all of them reach
     // the queue once the broker is back, after which nothing is pending.
     let mut broker = Broker::start().await?;
-    let events = Events::bind(&broker).await?;
+    let events = Tap::bind(&broker).await?;
     let dir = tempfile::tempdir()?;
     let mut orders = start_orders(dir.path(), Some(&broker.url()), None).await?;
     let first = place(&orders, "before").await?;
     assert_eq!(
-        order_ids(&events.take(1).await?)?,
+        order_ids(&events.take(1, EVENTS_TIMEOUT).await?)?,
         BTreeSet::from([first.id.to_string()])
     );
     drop(events);
@@ -328,8 +205,8 @@ async fn orders_placed_while_the_broker_is_down_are_published_when_it_is_back() 
     orders.wait_ready().await?;
 
     broker.start_again().await?;
-    let events = Events::bind(&broker).await?;
-    let got = events.take(3).await?;
+    let events = Tap::bind(&broker).await?;
+    let got = events.take(3, EVENTS_TIMEOUT).await?;
     assert_eq!(order_ids(&got)?, placed);
     wait_pending(&orders, 0.0).await?;
     let failures = reqwest::get(format!("{}/metrics", orders.url()))
@@ -349,7 +226,7 @@ async fn events_of_a_killed_orders_are_published_after_its_restart() -> Result<(
     // same database it finds them, reports them pending, and publishes every one once the
     // broker is back.
     let mut broker = Broker::start().await?;
-    drop(Events::bind(&broker).await?);
+    drop(Tap::bind(&broker).await?);
     broker.stop().await?;
     let dir = tempfile::tempdir()?;
     let orders = start_orders(dir.path(), Some(&broker.url()), None).await?;
@@ -363,8 +240,8 @@ async fn events_of_a_killed_orders_are_published_after_its_restart() -> Result<(
     let orders = start_orders(dir.path(), Some(&broker.url()), None).await?;
     wait_pending(&orders, 2.0).await?;
     broker.start_again().await?;
-    let events = Events::bind(&broker).await?;
-    let got = events.take(2).await?;
+    let events = Tap::bind(&broker).await?;
+    let got = events.take(2, EVENTS_TIMEOUT).await?;
     assert_eq!(order_ids(&got)?, placed);
     wait_pending(&orders, 0.0).await?;
     Ok(())
