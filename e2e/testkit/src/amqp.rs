@@ -37,24 +37,35 @@ pub async fn connect(broker: &Broker) -> Result<(Connection, Channel)> {
     Ok((conn, channel))
 }
 
-/// A publisher of the event contract, with publisher confirms.
-pub struct Publisher {
-    _conn: Connection,
+/// A channel on a connection of its own, the events exchange declared on it as the contract
+/// says. The channel closes with the connection, so both are kept.
+struct Link {
     channel: Channel,
+    _conn: Connection,
 }
 
-impl Publisher {
-    /// Connects and declares the events exchange as the contract says.
-    pub async fn connect(broker: &Broker) -> Result<Self> {
+impl Link {
+    async fn open(broker: &Broker) -> Result<Self> {
         let (conn, channel) = connect(broker).await?;
         amqp::declare_exchange(&channel).await?;
-        channel
+        Ok(Self {
+            channel,
+            _conn: conn,
+        })
+    }
+}
+
+/// A publisher of the event contract, with publisher confirms.
+pub struct Publisher(Link);
+
+impl Publisher {
+    /// Connects, declares the events exchange and turns publisher confirms on.
+    pub async fn connect(broker: &Broker) -> Result<Self> {
+        let link = Link::open(broker).await?;
+        link.channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        Ok(Self {
-            _conn: conn,
-            channel,
-        })
+        Ok(Self(link))
     }
 
     /// Publishes an `OrderPlaced` for `order` with event id `id`; waits for the confirm.
@@ -80,6 +91,7 @@ impl Publisher {
             props = props.with_message_id(id.into());
         }
         let confirm = self
+            .0
             .channel
             .basic_publish(
                 EXCHANGE.into(),
@@ -126,62 +138,58 @@ pub fn order_placed_body(id: uuid::Uuid, order: &str) -> Vec<u8> {
 /// One event as a consumer receives it.
 #[derive(Debug)]
 pub struct Received {
-    pub message_id: Option<String>,
-    pub kind: Option<String>,
-    pub content_type: Option<String>,
-    pub app_id: Option<String>,
-    pub delivery_mode: Option<u8>,
-    pub traceparent: Option<String>,
+    /// The message's AMQP properties as the broker delivered them.
+    pub properties: BasicProperties,
+    /// The body.
     pub envelope: Envelope,
 }
 
 impl Received {
+    /// The message id: the event id, a consumer's idempotence key.
+    pub fn message_id(&self) -> Option<&str> {
+        text(self.properties.message_id())
+    }
+
+    /// The W3C `traceparent` header of the publishing span.
+    pub fn traceparent(&self) -> Option<String> {
+        let headers = self.properties.headers().as_ref()?;
+        amqp::header_str(headers.inner(), "traceparent")
+    }
+
     /// The event's `OrderPlaced` fields.
     pub fn placed(&self) -> Result<OrderPlaced> {
         Ok(serde_json::from_value(self.envelope.data.clone())?)
     }
 
     fn of(delivery: &Delivery) -> Result<Self> {
-        let p = &delivery.properties;
-        let text = |s: &Option<ShortString>| s.as_ref().map(|s| s.as_str().to_owned());
         Ok(Self {
-            message_id: text(p.message_id()),
-            kind: text(p.kind()),
-            content_type: text(p.content_type()),
-            app_id: text(p.app_id()),
-            delivery_mode: *p.delivery_mode(),
-            traceparent: p
-                .headers()
-                .as_ref()
-                .and_then(|h| amqp::header_str(h.inner(), "traceparent")),
+            properties: delivery.properties.clone(),
             envelope: serde_json::from_slice(&delivery.data).context("the body is no envelope")?,
         })
     }
 }
 
-/// A consumer's view of the exchange: [`TAP_QUEUE`], bound to `orders.placed`.
-pub struct Tap {
-    channel: Channel,
-    _conn: Connection,
+/// A text property's value, e.g. `text(received.properties.kind())`.
+pub fn text(property: &Option<ShortString>) -> Option<&str> {
+    property.as_ref().map(ShortString::as_str)
 }
+
+/// A consumer's view of the exchange: [`TAP_QUEUE`], bound to `orders.placed`.
+pub struct Tap(Link);
 
 impl Tap {
     /// Declares the exchange (as the services do), the queue and the binding; idempotent, so it
     /// also reconnects after a broker restart.
     pub async fn bind(broker: &Broker) -> Result<Self> {
-        let (conn, channel) = connect(broker).await?;
-        amqp::declare_exchange(&channel).await?;
-        channel
-            .queue_declare(
-                TAP_QUEUE.into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
+        let link = Link::open(broker).await?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        link.channel
+            .queue_declare(TAP_QUEUE.into(), durable, FieldTable::default())
             .await?;
-        channel
+        link.channel
             .queue_bind(
                 TAP_QUEUE.into(),
                 EXCHANGE.into(),
@@ -190,10 +198,7 @@ impl Tap {
                 FieldTable::default(),
             )
             .await?;
-        Ok(Self {
-            channel,
-            _conn: conn,
-        })
+        Ok(Self(link))
     }
 
     /// Takes events off the queue until `n` distinct event ids arrived (a consumer deduplicates
@@ -206,7 +211,7 @@ impl Tap {
                 let next = self.next().await?;
                 let mut got = got.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
                 if let Some(received) = next {
-                    if !got.iter().any(|r| r.message_id == received.message_id) {
+                    if !got.iter().any(|r| r.message_id() == received.message_id()) {
                         got.push(received);
                     }
                 }
@@ -230,6 +235,7 @@ impl Tap {
     /// The next message, if the queue holds one.
     async fn next(&self) -> Result<Option<Received>> {
         let message = self
+            .0
             .channel
             .basic_get(TAP_QUEUE.into(), BasicGetOptions { no_ack: true })
             .await?;
@@ -254,13 +260,14 @@ mod tests {
         publisher.order_placed(second, "o-2").await?;
 
         let got = tap.take(2, Duration::from_secs(30)).await?;
-        let ids: Vec<_> = got.iter().map(|r| r.message_id.clone()).collect();
-        assert_eq!(ids, [Some(first.to_string()), Some(second.to_string())]);
+        let ids: Vec<_> = got.iter().filter_map(Received::message_id).collect();
+        assert_eq!(ids, [first.to_string(), second.to_string()]);
         assert_eq!(got[0].placed()?.order_id, "o-1");
         assert_eq!(got[0].envelope.id, first);
-        assert_eq!(got[0].kind.as_deref(), Some(ORDER_PLACED));
-        assert_eq!(got[0].content_type.as_deref(), Some(CONTENT_TYPE));
-        assert_eq!(got[0].delivery_mode, Some(2));
+        let props = &got[0].properties;
+        assert_eq!(text(props.kind()), Some(ORDER_PLACED));
+        assert_eq!(text(props.content_type()), Some(CONTENT_TYPE));
+        assert_eq!(*props.delivery_mode(), Some(2));
         assert!(tap.take_all().await?.is_empty());
         assert_eq!(broker.queue_len(TAP_QUEUE).await?, 0);
         Ok(())

@@ -226,9 +226,9 @@ async fn each_order_becomes_one_shipment_even_when_its_event_is_published_again(
     let mut events = BTreeMap::<String, (String, usize)>::new();
     for copy in &copies {
         let id = copy
-            .message_id
-            .clone()
-            .context("a copy without message id")?;
+            .message_id()
+            .context("a copy without message id")?
+            .to_owned();
         let order = copy.placed()?.order_id;
         let seen = events.entry(id).or_insert((order.clone(), 0));
         assert_eq!(seen.0, order, "one message id for two orders");

@@ -14,7 +14,7 @@ use orders::pb::orders_client::OrdersClient;
 use orders::pb::{CreateOrderRequest, Order};
 use tonic::transport::Channel as GrpcChannel;
 
-use flotilla_testkit::amqp::{Received, Tap};
+use flotilla_testkit::amqp::{text, Received, Tap};
 use flotilla_testkit::otlp::Receiver;
 use flotilla_testkit::process::{Builder, Process};
 use flotilla_testkit::rabbitmq::Broker;
@@ -130,14 +130,15 @@ async fn a_placed_order_arrives_as_an_event_in_the_calls_trace() -> Result<()> {
     assert_eq!(event.envelope.kind, amqp::ORDER_PLACED);
     assert_eq!(event.envelope.source, "orders");
     assert_eq!(
-        event.message_id.as_deref(),
+        event.message_id(),
         Some(event.envelope.id.to_string().as_str())
     );
-    assert_eq!(event.kind.as_deref(), Some(amqp::ORDER_PLACED));
-    assert_eq!(event.content_type.as_deref(), Some(amqp::CONTENT_TYPE));
-    assert_eq!(event.app_id.as_deref(), Some("orders"));
-    assert_eq!(event.delivery_mode, Some(2));
-    let traceparent = event.traceparent.clone().context("no traceparent header")?;
+    let props = &event.properties;
+    assert_eq!(text(props.kind()), Some(amqp::ORDER_PLACED));
+    assert_eq!(text(props.content_type()), Some(amqp::CONTENT_TYPE));
+    assert_eq!(text(props.app_id()), Some("orders"));
+    assert_eq!(*props.delivery_mode(), Some(2));
+    let traceparent = event.traceparent().context("no traceparent header")?;
     let trace_id = traceparent
         .split('-')
         .nth(1)
@@ -152,7 +153,7 @@ async fn a_placed_order_arrives_as_an_event_in_the_calls_trace() -> Result<()> {
         .await
         .with_context(|| format!("orders log:\n{}", orders.log()))?;
     assert_eq!(woken[0].placed()?.order_id, second.id.to_string());
-    assert_ne!(woken[0].message_id, event.message_id);
+    assert_ne!(woken[0].message_id(), event.message_id());
 
     wait_pending(&orders, 0.0).await?;
     assert_eq!(
