@@ -87,6 +87,10 @@ struct Args {
     /// keeps one open per pod.
     #[arg(long)]
     no_watch: bool,
+    /// The heartbeat the prober asks of watched pods, in milliseconds (default: the engine's,
+    /// a quarter of the period), for comparison.
+    #[arg(long)]
+    heartbeat_ms: Option<u64>,
     /// Scrape every pod's metrics during the CPU measurement (`failover.scrapeMetrics`); the
     /// pods serve a kit service's exposition whose counters grow by 10 requests a second.
     #[arg(long)]
@@ -291,6 +295,7 @@ async fn cpu(args: &Args) -> Result<()> {
         cfg.batch_window = Duration::from_millis(ms);
     }
     cfg.watch = !args.no_watch;
+    cfg.watch_heartbeat = args.heartbeat_ms.map(Duration::from_millis);
     let window = cfg.batch_window;
     let rss_before = rss_kib()?;
     let (mut out, _thread) = engine::spawn(rx, metrics.clone(), cfg)?;
@@ -321,7 +326,7 @@ async fn cpu(args: &Args) -> Result<()> {
     println!(
         "(d) prober CPU: {cores:.4} cores for {} pods at 500 ms = {per_1000:.4} cores per 1,000 pods \
          ({:.0} probe results/s, {} failed, {} skipped; {p1} since the start; batch window {} ms; \
-         readiness watches {} open{}{})",
+         readiness watches {} open{}{}{})",
         args.pods,
         (p1 - p0) as f64 / wall,
         failed,
@@ -329,6 +334,9 @@ async fn cpu(args: &Args) -> Result<()> {
         window.as_millis(),
         metrics.readiness_watches.get(),
         if args.no_watch { ", off" } else { "" },
+        args.heartbeat_ms
+            .map(|ms| format!(", heartbeat {ms} ms"))
+            .unwrap_or_default(),
         if args.scrape_only {
             "; pods only scraped, every 5 s".to_owned()
         } else if args.scrape {

@@ -22,7 +22,8 @@
 //!   connections into its backlog, answers nothing and closes nothing): a heartbeat more than
 //!   the probe timeout late is a failed probe (`Timeout`), and so is each next one missed;
 //!   after the failure threshold's worth the watch ends and the periodic probes carry on;
-//! - a heartbeat a fifth of a heartbeat late (`Late`): the engine sends a probe at once, so a
+//! - when the pod last spoke ([`LastLine`], shared, not sent): the engine checks every watch
+//!   in one pass and probes a pod whose heartbeat is a tenth of a heartbeat late at once, so a
 //!   pod that hangs fails that probe's timeout close behind the watch's own silence failure,
 //!   the two independent failures that reach the default threshold;
 //! - death on the wire: the connection closed or reset by the pod's side in the middle of the
@@ -86,10 +87,6 @@ pub enum WatchEvent {
         /// When the line came.
         at: Instant,
     },
-    /// A heartbeat is late (a fifth of a heartbeat past due, long before it counts as a
-    /// failure): the engine probes the pod at once, so that a pod that hangs meets two
-    /// independent timeouts, the watch's and the probe's, that end close together.
-    Late,
     /// The watch stopped (its reconnect failed); the engine may open it again.
     Ended,
 }
@@ -126,6 +123,42 @@ impl Reporter {
     }
 }
 
+/// When a watch last heard its pod (a line, or the head of a watch response), shared with the
+/// engine: it checks all watches for a late heartbeat in one pass, where a timer per watch
+/// would wake the prober for every line of every pod.
+#[derive(Debug)]
+pub struct LastLine {
+    base: Instant,
+    /// Nanoseconds after `base`.
+    nanos: AtomicU64,
+}
+
+impl LastLine {
+    /// Heard now.
+    pub fn new() -> Self {
+        Self {
+            base: Instant::now(),
+            nanos: AtomicU64::new(0),
+        }
+    }
+
+    fn mark(&self) {
+        let since = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.store(since, Ordering::Relaxed);
+    }
+
+    /// When the pod was last heard.
+    pub fn at(&self) -> Instant {
+        self.base + Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    }
+}
+
+impl Default for LastLine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// What a watch of one pod needs.
 #[derive(Debug, Clone)]
 pub struct WatchTarget {
@@ -142,6 +175,8 @@ pub struct WatchTarget {
     pub heartbeat: Duration,
     /// Silent heartbeats (after the first `timeout`) that end the watch: the failure threshold.
     pub failure_threshold: u32,
+    /// When the pod was last heard, for the engine.
+    pub last_line: Arc<LastLine>,
 }
 
 /// Runs one pod's watch until it ends (see the module documentation); the engine aborts it
@@ -297,11 +332,10 @@ async fn http_once(
     *opened_watch = true;
     let heartbeats = heartbeat > 0;
     reporter.opened(heartbeats);
-    // When the last line came (as time since `opened`; atomics only because the task must be
-    // `Send`: the body reader and the silence timer run in one task).
-    let opened = Instant::now();
-    let heard = AtomicU64::new(0);
-    let last_line = || opened + Duration::from_nanos(heard.load(Ordering::Relaxed));
+    // When the last line came (shared with the engine, which looks for late heartbeats).
+    let heard = &target.last_line;
+    heard.mark();
+    let last_line = || heard.at();
     // Set by a silence failure, so the next line is reported whatever it says.
     let spoke_after_silence = AtomicBool::new(false);
     let mut line = Vec::new();
@@ -315,8 +349,7 @@ async fn http_once(
                 line.push(b);
                 continue;
             }
-            let since = u64::try_from(opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            heard.store(since, Ordering::Relaxed);
+            heard.mark();
             let observation = if line.starts_with(b"ready") {
                 Observation::Success
             } else if line.starts_with(b"not_ready") {
@@ -348,23 +381,12 @@ async fn http_once(
     let silence = async {
         let mut silent = 0u32;
         let mut since = last_line();
-        let mut told_late = false;
         loop {
             let heard = last_line();
             if heard != since {
                 // A line came: the pod speaks again.
                 since = heard;
                 silent = 0;
-                told_late = false;
-            }
-            if !told_late {
-                let late = since + beat + beat / 5;
-                if Instant::now() < late {
-                    tokio::time::sleep_until(late.into()).await;
-                    continue;
-                }
-                told_late = true;
-                reporter.send(WatchEvent::Late);
             }
             let deadline = since + beat * (silent + 1) + target.timeout;
             if Instant::now() < deadline {

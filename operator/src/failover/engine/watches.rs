@@ -4,7 +4,10 @@
 //! the pod's health.
 
 use super::super::pod_health::Observation;
-use super::super::readiness_watch::{self, Reporter, WatchEvent, WatchTarget};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::super::readiness_watch::{self, LastLine, Reporter, WatchEvent, WatchTarget};
 use super::{default_heartbeat, Engine, WatchSlot, WatchTask};
 
 impl Engine {
@@ -23,16 +26,19 @@ impl Engine {
             return;
         };
         let p = &entry.svc.probe;
+        let heartbeat = self
+            .cfg
+            .watch_heartbeat
+            .unwrap_or_else(|| default_heartbeat(p.period));
+        let last_line = Arc::new(LastLine::new());
         let target = WatchTarget {
             addr,
             http: entry.http.clone(),
             grpc_service: p.grpc.clone(),
             timeout: p.timeout,
-            heartbeat: self
-                .cfg
-                .watch_heartbeat
-                .unwrap_or_else(|| default_heartbeat(p.period)),
+            heartbeat,
             failure_threshold: p.failure_threshold,
+            last_line: last_line.clone(),
         };
         let generation = self.next_watch;
         self.next_watch += 1;
@@ -47,7 +53,38 @@ impl Engine {
             handle,
             counted: None,
             heartbeats: false,
+            heartbeat,
+            last_line,
+            late_told: None,
         });
+    }
+
+    /// Probes at once every pod whose watch's heartbeat is a tenth of a heartbeat late (once
+    /// per silence): the second, independent look at a pod that may hang, whose timeout then
+    /// ends close behind the watch's own silence failure. One pass over the pods on a timer
+    /// of the engine's, instead of a timer per watch that every line would re-arm.
+    pub(super) fn probe_late(&mut self, now: Instant) {
+        let mut late = Vec::new();
+        for (&id, entry) in &mut self.pods {
+            let WatchSlot::Open(t) = &mut entry.watch else {
+                continue;
+            };
+            if !t.heartbeats {
+                continue;
+            }
+            let heard = t.last_line.at();
+            if now > heard + t.heartbeat + t.heartbeat / 10 && t.late_told != Some(heard) {
+                t.late_told = Some(heard);
+                late.push(id);
+            }
+        }
+        for id in late {
+            self.metrics
+                .watch_reports
+                .with_label_values(&["late"])
+                .inc();
+            self.probe_now(id, now, true);
+        }
     }
 
     /// Takes one event of a pod's watch; `true` when the pod's verdict changed.
@@ -96,11 +133,6 @@ impl Engine {
                 // The threshold's worth of spans is the confirmation: decisive.
                 reports.with_label_values(&["error_rate"]).inc();
                 self.observe(id, Observation::ErrorRate(ratio), at, true)
-            }
-            WatchEvent::Late => {
-                reports.with_label_values(&["late"]).inc();
-                self.probe_now(id, std::time::Instant::now(), true);
-                false
             }
             WatchEvent::Ended => {
                 entry.watch = WatchSlot::Idle;
