@@ -254,6 +254,25 @@ async fn a_grpc_pod_whose_process_dies_is_out_without_a_probe() -> Result<()> {
     fault_moves_traffic(Kind::Grpc, Fault::Killed, 43).await
 }
 
+/// Waits until the engine takes pod `api-0` out of service `api`'s traffic.
+async fn api_0_ejected(out: &mut EngineOutputs) -> Result<()> {
+    let key = ObjKey::new("t", "api");
+    tokio::time::timeout(
+        WAIT,
+        out.desired.wait_for(|d| {
+            d.services.get(&key).is_some_and(|s| {
+                s.members.iter().any(|m| {
+                    m.pod.name == "api-0"
+                        && m.to == flotilla_operator::failover::decide::Membership::Out
+                })
+            })
+        }),
+    )
+    .await
+    .context("api-0 ejected")??;
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_steady_watched_pod_is_probed_only_for_its_verdict() -> Result<()> {
     // Two pods that serve watches with heartbeats, on a 200 ms period: while steady they are
@@ -326,19 +345,7 @@ async fn a_steady_watched_pod_is_probed_only_for_its_verdict() -> Result<()> {
         "{reopened} readiness watches reopened in {periods} periods"
     );
     fakes[0].set_status(503);
-    tokio::time::timeout(
-        WAIT,
-        out.desired.wait_for(|d| {
-            d.services.get(&key).is_some_and(|s| {
-                s.members.iter().any(|m| {
-                    m.pod.name == "api-0"
-                        && m.to == flotilla_operator::failover::decide::Membership::Out
-                })
-            })
-        }),
-    )
-    .await
-    .context("api-0 ejected")??;
+    api_0_ejected(&mut out).await?;
     Ok(())
 }
 
@@ -392,20 +399,7 @@ async fn an_ejected_pod_hears_its_verdict_at_once() -> Result<()> {
     })
     .await?;
     fakes[0].set_status(503);
-    let key = ObjKey::new("t", "api");
-    tokio::time::timeout(
-        WAIT,
-        out.desired.wait_for(|d| {
-            d.services.get(&key).is_some_and(|s| {
-                s.members.iter().any(|m| {
-                    m.pod.name == "api-0"
-                        && m.to == flotilla_operator::failover::decide::Membership::Out
-                })
-            })
-        }),
-    )
-    .await
-    .context("api-0 ejected")??;
+    api_0_ejected(&mut out).await?;
     poll("the failing pod told `ejected`", WAIT, || async {
         Ok((fakes[0].verdict().as_deref() == Some(flotilla_crds::traffic::EJECTED)).then_some(()))
     })
