@@ -254,6 +254,15 @@ async fn a_grpc_pod_whose_process_dies_is_out_without_a_probe() -> Result<()> {
     fault_moves_traffic(Kind::Grpc, Fault::Killed, 43).await
 }
 
+/// Two test pods `127.3.<b>.*` that serve readiness watches.
+async fn watched_group(b: u8) -> Result<Vec<FakePod>> {
+    let fakes = start_group(3, b, 2).await?;
+    for f in &fakes {
+        f.set_watch(true);
+    }
+    Ok(fakes)
+}
+
 /// Waits until the engine takes pod `api-0` out of service `api`'s traffic.
 async fn api_0_ejected(out: &mut EngineOutputs) -> Result<()> {
     let key = ObjKey::new("t", "api");
@@ -279,10 +288,7 @@ async fn a_steady_watched_pod_is_probed_only_for_its_verdict() -> Result<()> {
     // judged by their watches and probed only every 2 s (to repeat the verdict), not every
     // period; a pod that turns 503 is seen on its watch and ejected. Elapsed time is the
     // behaviour under test here: the probe count over a few seconds.
-    let fakes = start_group(3, 45, 2).await?;
-    for f in &fakes {
-        f.set_watch(true);
-    }
+    let fakes = watched_group(45).await?;
     let mut svc = service("api", fakes[0].addr.port(), false, Some("backup"));
     svc.probe.period = Duration::from_millis(200);
     let pods: Vec<PodInfo> = fakes
@@ -355,10 +361,7 @@ async fn an_ejected_pod_hears_its_verdict_at_once() -> Result<()> {
     // pod that says `not_ready` on its watch is ejected, and the engine sends it a probe
     // carrying `ejected` at once (a pod closes its clients' kept connections only when it
     // hears it), while its healthy sibling, still serving, hears nothing new.
-    let fakes = start_group(3, 48, 2).await?;
-    for f in &fakes {
-        f.set_watch(true);
-    }
+    let fakes = watched_group(48).await?;
     let backup = start_group(3, 49, 2).await?;
     let mut svc = service("api", fakes[0].addr.port(), false, Some("backup"));
     svc.probe.period = Duration::from_secs(600);
