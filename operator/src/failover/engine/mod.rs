@@ -406,6 +406,11 @@ impl Engine {
     ) {
         let first = inventory.borrow_and_update().clone();
         self.apply_inventory(first);
+        // Decided at once, as after every later inventory change: a service whose pods the
+        // kubelet calls Ready counts as having been healthy (`ever_ok`) before any probe. Left
+        // to the first verdict change, a service all of whose pods fail their first probes
+        // together would look as if it never started, and would never fail over.
+        self.decide_all(Instant::now());
         let mut late = tokio::time::interval(LATE_CHECK_EVERY);
         late.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut tick = tokio::time::interval(self.cfg.decide_every);
