@@ -66,3 +66,19 @@ pub async fn send(request: RequestBuilder) -> Result<Reply> {
 pub async fn get(url: &str) -> Result<Reply> {
     send(request(Method::GET, url)).await
 }
+
+/// The value of one series in Prometheus text (`name` or `name{labels}` exactly as exposed),
+/// `None` when absent.
+pub fn metric_value(text: &str, series: &str) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.trim().parse().ok())?
+    })
+}
+
+/// The value of one series of `<base>/metrics` (see [`metric_value`]), `None` when absent.
+pub async fn metric(base: &str, series: &str) -> Result<Option<f64>> {
+    let reply = get(&format!("{base}/metrics")).await?;
+    anyhow::ensure!(reply.status == 200, "{base}/metrics: {}", reply.status);
+    Ok(metric_value(&reply.body, series))
+}

@@ -9,6 +9,7 @@ use auth::{ClientConfig, Signer, Verifier};
 use flotilla_kit::jwt::{SigningKey, AUDIENCE_USERS};
 use flotilla_kit::ratelimit::CredentialLimits;
 use flotilla_kit::server::{DrainOptions, Running};
+use flotilla_testkit::http::metric_value;
 use flotilla_testkit::wait::poll;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -181,11 +182,7 @@ impl Pair {
             .await?
             .text()
             .await?;
-        text.lines()
-            .find_map(|l| l.strip_prefix("auth_users_retries_total "))
-            .context("no auth_users_retries_total")?
-            .parse()
-            .context("retries value")
+        metric_value(&text, "auth_users_retries_total").context("no auth_users_retries_total")
     }
 
     async fn set_users_faults(&self, body: Option<Value>) -> Result<()> {

@@ -77,14 +77,7 @@ pub(crate) async fn place(orders: &Process, item: &str) -> Result<Order> {
 /// The value of a series (`name` or `name{labels}` as printed) on a service's `/metrics`, if it
 /// is there.
 pub(crate) async fn metric(service: &Process, name: &str) -> Result<Option<f64>> {
-    let text = reqwest::get(format!("{}/metrics", service.url()))
-        .await?
-        .text()
-        .await?;
-    Ok(text.lines().find_map(|line| {
-        let (series, value) = line.split_once(' ')?;
-        (series == name).then(|| value.trim().parse().ok())?
-    }))
+    flotilla_testkit::http::metric(&service.url(), name).await
 }
 
 /// Waits until orders reports `n` unsent events.

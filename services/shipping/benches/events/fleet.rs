@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context as _, Result};
 use flotilla_kit::jwt::{Signer, SigningKey, AUDIENCE_ORDERS};
+use flotilla_testkit::http::metric_value;
 use flotilla_testkit::paths::workspace_binary;
 use flotilla_testkit::process::{Builder, Process};
 use flotilla_testkit::rabbitmq::Broker;
@@ -148,11 +149,7 @@ impl Fleet {
             .await?
             .text()
             .await?;
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix("shipping_events_acked_total "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0))
+        Ok(metric_value(&text, "shipping_events_acked_total").unwrap_or(0.0))
     }
 
     /// Waits until shipping has acknowledged `n` events since it started.

@@ -78,13 +78,9 @@ impl Shipping {
     /// The value of one series of `/metrics` (`name` or `name{labels}` as printed), 0 when
     /// absent.
     pub async fn metric(&self, series: &str) -> Result<f64> {
-        let text = http()
-            .get(format!("{}/metrics", self.url()))
-            .send()
+        Ok(flotilla_testkit::http::metric(&self.url(), series)
             .await?
-            .text()
-            .await?;
-        Ok(metric_value(&text, series))
+            .unwrap_or(0.0))
     }
 
     /// Sets faults through `/admin/faults`.
@@ -150,15 +146,4 @@ impl Shipping {
         )
         .await
     }
-}
-
-/// The value of `series` in Prometheus text, 0 when absent.
-pub fn metric_value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| {
-            let (name, value) = l.rsplit_once(' ')?;
-            (name == series).then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
 }
