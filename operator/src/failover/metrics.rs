@@ -138,9 +138,10 @@ impl Metrics {
                 Opts::new(
                     "flotilla_readiness_watch_reports_total",
                     "Reports of readiness watches: a pod's own ready/not_ready, a late \
-                     heartbeat (the pod probed at once), a silent pod (missed heartbeats), a watch connection lost, its immediate reconnect \
-                     failed, a watch that could not open, a pod without support, or a pod \
-                     failed by the error rate of the request counts on its lines.",
+                     heartbeat (the pod probed at once), a silent pod (missed heartbeats), a \
+                     watch connection lost, its immediate reconnect failed, a watch that could \
+                     not open, a pod without support, or a pod failed by the error rate of the \
+                     request counts on its lines.",
                 ),
                 &["report"],
             )?,

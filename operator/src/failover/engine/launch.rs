@@ -83,16 +83,14 @@ impl Engine {
                 || (svc.report_traffic && since_scrape(self.cfg.traffic_scrape_every));
             let verdict = entry.verdict_at(now);
             // A steady pod whose watch has heartbeats is judged by the watch: its periodic probe
-            // goes out only to carry a new verdict, a due scrape, when the watch's heartbeat is
-            // late, or the verdict again every `WATCHED_PROBE_EVERY` (a pod lets an unrepeated
+            // goes out only to carry a new verdict, a due scrape, while the watch is silent past
+            // a late heartbeat, or the verdict again every `WATCHED_PROBE_EVERY` (a pod lets an unrepeated
             // `ejected` lapse after 10 s).
             let said = (verdict, signing.is_some());
-            let watched = matches!(&entry.watch, WatchSlot::Open(t) if t.heartbeats);
+            let watched = matches!(&entry.watch, WatchSlot::Open(t) if t.heartbeats && !t.silent());
             let steady = entry.health.healthy && entry.health.consecutive_failures == 0;
-            let forced = std::mem::take(&mut entry.forced);
             if watched
                 && steady
-                && !forced
                 && !scrape_due
                 && entry.probed.is_some_and(|(s, t)| {
                     s == said && now.saturating_duration_since(t) < WATCHED_PROBE_EVERY

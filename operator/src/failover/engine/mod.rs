@@ -197,9 +197,6 @@ struct PodEntry {
     watch: WatchSlot,
     /// The verdict (and whether it was signed) the last probe carried, and when it went out.
     probed: Option<((Option<&'static str>, bool), Instant)>,
-    /// The next probe goes out even if the watch would make it unnecessary: the watch's
-    /// heartbeat is late, so the probe is the second, independent look at a pod that may hang.
-    forced: bool,
 }
 
 /// Where a pod's readiness watch stands.
@@ -230,6 +227,14 @@ struct WatchTask {
     last_line: Arc<LastLine>,
     /// The last line after which the pod was probed for a late heartbeat (once per silence).
     late_told: Option<Instant>,
+}
+
+impl WatchTask {
+    /// The pod has been silent since a heartbeat found late: its probes go out whatever the
+    /// watch says, as the second, independent look at a pod that may hang.
+    fn silent(&self) -> bool {
+        self.late_told.is_some_and(|t| t == self.last_line.at())
+    }
 }
 
 impl Drop for WatchTask {
@@ -566,7 +571,6 @@ impl Engine {
                     drain_until: None,
                     watch: WatchSlot::Idle,
                     probed: None,
-                    forced: false,
                 },
             );
             self.heap.push(Reverse((first, id)));
@@ -688,7 +692,7 @@ impl Engine {
         // `ejected`, so every turn waited is time they keep reaching it.
         let now = Instant::now();
         if self.pods.get(&id).is_some_and(|e| e.untold(now)) {
-            self.probe_now(id, now, false);
+            self.probe_now(id, now);
         }
         let changed = self.observe(id, obs, rep.at, false);
         changed || analysed_ratio_moved
@@ -733,17 +737,15 @@ impl Engine {
         changed
     }
 
-    /// Probes the pod now instead of at its turn (its period restarts from this probe);
-    /// `forced` even if its watch would make the probe unnecessary. A pod with a probe in
-    /// flight is left alone: that probe's answer comes first.
-    pub(super) fn probe_now(&mut self, id: u64, now: Instant, forced: bool) {
+    /// Probes the pod now instead of at its turn (its period restarts from this probe). A pod
+    /// with a probe in flight is left alone: that probe's answer comes first.
+    pub(super) fn probe_now(&mut self, id: u64, now: Instant) {
         let Some(e) = self.pods.get_mut(&id) else {
             return;
         };
         if e.in_flight || e.svc.scrape_only {
             return;
         }
-        e.forced |= forced;
         if e.next_due > now {
             e.next_due = now;
             self.heap.push(Reverse((now, id)));

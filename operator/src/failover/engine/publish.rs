@@ -116,7 +116,7 @@ impl Engine {
             })
             .collect();
         for id in untold {
-            self.probe_now(id, now, false);
+            self.probe_now(id, now);
         }
     }
 

@@ -83,7 +83,7 @@ impl Engine {
                 .watch_reports
                 .with_label_values(&["late"])
                 .inc();
-            self.probe_now(id, now, true);
+            self.probe_now(id, now);
         }
     }
 
