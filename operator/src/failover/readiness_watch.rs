@@ -6,10 +6,14 @@
 //!   `not_ready <checks>`) and the current line again every heartbeat, ending the response now
 //!   and then, when the watch asks again on the same connection. A pod without support answers
 //!   the ordinary probe: the watch says so and ends, and the pod is probed every period only.
-//! - gRPC pods: `grpc.health.v1.Health/Watch`, the standard streaming check (`UNIMPLEMENTED`:
-//!   no support), on a connection of its own that sends an HTTP/2 PING after each heartbeat of
-//!   quiet and closes when one goes unanswered for the probe timeout: the protocol's own
-//!   heartbeat, which every HTTP/2 server answers, so the pod needs nothing more.
+//! - gRPC pods: first the HTTP watch above, on the readiness path of the same port (where a
+//!   gRPC pod serves its metrics too): a pod that supports it, as the sample `orders` does, has
+//!   its call counts carried on every line (failing codes as errors) and its heartbeats find a
+//!   hang. A pod that answers it otherwise, or not at all, is watched with
+//!   `grpc.health.v1.Health/Watch`, the standard streaming check (`UNIMPLEMENTED`: no support),
+//!   on a connection of its own that sends an HTTP/2 PING after each heartbeat of quiet and
+//!   closes when one goes unanswered for the probe timeout: the protocol's own heartbeat, which
+//!   every HTTP/2 server answers, so the pod needs nothing more.
 //!
 //! What the watch reports to the engine:
 //! - a pod's own `not_ready` (or `NOT_SERVING`) at once, *decisive*: the pod knows, so it is not
@@ -183,11 +187,31 @@ pub struct WatchTarget {
 /// when the pod goes away or changes address.
 pub async fn run(target: WatchTarget, reporter: Reporter) {
     match (&target.grpc_service, &target.http) {
-        (Some(service), _) => grpc(&target, service, &reporter).await,
-        (None, Some(http)) => self::http(&target, http, &reporter).await,
+        (Some(service), Some(http)) => {
+            // Flotilla's own watch first, on the same port: its lines also carry the call
+            // counts (the standard `Health/Watch` has nowhere to put them) and its heartbeats
+            // find a pod that hangs.
+            if !self::http(&target, http, &reporter, Fallback::Grpc).await {
+                grpc(&target, service, &reporter).await;
+            }
+        }
+        (Some(service), None) => grpc(&target, service, &reporter).await,
+        (None, Some(http)) => {
+            self::http(&target, http, &reporter, Fallback::None).await;
+        }
         (None, None) => {}
     }
     reporter.send(WatchEvent::Ended);
+}
+
+/// What an HTTP watch that never opens leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fallback {
+    /// Nothing: an HTTP pod without support is probed every period, one that cannot be
+    /// reached has failed a probe.
+    None,
+    /// A gRPC pod's `Health/Watch`, which says the same as the HTTP watch would have.
+    Grpc,
 }
 
 /// How one watch response ended.
@@ -227,7 +251,14 @@ enum Said {
     NotReady,
 }
 
-async fn http(target: &WatchTarget, paths: &HttpPaths, reporter: &Reporter) {
+/// Runs the HTTP watch until it ends; `false` when it never opened and `fallback` is to watch
+/// over gRPC instead (nothing reported then).
+async fn http(
+    target: &WatchTarget,
+    paths: &HttpPaths,
+    reporter: &Reporter,
+    fallback: Fallback,
+) -> bool {
     let request = paths.watch(target.heartbeat);
     let mut conn: Option<PodConn> = None;
     let mut last: Option<Said> = None;
@@ -243,8 +274,15 @@ async fn http(target: &WatchTarget, paths: &HttpPaths, reporter: &Reporter) {
             &mut opened,
         )
         .await;
+        let never_opened = !opened && !state.ever_opened;
+        if fallback == Fallback::Grpc
+            && never_opened
+            && matches!(ended, Ended::Unsupported | Ended::Broken(_))
+        {
+            return false;
+        }
         if !state.after(ended, opened, &mut last, reporter) {
-            return;
+            return true;
         }
     }
 }

@@ -1,8 +1,10 @@
 //! The readiness watch on real service processes (`users` over HTTP, `orders` over gRPC), with
 //! the engine fed by hand: a pod that turns itself unready, a pod whose process is killed, a
-//! pod whose process hangs and an HTTP pod answering 500s leave the traffic with no probe due. Each service probes every
-//! minute here, so only the watch can move the traffic within the test's bound; the failover
-//! benchmark times it.
+//! pod whose process hangs and a pod answering its API calls with failures leave the traffic
+//! with no probe due. `orders` is watched both ways: on Flotilla's HTTP watch, which it serves
+//! on its gRPC port, and, with a readiness path that has no watch, on the standard
+//! `Health/Watch`. Each service probes every minute here, so only the watch can move the
+//! traffic within the test's bound; the failover benchmark times it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,9 +34,22 @@ const PERIOD: Duration = Duration::from_secs(60);
 /// Which sample service runs the primary pod.
 #[derive(Clone, Copy, Debug)]
 enum Kind {
+    /// `users`, on the HTTP watch.
     Http,
+    /// `orders`, on Flotilla's HTTP watch (the call counts ride on its lines).
     Grpc,
+    /// `orders` with a readiness path that does not watch: on `grpc.health.v1.Health/Watch`.
+    GrpcHealthWatch,
 }
+
+impl Kind {
+    fn grpc(self) -> bool {
+        !matches!(self, Kind::Http)
+    }
+}
+
+/// A path `orders` answers 404 on: the HTTP watch is refused there, so the gRPC one is used.
+const NO_WATCH_PATH: &str = "/no-watch-here";
 
 /// What happens to the primary pod.
 #[derive(Clone, Copy, Debug)]
@@ -52,7 +67,7 @@ enum Fault {
 async fn start_pod(kind: Kind, dir: &std::path::Path) -> Result<Process> {
     let (name, package) = match kind {
         Kind::Http => ("users", "users"),
-        Kind::Grpc => ("orders", "orders"),
+        Kind::Grpc | Kind::GrpcHealthWatch => ("orders", "orders"),
     };
     Builder::new(name, workspace_binary(name, package)?)
         .current_dir(dir)
@@ -79,16 +94,12 @@ fn service(name: &str, port: u16, grpc: bool, fallback: Option<&str>) -> Service
 fn inventory(kind: Kind, addr: SocketAddr, backup: &[FakePod]) -> Inventory {
     let mut fallback = service("backup", backup[0].addr.port(), false, None);
     fallback.failover_enabled = false;
+    let mut web = service("web", addr.port(), kind.grpc(), Some("backup"));
+    if matches!(kind, Kind::GrpcHealthWatch) {
+        web.probe.readiness_path = NO_WATCH_PATH.to_owned();
+    }
     Inventory::from_parts(
-        [
-            service(
-                "web",
-                addr.port(),
-                matches!(kind, Kind::Grpc),
-                Some("backup"),
-            ),
-            fallback,
-        ],
+        [web, fallback],
         std::iter::once(pod("web", 0, addr.ip())).chain(
             backup
                 .iter()
@@ -136,7 +147,11 @@ async fn fault_moves_traffic(kind: Kind, fault: Fault, octet: u8) -> Result<()> 
     })
     .await?;
     // API traffic, one request at a time: answered 401 (no token) until a fault makes it 500.
-    let traffic = tokio::spawn(api_traffic(process.addr()));
+    let traffic = if kind.grpc() {
+        tokio::spawn(grpc_traffic(process.addr()))
+    } else {
+        tokio::spawn(api_traffic(process.addr()))
+    };
     match fault {
         Fault::Unready | Fault::BadAnswers => {
             let json = if matches!(fault, Fault::Unready) {
@@ -179,12 +194,20 @@ async fn fault_moves_traffic(kind: Kind, fault: Fault, octet: u8) -> Result<()> 
             .get();
         anyhow::ensure!(judged >= 1, "judged by the watch's counts, not a scrape");
     }
-    if matches!((kind, fault), (Kind::Http, Fault::Stopped)) {
+    if matches!(fault, Fault::Stopped) {
+        // Heartbeats are the HTTP watch's: `Health/Watch` has none, its PINGs find the hang.
         let late = metrics.watch_reports.with_label_values(&["late"]).get();
-        anyhow::ensure!(
-            late >= 1,
-            "the late heartbeat had the pod probed at once (the second failure)"
-        );
+        if matches!(kind, Kind::GrpcHealthWatch) {
+            anyhow::ensure!(
+                late == 0,
+                "watched on Health/Watch, which has no heartbeat lines"
+            );
+        } else {
+            anyhow::ensure!(
+                late >= 1,
+                "the late heartbeat had the pod probed at once (the second failure)"
+            );
+        }
     }
     if matches!(fault, Fault::Stopped) {
         // Let it run again so it can be stopped the usual way.
@@ -204,6 +227,23 @@ async fn api_traffic(addr: SocketAddr) {
     loop {
         if client.get(&url).send().await.is_err() {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Calls `GetOrder` on `addr` without a token, one call at a time, until aborted: answered
+/// `UNAUTHENTICATED` (a caller's mistake) until a fault makes it `INTERNAL` (a failure).
+async fn grpc_traffic(addr: SocketAddr) {
+    let Ok(endpoint) = tonic::transport::Channel::from_shared(format!("http://{addr}")) else {
+        return;
+    };
+    let mut client = orders::pb::orders_client::OrdersClient::new(endpoint.connect_lazy());
+    loop {
+        let request = orders::pb::GetOrderRequest { id: 1 };
+        if let Err(status) = client.get_order(request).await {
+            if status.code() == tonic::Code::Unavailable {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
     }
 }
@@ -237,21 +277,47 @@ async fn an_http_pod_that_hangs_is_out_without_a_probe() -> Result<()> {
 
 #[tokio::test]
 async fn a_grpc_pod_that_hangs_is_out_without_a_probe() -> Result<()> {
-    // A stopped process leaves the HTTP/2 PINGs on its `Health/Watch` connection unanswered:
-    // one silent timeout, then a reconnect unanswered for a heartbeat.
-    fault_moves_traffic(Kind::Grpc, Fault::Stopped, 46).await
+    // `orders` serves Flotilla's watch on its gRPC port: a stopped process misses its
+    // heartbeats, and the late one has it probed (`Health/Check`) at once.
+    fault_moves_traffic(Kind::Grpc, Fault::Stopped, 52).await
 }
 
 #[tokio::test]
 async fn a_grpc_pod_that_turns_unready_is_out_without_a_probe() -> Result<()> {
-    // `orders` sends NOT_SERVING on its `Health/Watch` stream.
-    fault_moves_traffic(Kind::Grpc, Fault::Unready, 42).await
+    // `orders` says `not_ready` on its HTTP watch the moment a fault marks it so.
+    fault_moves_traffic(Kind::Grpc, Fault::Unready, 53).await
 }
 
 #[tokio::test]
 async fn a_grpc_pod_whose_process_dies_is_out_without_a_probe() -> Result<()> {
+    // The watch connection ends mid-response; the reconnect is refused.
+    fault_moves_traffic(Kind::Grpc, Fault::Killed, 50).await
+}
+
+#[tokio::test]
+async fn a_grpc_pod_failing_its_calls_is_out_without_a_scrape() -> Result<()> {
+    // `orders` counts its calls, INTERNAL and the other failing codes as errors, on every
+    // heartbeat line of its HTTP watch: judged as an HTTP pod's 500s are, without a scrape.
+    fault_moves_traffic(Kind::Grpc, Fault::BadAnswers, 51).await
+}
+
+#[tokio::test]
+async fn a_grpc_pod_on_health_watch_that_hangs_is_out_without_a_probe() -> Result<()> {
+    // A stopped process leaves the HTTP/2 PINGs on its `Health/Watch` connection unanswered:
+    // one silent timeout, then a reconnect unanswered for a heartbeat.
+    fault_moves_traffic(Kind::GrpcHealthWatch, Fault::Stopped, 46).await
+}
+
+#[tokio::test]
+async fn a_grpc_pod_on_health_watch_that_turns_unready_is_out_without_a_probe() -> Result<()> {
+    // `orders` sends NOT_SERVING on its `Health/Watch` stream.
+    fault_moves_traffic(Kind::GrpcHealthWatch, Fault::Unready, 42).await
+}
+
+#[tokio::test]
+async fn a_grpc_pod_on_health_watch_whose_process_dies_is_out_without_a_probe() -> Result<()> {
     // The HTTP/2 connection carrying the Watch stream breaks; the reconnect is refused.
-    fault_moves_traffic(Kind::Grpc, Fault::Killed, 43).await
+    fault_moves_traffic(Kind::GrpcHealthWatch, Fault::Killed, 43).await
 }
 
 /// Two test pods `127.3.<b>.*` that serve readiness watches.

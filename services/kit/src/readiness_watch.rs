@@ -129,10 +129,16 @@ pub struct RequestCounts {
 }
 
 impl RequestCounts {
-    /// Counts one answered API request.
+    /// Counts one API request answered over HTTP with `status` (a 5xx is an error).
     pub fn record(&self, status: u16) {
+        self.record_outcome((500..600).contains(&status));
+    }
+
+    /// Counts one answered API request; `failed` when the server failed it (an HTTP 5xx, or a
+    /// gRPC call's Unknown, DeadlineExceeded, Internal, Unavailable or DataLoss).
+    pub fn record_outcome(&self, failed: bool) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if (500..600).contains(&status) {
+        if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
         }
     }

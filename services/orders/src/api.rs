@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use flotilla_kit::jwt::Verifier;
-use flotilla_kit::Faults;
+use flotilla_kit::{Faults, Health};
 use tonic::{Code, Request, Response, Status};
 
 use crate::db::{Db, DbError, OrderRow};
@@ -41,6 +41,8 @@ pub struct OrdersApi {
     tokens: Arc<Verifier>,
     faults: Faults,
     metrics: Option<GrpcMetrics>,
+    /// Whose readiness watch lines carry the call counts, when set.
+    counted_in: Option<Health>,
     /// Present when events are on.
     outbox: Option<Outbox>,
 }
@@ -53,8 +55,17 @@ impl OrdersApi {
             tokens: Arc::new(tokens),
             faults,
             metrics,
+            counted_in: None,
             outbox: None,
         }
+    }
+
+    /// Counts every call in `health`'s request counts, which its readiness watch lines carry
+    /// to Flotilla's prober: a failing code (see [`is_server_failure`]) as an error, as the
+    /// kit counts an HTTP service's 5xx answers.
+    pub fn counting_in(mut self, health: Health) -> Self {
+        self.counted_in = Some(health);
+        self
     }
 
     /// Writes an `OrderPlaced` event with every order created, for the relay behind `outbox`.
@@ -141,9 +152,29 @@ impl OrdersApi {
         if let Some(m) = &self.metrics {
             m.observe(ORDERS_SERVICE, method, code, start.elapsed());
         }
+        if let Some(health) = &self.counted_in {
+            health
+                .request_counts()
+                .record_outcome(is_server_failure(code));
+        }
         tracing::info!(method, code = ?code, elapsed_ms = start.elapsed().as_secs_f64() * 1e3, "call finished");
         result.map(Response::new)
     }
+}
+
+/// Whether a call that ended with `code` failed on the server's side, the gRPC analogue of a
+/// 5xx: Unknown, DeadlineExceeded, Internal, Unavailable or DataLoss (Flotilla's error-rate
+/// check reads the same codes as failing from `grpc_server_handled_total`). A caller's mistake
+/// (InvalidArgument, NotFound, Unauthenticated, ...) is not.
+pub fn is_server_failure(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Internal
+            | Code::Unavailable
+            | Code::DataLoss
+    )
 }
 
 fn to_status(e: DbError) -> Status {

@@ -100,7 +100,8 @@ pub fn build_with(
             events::EventMetrics::register(&registry).map(|m| Relay::new(db.clone(), url, m))
         })
         .transpose()?;
-    let mut api = OrdersApi::new(db, tokens, kit.faults.clone(), grpc_metrics.clone());
+    let mut api = OrdersApi::new(db, tokens, kit.faults.clone(), grpc_metrics.clone())
+        .counting_in(kit.health.clone());
     if let Some(relay) = &relay {
         api = api.with_events(relay.outbox());
     }

@@ -287,6 +287,50 @@ async fn health_watch_streams_each_readiness_change() -> Result<()> {
 }
 
 #[tokio::test]
+async fn the_http_readiness_watch_counts_calls_failing_codes_as_errors() -> Result<()> {
+    // Flotilla's readiness watch on orders' port: its heartbeat lines carry the API calls
+    // answered so far, and those that failed on the server's side (INTERNAL here), not a
+    // caller's mistakes (UNAUTHENTICATED) nor the health checks.
+    let orders = Orders::start().await?;
+    let mut api = OrdersClient::new(orders.channel().await?);
+    let mut watch = reqwest::Client::new()
+        .get(format!("{}/readyz", orders.url()))
+        .header("flotilla-watch", "heartbeat=50")
+        .send()
+        .await?;
+    anyhow::ensure!(
+        watch.headers().contains_key("flotilla-watch"),
+        "orders serves the watch"
+    );
+    for _ in 0..3 {
+        let err = api
+            .get_order(GetOrderRequest { id: 1 })
+            .await
+            .expect_err("no token");
+        assert_eq!(err.code(), Code::Unauthenticated);
+    }
+    check(orders.channel().await?, None).await?;
+    orders.faults(r#"{"errorRate":1.0}"#).await?;
+    for _ in 0..2 {
+        let err = api
+            .get_order(GetOrderRequest { id: 1 })
+            .await
+            .expect_err("injected");
+        assert_eq!(err.code(), Code::Internal);
+    }
+    let want = "ready requests=5 errors=2";
+    let mut seen = String::new();
+    while !seen.lines().any(|l| l == want) {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), watch.chunk())
+            .await
+            .with_context(|| format!("no `{want}` line; lines so far:\n{seen}"))??
+            .with_context(|| format!("the watch ended; lines so far:\n{seen}"))?;
+        seen.push_str(std::str::from_utf8(&chunk)?);
+    }
+    Ok(())
+}
+
+#[tokio::test]
 async fn reflection_lists_the_services() -> Result<()> {
     // grpcurl-style discovery works: reflection names the orders and health services.
     use tokio_stream::StreamExt as _;
