@@ -370,7 +370,7 @@ async fn only_the_leader_sends_verdicts_and_a_kit_pod_accepts_them() -> Result<(
             .filter(|f| f.name() == "http_requests_total")
             .flat_map(|f| f.get_metric().to_vec())
             .filter(|m| m.get_label().iter().any(|l| l.value() == "/readyz"))
-            .map(|m| m.get_counter().value())
+            .map(|m| m.get_counter().get_value())
             .sum::<f64>()
     };
     let verdicts = kit.health.traffic().verdict_check().counter();

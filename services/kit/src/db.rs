@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use sqlx::any::AnyPoolOptions;
+use sqlx::error::BoxDynError;
+use sqlx::migrate::{MigrateError, Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::AnyPool;
 
 /// Connections per pool.
@@ -108,6 +111,91 @@ where
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// A service's migrations compiled into its binary: `(file name, SQL)` pairs, each file named
+/// as sqlx names migration files (`<version>_<description>.sql`) and read with
+/// `include_str!`. They resolve to the versions, descriptions and checksums that
+/// `sqlx::migrate!` and `Migrator::new(<directory>)` give the same files, so databases migrated
+/// either way stay valid, without building sqlx's query macros (and a second copy of its
+/// drivers for them) into every build. [`check_embedded`] keeps the list and the directory
+/// the same.
+#[derive(Debug, Clone, Copy)]
+pub struct Embedded(pub &'static [(&'static str, &'static str)]);
+
+impl Embedded {
+    /// The migrator that applies them.
+    pub async fn migrator(self) -> Result<Migrator, MigrateError> {
+        Migrator::new(self).await
+    }
+}
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, BoxDynError>> {
+        Box::pin(async move {
+            let mut migrations = self
+                .0
+                .iter()
+                .map(|&(name, sql)| embedded(name, sql))
+                .collect::<Result<Vec<_>, _>>()?;
+            migrations.sort_by_key(|m| m.version);
+            Ok(migrations)
+        })
+    }
+}
+
+fn embedded(name: &str, sql: &'static str) -> Result<Migration, BoxDynError> {
+    let (version, rest) = name
+        .split_once('_')
+        .ok_or_else(|| format!("migration {name:?} is not named <version>_<description>.sql"))?;
+    let version = version
+        .parse::<i64>()
+        .map_err(|_| format!("migration {name:?} has no integer version prefix"))?;
+    let description = rest
+        .strip_suffix(".sql")
+        .filter(|d| !d.ends_with(".up") && !d.ends_with(".down"))
+        .ok_or_else(|| format!("migration {name:?} is not a simple <description>.sql"))?
+        .replace('_', " ");
+    Ok(Migration::new(
+        version,
+        description.into(),
+        MigrationType::Simple,
+        sql.into(),
+        sql.starts_with("-- no-transaction"),
+    ))
+}
+
+/// Checks that `files` are the migrations in `dir`, as sqlx resolves that directory: the same
+/// versions, descriptions, checksums and transaction modes, in the same order. For a test
+/// beside each service's list, so a migration file added without its `include_str!` fails it.
+pub async fn check_embedded(files: Embedded, dir: &std::path::Path) -> Result<(), String> {
+    let key = |m: &Migration| {
+        (
+            m.version,
+            m.description.to_string(),
+            m.checksum.to_vec(),
+            m.no_tx,
+        )
+    };
+    let listed = files.migrator().await.map_err(|e| e.to_string())?;
+    let found = Migrator::new(dir).await.map_err(|e| e.to_string())?;
+    let listed: Vec<_> = listed.iter().map(key).collect();
+    let found: Vec<_> = found.iter().map(key).collect();
+    if listed == found {
+        Ok(())
+    } else {
+        let names = |v: &[(i64, String, Vec<u8>, bool)]| {
+            v.iter()
+                .map(|(n, d, ..)| format!("{n} {d}"))
+                .collect::<Vec<_>>()
+        };
+        Err(format!(
+            "the embedded migrations {:?} differ from {}'s {:?} (or a file's contents differ)",
+            names(&listed),
+            dir.display(),
+            names(&found)
+        ))
     }
 }
 

@@ -8,8 +8,10 @@
 //! confirmed it.
 
 use flotilla_kit::db::Backend;
+use flotilla_kit::db::Embedded;
 use sqlx::any::AnyRow;
 use sqlx::AnyPool;
+use sqlx::Row as _;
 
 pub use flotilla_kit::db::redact;
 
@@ -48,8 +50,30 @@ impl From<sqlx::Error> for DbError {
     }
 }
 
+/// The migrations of each backend (`migrations/<backend>/`), compiled in.
+const SQLITE_MIGRATIONS: Embedded = Embedded(&[
+    (
+        "0001_orders.sql",
+        include_str!("../migrations/sqlite/0001_orders.sql"),
+    ),
+    (
+        "0002_outbox.sql",
+        include_str!("../migrations/sqlite/0002_outbox.sql"),
+    ),
+]);
+const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
+    (
+        "0001_orders.sql",
+        include_str!("../migrations/postgres/0001_orders.sql"),
+    ),
+    (
+        "0002_outbox.sql",
+        include_str!("../migrations/postgres/0002_outbox.sql"),
+    ),
+]);
+
 /// One stored order.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OrderRow {
     /// Primary key.
     pub id: i64,
@@ -84,8 +108,20 @@ pub struct NewEvent {
     pub created_at: i64,
 }
 
+impl sqlx::FromRow<'_, AnyRow> for OrderRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            owner: row.try_get("owner")?,
+            item: row.try_get("item")?,
+            quantity: row.try_get("quantity")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
+}
+
 /// One stored event the broker has not confirmed yet.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxRow {
     /// Position in the outbox: events are published in this order.
     pub seq: i64,
@@ -103,6 +139,21 @@ pub struct OutboxRow {
     pub tracestate: Option<String>,
     /// See [`NewEvent`].
     pub created_at: i64,
+}
+
+impl sqlx::FromRow<'_, AnyRow> for OutboxRow {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            seq: row.try_get("seq")?,
+            event_id: row.try_get("event_id")?,
+            event_type: row.try_get("event_type")?,
+            routing_key: row.try_get("routing_key")?,
+            body: row.try_get("body")?,
+            traceparent: row.try_get("traceparent")?,
+            tracestate: row.try_get("tracestate")?,
+            created_at: row.try_get("created_at")?,
+        })
+    }
 }
 
 const OUTBOX_COLUMNS: &str =
@@ -136,9 +187,9 @@ impl Db {
         // Pool bounds, SQLite file creation and in-memory handling are shared with users.
         let pool = flotilla_kit::db::pool(url)?;
         if postgres {
-            sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+            POSTGRES_MIGRATIONS.migrator().await?.run(&pool).await?;
         } else {
-            sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+            SQLITE_MIGRATIONS.migrator().await?.run(&pool).await?;
         }
         Ok(Self { pool })
     }
@@ -277,6 +328,20 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_embedded_migrations_are_the_directorys() {
+        for (files, backend) in [
+            (SQLITE_MIGRATIONS, "sqlite"),
+            (POSTGRES_MIGRATIONS, "postgres"),
+        ] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(backend);
+            let checked = flotilla_kit::db::check_embedded(files, &dir).await;
+            assert_eq!(checked, Ok(()), "{backend}");
+        }
+    }
 
     #[tokio::test]
     async fn orders_are_private_to_their_owner() {

@@ -8,8 +8,11 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use flotilla_kit::db::Embedded;
 use serde::Serialize;
+use sqlx::any::AnyRow;
 use sqlx::AnyPool;
+use sqlx::Row as _;
 
 pub use flotilla_kit::db::{redact, Backend};
 
@@ -92,8 +95,14 @@ pub enum Recorded {
     Duplicate,
 }
 
+/// The migrations (`migrations/`, the same portable SQL on both backends), compiled in.
+const MIGRATIONS: Embedded = Embedded(&[(
+    "0001_shipments.sql",
+    include_str!("../migrations/0001_shipments.sql"),
+)]);
+
 /// A shipment as the API returns it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Shipment {
     /// The order shipped.
@@ -112,6 +121,21 @@ pub struct Shipment {
     pub placed_at: String,
     /// When the event was handled, Unix milliseconds.
     pub created_at_ms: i64,
+}
+
+impl sqlx::FromRow<'_, AnyRow> for Shipment {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            order_id: row.try_get("order_id")?,
+            event_id: row.try_get("event_id")?,
+            user_id: row.try_get("user_id")?,
+            item: row.try_get("item")?,
+            quantity: row.try_get("quantity")?,
+            status: row.try_get("status")?,
+            placed_at: row.try_get("placed_at")?,
+            created_at_ms: row.try_get("created_at_ms")?,
+        })
+    }
 }
 
 const COLUMNS: &str =
@@ -152,7 +176,7 @@ impl Db {
 
     /// Applies pending migrations (the same portable SQL on both backends).
     pub async fn migrate(&self) -> Result<(), DbError> {
-        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        MIGRATIONS.migrator().await?.run(&self.pool).await?;
         self.migrated.store(true, Ordering::Release);
         Ok(())
     }
@@ -259,6 +283,15 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_embedded_migrations_are_the_directorys() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        assert_eq!(
+            flotilla_kit::db::check_embedded(MIGRATIONS, &dir).await,
+            Ok(())
+        );
+    }
     use flotilla_kit::amqp::OrderPlaced;
 
     fn event(id: u128, order: &str) -> Event {

@@ -5,8 +5,10 @@
 //! `RETURNING` (SQLite 3.35+ and PostgreSQL), integers and text only (timestamps are Unix
 //! milliseconds). Each backend has its own migration directory for the DDL differences.
 
+use flotilla_kit::db::Embedded;
 use sqlx::any::AnyRow;
 use sqlx::AnyPool;
+use sqlx::Row as _;
 
 pub use flotilla_kit::db::{redact, Backend};
 
@@ -57,14 +59,48 @@ pub struct Db {
     migrated: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// The migrations of each backend (`migrations/<backend>/`), compiled in.
+const SQLITE_MIGRATIONS: Embedded = Embedded(&[
+    (
+        "0001_users.sql",
+        include_str!("../migrations/sqlite/0001_users.sql"),
+    ),
+    (
+        "0002_user_uuids.sql",
+        include_str!("../migrations/sqlite/0002_user_uuids.sql"),
+    ),
+]);
+const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
+    (
+        "0001_users.sql",
+        include_str!("../migrations/postgres/0001_users.sql"),
+    ),
+    (
+        "0002_user_uuids.sql",
+        include_str!("../migrations/postgres/0002_user_uuids.sql"),
+    ),
+]);
+
 /// A stored row, password hash included; never serialised.
-#[derive(Debug, sqlx::FromRow)]
+#[derive(Debug)]
 struct Row {
     id: String,
     name: String,
     email: String,
     created_at: i64,
     updated_at: i64,
+}
+
+impl sqlx::FromRow<'_, AnyRow> for Row {
+    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
+        Ok(Self {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            email: row.try_get("email")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
 }
 
 const COLUMNS: &str = "id, name, email, created_at, updated_at";
@@ -120,13 +156,11 @@ impl Db {
     /// Applies pending migrations once.
     pub async fn migrate(&self) -> Result<(), DbError> {
         match self.backend {
-            Backend::Sqlite => {
-                sqlx::migrate!("./migrations/sqlite")
-                    .run(&self.pool)
-                    .await?
-            }
+            Backend::Sqlite => SQLITE_MIGRATIONS.migrator().await?.run(&self.pool).await?,
             Backend::Postgres => {
-                sqlx::migrate!("./migrations/postgres")
+                POSTGRES_MIGRATIONS
+                    .migrator()
+                    .await?
                     .run(&self.pool)
                     .await?
             }
@@ -245,6 +279,25 @@ impl Db {
         match row {
             Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?))),
             None => Ok(None),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_embedded_migrations_are_the_directorys() {
+        for (files, backend) in [
+            (SQLITE_MIGRATIONS, "sqlite"),
+            (POSTGRES_MIGRATIONS, "postgres"),
+        ] {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("migrations")
+                .join(backend);
+            let checked = flotilla_kit::db::check_embedded(files, &dir).await;
+            assert_eq!(checked, Ok(()), "{backend}");
         }
     }
 }
