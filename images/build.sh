@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds every Flotilla container image, the operator and each sample service, from its
-# Dockerfile, and with --push pushes them to your registry. It is the one place images are built:
+# Builds every Flotilla container image, the operator (operator/Dockerfile) and each sample
+# service (a target of services/Dockerfile each), and with --push pushes them to your registry. It is the one place images are built:
 # the README's real-cluster walkthrough and e2e/kind/run.sh both call it. It sits at the top of
 # the repository, beside charts/, because the charts install exactly what it builds and a
 # newcomer looking for "where do the images come from" finds it there, not inside the test tree.
@@ -31,13 +31,14 @@ here="${BASH_SOURCE[0]}"
 repo="$(cd "${here%/*}/.." && pwd)"
 cd "$repo"
 
-# Image name and Dockerfile of every image, in build order.
+# Image name, Dockerfile and (for a Dockerfile of several images) build target of every image,
+# in build order. The services' targets share one build stage, compiled once for all four.
 images=(
     "flotilla/operator operator/Dockerfile"
-    "flotilla/users services/users/Dockerfile"
-    "flotilla/auth services/auth/Dockerfile"
-    "flotilla/orders services/orders/Dockerfile"
-    "flotilla/shipping services/shipping/Dockerfile"
+    "flotilla/users services/Dockerfile users"
+    "flotilla/auth services/Dockerfile auth"
+    "flotilla/orders services/Dockerfile orders"
+    "flotilla/shipping services/Dockerfile shipping"
 )
 
 fail() {
@@ -127,9 +128,12 @@ done <charts/flotilla/Chart.yaml
 prefix="${registry:+$registry/}"
 references=()
 dockerfiles=()
+targets=()
 for entry in "${images[@]}"; do
-    references+=("$prefix${entry%% *}:$version")
-    dockerfiles+=("${entry#* }")
+    read -r name dockerfile target <<<"$entry"
+    references+=("$prefix$name:$version")
+    dockerfiles+=("$dockerfile")
+    targets+=("$target")
 done
 
 if ((list)); then
@@ -161,7 +165,11 @@ for i in "${!references[@]}"; do
     if [[ "$engine" == podman && -f "$dockerfile.dockerignore" ]]; then
         ignore=(--ignorefile "$dockerfile.dockerignore")
     fi
-    run "${build[@]}" --file "$dockerfile" "${ignore[@]}" --tag "${references[$i]}" .
+    target=()
+    if [[ -n "${targets[$i]}" ]]; then
+        target=(--target "${targets[$i]}")
+    fi
+    run "${build[@]}" --file "$dockerfile" "${ignore[@]}" "${target[@]}" --tag "${references[$i]}" .
 done
 if ((push)); then
     for reference in "${references[@]}"; do

@@ -22,25 +22,27 @@ const SCRIPT: &str = "images/build.sh";
 /// A registry with a port and a path, the shape a team's registry usually has.
 const REGISTRY: &str = "registry.example.com:5000/team";
 
-/// Every image and its Dockerfile, in build order.
-const IMAGES: &[(&str, &str)] = &[
-    ("flotilla/operator", "operator/Dockerfile"),
-    ("flotilla/users", "services/users/Dockerfile"),
-    ("flotilla/auth", "services/auth/Dockerfile"),
-    ("flotilla/orders", "services/orders/Dockerfile"),
-    ("flotilla/shipping", "services/shipping/Dockerfile"),
+/// Every image, its Dockerfile and its build target there (the sample services share one
+/// Dockerfile, a target each), in build order.
+const IMAGES: &[(&str, &str, Option<&str>)] = &[
+    ("flotilla/operator", "operator/Dockerfile", None),
+    ("flotilla/users", "services/Dockerfile", Some("users")),
+    ("flotilla/auth", "services/Dockerfile", Some("auth")),
+    ("flotilla/orders", "services/Dockerfile", Some("orders")),
+    ("flotilla/shipping", "services/Dockerfile", Some("shipping")),
 ];
 
 /// One command of the script's dry run.
 #[derive(Debug, PartialEq)]
 enum Step {
-    /// `[env DOCKER_BUILDKIT=1] <engine> build --file <dockerfile> [--ignorefile <file>] --tag
-    /// <tag> <context>`.
+    /// `[env DOCKER_BUILDKIT=1] <engine> build --file <dockerfile> [--ignorefile <file>]
+    /// [--target <stage>] --tag <tag> <context>`.
     Build {
         engine: String,
         buildkit: bool,
         dockerfile: String,
         ignorefile: Option<String>,
+        target: Option<String>,
         tag: String,
         context: String,
     },
@@ -56,20 +58,22 @@ fn parse_step(line: &str) -> Result<Step> {
         words.drain(..2);
     }
     match words.as_slice() {
-        [engine, "build", "--file", dockerfile, "--tag", tag, context] => Ok(Step::Build {
-            engine: (*engine).to_owned(),
-            buildkit,
-            dockerfile: (*dockerfile).to_owned(),
-            ignorefile: None,
-            tag: (*tag).to_owned(),
-            context: (*context).to_owned(),
-        }),
-        [engine, "build", "--file", dockerfile, "--ignorefile", ignorefile, "--tag", tag, context] => {
+        [engine, "build", "--file", dockerfile, rest @ .., tag_flag, tag, context]
+            if *tag_flag == "--tag" =>
+        {
+            let (ignorefile, target) = match rest {
+                [] => (None, None),
+                ["--ignorefile", i] => (Some(*i), None),
+                ["--target", t] => (None, Some(*t)),
+                ["--ignorefile", i, "--target", t] => (Some(*i), Some(*t)),
+                _ => bail!("unexpected build options in {line:?}"),
+            };
             Ok(Step::Build {
                 engine: (*engine).to_owned(),
                 buildkit,
                 dockerfile: (*dockerfile).to_owned(),
-                ignorefile: Some((*ignorefile).to_owned()),
+                ignorefile: ignorefile.map(str::to_owned),
+                target: target.map(str::to_owned),
                 tag: (*tag).to_owned(),
                 context: (*context).to_owned(),
             })
@@ -131,7 +135,7 @@ fn dry_run(args: &[&str], path: Option<&Path>) -> Result<Vec<Step>> {
 fn expected_builds(engine: &str, prefix: &str, version: &str) -> Vec<Step> {
     IMAGES
         .iter()
-        .map(|(name, dockerfile)| {
+        .map(|(name, dockerfile, target)| {
             let ignore = format!("{dockerfile}.dockerignore");
             let ignorefile = (engine == "podman" && tools::repo_root().join(&ignore).is_file())
                 .then_some(ignore);
@@ -140,6 +144,7 @@ fn expected_builds(engine: &str, prefix: &str, version: &str) -> Vec<Step> {
                 buildkit: engine == "docker",
                 dockerfile: (*dockerfile).to_owned(),
                 ignorefile,
+                target: target.map(str::to_owned),
                 tag: format!("{prefix}{name}:{version}"),
                 context: ".".to_owned(),
             }
@@ -166,7 +171,7 @@ fn dry_run_prints_one_build_and_one_push_per_image_under_the_registry() -> Resul
             None,
         )?;
         let mut want = expected_builds(engine, &prefix, &version);
-        want.extend(IMAGES.iter().map(|(name, _)| Step::Push {
+        want.extend(IMAGES.iter().map(|(name, ..)| Step::Push {
             engine: engine.to_owned(),
             image: format!("{prefix}{name}:{version}"),
         }));
@@ -188,12 +193,27 @@ fn dry_run_prints_one_build_and_one_push_per_image_under_the_registry() -> Resul
 }
 
 #[test]
-fn every_dockerfile_the_script_builds_exists() -> Result<()> {
-    // The Dockerfiles the builds name are in the repository.
-    for (name, dockerfile) in IMAGES {
+fn every_dockerfile_and_target_the_script_builds_exists() -> Result<()> {
+    // The Dockerfiles the builds name are in the repository, with a stage of each target's
+    // name that runs that service's binary.
+    for (name, dockerfile, target) in IMAGES {
+        let path = tools::repo_root().join(dockerfile);
+        ensure!(path.is_file(), "{dockerfile} ({name}) is missing");
+        let Some(target) = target else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path)?;
+        let stage = text
+            .split("\nFROM ")
+            .find(|s| {
+                s.lines()
+                    .next()
+                    .is_some_and(|l| l.ends_with(&format!(" AS {target}")))
+            })
+            .with_context(|| format!("{dockerfile} has no stage {target} ({name})"))?;
         ensure!(
-            tools::repo_root().join(dockerfile).is_file(),
-            "{dockerfile} ({name}) is missing"
+            stage.contains(&format!("ENTRYPOINT [\"/usr/local/bin/{target}\"]")),
+            "{dockerfile}'s stage {target} does not run /usr/local/bin/{target}:\n{stage}"
         );
     }
     Ok(())
