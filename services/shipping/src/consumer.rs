@@ -216,8 +216,8 @@ impl Consumer {
                 }
             }
         };
-        self.metrics.consuming.set(0);
         if let Err(reason) = ended {
+            self.metrics.consuming.set(0);
             // Acks on a dead channel fail at once; the broker redelivers those messages.
             let _ = tokio::time::timeout(LOST_GRACE, join_all(&mut inflight)).await;
             return Err(reason);
@@ -228,10 +228,14 @@ impl Consumer {
             "ejected by the traffic verdict"
         };
         tracing::info!(reason = why, "stopping consumption");
-        channel
+        let cancelled = channel
             .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-            .await
-            .map_err(|e| format!("cancelling the consumer: {e}"))?;
+            .await;
+        // Not consuming from the cancel's confirmation on, when the broker sends this consumer
+        // nothing new (a failed cancel has lost the channel): a gauge that fell before it said
+        // "nothing new is taken" while a message published then could still arrive.
+        self.metrics.consuming.set(0);
+        cancelled.map_err(|e| format!("cancelling the consumer: {e}"))?;
         // Deliveries the broker sent before the cancel still arrive: handle them too.
         let _ = tokio::time::timeout(CANCEL_TIMEOUT, async {
             while let Some(Ok(delivery)) = consumer.next().await {
