@@ -166,9 +166,59 @@ fn embedded(name: &str, sql: &'static str) -> Result<Migration, BoxDynError> {
     ))
 }
 
+/// The `sqlx` this module is built on, for the macros below.
+pub use sqlx;
+
+/// `impl FromRow<AnyRow>` for a struct whose fields are read from the row's columns of the same
+/// names, as `#[derive(sqlx::FromRow)]` would (without building sqlx's macros):
+/// `from_row!(OrderRow { id, owner, item, quantity, created_at });`
+#[macro_export]
+macro_rules! from_row {
+    ($ty:ty { $($field:ident),+ $(,)? }) => {
+        impl $crate::db::sqlx::FromRow<'_, $crate::db::sqlx::any::AnyRow> for $ty {
+            fn from_row(
+                row: &$crate::db::sqlx::any::AnyRow,
+            ) -> Result<Self, $crate::db::sqlx::Error> {
+                use $crate::db::sqlx::Row as _;
+                Ok(Self {
+                    $($field: row.try_get(stringify!($field))?),+
+                })
+            }
+        }
+    };
+}
+
+/// [`Embedded`] migrations from files in a directory of the calling crate's `migrations/`
+/// (`"."` for `migrations/` itself), each read with `include_str!`:
+/// `embedded_migrations!("sqlite", "0001_users.sql", "0002_user_uuids.sql")`.
+#[macro_export]
+macro_rules! embedded_migrations {
+    ($dir:literal, $($file:literal),+ $(,)?) => {
+        $crate::db::Embedded(&[$((
+            $file,
+            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/", $dir, "/", $file)),
+        )),+])
+    };
+}
+
+/// Checks each `(files, directory)` pair with [`check_embedded`], the directory named as in
+/// [`embedded_migrations!`] under `manifest_dir`'s `migrations/`: for a test beside each
+/// service's lists, so a migration file added without its entry fails it.
+pub async fn check_all_embedded(
+    manifest_dir: &str,
+    sets: &[(Embedded, &str)],
+) -> Result<(), String> {
+    for &(files, dir) in sets {
+        let path = std::path::Path::new(manifest_dir)
+            .join("migrations")
+            .join(dir);
+        check_embedded(files, &path).await?;
+    }
+    Ok(())
+}
+
 /// Checks that `files` are the migrations in `dir`, as sqlx resolves that directory: the same
-/// versions, descriptions, checksums and transaction modes, in the same order. For a test
-/// beside each service's list, so a migration file added without its `include_str!` fails it.
+/// versions, descriptions, checksums and transaction modes, in the same order.
 pub async fn check_embedded(files: Embedded, dir: &std::path::Path) -> Result<(), String> {
     let key = |m: &Migration| {
         (

@@ -11,7 +11,6 @@ use flotilla_kit::db::Backend;
 use flotilla_kit::db::Embedded;
 use sqlx::any::AnyRow;
 use sqlx::AnyPool;
-use sqlx::Row as _;
 
 pub use flotilla_kit::db::redact;
 
@@ -51,26 +50,10 @@ impl From<sqlx::Error> for DbError {
 }
 
 /// The migrations of each backend (`migrations/<backend>/`), compiled in.
-const SQLITE_MIGRATIONS: Embedded = Embedded(&[
-    (
-        "0001_orders.sql",
-        include_str!("../migrations/sqlite/0001_orders.sql"),
-    ),
-    (
-        "0002_outbox.sql",
-        include_str!("../migrations/sqlite/0002_outbox.sql"),
-    ),
-]);
-const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
-    (
-        "0001_orders.sql",
-        include_str!("../migrations/postgres/0001_orders.sql"),
-    ),
-    (
-        "0002_outbox.sql",
-        include_str!("../migrations/postgres/0002_outbox.sql"),
-    ),
-]);
+const SQLITE_MIGRATIONS: Embedded =
+    flotilla_kit::embedded_migrations!("sqlite", "0001_orders.sql", "0002_outbox.sql");
+const POSTGRES_MIGRATIONS: Embedded =
+    flotilla_kit::embedded_migrations!("postgres", "0001_orders.sql", "0002_outbox.sql");
 
 /// One stored order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,17 +91,13 @@ pub struct NewEvent {
     pub created_at: i64,
 }
 
-impl sqlx::FromRow<'_, AnyRow> for OrderRow {
-    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            id: row.try_get("id")?,
-            owner: row.try_get("owner")?,
-            item: row.try_get("item")?,
-            quantity: row.try_get("quantity")?,
-            created_at: row.try_get("created_at")?,
-        })
-    }
-}
+flotilla_kit::from_row!(OrderRow {
+    id,
+    owner,
+    item,
+    quantity,
+    created_at
+});
 
 /// One stored event the broker has not confirmed yet.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,20 +120,16 @@ pub struct OutboxRow {
     pub created_at: i64,
 }
 
-impl sqlx::FromRow<'_, AnyRow> for OutboxRow {
-    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            seq: row.try_get("seq")?,
-            event_id: row.try_get("event_id")?,
-            event_type: row.try_get("event_type")?,
-            routing_key: row.try_get("routing_key")?,
-            body: row.try_get("body")?,
-            traceparent: row.try_get("traceparent")?,
-            tracestate: row.try_get("tracestate")?,
-            created_at: row.try_get("created_at")?,
-        })
-    }
-}
+flotilla_kit::from_row!(OutboxRow {
+    seq,
+    event_id,
+    event_type,
+    routing_key,
+    body,
+    traceparent,
+    tracestate,
+    created_at
+});
 
 const OUTBOX_COLUMNS: &str =
     "seq, event_id, event_type, routing_key, body, traceparent, tracestate, created_at";
@@ -331,16 +306,12 @@ mod tests {
 
     #[tokio::test]
     async fn the_embedded_migrations_are_the_directorys() {
-        for (files, backend) in [
+        let sets = [
             (SQLITE_MIGRATIONS, "sqlite"),
             (POSTGRES_MIGRATIONS, "postgres"),
-        ] {
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("migrations")
-                .join(backend);
-            let checked = flotilla_kit::db::check_embedded(files, &dir).await;
-            assert_eq!(checked, Ok(()), "{backend}");
-        }
+        ];
+        let checked = flotilla_kit::db::check_all_embedded(env!("CARGO_MANIFEST_DIR"), &sets).await;
+        assert_eq!(checked, Ok(()));
     }
 
     #[tokio::test]

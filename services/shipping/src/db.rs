@@ -10,9 +10,7 @@ use std::sync::Arc;
 
 use flotilla_kit::db::Embedded;
 use serde::Serialize;
-use sqlx::any::AnyRow;
 use sqlx::AnyPool;
-use sqlx::Row as _;
 
 pub use flotilla_kit::db::{redact, Backend};
 
@@ -96,10 +94,7 @@ pub enum Recorded {
 }
 
 /// The migrations (`migrations/`, the same portable SQL on both backends), compiled in.
-const MIGRATIONS: Embedded = Embedded(&[(
-    "0001_shipments.sql",
-    include_str!("../migrations/0001_shipments.sql"),
-)]);
+const MIGRATIONS: Embedded = flotilla_kit::embedded_migrations!(".", "0001_shipments.sql");
 
 /// A shipment as the API returns it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -123,20 +118,16 @@ pub struct Shipment {
     pub created_at_ms: i64,
 }
 
-impl sqlx::FromRow<'_, AnyRow> for Shipment {
-    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            order_id: row.try_get("order_id")?,
-            event_id: row.try_get("event_id")?,
-            user_id: row.try_get("user_id")?,
-            item: row.try_get("item")?,
-            quantity: row.try_get("quantity")?,
-            status: row.try_get("status")?,
-            placed_at: row.try_get("placed_at")?,
-            created_at_ms: row.try_get("created_at_ms")?,
-        })
-    }
-}
+flotilla_kit::from_row!(Shipment {
+    order_id,
+    event_id,
+    user_id,
+    item,
+    quantity,
+    status,
+    placed_at,
+    created_at_ms
+});
 
 const COLUMNS: &str =
     "order_id, event_id, user_id, item, quantity, status, placed_at, created_at AS created_at_ms";
@@ -286,11 +277,9 @@ mod tests {
 
     #[tokio::test]
     async fn the_embedded_migrations_are_the_directorys() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-        assert_eq!(
-            flotilla_kit::db::check_embedded(MIGRATIONS, &dir).await,
-            Ok(())
-        );
+        let sets = [(MIGRATIONS, ".")];
+        let checked = flotilla_kit::db::check_all_embedded(env!("CARGO_MANIFEST_DIR"), &sets).await;
+        assert_eq!(checked, Ok(()));
     }
     use flotilla_kit::amqp::OrderPlaced;
 

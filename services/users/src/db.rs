@@ -8,7 +8,6 @@
 use flotilla_kit::db::Embedded;
 use sqlx::any::AnyRow;
 use sqlx::AnyPool;
-use sqlx::Row as _;
 
 pub use flotilla_kit::db::{redact, Backend};
 
@@ -60,26 +59,10 @@ pub struct Db {
 }
 
 /// The migrations of each backend (`migrations/<backend>/`), compiled in.
-const SQLITE_MIGRATIONS: Embedded = Embedded(&[
-    (
-        "0001_users.sql",
-        include_str!("../migrations/sqlite/0001_users.sql"),
-    ),
-    (
-        "0002_user_uuids.sql",
-        include_str!("../migrations/sqlite/0002_user_uuids.sql"),
-    ),
-]);
-const POSTGRES_MIGRATIONS: Embedded = Embedded(&[
-    (
-        "0001_users.sql",
-        include_str!("../migrations/postgres/0001_users.sql"),
-    ),
-    (
-        "0002_user_uuids.sql",
-        include_str!("../migrations/postgres/0002_user_uuids.sql"),
-    ),
-]);
+const SQLITE_MIGRATIONS: Embedded =
+    flotilla_kit::embedded_migrations!("sqlite", "0001_users.sql", "0002_user_uuids.sql");
+const POSTGRES_MIGRATIONS: Embedded =
+    flotilla_kit::embedded_migrations!("postgres", "0001_users.sql", "0002_user_uuids.sql");
 
 /// A stored row, password hash included; never serialised.
 #[derive(Debug)]
@@ -91,17 +74,13 @@ struct Row {
     updated_at: i64,
 }
 
-impl sqlx::FromRow<'_, AnyRow> for Row {
-    fn from_row(row: &AnyRow) -> Result<Self, sqlx::Error> {
-        Ok(Self {
-            id: row.try_get("id")?,
-            name: row.try_get("name")?,
-            email: row.try_get("email")?,
-            created_at: row.try_get("created_at")?,
-            updated_at: row.try_get("updated_at")?,
-        })
-    }
-}
+flotilla_kit::from_row!(Row {
+    id,
+    name,
+    email,
+    created_at,
+    updated_at
+});
 
 const COLUMNS: &str = "id, name, email, created_at, updated_at";
 
@@ -289,15 +268,11 @@ mod tests {
 
     #[tokio::test]
     async fn the_embedded_migrations_are_the_directorys() {
-        for (files, backend) in [
+        let sets = [
             (SQLITE_MIGRATIONS, "sqlite"),
             (POSTGRES_MIGRATIONS, "postgres"),
-        ] {
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("migrations")
-                .join(backend);
-            let checked = flotilla_kit::db::check_embedded(files, &dir).await;
-            assert_eq!(checked, Ok(()), "{backend}");
-        }
+        ];
+        let checked = flotilla_kit::db::check_all_embedded(env!("CARGO_MANIFEST_DIR"), &sets).await;
+        assert_eq!(checked, Ok(()));
     }
 }
