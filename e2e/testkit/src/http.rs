@@ -67,6 +67,19 @@ pub async fn get(url: &str) -> Result<Reply> {
     send(request(Method::GET, url)).await
 }
 
+/// `GET url` of a resource that may not exist yet: its JSON body on 200, `None` on 404, and an
+/// error naming the URL and the status on anything else.
+pub async fn get_json_if_found<T: serde::de::DeserializeOwned>(url: &str) -> Result<Option<T>> {
+    let reply = get(url).await?;
+    match reply.status {
+        200 => serde_json::from_str(&reply.body)
+            .map(Some)
+            .with_context(|| format!("GET {url}: not the JSON expected: {}", reply.body)),
+        404 => Ok(None),
+        other => anyhow::bail!("GET {url}: {other}: {}", reply.body),
+    }
+}
+
 /// The value of one series in Prometheus text (`name` or `name{labels}` exactly as exposed),
 /// `None` when absent.
 pub fn metric_value(text: &str, series: &str) -> Option<f64> {

@@ -111,15 +111,11 @@ async fn wait_shipment(shipping: &Process, order: &str) -> Result<Shipment> {
         &format!("a shipment for order {order}"),
         EVENTS_TIMEOUT,
         || async {
-            let r = http()?
-                .get(format!("{}/shipments/{order}", shipping.url()))
-                .send()
-                .await?;
-            match r.status().as_u16() {
-                200 => Ok(Some(r.json().await?)),
-                404 => Ok(None),
-                other => anyhow::bail!("GET /shipments/{order}: {other}"),
-            }
+            flotilla_testkit::http::get_json_if_found(&format!(
+                "{}/shipments/{order}",
+                shipping.url()
+            ))
+            .await
         },
     )
     .await

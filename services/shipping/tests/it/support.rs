@@ -112,15 +112,8 @@ impl Shipping {
 
     /// The shipment of `order`, if the API has one.
     pub async fn shipment(&self, order: &str) -> Result<Option<serde_json::Value>> {
-        let r = http()
-            .get(format!("{}/shipments/{order}", self.url()))
-            .send()
-            .await?;
-        match r.status().as_u16() {
-            200 => Ok(Some(r.json().await?)),
-            404 => Ok(None),
-            other => anyhow::bail!("GET /shipments/{order}: {other}"),
-        }
+        flotilla_testkit::http::get_json_if_found(&format!("{}/shipments/{order}", self.url()))
+            .await
     }
 
     /// Every shipment (up to 500).
