@@ -114,20 +114,59 @@ where
     }
 }
 
-/// A service's migrations compiled into its binary: `(file name, SQL)` pairs, each file named
-/// as sqlx names migration files (`<version>_<description>.sql`) and read with
-/// `include_str!`. They resolve to the versions, descriptions and checksums that
-/// `sqlx::migrate!` and `Migrator::new(<directory>)` give the same files, so databases migrated
-/// either way stay valid, without building sqlx's query macros (and a second copy of its
-/// drivers for them) into every build. [`check_embedded`] keeps the list and the directory
-/// the same.
+/// A service's migrations compiled into its binary: `(file name, SQL)` pairs from one directory,
+/// each file named as sqlx names migration files (`<version>_<description>.sql`) and read with
+/// `include_str!` (see [`embedded_migrations!`]). They resolve to the versions, descriptions and
+/// checksums that `sqlx::migrate!` and `Migrator::new(<directory>)` give the same files, so
+/// databases migrated either way stay valid, without building sqlx's query macros (and a second
+/// copy of its drivers for them) into every build. [`Embedded::check`] keeps the list and the
+/// directory the same.
 #[derive(Debug, Clone, Copy)]
-pub struct Embedded(pub &'static [(&'static str, &'static str)]);
+pub struct Embedded {
+    /// The directory the files were read from, at build time.
+    pub dir: &'static str,
+    /// Each file's name and contents.
+    pub files: &'static [(&'static str, &'static str)],
+}
 
 impl Embedded {
     /// The migrator that applies them.
     pub async fn migrator(self) -> Result<Migrator, MigrateError> {
         Migrator::new(self).await
+    }
+
+    /// Checks that the files are the migrations in their directory, as sqlx resolves it: the
+    /// same versions, descriptions, checksums and transaction modes, in the same order. For a
+    /// test beside each service's lists, so a migration file added without its entry fails it.
+    pub async fn check(self) -> Result<(), String> {
+        let key = |m: &Migration| {
+            (
+                m.version,
+                m.description.to_string(),
+                m.checksum.to_vec(),
+                m.no_tx,
+            )
+        };
+        let listed = self.migrator().await.map_err(|e| e.to_string())?;
+        let found = Migrator::new(std::path::Path::new(self.dir))
+            .await
+            .map_err(|e| e.to_string())?;
+        let listed: Vec<_> = listed.iter().map(key).collect();
+        let found: Vec<_> = found.iter().map(key).collect();
+        if listed == found {
+            return Ok(());
+        }
+        let names = |v: &[(i64, String, Vec<u8>, bool)]| {
+            v.iter()
+                .map(|(n, d, ..)| format!("{n} {d}"))
+                .collect::<Vec<_>>()
+        };
+        Err(format!(
+            "the embedded migrations {:?} differ from {}'s {:?} (or a file's contents differ)",
+            names(&listed),
+            self.dir,
+            names(&found)
+        ))
     }
 }
 
@@ -135,7 +174,7 @@ impl<'s> MigrationSource<'s> for Embedded {
     fn resolve(self) -> BoxFuture<'s, Result<Vec<Migration>, BoxDynError>> {
         Box::pin(async move {
             let mut migrations = self
-                .0
+                .files
                 .iter()
                 .map(|&(name, sql)| embedded(name, sql))
                 .collect::<Result<Vec<_>, _>>()?;
@@ -194,59 +233,14 @@ macro_rules! from_row {
 #[macro_export]
 macro_rules! embedded_migrations {
     ($dir:literal, $($file:literal),+ $(,)?) => {
-        $crate::db::Embedded(&[$((
-            $file,
-            include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/", $dir, "/", $file)),
-        )),+])
+        $crate::db::Embedded {
+            dir: concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/", $dir),
+            files: &[$((
+                $file,
+                include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/", $dir, "/", $file)),
+            )),+],
+        }
     };
-}
-
-/// Checks each `(files, directory)` pair with [`check_embedded`], the directory named as in
-/// [`embedded_migrations!`] under `manifest_dir`'s `migrations/`: for a test beside each
-/// service's lists, so a migration file added without its entry fails it.
-pub async fn check_all_embedded(
-    manifest_dir: &str,
-    sets: &[(Embedded, &str)],
-) -> Result<(), String> {
-    for &(files, dir) in sets {
-        let path = std::path::Path::new(manifest_dir)
-            .join("migrations")
-            .join(dir);
-        check_embedded(files, &path).await?;
-    }
-    Ok(())
-}
-
-/// Checks that `files` are the migrations in `dir`, as sqlx resolves that directory: the same
-/// versions, descriptions, checksums and transaction modes, in the same order.
-pub async fn check_embedded(files: Embedded, dir: &std::path::Path) -> Result<(), String> {
-    let key = |m: &Migration| {
-        (
-            m.version,
-            m.description.to_string(),
-            m.checksum.to_vec(),
-            m.no_tx,
-        )
-    };
-    let listed = files.migrator().await.map_err(|e| e.to_string())?;
-    let found = Migrator::new(dir).await.map_err(|e| e.to_string())?;
-    let listed: Vec<_> = listed.iter().map(key).collect();
-    let found: Vec<_> = found.iter().map(key).collect();
-    if listed == found {
-        Ok(())
-    } else {
-        let names = |v: &[(i64, String, Vec<u8>, bool)]| {
-            v.iter()
-                .map(|(n, d, ..)| format!("{n} {d}"))
-                .collect::<Vec<_>>()
-        };
-        Err(format!(
-            "the embedded migrations {:?} differ from {}'s {:?} (or a file's contents differ)",
-            names(&listed),
-            dir.display(),
-            names(&found)
-        ))
-    }
 }
 
 #[cfg(test)]

@@ -274,14 +274,12 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use flotilla_kit::amqp::OrderPlaced;
 
     #[tokio::test]
     async fn the_embedded_migrations_are_the_directorys() {
-        let sets = [(MIGRATIONS, ".")];
-        let checked = flotilla_kit::db::check_all_embedded(env!("CARGO_MANIFEST_DIR"), &sets).await;
-        assert_eq!(checked, Ok(()));
+        assert_eq!(MIGRATIONS.check().await, Ok(()));
     }
-    use flotilla_kit::amqp::OrderPlaced;
 
     fn event(id: u128, order: &str) -> Event {
         Event {
