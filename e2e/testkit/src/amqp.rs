@@ -251,7 +251,7 @@ mod tests {
     async fn a_tap_receives_each_published_event_with_the_contracts_properties() -> Result<()> {
         // What the publisher sends to the exchange reaches a bound tap with its message id,
         // type, content type and persistence, and a copy of an event is taken once.
-        let broker = Broker::start().await?;
+        let broker = Broker::shared().await?;
         let tap = Tap::bind(&broker).await?;
         let publisher = Publisher::connect(&broker).await?;
         let (first, second) = (uuid::Uuid::new_v4(), uuid::Uuid::new_v4());

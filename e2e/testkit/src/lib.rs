@@ -26,7 +26,8 @@
 //! - [`otlp`]: a real OTLP trace receiver (HTTP and gRPC) recording the spans it is sent.
 //! - [`postgres`]: an empty database per test on the test command's PostgreSQL server.
 //! - [`rabbitmq`]: a real RabbitMQ broker (the machine's `rabbitmq-server`) on free ports,
-//!   stopped, killed and started again by the test.
+//!   stopped, killed and started again by the test; or a virtual host of its own on the broker
+//!   the test command starts for the run.
 //! - [`amqp`]: the fleet's events on that broker: a publisher with confirms, and a tap a test
 //!   reads the published events from.
 //! - [`memory`]: a process's resident memory, for tests and benchmarks that bound it.

@@ -7,6 +7,11 @@
 //! broker's own directory. It can be stopped (SIGTERM, as a pod is stopped) and started again on
 //! the same port and directory, so durable queues and persistent messages survive as they do
 //! across a real broker restart; or killed (SIGKILL).
+//!
+//! A test that never stops its broker takes [`Broker::shared`] instead: a virtual host of its
+//! own on the one broker the test command starts for the run (see [`SHARED_DIR_ENV`]), which
+//! saves a broker start (an Erlang VM booting, seconds of CPU) per test. Virtual hosts share
+//! nothing a test sees: queues, exchanges and their messages are per host.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -24,13 +29,37 @@ use crate::wait;
 /// entrypoint reads it).
 pub const SERVER_ENV: &str = "FLOTILLA_RABBITMQ_SERVER";
 
+/// Environment variable naming the directory of the run's shared broker, set by the test
+/// command. The entrypoint ran there; the directory holds `address` (the broker's AMQP
+/// address), `vhosts` (the virtual hosts made for the tests, one per line; user `guest` may use
+/// each) and `leases/`, where a test claims a virtual host by creating a file of its name.
+pub const SHARED_DIR_ENV: &str = "FLOTILLA_TEST_RABBITMQ_DIR";
+
 /// The entrypoint that runs the broker, relative to the repository root.
 const ENTRYPOINT: &str = "e2e/kubesim/images/rabbitmq.sh";
 
-/// A running (or stopped) broker owned by one test. Dropping it kills the broker.
+/// Where a broker lives: a directory of its own, or the run's shared broker's.
+enum Home {
+    Own(tempfile::TempDir),
+    Shared(PathBuf),
+}
+
+impl Home {
+    fn path(&self) -> &Path {
+        match self {
+            Self::Own(dir) => dir.path(),
+            Self::Shared(dir) => dir,
+        }
+    }
+}
+
+/// A running (or stopped) broker owned by one test, or a virtual host of the run's shared
+/// broker. Dropping an own broker kills it.
 pub struct Broker {
     port: u16,
-    dir: tempfile::TempDir,
+    home: Home,
+    /// The virtual host the test uses: `/` on an own broker.
+    vhost: String,
     process: Option<Process>,
 }
 
@@ -40,16 +69,58 @@ impl Broker {
     pub async fn start() -> Result<Self> {
         let mut broker = Self {
             port: free_port()?,
-            dir: tempfile::tempdir().context("creating the broker's directory")?,
+            home: Home::Own(tempfile::tempdir().context("creating the broker's directory")?),
+            vhost: "/".to_owned(),
             process: None,
         };
         broker.start_again().await?;
         Ok(broker)
     }
 
-    /// The AMQP URL of the default virtual host (user `guest`, the entrypoint's default).
+    /// A virtual host of its own on the run's shared broker, for a test that never stops,
+    /// kills or restarts its broker; a broker of its own ([`Broker::start`]) when the test
+    /// command started none (a test run on its own) or every virtual host is taken.
+    pub async fn shared() -> Result<Self> {
+        let Some(dir) = std::env::var_os(SHARED_DIR_ENV).map(PathBuf::from) else {
+            return Self::start().await;
+        };
+        let read = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .with_context(|| format!("reading {name} of the shared broker in {dir:?}"))
+        };
+        let addr: SocketAddr = read("address")?
+            .trim()
+            .parse()
+            .context("the shared broker's address")?;
+        for vhost in read("vhosts")?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+        {
+            let lease = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(dir.join("leases").join(vhost));
+            match lease {
+                Ok(_) => {
+                    return Ok(Self {
+                        port: addr.port(),
+                        home: Home::Shared(dir),
+                        vhost: vhost.to_owned(),
+                        process: None,
+                    })
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(e).context("claiming a virtual host of the shared broker"),
+            }
+        }
+        Self::start().await
+    }
+
+    /// The AMQP URL of the test's virtual host (user `guest`, the entrypoint's default).
     pub fn url(&self) -> String {
-        format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+        let vhost = self.vhost.replace('/', "%2f");
+        format!("amqp://guest:guest@127.0.0.1:{}/{vhost}", self.port)
     }
 
     /// The AMQP address.
@@ -59,13 +130,27 @@ impl Broker {
 
     /// Whether the broker process runs.
     pub fn running(&self) -> bool {
-        self.process.is_some()
+        self.process.is_some() || self.is_shared()
+    }
+
+    /// Whether this is a virtual host of the run's shared broker.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.home, Home::Shared(_))
+    }
+
+    /// Fails for a shared broker: other tests use it.
+    fn own(&self, what: &str) -> Result<()> {
+        if self.is_shared() {
+            bail!("a shared broker is not one test's to {what}: take Broker::start instead");
+        }
+        Ok(())
     }
 
     /// Starts the broker again after [`Broker::stop`] or [`Broker::kill`], on the same port and
     /// data directory, and waits until it accepts connections. Durable queues and persistent
     /// messages are back.
     pub async fn start_again(&mut self) -> Result<()> {
+        self.own("start")?;
         if self.process.is_some() {
             bail!("the broker is already running");
         }
@@ -76,7 +161,7 @@ impl Broker {
                 .is_ok())
         });
         let process = Builder::new("rabbitmq", entrypoint())
-            .current_dir(self.dir.path())
+            .current_dir(self.home.path())
             .env("LISTEN_ADDR", self.addr().to_string())
             // The user is the entrypoint's default, the one `url` names.
             .env_remove("RABBITMQ_DEFAULT_USER")
@@ -91,24 +176,27 @@ impl Broker {
     /// Stops the broker with SIGTERM (it closes client connections and flushes its queues)
     /// and waits for it to exit.
     pub async fn stop(&mut self) -> Result<ExitStatus> {
+        self.own("stop")?;
         let process = self.process.take().context("the broker is not running")?;
         process.terminate().await
     }
 
     /// Kills the broker with SIGKILL: no goodbye to its clients.
     pub async fn kill(&mut self) -> Result<()> {
+        self.own("kill")?;
         let process = self.process.take().context("the broker is not running")?;
         process.kill().await
     }
 
-    /// Runs `rabbitmqctl` against this broker (e.g. `list_queues name messages`) and returns
-    /// its output; fails with its output when it fails.
+    /// Runs `rabbitmqctl` against this broker (e.g. `status`) and returns its output; fails
+    /// with its output when it fails. Commands about queues take the test's virtual host:
+    /// [`Broker::list_queues`].
     pub async fn ctl(&self, args: &[&str]) -> Result<String> {
         let output = tokio::process::Command::new(entrypoint())
             .args(["ctl", "--quiet"])
             .args(args)
             .env("LISTEN_ADDR", self.addr().to_string())
-            .current_dir(self.dir.path())
+            .current_dir(self.home.path())
             .output()
             .await
             .with_context(|| format!("running {ENTRYPOINT} ctl"))?;
@@ -124,9 +212,17 @@ impl Broker {
         Ok(text)
     }
 
+    /// `rabbitmqctl list_queues` of the test's virtual host with `columns` (e.g. `name`,
+    /// `durable`), one queue per line, tab-separated.
+    pub async fn list_queues(&self, columns: &[&str]) -> Result<String> {
+        let mut args = vec!["list_queues", "-p", &self.vhost];
+        args.extend_from_slice(columns);
+        self.ctl(&args).await
+    }
+
     /// Messages in `queue` (ready and unacknowledged), as `rabbitmqctl list_queues` tells.
     pub async fn queue_len(&self, queue: &str) -> Result<u64> {
-        let listed = self.ctl(&["list_queues", "name", "messages"]).await?;
+        let listed = self.list_queues(&["name", "messages"]).await?;
         listed
             .lines()
             .find_map(|l| {
@@ -148,7 +244,7 @@ impl Broker {
 
     /// The broker's directory (its data, logs and configuration are in `rabbitmq/` there).
     pub fn dir(&self) -> &Path {
-        self.dir.path()
+        self.home.path()
     }
 }
 
@@ -167,6 +263,40 @@ mod tests {
     };
     use lapin::types::FieldTable;
     use lapin::BasicProperties;
+
+    #[tokio::test]
+    async fn shared_brokers_keep_each_tests_queues_apart() -> Result<()> {
+        // Two tests on the run's shared broker each have a virtual host of their own: a queue
+        // and its message in one are not seen in the other, and neither may stop the broker.
+        // (Run without the test command, each is a broker of its own and the same holds.)
+        let mut first = Broker::shared().await?;
+        let second = Broker::shared().await?;
+        assert_ne!(first.url(), second.url());
+        let (_conn, channel) = connect(&first).await?;
+        channel
+            .queue_declare("mine".into(), Default::default(), FieldTable::default())
+            .await?;
+        channel.confirm_select(Default::default()).await?;
+        channel
+            .basic_publish(
+                "".into(),
+                "mine".into(),
+                BasicPublishOptions::default(),
+                b"hello",
+                BasicProperties::default(),
+            )
+            .await?
+            .await?;
+        assert_eq!(first.queue_len("mine").await?, 1);
+        let others = second.list_queues(&["name"]).await?;
+        assert!(!others.contains("mine"), "{others}");
+        if first.is_shared() {
+            let refused = first.stop().await.expect_err("a shared broker was stopped");
+            assert!(refused.to_string().contains("shared"), "{refused}");
+            assert!(first.running());
+        }
+        Ok(())
+    }
 
     #[tokio::test]
     async fn a_persistent_message_survives_a_broker_restart() -> Result<()> {

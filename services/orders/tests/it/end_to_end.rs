@@ -314,7 +314,7 @@ async fn an_order_is_one_trace_from_the_grpc_call_to_its_shipment() -> Result<()
     // its parents lead back to orders' span of that call: the message's traceparent carries
     // the request's context through the outbox, the relay and the broker.
     let receiver = Receiver::start().await?;
-    let broker = Broker::start().await?;
+    let broker = Broker::shared().await?;
     let (orders_dir, shipping_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let shipping = start_shipping(
         &broker,

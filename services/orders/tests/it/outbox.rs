@@ -102,7 +102,7 @@ async fn a_placed_order_arrives_as_an_event_in_the_calls_trace() -> Result<()> {
     // event id as message id, the type, JSON, persistent, from orders, and the traceparent of
     // the CreateOrder call, whose span the OTLP receiver shows in the same trace. A commit
     // wakes the relay at once.
-    let broker = Broker::start().await?;
+    let broker = Broker::shared().await?;
     let events = Tap::bind(&broker).await?;
     let receiver = Receiver::start().await?;
     let dir = tempfile::tempdir()?;

@@ -11,7 +11,7 @@ use crate::support::{shipping, Shipping, WAIT};
 
 #[tokio::test]
 async fn a_message_in_flight_at_a_crash_is_redelivered_and_handled_once() -> Result<()> {
-    let broker = Broker::start().await?;
+    let broker = Broker::shared().await?;
     let dir = tempfile::tempdir()?;
     let first = Shipping::start(shipping(&broker, "shipping-0", dir.path()), "shipping-0").await?;
     // Hold the message in flight: handling waits 30 s before touching the database.

@@ -10,7 +10,7 @@ use crate::support::{shipping, Shipping, WAIT};
 
 #[tokio::test]
 async fn an_event_published_twice_is_handled_once() -> Result<()> {
-    let broker = Broker::start().await?;
+    let broker = Broker::shared().await?;
     let dir = tempfile::tempdir()?;
     let s = Shipping::start(shipping(&broker, "shipping-0", dir.path()), "shipping-0").await?;
     let publisher = Publisher::connect(&broker).await?;

@@ -25,7 +25,7 @@ async fn tell(pod: &Shipping, verdict: &str, consuming: f64) -> Result<()> {
 
 #[tokio::test]
 async fn an_ejected_consumer_takes_nothing_new_and_resumes_when_serving() -> Result<()> {
-    let broker = Broker::start().await?;
+    let broker = Broker::shared().await?;
     let (dir_a, dir_b) = (tempfile::tempdir()?, tempfile::tempdir()?);
     let a = Shipping::start(shipping(&broker, "shipping-a", dir_a.path()), "shipping-a").await?;
     let b = Shipping::start(shipping(&broker, "shipping-b", dir_b.path()), "shipping-b").await?;

@@ -14,7 +14,7 @@ use crate::support::{shipping, Shipping, WAIT};
 
 #[tokio::test]
 async fn poison_and_exhausted_retries_end_in_the_dead_letter_queue() -> Result<()> {
-    let broker = Broker::start().await?;
+    let broker = Broker::shared().await?;
     let dir = tempfile::tempdir()?;
     let s = Shipping::start(shipping(&broker, "shipping-0", dir.path()), "shipping-0").await?;
     let publisher = Publisher::connect(&broker).await?;

@@ -33,7 +33,7 @@ async fn starts_ready_and_stops_cleanly_on_sigterm() -> Result<()> {
     // One command starts it on a fresh directory (its SQLite file created, the queues
     // declared), it reports consuming, and SIGTERM stops consuming, lets the message in flight
     // finish and ends it with code 0.
-    let broker = Broker::start().await?;
+    let broker = Broker::shared().await?;
     let dir = tempfile::tempdir()?;
     let s = Shipping::start(shipping(&broker, "shipping-0", dir.path()), "shipping-0").await?;
     assert!(
@@ -41,7 +41,7 @@ async fn starts_ready_and_stops_cleanly_on_sigterm() -> Result<()> {
         "database file not created"
     );
     s.wait_metric("shipping_consuming", 1.0).await?;
-    let queues = broker.ctl(&["list_queues", "name", "durable"]).await?;
+    let queues = broker.list_queues(&["name", "durable"]).await?;
     for queue in [
         "shipping.orders\ttrue",
         "shipping.retry\ttrue",
