@@ -1,8 +1,12 @@
-//! Database pool setup shared by the sample services that store data (users, orders): backend
-//! choice from `DATABASE_URL`, SQLite file creation, in-memory SQLite kept to one connection,
-//! pool bounds, and password redaction for logs. Queries, migrations and error classification
-//! stay in each service. Behind the `db` feature, so services without storage skip sqlx.
+//! Database setup shared by the sample services that store data (users, orders, shipping):
+//! backend choice from `DATABASE_URL`, SQLite file creation, in-memory SQLite kept to one
+//! connection, pool bounds, migrations compiled in and run once the database is there, the
+//! readiness check, and password redaction for logs ([`Database`] puts them together). Queries,
+//! the migrations' SQL and error classification stay in each service. Behind the `db` feature,
+//! so services without storage skip sqlx.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -111,6 +115,103 @@ where
                 delay = (delay * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// A service's migrations for each backend: the same [`Embedded`] twice when its SQL is portable
+/// ([`Migrations::portable`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Migrations {
+    /// Run on SQLite.
+    pub sqlite: Embedded,
+    /// Run on PostgreSQL.
+    pub postgres: Embedded,
+}
+
+impl Migrations {
+    /// One set of migrations for both backends.
+    pub const fn portable(all: Embedded) -> Self {
+        Self {
+            sqlite: all,
+            postgres: all,
+        }
+    }
+
+    /// The migrations of `backend`.
+    pub fn of(self, backend: Backend) -> Embedded {
+        match backend {
+            Backend::Sqlite => self.sqlite,
+            Backend::Postgres => self.postgres,
+        }
+    }
+}
+
+/// A service's database: the lazy [`pool`] of its `DATABASE_URL`, the backend the URL names, its
+/// migrations, and whether they have run. Until they have, [`Database::ping`] fails, so a service
+/// starts (not ready) while its database is down and [`Database::migrate_until_ready`] waits for
+/// it. Cloning shares the pool.
+#[derive(Debug, Clone)]
+pub struct Database {
+    pool: AnyPool,
+    backend: Backend,
+    migrations: Migrations,
+    migrated: Arc<AtomicBool>,
+}
+
+impl Database {
+    /// Prepares the pool for `url` without connecting. Fails on a URL that names neither
+    /// backend ([`UnsupportedUrl`]) or that sqlx cannot read.
+    pub fn open<E>(url: &str, migrations: Migrations) -> Result<Self, E>
+    where
+        E: From<UnsupportedUrl> + From<sqlx::Error>,
+    {
+        Ok(Self {
+            backend: Backend::from_url(url)?,
+            pool: pool(url)?,
+            migrations,
+            migrated: Arc::default(),
+        })
+    }
+
+    /// Applies the backend's pending migrations; from then on [`Database::ping`] asks the
+    /// database itself.
+    pub async fn migrate(&self) -> Result<(), MigrateError> {
+        let migrations = self.migrations.of(self.backend);
+        migrations.migrator().await?.run(&self.pool).await?;
+        self.migrated.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Retries [`Database::migrate`] with backoff (0.5 s doubling to 5 s) until it succeeds.
+    pub async fn migrate_until_ready(&self) {
+        migrate_until_ready(|| self.migrate()).await;
+    }
+
+    /// The backend in use.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The pool, for the service's queries.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Readiness: the schema is migrated and `table` answers a query that reads no row (an open
+    /// connection alone proves nothing: an empty in-memory database opens too). A failed query
+    /// is described as the service's error type `E` describes it.
+    pub async fn ping<E>(&self, table: &str) -> Result<(), String>
+    where
+        E: From<sqlx::Error> + std::fmt::Display,
+    {
+        if !self.migrated.load(Ordering::Acquire) {
+            return Err("database not reachable or not migrated yet".into());
+        }
+        sqlx::query(&format!("SELECT 1 FROM {table} WHERE 1 = 0"))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| E::from(e).to_string())?;
+        Ok(())
     }
 }
 
@@ -264,6 +365,33 @@ mod tests {
         );
         assert_eq!(sqlite_create_mode("sqlite::memory:"), "sqlite::memory:");
         assert_eq!(sqlite_create_mode("postgres://h/db"), "postgres://h/db");
+    }
+
+    #[tokio::test]
+    async fn a_database_is_ready_once_migrated_and_only_while_its_table_answers() {
+        // Readiness fails until the migrations ran, then asks the named table.
+        const THINGS: Embedded = Embedded {
+            dir: "things",
+            files: &[("0001_things.sql", "CREATE TABLE things (id INTEGER);")],
+        };
+        let open =
+            |url| Database::open::<Box<dyn std::error::Error>>(url, Migrations::portable(THINGS));
+        let err = open("mysql://root:hunter2@h/d").expect_err("unsupported");
+        assert!(err.to_string().contains("unsupported"), "{err}");
+        let db = open("sqlite::memory:").expect("open");
+        assert_eq!(db.backend(), Backend::Sqlite);
+        let before = db
+            .ping::<sqlx::Error>("things")
+            .await
+            .expect_err("not migrated");
+        assert!(before.contains("not migrated"), "{before}");
+        db.migrate().await.expect("migrate");
+        assert_eq!(db.ping::<sqlx::Error>("things").await, Ok(()));
+        let missing = db
+            .ping::<sqlx::Error>("nothing")
+            .await
+            .expect_err("no such table");
+        assert!(missing.contains("nothing"), "{missing}");
     }
 
     #[test]

@@ -7,8 +7,7 @@
 //! neither. The relay reads unsent events in `seq` order and marks each sent once the broker
 //! confirmed it.
 
-use flotilla_kit::db::Backend;
-use flotilla_kit::db::Embedded;
+use flotilla_kit::db::{Backend, Database, Embedded, Migrations, UnsupportedUrl};
 use sqlx::any::AnyRow;
 use sqlx::AnyPool;
 
@@ -24,8 +23,8 @@ pub enum DbError {
     #[error("database unavailable: {0}")]
     Unavailable(sqlx::Error),
     /// The `DATABASE_URL` scheme is neither SQLite nor PostgreSQL.
-    #[error("unsupported DATABASE_URL scheme in {0:?}: use sqlite:// or postgres://")]
-    UnsupportedUrl(String),
+    #[error(transparent)]
+    UnsupportedUrl(#[from] UnsupportedUrl),
     /// An event could not be encoded; the order was not stored either.
     #[error("encoding the event: {0}")]
     Encode(#[from] serde_json::Error),
@@ -54,6 +53,10 @@ const SQLITE_MIGRATIONS: Embedded =
     flotilla_kit::embedded_migrations!("sqlite", "0001_orders.sql", "0002_outbox.sql");
 const POSTGRES_MIGRATIONS: Embedded =
     flotilla_kit::embedded_migrations!("postgres", "0001_orders.sql", "0002_outbox.sql");
+const MIGRATIONS: Migrations = Migrations {
+    sqlite: SQLITE_MIGRATIONS,
+    postgres: POSTGRES_MIGRATIONS,
+};
 
 /// One stored order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,40 +147,36 @@ fn to_order(row: &AnyRow) -> Result<OrderRow, sqlx::Error> {
 
 /// Whether the URL names a supported backend; `true` for PostgreSQL.
 pub fn is_postgres(url: &str) -> Result<bool, DbError> {
-    Backend::from_url(url)
-        .map(|b| b == Backend::Postgres)
-        .map_err(|e| DbError::UnsupportedUrl(e.0))
+    Ok(Backend::from_url(url)? == Backend::Postgres)
 }
 
 /// The order store.
 #[derive(Debug, Clone)]
 pub struct Db {
-    pool: AnyPool,
+    db: Database,
 }
 
 impl Db {
-    /// Connects (creating a SQLite file if needed) and applies pending migrations.
+    /// Connects (creating a SQLite file if needed) and applies pending migrations. Pool
+    /// bounds, SQLite file creation and in-memory handling are the kit's, shared with users.
     pub async fn connect(url: &str) -> Result<Self, DbError> {
-        let postgres = is_postgres(url)?;
-        // Pool bounds, SQLite file creation and in-memory handling are shared with users.
-        let pool = flotilla_kit::db::pool(url)?;
-        if postgres {
-            POSTGRES_MIGRATIONS.migrator().await?.run(&pool).await?;
-        } else {
-            SQLITE_MIGRATIONS.migrator().await?.run(&pool).await?;
-        }
-        Ok(Self { pool })
+        let db = Database::open::<DbError>(url, MIGRATIONS)?;
+        db.migrate().await?;
+        Ok(Self { db })
     }
 
-    /// Readiness probe: one trivial query.
-    pub async fn ping(&self) -> Result<(), DbError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+    /// Readiness probe: the `orders` table answers a query.
+    pub async fn ping(&self) -> Result<(), String> {
+        self.db.ping::<DbError>("orders").await
+    }
+
+    fn pool(&self) -> &AnyPool {
+        self.db.pool()
     }
 
     /// Closes the pool; every later call fails as unavailable.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.pool().close().await;
     }
 
     /// Stores a new order for `owner`.
@@ -192,7 +191,7 @@ impl Db {
             .bind(item)
             .bind(quantity)
             .bind(jiff::Timestamp::now().as_millisecond())
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await?;
         Ok(to_order(&row)?)
     }
@@ -206,7 +205,7 @@ impl Db {
         quantity: i64,
         event: impl FnOnce(&OrderRow) -> Result<NewEvent, serde_json::Error>,
     ) -> Result<OrderRow, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         let row = sqlx::query(INSERT_ORDER)
             .bind(owner)
             .bind(item)
@@ -238,7 +237,7 @@ impl Db {
         let sql = format!(
             "SELECT {OUTBOX_COLUMNS} FROM outbox WHERE sent_at IS NULL ORDER BY seq LIMIT $1"
         );
-        let rows = sqlx::query(&sql).bind(limit).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql).bind(limit).fetch_all(self.pool()).await?;
         Ok(rows
             .iter()
             .map(|r| {
@@ -253,7 +252,7 @@ impl Db {
         sqlx::query("UPDATE outbox SET sent_at = $1 WHERE seq = $2 AND sent_at IS NULL")
             .bind(sent_at)
             .bind(seq)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?;
         Ok(())
     }
@@ -263,7 +262,7 @@ impl Db {
         let row = sqlx::query(
             "SELECT COUNT(*) - COUNT(sent_at) AS unsent, COUNT(*) AS total FROM outbox",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool())
         .await?;
         use sqlx::Row;
         Ok((row.try_get("unsent")?, row.try_get("total")?))
@@ -275,7 +274,7 @@ impl Db {
         let row = sqlx::query(&sql)
             .bind(id)
             .bind(owner)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await?;
         Ok(to_order(&row)?)
     }
@@ -294,7 +293,7 @@ impl Db {
             .bind(owner)
             .bind(after_id)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool())
             .await?;
         Ok(rows.iter().map(to_order).collect::<Result<_, _>>()?)
     }

@@ -77,7 +77,7 @@ pub fn build_with(
     let health = Health::builder()
         .check("database", move || {
             let db = probe.clone();
-            async move { db.ping().await.map_err(|e| e.to_string()) }
+            async move { db.ping().await }
         })
         .build();
     let kit = Kit::new(health, admin_token)?;

@@ -5,10 +5,7 @@
 //! key) and the shipment in one transaction, so an event delivered twice, by a redelivery or a
 //! publisher's retry, is stored once, and the second delivery learns it was a duplicate.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-use flotilla_kit::db::Embedded;
+use flotilla_kit::db::{Database, Embedded, Migrations, UnsupportedUrl};
 use serde::Serialize;
 use sqlx::AnyPool;
 
@@ -30,8 +27,8 @@ pub enum DbError {
     #[error("database error: {0}")]
     Permanent(sqlx::Error),
     /// The `DATABASE_URL` scheme is neither SQLite nor PostgreSQL.
-    #[error("unsupported DATABASE_URL scheme in {0:?}: use sqlite:// or postgres://")]
-    UnsupportedUrl(String),
+    #[error(transparent)]
+    UnsupportedUrl(#[from] UnsupportedUrl),
     /// Migrating the schema failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -132,13 +129,10 @@ flotilla_kit::from_row!(Shipment {
 const COLUMNS: &str =
     "order_id, event_id, user_id, item, quantity, status, placed_at, created_at AS created_at_ms";
 
-/// The shipment store.
+/// The shipment store. Until its migrations ran, readiness fails and nothing is consumed.
 #[derive(Debug, Clone)]
 pub struct Db {
-    pool: AnyPool,
-    backend: Backend,
-    // Set once the migrations ran: before that, readiness fails and nothing is consumed.
-    migrated: Arc<AtomicBool>,
+    db: Database,
 }
 
 fn now_ms() -> i64 {
@@ -149,12 +143,8 @@ impl Db {
     /// Prepares the pool without connecting, so the service can start (not ready) while the
     /// database is down; [`Self::migrate_until_ready`] brings it up.
     pub fn open(url: &str) -> Result<Self, DbError> {
-        let backend = Backend::from_url(url).map_err(|e| DbError::UnsupportedUrl(e.0))?;
-        let pool = flotilla_kit::db::pool(url)?;
         Ok(Self {
-            pool,
-            backend,
-            migrated: Arc::default(),
+            db: Database::open::<DbError>(url, Migrations::portable(MIGRATIONS))?,
         })
     }
 
@@ -167,36 +157,31 @@ impl Db {
 
     /// Applies pending migrations (the same portable SQL on both backends).
     pub async fn migrate(&self) -> Result<(), DbError> {
-        MIGRATIONS.migrator().await?.run(&self.pool).await?;
-        self.migrated.store(true, Ordering::Release);
-        Ok(())
+        Ok(self.db.migrate().await?)
     }
 
     /// Retries [`Self::migrate`] with backoff (0.5 s doubling to 5 s) until it succeeds.
     pub async fn migrate_until_ready(&self) {
-        flotilla_kit::db::migrate_until_ready(|| self.migrate()).await;
+        self.db.migrate_until_ready().await;
     }
 
     /// The backend in use.
     pub fn backend(&self) -> Backend {
-        self.backend
+        self.db.backend()
     }
 
     /// Readiness: migrated, and the `shipments` table answers.
     pub async fn ping(&self) -> Result<(), String> {
-        if !self.migrated.load(Ordering::Acquire) {
-            return Err("database not reachable or not migrated yet".into());
-        }
-        sqlx::query("SELECT 1 FROM shipments WHERE 1 = 0")
-            .execute(&self.pool)
-            .await
-            .map_err(|e| DbError::from(e).to_string())?;
-        Ok(())
+        self.db.ping::<DbError>("shipments").await
+    }
+
+    fn pool(&self) -> &AnyPool {
+        self.db.pool()
     }
 
     /// Closes the pool.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.pool().close().await;
     }
 
     /// Records a handled event and its shipment in one transaction; an event id already
@@ -205,7 +190,7 @@ impl Db {
     pub async fn record(&self, event: &Event, kind: &str) -> Result<Recorded, DbError> {
         let now = now_ms();
         let id = event.id.to_string();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool().begin().await?;
         // The write comes first, so SQLite takes its write lock at once (waiting out other
         // writers with its busy timeout) instead of failing an upgrade from a read lock.
         let inserted = sqlx::query(
@@ -246,7 +231,7 @@ impl Db {
         let sql = format!("SELECT {COLUMNS} FROM shipments WHERE order_id = $1");
         Ok(sqlx::query_as::<_, Shipment>(&sql)
             .bind(order_id)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await?)
     }
 
@@ -257,7 +242,7 @@ impl Db {
         );
         Ok(sqlx::query_as::<_, Shipment>(&sql)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool())
             .await?)
     }
 
@@ -265,7 +250,7 @@ impl Db {
     pub async fn events_recorded(&self) -> Result<i64, DbError> {
         use sqlx::Row as _;
         let row = sqlx::query("SELECT COUNT(*) FROM processed_events")
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await?;
         Ok(row.try_get(0)?)
     }

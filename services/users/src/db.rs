@@ -5,7 +5,7 @@
 //! `RETURNING` (SQLite 3.35+ and PostgreSQL), integers and text only (timestamps are Unix
 //! milliseconds). Each backend has its own migration directory for the DDL differences.
 
-use flotilla_kit::db::Embedded;
+use flotilla_kit::db::{Database, Embedded, Migrations, UnsupportedUrl};
 use sqlx::any::AnyRow;
 use sqlx::AnyPool;
 
@@ -26,8 +26,8 @@ pub enum DbError {
     #[error("database unavailable: {0}")]
     Unavailable(sqlx::Error),
     /// The `DATABASE_URL` scheme is neither SQLite nor PostgreSQL.
-    #[error("unsupported DATABASE_URL scheme in {0:?}: use sqlite:// or postgres://")]
-    UnsupportedUrl(String),
+    #[error(transparent)]
+    UnsupportedUrl(#[from] UnsupportedUrl),
     /// Migrating the schema failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -52,10 +52,7 @@ impl From<sqlx::Error> for DbError {
 /// The user store.
 #[derive(Debug, Clone)]
 pub struct Db {
-    pool: AnyPool,
-    backend: Backend,
-    // Set once the migrations ran: before that, readiness fails and so do queries.
-    migrated: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    db: Database,
 }
 
 /// The migrations of each backend (`migrations/<backend>/`), compiled in.
@@ -63,6 +60,10 @@ const SQLITE_MIGRATIONS: Embedded =
     flotilla_kit::embedded_migrations!("sqlite", "0001_users.sql", "0002_user_uuids.sql");
 const POSTGRES_MIGRATIONS: Embedded =
     flotilla_kit::embedded_migrations!("postgres", "0001_users.sql", "0002_user_uuids.sql");
+const MIGRATIONS: Migrations = Migrations {
+    sqlite: SQLITE_MIGRATIONS,
+    postgres: POSTGRES_MIGRATIONS,
+};
 
 /// A stored row, password hash included; never serialised.
 #[derive(Debug)]
@@ -123,58 +124,39 @@ impl Db {
     /// database is down; call [`Self::migrate_until_ready`] to bring it up. In-memory SQLite
     /// keeps one database for the whole pool (see [`flotilla_kit::db::pool`]).
     pub fn open(url: &str) -> Result<Self, DbError> {
-        let backend = Backend::from_url(url).map_err(|e| DbError::UnsupportedUrl(e.0))?;
-        let pool = flotilla_kit::db::pool(url)?;
         Ok(Self {
-            pool,
-            backend,
-            migrated: Default::default(),
+            db: Database::open::<DbError>(url, MIGRATIONS)?,
         })
     }
 
     /// Applies pending migrations once.
     pub async fn migrate(&self) -> Result<(), DbError> {
-        match self.backend {
-            Backend::Sqlite => SQLITE_MIGRATIONS.migrator().await?.run(&self.pool).await?,
-            Backend::Postgres => {
-                POSTGRES_MIGRATIONS
-                    .migrator()
-                    .await?
-                    .run(&self.pool)
-                    .await?
-            }
-        }
-        self.migrated
-            .store(true, std::sync::atomic::Ordering::Release);
-        Ok(())
+        Ok(self.db.migrate().await?)
     }
 
     /// Retries [`Self::migrate`] with backoff (0.5 s doubling to 5 s) until it succeeds.
     pub async fn migrate_until_ready(&self) {
-        flotilla_kit::db::migrate_until_ready(|| self.migrate()).await;
+        self.db.migrate_until_ready().await;
     }
 
     /// The backend in use.
     pub fn backend(&self) -> Backend {
-        self.backend
+        self.db.backend()
     }
 
     /// Readiness probe: the schema is migrated and the `users` table answers a query (an
     /// open connection alone proves nothing: an empty in-memory database opens too).
     pub async fn ping(&self) -> Result<(), String> {
-        if !self.migrated.load(std::sync::atomic::Ordering::Acquire) {
-            return Err("database not reachable or not migrated yet".into());
-        }
-        sqlx::query("SELECT 1 FROM users WHERE 1 = 0")
-            .execute(&self.pool)
-            .await
-            .map_err(|e| DbError::from(e).to_string())?;
-        Ok(())
+        self.db.ping::<DbError>("users").await
+    }
+
+    fn pool(&self) -> &AnyPool {
+        self.db.pool()
     }
 
     /// Closes the pool; every later call fails as unavailable.
     pub async fn close(&self) {
-        self.pool.close().await;
+        self.pool().close().await;
     }
 
     /// Inserts a user under a fresh random UUID; `email` must already be normalised.
@@ -189,7 +171,7 @@ impl Db {
             .bind(email)
             .bind(hash)
             .bind(now_ms())
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await?;
         Ok(to_user(&row)?)
     }
@@ -197,7 +179,7 @@ impl Db {
     /// One user by id.
     pub async fn get(&self, id: &str) -> Result<User, DbError> {
         let sql = format!("SELECT {COLUMNS} FROM users WHERE id = $1");
-        let row = sqlx::query(&sql).bind(id).fetch_one(&self.pool).await?;
+        let row = sqlx::query(&sql).bind(id).fetch_one(self.pool()).await?;
         Ok(to_user(&row)?)
     }
 
@@ -207,7 +189,7 @@ impl Db {
         let rows = sqlx::query(&sql)
             .bind(limit)
             .bind(offset)
-            .fetch_all(&self.pool)
+            .fetch_all(self.pool())
             .await?;
         Ok(rows.iter().map(to_user).collect::<Result<_, _>>()?)
     }
@@ -231,7 +213,7 @@ impl Db {
             .bind(hash)
             .bind(now_ms())
             .bind(id)
-            .fetch_one(&self.pool)
+            .fetch_one(self.pool())
             .await?;
         Ok(to_user(&row)?)
     }
@@ -240,7 +222,7 @@ impl Db {
     pub async fn delete(&self, id: &str) -> Result<(), DbError> {
         let done = sqlx::query("DELETE FROM users WHERE id = $1")
             .bind(id)
-            .execute(&self.pool)
+            .execute(self.pool())
             .await?;
         if done.rows_affected() == 0 {
             return Err(DbError::NotFound);
@@ -253,7 +235,7 @@ impl Db {
         use sqlx::Row as _;
         let row = sqlx::query("SELECT id, password_hash FROM users WHERE email = $1")
             .bind(email)
-            .fetch_optional(&self.pool)
+            .fetch_optional(self.pool())
             .await?;
         match row {
             Some(r) => Ok(Some((r.try_get(0)?, r.try_get(1)?))),
