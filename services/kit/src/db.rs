@@ -144,6 +144,12 @@ impl Migrations {
             Backend::Postgres => self.postgres,
         }
     }
+
+    /// [`Embedded::check`] of both backends' lists.
+    pub async fn check(self) -> Result<(), String> {
+        self.sqlite.check().await?;
+        self.postgres.check().await
+    }
 }
 
 /// A service's database: the lazy [`pool`] of its `DATABASE_URL`, the backend the URL names, its
