@@ -264,6 +264,32 @@ mod tests {
     use lapin::types::FieldTable;
     use lapin::BasicProperties;
 
+    /// Declares `queue` on a connection to `broker` and publishes one message to it, with
+    /// publisher confirms; the connection closes on return.
+    async fn declare_and_publish(
+        broker: &Broker,
+        queue: &str,
+        declare: QueueDeclareOptions,
+        properties: BasicProperties,
+    ) -> Result<()> {
+        let (_conn, channel) = connect(broker).await?;
+        channel
+            .queue_declare(queue.into(), declare, FieldTable::default())
+            .await?;
+        channel.confirm_select(Default::default()).await?;
+        channel
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions::default(),
+                b"hello",
+                properties,
+            )
+            .await?
+            .await?;
+        Ok(())
+    }
+
     #[tokio::test]
     async fn shared_brokers_keep_each_tests_queues_apart() -> Result<()> {
         // Two tests on the run's shared broker each have a virtual host of their own: a queue
@@ -272,21 +298,13 @@ mod tests {
         let mut first = Broker::shared().await?;
         let second = Broker::shared().await?;
         assert_ne!(first.url(), second.url());
-        let (_conn, channel) = connect(&first).await?;
-        channel
-            .queue_declare("mine".into(), Default::default(), FieldTable::default())
-            .await?;
-        channel.confirm_select(Default::default()).await?;
-        channel
-            .basic_publish(
-                "".into(),
-                "mine".into(),
-                BasicPublishOptions::default(),
-                b"hello",
-                BasicProperties::default(),
-            )
-            .await?
-            .await?;
+        declare_and_publish(
+            &first,
+            "mine",
+            QueueDeclareOptions::default(),
+            BasicProperties::default(),
+        )
+        .await?;
         assert_eq!(first.queue_len("mine").await?, 1);
         let others = second.list_queues(&["name"]).await?;
         assert!(!others.contains("mine"), "{others}");
@@ -303,28 +321,12 @@ mod tests {
         // A durable queue and a persistent message are back after SIGTERM and a start in the
         // same directory, and rabbitmqctl reaches the broker's node.
         let mut broker = Broker::start().await?;
-        let (_conn, channel) = connect(&broker).await?;
-        channel
-            .queue_declare(
-                "kept".into(),
-                QueueDeclareOptions {
-                    durable: true,
-                    ..Default::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
-        channel.confirm_select(Default::default()).await?;
-        channel
-            .basic_publish(
-                "".into(),
-                "kept".into(),
-                BasicPublishOptions::default(),
-                b"hello",
-                BasicProperties::default().with_delivery_mode(2),
-            )
-            .await?
-            .await?;
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        let persistent = BasicProperties::default().with_delivery_mode(2);
+        declare_and_publish(&broker, "kept", durable, persistent).await?;
         assert_eq!(broker.queue_len("kept").await?, 1);
 
         broker.stop().await?;
