@@ -258,4 +258,8 @@ pub mod traffic {
     /// change as it happens (`heartbeat=<ms>`, `0` for changes only); a pod that supports it
     /// echoes the header and streams one line per report, `ready` or `not_ready <checks>`.
     pub const WATCH_HEADER: &str = "flotilla-watch";
+    /// Request header beside [`WATCH_HEADER`] asking the pod to send a line at once when its API
+    /// requests fail (`above=<maxErrorRate> requests=<fewest judged>`), instead of waiting for
+    /// its next heartbeat; pods that do not know it ignore it.
+    pub const WATCH_ERRORS_HEADER: &str = "flotilla-watch-errors";
 }

@@ -8,6 +8,7 @@
 //! No decisions here: a probe returns what it saw; the engine judges it.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -70,17 +71,25 @@ impl HttpPaths {
     }
 
     /// The readiness watch request: the readiness GET asking to stay open, report each change
-    /// and repeat the current state every `heartbeat`.
-    pub fn watch(&self, heartbeat: Duration) -> Vec<u8> {
+    /// and repeat the current state every `heartbeat`; with `errors_above` (the service's
+    /// `maxErrorRate`), also to send a line at once when its API requests fail that much.
+    pub fn watch(&self, heartbeat: Duration, errors_above: Option<f64>) -> Vec<u8> {
         let mut req = self.readiness.clone();
-        req.extend_from_slice(
-            format!(
-                "{}: heartbeat={}\r\n\r\n",
-                traffic::WATCH_HEADER,
-                heartbeat.as_millis()
-            )
-            .as_bytes(),
+        let mut head = format!(
+            "{}: heartbeat={}\r\n",
+            traffic::WATCH_HEADER,
+            heartbeat.as_millis()
         );
+        if let Some(above) = errors_above {
+            let _ = write!(
+                head,
+                "{}: above={above} requests={}\r\n",
+                traffic::WATCH_ERRORS_HEADER,
+                super::error_spans::MIN_SPAN_REQUESTS
+            );
+        }
+        head.push_str("\r\n");
+        req.extend_from_slice(head.as_bytes());
         req
     }
 
@@ -595,6 +604,24 @@ mod tests {
             "a verdict goes out only with its signature"
         );
         assert_eq!(accepted.load(Ordering::Acquire), 1);
+    }
+
+    #[test]
+    fn a_watch_asks_for_early_lines_only_with_an_error_rate_to_judge() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 8080));
+        let paths = HttpPaths::new(addr, "/readyz", "/metrics").expect("paths");
+        let text = |errors| {
+            String::from_utf8(paths.watch(Duration::from_millis(250), errors)).expect("ascii")
+        };
+        assert_eq!(
+            text(Some(0.25)),
+            "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nflotilla-watch: heartbeat=250\r\n\
+             flotilla-watch-errors: above=0.25 requests=10\r\n\r\n"
+        );
+        assert_eq!(
+            text(None),
+            "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1:8080\r\nflotilla-watch: heartbeat=250\r\n\r\n"
+        );
     }
 
     #[tokio::test]

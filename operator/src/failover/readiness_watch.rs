@@ -177,6 +177,9 @@ pub struct WatchTarget {
     pub timeout: Duration,
     /// The heartbeat asked of HTTP pods; on a gRPC watch, the quiet after which a PING is sent.
     pub heartbeat: Duration,
+    /// The service's `maxErrorRate`, asked of the pod as the ratio of failed API requests to
+    /// report at once (see `error_spans`).
+    pub errors_above: Option<f64>,
     /// Silent heartbeats (after the first `timeout`) that end the watch: the failure threshold.
     pub failure_threshold: u32,
     /// When the pod was last heard, for the engine.
@@ -259,7 +262,7 @@ async fn http(
     reporter: &Reporter,
     fallback: Fallback,
 ) -> bool {
-    let request = paths.watch(target.heartbeat);
+    let request = paths.watch(target.heartbeat, target.errors_above);
     let mut conn: Option<PodConn> = None;
     let mut last: Option<Said> = None;
     let mut state = Retry::default();

@@ -369,11 +369,15 @@ impl Health {
             .and(warp::header::optional::<String>(TRAFFIC_HEADER))
             .and(warp::header::optional::<String>(SIGNATURE_HEADER))
             .and(warp::header::optional::<String>(WATCH_HEADER))
+            .and(warp::header::optional::<String>(
+                readiness_watch::ERRORS_HEADER,
+            ))
             .then(
                 move |peer: Option<crate::reply::PeerAddr>,
                       verdict: Option<String>,
                       signature: Option<String>,
-                      watch: Option<String>| {
+                      watch: Option<String>,
+                      errors: Option<String>| {
                     let peer = peer.map(|p| p.0);
                     let (ready, faults) = (ready.clone(), faults.clone());
                     async move {
@@ -387,6 +391,7 @@ impl Health {
                         let watch = watch
                             .as_deref()
                             .and_then(WatchRequest::parse)
+                            .map(|w| w.with_errors(errors.as_deref()))
                             .filter(|_| !faults.get().flaky_readiness);
                         let resp = match watch {
                             Some(req) => {

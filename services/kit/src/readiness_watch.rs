@@ -8,7 +8,9 @@
 //! the instance's cumulative request counts, ` requests=<n> errors=<m>` (its API requests, and
 //! those answered 5xx). The first line is the readiness now; then a line on every change, and
 //! the current line again, with the counts as they are then, every heartbeat when one was
-//! asked for. The response ends after [`LIFETIME`], or right
+//! asked for. With `Flotilla-Watch-Errors: above=<ratio> requests=<n>` as well, a failing
+//! stretch of API requests is reported without waiting for the heartbeat (see
+//! [`ErrorLines`]). The response ends after [`LIFETIME`], or right
 //! after a `not_ready shutdown` line when the instance starts draining, and the prober asks
 //! again. A server that does not know the header answers the ordinary probe, which tells the
 //! prober to probe it every period instead.
@@ -27,6 +29,9 @@ use tokio::sync::{watch, Notify};
 /// The request and response header of the watch (header names are case-insensitive).
 pub const WATCH_HEADER: &str = "flotilla-watch";
 
+/// The request header asking for early lines when API requests fail (see [`ErrorLines`]).
+pub const ERRORS_HEADER: &str = "flotilla-watch-errors";
+
 /// How long one watch response lasts before the prober asks again.
 pub const LIFETIME: Duration = Duration::from_secs(30);
 
@@ -37,11 +42,84 @@ pub const RECHECK: Duration = Duration::from_millis(100);
 /// Heartbeats are clamped to this range (a request asking for less gets the minimum).
 const HEARTBEAT_RANGE: (u64, u64) = (50, 10_000);
 
+/// Fewest milliseconds between two early lines of one watch.
+const EARLY_GAP: Duration = Duration::from_millis(50);
+
 /// What a watcher asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct WatchRequest {
     /// Repeat the current line this often; `None` sends changes only.
     pub heartbeat: Option<Duration>,
+    /// Send a line early when API requests fail, not only at the heartbeat.
+    pub errors: Option<ErrorLines>,
+}
+
+/// When a watch sends a line before its heartbeat because API requests fail
+/// (`Flotilla-Watch-Errors: above=<ratio> requests=<n>`, the prober's `maxErrorRate` and the
+/// fewest requests it judges a stretch on). The prober judges the error ratio between two
+/// lines, so the lines mark where the stretches start and end:
+/// - **the first failure after a clean stretch:** a line at once when a request fails after at
+///   least `requests` answered since the last line, so the clean ones close a stretch of their
+///   own and the failures start the next (at most one such line per heartbeat);
+/// - **a failing stretch:** a line as soon as at least `requests` were answered since the last
+///   line and more than `above` of them failed, at most one every 50 ms.
+///
+/// An instance without errors, or with fewer than the prober would eject it for, sends no line
+/// more than its heartbeats.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ErrorLines {
+    /// The failing ratio, 0 to 1.
+    pub above: f64,
+    /// Fewest requests in a stretch, at least 1.
+    pub requests: u64,
+}
+
+impl ErrorLines {
+    /// Parses `above=<ratio> requests=<n>` (either order, separated by spaces, commas or
+    /// semicolons); `None` when either is missing or out of range, so a malformed header asks
+    /// for heartbeats only.
+    pub fn parse(value: &str) -> Option<Self> {
+        let (mut above, mut requests) = (None, None);
+        for part in value
+            .split([' ', ',', ';'])
+            .filter(|p| !p.trim().is_empty())
+        {
+            let (key, v) = part.trim().split_once('=')?;
+            match key.trim() {
+                "above" => above = v.trim().parse::<f64>().ok(),
+                "requests" => requests = v.trim().parse::<u64>().ok(),
+                _ => {}
+            }
+        }
+        let (above, requests) = (above?, requests?);
+        ((0.0..1.0).contains(&above) && requests > 0).then_some(Self { above, requests })
+    }
+
+    /// When a line is due because of failed requests: `counts` now, the counts of the last line
+    /// (`sent`, at `sent_at`), and when the last first-failure line went out.
+    fn due(
+        &self,
+        counts: (u64, u64),
+        sent: (u64, u64),
+        sent_at: tokio::time::Instant,
+        boundary_at: Option<tokio::time::Instant>,
+        heartbeat: Duration,
+    ) -> Option<(tokio::time::Instant, bool)> {
+        let requests = counts.0.saturating_sub(sent.0);
+        let errors = counts.1.saturating_sub(sent.1);
+        if errors == 0 {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        let clean = requests.saturating_sub(errors);
+        let boundary_free = boundary_at.is_none_or(|at| now.duration_since(at) >= heartbeat);
+        if clean >= self.requests && boundary_free {
+            return Some((now, true));
+        }
+        #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+        let failing = requests >= self.requests && errors as f64 > self.above * requests as f64;
+        failing.then(|| (sent_at + EARLY_GAP, false))
+    }
 }
 
 impl WatchRequest {
@@ -50,13 +128,26 @@ impl WatchRequest {
     pub fn parse(value: &str) -> Option<Self> {
         let value = value.trim();
         if value.is_empty() {
-            return Some(Self { heartbeat: None });
+            return Some(Self {
+                heartbeat: None,
+                errors: None,
+            });
         }
         let ms: u64 = value.strip_prefix("heartbeat=")?.trim().parse().ok()?;
         Some(Self {
             heartbeat: (ms > 0)
                 .then(|| Duration::from_millis(ms.clamp(HEARTBEAT_RANGE.0, HEARTBEAT_RANGE.1))),
+            errors: None,
         })
+    }
+
+    /// The same request, with early lines when the errors header asked for them.
+    #[must_use]
+    pub fn with_errors(self, header: Option<&str>) -> Self {
+        Self {
+            errors: header.and_then(ErrorLines::parse),
+            ..self
+        }
     }
 
     /// The response header's value.
@@ -126,6 +217,8 @@ pub trait Report: Send + Sync + 'static {
 pub struct RequestCounts {
     requests: AtomicU64,
     errors: AtomicU64,
+    /// Wakes the watches that send early lines on failures.
+    failed: Notify,
 }
 
 impl RequestCounts {
@@ -140,6 +233,7 @@ impl RequestCounts {
         self.requests.fetch_add(1, Ordering::Relaxed);
         if failed {
             self.errors.fetch_add(1, Ordering::Relaxed);
+            self.failed.notify_waiters();
         }
     }
 
@@ -189,23 +283,20 @@ pub fn body<R: Report>(
         let end = tokio::time::sleep(LIFETIME);
         tokio::pin!(end);
         let far = Duration::from_secs(3600);
-        let mut last: Option<Bytes> = None;
+        let mut out = Sent::default();
         loop {
             let current = rx.borrow_and_update().clone();
             if let Some(report) = current {
                 let l = report.line();
-                let send = last.as_ref() != Some(&l);
-                if send {
-                    if tx.send(with_counts(&l, counts.get())).await.is_err() {
-                        return;
-                    }
-                    last = Some(l);
+                if out.line.as_ref() != Some(&l) && !out.send(&tx, l, &counts).await {
+                    return;
                 }
                 if report.is_last() {
                     return;
                 }
             }
             let beat = tokio::time::sleep(req.heartbeat.unwrap_or(far));
+            let early = out.early(&req, &counts);
             tokio::select! {
                 () = &mut end => return,
                 () = tx.closed() => return,
@@ -215,14 +306,138 @@ pub fn body<R: Report>(
                     }
                 }
                 () = beat => {
-                    if let Some(l) = &last {
-                        if tx.send(with_counts(l, counts.get())).await.is_err() {
-                            return;
-                        }
+                    if !out.repeat(&tx, &counts).await {
+                        return;
+                    }
+                }
+                boundary = early => {
+                    if !out.repeat(&tx, &counts).await {
+                        return;
+                    }
+                    if boundary {
+                        out.boundary_at = Some(tokio::time::Instant::now());
                     }
                 }
             }
         }
     });
     futures::StreamExt::map(tokio_stream::wrappers::ReceiverStream::new(out), Ok)
+}
+
+/// What one watch last sent.
+#[derive(Debug)]
+struct Sent {
+    /// The readiness line (without counts).
+    line: Option<Bytes>,
+    /// The counts it carried.
+    counts: (u64, u64),
+    /// When.
+    at: tokio::time::Instant,
+    /// When the last first-failure line went out (see [`ErrorLines`]).
+    boundary_at: Option<tokio::time::Instant>,
+}
+
+impl Default for Sent {
+    fn default() -> Self {
+        Self {
+            line: None,
+            counts: (0, 0),
+            at: tokio::time::Instant::now(),
+            boundary_at: None,
+        }
+    }
+}
+
+impl Sent {
+    /// Sends `line` with the counts now; `false` when the watcher is gone.
+    async fn send(
+        &mut self,
+        tx: &tokio::sync::mpsc::Sender<Bytes>,
+        line: Bytes,
+        counts: &RequestCounts,
+    ) -> bool {
+        let now = counts.get();
+        if tx.send(with_counts(&line, now)).await.is_err() {
+            return false;
+        }
+        self.line = Some(line);
+        self.counts = now;
+        self.at = tokio::time::Instant::now();
+        true
+    }
+
+    /// Sends the last line again with the counts now (nothing before the first).
+    async fn repeat(
+        &mut self,
+        tx: &tokio::sync::mpsc::Sender<Bytes>,
+        counts: &RequestCounts,
+    ) -> bool {
+        match self.line.clone() {
+            Some(l) => self.send(tx, l, counts).await,
+            None => true,
+        }
+    }
+
+    /// Resolves when a line is due early because API requests failed, with whether it is a
+    /// first-failure line; never when the watcher did not ask for early lines.
+    fn early<'a>(
+        &self,
+        req: &WatchRequest,
+        counts: &'a RequestCounts,
+    ) -> impl std::future::Future<Output = bool> + Send + use<'a> {
+        let (rule, heartbeat) = (req.errors, req.heartbeat.unwrap_or(LIFETIME));
+        let (sent, sent_at, boundary_at) = (self.counts, self.at, self.boundary_at);
+        async move {
+            let Some(rule) = rule else {
+                return std::future::pending().await;
+            };
+            loop {
+                let failed = counts.failed.notified();
+                tokio::pin!(failed);
+                // Registered before the counts are read, so a failure in between still wakes.
+                failed.as_mut().enable();
+                if let Some((at, boundary)) =
+                    rule.due(counts.get(), sent, sent_at, boundary_at, heartbeat)
+                {
+                    tokio::time::sleep_until(at).await;
+                    return boundary;
+                }
+                failed.await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_errors_header_needs_a_ratio_and_a_stretch() {
+        let rule = ErrorLines {
+            above: 0.5,
+            requests: 10,
+        };
+        for ok in [
+            "above=0.5 requests=10",
+            "requests=10, above=0.5",
+            " above=0.5;requests=10 ",
+        ] {
+            assert_eq!(ErrorLines::parse(ok), Some(rule), "{ok}");
+        }
+        for bad in [
+            "",
+            "above=0.5",
+            "requests=10",
+            "above=1 requests=10",
+            "above=-0.1 requests=10",
+            "above=0.5 requests=0",
+            "above=half requests=10",
+            "above",
+        ] {
+            assert_eq!(ErrorLines::parse(bad), None, "{bad}");
+        }
+        let req = WatchRequest::parse("heartbeat=250").map(|r| r.with_errors(Some("junk")));
+        assert_eq!(req.and_then(|r| r.errors), None, "heartbeats only");
+    }
 }

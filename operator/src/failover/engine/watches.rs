@@ -37,6 +37,7 @@ impl Engine {
             grpc_service: p.grpc.clone(),
             timeout: p.timeout,
             heartbeat,
+            errors_above: entry.svc.failover.max_error_rate,
             failure_threshold: p.failure_threshold,
             last_line: last_line.clone(),
         };

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use flotilla_kit::readiness_watch::WATCH_HEADER;
+use flotilla_kit::readiness_watch::{ERRORS_HEADER, WATCH_HEADER};
 use flotilla_kit::server::{DrainOptions, Running};
 use flotilla_kit::{FaultConfig, Health, Kit};
 use tokio::net::TcpListener;
@@ -44,11 +44,18 @@ struct Lines {
 
 impl Lines {
     async fn open(url: &str, header: &str) -> Result<(u16, Option<String>, Lines)> {
-        let resp = reqwest::Client::new()
-            .get(format!("{url}/readyz"))
-            .header(WATCH_HEADER, header)
-            .send()
-            .await?;
+        Self::open_with(url, &[(WATCH_HEADER, header)]).await
+    }
+
+    async fn open_with(
+        url: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, Option<String>, Lines)> {
+        let mut req = reqwest::Client::new().get(format!("{url}/readyz"));
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let resp = req.send().await?;
         let echoed = resp
             .headers()
             .get(WATCH_HEADER)
@@ -66,18 +73,27 @@ impl Lines {
 
     /// The next line, `None` once the response ended.
     async fn next(&mut self) -> Result<Option<String>> {
+        self.next_within(LINE_WITHIN)
+            .await?
+            .context("no line within the bound")
+    }
+
+    /// The next line (`None` once the response ended), or `None` outside when none came
+    /// `within`.
+    async fn next_within(&mut self, within: Duration) -> Result<Option<Option<String>>> {
+        let deadline = tokio::time::Instant::now() + within;
         loop {
             if let Some(i) = self.pending.find('\n') {
                 let line = self.pending[..i].to_owned();
                 self.pending.drain(..=i);
-                return Ok(Some(line));
+                return Ok(Some(Some(line)));
             }
-            let chunk = tokio::time::timeout(LINE_WITHIN, self.resp.chunk())
-                .await
-                .context("no line within the bound")??;
-            match chunk {
+            let Ok(chunk) = tokio::time::timeout_at(deadline, self.resp.chunk()).await else {
+                return Ok(None);
+            };
+            match chunk? {
                 Some(c) => self.pending.push_str(std::str::from_utf8(&c)?),
-                None if self.pending.is_empty() => return Ok(None),
+                None if self.pending.is_empty() => return Ok(Some(None)),
                 None => bail!("the response ended inside a line: {:?}", self.pending),
             }
         }
@@ -183,6 +199,71 @@ async fn heartbeat_lines_carry_the_api_request_and_5xx_counts() -> Result<()> {
             "only API requests count: {line}"
         );
     }
+    srv.stop().await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn failing_requests_are_reported_without_waiting_for_the_heartbeat() -> Result<()> {
+    // Asked with the errors header, the pod marks where its failures start (a line at the first
+    // failed request after a clean stretch of at least `requests`) and sends a line as soon as
+    // `requests` more were answered with more than `above` of them failed, long before its
+    // 10 s heartbeat. Errors under the ratio send nothing early, and a watch that did not ask
+    // gets its lines at the heartbeat only.
+    let (srv, _kit) = start().await?;
+    let url = srv.url();
+    let watch = [
+        (WATCH_HEADER, "heartbeat=10000"),
+        (ERRORS_HEADER, "above=0.5 requests=10"),
+    ];
+    let (_, _, mut early) = Lines::open_with(&url, &watch).await?;
+    let (_, _, mut plain) = Lines::open(&url, "heartbeat=10000").await?;
+    for lines in [&mut early, &mut plain] {
+        assert_eq!(lines.next().await?.as_deref(), Some(READY));
+    }
+    let http = reqwest::Client::new();
+    let call = |path: &'static str| {
+        let (http, url) = (http.clone(), url.clone());
+        async move { anyhow::Ok(http.get(format!("{url}{path}")).send().await?.status()) }
+    };
+    // Well under a heartbeat: a line within it came early.
+    let soon = Duration::from_secs(3);
+    for _ in 0..10 {
+        assert_eq!(call("/api").await?, 200);
+    }
+    assert_eq!(early.next_within(Duration::from_millis(300)).await?, None);
+    assert_eq!(call("/fail").await?, 500);
+    assert_eq!(
+        early.next_within(soon).await?.flatten().as_deref(),
+        Some("ready requests=11 errors=1"),
+        "the first failure after ten clean requests"
+    );
+    for _ in 0..9 {
+        assert_eq!(call("/fail").await?, 500);
+    }
+    assert_eq!(
+        early.next_within(Duration::from_millis(300)).await?,
+        None,
+        "nine requests are short of a stretch"
+    );
+    assert_eq!(call("/fail").await?, 500);
+    assert_eq!(
+        early.next_within(soon).await?.flatten().as_deref(),
+        Some("ready requests=21 errors=11"),
+        "ten failed requests in a row"
+    );
+    // One failure in eleven is under the ratio, and the first-failure line was sent this
+    // heartbeat already.
+    for _ in 0..10 {
+        assert_eq!(call("/api").await?, 200);
+    }
+    assert_eq!(call("/fail").await?, 500);
+    assert_eq!(early.next_within(Duration::from_secs(1)).await?, None);
+    assert_eq!(
+        plain.next_within(Duration::from_millis(100)).await?,
+        None,
+        "no early lines unasked"
+    );
     srv.stop().await?;
     Ok(())
 }
