@@ -113,31 +113,44 @@ fn active(d: &Desired) -> Option<ActiveTarget> {
     d.services.get(&ObjKey::new("t", "web"))?.status.active
 }
 
-/// The engine's desired state once `pred` holds, within [`WAIT`]: far under the probe period,
-/// so only the readiness watch can have brought it.
+/// The engine's desired state once `pred` holds, `within` a bound ([`WAIT`]: far under the
+/// probe period, so only the readiness watch can have brought it).
 async fn wait_for(
     out: &mut EngineOutputs,
     what: &str,
+    within: Duration,
     pred: impl Fn(&Desired) -> bool,
 ) -> Result<()> {
     let what = format!("{what} (only the watch can be that quick)");
-    inventory::wait_for_within(&mut out.desired, &what, WAIT, pred).await?;
+    inventory::wait_for_within(&mut out.desired, &what, within, pred).await?;
     Ok(())
 }
 
 async fn fault_moves_traffic(kind: Kind, fault: Fault, octet: u8) -> Result<()> {
+    // Heartbeats as at the default period (the period here is a minute, to keep probes away).
+    fault_moves_traffic_tuned(kind, fault, octet, Duration::from_millis(100), WAIT).await
+}
+
+/// [`fault_moves_traffic`] with the heartbeat the watch asks for, and the bound of the
+/// failover after the fault.
+async fn fault_moves_traffic_tuned(
+    kind: Kind,
+    fault: Fault,
+    octet: u8,
+    heartbeat: Duration,
+    within: Duration,
+) -> Result<()> {
     let dir = tempfile::tempdir()?;
     let process = start_pod(kind, dir.path()).await?;
     let backup = start_group(3, octet, 2).await?;
     let (_tx, rx) = watch::channel(Arc::new(inventory(kind, process.addr(), &backup)));
     let metrics = Metrics::new()?;
-    // Heartbeats as at the default period (the period here is a minute, to keep probes away).
     let cfg = EngineConfig {
-        watch_heartbeat: Some(Duration::from_millis(100)),
+        watch_heartbeat: Some(heartbeat),
         ..EngineConfig::default()
     };
     let (mut out, _thread) = engine::spawn(rx, metrics.clone(), cfg)?;
-    wait_for(&mut out, "the primary decided active", |d| {
+    wait_for(&mut out, "the primary decided active", WAIT, |d| {
         active(d) == Some(ActiveTarget::Primary)
     })
     .await?;
@@ -181,7 +194,7 @@ async fn fault_moves_traffic(kind: Kind, fault: Fault, octet: u8) -> Result<()> 
             anyhow::ensure!(sent.success(), "kill {signal} failed");
         }
     }
-    wait_for(&mut out, "failover to the fallback", |d| {
+    wait_for(&mut out, "failover to the fallback", within, |d| {
         active(d) == Some(ActiveTarget::Fallback)
     })
     .await
@@ -253,6 +266,23 @@ async fn an_http_pod_answering_500s_is_out_without_a_scrape() -> Result<()> {
     // `users` counts its API answers on every heartbeat line of its watch; two heartbeats of
     // 500s, each over the floor of requests, eject it without a scrape or a probe.
     fault_moves_traffic(Kind::Http, Fault::BadAnswers, 47).await
+}
+
+#[tokio::test]
+async fn an_http_pod_answering_500s_is_out_before_its_next_heartbeat() -> Result<()> {
+    // Asked for a minute's heartbeat (the pod keeps 10 s, its longest), the watch has only the
+    // pod's early lines to go by: the first failed request, then each stretch of failed ones.
+    let heartbeat = Duration::from_secs(60);
+    let within = Duration::from_secs(8);
+    fault_moves_traffic_tuned(Kind::Http, Fault::BadAnswers, 48, heartbeat, within).await
+}
+
+#[tokio::test]
+async fn a_grpc_pod_failing_its_calls_is_out_before_its_next_heartbeat() -> Result<()> {
+    // The same for `orders`, whose HTTP watch counts its failing gRPC calls.
+    let heartbeat = Duration::from_secs(60);
+    let within = Duration::from_secs(8);
+    fault_moves_traffic_tuned(Kind::Grpc, Fault::BadAnswers, 54, heartbeat, within).await
 }
 
 #[tokio::test]
@@ -460,7 +490,7 @@ async fn an_ejected_pod_hears_its_verdict_at_once() -> Result<()> {
         Ok((metrics.readiness_watches.get() >= 2).then_some(()))
     })
     .await?;
-    wait_for(&mut out, "the primary decided active", |d| {
+    wait_for(&mut out, "the primary decided active", WAIT, |d| {
         d.services
             .get(&ObjKey::new("t", "api"))
             .and_then(|s| s.status.active)
