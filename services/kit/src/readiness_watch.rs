@@ -59,7 +59,7 @@ pub struct WatchRequest {
 /// fewest requests it judges a stretch on). The prober judges the error ratio between two
 /// lines, so the lines mark where the stretches start and end:
 /// - **the first failure after a clean stretch:** a line at once when a request fails after at
-///   least `requests` answered since the last line, so the clean ones close a stretch of their
+///   least `requests` successful ones since the last line, so these close a stretch of their
 ///   own and the failures start the next (at most one such line per heartbeat);
 /// - **a failing stretch:** a line as soon as at least `requests` were answered since the last
 ///   line and more than `above` of them failed, at most one every 50 ms.
