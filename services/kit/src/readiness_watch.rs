@@ -385,7 +385,9 @@ impl Sent {
         req: &WatchRequest,
         counts: &'a RequestCounts,
     ) -> impl std::future::Future<Output = bool> + Send + use<'a> {
-        let (rule, heartbeat) = (req.errors, req.heartbeat.unwrap_or(LIFETIME));
+        // Nothing to repeat before the first line, so nothing early either.
+        let rule = req.errors.filter(|_| self.line.is_some());
+        let heartbeat = req.heartbeat.unwrap_or(LIFETIME);
         let (sent, sent_at, boundary_at) = (self.counts, self.at, self.boundary_at);
         async move {
             let Some(rule) = rule else {
