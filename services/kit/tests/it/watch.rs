@@ -203,6 +203,9 @@ async fn heartbeat_lines_carry_the_api_request_and_5xx_counts() -> Result<()> {
     Ok(())
 }
 
+/// Requests of one step: a path and how many times in a row.
+type Calls = &'static [(&'static str, usize)];
+
 #[tokio::test]
 async fn failing_requests_are_reported_without_waiting_for_the_heartbeat() -> Result<()> {
     // Asked with the errors header, the pod marks where its failures start (a line at the first
@@ -227,38 +230,38 @@ async fn failing_requests_are_reported_without_waiting_for_the_heartbeat() -> Re
         async move { anyhow::Ok(http.get(format!("{url}{path}")).send().await?.status()) }
     };
     // Well under a heartbeat: a line within it came early.
-    let soon = Duration::from_secs(3);
-    for _ in 0..10 {
-        assert_eq!(call("/api").await?, 200);
+    let (soon, quiet) = (Duration::from_secs(3), Duration::from_millis(500));
+    // The requests of each step, and the early line that must follow them (or none).
+    let steps: [(Calls, Option<&str>, &str); 5] = [
+        (&[("/api", 10)], None, "successful requests send nothing early"),
+        (
+            &[("/fail", 1)],
+            Some("ready requests=11 errors=1"),
+            "the first failure after ten successful requests",
+        ),
+        (&[("/fail", 9)], None, "nine requests are short of a stretch"),
+        (
+            &[("/fail", 1)],
+            Some("ready requests=21 errors=11"),
+            "ten failed requests in a row",
+        ),
+        (
+            &[("/api", 10), ("/fail", 1)],
+            None,
+            "one failure in eleven is under the ratio, and this heartbeat had its first-failure line",
+        ),
+    ];
+    for (calls, expected, why) in steps {
+        for &(path, n) in calls {
+            let status = if path == "/fail" { 500 } else { 200 };
+            for _ in 0..n {
+                assert_eq!(call(path).await?, status);
+            }
+        }
+        let within = if expected.is_some() { soon } else { quiet };
+        let line = early.next_within(within).await?.flatten();
+        assert_eq!(line.as_deref(), expected, "{why}");
     }
-    assert_eq!(early.next_within(Duration::from_millis(300)).await?, None);
-    assert_eq!(call("/fail").await?, 500);
-    assert_eq!(
-        early.next_within(soon).await?.flatten().as_deref(),
-        Some("ready requests=11 errors=1"),
-        "the first failure after ten clean requests"
-    );
-    for _ in 0..9 {
-        assert_eq!(call("/fail").await?, 500);
-    }
-    assert_eq!(
-        early.next_within(Duration::from_millis(300)).await?,
-        None,
-        "nine requests are short of a stretch"
-    );
-    assert_eq!(call("/fail").await?, 500);
-    assert_eq!(
-        early.next_within(soon).await?.flatten().as_deref(),
-        Some("ready requests=21 errors=11"),
-        "ten failed requests in a row"
-    );
-    // One failure in eleven is under the ratio, and the first-failure line was sent this
-    // heartbeat already.
-    for _ in 0..10 {
-        assert_eq!(call("/api").await?, 200);
-    }
-    assert_eq!(call("/fail").await?, 500);
-    assert_eq!(early.next_within(Duration::from_secs(1)).await?, None);
     assert_eq!(
         plain.next_within(Duration::from_millis(100)).await?,
         None,
