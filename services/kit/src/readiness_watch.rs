@@ -315,7 +315,7 @@ pub fn body<R: Report>(
                         return;
                     }
                     if boundary {
-                        out.boundary_at = Some(tokio::time::Instant::now());
+                        out.boundary_at = Some(out.at);
                     }
                 }
             }
