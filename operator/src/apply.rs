@@ -22,7 +22,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use kube::api::{DeleteParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
-use kube::runtime::reflector::{ObjectRef, Store};
+use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use crate::build::{config_map_name, DesiredResources};
-use crate::cache::OwnWrites;
+use crate::cache::{ChildStore, OwnWrites};
 use crate::context::Context;
 use crate::error::{status_code, ReconcileError as Error};
 use crate::rollout::{canary_name, CanaryChange, RolloutPlan};
@@ -256,11 +256,11 @@ async fn announce_child_write(
         .await;
 }
 
-fn cached_child<K>(store: &Store<K>, name: &str, ns: &str) -> Option<std::sync::Arc<K>>
+fn cached_child<K>(store: &ChildStore<K>, name: &str, ns: &str) -> Option<K>
 where
-    K: Resource<DynamicType = ()> + Clone,
+    K: DeserializeOwned,
 {
-    store.get(&ObjectRef::new(name).within(ns))
+    store.get(name, ns)
 }
 
 /// What one reconcile wrote to the children, announced afterwards in one Event per outcome
@@ -383,11 +383,11 @@ async fn apply_children(
     ensure_leading(lead)?;
     let outcome = match config_map {
         Some(cm) => {
-            apply_own(ctx, &v.name, &cm_api, cm, live_cm.as_deref(), owner)
+            apply_own(ctx, &v.name, &cm_api, cm, live_cm.as_ref(), owner)
                 .await?
                 .1
         }
-        None => delete_child(lead, &cm_api, live_cm.as_deref(), owner).await?,
+        None => delete_child(lead, &cm_api, live_cm.as_ref(), owner).await?,
     };
     changes.count(ctx, "ConfigMap", &cm_name, outcome);
 
@@ -398,29 +398,21 @@ async fn apply_children(
         .spec
         .as_ref()
         .is_some_and(|s| s.replicas.is_none());
-    if let (true, Some(live)) = (autoscaled, live_dep.as_deref()) {
+    if let (true, Some(live)) = (autoscaled, live_dep.as_ref()) {
         ensure_leading(lead)?;
         if is_controlled_by(live, owner) && hand_over_replicas(lead, &dep_api, live).await? {
             info!("replica count handed over to the autoscaler");
         }
     }
     ensure_leading(lead)?;
-    let (applied_dep, outcome) = apply_own(
-        ctx,
-        &v.name,
-        &dep_api,
-        deployment,
-        live_dep.as_deref(),
-        owner,
-    )
-    .await?;
+    let (applied_dep, outcome) =
+        apply_own(ctx, &v.name, &dep_api, deployment, live_dep.as_ref(), owner).await?;
     changes.count(ctx, "Deployment", &v.name, outcome);
 
     let svc_api: Api<Service> = Api::namespaced(client.clone(), ns);
     let live_svc = cached_child(&stores.services, &v.name, ns);
     ensure_leading(lead)?;
-    let (_, outcome) =
-        apply_own(ctx, &v.name, &svc_api, service, live_svc.as_deref(), owner).await?;
+    let (_, outcome) = apply_own(ctx, &v.name, &svc_api, service, live_svc.as_ref(), owner).await?;
     changes.count(ctx, "Service", &v.name, outcome);
 
     let hpa_api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
@@ -428,11 +420,11 @@ async fn apply_children(
     ensure_leading(lead)?;
     let outcome = match hpa {
         Some(h) => {
-            apply_own(ctx, &v.name, &hpa_api, h, live_hpa.as_deref(), owner)
+            apply_own(ctx, &v.name, &hpa_api, h, live_hpa.as_ref(), owner)
                 .await?
                 .1
         }
-        None => delete_child(lead, &hpa_api, live_hpa.as_deref(), owner).await?,
+        None => delete_child(lead, &hpa_api, live_hpa.as_ref(), owner).await?,
     };
     changes.count(ctx, "HorizontalPodAutoscaler", &v.name, outcome);
     Ok(applied_dep)
@@ -455,17 +447,17 @@ pub async fn apply_canary(
     ensure_leading(lead)?;
     let outcome = match &rollout.canary {
         CanaryChange::Apply(canary) => {
-            apply_child(lead, &api, (**canary).clone(), live.as_deref(), owner, None)
+            apply_child(lead, &api, (**canary).clone(), live.as_ref(), owner, None)
                 .await?
                 .1
         }
         CanaryChange::Delete { look_up } => {
             let fetched = if *look_up {
-                fetch_uncached(lead, &api, &name, live.as_deref()).await?
+                fetch_uncached(lead, &api, &name, live.as_ref()).await?
             } else {
                 None
             };
-            let live = live.as_deref().or(fetched.as_ref());
+            let live = live.as_ref().or(fetched.as_ref());
             delete_child(lead, &api, live, owner).await?
         }
     };

@@ -27,6 +27,9 @@ use tokio_stream::wrappers::BroadcastStream;
 
 use crate::metrics::Metrics;
 
+mod children;
+pub use children::{child_store, ChildStore, ChildWriter};
+
 /// Changes buffered per consumer before it is told to resynchronise. A consumer falls this far
 /// behind only when thousands of MicroServices change at once.
 const CHANGE_BUFFER: usize = 1024;
@@ -76,13 +79,13 @@ pub struct Stores {
     /// All watched MicroServices.
     pub microservices: Store<MicroService>,
     /// Deployments labelled `managed-by: flotilla`.
-    pub deployments: Store<Deployment>,
+    pub deployments: ChildStore<Deployment>,
     /// Services labelled `managed-by: flotilla`.
-    pub services: Store<Service>,
+    pub services: ChildStore<Service>,
     /// ConfigMaps labelled `managed-by: flotilla`.
-    pub config_maps: Store<ConfigMap>,
+    pub config_maps: ChildStore<ConfigMap>,
     /// HPAs labelled `managed-by: flotilla`.
-    pub hpas: Store<HorizontalPodAutoscaler>,
+    pub hpas: ChildStore<HorizontalPodAutoscaler>,
     /// One flag per cache, set when its initial list is in.
     pub synced: Vec<Synced>,
     /// The reconciler's own writes that the caches may not show yet.

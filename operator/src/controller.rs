@@ -15,14 +15,14 @@ use k8s_openapi::api::core::v1::{ConfigMap, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry};
 use kube::runtime::controller::Config as ControllerConfig;
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{watcher, Controller, WatchStreamExt};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use tracing::{debug, info};
 
 use crate::build::OperatorInputs;
-use crate::cache::{Change, MicroServices, OwnWrites, Stores, Synced};
+use crate::cache::{child_store, Change, ChildStore, MicroServices, OwnWrites, Stores, Synced};
 use crate::config_refs;
 use crate::context::Context;
 use crate::events::EventSink;
@@ -140,13 +140,14 @@ fn child_cache<K>(
     keep_managed_fields: bool,
     own: &OwnWrites,
 ) -> (
-    Store<K>,
+    ChildStore<K>,
     impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static,
 )
 where
     K: Resource<Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + DeserializeOwned
+        + serde::Serialize
         + std::fmt::Debug
         + Send
         + Sync
@@ -160,7 +161,7 @@ where
         labels::MANAGED_BY,
         labels::MANAGED_BY_VALUE
     ));
-    let (store, writer) = reflector::store::<K>();
+    let (store, mut writer) = child_store::<K>();
     let stream = watcher(api_for(client, ns), children)
         .default_backoff()
         .modify(move |o: &mut K| {
@@ -170,7 +171,7 @@ where
                 o.managed_fields_mut().clear();
             }
         })
-        .reflect(writer)
+        .inspect_ok(move |event| writer.apply(event))
         .inspect_ok(on_init_done(synced))
         .inspect_ok({
             let own = own.clone();

@@ -272,11 +272,8 @@ pub async fn update(
 ) -> Result<(), ReconcileError> {
     let name = ms.name_any();
     let ns = ms.namespace().unwrap_or_default();
-    let cached = ctx
-        .stores
-        .deployments
-        .get(&ObjectRef::new(&name).within(&ns));
-    let deployment = found.applied.or(cached.as_deref());
+    let cached = ctx.stores.deployments.get(&name, &ns);
+    let deployment = found.applied.or(cached.as_ref());
     let t = Time(Timestamp::now());
     // A reconcile that starts before the cache shows the previous one's status write compares
     // with what was written, so it does not write the same status again.

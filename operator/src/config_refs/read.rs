@@ -9,7 +9,6 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
-use kube::runtime::reflector::ObjectRef;
 use kube::Api;
 
 use super::digest::{announcement, compute, ConfigDigest, Observed, Outcome};
@@ -62,7 +61,7 @@ pub async fn observe(ctx: &Context, v: &ValidatedSpec) -> Result<Option<Observat
 /// The digest of the newest template this MicroService runs, from the caches: the canary's when
 /// there is one, else the stable Deployment's.
 fn previous_digest(ctx: &Context, ns: &str, name: &str) -> ConfigDigest {
-    let cached = |n: &str| ctx.stores.deployments.get(&ObjectRef::new(n).within(ns));
+    let cached = |n: &str| ctx.stores.deployments.get(n, ns);
     cached(&canary_name(name))
         .or_else(|| cached(name))
         .map_or_else(ConfigDigest::default, |d| ConfigDigest::of_template(&d))

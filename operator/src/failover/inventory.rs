@@ -216,7 +216,8 @@ fn service_info(ms: &MicroService) -> Option<ServiceInfo> {
     })
 }
 
-fn pod_info(pod: &Pod) -> Option<PodInfo> {
+/// What the engine knows of a pod; `None` for one being deleted or not a service's.
+pub(super) fn pod_info(pod: &Pod) -> Option<PodInfo> {
     let meta = &pod.metadata;
     if meta.deletion_timestamp.is_some() {
         return None;

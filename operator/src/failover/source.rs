@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodCondition, PodStatus};
+use kube::api::ObjectMeta;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::{Api, Client};
 use tokio::sync::watch;
@@ -24,16 +25,38 @@ use super::inventory::Inventory;
 /// Upper bound on how often the inventory is rebuilt while the cluster changes.
 const REBUILD_EVERY: Duration = Duration::from_millis(50);
 
+/// Keeps of a pod what `Inventory::build` reads: name, namespace, uid, labels, whether it is
+/// being deleted, its IP and its Ready condition's status.
 fn strip_pod(p: &mut Pod) {
-    p.metadata.managed_fields = None;
-    p.metadata.annotations = None;
-    p.metadata.owner_references = None;
+    let meta = std::mem::take(&mut p.metadata);
+    p.metadata = ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        labels: meta.labels,
+        deletion_timestamp: meta.deletion_timestamp,
+        ..ObjectMeta::default()
+    };
     p.spec = None;
-    if let Some(s) = p.status.as_mut() {
-        s.container_statuses = None;
-        s.init_container_statuses = None;
-        s.ephemeral_container_statuses = None;
-    }
+    p.status = p.status.take().map(|s| {
+        let ready = s
+            .conditions
+            .into_iter()
+            .flatten()
+            .find(|c| c.type_ == "Ready");
+        PodStatus {
+            pod_ip: s.pod_ip,
+            conditions: ready.map(|c| {
+                vec![PodCondition {
+                    type_: c.type_,
+                    status: c.status,
+                    ..PodCondition::default()
+                }]
+            }),
+            ..PodStatus::default()
+        }
+    });
 }
 
 /// Starts the reflectors; the returned receiver always holds the latest inventory.
@@ -105,6 +128,81 @@ async fn run(
                     });
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::failover::inventory::pod_info;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use std::collections::BTreeMap;
+
+    fn pod(ready: &str, deleting: bool) -> Pod {
+        let labels = BTreeMap::from([
+            (labels::INSTANCE.to_string(), "users".to_string()),
+            (
+                labels::MANAGED_BY.to_string(),
+                labels::MANAGED_BY_VALUE.to_string(),
+            ),
+            (
+                format!("{}fallback", labels::SERVES_PREFIX),
+                "true".to_string(),
+            ),
+        ]);
+        let condition = |type_: &str, status: &str| PodCondition {
+            type_: type_.into(),
+            status: status.into(),
+            message: Some("containers with unready status: [app]".into()),
+            reason: Some("ContainersNotReady".into()),
+            ..PodCondition::default()
+        };
+        Pod {
+            metadata: ObjectMeta {
+                name: Some("users-1".into()),
+                namespace: Some("shop".into()),
+                uid: Some("u-1".into()),
+                labels: Some(labels),
+                annotations: Some(BTreeMap::from([("a".into(), "b".into())])),
+                generate_name: Some("users-".into()),
+                deletion_timestamp: deleting.then_some(Time(jiff::Timestamp::UNIX_EPOCH)),
+                ..ObjectMeta::default()
+            },
+            spec: Some(Default::default()),
+            status: Some(PodStatus {
+                pod_ip: Some("10.0.0.7".into()),
+                host_ip: Some("192.168.0.2".into()),
+                phase: Some("Running".into()),
+                conditions: Some(vec![
+                    condition("PodScheduled", "True"),
+                    condition("Ready", ready),
+                    condition("ContainersReady", ready),
+                ]),
+                ..PodStatus::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn a_stripped_pod_reads_as_the_whole_pod_does() {
+        for (ready, deleting) in [("True", false), ("False", false), ("True", true)] {
+            let whole = pod(ready, deleting);
+            let mut stripped = whole.clone();
+            strip_pod(&mut stripped);
+            let info = pod_info(&whole);
+            assert_eq!(info.is_some(), !deleting);
+            assert_eq!(
+                pod_info(&stripped),
+                info,
+                "ready {ready}, deleting {deleting}"
+            );
+            assert!(stripped.spec.is_none() && stripped.metadata.annotations.is_none());
+            let conditions = stripped
+                .status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default();
+            assert!(conditions.len() <= 1);
         }
     }
 }

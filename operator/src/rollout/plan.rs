@@ -18,7 +18,6 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::ListParams;
-use kube::runtime::reflector::ObjectRef;
 use kube::{Api, ResourceExt};
 
 use super::canary::{build_canary, canary_replicas, template_revision};
@@ -102,12 +101,9 @@ pub async fn plan(
         CanaryEvidence::default()
     };
     let ns = v.namespace.as_str();
-    let live = ctx
-        .stores
-        .deployments
-        .get(&ObjectRef::new(&v.name).within(ns));
+    let live = ctx.stores.deployments.get(&v.name, ns);
     let stable_replicas = v.spec.replicas.max(
-        live.as_deref()
+        live.as_ref()
             .and_then(|d| d.spec.as_ref()?.replicas)
             .unwrap_or(0),
     );
@@ -157,7 +153,7 @@ pub async fn plan(
     // recreated with the new template rather than left absent.
     let kept_template = match decision.stable {
         StableTemplate::Keep => live
-            .as_deref()
+            .as_ref()
             .and_then(|d| d.spec.as_ref())
             .map(|s| s.template.clone()),
         StableTemplate::Desired => None,
