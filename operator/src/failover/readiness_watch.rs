@@ -27,9 +27,10 @@
 //!   the probe timeout late is a failed probe (`Timeout`), and so is each next one missed;
 //!   after the failure threshold's worth the watch ends and the periodic probes carry on;
 //! - when the pod last spoke ([`LastLine`], shared, not sent): the engine checks every watch
-//!   in one pass and probes a pod whose heartbeat is a tenth of a heartbeat late at once, so a
-//!   pod that hangs fails that probe's timeout close behind the watch's own silence failure,
-//!   the two independent failures that reach the default threshold;
+//!   in one pass and probes a pod whose heartbeat is a tenth of a heartbeat late at once (beside
+//!   a probe in flight, waiting at most a heartbeat), so a pod that hangs fails that probe's
+//!   timeout close to the watch's own silence failure, the two independent failures that reach
+//!   the default threshold; a probe's timeout does not close a watch with heartbeats;
 //! - death on the wire: the connection closed or reset by the pod's side in the middle of the
 //!   watch is a failed probe at once, confirmed by one immediate reconnect (refused, reset or
 //!   no answer within the probe timeout: a second failure, which reaches the default

@@ -127,19 +127,20 @@ async fn wait_for(
 }
 
 async fn fault_moves_traffic(kind: Kind, fault: Fault, octet: u8) -> Result<()> {
-    // Heartbeats as at the default period (the period here is a minute, to keep probes away).
-    fault_moves_traffic_tuned(kind, fault, octet, Duration::from_millis(100), WAIT).await
+    // Short heartbeats (the period here is a minute, to keep probes away).
+    fault_moves_traffic_tuned(kind, fault, octet, Duration::from_millis(100), WAIT).await?;
+    Ok(())
 }
 
 /// [`fault_moves_traffic`] with the heartbeat the watch asks for, and the bound of the
-/// failover after the fault.
+/// failover after the fault; the engine's metrics for further checks.
 async fn fault_moves_traffic_tuned(
     kind: Kind,
     fault: Fault,
     octet: u8,
     heartbeat: Duration,
     within: Duration,
-) -> Result<()> {
+) -> Result<Metrics> {
     let dir = tempfile::tempdir()?;
     let process = start_pod(kind, dir.path()).await?;
     let backup = start_group(3, octet, 2).await?;
@@ -230,7 +231,7 @@ async fn fault_moves_traffic_tuned(
                 .status()?;
         }
     }
-    Ok(())
+    Ok(metrics)
 }
 
 /// Sends `GET /users/<id>` to `addr` without a token, one request at a time, until aborted.
@@ -274,7 +275,8 @@ async fn an_http_pod_answering_500s_is_out_before_its_next_heartbeat() -> Result
     // pod's early lines to go by: the first failed request, then each stretch of failed ones.
     let heartbeat = Duration::from_secs(60);
     let within = Duration::from_secs(8);
-    fault_moves_traffic_tuned(Kind::Http, Fault::BadAnswers, 48, heartbeat, within).await
+    fault_moves_traffic_tuned(Kind::Http, Fault::BadAnswers, 48, heartbeat, within).await?;
+    Ok(())
 }
 
 #[tokio::test]
@@ -282,7 +284,8 @@ async fn a_grpc_pod_failing_its_calls_is_out_before_its_next_heartbeat() -> Resu
     // The same for `orders`, whose HTTP watch counts its failing gRPC calls.
     let heartbeat = Duration::from_secs(60);
     let within = Duration::from_secs(8);
-    fault_moves_traffic_tuned(Kind::Grpc, Fault::BadAnswers, 54, heartbeat, within).await
+    fault_moves_traffic_tuned(Kind::Grpc, Fault::BadAnswers, 54, heartbeat, within).await?;
+    Ok(())
 }
 
 #[tokio::test]
@@ -303,6 +306,23 @@ async fn an_http_pod_that_hangs_is_out_without_a_probe() -> Result<()> {
     // A stopped process still accepts connections into its backlog but sends nothing: its
     // watch misses the heartbeats it asked for, one silent timeout and one silent heartbeat.
     fault_moves_traffic(Kind::Http, Fault::Stopped, 44).await
+}
+
+#[tokio::test]
+async fn a_hung_pods_late_probe_and_its_watch_silence_are_its_two_failures() -> Result<()> {
+    // At the shipped heartbeat (250 ms) and timeout (300 ms) the late heartbeat's probe, which
+    // waits at most a heartbeat, times out (about 525 ms after the last line) just before the
+    // watch's silence (550 ms). That timeout must leave a watch with heartbeats open: closed,
+    // its silence would be lost and the second failure would wait for another probe's timeout.
+    let heartbeat = Duration::from_millis(250);
+    let metrics =
+        fault_moves_traffic_tuned(Kind::Http, Fault::Stopped, 55, heartbeat, WAIT).await?;
+    let silent = metrics.watch_reports.with_label_values(&["silent"]).get();
+    anyhow::ensure!(
+        silent >= 1,
+        "the watch's silence counted beside the late probe's timeout"
+    );
+    Ok(())
 }
 
 #[tokio::test]

@@ -59,7 +59,7 @@ impl Engine {
             let Some(addr) = entry.addr else {
                 continue;
             };
-            if entry.in_flight {
+            if entry.in_flight > 0 && !entry.late_probe {
                 continue;
             }
             // Ejected pods are also scraped when the service restarts sticky pods, to see
@@ -115,7 +115,16 @@ impl Engine {
             } else {
                 None
             };
-            entry.in_flight = true;
+            entry.in_flight += 1;
+            entry.late_probe = false;
+            // A pod whose heartbeat is late has already been silent for more than a heartbeat:
+            // its probe waits at most one more (less than the timeout at the default period).
+            let timeout = match &entry.watch {
+                WatchSlot::Open(t) if t.heartbeats && t.silent() => {
+                    svc.probe.timeout.min(t.heartbeat)
+                }
+                _ => svc.probe.timeout,
+            };
             let client = self.client.clone();
             let limits = self.cfg.scrape_limits;
             let signature = signing
@@ -133,7 +142,7 @@ impl Engine {
                     readiness: !svc.scrape_only,
                     scrape: scrape_permit.is_some(),
                     traffic: svc.report_traffic,
-                    timeout: p.timeout,
+                    timeout,
                     limits,
                     verdict,
                     signature: signature.as_deref(),

@@ -180,7 +180,11 @@ struct PodEntry {
     traffic: TrafficWindow,
     /// The error ratio at the watch's heartbeats, for pods whose lines carry counts.
     spans: ErrorSpans,
-    in_flight: bool,
+    /// Probes of this pod in flight: one, or two while a late heartbeat's probe goes out
+    /// beside one that was already on its way.
+    in_flight: u8,
+    /// A late heartbeat found a probe in flight: the next launch goes out beside it.
+    late_probe: bool,
     next_due: Instant,
     last_scrape: Option<Instant>,
     /// The traffic verdict sent with each readiness probe (`flotilla-traffic`), from the last
@@ -384,10 +388,11 @@ const WATCHED_PROBE_EVERY: Duration = Duration::from_secs(2);
 
 /// The heartbeat asked of a watched HTTP pod (and a gRPC watch's PING interval): half the
 /// probe period (250 ms at the default 500 ms), at least 50 ms. A heartbeat a tenth of a
-/// heartbeat late has the pod probed at once (see [`LATE_CHECK_EVERY`]); a pod that hangs
-/// then fails the watch's silence (the heartbeat later than the timeout: 550 ms after its
-/// last line with the default timeout of 300 ms) and that probe's timeout (575 to 600 ms after
-/// it): two failures, the default threshold. A gRPC pod leaves a PING unanswered within a
+/// heartbeat late has the pod probed at once (see [`LATE_CHECK_EVERY`]), beside a probe already
+/// in flight, and that probe waits at most a heartbeat; a pod that hangs then fails that
+/// probe (525 to 550 ms after its last line) and the watch's silence (the heartbeat later than
+/// the timeout: 550 ms with the default timeout of 300 ms): two failures, the default
+/// threshold. The probe's timeout leaves the watch open so that its silence still counts. A gRPC pod leaves a PING unanswered within a
 /// heartbeat and a timeout, and its reconnect a timeout later. Each heartbeat costs the prober
 /// a wake-up and a read of a line, about half of what a probe costs: at half the period,
 /// heartbeats and the thinned periodic probes together cost what probing every period did (a
@@ -562,7 +567,8 @@ impl Engine {
                     window: ErrorWindow::new(svc.failover.error_rate_window),
                     traffic: TrafficWindow::new(self.cfg.traffic_window),
                     spans: ErrorSpans::default(),
-                    in_flight: false,
+                    in_flight: 0,
+                    late_probe: false,
                     next_due: first,
                     last_scrape: None,
                     verdict: None,
@@ -620,7 +626,7 @@ impl Engine {
         let Some(entry) = self.pods.get_mut(&id) else {
             return false;
         };
-        entry.in_flight = false;
+        entry.in_flight = entry.in_flight.saturating_sub(1);
         // Keep the connection only if the pod still has the address it was opened to.
         if let (addr, Some(conn)) = (rep.conn.0, rep.conn.1.take()) {
             if entry.addr == Some(addr) {
@@ -681,8 +687,12 @@ impl Engine {
             .probe_duration
             .observe(rep.latency.as_secs_f64());
         // A probe that times out or cannot connect also closes the pod's watch, which may be
-        // stuck on a pod that hangs; a successful probe opens one.
+        // stuck on a pod that hangs; a successful probe opens one. A watch with heartbeats is
+        // left to its own silence, which ends it and is the next failure of a pod that hangs:
+        // closed here, that failure would be lost and wait for another probe's timeout.
+        let heartbeats = matches!(&entry.watch, WatchSlot::Open(t) if t.heartbeats);
         match obs {
+            Observation::Timeout if heartbeats => {}
             Observation::Timeout | Observation::ConnectError => entry.watch = WatchSlot::Idle,
             Observation::Success => self.open_watch(id),
             _ => {}
@@ -738,12 +748,13 @@ impl Engine {
     }
 
     /// Probes the pod now instead of at its turn (its period restarts from this probe). A pod
-    /// with a probe in flight is left alone: that probe's answer comes first.
+    /// with a probe in flight is left alone: that probe's answer comes first (unless a late
+    /// heartbeat asked for one beside it).
     pub(super) fn probe_now(&mut self, id: u64, now: Instant) {
         let Some(e) = self.pods.get_mut(&id) else {
             return;
         };
-        if e.in_flight || e.svc.scrape_only {
+        if (e.in_flight > 0 && !e.late_probe) || e.svc.scrape_only {
             return;
         }
         if e.next_due > now {
@@ -775,7 +786,7 @@ impl Engine {
                 continue;
             };
             let steady = e.health.healthy && e.health.consecutive_failures == 0;
-            if id != failed && steady && !e.in_flight && e.next_due > now {
+            if id != failed && steady && e.in_flight == 0 && e.next_due > now {
                 e.next_due = now;
                 self.heap.push(Reverse((now, id)));
             }

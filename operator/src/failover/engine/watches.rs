@@ -84,6 +84,12 @@ impl Engine {
                 .watch_reports
                 .with_label_values(&["late"])
                 .inc();
+            // A probe already on its way may have left before the pod stopped, or be stuck
+            // behind a scrape the pod will never answer: the late one goes out beside it, on
+            // a connection of its own, so the second look at a silent pod is never skipped.
+            if let Some(e) = self.pods.get_mut(&id) {
+                e.late_probe = e.in_flight > 0;
+            }
             self.probe_now(id, now);
         }
     }
