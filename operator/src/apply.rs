@@ -31,7 +31,7 @@ use sha2::{Digest, Sha256};
 use tracing::info;
 
 use crate::build::{config_map_name, DesiredResources};
-use crate::cache::{ChildStore, OwnWrites};
+use crate::cache::OwnWrites;
 use crate::context::Context;
 use crate::error::{status_code, ReconcileError as Error};
 use crate::rollout::{canary_name, CanaryChange, RolloutPlan};
@@ -256,13 +256,6 @@ async fn announce_child_write(
         .await;
 }
 
-fn cached_child<K>(store: &ChildStore<K>, name: &str, ns: &str) -> Option<K>
-where
-    K: DeserializeOwned,
-{
-    store.get(name, ns)
-}
-
 /// What one reconcile wrote to the children, announced afterwards in one Event per outcome
 /// (Events are for significant actions; creating a MicroService's children is one action).
 #[derive(Debug, Default)]
@@ -379,7 +372,7 @@ async fn apply_children(
 
     let cm_api: Api<ConfigMap> = Api::namespaced(client.clone(), ns);
     let cm_name = config_map_name(&v.name);
-    let live_cm = cached_child(&stores.config_maps, &cm_name, ns);
+    let live_cm = stores.config_maps.get(&cm_name, ns);
     ensure_leading(lead)?;
     let outcome = match config_map {
         Some(cm) => {
@@ -393,7 +386,7 @@ async fn apply_children(
 
     let deployment = rollout.stable_deployment(deployment);
     let dep_api: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    let live_dep = cached_child(&stores.deployments, &v.name, ns);
+    let live_dep = stores.deployments.get(&v.name, ns);
     let autoscaled = deployment
         .spec
         .as_ref()
@@ -410,13 +403,13 @@ async fn apply_children(
     changes.count(ctx, "Deployment", &v.name, outcome);
 
     let svc_api: Api<Service> = Api::namespaced(client.clone(), ns);
-    let live_svc = cached_child(&stores.services, &v.name, ns);
+    let live_svc = stores.services.get(&v.name, ns);
     ensure_leading(lead)?;
     let (_, outcome) = apply_own(ctx, &v.name, &svc_api, service, live_svc.as_ref(), owner).await?;
     changes.count(ctx, "Service", &v.name, outcome);
 
     let hpa_api: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
-    let live_hpa = cached_child(&stores.hpas, &v.name, ns);
+    let live_hpa = stores.hpas.get(&v.name, ns);
     ensure_leading(lead)?;
     let outcome = match hpa {
         Some(h) => {
@@ -441,7 +434,7 @@ pub async fn apply_canary(
     let ns = v.namespace.as_str();
     let name = canary_name(&v.name);
     let api: Api<Deployment> = Api::namespaced(ctx.client.clone(), ns);
-    let live = cached_child(&ctx.stores.deployments, &name, ns);
+    let live = ctx.stores.deployments.get(&name, ns);
     let owner = v.owner.as_ref().map(|o| o.uid.as_str());
     let lead = &ctx.leadership;
     ensure_leading(lead)?;

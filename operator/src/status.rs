@@ -272,7 +272,11 @@ pub async fn update(
 ) -> Result<(), ReconcileError> {
     let name = ms.name_any();
     let ns = ms.namespace().unwrap_or_default();
-    let cached = ctx.stores.deployments.get(&name, &ns);
+    // The Deployment this reconcile applied; the cache's copy (parsed on read) only without it.
+    let cached = match found.applied {
+        Some(_) => None,
+        None => ctx.stores.deployments.get(&name, &ns),
+    };
     let deployment = found.applied.or(cached.as_ref());
     let t = Time(Timestamp::now());
     // A reconcile that starts before the cache shows the previous one's status write compares

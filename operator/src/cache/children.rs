@@ -92,7 +92,8 @@ fn text_of<K: Serialize + ResourceExt>(o: &K) -> Option<Box<str>> {
     match serde_json::to_string(o) {
         Ok(s) => Some(s.into_boxed_str()),
         Err(e) => {
-            warn!(error = %e, name = %o.name_any(), "child not cacheable; it will be read from the API server");
+            let name = o.name_any();
+            warn!(error = %e, name, "child not cacheable; it will be read from the API server");
             None
         }
     }

@@ -392,11 +392,11 @@ const WATCHED_PROBE_EVERY: Duration = Duration::from_secs(2);
 /// in flight, and that probe waits at most a heartbeat; a pod that hangs then fails that
 /// probe (525 to 550 ms after its last line) and the watch's silence (the heartbeat later than
 /// the timeout: 550 ms with the default timeout of 300 ms): two failures, the default
-/// threshold. The probe's timeout leaves the watch open so that its silence still counts. A gRPC pod leaves a PING unanswered within a
-/// heartbeat and a timeout, and its reconnect a timeout later. Each heartbeat costs the prober
-/// a wake-up and a read of a line, about half of what a probe costs: at half the period,
-/// heartbeats and the thinned periodic probes together cost what probing every period did (a
-/// quarter of the period, measured, costs twice as much).
+/// threshold. The probe's timeout leaves the watch open so that its silence still counts. A
+/// gRPC pod leaves a PING unanswered within a heartbeat and a timeout, and its reconnect a
+/// timeout later. Each heartbeat costs the prober a wake-up and a read of a line, about half of
+/// what a probe costs: at half the period, heartbeats and the thinned periodic probes together
+/// cost what probing every period did (a quarter of the period, measured, costs twice as much).
 fn default_heartbeat(period: Duration) -> Duration {
     (period / 2).max(Duration::from_millis(50))
 }
