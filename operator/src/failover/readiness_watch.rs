@@ -188,7 +188,8 @@ pub struct WatchTarget {
 }
 
 /// Runs one pod's watch until it ends (see the module documentation); the engine aborts it
-/// when the pod goes away or changes address.
+/// when the pod goes away or changes address. The gRPC watch is boxed: an HTTP watch, the
+/// usual one, would otherwise carry its larger state for as long as it runs.
 pub async fn run(target: WatchTarget, reporter: Reporter) {
     match (&target.grpc_service, &target.http) {
         (Some(service), Some(http)) => {
@@ -196,10 +197,10 @@ pub async fn run(target: WatchTarget, reporter: Reporter) {
             // counts (the standard `Health/Watch` has nowhere to put them) and its heartbeats
             // find a pod that hangs.
             if !self::http(&target, http, &reporter, Fallback::Grpc).await {
-                grpc(&target, service, &reporter).await;
+                Box::pin(grpc(&target, service, &reporter)).await;
             }
         }
-        (Some(service), None) => grpc(&target, service, &reporter).await,
+        (Some(service), None) => Box::pin(grpc(&target, service, &reporter)).await,
         (None, Some(http)) => {
             self::http(&target, http, &reporter, Fallback::None).await;
         }

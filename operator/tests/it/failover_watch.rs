@@ -322,6 +322,8 @@ async fn a_hung_pods_late_probe_and_its_watch_silence_are_its_two_failures() -> 
         silent >= 1,
         "the watch's silence counted beside the late probe's timeout"
     );
+    let late = metrics.watch_reports.with_label_values(&["late"]).get();
+    anyhow::ensure!(late >= 1, "the late heartbeat had the pod probed at once");
     Ok(())
 }
 

@@ -231,6 +231,8 @@ struct WatchTask {
     last_line: Arc<LastLine>,
     /// The last line after which the pod was probed for a late heartbeat (once per silence).
     late_told: Option<Instant>,
+    /// Whether the watch is in the engine's list of watches checked for late heartbeats.
+    listed: bool,
 }
 
 impl WatchTask {
@@ -294,6 +296,17 @@ impl PodEntry {
     }
 }
 
+/// A watch with heartbeats, as the late-heartbeat check reads it.
+#[derive(Debug)]
+struct LateCheck {
+    id: u64,
+    generation: u64,
+    /// When the pod was last heard on the watch.
+    last_line: Arc<LastLine>,
+    /// How long after a line the next one is late: a heartbeat and a tenth.
+    late_after: Duration,
+}
+
 /// One signed verdict of a pod.
 struct Signed {
     verdict: &'static str,
@@ -305,7 +318,9 @@ struct Engine {
     inv: Arc<Inventory>,
     ids: HashMap<ObjKey, u64>,
     next_id: u64,
-    pods: HashMap<u64, PodEntry>,
+    /// Boxed: a pod's entry is most of a kilobyte, and the table keeps up to twice as many
+    /// slots as entries.
+    pods: HashMap<u64, Box<PodEntry>>,
     /// The pods of each service, for pulling their probes forward together.
     members: HashMap<ObjKey, Vec<u64>>,
     svcs: HashMap<ObjKey, SvcEntry>,
@@ -323,6 +338,10 @@ struct Engine {
     /// Where readiness watches report, and the generation of the next one.
     watch_tx: mpsc::UnboundedSender<(u64, u64, WatchEvent)>,
     next_watch: u64,
+    /// The watches with heartbeats, checked for a late one every [`LATE_CHECK_EVERY`]: a
+    /// dense list read without visiting every pod's entry, pruned when a closed watch's
+    /// silence is found.
+    late_checks: Vec<LateCheck>,
     /// The request figures published per service reporting traffic, and when they were last
     /// computed (at most once a second, however often services are decided).
     traffic: HashMap<ObjKey, Publisher>,
@@ -368,6 +387,7 @@ pub fn spawn(
                     recent_restarts: std::collections::VecDeque::new(),
                     watch_tx,
                     next_watch: 0,
+                    late_checks: Vec::new(),
                     traffic: HashMap::new(),
                     traffic_computed: None,
                     cfg,
@@ -489,7 +509,7 @@ impl Engine {
     }
 
     fn entry(&self, key: &ObjKey) -> Option<&PodEntry> {
-        self.pods.get(self.ids.get(key)?)
+        self.pods.get(self.ids.get(key)?).map(|e| &**e)
     }
 
     fn apply_inventory(&mut self, inv: Arc<Inventory>) {
@@ -555,7 +575,7 @@ impl Engine {
             self.ids.insert(key.clone(), id);
             self.pods.insert(
                 id,
-                PodEntry {
+                Box::new(PodEntry {
                     name: key.name.as_str().into(),
                     signed: None,
                     svc: svc.clone(),
@@ -577,7 +597,7 @@ impl Engine {
                     drain_until: None,
                     watch: WatchSlot::Idle,
                     probed: None,
-                },
+                }),
             );
             self.heap.push(Reverse((first, id)));
             if p.ready && !svc.scrape_only {

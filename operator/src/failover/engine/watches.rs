@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::super::readiness_watch::{self, LastLine, Reporter, WatchEvent, WatchTarget};
-use super::{default_heartbeat, Engine, WatchSlot, WatchTask};
+use super::{default_heartbeat, Engine, LateCheck, WatchSlot, WatchTask};
 
 impl Engine {
     /// Opens the pod's readiness watch if watches are on, none is open or refused, and the pod
@@ -57,28 +57,41 @@ impl Engine {
             heartbeat,
             last_line,
             late_told: None,
+            listed: false,
         });
     }
 
     /// Probes at once every pod whose watch's heartbeat is a tenth of a heartbeat late (once
     /// per silence): the second, independent look at a pod that may hang, whose timeout then
-    /// ends close behind the watch's own silence failure. One pass over the pods on a timer
-    /// of the engine's, instead of a timer per watch that every line would re-arm.
+    /// ends close behind the watch's own silence failure. One pass over the engine's list of
+    /// watches with heartbeats on a timer of its own, instead of a timer per watch that every
+    /// line would re-arm; a pod's entry is read only when its watch has gone quiet.
     pub(super) fn probe_late(&mut self, now: Instant) {
         let mut late = Vec::new();
-        for (&id, entry) in &mut self.pods {
-            let WatchSlot::Open(t) = &mut entry.watch else {
-                continue;
+        let pods = &mut self.pods;
+        self.late_checks.retain(|c| {
+            let heard = c.last_line.at();
+            if now <= heard + c.late_after {
+                return true;
+            }
+            // Late, or closed: the pod's entry tells which.
+            let Some(WatchSlot::Open(t)) = pods.get_mut(&c.id).map(|e| &mut e.watch) else {
+                return false;
             };
+            if t.generation != c.generation {
+                // A closed watch's check; the open one has its own.
+                return false;
+            }
             if !t.heartbeats {
-                continue;
+                t.listed = false;
+                return false;
             }
-            let heard = t.last_line.at();
-            if now > heard + t.heartbeat + t.heartbeat / 10 && t.late_told != Some(heard) {
+            if t.late_told != Some(heard) {
                 t.late_told = Some(heard);
-                late.push(id);
+                late.push(c.id);
             }
-        }
+            true
+        });
         for id in late {
             self.metrics
                 .watch_reports
@@ -110,6 +123,15 @@ impl Engine {
                 entry.spans.reset();
                 if let WatchSlot::Open(t) = &mut entry.watch {
                     t.heartbeats = heartbeats;
+                    if heartbeats && !t.listed {
+                        t.listed = true;
+                        self.late_checks.push(LateCheck {
+                            id,
+                            generation,
+                            last_line: t.last_line.clone(),
+                            late_after: t.heartbeat + t.heartbeat / 10,
+                        });
+                    }
                     if t.counted.is_none() {
                         self.metrics.readiness_watches.inc();
                         t.counted = Some(self.metrics.readiness_watches.clone());

@@ -19,8 +19,12 @@ const MAX_HEAD: usize = 64 << 10;
 const MAX_LINE: usize = 4 << 10;
 /// Headers parsed per response head.
 const MAX_HEADERS: usize = 64;
-/// Bytes asked of the socket per read.
-const READ_SIZE: usize = 4 << 10;
+/// Bytes asked of the socket by an exchange's first read: a probe's whole answer, most often.
+/// Each read that fills what it asked doubles the next, up to [`MAX_READ_SIZE`], so a scrape's
+/// large body takes few reads while a burst of probes in flight holds small buffers.
+const READ_SIZE: usize = 1 << 10;
+/// The most bytes asked of the socket per read.
+const MAX_READ_SIZE: usize = 16 << 10;
 /// Bytes asked per read on a readiness watch, whose lines are a few bytes each: the buffer is
 /// the bulk of what a watch costs in memory, and it lives as long as the watch.
 const WATCH_READ_SIZE: usize = 256;
@@ -66,8 +70,11 @@ pub struct Conn {
     buf: Vec<u8>,
     // Whether the connection may carry another request.
     reusable: bool,
-    // Bytes asked of the socket per read.
+    // Bytes asked of the socket by an exchange's first read, and the most asked by one read.
     read_size: usize,
+    max_read: usize,
+    // Bytes asked by the next read of this exchange.
+    next_read: usize,
 }
 
 impl Conn {
@@ -75,6 +82,7 @@ impl Conn {
     pub async fn connect_for_watch(addr: SocketAddr) -> Result<Conn, Error> {
         let mut c = Self::connect(addr).await?;
         c.read_size = WATCH_READ_SIZE;
+        c.max_read = WATCH_READ_SIZE;
         Ok(c)
     }
 
@@ -87,6 +95,8 @@ impl Conn {
             buf: Vec::new(),
             reusable: true,
             read_size: READ_SIZE,
+            max_read: MAX_READ_SIZE,
+            next_read: READ_SIZE,
         })
     }
 
@@ -109,6 +119,7 @@ impl Conn {
     /// Sends `request` (a complete request head) and reads the response head.
     pub async fn send(&mut self, request: &[u8]) -> Result<Head, Error> {
         self.reusable = false;
+        self.next_read = self.read_size;
         self.stream
             .write_all(request)
             .await
@@ -153,11 +164,17 @@ impl Conn {
 
     /// Reads more bytes into the buffer; 0 at end of stream.
     async fn fill(&mut self) -> Result<usize, Error> {
-        self.buf.reserve(self.read_size);
-        self.stream
+        self.buf.reserve(self.next_read);
+        let asked = self.buf.capacity() - self.buf.len();
+        let n = self
+            .stream
             .read_buf(&mut self.buf)
             .await
-            .map_err(|_| Error::Io)
+            .map_err(|_| Error::Io)?;
+        if n == asked {
+            self.next_read = (self.next_read * 2).min(self.max_read);
+        }
+        Ok(n)
     }
 
     async fn head(&mut self) -> Result<Head, Error> {
@@ -374,6 +391,28 @@ mod tests {
         assert!(conn.is_reusable());
         assert_eq!(get(&mut conn).await, Ok((200, b"ok".to_vec())));
         assert!(!conn.is_reusable(), "Connection: close ends it");
+    }
+
+    #[tokio::test]
+    async fn reads_grow_for_a_large_body_and_start_small_again() {
+        // A scrape-sized body is read whole with reads that double up to their cap; the next
+        // exchange on the connection starts from the small first read again.
+        let body: Vec<u8> = (0..100_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+        let mut large =
+            format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+        large.extend_from_slice(&body);
+        let large: &'static [u8] = Box::leak(large.into_boxed_slice());
+        let addr = canned(vec![
+            large,
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        ])
+        .await;
+        let mut conn = Conn::connect(addr).await.expect("connect");
+        assert_eq!(get(&mut conn).await, Ok((200, body)));
+        assert_eq!(conn.next_read, MAX_READ_SIZE);
+        assert!(conn.is_reusable());
+        assert_eq!(get(&mut conn).await, Ok((200, b"ok".to_vec())));
+        assert_eq!(conn.next_read, READ_SIZE);
     }
 
     #[tokio::test]
