@@ -423,3 +423,101 @@ async fn only_the_leader_sends_verdicts_and_a_kit_pod_accepts_them() -> Result<(
     running.stop().await?;
     Ok(())
 }
+
+#[tokio::test]
+async fn a_fallback_pod_taken_back_into_traffic_while_draining_hears_serving() -> Result<()> {
+    // After a failback the fallback's pods are told `ejected` for a while, so the primary's
+    // clients leave them. A primary that fails again within that drain sends its traffic back
+    // to them: from then on they must hear `serving`, or they would keep closing the
+    // connections of the clients they now serve. The drain here outlasts the test's wait, so
+    // only a drain ended by the failover lets them hear `serving` in time.
+    let primary = start_group(3, 70, 2).await?;
+    let fallback = start_group(3, 71, 2).await?;
+    // The inventory as the writer's labels leave it: the fallback's pods labelled into the
+    // primary's Service while it is failed over.
+    let inventory = |failed_over: bool| {
+        let mut backup = service("users-backup", fallback[0].addr.port(), None, |_| {});
+        backup.failover_enabled = false;
+        let users = service("users", primary[0].addr.port(), Some("users-backup"), |f| {
+            f.recover_after = Duration::from_millis(400);
+            f.max_flaps = 100;
+        });
+        let mut backup_pods = pods("users-backup", &fallback);
+        for p in &mut backup_pods {
+            let serves = if failed_over { "true" } else { "false" };
+            p.serves
+                .insert(flotilla_crds::labels::serves("users"), serves.to_owned());
+        }
+        Arc::new(Inventory::from_parts(
+            [users, backup],
+            pods("users", &primary).into_iter().chain(backup_pods),
+        ))
+    };
+    let (tx, rx) = watch::channel(inventory(false));
+    // Verdicts go out signed, by the leader only.
+    let (lead, leadership) = Leadership::new();
+    lead.lead_unbounded();
+    let cfg = EngineConfig {
+        fallback_drain: Duration::from_secs(600),
+        verdicts: Some(VerdictSigning {
+            keys: Arc::new(VerdictKeys::ephemeral()),
+            leadership,
+        }),
+        ..EngineConfig::default()
+    };
+    let (mut out, _thread) = engine::spawn(rx, Metrics::new()?, cfg)?;
+    let active = |want: ActiveTarget| {
+        move |d: &Desired| {
+            d.services
+                .get(&ObjKey::new("t", "users"))
+                .is_some_and(|s| s.status.active == Some(want))
+        }
+    };
+    let heard = |want: &'static str| {
+        let fallback = &fallback;
+        move || async move {
+            Ok(fallback
+                .iter()
+                .all(|p| p.verdict().as_deref() == Some(want))
+                .then_some(()))
+        }
+    };
+    let fail = |status: u16| {
+        for p in &primary {
+            p.set_status(status);
+        }
+    };
+    wait_for(
+        &mut out.desired,
+        "primary active",
+        active(ActiveTarget::Primary),
+    )
+    .await?;
+    fail(503);
+    wait_for(&mut out.desired, "failover", active(ActiveTarget::Fallback)).await?;
+    tx.send_replace(inventory(true));
+    fail(200);
+    wait_for(&mut out.desired, "failback", active(ActiveTarget::Primary)).await?;
+    poll(
+        "the fallback's pods drained",
+        WAIT,
+        heard(flotilla_crds::traffic::EJECTED),
+    )
+    .await?;
+    tx.send_replace(inventory(false));
+    fail(503);
+    wait_for(
+        &mut out.desired,
+        "failover again",
+        active(ActiveTarget::Fallback),
+    )
+    .await?;
+    tx.send_replace(inventory(true));
+    poll(
+        "the fallback's pods serving the primary's traffic again",
+        WAIT,
+        heard(flotilla_crds::traffic::SERVING),
+    )
+    .await?;
+    Ok(())
+}

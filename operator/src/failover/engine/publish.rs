@@ -69,7 +69,7 @@ impl Engine {
     /// when the decision takes it out of its Service (Enforce mode only: in Observe mode
     /// nothing moves, so every pod stays `serving`). A fallback pod that leaves the primary's
     /// traffic is told `ejected` until its label shows it, and `fallback_drain` more, so the
-    /// primary's clients leave it too.
+    /// primary's clients leave it too; taken back into that traffic, it is told `serving`.
     fn record_verdicts(&mut self, key: &ObjKey, info: &ServiceInfo, d: &Decision, now: Instant) {
         use flotilla_crds::traffic;
         let enforce = info.failover.mode == super::super::policy::Mode::Enforce;
@@ -80,6 +80,17 @@ impl Engine {
         let label_key = labels::serves(&key.name);
         for (name, m) in &d.fallback_members {
             let pod = ObjKey::new(key.ns.clone(), name.clone());
+            if enforce && *m == Membership::In {
+                // Taken back into the primary's traffic (it failed again within the drain):
+                // the pod serves the primary's clients now, so its drain ends and it hears
+                // `serving` at once, not more `ejected` that would close their connections.
+                if let Some(entry) = self.ids.get(&pod).and_then(|id| self.pods.get_mut(id)) {
+                    if entry.drain_until.is_some_and(|t| now < t) {
+                        entry.drain_until = Some(now);
+                    }
+                }
+                continue;
+            }
             let labelled = self.inv.pods.get(&pod).is_some_and(|p| {
                 p.serves.get(&label_key).map(String::as_str) == Some(labels::SERVES_TRUE)
             });
