@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use flotilla_crds::traffic::{EJECTED, SERVING};
 use flotilla_crds::ActiveTarget;
 use flotilla_kit::server::{DrainOptions, Running};
 use flotilla_kit::verdict::VerdictCheck;
@@ -424,6 +425,108 @@ async fn only_the_leader_sends_verdicts_and_a_kit_pod_accepts_them() -> Result<(
     Ok(())
 }
 
+/// `users` failing over to `users-backup` (failover off), as the writer's labels leave the
+/// inventory: the fallback's pods labelled into the primary's Service while `failed_over`.
+fn labelled_inventory(
+    primary: &[FakePod],
+    fallback: &[FakePod],
+    failed_over: bool,
+) -> Arc<Inventory> {
+    let mut backup = service("users-backup", fallback[0].addr.port(), None, |_| {});
+    backup.failover_enabled = false;
+    let users = service("users", primary[0].addr.port(), Some("users-backup"), |f| {
+        f.recover_after = Duration::from_millis(400);
+        f.max_flaps = 100;
+    });
+    let mut backup_pods = pods("users-backup", fallback);
+    for p in &mut backup_pods {
+        let serves = if failed_over { "true" } else { "false" };
+        p.serves
+            .insert(flotilla_crds::labels::serves("users"), serves.to_owned());
+    }
+    Arc::new(Inventory::from_parts(
+        [users, backup],
+        pods("users", primary).into_iter().chain(backup_pods),
+    ))
+}
+
+/// A leading engine on `inventory`, sending signed verdicts, with the failback drain given.
+fn leading_engine(
+    inventory: watch::Receiver<Arc<Inventory>>,
+    fallback_drain: Duration,
+) -> Result<EngineOutputs> {
+    let (lead, leadership) = Leadership::new();
+    lead.lead_unbounded();
+    let cfg = EngineConfig {
+        fallback_drain,
+        verdicts: Some(VerdictSigning {
+            keys: Arc::new(VerdictKeys::ephemeral()),
+            leadership,
+        }),
+        ..EngineConfig::default()
+    };
+    Ok(engine::spawn(inventory, Metrics::new()?, cfg)?.0)
+}
+
+fn users_active(want: ActiveTarget) -> impl FnMut(&Desired) -> bool {
+    move |d: &Desired| {
+        d.services
+            .get(&ObjKey::new("t", "users"))
+            .is_some_and(|s| s.status.active == Some(want))
+    }
+}
+
+/// Waits until every pod of `pods` heard `verdict` on its last probe.
+async fn all_heard(what: &str, pods: &[FakePod], verdict: &str) -> Result<()> {
+    poll(what, WAIT, || async {
+        Ok(pods
+            .iter()
+            .all(|p| p.verdict().as_deref() == Some(verdict))
+            .then_some(()))
+    })
+    .await
+}
+
+fn set_all(pods: &[FakePod], status: u16) {
+    for p in pods {
+        p.set_status(status);
+    }
+}
+
+/// Fails `users` over, then back once its pods answer again: the fallback's pods hear `ejected`
+/// (the drain).
+async fn fail_over_and_back(
+    out: &mut EngineOutputs,
+    tx: &watch::Sender<Arc<Inventory>>,
+    primary: &[FakePod],
+    fallback: &[FakePod],
+) -> Result<()> {
+    wait_for(
+        &mut out.desired,
+        "primary active",
+        users_active(ActiveTarget::Primary),
+    )
+    .await?;
+    set_all(primary, 503);
+    wait_for(
+        &mut out.desired,
+        "failover",
+        users_active(ActiveTarget::Fallback),
+    )
+    .await?;
+    tx.send_replace(labelled_inventory(primary, fallback, true));
+    set_all(primary, 200);
+    wait_for(
+        &mut out.desired,
+        "failback",
+        users_active(ActiveTarget::Primary),
+    )
+    .await?;
+    all_heard("the fallback's pods drained", fallback, EJECTED).await?;
+    tx.send_replace(labelled_inventory(primary, fallback, false));
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_fallback_pod_taken_back_into_traffic_while_draining_hears_serving() -> Result<()> {
     // After a failback the fallback's pods are told `ejected` for a while, so the primary's
@@ -433,91 +536,57 @@ async fn a_fallback_pod_taken_back_into_traffic_while_draining_hears_serving() -
     // only a drain ended by the failover lets them hear `serving` in time.
     let primary = start_group(3, 70, 2).await?;
     let fallback = start_group(3, 71, 2).await?;
-    // The inventory as the writer's labels leave it: the fallback's pods labelled into the
-    // primary's Service while it is failed over.
-    let inventory = |failed_over: bool| {
-        let mut backup = service("users-backup", fallback[0].addr.port(), None, |_| {});
-        backup.failover_enabled = false;
-        let users = service("users", primary[0].addr.port(), Some("users-backup"), |f| {
-            f.recover_after = Duration::from_millis(400);
-            f.max_flaps = 100;
-        });
-        let mut backup_pods = pods("users-backup", &fallback);
-        for p in &mut backup_pods {
-            let serves = if failed_over { "true" } else { "false" };
-            p.serves
-                .insert(flotilla_crds::labels::serves("users"), serves.to_owned());
-        }
-        Arc::new(Inventory::from_parts(
-            [users, backup],
-            pods("users", &primary).into_iter().chain(backup_pods),
-        ))
-    };
-    let (tx, rx) = watch::channel(inventory(false));
-    // Verdicts go out signed, by the leader only.
-    let (lead, leadership) = Leadership::new();
-    lead.lead_unbounded();
-    let cfg = EngineConfig {
-        fallback_drain: Duration::from_secs(600),
-        verdicts: Some(VerdictSigning {
-            keys: Arc::new(VerdictKeys::ephemeral()),
-            leadership,
-        }),
-        ..EngineConfig::default()
-    };
-    let (mut out, _thread) = engine::spawn(rx, Metrics::new()?, cfg)?;
-    let active = |want: ActiveTarget| {
-        move |d: &Desired| {
-            d.services
-                .get(&ObjKey::new("t", "users"))
-                .is_some_and(|s| s.status.active == Some(want))
-        }
-    };
-    let heard = |want: &'static str| {
-        let fallback = &fallback;
-        move || async move {
-            Ok(fallback
-                .iter()
-                .all(|p| p.verdict().as_deref() == Some(want))
-                .then_some(()))
-        }
-    };
-    let fail = |status: u16| {
-        for p in &primary {
-            p.set_status(status);
-        }
-    };
-    wait_for(
-        &mut out.desired,
-        "primary active",
-        active(ActiveTarget::Primary),
-    )
-    .await?;
-    fail(503);
-    wait_for(&mut out.desired, "failover", active(ActiveTarget::Fallback)).await?;
-    tx.send_replace(inventory(true));
-    fail(200);
-    wait_for(&mut out.desired, "failback", active(ActiveTarget::Primary)).await?;
-    poll(
-        "the fallback's pods drained",
-        WAIT,
-        heard(flotilla_crds::traffic::EJECTED),
-    )
-    .await?;
-    tx.send_replace(inventory(false));
-    fail(503);
+    let (tx, rx) = watch::channel(labelled_inventory(&primary, &fallback, false));
+    let mut out = leading_engine(rx, Duration::from_secs(600))?;
+    fail_over_and_back(&mut out, &tx, &primary, &fallback).await?;
+    set_all(&primary, 503);
     wait_for(
         &mut out.desired,
         "failover again",
-        active(ActiveTarget::Fallback),
+        users_active(ActiveTarget::Fallback),
     )
     .await?;
-    tx.send_replace(inventory(true));
-    poll(
-        "the fallback's pods serving the primary's traffic again",
-        WAIT,
-        heard(flotilla_crds::traffic::SERVING),
+    all_heard(
+        "the fallback's pods serving the primary's traffic",
+        &fallback,
+        SERVING,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn a_fallback_pod_drained_by_an_earlier_leader_hears_serving_when_it_takes_traffic(
+) -> Result<()> {
+    // A pod keeps the last `ejected` it heard for the verdict's lifetime (10 s). When the
+    // leader that drained the fallback's pods goes away and the next one fails the primary over
+    // to them, they must hear `serving` from it, or they would keep closing the connections of
+    // the clients they now serve.
+    let primary = start_group(3, 72, 2).await?;
+    let fallback = start_group(3, 73, 2).await?;
+    let (tx, rx) = watch::channel(labelled_inventory(&primary, &fallback, false));
+    let mut out = leading_engine(rx, Duration::from_secs(600))?;
+    fail_over_and_back(&mut out, &tx, &primary, &fallback).await?;
+    // The leader stops (its engine ends with its inventory); the next starts afresh.
+    drop((tx, out));
+    let (_tx, rx) = watch::channel(labelled_inventory(&primary, &fallback, false));
+    let mut out = leading_engine(rx, EngineConfig::default().fallback_drain)?;
+    wait_for(
+        &mut out.desired,
+        "primary active",
+        users_active(ActiveTarget::Primary),
     )
     .await?;
-    Ok(())
+    set_all(&primary, 503);
+    wait_for(
+        &mut out.desired,
+        "failover",
+        users_active(ActiveTarget::Fallback),
+    )
+    .await?;
+    all_heard(
+        "the fallback's pods serving the primary's traffic",
+        &fallback,
+        SERVING,
+    )
+    .await
 }

@@ -196,6 +196,7 @@ struct PodEntry {
     sticky_announced: bool,
     /// Until when probes say `ejected` whatever `verdict` says: a fallback pod that just left a
     /// primary's traffic (failback) closes the connections the primary's clients opened to it.
+    /// Set to the decision's time when the pod takes that traffic: it hears `serving` after.
     drain_until: Option<Instant>,
     /// The pod's readiness watch.
     watch: WatchSlot,
@@ -270,10 +271,17 @@ impl PodEntry {
     }
 
     /// Whether the last probe told the pod otherwise than it should hear now: `ejected` where
-    /// it is not any more, or not where it is (a pod never probed: whether it is ejected).
+    /// it is not any more, or not where it is (a pod never probed: whether it is ejected). A
+    /// fallback pod that has served or drained a primary's traffic is told every change,
+    /// `serving` included: it may still hold an `ejected` from an earlier drain, perhaps
+    /// another leader's, which it would otherwise keep for the verdict's lifetime.
     fn untold(&self, now: Instant) -> bool {
         let ejected = |v: Option<&'static str>| v == Some(flotilla_crds::traffic::EJECTED);
-        let want = ejected(self.verdict_at(now));
+        let verdict = self.verdict_at(now);
+        if self.drain_until.is_some() {
+            return self.probed.is_none_or(|((said, _), _)| said != verdict);
+        }
+        let want = ejected(verdict);
         self.probed
             .map_or(want, |((said, _), _)| ejected(said) != want)
     }

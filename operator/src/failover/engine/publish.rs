@@ -81,11 +81,12 @@ impl Engine {
         for (name, m) in &d.fallback_members {
             let pod = ObjKey::new(key.ns.clone(), name.clone());
             if enforce && *m == Membership::In {
-                // Taken back into the primary's traffic (it failed again within the drain):
-                // the pod serves the primary's clients now, so its drain ends and it hears
-                // `serving` at once, not more `ejected` that would close their connections.
+                // In the primary's traffic, the pod serves the primary's clients: it hears
+                // `serving` at once. A drain from an earlier failback ends (the primary failed
+                // again within it), and an `ejected` the pod still holds from one, perhaps
+                // another leader's, is replaced rather than left to close their connections.
                 if let Some(entry) = self.ids.get(&pod).and_then(|id| self.pods.get_mut(id)) {
-                    if entry.drain_until.is_some_and(|t| now < t) {
+                    if entry.drain_until.is_none_or(|t| now < t) {
                         entry.drain_until = Some(now);
                     }
                 }
