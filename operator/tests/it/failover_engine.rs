@@ -468,12 +468,15 @@ fn leading_engine(
     Ok(engine::spawn(inventory, Metrics::new()?, cfg)?.0)
 }
 
-fn users_active(want: ActiveTarget) -> impl FnMut(&Desired) -> bool {
-    move |d: &Desired| {
+/// Waits until the engine's desired state has `users` on `want`.
+async fn users_on(out: &mut EngineOutputs, what: &str, want: ActiveTarget) -> Result<()> {
+    wait_for(&mut out.desired, what, |d: &Desired| {
         d.services
             .get(&ObjKey::new("t", "users"))
             .is_some_and(|s| s.status.active == Some(want))
-    }
+    })
+    .await
+    .map(drop)
 }
 
 /// Waits until every pod of `pods` heard `verdict` on its last probe.
@@ -501,30 +504,31 @@ async fn fail_over_and_back(
     primary: &[FakePod],
     fallback: &[FakePod],
 ) -> Result<()> {
-    wait_for(
-        &mut out.desired,
-        "primary active",
-        users_active(ActiveTarget::Primary),
-    )
-    .await?;
+    users_on(out, "primary active", ActiveTarget::Primary).await?;
     set_all(primary, 503);
-    wait_for(
-        &mut out.desired,
-        "failover",
-        users_active(ActiveTarget::Fallback),
-    )
-    .await?;
+    users_on(out, "failover", ActiveTarget::Fallback).await?;
     tx.send_replace(labelled_inventory(primary, fallback, true));
     set_all(primary, 200);
-    wait_for(
-        &mut out.desired,
-        "failback",
-        users_active(ActiveTarget::Primary),
-    )
-    .await?;
+    users_on(out, "failback", ActiveTarget::Primary).await?;
     all_heard("the fallback's pods drained", fallback, EJECTED).await?;
     tx.send_replace(labelled_inventory(primary, fallback, false));
     Ok(())
+}
+
+/// Fails `users` over (again) and waits until the fallback's pods hear `serving`.
+async fn fail_over_to_serving(
+    out: &mut EngineOutputs,
+    primary: &[FakePod],
+    fallback: &[FakePod],
+) -> Result<()> {
+    set_all(primary, 503);
+    users_on(out, "failover", ActiveTarget::Fallback).await?;
+    all_heard(
+        "the fallback's pods serving the primary's traffic",
+        fallback,
+        SERVING,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -539,19 +543,7 @@ async fn a_fallback_pod_taken_back_into_traffic_while_draining_hears_serving() -
     let (tx, rx) = watch::channel(labelled_inventory(&primary, &fallback, false));
     let mut out = leading_engine(rx, Duration::from_secs(600))?;
     fail_over_and_back(&mut out, &tx, &primary, &fallback).await?;
-    set_all(&primary, 503);
-    wait_for(
-        &mut out.desired,
-        "failover again",
-        users_active(ActiveTarget::Fallback),
-    )
-    .await?;
-    all_heard(
-        "the fallback's pods serving the primary's traffic",
-        &fallback,
-        SERVING,
-    )
-    .await
+    fail_over_to_serving(&mut out, &primary, &fallback).await
 }
 
 #[tokio::test]
@@ -570,23 +562,6 @@ async fn a_fallback_pod_drained_by_an_earlier_leader_hears_serving_when_it_takes
     drop((tx, out));
     let (_tx, rx) = watch::channel(labelled_inventory(&primary, &fallback, false));
     let mut out = leading_engine(rx, EngineConfig::default().fallback_drain)?;
-    wait_for(
-        &mut out.desired,
-        "primary active",
-        users_active(ActiveTarget::Primary),
-    )
-    .await?;
-    set_all(&primary, 503);
-    wait_for(
-        &mut out.desired,
-        "failover",
-        users_active(ActiveTarget::Fallback),
-    )
-    .await?;
-    all_heard(
-        "the fallback's pods serving the primary's traffic",
-        &fallback,
-        SERVING,
-    )
-    .await
+    users_on(&mut out, "primary active", ActiveTarget::Primary).await?;
+    fail_over_to_serving(&mut out, &primary, &fallback).await
 }
