@@ -59,7 +59,7 @@ impl Engine {
             let Some(addr) = entry.addr else {
                 continue;
             };
-            if entry.in_flight > 0 && !entry.late_probe {
+            if entry.waits_for_probe() {
                 continue;
             }
             // Ejected pods are also scraped when the service restarts sticky pods, to see

@@ -232,8 +232,6 @@ struct WatchTask {
     last_line: Arc<LastLine>,
     /// The last line after which the pod was probed for a late heartbeat (once per silence).
     late_told: Option<Instant>,
-    /// Whether the watch is in the engine's list of watches checked for late heartbeats.
-    listed: bool,
 }
 
 impl WatchTask {
@@ -254,6 +252,12 @@ impl Drop for WatchTask {
 }
 
 impl PodEntry {
+    /// Whether a probe in flight holds the next one back: its answer comes first, unless a
+    /// late heartbeat asked for one beside it.
+    fn waits_for_probe(&self) -> bool {
+        self.in_flight > 0 && !self.late_probe
+    }
+
     fn ejected(&self) -> bool {
         self.verdict == Some(flotilla_crds::traffic::EJECTED)
     }
@@ -520,6 +524,10 @@ impl Engine {
         self.pods.get(self.ids.get(key)?).map(|e| &**e)
     }
 
+    fn entry_mut(&mut self, key: &ObjKey) -> Option<&mut PodEntry> {
+        self.pods.get_mut(self.ids.get(key)?).map(|e| &mut **e)
+    }
+
     fn apply_inventory(&mut self, inv: Arc<Inventory>) {
         let now = Instant::now();
         let services: HashMap<&ObjKey, Arc<ServiceInfo>> = inv
@@ -782,7 +790,7 @@ impl Engine {
         let Some(e) = self.pods.get_mut(&id) else {
             return;
         };
-        if (e.in_flight > 0 && !e.late_probe) || e.svc.scrape_only {
+        if e.waits_for_probe() || e.svc.scrape_only {
             return;
         }
         if e.next_due > now {

@@ -85,7 +85,7 @@ impl Engine {
                 // `serving` at once. A drain from an earlier failback ends (the primary failed
                 // again within it), and an `ejected` the pod still holds from one, perhaps
                 // another leader's, is replaced rather than left to close their connections.
-                if let Some(entry) = self.ids.get(&pod).and_then(|id| self.pods.get_mut(id)) {
+                if let Some(entry) = self.entry_mut(&pod) {
                     if entry.drain_until.is_none_or(|t| now < t) {
                         entry.drain_until = Some(now);
                     }
@@ -102,13 +102,13 @@ impl Engine {
             if !enforce || *m != Membership::Out || !(labelled || left) {
                 continue;
             }
-            if let Some(entry) = self.ids.get(&pod).and_then(|id| self.pods.get_mut(id)) {
+            if let Some(entry) = self.entry_mut(&pod) {
                 entry.drain_until = Some(drain_until);
             }
         }
         for (name, m) in &d.primary_members {
             let pod = ObjKey::new(key.ns.clone(), name.clone());
-            let Some(entry) = self.ids.get(&pod).and_then(|id| self.pods.get_mut(id)) else {
+            let Some(entry) = self.entry_mut(&pod) else {
                 continue;
             };
             entry.verdict = Some(if enforce && *m == Membership::Out {
@@ -147,7 +147,7 @@ impl Engine {
         let mut sticky = Vec::new();
         let pod_keys: Vec<ObjKey> = self.inv.pods_of(key).map(|p| p.key.clone()).collect();
         for pod in pod_keys {
-            let Some(entry) = self.ids.get(&pod).and_then(|id| self.pods.get_mut(id)) else {
+            let Some(entry) = self.entry_mut(&pod) else {
                 continue;
             };
             let is_sticky = entry.sticky.sticky(now);

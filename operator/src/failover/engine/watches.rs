@@ -57,7 +57,6 @@ impl Engine {
             heartbeat,
             last_line,
             late_told: None,
-            listed: false,
         });
     }
 
@@ -83,7 +82,6 @@ impl Engine {
                 return false;
             }
             if !t.heartbeats {
-                t.listed = false;
                 return false;
             }
             if t.late_told != Some(heard) {
@@ -122,9 +120,9 @@ impl Engine {
                 // Spans are judged on this watch's lines only.
                 entry.spans.reset();
                 if let WatchSlot::Open(t) = &mut entry.watch {
-                    t.heartbeats = heartbeats;
-                    if heartbeats && !t.listed {
-                        t.listed = true;
+                    // Listed for the late-heartbeat check when its heartbeats start (the pod
+                    // says so again with every watch response on the connection).
+                    if heartbeats && !t.heartbeats {
                         self.late_checks.push(LateCheck {
                             id,
                             generation,
@@ -132,6 +130,7 @@ impl Engine {
                             late_after: t.heartbeat + t.heartbeat / 10,
                         });
                     }
+                    t.heartbeats = heartbeats;
                     if t.counted.is_none() {
                         self.metrics.readiness_watches.inc();
                         t.counted = Some(self.metrics.readiness_watches.clone());
